@@ -1,0 +1,148 @@
+// Package flowmetrics holds the domain types shared by every part of the
+// pipeline: occurrences of flow metrics, the points sinks receive, and the
+// interfaces of the state store and the sinks. Implementations live under
+// internal/ and are wired together by hand in cmd/flowmetrics.
+package flowmetrics
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Occurrence is one distinct, well-formed metric attribute within one
+// conversation: the thing flowmetrics counts exactly once.
+type Occurrence struct {
+	// Key identifies the occurrence within its conversation. It is the
+	// attribute name exactly as the flow wrote it.
+	Key    string
+	Flow   string
+	Metric string
+	// Time is the attribute's own time (the UTC time in its name).
+	Time time.Time
+}
+
+// ClaimRequest asks the store to count the occurrences of one conversation.
+type ClaimRequest struct {
+	ConversationID string
+	Occurrences    []Occurrence
+}
+
+// Point is a count of occurrences of one flow metric in one time bucket.
+type Point struct {
+	Flow   string
+	Metric string
+	// Bucket is the start of the epoch-aligned bucket the occurrences'
+	// attribute times fall into.
+	Bucket time.Time
+	// Width is the bucket width (Datadog's count interval, OTLP's end time).
+	Width time.Duration
+	Count int64
+}
+
+// Entry is one record of the outbox: the occurrences one Claim call found new.
+type Entry struct {
+	Seq         uint64
+	Occurrences []Occurrence
+}
+
+// Store remembers which occurrences each conversation has already counted and
+// holds the outbox of occurrences not yet delivered to every sink.
+//
+// Claim is the heart of exactly-once counting. For each request it inserts the
+// keys the store does not yet hold for that conversation and returns the
+// occurrences whose keys were new, in request order. The check and the insert
+// are atomic per conversation: of any number of concurrent callers (in this
+// process or, for shared stores, in others) claiming the same key of the same
+// conversation, exactly one gets it back as new. When Claim returns a nil
+// error, both the claims and an outbox entry holding the new occurrences are
+// durable (as durable as the implementation is: the memory store is not). On
+// error nothing of the failed requests may be assumed claimed, and retrying
+// the same requests is safe: keys that were in fact stored are simply not new.
+//
+// Conversation state expires Retention after its last change; a key claimed
+// again after expiry is new again.
+//
+// The outbox is a log of entries with increasing sequence numbers. Each sink
+// reads it from its own cursor (ReadOutbox) and advances the cursor when it
+// has delivered (Ack). Entries every sink has acknowledged are discarded.
+type Store interface {
+	Claim(ctx context.Context, reqs []ClaimRequest) ([]Occurrence, error)
+
+	// ReadOutbox returns up to limit entries with Seq > after, in order. It
+	// never skips an entry that a later call could still return: entries of
+	// Claim calls still in progress hold back those after them.
+	ReadOutbox(ctx context.Context, after uint64, limit int) ([]Entry, error)
+	// Cursor returns the last sequence number the named sink acknowledged
+	// (0 when it never did).
+	Cursor(ctx context.Context, sink string) (uint64, error)
+	// Ack durably records that the named sink has delivered every entry up
+	// to and including seq, and discards entries no registered sink still
+	// needs.
+	Ack(ctx context.Context, sink string, seq uint64) error
+	// Register declares the sinks that read the outbox, so entries are kept
+	// until each of them acknowledged. A sink registered for the first time
+	// starts at the current end of the outbox.
+	Register(ctx context.Context, sinks []string) error
+	// OutboxDepth returns how many occurrences are pending for the named sink.
+	OutboxDepth(ctx context.Context, sink string) (int64, error)
+
+	// Close releases the store; it is safe to call twice.
+	Close() error
+}
+
+// Sink delivers points to one backend.
+//
+// Send returns nil once the backend has accepted every point. Any other error
+// means the batch will be sent again later (after a jittered backoff), so a
+// sink must not have partly applied it unless the backend tolerates the
+// repeat; an error wrapped with Permanent means the batch can never succeed:
+// it is counted and dropped, and delivery goes on with the next one.
+// Close flushes anything buffered, honours the context's deadline and is
+// safe to call twice.
+type Sink interface {
+	Name() string
+	Send(ctx context.Context, points []Point) error
+	Close(ctx context.Context) error
+}
+
+// permanentError marks an error that retrying cannot cure.
+type permanentError struct{ err error }
+
+func (e permanentError) Error() string { return e.err.Error() }
+func (e permanentError) Unwrap() error { return e.err }
+
+// Permanent wraps err to tell the pipeline that retrying the batch is useless.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return permanentError{err}
+}
+
+// IsPermanent reports whether err was wrapped by Permanent.
+func IsPermanent(err error) bool {
+	var p permanentError
+	return errors.As(err, &p)
+}
+
+// BucketStart returns the start of the epoch-aligned bucket of width w that
+// holds t, in UTC.
+func BucketStart(t time.Time, w time.Duration) time.Time {
+	if w <= 0 {
+		return t.UTC()
+	}
+	if w%time.Second != 0 {
+		// Sub-second widths: Truncate counts from year 1, which is a whole
+		// number of seconds before the epoch, so this is epoch-aligned too
+		// for widths dividing a second.
+		return t.UTC().Truncate(w)
+	}
+	ws := int64(w / time.Second)
+	sec := t.Unix()
+	b := sec - sec%ws
+	if sec%ws < 0 {
+		b -= ws
+	}
+	return time.Unix(b, 0).UTC()
+}
