@@ -1,0 +1,194 @@
+// Package memstore is the in-memory flowmetrics.Store: for tests and for
+// ephemeral replays, where nothing needs to outlive the process.
+package memstore
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/store"
+)
+
+// Store keeps claims and the outbox in maps guarded by one mutex.
+type Store struct {
+	opts store.Options
+
+	mu      sync.Mutex
+	convs   map[string]*conversation
+	entries []flowmetrics.Entry
+	last    uint64
+	cursors map[string]uint64
+	closed  bool
+}
+
+type conversation struct {
+	keys    map[string]struct{}
+	changed int64 // unix nanoseconds
+}
+
+// New returns an empty store.
+func New(opts store.Options) *Store {
+	return &Store{opts: opts.WithDefaults(), convs: map[string]*conversation{}, cursors: map[string]uint64{}}
+}
+
+var errClosed = errors.New("memstore: closed")
+
+// Claim implements flowmetrics.Store.
+func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]flowmetrics.Occurrence, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errClosed
+	}
+	now := s.opts.Now()
+	var out []flowmetrics.Occurrence
+	for _, r := range reqs {
+		c := s.convs[r.ConversationID]
+		if c != nil && s.opts.Expired(timeOf(c.changed), now) {
+			c = nil
+		}
+		fresh := store.FilterNew(r.Occurrences, func(k string) bool {
+			if c == nil {
+				return false
+			}
+			_, ok := c.keys[k]
+			return ok
+		})
+		if len(fresh) == 0 {
+			continue
+		}
+		if c == nil {
+			c = &conversation{keys: map[string]struct{}{}}
+			s.convs[r.ConversationID] = c
+		}
+		for _, o := range fresh {
+			c.keys[o.Key] = struct{}{}
+		}
+		c.changed = now.UnixNano()
+		out = append(out, fresh...)
+	}
+	if len(out) > 0 {
+		s.last++
+		s.entries = append(s.entries, flowmetrics.Entry{Seq: s.last, Occurrences: out})
+	}
+	return out, nil
+}
+
+// Sweep removes expired conversations and returns how many.
+func (s *Store) Sweep(ctx context.Context) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.opts.Now()
+	n := 0
+	for id, c := range s.convs {
+		if s.opts.Expired(timeOf(c.changed), now) {
+			delete(s.convs, id)
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Conversations returns how many conversations the store holds.
+func (s *Store) Conversations() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.convs)
+}
+
+// ReadOutbox implements flowmetrics.Store.
+func (s *Store) ReadOutbox(ctx context.Context, after uint64, limit int) ([]flowmetrics.Entry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []flowmetrics.Entry
+	for _, e := range s.entries {
+		if e.Seq <= after {
+			continue
+		}
+		if len(out) >= limit {
+			break
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// Cursor implements flowmetrics.Store.
+func (s *Store) Cursor(ctx context.Context, sink string) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cursors[sink], nil
+}
+
+// Register implements flowmetrics.Store.
+func (s *Store) Register(ctx context.Context, sinks []string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := map[string]uint64{}
+	for _, name := range sinks {
+		c, ok := s.cursors[name]
+		if !ok {
+			c = s.last
+		}
+		next[name] = c
+	}
+	s.cursors = next
+	s.discard()
+	return nil
+}
+
+// Ack implements flowmetrics.Store.
+func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.cursors[sink]; !ok {
+		return errors.New("memstore: ack from unregistered sink " + sink)
+	}
+	if seq > s.cursors[sink] {
+		s.cursors[sink] = seq
+	}
+	s.discard()
+	return nil
+}
+
+func (s *Store) discard() {
+	m, ok := store.MinCursor(s.cursors)
+	if !ok {
+		m = s.last
+	}
+	i := 0
+	for i < len(s.entries) && s.entries[i].Seq <= m {
+		i++
+	}
+	s.entries = append(s.entries[:0], s.entries[i:]...)
+}
+
+// OutboxDepth implements flowmetrics.Store.
+func (s *Store) OutboxDepth(ctx context.Context, sink string) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.cursors[sink]
+	var n int64
+	for _, e := range s.entries {
+		if e.Seq > c {
+			n += int64(len(e.Occurrences))
+		}
+	}
+	return n, nil
+}
+
+// Close implements flowmetrics.Store.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	return nil
+}
+
+func timeOf(ns int64) time.Time { return time.Unix(0, ns) }

@@ -1,0 +1,198 @@
+package store
+
+import (
+	"github.com/flowmetrics/flowmetrics"
+	"hash/fnv"
+	"sort"
+	"sync"
+	"time"
+)
+
+// DefaultRetention is how long a conversation's state is kept after its last
+// change. EventBridge retries for 24 h and Genesys queues for days when AWS
+// is unreachable, so a week keeps late repeats from being recounted.
+const DefaultRetention = 7 * 24 * time.Hour
+
+// Options are the settings every store takes.
+type Options struct {
+	// Retention after a conversation's last change; DefaultRetention if zero.
+	Retention time.Duration
+	// Now is the clock; time.Now if nil. Tests pass their own.
+	Now func() time.Time
+}
+
+// WithDefaults fills in the zero fields.
+func (o Options) WithDefaults() Options {
+	if o.Retention <= 0 {
+		o.Retention = DefaultRetention
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// Expired reports whether state last changed at changed has outlived the
+// retention at now.
+func (o Options) Expired(changed, now time.Time) bool {
+	return now.Sub(changed) >= o.Retention
+}
+
+// Stripes serialises claims per conversation without one global lock: a
+// conversation always maps to the same mutex, and a batch takes its mutexes in
+// index order so two batches never deadlock.
+type Stripes struct {
+	mu [256]sync.Mutex
+}
+
+// Lock locks the stripes of the given conversations and returns the function
+// that unlocks them.
+func (s *Stripes) Lock(convs []string) (unlock func()) {
+	idx := make([]int, 0, len(convs))
+	seen := [256]bool{}
+	for _, c := range convs {
+		h := fnv.New32a()
+		h.Write([]byte(c))
+		i := int(h.Sum32() % 256)
+		if !seen[i] {
+			seen[i] = true
+			idx = append(idx, i)
+		}
+	}
+	sort.Ints(idx)
+	for _, i := range idx {
+		s.mu[i].Lock()
+	}
+	return func() {
+		for j := len(idx) - 1; j >= 0; j-- {
+			s.mu[idx[j]].Unlock()
+		}
+	}
+}
+
+// Sequencer hands out outbox sequence numbers and tracks which are still being
+// written, so readers never pass an entry that is about to appear: with
+// concurrent commits, entry 7 can become visible before entry 6.
+type Sequencer struct {
+	mu       sync.Mutex
+	next     uint64
+	inflight map[uint64]struct{}
+	// pending is the size in occurrences of each committed entry not yet
+	// discarded, in sequence order.
+	pending []SeqCount
+}
+
+// SeqCount is an outbox entry's sequence number and its occurrence count.
+type SeqCount struct {
+	Seq uint64
+	N   int64
+}
+
+// NewSequencer starts after last (the highest sequence number ever used).
+func NewSequencer(last uint64, existing []SeqCount) *Sequencer {
+	return &Sequencer{next: last + 1, inflight: map[uint64]struct{}{}, pending: existing}
+}
+
+// Begin allocates the next sequence number.
+func (s *Sequencer) Begin() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seq := s.next
+	s.next++
+	s.inflight[seq] = struct{}{}
+	return seq
+}
+
+// End marks seq as finished; committed says whether its entry exists.
+func (s *Sequencer) End(seq uint64, n int64, committed bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.inflight, seq)
+	if !committed {
+		return
+	}
+	i := len(s.pending)
+	for i > 0 && s.pending[i-1].Seq > seq {
+		i--
+	}
+	s.pending = append(s.pending, SeqCount{})
+	copy(s.pending[i+1:], s.pending[i:])
+	s.pending[i] = SeqCount{seq, n}
+}
+
+// Visible returns the highest sequence number below which every entry is
+// either committed or abandoned.
+func (s *Sequencer) Visible() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.next - 1
+	for seq := range s.inflight {
+		if seq-1 < v {
+			v = seq - 1
+		}
+	}
+	return v
+}
+
+// Last returns the highest sequence number handed out.
+func (s *Sequencer) Last() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.next - 1
+}
+
+// Depth returns the occurrences in entries after cursor.
+func (s *Sequencer) Depth(cursor uint64) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := sort.Search(len(s.pending), func(i int) bool { return s.pending[i].Seq > cursor })
+	var n int64
+	for _, p := range s.pending[i:] {
+		n += p.N
+	}
+	return n
+}
+
+// Discard forgets entries up to and including seq.
+func (s *Sequencer) Discard(seq uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := sort.Search(len(s.pending), func(i int) bool { return s.pending[i].Seq > seq })
+	s.pending = append(s.pending[:0], s.pending[i:]...)
+}
+
+// MinCursor returns the lowest cursor of the given sinks, and false when
+// there are none.
+func MinCursor(cursors map[string]uint64) (uint64, bool) {
+	first := true
+	var m uint64
+	for _, c := range cursors {
+		if first || c < m {
+			m, first = c, false
+		}
+	}
+	return m, !first
+}
+
+// FilterNew returns the occurrences of occs whose keys known does not hold,
+// each key once, in order. A request may repeat a key (two participants of one
+// event carrying the same attribute); it is still one occurrence.
+func FilterNew(occs []flowmetrics.Occurrence, known func(string) bool) []flowmetrics.Occurrence {
+	var out []flowmetrics.Occurrence
+	for i, o := range occs {
+		if known(o.Key) || repeated(occs[:i], o.Key) {
+			continue
+		}
+		out = append(out, o)
+	}
+	return out
+}
+
+func repeated(occs []flowmetrics.Occurrence, key string) bool {
+	for _, o := range occs {
+		if o.Key == key {
+			return true
+		}
+	}
+	return false
+}
