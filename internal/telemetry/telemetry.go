@@ -1,0 +1,85 @@
+// Package telemetry holds the pipeline's own metrics: what it read, counted,
+// skipped and dropped (always with a reason), and how its store and sinks
+// behave. Every part of the pipeline takes the one *Metrics it should report
+// to; tests make their own with New.
+package telemetry
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are the pipeline's self-observability counters and gauges.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	// Records by outcome: read, accepted, skipped (other topics), rejected
+	// (with reason).
+	RecordsRead     prometheus.Counter
+	RecordsAccepted prometheus.Counter
+	RecordsSkipped  *prometheus.CounterVec // reason
+	RecordsRejected *prometheus.CounterVec // reason
+
+	Occurrences *prometheus.CounterVec // flow, metric: new occurrences claimed
+	Malformed   *prometheus.CounterVec // flow: malformed metric attributes seen
+	CacheHits   prometheus.Counter     // events whose keys were all known in-process
+
+	StoreLatency *prometheus.HistogramVec // op
+	StoreErrors  *prometheus.CounterVec   // op
+
+	OutboxDepth   *prometheus.GaugeVec   // sink
+	OutboxDropped *prometheus.CounterVec // sink, reason
+
+	SinkSends    *prometheus.CounterVec // sink
+	SinkPoints   *prometheus.CounterVec // sink: points accepted
+	SinkFailures *prometheus.CounterVec // sink, reason
+	SinkRetries  *prometheus.CounterVec // sink
+	// PointsAdjusted counts points a sink changed or dropped to fit its
+	// backend's rules, e.g. reason "clamped_late", "dropped_late".
+	PointsAdjusted *prometheus.CounterVec // sink, reason
+	// Overflow counts occurrences folded into the overflow series by the
+	// cardinality guard.
+	Overflow prometheus.Counter
+}
+
+// New creates the metrics on a fresh registry that also carries the Go
+// runtime and process collectors.
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m := &Metrics{Registry: reg}
+	cnt := func(name, help string) prometheus.Counter {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "flowmetrics", Name: name, Help: help})
+		f(c)
+		return c
+	}
+	vec := func(name, help string, labels ...string) *prometheus.CounterVec {
+		c := prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "flowmetrics", Name: name, Help: help}, labels)
+		f(c)
+		return c
+	}
+	m.RecordsRead = cnt("records_read_total", "Input records read.")
+	m.RecordsAccepted = cnt("records_accepted_total", "Attribute-update records accepted.")
+	m.RecordsSkipped = vec("records_skipped_total", "Records skipped (not attribute updates).", "reason")
+	m.RecordsRejected = vec("records_rejected_total", "Records rejected as invalid.", "reason")
+	m.Occurrences = vec("occurrences_total", "Flow metric occurrences counted (new claims).", "flow", "metric")
+	m.Malformed = vec("malformed_attributes_total", "Metric-shaped attribute names that break the naming rules, by flow.", "flow")
+	m.CacheHits = cnt("cache_hits_total", "Events whose metric keys were all known in-process, so the store was not asked.")
+	m.StoreLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "flowmetrics", Name: "store_latency_seconds", Help: "State store call latency.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
+	}, []string{"op"})
+	f(m.StoreLatency)
+	m.StoreErrors = vec("store_errors_total", "State store errors.", "op")
+	m.OutboxDepth = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "flowmetrics", Name: "outbox_depth", Help: "Occurrences waiting to be delivered, per sink."}, []string{"sink"})
+	f(m.OutboxDepth)
+	m.OutboxDropped = vec("outbox_dropped_total", "Occurrences dropped from the outbox without delivery.", "sink", "reason")
+	m.SinkSends = vec("sink_sends_total", "Batches a sink delivered.", "sink")
+	m.SinkPoints = vec("sink_points_total", "Points a sink delivered.", "sink")
+	m.SinkFailures = vec("sink_failures_total", "Failed sink sends.", "sink", "reason")
+	m.SinkRetries = vec("sink_retries_total", "Sink sends retried after a failure.", "sink")
+	m.PointsAdjusted = vec("points_adjusted_total", "Points a sink clamped or dropped to fit its backend's rules.", "sink", "reason")
+	m.Overflow = cnt("cardinality_overflow_total", "Occurrences folded into the overflow series by the cardinality limit.")
+	return m
+}
