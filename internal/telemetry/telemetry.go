@@ -30,8 +30,14 @@ type Metrics struct {
 	OutboxDepth   *prometheus.GaugeVec   // sink
 	OutboxDropped *prometheus.CounterVec // sink, reason
 
-	SinkSends    *prometheus.CounterVec // sink
-	SinkPoints   *prometheus.CounterVec // sink: points accepted
+	// Batch-level counters, kept by the pipeline for every sink.
+	SinkSends         *prometheus.CounterVec // sink
+	SinkPoints        *prometheus.CounterVec // sink: points accepted
+	SinkBatchFailures *prometheus.CounterVec // sink, reason: error (retried) or permanent (dropped)
+	SinkBatchRetries  *prometheus.CounterVec // sink
+	// Request-level counters, kept by the sinks that talk to a backend:
+	// each failed request with the backend's reason, and each retry a sink
+	// makes within one Send.
 	SinkFailures *prometheus.CounterVec // sink, reason
 	SinkRetries  *prometheus.CounterVec // sink
 	// PointsAdjusted counts points a sink changed or dropped to fit its
@@ -77,8 +83,10 @@ func New() *Metrics {
 	m.OutboxDropped = vec("outbox_dropped_total", "Occurrences dropped from the outbox without delivery.", "sink", "reason")
 	m.SinkSends = vec("sink_sends_total", "Batches a sink delivered.", "sink")
 	m.SinkPoints = vec("sink_points_total", "Points a sink delivered.", "sink")
-	m.SinkFailures = vec("sink_failures_total", "Failed sink sends.", "sink", "reason")
-	m.SinkRetries = vec("sink_retries_total", "Sink sends retried after a failure.", "sink")
+	m.SinkBatchFailures = vec("sink_batch_failures_total", "Batches a sink failed to deliver (reason error: retried; permanent: dropped).", "sink", "reason")
+	m.SinkBatchRetries = vec("sink_batch_retries_total", "Batches sent again after a failure, after a jittered backoff.", "sink")
+	m.SinkFailures = vec("sink_failures_total", "Failed requests to a sink's backend, by the backend's reason.", "sink", "reason")
+	m.SinkRetries = vec("sink_retries_total", "Requests a sink retried within one send.", "sink")
 	m.PointsAdjusted = vec("points_adjusted_total", "Points a sink clamped or dropped to fit its backend's rules.", "sink", "reason")
 	m.Overflow = cnt("cardinality_overflow_total", "Occurrences folded into the overflow series by the cardinality limit.")
 	return m

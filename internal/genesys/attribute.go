@@ -1,0 +1,287 @@
+package genesys
+
+import (
+	"errors"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// marker separates the flow name from the metric name in an attribute name.
+const marker = "Metric_"
+
+// Attribute is a well-formed flow metric attribute name, taken apart.
+type Attribute struct {
+	Flow   string
+	Metric string
+	// Time is the time written in the name, converted to UTC.
+	Time time.Time
+}
+
+// The reasons a metric-shaped name is malformed. They are fixed values, so
+// that a feed full of one typo costs no allocation per attribute.
+var (
+	errNoClosingParen   = errors.New("missing closing parenthesis")
+	errTextAfterParen   = errors.New("text after the closing parenthesis")
+	errInvalidUTF8      = errors.New("name is not valid UTF-8")
+	errEmptyFlow        = errors.New("empty flow name")
+	errEmptyMetric      = errors.New("empty metric name")
+	errControlInFlow    = errors.New("control character in flow name")
+	errControlInMetric  = errors.New("control character in metric name")
+	errTimeEmpty        = errors.New("empty time")
+	errTimeLayout       = errors.New("time is not RFC 3339 (want e.g. 2023-03-05T08:18:04.568Z)")
+	errTimeSpace        = errors.New("time has a space where RFC 3339 wants T")
+	errTimeNoFraction   = errors.New("time has a decimal point without digits")
+	errTimeLongFraction = errors.New("time has more than 9 fractional digits")
+	errTimeZone         = errors.New("time has no valid zone (want Z or ±hh:mm)")
+	errTimeMonth        = errors.New("time has month out of range")
+	errTimeDay          = errors.New("time has day out of range")
+	errTimeHour         = errors.New("time has hour out of range")
+	errTimeMinute       = errors.New("time has minute out of range")
+	errTimeSecond       = errors.New("time has second out of range")
+	errTimeOffset       = errors.New("time has zone offset out of range")
+	errTimeYear         = errors.New("time is outside the years 0000 to 9999 in UTC")
+)
+
+// ParseAttribute parses a Participant Data attribute name.
+//
+// A name has the metric shape when it contains "Metric_" and a "(" somewhere
+// after the first "Metric_". A name without that shape is not a metric
+// attribute at all: ParseAttribute returns ok=false and a nil error, and the
+// name is meant to be ignored. The shape is deliberately looser than the
+// contract's `…Metric_…(…)`: a name that lacks its closing parenthesis or
+// has text (even a space) after it is exactly the kind of slip a flow author
+// makes and must be told about, so such names are malformed, not ignored.
+//
+// A metric-shaped name that breaks a rule returns a non-nil error saying
+// which, and a.Flow set to the text before the first "Metric_" (possibly
+// empty, with invalid UTF-8 replaced) so the caller can count malformed
+// names per flow. The rules, checked in this order:
+//   - the name ends with ")"; the text inside the last "(" and that ")" is
+//     TIME, the text between the first "Metric_" and that "(" is METRIC
+//     (which may itself hold parentheses and "Metric_");
+//   - the name is valid UTF-8;
+//   - FLOW and METRIC are not empty and hold no ASCII control characters;
+//   - TIME is an RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS, then optionally
+//     "." and 1 to 9 digits, then "Z" or ±hh:mm; "T" and "Z" may be lower
+//     case, as RFC 3339's grammar allows; a space instead of "T" is
+//     rejected (RFC 3339 mentions it only as something applications may
+//     choose); the date must exist, the second 60 (a leap second, which Go
+//     cannot represent) is rejected, and so is a time that falls outside
+//     the years 0000 to 9999 once converted to UTC.
+//
+// Otherwise ok is true and a holds the parts; a.Flow and a.Metric are
+// substrings of name.
+func ParseAttribute(name string) (a Attribute, ok bool, err error) {
+	i := strings.Index(name, marker)
+	if i < 0 {
+		return Attribute{}, false, nil
+	}
+	rest := name[i+len(marker):]
+	open := strings.LastIndexByte(rest, '(')
+	if open < 0 {
+		return Attribute{}, false, nil
+	}
+	a.Flow = name[:i]
+	if !strings.HasSuffix(rest, ")") {
+		a.Flow = strings.ToValidUTF8(a.Flow, "\uFFFD")
+		return a, false, parenError(rest[open:])
+	}
+	if !utf8.ValidString(name) {
+		// The flow is a label downstream, and labels must be UTF-8.
+		a.Flow = strings.ToValidUTF8(a.Flow, "\uFFFD")
+		return a, false, errInvalidUTF8
+	}
+	a.Metric = rest[:open]
+	switch {
+	case a.Flow == "":
+		return a, false, errEmptyFlow
+	case hasControl(a.Flow):
+		return a, false, errControlInFlow
+	case a.Metric == "":
+		return a, false, errEmptyMetric
+	case hasControl(a.Metric):
+		return a, false, errControlInMetric
+	}
+	a.Time, err = parseTime(rest[open+1 : len(rest)-1])
+	if err != nil {
+		return a, false, err
+	}
+	return a, true, nil
+}
+
+// parenError tells a missing ")" from one followed by more text; tail starts
+// at the last "(".
+func parenError(tail string) error {
+	if strings.IndexByte(tail, ')') >= 0 {
+		return errTextAfterParen
+	}
+	return errNoClosingParen
+}
+
+// hasControl reports whether s holds an ASCII control character: such a name
+// is never what a flow author meant, and it would break the line-oriented
+// sinks (StatsD, logs) downstream.
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}
+
+// parseTime parses an RFC 3339 date-time by hand rather than with
+// time.Parse, so that exactly the forms the contract names are accepted,
+// each rejection has a reason a flow author can act on, and the hot path
+// does not allocate.
+func parseTime(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, errTimeEmpty
+	}
+	// YYYY-MM-DDTHH:MM:SS is 19 bytes; the zone needs at least one more.
+	if len(s) < 20 {
+		return time.Time{}, errTimeLayout
+	}
+	year, ok1 := digits(s[0:4])
+	month, ok2 := digits(s[5:7])
+	day, ok3 := digits(s[8:10])
+	hour, ok4 := digits(s[11:13])
+	minute, ok5 := digits(s[14:16])
+	sec, ok6 := digits(s[17:19])
+	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) ||
+		s[4] != '-' || s[7] != '-' || s[13] != ':' || s[16] != ':' {
+		return time.Time{}, errTimeLayout
+	}
+	switch s[10] {
+	case 'T', 't':
+	case ' ':
+		return time.Time{}, errTimeSpace
+	default:
+		return time.Time{}, errTimeLayout
+	}
+
+	i, nsec := 19, 0
+	if s[i] == ',' {
+		// ISO 8601 allows a comma here; RFC 3339 does not.
+		return time.Time{}, errTimeLayout
+	}
+	if s[i] == '.' {
+		i++
+		start := i
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		n := i - start
+		switch {
+		case n == 0:
+			return time.Time{}, errTimeNoFraction
+		case n > 9:
+			return time.Time{}, errTimeLongFraction
+		}
+		for j := start; j < start+9; j++ {
+			nsec *= 10
+			if j < i {
+				nsec += int(s[j] - '0')
+			}
+		}
+	}
+
+	var offset int // seconds east of UTC
+	switch zone := s[i:]; {
+	case zone == "Z" || zone == "z":
+	case len(zone) == 6 && (zone[0] == '+' || zone[0] == '-') && zone[3] == ':':
+		oh, okh := digits(zone[1:3])
+		om, okm := digits(zone[4:6])
+		if !okh || !okm {
+			return time.Time{}, errTimeZone
+		}
+		if oh > 23 || om > 59 {
+			return time.Time{}, errTimeOffset
+		}
+		offset = oh*3600 + om*60
+		if zone[0] == '-' {
+			offset = -offset
+		}
+	default:
+		return time.Time{}, errTimeZone
+	}
+
+	switch {
+	case month < 1 || month > 12:
+		return time.Time{}, errTimeMonth
+	case day < 1 || day > daysIn(month, year):
+		return time.Time{}, errTimeDay
+	case hour > 23:
+		return time.Time{}, errTimeHour
+	case minute > 59:
+		return time.Time{}, errTimeMinute
+	case sec > 59:
+		return time.Time{}, errTimeSecond
+	}
+	unix := daysSinceEpoch(year, month, day)*86400 + int64(hour*3600+minute*60+sec-offset)
+	// Outside these years the time has no RFC 3339 form, so it could not be
+	// written back (sinks, the outbox) the way it was read.
+	if unix < minUnix || unix >= maxUnix {
+		return time.Time{}, errTimeYear
+	}
+	return time.Unix(unix, int64(nsec)).UTC(), nil
+}
+
+// The Unix times of 0000-01-01T00:00:00Z and 10000-01-01T00:00:00Z.
+const (
+	minUnix = -62167219200
+	maxUnix = 253402300800
+)
+
+// daysSinceEpoch returns the days from 1970-01-01 to the given date of the
+// proleptic Gregorian calendar (Howard Hinnant's days_from_civil). It is
+// time.Date without the normalisation and zone lookup this hot path does
+// not need.
+func daysSinceEpoch(year, month, day int) int64 {
+	y := int64(year)
+	if month <= 2 {
+		y--
+	}
+	era := y
+	if era < 0 {
+		era -= 399
+	}
+	era /= 400
+	yoe := y - era*400 // [0, 399]
+	m := int64(month)
+	if m > 2 {
+		m -= 3
+	} else {
+		m += 9
+	}
+	doy := (153*m+2)/5 + int64(day) - 1    // [0, 365]
+	doe := yoe*365 + yoe/4 - yoe/100 + doy // [0, 146096]
+	return era*146097 + doe - 719468
+}
+
+// digits parses s, which must be all ASCII digits.
+func digits(s string) (int, bool) {
+	n := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}
+
+func daysIn(month, year int) int {
+	switch month {
+	case 2:
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	case 4, 6, 9, 11:
+		return 30
+	}
+	return 31
+}

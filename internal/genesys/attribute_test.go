@@ -1,0 +1,202 @@
+package genesys
+
+import (
+	"strings"
+	"testing"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+func utc(s string) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		panic(err)
+	}
+	return t.UTC()
+}
+
+func TestParseAttributeWellFormed(t *testing.T) {
+	tests := []struct {
+		name, attr   string
+		flow, metric string
+		time         string // RFC 3339 in UTC
+	}{
+		{"contract example", "CustomerRoutingMetric_Unknown(2023-03-05T08:18:04.568Z)", "CustomerRouting", "Unknown", "2023-03-05T08:18:04.568Z"},
+		{"space in flow", "Billing MainMetric_PaymentTaken(2023-03-05T08:20:12.880Z)", "Billing Main", "PaymentTaken", "2023-03-05T08:20:12.88Z"},
+		{"dots and dashes", "IVR.Main-v2Metric_Opt-out.Press_1(2023-03-05T08:18:04Z)", "IVR.Main-v2", "Opt-out.Press_1", "2023-03-05T08:18:04Z"},
+		{"leading and trailing spaces kept", " Flow Metric_ A (2023-03-05T08:18:04Z)", " Flow ", " A ", "2023-03-05T08:18:04Z"},
+		{"non-ASCII flow and metric", "Kundenführung ÄrgerMetric_Weitergeleitet(2023-03-05T08:18:04Z)", "Kundenführung Ärger", "Weitergeleitet", "2023-03-05T08:18:04Z"},
+		{"CJK flow", "顧客ルーティングMetric_不明(2023-03-05T08:18:04Z)", "顧客ルーティング", "不明", "2023-03-05T08:18:04Z"},
+		{"second Metric_ belongs to the metric", "AMetric_BMetric_C(2023-03-05T08:18:04Z)", "A", "BMetric_C", "2023-03-05T08:18:04Z"},
+		{"metric ends with Metric_", "AMetric_Metric_(2023-03-05T08:18:04Z)", "A", "Metric_", "2023-03-05T08:18:04Z"},
+		{"parentheses in metric", "FMetric_A(b)(2023-03-05T08:18:04Z)", "F", "A(b)", "2023-03-05T08:18:04Z"},
+		{"nested parentheses in metric", "FMetric_Transfer (queue (x))(2023-03-05T08:18:04Z)", "F", "Transfer (queue (x))", "2023-03-05T08:18:04Z"},
+		{"parenthesis in flow", "F(1)Metric_A(2023-03-05T08:18:04Z)", "F(1)", "A", "2023-03-05T08:18:04Z"},
+		{"0 fractional digits", "FMetric_A(2023-03-05T08:18:04Z)", "F", "A", "2023-03-05T08:18:04Z"},
+		{"1 fractional digit", "FMetric_A(2023-03-05T08:18:04.5Z)", "F", "A", "2023-03-05T08:18:04.5Z"},
+		{"3 fractional digits", "FMetric_A(2023-03-05T08:18:04.568Z)", "F", "A", "2023-03-05T08:18:04.568Z"},
+		{"7 fractional digits (.NET)", "FMetric_A(2023-03-05T08:18:04.5680000Z)", "F", "A", "2023-03-05T08:18:04.568Z"},
+		{"9 fractional digits", "FMetric_A(2023-03-05T08:18:04.123456789Z)", "F", "A", "2023-03-05T08:18:04.123456789Z"},
+		{"zero offset", "FMetric_A(2023-03-05T08:18:04.568+00:00)", "F", "A", "2023-03-05T08:18:04.568Z"},
+		{"negative zero offset (RFC 3339 unknown local offset)", "FMetric_A(2023-03-05T08:18:04-00:00)", "F", "A", "2023-03-05T08:18:04Z"},
+		{"positive offset to UTC", "FMetric_A(2023-03-05T09:18:04.568+01:00)", "F", "A", "2023-03-05T08:18:04.568Z"},
+		{"negative half-hour offset to UTC", "FMetric_A(2023-03-05T02:48:04-05:30)", "F", "A", "2023-03-05T08:18:04Z"},
+		{"offset crosses a year", "FMetric_A(2023-12-31T23:30:00-01:00)", "F", "A", "2024-01-01T00:30:00Z"},
+		{"largest offset", "FMetric_A(2023-03-05T08:18:04+23:59)", "F", "A", "2023-03-04T08:19:04Z"},
+		// RFC 3339's grammar is ABNF, whose literals are case-insensitive, and
+		// its section 5.6 says so for T and Z.
+		{"lower-case t and z", "FMetric_A(2023-03-05t08:18:04.568z)", "F", "A", "2023-03-05T08:18:04.568Z"},
+		{"leap day", "FMetric_A(2024-02-29T00:00:00Z)", "F", "A", "2024-02-29T00:00:00Z"},
+		{"leap day of a 400th year", "FMetric_A(2000-02-29T00:00:00Z)", "F", "A", "2000-02-29T00:00:00Z"},
+		{"first representable", "FMetric_A(0000-01-01T00:00:00Z)", "F", "A", "0000-01-01T00:00:00Z"},
+		{"last representable", "FMetric_A(9999-12-31T23:59:59.999999999Z)", "F", "A", "9999-12-31T23:59:59.999999999Z"},
+		{"value-like characters in metric", "FMetric_a=b;c|d#e(2023-03-05T08:18:04Z)", "F", "a=b;c|d#e", "2023-03-05T08:18:04Z"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, ok, err := ParseAttribute(tt.attr)
+			if !ok || err != nil {
+				t.Fatalf("ParseAttribute(%q): got ok=%v err=%v, want ok", tt.attr, ok, err)
+			}
+			if a.Flow != tt.flow || a.Metric != tt.metric {
+				t.Errorf("got flow %q metric %q, want %q %q", a.Flow, a.Metric, tt.flow, tt.metric)
+			}
+			if want := utc(tt.time); !a.Time.Equal(want) || a.Time.Location() != time.UTC {
+				t.Errorf("got time %v, want %v in UTC", a.Time, want)
+			}
+		})
+	}
+}
+
+func TestParseAttributeNotMetric(t *testing.T) {
+	tests := []struct{ name, attr string }{
+		{"ordinary attribute", "AccountID"},
+		{"empty", ""},
+		{"marker alone", "Metric_"},
+		{"no underscore", "CustomerRoutingMetric(2023-03-05T08:18:04.568Z)"},
+		{"marker is case-sensitive", "CustomerRoutingmetric_Unknown(2023-03-05T08:18:04.568Z)"},
+		{"marker upper case", "CustomerRoutingMETRIC_Unknown(2023-03-05T08:18:04.568Z)"},
+		{"no parenthesis", "CustomerRoutingMetric_Unknown"},
+		{"no opening parenthesis", "CustomerRoutingMetric_Unknown2023-03-05T08:18:04.568Z)"},
+		{"parenthesis only before the marker", "Flow(2023-03-05T08:18:04.568Z)Metric_Unknown"},
+		{"other brackets", "CustomerRoutingMetric_Unknown[2023-03-05T08:18:04.568Z]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, ok, err := ParseAttribute(tt.attr)
+			if ok || err != nil || a != (Attribute{}) {
+				t.Errorf("ParseAttribute(%q): got %+v ok=%v err=%v, want zero, false, nil", tt.attr, a, ok, err)
+			}
+		})
+	}
+}
+
+func TestParseAttributeMalformed(t *testing.T) {
+	const ts = "2023-03-05T08:18:04.568Z"
+	tests := []struct {
+		name, attr string
+		flow       string
+		err        error
+	}{
+		{"empty flow", "Metric_Unknown(" + ts + ")", "", errEmptyFlow},
+		{"empty metric", "FMetric_(" + ts + ")", "F", errEmptyMetric},
+		{"empty flow and metric", "Metric_(" + ts + ")", "", errEmptyFlow},
+		{"missing closing parenthesis", "FMetric_A(" + ts, "F", errNoClosingParen},
+		{"missing closing parenthesis after parenthesised metric", "FMetric_A(b)(" + ts, "F", errNoClosingParen},
+		{"text after the parenthesis", "FMetric_A(" + ts + ")x", "F", errTextAfterParen},
+		{"space after the parenthesis", "FMetric_A(" + ts + ") ", "F", errTextAfterParen},
+		{"flow of a malformed name is still given", "Billing MainMetric_Paid(" + ts, "Billing Main", errNoClosingParen},
+		{"invalid UTF-8", "F\xffMetric_A(" + ts + ")", "F\uFFFD", errInvalidUTF8},
+		{"control character in flow", "F\nMetric_A(" + ts + ")", "F\n", errControlInFlow},
+		{"DEL in flow", "F\x7fMetric_A(" + ts + ")", "F\x7f", errControlInFlow},
+		{"control character in metric", "FMetric_A\tB(" + ts + ")", "F", errControlInMetric},
+		{"empty time", "FMetric_A()", "F", errTimeEmpty},
+		{"not a time", "CustomerRoutingMetric_Oops(not-a-time)", "CustomerRouting", errTimeLayout},
+		{"date only", "FMetric_A(2023-03-05)", "F", errTimeLayout},
+		{"no seconds", "FMetric_A(2023-03-05T08:18Z)", "F", errTimeLayout},
+		{"single-digit fields", "FMetric_A(2023-3-5T8:18:04.568Z)", "F", errTimeLayout},
+		{"space around the time", "FMetric_A( " + ts + ")", "F", errTimeLayout},
+		{"trailing space in the time", "FMetric_A(" + ts + " )", "F", errTimeZone},
+		{"signed year", "FMetric_A(+2023-03-05T08:18:04Z)", "F", errTimeLayout},
+		{"five-digit year", "FMetric_A(12023-03-05T08:18:04Z)", "F", errTimeLayout},
+		{"non-ASCII digits", "FMetric_A(２０２３-03-05T08:18:04Z)", "F", errTimeLayout},
+		// RFC 3339 mentions a space only as something an application may
+		// choose; the contract names T.
+		{"space instead of T", "FMetric_A(2023-03-05 08:18:04.568Z)", "F", errTimeSpace},
+		{"other separator", "FMetric_A(2023-03-05_08:18:04.568Z)", "F", errTimeLayout},
+		{"no zone", "FMetric_A(2023-03-05T08:18:04.568)", "F", errTimeZone},
+		{"zone name", "FMetric_A(2023-03-05T08:18:04.568UTC)", "F", errTimeZone},
+		{"offset without colon", "FMetric_A(2023-03-05T08:18:04+0100)", "F", errTimeZone},
+		{"offset hours only", "FMetric_A(2023-03-05T08:18:04+01)", "F", errTimeZone},
+		{"offset with seconds", "FMetric_A(2023-03-05T08:18:04+01:00:00)", "F", errTimeZone},
+		{"Z and offset", "FMetric_A(2023-03-05T08:18:04Z+01:00)", "F", errTimeZone},
+		{"offset hour 24", "FMetric_A(2023-03-05T08:18:04+24:00)", "F", errTimeOffset},
+		{"offset minute 60", "FMetric_A(2023-03-05T08:18:04+01:60)", "F", errTimeOffset},
+		{"comma before fraction", "FMetric_A(2023-03-05T08:18:04,568Z)", "F", errTimeLayout},
+		{"point without digits", "FMetric_A(2023-03-05T08:18:04.Z)", "F", errTimeNoFraction},
+		{"10 fractional digits", "FMetric_A(2023-03-05T08:18:04.1234567890Z)", "F", errTimeLongFraction},
+		{"month 13", "FMetric_A(2023-13-05T08:18:04Z)", "F", errTimeMonth},
+		{"month 0", "FMetric_A(2023-00-05T08:18:04Z)", "F", errTimeMonth},
+		{"day 0", "FMetric_A(2023-03-00T08:18:04Z)", "F", errTimeDay},
+		{"February 30", "FMetric_A(2024-02-30T08:18:04Z)", "F", errTimeDay},
+		{"February 29 of a common year", "FMetric_A(2023-02-29T08:18:04Z)", "F", errTimeDay},
+		{"February 29 of a century", "FMetric_A(1900-02-29T08:18:04Z)", "F", errTimeDay},
+		{"April 31", "FMetric_A(2023-04-31T08:18:04Z)", "F", errTimeDay},
+		{"hour 24", "FMetric_A(2023-03-05T24:00:00Z)", "F", errTimeHour},
+		{"minute 60", "FMetric_A(2023-03-05T08:60:04Z)", "F", errTimeMinute},
+		// Go's time cannot represent a leap second, and Genesys does not
+		// write one.
+		{"leap second", "FMetric_A(2016-12-31T23:59:60Z)", "F", errTimeSecond},
+		{"before year 0000 in UTC", "FMetric_A(0000-01-01T00:30:00+01:00)", "F", errTimeYear},
+		{"after year 9999 in UTC", "FMetric_A(9999-12-31T23:30:00-01:00)", "F", errTimeYear},
+		{"time in nested parentheses", "FMetric_A(" + ts + "(x))", "F", errTimeLayout},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, ok, err := ParseAttribute(tt.attr)
+			if ok || err == nil {
+				t.Fatalf("ParseAttribute(%q): got ok=%v err=%v, want malformed", tt.attr, ok, err)
+			}
+			if err != tt.err {
+				t.Errorf("got error %q, want %q", err, tt.err)
+			}
+			if a.Flow != tt.flow {
+				t.Errorf("got flow %q, want %q", a.Flow, tt.flow)
+			}
+			if !utf8.ValidString(a.Flow) {
+				t.Errorf("got flow %q, want valid UTF-8", a.Flow)
+			}
+		})
+	}
+}
+
+// The reasons are shown to flow authors and used as messages: lower case,
+// no trailing punctuation.
+func TestParseAttributeReasons(t *testing.T) {
+	for _, err := range []error{
+		errNoClosingParen, errTextAfterParen, errInvalidUTF8, errEmptyFlow, errEmptyMetric,
+		errControlInFlow, errControlInMetric, errTimeEmpty, errTimeLayout, errTimeSpace,
+		errTimeNoFraction, errTimeLongFraction, errTimeZone, errTimeMonth, errTimeDay,
+		errTimeHour, errTimeMinute, errTimeSecond, errTimeOffset, errTimeYear,
+	} {
+		msg := err.Error()
+		r, _ := utf8.DecodeRuneInString(msg)
+		if unicode.IsUpper(r) || strings.HasSuffix(msg, ".") {
+			t.Errorf("got reason %q, want lower case without a final period", msg)
+		}
+	}
+}
+
+func TestParseAttributeDoesNotAllocate(t *testing.T) {
+	names := []string{
+		"CustomerRoutingMetric_Unknown(2023-03-05T08:18:04.568+01:00)",
+		"AccountID",
+		"CustomerRoutingMetric_Oops(not-a-time)",
+	}
+	for _, name := range names {
+		if n := testing.AllocsPerRun(100, func() { ParseAttribute(name) }); n != 0 {
+			t.Errorf("ParseAttribute(%q): got %v allocations, want 0", name, n)
+		}
+	}
+}

@@ -1,0 +1,249 @@
+package genesys
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"testing/iotest"
+	"time"
+	"unicode/utf8"
+)
+
+// seedSamples adds every shared sample, whole and line by line.
+func seedSamples(f *testing.F) {
+	files, err := filepath.Glob(filepath.Join(sharedTestdata, "*.json*"))
+	if err != nil || len(files) == 0 {
+		f.Fatalf("shared testdata: %v (%d files)", err, len(files))
+	}
+	for _, name := range files {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+		for _, line := range bytes.Split(b, []byte("\n")) {
+			f.Add(line)
+		}
+	}
+}
+
+func FuzzParseAttribute(f *testing.F) {
+	for _, s := range []string{
+		"CustomerRoutingMetric_Unknown(2023-03-05T08:18:04.568Z)",
+		"Billing MainMetric_PaymentTaken(2023-03-05T08:20:12.880Z)",
+		"FMetric_A(b)(2023-03-05T09:18:04.123456789+01:00)",
+		"AMetric_BMetric_C(2023-03-05t08:18:04z)",
+		"顧客Metric_不明(0000-01-01T00:00:00-00:00)",
+		"FMetric_A(9999-12-31T23:59:59Z)",
+		"CustomerRoutingMetric_Oops(not-a-time)",
+		"FMetric_A(2024-02-30T08:18:04Z)",
+		"Metric_(",
+		"AccountID",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		a, ok, err := ParseAttribute(name)
+		switch {
+		case ok && err != nil:
+			t.Fatalf("got ok and error %v", err)
+		case !ok && err == nil:
+			i := strings.Index(name, marker)
+			if i >= 0 && strings.Contains(name[i+len(marker):], "(") {
+				t.Fatalf("got not a metric for a name of the metric shape")
+			}
+			return
+		case err != nil:
+			if !utf8.ValidString(a.Flow) {
+				t.Errorf("got flow %q of a malformed name, want valid UTF-8", a.Flow)
+			}
+			return
+		}
+		if a.Flow == "" || a.Metric == "" || strings.Contains(a.Flow, marker) {
+			t.Errorf("got flow %q metric %q", a.Flow, a.Metric)
+		}
+		if a.Time.Location() != time.UTC {
+			t.Errorf("got time in %v, want UTC", a.Time.Location())
+		}
+		again := a.Flow + marker + a.Metric + "(" + a.Time.Format(time.RFC3339Nano) + ")"
+		b, ok, err := ParseAttribute(again)
+		if !ok || err != nil {
+			t.Fatalf("ParseAttribute(%q) (from %q): got ok=%v err=%v, want ok", again, name, ok, err)
+		}
+		if b.Flow != a.Flow || b.Metric != a.Metric || !b.Time.Equal(a.Time) {
+			t.Errorf("round trip of %q: got %+v, want %+v", name, b, a)
+		}
+	})
+}
+
+// FuzzDecode checks the invariants of Decode, whatever the input, and that
+// reading it a byte at a time changes nothing.
+func FuzzDecode(f *testing.F) {
+	seedSamples(f)
+	for _, s := range []string{
+		"[1, {}, null]", "[{\"a\":1},\n{\"a\" 1}]", "{\n\"a\": 1\n\"b\": 2\n}", "x\n{}\n{}",
+		"{\"a\": \"x\n{}\n", "\xef\xbb\xbf{}\r\n\r\n{}", "{}{}\n[]", "[] x", "1 2 3", "12",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var got []Record
+		err := Decode(bytes.NewReader(data), func(r Record) error {
+			got = append(got, r)
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("got error %v, want nil", err)
+		}
+		line := 1
+		for i, r := range got {
+			if r.Index != i {
+				t.Errorf("record %d: got index %d", i, r.Index)
+			}
+			if r.Line < line {
+				t.Errorf("record %d: got line %d after line %d", i, r.Line, line)
+			}
+			line = r.Line
+			switch r.Outcome {
+			case Accepted:
+				if r.Event == nil || r.Event.ConversationID == "" || r.Err != nil {
+					t.Fatalf("record %d: got accepted with event %+v, error %v", i, r.Event, r.Err)
+				}
+				for k, v := range r.Event.Attributes {
+					if !utf8.ValidString(k) || !utf8.ValidString(v) {
+						t.Errorf("record %d: got attribute %q=%q, want valid UTF-8", i, k, v)
+					}
+				}
+				Extract(r.Event)
+			case Skipped:
+				if r.Event != nil || r.Err != nil {
+					t.Errorf("record %d: got skipped with event %+v, error %v", i, r.Event, r.Err)
+				}
+			case Rejected:
+				if r.Event != nil || r.Err == nil {
+					t.Errorf("record %d: got rejected with event %+v, error %v", i, r.Event, r.Err)
+				}
+			default:
+				t.Errorf("record %d: got outcome %v", i, r.Outcome)
+			}
+		}
+		if trimmed := bytes.TrimSpace(data); len(trimmed) > 0 && trimmed[0] == '{' &&
+			len(data) <= MaxRecordSize && json.Valid(data) && len(got) != 1 {
+			t.Errorf("got %d records from one JSON object, want 1", len(got))
+		}
+		var slow []Record
+		Decode(iotest.OneByteReader(bytes.NewReader(data)), func(r Record) error {
+			slow = append(slow, r)
+			return nil
+		})
+		if !sameRecords(slow, got) {
+			t.Errorf("got different records reading a byte at a time")
+		}
+	})
+}
+
+// FuzzDecodeValue holds DecodeValue to encoding/json: the same values are
+// JSON, and a straightforward reading of the rules on encoding/json's
+// result gives the same outcome and event.
+func FuzzDecodeValue(f *testing.F) {
+	seedSamples(f)
+	for _, s := range []string{
+		`{"topicName":"v2.detail.events.conversation.c.attributes","eventBody":{"conversationId":"c","attributes":{"a\ud83d\ude00":"\u00e9"}}}`,
+		`{"detail-type":"v2.detail.events.conversation.{id}.attributes","detail":{"eventBody":{"conversationId":"c","eventTime":-12,"attributes":{}}},"detail-type":1}`,
+		`{"detail":{"topicName":"v2.detail.events.conversation.c.attributes","eventBody":{"conversationId":"c","attributes":{"n":1}}}}`,
+		"[1e400, -0.5E+3, true, false, null]",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		rec := DecodeValue(data)
+		want := reference(data)
+		if rec.Outcome != want.Outcome {
+			t.Fatalf("got %v (%v), want %v (%v)", rec.Outcome, rec.Err, want.Outcome, want.Err)
+		}
+		if rec.Outcome == Rejected && !errors.Is(rec.Err, want.Err) {
+			t.Fatalf("got error %v, want %v", rec.Err, want.Err)
+		}
+		if rec.Outcome != Rejected && rec.Topic != want.Topic {
+			t.Errorf("got topic %q, want %q", rec.Topic, want.Topic)
+		}
+		if !reflect.DeepEqual(rec.Event, want.Event) {
+			t.Errorf("got event %+v, want %+v", rec.Event, want.Event)
+		}
+	})
+}
+
+// reference applies the rules of Decode to what encoding/json makes of data.
+func reference(data []byte) Record {
+	if !json.Valid(data) {
+		return reject(ErrNotJSON)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		panic(err) // json.Valid said it was
+	}
+	top, ok := v.(map[string]any)
+	if !ok {
+		return reject(ErrNotEvent)
+	}
+	d := top
+	if x, has := top["detail"]; has {
+		if d, ok = x.(map[string]any); !ok {
+			return reject(ErrNotEvent)
+		}
+	} else {
+		_, hasTopic := top["topicName"]
+		_, hasBody := top["eventBody"]
+		if !hasTopic || !hasBody {
+			return reject(ErrNotEvent)
+		}
+	}
+	var rec Record
+	if x, has := d["topicName"]; has {
+		if rec.Topic, ok = x.(string); !ok {
+			return reject(ErrNotEvent)
+		}
+	} else if rec.Topic, ok = top["detail-type"].(string); !ok {
+		return reject(ErrNotEvent)
+	}
+	if !isAttributesTopic([]byte(rec.Topic)) {
+		rec.Outcome = Skipped
+		return rec
+	}
+	body, ok := d["eventBody"].(map[string]any)
+	if !ok {
+		return reject(ErrNoConversationID)
+	}
+	ev := &Event{}
+	if ev.ConversationID, ok = body["conversationId"].(string); !ok || ev.ConversationID == "" {
+		return reject(ErrNoConversationID)
+	}
+	if body["attributes"] == nil {
+		return reject(ErrNoAttributes)
+	}
+	attrs, ok := body["attributes"].(map[string]any)
+	if !ok {
+		return reject(ErrBadAttributes)
+	}
+	ev.Attributes = map[string]string{}
+	for k, v := range attrs {
+		if ev.Attributes[k], ok = v.(string); !ok {
+			return reject(ErrBadAttributes)
+		}
+	}
+	ev.ParticipantID, _ = body["participantId"].(string)
+	if n, ok := body["eventTime"].(json.Number); ok && len(strings.TrimPrefix(string(n), "-")) <= 18 {
+		if ms, err := n.Int64(); err == nil {
+			ev.EventTime = time.UnixMilli(ms).UTC()
+		}
+	}
+	rec.Outcome, rec.Event = Accepted, ev
+	return rec
+}

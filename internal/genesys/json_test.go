@@ -1,0 +1,48 @@
+package genesys
+
+import (
+	"encoding/binary"
+	"math/bits"
+	"math/rand/v2"
+	"testing"
+)
+
+// special must find the first byte that does not stand for itself in a
+// string, for every byte value in every position, whatever surrounds it.
+func TestSpecial(t *testing.T) {
+	first := func(b []byte) int {
+		for i, c := range b {
+			if !plain[c] {
+				return i
+			}
+		}
+		return 8
+	}
+	check := func(b []byte) {
+		m := special(binary.LittleEndian.Uint64(b))
+		got := 8
+		if m != 0 {
+			got = bits.TrailingZeros64(m) / 8
+		}
+		if want := first(b); got != want {
+			t.Fatalf("special(%q): got first special byte at %d, want %d", b, got, want)
+		}
+	}
+	b := make([]byte, 8)
+	for c := range 256 {
+		for pos := range 8 {
+			for _, fill := range []byte{'a', ' ', '~', 0x7f, 0x21, 0x5d} {
+				for i := range b {
+					b[i] = fill
+				}
+				b[pos] = byte(c)
+				check(b)
+			}
+		}
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 1_000_000 {
+		binary.LittleEndian.PutUint64(b, r.Uint64())
+		check(b)
+	}
+}
