@@ -50,7 +50,8 @@ type Line struct {
 type Sink struct {
 	mu     sync.Mutex
 	w      *bufio.Writer
-	f      *os.File // nil for stdout or a plain writer
+	f      *os.File // a regular file, synced on Send; nil otherwise
+	dev    *os.File // a device or pipe opened by path, closed on Close
 	tags   map[string]string
 	closed bool
 }
@@ -73,6 +74,12 @@ func New(cfg Config, namer *naming.Namer) (*Sink, error) {
 	f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("jsonl: %w", err)
+	}
+	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() {
+		// A device or pipe (/dev/null, a FIFO): nothing to trim or sync.
+		s.w = bufio.NewWriterSize(f, 64<<10)
+		s.dev = f
+		return s, nil
 	}
 	if err := trimTornLine(f); err != nil {
 		f.Close()
@@ -161,9 +168,11 @@ func (s *Sink) Close(ctx context.Context) error {
 	}
 	s.closed = true
 	err := s.w.Flush()
-	if s.f != nil {
-		if cerr := s.f.Close(); err == nil {
-			err = cerr
+	for _, f := range []*os.File{s.f, s.dev} {
+		if f != nil {
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
 		}
 	}
 	return err

@@ -97,3 +97,16 @@ func TestAppendsAfterReopen(t *testing.T) {
 		t.Errorf("got %d lines, want 4", n)
 	}
 }
+
+func TestDevNull(t *testing.T) {
+	s, err := New(Config{Path: os.DevNull}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(context.Background(), pts); err != nil {
+		t.Errorf("send to %s: got %v, want nil", os.DevNull, err)
+	}
+	if err := s.Close(context.Background()); err != nil {
+		t.Error(err)
+	}
+}

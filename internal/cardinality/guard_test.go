@@ -1,0 +1,197 @@
+package cardinality
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func TestMap(t *testing.T) {
+	type call struct{ flow, metric, wantFlow, wantMetric string }
+	tests := []struct {
+		name         string
+		limit        int
+		calls        []call
+		wantOverflow float64
+		wantLogLines int
+	}{
+		{
+			name:  "under the limit everything passes",
+			limit: 3,
+			calls: []call{
+				{"A", "x", "A", "x"},
+				{"A", "y", "A", "y"},
+				{"A", "x", "A", "x"},
+			},
+		},
+		{
+			name:  "pairs beyond the limit fold, admitted ones stay",
+			limit: 2,
+			calls: []call{
+				{"A", "x", "A", "x"},
+				{"B", "x", "B", "x"},
+				{"C", "x", OverflowFlow, OverflowMetric},
+				{"A", "x", "A", "x"},
+				{"C", "x", OverflowFlow, OverflowMetric},
+				{"D", "y", OverflowFlow, OverflowMetric},
+				{"B", "x", "B", "x"},
+			},
+			wantOverflow: 3,
+			wantLogLines: 2, // C/x and D/y, each once
+		},
+		{
+			name:  "flow and metric both make the pair",
+			limit: 1,
+			calls: []call{
+				{"A", "x", "A", "x"},
+				{"A", "y", OverflowFlow, OverflowMetric},
+				{"B", "x", OverflowFlow, OverflowMetric},
+			},
+			wantOverflow: 2,
+			wantLogLines: 2,
+		},
+		{
+			name:  "negative limit disables the guard",
+			limit: -1,
+			calls: []call{
+				{"A", "x", "A", "x"},
+				{"B", "y", "B", "y"},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := telemetry.New()
+			var buf bytes.Buffer
+			g := New(tt.limit, m, slog.New(slog.NewTextHandler(&buf, nil)))
+			for i, c := range tt.calls {
+				gf, gm := g.Map(c.flow, c.metric)
+				if gf != c.wantFlow || gm != c.wantMetric {
+					t.Errorf("call %d Map(%q, %q): got (%q, %q), want (%q, %q)", i, c.flow, c.metric, gf, gm, c.wantFlow, c.wantMetric)
+				}
+			}
+			if got := testutil.ToFloat64(m.Overflow); got != tt.wantOverflow {
+				t.Errorf("overflow counter: got %v, want %v", got, tt.wantOverflow)
+			}
+			if got := strings.Count(buf.String(), "\n"); got != tt.wantLogLines {
+				t.Errorf("log lines: got %d, want %d\n%s", got, tt.wantLogLines, buf.String())
+			}
+		})
+	}
+}
+
+func TestDefaultLimit(t *testing.T) {
+	g := New(0, nil, nil)
+	if got := g.Limit(); got != DefaultLimit {
+		t.Fatalf("got limit %d, want %d", got, DefaultLimit)
+	}
+	for i := 0; i < DefaultLimit; i++ {
+		if f, _ := g.Map(fmt.Sprint("flow", i), "m"); f == OverflowFlow {
+			t.Fatalf("pair %d folded, want admitted", i)
+		}
+	}
+	if f, m := g.Map("one", "more"); f != OverflowFlow || m != OverflowMetric {
+		t.Fatalf("got (%q, %q), want the overflow pair", f, m)
+	}
+}
+
+func TestLogIsRateLimited(t *testing.T) {
+	var buf bytes.Buffer
+	g := New(1, telemetry.New(), slog.New(slog.NewTextHandler(&buf, nil)))
+	now := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
+	g.now = func() time.Time { return now }
+	g.Map("admitted", "m")
+	for i := 0; i < 1000; i++ { // a flood of distinct names
+		g.Map("flood", fmt.Sprint("m", i))
+	}
+	if got := strings.Count(buf.String(), "\n"); got != logBurst {
+		t.Fatalf("log lines during the flood: got %d, want %d", got, logBurst)
+	}
+	now = now.Add(logWindow)
+	buf.Reset()
+	g.Map("flood", "next")
+	out := buf.String()
+	if got := strings.Count(out, "\n"); got != 1 {
+		t.Fatalf("log lines in the next window: got %d, want 1", got)
+	}
+	want := fmt.Sprintf("also_folded_unlogged=%d", 1000-logBurst)
+	if !strings.Contains(out, want) {
+		t.Errorf("got %q, want it to contain %q", out, want)
+	}
+	if got := g.Folded(); got != 1001 {
+		t.Errorf("folded pairs: got %d, want 1001", got)
+	}
+}
+
+func TestConcurrentMapAdmitsExactlyLimit(t *testing.T) {
+	const limit, workers, pairs = 50, 8, 200
+	m := telemetry.New()
+	g := New(limit, m, nil)
+	var mu sync.Mutex
+	admitted := map[string]bool{}
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < pairs; i++ {
+				f, _ := g.Map(fmt.Sprint("f", i), "m")
+				if f != OverflowFlow {
+					mu.Lock()
+					admitted[f] = true
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(admitted) != limit {
+		t.Errorf("distinct admitted pairs: got %d, want %d", len(admitted), limit)
+	}
+	wantOverflow := float64(workers*pairs - workers*limit)
+	if got := testutil.ToFloat64(m.Overflow); got != wantOverflow {
+		t.Errorf("overflow counter: got %v, want %v", got, wantOverflow)
+	}
+}
+
+// TestLogGolden shows what an operator sees in the log when the limit is
+// reached.
+func TestLogGolden(t *testing.T) {
+	var buf bytes.Buffer
+	h := slog.NewTextHandler(&buf, &slog.HandlerOptions{ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}})
+	g := New(2, telemetry.New(), slog.New(h))
+	for _, p := range [][2]string{{"CustomerRouting", "Unknown"}, {"Billing Main", "PaymentTaken"}, {"Billing Main", "Refund"}, {"Billing Main", "Refund"}, {"Typo Flow", "Metric_(x)"}} {
+		g.Map(p[0], p[1])
+	}
+	path := filepath.Join("testdata", "log.golden.txt")
+	if *update {
+		if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := buf.String(); got != string(want) {
+		t.Errorf("log differs from %s:\ngot:\n%s\nwant:\n%s", path, got, want)
+	}
+}

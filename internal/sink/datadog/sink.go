@@ -1,0 +1,395 @@
+package datadog
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+)
+
+// Name is the sink's name in telemetry and the outbox.
+const Name = "datadog"
+
+const (
+	// authLogEvery bounds the loud log line for a rejected API key.
+	authLogEvery = 5 * time.Minute
+	// errLogEvery bounds other error log lines, per kind.
+	errLogEvery = time.Minute
+	// maxServerWait caps how long a rate-limit header can make us wait.
+	maxServerWait = 5 * time.Minute
+	// maxErrBody is how much of an error response is logged.
+	maxErrBody = 300
+)
+
+// Sink delivers points to Datadog's series intake. See the package comment
+// for why it sends totals, and Send for retries.
+type Sink struct {
+	cfg      Config
+	endpoint string
+	apiKey   string
+	client   *http.Client
+	ledger   *Ledger
+	m        *telemetry.Metrics
+	log      *slog.Logger
+	pack     packer
+
+	mu        sync.Mutex // one Send at a time
+	pending   *Batch     // a failed Send's batch, resumed by an identical Send
+	notBefore time.Time  // rate limited: no request before
+	authUntil time.Time  // key rejected: no request before
+	authErr   error
+	lastLog   map[string]time.Time
+
+	closeOnce sync.Once
+	closing   chan struct{} // closed by Close: wakes a Send waiting to retry
+}
+
+// New returns a Sink for cfg (which should have passed Validate). It reads
+// the API key from the environment variable cfg.APIKeyEnv and fails if it is
+// unset; it does not touch the network. m and log may be nil.
+func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	endpoint, err := cfg.endpoint()
+	if err != nil {
+		return nil, err
+	}
+	key := strings.TrimSpace(os.Getenv(cfg.APIKeyEnv))
+	if key == "" {
+		return nil, fmt.Errorf("datadog: environment variable %s is not set: it must hold the API key", cfg.APIKeyEnv)
+	}
+	if namer == nil {
+		namer = naming.New(naming.Config{})
+	}
+	if m == nil {
+		m = telemetry.New()
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DisableCompression = true // bodies we read are small; keep errors readable
+	s := &Sink{
+		cfg:      cfg,
+		endpoint: endpoint,
+		apiKey:   key,
+		client:   &http.Client{Transport: tr},
+		ledger:   NewLedger(Name, namer, cfg.LatePolicy, cfg.Now, m),
+		m:        m,
+		log:      log.With("sink", Name),
+		pack:     packer{maxCompressed: cfg.MaxPayloadBytes, maxUncompressed: cfg.MaxUncompressedBytes},
+		lastLog:  make(map[string]time.Time),
+		closing:  make(chan struct{}),
+	}
+	u, _ := url.Parse(endpoint)
+	s.log.Info("datadog sink ready", "intake", u.Scheme+"://"+u.Host, "late_policy", string(cfg.LatePolicy), "api_key_env", cfg.APIKeyEnv)
+	return s, nil
+}
+
+// Name returns "datadog".
+func (s *Sink) Name() string { return Name }
+
+// errRetry marks a failure worth retrying soon.
+type errRetry struct{ err error }
+
+func (e errRetry) Error() string { return e.err.Error() }
+func (e errRetry) Unwrap() error { return e.err }
+
+// errAuth is a rejected API key: retried slowly, not within Send.
+var errAuth = errors.New("datadog: API key rejected")
+
+// Send delivers points, summed per series and second, as one or more
+// payloads within Datadog's size limits.
+//
+// Retries. Within one call, payloads that fail with 408, 429, 5xx or a
+// network error are retried up to MaxRetries times with jittered exponential
+// backoff (honouring X-RateLimit-Reset and Retry-After), bounded by ctx. A
+// 413 splits the payload in halves, which are sent at once. A 400 drops that
+// payload (counted in PointsAdjusted{reason="rejected"}) and the others go
+// on; Send then returns a Permanent error naming how many points were
+// refused. A 401 or 403 is logged loudly (at most every five minutes) and
+// fails the call; until AuthRetryInterval has passed, Send fails at once
+// without a request.
+//
+// No duplicates. When Send returns a retryable error, the sink keeps the
+// batch: which of its parts Datadog accepted and which are still due. The
+// next Send with the same points (the pipeline's retry) resumes it and sends
+// only what is due, so a payload accepted before the failure is not sent
+// again. A Send with different points abandons the kept batch (logged when
+// part of it had been delivered, since the pipeline broke the contract).
+func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.closing:
+		return errors.New("datadog: send after close")
+	default:
+	}
+	if len(points) == 0 {
+		return nil
+	}
+	if now := s.cfg.Now(); now.Before(s.authUntil) {
+		return fmt.Errorf("%w earlier; next attempt after %s", s.authErr, s.authUntil.UTC().Format(time.RFC3339))
+	}
+
+	b := s.pending
+	if b == nil || !b.Matches(points) {
+		if b != nil && b.Delivered() > 0 && !b.Done() {
+			s.log.Warn("datadog: a partly delivered batch was replaced by a different one; its delivered points may be counted twice if resent",
+				"delivered_points", b.Delivered(), "pending_units", len(b.units))
+		}
+		b = s.ledger.NewBatch(points)
+	}
+	s.pending = b
+
+	for attempt := 0; ; attempt++ {
+		if attempt > 0 {
+			s.m.SinkRetries.WithLabelValues(Name).Inc()
+		}
+		if err := s.wait(ctx, s.notBefore); err != nil {
+			return err
+		}
+		err := s.attempt(ctx, b)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, errAuth) || ctx.Err() != nil || attempt >= s.cfg.MaxRetries {
+			return err
+		}
+		next := s.cfg.Now().Add(s.backoff(attempt))
+		if next.Before(s.notBefore) {
+			next = s.notBefore
+		}
+		if werr := s.wait(ctx, next); werr != nil {
+			return fmt.Errorf("%w (%v)", err, werr)
+		}
+	}
+	s.pending = nil
+	if b.Rejected() > 0 {
+		return flowmetrics.Permanent(fmt.Errorf("datadog: intake refused %d of %d points (counted in points_adjusted_total{reason=%q}); the rest were delivered",
+			b.Rejected(), b.Len(), ReasonRejected))
+	}
+	return nil
+}
+
+// attempt sends what is due in b once. It returns nil when nothing is left
+// to deliver (everything accepted, refused or dropped by the late policy).
+func (s *Sink) attempt(ctx context.Context, b *Batch) error {
+	samples := s.ledger.Plan(b)
+	if len(samples) == 0 {
+		return nil
+	}
+	queue, tooBig := s.pack.pack(samples)
+	for _, c := range tooBig {
+		s.failure("too_large")
+		s.ledger.Rejected(b, c.samples)
+		s.logEvery("too_large", errLogEvery, slog.LevelError, "datadog: a single point does not fit in a payload; dropped", "metric", c.samples[0].Name)
+	}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		status, hdr, body, err := s.post(ctx, p.body)
+		now := s.cfg.Now()
+		if hdr != nil {
+			s.noteRateLimit(status, hdr, now)
+		}
+		switch {
+		case err != nil:
+			s.failure("network")
+			s.logEvery("network", errLogEvery, slog.LevelWarn, "datadog: request failed; will retry", "err", err)
+			return errRetry{fmt.Errorf("datadog: %w", err)}
+		case status >= 200 && status < 300:
+			s.ledger.Delivered(b, p.samples())
+		case status == http.StatusRequestEntityTooLarge:
+			s.failure("too_large")
+			halves := split(p.chunks)
+			if halves == nil {
+				s.ledger.Rejected(b, p.samples())
+				s.logEvery("413", errLogEvery, slog.LevelError, "datadog: intake refused a one-point payload as too large; dropped", "bytes", len(p.body))
+				continue
+			}
+			var parts []payload
+			for _, h := range halves {
+				ps, tb := s.pack.fit(h)
+				parts = append(parts, ps...)
+				for _, c := range tb {
+					s.ledger.Rejected(b, c.samples)
+				}
+			}
+			queue = append(parts, queue...)
+		case status == http.StatusBadRequest:
+			s.failure("bad_request")
+			n := s.ledger.Rejected(b, p.samples())
+			s.logEvery("400", errLogEvery, slog.LevelError, "datadog: intake refused a payload (400); its points are dropped, the others go on",
+				"points", n, "response", excerpt(body))
+		case status == http.StatusUnauthorized || status == http.StatusForbidden:
+			reason := "unauthorized"
+			if status == http.StatusForbidden {
+				reason = "forbidden"
+			}
+			s.failure(reason)
+			s.authUntil = now.Add(s.cfg.AuthRetryInterval)
+			s.authErr = fmt.Errorf("%w (HTTP %d)", errAuth, status)
+			s.logEvery("auth", authLogEvery, slog.LevelError,
+				"DATADOG REJECTED THE API KEY: no metrics are being delivered. Check the key in the environment variable and that the site matches the key's organisation",
+				"status", status, "api_key_env", s.cfg.APIKeyEnv, "intake", s.endpoint, "retry_every", s.cfg.AuthRetryInterval.String(), "response", excerpt(body))
+			return s.authErr
+		case status == http.StatusTooManyRequests:
+			s.failure("rate_limited")
+			s.logEvery("429", errLogEvery, slog.LevelWarn, "datadog: rate limited; will retry", "not_before", s.notBefore.UTC().Format(time.RFC3339))
+			return errRetry{fmt.Errorf("datadog: HTTP %d", status)}
+		case status == http.StatusRequestTimeout || status >= 500:
+			reason := "server_error"
+			if status == http.StatusRequestTimeout {
+				reason = "timeout"
+			}
+			s.failure(reason)
+			s.logEvery("5xx", errLogEvery, slog.LevelWarn, "datadog: intake unavailable; will retry", "status", status)
+			return errRetry{fmt.Errorf("datadog: HTTP %d", status)}
+		default:
+			s.failure("unexpected_status")
+			s.logEvery("unexpected", errLogEvery, slog.LevelError, "datadog: unexpected response; will retry", "status", status, "response", excerpt(body))
+			return errRetry{fmt.Errorf("datadog: unexpected HTTP %d", status)}
+		}
+	}
+	return nil
+}
+
+// post sends one gzip body and returns the status, headers and up to 64 KiB
+// of the response.
+func (s *Sink) post(ctx context.Context, body []byte) (int, http.Header, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.endpoint, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Content-Encoding", "gzip")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", "flowmetrics")
+	req.Header.Set("DD-API-KEY", s.apiKey)
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	defer resp.Body.Close()
+	rb, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // let the connection be reused
+	return resp.StatusCode, resp.Header, rb, nil
+}
+
+// noteRateLimit sets notBefore from X-RateLimit-Reset (seconds until the
+// period resets) when the response is a 429 or says no requests remain, and
+// from Retry-After on 429 and 5xx.
+func (s *Sink) noteRateLimit(status int, h http.Header, now time.Time) {
+	var wait time.Duration
+	exhausted := h.Get("X-RateLimit-Remaining") == "0"
+	if status == http.StatusTooManyRequests || exhausted {
+		if v, err := strconv.ParseFloat(strings.TrimSpace(h.Get("X-RateLimit-Reset")), 64); err == nil && v > 0 {
+			wait = time.Duration(v * float64(time.Second))
+		} else if status == http.StatusTooManyRequests {
+			if v, err := strconv.Atoi(strings.TrimSpace(h.Get("X-RateLimit-Period"))); err == nil && v > 0 {
+				wait = time.Duration(v) * time.Second
+			}
+		}
+	}
+	if ra := strings.TrimSpace(h.Get("Retry-After")); ra != "" && (status == http.StatusTooManyRequests || status >= 500) {
+		if v, err := strconv.Atoi(ra); err == nil && v > 0 {
+			wait = max(wait, time.Duration(v)*time.Second)
+		} else if t, err := http.ParseTime(ra); err == nil {
+			wait = max(wait, t.Sub(now))
+		}
+	}
+	if wait <= 0 {
+		return
+	}
+	wait = min(wait, maxServerWait)
+	if t := now.Add(wait); t.After(s.notBefore) {
+		s.notBefore = t
+	}
+}
+
+// backoff returns the jittered wait before retry attempt+1: between half and
+// all of RetryInitial·2^attempt, capped at RetryMax.
+func (s *Sink) backoff(attempt int) time.Duration {
+	d := s.cfg.RetryInitial << min(attempt, 30)
+	if d <= 0 || d > s.cfg.RetryMax {
+		d = s.cfg.RetryMax
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// wait sleeps until t on the sink's clock, or fails at once if ctx would
+// expire first.
+func (s *Sink) wait(ctx context.Context, t time.Time) error {
+	d := t.Sub(s.cfg.Now())
+	if d <= 0 {
+		return ctx.Err()
+	}
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+		return fmt.Errorf("datadog: not retrying before %s: beyond the send deadline", t.UTC().Format(time.RFC3339))
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.closing:
+		return errors.New("datadog: sink closed while waiting to retry")
+	case <-timer.C:
+		return nil
+	}
+}
+
+func (s *Sink) failure(reason string) {
+	s.m.SinkFailures.WithLabelValues(Name, reason).Inc()
+}
+
+// logEvery logs msg at most once per period for kind.
+func (s *Sink) logEvery(kind string, period time.Duration, level slog.Level, msg string, args ...any) {
+	now := s.cfg.Now()
+	if last, ok := s.lastLog[kind]; ok && now.Sub(last) < period {
+		return
+	}
+	s.lastLog[kind] = now
+	s.log.Log(context.Background(), level, msg, args...)
+}
+
+func excerpt(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if len(s) > maxErrBody {
+		s = s[:maxErrBody] + "…"
+	}
+	return s
+}
+
+// Close stops a Send that is waiting to retry (it returns an error, so its
+// points stay in the pipeline's outbox) and releases idle connections.
+// Nothing is buffered, so there is nothing to flush. It is safe to call
+// twice.
+func (s *Sink) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		s.client.CloseIdleConnections()
+	})
+	return nil
+}
+
+var _ flowmetrics.Sink = (*Sink)(nil)

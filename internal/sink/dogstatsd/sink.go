@@ -1,0 +1,213 @@
+package dogstatsd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/DataDog/datadog-go/v5/statsd"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+)
+
+// Name is the sink's name in telemetry and the outbox.
+const Name = "dogstatsd"
+
+const (
+	// flushEvery bounds what is queued in the client between flushes, so
+	// a large batch cannot overflow its sender queue (which would drop).
+	flushEvery  = 256
+	errLogEvery = time.Minute
+)
+
+// Sink sends points as DogStatsD timestamped counts.
+type Sink struct {
+	cfg    Config
+	client *statsd.Client
+	ledger *datadog.Ledger
+	m      *telemetry.Metrics
+	log    *slog.Logger
+
+	mu      sync.Mutex // one Send at a time
+	pending *datadog.Batch
+	lastLog time.Time
+
+	errMu    sync.Mutex // written by the client's sender goroutine
+	errCount int
+	firstErr error
+
+	closeOnce sync.Once
+	closeErr  error
+	closed    chan struct{}
+}
+
+// New returns a Sink for cfg (which should have passed Validate). For UDP it
+// resolves the address; for a Unix socket it connects on the first write, so
+// an Agent that is not up yet is not an error here. m and log may be nil.
+func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if namer == nil {
+		namer = naming.New(naming.Config{})
+	}
+	if m == nil {
+		m = telemetry.New()
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Sink{
+		cfg:    cfg,
+		ledger: datadog.NewLedger(Name, namer, cfg.LatePolicy, cfg.Now, m),
+		m:      m,
+		log:    log.With("sink", Name),
+		closed: make(chan struct{}),
+	}
+	opts := []statsd.Option{statsd.WithErrorHandler(s.clientError)}
+	if !cfg.ClientTelemetry {
+		opts = append(opts, statsd.WithoutTelemetry())
+	}
+	if !cfg.OriginDetection {
+		opts = append(opts, statsd.WithoutOriginDetection())
+	}
+	if cfg.WriteTimeout > 0 {
+		opts = append(opts, statsd.WithWriteTimeout(cfg.WriteTimeout))
+	}
+	if cfg.MaxDatagramBytes > 0 {
+		opts = append(opts, statsd.WithMaxBytesPerPayload(cfg.MaxDatagramBytes))
+	}
+	addr := cfg.addr()
+	c, err := statsd.New(addr, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("dogstatsd: %w", err)
+	}
+	s.client = c
+	s.log.Info("dogstatsd sink ready", "addr", addr, "transport", c.GetTransport(), "late_policy", string(cfg.LatePolicy))
+	return s, nil
+}
+
+// Name returns "dogstatsd".
+func (s *Sink) Name() string { return Name }
+
+// clientError is the client's error handler: it is called from the client's
+// goroutines for every datagram that could not be queued or written.
+func (s *Sink) clientError(err error) {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	if s.errCount == 0 {
+		s.firstErr = err
+	}
+	s.errCount++
+}
+
+func (s *Sink) takeErrors() (int, error) {
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	n, err := s.errCount, s.firstErr
+	s.errCount, s.firstErr = 0, nil
+	return n, err
+}
+
+// Send writes one timestamped count per series and second (the running
+// total: see the package comment) and flushes the client, so a nil return
+// means every datagram was handed to the socket. Over UDP that is all a
+// sender can know: a datagram to an Agent that is down may vanish without
+// an error.
+//
+// If any datagram could not be written, Send returns a retryable error and
+// nothing counts as delivered; the pipeline's retry sends the same totals
+// again, which is harmless for datagrams that did arrive (Datadog keeps the
+// last value of a series and second). Only if the retry comes so late that
+// a point must be clamped to a different second can a datagram that did
+// arrive the first time be counted twice.
+func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.closed:
+		return errors.New("dogstatsd: send after close")
+	default:
+	}
+	if len(points) == 0 {
+		return nil
+	}
+	b := s.pending
+	if b == nil || !b.Matches(points) {
+		b = s.ledger.NewBatch(points)
+	}
+	s.pending = b
+	samples := s.ledger.Plan(b)
+
+	s.takeErrors() // errors of earlier, unrelated flushes are not this batch's
+	var firstErr error
+	failed := 0
+	for i, x := range samples {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("dogstatsd: %w", err)
+		}
+		if err := s.client.CountWithTimestamp(x.Name, x.Value, x.Tags, 1, time.Unix(x.Timestamp, 0)); err != nil {
+			failed++
+			firstErr = cmp(firstErr, err)
+		}
+		if (i+1)%flushEvery == 0 {
+			s.client.Flush()
+		}
+	}
+	s.client.Flush()
+	if n, err := s.takeErrors(); n > 0 {
+		failed += n
+		firstErr = cmp(firstErr, err)
+	}
+	if failed > 0 {
+		s.m.SinkFailures.WithLabelValues(Name, "write").Inc()
+		if now := s.cfg.Now(); now.Sub(s.lastLog) >= errLogEvery {
+			s.lastLog = now
+			s.log.Warn("dogstatsd: datagrams not written; will retry", "failed", failed, "samples", len(samples), "err", firstErr)
+		}
+		return fmt.Errorf("dogstatsd: %d of %d writes failed: %w", failed, len(samples), firstErr)
+	}
+	s.ledger.Delivered(b, samples)
+	s.pending = nil
+	return nil
+}
+
+func cmp(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
+}
+
+// Close flushes the client and closes its socket, within ctx's deadline. It
+// is safe to call twice.
+func (s *Sink) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		done := make(chan error, 1)
+		go func() {
+			s.mu.Lock() // let a Send in progress finish first
+			defer s.mu.Unlock()
+			s.client.Flush()
+			done <- s.client.Close()
+		}()
+		select {
+		case err := <-done:
+			s.closeErr = err
+		case <-ctx.Done():
+			s.closeErr = fmt.Errorf("dogstatsd: close: %w", ctx.Err())
+		}
+	})
+	return s.closeErr
+}
+
+var _ flowmetrics.Sink = (*Sink)(nil)

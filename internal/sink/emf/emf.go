@@ -1,0 +1,459 @@
+package emf
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unicode"
+
+	"golang.org/x/text/unicode/norm"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+)
+
+// Name is the sink's name in config, logs and self-metrics.
+const Name = "emf"
+
+// DefaultNamespace is the CloudWatch namespace when none is configured.
+const DefaultNamespace = "Genesys/Flows"
+
+// Limits of the EMF specification and of CloudWatch.
+const (
+	MaxMetricsPerLine  = 100  // MetricDefinitions per MetricDirective
+	MaxDimensions      = 30   // dimension keys per DimensionSet
+	MaxDimensionName   = 250  // DimensionReference maxLength in the EMF schema
+	MaxDimensionValue  = 1024 // characters of a dimension target member
+	MaxMetricName      = 255  // CloudWatch MetricName
+	MaxNamespaceLength = 255  // CloudWatch Namespace
+)
+
+// Config is the emf section of the YAML config.
+type Config struct {
+	// Namespace is the CloudWatch namespace; DefaultNamespace if empty.
+	Namespace string `yaml:"namespace"`
+	// Path is "-" (or empty) for stdout, or a file the lines are appended to.
+	Path string `yaml:"path"`
+	// StorageResolution is 60 (standard, the default: CloudWatch keeps one
+	// value a minute) or 1 (high resolution, billed higher).
+	StorageResolution int `yaml:"storage_resolution"`
+	// OmitFlowDimensions drops the flow and metric dimensions, leaving the
+	// static tags only. It needs a naming template (the name then says which
+	// flow and metric), and lets up to 100 metrics share one line, like the
+	// original tool's one-metric-per-attribute layout.
+	OmitFlowDimensions bool `yaml:"omit_flow_dimensions"`
+
+	// Writer, when set, receives the lines instead of Path (tests, or a
+	// Lambda handler's own log writer). If it has Sync() error or
+	// Flush() error, Send calls it.
+	Writer io.Writer `yaml:"-"`
+}
+
+func (c Config) withDefaults() Config {
+	if c.Namespace == "" {
+		c.Namespace = DefaultNamespace
+	}
+	if c.Path == "" {
+		c.Path = "-"
+	}
+	if c.StorageResolution == 0 {
+		c.StorageResolution = 60
+	}
+	return c
+}
+
+// Validate checks the section without touching the file system.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	if err := validNamespace(c.Namespace); err != nil {
+		return fmt.Errorf("emf.namespace %q: %w", c.Namespace, err)
+	}
+	if c.StorageResolution != 1 && c.StorageResolution != 60 {
+		return fmt.Errorf("emf.storage_resolution %d: must be 1 or 60", c.StorageResolution)
+	}
+	return nil
+}
+
+// validNamespace applies CloudWatch's rules: 1 to 255 of the characters
+// below, not starting with "AWS/" (reserved for AWS services).
+func validNamespace(ns string) error {
+	if len(ns) > MaxNamespaceLength {
+		return fmt.Errorf("longer than %d characters", MaxNamespaceLength)
+	}
+	if strings.HasPrefix(ns, "AWS/") {
+		return errors.New(`"AWS/" is reserved for AWS services`)
+	}
+	if strings.TrimSpace(ns) == "" {
+		return errors.New("must have a non-space character")
+	}
+	for _, r := range ns {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune(" ._-/#:", r)
+		if !ok {
+			return fmt.Errorf("character %q not allowed (letters, digits, space and . _ - / # :)", r)
+		}
+	}
+	return nil
+}
+
+// Sink writes EMF lines.
+type Sink struct {
+	cfg     Config
+	namer   *naming.Namer
+	m       *telemetry.Metrics
+	log     *slog.Logger
+	static  []naming.Tag // sanitised static tags
+	dimKeys []string     // the one DimensionSet
+
+	mu     sync.Mutex
+	w      io.Writer
+	file   *os.File // when Path is a file: appended, fsync'd, truncated back on failure
+	closed bool
+}
+
+// New returns a sink for cfg (which should have passed Validate). For a file
+// path it opens (creates) the file for appending.
+func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if namer == nil {
+		namer = naming.New(naming.Config{})
+	}
+	if m == nil {
+		m = telemetry.New()
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Sink{cfg: cfg, namer: namer, m: m, log: log.With("sink", Name)}
+	if cfg.OmitFlowDimensions && namer.Name("\x00a", "\x00b") == namer.Name("\x00c", "\x00d") {
+		return nil, errors.New("emf.omit_flow_dimensions: needs naming.template, or every flow would add up in one metric")
+	}
+	if !cfg.OmitFlowDimensions {
+		s.dimKeys = []string{"flow", "metric"}
+	}
+	seen := map[string]bool{"flow": true, "metric": true, "_aws": true}
+	for _, t := range namer.Static() {
+		k := dimensionName(t.Key)
+		if seen[k] {
+			return nil, fmt.Errorf("emf: static tag %q: dimension name %q is used twice", t.Key, k)
+		}
+		seen[k] = true
+		s.static = append(s.static, naming.Tag{Key: k, Value: dimensionValue(t.Value)})
+		s.dimKeys = append(s.dimKeys, k)
+	}
+	if len(s.dimKeys) > MaxDimensions {
+		return nil, fmt.Errorf("emf: %d dimensions, CloudWatch allows %d (flow, metric and at most %d static tags)", len(s.dimKeys), MaxDimensions, MaxDimensions-2)
+	}
+	switch {
+	case cfg.Writer != nil:
+		s.w = cfg.Writer
+	case cfg.Path == "-":
+		s.w = os.Stdout
+	default:
+		f, err := os.OpenFile(cfg.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("emf: open %s: %w", cfg.Path, err)
+		}
+		s.file, s.w = f, f
+	}
+	return s, nil
+}
+
+// Name implements flowmetrics.Sink.
+func (s *Sink) Name() string { return Name }
+
+// Send implements flowmetrics.Sink: it writes the batch's lines in one write
+// and, for a file, fsyncs it, so nil means the lines are durable. If the
+// write or the sync fails, the file is truncated back to where the batch
+// began, so the retried batch is not counted twice.
+func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("emf: %w", err)
+	}
+	buf := s.Lines(points)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("emf: sink closed")
+	}
+	if len(buf) == 0 {
+		return nil
+	}
+	var err error
+	if s.file != nil {
+		err = s.appendFile(buf)
+	} else if _, err = s.w.Write(buf); err != nil {
+		err = fmt.Errorf("emf: write: %w", err)
+	} else {
+		err = flush(s.w)
+	}
+	if err != nil {
+		s.m.SinkFailures.WithLabelValues(Name, "write").Inc()
+	}
+	return err
+}
+
+func (s *Sink) appendFile(buf []byte) error {
+	start, err := s.file.Seek(0, io.SeekEnd)
+	if err != nil {
+		return fmt.Errorf("emf: %s: %w", s.cfg.Path, err)
+	}
+	_, err = s.file.Write(buf)
+	if err == nil {
+		err = s.file.Sync()
+	}
+	if err != nil {
+		if terr := s.file.Truncate(start); terr != nil {
+			s.log.Error("cannot remove a partly written batch: its lines may be counted twice", "path", s.cfg.Path, "err", terr)
+		}
+		return fmt.Errorf("emf: append to %s: %w", s.cfg.Path, err)
+	}
+	return nil
+}
+
+// flush syncs or flushes w when it can: a file or a bufio.Writer.
+func flush(w io.Writer) error {
+	switch f := w.(type) {
+	case *os.File:
+		// Stdout is usually a pipe or a terminal, which cannot be synced.
+		if err := f.Sync(); err != nil && !isNotSyncable(err) {
+			return fmt.Errorf("emf: sync: %w", err)
+		}
+	case interface{ Sync() error }:
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("emf: sync: %w", err)
+		}
+	case interface{ Flush() error }:
+		if err := f.Flush(); err != nil {
+			return fmt.Errorf("emf: flush: %w", err)
+		}
+	}
+	return nil
+}
+
+// Close implements flowmetrics.Sink: every line is already written by Send,
+// so it only closes a file. It is safe to call twice.
+func (s *Sink) Close(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if s.file != nil {
+		err := s.file.Sync()
+		if cerr := s.file.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("emf: close %s: %w", s.cfg.Path, err)
+		}
+		return nil
+	}
+	return flush(s.w)
+}
+
+// series is one CloudWatch metric in one bucket.
+type series struct {
+	bucket time.Time
+	dims   []string // values, in dimKeys order
+	name   string
+	count  int64
+}
+
+// Lines renders points as EMF lines, each ending in "\n". Points of the same
+// metric, dimensions and bucket are summed; metrics that share their
+// dimensions and bucket share a line, up to 100 a line. Lines are ordered by
+// bucket, dimensions and name, so the output is deterministic.
+func (s *Sink) Lines(points []flowmetrics.Point) []byte {
+	byKey := map[string]*series{}
+	var all []*series
+	for _, p := range points {
+		if p.Count <= 0 {
+			s.m.PointsAdjusted.WithLabelValues(Name, "non_positive_count").Inc()
+			continue
+		}
+		var dims []string
+		if !s.cfg.OmitFlowDimensions {
+			dims = append(dims, dimensionValue(p.Flow), dimensionValue(p.Metric))
+		}
+		for _, t := range s.static {
+			dims = append(dims, t.Value)
+		}
+		name := s.metricName(p.Flow, p.Metric)
+		b := p.Bucket.UTC().Truncate(time.Millisecond)
+		k := strconv.FormatInt(b.UnixMilli(), 10) + "\x00" + strings.Join(dims, "\x00") + "\x00\x00" + name
+		if se, ok := byKey[k]; ok {
+			se.count += p.Count
+			continue
+		}
+		se := &series{bucket: b, dims: dims, name: name, count: p.Count}
+		byKey[k] = se
+		all = append(all, se)
+	}
+	sort.Slice(all, func(i, j int) bool {
+		a, b := all[i], all[j]
+		if !a.bucket.Equal(b.bucket) {
+			return a.bucket.Before(b.bucket)
+		}
+		if c := compare(a.dims, b.dims); c != 0 {
+			return c < 0
+		}
+		return a.name < b.name
+	})
+	var out bytes.Buffer
+	for i := 0; i < len(all); {
+		j := i + 1
+		for j < len(all) && j-i < MaxMetricsPerLine && all[j].bucket.Equal(all[i].bucket) && compare(all[j].dims, all[i].dims) == 0 {
+			j++
+		}
+		s.writeLine(&out, all[i:j])
+		i = j
+	}
+	return out.Bytes()
+}
+
+func compare(a, b []string) int {
+	for i := range a {
+		if c := strings.Compare(a[i], b[i]); c != 0 {
+			return c
+		}
+	}
+	return 0
+}
+
+// writeLine writes one EMF document for metrics sharing bucket and
+// dimensions. Members are written in a fixed order (encoding/json would sort
+// map keys, burying _aws) so golden files are stable.
+func (s *Sink) writeLine(out *bytes.Buffer, group []*series) {
+	out.WriteString(`{"_aws":{"Timestamp":`)
+	out.WriteString(strconv.FormatInt(group[0].bucket.UnixMilli(), 10))
+	out.WriteString(`,"CloudWatchMetrics":[{"Namespace":`)
+	writeString(out, s.cfg.Namespace)
+	out.WriteString(`,"Dimensions":[[`)
+	for i, k := range s.dimKeys {
+		if i > 0 {
+			out.WriteByte(',')
+		}
+		writeString(out, k)
+	}
+	out.WriteString(`]],"Metrics":[`)
+	for i, se := range group {
+		if i > 0 {
+			out.WriteByte(',')
+		}
+		out.WriteString(`{"Name":`)
+		writeString(out, se.name)
+		out.WriteString(`,"Unit":"Count"`)
+		if s.cfg.StorageResolution == 1 {
+			out.WriteString(`,"StorageResolution":1`)
+		}
+		out.WriteByte('}')
+	}
+	out.WriteString(`]}]}`)
+	for i, k := range s.dimKeys {
+		out.WriteByte(',')
+		writeString(out, k)
+		out.WriteByte(':')
+		writeString(out, group[0].dims[i])
+	}
+	for _, se := range group {
+		out.WriteByte(',')
+		writeString(out, se.name)
+		out.WriteByte(':')
+		out.WriteString(strconv.FormatInt(se.count, 10))
+	}
+	out.WriteString("}\n")
+}
+
+func writeString(out *bytes.Buffer, v string) {
+	enc := json.NewEncoder(out)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v) // a string always encodes
+	out.Truncate(out.Len() - 1)
+}
+
+// metricName is the namer's name made fit for CloudWatch: ASCII, no control
+// characters, at most 255 characters, and not the name of a dimension or of
+// _aws, which are members of the same JSON object.
+func (s *Sink) metricName(flow, metric string) string {
+	n := truncate(ascii(s.namer.Name(flow, metric), true), MaxMetricName)
+	for _, k := range s.dimKeys {
+		if n == k {
+			return n + "_count"
+		}
+	}
+	if n == "_aws" {
+		return "aws_count"
+	}
+	return n
+}
+
+// dimensionValue makes v a valid CloudWatch dimension value: only ASCII
+// characters, no control characters, at least one non-space character, at
+// most 1024 characters. Accents are dropped ("é" → "e"); other non-ASCII
+// characters become '_'.
+func dimensionValue(v string) string {
+	return truncate(ascii(v, true), MaxDimensionValue)
+}
+
+// dimensionName is dimensionValue for names: at most 250 characters and not
+// starting with ':'.
+func dimensionName(k string) string {
+	k = ascii(k, true)
+	if strings.HasPrefix(k, ":") {
+		k = "_" + k[1:]
+	}
+	return truncate(k, MaxDimensionName)
+}
+
+// ligatures spells out the Latin letters that do not decompose into a base
+// letter and an accent.
+var ligatures = strings.NewReplacer("ß", "ss", "æ", "ae", "Æ", "AE", "œ", "oe", "Œ", "OE", "ø", "o", "Ø", "O", "ł", "l", "Ł", "L", "đ", "d", "Đ", "D", "þ", "th", "Þ", "TH")
+
+func ascii(s string, keepSpace bool) string {
+	var b strings.Builder
+	for _, r := range norm.NFD.String(ligatures.Replace(s)) {
+		switch {
+		case unicode.Is(unicode.Mn, r):
+		case r == ' ' && keepSpace:
+			b.WriteRune(r)
+		case r > ' ' && r < 0x7f:
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+	}
+	if strings.TrimSpace(b.String()) == "" {
+		return "_"
+	}
+	return b.String()
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] // ASCII by now, so bytes are characters
+	}
+	return s
+}
+
+var _ flowmetrics.Sink = (*Sink)(nil)
+
+// isNotSyncable reports the errors fsync gives for pipes and terminals.
+func isNotSyncable(err error) bool {
+	return errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOTSUP) || errors.Is(err, syscall.ENOTTY)
+}
