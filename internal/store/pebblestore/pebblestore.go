@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"sync"
 	"time"
 
@@ -389,4 +390,16 @@ func (l pebbleLogger) Fatalf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	l.log.Error(msg)
 	panic("pebble: " + msg)
+}
+
+// Sinks returns the names of the registered sinks.
+func (s *Store) Sinks() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.cursors))
+	for n := range s.cursors {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
 }

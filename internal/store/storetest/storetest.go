@@ -142,7 +142,9 @@ func testConcurrent(t *testing.T, h Harness) {
 					conv := fmt.Sprintf("conv-%d", (c+w)%convs)
 					var occs []flowmetrics.Occurrence
 					for m := (w + r) % 4; m < metrics; m += 1 + (w+r)%3 {
-						occs = append(occs, Occ("Flow", fmt.Sprintf("M%d", m), t0))
+						// Keys differ per conversation so that each new
+						// key returned names its conversation.
+						occs = append(occs, Occ(conv, fmt.Sprintf("M%d", m), t0))
 					}
 					reqs = append(reqs, req(conv, occs...))
 				}

@@ -1,0 +1,102 @@
+// Package dynamostore is the flowmetrics.Store on Amazon DynamoDB: the state
+// that lets many Lambda instances (or several serve replicas) count every
+// occurrence exactly once without a server of their own.
+//
+// # Item layout
+//
+// One item per conversation, partition key "id" (S):
+//
+//	id         S  conversation id
+//	ttl        N  epoch seconds: the time of the last claim write plus the retention
+//	"k:<key>"  S  one attribute per claimed metric attribute name:
+//	              "d"              delivered (or nothing will ever deliver it)
+//	              "<owner>@<ms>"   claimed by the store instance <owner>, which
+//	                               holds it until the lease ends at epoch ms <ms>
+//
+// # Claiming
+//
+// A claim of a conversation's keys is one UpdateItem:
+//
+//	SET ttl = :ttl, #k0 = if_not_exists(#k0, :mine), #k1 = if_not_exists(#k1, :mine), …
+//	CONDITION attribute_not_exists(ttl) OR ttl > :now
+//	ReturnValues ALL_OLD
+//
+// A key whose attribute did not exist before the write is new, and this
+// instance alone got it: DynamoDB serialises writes to an item, and
+// if_not_exists keeps the first writer's value. The claim and its "pending"
+// mark are the same attribute written by the same request, so there is no
+// moment when a key is claimed but not marked pending. ALL_OLD rather than
+// UPDATED_OLD: both cost nothing extra, and ALL_OLD returns every old
+// attribute whether or not the write changed it, which is what the decision
+// needs.
+//
+// Why not "ADD keys :k, pending :k" on two string sets: ADD cannot say which
+// caller put a key into the second set. A caller that finds every key already
+// claimed has still added them all to "pending" again, so after a crash a key
+// long delivered would look undelivered and be counted twice. A per-key
+// attribute set with if_not_exists records the first claimer and is the same
+// single UpdateItem, at the same cost.
+//
+// DynamoDB deletes expired items lazily (typically within days), so an item
+// whose ttl has passed is treated as empty: the claim's condition fails, the
+// item is read and rewritten with only the requested keys (all new), guarded
+// by a condition on the ttl it read.
+//
+// With Config.ReadFirst, a claim first reads the requested attributes with an
+// eventually consistent GetItem (half a read unit) and writes only when some
+// key may be new: an event carrying only known keys then costs a read instead
+// of a write. The write still decides; a stale read only costs the write.
+//
+// # Crash safety and the outbox
+//
+// The outbox is in this process's memory: this store is meant for callers
+// that deliver before they acknowledge their input (the Lambda handlers
+// flush before returning). Durability comes from the pending marks and from
+// the at-least-once redelivery of the event that carried the claim:
+//
+//   - Claimed keys stay "<owner>@<lease end>" until every registered sink has
+//     acknowledged the outbox entry holding them; then one UpdateItem per
+//     conversation sets them to "d".
+//   - An entry is handed to sinks only until Lease−Margin after its claim;
+//     after that it is dropped unsent (counted in Stats.Dropped and logged),
+//     because from the lease's end another instance may claim it again.
+//   - A claim that finds a key pending under a lease that has ended claims it
+//     again (one conditional UpdateItem comparing the old value), so exactly
+//     one of several concurrent claimers takes it over, and it is new again.
+//     The same holds for this instance's own pending keys that no live outbox
+//     entry holds (a claim that failed half-way).
+//   - A claim that finds a key pending under another instance's live lease
+//     treats it as known: that instance is delivering it, and if it dies, its
+//     event is redelivered and finds the lease ended.
+//
+// The guarantee, exactly: an occurrence whose claim was made is delivered to
+// every sink at least once, provided the event that carried the claim is
+// redelivered after the claim's lease ended whenever its processing did not
+// succeed. With SQS that holds when the visibility timeout is at least Lease
+// plus the function timeout, and maxReceiveCount leaves room for it; with
+// asynchronous invocation (EventBridge → Lambda), when Lease is shorter than
+// the one minute Lambda waits before its first retry. The one case outside
+// it: SQS hands the same message to two consumers at once, the one holding
+// the claim dies, and the other deletes the message.
+//
+// An occurrence is delivered twice only when (a) a sink accepted it and the
+// instance died, or could not write "d", before the mark, and an event
+// carrying the key arrives after the lease; (b) a sink send outlasted the
+// Margin and another instance took the key over meanwhile; or (c) with
+// several sinks, one acknowledged and the other failed until the lease ended:
+// the retry delivers to both.
+//
+// Claims made while no sink is registered are written as delivered: nothing
+// would ever deliver them. Register the sinks before the first Claim.
+//
+// # Retention
+//
+// Every claim write sets ttl to now plus the retention, so retention counts
+// from the last claim write that reached DynamoDB (a change, or a repeat that
+// the pipeline's cache and ReadFirst did not filter out). Enable TTL on the
+// table with attribute name "ttl".
+//
+// # Permissions
+//
+// dynamodb:GetItem and dynamodb:UpdateItem on the table, nothing else.
+package dynamostore

@@ -1,0 +1,909 @@
+package dynamostore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/store"
+)
+
+const (
+	attrID    = "id"
+	attrTTL   = "ttl"
+	keyPrefix = "k:"
+	delivered = "d"
+
+	// maxKeysPerWrite keeps an update expression far below DynamoDB's
+	// limits (4 KB of expression, 300 operators and functions).
+	maxKeysPerWrite = 50
+	// maxAttempts bounds the retries of a claim that lost a race.
+	maxAttempts = 8
+)
+
+// Defaults of Config.
+const (
+	DefaultLease       = 40 * time.Second
+	DefaultMargin      = 10 * time.Second
+	DefaultConcurrency = 16
+)
+
+// Config configures the store.
+type Config struct {
+	// Table is the table name (or ARN). It needs a string partition key
+	// named "id"; TTL on the attribute "ttl" keeps it from growing.
+	Table string
+	// Lease is how long a claim stays reserved for this instance before
+	// another may take it over; DefaultLease if zero. It must exceed the
+	// time from a claim to its delivery (the Lambda function timeout), and
+	// the input must be redelivered only after it (see the package doc).
+	Lease time.Duration
+	// Margin: an outbox entry is no longer handed to sinks once less than
+	// Margin of its lease is left, so a send in progress ends before anyone
+	// can take the claim over; DefaultMargin if zero.
+	Margin time.Duration
+	// ReadFirst makes a claim read the conversation (eventually consistent)
+	// before writing, and write only when some key may be new.
+	ReadFirst bool
+	// Concurrency bounds the requests one Claim or Ack sends at once;
+	// DefaultConcurrency if zero.
+	Concurrency int
+	// Owner names this instance in pending marks; random if empty. Two
+	// running instances must never share it.
+	Owner string
+}
+
+// WithDefaults fills in the zero fields.
+func (c Config) WithDefaults() Config {
+	if c.Lease == 0 {
+		c.Lease = DefaultLease
+	}
+	if c.Margin == 0 {
+		c.Margin = DefaultMargin
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.Owner == "" {
+		var b [6]byte
+		rand.Read(b[:])
+		c.Owner = hex.EncodeToString(b[:])
+	}
+	return c
+}
+
+// Validate checks the configuration without touching the network.
+func (c Config) Validate() error {
+	switch {
+	case c.Table == "":
+		return errors.New("dynamostore: table is required")
+	case c.Lease < 0 || c.Margin < 0 || c.Concurrency < 0:
+		return errors.New("dynamostore: lease, margin and concurrency must not be negative")
+	case c.Lease != 0 && c.Margin >= c.Lease:
+		return fmt.Errorf("dynamostore: margin %v must be shorter than lease %v", c.Margin, c.Lease)
+	case strings.Contains(c.Owner, "@"):
+		return fmt.Errorf("dynamostore: owner %q must not contain @", c.Owner)
+	}
+	return nil
+}
+
+// API is the part of the DynamoDB client the store uses; *dynamodb.Client
+// satisfies it.
+type API interface {
+	GetItem(ctx context.Context, in *dynamodb.GetItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.GetItemOutput, error)
+	UpdateItem(ctx context.Context, in *dynamodb.UpdateItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.UpdateItemOutput, error)
+}
+
+// Stats counts the requests the store sent and the capacity DynamoDB
+// reported for them.
+type Stats struct {
+	GetItem    int64
+	UpdateItem int64
+	// ConditionalFailures are writes refused by their condition. DynamoDB
+	// bills a refused write too, and does not report its capacity: each is
+	// counted as one unit in WriteUnits.
+	ConditionalFailures int64
+	ReadUnits           float64
+	WriteUnits          float64
+	// Dropped counts outbox entries abandoned unsent because their lease
+	// ran out; their events' redelivery claims them again.
+	Dropped int64
+}
+
+// Store is a flowmetrics.Store on a DynamoDB table, with its outbox in
+// memory.
+type Store struct {
+	api     API
+	cfg     Config
+	opts    store.Options
+	log     *slog.Logger
+	stripes store.Stripes
+
+	statsMu sync.Mutex
+	stats   Stats
+
+	mu      sync.Mutex
+	entries []*entry // in Seq order
+	last    uint64
+	cursors map[string]uint64
+	// local maps conversation and key to the entry of this instance that
+	// holds the key's claim: in the outbox, or delivered and awaiting its
+	// mark.
+	local map[string]map[string]*entry
+	// unmarked are entries every sink acknowledged whose keys are not yet
+	// marked delivered.
+	unmarked []*entry
+	closed   bool
+}
+
+type entry struct {
+	flowmetrics.Entry
+	// deadline is when the entry stops being handed to sinks; zero when
+	// its keys were written as delivered already.
+	deadline time.Time
+	convs    map[string][]string
+	// acked: every sink delivered it; its keys await (or got) their mark.
+	acked bool
+}
+
+// Open returns a store on the table. It does not touch the network: a
+// missing table or permission shows up at the first Claim.
+func Open(cfg Config, api API, opts store.Options, log *slog.Logger) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if api == nil {
+		return nil, errors.New("dynamostore: no DynamoDB client")
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	cfg = cfg.WithDefaults()
+	return &Store{
+		api: api, cfg: cfg, opts: opts.WithDefaults(),
+		log:     log.With("component", "dynamostore", "table", cfg.Table),
+		cursors: map[string]uint64{}, local: map[string]map[string]*entry{},
+	}, nil
+}
+
+// Owner returns the name this instance writes into its pending marks.
+func (s *Store) Owner() string { return s.cfg.Owner }
+
+// Stats returns the counts so far.
+func (s *Store) Stats() Stats {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	return s.stats
+}
+
+var errClosed = errors.New("dynamostore: closed")
+
+// Claim implements flowmetrics.Store. Conversations are claimed in parallel,
+// each with one UpdateItem (more only above 50 keys, after an expiry, or to
+// take over a claim whose lease ended). Claims of the same conversation in
+// this process are serialised, so the outbox check of this instance's own
+// pending keys is exact.
+func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]flowmetrics.Occurrence, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	closed, sinks := s.closed, len(s.cursors) > 0
+	s.mu.Unlock()
+	if closed {
+		return nil, errClosed
+	}
+
+	var order []string
+	keys := map[string][]string{}
+	seen := map[string]map[string]bool{}
+	for _, r := range reqs {
+		for _, o := range r.Occurrences {
+			m := seen[r.ConversationID]
+			if m == nil {
+				m = map[string]bool{}
+				seen[r.ConversationID] = m
+				order = append(order, r.ConversationID)
+			}
+			if !m[o.Key] {
+				m[o.Key] = true
+				keys[r.ConversationID] = append(keys[r.ConversationID], o.Key)
+			}
+		}
+	}
+	if len(order) == 0 {
+		return nil, nil
+	}
+	unlock := s.stripes.Lock(order)
+	defer unlock()
+
+	start := s.opts.Now()
+	won := make([]map[string]bool, len(order))
+	err := s.parallel(ctx, len(order), func(ctx context.Context, i int) error {
+		var err error
+		won[i], err = s.claimConversation(ctx, order[i], keys[order[i]], sinks)
+		return err
+	})
+	if err != nil {
+		// Keys this call did claim stay pending under this instance's
+		// lease with no entry holding them: the retry (here or anywhere
+		// once the lease ends) claims them again.
+		return nil, fmt.Errorf("dynamostore: claim: %w", err)
+	}
+
+	wonBy := map[string]map[string]bool{}
+	convs := map[string][]string{}
+	for i, id := range order {
+		if len(won[i]) > 0 {
+			wonBy[id] = won[i]
+			for _, k := range keys[id] {
+				if won[i][k] {
+					convs[id] = append(convs[id], k)
+				}
+			}
+		}
+	}
+	var out []flowmetrics.Occurrence
+	emitted := map[string]map[string]bool{}
+	for _, r := range reqs {
+		for _, o := range r.Occurrences {
+			if !wonBy[r.ConversationID][o.Key] || emitted[r.ConversationID][o.Key] {
+				continue
+			}
+			if emitted[r.ConversationID] == nil {
+				emitted[r.ConversationID] = map[string]bool{}
+			}
+			emitted[r.ConversationID][o.Key] = true
+			out = append(out, o)
+		}
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last++
+	e := &entry{Entry: flowmetrics.Entry{Seq: s.last, Occurrences: out}, convs: convs}
+	if sinks {
+		e.deadline = start.Add(s.cfg.Lease - s.cfg.Margin)
+		for id, ks := range convs {
+			m := s.local[id]
+			if m == nil {
+				m = map[string]*entry{}
+				s.local[id] = m
+			}
+			for _, k := range ks {
+				m[k] = e
+			}
+		}
+	}
+	s.entries = append(s.entries, e)
+	return out, nil
+}
+
+// claimConversation claims keys of one conversation and returns those it
+// got as new.
+func (s *Store) claimConversation(ctx context.Context, id string, keys []string, sinks bool) (map[string]bool, error) {
+	won := map[string]bool{}
+	for len(keys) > 0 {
+		n := min(len(keys), maxKeysPerWrite)
+		if err := s.claimChunk(ctx, id, keys[:n], sinks, won); err != nil {
+			return nil, err
+		}
+		keys = keys[n:]
+	}
+	return won, nil
+}
+
+type takeover struct {
+	key, old string
+}
+
+func (s *Store) claimChunk(ctx context.Context, id string, keys []string, sinks bool, won map[string]bool) error {
+	now := s.opts.Now()
+	mine := delivered
+	if sinks {
+		mine = s.cfg.Owner + "@" + strconv.FormatInt(now.Add(s.cfg.Lease).UnixMilli(), 10)
+	}
+	if s.cfg.ReadFirst {
+		var err error
+		if keys, err = s.unknown(ctx, id, keys, now); err != nil || len(keys) == 0 {
+			return err
+		}
+	}
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		old, expired, err := s.update(ctx, id, keys, mine, now)
+		if err != nil {
+			return err
+		}
+		if expired {
+			ok, err := s.reset(ctx, id, keys, mine, now)
+			if err != nil {
+				return err
+			}
+			if ok {
+				for _, k := range keys {
+					won[k] = true
+				}
+				return nil
+			}
+			continue
+		}
+		var take []takeover
+		for _, k := range keys {
+			v, present := old[keyPrefix+k]
+			switch st := s.state(id, k, v, present, now); st {
+			case stateNew:
+				won[k] = true
+			case stateKnown:
+			case stateTake:
+				take = append(take, takeover{k, v})
+			}
+		}
+		if len(take) == 0 {
+			return nil
+		}
+		ok, err := s.takeOver(ctx, id, take, mine, now)
+		if err != nil {
+			return err
+		}
+		if ok {
+			for _, t := range take {
+				won[t.key] = true
+			}
+			return nil
+		}
+		// Someone else changed one of them first: look again.
+		keys = keys[:0:0]
+		for _, t := range take {
+			keys = append(keys, t.key)
+		}
+	}
+	return fmt.Errorf("conversation %q: still contended after %d attempts", id, maxAttempts)
+}
+
+type keyState int
+
+const (
+	stateNew keyState = iota
+	stateKnown
+	stateTake
+)
+
+// state decides what a key's old attribute means for this claim.
+func (s *Store) state(id, key string, v string, present bool, now time.Time) keyState {
+	if !present {
+		return stateNew
+	}
+	if v == delivered {
+		return stateKnown
+	}
+	owner, lease, ok := parsePending(v)
+	if !ok {
+		s.log.Warn("unreadable claim mark; treating the key as known", "conversation", id, "value", v)
+		return stateKnown
+	}
+	if owner == s.cfg.Owner {
+		if s.liveLocally(id, key, now) {
+			return stateKnown
+		}
+		// Ours, but no live entry holds it: a claim that failed half-way,
+		// or an entry whose lease ran out.
+		return stateTake
+	}
+	if lease.After(now) {
+		return stateKnown
+	}
+	return stateTake
+}
+
+func parsePending(v string) (owner string, lease time.Time, ok bool) {
+	i := strings.LastIndexByte(v, '@')
+	if i < 0 {
+		return "", time.Time{}, false
+	}
+	ms, err := strconv.ParseInt(v[i+1:], 10, 64)
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	return v[:i], time.UnixMilli(ms), true
+}
+
+// liveLocally reports whether an entry of this instance that can still be
+// delivered (or has been) holds the key.
+func (s *Store) liveLocally(id, key string, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.local[id][key]
+	return e != nil && (e.deadline.IsZero() || e.acked || now.Before(e.deadline))
+}
+
+func keyNames(keys []string, prefix string, names map[string]string) []string {
+	ph := make([]string, len(keys))
+	for i, k := range keys {
+		ph[i] = prefix + strconv.Itoa(i)
+		names[ph[i]] = keyPrefix + k
+	}
+	return ph
+}
+
+func (s *Store) ttl(now time.Time) types.AttributeValue {
+	return num(now.Add(s.opts.Retention).Unix())
+}
+
+func num(n int64) types.AttributeValue {
+	return &types.AttributeValueMemberN{Value: strconv.FormatInt(n, 10)}
+}
+
+func str(v string) types.AttributeValue { return &types.AttributeValueMemberS{Value: v} }
+
+func (s *Store) key(id string) map[string]types.AttributeValue {
+	return map[string]types.AttributeValue{attrID: str(id)}
+}
+
+// update is the claim write. expired reports that the item exists but its
+// retention has passed.
+func (s *Store) update(ctx context.Context, id string, keys []string, mine string, now time.Time) (old map[string]string, expired bool, err error) {
+	names := map[string]string{"#t": attrTTL}
+	var b strings.Builder
+	b.WriteString("SET #t = :t")
+	for _, p := range keyNames(keys, "#k", names) {
+		fmt.Fprintf(&b, ", %s = if_not_exists(%s, :v)", p, p)
+	}
+	out, err := s.updateItem(ctx, &dynamodb.UpdateItemInput{
+		Key:                      s.key(id),
+		UpdateExpression:         aws.String(b.String()),
+		ConditionExpression:      aws.String("attribute_not_exists(#t) OR #t > :now"),
+		ExpressionAttributeNames: names,
+		ExpressionAttributeValues: map[string]types.AttributeValue{
+			":t": s.ttl(now), ":v": str(mine), ":now": num(now.Unix()),
+		},
+		ReturnValues: types.ReturnValueAllOld,
+	})
+	if isConditionFailed(err) {
+		return nil, true, nil
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("conversation %q: %w", id, err)
+	}
+	return strings_(out.Attributes), false, nil
+}
+
+// reset replaces an expired item by one holding only keys, all claimed by
+// this call. It reports false when the item changed meanwhile.
+func (s *Store) reset(ctx context.Context, id string, keys []string, mine string, now time.Time) (bool, error) {
+	got, err := s.getItem(ctx, &dynamodb.GetItemInput{Key: s.key(id), ConsistentRead: aws.Bool(true)})
+	if err != nil {
+		return false, fmt.Errorf("conversation %q: %w", id, err)
+	}
+	oldTTL, ok := got.Item[attrTTL].(*types.AttributeValueMemberN)
+	if !ok {
+		return false, nil // gone (TTL deleted it): claim it afresh
+	}
+	if t, err := strconv.ParseInt(oldTTL.Value, 10, 64); err != nil || t > now.Unix() {
+		return false, nil
+	}
+	names := map[string]string{"#t": attrTTL}
+	var b strings.Builder
+	b.WriteString("SET #t = :t")
+	for _, p := range keyNames(keys, "#k", names) {
+		fmt.Fprintf(&b, ", %s = :v", p)
+	}
+	want := map[string]bool{}
+	for _, k := range keys {
+		want[keyPrefix+k] = true
+	}
+	var stale []string
+	for a := range got.Item {
+		if strings.HasPrefix(a, keyPrefix) && !want[a] {
+			stale = append(stale, strings.TrimPrefix(a, keyPrefix))
+		}
+	}
+	if len(stale) > 0 {
+		b.WriteString(" REMOVE ")
+		b.WriteString(strings.Join(keyNames(stale, "#r", names), ", "))
+	}
+	_, err = s.updateItem(ctx, &dynamodb.UpdateItemInput{
+		Key:                      s.key(id),
+		UpdateExpression:         aws.String(b.String()),
+		ConditionExpression:      aws.String("#t = :old"),
+		ExpressionAttributeNames: names,
+		ExpressionAttributeValues: map[string]types.AttributeValue{
+			":t": s.ttl(now), ":v": str(mine), ":old": oldTTL,
+		},
+	})
+	if isConditionFailed(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("conversation %q: reset expired: %w", id, err)
+	}
+	return true, nil
+}
+
+// takeOver claims keys whose claim lease ended, provided nobody changed them
+// since they were read. It reports false when someone did.
+func (s *Store) takeOver(ctx context.Context, id string, take []takeover, mine string, now time.Time) (bool, error) {
+	names := map[string]string{"#t": attrTTL}
+	values := map[string]types.AttributeValue{":t": s.ttl(now), ":v": str(mine), ":now": num(now.Unix())}
+	var set, cond strings.Builder
+	set.WriteString("SET #t = :t")
+	cond.WriteString("#t > :now")
+	for i, t := range take {
+		p, o := "#k"+strconv.Itoa(i), ":o"+strconv.Itoa(i)
+		names[p] = keyPrefix + t.key
+		values[o] = str(t.old)
+		fmt.Fprintf(&set, ", %s = :v", p)
+		fmt.Fprintf(&cond, " AND %s = %s", p, o)
+	}
+	_, err := s.updateItem(ctx, &dynamodb.UpdateItemInput{
+		Key:                       s.key(id),
+		UpdateExpression:          aws.String(set.String()),
+		ConditionExpression:       aws.String(cond.String()),
+		ExpressionAttributeNames:  names,
+		ExpressionAttributeValues: values,
+	})
+	if isConditionFailed(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("conversation %q: take over: %w", id, err)
+	}
+	return true, nil
+}
+
+// unknown reads the keys (eventually consistent) and returns those that may
+// be new. A stale read errs only towards writing.
+func (s *Store) unknown(ctx context.Context, id string, keys []string, now time.Time) ([]string, error) {
+	names := map[string]string{"#t": attrTTL}
+	proj := append([]string{"#t"}, keyNames(keys, "#k", names)...)
+	got, err := s.getItem(ctx, &dynamodb.GetItemInput{
+		Key:                      s.key(id),
+		ProjectionExpression:     aws.String(strings.Join(proj, ", ")),
+		ExpressionAttributeNames: names,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("conversation %q: %w", id, err)
+	}
+	t, ok := got.Item[attrTTL].(*types.AttributeValueMemberN)
+	if !ok {
+		return keys, nil
+	}
+	if n, err := strconv.ParseInt(t.Value, 10, 64); err != nil || n <= now.Unix() {
+		return keys, nil
+	}
+	item := strings_(got.Item)
+	var out []string
+	for _, k := range keys {
+		v, present := item[keyPrefix+k]
+		if s.state(id, k, v, present, now) != stateKnown {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
+// markDelivered sets the keys of delivered entries to "d", one UpdateItem
+// per conversation (and 50 keys).
+func (s *Store) markDelivered(ctx context.Context, es []*entry) error {
+	type job struct {
+		id   string
+		keys []string
+	}
+	byConv := map[string][]string{}
+	var order []string
+	for _, e := range es {
+		for id, ks := range e.convs {
+			if _, ok := byConv[id]; !ok {
+				order = append(order, id)
+			}
+			byConv[id] = append(byConv[id], ks...)
+		}
+	}
+	var jobs []job
+	for _, id := range order {
+		ks := byConv[id]
+		for len(ks) > 0 {
+			n := min(len(ks), maxKeysPerWrite)
+			jobs = append(jobs, job{id, ks[:n]})
+			ks = ks[n:]
+		}
+	}
+	return s.parallel(ctx, len(jobs), func(ctx context.Context, i int) error {
+		names := map[string]string{"#t": attrTTL}
+		var b strings.Builder
+		b.WriteString("SET ")
+		for j, p := range keyNames(jobs[i].keys, "#k", names) {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%s = :d", p)
+		}
+		_, err := s.updateItem(ctx, &dynamodb.UpdateItemInput{
+			Key:                       s.key(jobs[i].id),
+			UpdateExpression:          aws.String(b.String()),
+			ConditionExpression:       aws.String("attribute_exists(#t)"),
+			ExpressionAttributeNames:  names,
+			ExpressionAttributeValues: map[string]types.AttributeValue{":d": str(delivered)},
+		})
+		if isConditionFailed(err) {
+			return nil // the item expired and is gone: nothing to mark
+		}
+		if err != nil {
+			return fmt.Errorf("mark delivered: conversation %q: %w", jobs[i].id, err)
+		}
+		return nil
+	})
+}
+
+func strings_(item map[string]types.AttributeValue) map[string]string {
+	out := make(map[string]string, len(item))
+	for k, v := range item {
+		if sv, ok := v.(*types.AttributeValueMemberS); ok {
+			out[k] = sv.Value
+		}
+	}
+	return out
+}
+
+func isConditionFailed(err error) bool {
+	var ccf *types.ConditionalCheckFailedException
+	return errors.As(err, &ccf)
+}
+
+func (s *Store) updateItem(ctx context.Context, in *dynamodb.UpdateItemInput) (*dynamodb.UpdateItemOutput, error) {
+	in.TableName = aws.String(s.cfg.Table)
+	in.ReturnConsumedCapacity = types.ReturnConsumedCapacityTotal
+	out, err := s.api.UpdateItem(ctx, in)
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	s.stats.UpdateItem++
+	switch {
+	case isConditionFailed(err):
+		s.stats.ConditionalFailures++
+		s.stats.WriteUnits++
+	case err == nil && out.ConsumedCapacity != nil && out.ConsumedCapacity.CapacityUnits != nil:
+		s.stats.WriteUnits += *out.ConsumedCapacity.CapacityUnits
+	}
+	return out, err
+}
+
+func (s *Store) getItem(ctx context.Context, in *dynamodb.GetItemInput) (*dynamodb.GetItemOutput, error) {
+	in.TableName = aws.String(s.cfg.Table)
+	in.ReturnConsumedCapacity = types.ReturnConsumedCapacityTotal
+	out, err := s.api.GetItem(ctx, in)
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	s.stats.GetItem++
+	if err == nil && out.ConsumedCapacity != nil && out.ConsumedCapacity.CapacityUnits != nil {
+		s.stats.ReadUnits += *out.ConsumedCapacity.CapacityUnits
+	}
+	return out, err
+}
+
+// parallel runs fn for 0..n-1 with at most Concurrency at once and returns
+// the first error; the others are cancelled.
+func (s *Store) parallel(ctx context.Context, n int, fn func(ctx context.Context, i int) error) error {
+	if n == 1 {
+		return fn(ctx, 0)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, s.cfg.Concurrency)
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(i int) {
+			defer func() { <-sem; wg.Done() }()
+			if err := fn(ctx, i); err != nil {
+				once.Do(func() { first = err; cancel() })
+			}
+		}(i)
+	}
+	wg.Wait()
+	return first
+}
+
+// ReadOutbox implements flowmetrics.Store. Entries whose lease is about to
+// end are dropped, not returned.
+func (s *Store) ReadOutbox(ctx context.Context, after uint64, limit int) ([]flowmetrics.Entry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropExpiredLocked()
+	var out []flowmetrics.Entry
+	for _, e := range s.entries {
+		if e.Seq <= after {
+			continue
+		}
+		if len(out) >= limit {
+			break
+		}
+		out = append(out, e.Entry)
+	}
+	return out, nil
+}
+
+func (s *Store) dropExpiredLocked() {
+	now := s.opts.Now()
+	kept := s.entries[:0]
+	var dropped, occs int
+	for _, e := range s.entries {
+		if !e.deadline.IsZero() && !now.Before(e.deadline) {
+			s.forgetLocked(e)
+			dropped++
+			occs += len(e.Occurrences)
+			continue
+		}
+		kept = append(kept, e)
+	}
+	clear(s.entries[len(kept):])
+	s.entries = kept
+	if dropped > 0 {
+		s.statsMu.Lock()
+		s.stats.Dropped += int64(dropped)
+		s.statsMu.Unlock()
+		s.log.Warn("outbox entries not delivered within their claim lease were dropped; their events' redelivery claims them again",
+			"entries", dropped, "occurrences", occs, "lease", s.cfg.Lease)
+	}
+}
+
+// forgetLocked removes e's keys from the local index.
+func (s *Store) forgetLocked(e *entry) {
+	for id, ks := range e.convs {
+		m := s.local[id]
+		for _, k := range ks {
+			if m[k] == e {
+				delete(m, k)
+			}
+		}
+		if len(m) == 0 {
+			delete(s.local, id)
+		}
+	}
+}
+
+// Cursor implements flowmetrics.Store.
+func (s *Store) Cursor(ctx context.Context, sink string) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cursors[sink], nil
+}
+
+// Register implements flowmetrics.Store.
+func (s *Store) Register(ctx context.Context, sinks []string) error {
+	s.mu.Lock()
+	next := map[string]uint64{}
+	for _, name := range sinks {
+		c, ok := s.cursors[name]
+		if !ok {
+			c = s.last
+		}
+		next[name] = c
+	}
+	s.cursors = next
+	todo := s.discardLocked()
+	s.mu.Unlock()
+	return s.mark(ctx, todo)
+}
+
+// Ack implements flowmetrics.Store. Entries every sink has acknowledged have
+// their keys marked delivered before Ack returns; if that write fails, Ack
+// returns the error and the next Ack (or Close) tries again.
+func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
+	s.mu.Lock()
+	c, ok := s.cursors[sink]
+	if !ok {
+		s.mu.Unlock()
+		return fmt.Errorf("dynamostore: ack from unregistered sink %q", sink)
+	}
+	if seq > c {
+		s.cursors[sink] = seq
+	}
+	todo := s.discardLocked()
+	s.mu.Unlock()
+	return s.mark(ctx, todo)
+}
+
+// discardLocked moves the entries no sink still needs out of the outbox and
+// returns those (with any earlier ones) whose keys still need their mark.
+func (s *Store) discardLocked() []*entry {
+	m, ok := store.MinCursor(s.cursors)
+	if !ok {
+		m = s.last
+	}
+	i := 0
+	for i < len(s.entries) && s.entries[i].Seq <= m {
+		e := s.entries[i]
+		if e.deadline.IsZero() {
+			s.forgetLocked(e)
+		} else {
+			e.acked = true
+			s.unmarked = append(s.unmarked, e)
+		}
+		i++
+	}
+	clear(s.entries[:i])
+	s.entries = s.entries[i:]
+	todo := s.unmarked
+	s.unmarked = nil
+	return todo
+}
+
+func (s *Store) mark(ctx context.Context, todo []*entry) error {
+	if len(todo) == 0 {
+		return nil
+	}
+	err := s.markDelivered(ctx, todo)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		s.unmarked = append(todo, s.unmarked...)
+		return fmt.Errorf("dynamostore: %w", err)
+	}
+	for _, e := range todo {
+		s.forgetLocked(e)
+	}
+	return nil
+}
+
+// Settle writes the delivered marks that an earlier Ack could not write. A
+// caller that acknowledges its input after delivery (the Lambda handlers)
+// calls it after flushing, so an occurrence delivered is also marked before
+// its event is acknowledged; otherwise a later event carrying the key could
+// take the claim over once its lease ends and count it again.
+func (s *Store) Settle(ctx context.Context) error {
+	s.mu.Lock()
+	todo := s.unmarked
+	s.unmarked = nil
+	s.mu.Unlock()
+	return s.mark(ctx, todo)
+}
+
+// OutboxDepth implements flowmetrics.Store.
+func (s *Store) OutboxDepth(ctx context.Context, sink string) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropExpiredLocked()
+	c := s.cursors[sink]
+	var n int64
+	for _, e := range s.entries {
+		if e.Seq > c {
+			n += int64(len(e.Occurrences))
+		}
+	}
+	return n, nil
+}
+
+// Close marks what was delivered and not yet marked (within five seconds)
+// and releases the store; it is safe to call twice. Entries still in the
+// outbox are abandoned: their claims are taken over once their lease ends.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	todo := s.unmarked
+	s.unmarked = nil
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return s.mark(ctx, todo)
+}
