@@ -1,0 +1,230 @@
+// Package config reads the one YAML file that configures flowmetrics. Every
+// setting has a default, unknown keys are an error, each section validates
+// itself without touching the network, and secrets come from the
+// environment, never from the file.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
+	"github.com/flowmetrics/flowmetrics/internal/sink/dogstatsd"
+	"github.com/flowmetrics/flowmetrics/internal/sink/emf"
+	"github.com/flowmetrics/flowmetrics/internal/sink/jsonl"
+	"github.com/flowmetrics/flowmetrics/internal/sink/otlp"
+	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
+	"github.com/flowmetrics/flowmetrics/internal/sink/statsd"
+)
+
+// Config is the whole file.
+type Config struct {
+	// DataDir holds the embedded store (default ./data).
+	DataDir  string          `yaml:"data_dir"`
+	HTTP     HTTP            `yaml:"http"`
+	Store    Store           `yaml:"store"`
+	Pipeline pipeline.Config `yaml:"pipeline"`
+	Naming   naming.Config   `yaml:"naming"`
+	// Cardinality limits distinct flow/metric pairs (default 1000).
+	Cardinality Cardinality `yaml:"cardinality"`
+	Sinks       Sinks       `yaml:"sinks"`
+}
+
+// HTTP is the serve section.
+type HTTP struct {
+	// Listen address (default 127.0.0.1:8080).
+	Listen string `yaml:"listen"`
+	// AuthHeader names the header that carries the shared secret (default
+	// X-Flowmetrics-Secret). An EventBridge API destination connection with
+	// API-key authorization sends it.
+	AuthHeader string `yaml:"auth_header"`
+	// SecretEnv names the environment variable holding the shared secret
+	// (default FLOWMETRICS_SECRET). Empty secret means no auth, which is
+	// only allowed on loopback unless --insecure.
+	SecretEnv    string        `yaml:"secret_env"`
+	MaxBodyBytes int64         `yaml:"max_body_bytes"`
+	ReadTimeout  time.Duration `yaml:"read_timeout"`
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	IdleTimeout  time.Duration `yaml:"idle_timeout"`
+	// ShutdownTimeout bounds the drain and flush on SIGTERM.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Store is the store section.
+type Store struct {
+	// Type is embedded (default) or memory.
+	Type      string        `yaml:"type"`
+	Retention time.Duration `yaml:"retention"`
+	// SweepInterval is how often expired conversations are deleted.
+	SweepInterval time.Duration `yaml:"sweep_interval"`
+}
+
+// Cardinality is the cardinality guard section.
+type Cardinality struct {
+	Limit int `yaml:"limit"`
+}
+
+// Sinks lists the sinks; a section that is present turns its sink on
+// (Prometheus is on unless disabled).
+type Sinks struct {
+	Prometheus prometheus.Config `yaml:"prometheus"`
+	JSONL      *jsonl.Config     `yaml:"jsonl"`
+	Datadog    *datadog.Config   `yaml:"datadog"`
+	DogStatsD  *dogstatsd.Config `yaml:"dogstatsd"`
+	EMF        *emf.Config       `yaml:"emf"`
+	OTLP       *otlp.Config      `yaml:"otlp"`
+	StatsD     *statsd.Config    `yaml:"statsd"`
+}
+
+// Validate checks every configured sink.
+func (s Sinks) Validate() error {
+	errs := []error{s.Prometheus.Validate()}
+	check := func(name string, present bool, v func() error) {
+		if present {
+			if err := v(); err != nil {
+				errs = append(errs, fmt.Errorf("sinks.%s: %w", name, err))
+			}
+		}
+	}
+	check("jsonl", s.JSONL != nil, func() error { return s.JSONL.Validate() })
+	check("datadog", s.Datadog != nil, func() error { return s.Datadog.Validate() })
+	check("dogstatsd", s.DogStatsD != nil, func() error { return s.DogStatsD.Validate() })
+	check("emf", s.EMF != nil, func() error { return s.EMF.Validate() })
+	check("otlp", s.OTLP != nil, func() error { return s.OTLP.Validate() })
+	check("statsd", s.StatsD != nil, func() error { return s.StatsD.Validate() })
+	return errors.Join(errs...)
+}
+
+// Default returns the configuration used when no file is given.
+func Default() Config {
+	return Config{
+		DataDir: "./data",
+		HTTP: HTTP{
+			Listen:          "127.0.0.1:8080",
+			AuthHeader:      "X-Flowmetrics-Secret",
+			SecretEnv:       "FLOWMETRICS_SECRET",
+			MaxBodyBytes:    10 << 20,
+			ReadTimeout:     30 * time.Second,
+			WriteTimeout:    30 * time.Second,
+			IdleTimeout:     120 * time.Second,
+			ShutdownTimeout: 30 * time.Second,
+		},
+		Store:       Store{Type: "embedded", Retention: 7 * 24 * time.Hour, SweepInterval: time.Hour},
+		Cardinality: Cardinality{Limit: 1000},
+	}
+}
+
+// Load reads the file at path over the defaults; path "" gives the defaults.
+func Load(path string) (Config, error) {
+	c := Default()
+	if path == "" {
+		return c, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	if err := Decode(f, &c); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Decode reads YAML from r into c, rejecting unknown keys.
+func Decode(r io.Reader, c *Config) error {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Validate checks every section.
+func (c Config) Validate() error {
+	var errs []error
+	if c.DataDir == "" && c.Store.Type == "embedded" {
+		errs = append(errs, errors.New("data_dir: required for the embedded store"))
+	}
+	errs = append(errs, c.HTTP.Validate(), c.Store.Validate(), c.Pipeline.Validate(), c.Naming.Validate(), c.Sinks.Validate())
+	if c.Cardinality.Limit < 0 {
+		errs = append(errs, errors.New("cardinality.limit: negative"))
+	}
+	return errors.Join(errs...)
+}
+
+// Validate checks the http section.
+func (h HTTP) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(h.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("http.listen %q: %w", h.Listen, err))
+	}
+	if h.AuthHeader == "" || strings.ContainsAny(h.AuthHeader, " :\t\r\n") {
+		errs = append(errs, fmt.Errorf("http.auth_header %q: not a valid header name", h.AuthHeader))
+	}
+	if h.MaxBodyBytes <= 0 {
+		errs = append(errs, errors.New("http.max_body_bytes: must be positive"))
+	}
+	for name, d := range map[string]time.Duration{"read_timeout": h.ReadTimeout, "write_timeout": h.WriteTimeout, "idle_timeout": h.IdleTimeout, "shutdown_timeout": h.ShutdownTimeout} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("http.%s: must be positive", name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Secret returns the shared secret from the environment ("" if unset).
+func (h HTTP) Secret() string {
+	if h.SecretEnv == "" {
+		return ""
+	}
+	return os.Getenv(h.SecretEnv)
+}
+
+// Validate checks the store section.
+func (s Store) Validate() error {
+	switch s.Type {
+	case "embedded", "memory":
+	default:
+		return fmt.Errorf("store.type %q: want embedded or memory", s.Type)
+	}
+	if s.Retention <= 0 {
+		return errors.New("store.retention: must be positive")
+	}
+	if s.SweepInterval <= 0 {
+		return errors.New("store.sweep_interval: must be positive")
+	}
+	return nil
+}
+
+// IsLoopback reports whether a listen address only accepts connections from
+// this machine.
+func IsLoopback(listen string) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

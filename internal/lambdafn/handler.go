@@ -1,0 +1,308 @@
+package lambdafn
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-lambda-go/lambda"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
+	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
+	"github.com/flowmetrics/flowmetrics/internal/sink/dogstatsd"
+	"github.com/flowmetrics/flowmetrics/internal/sink/emf"
+	"github.com/flowmetrics/flowmetrics/internal/store"
+	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+)
+
+// Handler answers Lambda invocations from an EventBridge rule (one event)
+// or an SQS event source (a batch). It implements lambda.Handler, telling
+// the two apart by the payload, so one function serves either trigger.
+type Handler struct {
+	p       *pipeline.Pipeline
+	store   flowmetrics.Store
+	settle  func(context.Context) error
+	log     *slog.Logger
+	reserve time.Duration
+}
+
+// NewHandler wires a handler on a store and sinks and registers the sinks
+// with the store. The handler owns both from then on (Close closes them).
+func NewHandler(ctx context.Context, st flowmetrics.Store, sinks []flowmetrics.Sink, cfg Config, m *telemetry.Metrics, log *slog.Logger) (*Handler, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if m == nil {
+		m = telemetry.New()
+	}
+	h := &Handler{
+		p:     pipeline.New(st, sinks, cfg.Pipeline, m, log),
+		store: st, log: log, reserve: cfg.FlushReserve,
+	}
+	if s, ok := st.(interface{ Settle(context.Context) error }); ok {
+		h.settle = s.Settle
+	}
+	if err := h.p.Register(ctx); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// New builds the handler of the deployed function: the DynamoDB store on
+// the configured table, and the configured sinks. It reads the Datadog API
+// key from Secrets Manager when asked to.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Handler, error) {
+	awsCfg, err := awsconfig.LoadDefaultConfig(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("aws config: %w", err)
+	}
+	client := dynamodb.NewFromConfig(awsCfg, func(o *dynamodb.Options) {
+		if cfg.Endpoint != "" {
+			o.BaseEndpoint = &cfg.Endpoint
+		}
+	})
+	if uses(cfg.Sinks, "datadog") && os.Getenv(datadog.DefaultAPIKeyEnv) == "" && cfg.APIKeySecretARN != "" {
+		out, err := secretsmanager.NewFromConfig(awsCfg).GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{SecretId: &cfg.APIKeySecretARN})
+		if err != nil {
+			return nil, fmt.Errorf("read the Datadog API key from %s: %w", cfg.APIKeySecretARN, err)
+		}
+		if out.SecretString == nil {
+			return nil, fmt.Errorf("secret %s has no string value", cfg.APIKeySecretARN)
+		}
+		// The datadog sink reads its key from the environment, never from
+		// configuration; in a Lambda process this is that environment.
+		os.Setenv(datadog.DefaultAPIKeyEnv, strings.TrimSpace(*out.SecretString))
+	}
+	m := telemetry.New()
+	sinks, err := buildSinks(cfg, m, log)
+	if err != nil {
+		return nil, err
+	}
+	sc := cfg.Store
+	sc.Table = cfg.Table
+	st, err := dynamostore.Open(sc, client, store.Options{Retention: cfg.Retention}, log)
+	if err != nil {
+		closeAll(sinks)
+		return nil, err
+	}
+	h, err := NewHandler(ctx, st, sinks, cfg, m, log)
+	if err != nil {
+		closeAll(sinks)
+		st.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+func uses(sinks []string, name string) bool {
+	for _, s := range sinks {
+		if s == name {
+			return true
+		}
+	}
+	return false
+}
+
+func closeAll(sinks []flowmetrics.Sink) {
+	for _, s := range sinks {
+		s.Close(context.Background())
+	}
+}
+
+// buildSinks creates the configured sinks without touching the network.
+func buildSinks(cfg Config, m *telemetry.Metrics, log *slog.Logger) ([]flowmetrics.Sink, error) {
+	namer := naming.New(cfg.Naming)
+	var sinks []flowmetrics.Sink
+	for _, name := range cfg.Sinks {
+		var s flowmetrics.Sink
+		var err error
+		switch name {
+		case "dogstatsd":
+			s, err = dogstatsd.New(cfg.DogStatsD, namer, m, log)
+		case "datadog":
+			s, err = datadog.New(cfg.Datadog, namer, m, log)
+		case "emf":
+			s, err = emf.New(cfg.EMF, namer, m, log)
+		default:
+			err = fmt.Errorf("unknown sink %q", name)
+		}
+		if err != nil {
+			closeAll(sinks)
+			return nil, fmt.Errorf("sink %s: %w", name, err)
+		}
+		sinks = append(sinks, s)
+	}
+	return sinks, nil
+}
+
+// Invoke implements lambda.Handler: an SQS event (a "Records" array from
+// aws:sqs) gets an SQSEventResponse; anything else is one EventBridge event.
+func (h *Handler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
+	if isSQS(payload) {
+		var ev events.SQSEvent
+		if err := json.Unmarshal(payload, &ev); err != nil {
+			// An SQS event is built by Lambda; if it does not parse,
+			// failing the invocation retries the whole batch.
+			return nil, fmt.Errorf("sqs event: %w", err)
+		}
+		return json.Marshal(h.HandleSQS(ctx, ev))
+	}
+	if err := h.HandleEventBridge(ctx, payload); err != nil {
+		return nil, err
+	}
+	return []byte("null"), nil
+}
+
+func isSQS(payload []byte) bool {
+	if !bytes.Contains(payload, []byte(`"aws:sqs"`)) {
+		return false
+	}
+	var probe struct {
+		Records []struct {
+			EventSource string `json:"eventSource"`
+		} `json:"Records"`
+	}
+	return json.Unmarshal(payload, &probe) == nil && len(probe.Records) > 0 && probe.Records[0].EventSource == "aws:sqs"
+}
+
+// HandleEventBridge processes one event delivered by an EventBridge rule
+// (an envelope, or a bare detail). It returns nil once the event's new
+// occurrences are delivered to every sink, and for an event that can never
+// succeed (not JSON, not an event), which is logged and counted: retrying
+// it would fail the same way. An error (store or sink failure) makes Lambda
+// retry the event.
+func (h *Handler) HandleEventBridge(ctx context.Context, payload []byte) error {
+	rec := genesys.DecodeValue(payload)
+	res, err := h.p.Ingest(ctx, []genesys.Record{rec})
+	if err != nil {
+		h.log.Error("claim failed; the event will be retried", "err", err)
+		return err
+	}
+	if res.Rejected > 0 {
+		h.log.Warn("event rejected; it is not retried", "error", res.Errors[0].Error)
+		return nil
+	}
+	if res.Accepted == 0 {
+		return nil
+	}
+	if err := h.deliver(ctx); err != nil {
+		h.log.Error("delivery failed; the event will be retried", "err", err)
+		return err
+	}
+	return nil
+}
+
+// HandleSQS processes a batch from an SQS event source configured with
+// ReportBatchItemFailures. A record that can never succeed (not JSON, not an
+// event) is logged, counted and not listed, so SQS deletes it. When claiming
+// or delivery fails, every accepted record is listed, because the
+// occurrences of one record may be delivered in the same send as another's;
+// a listed record whose occurrences were in fact delivered is simply known
+// when it comes back.
+func (h *Handler) HandleSQS(ctx context.Context, ev events.SQSEvent) events.SQSEventResponse {
+	recs := make([]genesys.Record, len(ev.Records))
+	for i, r := range ev.Records {
+		recs[i] = genesys.DecodeValue([]byte(r.Body))
+		recs[i].Index = i
+	}
+	var resp events.SQSEventResponse
+	failAccepted := func() {
+		for i, r := range recs {
+			if r.Outcome == genesys.Accepted {
+				resp.BatchItemFailures = append(resp.BatchItemFailures, events.SQSBatchItemFailure{ItemIdentifier: ev.Records[i].MessageId})
+			}
+		}
+	}
+	res, err := h.p.Ingest(ctx, recs)
+	if len(res.Errors) > 0 {
+		first := res.Errors[0]
+		h.log.Warn("records rejected; they are not retried", "rejected", len(res.Errors),
+			"first_message_id", ev.Records[first.Index].MessageId, "first_error", first.Error)
+	}
+	if err != nil {
+		h.log.Error("claim failed; the batch's events will be retried", "records", len(recs), "err", err)
+		failAccepted()
+		return resp
+	}
+	if res.Accepted == 0 {
+		return resp
+	}
+	if err := h.deliver(ctx); err != nil {
+		h.log.Error("delivery failed; the batch's events will be retried", "records", len(recs), "err", err)
+		failAccepted()
+	}
+	return resp
+}
+
+// deliver flushes the outbox to every sink and settles the store's marks,
+// within the invocation's deadline less the reserve.
+func (h *Handler) deliver(ctx context.Context) error {
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, dl.Add(-h.reserve))
+		defer cancel()
+	}
+	if err := h.p.Flush(ctx); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	if h.settle != nil {
+		if err := h.settle(ctx); err != nil {
+			return fmt.Errorf("settle: %w", err)
+		}
+	}
+	return nil
+}
+
+// Close flushes what is pending, closes the sinks and the store; it is safe
+// to call twice.
+func (h *Handler) Close(ctx context.Context) error {
+	err := h.p.Close(ctx)
+	if h.settle != nil {
+		err = errors.Join(err, h.settle(ctx))
+	}
+	return errors.Join(err, h.store.Close())
+}
+
+// Run reads the configuration from getenv, builds the handler and serves
+// Lambda invocations until the runtime stops the process. On SIGTERM (sent
+// when Lambda shuts an environment down, if an extension is registered) it
+// flushes and closes within half a second. logOut receives the logs (stderr
+// in Lambda, which goes to CloudWatch Logs).
+func Run(ctx context.Context, getenv func(string) string, logOut io.Writer) error {
+	cfg, err := ConfigFromEnv(getenv)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return fmt.Errorf("FLOWMETRICS_LOG_LEVEL %q: %w", cfg.LogLevel, err)
+	}
+	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level}))
+	h, err := New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	lambda.StartWithOptions(h, lambda.WithContext(ctx), lambda.WithEnableSIGTERM(func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 450*time.Millisecond)
+		defer cancel()
+		if err := h.Close(cctx); err != nil {
+			log.Error("shutdown", "err", err)
+		}
+	}))
+	return nil
+}

@@ -1,0 +1,574 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+)
+
+// Config tunes the pipeline. The zero value of each field takes its default.
+type Config struct {
+	// Bucket is the width of the epoch-aligned time buckets occurrences are
+	// counted in (default 10 s).
+	Bucket time.Duration `yaml:"bucket"`
+	// FlushInterval is how long new occurrences may wait so that they are
+	// sent together (default 1 s).
+	FlushInterval time.Duration `yaml:"flush_interval"`
+	// BatchEntries is how many outbox entries one send takes at most
+	// (default 256).
+	BatchEntries int `yaml:"batch_entries"`
+	// MaxPending bounds each sink's undelivered occurrences (default 10
+	// million). Beyond it the oldest are dropped and counted, so a sink that
+	// never returns cannot fill the disk.
+	MaxPending int64 `yaml:"max_pending"`
+	// CacheConversations bounds the in-process cache of known keys (default
+	// 100,000 conversations; negative disables it).
+	CacheConversations int `yaml:"cache_conversations"`
+	// CacheTTL is how long a cached conversation is trusted (default 1 h;
+	// keep it below the store's retention).
+	CacheTTL time.Duration `yaml:"cache_ttl"`
+	// RetryMin and RetryMax bound the jittered exponential backoff of a
+	// failing sink (defaults 500 ms and 60 s).
+	RetryMin time.Duration `yaml:"retry_min"`
+	RetryMax time.Duration `yaml:"retry_max"`
+
+	// Guard, when set, maps flow/metric pairs beyond the cardinality limit
+	// to the overflow series. It is applied as occurrences are ingested.
+	Guard Guard `yaml:"-"`
+	// Now is the clock (time.Now if nil).
+	Now func() time.Time `yaml:"-"`
+}
+
+// Guard folds flow/metric pairs beyond a cardinality limit into one series.
+type Guard interface {
+	Map(flow, metric string) (string, string)
+}
+
+// Validate checks the section.
+func (c Config) Validate() error {
+	switch {
+	case c.Bucket < 0 || (c.Bucket > 0 && c.Bucket < time.Second) || c.Bucket%time.Second != 0:
+		return fmt.Errorf("pipeline.bucket: %v is not a whole number of seconds ≥ 1s", c.Bucket)
+	case c.FlushInterval < 0:
+		return fmt.Errorf("pipeline.flush_interval: negative")
+	case c.BatchEntries < 0:
+		return fmt.Errorf("pipeline.batch_entries: negative")
+	case c.MaxPending < 0:
+		return fmt.Errorf("pipeline.max_pending: negative")
+	case c.RetryMin < 0 || c.RetryMax < 0 || (c.RetryMax > 0 && c.RetryMin > c.RetryMax):
+		return fmt.Errorf("pipeline.retry_min/retry_max: need 0 ≤ retry_min ≤ retry_max")
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.Bucket == 0 {
+		c.Bucket = 10 * time.Second
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = time.Second
+	}
+	if c.BatchEntries == 0 {
+		c.BatchEntries = 256
+	}
+	if c.MaxPending == 0 {
+		c.MaxPending = 10_000_000
+	}
+	if c.CacheConversations == 0 {
+		c.CacheConversations = 100_000
+	}
+	if c.CacheTTL == 0 {
+		c.CacheTTL = time.Hour
+	}
+	if c.RetryMin == 0 {
+		c.RetryMin = 500 * time.Millisecond
+	}
+	if c.RetryMax == 0 {
+		c.RetryMax = time.Minute
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Pipeline connects a store and its sinks.
+type Pipeline struct {
+	cfg      Config
+	store    flowmetrics.Store
+	m        *telemetry.Metrics
+	log      *slog.Logger
+	cache    *knownCache
+	drainers []*drainer
+
+	startOnce sync.Once
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New builds a pipeline. Call Start to deliver in the background, or Flush to
+// deliver on demand (replay, Lambda).
+func New(store flowmetrics.Store, sinks []flowmetrics.Sink, cfg Config, m *telemetry.Metrics, log *slog.Logger) *Pipeline {
+	cfg = cfg.withDefaults()
+	if log == nil {
+		log = slog.Default()
+	}
+	p := &Pipeline{cfg: cfg, store: store, m: m, log: log}
+	if cfg.CacheConversations > 0 {
+		p.cache = newKnownCache(cfg.CacheConversations, cfg.CacheTTL)
+	}
+	for _, s := range sinks {
+		p.drainers = append(p.drainers, &drainer{p: p, sink: s, name: s.Name(), wake: make(chan struct{}, 1)})
+	}
+	return p
+}
+
+// Register declares the sinks to the store; call it once before Ingest.
+func (p *Pipeline) Register(ctx context.Context) error {
+	names := make([]string, len(p.drainers))
+	for i, d := range p.drainers {
+		names[i] = d.name
+	}
+	if err := p.store.Register(ctx, names); err != nil {
+		return fmt.Errorf("register sinks: %w", err)
+	}
+	return nil
+}
+
+// RecordError names one rejected record.
+type RecordError struct {
+	Index int    `json:"index"`
+	Line  int    `json:"line,omitempty"`
+	Error string `json:"error"`
+}
+
+// Result tells what Ingest did with a batch of records.
+type Result struct {
+	Read        int
+	Accepted    int
+	Skipped     int
+	Rejected    int
+	Occurrences int // new occurrences claimed
+	Malformed   int
+	Errors      []RecordError
+}
+
+// Add accumulates another result (errors included).
+func (r *Result) Add(o Result) {
+	r.Read += o.Read
+	r.Accepted += o.Accepted
+	r.Skipped += o.Skipped
+	r.Rejected += o.Rejected
+	r.Occurrences += o.Occurrences
+	r.Malformed += o.Malformed
+	r.Errors = append(r.Errors, o.Errors...)
+}
+
+// Ingest extracts the occurrences of the accepted records and claims them.
+// When it returns a nil error, every new occurrence is durably in the outbox
+// (as durable as the store), so the records may be acknowledged. A non-nil
+// error is a store failure: nothing may be acknowledged and the records
+// should be retried; retrying is safe.
+func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, error) {
+	var res Result
+	now := p.cfg.Now()
+	var reqs []flowmetrics.ClaimRequest
+	for _, r := range recs {
+		res.Read++
+		p.m.RecordsRead.Inc()
+		switch r.Outcome {
+		case genesys.Skipped:
+			res.Skipped++
+			p.m.RecordsSkipped.WithLabelValues("other_topic").Inc()
+			continue
+		case genesys.Rejected:
+			res.Rejected++
+			p.m.RecordsRejected.WithLabelValues(RejectReason(r.Err)).Inc()
+			msg := "rejected"
+			if r.Err != nil {
+				msg = r.Err.Error()
+			}
+			res.Errors = append(res.Errors, RecordError{Index: r.Index, Line: r.Line, Error: msg})
+			continue
+		}
+		res.Accepted++
+		p.m.RecordsAccepted.Inc()
+		occs, bad := genesys.Extract(r.Event)
+		if p.cfg.Guard != nil {
+			// Folding happens once, before the claim, so the outbox, every
+			// sink and the pipeline's own occurrence counter agree.
+			for i := range occs {
+				occs[i].Flow, occs[i].Metric = p.cfg.Guard.Map(occs[i].Flow, occs[i].Metric)
+			}
+		}
+		for _, b := range bad {
+			p.m.Malformed.WithLabelValues(b.Flow).Inc()
+		}
+		res.Malformed += len(bad)
+		if len(occs) == 0 {
+			continue
+		}
+		if p.cache.allKnown(r.Event.ConversationID, occKeys(occs), now) {
+			p.m.CacheHits.Inc()
+			continue
+		}
+		reqs = append(reqs, flowmetrics.ClaimRequest{ConversationID: r.Event.ConversationID, Occurrences: occs})
+	}
+	if len(reqs) == 0 {
+		return res, nil
+	}
+	start := time.Now()
+	fresh, err := p.store.Claim(ctx, reqs)
+	p.m.StoreLatency.WithLabelValues("claim").Observe(time.Since(start).Seconds())
+	if err != nil {
+		p.m.StoreErrors.WithLabelValues("claim").Inc()
+		return res, fmt.Errorf("claim: %w", err)
+	}
+	for _, rq := range reqs {
+		p.cache.learn(rq.ConversationID, occKeys(rq.Occurrences), now)
+	}
+	for _, o := range fresh {
+		p.m.Occurrences.WithLabelValues(o.Flow, o.Metric).Inc()
+	}
+	res.Occurrences = len(fresh)
+	if len(fresh) > 0 {
+		for _, d := range p.drainers {
+			d.notify()
+		}
+	}
+	return res, nil
+}
+
+func occKeys(occs []flowmetrics.Occurrence) []string {
+	out := make([]string, len(occs))
+	for i, o := range occs {
+		out[i] = o.Key
+	}
+	return out
+}
+
+// RejectReason maps a decode error to the low-cardinality reason label of
+// flowmetrics_records_rejected_total.
+func RejectReason(err error) string {
+	switch {
+	case errors.Is(err, genesys.ErrNotJSON):
+		return "invalid_json"
+	case errors.Is(err, genesys.ErrNoConversationID):
+		return "missing_conversation_id"
+	case errors.Is(err, genesys.ErrNoAttributes):
+		return "missing_attributes"
+	case errors.Is(err, genesys.ErrBadAttributes):
+		return "invalid_attributes"
+	case errors.Is(err, genesys.ErrTooLarge):
+		return "too_large"
+	case errors.Is(err, genesys.ErrNotEvent):
+		return "not_an_event"
+	}
+	return "invalid"
+}
+
+// Start runs one background drainer per sink until Close.
+func (p *Pipeline) Start() {
+	p.startOnce.Do(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		p.stop = cancel
+		for _, d := range p.drainers {
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				d.run(ctx)
+			}()
+		}
+	})
+}
+
+// Flush delivers everything in the outbox to every sink now, retrying a
+// failing sink with backoff until ctx ends; it returns the sinks' last
+// errors if ctx ended first.
+func (p *Pipeline) Flush(ctx context.Context) error {
+	var errs []error
+	for _, d := range p.drainers {
+		if err := d.flush(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", d.name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops the background drainers, flushes what is pending within ctx's
+// deadline and closes the sinks (not the store, which the caller opened). It
+// is safe to call twice.
+func (p *Pipeline) Close(ctx context.Context) error {
+	p.closeOnce.Do(func() {
+		if p.stop != nil {
+			p.stop()
+			p.wg.Wait()
+		}
+		var errs []error
+		if err := p.Flush(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("flush: %w", err))
+		}
+		for _, d := range p.drainers {
+			if err := d.sink.Close(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("close %s: %w", d.name, err))
+			}
+		}
+		p.closeErr = errors.Join(errs...)
+	})
+	return p.closeErr
+}
+
+// UpdateDepth refreshes the outbox depth gauges.
+func (p *Pipeline) UpdateDepth(ctx context.Context) {
+	for _, d := range p.drainers {
+		if n, err := p.store.OutboxDepth(ctx, d.name); err == nil {
+			p.m.OutboxDepth.WithLabelValues(d.name).Set(float64(n))
+		}
+	}
+}
+
+// drainer delivers the outbox to one sink. mu makes the background loop and
+// Flush take turns, so a batch is never sent twice concurrently.
+type drainer struct {
+	p    *Pipeline
+	sink flowmetrics.Sink
+	name string
+	wake chan struct{}
+	mu   sync.Mutex
+	// held is a batch whose send failed. It is sent again exactly as it
+	// was, so a sink that remembers what of it was accepted can resume
+	// instead of repeating.
+	held *batch
+}
+
+type batch struct {
+	points []flowmetrics.Point
+	last   uint64 // sequence number of the batch's last outbox entry
+	n      int    // occurrences
+}
+
+func (d *drainer) notify() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (d *drainer) run(ctx context.Context) {
+	tick := time.NewTicker(d.p.cfg.FlushInterval)
+	defer tick.Stop()
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.wake:
+			// Linger so occurrences arriving together are sent together.
+			if !sleep(ctx, d.p.cfg.FlushInterval) {
+				return
+			}
+		case <-tick.C:
+		}
+		for {
+			d.mu.Lock()
+			more, err := d.drainOnce(ctx)
+			d.mu.Unlock()
+			d.p.UpdateDepth(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				failures++
+				d.p.m.SinkBatchRetries.WithLabelValues(d.name).Inc()
+				if !sleep(ctx, d.p.backoff(failures)) {
+					return
+				}
+				continue
+			}
+			failures = 0
+			if !more {
+				break
+			}
+		}
+	}
+}
+
+func (d *drainer) flush(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer d.p.UpdateDepth(context.WithoutCancel(ctx))
+	failures := 0
+	for {
+		more, err := d.drainOnce(ctx)
+		if err != nil {
+			failures++
+			d.p.m.SinkBatchRetries.WithLabelValues(d.name).Inc()
+			if !sleep(ctx, d.p.backoff(failures)) {
+				return err
+			}
+			continue
+		}
+		failures = 0
+		if !more {
+			return nil
+		}
+	}
+}
+
+// drainOnce sends one batch from the outbox and advances the cursor. It
+// reports whether there may be more to send.
+func (d *drainer) drainOnce(ctx context.Context) (more bool, err error) {
+	p := d.p
+	b := d.held
+	if b == nil {
+		if b, err = d.next(ctx); b == nil || err != nil {
+			return false, err
+		}
+	}
+	err = d.sink.Send(ctx, b.points)
+	switch {
+	case err == nil:
+		p.m.SinkSends.WithLabelValues(d.name).Inc()
+		p.m.SinkPoints.WithLabelValues(d.name).Add(float64(len(b.points)))
+	case flowmetrics.IsPermanent(err):
+		p.m.SinkBatchFailures.WithLabelValues(d.name, "permanent").Inc()
+		p.m.OutboxDropped.WithLabelValues(d.name, "rejected_by_sink").Add(float64(b.n))
+		p.log.Error("sink rejected a batch; dropping it", "sink", d.name, "points", len(b.points), "occurrences", b.n, "err", err)
+	default:
+		p.m.SinkBatchFailures.WithLabelValues(d.name, "error").Inc()
+		p.log.Warn("sink send failed; will retry", "sink", d.name, "points", len(b.points), "err", err)
+		d.held = b
+		return false, err
+	}
+	d.held = b // kept until the cursor is safely past it
+	if err := p.store.Ack(ctx, d.name, b.last); err != nil {
+		p.m.StoreErrors.WithLabelValues("ack").Inc()
+		return false, err
+	}
+	d.held = nil
+	return true, nil
+}
+
+// next reads the next batch from the sink's cursor; nil when there is none.
+func (d *drainer) next(ctx context.Context) (*batch, error) {
+	p := d.p
+	cursor, err := p.store.Cursor(ctx, d.name)
+	if err != nil {
+		p.m.StoreErrors.WithLabelValues("cursor").Inc()
+		return nil, err
+	}
+	if cursor, err = d.shed(ctx, cursor); err != nil {
+		return nil, err
+	}
+	entries, err := p.store.ReadOutbox(ctx, cursor, p.cfg.BatchEntries)
+	if err != nil {
+		p.m.StoreErrors.WithLabelValues("read_outbox").Inc()
+		return nil, err
+	}
+	if len(entries) == 0 {
+		return nil, nil
+	}
+	points, n := Aggregate(entries, p.cfg.Bucket)
+	return &batch{points: points, last: entries[len(entries)-1].Seq, n: n}, nil
+}
+
+// shed drops the oldest pending entries of a sink that is over MaxPending,
+// and returns the cursor after them.
+func (d *drainer) shed(ctx context.Context, cursor uint64) (uint64, error) {
+	p := d.p
+	depth, err := p.store.OutboxDepth(ctx, d.name)
+	if err != nil || depth <= p.cfg.MaxPending {
+		return cursor, err
+	}
+	var dropped int64
+	defer func() {
+		if dropped > 0 {
+			p.m.OutboxDropped.WithLabelValues(d.name, "outbox_full").Add(float64(dropped))
+			p.log.Error("sink outbox over its limit; dropped the oldest occurrences", "sink", d.name, "dropped", dropped, "max_pending", p.cfg.MaxPending)
+		}
+	}()
+	for depth-dropped > p.cfg.MaxPending {
+		entries, err := p.store.ReadOutbox(ctx, cursor, p.cfg.BatchEntries)
+		if err != nil || len(entries) == 0 {
+			return cursor, err
+		}
+		for _, e := range entries {
+			if depth-dropped <= p.cfg.MaxPending {
+				break
+			}
+			dropped += int64(len(e.Occurrences))
+			cursor = e.Seq
+		}
+		if err := p.store.Ack(ctx, d.name, cursor); err != nil {
+			return cursor, err
+		}
+	}
+	return cursor, nil
+}
+
+// Aggregate counts the occurrences of entries into points per flow, metric
+// and bucket, sorted by bucket, flow and metric. It also returns how many
+// occurrences went in.
+func Aggregate(entries []flowmetrics.Entry, bucket time.Duration) ([]flowmetrics.Point, int) {
+	type key struct {
+		flow, metric string
+		bucket       int64
+	}
+	counts := map[key]int64{}
+	n := 0
+	for _, e := range entries {
+		for _, o := range e.Occurrences {
+			b := flowmetrics.BucketStart(o.Time, bucket)
+			counts[key{o.Flow, o.Metric, b.Unix()}]++
+			n++
+		}
+	}
+	points := make([]flowmetrics.Point, 0, len(counts))
+	for k, c := range counts {
+		points = append(points, flowmetrics.Point{Flow: k.flow, Metric: k.metric, Bucket: time.Unix(k.bucket, 0).UTC(), Width: bucket, Count: c})
+	}
+	sort.Slice(points, func(i, j int) bool {
+		a, b := points[i], points[j]
+		if !a.Bucket.Equal(b.Bucket) {
+			return a.Bucket.Before(b.Bucket)
+		}
+		if a.Flow != b.Flow {
+			return a.Flow < b.Flow
+		}
+		return a.Metric < b.Metric
+	})
+	return points, n
+}
+
+// backoff is the jittered exponential delay after the n-th failure in a row:
+// uniformly between half and all of min·2ⁿ⁻¹, capped at max.
+func (p *Pipeline) backoff(n int) time.Duration {
+	d := p.cfg.RetryMin
+	for i := 1; i < n && d < p.cfg.RetryMax; i++ {
+		d *= 2
+	}
+	d = min(d, p.cfg.RetryMax)
+	return d/2 + rand.N(d/2+1)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,330 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
+	"github.com/flowmetrics/flowmetrics/internal/store"
+	"github.com/flowmetrics/flowmetrics/internal/store/memstore"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+)
+
+// recordingSink keeps every point it accepted; failFor makes the next n
+// sends fail, permanent makes them fail permanently.
+type recordingSink struct {
+	name      string
+	mu        sync.Mutex
+	points    []flowmetrics.Point
+	sends     int
+	failFor   int
+	permanent bool
+	closed    int
+	calls     [][]flowmetrics.Point
+}
+
+func (s *recordingSink) Name() string { return s.name }
+func (s *recordingSink) Send(ctx context.Context, pts []flowmetrics.Point) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sends++
+	s.calls = append(s.calls, append([]flowmetrics.Point(nil), pts...))
+	if s.failFor > 0 {
+		s.failFor--
+		if s.permanent {
+			return flowmetrics.Permanent(errors.New("bad payload"))
+		}
+		return errors.New("backend down")
+	}
+	s.points = append(s.points, pts...)
+	return nil
+}
+func (s *recordingSink) Close(ctx context.Context) error { s.mu.Lock(); s.closed++; s.mu.Unlock(); return nil }
+
+func (s *recordingSink) total() map[string]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int64{}
+	for _, p := range s.points {
+		out[fmt.Sprintf("%s/%s@%s", p.Flow, p.Metric, p.Bucket.Format("15:04:05"))] += p.Count
+	}
+	return out
+}
+
+func decodeFile(t *testing.T, path string) []genesys.Record {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var recs []genesys.Record
+	if err := genesys.Decode(f, func(r genesys.Record) error { recs = append(recs, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+func event(conv string, attrs ...string) genesys.Record {
+	m := map[string]string{}
+	for _, a := range attrs {
+		m[a] = "x"
+	}
+	return genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: conv, Attributes: m}}
+}
+
+func newTest(t *testing.T, cfg Config, sinks ...flowmetrics.Sink) (*Pipeline, *telemetry.Metrics) {
+	t.Helper()
+	m := telemetry.New()
+	cfg.RetryMin, cfg.RetryMax = time.Millisecond, 5*time.Millisecond
+	p := New(memstore.New(store.Options{}), sinks, cfg, m, nil)
+	if err := p.Register(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return p, m
+}
+
+func TestConversationSample(t *testing.T) {
+	sink := &recordingSink{name: "rec"}
+	p, m := newTest(t, Config{}, sink)
+	res, err := p.Ingest(context.Background(), decodeFile(t, "../../../shared/testdata/conversation.ndjson"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Read != 5 || res.Accepted != 4 || res.Skipped != 1 || res.Rejected != 0 || res.Occurrences != 3 || res.Malformed != 1 {
+		t.Errorf("got %+v, want read 5 accepted 4 skipped 1 rejected 0 occurrences 3 malformed 1", res)
+	}
+	if err := p.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{
+		"CustomerRouting/Unknown@08:18:00":     1,
+		"CustomerRouting/Transferred@08:19:30": 1,
+		"Billing Main/PaymentTaken@08:20:10":   1,
+	}
+	if got := sink.total(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if got := testutil.ToFloat64(m.Malformed.WithLabelValues("CustomerRouting")); got != 1 {
+		t.Errorf("malformed{flow=CustomerRouting}: got %v, want 1", got)
+	}
+}
+
+func TestRepeatsAcrossBatchesCountOnce(t *testing.T) {
+	sink := &recordingSink{name: "rec"}
+	p, m := newTest(t, Config{}, sink)
+	ctx := context.Background()
+	a := "FMetric_A(2026-11-20T09:31:48.900Z)"
+	b := "FMetric_B(2026-11-20T09:31:49Z)"
+	batches := [][]genesys.Record{
+		{event("c1", a)},
+		{event("c1", a), event("c1", a, b)},
+		{event("c1", a, b)}, // all known: answered from the cache
+		{event("c2", b)},
+	}
+	total := 0
+	for _, b := range batches {
+		res, err := p.Ingest(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += res.Occurrences
+	}
+	if total != 3 {
+		t.Errorf("occurrences: got %d, want 3", total)
+	}
+	if got := testutil.ToFloat64(m.CacheHits); got < 1 {
+		t.Errorf("cache hits: got %v, want at least 1", got)
+	}
+	p.Flush(ctx)
+	var sum int64
+	for _, n := range sink.total() {
+		sum += n
+	}
+	if sum != 3 {
+		t.Errorf("delivered: got %d, want 3", sum)
+	}
+}
+
+func TestRejectedRecordsAreNamedAndCounted(t *testing.T) {
+	p, m := newTest(t, Config{}, &recordingSink{name: "rec"})
+	recs := decodeFile(t, "../../../shared/testdata/conversation.ndjson")
+	bad := genesys.DecodeValue([]byte(`{"not":"an event"}`))
+	bad.Index, bad.Line = 7, 8
+	res, err := p.Ingest(context.Background(), append(recs, bad))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Rejected != 1 || len(res.Errors) != 1 || res.Errors[0].Index != 7 || res.Errors[0].Line != 8 || res.Errors[0].Error == "" {
+		t.Errorf("got rejected %d errors %+v, want one error naming index 7 line 8", res.Rejected, res.Errors)
+	}
+	if res.Occurrences != 3 {
+		t.Errorf("the rest of the batch: got %d occurrences, want 3", res.Occurrences)
+	}
+	if got := testutil.ToFloat64(m.RecordsRejected.WithLabelValues(RejectReason(bad.Err))); got != 1 {
+		t.Errorf("rejected counter: got %v, want 1", got)
+	}
+}
+
+func TestFailingSinkKeepsPointsAndRetries(t *testing.T) {
+	down := &recordingSink{name: "down", failFor: 3}
+	up := &recordingSink{name: "up"}
+	p, m := newTest(t, Config{}, down, up)
+	ctx := context.Background()
+	if _, err := p.Ingest(ctx, []genesys.Record{event("c1", "FMetric_A(2026-11-20T09:31:48Z)")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := down.total()["F/A@09:31:40"]; got != 1 {
+		t.Errorf("down sink after recovery: got %d, want 1", got)
+	}
+	if got := up.total()["F/A@09:31:40"]; got != 1 {
+		t.Errorf("healthy sink: got %d, want 1", got)
+	}
+	if down.sends != 4 {
+		t.Errorf("down sink sends: got %d, want 4 (3 failures, then success)", down.sends)
+	}
+	if got := testutil.ToFloat64(m.SinkBatchRetries.WithLabelValues("down")); got != 3 {
+		t.Errorf("retries: got %v, want 3", got)
+	}
+}
+
+func TestFlushGivesUpWithContext(t *testing.T) {
+	down := &recordingSink{name: "down", failFor: 1 << 30}
+	p, m := newTest(t, Config{}, down)
+	ctx := context.Background()
+	p.Ingest(ctx, []genesys.Record{event("c1", "FMetric_A(2026-11-20T09:31:48Z)")})
+	fctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	err := p.Flush(fctx)
+	if err == nil || !strings.Contains(err.Error(), "backend down") {
+		t.Errorf("got %v, want the sink's error", err)
+	}
+	p.UpdateDepth(ctx)
+	if got := testutil.ToFloat64(m.OutboxDepth.WithLabelValues("down")); got != 1 {
+		t.Errorf("outbox depth while down: got %v, want 1", got)
+	}
+}
+
+func TestPermanentFailureDropsOnlyThatBatch(t *testing.T) {
+	s := &recordingSink{name: "s", failFor: 1, permanent: true}
+	p, m := newTest(t, Config{}, s)
+	ctx := context.Background()
+	p.Ingest(ctx, []genesys.Record{event("c1", "FMetric_A(2026-11-20T09:31:48Z)")})
+	p.Flush(ctx)
+	p.Ingest(ctx, []genesys.Record{event("c2", "FMetric_A(2026-11-20T09:31:48Z)")})
+	p.Flush(ctx)
+	if got := s.total()["F/A@09:31:40"]; got != 1 {
+		t.Errorf("delivered: got %d, want 1 (the second batch)", got)
+	}
+	if got := testutil.ToFloat64(m.OutboxDropped.WithLabelValues("s", "rejected_by_sink")); got != 1 {
+		t.Errorf("dropped: got %v, want 1", got)
+	}
+}
+
+func TestMaxPendingShedsOldest(t *testing.T) {
+	s := &recordingSink{name: "s"}
+	p, m := newTest(t, Config{MaxPending: 2}, s)
+	ctx := context.Background()
+	for i := 0; i < 5; i++ {
+		p.Ingest(ctx, []genesys.Record{event(fmt.Sprintf("c%d", i), fmt.Sprintf("FMetric_M%d(2026-11-20T09:31:48Z)", i))})
+	}
+	p.Flush(ctx)
+	got := s.total()
+	if len(got) != 2 || got["F/M3@09:31:40"] != 1 || got["F/M4@09:31:40"] != 1 {
+		t.Errorf("got %v, want only the newest two", got)
+	}
+	if n := testutil.ToFloat64(m.OutboxDropped.WithLabelValues("s", "outbox_full")); n != 3 {
+		t.Errorf("dropped: got %v, want 3", n)
+	}
+}
+
+func TestBackgroundDelivery(t *testing.T) {
+	s := &recordingSink{name: "s"}
+	p, _ := newTest(t, Config{FlushInterval: 10 * time.Millisecond}, s)
+	p.Start()
+	ctx := context.Background()
+	p.Ingest(ctx, []genesys.Record{event("c1", "FMetric_A(2026-11-20T09:31:48Z)")})
+	deadline := time.Now().Add(5 * time.Second)
+	for len(s.total()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := s.total()["F/A@09:31:40"]; got != 1 {
+		t.Errorf("got %d, want 1 delivered in the background", got)
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Errorf("second close: %v", err)
+	}
+	if s.closed != 1 {
+		t.Errorf("sink closed %d times, want 1", s.closed)
+	}
+}
+
+func TestAggregate(t *testing.T) {
+	at := func(s string) time.Time { t, _ := time.Parse(time.RFC3339Nano, s); return t }
+	occ := func(f, m, ts string) flowmetrics.Occurrence {
+		return flowmetrics.Occurrence{Key: f + m + ts, Flow: f, Metric: m, Time: at(ts)}
+	}
+	entries := []flowmetrics.Entry{
+		{Seq: 1, Occurrences: []flowmetrics.Occurrence{occ("F", "A", "2026-11-20T09:31:48.9Z"), occ("F", "A", "2026-11-20T09:31:40Z")}},
+		{Seq: 2, Occurrences: []flowmetrics.Occurrence{occ("F", "A", "2026-11-20T09:31:50Z"), occ("E", "B", "2026-11-20T09:31:41Z")}},
+	}
+	tests := []struct {
+		name   string
+		bucket time.Duration
+		want   string
+	}{
+		{"10s buckets", 10 * time.Second, "E/B@09:31:40=1 F/A@09:31:40=2 F/A@09:31:50=1"},
+		{"1m buckets", time.Minute, "E/B@09:31:00=1 F/A@09:31:00=3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pts, n := Aggregate(entries, tt.bucket)
+			var parts []string
+			for _, p := range pts {
+				if p.Width != tt.bucket {
+					t.Errorf("width: got %v, want %v", p.Width, tt.bucket)
+				}
+				parts = append(parts, fmt.Sprintf("%s/%s@%s=%d", p.Flow, p.Metric, p.Bucket.Format("15:04:05"), p.Count))
+			}
+			if got := strings.Join(parts, " "); got != tt.want || n != 4 {
+				t.Errorf("got %q (%d occurrences), want %q (4)", got, n, tt.want)
+			}
+		})
+	}
+}
+
+func TestFailedBatchIsResentUnchanged(t *testing.T) {
+	s := &recordingSink{name: "s", failFor: 1}
+	p, _ := newTest(t, Config{}, s)
+	ctx := context.Background()
+	p.Ingest(ctx, []genesys.Record{event("c1", "FMetric_A(2026-11-20T09:31:48Z)")})
+	fctx, cancel := context.WithTimeout(ctx, time.Millisecond)
+	p.Flush(fctx) // fails once, then gives up with the context
+	cancel()
+	// More arrives before the retry; the retry must still be the same batch.
+	p.Ingest(ctx, []genesys.Record{event("c2", "FMetric_A(2026-11-20T09:31:48Z)")})
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.calls) < 2 || fmt.Sprint(s.calls[0]) != fmt.Sprint(s.calls[1]) {
+		t.Fatalf("got calls %v, want the failed batch resent unchanged", s.calls)
+	}
+	if got := s.total()["F/A@09:31:40"]; got != 2 {
+		t.Errorf("delivered: got %d, want 2", got)
+	}
+}
