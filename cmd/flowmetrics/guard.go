@@ -1,0 +1,15 @@
+package main
+
+import (
+	"log/slog"
+
+	"github.com/flowmetrics/flowmetrics/internal/cardinality"
+	"github.com/flowmetrics/flowmetrics/internal/config"
+	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+)
+
+// newGuard returns the cardinality guard for the config.
+func newGuard(cfg config.Config, m *telemetry.Metrics, log *slog.Logger) pipeline.Guard {
+	return cardinality.New(cfg.Cardinality.Limit, m, log)
+}

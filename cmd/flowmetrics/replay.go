@@ -1,0 +1,318 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/config"
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
+	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink/jsonl"
+	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+)
+
+// replayBatch is how many records one claim covers: large enough that the
+// embedded store's one fsync per claim is amortised, small enough to bound
+// memory.
+const replayBatch = 2000
+
+// flushEvery bounds the occurrences held in the outbox before the sinks get
+// them, so a huge replay does not grow memory without bound.
+const flushEvery = 200_000
+
+// maxPrinted bounds the rejected records named on stderr; the rest are
+// counted in the summary.
+const maxPrinted = 100
+
+func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: flowmetrics replay [flags] FILE… (\"-\" reads stdin)")
+		fs.PrintDefaults()
+	}
+	configPath := fs.String("config", "", "YAML config: its pipeline, naming and sinks sections are used (default: JSON lines to stdout)")
+	dataDir := fs.String("data-dir", "", "count against the embedded store in this directory (so a backfill does not recount what serve counted); default: an in-memory store")
+	output := fs.String("o", "", "write JSON lines to this file instead of stdout")
+	bucket := fs.Duration("bucket", 0, "bucket width (default 10s, or the config's)")
+	progress := fs.Bool("progress", true, "show a progress bar when stderr is a terminal")
+	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return usageError(err)
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return usageError(errors.New("replay: no input files"))
+	}
+	log, err := newLogger(stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		return usageError(err)
+	}
+	if *bucket != 0 {
+		cfg.Pipeline.Bucket = *bucket
+	}
+	if *configPath == "" || *output != "" {
+		// Replay's own default: JSON lines, nothing else.
+		cfg.Sinks = config.Sinks{JSONL: &jsonl.Config{Path: *output}}
+		disabled := false
+		cfg.Sinks.Prometheus.Enabled = &disabled
+	}
+	cfg.Store.Type = "memory"
+	if *dataDir != "" {
+		cfg.Store.Type, cfg.DataDir = "embedded", *dataDir
+	}
+	if err := cfg.Validate(); err != nil {
+		return usageError(err)
+	}
+	// Open every input first, so a typo fails before anything is counted.
+	var inputs []input
+	for _, name := range fs.Args() {
+		in, err := openInput(name, stdin)
+		if err != nil {
+			closeInputs(inputs)
+			return usageError(err)
+		}
+		inputs = append(inputs, in)
+	}
+	defer closeInputs(inputs)
+
+	m := telemetry.New()
+	st, err := openStore(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	sinks, err := buildSinks(cfg, m, log)
+	if err != nil {
+		return usageError(err)
+	}
+	pcfg := cfg.Pipeline
+	pcfg.Guard = newGuard(cfg, m, log)
+	p := pipeline.New(st, sinks, pcfg, m, log)
+	restore, err := registerForReplay(ctx, st, sinks)
+	if err != nil {
+		p.Close(ctx)
+		return err
+	}
+
+	r := &replayer{p: p, stderr: stderr, started: time.Now()}
+	if f, ok := stderr.(*os.File); ok && *progress && term.IsTerminal(int(f.Fd())) {
+		stopBar := r.showProgress(f, inputs)
+		defer stopBar()
+	}
+	runErr := r.run(ctx, inputs)
+	closeErr := p.Close(context.WithoutCancel(ctx))
+	if err := restore(); err != nil && closeErr == nil {
+		closeErr = err
+	}
+	r.summary()
+	switch {
+	case runErr != nil:
+		return runErr
+	case closeErr != nil:
+		return fmt.Errorf("delivering: %w", closeErr)
+	case r.total.Rejected > 0:
+		return exitError{1, nil}
+	}
+	return nil
+}
+
+// registerForReplay adds the replay's sinks to those the store already
+// serves. With the embedded store of a serve data directory, serve's own
+// sinks keep their cursors, so they also receive the replayed occurrences
+// when serve next runs; the replay's sinks are removed again at the end.
+func registerForReplay(ctx context.Context, st flowmetrics.Store, sinks []flowmetrics.Sink) (restore func() error, err error) {
+	var existing []string
+	if ps, ok := st.(*pebblestore.Store); ok {
+		existing = ps.Sinks()
+	}
+	names := append([]string(nil), existing...)
+	for _, s := range sinks {
+		names = append(names, s.Name())
+	}
+	if err := st.Register(ctx, names); err != nil {
+		return nil, err
+	}
+	return func() error { return st.Register(context.WithoutCancel(ctx), existing) }, nil
+}
+
+type input struct {
+	name string
+	r    io.Reader
+	c    io.Closer
+	size int64
+	read *atomic.Int64
+}
+
+func openInput(name string, stdin io.Reader) (input, error) {
+	in := input{name: name, read: new(atomic.Int64)}
+	if name == "-" {
+		in.name, in.r = "stdin", stdin
+		return in, nil
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return in, err
+	}
+	if fi, err := f.Stat(); err == nil {
+		in.size = fi.Size()
+	}
+	in.r, in.c = f, f
+	return in, nil
+}
+
+func closeInputs(ins []input) {
+	for _, in := range ins {
+		if in.c != nil {
+			in.c.Close()
+		}
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n *atomic.Int64
+}
+
+func (c countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+type replayer struct {
+	p       *pipeline.Pipeline
+	stderr  io.Writer
+	started time.Time
+	total   pipeline.Result
+	printed int
+	pending int
+}
+
+func (r *replayer) run(ctx context.Context, inputs []input) error {
+	for _, in := range inputs {
+		batch := make([]genesys.Record, 0, replayBatch)
+		flush := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			res, err := r.p.Ingest(ctx, batch)
+			if err != nil {
+				return fmt.Errorf("%s: %w", in.name, err)
+			}
+			r.report(in.name, res)
+			batch = batch[:0]
+			if r.pending += res.Occurrences; r.pending >= flushEvery {
+				r.pending = 0
+				return r.p.Flush(ctx)
+			}
+			return nil
+		}
+		err := genesys.Decode(countingReader{in.r, in.read}, func(rec genesys.Record) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			batch = append(batch, rec)
+			if len(batch) == replayBatch {
+				return flush()
+			}
+			return nil
+		})
+		if err == nil {
+			err = flush()
+		}
+		if err != nil {
+			return fmt.Errorf("replay %s: %w", in.name, err)
+		}
+	}
+	return nil
+}
+
+// report adds a batch's result and names its rejected records as
+// file:line (or file[index] where lines are unknown).
+func (r *replayer) report(name string, res pipeline.Result) {
+	for _, e := range res.Errors {
+		if r.printed >= maxPrinted {
+			break
+		}
+		r.printed++
+		if e.Line > 0 {
+			fmt.Fprintf(r.stderr, "%s:%d: rejected: %s\n", name, e.Line, e.Error)
+		} else {
+			fmt.Fprintf(r.stderr, "%s[%d]: rejected: %s\n", name, e.Index, e.Error)
+		}
+	}
+	res.Errors = nil
+	r.total.Add(res)
+}
+
+func (r *replayer) summary() {
+	t := r.total
+	if t.Rejected > r.printed {
+		fmt.Fprintf(r.stderr, "… %d more rejected records not shown\n", t.Rejected-r.printed)
+	}
+	el := time.Since(r.started)
+	rate := float64(t.Read) / max(el.Seconds(), 1e-9)
+	fmt.Fprintf(r.stderr, "replay: read %d, accepted %d, skipped %d, rejected %d, occurrences %d, malformed %d in %s (%.0f records/s)\n",
+		t.Read, t.Accepted, t.Skipped, t.Rejected, t.Occurrences, t.Malformed, el.Round(time.Millisecond), rate)
+}
+
+// showProgress draws a bar of bytes read over the total size of the inputs,
+// when that is known and large enough for a bar to help.
+func (r *replayer) showProgress(w io.Writer, inputs []input) (stop func()) {
+	var total int64
+	for _, in := range inputs {
+		if in.size == 0 {
+			return func() {}
+		}
+		total += in.size
+	}
+	if total < 8<<20 {
+		return func() {}
+	}
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			var read int64
+			for _, in := range inputs {
+				read += in.read.Load()
+			}
+			frac := float64(read) / float64(total)
+			const width = 30
+			n := int(frac * width)
+			bar := make([]byte, width)
+			for i := range bar {
+				bar[i] = ' '
+				if i < n {
+					bar[i] = '='
+				}
+			}
+			fmt.Fprintf(w, "\r[%s] %5.1f%% %d/%d MiB", bar, 100*frac, read>>20, total>>20)
+			select {
+			case <-done:
+				fmt.Fprint(w, "\r\033[K")
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
+}

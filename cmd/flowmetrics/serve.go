@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/config"
+	"github.com/flowmetrics/flowmetrics/internal/httpapi"
+	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+)
+
+func runServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "YAML config file (defaults for everything when omitted)")
+	listen := fs.String("listen", "", "listen address, overriding http.listen")
+	dataDir := fs.String("data-dir", "", "data directory, overriding data_dir")
+	insecure := fs.Bool("insecure", false, "allow listening beyond loopback without a shared secret")
+	checkConfig := fs.Bool("check-config", false, "validate the config and exit")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return usageError(err)
+	}
+	if fs.NArg() > 0 {
+		return usageError(fmt.Errorf("serve: unexpected arguments %q", fs.Args()))
+	}
+	log, err := newLogger(stderr, *logLevel)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		return usageError(err)
+	}
+	if *listen != "" {
+		cfg.HTTP.Listen = *listen
+	}
+	if *dataDir != "" {
+		cfg.DataDir = *dataDir
+	}
+	if err := cfg.Validate(); err != nil {
+		return usageError(err)
+	}
+	secret := cfg.HTTP.Secret()
+	if secret == "" && !config.IsLoopback(cfg.HTTP.Listen) && !*insecure {
+		return usageError(fmt.Errorf("refusing to listen on %s without a shared secret: set %s (sent in the %s header) or pass --insecure", cfg.HTTP.Listen, cfg.HTTP.SecretEnv, cfg.HTTP.AuthHeader))
+	}
+	if *checkConfig {
+		fmt.Fprintln(stderr, "config ok")
+		return nil
+	}
+	return serve(ctx, cfg, secret, log)
+}
+
+func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logger) error {
+	m := telemetry.New()
+	st, err := openStore(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	sinks, err := buildSinks(cfg, m, log)
+	if err != nil {
+		return usageError(err)
+	}
+	pcfg := cfg.Pipeline
+	pcfg.Guard = newGuard(cfg, m, log)
+	p := pipeline.New(st, sinks, pcfg, m, log)
+	if err := p.Register(ctx); err != nil {
+		return err
+	}
+	p.Start()
+
+	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		p.Close(context.Background())
+		return err
+	}
+	srv := &http.Server{
+		Handler: httpapi.New(p, m, httpapi.Options{
+			AuthHeader:   cfg.HTTP.AuthHeader,
+			Secret:       secret,
+			MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+		}, log),
+		ReadTimeout:       cfg.HTTP.ReadTimeout,
+		ReadHeaderTimeout: min(cfg.HTTP.ReadTimeout, 10*time.Second),
+		WriteTimeout:      cfg.HTTP.WriteTimeout,
+		IdleTimeout:       cfg.HTTP.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	defer stopSweep()
+	if sw, ok := st.(sweeper); ok {
+		go sweepEvery(sweepCtx, sw, cfg.Store.SweepInterval, log)
+	}
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	log.Info("flowmetrics serving", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "store", cfg.Store.Type, "sinks", len(sinks), "auth", secret != "")
+
+	select {
+	case err = <-served:
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: draining requests and flushing sinks", "timeout", cfg.HTTP.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.HTTP.ShutdownTimeout)
+	defer cancel()
+	var errs []error
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		errs = append(errs, err)
+	}
+	if err := srv.Shutdown(sctx); err != nil {
+		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+	}
+	stopSweep()
+	if err := p.Close(sctx); err != nil {
+		errs = append(errs, fmt.Errorf("flush: %w", err))
+	}
+	if err := st.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close store: %w", err))
+	}
+	log.Info("flowmetrics stopped")
+	return errors.Join(errs...)
+}
+
+func sweepEvery(ctx context.Context, sw sweeper, every time.Duration, log *slog.Logger) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			n, err := sw.Sweep(ctx)
+			if err != nil && ctx.Err() == nil {
+				log.Error("sweeping expired conversations", "err", err)
+			} else if n > 0 {
+				log.Info("swept expired conversations", "removed", n)
+			}
+		}
+	}
+}
