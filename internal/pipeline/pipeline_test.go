@@ -48,7 +48,12 @@ func (s *recordingSink) Send(ctx context.Context, pts []flowmetrics.Point) error
 	s.points = append(s.points, pts...)
 	return nil
 }
-func (s *recordingSink) Close(ctx context.Context) error { s.mu.Lock(); s.closed++; s.mu.Unlock(); return nil }
+func (s *recordingSink) Close(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed++
+	s.mu.Unlock()
+	return nil
+}
 
 func (s *recordingSink) total() map[string]int64 {
 	s.mu.Lock()
