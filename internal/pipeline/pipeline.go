@@ -125,6 +125,12 @@ func New(store flowmetrics.Store, sinks []flowmetrics.Sink, cfg Config, m *telem
 		log = slog.Default()
 	}
 	p := &Pipeline{cfg: cfg, store: store, m: m, log: log}
+	// Series that exist from the start, at zero, so alerts on them work
+	// before the first bad record.
+	for _, r := range rejectReasons {
+		m.RecordsRejected.WithLabelValues(r)
+	}
+	m.RecordsSkipped.WithLabelValues("other_topic")
 	if cfg.CacheConversations > 0 {
 		p.cache = newKnownCache(cfg.CacheConversations, cfg.CacheTTL)
 	}
@@ -257,6 +263,8 @@ func occKeys(occs []flowmetrics.Occurrence) []string {
 	}
 	return out
 }
+
+var rejectReasons = []string{"invalid_json", "missing_conversation_id", "missing_attributes", "invalid_attributes", "too_large", "not_an_event", "invalid"}
 
 // RejectReason maps a decode error to the low-cardinality reason label of
 // flowmetrics_records_rejected_total.
