@@ -333,3 +333,37 @@ func TestFailedBatchIsResentUnchanged(t *testing.T) {
 		t.Errorf("delivered: got %d, want 2", got)
 	}
 }
+
+// foldAfter admits the first n pairs and folds the rest, like the
+// cardinality guard.
+type foldAfter struct {
+	n    int
+	seen map[string]bool
+}
+
+func (g *foldAfter) Map(flow, metric string) (string, string) {
+	k := flow + "/" + metric
+	if g.seen[k] || len(g.seen) < g.n {
+		g.seen[k] = true
+		return flow, metric
+	}
+	return "overflow", "overflow"
+}
+
+func TestGuardFoldsBeforeClaim(t *testing.T) {
+	s := &recordingSink{name: "s"}
+	p, m := newTest(t, Config{Guard: &foldAfter{n: 1, seen: map[string]bool{}}}, s)
+	ctx := context.Background()
+	res, err := p.Ingest(ctx, []genesys.Record{event("c1", "FMetric_A(2026-11-20T09:31:48Z)", "FMetric_B(2026-11-20T09:31:48Z)", "GMetric_C(2026-11-20T09:31:48Z)")})
+	if err != nil || res.Occurrences != 3 {
+		t.Fatalf("got %d occurrences (err %v), want 3", res.Occurrences, err)
+	}
+	p.Flush(ctx)
+	want := map[string]int64{"F/A@09:31:40": 1, "overflow/overflow@09:31:40": 2}
+	if got := s.total(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if got := testutil.ToFloat64(m.Occurrences.WithLabelValues("overflow", "overflow")); got != 2 {
+		t.Errorf("occurrences counter of the overflow series: got %v, want 2", got)
+	}
+}
