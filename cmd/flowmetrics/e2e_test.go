@@ -318,3 +318,48 @@ func TestReplayIntoDataDirDoesNotRecount(t *testing.T) {
 		}
 	}
 }
+
+// TestReplayLeavesServesBacklogAlone: serve's JSON-lines sink has points
+// pending in the data directory; a replay into the same directory, also
+// writing JSON lines, must not take them, and serve delivers them on its
+// next start.
+func TestReplayLeavesServesBacklogAlone(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "data")
+	served := filepath.Join(dir, "served.jsonl")
+	cfgPath := filepath.Join(dir, "flowmetrics.yaml")
+	// A flush interval far beyond the test keeps serve's points pending
+	// until SIGKILL, so they are in the outbox when replay runs.
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf("pipeline: {flush_interval: 1h}\nsinks:\n  prometheus: {enabled: false}\n  jsonl: {path: %q}\n", served)), 0o644)
+	addr := freeAddr(t)
+	args := []string{"-config", cfgPath, "-data-dir", data, "-listen", addr}
+	srv := startServe(t, args...)
+	body := occurrenceEvent(1) + "\n" + occurrenceEvent(2)
+	resp, err := http.Post("http://"+addr+"/v1/events", "application/x-ndjson", strings.NewReader(body))
+	if err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("post: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	srv.cmd.Process.Signal(syscall.SIGKILL)
+	srv.cmd.Wait()
+
+	out, err := exec.Command(binary, "replay", "-data-dir", data, "../../../shared/testdata/conversation.ndjson").Output()
+	if err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	if n := strings.Count(string(out), "\n"); n != 3 {
+		t.Errorf("replay output: got %d lines, want the sample's 3 (and none of serve's):\n%s", n, out)
+	}
+
+	srv = startServe(t, args...)
+	srv.cmd.Process.Signal(syscall.SIGTERM)
+	if err := srv.cmd.Wait(); err != nil {
+		t.Fatalf("serve: %v\n%s", err, srv.stderr)
+	}
+	got, _ := os.ReadFile(served)
+	for _, want := range []string{"2026-11-20T00:00:10Z", "2026-11-20T00:00:20Z", "CustomerRouting"} {
+		if !strings.Contains(string(got), want) {
+			t.Errorf("serve's sink after restart: missing %q in\n%s", want, got)
+		}
+	}
+}

@@ -100,6 +100,13 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	if err != nil {
 		return usageError(err)
 	}
+	if *dataDir != "" {
+		// Own cursors, so serve's pending points for a sink of the same
+		// kind are neither taken nor moved by the replay.
+		for i, s := range sinks {
+			sinks[i] = renamed{s, "replay-" + s.Name()}
+		}
+	}
 	pcfg := cfg.Pipeline
 	pcfg.Guard = newGuard(cfg, m, log)
 	p := pipeline.New(st, sinks, pcfg, m, log)
@@ -149,6 +156,14 @@ func registerForReplay(ctx context.Context, st flowmetrics.Store, sinks []flowme
 	}
 	return func() error { return st.Register(context.WithoutCancel(ctx), existing) }, nil
 }
+
+// renamed gives a sink another outbox cursor name.
+type renamed struct {
+	flowmetrics.Sink
+	name string
+}
+
+func (r renamed) Name() string { return r.name }
 
 type input struct {
 	name string

@@ -105,9 +105,14 @@ type Sample struct {
 // Ledger turns points into samples for Datadog and remembers, per series and
 // second still inside the acceptance window, the total Datadog holds, so that
 // a bucket delivered over several batches adds up instead of the last batch
-// overwriting the others. It is in memory only: after a restart, a bucket
-// that was partly delivered before and gets more points is overwritten with
-// the new points' total (an undercount, never a double count).
+// overwriting the others.
+//
+// A Ledger made by NewLedger (or OpenLedger with an empty path) lives in
+// memory only: after a restart, a bucket that was partly delivered before and
+// gets more points is overwritten with the new points' total (an undercount,
+// never a double count). A Ledger made by OpenLedger with a path keeps its
+// totals in that file too: see OpenLedger and Commit, and the package comment
+// for what a crash can and cannot do.
 //
 // A Ledger is safe for concurrent use, but a sink should deliver one batch at
 // a time: two batches touching the same series and second concurrently would
@@ -123,12 +128,21 @@ type Ledger struct {
 	totals    map[totalKey]int64
 	series    map[[2]string]*series
 	lastPrune time.Time
+
+	// file is nil for a memory-only Ledger.
+	file *ledgerFile
+	// dirty holds the totals Delivered changed since the last Commit
+	// (persistent Ledgers only).
+	dirty map[totalKey]struct{}
 }
 
-// NewLedger returns a Ledger for the named sink. m may be nil.
+// NewLedger returns a memory-only Ledger for the named sink. m may be nil.
 func NewLedger(sink string, namer *naming.Namer, policy LatePolicy, now func() time.Time, m *telemetry.Metrics) *Ledger {
 	if now == nil {
 		now = time.Now
+	}
+	if namer == nil {
+		namer = naming.New(naming.Config{})
 	}
 	return &Ledger{
 		sink:   sink,
@@ -255,12 +269,16 @@ func (l *Ledger) Plan(b *Batch) []Sample {
 }
 
 // Delivered records that the backend accepted samples (planned from b): their
-// values become the totals, and their units leave b.
+// values become the totals, and their units leave b. For a persistent Ledger
+// the new totals are in memory only until Commit.
 func (l *Ledger) Delivered(b *Batch, samples []Sample) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, s := range samples {
 		l.totals[s.key] = s.Value
+		if l.file != nil {
+			l.dirty[s.key] = struct{}{}
+		}
 		n := 0
 		for _, u := range s.units {
 			n += u.points
@@ -315,17 +333,28 @@ func (l *Ledger) adjusted(reason string, n int) {
 	}
 }
 
-// prune forgets totals too old for any new point to land on: points that
-// old are clamped forward (or dropped) before they are planned.
-func (l *Ledger) prune(now time.Time) {
-	if now.Sub(l.lastPrune) < time.Minute {
+// PruneAge is how long the Ledger remembers a series-second (in memory and in
+// its file). No point is ever sent to a second older than MaxAge-Margin
+// (59 min): an older point is clamped to now-59 min, a second of its own
+// inside the window whose total the Ledger does keep, or dropped. So a total
+// older than that can never be read again; the extra 11 minutes absorb a
+// clock stepped back a little.
+const PruneAge = MaxAge + MaxAhead
+
+// prune forgets totals too old for any new point to land on, at most once a
+// minute.
+func (l *Ledger) prune(now time.Time) { l.pruneAt(now, false) }
+
+func (l *Ledger) pruneAt(now time.Time, force bool) {
+	if !force && now.Sub(l.lastPrune) < time.Minute {
 		return
 	}
 	l.lastPrune = now
-	cut := now.Add(-MaxAge - MaxAhead).Unix()
+	cut := now.Add(-PruneAge).Unix()
 	for k := range l.totals {
 		if k.ts < cut {
 			delete(l.totals, k)
+			delete(l.dirty, k)
 		}
 	}
 }

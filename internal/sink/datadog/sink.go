@@ -2,6 +2,7 @@ package datadog
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -55,12 +56,14 @@ type Sink struct {
 	lastLog   map[string]time.Time
 
 	closeOnce sync.Once
+	closeErr  error
 	closing   chan struct{} // closed by Close: wakes a Send waiting to retry
 }
 
 // New returns a Sink for cfg (which should have passed Validate). It reads
 // the API key from the environment variable cfg.APIKeyEnv and fails if it is
-// unset; it does not touch the network. m and log may be nil.
+// unset, and opens the ledger file cfg.LedgerPath if set; it does not touch
+// the network. m and log may be nil.
 func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -83,6 +86,11 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	log = log.With("sink", Name)
+	ledger, err := OpenLedger(cfg.LedgerPath, Name, namer, cfg.LatePolicy, cfg.Now, m, log)
+	if err != nil {
+		return nil, fmt.Errorf("datadog: %w", err)
+	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableCompression = true // bodies we read are small; keep errors readable
 	s := &Sink{
@@ -90,15 +98,16 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 		endpoint: endpoint,
 		apiKey:   key,
 		client:   &http.Client{Transport: tr},
-		ledger:   NewLedger(Name, namer, cfg.LatePolicy, cfg.Now, m),
+		ledger:   ledger,
 		m:        m,
-		log:      log.With("sink", Name),
+		log:      log,
 		pack:     packer{maxCompressed: cfg.MaxPayloadBytes, maxUncompressed: cfg.MaxUncompressedBytes},
 		lastLog:  make(map[string]time.Time),
 		closing:  make(chan struct{}),
 	}
 	u, _ := url.Parse(endpoint)
-	s.log.Info("datadog sink ready", "intake", u.Scheme+"://"+u.Host, "late_policy", string(cfg.LatePolicy), "api_key_env", cfg.APIKeyEnv)
+	s.log.Info("datadog sink ready", "intake", u.Scheme+"://"+u.Host, "late_policy", string(cfg.LatePolicy), "api_key_env", cfg.APIKeyEnv,
+		"ledger", cmp.Or(cfg.LedgerPath, "memory"))
 	return s, nil
 }
 
@@ -133,6 +142,13 @@ var errAuth = errors.New("datadog: API key rejected")
 // only what is due, so a payload accepted before the failure is not sent
 // again. A Send with different points abandons the kept batch (logged when
 // part of it had been delivered, since the pipeline broke the contract).
+//
+// Durability. Before Send returns nil (or a Permanent error, after which the
+// pipeline moves on too), the totals of everything delivered are committed
+// to the ledger file (Config.LedgerPath), so a restarted process goes on
+// from them. If that fails, Send returns a retryable error
+// (sink_failures_total{reason="ledger"}); the next Send of the same points
+// sends nothing again and only retries the commit.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -179,6 +195,14 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		if werr := s.wait(ctx, next); werr != nil {
 			return fmt.Errorf("%w (%v)", err, werr)
 		}
+	}
+	// Only now, with every payload of the batch accepted or refused, do
+	// the new totals become durable; see the package comment for why not
+	// after each payload.
+	if err := s.ledger.Commit(); err != nil {
+		s.failure("ledger")
+		s.logEvery("ledger", errLogEvery, slog.LevelError, "datadog: could not record the delivered totals in the ledger file; will retry", "err", err)
+		return fmt.Errorf("datadog: %w", err)
 	}
 	s.pending = nil
 	if b.Rejected() > 0 {
@@ -381,15 +405,30 @@ func excerpt(b []byte) string {
 }
 
 // Close stops a Send that is waiting to retry (it returns an error, so its
-// points stay in the pipeline's outbox) and releases idle connections.
-// Nothing is buffered, so there is nothing to flush. It is safe to call
-// twice.
+// points stay in the pipeline's outbox), releases idle connections and, once
+// a Send in progress has returned (within ctx's deadline), closes the ledger
+// file. Nothing is buffered, so there is nothing to flush; the ledger is not
+// committed either (see Ledger.Close). It is safe to call twice.
 func (s *Sink) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.client.CloseIdleConnections()
+		done := make(chan error, 1)
+		go func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			done <- s.ledger.Close()
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				s.closeErr = fmt.Errorf("datadog: close: %w", err)
+			}
+		case <-ctx.Done():
+			s.closeErr = fmt.Errorf("datadog: close: a send still in progress: %w", ctx.Err())
+		}
 	})
-	return nil
+	return s.closeErr
 }
 
 var _ flowmetrics.Sink = (*Sink)(nil)

@@ -37,6 +37,13 @@ type Config struct {
 	// ClientTelemetry lets the client send its own datadog.dogstatsd.client.*
 	// metrics every 10 s (off by default).
 	ClientTelemetry bool `yaml:"client_telemetry"`
+	// LedgerPath is the file that keeps the totals already sent per series
+	// and second (see datadog.Ledger and datadog.OpenLedger), so that a
+	// restart does not make a late point overwrite its bucket's total with
+	// a smaller one. Empty: the totals are kept in memory only.
+	// `flowmetrics serve` sets it to datadog.LedgerPath(data_dir, Name),
+	// i.e. <data_dir>/dogstatsd-ledger, unless the config sets it.
+	LedgerPath string `yaml:"ledger_path"`
 
 	// Now is the clock (time.Now if nil). Not configurable from YAML.
 	Now func() time.Time `yaml:"-"`

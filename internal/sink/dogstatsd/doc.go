@@ -7,4 +7,13 @@
 // value per series and second, so this sink shares the datadog package's
 // Ledger: it sends each series-second's running total, never an increment,
 // which also makes a resent datagram harmless.
+//
+// With Config.LedgerPath set (serve uses <data_dir>/dogstatsd-ledger), the
+// totals are kept in a file too and Send commits them before it returns nil,
+// so a restarted process goes on from them. The crash windows this leaves
+// are the datadog package's (see its package comment): a crash between the
+// write to the socket and the commit resends the same totals (harmless,
+// except for clamped points), a crash between the commit and the pipeline's
+// Ack counts the batch twice. Exactness also needs a single writer per
+// series: see the datadog package comment and README.md.
 package dogstatsd

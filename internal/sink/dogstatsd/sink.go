@@ -47,9 +47,10 @@ type Sink struct {
 	closed    chan struct{}
 }
 
-// New returns a Sink for cfg (which should have passed Validate). For UDP it
-// resolves the address; for a Unix socket it connects on the first write, so
-// an Agent that is not up yet is not an error here. m and log may be nil.
+// New returns a Sink for cfg (which should have passed Validate). It opens
+// the ledger file cfg.LedgerPath if set. For UDP it resolves the address;
+// for a Unix socket it connects on the first write, so an Agent that is not
+// up yet is not an error here. m and log may be nil.
 func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -66,11 +67,16 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	log = log.With("sink", Name)
+	ledger, err := datadog.OpenLedger(cfg.LedgerPath, Name, namer, cfg.LatePolicy, cfg.Now, m, log)
+	if err != nil {
+		return nil, fmt.Errorf("dogstatsd: %w", err)
+	}
 	s := &Sink{
 		cfg:    cfg,
-		ledger: datadog.NewLedger(Name, namer, cfg.LatePolicy, cfg.Now, m),
+		ledger: ledger,
 		m:      m,
-		log:    log.With("sink", Name),
+		log:    log,
 		closed: make(chan struct{}),
 	}
 	opts := []statsd.Option{statsd.WithErrorHandler(s.clientError)}
@@ -89,10 +95,15 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 	addr := cfg.addr()
 	c, err := statsd.New(addr, opts...)
 	if err != nil {
+		ledger.Close()
 		return nil, fmt.Errorf("dogstatsd: %w", err)
 	}
 	s.client = c
-	s.log.Info("dogstatsd sink ready", "addr", addr, "transport", c.GetTransport(), "late_policy", string(cfg.LatePolicy))
+	ledgerDesc := cfg.LedgerPath
+	if ledgerDesc == "" {
+		ledgerDesc = "memory"
+	}
+	s.log.Info("dogstatsd sink ready", "addr", addr, "transport", c.GetTransport(), "late_policy", string(cfg.LatePolicy), "ledger", ledgerDesc)
 	return s, nil
 }
 
@@ -130,6 +141,12 @@ func (s *Sink) takeErrors() (int, error) {
 // last value of a series and second). Only if the retry comes so late that
 // a point must be clamped to a different second can a datagram that did
 // arrive the first time be counted twice.
+//
+// Before Send returns nil the new totals are committed to the ledger file
+// (Config.LedgerPath), so a restarted process goes on from them. If that
+// fails, Send returns a retryable error (sink_failures_total{reason=
+// "ledger"}); the next Send of the same points writes nothing again and only
+// retries the commit.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -177,6 +194,14 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		return fmt.Errorf("dogstatsd: %d of %d writes failed: %w", failed, len(samples), firstErr)
 	}
 	s.ledger.Delivered(b, samples)
+	if err := s.ledger.Commit(); err != nil {
+		s.m.SinkFailures.WithLabelValues(Name, "ledger").Inc()
+		if now := s.cfg.Now(); now.Sub(s.lastLog) >= errLogEvery {
+			s.lastLog = now
+			s.log.Error("dogstatsd: could not record the delivered totals in the ledger file; will retry", "err", err)
+		}
+		return fmt.Errorf("dogstatsd: %w", err)
+	}
 	s.pending = nil
 	return nil
 }
@@ -188,8 +213,9 @@ func cmp(first, err error) error {
 	return err
 }
 
-// Close flushes the client and closes its socket, within ctx's deadline. It
-// is safe to call twice.
+// Close flushes the client, closes its socket and the ledger file (without
+// committing: see datadog.Ledger.Close), within ctx's deadline. It is safe
+// to call twice.
 func (s *Sink) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
@@ -198,7 +224,7 @@ func (s *Sink) Close(ctx context.Context) error {
 			s.mu.Lock() // let a Send in progress finish first
 			defer s.mu.Unlock()
 			s.client.Flush()
-			done <- s.client.Close()
+			done <- errors.Join(s.client.Close(), s.ledger.Close())
 		}()
 		select {
 		case err := <-done:
