@@ -122,7 +122,14 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		defer stopBar()
 	}
 	runErr := r.run(ctx, inputs)
-	closeErr := p.Close(context.WithoutCancel(ctx))
+	// Deliver what was counted. A signal during the final flush stops it;
+	// after a signal during reading, the flush gets a short grace period.
+	closeCtx, cancelClose := ctx, context.CancelFunc(func() {})
+	if ctx.Err() != nil {
+		closeCtx, cancelClose = context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	}
+	closeErr := p.Close(closeCtx)
+	cancelClose()
 	if err := restore(); err != nil && closeErr == nil {
 		closeErr = err
 	}
