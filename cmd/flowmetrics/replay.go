@@ -227,41 +227,69 @@ type replayer struct {
 
 func (r *replayer) run(ctx context.Context, inputs []input) error {
 	for _, in := range inputs {
-		batch := make([]genesys.Record, 0, replayBatch)
-		flush := func() error {
-			if len(batch) == 0 {
-				return nil
-			}
-			res, err := r.p.Ingest(ctx, batch)
-			if err != nil {
-				return fmt.Errorf("%s: %w", in.name, err)
-			}
-			r.report(in.name, res)
-			batch = batch[:0]
-			if r.pending += res.Occurrences; r.pending >= flushEvery {
-				r.pending = 0
-				return r.p.Flush(ctx)
-			}
-			return nil
-		}
-		err := genesys.Decode(countingReader{in.r, in.read}, func(rec genesys.Record) error {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			batch = append(batch, rec)
-			if len(batch) == replayBatch {
-				return flush()
-			}
-			return nil
-		})
-		if err == nil {
-			err = flush()
-		}
-		if err != nil {
+		if err := r.runOne(ctx, in); err != nil {
 			return fmt.Errorf("replay %s: %w", in.name, err)
 		}
 	}
 	return nil
+}
+
+// runOne decodes in one goroutine and ingests in another, so decoding the
+// next batch overlaps claiming (and syncing) this one.
+func (r *replayer) runOne(ctx context.Context, in input) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	batches := make(chan []genesys.Record, 2)
+	decodeErr := make(chan error, 1)
+	go func() {
+		defer close(batches)
+		send := func(b []genesys.Record) error {
+			select {
+			case batches <- b:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		batch := make([]genesys.Record, 0, replayBatch)
+		err := genesys.Decode(countingReader{in.r, in.read}, func(rec genesys.Record) error {
+			batch = append(batch, rec)
+			if len(batch) < replayBatch {
+				return nil
+			}
+			b := batch
+			batch = make([]genesys.Record, 0, replayBatch)
+			return send(b)
+		})
+		if err == nil && len(batch) > 0 {
+			err = send(batch)
+		}
+		decodeErr <- err
+	}()
+	var ingestErr error
+	for batch := range batches {
+		if ingestErr != nil {
+			continue // drain, so the decoder can stop
+		}
+		res, err := r.p.Ingest(ctx, batch)
+		if err != nil {
+			ingestErr = err
+			cancel()
+			continue
+		}
+		r.report(in.name, res)
+		if r.pending += res.Occurrences; r.pending >= flushEvery {
+			r.pending = 0
+			if err := r.p.Flush(ctx); err != nil {
+				ingestErr = err
+				cancel()
+			}
+		}
+	}
+	if ingestErr != nil {
+		return ingestErr
+	}
+	return <-decodeErr
 }
 
 // report adds a batch's result and names its rejected records as
