@@ -6,10 +6,9 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/cardinality"
 	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
-	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
 // newGuard returns the cardinality guard for the config.
-func newGuard(cfg config.Config, m *telemetry.Metrics, log *slog.Logger) pipeline.Guard {
-	return cardinality.New(cfg.Cardinality.Limit, m, log)
+func newGuard(cfg config.Config, log *slog.Logger) pipeline.Guard {
+	return cardinality.New(cfg.Cardinality.Limit, log)
 }

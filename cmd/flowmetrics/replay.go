@@ -108,7 +108,7 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		}
 	}
 	pcfg := cfg.Pipeline
-	pcfg.Guard = newGuard(cfg, m, log)
+	pcfg.Guard = newGuard(cfg, log)
 	p := pipeline.New(st, sinks, pcfg, m, log)
 	restore, err := registerForReplay(ctx, st, sinks)
 	if err != nil {

@@ -72,7 +72,7 @@ func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logg
 		return usageError(err)
 	}
 	pcfg := cfg.Pipeline
-	pcfg.Guard = newGuard(cfg, m, log)
+	pcfg.Guard = newGuard(cfg, log)
 	p := pipeline.New(st, sinks, pcfg, m, log)
 	if err := p.Register(ctx); err != nil {
 		return err

@@ -4,8 +4,6 @@ import (
 	"log/slog"
 	"sync"
 	"time"
-
-	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
 // DefaultLimit is the number of distinct flow/metric pairs let through when
@@ -44,7 +42,6 @@ type pair struct{ flow, metric string }
 // and each replica has its own set. It is safe for concurrent use.
 type Guard struct {
 	limit int
-	m     *telemetry.Metrics
 	log   *slog.Logger
 	now   func() time.Time
 
@@ -57,8 +54,8 @@ type Guard struct {
 }
 
 // New returns a Guard letting limit distinct pairs through (DefaultLimit when
-// limit is 0; a negative limit disables the guard). m and log may be nil.
-func New(limit int, m *telemetry.Metrics, log *slog.Logger) *Guard {
+// limit is 0; a negative limit disables the guard). log may be nil.
+func New(limit int, log *slog.Logger) *Guard {
 	if limit == 0 {
 		limit = DefaultLimit
 	}
@@ -67,7 +64,6 @@ func New(limit int, m *telemetry.Metrics, log *slog.Logger) *Guard {
 	}
 	return &Guard{
 		limit:    limit,
-		m:        m,
 		log:      log,
 		now:      time.Now,
 		admitted: make(map[pair]struct{}),
@@ -80,8 +76,10 @@ func (g *Guard) Limit() int { return g.limit }
 
 // Map returns the pair to count an occurrence of flow/metric under: the pair
 // itself if it is admitted or there is still room, otherwise
-// (OverflowFlow, OverflowMetric). Each folded occurrence increments the
-// Overflow counter; each newly folded pair is logged once (rate-limited).
+// (OverflowFlow, OverflowMetric). Each newly folded pair is logged once
+// (rate-limited). Map is called for every sighting of a pair, repeats
+// included, so it counts nothing: the pipeline counts the folded
+// occurrences it claims in flowmetrics_cardinality_overflow_total.
 func (g *Guard) Map(flow, metric string) (string, string) {
 	if g.limit < 0 {
 		return flow, metric
@@ -106,10 +104,6 @@ func (g *Guard) Map(flow, metric string) (string, string) {
 		logNow, suppressed = g.allowLog()
 	}
 	g.mu.Unlock()
-
-	if g.m != nil {
-		g.m.Overflow.Inc()
-	}
 	if logNow {
 		args := []any{"flow", flow, "metric", metric, "limit", g.limit,
 			"overflow_flow", OverflowFlow, "overflow_metric", OverflowMetric}

@@ -190,6 +190,7 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 	var res Result
 	now := p.cfg.Now()
 	var reqs []flowmetrics.ClaimRequest
+	var folded map[string]bool // keys the guard folded into the overflow series
 	for _, r := range recs {
 		res.Read++
 		p.m.RecordsRead.Inc()
@@ -214,8 +215,14 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		if p.cfg.Guard != nil {
 			// Folding happens once, before the claim, so the outbox, every
 			// sink and the pipeline's own occurrence counter agree.
-			for i := range occs {
-				occs[i].Flow, occs[i].Metric = p.cfg.Guard.Map(occs[i].Flow, occs[i].Metric)
+			for i, o := range occs {
+				occs[i].Flow, occs[i].Metric = p.cfg.Guard.Map(o.Flow, o.Metric)
+				if occs[i].Flow != o.Flow || occs[i].Metric != o.Metric {
+					if folded == nil {
+						folded = map[string]bool{}
+					}
+					folded[o.Key] = true
+				}
 			}
 		}
 		for _, b := range bad {
@@ -246,6 +253,9 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 	}
 	for _, o := range fresh {
 		p.m.Occurrences.WithLabelValues(o.Flow, o.Metric).Inc()
+		if folded[o.Key] {
+			p.m.Overflow.Inc()
+		}
 	}
 	res.Occurrences = len(fresh)
 	if len(fresh) > 0 {

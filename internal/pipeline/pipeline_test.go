@@ -363,7 +363,13 @@ func TestGuardFoldsBeforeClaim(t *testing.T) {
 	if got := s.total(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("got %v, want %v", got, want)
 	}
+	// Repeats of folded attributes are not new: the overflow counter counts
+	// occurrences, not sightings.
+	p.Ingest(ctx, []genesys.Record{event("c1", "FMetric_B(2026-11-20T09:31:48Z)", "GMetric_C(2026-11-20T09:31:48Z)")})
 	if got := testutil.ToFloat64(m.Occurrences.WithLabelValues("overflow", "overflow")); got != 2 {
 		t.Errorf("occurrences counter of the overflow series: got %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(m.Overflow); got != 2 {
+		t.Errorf("overflow counter: got %v, want 2", got)
 	}
 }
