@@ -82,8 +82,6 @@ func (p *parser) eof() bool {
 	return false
 }
 
-func (p *parser) failed() bool { return p.incomplete || p.errMsg != "" }
-
 func (p *parser) skipWS() {
 	for p.pos < len(p.data) {
 		switch p.data[p.pos] {

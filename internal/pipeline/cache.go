@@ -84,9 +84,3 @@ func (c *knownCache) learn(conv string, keys []string, now time.Time) {
 		delete(c.items, old.Value.(*cacheEntry).conv)
 	}
 }
-
-func (c *knownCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.lru.Len()
-}

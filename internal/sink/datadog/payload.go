@@ -8,10 +8,6 @@ import (
 
 // The JSON of POST /api/v2/series. Field order is fixed by the structs, so
 // payloads are byte-for-byte reproducible (see testdata/).
-type seriesPayload struct {
-	Series []json.RawMessage `json:"series"`
-}
-
 type seriesJSON struct {
 	Metric   string      `json:"metric"`
 	Type     int         `json:"type"`
@@ -75,14 +71,6 @@ func (p payload) samples() []Sample {
 		out = append(out, c.samples...)
 	}
 	return out
-}
-
-func (p payload) points() int {
-	n := 0
-	for _, c := range p.chunks {
-		n += len(c.samples)
-	}
-	return n
 }
 
 // encode writes {"series":[…]} for chunks.

@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -45,9 +46,9 @@ type Store struct {
 	stripes store.Stripes
 	seq     *store.Sequencer
 
-	mu      sync.Mutex // guards cursors and closed
+	mu      sync.Mutex // guards cursors
 	cursors map[string]uint64
-	closed  bool
+	closed  atomic.Bool
 }
 
 // Open opens (creating if needed) the store in dir. Only one process may have
@@ -128,6 +129,9 @@ var errClosed = errors.New("pebblestore: closed")
 func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]flowmetrics.Occurrence, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if s.closed.Load() {
+		return nil, errClosed
 	}
 	convs := make([]string, len(reqs))
 	for i, r := range reqs {
@@ -254,6 +258,9 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 
 // ReadOutbox implements flowmetrics.Store.
 func (s *Store) ReadOutbox(ctx context.Context, after uint64, limit int) ([]flowmetrics.Entry, error) {
+	if s.closed.Load() {
+		return nil, errClosed
+	}
 	visible := s.seq.Visible()
 	if after >= visible {
 		return nil, nil
@@ -313,6 +320,9 @@ func (s *Store) Register(ctx context.Context, sinks []string) error {
 func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return errClosed
+	}
 	cur, ok := s.cursors[sink]
 	if !ok {
 		return fmt.Errorf("pebblestore: ack from unregistered sink %q", sink)
@@ -357,10 +367,9 @@ func (s *Store) OutboxDepth(ctx context.Context, sink string) (int64, error) {
 func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
+	if s.closed.Swap(true) {
 		return nil
 	}
-	s.closed = true
 	if err := s.db.Flush(); err != nil {
 		s.db.Close()
 		return fmt.Errorf("pebblestore: flush: %w", err)
