@@ -371,9 +371,10 @@ type drainer struct {
 }
 
 type batch struct {
-	points []flowmetrics.Point
-	last   uint64 // sequence number of the batch's last outbox entry
-	n      int    // occurrences
+	points    []flowmetrics.Point
+	last      uint64 // sequence number of the batch's last outbox entry
+	n         int    // occurrences
+	delivered bool   // the sink accepted (or permanently refused) it
 }
 
 func (d *drainer) notify() {
@@ -454,22 +455,26 @@ func (d *drainer) drainOnce(ctx context.Context) (more bool, err error) {
 			return false, err
 		}
 	}
-	err = d.sink.Send(ctx, b.points)
-	switch {
-	case err == nil:
-		p.m.SinkSends.WithLabelValues(d.name).Inc()
-		p.m.SinkPoints.WithLabelValues(d.name).Add(float64(len(b.points)))
-	case flowmetrics.IsPermanent(err):
-		p.m.SinkBatchFailures.WithLabelValues(d.name, "permanent").Inc()
-		p.m.OutboxDropped.WithLabelValues(d.name, "rejected_by_sink").Add(float64(b.n))
-		p.log.Error("sink rejected a batch; dropping it", "sink", d.name, "points", len(b.points), "occurrences", b.n, "err", err)
-	default:
-		p.m.SinkBatchFailures.WithLabelValues(d.name, "error").Inc()
-		p.log.Warn("sink send failed; will retry", "sink", d.name, "points", len(b.points), "err", err)
-		d.held = b
-		return false, err
-	}
 	d.held = b // kept until the cursor is safely past it
+	// A batch held as delivered was sent, but its cursor could not be
+	// recorded: only the acknowledgement is retried, not the send.
+	if !b.delivered {
+		err = d.sink.Send(ctx, b.points)
+		switch {
+		case err == nil:
+			p.m.SinkSends.WithLabelValues(d.name).Inc()
+			p.m.SinkPoints.WithLabelValues(d.name).Add(float64(len(b.points)))
+		case flowmetrics.IsPermanent(err):
+			p.m.SinkBatchFailures.WithLabelValues(d.name, "permanent").Inc()
+			p.m.OutboxDropped.WithLabelValues(d.name, "rejected_by_sink").Add(float64(b.n))
+			p.log.Error("sink rejected a batch; dropping it", "sink", d.name, "points", len(b.points), "occurrences", b.n, "err", err)
+		default:
+			p.m.SinkBatchFailures.WithLabelValues(d.name, "error").Inc()
+			p.log.Warn("sink send failed; will retry", "sink", d.name, "points", len(b.points), "err", err)
+			return false, err
+		}
+		b.delivered = true
+	}
 	if err := p.store.Ack(ctx, d.name, b.last); err != nil {
 		p.m.StoreErrors.WithLabelValues("ack").Inc()
 		return false, err

@@ -373,3 +373,41 @@ func TestGuardFoldsBeforeClaim(t *testing.T) {
 		t.Errorf("overflow counter: got %v, want 2", got)
 	}
 }
+
+// ackFailsOnce is a store whose first Ack fails, as a full disk would.
+type ackFailsOnce struct {
+	flowmetrics.Store
+	failed bool
+}
+
+func (s *ackFailsOnce) Ack(ctx context.Context, sink string, seq uint64) error {
+	if !s.failed {
+		s.failed = true
+		return errors.New("disk full")
+	}
+	return s.Store.Ack(ctx, sink, seq)
+}
+
+func TestFailedAckDoesNotResend(t *testing.T) {
+	sink := &recordingSink{name: "s"}
+	m := telemetry.New()
+	st := &ackFailsOnce{Store: memstore.New(store.Options{})}
+	p := New(st, []flowmetrics.Sink{sink}, Config{RetryMin: time.Millisecond, RetryMax: time.Millisecond}, m, nil)
+	ctx := context.Background()
+	if err := p.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Ingest(ctx, []genesys.Record{event("c1", "FMetric_A(2026-11-20T09:31:48Z)")})
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sink.sends != 1 {
+		t.Errorf("sends: got %d, want 1 (only the acknowledgement is retried)", sink.sends)
+	}
+	if got := testutil.ToFloat64(m.StoreErrors.WithLabelValues("ack")); got != 1 {
+		t.Errorf("store ack errors: got %v, want 1", got)
+	}
+	if d, _ := st.OutboxDepth(ctx, "s"); d != 0 {
+		t.Errorf("depth after the retried ack: got %d, want 0", d)
+	}
+}
