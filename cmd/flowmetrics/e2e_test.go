@@ -363,3 +363,42 @@ func TestReplayLeavesServesBacklogAlone(t *testing.T) {
 		}
 	}
 }
+
+// TestServeDashboard: serve shows what it counted on its dashboard.
+func TestServeDashboard(t *testing.T) {
+	addr := freeAddr(t)
+	srv := startServe(t, "-data-dir", t.TempDir(), "-listen", addr)
+	defer func() {
+		srv.cmd.Process.Signal(syscall.SIGTERM)
+		srv.cmd.Wait()
+	}()
+	body, _ := os.ReadFile("../../../shared/testdata/conversation.ndjson")
+	resp, err := http.Post("http://"+addr+"/v1/events", "application/x-ndjson", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	page, err := http.Get("http://" + addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	html, _ := io.ReadAll(page.Body)
+	page.Body.Close()
+	if page.StatusCode != 200 || !strings.Contains(string(html), "flowmetrics") {
+		t.Fatalf("GET /: got %d, want the dashboard page", page.StatusCode)
+	}
+	var last string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		resp, err := http.Get("http://" + addr + "/api/v1/dashboard")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		last = string(b)
+		if strings.Contains(last, "Billing Main") && strings.Contains(last, "Transferred") {
+			return
+		}
+	}
+	t.Errorf("dashboard JSON never showed the sample's flows; last: %s", last)
+}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics/internal/config"
+	"github.com/flowmetrics/flowmetrics/internal/dashboard"
 	"github.com/flowmetrics/flowmetrics/internal/httpapi"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
@@ -71,6 +72,12 @@ func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logg
 	if err != nil {
 		return usageError(err)
 	}
+	var dash http.Handler
+	if cfg.HTTP.DashboardOn() {
+		rec := dashboard.NewRecorder(0, nil)
+		sinks = append(sinks, rec)
+		dash = dashboard.Handler(rec, m)
+	}
 	pcfg := cfg.Pipeline
 	pcfg.Guard = newGuard(cfg, log)
 	p := pipeline.New(st, sinks, pcfg, m, log)
@@ -89,6 +96,8 @@ func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logg
 			AuthHeader:   cfg.HTTP.AuthHeader,
 			Secret:       secret,
 			MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+			Dashboard:    dash,
+			DashboardAPI: dashboard.APIPath,
 		}, log),
 		ReadTimeout:       cfg.HTTP.ReadTimeout,
 		ReadHeaderTimeout: min(cfg.HTTP.ReadTimeout, 10*time.Second),

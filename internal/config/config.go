@@ -58,7 +58,13 @@ type HTTP struct {
 	IdleTimeout  time.Duration `yaml:"idle_timeout"`
 	// ShutdownTimeout bounds the drain and flush on SIGTERM.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// Dashboard serves the live dashboard at / (default on).
+	Dashboard *bool `yaml:"dashboard"`
 }
+
+// DashboardOn reports whether the dashboard is served; it is unless
+// disabled.
+func (h HTTP) DashboardOn() bool { return h.Dashboard == nil || *h.Dashboard }
 
 // Store is the store section.
 type Store struct {

@@ -1,5 +1,6 @@
 // Package httpapi is the HTTP face of serve: POST /v1/events for EventBridge
-// API destinations (or anything that posts events), /metrics, /healthz.
+// API destinations (or anything that posts events), /metrics, /healthz and
+// the live dashboard at /.
 //
 // An ingest request is answered only after the pipeline has made its claims
 // and pending points durable: 202 means the occurrences will be delivered, a
@@ -40,6 +41,10 @@ type Options struct {
 	MaxBodyBytes int64
 	// Health, if set, is asked by /healthz.
 	Health func(ctx context.Context) error
+	// Dashboard, if set, serves the live dashboard at / and its JSON at
+	// DashboardAPI.
+	Dashboard    http.Handler
+	DashboardAPI string
 }
 
 // Response is the JSON body of POST /v1/events.
@@ -61,6 +66,10 @@ func New(p Ingester, m *telemetry.Metrics, opts Options, log *slog.Logger) http.
 	mux.Handle("POST /v1/events", h.auth(http.HandlerFunc(h.events)))
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry}))
 	mux.HandleFunc("GET /healthz", h.healthz)
+	if opts.Dashboard != nil {
+		mux.Handle("GET /{$}", opts.Dashboard)
+		mux.Handle("GET "+opts.DashboardAPI, opts.Dashboard)
+	}
 	return mux
 }
 
