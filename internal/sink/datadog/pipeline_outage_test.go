@@ -69,8 +69,10 @@ func TestPipelineOutage(t *testing.T) {
 	// delivers everything exactly once.
 	var outageRequests int
 	h.fake.do(func() {
-		outageRequests = 10000 - len(h.fake.script)
-		h.fake.script = []scripted{{status: http.StatusTooManyRequests, header: http.Header{"X-Ratelimit-Reset": {"1"}, "X-Ratelimit-Remaining": {"0"}}}}
+		// One more 503 first: the request the bounded flush abandoned may
+		// still reach the fake and must not be the one that takes the 429.
+		outageRequests = 10000 - len(h.fake.script) + 1
+		h.fake.script = []scripted{unavailable, {status: http.StatusTooManyRequests, header: http.Header{"X-Ratelimit-Reset": {"1"}, "X-Ratelimit-Remaining": {"0"}}}}
 	})
 	if err := p.Flush(ctx(t)); err != nil {
 		t.Fatalf("flush after the outage: %v", err)
