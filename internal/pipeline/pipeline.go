@@ -190,6 +190,7 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 	var res Result
 	now := p.cfg.Now()
 	var reqs []flowmetrics.ClaimRequest
+	var reqKeys [][]string // the keys of each request, for the cache
 	var folded map[string]bool // keys the guard folded into the overflow series
 	for _, r := range recs {
 		res.Read++
@@ -232,11 +233,13 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		if len(occs) == 0 {
 			continue
 		}
-		if p.cache.allKnown(r.Event.ConversationID, occKeys(occs), now) {
+		keys := occKeys(occs)
+		if p.cache.allKnown(r.Event.ConversationID, keys, now) {
 			p.m.CacheHits.Inc()
 			continue
 		}
 		reqs = append(reqs, flowmetrics.ClaimRequest{ConversationID: r.Event.ConversationID, Occurrences: occs})
+		reqKeys = append(reqKeys, keys)
 	}
 	if len(reqs) == 0 {
 		return res, nil
@@ -248,8 +251,8 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		p.m.StoreErrors.WithLabelValues("claim").Inc()
 		return res, fmt.Errorf("claim: %w", err)
 	}
-	for _, rq := range reqs {
-		p.cache.learn(rq.ConversationID, occKeys(rq.Occurrences), now)
+	for i, rq := range reqs {
+		p.cache.learn(rq.ConversationID, reqKeys[i], now)
 	}
 	for _, o := range fresh {
 		p.m.Occurrences.WithLabelValues(o.Flow, o.Metric).Inc()
