@@ -190,7 +190,7 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 	var res Result
 	now := p.cfg.Now()
 	var reqs []flowmetrics.ClaimRequest
-	var reqKeys [][]string // the keys of each request, for the cache
+	var reqKeys [][]string     // the keys of each request, for the cache
 	var folded map[string]bool // keys the guard folded into the overflow series
 	for _, r := range recs {
 		res.Read++
