@@ -2,18 +2,16 @@ package cardinality
 
 import (
 	"bytes"
-	"flag"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-)
 
-var update = flag.Bool("update", false, "rewrite golden files")
+	"github.com/flowmetrics/flowmetrics/internal/golden"
+)
 
 func TestMap(t *testing.T) {
 	type call struct{ flow, metric, wantFlow, wantMetric string }
@@ -171,17 +169,5 @@ func TestLogGolden(t *testing.T) {
 	for _, p := range [][2]string{{"CustomerRouting", "Unknown"}, {"Billing Main", "PaymentTaken"}, {"Billing Main", "Refund"}, {"Billing Main", "Refund"}, {"Typo Flow", "Metric_(x)"}} {
 		g.Map(p[0], p[1])
 	}
-	path := filepath.Join("testdata", "log.golden.txt")
-	if *update {
-		if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := buf.String(); got != string(want) {
-		t.Errorf("log differs from %s:\ngot:\n%s\nwant:\n%s", path, got, want)
-	}
+	golden.Check(t, filepath.Join("testdata", "log.golden.txt"), buf.Bytes())
 }

@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -17,9 +15,9 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
-)
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+	"github.com/flowmetrics/flowmetrics/internal/golden"
+)
 
 var numbers = regexp.MustCompile(`\[[\d,\s]+\]`)
 
@@ -100,19 +98,7 @@ func TestAPIGolden(t *testing.T) {
 			got := numbers.ReplaceAllFunc(pretty.Bytes(), func(b []byte) []byte {
 				return bytes.Join(bytes.Fields(b), nil)
 			})
-			path := filepath.Join("testdata", tc.golden)
-			if *update {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (run go test -update)", err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Errorf("got:\n%s\nwant (%s):\n%s", got, path, want)
-			}
+			golden.Check(t, filepath.Join("testdata", tc.golden), got)
 		})
 	}
 }

@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 
-	"flag"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,9 +17,9 @@ import (
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
-)
 
-var update = flag.Bool("update", false, "rewrite golden files")
+	"github.com/flowmetrics/flowmetrics/internal/golden"
+)
 
 const testKey = "0123456789abcdef0123456789abcdef"
 
@@ -114,19 +112,7 @@ func TestGoldenPayload(t *testing.T) {
 				t.Fatalf("got %d payloads, want 1", len(h.fake.bodies))
 			}
 			got := h.fake.bodies[0]
-			path := filepath.Join("testdata", tt.golden)
-			if *update {
-				if err := os.WriteFile(path, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, want) {
-				t.Errorf("payload differs from %s:\ngot  %s\nwant %s", path, got, want)
-			}
+			golden.Check(t, filepath.Join("testdata", tt.golden), got)
 			if got, want := h.fake.total(), sum(samplePoints()); got != want {
 				t.Errorf("total held by Datadog: got %v, want %v", got, want)
 			}

@@ -1,9 +1,7 @@
 package dogstatsd
 
 import (
-	"bytes"
 	"context"
-	"flag"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,9 +17,9 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
-)
 
-var update = flag.Bool("update", false, "rewrite golden files")
+	"github.com/flowmetrics/flowmetrics/internal/golden"
+)
 
 var t0 = time.Date(2026, 11, 20, 9, 31, 50, 0, time.UTC)
 
@@ -147,24 +145,6 @@ func newSink(t *testing.T, cfg Config, ncfg naming.Config) (*Sink, *telemetry.Me
 	return s, m
 }
 
-func golden(t *testing.T, name string, got []string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	data := []byte(strings.Join(got, "\n") + "\n")
-	if *update {
-		if err := os.WriteFile(path, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(data, want) {
-		t.Errorf("lines differ from %s:\ngot:\n%s\nwant:\n%s", path, data, want)
-	}
-}
-
 func TestDatagrams(t *testing.T) {
 	tests := []struct {
 		name      string
@@ -188,7 +168,7 @@ func TestDatagrams(t *testing.T) {
 			if err := s.Send(context.Background(), samplePoints()); err != nil {
 				t.Fatalf("Send: got %v, want nil", err)
 			}
-			golden(t, tt.golden, l.lines(t, 4))
+			golden.Check(t, filepath.Join("testdata", tt.golden), []byte(strings.Join(l.lines(t, 4), "\n")+"\n"))
 		})
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,9 +14,9 @@ import (
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
-)
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+	"github.com/flowmetrics/flowmetrics/internal/golden"
+)
 
 var t0 = time.Date(2026, 11, 20, 9, 31, 40, 0, time.UTC)
 
@@ -129,7 +128,7 @@ func TestGolden(t *testing.T) {
 				t.Fatalf("Send: got %v, want nil", err)
 			}
 			checkLines(t, buf.Bytes())
-			golden(t, filepath.Join("testdata", tt.name+".golden"), buf.String())
+			golden.Check(t, filepath.Join("testdata", tt.name+".golden"), buf.Bytes())
 		})
 	}
 }
@@ -143,22 +142,6 @@ func checkLines(t *testing.T, out []byte) {
 		for _, e := range validateEMF(line) {
 			t.Errorf("line %d: %s\n%s", i+1, e, line)
 		}
-	}
-}
-
-func golden(t *testing.T, path, got string) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update)", err)
-	}
-	if got != string(want) {
-		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
 }
 

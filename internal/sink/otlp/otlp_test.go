@@ -5,7 +5,6 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
-	"flag"
 	"io"
 	"log/slog"
 	"net/http"
@@ -27,11 +26,11 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/flowmetrics/flowmetrics/internal/golden"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 var t0 = time.Date(2026, 11, 20, 9, 31, 40, 0, time.UTC)
 
@@ -245,24 +244,8 @@ func TestGolden(t *testing.T) {
 			json.Compact(&compact, js) // protojson varies its spacing on purpose
 			json.Indent(&out, compact.Bytes(), "", "  ")
 			out.WriteByte('\n')
-			golden(t, filepath.Join("testdata", tt.name+".golden.json"), out.String())
+			golden.Check(t, filepath.Join("testdata", tt.name+".golden.json"), out.Bytes())
 		})
-	}
-}
-
-func golden(t *testing.T, path, got string) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update)", err)
-	}
-	if got != string(want) {
-		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
 }
 

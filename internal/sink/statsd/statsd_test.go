@@ -3,11 +3,9 @@ package statsd
 import (
 	"context"
 	"errors"
-	"flag"
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,11 +15,11 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/flowmetrics/flowmetrics/internal/golden"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
 
 var t0 = time.Date(2026, 11, 20, 9, 31, 40, 0, time.UTC)
 
@@ -94,24 +92,8 @@ func TestGolden(t *testing.T) {
 				got.Write(d)
 				got.WriteString("\n--\n")
 			}
-			golden(t, filepath.Join("testdata", tt.name+".golden"), got.String())
+			golden.Check(t, filepath.Join("testdata", tt.name+".golden"), []byte(got.String()))
 		})
-	}
-}
-
-func golden(t *testing.T, path, got string) {
-	t.Helper()
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update)", err)
-	}
-	if got != string(want) {
-		t.Errorf("got\n%s\nwant\n%s", got, want)
 	}
 }
 
