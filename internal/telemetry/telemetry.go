@@ -19,6 +19,10 @@ type Metrics struct {
 	RecordsAccepted prometheus.Counter
 	RecordsSkipped  *prometheus.CounterVec // reason
 	RecordsRejected *prometheus.CounterVec // reason
+	// RecordsDeferred counts accepted records not acknowledged because
+	// another writer of a shared store holds some of their keys pending;
+	// they are retried, not lost.
+	RecordsDeferred prometheus.Counter
 
 	Occurrences *prometheus.CounterVec // flow, metric: new occurrences claimed
 	Malformed   *prometheus.CounterVec // flow: malformed metric attributes seen
@@ -69,6 +73,7 @@ func New() *Metrics {
 	m.RecordsAccepted = cnt("records_accepted_total", "Attribute-update records accepted.")
 	m.RecordsSkipped = vec("records_skipped_total", "Records skipped (not attribute updates).", "reason")
 	m.RecordsRejected = vec("records_rejected_total", "Records rejected as invalid.", "reason")
+	m.RecordsDeferred = cnt("records_deferred_total", "Accepted records left unacknowledged (to be retried) because another writer holds their keys pending.")
 	m.Occurrences = vec("occurrences_total", "Flow metric occurrences counted (new claims).", "flow", "metric")
 	m.Malformed = vec("malformed_attributes_total", "Metric-shaped attribute names that break the naming rules, by flow.", "flow")
 	m.CacheHits = cnt("cache_hits_total", "Events whose metric keys were all known in-process, so the store was not asked.")
