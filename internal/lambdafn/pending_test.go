@@ -6,14 +6,20 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/lambdafn"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink/dogstatsd"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore/dynalitetest"
@@ -171,6 +177,55 @@ func TestSinkDownFailsFast(t *testing.T) {
 	// Default backoff: 0.25–0.5 s, then 0.5–1 s; the third failure ends it.
 	if took > 5*time.Second {
 		t.Errorf("the invocation took %v, want it to give up after %d sends (under 5 s), not at its deadline", took, lambdafn.DefaultFlushAttempts)
+	}
+	if got := out.reports(t); fmt.Sprint(got) != "map[delivery:[1 0]]" {
+		t.Errorf("reports: got %v, want one failed record", got)
+	}
+}
+
+// The dogstatsd sink with nothing listening (no extension layer): the
+// batch fails within seconds, and no key is marked delivered.
+func TestDogStatsDWithoutExtension(t *testing.T) {
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := c.LocalAddr().String()
+	c.Close()
+	sink, err := dogstatsd.New(dogstatsd.Config{Addr: addr}, nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := dynalitetest.Start(t)
+	table := srv.CreateTable(t)
+	st, err := dynamostore.Open(dynamostore.Config{Table: table, Owner: "a", ReadFirst: true}, srv.Client, store.Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &syncBuffer{}
+	cfg := lambdafn.Config{Pipeline: pipeline.Config{CacheTTL: lambdafn.DefaultCacheTTL}, MetricsOut: out}
+	h, err := lambdafn.NewHandler(context.Background(), st, []flowmetrics.Sink{sink}, cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	resp := h.HandleSQS(ctx, sqsEvent(envelope("c1", map[string]string{"FMetric_A(2026-11-20T09:31:00Z)": "1"})))
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("took %v, want the batch failed within seconds", took)
+	}
+	if len(resp.BatchItemFailures) != 1 {
+		t.Errorf("failures: got %v, want m0", failures(resp))
+	}
+	got, err := srv.Client.GetItem(context.Background(), &dynamodb.GetItemInput{TableName: aws.String(table),
+		Key: map[string]types.AttributeValue{"id": &types.AttributeValueMemberS{Value: "c1"}}, ConsistentRead: aws.Bool(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := got.Item["k:FMetric_A(2026-11-20T09:31:00Z)"].(*types.AttributeValueMemberS); !ok || v.Value == "d" {
+		t.Errorf("claim mark: got %v, want it pending (not delivered)", got.Item)
 	}
 	if got := out.reports(t); fmt.Sprint(got) != "map[delivery:[1 0]]" {
 		t.Errorf("reports: got %v, want one failed record", got)

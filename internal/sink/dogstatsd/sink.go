@@ -30,6 +30,7 @@ const (
 type Sink struct {
 	cfg    Config
 	client *statsd.Client
+	udp    *udpConn // the client's socket when it is UDP (see udp.go)
 	ledger *datadog.Ledger
 	m      *telemetry.Metrics
 	log    *slog.Logger
@@ -93,7 +94,16 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 		opts = append(opts, statsd.WithMaxBytesPerPayload(cfg.MaxDatagramBytes))
 	}
 	addr := cfg.addr()
-	c, err := statsd.New(addr, opts...)
+	var c *statsd.Client
+	if isUDP(addr) {
+		if s.udp, err = dialUDP(addr); err == nil {
+			if c, err = statsd.NewWithWriter(s.udp, opts...); err != nil {
+				s.udp.Close()
+			}
+		}
+	} else {
+		c, err = statsd.New(addr, opts...)
+	}
 	if err != nil {
 		ledger.Close()
 		return nil, fmt.Errorf("dogstatsd: %w", err)
@@ -166,6 +176,7 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	samples := s.ledger.Plan(b)
 
 	s.takeErrors() // errors of earlier, unrelated flushes are not this batch's
+	s.udp.pendingError()
 	var firstErr error
 	failed := 0
 	for i, x := range samples {
@@ -181,6 +192,10 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		}
 	}
 	s.client.Flush()
+	if err := s.udp.pendingError(); err != nil {
+		failed++
+		firstErr = cmp(firstErr, err)
+	}
 	if n, err := s.takeErrors(); n > 0 {
 		failed += n
 		firstErr = cmp(firstErr, err)
