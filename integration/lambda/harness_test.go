@@ -212,6 +212,7 @@ type instance struct {
 	rie       string
 	env       []string
 	out       *output
+	logTo     io.Writer // also receives the raw stdout, if set
 	t         *testing.T
 
 	busy sync.Mutex // one invocation at a time, as in Lambda
@@ -247,7 +248,11 @@ func (in *instance) start() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		in.out.read(t, stdout)
+		var r io.Reader = stdout
+		if in.logTo != nil {
+			r = io.TeeReader(stdout, in.logTo)
+		}
+		in.out.read(t, r)
 		cmd.Wait()
 	}()
 	url := fmt.Sprintf("http://127.0.0.1:%d/2015-03-31/functions/function/invocations", port)
