@@ -227,7 +227,10 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 			}
 		}
 		for _, b := range bad {
-			p.m.Malformed.WithLabelValues(b.Flow).Inc()
+			p.m.CountMalformed(b.Flow)
+			if errors.Is(b.Err, genesys.ErrNameTooLong) {
+				p.m.Limits.WithLabelValues("name_too_long").Inc()
+			}
 		}
 		res.Malformed += len(bad)
 		if len(occs) == 0 {
@@ -277,7 +280,7 @@ func occKeys(occs []flowmetrics.Occurrence) []string {
 	return out
 }
 
-var rejectReasons = []string{"invalid_json", "missing_conversation_id", "missing_attributes", "invalid_attributes", "too_large", "not_an_event", "invalid"}
+var rejectReasons = []string{"invalid_json", "missing_conversation_id", "missing_attributes", "invalid_attributes", "too_large", "too_many_attributes", "not_an_event", "invalid"}
 
 // RejectReason maps a decode error to the low-cardinality reason label of
 // flowmetrics_records_rejected_total.
@@ -293,6 +296,8 @@ func RejectReason(err error) string {
 		return "invalid_attributes"
 	case errors.Is(err, genesys.ErrTooLarge):
 		return "too_large"
+	case errors.Is(err, genesys.ErrTooManyAttrs):
+		return "too_many_attributes"
 	case errors.Is(err, genesys.ErrNotEvent):
 		return "not_an_event"
 	}
