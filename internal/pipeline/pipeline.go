@@ -48,6 +48,9 @@ type Config struct {
 	Now func() time.Time `yaml:"-"`
 }
 
+// DefaultCacheTTL is CacheTTL when it is not set.
+const DefaultCacheTTL = time.Hour
+
 // Guard folds flow/metric pairs beyond a cardinality limit into one series.
 type Guard interface {
 	Map(flow, metric string) (string, string)
@@ -87,7 +90,7 @@ func (c Config) withDefaults() Config {
 		c.CacheConversations = 100_000
 	}
 	if c.CacheTTL == 0 {
-		c.CacheTTL = time.Hour
+		c.CacheTTL = DefaultCacheTTL
 	}
 	if c.RetryMin == 0 {
 		c.RetryMin = 500 * time.Millisecond
