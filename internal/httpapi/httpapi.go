@@ -6,6 +6,12 @@
 // and pending points durable: 202 means the occurrences will be delivered, a
 // 5xx means nothing was acknowledged and the sender should retry (EventBridge
 // does), which is safe because claims are idempotent.
+//
+// Every resource a request can drive is bounded: the body (on the wire and
+// once gunzipped) by MaxBodyBytes, the records held at once by ingestChunk,
+// the errors named in the answer by MaxErrors. Only JSON and NDJSON media
+// types are accepted, so a browser cannot post cross-site without a CORS
+// preflight; ProtectReads puts /metrics and the dashboard behind the secret.
 package httpapi
 
 import (
