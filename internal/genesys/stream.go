@@ -238,9 +238,9 @@ func (d *decoder) arrayOrLines() error {
 }
 
 // blankFrom reports whether nothing but whitespace follows the unread
-// offset off, reading as needed. It looks at most MaxRecordSize bytes of
-// whitespace ahead, and reports false beyond that, so that no input can
-// make it hold more.
+// offset off, reading as needed. It holds at most 2×MaxRecordSize unread
+// bytes (the first line and the whitespace after it) and reports false
+// beyond that, so that no input can make it hold more.
 func (d *decoder) blankFrom(off int) (bool, error) {
 	for {
 		rest := d.buf[d.rpos+off : d.wpos]
@@ -369,8 +369,9 @@ func (d *decoder) skipLongLine(rec Record) error {
 }
 
 // resync handles a syntax error in a stream value or an array (see
-// Decode). afterElement says the error is where a comma or ']' should have
-// followed an array element, at rpos.
+// Decode). afterElement says the error is at rpos, where a comma or ']'
+// should have followed an array element, or the input should have ended
+// after the array.
 func (d *decoder) resync(afterElement bool) error {
 	msg, off := d.p.errMsg, d.p.errOff
 	rec := d.syntaxRecord(msg, off)
@@ -546,10 +547,14 @@ func (d *decoder) endOfArray() error {
 	return d.stop("unexpected end of input", 0)
 }
 
-// afterArray checks that nothing but whitespace follows the array.
+// afterArray checks that nothing but whitespace follows the array. What
+// follows a multi-line array is rejected as one record, unless it starts a
+// line with a whole JSON object: then it is read as NDJSON from there, so
+// events appended after an array are not lost.
 func (d *decoder) afterArray() error {
 	if !d.skipSpace() {
 		return d.ioErr
 	}
-	return d.stop("invalid character "+describe(d.buf[d.rpos])+" after top-level value", 0)
+	d.p.errMsg, d.p.errOff = "invalid character "+describe(d.buf[d.rpos])+" after top-level value", 0
+	return d.resync(true)
 }
