@@ -23,11 +23,12 @@ const (
 	DefaultCacheTTL     = 15 * time.Second
 	DefaultFlushReserve = 2 * time.Second
 	DefaultSink         = "dogstatsd"
-	// DefaultFlushAttempts: an invocation gives up on a sink after three
-	// failed sends in a row (about 1.5 s of backoff); its records come back
-	// through the trigger's retry.
-	DefaultFlushAttempts = 3
 )
+
+// DefaultFlushAttempts: an invocation gives up on a sink after three failed
+// sends in a row (about 1.5 s of backoff); its records come back through the
+// trigger's retry.
+const DefaultFlushAttempts = 3
 
 // Config is the function's configuration, read from its environment.
 type Config struct {

@@ -94,20 +94,12 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 		opts = append(opts, statsd.WithMaxBytesPerPayload(cfg.MaxDatagramBytes))
 	}
 	addr := cfg.addr()
-	var c *statsd.Client
-	if isUDP(addr) {
-		if s.udp, err = dialUDP(addr); err == nil {
-			if c, err = statsd.NewWithWriter(s.udp, opts...); err != nil {
-				s.udp.Close()
-			}
-		}
-	} else {
-		c, err = statsd.New(addr, opts...)
-	}
+	c, udp, err := newClient(addr, opts...)
 	if err != nil {
 		ledger.Close()
 		return nil, fmt.Errorf("dogstatsd: %w", err)
 	}
+	s.udp = udp
 	s.client = c
 	ledgerDesc := cfg.LedgerPath
 	if ledgerDesc == "" {

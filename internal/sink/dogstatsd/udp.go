@@ -3,7 +3,26 @@ package dogstatsd
 import (
 	"fmt"
 	"net"
+
+	"github.com/DataDog/datadog-go/v5/statsd"
 )
+
+// newClient is statsd.New, except that for UDP the client writes through a
+// udpConn the sink can ask for refusals; udp is nil otherwise.
+func newClient(addr string, opts ...statsd.Option) (c *statsd.Client, udp *udpConn, err error) {
+	if !isUDP(addr) {
+		c, err = statsd.New(addr, opts...)
+		return c, nil, err
+	}
+	if udp, err = dialUDP(addr); err != nil {
+		return nil, nil, err
+	}
+	if c, err = statsd.NewWithWriter(udp, opts...); err != nil {
+		udp.Close()
+		return nil, nil, err
+	}
+	return c, udp, nil
+}
 
 // udpConn is the client's UDP transport: a connected socket, so that an
 // Agent that is not listening shows up as an error rather than as silence.
