@@ -223,6 +223,12 @@ type instance struct {
 	done    chan struct{} // closed when the incarnation's stdout reached EOF
 	starts  int
 	invokes int
+	// key is the incarnation's Datadog API key (so the intake can tell
+	// incarnations apart); lastDone when its last invocation completed.
+	key      string
+	lastDone time.Time
+	// killed maps each killed incarnation's key to its lastDone.
+	killed map[string]time.Time
 }
 
 // start begins a new incarnation (a cold start).
@@ -234,7 +240,10 @@ func (in *instance) start() {
 		"--runtime-api-address", fmt.Sprintf("127.0.0.1:%d", api),
 		"--log-level", "error",
 		in.bootstrap)
-	cmd.Env = in.env
+	in.mu.Lock()
+	key := fmt.Sprintf("key-%s-%d", in.name, in.starts+1)
+	in.mu.Unlock()
+	cmd.Env = append(append([]string(nil), in.env...), "DD_API_KEY="+key)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -271,6 +280,7 @@ func (in *instance) start() {
 	in.mu.Lock()
 	in.cmd, in.url, in.done = cmd, url, done
 	in.starts++
+	in.key, in.lastDone = key, time.Time{}
 	in.mu.Unlock()
 }
 
@@ -279,6 +289,10 @@ func (in *instance) start() {
 func (in *instance) kill() {
 	in.mu.Lock()
 	cmd, done := in.cmd, in.done
+	if in.killed == nil {
+		in.killed = map[string]time.Time{}
+	}
+	in.killed[in.key] = in.lastDone
 	in.mu.Unlock()
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	<-done
@@ -310,6 +324,15 @@ func (in *instance) invoke(ctx context.Context, payload []byte) ([]byte, error) 
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("status %d: %s", resp.StatusCode, body)
+	}
+	if !bytes.Contains(body, []byte("Runtime.ExitError")) {
+		// The invocation ran to its end (a function error too): what it
+		// sent before is settled.
+		in.mu.Lock()
+		if in.url == url {
+			in.lastDone = time.Now()
+		}
+		in.mu.Unlock()
 	}
 	// The emulator answers a function error or a runtime crash with an
 	// error document.
