@@ -392,6 +392,10 @@ func runExactness(t *testing.T, bootstrap, rie string, srv *dynalitetest.Server,
 		go func(w int) {
 			defer wg.Done()
 			for ctx.Err() == nil && q.remaining() > 0 {
+				if !ins[w].up() {
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
 				var batch []*message
 				twin := -1
 				rnd(func(r *rand.Rand) {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -293,12 +294,24 @@ func (in *instance) kill() {
 		in.killed = map[string]time.Time{}
 	}
 	in.killed[in.key] = in.lastDone
+	in.url = "" // down until start
 	in.mu.Unlock()
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	<-done
 }
 
 var client = &http.Client{Timeout: 15 * time.Second}
+
+// errDown: the instance is between a SIGKILL and its cold start; Lambda
+// would not route an invocation to it.
+var errDown = errors.New("instance down")
+
+// up reports whether the instance is running.
+func (in *instance) up() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.url != ""
+}
 
 // invoke sends one payload and returns the function's answer. err is a
 // failed invocation (function error, or the instance died).
@@ -309,6 +322,9 @@ func (in *instance) invoke(ctx context.Context, payload []byte) ([]byte, error) 
 	url := in.url
 	in.invokes++
 	in.mu.Unlock()
+	if url == "" {
+		return nil, errDown
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(payload))
 	if err != nil {
 		return nil, err
