@@ -39,10 +39,11 @@ type fakeIntake struct {
 
 	requests    int
 	statuses    []int
-	bodies      [][]byte             // uncompressed bodies of accepted payloads
-	store       map[pointKey]float64 // what Datadog would hold
-	writes      map[pointKey]int     // accepted writes per series and second
-	violations  []string             // contract breaches by the sink
+	bodies      [][]byte               // uncompressed bodies of accepted payloads
+	store       map[pointKey]float64   // what Datadog would hold
+	dist        map[pointKey][]float64 // distribution values Datadog would hold, every one
+	writes      map[pointKey]int       // accepted writes per series and second
+	violations  []string               // contract breaches by the sink
 	outOfWindow int
 }
 
@@ -85,7 +86,7 @@ func newFakeIntake(t *testing.T, key string, now func() time.Time) *fakeIntake {
 	f := &fakeIntake{
 		t: t, key: key, now: now,
 		maxCompressed: MaxPayloadBytes, maxUncompressed: MaxUncompressedBytes,
-		store: map[pointKey]float64{}, writes: map[pointKey]int{},
+		store: map[pointKey]float64{}, writes: map[pointKey]int{}, dist: map[pointKey][]float64{},
 	}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
@@ -110,6 +111,10 @@ func (f *fakeIntake) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.requests++
+	if r.Method == http.MethodPost && r.URL.Path == distributionPath {
+		f.serveDist(w, r)
+		return
+	}
 	if r.Method != http.MethodPost || r.URL.Path != "/api/v2/series" {
 		f.respond(w, http.StatusNotFound, nil, "not found")
 		return

@@ -100,6 +100,7 @@ type Sample struct {
 	key     totalKey
 	units   []*unit
 	clamped string // clamp reason, or ""
+	dist    bool   // a distribution point: Value values of 1
 }
 
 // Ledger turns points into samples for Datadog and remembers, per series and
@@ -119,6 +120,7 @@ type Sample struct {
 // both start from the same total.
 type Ledger struct {
 	sink   string
+	mode   Mode
 	namer  *naming.Namer
 	policy LatePolicy
 	now    func() time.Time
@@ -155,6 +157,21 @@ func NewLedger(sink string, namer *naming.Namer, policy LatePolicy, now func() t
 	}
 }
 
+// MaxValuesPerPoint bounds the values of one distribution point: a
+// series-second with more occurrences in one batch becomes several points of
+// the same second (Datadog adds them all up), so that no single point can
+// outgrow a payload. 100,000 values of 1 are about 200 kB of JSON.
+const MaxValuesPerPoint = 100000
+
+// NewDistributionLedger returns a Ledger for distribution mode: it keeps no
+// totals (Datadog adds every value up), Plan returns each series-second's
+// count of this batch, at most MaxValuesPerPoint per Sample.
+func NewDistributionLedger(sink string, namer *naming.Namer, policy LatePolicy, now func() time.Time, m *telemetry.Metrics) *Ledger {
+	l := NewLedger(sink, namer, policy, now, m)
+	l.mode = Distribution
+	return l
+}
+
 // NewBatch sums points of the same series and bucket start.
 func (l *Ledger) NewBatch(points []flowmetrics.Point) *Batch {
 	l.mu.Lock()
@@ -166,7 +183,7 @@ func (l *Ledger) NewBatch(points []flowmetrics.Point) *Batch {
 		ts := p.Bucket.Unix()
 		k := totalKey{s.key, ts}
 		u := idx[k]
-		if u == nil {
+		if u == nil || l.mode == Distribution && u.count >= MaxValuesPerPoint {
 			u = &unit{series: s, ts: ts}
 			idx[k] = u
 			b.units = append(b.units, u)
@@ -174,6 +191,16 @@ func (l *Ledger) NewBatch(points []flowmetrics.Point) *Batch {
 		u.count += p.Count
 		u.points++
 		u.interval = max(u.interval, intervalSeconds(p.Width))
+		// A point larger than a distribution point may hold is spread
+		// over as many units as it needs; the input point is counted in
+		// the first (units report input points to the Batch's counters).
+		for l.mode == Distribution && u.count > MaxValuesPerPoint {
+			rest := u.count - MaxValuesPerPoint
+			u.count = MaxValuesPerPoint
+			u = &unit{series: s, ts: ts, interval: u.interval, count: rest}
+			idx[k] = u
+			b.units = append(b.units, u)
+		}
 	}
 	sort.Slice(b.units, func(i, j int) bool {
 		a, c := b.units[i], b.units[j]
@@ -238,6 +265,15 @@ func (l *Ledger) Plan(b *Batch) []Sample {
 		}
 		kept = append(kept, u)
 		k := totalKey{u.series.key, ts}
+		if l.mode == Distribution {
+			// No totals: each unit is a sample of its own, valued at
+			// its own count (Datadog adds the values up).
+			samples = append(samples, Sample{
+				Name: u.series.name, Tags: u.series.tags, Timestamp: ts, Interval: u.interval,
+				Value: u.count, Delta: u.count, key: k, units: []*unit{u}, clamped: reason, dist: true,
+			})
+			continue
+		}
 		i, ok := idx[k]
 		if !ok {
 			i = len(samples)
@@ -258,7 +294,7 @@ func (l *Ledger) Plan(b *Batch) []Sample {
 	}
 	clear(b.units[len(kept):])
 	b.units = kept
-	sort.Slice(samples, func(i, j int) bool {
+	sort.SliceStable(samples, func(i, j int) bool {
 		a, c := samples[i].key, samples[j].key
 		if a.series != c.series {
 			return a.series < c.series
@@ -275,8 +311,10 @@ func (l *Ledger) Delivered(b *Batch, samples []Sample) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, s := range samples {
-		l.totals[s.key] = s.Value
-		if l.file != nil {
+		if l.mode != Distribution {
+			l.totals[s.key] = s.Value
+		}
+		if l.mode != Distribution && l.file != nil {
 			l.dirty[s.key] = struct{}{}
 		}
 		n := 0

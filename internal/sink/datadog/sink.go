@@ -47,6 +47,7 @@ type Sink struct {
 	m        *telemetry.Metrics
 	log      *slog.Logger
 	pack     packer
+	encoding string // Content-Encoding of the bodies pack makes
 
 	mu        sync.Mutex // one Send at a time
 	pending   *Batch     // a failed Send's batch, resumed by an identical Send
@@ -87,9 +88,16 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("sink", Name)
-	ledger, err := OpenLedger(cfg.LedgerPath, Name, namer, cfg.LatePolicy, cfg.Now, m, log)
-	if err != nil {
+	var ledger *Ledger
+	if cfg.Mode == Distribution {
+		ledger = NewDistributionLedger(Name, namer, cfg.LatePolicy, cfg.Now, m)
+	} else if ledger, err = OpenLedger(cfg.LedgerPath, Name, namer, cfg.LatePolicy, cfg.Now, m, log); err != nil {
 		return nil, fmt.Errorf("datadog: %w", err)
+	}
+	pk := packer{maxCompressed: cfg.MaxPayloadBytes, maxUncompressed: cfg.MaxUncompressedBytes, compress: gz}
+	encoding := "gzip"
+	if cfg.Mode == Distribution {
+		pk.compress, encoding = deflate, "deflate"
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableCompression = true // bodies we read are small; keep errors readable
@@ -101,12 +109,13 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 		ledger:   ledger,
 		m:        m,
 		log:      log,
-		pack:     packer{maxCompressed: cfg.MaxPayloadBytes, maxUncompressed: cfg.MaxUncompressedBytes},
+		pack:     pk,
+		encoding: encoding,
 		lastLog:  make(map[string]time.Time),
 		closing:  make(chan struct{}),
 	}
 	u, _ := url.Parse(endpoint)
-	s.log.Info("datadog sink ready", "intake", u.Scheme+"://"+u.Host, "late_policy", string(cfg.LatePolicy), "api_key_env", cfg.APIKeyEnv,
+	s.log.Info("datadog sink ready", "intake", u.Scheme+"://"+u.Host+u.Path, "mode", string(cfg.Mode), "late_policy", string(cfg.LatePolicy), "api_key_env", cfg.APIKeyEnv,
 		"ledger", cmp.Or(cfg.LedgerPath, "memory"))
 	return s, nil
 }
@@ -305,7 +314,7 @@ func (s *Sink) post(ctx context.Context, body []byte) (int, http.Header, []byte,
 		return 0, nil, nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Content-Encoding", "gzip")
+	req.Header.Set("Content-Encoding", s.encoding)
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "flowmetrics")
 	req.Header.Set("DD-API-KEY", s.apiKey)
