@@ -43,7 +43,6 @@ func openStore(c config.Config, log *slog.Logger) (flowmetrics.Store, error) {
 // sinks connect when they first send.
 func buildSinks(c config.Config, m *telemetry.Metrics, log *slog.Logger) ([]flowmetrics.Sink, error) {
 	namer := naming.New(c.Naming)
-	ledgersInDataDir(&c)
 	var sinks []flowmetrics.Sink
 	fail := func(err error) ([]flowmetrics.Sink, error) {
 		for _, s := range sinks {
@@ -92,23 +91,4 @@ func buildSinks(c config.Config, m *telemetry.Metrics, log *slog.Logger) ([]flow
 // sweeper deletes expired conversations every interval until ctx ends.
 type sweeper interface {
 	Sweep(ctx context.Context) (int, error)
-}
-
-// ledgersInDataDir keeps the Datadog sinks' running totals beside the
-// embedded store, so a restart does not send a bucket's total from zero
-// (Datadog keeps the last value per series and second).
-func ledgersInDataDir(c *config.Config) {
-	if c.Store.Type != "embedded" {
-		return
-	}
-	if d := c.Sinks.Datadog; d != nil && d.LedgerPath == "" {
-		cp := *d
-		cp.LedgerPath = datadog.LedgerPath(c.DataDir, datadog.Name)
-		c.Sinks.Datadog = &cp
-	}
-	if d := c.Sinks.DogStatsD; d != nil && d.LedgerPath == "" {
-		cp := *d
-		cp.LedgerPath = datadog.LedgerPath(c.DataDir, dogstatsd.Name)
-		c.Sinks.DogStatsD = &cp
-	}
 }

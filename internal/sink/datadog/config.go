@@ -121,14 +121,6 @@ type Config struct {
 	// (512000 compressed, 5242880 uncompressed); they may only be lowered.
 	MaxPayloadBytes      int `yaml:"max_payload_bytes"`
 	MaxUncompressedBytes int `yaml:"max_uncompressed_bytes"`
-	// LedgerPath is the file that keeps the totals already sent to
-	// Datadog per series and second (see Ledger and OpenLedger), so that
-	// a restart does not make a late point overwrite its bucket's total
-	// with a smaller one. Empty: the totals are kept in memory only.
-	// `flowmetrics serve` sets it to LedgerPath(data_dir, Name), i.e.
-	// <data_dir>/datadog-ledger, unless the config sets it.
-	LedgerPath string `yaml:"ledger_path"`
-
 	// Now is the clock (time.Now if nil). Not configurable from YAML.
 	Now func() time.Time `yaml:"-"`
 }

@@ -44,6 +44,7 @@ type fakeIntake struct {
 	dist        map[pointKey][]float64 // distribution values Datadog would hold, every one
 	writes      map[pointKey]int       // accepted writes per series and second
 	violations  []string               // contract breaches by the sink
+	lowered     []string               // writes that replaced a held count by a smaller one
 	outOfWindow int
 }
 
@@ -215,6 +216,9 @@ func (f *fakeIntake) serve(w http.ResponseWriter, r *http.Request) {
 				continue
 			}
 			k := pointKey{s.Metric, strings.Join(tags, ","), *p.Timestamp}
+			if old, ok := f.store[k]; ok && *p.Value < old {
+				f.lowered = append(f.lowered, fmt.Sprintf("%v: %v replaced by %v", k, old, *p.Value))
+			}
 			f.store[k] = *p.Value
 			f.writes[k]++
 		}

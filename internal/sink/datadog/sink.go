@@ -2,7 +2,6 @@ package datadog
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -63,8 +62,7 @@ type Sink struct {
 
 // New returns a Sink for cfg (which should have passed Validate). It reads
 // the API key from the environment variable cfg.APIKeyEnv and fails if it is
-// unset, and opens the ledger file cfg.LedgerPath if set; it does not touch
-// the network. m and log may be nil.
+// unset; it does not touch the network. m and log may be nil.
 func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -88,12 +86,7 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("sink", Name)
-	var ledger *Ledger
-	if cfg.Mode == Distribution {
-		ledger = NewDistributionLedger(Name, namer, cfg.LatePolicy, cfg.Now, m)
-	} else if ledger, err = OpenLedger(cfg.LedgerPath, Name, namer, cfg.LatePolicy, cfg.Now, m, log); err != nil {
-		return nil, fmt.Errorf("datadog: %w", err)
-	}
+	ledger := NewLedger(Name, cfg.Mode, namer, cfg.LatePolicy, cfg.Now, m, log)
 	pk := packer{maxCompressed: cfg.MaxPayloadBytes, maxUncompressed: cfg.MaxUncompressedBytes, compress: gz}
 	encoding := "gzip"
 	if cfg.Mode == Distribution {
@@ -115,8 +108,7 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 		closing:  make(chan struct{}),
 	}
 	u, _ := url.Parse(endpoint)
-	s.log.Info("datadog sink ready", "intake", u.Scheme+"://"+u.Host+u.Path, "mode", string(cfg.Mode), "late_policy", string(cfg.LatePolicy), "api_key_env", cfg.APIKeyEnv,
-		"ledger", cmp.Or(cfg.LedgerPath, "memory"))
+	s.log.Info("datadog sink ready", "intake", u.Scheme+"://"+u.Host+u.Path, "mode", string(cfg.Mode), "late_policy", string(cfg.LatePolicy), "api_key_env", cfg.APIKeyEnv)
 	return s, nil
 }
 
@@ -152,12 +144,12 @@ var errAuth = errors.New("datadog: API key rejected")
 // again. A Send with different points abandons the kept batch (logged when
 // part of it had been delivered, since the pipeline broke the contract).
 //
-// Durability. Before Send returns nil (or a Permanent error, after which the
-// pipeline moves on too), the totals of everything delivered are committed
-// to the ledger file (Config.LedgerPath), so a restarted process goes on
-// from them. If that fails, Send returns a retryable error
-// (sink_failures_total{reason="ledger"}); the next Send of the same points
-// sends nothing again and only retries the commit.
+// Durability (count mode). The totals of what was delivered become part of
+// the sink's state, which the pipeline takes (TakeState) after Send returned
+// nil or a Permanent error and commits in the same write that advances the
+// sink's cursor; after a retryable error nothing is taken, so a process that
+// dies then resends the whole batch from the committed totals, which do not
+// hold it: the same values, harmless.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -205,14 +197,10 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 			return fmt.Errorf("%w (%v)", err, werr)
 		}
 	}
-	// Only now, with every payload of the batch accepted or refused, do
-	// the new totals become durable; see the package comment for why not
-	// after each payload.
-	if err := s.ledger.Commit(); err != nil {
-		s.failure("ledger")
-		s.logEvery("ledger", errLogEvery, slog.LevelError, "datadog: could not record the delivered totals in the ledger file; will retry", "err", err)
-		return fmt.Errorf("datadog: %w", err)
-	}
+	// Only now, with every payload of the batch accepted or refused, may
+	// the new totals be committed: the pipeline calls TakeState after a
+	// nil or Permanent return, never after a retryable one. See the
+	// package comment for why not after each payload.
 	s.pending = nil
 	if b.Rejected() > 0 {
 		return flowmetrics.Permanent(fmt.Errorf("datadog: intake refused %d of %d points (counted in points_adjusted_total{reason=%q}); the rest were delivered",
@@ -414,25 +402,21 @@ func excerpt(b []byte) string {
 }
 
 // Close stops a Send that is waiting to retry (it returns an error, so its
-// points stay in the pipeline's outbox), releases idle connections and, once
-// a Send in progress has returned (within ctx's deadline), closes the ledger
-// file. Nothing is buffered, so there is nothing to flush; the ledger is not
-// committed either (see Ledger.Close). It is safe to call twice.
+// points stay in the pipeline's outbox), releases idle connections and waits
+// for a Send in progress to return (within ctx's deadline). Nothing is
+// buffered, so there is nothing to flush. It is safe to call twice.
 func (s *Sink) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.client.CloseIdleConnections()
-		done := make(chan error, 1)
+		done := make(chan struct{})
 		go func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
-			done <- s.ledger.Close()
+			close(done)
 		}()
 		select {
-		case err := <-done:
-			if err != nil {
-				s.closeErr = fmt.Errorf("datadog: close: %w", err)
-			}
+		case <-done:
 		case <-ctx.Done():
 			s.closeErr = fmt.Errorf("datadog: close: a send still in progress: %w", ctx.Err())
 		}
@@ -440,4 +424,14 @@ func (s *Sink) Close(ctx context.Context) error {
 	return s.closeErr
 }
 
-var _ flowmetrics.Sink = (*Sink)(nil)
+// Restore implements flowmetrics.StatefulSink: the count-mode totals as last
+// committed with the sink's cursor (see Ledger.Restore).
+func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
+	return s.ledger.Restore(state)
+}
+
+// TakeState implements flowmetrics.StatefulSink: the totals that changed
+// since the last call, for the pipeline to commit with this batch's cursor.
+func (s *Sink) TakeState() flowmetrics.StateUpdate { return s.ledger.TakeState() }
+
+var _ flowmetrics.StatefulSink = (*Sink)(nil)
