@@ -185,4 +185,3 @@ func (l *Ledger) TakeState() flowmetrics.StateUpdate {
 	clear(l.stale)
 	return u
 }
-
