@@ -124,6 +124,19 @@ func (e errRetry) Unwrap() error { return e.err }
 // errAuth is a rejected API key: retried slowly, not within Send.
 var errAuth = errors.New("datadog: API key rejected")
 
+// retryAfter is an error after which the sink will not try again before at:
+// a caller whose deadline comes first (a Lambda invocation's flush) can give
+// up at once instead of waiting for nothing. The pipeline looks for the
+// RetryAfter method.
+type retryAfter struct {
+	err error
+	at  time.Time
+}
+
+func (e retryAfter) Error() string         { return e.err.Error() }
+func (e retryAfter) Unwrap() error         { return e.err }
+func (e retryAfter) RetryAfter() time.Time { return e.at }
+
 // Send delivers points, summed per series and second, as one or more
 // payloads within Datadog's size limits.
 //
@@ -162,7 +175,7 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		return nil
 	}
 	if now := s.cfg.Now(); now.Before(s.authUntil) {
-		return fmt.Errorf("%w earlier; next attempt after %s", s.authErr, s.authUntil.UTC().Format(time.RFC3339))
+		return retryAfter{fmt.Errorf("%w earlier; next attempt after %s", s.authErr, s.authUntil.UTC().Format(time.RFC3339)), s.authUntil}
 	}
 
 	b := s.pending
@@ -186,7 +199,10 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		if err == nil {
 			break
 		}
-		if errors.Is(err, errAuth) || ctx.Err() != nil || attempt >= s.cfg.MaxRetries {
+		if errors.Is(err, errAuth) {
+			return retryAfter{err, s.authUntil}
+		}
+		if ctx.Err() != nil || attempt >= s.cfg.MaxRetries {
 			return err
 		}
 		next := s.cfg.Now().Add(s.backoff(attempt))
