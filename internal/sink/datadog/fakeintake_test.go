@@ -36,6 +36,9 @@ type fakeIntake struct {
 	script []scripted
 	// reject, if set, answers 400 to payloads holding a series it matches.
 	reject func(in seriesIn) bool
+	// accepted, if set, is called (with the fake locked) after a payload's
+	// points are stored and before the 202 is written.
+	accepted func(n int)
 
 	requests    int
 	statuses    []int
@@ -224,6 +227,9 @@ func (f *fakeIntake) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	f.bodies = append(f.bodies, raw)
+	if f.accepted != nil {
+		f.accepted(len(f.bodies))
+	}
 	f.respond(w, http.StatusAccepted, nil, "")
 }
 
