@@ -14,9 +14,9 @@ import (
 
 // The count-mode totals in the state store.
 //
-// One key per series and ten-minute slot of Unix seconds,
+// One key per series and half-hour slot of Unix seconds,
 //
-//	t/<32 hex digits: the first 16 bytes of SHA-256 of the series key>/<Unix second / 600>
+//	t/<32 hex digits: the first 16 bytes of SHA-256 of the series key>/<Unix second / 1800>
 //
 // whose value is
 //
@@ -25,14 +25,17 @@ import (
 //	uvarint(second - previous second, the first one counted from the slot start) uvarint(total)
 //
 // so a commit rewrites only the slots a batch touched (usually the current
-// one of a few series), a value stays a few hundred bytes (at most 600
-// seconds: about 7 kB in the worst case, far below MaxStateValue), and the
-// key stays short whatever the tags. A slot whose totals have all been pruned
-// is deleted (a nil update), so the state is bounded by the series count
-// times the eight slots PruneAge can span.
+// one of a few series), a value stays a few hundred bytes with 10 s buckets
+// (at most 1800 seconds, plus clamped ones: about 20 kB in the worst case of
+// 1 s buckets, far below MaxStateValue), and the key stays short whatever the
+// tags. A slot whose totals have all been pruned is deleted (a nil update),
+// so the state is bounded by the series count times the four or five slots
+// PruneAge can span. Half an hour keeps that key count (and DynamoDB's
+// directory of keys) small while a value stays within one write unit for
+// 10 s buckets.
 const (
 	stateKeyPrefix = "t/"
-	slotSeconds    = 600
+	slotSeconds    = 1800
 )
 
 type slotKey struct {
