@@ -841,11 +841,25 @@ func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update fl
 		s.cursors[sink] = seq
 	}
 	if len(update) > 0 {
+		ps := s.pending[sink]
+		size := 0
+		for _, p := range ps {
+			size += p.size
+		}
+		if len(ps) >= maxPendingUpdates || size >= maxPendingBytes {
+			s.mu.Unlock()
+			// Another sink has not acknowledged for a long time (it is
+			// failing, and so are the invocations): refuse rather than
+			// hold ever more updates in memory. The pipeline retries.
+			return fmt.Errorf("dynamostore: ack %s: %d state updates (%d bytes) already wait for the other sinks' acknowledgements", sink, len(ps), size)
+		}
 		u := make(flowmetrics.StateUpdate, len(update))
+		n := 0
 		for k, v := range update {
 			u[k] = bytes.Clone(v)
+			n += len(k) + len(v)
 		}
-		s.pending[sink] = append(s.pending[sink], pendingState{seq: max(seq, c), update: u})
+		s.pending[sink] = append(ps, pendingState{seq: max(seq, c), update: u, size: n})
 	}
 	s.mu.Unlock()
 	return s.commit(ctx)

@@ -98,7 +98,15 @@ func stateItemID(sink, encKey string) string { return stateIDPrefix + sink + "\x
 type pendingState struct {
 	seq    uint64
 	update flowmetrics.StateUpdate
+	size   int // bytes of keys and values
 }
+
+// Bounds on the updates one sink may have waiting for the others'
+// acknowledgements.
+const (
+	maxPendingUpdates = 4096
+	maxPendingBytes   = 32 << 20
+)
 
 // action is one write of a commit.
 type action struct {

@@ -111,3 +111,44 @@ func TestStateCommitSkipsGoneItems(t *testing.T) {
 		t.Errorf("state: got %q, want x=1", st)
 	}
 }
+
+// TestPendingStateBounded: while one sink does not acknowledge, another
+// sink's state updates wait in memory, up to a bound; beyond it AckState
+// fails (the pipeline retries) instead of holding ever more. When the late
+// sink acknowledges, everything is committed.
+func TestPendingStateBounded(t *testing.T) {
+	srv := dynalitetest.StartMoto(t)
+	ctx := context.Background()
+	table := srv.CreateTable(t)
+	s := open(t, srv, table, dynamostore.Config{}, store.Options{})
+	if err := s.Register(ctx, []string{"up", "down"}); err != nil {
+		t.Fatal(err)
+	}
+	mustClaim(t, s, "c", storetest.Occ("F", "A", t0))
+	es, _ := s.ReadOutbox(ctx, 0, 10)
+	seq := es[0].Seq
+	var err error
+	n := 0
+	for ; n < 10000; n++ {
+		if err = s.AckState(ctx, "up", seq, flowmetrics.StateUpdate{"k": []byte(fmt.Sprint(n))}); err != nil {
+			break
+		}
+	}
+	if err == nil || n >= 10000 {
+		t.Fatalf("after %d updates waiting: got %v, want AckState to refuse more", n, err)
+	}
+	if st, _ := s.SinkState(ctx, "up"); string(st["k"]) != fmt.Sprint(n-1) {
+		t.Errorf("state shown while waiting: got %q, want k=%d", st["k"], n-1)
+	}
+	if err := s.Ack(ctx, "down", seq); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AckState(ctx, "up", seq, flowmetrics.StateUpdate{"k": []byte("last")}); err != nil {
+		t.Fatalf("after the late sink acknowledged: %v", err)
+	}
+	b := open(t, srv, table, dynamostore.Config{Owner: "b"}, store.Options{})
+	b.Register(ctx, []string{"up", "down"})
+	if st, _ := b.SinkState(ctx, "up"); string(st["k"]) != "last" {
+		t.Errorf("state committed in the table: got %q, want k=last", st["k"])
+	}
+}
