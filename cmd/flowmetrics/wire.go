@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 
 	"github.com/flowmetrics/flowmetrics"
@@ -43,6 +44,7 @@ func openStore(c config.Config, log *slog.Logger) (flowmetrics.Store, error) {
 // sinks connect when they first send.
 func buildSinks(c config.Config, m *telemetry.Metrics, log *slog.Logger) ([]flowmetrics.Sink, error) {
 	namer := naming.New(c.Naming)
+	oldLedgers(c, log)
 	var sinks []flowmetrics.Sink
 	fail := func(err error) ([]flowmetrics.Sink, error) {
 		for _, s := range sinks {
@@ -91,4 +93,15 @@ func buildSinks(c config.Config, m *telemetry.Metrics, log *slog.Logger) ([]flow
 // sweeper deletes expired conversations every interval until ctx ends.
 type sweeper interface {
 	Sweep(ctx context.Context) (int, error)
+}
+
+// oldLedgers warns about the ledger files earlier versions kept the Datadog
+// totals in: the totals are in the store now, and those files are not read.
+func oldLedgers(c config.Config, log *slog.Logger) {
+	for _, name := range []string{datadog.Name, dogstatsd.Name} {
+		path := filepath.Join(c.DataDir, name+"-ledger")
+		if _, err := os.Stat(path); err == nil {
+			log.Warn("an old Datadog ledger file is no longer used (the running totals are kept in the store now); it can be deleted", "path", path)
+		}
+	}
 }
