@@ -236,3 +236,40 @@ func TestModeEndpoint(t *testing.T) {
 }
 
 var _ = fmt.Sprint
+
+// BenchmarkPayloadSize reports the request size per occurrence of each mode
+// for a 10-second batch of 160 series (20 flows × 8 metrics) holding perSeries
+// occurrences each: distributions carry one value per occurrence, counts
+// one number per series-second.
+func BenchmarkPayloadSize(b *testing.B) {
+	for _, perSeries := range []int64{1, 10, 100, 1000} {
+		for _, mode := range []Mode{Count, Distribution} {
+			b.Run(fmt.Sprintf("%s/%d_per_series", mode, perSeries), func(b *testing.B) {
+				var points []flowmetrics.Point
+				for f := 0; f < 20; f++ {
+					for m := 0; m < 8; m++ {
+						points = append(points, pt(fmt.Sprintf("Flow %d", f), fmt.Sprintf("Step%d", m), 20*time.Second, perSeries))
+					}
+				}
+				l := NewLedger(Name, mode, nil, Clamp, fixedClock(), nil, nil)
+				pk := packer{maxCompressed: MaxPayloadBytes, maxUncompressed: MaxUncompressedBytes, compress: gz}
+				if mode == Distribution {
+					pk.compress = deflate
+				}
+				var raw, body int
+				for i := 0; i < b.N; i++ {
+					batch := l.NewBatch(points)
+					ps, _ := pk.pack(l.Plan(batch))
+					raw, body = 0, 0
+					for _, p := range ps {
+						raw += p.raw
+						body += len(p.body)
+					}
+				}
+				occ := float64(20 * 8 * perSeries)
+				b.ReportMetric(float64(raw)/occ, "json_B/occ")
+				b.ReportMetric(float64(body)/occ, "wire_B/occ")
+			})
+		}
+	}
+}
