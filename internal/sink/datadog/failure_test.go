@@ -144,3 +144,27 @@ func TestUnreachableIntake(t *testing.T) {
 		})
 	}
 }
+
+// TestRateLimitBeyondTheDeadline: a 429 asking for a minute's pause fails a
+// flush whose deadline is sooner at once, with nothing acknowledged.
+func TestRateLimitBeyondTheDeadline(t *testing.T) {
+	h := newHarness(t, Config{Now: time.Now}, naming.Config{})
+	h.fake.do(func() {
+		h.fake.script = []scripted{{status: http.StatusTooManyRequests, header: http.Header{"X-Ratelimit-Reset": {"60"}}}}
+	})
+	p, st := livePipeline(t, h.sink, h.m)
+	if _, err := p.Ingest(context.Background(), liveRecords(2)); err != nil {
+		t.Fatal(err)
+	}
+	fctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := p.Flush(fctx); err == nil {
+		t.Fatal("flush: got nil, want the rate limit")
+	}
+	if fctx.Err() != nil {
+		t.Error("flush waited for its deadline; want it to fail at once (the sink will not retry before it)")
+	}
+	if d, _ := st.OutboxDepth(context.Background(), Name); d != 2 {
+		t.Errorf("pending: got %d, want 2", d)
+	}
+}

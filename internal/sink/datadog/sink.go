@@ -193,7 +193,7 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 			s.m.SinkRetries.WithLabelValues(Name).Inc()
 		}
 		if err := s.wait(ctx, s.notBefore); err != nil {
-			return err
+			return retryAfter{err, s.notBefore}
 		}
 		err := s.attempt(ctx, b)
 		if err == nil {
@@ -210,7 +210,7 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 			next = s.notBefore
 		}
 		if werr := s.wait(ctx, next); werr != nil {
-			return fmt.Errorf("%w (%v)", err, werr)
+			return retryAfter{fmt.Errorf("%w (%v)", err, werr), next}
 		}
 	}
 	// Only now, with every payload of the batch accepted or refused, may
