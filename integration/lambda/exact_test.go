@@ -208,7 +208,7 @@ func (q *queue) remaining() int {
 
 type stats struct {
 	mu                                          sync.Mutex
-	invocations, sqs, direct, doubled, failedRq int
+	invocations, sqs, direct, doubled           int
 	itemFailures, transportErrors, functionErrs int
 	batchSizes                                  map[int]int
 }
