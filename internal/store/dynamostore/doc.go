@@ -90,7 +90,9 @@
 //
 // An occurrence is delivered twice only when (a) a sink accepted it and the
 // instance died, or could not write "d", before the mark, and an event
-// carrying the key arrives after the lease; (b) a sink send outlasted the
+// carrying the key arrives after the lease (for the Lambda handlers: the new
+// occurrences of the one send in flight, during the time from the sink's
+// acceptance to the last mark write; deploy/aws/README.md has it measured); (b) a sink send outlasted the
 // Margin and another instance took the key over meanwhile; or (c) with
 // several sinks, one acknowledged and the other failed until the lease ended:
 // the retry delivers to both.
