@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/golden"
 )
 
 // TestHelp: every command's -h exits 0 and lists its flags with their
@@ -193,5 +195,39 @@ func TestDemoCommand(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("demo with a wrong secret took %v to give up, want at once", d)
+	}
+}
+
+// boardExamples are the boards committed under deploy/boards, with the
+// arguments that made them (also in each flowmetrics.yaml).
+var boardExamples = map[string][]string{
+	"default": nil,
+	"per-metric": {"-spike", "Billing Main/PaymentFailed",
+		"-metric", "Billing Main/PaymentFailed", "-metric", "Billing Main/PaymentTaken",
+		"-metric", "CustomerRouting/Transferred", "-metric", "CustomerRouting/Unknown",
+		"-metric", "Callback Offer/AcceptedA", "-metric", "Callback Offer/AcceptedB"},
+}
+
+// TestBoardsExamples: the boards under deploy/boards are what flowmetrics
+// boards writes for their configs (go test -update rewrites them).
+func TestBoardsExamples(t *testing.T) {
+	for name, extra := range boardExamples {
+		dir := filepath.Join("..", "..", "deploy", "boards", name)
+		out := t.TempDir()
+		args := append([]string{"boards", "-config", filepath.Join(dir, "flowmetrics.yaml"), "-out", out}, extra...)
+		if b, err := exec.Command(binary, args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, b)
+		}
+		entries, err := os.ReadDir(out)
+		if err != nil || len(entries) != 5 {
+			t.Fatalf("%s: wrote %d files (%v), want 5", name, len(entries), err)
+		}
+		for _, e := range entries {
+			got, err := os.ReadFile(filepath.Join(out, e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden.Check(t, filepath.Join(dir, e.Name()), got)
+		}
 	}
 }

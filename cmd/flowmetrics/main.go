@@ -91,6 +91,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runLambda(ctx, args[1:], stdout, stderr)
 	case "version":
 		fs := newFlagSet("version", "", "Prints the version: the module version after `go install …@version`, else the VCS revision it was built from.", "")
+		fs.SetOutput(stderr)
 		if err := parseFlags(fs, args[1:], stdout); err != nil {
 			return err
 		}
