@@ -149,3 +149,9 @@ func post(ctx context.Context, t Target, events [][]byte) (answer, error) {
 		return answer{}, fmt.Errorf("%w: %s: %s", ErrRefused, resp.Status, bytes.TrimSpace(b))
 	}
 }
+
+// RunFrom runs a new Generator for o whose first conversation starts at
+// start (in the past, it backfills).
+func RunFrom(ctx context.Context, o Options, start time.Time, t Target, tick time.Duration, now func() time.Time, log *slog.Logger) (Totals, error) {
+	return Run(ctx, New(o, start), t, tick, now, log)
+}
