@@ -141,22 +141,28 @@ func run(r io.Reader, w io.Writer) int {
 	return 0
 }
 
-// reason is what a skipped test said: its log lines, without the framing
-// (=== RUN, --- SKIP) and the file:line prefix.
+// reason is what a skipped test said: the last line it logged through
+// testing (t.Skip's message comes last), without the file:line prefix.
+// Other output (a library's log lines) is used only when there is no such
+// line.
 func reason(lines []string) string {
-	var said []string
+	var logged, other []string
 	for _, l := range lines {
 		t := strings.TrimSpace(l)
 		if t == "" || strings.HasPrefix(t, "=== ") || strings.HasPrefix(t, "--- ") {
 			continue
 		}
-		if i := strings.Index(t, ": "); i > 0 && strings.Contains(t[:i], ".go:") {
-			t = t[i+2:]
+		if i := strings.Index(t, ": "); i > 0 && strings.Contains(t[:i], ".go:") && !strings.Contains(t[:i], " ") {
+			logged = append(logged, t[i+2:])
+			continue
 		}
-		said = append(said, t)
+		other = append(other, t)
 	}
-	if len(said) == 0 {
-		return "(no reason given)"
+	switch {
+	case len(logged) > 0:
+		return logged[len(logged)-1]
+	case len(other) > 0:
+		return strings.Join(other, " / ")
 	}
-	return strings.Join(said, " / ")
+	return "(no reason given)"
 }

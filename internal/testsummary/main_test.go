@@ -12,6 +12,8 @@ const passing = `{"Action":"start","Package":"x"}
 {"Action":"pass","Package":"x","Test":"TestA","Elapsed":0}
 {"Action":"run","Package":"x","Test":"TestB"}
 {"Action":"output","Package":"x","Test":"TestB","Output":"=== RUN   TestB\n"}
+{"Action":"output","Package":"x","Test":"TestB","Output":"    x_test.go:3: starting\n"}
+{"Action":"output","Package":"x","Test":"TestB","Output":"2026/12/01 15:38:49 ERROR a library logs\n"}
 {"Action":"output","Package":"x","Test":"TestB","Output":"    x_test.go:4: promtool not found (apt-get install prometheus)\n"}
 {"Action":"output","Package":"x","Test":"TestB","Output":"--- SKIP: TestB (0.00s)\n"}
 {"Action":"skip","Package":"x","Test":"TestB","Elapsed":0}
@@ -48,7 +50,7 @@ func TestSummary(t *testing.T) {
 			"ok  \tx\t0.006s\n", "?   \ty\t[no test files]\n",
 			"tests: 1 passed, 0 failed, 2 skipped\n",
 			"  x TestB: promtool not found (apt-get install prometheus)\n",
-			"  x TestC/sub: (no reason given)\n"}, []string{"hello", "=== RUN", "failed:"}},
+			"  x TestC/sub: (no reason given)\n"}, []string{"hello", "=== RUN", "failed:", "a library logs", "starting"}},
 		{"failures", failing, 1, []string{
 			"bad/b.go:1:25: undefined: x\n", "    x_test.go:6: boom\n", "panic: test timed out",
 			"tests: 0 passed, 1 failed, 0 skipped\n",
