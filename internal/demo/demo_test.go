@@ -32,6 +32,7 @@ func decode(t *testing.T, b []byte) *genesys.Event {
 }
 
 func TestEventsAreGenesysEventBridgeEvents(t *testing.T) {
+	t.Parallel()
 	g := New(Options{Seed: 7}, t0)
 	occs := map[string]bool{}
 	malformed := map[string]bool{}
@@ -118,10 +119,11 @@ func TestLiveEventsCarryTheTimeOfNow(t *testing.T) {
 }
 
 func TestABSplit(t *testing.T) {
+	t.Parallel()
 	for _, split := range []float64{0.5, 0.2} {
 		g := New(Options{Seed: 11, SplitA: split, Rate: 5}, t0)
 		a, b := 0, 0
-		drive(g, t0, t0.Add(2*time.Hour), 10*time.Second, func(_ time.Time, body []byte) {
+		drive(g, t0, t0.Add(time.Hour), 10*time.Second, func(_ time.Time, body []byte) {
 			ev := decode(t, body)
 			good, _ := genesys.Extract(ev)
 			for _, o := range good {
@@ -137,23 +139,24 @@ func TestABSplit(t *testing.T) {
 		st := g.Stats()
 		n := st.VariantA + st.VariantB
 		t.Logf("split %.2f: %d A, %d B; events offer A %d, B %d", split, st.VariantA, st.VariantB, a, b)
-		if got := float64(st.VariantA) / float64(n); math.Abs(got-split) > 0.02 || n < 4000 {
-			t.Errorf("split %.2f: got %d A of %d conversations (%.3f), want %.2f ± 0.02", split, st.VariantA, n, got, split)
+		if got := float64(st.VariantA) / float64(n); math.Abs(got-split) > 0.03 || n < 2000 {
+			t.Errorf("split %.2f: got %d A of %d conversations (%.3f), want %.2f ± 0.03", split, st.VariantA, n, got, split)
 		}
 		// What the events say agrees (duplicates and late ones included,
 		// so only roughly).
-		if got := float64(a) / float64(a+b); math.Abs(got-split) > 0.03 {
+		if got := float64(a) / float64(a+b); math.Abs(got-split) > 0.04 {
 			t.Errorf("split %.2f: events offer A %d times and B %d times (%.3f)", split, a, b, got)
 		}
 	}
 }
 
 func TestDuplicatesAndLateDeliveries(t *testing.T) {
+	t.Parallel()
 	o := Options{Seed: 5, Rate: 5, DuplicateRate: 0.05, LateRate: 0.03}
 	g := New(o, t0)
 	seen := map[string]bool{}
 	dups, late, events := 0, 0, 0
-	drive(g, t0, t0.Add(2*time.Hour), time.Second, func(now time.Time, b []byte) {
+	drive(g, t0, t0.Add(time.Hour), time.Second, func(now time.Time, b []byte) {
 		events++
 		if seen[string(b)] {
 			dups++
@@ -180,6 +183,7 @@ func TestDuplicatesAndLateDeliveries(t *testing.T) {
 }
 
 func TestIncidentSpike(t *testing.T) {
+	t.Parallel()
 	g := New(Options{Seed: 9}, t0)
 	perMinute := map[time.Time]int{}
 	drive(g, t0, t0.Add(time.Hour), time.Second, func(_ time.Time, b []byte) {
@@ -211,6 +215,7 @@ func TestIncidentSpike(t *testing.T) {
 }
 
 func TestDailyRhythm(t *testing.T) {
+	t.Parallel()
 	count := func(hour int) int {
 		start := time.Date(2026, 12, 1, hour, 0, 0, 0, time.UTC)
 		g := New(Options{Seed: 2}, start)
@@ -244,6 +249,7 @@ func TestSameSeedSameEvents(t *testing.T) {
 }
 
 func TestBackfillDeliversThePastAtOnce(t *testing.T) {
+	t.Parallel()
 	now := t0
 	g := New(Options{Seed: 4}, now.Add(-55*time.Minute))
 	events := g.Next(now)
