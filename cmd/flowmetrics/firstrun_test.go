@@ -33,7 +33,7 @@ func TestHelp(t *testing.T) {
 			"POST /v1/events", "GET  /metrics", "GET  /healthz", "GET  /", "flush_interval"}},
 		{[]string{"help", "serve"}, []string{"Usage: flowmetrics serve", "POST /v1/events"}},
 		{[]string{"replay", "-h"}, []string{"Usage: flowmetrics replay [flags] FILE…", "-config", "-data-dir", "-o", "-bucket", "-progress", "(default true)", "-log-level", `(default "warn")`, "Exit status"}},
-		{[]string{"demo", "-h"}, []string{"Usage: flowmetrics demo", "-url", `(default "http://127.0.0.1:8080")`, "-seed", "-rate", "(default 2)", "-incident-every", "(default 5m0s)", "-backfill", "(default 55m0s)", "-split-a", "(default 0.5)", "-duplicates", "-late", "-for"}},
+		{[]string{"demo", "-h"}, []string{"Usage: flowmetrics demo", "-url", `(default "http://127.0.0.1:8080")`, "-seed", "-rate", "(default 2)", "-incident-every", "(default 10m0s)", "-backfill", "(default 55m0s)", "-split-a", "(default 0.5)", "-duplicates", "-late", "-for"}},
 		{[]string{"boards", "-h"}, []string{"Usage: flowmetrics boards", "-config", "-out", `(default "boards")`}},
 		{[]string{"lambda", "-h"}, []string{"Usage: flowmetrics lambda", "FLOWMETRICS_"}},
 		{[]string{"version", "-h"}, []string{"Usage: flowmetrics version"}},

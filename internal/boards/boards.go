@@ -77,13 +77,20 @@ const (
 
 // The alert thresholds, shared by both platforms.
 const (
-	// SpikeFactor: the last 5 minutes' count is above SpikeFactor times the
-	// previous 5 minutes' (Datadog: a change of more than
-	// (SpikeFactor-1)×100 %).
+	// SpikeFactor: a flow metric spikes when its count in the last
+	// SpikeWindow is above SpikeFactor times its average count per
+	// SpikeWindow in the 2×SpikeWindow before (Prometheus), or when its
+	// count in the last 5 minutes is more than SpikeFactor times the 5
+	// minutes before — a change of more than (SpikeFactor-1)×100 % (Datadog:
+	// a change monitor's windows are fixed).
 	SpikeFactor = 3
-	// SpikeMin: and at least this many occurrences (Prometheus only: a
-	// Datadog change monitor has no minimum).
-	SpikeMin = 10
+	// SpikeWindow is Prometheus' spike window, in minutes: short, so an
+	// incident alerts within minutes.
+	SpikeWindow = 3
+	// SpikeMin: and at least this many occurrences in the window
+	// (Prometheus only: a Datadog change monitor has no minimum), so that
+	// the chance ups and downs of a small flow metric do not alert.
+	SpikeMin = 40
 	// SilentMinutes: a flow with nothing counted for this long is silent.
 	SilentMinutes = 30
 	// MalformedMinutes: malformed names seen within this window alert.

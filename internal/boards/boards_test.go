@@ -72,7 +72,7 @@ func TestNamingCarriesThrough(t *testing.T) {
 	}{
 		{"default Datadog board", DatadogDashboard, def, []string{`"sum:genesys.flow.metric{$flow} by {flow,metric}.as_count()"`, MalformedMetric}, []string{"env:"}},
 		{"default monitors", DatadogMonitors, def, []string{"genesys.flow.metric{*} by {flow,metric}", "genesys.flow.metric{*} by {flow}", MalformedMetric + "{*} by {flow}"}, nil},
-		{"default rules", PrometheusRules, def, []string{"increase(genesys_flow_metric_total[5m])", "increase(genesys_flow_metric_total[30m])"}, []string{"env="}},
+		{"default rules", PrometheusRules, def, []string{"increase(genesys_flow_metric_total[3m])", "increase(genesys_flow_metric_total[6m] offset 3m)) / 2", "increase(genesys_flow_metric_total[30m])"}, []string{"env="}},
 		{"template Datadog board", DatadogDashboard, tpl, []string{
 			"sum:genesys.Billing_Main.PaymentFailed{env:prod,team:cx,$flow} by {flow,metric}.as_count()",
 			"sum:genesys.Apr_s_Vente.SurveyDone{", "sum:genesys.CustomerRouting.Transferred{",
@@ -84,7 +84,7 @@ func TestNamingCarriesThrough(t *testing.T) {
 		// Prometheus has one counter whatever the template; the static tags
 		// are its constant labels.
 		{"template rules", PrometheusRules, tpl, []string{
-			`increase(genesys_flow_metric_total{env="prod", team="cx", flow="Billing Main", metric="PaymentFailed"}[5m])`,
+			`increase(genesys_flow_metric_total{env="prod", team="cx", flow="Billing Main", metric="PaymentFailed"}[3m])`,
 			`increase(genesys_flow_metric_total{env="prod", team="cx"}[30m])`}, nil},
 		{"template Grafana", GrafanaDashboard, tpl, []string{`genesys_flow_metric_total{env=\"prod\", team=\"cx\", flow=~\"$flow\"}`}, nil},
 	}

@@ -31,10 +31,12 @@ type Options struct {
 	// Rate is the number of conversations a second at the daily peak
 	// (default 2). The daily rhythm lowers it to a quarter at night (UTC).
 	Rate float64
-	// IncidentEvery is the period of the payment incident (default 5m); it
-	// starts at each epoch-aligned multiple and lasts IncidentLength
-	// (default 1m). During it, most payments in "Billing Main" fail and
-	// callers call back, so Billing Main/PaymentFailed spikes.
+	// IncidentEvery is the period of the payment incident (default 10m);
+	// it starts at each epoch-aligned multiple and lasts IncidentLength
+	// (default 2m). During it, most payments in "Billing Main" fail and
+	// callers call back, so Billing Main/PaymentFailed spikes. (Every 10
+	// minutes, not 5: the spike alerts compare the last 5 minutes with the
+	// 5 before, which must be free of the previous incident.)
 	IncidentEvery  time.Duration
 	IncidentLength time.Duration
 	// SplitA is the share of "Callback Offer" callers in variant A
@@ -48,6 +50,12 @@ type Options struct {
 	LateMin, LateMax time.Duration
 }
 
+// The default incident period and length.
+const (
+	DefaultIncidentEvery  = 10 * time.Minute
+	DefaultIncidentLength = 2 * time.Minute
+)
+
 func (o Options) withDefaults() Options {
 	if o.Seed == 0 {
 		o.Seed = 1
@@ -56,10 +64,10 @@ func (o Options) withDefaults() Options {
 		o.Rate = 2
 	}
 	if o.IncidentEvery <= 0 {
-		o.IncidentEvery = 5 * time.Minute
+		o.IncidentEvery = DefaultIncidentEvery
 	}
 	if o.IncidentLength <= 0 {
-		o.IncidentLength = time.Minute
+		o.IncidentLength = DefaultIncidentLength
 	}
 	o.IncidentLength = min(o.IncidentLength, o.IncidentEvery)
 	if o.SplitA <= 0 || o.SplitA >= 1 {
@@ -307,7 +315,7 @@ var flowWeights = []struct {
 
 func (g *Generator) chooseFlow(at time.Time) string {
 	r := g.rng.Float64()
-	if g.Incident(at) && r < 0.15 {
+	if g.Incident(at) && r < 0.3 {
 		return FlowBilling // the call-backs
 	}
 	r = g.rng.Float64()

@@ -198,11 +198,11 @@ func TestIncidentSpike(t *testing.T) {
 	for m := t0; m.Before(t0.Add(time.Hour)); m = m.Add(time.Minute) {
 		// Payments fail in the minute a conversation starts in the incident
 		// window and finish up to a minute later.
-		switch m.Minute() % 5 {
-		case 0, 1:
+		switch m.Minute() % 10 {
+		case 0, 1, 2:
 			in += perMinute[m]
 			nIn++
-		case 3, 4:
+		case 4, 5, 6, 7, 8, 9:
 			out += perMinute[m]
 			nOut++
 		}
