@@ -118,7 +118,7 @@ func newFlagSet(name, synopsis, description, extra string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.Usage = func() {
 		w := fs.Output()
-		fmt.Fprintf(w, "Usage: flowmetrics %s %s\n\n%s\n", name, synopsis, strings.TrimSpace(description))
+		fmt.Fprintf(w, "Usage: %s\n\n%s\n", strings.TrimSpace("flowmetrics "+name+" "+synopsis), strings.TrimSpace(description))
 		n := 0
 		fs.VisitAll(func(*flag.Flag) { n++ })
 		if n > 0 {
