@@ -72,21 +72,18 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// Simulated counts never mix with real ones in the same store.
 		cfg.DataDir = filepath.Join(cfg.DataDir, "demo")
 	}
-	if err := cfg.Validate(); err != nil {
+	// One check for both: -check-config refuses exactly what serve would.
+	if err := cfg.Check(*insecure); err != nil {
 		return usageError(err)
-	}
-	secret := cfg.HTTP.Secret()
-	if secret == "" && !config.IsLoopback(cfg.HTTP.Listen) && !*insecure {
-		return usageError(fmt.Errorf("refusing to listen on %s without a shared secret: set %s (sent in the %s header) or pass --insecure", cfg.HTTP.Listen, cfg.HTTP.SecretEnv, cfg.HTTP.AuthHeader))
 	}
 	if *checkConfig {
 		fmt.Fprintln(stderr, "config ok")
 		return nil
 	}
 	if *demoOn {
-		return serveWith(ctx, cfg, secret, log, &demo.Options{})
+		return serveWith(ctx, cfg, cfg.HTTP.Secret(), log, &demo.Options{})
 	}
-	return serve(ctx, cfg, secret, log)
+	return serve(ctx, cfg, cfg.HTTP.Secret(), log)
 }
 
 func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logger) error {
@@ -132,6 +129,7 @@ func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.
 			MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
 			Dashboard:    dash,
 			DashboardAPI: dashboard.APIPath,
+			ProtectReads: cfg.HTTP.ReadsProtected(secret),
 		}, log),
 		ReadTimeout:       cfg.HTTP.ReadTimeout,
 		ReadHeaderTimeout: min(cfg.HTTP.ReadTimeout, 10*time.Second),
