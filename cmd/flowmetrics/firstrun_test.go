@@ -90,12 +90,15 @@ func TestVersionOf(t *testing.T) {
 	}
 }
 
-// metricsText polls /metrics until every pattern matches or the deadline.
-func waitMetrics(t *testing.T, addr string, within time.Duration, patterns ...string) string {
+// waitMetrics polls /metrics until every pattern matches or the deadline.
+func waitMetrics(t *testing.T, addr, secret string, within time.Duration, patterns ...string) string {
 	t.Helper()
 	var last string
 	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		resp, err := http.Get("http://" + addr + "/metrics")
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/metrics", nil)
+		// With a secret, /metrics needs it too (http.protect_reads).
+		req.Header.Set("X-Flowmetrics-Secret", secret)
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			continue
 		}
@@ -147,7 +150,7 @@ func TestServeDemo(t *testing.T) {
 			t.Errorf("serve --demo did not stop cleanly: %v\n%s", err, s.stderr)
 		}
 	}()
-	text := waitMetrics(t, addr, 20*time.Second, demoShows...)
+	text := waitMetrics(t, addr, "demo-secret", 20*time.Second, demoShows...)
 	if regexp.MustCompile(`flowmetrics_records_rejected_total\{[^}]*\} [1-9]`).MatchString(text) {
 		t.Errorf("demo records were rejected:\n%s", text)
 	}
@@ -185,7 +188,7 @@ func TestDemoCommand(t *testing.T) {
 	if !regexp.MustCompile(`demo: posted [1-9][0-9]* events in [1-9][0-9]* requests: [1-9][0-9]* occurrences, 0 rejected`).MatchString(out) {
 		t.Errorf("demo's summary: %s", out)
 	}
-	waitMetrics(t, addr, 10*time.Second, demoShows...)
+	waitMetrics(t, addr, "right", 10*time.Second, demoShows...)
 
 	start := time.Now()
 	out, err = demo("wrong")

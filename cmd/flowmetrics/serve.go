@@ -36,7 +36,9 @@ const serveEndpoints = `Endpoints:
 
 Sinks deliver new counts after pipeline.flush_interval (1s by default).
 The shared secret is read from $FLOWMETRICS_SECRET (http.secret_env) and sent
-by clients in the X-Flowmetrics-Secret header (http.auth_header).`
+by clients in the X-Flowmetrics-Secret header (http.auth_header), or as
+Authorization: Bearer or a Basic auth password. With a secret, /metrics and
+the dashboard need it too (http.protect_reads); /healthz never does.`
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("serve", "[flags]", serveHelp, serveEndpoints)

@@ -235,6 +235,9 @@ instances:
       - flowmetrics_records_rejected: records_rejected
       - flowmetrics_outbox_depth: outbox_depth
       - flowmetrics_sink_batch_failures: sink_batch_failures
+    # With a shared secret, serve's /metrics asks for it (http.protect_reads):
+    # headers:
+    #   Authorization: "Bearer ENC[flowmetrics_secret]"
 `)
 	var tags []string
 	for _, t := range b.namer.Static() {
