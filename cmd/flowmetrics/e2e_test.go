@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -51,19 +52,21 @@ func freeAddr(t *testing.T) string {
 type server struct {
 	cmd    *exec.Cmd
 	stderr *bytes.Buffer
+	out    *syncWriter // writes stderr
 	addr   string
 }
 
 func startServe(t *testing.T, args ...string) *server {
 	t.Helper()
 	s := &server{stderr: &bytes.Buffer{}}
+	s.out = &syncWriter{w: s.stderr}
 	for i, a := range args {
 		if a == "-listen" {
 			s.addr = args[i+1]
 		}
 	}
 	s.cmd = exec.Command(binary, append([]string{"serve"}, args...)...)
-	s.cmd.Stderr = &syncWriter{w: s.stderr}
+	s.cmd.Stderr = s.out
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -79,6 +82,13 @@ func startServe(t *testing.T, args ...string) *server {
 	s.cmd.Process.Kill()
 	t.Fatalf("serve did not come up: %s", s.stderr)
 	return nil
+}
+
+// log returns what serve has written to stderr so far.
+func (s *server) log() string {
+	s.out.mu.Lock()
+	defer s.out.mu.Unlock()
+	return s.stderr.String()
 }
 
 type syncWriter struct {
@@ -118,49 +128,70 @@ func occurrenceEvent(i int) string {
 	return string(b)
 }
 
-// TestSIGKILLLosesNothing kills serve with SIGKILL while a client is
-// sending, restarts it on the same data directory, lets the client retry
-// what was not acknowledged (as EventBridge does), and checks that the
-// JSON-lines sink received every occurrence. It reports the duplicates the
-// crash window produced.
+// TestSIGKILLLosesNothing is a kill storm: four clients post events to
+// serve while it is killed with SIGKILL at least stormKills times, at random
+// moments (mid-request, mid-claim, mid-write of the JSON-lines file), and
+// restarted on the same data directory each time. The clients resend every
+// request that was not acknowledged, as EventBridge does, and every request
+// also repeats earlier events. At the end the JSON-lines file must hold every
+// occurrence exactly once: the sink promises no duplicates (it cuts its file
+// back to the offset committed with its cursor), so one duplicate fails.
 func TestSIGKILLLosesNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts and kills processes")
 	}
+	const (
+		stormKills  = 24
+		perRequest  = 40
+		clients     = 4
+		minRequests = 200
+	)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "points.jsonl")
 	cfgPath := filepath.Join(dir, "flowmetrics.yaml")
-	os.WriteFile(cfgPath, []byte(fmt.Sprintf("pipeline: {flush_interval: 50ms}\nsinks:\n  jsonl: {path: %q}\n", out)), 0o644)
+	// A short flush interval makes the sink write often, so kills land
+	// inside its writes.
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf("pipeline: {flush_interval: 10ms}\nsinks:\n  jsonl: {path: %q}\n", out)), 0o644)
 	addr := freeAddr(t)
 	args := []string{"-config", cfgPath, "-data-dir", filepath.Join(dir, "data"), "-listen", addr}
+	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Second)
+	defer cancel()
+	started := time.Now()
 
-	const conversations, perRequest, clients = 4000, 40, 4
-	srv := startServe(t, args...)
-
-	// Each request carries new events and repeats of earlier ones, as
-	// EventBridge's at-least-once delivery does.
-	var requests []string
-	for start := 0; start < conversations; start += perRequest {
-		var lines []string
-		for i := start; i < start+perRequest && i < conversations; i++ {
-			lines = append(lines, occurrenceEvent(i))
-			if i >= 7 {
-				lines = append(lines, occurrenceEvent(i-7))
+	// Requests are made until the storm is over (and at least
+	// minRequests): request r carries conversations r*perRequest… and
+	// repeats of the 7 conversations before them.
+	stormOver := make(chan struct{})
+	next := make(chan string)
+	var made atomic.Int64
+	go func() {
+		defer close(next)
+		for r := 0; ; r++ {
+			if r >= minRequests {
+				select {
+				case <-stormOver:
+					return
+				default:
+				}
+			}
+			var lines []string
+			for i := r * perRequest; i < (r+1)*perRequest; i++ {
+				lines = append(lines, occurrenceEvent(i))
+				if i >= 7 {
+					lines = append(lines, occurrenceEvent(i-7))
+				}
+			}
+			select {
+			case next <- strings.Join(lines, "\n"):
+				made.Add(1)
+			case <-ctx.Done():
+				return
 			}
 		}
-		requests = append(requests, strings.Join(lines, "\n"))
-	}
-	var acked atomic.Int64
-	var retries atomic.Int64
-	next := make(chan string)
-	go func() {
-		for _, r := range requests {
-			next <- r
-		}
-		close(next)
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+
+	srv := startServe(t, args...)
+	var acked, retries atomic.Int64
 	client := &http.Client{Timeout: 5 * time.Second}
 	var wg sync.WaitGroup
 	for c := 0; c < clients; c++ {
@@ -179,27 +210,34 @@ func TestSIGKILLLosesNothing(t *testing.T) {
 						}
 					}
 					retries.Add(1)
-					time.Sleep(20 * time.Millisecond)
+					time.Sleep(10 * time.Millisecond)
 				}
 			}
 		}()
 	}
 
-	// Kill twice mid-stream.
-	for _, at := range []int64{int64(len(requests)) / 4, int64(len(requests)) / 2} {
-		for acked.Load() < at && ctx.Err() == nil {
-			time.Sleep(time.Millisecond)
-		}
+	// The storm: SIGKILL at a random moment 20–220 ms after the server
+	// answers, restart, repeat.
+	torn, cut := 0, 0
+	for k := 0; k < stormKills && ctx.Err() == nil; k++ {
+		time.Sleep(time.Duration(20+rand.IntN(200)) * time.Millisecond)
 		if err := srv.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		srv.cmd.Wait()
-		t.Logf("SIGKILL after %d acknowledged requests", acked.Load())
+		if b, err := os.ReadFile(out); err == nil && len(b) > 0 && b[len(b)-1] != '\n' {
+			torn++ // killed mid-line
+		}
 		srv = startServe(t, args...)
+		if strings.Contains(srv.log(), "cut the unacknowledged end") {
+			cut++ // killed between writing a batch and committing its cursor
+		}
 	}
+	close(stormOver)
 	wg.Wait()
 	if ctx.Err() != nil {
-		t.Fatalf("client did not finish: %d of %d requests acknowledged", acked.Load(), len(requests))
+		srv.cmd.Process.Kill()
+		t.Fatalf("clients did not finish within the bound: %d of %d requests acknowledged", acked.Load(), made.Load())
 	}
 	// A graceful stop flushes what is pending.
 	srv.cmd.Process.Signal(syscall.SIGTERM)
@@ -207,12 +245,46 @@ func TestSIGKILLLosesNothing(t *testing.T) {
 		t.Fatalf("serve after SIGTERM: %v\n%s", err, srv.stderr)
 	}
 
-	f, err := os.Open(out)
+	counts, lines := readJSONLCounts(t, out)
+	conversations := int(made.Load()) * perRequest
+	missing, dups := 0, int64(0)
+	for i := 0; i < conversations; i++ {
+		switch n := counts[bucketOf(i)]; {
+		case n == 0:
+			missing++
+		case n > 1:
+			dups += n - 1
+		}
+	}
+	t.Logf("%d SIGKILLs (%d mid-line, %d after a batch was written and before its cursor) in %v; %d occurrences in %d requests (%d resent), %d lines delivered: %d missing, %d duplicates",
+		stormKills, torn, cut, time.Since(started).Round(time.Millisecond), conversations, made.Load(), retries.Load(), lines, missing, dups)
+	if missing != 0 {
+		t.Errorf("lost %d acknowledged occurrences", missing)
+	}
+	if dups != 0 {
+		t.Errorf("got %d duplicate occurrences in the JSON-lines file, want 0", dups)
+	}
+	if len(counts) != conversations {
+		t.Errorf("got %d distinct buckets, want %d", len(counts), conversations)
+	}
+}
+
+// bucketOf is the bucket (timestamp) of occurrenceEvent(i)'s occurrence.
+func bucketOf(i int) string {
+	return time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * 10 * time.Second).Format(time.RFC3339)
+}
+
+// readJSONLCounts sums a JSON-lines sink file's counts per bucket; every
+// line must be whole and valid.
+func readJSONLCounts(t *testing.T, path string) (map[string]int64, int) {
+	t.Helper()
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	counts := map[string]int64{}
+	n := 0
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		var l struct {
@@ -223,24 +295,12 @@ func TestSIGKILLLosesNothing(t *testing.T) {
 			t.Fatalf("bad line %q: %v", sc.Text(), err)
 		}
 		counts[l.Timestamp] += l.Count
+		n++
 	}
-	missing, dups := 0, int64(0)
-	for i := 0; i < conversations; i++ {
-		ts := time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * 10 * time.Second).Format(time.RFC3339)
-		switch n := counts[ts]; {
-		case n == 0:
-			missing++
-		case n > 1:
-			dups += n - 1
-		}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("%d occurrences sent in %d requests (%d retried sends); delivered: %d missing, %d duplicates from the crash windows", conversations, len(requests), retries.Load(), missing, dups)
-	if missing != 0 {
-		t.Errorf("lost %d acknowledged occurrences", missing)
-	}
-	if len(counts) != conversations {
-		t.Errorf("got %d distinct buckets, want %d", len(counts), conversations)
-	}
+	return counts, n
 }
 
 func TestServeRefusesOpenListenWithoutSecret(t *testing.T) {
