@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -136,6 +137,8 @@ func occurrenceEvent(i int) string {
 // also repeats earlier events. At the end the JSON-lines file must hold every
 // occurrence exactly once: the sink promises no duplicates (it cuts its file
 // back to the offset committed with its cursor), so one duplicate fails.
+// A StatsD sink to a UDP daemon in the test also gets every occurrence; its
+// documented duplicate window is at most the batch in flight at each kill.
 func TestSIGKILLLosesNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts and kills processes")
@@ -145,13 +148,17 @@ func TestSIGKILLLosesNothing(t *testing.T) {
 		perRequest  = 40
 		clients     = 4
 		minRequests = 200
+		// Small batches: more sends for the kills to hit, and a small
+		// StatsD duplicate window (one batch per kill).
+		batchEntries = 4
 	)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "points.jsonl")
 	cfgPath := filepath.Join(dir, "flowmetrics.yaml")
-	// A short flush interval makes the sink write often, so kills land
-	// inside its writes.
-	os.WriteFile(cfgPath, []byte(fmt.Sprintf("pipeline: {flush_interval: 10ms}\nsinks:\n  jsonl: {path: %q}\n", out)), 0o644)
+	statsdAddr, statsdSum := statsdDaemon(t)
+	// A short flush interval makes the sinks write often, so kills land
+	// inside their writes.
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf("pipeline: {flush_interval: 10ms, batch_entries: %d}\nsinks:\n  jsonl: {path: %q}\n  statsd: {addr: %q}\n", batchEntries, out, statsdAddr)), 0o644)
 	addr := freeAddr(t)
 	args := []string{"-config", cfgPath, "-data-dir", filepath.Join(dir, "data"), "-listen", addr}
 	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Second)
@@ -266,6 +273,56 @@ func TestSIGKILLLosesNothing(t *testing.T) {
 	}
 	if len(counts) != conversations {
 		t.Errorf("got %d distinct buckets, want %d", len(counts), conversations)
+	}
+	// StatsD adds up: the daemon's sum is every occurrence plus the batches
+	// in flight at the kills. An entry holds the new occurrences of one
+	// request: at most perRequest+7.
+	sum := statsdSum()
+	window := int64(stormKills * batchEntries * (perRequest + 7))
+	t.Logf("statsd: the daemon added up %d for %d occurrences (%+d; the documented window allows up to %d)", sum, conversations, sum-int64(conversations), window)
+	if sum < int64(conversations) {
+		t.Errorf("statsd: lost %d occurrences", int64(conversations)-sum)
+	}
+	if sum-int64(conversations) > window {
+		t.Errorf("statsd: %d duplicates, beyond one batch per kill (%d)", sum-int64(conversations), window)
+	}
+}
+
+// statsdDaemon listens for StatsD counters on a UDP port of 127.0.0.1 and
+// returns its address and a function that waits until nothing has come for
+// a moment and returns the sum of the counts received.
+func statsdDaemon(t *testing.T) (string, func() int64) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	var sum, datagrams atomic.Int64
+	go func() {
+		buf := make([]byte, 70000)
+		for {
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			datagrams.Add(1)
+			for _, l := range strings.Split(string(buf[:n]), "\n") {
+				_, rest, _ := strings.Cut(l, ":")
+				v, _, _ := strings.Cut(rest, "|")
+				k, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					t.Errorf("statsd daemon: bad line %q", l)
+				}
+				sum.Add(k)
+			}
+		}
+	}()
+	return pc.LocalAddr().String(), func() int64 {
+		for last := int64(-1); last != datagrams.Load(); time.Sleep(100 * time.Millisecond) {
+			last = datagrams.Load()
+		}
+		return sum.Load()
 	}
 }
 
