@@ -31,8 +31,10 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -120,9 +122,18 @@ func New(cfg Config, namer *naming.Namer, log *slog.Logger) (*Sink, error) {
 		s.w = os.Stdout
 		return s, nil
 	}
+	_, statErr := os.Stat(cfg.Path)
 	f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("jsonl: %w", err)
+	}
+	if errors.Is(statErr, fs.ErrNotExist) {
+		// A new file: its directory entry must be durable too, or the
+		// batches acknowledged into it could vanish with a power loss.
+		if err := syncDir(filepath.Dir(cfg.Path)); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("jsonl: %s: %w", cfg.Path, err)
+		}
 	}
 	fi, err := f.Stat()
 	if err != nil {
@@ -144,6 +155,15 @@ func New(cfg Config, namer *naming.Namer, log *slog.Logger) (*Sink, error) {
 		s.inode = st.Ino
 	}
 	return s, nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // NewWriter returns a sink writing to w (tests, stdout wrappers).
