@@ -203,16 +203,21 @@ func (s *Sink) Name() string { return "jsonl" }
 // length committed with the cursor, removing whatever a crash left of a
 // batch that was not acknowledged. The committed length is trusted only for
 // the same file (path and inode); a file that is shorter than it (rotated
-// or truncated by someone else) is appended to where it ends.
+// or truncated by someone else) is appended to where it ends. The length it
+// starts from is the next TakeState, which the pipeline commits before the
+// first Send: without it, a crash after the first batch of a first start
+// and before its commit would leave that batch in the file, with no length
+// to cut back to.
 func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.f == nil {
 		return nil
 	}
+	s.taken = false
 	raw, ok := state[stateKey]
 	if !ok {
-		return nil // first start: nothing was acknowledged into this file yet
+		return nil // first start: what the file holds was there before
 	}
 	var st fileState
 	if err := json.Unmarshal(raw, &st); err != nil {

@@ -189,6 +189,28 @@ func TestCrashWindowsDuplicateNothing(t *testing.T) {
 	}
 }
 
+// TestCrashBeforeTheFirstCommit: a first start (no state) on a file that
+// already holds lines commits its length before the first batch, so a crash
+// after that batch and before its commit cuts back to the old lines.
+func TestCrashBeforeTheFirstCommit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out.jsonl")
+	old := linesOf(pts[1:])
+	os.WriteFile(path, []byte(old), 0o644)
+	st := committed{}
+	s := openRestored(t, path, st)
+	st.commit(s) // what Pipeline.Register commits after Restore
+	if err := s.Send(context.Background(), pts[:1]); err != nil {
+		t.Fatal(err)
+	}
+	s.Close(context.Background()) // the crash: this batch's state is never committed
+
+	s = openRestored(t, path, st)
+	defer s.Close(context.Background())
+	if got, _ := os.ReadFile(path); string(got) != old {
+		t.Errorf("after the restart: got %q, want the lines from before, %q", got, old)
+	}
+}
+
 func TestRestoreTrustsOnlyTheSameFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "out.jsonl")
@@ -239,6 +261,9 @@ func TestTakeState(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "out.jsonl")
 	s := openRestored(t, path, committed{})
 	defer s.Close(context.Background())
+	if u := s.TakeState(); !bytes.Contains(u[stateKey], []byte(`"offset":0}`)) {
+		t.Errorf("after Restore: got %q, want the baseline, offset 0", u)
+	}
 	if u := s.TakeState(); u != nil {
 		t.Errorf("before any send: got %q, want nil", u)
 	}
