@@ -16,7 +16,8 @@
 // back to that length, so what a crash left of a batch whose cursor was not
 // committed (part of it, or all of it) is removed before the batch is
 // written again. A write or sync error (a full disk) cuts the file back too,
-// and the next Send writes the batch again at the same place.
+// and the next Send writes the batch again at the same place (package
+// linefile).
 //
 // Stdout and other non-seekable outputs (pipes, FIFOs, devices) cannot be
 // cut back: there a crash between writing a batch and committing its cursor
@@ -31,16 +32,14 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink/linefile"
 )
 
 // Config is the sinks.jsonl section.
@@ -65,13 +64,6 @@ type Line struct {
 // stateKey holds the file's identity and acknowledged length.
 const stateKey = "file"
 
-// fileState is the sink's committed state for a file.
-type fileState struct {
-	Path   string `json:"path"`
-	Inode  uint64 `json:"inode"`
-	Offset int64  `json:"offset"`
-}
-
 // pipeChunk is the most a write to a pipe may carry and still be atomic
 // (POSIX PIPE_BUF on Linux), so a crash never leaves a torn line in a pipe.
 const pipeChunk = 4096
@@ -85,13 +77,8 @@ type Sink struct {
 	mu     sync.Mutex
 	closed bool
 
-	// A regular file: written at off with pwrite, synced on each Send.
-	f     *os.File
-	path  string
-	inode uint64
-	off   int64 // length after the last batch written whole and synced
-	dirty bool  // a failed write may have left bytes after off
-	taken bool  // the current length was handed to TakeState
+	// A regular file, each batch whole and once (package linefile).
+	file *linefile.File
 	// Stdout, a pipe or a device: written in whole-line chunks.
 	w   io.Writer
 	dev *os.File // opened by path, closed on Close
@@ -122,48 +109,17 @@ func New(cfg Config, namer *naming.Namer, log *slog.Logger) (*Sink, error) {
 		s.w = os.Stdout
 		return s, nil
 	}
-	_, statErr := os.Stat(cfg.Path)
-	f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_CREATE, 0o644)
+	file, dev, err := linefile.Open(cfg.Path, s.log)
 	if err != nil {
-		return nil, fmt.Errorf("jsonl: %w", err)
-	}
-	if errors.Is(statErr, fs.ErrNotExist) {
-		// A new file: its directory entry must be durable too, or the
-		// batches acknowledged into it could vanish with a power loss.
-		if err := syncDir(filepath.Dir(cfg.Path)); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("jsonl: %s: %w", cfg.Path, err)
-		}
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
 		return nil, fmt.Errorf("jsonl: %s: %w", cfg.Path, err)
 	}
-	if !fi.Mode().IsRegular() {
+	if dev != nil {
 		// A device or pipe (/dev/null, a FIFO): nothing to cut or sync.
-		s.w, s.dev = f, f
+		s.w, s.dev = dev, dev
 		return s, nil
 	}
-	size, err := trimTornLine(f)
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("jsonl: %s: %w", cfg.Path, err)
-	}
-	s.f, s.path, s.off, s.taken = f, cfg.Path, size, true
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		s.inode = st.Ino
-	}
+	s.file = file
 	return s, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // NewWriter returns a sink writing to w (tests, stdout wrappers).
@@ -171,95 +127,32 @@ func NewWriter(w io.Writer) *Sink {
 	return &Sink{w: w, log: slog.Default().With("sink", "jsonl")}
 }
 
-// trimTornLine cuts f after its last newline and returns its new length.
-func trimTornLine(f *os.File) (int64, error) {
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil || size == 0 {
-		return size, err
-	}
-	buf := make([]byte, 4096)
-	end := size
-	for end > 0 {
-		n := min(int64(len(buf)), end)
-		if _, err := f.ReadAt(buf[:n], end-n); err != nil {
-			return 0, err
-		}
-		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
-			cut := end - n + int64(i) + 1
-			if cut == size {
-				return size, nil
-			}
-			return cut, f.Truncate(cut)
-		}
-		end -= n
-	}
-	return 0, f.Truncate(0)
-}
-
 // Name implements flowmetrics.Sink.
 func (s *Sink) Name() string { return "jsonl" }
 
-// Restore implements flowmetrics.StatefulSink: it cuts the file back to the
-// length committed with the cursor, removing whatever a crash left of a
-// batch that was not acknowledged. The committed length is trusted only for
-// the same file (path and inode); a file that is shorter than it (rotated
-// or truncated by someone else) is appended to where it ends. The length it
-// starts from is the next TakeState, which the pipeline commits before the
-// first Send: without it, a crash after the first batch of a first start
-// and before its commit would leave that batch in the file, with no length
-// to cut back to.
+// Restore implements flowmetrics.StatefulSink: a file is cut back to the
+// length committed with the cursor (linefile.File.Restore).
 func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.f == nil {
+	if s.file == nil {
 		return nil
 	}
-	s.taken = false
-	raw, ok := state[stateKey]
-	if !ok {
-		return nil // first start: what the file holds was there before
-	}
-	var st fileState
-	if err := json.Unmarshal(raw, &st); err != nil {
-		return fmt.Errorf("jsonl: state: %w", err)
-	}
-	if st.Path != s.path || st.Inode != s.inode {
-		s.log.Info("jsonl: a new file; nothing to cut back", "path", s.path, "acknowledged_path", st.Path)
-		return nil
-	}
-	switch {
-	case s.off > st.Offset:
-		if err := s.cut(st.Offset); err != nil {
-			return fmt.Errorf("jsonl: %s: cut back to the acknowledged %d bytes: %w", s.path, st.Offset, err)
-		}
-		s.log.Info("jsonl: cut the unacknowledged end of the file; it is written again", "path", s.path, "bytes", s.off-st.Offset)
-		s.off = st.Offset
-	case s.off < st.Offset:
-		s.log.Warn("jsonl: file is shorter than acknowledged (rotated or truncated?); appending at its end", "path", s.path, "length", s.off, "acknowledged", st.Offset)
+	if err := s.file.Restore(ctx, state, stateKey); err != nil {
+		return fmt.Errorf("jsonl: %w", err)
 	}
 	return nil
 }
 
 // TakeState implements flowmetrics.StatefulSink: the file's identity and its
-// length after the batches sent since the last call.
+// length after the batches sent since the last call; nil for a stream.
 func (s *Sink) TakeState() flowmetrics.StateUpdate {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.f == nil || s.taken {
+	if s.file == nil {
 		return nil
 	}
-	s.taken = true
-	b, _ := json.Marshal(fileState{Path: s.path, Inode: s.inode, Offset: s.off})
-	return flowmetrics.StateUpdate{stateKey: b}
-}
-
-// cut truncates the file to n bytes and syncs, so a crash cannot bring the
-// cut bytes back.
-func (s *Sink) cut(n int64) error {
-	if err := s.f.Truncate(n); err != nil {
-		return err
-	}
-	return s.f.Sync()
+	return s.file.TakeState(stateKey)
 }
 
 // Send implements flowmetrics.Sink. For a file the batch is written after
@@ -280,40 +173,13 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	if s.closed {
 		return errors.New("jsonl: closed")
 	}
-	if s.f == nil {
+	if s.file == nil {
 		return s.writeStream(buf.Bytes())
 	}
-	if s.dirty {
-		if err := s.cut(s.off); err != nil {
-			return fmt.Errorf("jsonl: cut back after a failed write: %w", err)
-		}
-		s.dirty = false
+	if err := s.file.Append(buf.Bytes()); err != nil {
+		return fmt.Errorf("jsonl: %w", err)
 	}
-	if buf.Len() == 0 {
-		return nil
-	}
-	if _, err := s.f.WriteAt(buf.Bytes(), s.off); err != nil {
-		s.failed()
-		return fmt.Errorf("jsonl: write: %w", err)
-	}
-	if err := s.f.Sync(); err != nil {
-		// After a failed fsync the written pages cannot be trusted: cut
-		// them and write the batch again.
-		s.failed()
-		return fmt.Errorf("jsonl: sync: %w", err)
-	}
-	s.off += int64(buf.Len())
-	s.taken = false
 	return nil
-}
-
-// failed marks the bytes after off as garbage and tries to cut them at
-// once (the next Send tries again if this fails).
-func (s *Sink) failed() {
-	s.dirty = true
-	if err := s.cut(s.off); err == nil {
-		s.dirty = false
-	}
 }
 
 // writeStream writes b to a non-seekable output in chunks of whole lines of
@@ -362,15 +228,13 @@ func (s *Sink) Close(ctx context.Context) error {
 		return nil
 	}
 	s.closed = true
-	var err error
-	for _, f := range []*os.File{s.f, s.dev} {
-		if f != nil {
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-		}
+	switch {
+	case s.file != nil:
+		return s.file.Close()
+	case s.dev != nil:
+		return s.dev.Close()
 	}
-	return err
+	return nil
 }
 
 var _ flowmetrics.StatefulSink = (*Sink)(nil)
