@@ -179,10 +179,12 @@ type StatefulSink interface {
 	// before any Send.
 	Restore(ctx context.Context, state map[string][]byte) error
 	// TakeState returns, and forgets, the changes to the sink's state made
-	// by the Sends since the last call. The pipeline calls it after each Send
-	// that returned nil or a permanent error and commits the result with
-	// that batch's cursor (Store.AckState). A failed commit is retried with
-	// the same update, never by sending again.
+	// by Restore or the Sends since the last call. The pipeline calls it
+	// once right after Restore and commits the result at the unchanged
+	// cursor before any Send, then after each Send that returned nil or a
+	// permanent error and commits the result with that batch's cursor
+	// (Store.AckState). A failed commit is retried with the same update,
+	// never by sending again.
 	TakeState() StateUpdate
 }
 

@@ -60,7 +60,7 @@ func buildSinks(c config.Config, m *telemetry.Metrics, log *slog.Logger) ([]flow
 		sinks = append(sinks, s)
 	}
 	if c.Sinks.JSONL != nil {
-		s, err := jsonl.New(*c.Sinks.JSONL, namer)
+		s, err := jsonl.New(*c.Sinks.JSONL, namer, log)
 		if err != nil {
 			return fail(err)
 		}

@@ -170,6 +170,19 @@ func (p *Pipeline) Register(ctx context.Context) error {
 		if err := ss.Restore(ctx, st); err != nil {
 			return fmt.Errorf("restore %s state: %w", d.name, err)
 		}
+		// What Restore itself changed (a file cut back to its committed
+		// length, a first start's baseline, keys it could not read) is
+		// committed before any Send: a crash before the first batch's
+		// commit must find it.
+		if u := ss.TakeState(); u != nil {
+			cursor, err := p.store.Cursor(ctx, d.name)
+			if err != nil {
+				return fmt.Errorf("load %s cursor: %w", d.name, err)
+			}
+			if err := p.store.AckState(ctx, d.name, cursor, u); err != nil {
+				return fmt.Errorf("commit %s state: %w", d.name, err)
+			}
+		}
 	}
 	return nil
 }

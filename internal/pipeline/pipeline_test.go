@@ -468,6 +468,37 @@ func TestStatefulSinkStateCommittedWithCursor(t *testing.T) {
 	}
 }
 
+// TestRestoreChangesCommittedBeforeFirstSend: what a sink's Restore changed
+// (a baseline of a first start, a file cut back) is committed at once, at the
+// unchanged cursor, so a crash before the first batch's commit finds it.
+func TestRestoreChangesCommittedBeforeFirstSend(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New(store.Options{})
+	sink := &countingSink{recordingSink: recordingSink{name: "s"}, changed: true}
+	if err := New(st, []flowmetrics.Sink{sink}, Config{}, telemetry.New(), nil).Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	state, err := st.SinkState(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(state["total"]); got != "0" {
+		t.Errorf("state committed by Register: got %q, want the baseline 0", got)
+	}
+	if c, _ := st.Cursor(ctx, "s"); c != 0 {
+		t.Errorf("cursor: got %d, want 0 (unchanged)", c)
+	}
+	if sink.sends != 0 {
+		t.Errorf("sends: got %d, want 0", sink.sends)
+	}
+	// Nothing changed by Restore: nothing to commit, and a store that
+	// fails its first AckState does not fail Register.
+	quiet := &countingSink{recordingSink: recordingSink{name: "s"}}
+	if err := New(&ackFailsOnce{Store: st}, []flowmetrics.Sink{quiet}, Config{}, telemetry.New(), nil).Register(ctx); err != nil {
+		t.Errorf("Register with nothing to commit: got %v, want nil", err)
+	}
+}
+
 func TestFailedAckDoesNotResend(t *testing.T) {
 	sink := &recordingSink{name: "s"}
 	m := telemetry.New()
