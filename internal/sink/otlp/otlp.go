@@ -174,6 +174,7 @@ type Sink struct {
 
 	mu       sync.Mutex
 	closed   bool
+	closing  bool
 	restored bool // by a pipeline that commits the state
 	ws       *windows
 	// merged: the last Send merged its points but did not finish sending;
@@ -373,6 +374,9 @@ func (s *Sink) flush(ctx context.Context, cutoff int64) error {
 		return nil
 	}
 	if wait := time.Until(s.notBefore); wait > 0 {
+		if s.closing {
+			return fmt.Errorf("otlp: the collector asked to wait %v (Retry-After)", wait.Round(time.Millisecond))
+		}
 		s.log.Info("waiting for the collector's Retry-After", "wait", wait.Round(time.Millisecond))
 		if !s.sleep(ctx, wait) {
 			return fmt.Errorf("otlp: waiting for Retry-After: %w", ctx.Err())
@@ -471,6 +475,7 @@ func (s *Sink) Close(ctx context.Context) error {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.flushClose || !s.restored {
+			s.closing = true // no waiting for a Retry-After at shutdown
 			if err := s.flush(ctx, math.MaxInt64); err != nil {
 				s.closeErr = fmt.Errorf("otlp: close: %d occurrences in open windows not sent: %w", s.ws.open(), err)
 			}
