@@ -10,7 +10,11 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 )
+
+// The drainer sends the sink an empty batch when a held window is due.
+var _ pipeline.Holder = (*Sink)(nil)
 
 // held returns a sink on clk that a pipeline restored (so it keeps open
 // windows in its state rather than sending them at Close).
