@@ -549,7 +549,7 @@ func keyValues(kvs []attribute.KeyValue) []*commonpb.KeyValue {
 		case attribute.FLOAT64:
 			v = &commonpb.AnyValue{Value: &commonpb.AnyValue_DoubleValue{DoubleValue: kv.Value.AsFloat64()}}
 		default:
-			v = &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: kv.Value.Emit()}}
+			v = &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: kv.Value.String()}}
 		}
 		out = append(out, &commonpb.KeyValue{Key: string(kv.Key), Value: v})
 	}
