@@ -256,6 +256,9 @@ type proxy struct {
 	lost        map[string]bool
 	tooLarge    int
 	forwarded   int
+	// onForwarded, when set, sees each request the receiver accepted;
+	// true drops its answer.
+	onForwarded func(keys []string) bool
 }
 
 func startProxy(t *testing.T, target string, maxPts int) *proxy {
@@ -368,6 +371,10 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	out, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
 		p.t.Errorf("receiver answered %d to a request of the sink: %s", resp.StatusCode, out)
+	}
+	if f := p.onForwarded; f != nil && resp.StatusCode == http.StatusOK && f(keys) {
+		hangUp(w)
+		return
 	}
 	if lose && resp.StatusCode == http.StatusOK {
 		p.mu.Lock()
