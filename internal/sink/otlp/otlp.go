@@ -294,19 +294,22 @@ func (s *Sink) TakeState() flowmetrics.StateUpdate {
 func (s *Sink) Due(now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	nd := s.ws.nextDue()
-	return nd != 0 && nd <= now.Add(-s.watermark).UnixNano()
+	return s.ws.due(now.Add(-s.watermark).UnixNano())
 }
 
 // Send implements flowmetrics.Sink. It counts the points into their
-// streams' open windows and sends every window whose watermark has passed,
-// oldest first, each once. It returns nil when nothing due is left unsent:
-// what it holds open is then in the state the pipeline commits with the
-// cursor (TakeState), so a crash neither loses nor repeats it. It returns
-// an error to retry when a request could not be delivered (no answer, 429,
-// 502, 503, 504); the pipeline then sends the same batch again, which is
-// not counted twice. Windows refused for good (other 4xx and 5xx) are
-// counted, logged and not sent again.
+// streams' open windows, sends the windows an earlier Send closed, and
+// closes those whose watermark has passed, to be sent by the next Send
+// (the pipeline's next batch, or its empty one when the sink is Due):
+// a window is sent only once its closing is committed with the cursor, so
+// after a crash it is sent again exactly as it was, never with other
+// counts. Send returns nil when nothing closed is left unsent: what it
+// holds is then in the state the pipeline commits (TakeState), so a crash
+// neither loses nor double-counts it. It returns an error to retry when a
+// request could not be delivered (no answer, 429, 502, 503, 504); the
+// pipeline then sends the same batch again, which is not counted twice.
+// Windows refused for good (other 4xx and 5xx) are counted, logged and not
+// sent again.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -324,9 +327,10 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		}
 		s.merged, s.mergedFP = true, fp
 	}
-	if err := s.flush(ctx, now.Add(-s.watermark).UnixNano()); err != nil {
+	if err := s.flush(ctx); err != nil {
 		return err
 	}
+	s.ws.close(now.Add(-s.watermark).UnixNano(), s.cumulative)
 	s.merged = false
 	if now.Sub(s.lastForget) > time.Minute {
 		s.ws.forget(now.Add(-streamTTL).UnixNano())
@@ -366,10 +370,10 @@ func (s *Sink) merge(points []flowmetrics.Point, now time.Time) {
 	}
 }
 
-// flush sends the windows that ended by cutoff, in requests of at most
-// maxPoints, stopping at the first request to retry.
-func (s *Sink) flush(ctx context.Context, cutoff int64) error {
-	ds := s.ws.dueBy(cutoff, s.cumulative)
+// flush sends the closed windows, in requests of at most maxPoints,
+// stopping at the first request to retry.
+func (s *Sink) flush(ctx context.Context) error {
+	ds := s.ws.closed()
 	if len(ds) == 0 {
 		return nil
 	}
@@ -441,7 +445,7 @@ func (s *Sink) sendWindows(ctx context.Context, ds []due) error {
 		s.failure(reason)
 		var n int64
 		for _, d := range ds {
-			n += d.w.count()
+			n += d.count()
 		}
 		if !s.cumulative {
 			s.m.OutboxDropped.WithLabelValues(Name, reason).Add(float64(n))
@@ -476,8 +480,9 @@ func (s *Sink) Close(ctx context.Context) error {
 		defer s.mu.Unlock()
 		if s.flushClose || !s.restored {
 			s.closing = true // no waiting for a Retry-After at shutdown
-			if err := s.flush(ctx, math.MaxInt64); err != nil {
-				s.closeErr = fmt.Errorf("otlp: close: %d occurrences in open windows not sent: %w", s.ws.open(), err)
+			s.ws.close(math.MaxInt64, s.cumulative)
+			if err := s.flush(ctx); err != nil {
+				s.closeErr = fmt.Errorf("otlp: close: %d occurrences not sent: %w", s.ws.held(), err)
 			}
 		}
 		s.closed = true
@@ -507,9 +512,9 @@ func (s *Sink) request(ds []due) *colmetricpb.ExportMetricsServiceRequest {
 		attrs = append(attrs, s.static...)
 		sum.DataPoints = append(sum.DataPoints, &metricpb.NumberDataPoint{
 			Attributes:        attrs,
-			StartTimeUnixNano: uint64(d.start),
-			TimeUnixNano:      uint64(d.w.end()),
-			Value:             &metricpb.NumberDataPoint_AsInt{AsInt: d.value},
+			StartTimeUnixNano: uint64(d.start()),
+			TimeUnixNano:      uint64(d.end()),
+			Value:             &metricpb.NumberDataPoint_AsInt{AsInt: d.value()},
 		})
 	}
 	sort.Strings(names)

@@ -145,6 +145,15 @@ func (c *collector) requests() []*colmetricpb.ExportMetricsServiceRequest {
 	return append([]*colmetricpb.ExportMetricsServiceRequest(nil), c.reqs...)
 }
 
+// deliver plays the pipeline for one batch: Send, then the drainer's next
+// turn (an empty Send), which sends the windows the first one closed.
+func deliver(ctx context.Context, s *Sink, points []flowmetrics.Point) error {
+	if err := s.Send(ctx, points); err != nil {
+		return err
+	}
+	return s.Send(ctx, nil)
+}
+
 func newSink(t *testing.T, cfg Config, nc naming.Config) *Sink {
 	t.Helper()
 	s, err := New(cfg, naming.New(nc), telemetry.New(), quiet)
@@ -167,7 +176,7 @@ func TestExport(t *testing.T) {
 	c := newCollector(t)
 	s := newSink(t, Config{Endpoint: c.srv.URL, Headers: map[string]string{"X-Api-Key": "k"}, Compression: "gzip"},
 		naming.Config{Tags: map[string]string{"env": "prod"}})
-	if err := s.Send(context.Background(), samplePoints); err != nil {
+	if err := deliver(context.Background(), s, samplePoints); err != nil {
 		t.Fatalf("Send: got %v, want nil", err)
 	}
 	reqs := c.requests()
@@ -246,7 +255,7 @@ func TestGolden(t *testing.T) {
 			t.Setenv("OTEL_SERVICE_NAME", "")
 			c := newCollector(t)
 			s := newSink(t, Config{Endpoint: c.srv.URL}, tt.nc)
-			if err := s.Send(context.Background(), samplePoints); err != nil {
+			if err := deliver(context.Background(), s, samplePoints); err != nil {
 				t.Fatal(err)
 			}
 			js, err := protojson.Marshal(c.requests()[0])
@@ -267,7 +276,7 @@ func TestConnectionRefused(t *testing.T) {
 	url := c.srv.URL
 	c.srv.Close()
 	s := newSink(t, Config{Endpoint: url}, naming.Config{})
-	err := s.Send(context.Background(), samplePoints)
+	err := deliver(context.Background(), s, samplePoints)
 	if err == nil || flowmetrics.IsPermanent(err) {
 		t.Errorf("got %v, want a retryable error", err)
 	}
@@ -306,7 +315,7 @@ func TestEnvironment(t *testing.T) {
 				}
 			}
 			s := newSink(t, tt.cfg, naming.Config{})
-			if err := s.Send(context.Background(), samplePoints); err != nil {
+			if err := deliver(context.Background(), s, samplePoints); err != nil {
 				t.Fatalf("Send: got %v, want nil", err)
 			}
 			c.mu.Lock()
@@ -341,7 +350,7 @@ func TestTimeout(t *testing.T) {
 			tt.cfg.Endpoint = c.srv.URL
 			s := newSink(t, tt.cfg, naming.Config{})
 			start := time.Now()
-			err := s.Send(context.Background(), samplePoints)
+			err := deliver(context.Background(), s, samplePoints)
 			if err == nil || flowmetrics.IsPermanent(err) {
 				t.Errorf("got %v, want a retryable error", err)
 			}
@@ -533,20 +542,16 @@ func TestStatus(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newCollector(t, tt.reply)
 			s := newSink(t, Config{Endpoint: c.srv.URL}, naming.Config{})
-			err := s.Send(context.Background(), samplePoints)
+			err := deliver(context.Background(), s, samplePoints)
 			if (err != nil) != tt.wantRetry {
 				t.Fatalf("got error %v, want error %v", err, tt.wantRetry)
 			}
 			if flowmetrics.IsPermanent(err) {
 				t.Errorf("got a permanent error %v, want none", err)
 			}
-			// The pipeline sends a failed batch again; after a nil, the
-			// next Send has nothing new.
-			var again []flowmetrics.Point
-			if err != nil {
-				again = samplePoints
-			}
-			if err := s.Send(context.Background(), again); err != nil {
+			// The pipeline sends a failed (empty) batch again; after a
+			// nil, the next Send has nothing new.
+			if err := s.Send(context.Background(), nil); err != nil {
 				t.Fatalf("second Send: got %v, want nil", err)
 			}
 			wantReqs := 1
@@ -579,7 +584,7 @@ func TestDropLogNamesStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Send(context.Background(), samplePoints); err != nil {
+	if err := deliver(context.Background(), s, samplePoints); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"level=ERROR", "status=401", "401 Unauthorized", "occurrences=9", "check the otlp headers"} {
@@ -597,7 +602,12 @@ func TestRetryNoDuplicate(t *testing.T) {
 	s := newSink(t, Config{Endpoint: c.srv.URL}, naming.Config{})
 	var errs int
 	for attempt := 0; attempt < 5; attempt++ {
-		err := s.Send(context.Background(), samplePoints)
+		var err error
+		if attempt == 0 {
+			err = deliver(context.Background(), s, samplePoints)
+		} else {
+			err = s.Send(context.Background(), nil) // the failed batch again
+		}
 		if err == nil {
 			break
 		}
@@ -628,10 +638,10 @@ func TestRetryNoDuplicate(t *testing.T) {
 func TestRetryAfter(t *testing.T) {
 	c := newCollector(t, reply{status: 503, retryAfter: "1"})
 	s := newSink(t, Config{Endpoint: c.srv.URL}, naming.Config{})
-	if err := s.Send(context.Background(), samplePoints); err == nil || !strings.Contains(err.Error(), "retry after 1s") {
+	if err := deliver(context.Background(), s, samplePoints); err == nil || !strings.Contains(err.Error(), "retry after 1s") {
 		t.Fatalf("got %v, want an error naming the Retry-After", err)
 	}
-	if err := s.Send(context.Background(), samplePoints); err != nil {
+	if err := s.Send(context.Background(), nil); err != nil {
 		t.Fatalf("second Send: got %v, want nil", err)
 	}
 	c.mu.Lock()
@@ -648,11 +658,11 @@ func TestRetryAfter(t *testing.T) {
 func TestRetryAfterCancelled(t *testing.T) {
 	c := newCollector(t, reply{status: 429, retryAfter: "30"})
 	s := newSink(t, Config{Endpoint: c.srv.URL}, naming.Config{})
-	s.Send(context.Background(), samplePoints)
+	deliver(context.Background(), s, samplePoints)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	if err := s.Send(ctx, samplePoints); err == nil {
+	if err := s.Send(ctx, nil); err == nil {
 		t.Fatal("got nil, want the context's error")
 	}
 	if d := time.Since(start); d > 2*time.Second {
@@ -696,7 +706,7 @@ func TestSplitOn413(t *testing.T) {
 	for i := 0; i < 7; i++ {
 		points = append(points, pt("F", "M", t0.Add(time.Duration(i)*10*time.Second), int64(i+1)))
 	}
-	if err := s.Send(context.Background(), points); err != nil {
+	if err := deliver(context.Background(), s, points); err != nil {
 		t.Fatalf("Send: got %v, want nil", err)
 	}
 	ws := c.windows()
@@ -718,7 +728,7 @@ func TestSplitOn413(t *testing.T) {
 func TestSingle413Dropped(t *testing.T) {
 	c := newCollector(t, reply{status: 413})
 	s := newSink(t, Config{Endpoint: c.srv.URL}, naming.Config{})
-	if err := s.Send(context.Background(), []flowmetrics.Point{pt("F", "M", t0, 4)}); err != nil {
+	if err := deliver(context.Background(), s, []flowmetrics.Point{pt("F", "M", t0, 4)}); err != nil {
 		t.Fatalf("got %v, want nil (dropped)", err)
 	}
 	if got := testutil.ToFloat64(s.m.OutboxDropped.WithLabelValues(Name, "too_large")); got != 4 {

@@ -13,25 +13,34 @@ import (
 
 // A stream is one OpenTelemetry metric stream (metric name and attributes
 // flow, metric; the static tags and the resource are the same for every
-// stream). Its windows are sent once each, in order, never overlapping:
-// Sent is the end of the last window sent, and every open window starts at
-// or after it. The stream is the unit of the sink's durable state: one key
-// per stream, committed with the outbox cursor.
+// stream). Its windows are sent once each, in order, never overlapping. A
+// window goes through two steps: it is closed (frozen: its point's start,
+// end and value fixed, Sent moved to its end, so later counts go after it)
+// and committed with the cursor, and only then sent. So a window sent but
+// not yet recorded as sent when the process dies is sent again exactly as
+// it was: the same start, end and value, which receivers that follow the
+// data model drop as a repeat. The stream is the unit of the sink's
+// durable state: one key per stream.
 type stream struct {
 	Name   string `json:"n"`
 	Flow   string `json:"f"`
 	Metric string `json:"m"`
-	// Sent is the end (unix ns) of the last window sent; 0 before the
-	// first.
+	// Sent is the end (unix ns) of the last window closed; 0 before the
+	// first. Every open window starts at or after it.
 	Sent int64 `json:"e,omitempty"`
 	// Begin is the cumulative stream's start time (unix ns): the start of
-	// its first window. Total is the sum of every window sent since.
+	// its first window. Total is the sum of every window closed since.
 	Begin int64 `json:"b,omitempty"`
 	Total int64 `json:"t,omitempty"`
-	// Open are the windows not yet sent, [start, end, count] in unix ns,
+	// Closed are the windows closed but not yet delivered, in order:
+	// [point start, end, value, count].
+	Closed []frozen `json:"c,omitempty"`
+	// Open are the windows still counting, [start, end, count] in unix ns,
 	// sorted and not overlapping.
 	Open []window `json:"w,omitempty"`
 }
+
+type frozen [4]int64 // point start, end, value, count
 
 type window [3]int64 // start, end (unix ns), count
 
@@ -149,27 +158,65 @@ func bucketStart(t, w int64) int64 {
 	return b
 }
 
-// due is a window ready to be sent, with the point to send for it.
-type due struct {
-	key   string
-	st    *stream
-	w     window
-	start int64 // the point's start: the window's (delta) or the stream's (cumulative)
-	value int64 // the window's count (delta) or the stream's total with it (cumulative)
-}
-
-// dueBy lists the windows that closed by cutoff (end ≤ cutoff), each
-// stream's in order, streams by name, flow and metric, with the points to send for
-// them. It changes nothing.
-func (ws *windows) dueBy(cutoff int64, cumulative bool) []due {
-	keys := make([]string, 0, len(ws.streams))
+// close freezes the open windows that ended by cutoff (end ≤ cutoff):
+// their points are fixed (delta: the window's own count from its start;
+// cumulative: the stream's total from its first window's start) and Sent
+// moves past them. It reports how many it closed.
+func (ws *windows) close(cutoff int64, cumulative bool) int {
+	n := 0
 	for k, st := range ws.streams {
-		if len(st.Open) > 0 && st.Open[0].end() <= cutoff {
-			keys = append(keys, k)
+		i := 0
+		for i < len(st.Open) && st.Open[i].end() <= cutoff {
+			w := st.Open[i]
+			if st.Begin == 0 {
+				st.Begin = w.start()
+			}
+			st.Total += w.count()
+			f := frozen{w.start(), w.end(), w.count(), w.count()}
+			if cumulative {
+				f[0], f[2] = st.Begin, st.Total
+			}
+			st.Closed = append(st.Closed, f)
+			st.Sent = w.end()
+			i++
+		}
+		if i > 0 {
+			st.Open = st.Open[i:]
+			if len(st.Open) == 0 {
+				st.Open = nil
+			}
+			ws.dirty[k] = true
+			n += i
 		}
 	}
-	sort.Slice(keys, func(i, j int) bool {
-		a, b := ws.streams[keys[i]], ws.streams[keys[j]]
+	return n
+}
+
+// due is a closed window to send.
+type due struct {
+	key string
+	st  *stream
+	f   frozen
+}
+
+func (d due) start() int64 { return d.f[0] }
+func (d due) end() int64   { return d.f[1] }
+func (d due) value() int64 { return d.f[2] }
+func (d due) count() int64 { return d.f[3] }
+
+// closed lists the closed windows, each stream's in order, streams by
+// name, flow and metric. It changes nothing.
+func (ws *windows) closed() []due {
+	var sts []*stream
+	keys := map[*stream]string{}
+	for k, st := range ws.streams {
+		if len(st.Closed) > 0 {
+			sts = append(sts, st)
+			keys[st] = k
+		}
+	}
+	sort.Slice(sts, func(i, j int) bool {
+		a, b := sts[i], sts[j]
 		if a.Name != b.Name {
 			return a.Name < b.Name
 		}
@@ -179,70 +226,55 @@ func (ws *windows) dueBy(cutoff int64, cumulative bool) []due {
 		return a.Metric < b.Metric
 	})
 	var out []due
-	for _, k := range keys {
-		st := ws.streams[k]
-		begin, total := st.Begin, st.Total
-		for _, w := range st.Open {
-			if w.end() > cutoff {
-				break
-			}
-			d := due{key: k, st: st, w: w, start: w.start(), value: w.count()}
-			if cumulative {
-				if begin == 0 {
-					begin = w.start()
-				}
-				total += w.count()
-				d.start, d.value = begin, total
-			}
-			out = append(out, d)
+	for _, st := range sts {
+		for _, f := range st.Closed {
+			out = append(out, due{key: keys[st], st: st, f: f})
 		}
 	}
 	return out
 }
 
-// sent records that d's window is done with: delivered, or refused for
-// good. It must be the stream's first open window.
+// sent records that d is done with: delivered, or refused for good. It
+// must be the stream's first closed window.
 func (ws *windows) sent(d due) error {
 	st := d.st
-	if len(st.Open) == 0 || st.Open[0] != d.w {
-		return fmt.Errorf("otlp: window [%d, %d) of %s is not the next of its stream", d.w.start(), d.w.end(), d.key)
+	if len(st.Closed) == 0 || st.Closed[0] != d.f {
+		return fmt.Errorf("otlp: window [%d, %d) of %s is not the next of its stream", d.f[0], d.f[1], d.key)
 	}
-	st.Open = st.Open[1:]
-	if len(st.Open) == 0 {
-		st.Open = nil
+	st.Closed = st.Closed[1:]
+	if len(st.Closed) == 0 {
+		st.Closed = nil
 	}
-	st.Sent = d.w.end()
-	if st.Begin == 0 {
-		st.Begin = d.w.start()
-	}
-	st.Total += d.w.count()
 	ws.dirty[d.key] = true
 	return nil
 }
 
-// nextDue is the earliest end of an open window (0 when none is open).
-func (ws *windows) nextDue() int64 {
-	var min int64
+// due reports whether a window is closed and waiting, or an open one
+// ended by cutoff.
+func (ws *windows) due(cutoff int64) bool {
 	for _, st := range ws.streams {
-		if len(st.Open) > 0 && (min == 0 || st.Open[0].end() < min) {
-			min = st.Open[0].end()
+		if len(st.Closed) > 0 || len(st.Open) > 0 && st.Open[0].end() <= cutoff {
+			return true
 		}
 	}
-	return min
+	return false
 }
 
-// open counts the occurrences in open windows.
-func (ws *windows) open() int64 {
+// held counts the occurrences in open and closed windows.
+func (ws *windows) held() int64 {
 	var n int64
 	for _, st := range ws.streams {
 		for _, w := range st.Open {
 			n += w.count()
 		}
+		for _, f := range st.Closed {
+			n += f[3]
+		}
 	}
 	return n
 }
 
-// forget drops the streams with nothing open that ended before cutoff, and
+// forget drops the streams with nothing held that ended before cutoff, and
 // the oldest idle ones beyond maxStreams; their ends go into the floor.
 func (ws *windows) forget(cutoff int64) {
 	drop := func(k string, st *stream) {
@@ -254,7 +286,7 @@ func (ws *windows) forget(cutoff int64) {
 		ws.dirty[k] = true
 	}
 	for k, st := range ws.streams {
-		if len(st.Open) == 0 && st.Sent < cutoff {
+		if len(st.Open) == 0 && len(st.Closed) == 0 && st.Sent < cutoff {
 			drop(k, st)
 		}
 	}
@@ -267,7 +299,7 @@ func (ws *windows) forget(cutoff int64) {
 	}
 	var idles []idle
 	for k, st := range ws.streams {
-		if len(st.Open) == 0 {
+		if len(st.Open) == 0 && len(st.Closed) == 0 {
 			idles = append(idles, idle{k, st.Sent})
 		}
 	}
@@ -325,7 +357,7 @@ func (ws *windows) restore(state map[string][]byte, now time.Time) (bad []string
 			ws.floor = max(ws.floor, f)
 		case len(k) > len(streamPrefix) && k[:len(streamPrefix)] == streamPrefix:
 			var st stream
-			if err := json.Unmarshal(v, &st); err != nil || k != streamKey(st.Name, st.Flow, st.Metric) || !validOpen(st) {
+			if err := json.Unmarshal(v, &st); err != nil || k != streamKey(st.Name, st.Flow, st.Metric) || !valid(st) {
 				bad = append(bad, k)
 				continue
 			}
@@ -347,8 +379,17 @@ func (ws *windows) restore(state map[string][]byte, now time.Time) (bad []string
 	return bad
 }
 
-func validOpen(st stream) bool {
-	last := st.Sent
+// valid checks a restored stream: closed windows in order and ending by
+// Sent, open ones after it.
+func valid(st stream) bool {
+	var last int64
+	for _, f := range st.Closed {
+		if f[1] <= last || f[1] > st.Sent || f[0] >= f[1] || f[3] <= 0 {
+			return false
+		}
+		last = f[1]
+	}
+	last = st.Sent
 	for _, w := range st.Open {
 		if w.start() < last || w.end() <= w.start() || w.count() <= 0 {
 			return false

@@ -52,6 +52,15 @@ func TestWatermark(t *testing.T) {
 		t.Error("Due at the watermark: got false, want true")
 	}
 	clk.Set(end.Add(defaultWatermark))
+	if err := s.Send(ctx, nil); err != nil { // closes it
+		t.Fatal(err)
+	}
+	if n := len(c.requests()); n != 0 {
+		t.Fatalf("got %d requests when closing, want 0 (sent once its closing is committed)", n)
+	}
+	if !s.Due(clk.Now()) {
+		t.Error("Due with a closed window: got false, want true")
+	}
 	if err := s.Send(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +83,7 @@ func TestLateGoesToNextWindow(t *testing.T) {
 	s.Send(ctx, []flowmetrics.Point{pt("F", "M", t0, 2)})
 	// Late for t0; on time for t0+20s (not yet due); and a late one
 	// that goes to the next window, t0+10s (due at once).
-	s.Send(ctx, []flowmetrics.Point{pt("F", "M", t0, 3), pt("F", "M", t0.Add(20*time.Second), 1)})
+	deliver(ctx, s, []flowmetrics.Point{pt("F", "M", t0, 3), pt("F", "M", t0.Add(20*time.Second), 1)})
 	got := c.windows()
 	want := []win{
 		{"F", "M", t0, t0.Add(10 * time.Second), 2},
@@ -94,7 +103,7 @@ func TestLateGoesToNextWindow(t *testing.T) {
 	// Late for t0 and t0+10s again: they join the open t0+20s window.
 	s.Send(ctx, []flowmetrics.Point{pt("F", "M", t0, 1), pt("F", "M", t0.Add(10*time.Second), 1)})
 	clk.Set(t0.Add(20*time.Second + 10*time.Second + defaultWatermark))
-	s.Send(ctx, nil)
+	deliver(ctx, s, nil)
 	got = c.windows()
 	if len(got) != 3 || got[2] != (win{"F", "M", t0.Add(20 * time.Second), t0.Add(30 * time.Second), 3}) {
 		t.Errorf("got %+v, want a third window [t0+20s, t0+30s) of 3", got)
@@ -124,7 +133,7 @@ func TestRestart(t *testing.T) {
 	ctx := context.Background()
 	a := held(t, c, clk, Config{})
 	// t0 is due at once; t0+10s and t0+20s stay open.
-	a.Send(ctx, []flowmetrics.Point{pt("F", "M", t0, 1), pt("F", "M", t0.Add(10*time.Second), 2), pt("G", "N", t0.Add(20*time.Second), 4)})
+	deliver(ctx, a, []flowmetrics.Point{pt("F", "M", t0, 1), pt("F", "M", t0.Add(10*time.Second), 2), pt("G", "N", t0.Add(20*time.Second), 4)})
 	state := map[string][]byte{}
 	for k, v := range a.TakeState() {
 		if v == nil {
@@ -148,7 +157,7 @@ func TestRestart(t *testing.T) {
 	}
 	b.Send(ctx, []flowmetrics.Point{pt("F", "M", t0, 5)}) // late for the window sent before the restart
 	clk.Set(t0.Add(time.Hour))
-	b.Send(ctx, nil)
+	deliver(ctx, b, nil)
 	got := c.windows()
 	checkAdvancing(t, got)
 	totals := map[string]int64{}
@@ -169,6 +178,7 @@ func TestCumulative(t *testing.T) {
 	ctx := context.Background()
 	s.Send(ctx, []flowmetrics.Point{pt("F", "M", t0, 2), pt("F", "M", t0.Add(20*time.Second), 3)})
 	s.Send(ctx, []flowmetrics.Point{pt("F", "M", t0, 1)}) // late: the next window
+	s.Send(ctx, nil)
 	got := c.windows()
 	want := []win{
 		{"F", "M", t0, t0.Add(10 * time.Second), 2},
@@ -196,7 +206,7 @@ func TestFuture(t *testing.T) {
 	s := held(t, c, clk, Config{})
 	s.Send(context.Background(), []flowmetrics.Point{pt("F", "M", t0.AddDate(5, 0, 0), 2)})
 	clk.Set(t0.Add(time.Minute))
-	s.Send(context.Background(), nil)
+	deliver(context.Background(), s, nil)
 	if got := c.windows(); len(got) != 1 || !got[0].start.Equal(t0) || got[0].value != 2 {
 		t.Errorf("got %+v, want one window at t0 of 2", got)
 	}
@@ -231,7 +241,7 @@ func TestCoalesce(t *testing.T) {
 		}
 	}
 	clk.Set(t0.Add(time.Hour))
-	s.Send(context.Background(), nil)
+	deliver(context.Background(), s, nil)
 	got := c.windows()
 	checkAdvancing(t, got)
 	var total int64
@@ -263,8 +273,12 @@ func TestForget(t *testing.T) {
 	}
 	s.Send(ctx, []flowmetrics.Point{pt("F", "M", t0, 1)})
 	clk.Add(time.Hour)
-	s.Send(ctx, nil)
-	checkAdvancing(t, c.windows())
+	deliver(ctx, s, nil)
+	got := c.windows()
+	checkAdvancing(t, got)
+	if len(got) != 3 {
+		t.Errorf("got %d windows, want 3 (F, G, then F's late one)", len(got))
+	}
 }
 
 // TestFlushOnClose: when nothing commits the state (no Restore, or the
@@ -320,7 +334,7 @@ func TestRestoreBadState(t *testing.T) {
 	}
 	s.Send(context.Background(), []flowmetrics.Point{pt("F", "M", t0, 1)})
 	clk.Add(time.Hour)
-	s.Send(context.Background(), nil)
+	deliver(context.Background(), s, nil)
 	got := c.windows()
 	if len(got) != 1 || got[0].start.Before(t0.Add(time.Minute)) {
 		t.Errorf("got %+v, want one window starting at the restore time or later", got)
@@ -334,5 +348,35 @@ func TestStreamKey(t *testing.T) {
 	}
 	if long := streamKey("n", strings.Repeat("x", 10000), "m"); len(long) > flowmetrics.MaxStateKey {
 		t.Errorf("got a key of %d bytes, want ≤ %d", len(long), flowmetrics.MaxStateKey)
+	}
+}
+
+// TestResendAfterCrashIsIdentical: a window is sent only after its closing
+// is committed, so when the process dies after the collector took it but
+// before its delivery was committed, the next start sends the very same
+// point (start, end, value), even if late occurrences for it arrived in
+// between: those go to the next window.
+func TestResendAfterCrashIsIdentical(t *testing.T) {
+	c := newCollector(t)
+	clk := &fakeClock{now: t0.Add(time.Minute)}
+	ctx := context.Background()
+	a := held(t, c, clk, Config{})
+	a.Send(ctx, []flowmetrics.Point{pt("F", "M", t0, 3)}) // closes t0
+	committed := map[string][]byte{}
+	for k, v := range a.TakeState() {
+		committed[k] = v
+	}
+	a.Send(ctx, nil) // sends it; the process dies before this is committed
+	b := held(t, c, clk, Config{})
+	b.Restore(ctx, committed)
+	b.Send(ctx, []flowmetrics.Point{pt("F", "M", t0, 2)}) // the outbox again, and a late one
+	clk.Add(time.Hour)
+	deliver(ctx, b, nil)
+	got := c.windows()
+	if len(got) != 3 || got[0] != got[1] {
+		t.Fatalf("got %+v, want the t0 window twice, identical, then the late one", got)
+	}
+	if got[2] != (win{"F", "M", t0.Add(10 * time.Second), t0.Add(20 * time.Second), 2}) {
+		t.Errorf("got %+v, want the late occurrences in [t0+10s, t0+20s)", got[2])
 	}
 }
