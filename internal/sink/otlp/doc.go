@@ -8,10 +8,11 @@
 // stream's windows are sent once each, in order, never overlapping, as the
 // OpenTelemetry data model asks of a delta stream: a bucket is held open
 // until a watermark after its end, occurrences of a bucket already sent go
-// to the stream's next window (and a counter), and the end of the last
-// window sent and the open windows are the sink's state
-// (flowmetrics.StatefulSink), committed with the outbox cursor, so a crash
-// neither loses nor repeats a window. The sink is a pipeline.Holder: the
+// to the stream's next window (and a counter). Each stream's end and its
+// closed and open windows are the sink's state (flowmetrics.StatefulSink),
+// committed with the outbox cursor; a window is sent only after its
+// closing is committed, so a crash neither loses a window nor sends one
+// with other counts than the first time. The sink is a pipeline.Holder: the
 // drainer sends it an empty batch when a held window is due.
 //
 // Retries follow OTLP/HTTP: only no answer, 429, 502, 503 and 504 are
