@@ -102,6 +102,9 @@ func TestSIGKILLAfterCollectorAccepted(t *testing.T) {
 	if runtime.GOOS == "windows" {
 		t.Skip("SIGKILL")
 	}
+	if testing.Short() {
+		t.Skip("builds the binary (about 20 s); not with -short")
+	}
 	bin := buildBinary(t)
 	be := startBackend(t)
 	hp := &holdProxy{proxy: startProxy(t, be.url, 1<<30), holding: make(chan struct{}), release: make(chan struct{}), heldKeys: map[string]bool{}}
