@@ -2,6 +2,7 @@ package otlp
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -60,8 +61,10 @@ const (
 	defaultWatermark = 30 * time.Second
 	defaultMaxPoints = 1000
 	// maxIdentity bounds the metric name, flow and metric of one stream
-	// together, so one stream's state always fits a state value.
-	maxIdentity = 8 << 10
+	// together, as encoded in its state: with at most maxOpen open and
+	// maxOpen closed windows (about 33 KB), a stream's state always fits
+	// one state value (64 KiB).
+	maxIdentity = 16 << 10
 )
 
 // Temporalities.
@@ -348,7 +351,7 @@ func (s *Sink) merge(points []flowmetrics.Point, now time.Time) {
 			continue
 		}
 		name := metricName(s.namer.Name(p.Flow, p.Metric))
-		if len(name)+len(p.Flow)+len(p.Metric) > maxIdentity {
+		if identityLen(name, p.Flow, p.Metric) > maxIdentity {
 			s.m.OutboxDropped.WithLabelValues(Name, "name_too_long").Add(float64(p.Count))
 			s.log.Error("flow and metric names too long for a stream; occurrences dropped", "bytes", len(p.Flow)+len(p.Metric), "occurrences", p.Count)
 			continue
@@ -559,6 +562,24 @@ func keyValues(kvs []attribute.KeyValue) []*commonpb.KeyValue {
 		out = append(out, &commonpb.KeyValue{Key: string(kv.Key), Value: v})
 	}
 	return out
+}
+
+// identityLen is the encoded size of a stream's names in its state (JSON
+// escapes a byte in at most 6), measured only when it could matter.
+func identityLen(names ...string) int {
+	raw := 0
+	for _, s := range names {
+		raw += len(s)
+	}
+	if 6*raw <= maxIdentity {
+		return raw
+	}
+	n := 0
+	for _, s := range names {
+		b, _ := json.Marshal(s)
+		n += len(b)
+	}
+	return n
 }
 
 // fingerprint identifies a batch, to recognise the pipeline sending again

@@ -380,3 +380,63 @@ func TestResendAfterCrashIsIdentical(t *testing.T) {
 		t.Errorf("got %+v, want the late occurrences in [t0+10s, t0+20s)", got[2])
 	}
 }
+
+// TestNameTooLong: a stream whose names could not fit one state value is
+// dropped and counted, and the rest of the batch goes on.
+func TestNameTooLong(t *testing.T) {
+	c := newCollector(t)
+	clk := &fakeClock{now: t0.Add(time.Hour)}
+	s := held(t, c, clk, Config{})
+	long := strings.Repeat("<", maxIdentity/6) // escaped as \u003c in the state
+	if err := deliver(context.Background(), s, []flowmetrics.Point{pt(long, "M", t0, 2), pt("F", "M", t0, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.ToFloat64(s.m.OutboxDropped.WithLabelValues(Name, "name_too_long")); n != 2 {
+		t.Errorf("got %v dropped as name_too_long, want 2", n)
+	}
+	if got := c.windows(); len(got) != 1 || got[0].flow != "F" {
+		t.Errorf("got %+v, want the F window only", got)
+	}
+	for k, v := range s.TakeState() {
+		if len(v) > flowmetrics.MaxStateValue {
+			t.Errorf("state %s: %d bytes", k, len(v))
+		}
+	}
+}
+
+// TestStateValueBound: the largest stream the sink keeps (names at the
+// limit, the most open and closed windows) fits one state value.
+func TestStateValueBound(t *testing.T) {
+	c := newCollector(t, reply{status: 503}) // the closed windows cannot leave
+	clk := &fakeClock{now: t0.Add(time.Millisecond)}
+	s := held(t, c, clk, Config{Watermark: time.Nanosecond})
+	flow := strings.Repeat("<", maxIdentity/6-200)
+	batch := func(from int) []flowmetrics.Point {
+		var points []flowmetrics.Point
+		for i := from; i < from+maxOpen; i++ {
+			points = append(points, flowmetrics.Point{Flow: flow, Metric: "M", Bucket: t0.Add(time.Duration(i) * time.Second), Width: time.Second, Count: 1 << 40})
+		}
+		return points
+	}
+	if err := s.Send(context.Background(), batch(-maxOpen)); err != nil { // all closed
+		t.Fatal(err)
+	}
+	if err := s.Send(context.Background(), batch(0)); err == nil { // all open; the send fails
+		t.Fatal("got nil, want the 503")
+	}
+	for _, st := range s.ws.streams {
+		if len(st.Closed) != maxOpen || len(st.Open) != maxOpen {
+			t.Fatalf("got %d closed and %d open windows, want %d each", len(st.Closed), len(st.Open), maxOpen)
+		}
+	}
+	up := s.TakeState()
+	if len(up) != 1 {
+		t.Fatalf("got %d keys, want 1 (the name should fit)", len(up))
+	}
+	for k, v := range up {
+		if len(v) > flowmetrics.MaxStateValue {
+			t.Errorf("state %s: %d bytes, want ≤ %d", k, len(v), flowmetrics.MaxStateValue)
+		}
+		t.Logf("largest stream state: %d bytes", len(v))
+	}
+}
