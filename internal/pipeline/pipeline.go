@@ -456,6 +456,20 @@ type batch struct {
 	// update is what a StatefulSink's state became by delivering the
 	// batch; it is committed with the cursor.
 	update flowmetrics.StateUpdate
+	// idle: no entries, only a Holder's due points (sent once per turn).
+	idle bool
+}
+
+// Holder is a StatefulSink that holds the points it was sent until a time
+// passes, in its state (the OTLP sink keeps each window open until its
+// watermark). When the outbox has nothing new for it, the drainer asks Due
+// at each turn (every flush_interval) and, when it says so, calls Send with
+// no points and commits TakeState at the unchanged cursor, so what the sink
+// held is sent in time even when no new occurrence comes.
+type Holder interface {
+	flowmetrics.StatefulSink
+	// Due reports whether Send with no points would send something now.
+	Due(now time.Time) bool
 }
 
 func (d *drainer) notify() {
@@ -570,7 +584,7 @@ func (d *drainer) drainOnce(ctx context.Context) (more bool, err error) {
 		return false, err
 	}
 	d.held = nil
-	return true, nil
+	return !b.idle, nil
 }
 
 // next reads the next batch from the sink's cursor; nil when there is none.
@@ -590,6 +604,11 @@ func (d *drainer) next(ctx context.Context) (*batch, error) {
 		return nil, err
 	}
 	if len(entries) == 0 {
+		// Nothing new, but a sink holding points until a time passes
+		// may have some due: an empty send, committed at the same cursor.
+		if h, ok := d.sink.(Holder); ok && h.Due(p.cfg.Now()) {
+			return &batch{last: cursor, idle: true}, nil
+		}
 		return nil, nil
 	}
 	points, n := Aggregate(entries, p.cfg.Bucket)

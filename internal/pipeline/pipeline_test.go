@@ -522,3 +522,67 @@ func TestFailedAckDoesNotResend(t *testing.T) {
 		t.Errorf("depth after the retried ack: got %d, want 0", d)
 	}
 }
+
+// holdingSink holds every point it is sent until release, in its state,
+// as the OTLP sink holds a window until its watermark.
+type holdingSink struct {
+	countingSink
+	held    []flowmetrics.Point
+	release bool
+	empty   int // Sends with no points
+}
+
+func (s *holdingSink) Send(ctx context.Context, points []flowmetrics.Point) error {
+	if len(points) == 0 {
+		s.empty++
+	}
+	s.held = append(s.held, points...)
+	if !s.release {
+		s.changed = true
+		return nil
+	}
+	err := s.countingSink.Send(ctx, s.held)
+	s.held = nil
+	return err
+}
+
+func (s *holdingSink) Due(now time.Time) bool { return s.release && len(s.held) > 0 }
+
+func TestHolderSentWhenDueWithoutNewEntries(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New(store.Options{})
+	sink := &holdingSink{countingSink: countingSink{recordingSink: recordingSink{name: "h"}}}
+	p := New(st, []flowmetrics.Sink{sink}, Config{RetryMin: time.Millisecond, RetryMax: time.Millisecond}, telemetry.New(), nil)
+	if err := p.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Ingest(ctx, []genesys.Record{event("c1", "FMetric_A(2026-11-20T09:31:48Z)")})
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sink.sends != 0 || sink.empty != 0 {
+		t.Fatalf("before due: got %d deliveries and %d empty sends, want 0 and 0", sink.sends, sink.empty)
+	}
+	cursor, _ := st.Cursor(ctx, "h")
+	sink.release = true
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sink.sends != 1 || sink.empty != 1 {
+		t.Errorf("once due: got %d deliveries and %d empty sends, want 1 and 1", sink.sends, sink.empty)
+	}
+	if got, _ := st.Cursor(ctx, "h"); got != cursor {
+		t.Errorf("cursor: got %d, want %d (unchanged by an empty send)", got, cursor)
+	}
+	state, _ := st.SinkState(ctx, "h")
+	if got := string(state["total"]); got != "1" {
+		t.Errorf("committed total: got %q, want 1 (the empty send's state committed)", got)
+	}
+	// Nothing due any more: no further empty send.
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sink.empty != 1 {
+		t.Errorf("after: got %d empty sends, want 1", sink.empty)
+	}
+}
