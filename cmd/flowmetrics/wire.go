@@ -79,7 +79,7 @@ func buildSinks(c config.Config, m *telemetry.Metrics, log *slog.Logger) ([]flow
 			oc := *c.Sinks.OTLP
 			// The memory store's sink state dies with the process: send
 			// the windows still open at the end instead of keeping them.
-			oc.FlushOnClose = c.Store.Type == "memory"
+			oc.FlushOnClose = oc.FlushOnClose || c.Store.Type == "memory"
 			return otlp.New(oc, namer, m, log)
 		}},
 		{c.Sinks.StatsD != nil, func() (flowmetrics.Sink, error) { return statsd.New(*c.Sinks.StatsD, namer, m, log) }},

@@ -158,6 +158,14 @@ func (p *Pipeline) Register(ctx context.Context) error {
 	if err := p.store.Register(ctx, names); err != nil {
 		return fmt.Errorf("register sinks: %w", err)
 	}
+	return p.Restore(ctx)
+}
+
+// Restore hands each StatefulSink its committed state. Register calls it; a
+// caller that registers the sinks with the store itself (replay, which adds
+// its sinks to those of a serve data directory) calls it after that, before
+// the first Ingest.
+func (p *Pipeline) Restore(ctx context.Context) error {
 	for _, d := range p.drainers {
 		ss, ok := d.sink.(flowmetrics.StatefulSink)
 		if !ok {
