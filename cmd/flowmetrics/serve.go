@@ -72,14 +72,20 @@ func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logg
 	if err != nil {
 		return usageError(err)
 	}
-	var dash http.Handler
-	if cfg.HTTP.DashboardOn() {
-		rec := dashboard.NewRecorder(0, nil)
-		sinks = append(sinks, rec)
-		dash = dashboard.Handler(rec, m)
-	}
 	pcfg := cfg.Pipeline
 	pcfg.Guard = newGuard(cfg, log)
+	var dash *dashboard.Handler
+	if cfg.HTTP.DashboardOn() {
+		// The dashboard is one more sink; it also watches the others'
+		// sends and hears of malformed attribute names.
+		rec := dashboard.NewRecorder(nil)
+		for i, s := range sinks {
+			sinks[i] = rec.Watch(s)
+		}
+		sinks = append(sinks, rec)
+		pcfg.OnMalformed = rec.Malformed
+		dash = dashboard.New(rec, m)
+	}
 	p := pipeline.New(st, sinks, pcfg, m, log)
 	if err := p.Register(ctx); err != nil {
 		return err
@@ -96,14 +102,17 @@ func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logg
 			AuthHeader:   cfg.HTTP.AuthHeader,
 			Secret:       secret,
 			MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
-			Dashboard:    dash,
-			DashboardAPI: dashboard.APIPath,
+			Dashboard:    httpHandler(dash),
+			DashboardAPI: dashboard.APIPrefix,
 		}, log),
 		ReadTimeout:       cfg.HTTP.ReadTimeout,
 		ReadHeaderTimeout: min(cfg.HTTP.ReadTimeout, 10*time.Second),
 		WriteTimeout:      cfg.HTTP.WriteTimeout,
 		IdleTimeout:       cfg.HTTP.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if dash != nil {
+		srv.RegisterOnShutdown(dash.CloseStreams)
 	}
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	defer stopSweep()
@@ -156,4 +165,12 @@ func sweepEvery(ctx context.Context, sw sweeper, every time.Duration, log *slog.
 			}
 		}
 	}
+}
+
+// httpHandler keeps a nil *dashboard.Handler a nil http.Handler.
+func httpHandler(d *dashboard.Handler) http.Handler {
+	if d == nil {
+		return nil
+	}
+	return d
 }
