@@ -45,10 +45,10 @@ type Handler struct {
 	closeOnce sync.Once
 
 	rateMu  sync.Mutex
-	samples []sample // records read, for events/s
+	samples []rateSample // records read, for events/s
 }
 
-type sample struct {
+type rateSample struct {
 	at   time.Time
 	read int64
 }
@@ -292,7 +292,7 @@ func (h *Handler) rate(now time.Time, read int64) *float64 {
 	h.rateMu.Lock()
 	defer h.rateMu.Unlock()
 	if n := len(h.samples); n == 0 || now.Sub(h.samples[n-1].at) >= 500*time.Millisecond {
-		h.samples = append(h.samples, sample{now, read})
+		h.samples = append(h.samples, rateSample{now, read})
 	}
 	i := 0
 	for i < len(h.samples) && now.Sub(h.samples[i].at) > 30*time.Second {

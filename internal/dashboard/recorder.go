@@ -640,8 +640,8 @@ type MalformedName struct {
 	Name    string    `json:"name"`
 	Example string    `json:"example"`
 	Reason  string    `json:"reason"`
-	Count  int64     `json:"count"`
-	Last   time.Time `json:"last_seen"`
+	Count   int64     `json:"count"`
+	Last    time.Time `json:"last_seen"`
 }
 
 // MalformedFlow lists a flow's distinct malformed names, newest first.
