@@ -8,9 +8,13 @@ package prometheus
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -45,7 +49,14 @@ func (c Config) IsEnabled() bool { return c.Enabled == nil || *c.Enabled }
 // Sink counts delivered occurrences in a CounterVec registered on reg.
 type Sink struct {
 	counter *prometheus.CounterVec
+
+	mu      sync.Mutex
+	totals  map[series]int64
+	dirty   map[series]struct{}
+	skipped []string // state keys Restore could not read, deleted next
 }
+
+type series struct{ flow, metric string }
 
 // New registers the counter on reg.
 func New(cfg Config, namer *naming.Namer, reg prometheus.Registerer) (*Sink, error) {
@@ -67,7 +78,7 @@ func New(cfg Config, namer *naming.Namer, reg prometheus.Registerer) (*Sink, err
 	if err := reg.Register(c); err != nil {
 		return nil, fmt.Errorf("prometheus sink: %w", err)
 	}
-	return &Sink{counter: c}, nil
+	return &Sink{counter: c, totals: map[series]int64{}, dirty: map[series]struct{}{}}, nil
 }
 
 // LabelName sanitises a static tag name to Prometheus label rules.
@@ -89,10 +100,75 @@ func (s *Sink) Name() string { return "prometheus" }
 
 // Send implements flowmetrics.Sink; it never fails.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, p := range points {
+		if p.Count <= 0 {
+			continue
+		}
 		s.counter.WithLabelValues(p.Flow, p.Metric).Add(float64(p.Count))
+		k := series{p.Flow, p.Metric}
+		s.totals[k] += p.Count
+		s.dirty[k] = struct{}{}
 	}
 	return nil
+}
+
+// State: one key per counter, "c/" and the first 16 bytes of the SHA-256 of
+// its label values in hex (so keys stay short whatever the names), holding
+// {"flow","metric","total"}. A counter is never deleted, so neither is its
+// key; the cardinality guard bounds both.
+type counterState struct {
+	Flow   string `json:"flow"`
+	Metric string `json:"metric"`
+	Total  int64  `json:"total"`
+}
+
+func stateKey(k series) string {
+	h := sha256.Sum256([]byte(k.flow + "\x00" + k.metric))
+	return "c/" + hex.EncodeToString(h[:16])
+}
+
+// Restore implements flowmetrics.StatefulSink: it sets every counter to its
+// committed total. Keys it cannot read are skipped, and deleted with the
+// next TakeState.
+func (s *Sink) Restore(_ context.Context, state map[string][]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for key, v := range state {
+		var cs counterState
+		if err := json.Unmarshal(v, &cs); err != nil || cs.Total < 0 || stateKey(series{cs.Flow, cs.Metric}) != key {
+			s.skipped = append(s.skipped, key)
+			continue
+		}
+		k := series{cs.Flow, cs.Metric}
+		if d := cs.Total - s.totals[k]; d > 0 {
+			s.counter.WithLabelValues(k.flow, k.metric).Add(float64(d))
+			s.totals[k] = cs.Total
+		}
+	}
+	return nil
+}
+
+// TakeState implements flowmetrics.StatefulSink: the totals of the counters
+// that changed since the last call.
+func (s *Sink) TakeState() flowmetrics.StateUpdate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.dirty) == 0 && len(s.skipped) == 0 {
+		return nil
+	}
+	u := make(flowmetrics.StateUpdate, len(s.dirty)+len(s.skipped))
+	for _, k := range s.skipped {
+		u[k] = nil
+	}
+	s.skipped = nil
+	for k := range s.dirty {
+		b, _ := json.Marshal(counterState{k.flow, k.metric, s.totals[k]})
+		u[stateKey(k)] = b
+	}
+	clear(s.dirty)
+	return u
 }
 
 // Close implements flowmetrics.Sink.
