@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,8 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
+
+	"github.com/flowmetrics/flowmetrics"
 )
 
 const chromiumPath = "/usr/bin/chromium"
@@ -562,4 +565,36 @@ func diff(a, b map[string]int64) []string {
 		out = append(out[:10], "…")
 	}
 	return out
+}
+
+// TestBrowserScale loads the page over 50 flows × 20 metrics with a count
+// in every bucket, and reports how long the page takes to draw it all and
+// to redraw on a live change (figures, not asserted: the machine varies).
+func TestBrowserScale(t *testing.T) {
+	needBrowser(t)
+	now := time.Now()
+	rec := full(t, now)
+	rec.now = time.Now
+	srv := httptest.NewServer(New(rec, nil))
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	bctx, problems := newBrowser(t, ctx, 1280, 1000)
+	start := time.Now()
+	if err := chromedp.Do(bctx, chromedp.Navigate(srv.URL+"/")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, bctx, "50 charts of 20 lines", `document.querySelectorAll("section.flow svg.chart .series path.s").length === 1000 && document.querySelectorAll("#table tbody tr").length === 1000`, 30*time.Second)
+	loaded := time.Since(start)
+	type stats struct{ Renders, LastMs, MaxMs, TotalMs float64 }
+	first := eval[stats](t, bctx, `window.__flowmetricsRender`)
+	for i := range 5 {
+		rec.Send(ctx, []flowmetrics.Point{pt("Flow 07", "Metric03", time.Now(), int64(50+i))})
+		waitFor(t, bctx, "a live redraw", fmt.Sprintf(`window.__flowmetricsRender.renders >= %v`, first.Renders+float64(i)+1), 10*time.Second)
+	}
+	after := eval[stats](t, bctx, `window.__flowmetricsRender`)
+	t.Logf("50 flows × 20 metrics: page shown in %v (first draw %.0f ms); %v live redraws, last %.0f ms, slowest %.0f ms", loaded.Round(time.Millisecond), first.MaxMs, after.Renders-first.Renders, after.LastMs, after.MaxMs)
+	for _, p := range problems() {
+		t.Errorf("browser console: %s", p)
+	}
 }

@@ -593,7 +593,11 @@ func (r *Recorder) Read(rg Range) Series {
 		if rg.fine {
 			tier, w = s.fine, fineS
 		}
+		firstChunk := floorDiv(first*step/w, chunkLen)
 		for ci, c := range tier {
+			if ci < firstChunk {
+				continue
+			}
 			for j, v := range c {
 				if v == 0 {
 					continue
@@ -606,7 +610,11 @@ func (r *Recorder) Read(rg Range) Series {
 			}
 		}
 		var recent int64
+		recentChunk := floorDiv(floorDiv(recentFrom, fineS), chunkLen)
 		for ci, c := range s.fine {
+			if ci < recentChunk {
+				continue
+			}
 			for j, v := range c {
 				if t := (ci*chunkLen + int64(j)) * fineS; v != 0 && t > recentFrom {
 					recent += v
