@@ -223,7 +223,30 @@ func TestBrowser(t *testing.T) {
 
 	dir := t.TempDir()
 	bin := buildServe(t, dir)
-	srv := startServe(t, bin, filepath.Join(dir, "data"), "--demo")
+	var srv *serveProc
+	if help, _ := exec.Command(bin, "serve", "-h").CombinedOutput(); strings.Contains(string(help), "-demo") {
+		srv = startServe(t, bin, filepath.Join(dir, "data"), "--demo")
+	} else {
+		// A serve without --demo: post the same kind of traffic from here,
+		// an hour of it first, then live.
+		srv = startServe(t, bin, filepath.Join(dir, "data"))
+		post(t, srv.addr, traffic(time.Now(), time.Hour, 25, 1))
+		live, stopLive := context.WithCancel(ctx)
+		defer stopLive()
+		go func() {
+			for i := 0; live.Err() == nil; i++ {
+				evs := traffic(time.Now(), time.Minute/4, 8, uint64(100+i))
+				body := strings.Join(evs, "\n")
+				if resp, err := http.Post("http://"+srv.addr+"/v1/events", "application/x-ndjson", strings.NewReader(body)); err == nil {
+					resp.Body.Close()
+				}
+				select {
+				case <-live.Done():
+				case <-time.After(time.Second):
+				}
+			}
+		}()
+	}
 	defer srv.stop(t)
 	base := "http://" + srv.addr
 	// The backfill is in when the series stop growing fast: wait for the
