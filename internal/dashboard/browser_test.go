@@ -462,7 +462,8 @@ func TestBrowser(t *testing.T) {
 	}
 	waitFor(t, bctx, "narrow layout", `document.documentElement.scrollWidth <= window.innerWidth + 1 && document.querySelector("section.flow").getBoundingClientRect().width <= window.innerWidth`, 5*time.Second)
 	if p := os.Getenv("DASHBOARD_SCREENSHOT"); p != "" {
-		if shot, err := screenshot(bctx); err == nil {
+		eval[bool](t, bctx, `(window.scrollTo(0, 0), true)`)
+		if shot, err := chromedp.Run(bctx, chromedp.CaptureScreenshot()); err == nil {
 			os.WriteFile(strings.TrimSuffix(p, ".png")+"-narrow-dark.png", shot, 0o644)
 		}
 	}
