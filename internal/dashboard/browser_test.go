@@ -460,7 +460,7 @@ func TestBrowser(t *testing.T) {
 	if err := chromedp.Do(bctx, chromedp.EmulateViewport(390, 800, chromedp.EmulateScale(2), chromedp.EmulateMobile)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, bctx, "narrow layout", `document.documentElement.scrollWidth <= window.innerWidth + 1 && document.querySelector("section.flow").getBoundingClientRect().width <= window.innerWidth`, 5*time.Second)
+	waitFor(t, bctx, "narrow layout", `document.documentElement.scrollWidth <= window.innerWidth + 1 && document.querySelector("section.flow").getBoundingClientRect().width <= window.innerWidth && [...document.querySelectorAll("svg.chart")].every(s => Math.abs(s.viewBox.baseVal.width - s.clientWidth) < 2 && Math.abs(s.viewBox.baseVal.height - s.clientHeight) < 2)`, 5*time.Second)
 	if p := os.Getenv("DASHBOARD_SCREENSHOT"); p != "" {
 		eval[bool](t, bctx, `(window.scrollTo(0, 0), true)`)
 		if shot, err := chromedp.Run(bctx, chromedp.CaptureScreenshot()); err == nil {
