@@ -15,6 +15,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/dashboard"
 	"github.com/flowmetrics/flowmetrics/internal/httpapi"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
@@ -71,6 +72,11 @@ func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logg
 	sinks, err := buildSinks(cfg, m, log)
 	if err != nil {
 		return usageError(err)
+	}
+	for _, s := range sinks {
+		if ps, ok := s.(*prometheus.Sink); ok {
+			ps.ResumeFrom(st) // /metrics never goes down across a restart
+		}
 	}
 	pcfg := cfg.Pipeline
 	pcfg.Guard = newGuard(cfg, log)

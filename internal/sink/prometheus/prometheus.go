@@ -54,6 +54,12 @@ type Sink struct {
 	totals  map[series]int64
 	dirty   map[series]struct{}
 	skipped []string // state keys Restore could not read, deleted next
+
+	// outbox, when set, is read by Restore: the occurrences still pending
+	// for this sink are added to the counters at once (ahead), and
+	// consumed from ahead as they are delivered again.
+	outbox flowmetrics.Store
+	ahead  map[series]int64
 }
 
 type series struct{ flow, metric string }
@@ -78,8 +84,17 @@ func New(cfg Config, namer *naming.Namer, reg prometheus.Registerer) (*Sink, err
 	if err := reg.Register(c); err != nil {
 		return nil, fmt.Errorf("prometheus sink: %w", err)
 	}
-	return &Sink{counter: c, totals: map[series]int64{}, dirty: map[series]struct{}{}}, nil
+	return &Sink{counter: c, totals: map[series]int64{}, dirty: map[series]struct{}{}, ahead: map[series]int64{}}, nil
 }
+
+// ResumeFrom makes Restore also count the occurrences the store still holds
+// for this sink. Without it, a process killed after adding a batch to the
+// counters and before committing it would come back with the counters lower
+// (at the committed totals) until the batch is delivered again, and a scrape
+// in between would see a counter reset. With it, the counters come back at
+// the committed totals plus everything pending, which is at least what they
+// showed before; a pending occurrence then adds nothing when it is delivered.
+func (s *Sink) ResumeFrom(st flowmetrics.Store) { s.outbox = st }
 
 // LabelName sanitises a static tag name to Prometheus label rules.
 func LabelName(s string) string {
@@ -106,8 +121,18 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		if p.Count <= 0 {
 			continue
 		}
-		s.counter.WithLabelValues(p.Flow, p.Metric).Add(float64(p.Count))
 		k := series{p.Flow, p.Metric}
+		n := p.Count
+		if a := s.ahead[k]; a > 0 {
+			take := min(a, n)
+			if s.ahead[k] = a - take; s.ahead[k] == 0 {
+				delete(s.ahead, k)
+			}
+			n -= take
+		}
+		if n > 0 {
+			s.counter.WithLabelValues(p.Flow, p.Metric).Add(float64(n))
+		}
 		s.totals[k] += p.Count
 		s.dirty[k] = struct{}{}
 	}
@@ -130,11 +155,17 @@ func stateKey(k series) string {
 }
 
 // Restore implements flowmetrics.StatefulSink: it sets every counter to its
-// committed total. Keys it cannot read are skipped, and deleted with the
-// next TakeState.
-func (s *Sink) Restore(_ context.Context, state map[string][]byte) error {
+// committed total, plus, with ResumeFrom, the occurrences pending for the
+// sink. Keys it cannot read are skipped, and deleted with the next
+// TakeState.
+func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.outbox != nil {
+		if err := s.countPending(ctx); err != nil {
+			return err
+		}
+	}
 	for key, v := range state {
 		var cs counterState
 		if err := json.Unmarshal(v, &cs); err != nil || cs.Total < 0 || stateKey(series{cs.Flow, cs.Metric}) != key {
@@ -148,6 +179,32 @@ func (s *Sink) Restore(_ context.Context, state map[string][]byte) error {
 		}
 	}
 	return nil
+}
+
+// countPending adds the occurrences after the sink's cursor to ahead and
+// to the counters. s.mu is held.
+func (s *Sink) countPending(ctx context.Context) error {
+	after, err := s.outbox.Cursor(ctx, s.Name())
+	if err != nil {
+		return fmt.Errorf("prometheus sink: read cursor: %w", err)
+	}
+	for {
+		entries, err := s.outbox.ReadOutbox(ctx, after, 1024)
+		if err != nil {
+			return fmt.Errorf("prometheus sink: read pending occurrences: %w", err)
+		}
+		if len(entries) == 0 {
+			return nil
+		}
+		for _, e := range entries {
+			for _, o := range e.Occurrences {
+				k := series{o.Flow, o.Metric}
+				s.ahead[k]++
+				s.counter.WithLabelValues(k.flow, k.metric).Inc()
+			}
+		}
+		after = entries[len(entries)-1].Seq
+	}
 }
 
 // TakeState implements flowmetrics.StatefulSink: the totals of the counters
