@@ -229,9 +229,9 @@ func TestBrowser(t *testing.T) {
 		srv = startServe(t, bin, filepath.Join(dir, "data"), "--demo")
 	} else {
 		// A serve without --demo: post the same kind of traffic from here,
-		// an hour of it first, then live.
+		// the last 50 min first (the 1 h window keeps all of it), then live.
 		srv = startServe(t, bin, filepath.Join(dir, "data"))
-		post(t, srv.addr, traffic(time.Now(), time.Hour, 25, 1))
+		post(t, srv.addr, traffic(time.Now(), 50*time.Minute, 25, 1))
 		live, stopLive := context.WithCancel(ctx)
 		defer stopLive()
 		go func() {
