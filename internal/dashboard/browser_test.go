@@ -355,6 +355,14 @@ func TestBrowser(t *testing.T) {
 	check("legend shows hovered values", fmt.Sprintf(`[...document.querySelectorAll('section.flow[data-flow=%q] .legend li .v')].every(v => /^[\d,]+$/.test(v.textContent))`, busy.Flow))
 	check("crosshair shown", fmt.Sprintf(`document.querySelector('section.flow[data-flow=%q] .cross').getAttribute("visibility") === "visible"`, busy.Flow))
 
+	// A legend item hides its line, and shows it again (by keyboard too).
+	m0 := busy.Metrics[0].Metric
+	sel := fmt.Sprintf(`section.flow[data-flow=%q]`, busy.Flow)
+	check("legend hides a line", fmt.Sprintf(`(() => { document.querySelector(%q + ' .legend li[data-metric=%q]').click();
+		const s = document.querySelector(%q); return s.querySelector('.legend li[data-metric=%q]').classList.contains("off") && !s.querySelector('.series[data-metric=%q]') && s.querySelectorAll(".series").length === %d; })()`, sel, m0, sel, m0, m0, len(busy.Metrics)-1))
+	check("legend shows it again by keyboard", fmt.Sprintf(`(() => { document.querySelector(%q + ' .legend li[data-metric=%q]').dispatchEvent(new KeyboardEvent("keydown", {key: "Enter", bubbles: true}));
+		return document.querySelectorAll(%q + " .series").length === %d; })()`, sel, m0, sel, len(busy.Metrics)))
+
 	// The table: every flow metric, with its count in the range between
 	// what the API said before and after the page read it.
 	var before, after SeriesBody
