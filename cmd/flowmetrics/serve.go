@@ -34,6 +34,8 @@ const serveEndpoints = `Endpoints:
                     pipeline's own flowmetrics_* metrics
   GET  /healthz     200 when serving
   GET  /            the live dashboard (http.dashboard: false turns it off)
+  GET  /api/v1/…    its JSON: series?range=15m|1h|6h|24h, flows, malformed,
+                    health; stream (server-sent change events)
 
 Sinks deliver new counts after pipeline.flush_interval (1s by default).
 The shared secret is read from $FLOWMETRICS_SECRET (http.secret_env) and sent
