@@ -40,6 +40,12 @@ type Config struct {
 	// failing sink (defaults 500 ms and 60 s).
 	RetryMin time.Duration `yaml:"retry_min"`
 	RetryMax time.Duration `yaml:"retry_max"`
+	// FlushAttempts, when positive, makes Flush give up on a sink after
+	// that many failed sends in a row instead of retrying until its
+	// context ends. Lambda sets it: its input is redelivered later anyway,
+	// and a sink that is not there should fail the invocation in a second,
+	// not at its timeout.
+	FlushAttempts int `yaml:"-"`
 
 	// Guard, when set, maps flow/metric pairs beyond the cardinality limit
 	// to the overflow series. It is applied as occurrences are ingested.
@@ -202,14 +208,16 @@ func (r *Result) Add(o Result) {
 
 // Ingest extracts the occurrences of the accepted records and claims them.
 // When it returns a nil error, every new occurrence is durably in the outbox
-// (as durable as the store), so the records may be acknowledged. A non-nil
-// error is a store failure: nothing may be acknowledged and the records
-// should be retried; retrying is safe.
+// (as durable as the store), so the records may be acknowledged. A
+// *PendingError names records that must wait for another writer; the rest
+// is as with nil. Any other error is a store failure: nothing may be
+// acknowledged and the records should be retried; retrying is safe.
 func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, error) {
 	var res Result
 	now := p.cfg.Now()
 	var reqs []flowmetrics.ClaimRequest
 	var reqKeys [][]string     // the keys of each request, for the cache
+	var reqRec []int           // the Index of each request's record
 	var folded map[string]bool // keys the guard folded into the overflow series
 	for _, r := range recs {
 		res.Read++
@@ -265,6 +273,7 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		}
 		reqs = append(reqs, flowmetrics.ClaimRequest{ConversationID: r.Event.ConversationID, Occurrences: occs})
 		reqKeys = append(reqKeys, keys)
+		reqRec = append(reqRec, r.Index)
 	}
 	if len(reqs) == 0 {
 		return res, nil
@@ -272,12 +281,27 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 	start := time.Now()
 	fresh, err := p.store.Claim(ctx, reqs)
 	p.m.StoreLatency.WithLabelValues("claim").Observe(time.Since(start).Seconds())
-	if err != nil {
+	var pe *flowmetrics.PendingError
+	if err != nil && !errors.As(err, &pe) {
 		p.m.StoreErrors.WithLabelValues("claim").Inc()
 		return res, fmt.Errorf("claim: %w", err)
 	}
+	var pendingErr *PendingError
+	deferred := map[int]bool{}
+	if pe != nil {
+		pendingErr = &PendingError{}
+		for _, i := range pe.Requests {
+			deferred[i] = true
+			pendingErr.Records = append(pendingErr.Records, reqRec[i])
+		}
+		p.m.RecordsDeferred.Add(float64(len(pe.Requests)))
+	}
 	for i, rq := range reqs {
-		p.cache.learn(rq.ConversationID, reqKeys[i], now)
+		// A deferred request's keys are not known yet: the holder may die
+		// before delivering, and the retry must reach the store.
+		if !deferred[i] {
+			p.cache.learn(rq.ConversationID, reqKeys[i], now)
+		}
 	}
 	for _, o := range fresh {
 		p.m.Occurrences.WithLabelValues(o.Flow, o.Metric).Inc()
@@ -291,7 +315,24 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 			d.notify()
 		}
 	}
+	if pendingErr != nil {
+		return res, pendingErr
+	}
 	return res, nil
+}
+
+// PendingError is Ingest's report that some accepted records hold metric
+// keys another writer of a shared store claimed and has not yet delivered.
+// Everything else of the batch is claimed as with a nil error; the named
+// records must not be acknowledged but retried later (a caller that cannot
+// tell records apart retries them all, which is safe).
+type PendingError struct {
+	// Records are the Index fields of the records concerned.
+	Records []int
+}
+
+func (e *PendingError) Error() string {
+	return fmt.Sprintf("claim: %d records hold keys pending under another writer; retry them later", len(e.Records))
 }
 
 func occKeys(occs []flowmetrics.Occurrence) []string {
@@ -465,6 +506,9 @@ func (d *drainer) flush(ctx context.Context) error {
 		more, err := d.drainOnce(ctx)
 		if err != nil {
 			failures++
+			if n := d.p.cfg.FlushAttempts; n > 0 && failures >= n {
+				return err
+			}
 			d.p.m.SinkBatchRetries.WithLabelValues(d.name).Inc()
 			if notBefore(ctx, err) {
 				return err // the sink will not try again before ctx ends
