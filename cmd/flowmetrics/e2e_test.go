@@ -517,7 +517,7 @@ func TestServeDashboard(t *testing.T) {
 	}
 	var last string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		resp, err := http.Get("http://" + addr + "/api/v1/dashboard")
+		resp, err := http.Get("http://" + addr + "/api/v1/flows")
 		if err != nil {
 			t.Fatal(err)
 		}

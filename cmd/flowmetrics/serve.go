@@ -16,6 +16,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/demo"
 	"github.com/flowmetrics/flowmetrics/internal/httpapi"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
@@ -33,6 +34,8 @@ const serveEndpoints = `Endpoints:
                     pipeline's own flowmetrics_* metrics
   GET  /healthz     200 when serving
   GET  /            the live dashboard (http.dashboard: false turns it off)
+  GET  /api/v1/…    its JSON: series?range=15m|1h|6h|24h, flows, malformed,
+                    health; stream (server-sent change events)
 
 Sinks deliver new counts after pipeline.flush_interval (1s by default).
 The shared secret is read from $FLOWMETRICS_SECRET (http.secret_env) and sent
@@ -105,14 +108,25 @@ func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.
 	if err != nil {
 		return usageError(err)
 	}
-	var dash http.Handler
-	if cfg.HTTP.DashboardOn() {
-		rec := dashboard.NewRecorder(0, nil)
-		sinks = append(sinks, rec)
-		dash = dashboard.Handler(rec, m)
+	for _, s := range sinks {
+		if ps, ok := s.(*prometheus.Sink); ok {
+			ps.ResumeFrom(st) // /metrics never goes down across a restart
+		}
 	}
 	pcfg := cfg.Pipeline
 	pcfg.Guard = newGuard(cfg, log)
+	var dash *dashboard.Handler
+	if cfg.HTTP.DashboardOn() {
+		// The dashboard is one more sink; it also watches the others'
+		// sends and hears of malformed attribute names.
+		rec := dashboard.NewRecorder(nil)
+		for i, s := range sinks {
+			sinks[i] = rec.Watch(s)
+		}
+		sinks = append(sinks, rec)
+		pcfg.OnMalformed = rec.Malformed
+		dash = dashboard.New(rec, m)
+	}
 	p := pipeline.New(st, sinks, pcfg, m, log)
 	if err := p.Register(ctx); err != nil {
 		return err
@@ -129,8 +143,8 @@ func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.
 			AuthHeader:   cfg.HTTP.AuthHeader,
 			Secret:       secret,
 			MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
-			Dashboard:    dash,
-			DashboardAPI: dashboard.APIPath,
+			Dashboard:    httpHandler(dash),
+			DashboardAPI: dashboard.APIPrefix,
 			ProtectReads: cfg.HTTP.ReadsProtected(secret),
 		}, log),
 		ReadTimeout:       cfg.HTTP.ReadTimeout,
@@ -138,6 +152,9 @@ func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.
 		WriteTimeout:      cfg.HTTP.WriteTimeout,
 		IdleTimeout:       cfg.HTTP.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if dash != nil {
+		srv.RegisterOnShutdown(dash.CloseStreams)
 	}
 	sweepCtx, stopSweep := context.WithCancel(context.Background())
 	defer stopSweep()
@@ -203,4 +220,12 @@ func sweepEvery(ctx context.Context, sw sweeper, every time.Duration, log *slog.
 			}
 		}
 	}
+}
+
+// httpHandler keeps a nil *dashboard.Handler a nil http.Handler.
+func httpHandler(d *dashboard.Handler) http.Handler {
+	if d == nil {
+		return nil
+	}
+	return d
 }

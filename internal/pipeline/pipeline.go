@@ -50,6 +50,9 @@ type Config struct {
 	// Guard, when set, maps flow/metric pairs beyond the cardinality limit
 	// to the overflow series. It is applied as occurrences are ingested.
 	Guard Guard `yaml:"-"`
+	// OnMalformed, when set, is told each malformed metric attribute name
+	// as it is ingested (the dashboard lists them); it must be quick.
+	OnMalformed func(flow, name, reason string) `yaml:"-"`
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time `yaml:"-"`
 }
@@ -275,6 +278,9 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 			p.m.CountMalformed(b.Flow)
 			if errors.Is(b.Err, genesys.ErrNameTooLong) {
 				p.m.Limits.WithLabelValues("name_too_long").Inc()
+			}
+			if p.cfg.OnMalformed != nil {
+				p.cfg.OnMalformed(b.Flow, b.Name, b.Reason)
 			}
 		}
 		res.Malformed += len(bad)
