@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 )
 
 // clock is a settable clock, safe for concurrent use.
@@ -401,5 +402,29 @@ func TestWatch(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("statuses: got %+v, want %+v", got, want)
+	}
+}
+
+// holdingSink is a StatefulSink that holds points until a time, as the
+// OTLP sink holds its windows.
+type holdingSink struct {
+	statefulSink
+	due bool
+}
+
+func (h *holdingSink) Due(time.Time) bool { return h.due }
+
+func TestWatchKeepsAHolder(t *testing.T) {
+	r := NewRecorder((&clock{t: t0}).Now)
+	inner := &holdingSink{due: true}
+	h, ok := r.Watch(inner).(pipeline.Holder)
+	if !ok {
+		t.Fatal("a watched pipeline.Holder is not a Holder: the pipeline would never send its held windows without new traffic")
+	}
+	if !h.Due(t0) {
+		t.Error("Due not passed through")
+	}
+	if _, ok := r.Watch(&statefulSink{}).(pipeline.Holder); ok {
+		t.Error("a watched StatefulSink that holds nothing claims to be a Holder")
 	}
 }

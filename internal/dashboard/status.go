@@ -60,7 +60,8 @@ func (r *Recorder) Statuses() []SinkStatus {
 
 // Watch returns s wrapped so that the dashboard sees when its sends last
 // succeeded and failed, and why. The wrapper is a flowmetrics.StatefulSink
-// exactly when s is one, and passes everything else through unchanged.
+// exactly when s is one, and a pipeline.Holder exactly when s is one; it
+// passes everything else through unchanged.
 func (r *Recorder) Watch(s flowmetrics.Sink) flowmetrics.Sink {
 	r.status.mu.Lock()
 	if r.status.m[s.Name()] == nil {
@@ -69,10 +70,27 @@ func (r *Recorder) Watch(s flowmetrics.Sink) flowmetrics.Sink {
 	r.status.mu.Unlock()
 	w := &watched{Sink: s, r: r}
 	if ss, ok := s.(flowmetrics.StatefulSink); ok {
-		return &watchedStateful{watched: w, ss: ss}
+		ws := &watchedStateful{watched: w, ss: ss}
+		if h, ok := s.(holder); ok {
+			return &watchedHolder{watchedStateful: ws, h: h}
+		}
+		return ws
 	}
 	return w
 }
+
+// holder is pipeline.Holder's own method: a sink that holds points until a
+// time passes (OTLP windows) and must be asked when they are due.
+type holder interface {
+	Due(now time.Time) bool
+}
+
+type watchedHolder struct {
+	*watchedStateful
+	h holder
+}
+
+func (w *watchedHolder) Due(now time.Time) bool { return w.h.Due(now) }
 
 type watched struct {
 	flowmetrics.Sink
