@@ -3,7 +3,7 @@
 // outbox and the sinks' cursors.
 //
 // Pebble was picked over bbolt and Badger by BenchmarkEmbeddedCandidates
-// (internal/store/embedbench): its write-ahead log groups the fsyncs of
+// (integration/embedbench): its write-ahead log groups the fsyncs of
 // concurrent commits, which is what durable acknowledgement of many
 // concurrent ingest requests needs; bbolt serialises every transaction's
 // fsync.

@@ -1,7 +1,7 @@
 // Package embedbench holds BenchmarkEmbeddedCandidates, the measurement
-// behind pebblestore's use of Pebble. The package has no code outside its
-// tests, so bbolt and Badger are compiled into the benchmark only, never into
-// flowmetrics.
+// behind pebblestore's use of Pebble. It is its own Go module
+// (integration/embedbench) and has no code outside its tests, so bbolt and
+// Badger are in neither the binary nor the product's go.mod.
 //
 // Each candidate does what pebblestore does per Claim call, and nothing
 // more: for a batch of 100 corpus events (internal/corpus), read each
@@ -44,9 +44,9 @@
 // retries and brings a larger dependency and memory footprint (64 MiB
 // memtables and a 256 MiB block cache by default).
 //
-// Run it with:
+// Run it from the repository root with:
 //
-//	go test ./internal/store/embedbench -run '^$' -bench . -benchtime 2000x -count 3
+//	cd integration/embedbench && go test -run '^$' -bench . -benchtime 2000x -count 3 .
 //
 // TestCandidatesClaimEachKeyOnce, which runs in plain go test, checks that
 // every candidate claims each distinct key exactly once under concurrency, so

@@ -46,7 +46,7 @@ func TestCandidatesClaimEachKeyOnce(t *testing.T) {
 // events, read each conversation's stored keys, write back those with new
 // keys and one outbox entry, and commit with fsync. One op is one batch.
 //
-//	go test ./internal/store/embedbench -run '^$' -bench . -benchtime 2000x
+//	cd integration/embedbench && go test -run '^$' -bench . -benchtime 2000x .
 func BenchmarkEmbeddedCandidates(b *testing.B) {
 	w := workload(b, 50_000)
 	for _, c := range candidates {
