@@ -1,9 +1,10 @@
-package aws_test
+package deploy_test
 
 import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -24,11 +25,14 @@ type refs struct {
 	ref, getAtt, conds []string
 }
 
+// templatePath is deploy/aws/template.yaml, from this module's directory.
+var templatePath = filepath.Join("..", "..", "deploy", "aws", "template.yaml")
+
 var subVar = regexp.MustCompile(`\$\{([^}!]+)\}`)
 
 func parse(t *testing.T) (*cloudformation.Template, *refs) {
 	t.Helper()
-	data, err := os.ReadFile("template.yaml")
+	data, err := os.ReadFile(templatePath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +98,7 @@ func parse(t *testing.T) (*cloudformation.Template, *refs) {
 	}
 	tmpl, err := goformation.ParseYAMLWithOptions(data, &intrinsics.ProcessorOptions{IntrinsicHandlerOverrides: handlers})
 	if err != nil {
-		t.Fatalf("parse template.yaml: %v", err)
+		t.Fatalf("parse %s: %v", templatePath, err)
 	}
 	return tmpl, r
 }
@@ -324,7 +328,7 @@ func TestShape(t *testing.T) {
 // [...]}), so the tests can see what a value depends on.
 func raw(t *testing.T) map[string]interface{} {
 	t.Helper()
-	data, err := os.ReadFile("template.yaml")
+	data, err := os.ReadFile(templatePath)
 	if err != nil {
 		t.Fatal(err)
 	}
