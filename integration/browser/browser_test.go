@@ -1,21 +1,15 @@
-package dashboard
+package browser_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +18,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/dashboard"
 )
 
 const chromiumPath = "/usr/bin/chromium"
@@ -41,101 +36,6 @@ func needBrowser(t *testing.T) {
 	}
 	if testing.Short() {
 		t.Skip("builds serve and starts a browser; skipped with -short")
-	}
-}
-
-// serveProc is a running `flowmetrics serve`.
-type serveProc struct {
-	cmd    *exec.Cmd
-	addr   string
-	stderr *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// buildServe builds the flowmetrics binary into dir.
-func buildServe(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "flowmetrics")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/flowmetrics/flowmetrics/cmd/flowmetrics").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build flowmetrics: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// startServe starts bin serve on a free loopback port with the data dir.
-func startServe(t *testing.T, bin, dataDir string, extra ...string) *serveProc {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	s := &serveProc{addr: addr, stderr: &lockedBuffer{}}
-	s.cmd = exec.Command(bin, append([]string{"serve", "-listen", addr, "-data-dir", dataDir}, extra...)...)
-	s.cmd.Stderr = s.stderr
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if resp, err := http.Get("http://" + addr + "/healthz"); err == nil {
-			resp.Body.Close()
-			return s
-		}
-	}
-	s.cmd.Process.Kill()
-	s.cmd.Wait()
-	t.Fatalf("serve did not come up: %s", s.stderr)
-	return nil
-}
-
-func (s *serveProc) stop(t *testing.T) {
-	t.Helper()
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- s.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("serve exited: %v\n%s", err, s.stderr)
-		}
-	case <-time.After(20 * time.Second):
-		s.cmd.Process.Kill()
-		<-done
-		t.Errorf("serve did not stop within 20 s of SIGTERM\n%s", s.stderr)
-	}
-}
-
-func getJSON(t *testing.T, url string, v any) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %s %s", url, resp.Status, b)
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		t.Fatalf("GET %s: %v\n%s", url, err, b)
 	}
 }
 
@@ -229,7 +129,7 @@ func TestBrowser(t *testing.T) {
 	base := "http://" + srv.addr
 	// The backfill is in when the series stop growing fast: wait for the
 	// demo's flows, each with more than ten minutes of history.
-	waitAPI(t, base, func(s SeriesBody) bool {
+	waitAPI(t, base, func(s dashboard.SeriesBody) bool {
 		if len(s.Flows) < 4 {
 			return false
 		}
@@ -245,7 +145,7 @@ func TestBrowser(t *testing.T) {
 	if err := chromedp.Do(bctx, chromedp.Navigate(base+"/")); err != nil {
 		t.Fatalf("load: %v", err)
 	}
-	var api SeriesBody
+	var api dashboard.SeriesBody
 	getJSON(t, base+"/api/v1/series?range=1h", &api)
 	lines := 0
 	for _, f := range api.Flows {
@@ -310,7 +210,7 @@ func TestBrowser(t *testing.T) {
 	if !tip.Visible || len(tip.Rows) != len(busy.Metrics) || !strings.Contains(tip.Head, "–") {
 		t.Errorf("hover tooltip: got %+v, want visible with a time span and %d metrics", tip, len(busy.Metrics))
 	}
-	var now SeriesBody // the API again, in case the page's 1 h window moved on
+	var now dashboard.SeriesBody // the API again, in case the page's 1 h window moved on
 	getJSON(t, base+"/api/v1/series?range=1h", &now)
 	shift := int(now.Start.Sub(api.Start) / (time.Duration(api.StepSeconds) * time.Second))
 	for _, f := range now.Flows {
@@ -342,7 +242,7 @@ func TestBrowser(t *testing.T) {
 
 	// The table: every flow metric, with its count in the range between
 	// what the API said before and after the page read it.
-	var before, after SeriesBody
+	var before, after dashboard.SeriesBody
 	getJSON(t, base+"/api/v1/series?range=1h", &before)
 	time.Sleep(2500 * time.Millisecond) // the page has refreshed since
 	type row struct{ Flow, Metric, Count, Trend, Last string }
@@ -363,7 +263,7 @@ func TestBrowser(t *testing.T) {
 	}
 
 	// Malformed: the distinct names, each once, with their sightings.
-	var mal MalformedBody
+	var mal dashboard.MalformedBody
 	getJSON(t, base+"/api/v1/malformed", &mal)
 	if mal.Distinct == 0 {
 		t.Fatalf("malformed API: no names, want the demo's: %+v", mal)
@@ -460,7 +360,7 @@ func TestBrowser(t *testing.T) {
 }
 
 // firstBucket is the index of a flow's first non-empty bucket, -1 if none.
-func firstBucket(f FlowBody) int {
+func firstBucket(f dashboard.FlowBody) int {
 	first := -1
 	for _, m := range f.Metrics {
 		for i, c := range m.Counts {
@@ -472,7 +372,7 @@ func firstBucket(f FlowBody) int {
 	return first
 }
 
-func inRange(s SeriesBody) map[string]int64 {
+func inRange(s dashboard.SeriesBody) map[string]int64 {
 	out := map[string]int64{}
 	for _, f := range s.Flows {
 		for _, m := range f.Metrics {
@@ -487,11 +387,11 @@ func screenshot(ctx context.Context) ([]byte, error) {
 }
 
 // waitAPI polls /api/v1/series until ok, at most 15 s.
-func waitAPI(t *testing.T, base string, ok func(SeriesBody) bool, what string) SeriesBody {
+func waitAPI(t *testing.T, base string, ok func(dashboard.SeriesBody) bool, what string) dashboard.SeriesBody {
 	t.Helper()
-	var s SeriesBody
+	var s dashboard.SeriesBody
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		s = SeriesBody{}
+		s = dashboard.SeriesBody{}
 		getJSON(t, base+"/api/v1/series?range=1h", &s)
 		if ok(s) {
 			return s
@@ -501,135 +401,6 @@ func waitAPI(t *testing.T, base string, ok func(SeriesBody) bool, what string) S
 	return s
 }
 
-// promTotals reads serve's /metrics: genesys_flow_metric_total by labels.
-func promTotals(t *testing.T, base string) map[string]float64 {
-	t.Helper()
-	resp, err := http.Get(base + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	out := map[string]float64{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(l, "genesys_flow_metric_total{") {
-			continue
-		}
-		i := strings.LastIndexByte(l, ' ')
-		var v float64
-		fmt.Sscan(l[i+1:], &v)
-		out[l[:i]] = v
-	}
-	return out
-}
-
-// byTime keys a series body's counts by bucket start, so two reads a few
-// seconds apart compare bucket for bucket.
-func byTime(s SeriesBody) map[string]int64 {
-	out := map[string]int64{}
-	step := time.Duration(s.StepSeconds) * time.Second
-	for _, f := range s.Flows {
-		for _, m := range f.Metrics {
-			out[f.Flow+"/"+m.Metric+"/total"] = m.Total
-			for i, c := range m.Counts {
-				if c != 0 {
-					out[f.Flow+"/"+m.Metric+"/"+s.Start.Add(time.Duration(i)*step).Format(time.TimeOnly)] = c
-				}
-			}
-		}
-	}
-	return out
-}
-
-// TestRestartKeepsHistory kills serve with SIGKILL and starts it again on
-// the same data directory: the dashboard's buckets, its malformed names and
-// the Prometheus counters are what they were, before any new event.
-func TestRestartKeepsHistory(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs serve; skipped with -short")
-	}
-	dir := t.TempDir()
-	bin := buildServe(t, dir)
-	data := filepath.Join(dir, "data")
-	srv := startServe(t, bin, data)
-	base := "http://" + srv.addr
-	post(t, srv.addr, traffic(time.Now(), 2*time.Hour, 10, 2))
-
-	// Delivered everywhere: the dashboard and /metrics count what the
-	// pipeline claimed.
-	var before SeriesBody
-	var health HealthBody
-	var prom map[string]float64
-	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		getJSON(t, base+"/api/v1/series?range=6h", &before)
-		getJSON(t, base+"/api/v1/health", &health)
-		prom = promTotals(t, base)
-		var sum float64
-		for _, v := range prom {
-			sum += v
-		}
-		if health.Occurrences > 0 && before.Total == health.Occurrences && int64(sum) == health.Occurrences {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not delivered within 15 s: dashboard %d, prometheus %v, claimed %d", before.Total, sum, health.Occurrences)
-		}
-	}
-	time.Sleep(500 * time.Millisecond) // the commit follows each send
-	var malBefore MalformedBody
-	getJSON(t, base+"/api/v1/malformed", &malBefore)
-	srv.cmd.Process.Signal(syscall.SIGKILL)
-	srv.cmd.Wait()
-
-	srv = startServe(t, bin, data)
-	defer srv.stop(t)
-	base = "http://" + srv.addr
-	var after SeriesBody
-	getJSON(t, base+"/api/v1/series?range=6h", &after)
-	if a, b := byTime(after), byTime(before); !mapsEqual(a, b) || after.Total != before.Total {
-		t.Errorf("dashboard after SIGKILL and restart: total %d, want %d; buckets differ: %v", after.Total, before.Total, diff(a, b))
-	}
-	if got := promTotals(t, base); !mapsEqual(got, prom) {
-		t.Errorf("/metrics after restart:\ngot  %v\nwant %v", got, prom)
-	}
-	var malAfter MalformedBody
-	getJSON(t, base+"/api/v1/malformed", &malAfter)
-	if malAfter.Distinct != malBefore.Distinct || malAfter.Distinct == 0 {
-		t.Errorf("malformed names after restart: got %d distinct, want %d", malAfter.Distinct, malBefore.Distinct)
-	}
-	t.Logf("after SIGKILL: %d occurrences in %d buckets, %d counters, %d malformed names restored", after.Total, len(byTime(after)), len(prom), malAfter.Distinct)
-}
-
-func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
-}
-
-func diff(a, b map[string]int64) []string {
-	var out []string
-	for k, v := range a {
-		if b[k] != v {
-			out = append(out, fmt.Sprintf("%s: %d≠%d", k, v, b[k]))
-		}
-	}
-	for k, v := range b {
-		if _, ok := a[k]; !ok {
-			out = append(out, fmt.Sprintf("%s: missing (was %d)", k, v))
-		}
-	}
-	if len(out) > 10 {
-		out = append(out[:10], "…")
-	}
-	return out
-}
-
 // TestBrowserScale loads the page over 50 flows × 20 metrics with a count
 // in every bucket, and reports how long the page takes to draw it all and
 // to redraw on a live change (figures, not asserted: the machine varies).
@@ -637,8 +408,7 @@ func TestBrowserScale(t *testing.T) {
 	needBrowser(t)
 	now := time.Now()
 	rec := full(t, now)
-	rec.now = time.Now
-	srv := httptest.NewServer(New(rec, nil))
+	srv := httptest.NewServer(dashboard.New(rec, nil))
 	defer srv.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
@@ -662,72 +432,41 @@ func TestBrowserScale(t *testing.T) {
 	}
 }
 
-// TestMetricsNeverGoDown scrapes /metrics while traffic flows, SIGKILLs
-// serve, starts it again on the same data directory, and checks that no
-// counter is below what the last scrape before the kill showed, and that
-// after the redelivery every counter equals what was claimed.
-func TestMetricsNeverGoDown(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs serve; skipped with -short")
-	}
-	dir := t.TempDir()
-	bin := buildServe(t, dir)
-	data := filepath.Join(dir, "data")
-	var acked atomic.Int64 // occurrences claimed by answered POSTs, all rounds
-	for round := range 3 {
-		srv := startServe(t, bin, data)
-		base := "http://" + srv.addr
-		evs := traffic(time.Now(), 20*time.Minute, 30, uint64(10+round))
-		go func() {
-			for len(evs) > 0 {
-				k := min(len(evs), 40)
-				resp, err := http.Post(base+"/v1/events", "application/x-ndjson", strings.NewReader(strings.Join(evs[:k], "\n")))
-				if err != nil {
-					return // killed
-				}
-				var r struct{ Occurrences int64 }
-				json.NewDecoder(resp.Body).Decode(&r)
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusAccepted {
-					acked.Add(r.Occurrences)
-				}
-				evs = evs[k:]
-			}
-		}()
-		var last map[string]float64
-		for deadline := time.Now().Add(time.Duration(800+round*700) * time.Millisecond); time.Now().Before(deadline); {
-			last = promTotals(t, base)
+// full returns a Recorder holding 50 flows × 20 metrics with a count in
+// every bucket of the last 24 h, as internal/dashboard's benchmarks build
+// it: on a clock stopped at now while it is filled, then on time.Now.
+func full(t *testing.T, now time.Time) *dashboard.Recorder {
+	t.Helper()
+	var filled atomic.Bool
+	r := dashboard.NewRecorder(func() time.Time {
+		if filled.Load() {
+			return time.Now()
 		}
-		srv.cmd.Process.Signal(syscall.SIGKILL)
-		srv.cmd.Wait()
+		return now
+	})
+	var pts []flowmetrics.Point
+	// One send a minute for the older hours (their 1 min buckets), one per
+	// 10 s bucket for the last hour.
+	step := func(at time.Time) time.Duration {
+		if now.Sub(at) > dashboard.FineSpan {
+			return dashboard.CoarseStep
+		}
+		return dashboard.FineStep
+	}
+	for at := now.Add(-dashboard.CoarseSpan + dashboard.CoarseStep); !at.After(now); at = at.Add(step(at)) {
+		pts = pts[:0]
+		for f := range 50 {
+			for m := range 20 {
+				pts = append(pts, pt(fmt.Sprintf("Flow %02d", f), fmt.Sprintf("Metric%02d", m), at, int64(1+(f+m)%3)))
+			}
+		}
+		r.Send(context.Background(), pts)
+	}
+	r.TakeState()
+	filled.Store(true)
+	return r
+}
 
-		srv = startServe(t, bin, data)
-		base = "http://" + srv.addr
-		got := promTotals(t, base)
-		for k, v := range last {
-			if got[k] < v {
-				t.Errorf("round %d: %s went down across SIGKILL: %v before, %v after", round, k, v, got[k])
-			}
-		}
-		// Delivered again, the counters add up to what the dashboard (a
-		// sink exact by its own state) counted, and to at least what the
-		// answered POSTs claimed.
-		var sum float64
-		var dash SeriesBody
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-			sum = 0
-			for _, v := range promTotals(t, base) {
-				sum += v
-			}
-			getJSON(t, base+"/api/v1/series?range=1h", &dash)
-			if int64(sum) == dash.Total && sum >= float64(acked.Load()) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: counters sum to %v, the dashboard counted %d, the answered POSTs claimed %d", round, sum, dash.Total, acked.Load())
-			}
-		}
-		t.Logf("round %d: %d counters, none down; %v occurrences in all", round, len(got), sum)
-		srv.stop(t)
-	}
+func pt(flow, metric string, at time.Time, n int64) flowmetrics.Point {
+	return flowmetrics.Point{Flow: flow, Metric: metric, Bucket: flowmetrics.BucketStart(at, 10*time.Second), Width: 10 * time.Second, Count: n}
 }
