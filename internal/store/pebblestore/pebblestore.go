@@ -13,6 +13,14 @@
 //	c/<conversation id> -> last change (unix ns), then the claimed keys
 //	o/<seq, 8 bytes BE>  -> outbox entry: the occurrences one Claim found new
 //	k/<sink name>        -> the sink's cursor (8 bytes BE)
+//
+// Failure: Pebble cannot survive some errors (a failed write-ahead-log write,
+// for example on a full disk): it calls its logger's Fatalf or panics, and
+// its commit pipeline stays locked. The store turns both into a failure it
+// reports on Done/Err instead of a panic in the caller (an HTTP handler,
+// where net/http would recover it and every later commit would hang). From
+// then on every method returns Err at once without touching Pebble, and the
+// process must exit: serve's main does, with a non-zero status.
 package pebblestore
 
 import (
@@ -23,6 +31,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,7 +58,22 @@ type Store struct {
 	mu      sync.Mutex // guards cursors
 	cursors map[string]uint64
 	closed  atomic.Bool
+	fatal   *fatal
 }
+
+// Sizes that suit a small disk. Pebble preallocates each write-ahead log to
+// 110 % of MemTableSize and keeps up to MemTableStopWritesThreshold+1 old
+// logs for reuse, so the memtable size is what a data directory costs before
+// it holds anything: with Pebble's usual 64 MiB (or the 32 MiB used before)
+// a fresh store took 36 MiB, most of a small disk. 4 MiB keeps a fresh store
+// near 5 MiB (README, "Disk") at no measured cost in ingest throughput
+// (docs/PERFORMANCE.md).
+const (
+	memTableSize                = 4 << 20
+	memTableStopWritesThreshold = 2
+	l0CompactionThreshold       = 4
+	l0StopWritesThreshold       = 12
+)
 
 // Open opens (creating if needed) the store in dir. Only one process may have
 // it open at a time; Pebble locks the directory.
@@ -57,20 +81,45 @@ func Open(dir string, opts store.Options, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	db, err := pebble.Open(dir, &pebble.Options{
-		Logger:       pebbleLogger{log.With("component", "pebble")},
-		MemTableSize: 32 << 20,
-	})
+	f := newFatal()
+	db, err := openDB(dir, f, log)
 	if err != nil {
-		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+		return nil, err
 	}
-	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}}
+	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f}
 	if err := s.load(); err != nil {
-		db.Close()
+		if f.Err() == nil {
+			db.Close()
+		}
 		return nil, err
 	}
 	return s, nil
 }
+
+// openDB opens Pebble, turning a panic or a Fatalf during the open (a
+// write-ahead-log replay on a full disk) into an error.
+func openDB(dir string, f *fatal, log *slog.Logger) (db *pebble.DB, err error) {
+	defer f.recover(&err)
+	db, err = pebble.Open(dir, &pebble.Options{
+		Logger:                      pebbleLogger{log: log.With("component", "pebble"), fatal: f},
+		MemTableSize:                memTableSize,
+		MemTableStopWritesThreshold: memTableStopWritesThreshold,
+		L0CompactionThreshold:       l0CompactionThreshold,
+		L0StopWritesThreshold:       l0StopWritesThreshold,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
+	return db, nil
+}
+
+// Done is closed when the store has failed in a way it cannot survive (see
+// the package comment); Err then says why. Only main should act on it, by
+// exiting.
+func (s *Store) Done() <-chan struct{} { return s.fatal.done }
+
+// Err returns the failure that closed Done, or nil.
+func (s *Store) Err() error { return s.fatal.Err() }
 
 // load rebuilds the in-memory view of the outbox and the cursors.
 func (s *Store) load() error {
@@ -101,7 +150,11 @@ func (s *Store) load() error {
 	return nil
 }
 
-func (s *Store) scan(prefix []byte, fn func(k, v []byte) error) error {
+func (s *Store) scan(prefix []byte, fn func(k, v []byte) error) (err error) {
+	defer s.fatal.recover(&err)
+	if err := s.fatal.Err(); err != nil {
+		return err
+	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
 		return fmt.Errorf("pebblestore: scan: %w", err)
@@ -126,13 +179,14 @@ var errClosed = errors.New("pebblestore: closed")
 // Claim implements flowmetrics.Store. Conversations of the batch are locked
 // (striped) from the read of their state until the batch, claims and outbox
 // entry together, is synced to the write-ahead log.
-func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]flowmetrics.Occurrence, error) {
+func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ []flowmetrics.Occurrence, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if s.closed.Load() {
-		return nil, errClosed
+	if err := s.usable(); err != nil {
+		return nil, err
 	}
+	defer s.fatal.recover(&err)
 	convs := make([]string, len(reqs))
 	for i, r := range reqs {
 		convs[i] = r.ConversationID
@@ -217,10 +271,14 @@ func (s *Store) get(id string) (*conversation, error) {
 // many. Claim already treats them as absent; sweeping keeps the database from
 // growing without bound. It holds each conversation's stripe while deciding,
 // so it never deletes a conversation a concurrent Claim is refreshing.
-func (s *Store) Sweep(ctx context.Context) (int, error) {
+func (s *Store) Sweep(ctx context.Context) (removed int, err error) {
+	if err := s.usable(); err != nil {
+		return 0, err
+	}
+	defer s.fatal.recover(&err)
 	now := s.opts.Now()
 	var expired []string
-	err := s.scan(convPrefix, func(k, v []byte) error {
+	err = s.scan(convPrefix, func(k, v []byte) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -233,7 +291,6 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	removed := 0
 	for start := 0; start < len(expired); start += 1000 {
 		chunk := expired[start:min(start+1000, len(expired))]
 		unlock := s.stripes.Lock(chunk)
@@ -257,10 +314,11 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 }
 
 // ReadOutbox implements flowmetrics.Store.
-func (s *Store) ReadOutbox(ctx context.Context, after uint64, limit int) ([]flowmetrics.Entry, error) {
-	if s.closed.Load() {
-		return nil, errClosed
+func (s *Store) ReadOutbox(ctx context.Context, after uint64, limit int) (_ []flowmetrics.Entry, err error) {
+	if err := s.usable(); err != nil {
+		return nil, err
 	}
+	defer s.fatal.recover(&err)
 	visible := s.seq.Visible()
 	if after >= visible {
 		return nil, nil
@@ -290,9 +348,13 @@ func (s *Store) Cursor(ctx context.Context, sink string) (uint64, error) {
 }
 
 // Register implements flowmetrics.Store.
-func (s *Store) Register(ctx context.Context, sinks []string) error {
+func (s *Store) Register(ctx context.Context, sinks []string) (err error) {
+	if err := s.usable(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.fatal.recover(&err)
 	b := s.db.NewBatch()
 	defer b.Close()
 	next := map[string]uint64{}
@@ -317,12 +379,13 @@ func (s *Store) Register(ctx context.Context, sinks []string) error {
 }
 
 // Ack implements flowmetrics.Store.
-func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
+func (s *Store) Ack(ctx context.Context, sink string, seq uint64) (err error) {
+	if err := s.usable(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed.Load() {
-		return errClosed
-	}
+	defer s.fatal.recover(&err)
 	cur, ok := s.cursors[sink]
 	if !ok {
 		return fmt.Errorf("pebblestore: ack from unregistered sink %q", sink)
@@ -363,18 +426,37 @@ func (s *Store) OutboxDepth(ctx context.Context, sink string) (int64, error) {
 	return s.seq.Depth(c), nil
 }
 
-// Close flushes and closes the database; it is safe to call twice.
-func (s *Store) Close() error {
+// Close closes the database; it is safe to call twice. It does not flush
+// the memtable: everything acknowledged is already synced in the
+// write-ahead log, which the next Open replays, and a flush needs disk space
+// that a full disk does not have. A failed store is not closed (Pebble's
+// locks may be held by the write that failed); its Err is returned.
+func (s *Store) Close() (err error) {
+	if err := s.fatal.Err(); err != nil {
+		s.closed.Store(true)
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Swap(true) {
 		return nil
 	}
-	if err := s.db.Flush(); err != nil {
-		s.db.Close()
-		return fmt.Errorf("pebblestore: flush: %w", err)
+	defer s.fatal.recover(&err)
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("pebblestore: close: %w", err)
 	}
-	return s.db.Close()
+	return nil
+}
+
+// usable returns the reason the store cannot be used, if any.
+func (s *Store) usable() error {
+	if err := s.fatal.Err(); err != nil {
+		return err
+	}
+	if s.closed.Load() {
+		return errClosed
+	}
+	return nil
 }
 
 func convKey(id string) []byte    { return append(bytes.Clone(convPrefix), id...) }
@@ -387,18 +469,68 @@ func be64(v uint64) []byte {
 	return b[:]
 }
 
-type pebbleLogger struct{ log *slog.Logger }
+type pebbleLogger struct {
+	log   *slog.Logger
+	fatal *fatal
+}
 
 func (l pebbleLogger) Infof(format string, args ...any) { l.log.Debug(fmt.Sprintf(format, args...)) }
 func (l pebbleLogger) Errorf(format string, args ...any) {
 	l.log.Error(fmt.Sprintf(format, args...))
 }
 
-// Fatalf is how Pebble reports a broken invariant; it must not return.
+// Fatalf is how Pebble reports an error it cannot survive ("fatal commit
+// error" when a write-ahead-log write fails) or a broken invariant; it must
+// not return. It records the failure, which closes Done so that main exits,
+// and then parks the calling goroutine (a committing request, or one of
+// Pebble's own): returning would let Pebble go on in a broken state, and a
+// panic would unwind a request handler with Pebble's commit pipeline still
+// locked.
 func (l pebbleLogger) Fatalf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
-	l.log.Error(msg)
-	panic("pebble: " + msg)
+	l.log.Error("pebble failed; the store cannot continue", "err", msg)
+	l.fatal.fail(fmt.Errorf("pebblestore: %s", strings.TrimPrefix(msg, "pebble: ")))
+	select {}
+}
+
+// fatal records the first unsurvivable failure of the store.
+type fatal struct {
+	once sync.Once
+	done chan struct{}
+	err  atomic.Pointer[error]
+}
+
+func newFatal() *fatal { return &fatal{done: make(chan struct{})} }
+
+func (f *fatal) fail(err error) {
+	f.once.Do(func() {
+		f.err.Store(&err)
+		close(f.done)
+	})
+}
+
+// Err returns the recorded failure, or nil.
+func (f *fatal) Err() error {
+	if p := f.err.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// recover turns a panic in the deferring method (Pebble panics on a failed
+// write-ahead-log write, and after a failure its state is broken) into the
+// store's failure, returned in *err.
+func (f *fatal) recover(err *error) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	e, ok := r.(error)
+	if !ok {
+		e = fmt.Errorf("%v", r)
+	}
+	f.fail(fmt.Errorf("pebblestore: unrecoverable pebble error: %w", e))
+	*err = f.Err()
 }
 
 // Sinks returns the names of the registered sinks.
