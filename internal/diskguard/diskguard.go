@@ -152,11 +152,19 @@ func (g *Guard) Run(ctx context.Context) {
 // Admit returns nil when ingest may go on, and an error wrapping ErrDiskLow
 // that says why while it is refused. It only reads the last refresh.
 func (g *Guard) Admit() error {
+	err := g.Check()
+	if err != nil {
+		g.refusals.Add(1)
+	}
+	return err
+}
+
+// Check is Admit without counting a refusal (for health checks).
+func (g *Guard) Check() error {
 	st := g.status.Load()
 	if !st.Refusing {
 		return nil
 	}
-	g.refusals.Add(1)
 	return fmt.Errorf("%w: %s free on the data directory's filesystem, below the %s needed (min_free %s + ballast %s to restore)",
 		ErrDiskLow, mib(int64(st.Avail)), mib(g.resumeAt()), mib(st.MinFree), mib(st.Ballast))
 }
