@@ -7,6 +7,7 @@ package flowmetrics
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -84,6 +85,15 @@ type Store interface {
 	// until each of them acknowledged. A sink registered for the first time
 	// starts at the current end of the outbox.
 	Register(ctx context.Context, sinks []string) error
+	// AckState is Ack that also applies update to the named sink's state,
+	// in the same atomic durable write: after a crash, either the cursor and
+	// the update are both visible or neither is. update may be nil (a plain
+	// Ack). The update is applied even when seq does not advance the cursor.
+	AckState(ctx context.Context, sink string, seq uint64, update StateUpdate) error
+	// SinkState returns every key of the named sink's state as last
+	// committed by AckState (an empty map when there is none). A sink that
+	// is no longer registered loses its state.
+	SinkState(ctx context.Context, sink string) (map[string][]byte, error)
 	// OutboxDepth returns how many occurrences are pending for the named sink.
 	OutboxDepth(ctx context.Context, sink string) (int64, error)
 
@@ -104,6 +114,55 @@ type Sink interface {
 	Name() string
 	Send(ctx context.Context, points []Point) error
 	Close(ctx context.Context) error
+}
+
+// StateUpdate changes a sink's durable state: each key is set to its value;
+// a nil value deletes the key. Keys are at most MaxStateKey bytes and values
+// at most MaxStateValue bytes; a sink keeps its whole state bounded by
+// deleting what it no longer needs.
+type StateUpdate map[string][]byte
+
+// Limits on one key and one value of a sink's state, so that every store
+// can keep them (a DynamoDB item holds at most 400 KB).
+const (
+	MaxStateKey   = 512
+	MaxStateValue = 64 << 10
+)
+
+// CheckState reports the first key or value of u beyond the limits.
+func CheckState(u StateUpdate) error {
+	for k, v := range u {
+		switch {
+		case k == "":
+			return errors.New("sink state: empty key")
+		case len(k) > MaxStateKey:
+			return fmt.Errorf("sink state: key of %d bytes (max %d)", len(k), MaxStateKey)
+		case len(v) > MaxStateValue:
+			return fmt.Errorf("sink state: value of key %q has %d bytes (max %d)", k, len(v), MaxStateValue)
+		}
+	}
+	return nil
+}
+
+// StatefulSink is a Sink whose effect on its backend depends on state that
+// must survive a restart in step with its outbox cursor: running totals that
+// a backend overwrites, the offset a file was acknowledged up to, the end of
+// the last window a stream sent. The pipeline keeps that state in the store
+// and commits it in the same write that advances the sink's cursor, so after
+// any crash the state describes exactly the batches the cursor says were
+// delivered.
+type StatefulSink interface {
+	Sink
+	// Restore hands the sink its state as last committed (an empty map the
+	// first time). The pipeline calls it once, from Pipeline.Register,
+	// before any Send.
+	Restore(ctx context.Context, state map[string][]byte) error
+	// TakeState returns, and forgets, the changes to the sink's state made
+	// by the Sends since the last call. The pipeline calls it after each Send
+	// that returned nil or a permanent error and commits the result with
+	// that batch's cursor (Store.AckState). A failed commit is retried with
+	// the same update, never by sending again.
+	TakeState() StateUpdate
 }
 
 // permanentError marks an error that retrying cannot cure.

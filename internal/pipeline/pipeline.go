@@ -149,6 +149,19 @@ func (p *Pipeline) Register(ctx context.Context) error {
 	if err := p.store.Register(ctx, names); err != nil {
 		return fmt.Errorf("register sinks: %w", err)
 	}
+	for _, d := range p.drainers {
+		ss, ok := d.sink.(flowmetrics.StatefulSink)
+		if !ok {
+			continue
+		}
+		st, err := p.store.SinkState(ctx, d.name)
+		if err != nil {
+			return fmt.Errorf("load %s state: %w", d.name, err)
+		}
+		if err := ss.Restore(ctx, st); err != nil {
+			return fmt.Errorf("restore %s state: %w", d.name, err)
+		}
+	}
 	return nil
 }
 
@@ -378,6 +391,9 @@ type batch struct {
 	last      uint64 // sequence number of the batch's last outbox entry
 	n         int    // occurrences
 	delivered bool   // the sink accepted (or permanently refused) it
+	// update is what a StatefulSink's state became by delivering the
+	// batch; it is committed with the cursor.
+	update flowmetrics.StateUpdate
 }
 
 func (d *drainer) notify() {
@@ -477,8 +493,11 @@ func (d *drainer) drainOnce(ctx context.Context) (more bool, err error) {
 			return false, err
 		}
 		b.delivered = true
+		if ss, ok := d.sink.(flowmetrics.StatefulSink); ok {
+			b.update = ss.TakeState()
+		}
 	}
-	if err := p.store.Ack(ctx, d.name, b.last); err != nil {
+	if err := p.store.AckState(ctx, d.name, b.last, b.update); err != nil {
 		p.m.StoreErrors.WithLabelValues("ack").Inc()
 		return false, err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -380,12 +381,91 @@ type ackFailsOnce struct {
 	failed bool
 }
 
-func (s *ackFailsOnce) Ack(ctx context.Context, sink string, seq uint64) error {
+func (s *ackFailsOnce) AckState(ctx context.Context, sink string, seq uint64, u flowmetrics.StateUpdate) error {
 	if !s.failed {
 		s.failed = true
 		return errors.New("disk full")
 	}
-	return s.Store.Ack(ctx, sink, seq)
+	return s.Store.AckState(ctx, sink, seq, u)
+}
+
+// countingSink is a StatefulSink that keeps the number of points it
+// delivered in its state, as a sink of running totals would.
+type countingSink struct {
+	recordingSink
+	total    int
+	restored map[string][]byte
+	changed  bool
+}
+
+func (s *countingSink) Restore(ctx context.Context, st map[string][]byte) error {
+	s.restored = st
+	if v, ok := st["total"]; ok {
+		n, err := strconv.Atoi(string(v))
+		if err != nil {
+			return err
+		}
+		s.total = n
+	}
+	return nil
+}
+
+func (s *countingSink) Send(ctx context.Context, points []flowmetrics.Point) error {
+	if err := s.recordingSink.Send(ctx, points); err != nil {
+		return err
+	}
+	for _, p := range points {
+		s.total += int(p.Count)
+	}
+	s.changed = true
+	return nil
+}
+
+func (s *countingSink) TakeState() flowmetrics.StateUpdate {
+	if !s.changed {
+		return nil
+	}
+	s.changed = false
+	return flowmetrics.StateUpdate{"total": []byte(strconv.Itoa(s.total))}
+}
+
+func TestStatefulSinkStateCommittedWithCursor(t *testing.T) {
+	ctx := context.Background()
+	st := &ackFailsOnce{Store: memstore.New(store.Options{})}
+	sink := &countingSink{recordingSink: recordingSink{name: "s"}}
+	p := New(st, []flowmetrics.Sink{sink}, Config{RetryMin: time.Millisecond, RetryMax: time.Millisecond}, telemetry.New(), nil)
+	if err := p.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sink.restored == nil {
+		t.Fatal("Register did not restore the sink's state")
+	}
+	p.Ingest(ctx, []genesys.Record{event("c1", "FMetric_A(2026-11-20T09:31:48Z)", "FMetric_B(2026-11-20T09:31:48Z)")})
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Ingest(ctx, []genesys.Record{event("c2", "FMetric_A(2026-11-20T09:31:48Z)")})
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sink.sends != 2 {
+		t.Errorf("sends: got %d, want 2 (a failed commit retries only the commit)", sink.sends)
+	}
+	state, err := st.SinkState(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(state["total"]); got != "3" {
+		t.Errorf("committed total: got %q, want 3", got)
+	}
+	// A new pipeline (a restart) restores it.
+	again := &countingSink{recordingSink: recordingSink{name: "s"}}
+	if err := New(st, []flowmetrics.Sink{again}, Config{}, telemetry.New(), nil).Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if again.total != 3 {
+		t.Errorf("restored total: got %d, want 3", again.total)
+	}
 }
 
 func TestFailedAckDoesNotResend(t *testing.T) {

@@ -1,6 +1,7 @@
 package dynamostore
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -138,6 +139,9 @@ type Store struct {
 	entries []*entry // in Seq order
 	last    uint64
 	cursors map[string]uint64
+	// states holds each sink's state. It lives in memory, like the outbox:
+	// a cold start begins with none.
+	states map[string]map[string][]byte
 	// local maps conversation and key to the entry of this instance that
 	// holds the key's claim: in the outbox, or delivered and awaiting its
 	// mark.
@@ -174,7 +178,7 @@ func Open(cfg Config, api API, opts store.Options, log *slog.Logger) (*Store, er
 	return &Store{
 		api: api, cfg: cfg, opts: opts.WithDefaults(),
 		log:     log.With("component", "dynamostore", "table", cfg.Table),
-		cursors: map[string]uint64{}, local: map[string]map[string]*entry{},
+		cursors: map[string]uint64{}, states: map[string]map[string][]byte{}, local: map[string]map[string]*entry{},
 	}, nil
 }
 
@@ -797,6 +801,11 @@ func (s *Store) Register(ctx context.Context, sinks []string) error {
 		next[name] = c
 	}
 	s.cursors = next
+	for name := range s.states {
+		if _, ok := next[name]; !ok {
+			delete(s.states, name)
+		}
+	}
 	todo := s.discardLocked()
 	s.mu.Unlock()
 	return s.mark(ctx, todo)
@@ -806,6 +815,15 @@ func (s *Store) Register(ctx context.Context, sinks []string) error {
 // their keys marked delivered before Ack returns; if that write fails, Ack
 // returns the error and the next Ack (or Close) tries again.
 func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
+	return s.AckState(ctx, sink, seq, nil)
+}
+
+// AckState implements flowmetrics.Store. The state is kept in this
+// process's memory, like the outbox.
+func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update flowmetrics.StateUpdate) error {
+	if err := flowmetrics.CheckState(update); err != nil {
+		return fmt.Errorf("dynamostore: ack %s: %w", sink, err)
+	}
 	s.mu.Lock()
 	c, ok := s.cursors[sink]
 	if !ok {
@@ -814,6 +832,20 @@ func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
 	}
 	if seq > c {
 		s.cursors[sink] = seq
+	}
+	if len(update) > 0 {
+		st := s.states[sink]
+		if st == nil {
+			st = map[string][]byte{}
+			s.states[sink] = st
+		}
+		for k, v := range update {
+			if v == nil {
+				delete(st, k)
+			} else {
+				st[k] = bytes.Clone(v)
+			}
+		}
 	}
 	todo := s.discardLocked()
 	s.mu.Unlock()
@@ -873,6 +905,17 @@ func (s *Store) Settle(ctx context.Context) error {
 	s.unmarked = nil
 	s.mu.Unlock()
 	return s.mark(ctx, todo)
+}
+
+// SinkState implements flowmetrics.Store.
+func (s *Store) SinkState(ctx context.Context, sink string) (map[string][]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string][]byte, len(s.states[sink]))
+	for k, v := range s.states[sink] {
+		out[k] = bytes.Clone(v)
+	}
+	return out, nil
 }
 
 // OutboxDepth implements flowmetrics.Store.

@@ -3,8 +3,10 @@
 package memstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -21,6 +23,7 @@ type Store struct {
 	entries []flowmetrics.Entry
 	last    uint64
 	cursors map[string]uint64
+	states  map[string]map[string][]byte
 	closed  bool
 }
 
@@ -31,7 +34,7 @@ type conversation struct {
 
 // New returns an empty store.
 func New(opts store.Options) *Store {
-	return &Store{opts: opts.WithDefaults(), convs: map[string]*conversation{}, cursors: map[string]uint64{}}
+	return &Store{opts: opts.WithDefaults(), convs: map[string]*conversation{}, cursors: map[string]uint64{}, states: map[string]map[string][]byte{}}
 }
 
 var errClosed = errors.New("memstore: closed")
@@ -139,12 +142,25 @@ func (s *Store) Register(ctx context.Context, sinks []string) error {
 		next[name] = c
 	}
 	s.cursors = next
+	for name := range s.states {
+		if _, ok := next[name]; !ok {
+			delete(s.states, name)
+		}
+	}
 	s.discard()
 	return nil
 }
 
 // Ack implements flowmetrics.Store.
 func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
+	return s.AckState(ctx, sink, seq, nil)
+}
+
+// AckState implements flowmetrics.Store.
+func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update flowmetrics.StateUpdate) error {
+	if err := flowmetrics.CheckState(update); err != nil {
+		return fmt.Errorf("memstore: ack %s: %w", sink, err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.cursors[sink]; !ok {
@@ -153,8 +169,33 @@ func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
 	if seq > s.cursors[sink] {
 		s.cursors[sink] = seq
 	}
+	if len(update) > 0 {
+		st := s.states[sink]
+		if st == nil {
+			st = map[string][]byte{}
+			s.states[sink] = st
+		}
+		for k, v := range update {
+			if v == nil {
+				delete(st, k)
+			} else {
+				st[k] = bytes.Clone(v)
+			}
+		}
+	}
 	s.discard()
 	return nil
+}
+
+// SinkState implements flowmetrics.Store.
+func (s *Store) SinkState(ctx context.Context, sink string) (map[string][]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string][]byte, len(s.states[sink]))
+	for k, v := range s.states[sink] {
+		out[k] = bytes.Clone(v)
+	}
+	return out, nil
 }
 
 func (s *Store) discard() {

@@ -13,6 +13,7 @@
 //	c/<conversation id> -> last change (unix ns), then the claimed keys
 //	o/<seq, 8 bytes BE>  -> outbox entry: the occurrences one Claim found new
 //	k/<sink name>        -> the sink's cursor (8 bytes BE)
+//	s/<sink name>\x00<key> -> one key of the sink's own state (AckState)
 //
 // Failure: Pebble cannot survive some errors (a failed write-ahead-log write,
 // for example on a full disk): it calls its logger's Fatalf or panics, and
@@ -46,6 +47,7 @@ var (
 	convPrefix   = []byte("c/")
 	outboxPrefix = []byte("o/")
 	cursorPrefix = []byte("k/")
+	statePrefix  = []byte("s/")
 )
 
 // Store is a flowmetrics.Store on a Pebble database.
@@ -369,6 +371,10 @@ func (s *Store) Register(ctx context.Context, sinks []string) (err error) {
 	for name := range s.cursors {
 		if _, ok := next[name]; !ok {
 			b.Delete(cursorKey(name), nil)
+			p := stateKey(name, "")
+			if err := b.DeleteRange(p, prefixEnd(p), nil); err != nil {
+				return fmt.Errorf("pebblestore: register sinks: %w", err)
+			}
 		}
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
@@ -379,25 +385,68 @@ func (s *Store) Register(ctx context.Context, sinks []string) (err error) {
 }
 
 // Ack implements flowmetrics.Store.
-func (s *Store) Ack(ctx context.Context, sink string, seq uint64) (err error) {
+func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
+	return s.AckState(ctx, sink, seq, nil)
+}
+
+// AckState implements flowmetrics.Store: the cursor and the state update are
+// one synced batch.
+func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update flowmetrics.StateUpdate) (err error) {
+	if err := flowmetrics.CheckState(update); err != nil {
+		return fmt.Errorf("pebblestore: ack %s: %w", sink, err)
+	}
 	if err := s.usable(); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return errClosed
+	}
 	defer s.fatal.recover(&err)
 	cur, ok := s.cursors[sink]
 	if !ok {
 		return fmt.Errorf("pebblestore: ack from unregistered sink %q", sink)
 	}
-	if seq <= cur {
+	if seq <= cur && len(update) == 0 {
 		return nil
 	}
-	if err := s.db.Set(cursorKey(sink), be64(seq), pebble.Sync); err != nil {
+	b := s.db.NewBatch()
+	defer b.Close()
+	if seq > cur {
+		b.Set(cursorKey(sink), be64(seq), nil)
+	}
+	for k, v := range update {
+		if v == nil {
+			b.Delete(stateKey(sink, k), nil)
+		} else {
+			b.Set(stateKey(sink, k), v, nil)
+		}
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("pebblestore: ack %s: %w", sink, err)
 	}
-	s.cursors[sink] = seq
+	if seq > cur {
+		s.cursors[sink] = seq
+	}
 	return s.discardLocked()
+}
+
+// SinkState implements flowmetrics.Store.
+func (s *Store) SinkState(ctx context.Context, sink string) (map[string][]byte, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	p := stateKey(sink, "")
+	out := map[string][]byte{}
+	err := s.scan(p, func(k, v []byte) error {
+		out[string(k[len(p):])] = bytes.Clone(v)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: sink state %s: %w", sink, err)
+	}
+	return out, nil
 }
 
 // discardLocked deletes the entries every sink has delivered. The deletion
@@ -459,8 +508,16 @@ func (s *Store) usable() error {
 	return nil
 }
 
-func convKey(id string) []byte    { return append(bytes.Clone(convPrefix), id...) }
-func cursorKey(n string) []byte   { return append(bytes.Clone(cursorPrefix), n...) }
+func convKey(id string) []byte  { return append(bytes.Clone(convPrefix), id...) }
+func cursorKey(n string) []byte { return append(bytes.Clone(cursorPrefix), n...) }
+
+// stateKey is s/<sink>\x00<key>: sink names hold no NUL, so one sink's
+// prefix never covers another's.
+func stateKey(sink, key string) []byte {
+	b := append(bytes.Clone(statePrefix), sink...)
+	b = append(b, 0)
+	return append(b, key...)
+}
 func outboxKey(seq uint64) []byte { return append(bytes.Clone(outboxPrefix), be64(seq)...) }
 
 func be64(v uint64) []byte {
@@ -528,6 +585,11 @@ func (f *fatal) recover(err *error) {
 	e, ok := r.(error)
 	if !ok {
 		e = fmt.Errorf("%v", r)
+	}
+	if errors.Is(e, pebble.ErrClosed) {
+		// A call racing Close: the store is closed, not broken.
+		*err = errClosed
+		return
 	}
 	f.fail(fmt.Errorf("pebblestore: unrecoverable pebble error: %w", e))
 	*err = f.Err()

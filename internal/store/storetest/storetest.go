@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -80,8 +81,125 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Retention", func(t *testing.T) { testRetention(t, h) })
 	t.Run("Outbox", func(t *testing.T) { testOutbox(t, h) })
 	t.Run("OutboxNeverSkipsUnderConcurrency", func(t *testing.T) { testOutboxConcurrent(t, h) })
+	t.Run("SinkState", func(t *testing.T) { testSinkState(t, h) })
 	if h.Reopen != nil {
 		t.Run("Durable", func(t *testing.T) { testDurable(t, h) })
+		t.Run("SinkStateDurable", func(t *testing.T) { testSinkStateDurable(t, h) })
+	}
+}
+
+func stateString(st map[string][]byte) string {
+	ks := make([]string, 0, len(st))
+	for k := range st {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	var b strings.Builder
+	for _, k := range ks {
+		fmt.Fprintf(&b, "%s=%s;", k, st[k])
+	}
+	return b.String()
+}
+
+func testSinkState(t *testing.T, h Harness) {
+	ctx := context.Background()
+	s := h.Open(t, store.Options{})
+	if err := s.Register(ctx, []string{"a", "ab", "b"}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.SinkState(ctx, "a")
+	if err != nil || st == nil || len(st) != 0 {
+		t.Fatalf("fresh state: got %v, %v; want an empty map", st, err)
+	}
+	if _, err := s.Claim(ctx, []flowmetrics.ClaimRequest{req("c1", Occ("F", "A", t0), Occ("F", "B", t0))}); err != nil {
+		t.Fatal(err)
+	}
+	es := readAll(t, s, 0)
+	if err := s.AckState(ctx, "a", es[0].Seq, flowmetrics.StateUpdate{"x": []byte("1"), "y": []byte("2")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AckState(ctx, "ab", 0, flowmetrics.StateUpdate{"x": []byte("other")}); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := s.Cursor(ctx, "a"); c != es[0].Seq {
+		t.Errorf("cursor a: got %d, want %d", c, es[0].Seq)
+	}
+	// An update whose seq does not advance the cursor still applies; nil
+	// deletes.
+	if err := s.AckState(ctx, "a", es[0].Seq, flowmetrics.StateUpdate{"x": nil, "z": []byte("3")}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = s.SinkState(ctx, "a")
+	if got, want := stateString(st), "y=2;z=3;"; got != want {
+		t.Errorf("state a: got %q, want %q", got, want)
+	}
+	st, _ = s.SinkState(ctx, "ab")
+	if got, want := stateString(st), "x=other;"; got != want {
+		t.Errorf("state ab (a name sharing a's prefix): got %q, want %q", got, want)
+	}
+	st, _ = s.SinkState(ctx, "b")
+	if len(st) != 0 {
+		t.Errorf("state b: got %q, want empty", stateString(st))
+	}
+	// The returned map is the caller's: changing it changes nothing stored.
+	st, _ = s.SinkState(ctx, "a")
+	st["y"][0] = 'X'
+	st2, _ := s.SinkState(ctx, "a")
+	if got := string(st2["y"]); got != "2" {
+		t.Errorf("state changed through a returned map: got y=%q, want 2", got)
+	}
+	if err := s.AckState(ctx, "a", es[0].Seq, flowmetrics.StateUpdate{strings.Repeat("k", flowmetrics.MaxStateKey+1): []byte("v")}); err == nil {
+		t.Error("a key over MaxStateKey was accepted")
+	}
+	if err := s.AckState(ctx, "nobody", es[0].Seq, flowmetrics.StateUpdate{"x": []byte("1")}); err == nil {
+		t.Error("AckState of an unregistered sink succeeded")
+	}
+	// A sink that is no longer registered loses its state.
+	if err := s.Register(ctx, []string{"ab", "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Register(ctx, []string{"a", "ab", "b"}); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = s.SinkState(ctx, "a")
+	if len(st) != 0 {
+		t.Errorf("state of a sink unregistered and registered again: got %q, want empty", stateString(st))
+	}
+	st, _ = s.SinkState(ctx, "ab")
+	if got, want := stateString(st), "x=other;"; got != want {
+		t.Errorf("state ab after a was unregistered: got %q, want %q", got, want)
+	}
+}
+
+func testSinkStateDurable(t *testing.T, h Harness) {
+	ctx := context.Background()
+	s := h.Open(t, store.Options{})
+	if err := s.Register(ctx, []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Claim(ctx, []flowmetrics.ClaimRequest{req("c1", Occ("F", "A", t0))}); err != nil {
+		t.Fatal(err)
+	}
+	es := readAll(t, s, 0)
+	if err := s.AckState(ctx, "a", es[0].Seq, flowmetrics.StateUpdate{"offset": []byte("42"), "gone": []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AckState(ctx, "a", es[0].Seq, flowmetrics.StateUpdate{"gone": nil}); err != nil {
+		t.Fatal(err)
+	}
+	s = h.Reopen(t, s, store.Options{})
+	if err := s.Register(ctx, []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.SinkState(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := stateString(st), "offset=42;"; got != want {
+		t.Errorf("state after reopen: got %q, want %q", got, want)
+	}
+	if c, _ := s.Cursor(ctx, "a"); c != es[0].Seq {
+		t.Errorf("cursor after reopen: got %d, want %d", c, es[0].Seq)
 	}
 }
 
