@@ -50,18 +50,15 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if *dataDir != "" {
 		cfg.DataDir = *dataDir
 	}
-	if err := cfg.Validate(); err != nil {
+	// One check for both: -check-config refuses exactly what serve would.
+	if err := cfg.Check(*insecure); err != nil {
 		return usageError(err)
-	}
-	secret := cfg.HTTP.Secret()
-	if secret == "" && !config.IsLoopback(cfg.HTTP.Listen) && !*insecure {
-		return usageError(fmt.Errorf("refusing to listen on %s without a shared secret: set %s (sent in the %s header) or pass --insecure", cfg.HTTP.Listen, cfg.HTTP.SecretEnv, cfg.HTTP.AuthHeader))
 	}
 	if *checkConfig {
 		fmt.Fprintln(stderr, "config ok")
 		return nil
 	}
-	return serve(ctx, cfg, secret, log)
+	return serve(ctx, cfg, cfg.HTTP.Secret(), log)
 }
 
 func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logger) error {
@@ -109,6 +106,7 @@ func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logg
 		MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
 		Dashboard:    dash,
 		DashboardAPI: dashboard.APIPath,
+		ProtectReads: cfg.HTTP.ReadsProtected(secret),
 		Health: func(context.Context) error {
 			if err := failure(); err != nil {
 				return fmt.Errorf("store failed: %w", err)

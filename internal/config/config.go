@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -60,6 +61,21 @@ type HTTP struct {
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// Dashboard serves the live dashboard at / (default on).
 	Dashboard *bool `yaml:"dashboard"`
+	// ProtectReads makes /metrics and the dashboard ask for the shared
+	// secret too (in AuthHeader, as "Authorization: Bearer", or as the
+	// Basic auth password). Default: on whenever a secret is set; false
+	// keeps them open (e.g. when only a private network reaches them).
+	// /healthz is always open.
+	ProtectReads *bool `yaml:"protect_reads"`
+}
+
+// ReadsProtected reports whether /metrics and the dashboard need the
+// secret, given the secret in force.
+func (h HTTP) ReadsProtected(secret string) bool {
+	if h.ProtectReads != nil {
+		return *h.ProtectReads
+	}
+	return secret != ""
 }
 
 // DashboardOn reports whether the dashboard is served; it is unless
@@ -162,10 +178,18 @@ func Decode(r io.Reader, c *Config) error {
 	if len(bytes.TrimSpace(data)) == 0 {
 		return nil
 	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	// Unknown keys and values of the wrong type, each by its YAML path.
+	if err := checkNode(&doc, reflect.TypeOf(c).Elem()); err != nil {
+		return err
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil {
-		return err
+		return plainYAMLError(err)
 	}
 	return nil
 }
@@ -179,6 +203,56 @@ func (c Config) Validate() error {
 	errs = append(errs, c.HTTP.Validate(), c.Store.Validate(), c.Pipeline.Validate(), c.Naming.Validate(), c.Sinks.Validate())
 	if c.Cardinality.Limit < 0 {
 		errs = append(errs, errors.New("cardinality.limit: negative"))
+	}
+	if err := c.cacheWithinRetention(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// cacheWithinRetention: a conversation the cache still trusts must still be
+// in the store, or one past its retention would be treated as known and its
+// new keys never claimed.
+func (c Config) cacheWithinRetention() error {
+	if c.Pipeline.CacheConversations < 0 || c.Store.Retention <= 0 {
+		return nil
+	}
+	ttl := c.Pipeline.CacheTTL
+	if ttl == 0 {
+		ttl = pipeline.DefaultCacheTTL
+	}
+	if ttl >= c.Store.Retention {
+		return fmt.Errorf("pipeline.cache_ttl (%v) must be shorter than store.retention (%v): the cache would trust conversations the store has forgotten", ttl, c.Store.Retention)
+	}
+	return nil
+}
+
+// Check is every refusal serve makes before it opens anything: Validate,
+// the shared-secret rule for the listen address, and what each configured
+// sink needs from the environment (such as Datadog's API key). serve and
+// serve -check-config both call it, so the check refuses exactly what serve
+// would, with the same messages. It does not touch the network or the disk.
+func (c Config) Check(insecure bool) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	var errs []error
+	secret := c.HTTP.Secret()
+	if secret == "" && !IsLoopback(c.HTTP.Listen) && !insecure {
+		errs = append(errs, fmt.Errorf("refusing to listen on %s without a shared secret: set %s (sent in the %s header) or pass --insecure", c.HTTP.Listen, c.HTTP.SecretEnv, c.HTTP.AuthHeader))
+	}
+	if secret == "" && c.HTTP.ProtectReads != nil && *c.HTTP.ProtectReads {
+		errs = append(errs, fmt.Errorf("http.protect_reads: needs the shared secret: set %s", c.HTTP.SecretEnv))
+	}
+	if d := c.Sinks.Datadog; d != nil {
+		if _, err := d.APIKey(); err != nil {
+			errs = append(errs, fmt.Errorf("sinks.datadog: %w", err))
+		}
+	}
+	if e := c.Sinks.EMF; e != nil {
+		if err := e.CheckNaming(naming.New(c.Naming)); err != nil {
+			errs = append(errs, fmt.Errorf("sinks.emf: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -42,8 +42,20 @@ sinks:
 
 func TestErrors(t *testing.T) {
 	tests := []struct{ name, yaml, want string }{
-		{"unknown key", "htp: {}", "field htp not found"},
-		{"unknown nested key", "http: {listne: x}", "field listne not found"},
+		{"unknown key", "htp: {}", "htp: unknown key; did you mean http? (line 1)"},
+		{"unknown nested key", "http: {listne: x}", "http.listne: unknown key; did you mean listen? (line 1)"},
+		{"misspelt pipeline key", "pipeline:\n  bucket: 10s\n  flush_intervall: 2s\n", "pipeline.flush_intervall: unknown key; did you mean flush_interval? (line 3)"},
+		{"case", "HTTP: {}", "HTTP: unknown key; did you mean http?"},
+		{"nothing near", "pipeline: {zzzzzzzz: 1}", "pipeline.zzzzzzzz: unknown key; valid keys: batch_entries, bucket, cache_conversations, cache_ttl, flush_interval, max_pending, retry_max, retry_min"},
+		{"sink key", "sinks: {datadog: {apikey_env: X}}", "sinks.datadog.apikey_env: unknown key; did you mean api_key_env?"},
+		{"duration", "pipeline: {flush_interval: soon}", `pipeline.flush_interval: got "soon", want a duration such as 500ms, 30s, 1h or 168h (line 1)`},
+		{"number", "http: {max_body_bytes: lots}", `http.max_body_bytes: got "lots", want a whole number`},
+		{"bool", "http: {dashboard: maybe}", `http.dashboard: got "maybe", want true or false`},
+		{"section that is a list", "sinks: {statsd: [1]}", "sinks.statsd: got a list, want a mapping of keys to values"},
+		{"map value", "naming: {tags: {env: [1]}}", "naming.tags.env: got a list, want a string"},
+		{"syntax", "http: {listen: x\n", "line 1"},
+		{"cache outlives retention", "store: {retention: 30m}", "pipeline.cache_ttl (1h0m0s) must be shorter than store.retention (30m0s)"},
+		{"cache as long as retention", "store: {retention: 2h}\npipeline: {cache_ttl: 2h}", "pipeline.cache_ttl (2h0m0s) must be shorter than store.retention (2h0m0s)"},
 		{"bad bucket", "pipeline: {bucket: 1500ms}", "pipeline.bucket"},
 		{"bad store", "store: {type: sqlite}", "store.type"},
 		{"bad listen", "http: {listen: nowhere}", "http.listen"},
@@ -70,6 +82,90 @@ func TestIsLoopback(t *testing.T) {
 	} {
 		if got := IsLoopback(addr); got != want {
 			t.Errorf("IsLoopback(%q): got %v, want %v", addr, got, want)
+		}
+	}
+}
+
+// Every error of a file is named at once, in the order of the file, and
+// none shows a Go type name.
+func TestErrorsTogether(t *testing.T) {
+	y := "pipeline:\n  flush_intervall: 2s\n  bucket: ten\nhttp:\n  listne: x\nhtp: 1\n"
+	c := Default()
+	err := Decode(strings.NewReader(y), &c)
+	want := "pipeline.flush_intervall: unknown key; did you mean flush_interval? (line 2)\n" +
+		"pipeline.bucket: got \"ten\", want a duration such as 500ms, 30s, 1h or 168h (line 3)\n" +
+		"http.listne: unknown key; did you mean listen? (line 5)\n" +
+		"htp: unknown key; did you mean http? (line 6)"
+	if err == nil || err.Error() != want {
+		t.Errorf("got\n%v\nwant\n%s", err, want)
+	}
+	if err != nil && (strings.Contains(err.Error(), "pipeline.Config") || strings.Contains(err.Error(), "time.Duration")) {
+		t.Errorf("got %v: want no Go type names", err)
+	}
+}
+
+func TestCacheDisabledIgnoresRetention(t *testing.T) {
+	c := Default()
+	c.Store.Retention = time.Minute
+	c.Pipeline.CacheConversations = -1
+	if err := c.Validate(); err != nil {
+		t.Errorf("got %v, want valid: no cache, nothing to outlive the store", err)
+	}
+}
+
+// Check is what serve refuses before opening anything; -check-config uses
+// it too (cmd/flowmetrics tests that the two agree).
+func TestCheck(t *testing.T) {
+	tests := []struct {
+		name     string
+		yaml     string
+		env      map[string]string
+		insecure bool
+		want     string // "" for valid
+	}{
+		{"defaults", "", nil, false, ""},
+		{"datadog without its key", "sinks: {datadog: {}}", map[string]string{"DD_API_KEY": ""}, false, "sinks.datadog: datadog: environment variable DD_API_KEY is not set: it must hold the API key"},
+		{"datadog with a blank key", "sinks: {datadog: {}}", map[string]string{"DD_API_KEY": "  "}, false, "DD_API_KEY is not set"},
+		{"datadog key in another variable", "sinks: {datadog: {api_key_env: MY_DD_KEY}}", map[string]string{"MY_DD_KEY": ""}, false, "MY_DD_KEY is not set"},
+		{"datadog with its key", "sinks: {datadog: {}}", map[string]string{"DD_API_KEY": "k"}, false, ""},
+		{"beyond loopback without a secret", "http: {listen: 0.0.0.0:8080}", map[string]string{"FLOWMETRICS_SECRET": ""}, false, "refusing to listen on 0.0.0.0:8080 without a shared secret"},
+		{"beyond loopback, insecure", "http: {listen: 0.0.0.0:8080}", map[string]string{"FLOWMETRICS_SECRET": ""}, true, ""},
+		{"beyond loopback with a secret", "http: {listen: 0.0.0.0:8080}", map[string]string{"FLOWMETRICS_SECRET": "s"}, false, ""},
+		{"protect_reads without a secret", "http: {protect_reads: true}", map[string]string{"FLOWMETRICS_SECRET": ""}, false, "http.protect_reads: needs the shared secret"},
+		{"emf without a template", "sinks: {emf: {omit_flow_dimensions: true}}", nil, false, "sinks.emf: emf.omit_flow_dimensions: needs naming.template"},
+		{"invalid config", "store: {retention: 30m}", nil, false, "pipeline.cache_ttl"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for k, v := range tt.env {
+				t.Setenv(k, v)
+			}
+			c := Default()
+			if err := Decode(strings.NewReader(tt.yaml), &c); err != nil {
+				t.Fatal(err)
+			}
+			err := c.Check(tt.insecure)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("got %v, want nil", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("got %v, want an error containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestReadsProtected(t *testing.T) {
+	on, off := true, false
+	for _, tt := range []struct {
+		set    *bool
+		secret string
+		want   bool
+	}{
+		{nil, "", false}, {nil, "s", true}, {&off, "s", false}, {&on, "s", true},
+	} {
+		if got := (HTTP{ProtectReads: tt.set}).ReadsProtected(tt.secret); got != tt.want {
+			t.Errorf("protect_reads %v, secret %q: got %v, want %v", tt.set, tt.secret, got, tt.want)
 		}
 	}
 }

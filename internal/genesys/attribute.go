@@ -2,6 +2,7 @@ package genesys
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -9,6 +10,18 @@ import (
 
 // marker separates the flow name from the metric name in an attribute name.
 const marker = "Metric_"
+
+// The longest flow and metric names, in bytes. A longer one is malformed:
+// names become labels, tags and series in every sink, and no backend wants
+// a 5 MiB tag. Real names are a few dozen bytes.
+const (
+	MaxFlowLen   = 200
+	MaxMetricLen = 200
+)
+
+// ErrNameTooLong is wrapped by the malformed reasons of a flow or metric
+// name longer than MaxFlowLen or MaxMetricLen, so callers can count them.
+var ErrNameTooLong = errors.New("longer than 200 bytes")
 
 // Attribute is a well-formed flow metric attribute name, taken apart.
 type Attribute struct {
@@ -28,6 +41,8 @@ var (
 	errEmptyMetric      = errors.New("empty metric name")
 	errControlInFlow    = errors.New("control character in flow name")
 	errControlInMetric  = errors.New("control character in metric name")
+	errFlowTooLong      = fmt.Errorf("flow name %w", ErrNameTooLong)
+	errMetricTooLong    = fmt.Errorf("metric name %w", ErrNameTooLong)
 	errTimeEmpty        = errors.New("empty time")
 	errTimeLayout       = errors.New("time is not RFC 3339 (want e.g. 2023-03-05T08:18:04.568Z)")
 	errTimeSpace        = errors.New("time has a space where RFC 3339 wants T")
@@ -55,13 +70,14 @@ var (
 //
 // A metric-shaped name that breaks a rule returns a non-nil error saying
 // which, and a.Flow set to the text before the first "Metric_" (possibly
-// empty, with invalid UTF-8 replaced) so the caller can count malformed
-// names per flow. The rules, checked in this order:
+// empty, cut to MaxFlowLen bytes, with invalid UTF-8 replaced) so the caller
+// can count malformed names per flow. The rules, checked in this order:
 //   - the name ends with ")"; the text inside the last "(" and that ")" is
 //     TIME, the text between the first "Metric_" and that "(" is METRIC
 //     (which may itself hold parentheses and "Metric_");
 //   - the name is valid UTF-8;
-//   - FLOW and METRIC are not empty and hold no ASCII control characters;
+//   - FLOW and METRIC are not empty, at most MaxFlowLen and MaxMetricLen
+//     bytes long, and hold no ASCII control characters;
 //   - TIME is an RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS, then optionally
 //     "." and 1 to 9 digits, then "Z" or ±hh:mm; "T" and "Z" may be lower
 //     case, as RFC 3339's grammar allows; a space instead of "T" is
@@ -84,22 +100,26 @@ func ParseAttribute(name string) (a Attribute, ok bool, err error) {
 	}
 	a.Flow = name[:i]
 	if !strings.HasSuffix(rest, ")") {
-		a.Flow = strings.ToValidUTF8(a.Flow, "\uFFFD")
+		a.Flow = flowLabel(a.Flow)
 		return a, false, parenError(rest[open:])
 	}
 	if !utf8.ValidString(name) {
-		// The flow is a label downstream, and labels must be UTF-8.
-		a.Flow = strings.ToValidUTF8(a.Flow, "\uFFFD")
+		a.Flow = flowLabel(a.Flow)
 		return a, false, errInvalidUTF8
 	}
 	a.Metric = rest[:open]
 	switch {
 	case a.Flow == "":
 		return a, false, errEmptyFlow
+	case len(a.Flow) > MaxFlowLen:
+		a.Flow = flowLabel(a.Flow)
+		return a, false, errFlowTooLong
 	case hasControl(a.Flow):
 		return a, false, errControlInFlow
 	case a.Metric == "":
 		return a, false, errEmptyMetric
+	case len(a.Metric) > MaxMetricLen:
+		return a, false, errMetricTooLong
 	case hasControl(a.Metric):
 		return a, false, errControlInMetric
 	}
@@ -108,6 +128,20 @@ func ParseAttribute(name string) (a Attribute, ok bool, err error) {
 		return a, false, err
 	}
 	return a, true, nil
+}
+
+// flowLabel makes the flow of a malformed name fit to be a label: at most
+// MaxFlowLen bytes, cut on a rune boundary, and valid UTF-8, as labels must
+// be.
+func flowLabel(f string) string {
+	if len(f) > MaxFlowLen {
+		n := MaxFlowLen
+		for n > 0 && !utf8.RuneStart(f[n]) {
+			n--
+		}
+		f = f[:n]
+	}
+	return strings.ToValidUTF8(f, "\uFFFD")
 }
 
 // parenError tells a missing ")" from one followed by more text; tail starts

@@ -58,7 +58,14 @@ var (
 	ErrNoAttributes     = errors.New("attributes missing")
 	ErrBadAttributes    = errors.New("attributes is not an object of strings")
 	ErrTooLarge         = errors.New("record too large")
+	ErrTooManyAttrs     = errors.New("too many attributes")
 )
+
+// MaxAttributes is the most attributes one event may carry; an event with
+// more is rejected with ErrTooManyAttrs. Genesys participants carry tens of
+// attributes; the bound keeps the work and memory one event can cost in
+// proportion to what a real one needs.
+const MaxAttributes = 10_000
 
 // MaxRecordSize is the largest record Decode reads; a larger one is rejected
 // with ErrTooLarge. It bounds the memory a single bad line can take.
@@ -105,6 +112,7 @@ type body struct {
 	attrBadKind    byte // first byte of the first attribute value that is not a string
 	attrBadKey     strRef
 	attrLo, attrHi int // attribute refs in parser.attrs, in pairs
+	attrCount      int // members of attributes, duplicates included
 }
 
 // detail is what the parser keeps of an object that may be an envelope's
@@ -252,7 +260,7 @@ func (p *parser) attributes(b *body) bool {
 		return false
 	}
 	p.pos++
-	b.attrLo = len(p.attrs)
+	b.attrLo, b.attrCount = len(p.attrs), 0
 	for first := true; ; first = false {
 		key, end, ok := p.member(first)
 		if !ok {
@@ -266,12 +274,17 @@ func (p *parser) attributes(b *body) bool {
 		if !ok {
 			return false
 		}
+		b.attrCount++
 		if c == '"' {
 			val, ok := p.scanString()
 			if !ok {
 				return false
 			}
-			p.attrs = append(p.attrs, key, val)
+			// Past the limit the event is rejected: validate the rest,
+			// but keep nothing of it.
+			if b.attrCount <= MaxAttributes {
+				p.attrs = append(p.attrs, key, val)
+			}
 			continue
 		}
 		if b.attrBadKind == 0 {
@@ -384,6 +397,8 @@ func (p *parser) build(top, inner *detail) Record {
 		rec.Err = fmt.Errorf("%w: got %s", ErrBadAttributes, kind(b.attrsKind))
 	case b.attrBadKind != 0:
 		rec.Err = fmt.Errorf("%w: %q is %s", ErrBadAttributes, truncate(p.str(b.attrBadKey), 100), kind(b.attrBadKind))
+	case b.attrCount > MaxAttributes:
+		rec.Err = fmt.Errorf("%w: %d, more than %d", ErrTooManyAttrs, b.attrCount, MaxAttributes)
 	}
 	if rec.Err != nil {
 		rec.Topic = p.str(topic)
@@ -415,8 +430,12 @@ func (p *parser) event(topic strRef, b *body) (*Event, string) {
 		arena = p.appendStr(arena, b.part)
 	}
 	ends = append(ends, len(arena))
-	for _, r := range attrs {
-		arena = p.appendStr(arena, r)
+	for i, r := range attrs {
+		if i%2 == 0 {
+			arena = p.appendKey(arena, r)
+		} else {
+			arena = p.appendStr(arena, r)
+		}
 		ends = append(ends, len(arena))
 	}
 	p.arena = arena

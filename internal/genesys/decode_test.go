@@ -109,13 +109,15 @@ func TestDecodeValue(t *testing.T) {
 			outcome: Accepted, topic: attrTopic,
 			event: &Event{ConversationID: "c/1", Attributes: map[string]string{
 				"Café 😀Metric_A\"q\"(2023-03-05T08:18:04Z)": "tab\there",
-				"bad\uFFFDsurrogate":                        `\`,
+				// A lone surrogate has no UTF-8: the name keeps it as WTF-8,
+				// invalid UTF-8 that no other name can share.
+				"bad\xed\xa0\x80surrogate": `\`,
 			}}},
-		{name: "invalid UTF-8 is replaced",
+		{name: "invalid UTF-8 is replaced in values and ids, kept in names",
 			in:      bare("{\"conversationId\":\"c\xff\",\"participantId\":\"p\xc3\",\"attributes\":{\"F\xffMetric_A(2023-03-05T08:18:04Z)\":\"\xe2\x82\"}}"),
 			outcome: Accepted, topic: attrTopic,
 			event: &Event{ConversationID: "c\uFFFD", ParticipantID: "p\uFFFD", Attributes: map[string]string{
-				"F\uFFFDMetric_A(2023-03-05T08:18:04Z)": "\uFFFD\uFFFD",
+				"F\xffMetric_A(2023-03-05T08:18:04Z)": "\uFFFD\uFFFD",
 			}}},
 		{name: "duplicate names: last wins",
 			in:      bare(`{"conversationId":"a","conversationId":"c","attributes":{"x":"1"},"attributes":{"y":"1","y":"2"}}`),
@@ -360,9 +362,21 @@ func TestDecodeLayouts(t *testing.T) {
 		{"array with elements that are not objects", "[1, " + ev + ", \"x\", null, [], {}]", []rec{{0, 1, Rejected, ErrNotEvent}, {1, 1, Accepted, nil}, {2, 1, Rejected, ErrNotEvent}, {3, 1, Rejected, ErrNotEvent}, {4, 1, Rejected, ErrNotEvent}, {5, 1, Rejected, ErrNotEvent}}},
 		{"array with a broken element", "[" + ev + ",\n{\"a\": }, " + ev + "]", []rec{{0, 1, Accepted, nil}, {1, 2, Rejected, ErrNotJSON}}},
 		{"array without a comma", "[" + ev + "\n" + ev + "]", []rec{{0, 1, Accepted, nil}, {1, 2, Rejected, ErrNotJSON}}},
-		{"array with a trailing comma", "[" + ev + ",]", []rec{{0, 1, Accepted, nil}, {1, 1, Rejected, ErrNotJSON}}},
+		// Not one array, so one line of NDJSON: rejected whole.
+		{"array with a trailing comma", "[" + ev + ",]", []rec{{0, 1, Rejected, ErrNotJSON}}},
 		{"array not closed", "[" + ev + ",\n" + ev + "\n", []rec{{0, 1, Accepted, nil}, {1, 2, Accepted, nil}, {2, 3, Rejected, ErrNotJSON}}},
-		{"array with data after it", "[" + ev + "]\n" + ev, []rec{{0, 1, Accepted, nil}, {1, 2, Rejected, ErrNotJSON}}},
+		// A body is one array only if the whole body is one.
+		{"array with data after it is a line of NDJSON", "[" + ev + "]\n" + ev, []rec{{0, 1, Rejected, ErrNotEvent}, {1, 2, Accepted, nil}}},
+		{"array of numbers as a first line", "[1,2,3]\n" + ev + "\n" + ev + "\n", []rec{{0, 1, Rejected, ErrNotEvent}, {1, 2, Accepted, nil}, {2, 3, Accepted, nil}}},
+		{"array as a first line, blank lines after it", "[" + ev + "]\n\n \r\n\n", []rec{{0, 1, Accepted, nil}}},
+		{"array and more on its first line", "[1] " + ev + "\n" + ev, []rec{{0, 1, Rejected, ErrNotJSON}, {1, 2, Accepted, nil}}},
+		{"broken array as a first line", "[1,,2]\n" + ev + "\n" + end, []rec{{0, 1, Rejected, ErrNotJSON}, {1, 2, Accepted, nil}, {2, 3, Skipped, nil}}},
+		{"multi-line array followed by NDJSON lines", "[\n" + ev + "\n]\n" + ev + "\n" + end + "\n",
+			[]rec{{0, 2, Accepted, nil}, {1, 4, Rejected, ErrNotJSON}, {2, 4, Accepted, nil}, {3, 5, Skipped, nil}}},
+		{"multi-line array followed by junk", "[\n" + ev + "\n]\nx\n" + ev + "\n",
+			[]rec{{0, 2, Accepted, nil}, {1, 4, Rejected, ErrNotJSON}}},
+		{"multi-line array broken by NDJSON lines", "[" + ev + ",\n" + ev + "\n" + ev + "\n" + end + "\n",
+			[]rec{{0, 1, Accepted, nil}, {1, 2, Accepted, nil}, {2, 3, Rejected, ErrNotJSON}, {3, 3, Accepted, nil}, {4, 4, Skipped, nil}}},
 		{"array with a byte order mark", "\xef\xbb\xbf[" + ev + "]", []rec{{0, 1, Accepted, nil}}},
 	}
 	for _, tt := range tests {
@@ -422,7 +436,7 @@ func TestDecodeErrorPosition(t *testing.T) {
 		{"first NDJSON line cut in a string", `{"a": "x` + "\n" + ev, 0, `not JSON: invalid character '\n' in string literal (line 1, column 9)`},
 		{"multi-line value", "{\n  \"a\": 1\n  \"b\": 2\n}", 0, `not JSON: invalid character '"' after object key:value pair (line 3, column 3)`},
 		{"array element", "[\n  {},\n  {\"a\" 1}\n]", 1, `not JSON: invalid character '1' after object key (line 3, column 8)`},
-		{"after an array", "[{}] x", 1, `not JSON: invalid character 'x' after top-level value (line 1, column 6)`},
+		{"after an array", "[{}] x", 0, `not JSON: invalid character 'x' after top-level value (line 1, column 6)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

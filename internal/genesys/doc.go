@@ -16,7 +16,11 @@
 // metric attribute but breaks a rule is malformed: it is never counted as a
 // metric, but it is reported with its flow, so that a typo in a flow gets
 // noticed rather than silently lost. ParseAttribute spells out the shape
-// and the rules, and where RFC 3339 left a choice.
+// and the rules, and where RFC 3339 left a choice. FLOW and METRIC are at
+// most MaxFlowLen and MaxMetricLen (200) bytes, and a name must be valid
+// UTF-8: the decoder hands over each attribute name with its exact bytes
+// (a lone surrogate escape as its WTF-8 bytes), never "repaired", so two
+// different names can never become one key.
 //
 // # Events
 //
@@ -25,10 +29,12 @@
 // attribute of one participant. An input record is an EventBridge envelope
 // (whose "detail" holds the event) or a bare detail object (topicName and
 // eventBody), as some forwarders deliver it. Decode reads a stream of them
-// (one value, a JSON array, or NDJSON) and DecodeValue a single one. Each
-// record is Accepted (an attributes event), Skipped (another topic: not an
-// error) or Rejected (not JSON, not an event, or an attributes event without
-// a conversation id or whose attributes are missing or not all strings).
+// (one value, a JSON array when the whole input is one, or NDJSON) without
+// holding more than one record, and DecodeValue a single one. Each record is
+// Accepted (an attributes event), Skipped (another topic: not an error) or
+// Rejected (not JSON, not an event, larger than MaxRecordSize, or an
+// attributes event without a conversation id or whose attributes are
+// missing, not all strings, or more than MaxAttributes).
 // Extract turns an accepted event into occurrences, the unit flowmetrics
 // counts once per conversation.
 //

@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/flowmetrics/flowmetrics"
 )
@@ -29,12 +30,21 @@ type Event struct {
 
 // Malformed is a metric-shaped attribute name that breaks a rule.
 type Malformed struct {
+	// Name is the attribute name, cut to MaxShownName bytes.
 	Name string
-	// Flow is the text before the first "Metric_"; it may be empty.
+	// Flow is the text before the first "Metric_", cut to MaxFlowLen
+	// bytes and made valid UTF-8; it may be empty.
 	Flow string
 	// Reason says which rule the name breaks, in lower case.
 	Reason string
+	// Err is the rule's error; errors.Is(Err, ErrNameTooLong) tells a name
+	// refused for its length.
+	Err error
 }
+
+// MaxShownName bounds Malformed.Name, so a flood of huge bad names cannot
+// make whoever lists them (logs, the dashboard) hold megabytes each.
+const MaxShownName = 512
 
 // Extract returns the well-formed metric occurrences of the event, sorted by
 // Key, and its malformed metric attributes, sorted by Name. Attributes
@@ -61,7 +71,7 @@ func Extract(ev *Event) ([]flowmetrics.Occurrence, []Malformed) {
 			good = append(good, found{name, a})
 			size += len(name)
 		case err != nil:
-			m := Malformed{Name: strings.Clone(name), Reason: err.Error()}
+			m := Malformed{Name: strings.Clone(cut(name, MaxShownName)), Reason: err.Error(), Err: err}
 			if strings.HasPrefix(name, a.Flow) {
 				m.Flow = m.Name[:len(a.Flow)]
 			} else {
@@ -98,4 +108,17 @@ func Extract(ev *Event) ([]flowmetrics.Occurrence, []Malformed) {
 	}
 	slices.SortFunc(occs, func(x, y flowmetrics.Occurrence) int { return strings.Compare(x.Key, y.Key) })
 	return occs, bad
+}
+
+// cut shortens s to at most n bytes, on a rune boundary when s is UTF-8.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for i := n; i > n-utf8.UTFMax && i > 0; i-- {
+		if utf8.RuneStart(s[i]) {
+			return s[:i]
+		}
+	}
+	return s[:n]
 }

@@ -2,6 +2,7 @@ package genesys
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 	"unsafe"
 
@@ -33,14 +34,45 @@ func TestExtract(t *testing.T) {
 				{Key: "CustomerRoutingMetric_Unknown(2023-03-05T08:18:04.568Z)", Flow: "CustomerRouting", Metric: "Unknown", Time: utc("2023-03-05T08:18:04.568Z")},
 			},
 			bad: []Malformed{
-				{Name: "CustomerRoutingMetric_Oops(not-a-time)", Flow: "CustomerRouting", Reason: errTimeLayout.Error()},
-				{Name: "Metric_NoFlow(2023-03-05T08:18:04Z)", Flow: "", Reason: errEmptyFlow.Error()},
+				{Name: "CustomerRoutingMetric_Oops(not-a-time)", Flow: "CustomerRouting", Reason: errTimeLayout.Error(), Err: errTimeLayout},
+				{Name: "Metric_NoFlow(2023-03-05T08:18:04Z)", Flow: "", Reason: errEmptyFlow.Error(), Err: errEmptyFlow},
 			},
 		},
 		{
 			name:  "invalid UTF-8 flow is replaced",
 			attrs: map[string]string{"F\xffMetric_A(2023-03-05T08:18:04Z)": ""},
-			bad:   []Malformed{{Name: "F\xffMetric_A(2023-03-05T08:18:04Z)", Flow: "F\uFFFD", Reason: errInvalidUTF8.Error()}},
+			bad:   []Malformed{{Name: "F\xffMetric_A(2023-03-05T08:18:04Z)", Flow: "F\uFFFD", Reason: errInvalidUTF8.Error(), Err: errInvalidUTF8}},
+		},
+		{
+			// Different bytes are different names, each malformed; none is
+			// counted under a name made valid by replacement.
+			name: "invalid UTF-8 names stay apart and are never counted",
+			attrs: map[string]string{
+				"FMetric_A\xff(2023-03-05T08:18:04Z)":         "",
+				"FMetric_A\xfe(2023-03-05T08:18:04Z)":         "",
+				"FMetric_A\xed\xa0\x80(2023-03-05T08:18:04Z)": "",
+			},
+			bad: []Malformed{
+				{Name: "FMetric_A\xed\xa0\x80(2023-03-05T08:18:04Z)", Flow: "F", Reason: errInvalidUTF8.Error(), Err: errInvalidUTF8},
+				{Name: "FMetric_A\xfe(2023-03-05T08:18:04Z)", Flow: "F", Reason: errInvalidUTF8.Error(), Err: errInvalidUTF8},
+				{Name: "FMetric_A\xff(2023-03-05T08:18:04Z)", Flow: "F", Reason: errInvalidUTF8.Error(), Err: errInvalidUTF8},
+			},
+		},
+		{
+			name: "names too long are malformed, their flow cut for the label",
+			attrs: map[string]string{
+				strings.Repeat("f", MaxFlowLen+1) + "Metric_A(2023-03-05T08:18:04Z)":                                       "",
+				"FMetric_" + strings.Repeat("m", MaxMetricLen+1) + "(2023-03-05T08:18:04Z)":                                "",
+				strings.Repeat("f", MaxFlowLen) + "Metric_" + strings.Repeat("m", MaxMetricLen) + "(2023-03-05T08:18:04Z)": "",
+			},
+			occs: []flowmetrics.Occurrence{{
+				Key:  strings.Repeat("f", MaxFlowLen) + "Metric_" + strings.Repeat("m", MaxMetricLen) + "(2023-03-05T08:18:04Z)",
+				Flow: strings.Repeat("f", MaxFlowLen), Metric: strings.Repeat("m", MaxMetricLen), Time: utc("2023-03-05T08:18:04Z"),
+			}},
+			bad: []Malformed{
+				{Name: "FMetric_" + strings.Repeat("m", MaxMetricLen+1) + "(2023-03-05T08:18:04Z)", Flow: "F", Reason: "metric name longer than 200 bytes", Err: errMetricTooLong},
+				{Name: strings.Repeat("f", MaxFlowLen+1) + "Metric_A(2023-03-05T08:18:04Z)", Flow: strings.Repeat("f", MaxFlowLen), Reason: "flow name longer than 200 bytes", Err: errFlowTooLong},
+			},
 		},
 	}
 	for _, tt := range tests {

@@ -115,11 +115,23 @@ func FuzzDecode(f *testing.F) {
 					t.Fatalf("record %d: got accepted with event %+v, error %v", i, r.Event, r.Err)
 				}
 				for k, v := range r.Event.Attributes {
-					if !utf8.ValidString(k) || !utf8.ValidString(v) {
-						t.Errorf("record %d: got attribute %q=%q, want valid UTF-8", i, k, v)
+					// Names keep their bytes, valid or not; values are
+					// made valid as encoding/json makes them.
+					if !utf8.ValidString(v) {
+						t.Errorf("record %d: got attribute %q=%q, want a valid UTF-8 value", i, k, v)
 					}
 				}
-				Extract(r.Event)
+				occs, bad := Extract(r.Event)
+				for _, o := range occs {
+					if !utf8.ValidString(o.Key) || len(o.Flow) > MaxFlowLen || len(o.Metric) > MaxMetricLen {
+						t.Errorf("record %d: got occurrence %q: want valid UTF-8 and names within the limits", i, o.Key)
+					}
+				}
+				for _, m := range bad {
+					if !utf8.ValidString(m.Flow) || len(m.Flow) > MaxFlowLen || len(m.Name) > MaxShownName {
+						t.Errorf("record %d: got malformed %+v: want a valid UTF-8 flow within the limits", i, m)
+					}
+				}
 			case Skipped:
 				if r.Event != nil || r.Err != nil {
 					t.Errorf("record %d: got skipped with event %+v, error %v", i, r.Event, r.Err)
@@ -157,6 +169,7 @@ func FuzzDecodeValue(f *testing.F) {
 		`{"detail-type":"v2.detail.events.conversation.{id}.attributes","detail":{"eventBody":{"conversationId":"c","eventTime":-12,"attributes":{}}},"detail-type":1}`,
 		`{"detail":{"topicName":"v2.detail.events.conversation.c.attributes","eventBody":{"conversationId":"c","attributes":{"n":1}}}}`,
 		"[1e400, -0.5E+3, true, false, null]",
+		"{\"topicName\":\"v2.detail.events.conversation.c.attributes\",\"eventBody\":{\"conversationId\":\"c\",\"attributes\":{\"FMetric_A\xff(2023-03-05T08:18:04Z)\":\"1\",\"FMetric_A\\udc00(2023-03-05T08:18:04Z)\":\"1\",\"FMetric_A\ufffd(2023-03-05T08:18:04Z)\":\"1\"}}}",
 	} {
 		f.Add([]byte(s))
 	}
@@ -172,10 +185,57 @@ func FuzzDecodeValue(f *testing.F) {
 		if rec.Outcome != Rejected && rec.Topic != want.Topic {
 			t.Errorf("got topic %q, want %q", rec.Topic, want.Topic)
 		}
+		if rec.Event != nil && want.Event != nil && !validKeys(rec.Event.Attributes) {
+			// encoding/json replaces what is not valid Unicode in a name,
+			// so it may merge names the decoder keeps apart: compare the
+			// rest, and each name as encoding/json would have read it.
+			if len(rec.Event.Attributes) < len(want.Event.Attributes) {
+				t.Errorf("got %d attributes, want at least encoding/json's %d", len(rec.Event.Attributes), len(want.Event.Attributes))
+			}
+			for k := range rec.Event.Attributes {
+				if jk, ok := asEncodingJSON(k); ok {
+					if _, found := want.Event.Attributes[jk]; !found {
+						t.Errorf("got name %q, which encoding/json reads as %q: not among its names", k, jk)
+					}
+				}
+			}
+			got, ref := *rec.Event, *want.Event
+			got.Attributes, ref.Attributes = nil, nil
+			if !reflect.DeepEqual(got, ref) {
+				t.Errorf("got event %+v, want %+v", got, ref)
+			}
+			return
+		}
 		if !reflect.DeepEqual(rec.Event, want.Event) {
 			t.Errorf("got event %+v, want %+v", rec.Event, want.Event)
 		}
 	})
+}
+
+func validKeys(m map[string]string) bool {
+	for k := range m {
+		if !utf8.ValidString(k) {
+			return false
+		}
+	}
+	return true
+}
+
+// asEncodingJSON returns the name encoding/json makes of a name the decoder
+// kept as it was: each invalid byte becomes U+FFFD. ok is false when k holds
+// what could be a surrogate in WTF-8 (0xED 0xA0-0xBF), which encoding/json
+// reads as one U+FFFD when it came from an escape and three when raw.
+func asEncodingJSON(k string) (string, bool) {
+	var b strings.Builder
+	for i := 0; i < len(k); {
+		if k[i] == 0xed && i+1 < len(k) && k[i+1] >= 0xa0 && k[i+1] <= 0xbf {
+			return "", false
+		}
+		r, size := utf8.DecodeRuneInString(k[i:])
+		b.WriteRune(r)
+		i += size
+	}
+	return b.String(), true
 }
 
 // reference applies the rules of Decode to what encoding/json makes of data.
@@ -237,6 +297,11 @@ func reference(data []byte) Record {
 		if ev.Attributes[k], ok = v.(string); !ok {
 			return reject(ErrBadAttributes)
 		}
+	}
+	// The decoder counts members, duplicates included; a map cannot. The
+	// two agree unless an input repeats names around the limit.
+	if len(attrs) > MaxAttributes {
+		return reject(ErrTooManyAttrs)
 	}
 	ev.ParticipantID, _ = body["participantId"].(string)
 	if n, ok := body["eventTime"].(json.Number); ok && len(strings.TrimPrefix(string(n), "-")) <= 18 {

@@ -434,10 +434,29 @@ func (p *parser) str(r strRef) string {
 	return string(appendUnquoted(nil, raw))
 }
 
+// appendKey appends the contents of the attribute name r refers to without
+// changing its bytes: unlike appendStr, invalid UTF-8 is kept as it is and a
+// lone surrogate escape becomes its WTF-8 bytes, so two different names never
+// become one, and a name that is not valid Unicode stays invalid UTF-8, which
+// ParseAttribute then reports as malformed instead of counting it.
+func (p *parser) appendKey(dst []byte, r strRef) []byte {
+	raw := p.data[r.start:r.end]
+	if r.flags&strEscaped == 0 {
+		return append(dst, raw...)
+	}
+	return unquote(dst, raw, true)
+}
+
 // appendUnquoted appends the unescaped contents of a valid JSON string,
 // replacing invalid UTF-8 and lone surrogates with U+FFFD as encoding/json
-// does, so that names and ids are always valid UTF-8 downstream.
-func appendUnquoted(dst, s []byte) []byte {
+// does, so that ids and values are always valid UTF-8 downstream.
+func appendUnquoted(dst, s []byte) []byte { return unquote(dst, s, false) }
+
+// unquote appends the unescaped contents of a valid JSON string. With keep,
+// invalid UTF-8 is copied as it is and a lone surrogate escape is written as
+// the three bytes UTF-8 would give it if it allowed surrogates (WTF-8);
+// otherwise both become U+FFFD.
+func unquote(dst, s []byte, keep bool) []byte {
 	for i := 0; i < len(s); {
 		c := s[i]
 		switch {
@@ -464,6 +483,9 @@ func appendUnquoted(dst, s []byte) []byte {
 					if dec := utf16.DecodeRune(r, r2); dec != utf8.RuneError {
 						i += 6
 						r = dec
+					} else if keep {
+						dst = append(dst, 0xe0|byte(r>>12), 0x80|byte(r>>6)&0x3f, 0x80|byte(r)&0x3f)
+						continue
 					} else {
 						r = utf8.RuneError
 					}
@@ -479,7 +501,7 @@ func appendUnquoted(dst, s []byte) []byte {
 			i++
 		default:
 			r, size := utf8.DecodeRune(s[i:])
-			if r == utf8.RuneError && size == 1 {
+			if r == utf8.RuneError && size == 1 && !keep {
 				dst = utf8.AppendRune(dst, utf8.RuneError)
 			} else {
 				dst = append(dst, s[i:i+size]...)

@@ -9,8 +9,14 @@ import (
 // Decode reads records from r and calls fn for each, in order. The input is
 // one of:
 //
-//   - a JSON array (its first non-blank byte is '['): each element is a
-//     record;
+//   - one JSON array, when the whole input is one: each element is a
+//     record. An array that ends on its first line is one only if nothing
+//     but whitespace follows it; otherwise that line is the first line of
+//     NDJSON, one record rejected as an array, so a stray "[1,2,3]" line
+//     never takes the events after it down with it. An array that goes on
+//     past its first line is read element by element without holding the
+//     whole of it (an archive may be gigabytes); a syntax error in it is
+//     handled as in a multi-line value, below;
 //   - newline-delimited JSON, recognised by a first record that fits on its
 //     line: each non-blank line is then one record, decoded on its own, so
 //     a bad line is rejected alone and never affects the others;
@@ -193,9 +199,64 @@ func (d *decoder) run() error {
 		return d.ioErr
 	}
 	if d.buf[d.rpos] == '[' {
-		return d.array()
+		return d.arrayOrLines()
 	}
 	return d.stream()
+}
+
+// arrayOrLines reads input that starts with '[' as one array or as NDJSON
+// (see Decode).
+func (d *decoder) arrayOrLines() error {
+	eol, ok := d.lineEnd(0)
+	if !ok {
+		if d.ioErr != nil {
+			return d.ioErr
+		}
+		// A first line larger than MaxRecordSize: no NDJSON record can
+		// be that large, so it can only be one array.
+		return d.array()
+	}
+	line := d.buf[d.rpos : d.rpos+eol]
+	var q parser
+	q.reset(line, true)
+	switch {
+	case !q.skipValue() && q.errOff >= len(line):
+		// The array goes on past its first line.
+		return d.array()
+	case q.errMsg != "" || !blank(line[q.pos:]):
+		// Broken, or more after it on the line: not one array.
+		return d.ndjson()
+	}
+	only, err := d.blankFrom(eol)
+	if err != nil {
+		return err
+	}
+	if only {
+		return d.array()
+	}
+	return d.ndjson()
+}
+
+// blankFrom reports whether nothing but whitespace follows the unread
+// offset off, reading as needed. It holds at most 2×MaxRecordSize unread
+// bytes (the first line and the whitespace after it) and reports false
+// beyond that, so that no input can make it hold more.
+func (d *decoder) blankFrom(off int) (bool, error) {
+	for {
+		rest := d.buf[d.rpos+off : d.wpos]
+		for _, c := range rest {
+			if !isSpace(c) {
+				return false, nil
+			}
+		}
+		off = d.unread()
+		if off > 2*MaxRecordSize {
+			return false, nil
+		}
+		if !d.fill() {
+			return d.ioErr == nil, d.ioErr
+		}
+	}
 }
 
 // parseValue parses the value at rpos, reading more input as needed.
@@ -245,7 +306,7 @@ func (d *decoder) stream() error {
 		case d.tooLarge:
 			return d.tooLargeRecord()
 		case !ok:
-			return d.resync()
+			return d.resync(false)
 		}
 		end := d.p.pos
 		if first && bytes.IndexByte(d.buf[d.rpos:d.rpos+end], '\n') < 0 {
@@ -307,8 +368,11 @@ func (d *decoder) skipLongLine(rec Record) error {
 	}
 }
 
-// resync handles a syntax error in a stream value (see Decode).
-func (d *decoder) resync() error {
+// resync handles a syntax error in a stream value or an array (see
+// Decode). afterElement says the error is at rpos, where a comma or ']'
+// should have followed an array element, or the input should have ended
+// after the array.
+func (d *decoder) resync(afterElement bool) error {
 	msg, off := d.p.errMsg, d.p.errOff
 	rec := d.syntaxRecord(msg, off)
 	line := d.line
@@ -319,6 +383,10 @@ func (d *decoder) resync() error {
 	before := d.buf[d.rpos : d.rpos+off]
 	if nl := bytes.LastIndexByte(before, '\n'); nl >= 0 && blank(before[nl+1:]) {
 		cand = nl + 1
+	} else if afterElement && nl < 0 && d.col == 0 && blank(before) {
+		// An array element ended, and the line after it starts with
+		// what is not a comma: it may be the next record.
+		cand = 0
 	} else if eol, ok := d.lineEnd(off); ok && eol < d.unread() {
 		cand = eol + 1
 	}
@@ -447,7 +515,7 @@ func (d *decoder) array() error {
 		case d.tooLarge:
 			return d.emit(tooLarge(), line)
 		case !ok:
-			return d.stop(d.p.errMsg, d.p.errOff)
+			return d.resync(false)
 		}
 		if err := d.emit(rec, line); err != nil {
 			return err
@@ -466,7 +534,8 @@ func (d *decoder) array() error {
 			d.consume(1)
 			return d.afterArray()
 		default:
-			return d.stop("invalid character "+describe(c)+" after array element", 0)
+			d.p.errMsg, d.p.errOff = "invalid character "+describe(c)+" after array element", 0
+			return d.resync(true)
 		}
 	}
 }
@@ -478,10 +547,14 @@ func (d *decoder) endOfArray() error {
 	return d.stop("unexpected end of input", 0)
 }
 
-// afterArray checks that nothing but whitespace follows the array.
+// afterArray checks that nothing but whitespace follows the array. What
+// follows a multi-line array is rejected as one record, unless it starts a
+// line with a whole JSON object: then it is read as NDJSON from there, so
+// events appended after an array are not lost.
 func (d *decoder) afterArray() error {
 	if !d.skipSpace() {
 		return d.ioErr
 	}
-	return d.stop("invalid character "+describe(d.buf[d.rpos])+" after top-level value", 0)
+	d.p.errMsg, d.p.errOff = "invalid character "+describe(d.buf[d.rpos])+" after top-level value", 0
+	return d.resync(true)
 }

@@ -24,6 +24,7 @@ func TestAdmitRefusesBeforeIngest(t *testing.T) {
 	}})
 	body := read(t, "conversation.ndjson")
 	req, _ := http.NewRequest("POST", srv.URL+"/v1/events", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/x-ndjson")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,12 @@
 // and pending points durable: 202 means the occurrences will be delivered, a
 // 5xx means nothing was acknowledged and the sender should retry (EventBridge
 // does), which is safe because claims are idempotent.
+//
+// Every resource a request can drive is bounded: the body (on the wire and
+// once gunzipped) by MaxBodyBytes, the records held at once by ingestChunk,
+// the errors named in the answer by MaxErrors. Only JSON and NDJSON media
+// types are accepted, so a browser cannot post cross-site without a CORS
+// preflight; ProtectReads puts /metrics and the dashboard behind the secret.
 package httpapi
 
 import (
@@ -13,12 +19,11 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -52,15 +57,32 @@ type Options struct {
 	// DashboardAPI.
 	Dashboard    http.Handler
 	DashboardAPI string
+	// ProtectReads makes /metrics and the dashboard ask for Secret too:
+	// in AuthHeader, as "Authorization: Bearer <secret>" (what Prometheus
+	// sends), or as the password of HTTP Basic auth (what a browser asks
+	// for). /healthz stays open. It needs a Secret.
+	ProtectReads bool
 }
+
+// MaxErrors is how many rejected records one response names; the rest are
+// only counted (Response.ErrorsTotal), so a body of millions of bad records
+// gets a small answer.
+const MaxErrors = 100
+
+// ingestChunk is how many records one Ingest call takes, so a body of
+// millions of tiny records never holds them all at once.
+const ingestChunk = 1000
 
 // Response is the JSON body of POST /v1/events.
 type Response struct {
-	Accepted    int                    `json:"accepted"`
-	Skipped     int                    `json:"skipped"`
-	Rejected    int                    `json:"rejected"`
-	Occurrences int                    `json:"occurrences"`
+	Accepted    int `json:"accepted"`
+	Skipped     int `json:"skipped"`
+	Rejected    int `json:"rejected"`
+	Occurrences int `json:"occurrences"`
+	// Errors names the first MaxErrors rejected records; ErrorsTotal
+	// counts them all.
 	Errors      []pipeline.RecordError `json:"errors"`
+	ErrorsTotal int                    `json:"errors_total"`
 }
 
 // New returns the handler serving every endpoint.
@@ -69,19 +91,20 @@ func New(p Ingester, m *telemetry.Metrics, opts Options, log *slog.Logger) http.
 		log = slog.Default()
 	}
 	mux := http.NewServeMux()
-	h := &handler{p: p, opts: opts, log: log}
+	h := &handler{p: p, m: m, opts: opts, log: log}
 	mux.Handle("POST /v1/events", h.auth(http.HandlerFunc(h.events)))
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry}))
+	mux.Handle("GET /metrics", h.readAuth(promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})))
 	mux.HandleFunc("GET /healthz", h.healthz)
 	if opts.Dashboard != nil {
-		mux.Handle("GET /{$}", opts.Dashboard)
-		mux.Handle("GET "+opts.DashboardAPI, opts.Dashboard)
+		mux.Handle("GET /{$}", h.readAuth(opts.Dashboard))
+		mux.Handle("GET "+opts.DashboardAPI, h.readAuth(opts.Dashboard))
 	}
 	return mux
 }
 
 type handler struct {
 	p    Ingester
+	m    *telemetry.Metrics
 	opts Options
 	log  *slog.Logger
 }
@@ -101,7 +124,37 @@ func (h *handler) auth(next http.Handler) http.Handler {
 	})
 }
 
+// readAuth guards a read endpoint when ProtectReads is set (see Options).
+func (h *handler) readAuth(next http.Handler) http.Handler {
+	if !h.opts.ProtectReads || h.opts.Secret == "" {
+		return next
+	}
+	secret := []byte(h.opts.Secret)
+	match := func(s string) bool { return subtle.ConstantTimeCompare([]byte(s), secret) == 1 }
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, pass, basic := r.BasicAuth()
+		bearer, isBearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if match(r.Header.Get(h.opts.AuthHeader)) || basic && match(pass) || isBearer && match(bearer) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Basic realm="flowmetrics", charset="UTF-8"`)
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "this endpoint needs the shared secret: " + h.opts.AuthHeader + " header, Authorization: Bearer, or Basic auth with the secret as password"})
+	})
+}
+
+func (h *handler) refuse(w http.ResponseWriter, err *bodyError) {
+	if err.reason != "" {
+		h.m.Limits.WithLabelValues(err.reason).Inc()
+	}
+	writeJSON(w, err.status, map[string]string{"error": err.msg})
+}
+
 func (h *handler) events(w http.ResponseWriter, r *http.Request) {
+	if msg := checkType(r.Header.Get("Content-Type")); msg != "" {
+		h.refuse(w, &bodyError{status: http.StatusUnsupportedMediaType, msg: msg})
+		return
+	}
 	if h.opts.Admit != nil {
 		if err := h.opts.Admit(); err != nil {
 			retry := h.opts.RetryAfter
@@ -117,44 +170,67 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 	if limit <= 0 {
 		limit = 10 << 20
 	}
-	if r.ContentLength > limit {
-		writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": "body larger than " + strconv.FormatInt(limit, 10) + " bytes"})
+	body, err := readBody(w, r, limit)
+	if err != nil {
+		h.refuse(w, err.(*bodyError))
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": "body larger than " + strconv.FormatInt(limit, 10) + " bytes"})
-			return
+	// Records go to the pipeline a chunk at a time, so a body of millions
+	// of tiny bad records holds no more than a chunk of them. The request
+	// is acknowledged only once every chunk is claimed; if one fails, the
+	// sender retries the whole body, and what was claimed is not counted
+	// twice.
+	var res pipeline.Result
+	recs := make([]genesys.Record, 0, 64)
+	resp := Response{Errors: []pipeline.RecordError{}}
+	ingest := func() error {
+		part, err := h.p.Ingest(r.Context(), recs)
+		if err != nil {
+			return err
 		}
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "reading body: " + err.Error()})
-		return
-	}
-	var recs []genesys.Record
-	if err := genesys.Decode(bytes.NewReader(body), func(rec genesys.Record) error {
-		recs = append(recs, rec)
+		recs = recs[:0]
+		for _, e := range part.Errors {
+			if len(resp.Errors) < MaxErrors {
+				e.Error = fmt.Sprintf("record %d: %s", e.Index, e.Error)
+				resp.Errors = append(resp.Errors, e)
+			}
+		}
+		resp.ErrorsTotal += len(part.Errors)
+		part.Errors = nil
+		res.Add(part)
 		return nil
-	}); err != nil {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "reading body: " + err.Error()})
+	}
+	var ingestErr error
+	decodeErr := genesys.Decode(bytes.NewReader(body), func(rec genesys.Record) error {
+		recs = append(recs, rec)
+		if len(recs) < ingestChunk {
+			return nil
+		}
+		ingestErr = ingest()
+		return ingestErr
+	})
+	if decodeErr == nil && len(recs) > 0 {
+		ingestErr = ingest()
+	}
+	if ingestErr != nil {
+		h.log.Error("ingest failed; request not acknowledged", "records", res.Read+len(recs), "err", ingestErr)
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "store unavailable, retry: " + ingestErr.Error()})
 		return
 	}
-	res, err := h.p.Ingest(r.Context(), recs)
-	if err != nil {
-		h.log.Error("ingest failed; request not acknowledged", "records", len(recs), "err", err)
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "store unavailable, retry: " + err.Error()})
+	if decodeErr != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "reading body: " + decodeErr.Error()})
 		return
 	}
-	resp := Response{Accepted: res.Accepted, Skipped: res.Skipped, Rejected: res.Rejected, Occurrences: res.Occurrences, Errors: res.Errors}
-	if resp.Errors == nil {
-		resp.Errors = []pipeline.RecordError{}
+	if n := resp.ErrorsTotal - len(resp.Errors); n > 0 {
+		h.m.Limits.WithLabelValues("errors_truncated").Add(float64(n))
 	}
-	for i := range resp.Errors {
-		resp.Errors[i].Error = fmt.Sprintf("record %d: %s", resp.Errors[i].Index, resp.Errors[i].Error)
-	}
+	resp.Accepted, resp.Skipped, resp.Rejected, resp.Occurrences = res.Accepted, res.Skipped, res.Rejected, res.Occurrences
 	status := http.StatusAccepted
 	if res.Accepted+res.Skipped == 0 {
 		status = http.StatusBadRequest
+		if len(resp.Errors) > 0 && isGzip(body) {
+			resp.Errors[0].Error += " (the body looks gzip-compressed: send Content-Encoding: gzip)"
+		}
 	}
 	writeJSON(w, status, resp)
 }

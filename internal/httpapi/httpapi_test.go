@@ -41,7 +41,13 @@ func read(t *testing.T, name string) string {
 func post(t *testing.T, url, body string, header map[string]string) (int, Response, string) {
 	t.Helper()
 	req, _ := http.NewRequest("POST", url+"/v1/events", strings.NewReader(body))
+	// JSON unless the test says otherwise; an empty value sends none.
+	req.Header.Set("Content-Type", "application/json")
 	for k, v := range header {
+		if v == "" {
+			req.Header.Del(k)
+			continue
+		}
 		req.Header.Set(k, v)
 	}
 	resp, err := http.DefaultClient.Do(req)
@@ -117,6 +123,7 @@ func TestBodyLimit(t *testing.T) {
 	// Without a Content-Length the limit still holds.
 	req, _ := http.NewRequest("POST", srv.URL+"/v1/events", io.MultiReader(strings.NewReader(big)))
 	req.ContentLength = -1
+	req.Header.Set("Content-Type", "application/x-ndjson")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

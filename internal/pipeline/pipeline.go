@@ -48,6 +48,9 @@ type Config struct {
 	Now func() time.Time `yaml:"-"`
 }
 
+// DefaultCacheTTL is CacheTTL when it is not set.
+const DefaultCacheTTL = time.Hour
+
 // Guard folds flow/metric pairs beyond a cardinality limit into one series.
 type Guard interface {
 	Map(flow, metric string) (string, string)
@@ -87,7 +90,7 @@ func (c Config) withDefaults() Config {
 		c.CacheConversations = 100_000
 	}
 	if c.CacheTTL == 0 {
-		c.CacheTTL = time.Hour
+		c.CacheTTL = DefaultCacheTTL
 	}
 	if c.RetryMin == 0 {
 		c.RetryMin = 500 * time.Millisecond
@@ -240,7 +243,10 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 			}
 		}
 		for _, b := range bad {
-			p.m.Malformed.WithLabelValues(b.Flow).Inc()
+			p.m.CountMalformed(b.Flow)
+			if errors.Is(b.Err, genesys.ErrNameTooLong) {
+				p.m.Limits.WithLabelValues("name_too_long").Inc()
+			}
 		}
 		res.Malformed += len(bad)
 		if len(occs) == 0 {
@@ -290,7 +296,7 @@ func occKeys(occs []flowmetrics.Occurrence) []string {
 	return out
 }
 
-var rejectReasons = []string{"invalid_json", "missing_conversation_id", "missing_attributes", "invalid_attributes", "too_large", "not_an_event", "invalid"}
+var rejectReasons = []string{"invalid_json", "missing_conversation_id", "missing_attributes", "invalid_attributes", "too_large", "too_many_attributes", "not_an_event", "invalid"}
 
 // RejectReason maps a decode error to the low-cardinality reason label of
 // flowmetrics_records_rejected_total.
@@ -306,6 +312,8 @@ func RejectReason(err error) string {
 		return "invalid_attributes"
 	case errors.Is(err, genesys.ErrTooLarge):
 		return "too_large"
+	case errors.Is(err, genesys.ErrTooManyAttrs):
+		return "too_many_attributes"
 	case errors.Is(err, genesys.ErrNotEvent):
 		return "not_an_event"
 	}

@@ -177,16 +177,36 @@ func MinCursor(cursors map[string]uint64) (uint64, bool) {
 // FilterNew returns the occurrences of occs whose keys known does not hold,
 // each key once, in order. A request may repeat a key (two participants of one
 // event carrying the same attribute); it is still one occurrence.
+//
+// It takes time linear in len(occs) (plus what known costs): a short
+// request is checked for repeats by scanning, a long one with a set, so an
+// event carrying thousands of distinct keys does not cost their square.
 func FilterNew(occs []flowmetrics.Occurrence, known func(string) bool) []flowmetrics.Occurrence {
 	var out []flowmetrics.Occurrence
+	var seen map[string]struct{}
+	if len(occs) > scanRepeats {
+		seen = make(map[string]struct{}, len(occs))
+	}
 	for i, o := range occs {
-		if known(o.Key) || repeated(occs[:i], o.Key) {
+		if known(o.Key) {
+			continue
+		}
+		if seen != nil {
+			if _, dup := seen[o.Key]; dup {
+				continue
+			}
+			seen[o.Key] = struct{}{}
+		} else if repeated(occs[:i], o.Key) {
 			continue
 		}
 		out = append(out, o)
 	}
 	return out
 }
+
+// scanRepeats is the longest request FilterNew checks for repeated keys by
+// scanning: below it a scan is cheaper than building a set.
+const scanRepeats = 16
 
 func repeated(occs []flowmetrics.Occurrence, key string) bool {
 	for _, o := range occs {

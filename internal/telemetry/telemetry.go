@@ -5,6 +5,8 @@
 package telemetry
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -21,8 +23,15 @@ type Metrics struct {
 	RecordsRejected *prometheus.CounterVec // reason
 
 	Occurrences *prometheus.CounterVec // flow, metric: new occurrences claimed
-	Malformed   *prometheus.CounterVec // flow: malformed metric attributes seen
-	CacheHits   prometheus.Counter     // events whose keys were all known in-process
+	// Malformed counts malformed metric attributes by flow; count them with
+	// CountMalformed, which folds flows beyond MalformedFlowLimit.
+	Malformed *prometheus.CounterVec // flow
+	CacheHits prometheus.Counter     // events whose keys were all known in-process
+	// Limits counts each time a bound on input was applied, by reason:
+	// name_too_long, malformed_flows_folded, errors_truncated,
+	// body_too_large, decompressed_too_large. Records refused for a bound
+	// are also counted in RecordsRejected.
+	Limits *prometheus.CounterVec // reason
 
 	StoreLatency *prometheus.HistogramVec // op
 	StoreErrors  *prometheus.CounterVec   // op
@@ -46,6 +55,36 @@ type Metrics struct {
 	// Overflow counts occurrences folded into the overflow series by the
 	// cardinality guard.
 	Overflow prometheus.Counter
+
+	malformedMu    sync.Mutex
+	malformedFlows map[string]struct{}
+}
+
+// MalformedFlowLimit is how many distinct flows get their own
+// flowmetrics_malformed_attributes_total series. Beyond it, malformed names
+// of new flows are counted under flow MalformedOverflow, so a flood of bad
+// names with distinct flows cannot grow /metrics (or memory) without bound.
+const MalformedFlowLimit = 1000
+
+// MalformedOverflow is the flow label of malformed names folded beyond
+// MalformedFlowLimit; it matches the cardinality guard's overflow series.
+const MalformedOverflow = "overflow"
+
+// CountMalformed counts one malformed attribute of flow, folding flows
+// beyond MalformedFlowLimit into MalformedOverflow (counted in Limits with
+// reason malformed_flows_folded). flow must be valid UTF-8.
+func (m *Metrics) CountMalformed(flow string) {
+	m.malformedMu.Lock()
+	_, known := m.malformedFlows[flow]
+	if !known && len(m.malformedFlows) < MalformedFlowLimit {
+		m.malformedFlows[flow], known = struct{}{}, true
+	}
+	m.malformedMu.Unlock()
+	if !known {
+		m.Limits.WithLabelValues("malformed_flows_folded").Inc()
+		flow = MalformedOverflow
+	}
+	m.Malformed.WithLabelValues(flow).Inc()
 }
 
 // New creates the metrics on a fresh registry that also carries the Go
@@ -54,7 +93,7 @@ func New() *Metrics {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
-	m := &Metrics{Registry: reg}
+	m := &Metrics{Registry: reg, malformedFlows: map[string]struct{}{}}
 	cnt := func(name, help string) prometheus.Counter {
 		c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "flowmetrics", Name: name, Help: help})
 		f(c)
@@ -71,6 +110,10 @@ func New() *Metrics {
 	m.RecordsRejected = vec("records_rejected_total", "Records rejected as invalid.", "reason")
 	m.Occurrences = vec("occurrences_total", "Flow metric occurrences counted (new claims).", "flow", "metric")
 	m.Malformed = vec("malformed_attributes_total", "Metric-shaped attribute names that break the naming rules, by flow.", "flow")
+	m.Limits = vec("input_limits_total", "Inputs cut, folded or refused by a bound, by reason.", "reason")
+	for _, r := range []string{"name_too_long", "malformed_flows_folded", "errors_truncated", "body_too_large", "decompressed_too_large"} {
+		m.Limits.WithLabelValues(r)
+	}
 	m.CacheHits = cnt("cache_hits_total", "Events whose metric keys were all known in-process, so the store was not asked.")
 	m.StoreLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "flowmetrics", Name: "store_latency_seconds", Help: "State store call latency.",

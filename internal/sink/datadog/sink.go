@@ -11,7 +11,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -73,9 +72,9 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 	if err != nil {
 		return nil, err
 	}
-	key := strings.TrimSpace(os.Getenv(cfg.APIKeyEnv))
-	if key == "" {
-		return nil, fmt.Errorf("datadog: environment variable %s is not set: it must hold the API key", cfg.APIKeyEnv)
+	key, err := cfg.APIKey()
+	if err != nil {
+		return nil, err
 	}
 	if namer == nil {
 		namer = naming.New(naming.Config{})

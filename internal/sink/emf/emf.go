@@ -122,6 +122,15 @@ type Sink struct {
 	closed bool
 }
 
+// CheckNaming checks the section against the naming config it will be used
+// with. New and serve's config check (-check-config) share it.
+func (c Config) CheckNaming(namer *naming.Namer) error {
+	if c.OmitFlowDimensions && namer.Name("\x00a", "\x00b") == namer.Name("\x00c", "\x00d") {
+		return errors.New("emf.omit_flow_dimensions: needs naming.template, or every flow would add up in one metric")
+	}
+	return nil
+}
+
 // New returns a sink for cfg (which should have passed Validate). For a file
 // path it opens (creates) the file for appending.
 func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
@@ -139,8 +148,8 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 		log = slog.Default()
 	}
 	s := &Sink{cfg: cfg, namer: namer, m: m, log: log.With("sink", Name)}
-	if cfg.OmitFlowDimensions && namer.Name("\x00a", "\x00b") == namer.Name("\x00c", "\x00d") {
-		return nil, errors.New("emf.omit_flow_dimensions: needs naming.template, or every flow would add up in one metric")
+	if err := cfg.CheckNaming(namer); err != nil {
+		return nil, err
 	}
 	if !cfg.OmitFlowDimensions {
 		s.dimKeys = []string{"flow", "metric"}

@@ -10,13 +10,27 @@ import (
 
 // conversation is the decoded state of one conversation. Keys are few per
 // conversation (a flow sets a handful of metric attributes), so a slice with
-// a linear search beats a map here.
+// a linear search beats a map here; past scanKeys keys a set is built, so a
+// conversation with thousands of keys costs no more per lookup.
 type conversation struct {
 	changed int64
 	keys    []string
+	set     map[string]struct{} // the keys, once there are more than scanKeys
 }
 
+const scanKeys = 32
+
 func (c *conversation) has(k string) bool {
+	if len(c.keys) > scanKeys {
+		if c.set == nil {
+			c.set = make(map[string]struct{}, len(c.keys))
+			for _, x := range c.keys {
+				c.set[x] = struct{}{}
+			}
+		}
+		_, ok := c.set[k]
+		return ok
+	}
 	for _, x := range c.keys {
 		if x == k {
 			return true
@@ -25,7 +39,12 @@ func (c *conversation) has(k string) bool {
 	return false
 }
 
-func (c *conversation) add(k string) { c.keys = append(c.keys, k) }
+func (c *conversation) add(k string) {
+	c.keys = append(c.keys, k)
+	if c.set != nil {
+		c.set[k] = struct{}{}
+	}
+}
 
 func (c *conversation) encode() []byte {
 	n := binary.MaxVarintLen64

@@ -1,0 +1,118 @@
+package httpapi
+
+import (
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+)
+
+// Media types POST /v1/events accepts (with any parameters, such as
+// charset). EventBridge API destinations send application/json unless the
+// connection sets another type. A type outside this list gets 415: a web
+// page can only post text/plain, form types or no type at all without a
+// CORS preflight, which this server never grants, so a browser cannot be
+// made to post events cross-site.
+var bodyTypes = map[string]bool{
+	"application/json":        true,
+	"application/x-ndjson":    true,
+	"application/ndjson":      true,
+	"application/jsonl":       true,
+	"application/x-jsonlines": true,
+	"application/jsonlines":   true,
+}
+
+// acceptedTypes lists bodyTypes for messages, in a fixed order.
+const acceptedTypes = "application/json (or any +json type), application/x-ndjson, application/ndjson, application/jsonl, application/x-jsonlines"
+
+// checkType reports why a Content-Type is refused, or "" when accepted.
+func checkType(ct string) string {
+	if ct == "" {
+		return "Content-Type missing: want " + acceptedTypes
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return fmt.Sprintf("Content-Type %q: %v", ct, err)
+	}
+	// RFC 6839: a +json type (application/cloudevents+json) is JSON.
+	if bodyTypes[mt] || strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json") {
+		return ""
+	}
+	return fmt.Sprintf("Content-Type %q: want %s", mt, acceptedTypes)
+}
+
+// bodyError is a request body refused with an HTTP status.
+type bodyError struct {
+	status int
+	reason string // input_limits_total reason, if a bound was hit
+	msg    string
+}
+
+func (e *bodyError) Error() string { return e.msg }
+
+// readBody reads the request body, decompressing gzip, and bounds both the
+// bytes on the wire and the bytes once decompressed by limit.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	tooLarge := func(what, reason string) error {
+		return &bodyError{http.StatusRequestEntityTooLarge, reason, fmt.Sprintf("%s larger than %d bytes", what, limit)}
+	}
+	enc := strings.ToLower(strings.TrimSpace(r.Header.Get("Content-Encoding")))
+	switch enc {
+	case "", "identity", "gzip", "x-gzip":
+	default:
+		return nil, &bodyError{http.StatusUnsupportedMediaType, "", fmt.Sprintf("Content-Encoding %q: want gzip or none", enc)}
+	}
+	if r.ContentLength > limit {
+		return nil, tooLarge("body", "body_too_large")
+	}
+	var body io.Reader = http.MaxBytesReader(w, r.Body, limit)
+	readErr := func(err error) error {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return tooLarge("body", "body_too_large")
+		}
+		return &bodyError{http.StatusBadRequest, "", "reading body: " + err.Error()}
+	}
+	if enc == "gzip" || enc == "x-gzip" {
+		zr, err := gzip.NewReader(body)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil, &bodyError{http.StatusBadRequest, "", "reading body: empty gzip stream"}
+			}
+			var mb *http.MaxBytesError
+			if errors.As(err, &mb) {
+				return nil, readErr(err)
+			}
+			return nil, &bodyError{http.StatusBadRequest, "", "reading body: gzip: " + err.Error()}
+		}
+		defer zr.Close()
+		// Read one byte past the limit to tell "exactly the limit" from
+		// more, without ever holding more than that: a zip bomb of a few
+		// KiB that inflates to gigabytes costs limit+1 bytes.
+		b, err := io.ReadAll(io.LimitReader(zr, limit+1))
+		switch {
+		case err != nil:
+			var mb *http.MaxBytesError
+			if errors.As(err, &mb) {
+				return nil, readErr(err)
+			}
+			return nil, &bodyError{http.StatusBadRequest, "", "reading body: gzip: " + err.Error()}
+		case int64(len(b)) > limit:
+			return nil, tooLarge("decompressed body", "decompressed_too_large")
+		}
+		return b, nil
+	}
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return nil, readErr(err)
+	}
+	return b, nil
+}
+
+// isGzip reports whether b starts like a gzip stream, to explain a 400 for
+// a compressed body sent without Content-Encoding.
+func isGzip(b []byte) bool { return bytes.HasPrefix(b, []byte{0x1f, 0x8b}) }
