@@ -38,6 +38,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/store"
@@ -83,8 +84,16 @@ func Open(dir string, opts store.Options, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	return open(dir, nil, opts, log)
+}
+
+// open is Open on the filesystem fs (nil: the operating system's).
+func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, error) {
+	if log == nil {
+		log = slog.Default()
+	}
 	f := newFatal()
-	db, err := openDB(dir, f, log)
+	db, err := openDB(dir, fs, f, log)
 	if err != nil {
 		return nil, err
 	}
@@ -100,9 +109,10 @@ func Open(dir string, opts store.Options, log *slog.Logger) (*Store, error) {
 
 // openDB opens Pebble, turning a panic or a Fatalf during the open (a
 // write-ahead-log replay on a full disk) into an error.
-func openDB(dir string, f *fatal, log *slog.Logger) (db *pebble.DB, err error) {
+func openDB(dir string, fs vfs.FS, f *fatal, log *slog.Logger) (db *pebble.DB, err error) {
 	defer f.recover(&err)
 	db, err = pebble.Open(dir, &pebble.Options{
+		FS:                          fs,
 		Logger:                      pebbleLogger{log: log.With("component", "pebble"), fatal: f},
 		MemTableSize:                memTableSize,
 		MemTableStopWritesThreshold: memTableStopWritesThreshold,
