@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/dashboard"
 	"github.com/flowmetrics/flowmetrics/internal/diskguard"
@@ -73,6 +74,11 @@ func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logg
 	if err != nil {
 		return err
 	}
+	return serveStore(ctx, cfg, secret, m, st, guard, log)
+}
+
+// serveStore is serve on an open store, which it closes; guard may be nil.
+func serveStore(ctx context.Context, cfg config.Config, secret string, m *telemetry.Metrics, st flowmetrics.Store, guard *diskguard.Guard, log *slog.Logger) error {
 	failed, failure := storeFailure(st)
 	sinks, err := buildSinks(cfg, m, log)
 	if err != nil {
