@@ -22,8 +22,8 @@ import (
 // must not return), Done is closed and Err says why.
 type breakingStore struct {
 	flowmetrics.Store
-	once sync.Once
-	done chan struct{}
+	once   sync.Once
+	done   chan struct{}
 	mu     sync.Mutex
 	err    error
 	parked chan struct{} // a Claim is parked
