@@ -242,6 +242,7 @@ func TestFullDisk(t *testing.T) {
 	if took > shutdownTimeout+time.Second {
 		t.Errorf("SIGTERM took %v, want at most shutdown_timeout %v", took, shutdownTimeout)
 	}
+	logs := []string{srv.stderr.String()}
 	// A restart on the same small disk: opens, delivers what may be left,
 	// stops.
 	srv = startServe(t, args...)
@@ -252,8 +253,13 @@ func TestFullDisk(t *testing.T) {
 	if err := srv.cmd.Wait(); err != nil {
 		t.Fatalf("restarted serve after SIGTERM: %v\n%s", err, srv.stderr)
 	}
-	if strings.Contains(srv.stderr.String(), "panic") {
-		t.Errorf("serve's log has a panic:\n%s", srv.stderr)
+	logs = append(logs, srv.stderr.String())
+	for i, log := range logs {
+		for _, bad := range []string{"panic", "no space left on device", "store failed"} {
+			if strings.Contains(log, bad) {
+				t.Errorf("serve's log (run %d) has %q: the store's own writes met the full disk:\n%s", i+1, bad, log)
+			}
+		}
 	}
 
 	counts := bucketCounts(t, out)
