@@ -113,7 +113,7 @@ func openDB(dir string, fs vfs.FS, f *fatal, log *slog.Logger) (db *pebble.DB, e
 	defer f.recover(&err)
 	db, err = pebble.Open(dir, &pebble.Options{
 		FS:                          fs,
-		Logger:                      pebbleLogger{log: log.With("component", "pebble"), fatal: f},
+		Logger:                      pebbleLogger{log: log.With("component", "pebble"), fatal: f, errors: &limiter{}},
 		MemTableSize:                memTableSize,
 		MemTableStopWritesThreshold: memTableStopWritesThreshold,
 		L0CompactionThreshold:       l0CompactionThreshold,
@@ -537,13 +537,58 @@ func be64(v uint64) []byte {
 }
 
 type pebbleLogger struct {
-	log   *slog.Logger
-	fatal *fatal
+	log    *slog.Logger
+	fatal  *fatal
+	errors *limiter
 }
 
 func (l pebbleLogger) Infof(format string, args ...any) { l.log.Debug(fmt.Sprintf(format, args...)) }
+
+// Errorf logs Pebble's background errors, at most errorsPerWindow of them
+// every errorWindow: a compaction that cannot find space retries at once,
+// and would otherwise log thousands of lines a second.
 func (l pebbleLogger) Errorf(format string, args ...any) {
+	ok, suppressed := l.errors.allow(time.Now())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		l.log.Error(fmt.Sprintf(format, args...), "suppressed_before", suppressed)
+		return
+	}
 	l.log.Error(fmt.Sprintf(format, args...))
+}
+
+const (
+	errorWindow     = 10 * time.Second
+	errorsPerWindow = 20
+)
+
+// limiter lets errorsPerWindow events through per errorWindow and counts
+// the others.
+type limiter struct {
+	mu         sync.Mutex
+	start      time.Time
+	n          int
+	suppressed int
+}
+
+// allow reports whether to log now and how many were suppressed since the
+// last one logged.
+func (l *limiter) allow(now time.Time) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.start) >= errorWindow {
+		l.start, l.n = now, 0
+	}
+	if l.n >= errorsPerWindow {
+		l.suppressed++
+		return false, 0
+	}
+	l.n++
+	s := l.suppressed
+	l.suppressed = 0
+	return true, s
 }
 
 // Fatalf is how Pebble reports an error it cannot survive ("fatal commit
