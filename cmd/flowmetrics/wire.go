@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 
 	"github.com/flowmetrics/flowmetrics"
@@ -43,7 +44,7 @@ func openStore(c config.Config, log *slog.Logger) (flowmetrics.Store, error) {
 // sinks connect when they first send.
 func buildSinks(c config.Config, m *telemetry.Metrics, log *slog.Logger) ([]flowmetrics.Sink, error) {
 	namer := naming.New(c.Naming)
-	ledgersInDataDir(&c)
+	oldLedgers(c, log)
 	var sinks []flowmetrics.Sink
 	fail := func(err error) ([]flowmetrics.Sink, error) {
 		for _, s := range sinks {
@@ -94,21 +95,13 @@ type sweeper interface {
 	Sweep(ctx context.Context) (int, error)
 }
 
-// ledgersInDataDir keeps the Datadog sinks' running totals beside the
-// embedded store, so a restart does not send a bucket's total from zero
-// (Datadog keeps the last value per series and second).
-func ledgersInDataDir(c *config.Config) {
-	if c.Store.Type != "embedded" {
-		return
-	}
-	if d := c.Sinks.Datadog; d != nil && d.LedgerPath == "" {
-		cp := *d
-		cp.LedgerPath = datadog.LedgerPath(c.DataDir, datadog.Name)
-		c.Sinks.Datadog = &cp
-	}
-	if d := c.Sinks.DogStatsD; d != nil && d.LedgerPath == "" {
-		cp := *d
-		cp.LedgerPath = datadog.LedgerPath(c.DataDir, dogstatsd.Name)
-		c.Sinks.DogStatsD = &cp
+// oldLedgers warns about the ledger files earlier versions kept the Datadog
+// totals in: the totals are in the store now, and those files are not read.
+func oldLedgers(c config.Config, log *slog.Logger) {
+	for _, name := range []string{datadog.Name, dogstatsd.Name} {
+		path := filepath.Join(c.DataDir, name+"-ledger")
+		if _, err := os.Stat(path); err == nil {
+			log.Warn("an old Datadog ledger file is no longer used (the running totals are kept in the store now); it can be deleted", "path", path)
+		}
 	}
 }

@@ -22,6 +22,9 @@ const (
 	DefaultCacheTTL     = 15 * time.Second
 	DefaultFlushReserve = 2 * time.Second
 	DefaultSink         = "dogstatsd"
+	// DefaultDatadogMode is distribution: Lambda runs as many instances
+	// as the load needs, and only distributions add up across writers.
+	DefaultDatadogMode = datadog.Distribution
 )
 
 // Config is the function's configuration, read from its environment.
@@ -48,10 +51,12 @@ type Config struct {
 	// FLOWMETRICS_TAGS ("env:prod,team:cx").
 	Naming naming.Config
 	// DogStatsD: FLOWMETRICS_DOGSTATSD_ADDR (default 127.0.0.1:8125),
-	// FLOWMETRICS_LATE_POLICY.
+	// FLOWMETRICS_DATADOG_MODE, FLOWMETRICS_LATE_POLICY.
 	DogStatsD dogstatsd.Config
 	// Datadog: DD_SITE, DD_API_KEY (or DD_API_KEY_SECRET_ARN, read from
 	// Secrets Manager at cold start), FLOWMETRICS_DATADOG_URL,
+	// FLOWMETRICS_DATADOG_MODE (distribution, the default, or count: see
+	// DefaultDatadogMode; it applies to the dogstatsd sink too),
 	// FLOWMETRICS_LATE_POLICY.
 	Datadog datadog.Config
 	// APIKeySecretARN: DD_API_KEY_SECRET_ARN, used when DD_API_KEY is empty.
@@ -127,8 +132,14 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 		}
 	}
 	late := datadog.LatePolicy(getenv("FLOWMETRICS_LATE_POLICY"))
+	mode := datadog.Mode(or(getenv("FLOWMETRICS_DATADOG_MODE"), string(DefaultDatadogMode)))
+	if err := mode.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("FLOWMETRICS_DATADOG_MODE: %w", err))
+	}
 	c.DogStatsD.Addr = getenv("FLOWMETRICS_DOGSTATSD_ADDR")
+	c.DogStatsD.Mode = mode
 	c.DogStatsD.LatePolicy = late
+	c.Datadog.Mode = mode
 	c.Datadog.URL = getenv("FLOWMETRICS_DATADOG_URL")
 	c.Datadog.LatePolicy = late
 	c.EMF.Namespace = getenv("FLOWMETRICS_EMF_NAMESPACE")

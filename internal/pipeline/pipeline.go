@@ -460,6 +460,9 @@ func (d *drainer) flush(ctx context.Context) error {
 		if err != nil {
 			failures++
 			d.p.m.SinkBatchRetries.WithLabelValues(d.name).Inc()
+			if notBefore(ctx, err) {
+				return err // the sink will not try again before ctx ends
+			}
 			if !sleep(ctx, d.p.backoff(failures)) {
 				return err
 			}
@@ -613,6 +616,15 @@ func (p *Pipeline) backoff(n int) time.Duration {
 	}
 	d = min(d, p.cfg.RetryMax)
 	return d/2 + rand.N(d/2+1)
+}
+
+// notBefore reports whether err says its sink will not try again before
+// ctx's deadline (a sink error with a RetryAfter() time.Time method, e.g. a
+// refused API key): retrying until then would only hold the caller.
+func notBefore(ctx context.Context, err error) bool {
+	var ra interface{ RetryAfter() time.Time }
+	dl, ok := ctx.Deadline()
+	return ok && errors.As(err, &ra) && ra.RetryAfter().After(dl)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

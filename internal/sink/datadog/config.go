@@ -29,6 +29,31 @@ const (
 	DefaultAuthRetryInterval = time.Minute
 )
 
+// Mode is how occurrences are represented in Datadog.
+type Mode string
+
+const (
+	// Count sends each series-second's running total as a count
+	// (POST /api/v2/series). Datadog keeps the last value per series and
+	// second, so it is exact only with one writer per series; the totals
+	// are kept in the state store, committed with the sink's cursor.
+	Count Mode = "count"
+	// Distribution sends one value of 1 per occurrence as a distribution
+	// point (POST /api/v1/distribution_points). Datadog aggregates every
+	// value server-side, so any number of writers, restarts and crashes
+	// add up; a resent batch is counted twice.
+	Distribution Mode = "distribution"
+)
+
+// Validate checks the mode; empty means the caller's default.
+func (m Mode) Validate() error {
+	switch m {
+	case "", Count, Distribution:
+		return nil
+	}
+	return fmt.Errorf("mode %q: want count or distribution", string(m))
+}
+
 // LatePolicy says what happens to a point whose timestamp Datadog would not
 // accept (older than an hour or more than ten minutes ahead).
 type LatePolicy string
@@ -68,11 +93,15 @@ type Config struct {
 	// browser works too.
 	Site string `yaml:"site"`
 	// URL, if set, replaces https://api.<site> (tests, proxies); the path
-	// /api/v2/series is appended.
+	// /api/v2/series (count) or /api/v1/distribution_points (distribution)
+	// is appended.
 	URL string `yaml:"url"`
 	// APIKeyEnv names the environment variable holding the API key
 	// (default DD_API_KEY).
 	APIKeyEnv string `yaml:"api_key_env"`
+	// Mode: count (default) or distribution; see Mode and README.md for
+	// which to pick. Lambda defaults to distribution.
+	Mode Mode `yaml:"mode"`
 	// LatePolicy: clamp (default) or drop.
 	LatePolicy LatePolicy `yaml:"late_policy"`
 	// Timeout bounds one HTTP request (default 15s).
@@ -92,14 +121,6 @@ type Config struct {
 	// (512000 compressed, 5242880 uncompressed); they may only be lowered.
 	MaxPayloadBytes      int `yaml:"max_payload_bytes"`
 	MaxUncompressedBytes int `yaml:"max_uncompressed_bytes"`
-	// LedgerPath is the file that keeps the totals already sent to
-	// Datadog per series and second (see Ledger and OpenLedger), so that
-	// a restart does not make a late point overwrite its bucket's total
-	// with a smaller one. Empty: the totals are kept in memory only.
-	// `flowmetrics serve` sets it to LedgerPath(data_dir, Name), i.e.
-	// <data_dir>/datadog-ledger, unless the config sets it.
-	LedgerPath string `yaml:"ledger_path"`
-
 	// Now is the clock (time.Now if nil). Not configurable from YAML.
 	Now func() time.Time `yaml:"-"`
 }
@@ -126,6 +147,9 @@ func (c Config) Validate() error {
 	}
 	if c.APIKeyEnv != "" && !isEnvName(c.APIKeyEnv) {
 		return fmt.Errorf("datadog.api_key_env %q: not an environment variable name (the key itself never goes in the config file)", c.APIKeyEnv)
+	}
+	if err := c.Mode.Validate(); err != nil {
+		return fmt.Errorf("datadog.%w", err)
 	}
 	if err := c.LatePolicy.Validate(); err != nil {
 		return fmt.Errorf("datadog.%w", err)
@@ -158,6 +182,9 @@ func (c Config) withDefaults() Config {
 	if c.APIKeyEnv == "" {
 		c.APIKeyEnv = DefaultAPIKeyEnv
 	}
+	if c.Mode == "" {
+		c.Mode = Count
+	}
 	c.LatePolicy = c.LatePolicy.orDefault()
 	if c.Timeout == 0 {
 		c.Timeout = DefaultTimeout
@@ -186,11 +213,24 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// endpoint returns the series intake URL for c, reading DD_SITE when neither
+// Intake paths of the two modes.
+const (
+	seriesPath       = "/api/v2/series"
+	distributionPath = "/api/v1/distribution_points"
+)
+
+func (c Config) path() string {
+	if c.Mode == Distribution {
+		return distributionPath
+	}
+	return seriesPath
+}
+
+// endpoint returns the intake URL of c's mode, reading DD_SITE when neither
 // URL nor Site is set.
 func (c Config) endpoint() (string, error) {
 	if c.URL != "" {
-		return strings.TrimSuffix(c.URL, "/") + "/api/v2/series", nil
+		return strings.TrimSuffix(c.URL, "/") + c.path(), nil
 	}
 	site := c.Site
 	if site == "" {
@@ -203,7 +243,7 @@ func (c Config) endpoint() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return "https://api." + host + "/api/v2/series", nil
+	return "https://api." + host + c.path(), nil
 }
 
 // normalizeSite turns "datadoghq.eu", "app.datadoghq.eu" or

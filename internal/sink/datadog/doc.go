@@ -1,70 +1,70 @@
 // Package datadog delivers points to Datadog's metrics intake without an
-// Agent: POST /api/v2/series, gzip, counts (type 1) stamped with the start of
-// their bucket and an interval of the bucket width.
+// Agent, in one of two modes (Config.Mode; README.md says which to pick).
 //
-// Datadog keeps one value per series and second: a later point with the same
-// name, tags and timestamp replaces the earlier one, within a request and
-// across requests. A count sent naively would therefore lose occurrences
-// whenever one bucket is delivered in more than one batch (late events, batch
-// boundaries, retries). The Ledger in this package remembers, for every
-// series and second still inside Datadog's acceptance window, the total
-// Datadog holds, and sends the new total rather than the increment. That
-// makes each point idempotent: sending it twice leaves the same value.
+// # Distribution mode
 //
-// # A durable ledger
+// POST /api/v1/distribution_points, deflate (zlib: the only Content-Encoding
+// the endpoint documents), one point per series and bucket start holding one
+// value of 1 per occurrence. Datadog aggregates distributions server-side and
+// keeps every value, whoever sent it, so any number of writers (Lambda
+// instances, serve processes) and any restart add up exactly: count and sum
+// of the series are both the number of occurrences. Nothing needs to be
+// remembered, and the price is that a batch sent twice counts twice: the
+// batch-resume logic below keeps a failed Send from resending what Datadog
+// accepted, but a crash after Datadog's 202 and before the pipeline
+// recorded the cursor resends the batch (the one duplicate window). A
+// series-second with more than MaxValuesPerPoint occurrences in one batch is
+// sent as several points of that second.
 //
-// A Ledger in memory is empty after a restart: a late point for a bucket
-// sent before the restart would be sent as a total of 1 and overwrite the
-// bucket's earlier total (an undercount). With Config.LedgerPath set (serve
-// uses <data_dir>/datadog-ledger; see LedgerPath), the Ledger keeps its
-// totals in a file too (OpenLedger): Send commits the new totals (append,
-// fsync) after Datadog accepted the batch and before it returns nil, and a
-// new process loads them. The file is a log of records with checksums; a
-// record torn by a crash is cut when the file is opened; the file is
-// rewritten compactly when it is opened and when it has grown to more than
-// twice the live totals plus a slack, and totals older than PruneAge (1 h 10
-// min, beyond anything Datadog still accepts) are dropped then, so memory
-// and disk stay bounded by the series count times the window.
+// # Count mode
 //
-// The pipeline advances a sink's outbox cursor (Store.Ack) only after Send
-// returned nil, and sends a failed batch again unchanged. Against that, the
-// crash windows are:
+// POST /api/v2/series, gzip, counts (type 1) stamped with the start of their
+// bucket and an interval of the bucket width. Datadog keeps one value per
+// series and second: a later point with the same name, tags and timestamp
+// replaces the earlier one, within a request and across requests. A count
+// sent naively would therefore lose occurrences whenever one bucket is
+// delivered in more than one batch (late events, batch boundaries, retries).
+// The Ledger in this package remembers, for every series and second still
+// inside Datadog's acceptance window, the total Datadog holds, and sends the
+// new total rather than the increment. That makes each point idempotent:
+// sending it twice leaves the same value.
 //
-//   - Crash after Datadog accepted a payload (202) and before the ledger
-//     commit. The cursor has not moved: the batch is sent again and its
-//     totals are computed again from the committed ones, which do not
+// The totals are the sink's state (flowmetrics.StatefulSink, encoded as in
+// state.go): the pipeline restores them at Register and commits what changed
+// after each delivered batch in the same durable write that advances the
+// sink's cursor (Store.AckState: one synced Pebble batch, or one DynamoDB
+// transaction with the delivered marks). Against that, a crash leaves:
+//
+//   - Crash after Datadog accepted a payload (202) and before the commit.
+//     Neither the cursor nor the totals moved: the batch is sent again and
+//     its totals are computed again from the committed ones, which do not
 //     include it, so the same values are sent and overwrite themselves:
-//     correct. This is why the ledger is committed once per Send, after
-//     every payload of the batch, and not after each payload, and why Close
-//     does not commit: a batch partly delivered when the process stops
-//     (say, during an outage) is resent whole by the next process and must
-//     be added to the totals from before it, once.
-//   - Crash after the commit and before the pipeline's Ack. The batch is
-//     sent again and added again on top of totals that already hold it: a
-//     duplicate. This is the window DESIGN.md accepts ("a crash after a
-//     sink accepted a batch and before the outbox recorded it").
+//     correct. This is why the totals are handed over once per Send, after
+//     every payload of the batch, and never after a failed Send: a batch
+//     partly delivered when the process stops (say, during an outage) is
+//     resent whole by the next process and must be added to the totals from
+//     before it, once.
+//   - No crash can separate the totals from the cursor, so the old ledger
+//     file's second window (totals written, cursor not) is gone.
 //   - Clamped points (older than 59 minutes, LatePolicy clamp) are sent at
-//     now-59min, a second that moves with the clock. In the first window, a
+//     now-59min, a second that moves with the clock. In the first case, a
 //     batch resent later is clamped to a different second, so what Datadog
 //     accepted before the crash stays at the old second and the resent
 //     points are added at the new one: those clamped points count twice.
 //     Within one process the Batch kept by a failed Send prevents this; a
 //     crash cannot. Points inside the window are not affected.
-//   - If the commit itself fails, Send returns a retryable error; the
-//     pipeline's retry (the same points) resumes the Batch, sends nothing
-//     again and only retries the commit.
 //
-// # One writer per series
+// The state is bounded: totals older than PruneAge are deleted (nil
+// updates), so it holds at most the series count times the slots PruneAge
+// spans.
 //
-// Exactness needs a single writer per series: Datadog keeps the last value
-// of a series and second whoever sent it, and each writer's Ledger knows only
-// its own totals. Two serve replicas, several Lambda instances, or both
-// Datadog sinks delivering the same series, sending the same flow metric for
-// the same bucket overwrite each other's totals (an undercount). Run one
-// serve, or one Lambda instance at a time (reserved concurrency 1), per
-// series. In Lambda the ledger is in memory (nothing survives a cold
-// start), so a cold start has the undercount described above for buckets
-// still inside the window.
+// # One writer per series, in count mode
+//
+// Count mode is exact only with a single writer per series: Datadog keeps the
+// last value of a series and second whoever sent it, and each writer knows
+// only its own totals. Two serve replicas, several Lambda instances, or both
+// Datadog sinks delivering the same series overwrite each other's totals (an
+// undercount; TestConcurrentWriters shows it). Use distribution mode there.
 //
 // The package also holds Datadog's naming rules (MetricName, Tag) and the
 // late-point policy, which the dogstatsd sink shares.

@@ -36,13 +36,18 @@ type fakeIntake struct {
 	script []scripted
 	// reject, if set, answers 400 to payloads holding a series it matches.
 	reject func(in seriesIn) bool
+	// accepted, if set, is called (with the fake locked) after a payload's
+	// points are stored and before the 202 is written.
+	accepted func(n int)
 
 	requests    int
 	statuses    []int
-	bodies      [][]byte             // uncompressed bodies of accepted payloads
-	store       map[pointKey]float64 // what Datadog would hold
-	writes      map[pointKey]int     // accepted writes per series and second
-	violations  []string             // contract breaches by the sink
+	bodies      [][]byte               // uncompressed bodies of accepted payloads
+	store       map[pointKey]float64   // what Datadog would hold
+	dist        map[pointKey][]float64 // distribution values Datadog would hold, every one
+	writes      map[pointKey]int       // accepted writes per series and second
+	violations  []string               // contract breaches by the sink
+	lowered     []string               // writes that replaced a held count by a smaller one
 	outOfWindow int
 }
 
@@ -85,7 +90,7 @@ func newFakeIntake(t *testing.T, key string, now func() time.Time) *fakeIntake {
 	f := &fakeIntake{
 		t: t, key: key, now: now,
 		maxCompressed: MaxPayloadBytes, maxUncompressed: MaxUncompressedBytes,
-		store: map[pointKey]float64{}, writes: map[pointKey]int{},
+		store: map[pointKey]float64{}, writes: map[pointKey]int{}, dist: map[pointKey][]float64{},
 	}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
@@ -110,6 +115,10 @@ func (f *fakeIntake) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.requests++
+	if r.Method == http.MethodPost && r.URL.Path == distributionPath {
+		f.serveDist(w, r)
+		return
+	}
 	if r.Method != http.MethodPost || r.URL.Path != "/api/v2/series" {
 		f.respond(w, http.StatusNotFound, nil, "not found")
 		return
@@ -210,11 +219,17 @@ func (f *fakeIntake) serve(w http.ResponseWriter, r *http.Request) {
 				continue
 			}
 			k := pointKey{s.Metric, strings.Join(tags, ","), *p.Timestamp}
+			if old, ok := f.store[k]; ok && *p.Value < old {
+				f.lowered = append(f.lowered, fmt.Sprintf("%v: %v replaced by %v", k, old, *p.Value))
+			}
 			f.store[k] = *p.Value
 			f.writes[k]++
 		}
 	}
 	f.bodies = append(f.bodies, raw)
+	if f.accepted != nil {
+		f.accepted(len(f.bodies))
+	}
 	f.respond(w, http.StatusAccepted, nil, "")
 }
 

@@ -3,6 +3,7 @@ package datadog
 import (
 	"encoding/binary"
 	"hash/fnv"
+	"log/slog"
 	"math"
 	"sort"
 	"strings"
@@ -100,60 +101,94 @@ type Sample struct {
 	key     totalKey
 	units   []*unit
 	clamped string // clamp reason, or ""
+	dist    bool   // a distribution point: Value values of 1
 }
 
-// Ledger turns points into samples for Datadog and remembers, per series and
-// second still inside the acceptance window, the total Datadog holds, so that
-// a bucket delivered over several batches adds up instead of the last batch
-// overwriting the others.
+// Ledger turns points into samples for Datadog and, in count mode,
+// remembers per series and second still inside the acceptance window the
+// total Datadog holds, so that a bucket delivered over several batches adds
+// up instead of the last batch overwriting the others.
 //
-// A Ledger made by NewLedger (or OpenLedger with an empty path) lives in
-// memory only: after a restart, a bucket that was partly delivered before and
-// gets more points is overwritten with the new points' total (an undercount,
-// never a double count). A Ledger made by OpenLedger with a path keeps its
-// totals in that file too: see OpenLedger and Commit, and the package comment
-// for what a crash can and cannot do.
+// The totals survive a restart through the state store: Restore loads what
+// was committed, TakeState hands over what changed since the last call (see
+// state.go), and the pipeline commits that with the sink's cursor. A Ledger
+// that is never restored starts empty: a bucket partly delivered before and
+// getting more points then is overwritten with the new points' total (an
+// undercount, never a double count).
 //
 // A Ledger is safe for concurrent use, but a sink should deliver one batch at
 // a time: two batches touching the same series and second concurrently would
 // both start from the same total.
 type Ledger struct {
 	sink   string
+	mode   Mode
 	namer  *naming.Namer
 	policy LatePolicy
 	now    func() time.Time
 	m      *telemetry.Metrics
+	log    *slog.Logger
 
-	mu        sync.Mutex
-	totals    map[totalKey]int64
+	mu sync.Mutex
+	// totals maps a series key to its totals by Unix second.
+	totals    map[string]map[int64]int64
 	series    map[[2]string]*series
 	lastPrune time.Time
-
-	// file is nil for a memory-only Ledger.
-	file *ledgerFile
-	// dirty holds the totals Delivered changed since the last Commit
-	// (persistent Ledgers only).
-	dirty map[totalKey]struct{}
+	// dirty holds the state keys whose totals changed (set or pruned)
+	// since the last TakeState.
+	dirty map[slotKey]struct{}
+	// stale holds state keys Restore could not use, deleted by the next
+	// TakeState.
+	stale map[string]struct{}
+	// untimed: the backend stamps points itself (SetUntimed).
+	untimed bool
 }
 
-// NewLedger returns a memory-only Ledger for the named sink. m may be nil.
-func NewLedger(sink string, namer *naming.Namer, policy LatePolicy, now func() time.Time, m *telemetry.Metrics) *Ledger {
+// SetUntimed tells a distribution Ledger that the backend stamps points with
+// their arrival time (DogStatsD distributions carry no timestamp): Plan then
+// applies no late policy, since no point can be outside the window.
+func (l *Ledger) SetUntimed() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.untimed = true
+}
+
+// NewLedger returns a Ledger of the given mode (Count if empty) for the named
+// sink. In distribution mode it keeps no totals (Datadog adds every value
+// up): Plan returns each series-second's count of the batch, at most
+// MaxValuesPerPoint per Sample. m and log may be nil.
+func NewLedger(sink string, mode Mode, namer *naming.Namer, policy LatePolicy, now func() time.Time, m *telemetry.Metrics, log *slog.Logger) *Ledger {
 	if now == nil {
 		now = time.Now
 	}
 	if namer == nil {
 		namer = naming.New(naming.Config{})
 	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if mode == "" {
+		mode = Count
+	}
 	return &Ledger{
 		sink:   sink,
+		mode:   mode,
 		namer:  namer,
 		policy: policy.orDefault(),
 		now:    now,
 		m:      m,
-		totals: make(map[totalKey]int64),
+		log:    log,
+		totals: make(map[string]map[int64]int64),
 		series: make(map[[2]string]*series),
+		dirty:  make(map[slotKey]struct{}),
+		stale:  make(map[string]struct{}),
 	}
 }
+
+// MaxValuesPerPoint bounds the values of one distribution point: a
+// series-second with more occurrences in one batch becomes several points of
+// the same second (Datadog adds them all up), so that no single point can
+// outgrow a payload. 100,000 values of 1 are about 200 kB of JSON.
+const MaxValuesPerPoint = 100000
 
 // NewBatch sums points of the same series and bucket start.
 func (l *Ledger) NewBatch(points []flowmetrics.Point) *Batch {
@@ -166,7 +201,7 @@ func (l *Ledger) NewBatch(points []flowmetrics.Point) *Batch {
 		ts := p.Bucket.Unix()
 		k := totalKey{s.key, ts}
 		u := idx[k]
-		if u == nil {
+		if u == nil || l.mode == Distribution && u.count >= MaxValuesPerPoint {
 			u = &unit{series: s, ts: ts}
 			idx[k] = u
 			b.units = append(b.units, u)
@@ -174,6 +209,16 @@ func (l *Ledger) NewBatch(points []flowmetrics.Point) *Batch {
 		u.count += p.Count
 		u.points++
 		u.interval = max(u.interval, intervalSeconds(p.Width))
+		// A point larger than a distribution point may hold is spread
+		// over as many units as it needs; the input point is counted in
+		// the first (units report input points to the Batch's counters).
+		for l.mode == Distribution && u.count > MaxValuesPerPoint {
+			rest := u.count - MaxValuesPerPoint
+			u.count = MaxValuesPerPoint
+			u = &unit{series: s, ts: ts, interval: u.interval, count: rest}
+			idx[k] = u
+			b.units = append(b.units, u)
+		}
 	}
 	sort.Slice(b.units, func(i, j int) bool {
 		a, c := b.units[i], b.units[j]
@@ -223,6 +268,7 @@ func (l *Ledger) Plan(b *Batch) []Sample {
 	for _, u := range b.units {
 		ts, reason := u.ts, ""
 		switch {
+		case l.untimed:
 		case ts < lo && l.policy == Drop:
 			l.adjusted(ReasonDroppedLate, u.points)
 			b.dropped += u.points
@@ -238,13 +284,22 @@ func (l *Ledger) Plan(b *Batch) []Sample {
 		}
 		kept = append(kept, u)
 		k := totalKey{u.series.key, ts}
+		if l.mode == Distribution {
+			// No totals: each unit is a sample of its own, valued at
+			// its own count (Datadog adds the values up).
+			samples = append(samples, Sample{
+				Name: u.series.name, Tags: u.series.tags, Timestamp: ts, Interval: u.interval,
+				Value: u.count, Delta: u.count, key: k, units: []*unit{u}, clamped: reason, dist: true,
+			})
+			continue
+		}
 		i, ok := idx[k]
 		if !ok {
 			i = len(samples)
 			idx[k] = i
 			samples = append(samples, Sample{
 				Name: u.series.name, Tags: u.series.tags, Timestamp: ts,
-				Interval: u.interval, Value: l.totals[k], key: k,
+				Interval: u.interval, Value: l.totals[k.series][k.ts], key: k,
 			})
 		}
 		s := &samples[i]
@@ -258,7 +313,7 @@ func (l *Ledger) Plan(b *Batch) []Sample {
 	}
 	clear(b.units[len(kept):])
 	b.units = kept
-	sort.Slice(samples, func(i, j int) bool {
+	sort.SliceStable(samples, func(i, j int) bool {
 		a, c := samples[i].key, samples[j].key
 		if a.series != c.series {
 			return a.series < c.series
@@ -275,9 +330,8 @@ func (l *Ledger) Delivered(b *Batch, samples []Sample) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, s := range samples {
-		l.totals[s.key] = s.Value
-		if l.file != nil {
-			l.dirty[s.key] = struct{}{}
+		if l.mode != Distribution {
+			l.setTotal(s.key, s.Value)
 		}
 		n := 0
 		for _, u := range s.units {
@@ -334,7 +388,7 @@ func (l *Ledger) adjusted(reason string, n int) {
 }
 
 // PruneAge is how long the Ledger remembers a series-second (in memory and in
-// its file). No point is ever sent to a second older than MaxAge-Margin
+// the state store). No point is ever sent to a second older than MaxAge-Margin
 // (59 min): an older point is clamped to now-59 min, a second of its own
 // inside the window whose total the Ledger does keep, or dropped. So a total
 // older than that can never be read again; the extra 11 minutes absorb a
@@ -351,19 +405,38 @@ func (l *Ledger) pruneAt(now time.Time, force bool) {
 	}
 	l.lastPrune = now
 	cut := now.Add(-PruneAge).Unix()
-	for k := range l.totals {
-		if k.ts < cut {
-			delete(l.totals, k)
-			delete(l.dirty, k)
+	for key, byTS := range l.totals {
+		for ts := range byTS {
+			if ts < cut {
+				delete(byTS, ts)
+				l.dirty[slotKey{key, slotOf(ts)}] = struct{}{}
+			}
+		}
+		if len(byTS) == 0 {
+			delete(l.totals, key)
 		}
 	}
+}
+
+func (l *Ledger) setTotal(k totalKey, v int64) {
+	byTS := l.totals[k.series]
+	if byTS == nil {
+		byTS = make(map[int64]int64)
+		l.totals[k.series] = byTS
+	}
+	byTS[k.ts] = v
+	l.dirty[slotKey{k.series, slotOf(k.ts)}] = struct{}{}
 }
 
 // Len returns the number of series-seconds remembered.
 func (l *Ledger) Len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.totals)
+	n := 0
+	for _, byTS := range l.totals {
+		n += len(byTS)
+	}
+	return n
 }
 
 // fingerprint identifies a slice of points, order included.

@@ -3,7 +3,9 @@ package datadog
 import (
 	"bytes"
 	"compress/gzip"
+	"compress/zlib"
 	"encoding/json"
+	"strconv"
 )
 
 // The JSON of POST /api/v2/series. Field order is fixed by the structs, so
@@ -32,6 +34,9 @@ type chunk struct {
 }
 
 func newChunk(samples []Sample) chunk {
+	if samples[0].dist {
+		return newDistChunk(samples)
+	}
 	s := samples[0]
 	sj := seriesJSON{Metric: s.Name, Type: typeCount, Interval: s.Interval, Tags: s.Tags}
 	for _, x := range samples {
@@ -44,12 +49,52 @@ func newChunk(samples []Sample) chunk {
 	return chunk{samples: samples, json: b}
 }
 
+// newDistChunk encodes samples of one series as a series object of POST
+// /api/v1/distribution_points:
+//
+//	{"metric":"…","points":[[<unix seconds>,[1,1,…]],…],"tags":[…],"type":"distribution"}
+//
+// Each sample of value n is one point of n values of 1, so Datadog's count
+// and sum of the series are both the number of occurrences, exactly.
+// Written by hand: encoding/json would build an []any per point.
+func newDistChunk(samples []Sample) chunk {
+	s := samples[0]
+	var b bytes.Buffer
+	b.WriteString(`{"metric":`)
+	name, _ := json.Marshal(s.Name)
+	b.Write(name)
+	b.WriteString(`,"points":[`)
+	for i, x := range samples {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('[')
+		b.WriteString(strconv.FormatInt(x.Timestamp, 10))
+		b.WriteString(",[")
+		for v := int64(0); v < x.Value; v++ {
+			if v > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteByte('1')
+		}
+		b.WriteString("]]")
+	}
+	b.WriteByte(']')
+	if len(s.Tags) > 0 {
+		tags, _ := json.Marshal(s.Tags)
+		b.WriteString(`,"tags":`)
+		b.Write(tags)
+	}
+	b.WriteString(`,"type":"distribution"}`)
+	return chunk{samples: samples, json: b.Bytes()}
+}
+
 // chunks groups samples (sorted by series, then time) into series objects.
 func chunks(samples []Sample) []chunk {
 	var out []chunk
 	for i := 0; i < len(samples); {
 		j := i + 1
-		for j < len(samples) && samples[j].key.series == samples[i].key.series && samples[j].Interval == samples[i].Interval {
+		for j < len(samples) && samples[j].key.series == samples[i].key.series && (samples[j].dist || samples[j].Interval == samples[i].Interval) {
 			j++
 		}
 		out = append(out, newChunk(samples[i:j:j]))
@@ -95,10 +140,22 @@ func gz(raw []byte) []byte {
 	return b.Bytes()
 }
 
+// deflate compresses with zlib: HTTP's "deflate" content coding (RFC 9110
+// 8.4.1.2) and the only Content-Encoding /api/v1/distribution_points
+// documents.
+func deflate(raw []byte) []byte {
+	var b bytes.Buffer
+	w := zlib.NewWriter(&b)
+	w.Write(raw)
+	w.Close()
+	return b.Bytes()
+}
+
 // packer splits samples into payloads within the size limits.
 type packer struct {
 	maxCompressed   int // body must be at most this
 	maxUncompressed int // JSON must be less than this
+	compress        func([]byte) []byte
 }
 
 // pack returns payloads within the limits and the chunks that cannot be
@@ -132,7 +189,7 @@ func (pk packer) pack(samples []Sample) ([]payload, []chunk) {
 func (pk packer) fit(cs []chunk) ([]payload, []chunk) {
 	raw := encode(cs)
 	if len(raw) < pk.maxUncompressed {
-		body := gz(raw)
+		body := pk.compress(raw)
 		if len(body) <= pk.maxCompressed {
 			return []payload{{chunks: cs, raw: len(raw), body: body}}, nil
 		}

@@ -2,7 +2,6 @@ package datadog
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -46,6 +45,7 @@ type Sink struct {
 	m        *telemetry.Metrics
 	log      *slog.Logger
 	pack     packer
+	encoding string // Content-Encoding of the bodies pack makes
 
 	mu        sync.Mutex // one Send at a time
 	pending   *Batch     // a failed Send's batch, resumed by an identical Send
@@ -61,8 +61,7 @@ type Sink struct {
 
 // New returns a Sink for cfg (which should have passed Validate). It reads
 // the API key from the environment variable cfg.APIKeyEnv and fails if it is
-// unset, and opens the ledger file cfg.LedgerPath if set; it does not touch
-// the network. m and log may be nil.
+// unset; it does not touch the network. m and log may be nil.
 func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -86,9 +85,11 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("sink", Name)
-	ledger, err := OpenLedger(cfg.LedgerPath, Name, namer, cfg.LatePolicy, cfg.Now, m, log)
-	if err != nil {
-		return nil, fmt.Errorf("datadog: %w", err)
+	ledger := NewLedger(Name, cfg.Mode, namer, cfg.LatePolicy, cfg.Now, m, log)
+	pk := packer{maxCompressed: cfg.MaxPayloadBytes, maxUncompressed: cfg.MaxUncompressedBytes, compress: gz}
+	encoding := "gzip"
+	if cfg.Mode == Distribution {
+		pk.compress, encoding = deflate, "deflate"
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableCompression = true // bodies we read are small; keep errors readable
@@ -100,13 +101,13 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 		ledger:   ledger,
 		m:        m,
 		log:      log,
-		pack:     packer{maxCompressed: cfg.MaxPayloadBytes, maxUncompressed: cfg.MaxUncompressedBytes},
+		pack:     pk,
+		encoding: encoding,
 		lastLog:  make(map[string]time.Time),
 		closing:  make(chan struct{}),
 	}
 	u, _ := url.Parse(endpoint)
-	s.log.Info("datadog sink ready", "intake", u.Scheme+"://"+u.Host, "late_policy", string(cfg.LatePolicy), "api_key_env", cfg.APIKeyEnv,
-		"ledger", cmp.Or(cfg.LedgerPath, "memory"))
+	s.log.Info("datadog sink ready", "intake", u.Scheme+"://"+u.Host+u.Path, "mode", string(cfg.Mode), "late_policy", string(cfg.LatePolicy), "api_key_env", cfg.APIKeyEnv)
 	return s, nil
 }
 
@@ -121,6 +122,19 @@ func (e errRetry) Unwrap() error { return e.err }
 
 // errAuth is a rejected API key: retried slowly, not within Send.
 var errAuth = errors.New("datadog: API key rejected")
+
+// retryAfter is an error after which the sink will not try again before at:
+// a caller whose deadline comes first (a Lambda invocation's flush) can give
+// up at once instead of waiting for nothing. The pipeline looks for the
+// RetryAfter method.
+type retryAfter struct {
+	err error
+	at  time.Time
+}
+
+func (e retryAfter) Error() string         { return e.err.Error() }
+func (e retryAfter) Unwrap() error         { return e.err }
+func (e retryAfter) RetryAfter() time.Time { return e.at }
 
 // Send delivers points, summed per series and second, as one or more
 // payloads within Datadog's size limits.
@@ -142,12 +156,12 @@ var errAuth = errors.New("datadog: API key rejected")
 // again. A Send with different points abandons the kept batch (logged when
 // part of it had been delivered, since the pipeline broke the contract).
 //
-// Durability. Before Send returns nil (or a Permanent error, after which the
-// pipeline moves on too), the totals of everything delivered are committed
-// to the ledger file (Config.LedgerPath), so a restarted process goes on
-// from them. If that fails, Send returns a retryable error
-// (sink_failures_total{reason="ledger"}); the next Send of the same points
-// sends nothing again and only retries the commit.
+// Durability (count mode). The totals of what was delivered become part of
+// the sink's state, which the pipeline takes (TakeState) after Send returned
+// nil or a Permanent error and commits in the same write that advances the
+// sink's cursor; after a retryable error nothing is taken, so a process that
+// dies then resends the whole batch from the committed totals, which do not
+// hold it: the same values, harmless.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -160,7 +174,7 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		return nil
 	}
 	if now := s.cfg.Now(); now.Before(s.authUntil) {
-		return fmt.Errorf("%w earlier; next attempt after %s", s.authErr, s.authUntil.UTC().Format(time.RFC3339))
+		return retryAfter{fmt.Errorf("%w earlier; next attempt after %s", s.authErr, s.authUntil.UTC().Format(time.RFC3339)), s.authUntil}
 	}
 
 	b := s.pending
@@ -178,13 +192,16 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 			s.m.SinkRetries.WithLabelValues(Name).Inc()
 		}
 		if err := s.wait(ctx, s.notBefore); err != nil {
-			return err
+			return retryAfter{err, s.notBefore}
 		}
 		err := s.attempt(ctx, b)
 		if err == nil {
 			break
 		}
-		if errors.Is(err, errAuth) || ctx.Err() != nil || attempt >= s.cfg.MaxRetries {
+		if errors.Is(err, errAuth) {
+			return retryAfter{err, s.authUntil}
+		}
+		if ctx.Err() != nil || attempt >= s.cfg.MaxRetries {
 			return err
 		}
 		next := s.cfg.Now().Add(s.backoff(attempt))
@@ -192,17 +209,13 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 			next = s.notBefore
 		}
 		if werr := s.wait(ctx, next); werr != nil {
-			return fmt.Errorf("%w (%v)", err, werr)
+			return retryAfter{fmt.Errorf("%w (%v)", err, werr), next}
 		}
 	}
-	// Only now, with every payload of the batch accepted or refused, do
-	// the new totals become durable; see the package comment for why not
-	// after each payload.
-	if err := s.ledger.Commit(); err != nil {
-		s.failure("ledger")
-		s.logEvery("ledger", errLogEvery, slog.LevelError, "datadog: could not record the delivered totals in the ledger file; will retry", "err", err)
-		return fmt.Errorf("datadog: %w", err)
-	}
+	// Only now, with every payload of the batch accepted or refused, may
+	// the new totals be committed: the pipeline calls TakeState after a
+	// nil or Permanent return, never after a retryable one. See the
+	// package comment for why not after each payload.
 	s.pending = nil
 	if b.Rejected() > 0 {
 		return flowmetrics.Permanent(fmt.Errorf("datadog: intake refused %d of %d points (counted in points_adjusted_total{reason=%q}); the rest were delivered",
@@ -304,7 +317,7 @@ func (s *Sink) post(ctx context.Context, body []byte) (int, http.Header, []byte,
 		return 0, nil, nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Content-Encoding", "gzip")
+	req.Header.Set("Content-Encoding", s.encoding)
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "flowmetrics")
 	req.Header.Set("DD-API-KEY", s.apiKey)
@@ -404,25 +417,21 @@ func excerpt(b []byte) string {
 }
 
 // Close stops a Send that is waiting to retry (it returns an error, so its
-// points stay in the pipeline's outbox), releases idle connections and, once
-// a Send in progress has returned (within ctx's deadline), closes the ledger
-// file. Nothing is buffered, so there is nothing to flush; the ledger is not
-// committed either (see Ledger.Close). It is safe to call twice.
+// points stay in the pipeline's outbox), releases idle connections and waits
+// for a Send in progress to return (within ctx's deadline). Nothing is
+// buffered, so there is nothing to flush. It is safe to call twice.
 func (s *Sink) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.client.CloseIdleConnections()
-		done := make(chan error, 1)
+		done := make(chan struct{})
 		go func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
-			done <- s.ledger.Close()
+			close(done)
 		}()
 		select {
-		case err := <-done:
-			if err != nil {
-				s.closeErr = fmt.Errorf("datadog: close: %w", err)
-			}
+		case <-done:
 		case <-ctx.Done():
 			s.closeErr = fmt.Errorf("datadog: close: a send still in progress: %w", ctx.Err())
 		}
@@ -430,4 +439,14 @@ func (s *Sink) Close(ctx context.Context) error {
 	return s.closeErr
 }
 
-var _ flowmetrics.Sink = (*Sink)(nil)
+// Restore implements flowmetrics.StatefulSink: the count-mode totals as last
+// committed with the sink's cursor (see Ledger.Restore).
+func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
+	return s.ledger.Restore(state)
+}
+
+// TakeState implements flowmetrics.StatefulSink: the totals that changed
+// since the last call, for the pipeline to commit with this batch's cursor.
+func (s *Sink) TakeState() flowmetrics.StateUpdate { return s.ledger.TakeState() }
+
+var _ flowmetrics.StatefulSink = (*Sink)(nil)

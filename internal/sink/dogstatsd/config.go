@@ -22,8 +22,14 @@ type Config struct {
 	// the client's environment variables DD_DOGSTATSD_URL, or
 	// DD_AGENT_HOST and DD_DOGSTATSD_PORT; else 127.0.0.1:8125.
 	Addr string `yaml:"addr"`
+	// Mode: count (default) sends each series-second's running total as a
+	// count stamped with the bucket time (|T); distribution sends one
+	// value of 1 per occurrence as a distribution (|d), which DogStatsD
+	// stamps with its arrival time. See README.md for which to pick.
+	Mode datadog.Mode `yaml:"mode"`
 	// LatePolicy: clamp (default) or drop, for points older than an hour
-	// or more than ten minutes ahead, which Datadog would not keep.
+	// or more than ten minutes ahead, which Datadog would not keep (count
+	// mode only).
 	LatePolicy datadog.LatePolicy `yaml:"late_policy"`
 	// WriteTimeout bounds a write to a Unix socket (client default 100ms).
 	WriteTimeout time.Duration `yaml:"write_timeout"`
@@ -37,14 +43,6 @@ type Config struct {
 	// ClientTelemetry lets the client send its own datadog.dogstatsd.client.*
 	// metrics every 10 s (off by default).
 	ClientTelemetry bool `yaml:"client_telemetry"`
-	// LedgerPath is the file that keeps the totals already sent per series
-	// and second (see datadog.Ledger and datadog.OpenLedger), so that a
-	// restart does not make a late point overwrite its bucket's total with
-	// a smaller one. Empty: the totals are kept in memory only.
-	// `flowmetrics serve` sets it to datadog.LedgerPath(data_dir, Name),
-	// i.e. <data_dir>/dogstatsd-ledger, unless the config sets it.
-	LedgerPath string `yaml:"ledger_path"`
-
 	// Now is the clock (time.Now if nil). Not configurable from YAML.
 	Now func() time.Time `yaml:"-"`
 }
@@ -55,6 +53,9 @@ func (c Config) Validate() error {
 		if err := validateAddr(c.Addr); err != nil {
 			return err
 		}
+	}
+	if err := c.Mode.Validate(); err != nil {
+		return fmt.Errorf("dogstatsd.%w", err)
 	}
 	if err := c.LatePolicy.Validate(); err != nil {
 		return fmt.Errorf("dogstatsd.%w", err)

@@ -47,8 +47,8 @@ type Sink struct {
 	closed    chan struct{}
 }
 
-// New returns a Sink for cfg (which should have passed Validate). It opens
-// the ledger file cfg.LedgerPath if set. For UDP it resolves the address;
+// New returns a Sink for cfg (which should have passed Validate). For UDP it
+// resolves the address;
 // for a Unix socket it connects on the first write, so an Agent that is not
 // up yet is not an error here. m and log may be nil.
 func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
@@ -68,9 +68,12 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("sink", Name)
-	ledger, err := datadog.OpenLedger(cfg.LedgerPath, Name, namer, cfg.LatePolicy, cfg.Now, m, log)
-	if err != nil {
-		return nil, fmt.Errorf("dogstatsd: %w", err)
+	if cfg.Mode == "" {
+		cfg.Mode = datadog.Count
+	}
+	ledger := datadog.NewLedger(Name, cfg.Mode, namer, cfg.LatePolicy, cfg.Now, m, log)
+	if cfg.Mode == datadog.Distribution {
+		ledger.SetUntimed()
 	}
 	s := &Sink{
 		cfg:    cfg,
@@ -95,15 +98,10 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 	addr := cfg.addr()
 	c, err := statsd.New(addr, opts...)
 	if err != nil {
-		ledger.Close()
 		return nil, fmt.Errorf("dogstatsd: %w", err)
 	}
 	s.client = c
-	ledgerDesc := cfg.LedgerPath
-	if ledgerDesc == "" {
-		ledgerDesc = "memory"
-	}
-	s.log.Info("dogstatsd sink ready", "addr", addr, "transport", c.GetTransport(), "late_policy", string(cfg.LatePolicy), "ledger", ledgerDesc)
+	s.log.Info("dogstatsd sink ready", "addr", addr, "transport", c.GetTransport(), "mode", string(cfg.Mode), "late_policy", string(cfg.LatePolicy))
 	return s, nil
 }
 
@@ -129,24 +127,25 @@ func (s *Sink) takeErrors() (int, error) {
 	return n, err
 }
 
-// Send writes one timestamped count per series and second (the running
-// total: see the package comment) and flushes the client, so a nil return
-// means every datagram was handed to the socket. Over UDP that is all a
-// sender can know: a datagram to an Agent that is down may vanish without
+// Send writes, in count mode, one timestamped count per series and second
+// (the running total: see the package comment), in distribution mode one
+// distribution value of 1 per occurrence, and flushes the client, so a nil
+// return means every datagram was handed to the socket. Over UDP that is all
+// a sender can know: a datagram to an Agent that is down may vanish without
 // an error.
 //
 // If any datagram could not be written, Send returns a retryable error and
-// nothing counts as delivered; the pipeline's retry sends the same totals
-// again, which is harmless for datagrams that did arrive (Datadog keeps the
-// last value of a series and second). Only if the retry comes so late that
-// a point must be clamped to a different second can a datagram that did
-// arrive the first time be counted twice.
+// nothing counts as delivered; the pipeline's retry sends the batch again.
+// In count mode that is harmless for datagrams that did arrive (Datadog
+// keeps the last value of a series and second), unless the retry comes so
+// late that a point must be clamped to a different second. In distribution
+// mode the values that did arrive the first time count twice: the client
+// reports write errors asynchronously, so which datagrams failed is not
+// known.
 //
-// Before Send returns nil the new totals are committed to the ledger file
-// (Config.LedgerPath), so a restarted process goes on from them. If that
-// fails, Send returns a retryable error (sink_failures_total{reason=
-// "ledger"}); the next Send of the same points writes nothing again and only
-// retries the commit.
+// The count-mode totals become durable when the pipeline commits TakeState
+// with the batch's cursor (after a nil return only), so a restarted process
+// goes on from them.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -167,16 +166,30 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 
 	s.takeErrors() // errors of earlier, unrelated flushes are not this batch's
 	var firstErr error
-	failed := 0
-	for i, x := range samples {
+	failed, queued := 0, 0
+	for _, x := range samples {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("dogstatsd: %w", err)
+		}
+		if s.cfg.Mode == datadog.Distribution {
+			// One value of 1 per occurrence: the Agent adds every value
+			// of a distribution up, whoever sent it.
+			for v := int64(0); v < x.Value; v++ {
+				if err := s.client.Distribution(x.Name, 1, x.Tags, 1); err != nil {
+					failed++
+					firstErr = cmp(firstErr, err)
+				}
+				if queued++; queued%flushEvery == 0 {
+					s.client.Flush()
+				}
+			}
+			continue
 		}
 		if err := s.client.CountWithTimestamp(x.Name, x.Value, x.Tags, 1, time.Unix(x.Timestamp, 0)); err != nil {
 			failed++
 			firstErr = cmp(firstErr, err)
 		}
-		if (i+1)%flushEvery == 0 {
+		if queued++; queued%flushEvery == 0 {
 			s.client.Flush()
 		}
 	}
@@ -194,14 +207,6 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		return fmt.Errorf("dogstatsd: %d of %d writes failed: %w", failed, len(samples), firstErr)
 	}
 	s.ledger.Delivered(b, samples)
-	if err := s.ledger.Commit(); err != nil {
-		s.m.SinkFailures.WithLabelValues(Name, "ledger").Inc()
-		if now := s.cfg.Now(); now.Sub(s.lastLog) >= errLogEvery {
-			s.lastLog = now
-			s.log.Error("dogstatsd: could not record the delivered totals in the ledger file; will retry", "err", err)
-		}
-		return fmt.Errorf("dogstatsd: %w", err)
-	}
 	s.pending = nil
 	return nil
 }
@@ -213,9 +218,8 @@ func cmp(first, err error) error {
 	return err
 }
 
-// Close flushes the client, closes its socket and the ledger file (without
-// committing: see datadog.Ledger.Close), within ctx's deadline. It is safe
-// to call twice.
+// Close flushes the client and closes its socket, within ctx's deadline. It
+// is safe to call twice.
 func (s *Sink) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
@@ -224,7 +228,7 @@ func (s *Sink) Close(ctx context.Context) error {
 			s.mu.Lock() // let a Send in progress finish first
 			defer s.mu.Unlock()
 			s.client.Flush()
-			done <- errors.Join(s.client.Close(), s.ledger.Close())
+			done <- s.client.Close()
 		}()
 		select {
 		case err := <-done:
@@ -236,4 +240,14 @@ func (s *Sink) Close(ctx context.Context) error {
 	return s.closeErr
 }
 
-var _ flowmetrics.Sink = (*Sink)(nil)
+// Restore implements flowmetrics.StatefulSink: the count-mode totals as last
+// committed with the sink's cursor (see datadog.Ledger.Restore).
+func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
+	return s.ledger.Restore(state)
+}
+
+// TakeState implements flowmetrics.StatefulSink: the totals that changed
+// since the last call, for the pipeline to commit with this batch's cursor.
+func (s *Sink) TakeState() flowmetrics.StateUpdate { return s.ledger.TakeState() }
+
+var _ flowmetrics.StatefulSink = (*Sink)(nil)

@@ -6,7 +6,8 @@
 //
 // One item per conversation, partition key "id" (S):
 //
-//	id         S  conversation id
+//	id         S  conversation id (prefixed with "c\x1f" if it begins with
+//	              "s\x1f" or "c\x1f", which name sink-state items)
 //	ttl        N  epoch seconds: the time of the last claim write plus the retention
 //	"k:<key>"  S  one attribute per claimed metric attribute name:
 //	              "d"              delivered (or nothing will ever deliver it)
@@ -56,7 +57,8 @@
 //
 //   - Claimed keys stay "<owner>@<lease end>" until every registered sink has
 //     acknowledged the outbox entry holding them; then one UpdateItem per
-//     conversation sets them to "d".
+//     conversation sets them to "d" (inside one TransactWriteItems with the
+//     sinks' state updates, when there are any).
 //   - An entry is handed to sinks only until Lease−Margin after its claim;
 //     after that it is dropped unsent (counted in Stats.Dropped and logged),
 //     because from the lease's end another instance may claim it again.
@@ -96,7 +98,20 @@
 // the pipeline's cache and ReadFirst did not filter out). Enable TTL on the
 // table with attribute name "ttl".
 //
+// # Sink state
+//
+// A sink's state (flowmetrics.StatefulSink: the Datadog count mode's running
+// totals) is kept in the table, one item per key plus a directory item per
+// sink, and committed in the same TransactWriteItems as the delivered marks
+// of the entries it describes, so that after a crash either both are visible
+// or neither; see state.go. Only commits that carry a state update use
+// transactions (each item written in one costs two write units); without one
+// the marks stay plain UpdateItems.
+//
 // # Permissions
 //
-// dynamodb:GetItem and dynamodb:UpdateItem on the table, nothing else.
+// dynamodb:GetItem and dynamodb:UpdateItem on the table; with a stateful
+// sink (Datadog count mode) also dynamodb:PutItem and dynamodb:DeleteItem
+// (the actions inside TransactWriteItems, which has no permission of its
+// own) and dynamodb:BatchGetItem (loading the state at a cold start).
 package dynamostore

@@ -105,6 +105,10 @@ func (c Config) Validate() error {
 type API interface {
 	GetItem(ctx context.Context, in *dynamodb.GetItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.GetItemOutput, error)
 	UpdateItem(ctx context.Context, in *dynamodb.UpdateItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.UpdateItemOutput, error)
+	// TransactWriteItems and BatchGetItem serve the sinks' state (see
+	// state.go): only a sink with state (Datadog count mode) uses them.
+	TransactWriteItems(ctx context.Context, in *dynamodb.TransactWriteItemsInput, optFns ...func(*dynamodb.Options)) (*dynamodb.TransactWriteItemsOutput, error)
+	BatchGetItem(ctx context.Context, in *dynamodb.BatchGetItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.BatchGetItemOutput, error)
 }
 
 // Stats counts the requests the store sent and the capacity DynamoDB
@@ -112,6 +116,10 @@ type API interface {
 type Stats struct {
 	GetItem    int64
 	UpdateItem int64
+	// TransactWriteItems and BatchGetItem count the requests of sink
+	// state commits and loads.
+	TransactWriteItems int64
+	BatchGetItem       int64
 	// ConditionalFailures are writes refused by their condition. DynamoDB
 	// bills a refused write too, and does not report its capacity: each is
 	// counted as one unit in WriteUnits.
@@ -139,9 +147,13 @@ type Store struct {
 	entries []*entry // in Seq order
 	last    uint64
 	cursors map[string]uint64
-	// states holds each sink's state. It lives in memory, like the outbox:
-	// a cold start begins with none.
-	states map[string]map[string][]byte
+	// pending holds, per sink, the state updates acknowledged but not yet
+	// committed: an update is committed with the delivered marks of the
+	// entries up to its seq, once every sink has acknowledged them (see
+	// state.go).
+	pending map[string][]pendingState
+	// dirs is this process's copy of each sink's state directory.
+	dirs map[string]map[string]bool
 	// local maps conversation and key to the entry of this instance that
 	// holds the key's claim: in the outbox, or delivered and awaiting its
 	// mark.
@@ -150,6 +162,10 @@ type Store struct {
 	// marked delivered.
 	unmarked []*entry
 	closed   bool
+
+	// commitMu serialises commits, so that a sink's state updates reach
+	// DynamoDB in the order they were made.
+	commitMu sync.Mutex
 }
 
 type entry struct {
@@ -178,7 +194,8 @@ func Open(cfg Config, api API, opts store.Options, log *slog.Logger) (*Store, er
 	return &Store{
 		api: api, cfg: cfg, opts: opts.WithDefaults(),
 		log:     log.With("component", "dynamostore", "table", cfg.Table),
-		cursors: map[string]uint64{}, states: map[string]map[string][]byte{}, local: map[string]map[string]*entry{},
+		cursors: map[string]uint64{}, local: map[string]map[string]*entry{},
+		pending: map[string][]pendingState{}, dirs: map[string]map[string]bool{},
 	}, nil
 }
 
@@ -455,7 +472,7 @@ func num(n int64) types.AttributeValue {
 func str(v string) types.AttributeValue { return &types.AttributeValueMemberS{Value: v} }
 
 func (s *Store) key(id string) map[string]types.AttributeValue {
-	return map[string]types.AttributeValue{attrID: str(id)}
+	return map[string]types.AttributeValue{attrID: str(convItemID(id))}
 }
 
 // update is the claim write. expired reports that the item exists but its
@@ -603,29 +620,7 @@ func (s *Store) unknown(ctx context.Context, id string, keys []string, now time.
 // markDelivered sets the keys of delivered entries to "d", one UpdateItem
 // per conversation (and 50 keys).
 func (s *Store) markDelivered(ctx context.Context, es []*entry) error {
-	type job struct {
-		id   string
-		keys []string
-	}
-	byConv := map[string][]string{}
-	var order []string
-	for _, e := range es {
-		for id, ks := range e.convs {
-			if _, ok := byConv[id]; !ok {
-				order = append(order, id)
-			}
-			byConv[id] = append(byConv[id], ks...)
-		}
-	}
-	var jobs []job
-	for _, id := range order {
-		ks := byConv[id]
-		for len(ks) > 0 {
-			n := min(len(ks), maxKeysPerWrite)
-			jobs = append(jobs, job{id, ks[:n]})
-			ks = ks[n:]
-		}
-	}
+	jobs := markJobs(es)
 	return s.parallel(ctx, len(jobs), func(ctx context.Context, i int) error {
 		names := map[string]string{"#t": attrTTL}
 		var b strings.Builder
@@ -800,15 +795,22 @@ func (s *Store) Register(ctx context.Context, sinks []string) error {
 		}
 		next[name] = c
 	}
-	s.cursors = next
-	for name := range s.states {
+	var gone []string
+	for name := range s.cursors {
 		if _, ok := next[name]; !ok {
-			delete(s.states, name)
+			gone = append(gone, name)
+			delete(s.pending, name)
 		}
 	}
-	todo := s.discardLocked()
+	s.cursors = next
 	s.mu.Unlock()
-	return s.mark(ctx, todo)
+	// A sink no longer registered loses its state.
+	for _, name := range gone {
+		if err := s.dropState(ctx, name); err != nil {
+			return err
+		}
+	}
+	return s.commit(ctx)
 }
 
 // Ack implements flowmetrics.Store. Entries every sink has acknowledged have
@@ -818,8 +820,13 @@ func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
 	return s.AckState(ctx, sink, seq, nil)
 }
 
-// AckState implements flowmetrics.Store. The state is kept in this
-// process's memory, like the outbox.
+// AckState implements flowmetrics.Store. The cursors and the outbox live in
+// this process's memory; what is durable is the delivered marks of the
+// entries every sink acknowledged, and the update becomes durable with them:
+// it is committed in the same TransactWriteItems as the marks of the entries
+// up to seq, once every sink has acknowledged those (see state.go). Until
+// then SinkState shows it, and a crash loses both, so the entries' events
+// are redelivered and resent from the state committed before.
 func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update flowmetrics.StateUpdate) error {
 	if err := flowmetrics.CheckState(update); err != nil {
 		return fmt.Errorf("dynamostore: ack %s: %w", sink, err)
@@ -834,22 +841,28 @@ func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update fl
 		s.cursors[sink] = seq
 	}
 	if len(update) > 0 {
-		st := s.states[sink]
-		if st == nil {
-			st = map[string][]byte{}
-			s.states[sink] = st
+		ps := s.pending[sink]
+		size := 0
+		for _, p := range ps {
+			size += p.size
 		}
+		if len(ps) >= maxPendingUpdates || size >= maxPendingBytes {
+			s.mu.Unlock()
+			// Another sink has not acknowledged for a long time (it is
+			// failing, and so are the invocations): refuse rather than
+			// hold ever more updates in memory. The pipeline retries.
+			return fmt.Errorf("dynamostore: ack %s: %d state updates (%d bytes) already wait for the other sinks' acknowledgements", sink, len(ps), size)
+		}
+		u := make(flowmetrics.StateUpdate, len(update))
+		n := 0
 		for k, v := range update {
-			if v == nil {
-				delete(st, k)
-			} else {
-				st[k] = bytes.Clone(v)
-			}
+			u[k] = bytes.Clone(v)
+			n += len(k) + len(v)
 		}
+		s.pending[sink] = append(ps, pendingState{seq: max(seq, c), update: u, size: n})
 	}
-	todo := s.discardLocked()
 	s.mu.Unlock()
-	return s.mark(ctx, todo)
+	return s.commit(ctx)
 }
 
 // discardLocked moves the entries no sink still needs out of the outbox and
@@ -877,45 +890,13 @@ func (s *Store) discardLocked() []*entry {
 	return todo
 }
 
-func (s *Store) mark(ctx context.Context, todo []*entry) error {
-	if len(todo) == 0 {
-		return nil
-	}
-	err := s.markDelivered(ctx, todo)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err != nil {
-		s.unmarked = append(todo, s.unmarked...)
-		return fmt.Errorf("dynamostore: %w", err)
-	}
-	for _, e := range todo {
-		s.forgetLocked(e)
-	}
-	return nil
-}
-
 // Settle writes the delivered marks that an earlier Ack could not write. A
 // caller that acknowledges its input after delivery (the Lambda handlers)
 // calls it after flushing, so an occurrence delivered is also marked before
 // its event is acknowledged; otherwise a later event carrying the key could
 // take the claim over once its lease ends and count it again.
 func (s *Store) Settle(ctx context.Context) error {
-	s.mu.Lock()
-	todo := s.unmarked
-	s.unmarked = nil
-	s.mu.Unlock()
-	return s.mark(ctx, todo)
-}
-
-// SinkState implements flowmetrics.Store.
-func (s *Store) SinkState(ctx context.Context, sink string) (map[string][]byte, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make(map[string][]byte, len(s.states[sink]))
-	for k, v := range s.states[sink] {
-		out[k] = bytes.Clone(v)
-	}
-	return out, nil
+	return s.commit(ctx)
 }
 
 // OutboxDepth implements flowmetrics.Store.
@@ -943,10 +924,8 @@ func (s *Store) Close() error {
 		return nil
 	}
 	s.closed = true
-	todo := s.unmarked
-	s.unmarked = nil
 	s.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return s.mark(ctx, todo)
+	return s.commit(ctx)
 }
