@@ -41,10 +41,10 @@ type Space struct {
 // Options configure a Guard. The zero value of each field takes its default.
 type Options struct {
 	// MinFree is the watermark: ingest is refused below this many free
-	// bytes. Default: 2 % of the filesystem, at least 16 MiB, at most 2 GiB.
+	// bytes. Default: 2 % of the filesystem, at least 16 MiB, at most 1 GiB.
 	MinFree int64
 	// Ballast is the size of the emergency file. Default: 1 % of the
-	// filesystem, at least 8 MiB, at most 1 GiB.
+	// filesystem, at least 8 MiB, at most 256 MiB.
 	Ballast int64
 	// Interval is how often Run refreshes (default 250 ms).
 	Interval time.Duration
@@ -58,9 +58,9 @@ type Options struct {
 // Default bounds of the automatic sizes.
 const (
 	minAutoMinFree = 16 << 20
-	maxAutoMinFree = 2 << 30
+	maxAutoMinFree = 1 << 30
 	minAutoBallast = 8 << 20
-	maxAutoBallast = 1 << 30
+	maxAutoBallast = 256 << 20
 )
 
 // Status is the guard's view after its last refresh.

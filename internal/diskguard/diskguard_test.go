@@ -213,7 +213,7 @@ func TestAutoSizes(t *testing.T) {
 	}{
 		{40 * mb, 16 * mb, 8 * mb},
 		{10 << 30, (10 << 30) / 50, (10 << 30) / 100},
-		{1 << 40, 2 << 30, 1 << 30},
+		{1 << 40, 1 << 30, 256 << 20},
 	}
 	for _, tt := range tests {
 		fs := newFake(t, tt.total, tt.total)
