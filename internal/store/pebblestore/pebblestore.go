@@ -69,8 +69,8 @@ type Store struct {
 // up to MemTableStopWritesThreshold+1 old logs for reuse: the memtable size
 // sets what the store costs on disk before it holds anything. With the
 // 32 MiB used before, one log took 36 MiB, most of a small disk; with 2 MiB
-// the logs stay near 11 MiB at most, and ingest was no slower in
-// BenchmarkIngestHTTP and BenchmarkReplayEmbedded (README, "Disk").
+// the logs stay near 11 MiB at most, and ingest was no slower beyond the
+// noise in BenchmarkIngestHTTP and BenchmarkReplayEmbedded (README, "Disk").
 const (
 	memTableSize                = 2 << 20
 	memTableStopWritesThreshold = 2
