@@ -109,14 +109,7 @@ func TestFullDisk(t *testing.T) {
 	// Leave 3 MiB above the watermark for the store to use up.
 	const minFree = 16 << 20
 	filler := filepath.Join(data, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Fallocate(int(f.Fd()), 0, 0, freeBytes(t, data)-minFree-3<<20); err != nil {
-		t.Fatalf("filling the tmpfs: %v", err)
-	}
-	f.Close()
+	fill(t, filler, freeBytes(t, data)-minFree-3<<20)
 	t.Logf("filler written: %.1f MiB free", float64(freeBytes(t, data))/(1<<20))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
@@ -231,7 +224,7 @@ func TestFullDisk(t *testing.T) {
 
 	start := time.Now()
 	srv.cmd.Process.Signal(syscall.SIGTERM)
-	err = srv.cmd.Wait()
+	err := srv.cmd.Wait()
 	took := time.Since(start)
 	if err != nil {
 		t.Errorf("serve after SIGTERM: %v\n%s", err, srv.stderr)
@@ -240,11 +233,22 @@ func TestFullDisk(t *testing.T) {
 		t.Errorf("SIGTERM took %v, want at most shutdown_timeout %v", took, shutdownTimeout)
 	}
 	logs := []string{srv.stderr.String()}
-	// A restart on the same small disk: opens, delivers what may be left,
-	// stops.
+	// A restart on a disk that is already low: the store opens, ingest is
+	// refused from the start, and resumes when the space comes back.
+	fill(t, filler, freeBytes(t, data)-minFree+1<<20)
 	srv = startServe(t, args...)
-	if code, body := healthz(addr); code != http.StatusOK {
-		t.Errorf("after restart: got /healthz %d %s, want 200", code, body)
+	if code, body := healthz(addr); code != http.StatusServiceUnavailable || !strings.Contains(body, "disk space low") {
+		t.Errorf("restart on a low disk: got /healthz %d %s, want 503 naming the disk", code, body)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	code = 0
+	for deadline := time.Now().Add(5 * time.Second); code != http.StatusOK && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		code, body = healthz(addr)
+	}
+	if code != http.StatusOK {
+		t.Errorf("restart, space back: got /healthz %d %s, want 200", code, body)
 	}
 	srv.cmd.Process.Signal(syscall.SIGTERM)
 	if err := srv.cmd.Wait(); err != nil {
@@ -284,6 +288,19 @@ func TestFullDisk(t *testing.T) {
 	}
 	if len(unexpected) > 0 {
 		t.Errorf("got %d answers that were neither 2xx nor 503 with Retry-After, e.g. %v", len(unexpected), first(unexpected, 3))
+	}
+}
+
+// fill allocates a file of size bytes on the test's small disk.
+func fill(t *testing.T, path string, size int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Fallocate(int(f.Fd()), 0, 0, size); err != nil {
+		t.Fatalf("filling the tmpfs: %v", err)
 	}
 }
 
