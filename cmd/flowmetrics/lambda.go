@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -18,14 +17,14 @@ func inLambda() bool { return os.Getenv("AWS_LAMBDA_RUNTIME_API") != "" }
 // runLambda serves Lambda invocations (EventBridge events or SQS batches)
 // with the DynamoDB store; its configuration comes from the environment (see
 // internal/lambdafn and deploy/aws/README.md).
-func runLambda(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("lambda", flag.ContinueOnError)
+func runLambda(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("lambda", "", `Serves AWS Lambda invocations (EventBridge events or SQS batches) with the
+DynamoDB store. It runs inside AWS Lambda only, where the binary starts it by
+itself; it is configured by FLOWMETRICS_* environment variables, listed in
+deploy/aws/README.md. It has no flags.`, "")
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: flowmetrics lambda   (inside AWS Lambda; configured by FLOWMETRICS_* environment variables)")
-	}
-	if err := fs.Parse(args); err != nil {
-		return usageError(err)
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		fs.Usage()

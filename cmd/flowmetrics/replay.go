@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -35,20 +34,19 @@ const flushEvery = 200_000
 const maxPrinted = 100
 
 func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
+	fs := newFlagSet("replay", "[flags] FILE…", `Counts archived events (files in any accepted shape; "-" reads stdin) with the
+same pipeline as serve, by default into an in-memory store and JSON lines on
+stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
+1 some records rejected, 2 usage or config error.`, "")
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: flowmetrics replay [flags] FILE… (\"-\" reads stdin)")
-		fs.PrintDefaults()
-	}
 	configPath := fs.String("config", "", "YAML config: its pipeline, naming and sinks sections are used (default: JSON lines to stdout)")
 	dataDir := fs.String("data-dir", "", "count against the embedded store in this directory (so a backfill does not recount what serve counted); default: an in-memory store")
 	output := fs.String("o", "", "write JSON lines to this file instead of stdout")
 	bucket := fs.Duration("bucket", 0, "bucket width (default 10s, or the config's)")
 	progress := fs.Bool("progress", true, "show a progress bar when stderr is a terminal")
 	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
-		return usageError(err)
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
 	}
 	if fs.NArg() == 0 {
 		fs.Usage()

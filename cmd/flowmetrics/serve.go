@@ -3,12 +3,12 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,23 +16,46 @@ import (
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/dashboard"
+	"github.com/flowmetrics/flowmetrics/internal/demo"
 	"github.com/flowmetrics/flowmetrics/internal/diskguard"
 	"github.com/flowmetrics/flowmetrics/internal/httpapi"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
-func runServe(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+const serveHelp = `Receives Genesys Cloud events over HTTP (an EventBridge API destination, or
+anything that posts them), counts each flow metric attribute once per
+conversation in the embedded store, and delivers the counts to the configured
+sinks (Prometheus on /metrics by default). SIGTERM or Ctrl-C drains, flushes
+and stops.`
+
+const serveEndpoints = `Endpoints:
+  POST /v1/events   events: an EventBridge envelope, a bare detail object, a JSON
+                    array of them or NDJSON; 202 with {"accepted","skipped","rejected",
+                    "occurrences","errors"} once durable; 400, 401, 413, 503
+  GET  /metrics     Prometheus: genesys_flow_metric_total{flow,metric} and the
+                    pipeline's own flowmetrics_* metrics
+  GET  /healthz     200 when serving
+  GET  /            the live dashboard (http.dashboard: false turns it off)
+
+Sinks deliver new counts after pipeline.flush_interval (1s by default).
+The shared secret is read from $FLOWMETRICS_SECRET (http.secret_env) and sent
+by clients in the X-Flowmetrics-Secret header (http.auth_header), or as
+Authorization: Bearer or a Basic auth password. With a secret, /metrics and
+the dashboard need it too (http.protect_reads); /healthz never does.`
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", "[flags]", serveHelp, serveEndpoints)
 	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "YAML config file (defaults for everything when omitted)")
-	listen := fs.String("listen", "", "listen address, overriding http.listen")
-	dataDir := fs.String("data-dir", "", "data directory, overriding data_dir")
+	configPath := fs.String("config", "", "YAML config file (none: every setting at its default)")
+	listen := fs.String("listen", "", "listen address, overriding http.listen (default 127.0.0.1:8080)")
+	dataDir := fs.String("data-dir", "", "data directory, overriding data_dir (default ./data)")
 	insecure := fs.Bool("insecure", false, "allow listening beyond loopback without a shared secret")
-	checkConfig := fs.Bool("check-config", false, "validate the config and exit")
+	checkConfig := fs.Bool("check-config", false, "validate the config (no network) and exit: 0 valid, 2 invalid")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
-	if err := fs.Parse(args); err != nil {
-		return usageError(err)
+	demoOn := fs.Bool("demo", false, "also post simulated traffic to this server (see flowmetrics demo -h); the store is then <data_dir>/demo, apart from real counts")
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return err
 	}
 	if fs.NArg() > 0 {
 		return usageError(fmt.Errorf("serve: unexpected arguments %q", fs.Args()))
@@ -51,6 +74,10 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if *dataDir != "" {
 		cfg.DataDir = *dataDir
 	}
+	if *demoOn {
+		// Simulated counts never mix with real ones in the same store.
+		cfg.DataDir = filepath.Join(cfg.DataDir, "demo")
+	}
 	// One check for both: -check-config refuses exactly what serve would.
 	if err := cfg.Check(*insecure); err != nil {
 		return usageError(err)
@@ -59,10 +86,19 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "config ok")
 		return nil
 	}
+	if *demoOn {
+		return serveWith(ctx, cfg, cfg.HTTP.Secret(), log, &demo.Options{})
+	}
 	return serve(ctx, cfg, cfg.HTTP.Secret(), log)
 }
 
 func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logger) error {
+	return serveWith(ctx, cfg, secret, log, nil)
+}
+
+// serveWith is serve that, with demoOpts set, also posts demo traffic to
+// its own POST /v1/events.
+func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.Logger, demoOpts *demo.Options) error {
 	m := telemetry.New()
 	// The disk guard comes first: on a disk that is already low it releases
 	// the ballast, so the store has room to open.
@@ -74,11 +110,12 @@ func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logg
 	if err != nil {
 		return err
 	}
-	return serveStore(ctx, cfg, secret, m, st, guard, log)
+	return serveStore(ctx, cfg, secret, m, st, guard, log, demoOpts)
 }
 
-// serveStore is serve on an open store, which it closes; guard may be nil.
-func serveStore(ctx context.Context, cfg config.Config, secret string, m *telemetry.Metrics, st flowmetrics.Store, guard *diskguard.Guard, log *slog.Logger) error {
+// serveStore is serveWith on an open store, which it closes; guard and
+// demoOpts may be nil.
+func serveStore(ctx context.Context, cfg config.Config, secret string, m *telemetry.Metrics, st flowmetrics.Store, guard *diskguard.Guard, log *slog.Logger, demoOpts *demo.Options) error {
 	failed, failure := storeFailure(st)
 	sinks, err := buildSinks(cfg, m, log)
 	if err != nil {
@@ -149,6 +186,17 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	log.Info("flowmetrics serving", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "store", cfg.Store.Type, "sinks", len(sinks), "auth", secret != "")
+	demoCtx, stopDemo := context.WithCancel(context.Background())
+	defer stopDemo()
+	demoDone := make(chan struct{})
+	if demoOpts != nil {
+		go func() {
+			defer close(demoDone)
+			runDemoTraffic(demoCtx, *demoOpts, demoTarget(ln.Addr(), cfg, secret), log)
+		}()
+	} else {
+		close(demoDone)
+	}
 
 	select {
 	case err = <-served:
@@ -156,6 +204,8 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	case <-failed:
 		return storeFailed(srv, failure(), log)
 	}
+	stopDemo()
+	<-demoDone
 	log.Info("shutting down: draining requests and flushing sinks", "timeout", cfg.HTTP.ShutdownTimeout)
 	// Every step is bounded by shutdown_timeout as a whole: a sink that
 	// cannot flush or a request that cannot finish does not hold the exit.

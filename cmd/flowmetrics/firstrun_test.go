@@ -1,0 +1,236 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/golden"
+)
+
+// TestHelp: every command's -h exits 0 and lists its flags with their
+// defaults on stdout.
+func TestHelp(t *testing.T) {
+	tests := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"-h"}, []string{"serve", "replay", "demo", "boards", "lambda", "version"}},
+		{[]string{"help"}, []string{"serve", "replay", "demo", "boards"}},
+		{[]string{"serve", "-h"}, []string{"Usage: flowmetrics serve", "-config", "-listen", "(default 127.0.0.1:8080)", "-data-dir", "(default ./data)", "-insecure", "-check-config", "-log-level", `(default "info")`, "-demo",
+			"POST /v1/events", "GET  /metrics", "GET  /healthz", "GET  /", "flush_interval"}},
+		{[]string{"help", "serve"}, []string{"Usage: flowmetrics serve", "POST /v1/events"}},
+		{[]string{"replay", "-h"}, []string{"Usage: flowmetrics replay [flags] FILE…", "-config", "-data-dir", "-o", "-bucket", "-progress", "(default true)", "-log-level", `(default "warn")`, "Exit status"}},
+		{[]string{"demo", "-h"}, []string{"Usage: flowmetrics demo", "-url", `(default "http://127.0.0.1:8080")`, "-seed", "-rate", "(default 2)", "-incident-every", "(default 10m0s)", "-backfill", "(default 55m0s)", "-split-a", "(default 0.5)", "-duplicates", "-late", "-for"}},
+		{[]string{"boards", "-h"}, []string{"Usage: flowmetrics boards", "-config", "-out", `(default "boards")`}},
+		{[]string{"lambda", "-h"}, []string{"Usage: flowmetrics lambda", "FLOWMETRICS_"}},
+		{[]string{"version", "-h"}, []string{"Usage: flowmetrics version"}},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			cmd := exec.Command(binary, tt.args...)
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			if err := cmd.Run(); err != nil {
+				t.Fatalf("got %v (stderr %q), want exit status 0", err, stderr.String())
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stdout.String(), w) {
+					t.Errorf("stdout lacks %q:\n%s", w, stdout.String())
+				}
+			}
+		})
+	}
+}
+
+// TestBadFlagExitsTwo: a flag error is a usage error, with the usage on
+// stderr.
+func TestBadFlagExitsTwo(t *testing.T) {
+	for _, c := range []string{"serve", "replay", "demo", "boards", "lambda", "version"} {
+		var stderr bytes.Buffer
+		err := run(context.Background(), []string{c, "-no-such-flag"}, strings.NewReader(""), io.Discard, &stderr)
+		var ee exitError
+		if !errors.As(err, &ee) || ee.code != 2 || errors.Is(err, flag.ErrHelp) {
+			t.Errorf("%s -no-such-flag: got %v, want a usage error (exit 2)", c, err)
+		}
+		if !strings.Contains(stderr.String(), "Usage: flowmetrics "+c) {
+			t.Errorf("%s -no-such-flag: stderr lacks the usage: %q", c, stderr.String())
+		}
+	}
+}
+
+func TestVersionOf(t *testing.T) {
+	tests := []struct {
+		name string
+		bi   debug.BuildInfo
+		want string
+	}{
+		{"go install @version", debug.BuildInfo{Main: debug.Module{Version: "v1.4.0"}}, "v1.4.0"},
+		{"pseudo-version from VCS", debug.BuildInfo{Main: debug.Module{Version: "v0.0.0-20261201151752-c887f83b23a9+dirty"}}, "v0.0.0-20261201151752-c887f83b23a9+dirty"},
+		{"revision only", debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: []debug.BuildSetting{
+			{Key: "vcs.revision", Value: "c887f83b23a974b87e3b739c298f5717d75333e0"}, {Key: "vcs.modified", Value: "true"}}}, "devel-c887f83b23a9-dirty"},
+		{"nothing known", debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}, "devel"},
+	}
+	for _, tt := range tests {
+		if got := versionOf(&tt.bi); got != tt.want {
+			t.Errorf("%s: got %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+// waitMetrics polls /metrics until every pattern matches or the deadline.
+func waitMetrics(t *testing.T, addr, secret string, within time.Duration, patterns ...string) string {
+	t.Helper()
+	var last string
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/metrics", nil)
+		// With a secret, /metrics needs it too (http.protect_reads).
+		req.Header.Set("X-Flowmetrics-Secret", secret)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		last = string(b)
+		ok := true
+		for _, p := range patterns {
+			if !regexp.MustCompile(p).MatchString(last) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return last
+		}
+	}
+	t.Fatalf("/metrics never matched %q within %v; last:\n%s", patterns, within, last)
+	return ""
+}
+
+// demoShows is what the demo's traffic must make visible at once: every
+// flow, the malformed attribute, and nothing rejected.
+var demoShows = []string{
+	`genesys_flow_metric_total\{flow="CustomerRouting",metric="Transferred"\} [1-9]`,
+	`genesys_flow_metric_total\{flow="Billing Main",metric="PaymentTaken"\} [1-9]`,
+	`genesys_flow_metric_total\{flow="Bot.Intent-Router",metric="Start"\} [1-9]`,
+	`genesys_flow_metric_total\{flow="Callback Offer",metric="OfferedA"\} [1-9]`,
+	`genesys_flow_metric_total\{flow="Callback Offer",metric="OfferedB"\} [1-9]`,
+	`flowmetrics_malformed_attributes_total\{flow="Après Vente"\} [1-9]`,
+	`flowmetrics_records_accepted_total [1-9]`,
+}
+
+// TestServeDemo: serve --demo, on an empty data directory, any listen
+// address and with a shared secret, shows demo traffic within seconds.
+func TestServeDemo(t *testing.T) {
+	addr := freeAddr(t)
+	dir := t.TempDir()
+	s := &server{stderr: &bytes.Buffer{}, addr: addr}
+	s.cmd = exec.Command(binary, "serve", "--demo", "-data-dir", dir, "-listen", addr)
+	s.cmd.Env = append(os.Environ(), "FLOWMETRICS_SECRET=demo-secret")
+	s.cmd.Stderr = &syncWriter{w: s.stderr}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		if err := s.cmd.Wait(); err != nil {
+			t.Errorf("serve --demo did not stop cleanly: %v\n%s", err, s.stderr)
+		}
+	}()
+	text := waitMetrics(t, addr, "demo-secret", 20*time.Second, demoShows...)
+	if regexp.MustCompile(`flowmetrics_records_rejected_total\{[^}]*\} [1-9]`).MatchString(text) {
+		t.Errorf("demo records were rejected:\n%s", text)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "demo", "state")); err != nil {
+		t.Errorf("serve --demo keeps its store in <data_dir>/demo: %v", err)
+	}
+}
+
+// TestDemoCommand: flowmetrics demo posts to a running serve with its
+// secret, and stops at once on a wrong one.
+func TestDemoCommand(t *testing.T) {
+	addr := freeAddr(t)
+	s := &server{stderr: &bytes.Buffer{}, addr: addr}
+	s.cmd = exec.Command(binary, "serve", "-data-dir", t.TempDir(), "-listen", addr)
+	s.cmd.Env = append(os.Environ(), "FLOWMETRICS_SECRET=right")
+	s.cmd.Stderr = &syncWriter{w: s.stderr}
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		s.cmd.Wait()
+	}()
+
+	demo := func(secret string) (string, error) {
+		cmd := exec.Command(binary, "demo", "-url", "http://"+addr, "-for", "3s", "-backfill", "10m", "-seed", "42")
+		cmd.Env = append(os.Environ(), "FLOWMETRICS_SECRET="+secret)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := demo("right")
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	if !regexp.MustCompile(`demo: posted [1-9][0-9]* events in [1-9][0-9]* requests: [1-9][0-9]* occurrences, 0 rejected`).MatchString(out) {
+		t.Errorf("demo's summary: %s", out)
+	}
+	waitMetrics(t, addr, "right", 10*time.Second, demoShows...)
+
+	start := time.Now()
+	out, err = demo("wrong")
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(out, "401") {
+		t.Errorf("demo with a wrong secret: got %v, want exit status 1 naming the 401:\n%s", err, out)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("demo with a wrong secret took %v to give up, want at once", d)
+	}
+}
+
+// boardExamples are the boards committed under deploy/boards, with the
+// arguments that made them (also in each flowmetrics.yaml).
+var boardExamples = map[string][]string{
+	"default": nil,
+	"per-metric": {"-spike", "Billing Main/PaymentFailed",
+		"-metric", "Billing Main/PaymentFailed", "-metric", "Billing Main/PaymentTaken",
+		"-metric", "CustomerRouting/Transferred", "-metric", "CustomerRouting/Unknown",
+		"-metric", "Callback Offer/AcceptedA", "-metric", "Callback Offer/AcceptedB"},
+}
+
+// TestBoardsExamples: the boards under deploy/boards are what flowmetrics
+// boards writes for their configs (go test -update rewrites them).
+func TestBoardsExamples(t *testing.T) {
+	for name, extra := range boardExamples {
+		dir := filepath.Join("..", "..", "deploy", "boards", name)
+		out := t.TempDir()
+		args := append([]string{"boards", "-config", filepath.Join(dir, "flowmetrics.yaml"), "-out", out}, extra...)
+		if b, err := exec.Command(binary, args...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, b)
+		}
+		entries, err := os.ReadDir(out)
+		if err != nil || len(entries) != 5 {
+			t.Fatalf("%s: wrote %d files (%v), want 5", name, len(entries), err)
+		}
+		for _, e := range entries {
+			got, err := os.ReadFile(filepath.Join(out, e.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden.Check(t, filepath.Join(dir, e.Name()), got)
+		}
+	}
+}

@@ -1,0 +1,230 @@
+// Package boards writes ready-made dashboards and alerts for the platforms
+// teams already use, from the same naming config as the sinks, so a name
+// template or static tags carry through:
+//
+//   - Datadog: a dashboard (API v1 JSON, POST /api/v1/dashboard), three
+//     monitors (POST /api/v1/monitor each) and the Agent's OpenMetrics check
+//     config that brings flowmetrics' own malformed-names counter in;
+//   - Grafana: a dashboard on a Prometheus data source, and Prometheus
+//     alerting rules for the same three alerts.
+//
+// The three alerts: an incident spike on a flow metric (its count in the
+// last 5 minutes far above its usual), a flow gone silent (nothing counted
+// for 30 minutes), and malformed attribute names appearing in a flow.
+package boards
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
+	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
+)
+
+// FlowMetric names one flow metric.
+type FlowMetric struct{ Flow, Metric string }
+
+// ParseFlowMetric reads "Flow/Metric" (the flow may not contain "/"; the
+// metric may).
+func ParseFlowMetric(s string) (FlowMetric, error) {
+	flow, metric, ok := strings.Cut(s, "/")
+	if !ok || flow == "" || metric == "" {
+		return FlowMetric{}, fmt.Errorf("%q: want FLOW/METRIC", s)
+	}
+	return FlowMetric{flow, metric}, nil
+}
+
+// Options say what the boards are for.
+type Options struct {
+	// Naming is the config's naming section.
+	Naming naming.Config
+	// PrometheusName is the counter's name (sinks.prometheus.name; default
+	// genesys_flow_metric_total).
+	PrometheusName string
+	// Metrics lists the flow metrics. With a naming template that puts
+	// {flow} or {metric} in the name, Datadog has one metric name per flow
+	// metric and no query can match them all, so the Datadog board and
+	// monitors need the list; otherwise it may be empty.
+	Metrics []FlowMetric
+	// Spike, if set, is the flow metric the spike alert watches (say
+	// Billing Main/PaymentFailed); by default it watches every flow metric,
+	// one alert per flow metric.
+	Spike *FlowMetric
+	// Title of the dashboards (default "Genesys flow metrics").
+	Title string
+}
+
+// File is one generated file.
+type File struct {
+	Name string
+	Data []byte
+}
+
+// The generated files.
+const (
+	DatadogDashboard   = "datadog-dashboard.json"
+	DatadogMonitors    = "datadog-monitors.json"
+	DatadogOpenMetrics = "datadog-openmetrics.yaml"
+	GrafanaDashboard   = "grafana-dashboard.json"
+	PrometheusRules    = "prometheus-rules.yml"
+)
+
+// The alert thresholds, shared by both platforms.
+const (
+	// SpikeFactor: a flow metric spikes when its count in the last
+	// SpikeWindow is above SpikeFactor times its average count per
+	// SpikeWindow in the 2×SpikeWindow before (Prometheus), or when its
+	// count in the last 5 minutes is more than SpikeFactor times the 5
+	// minutes before — a change of more than (SpikeFactor-1)×100 % (Datadog:
+	// a change monitor's windows are fixed).
+	SpikeFactor = 3
+	// SpikeWindow is Prometheus' spike window, in minutes: short, so an
+	// incident alerts within minutes.
+	SpikeWindow = 3
+	// SpikeMin: and at least this many occurrences in the window
+	// (Prometheus only: a Datadog change monitor has no minimum), so that
+	// the chance ups and downs of a small flow metric do not alert.
+	SpikeMin = 40
+	// SilentMinutes: a flow with nothing counted for this long is silent.
+	SilentMinutes = 30
+	// MalformedMinutes: malformed names seen within this window alert.
+	MalformedMinutes = 10
+)
+
+// MalformedMetric is the Datadog name of flowmetrics_malformed_attributes_total
+// as the Agent's OpenMetrics check (latest version) submits it with the
+// config in DatadogOpenMetrics: namespace "flowmetrics", the counter renamed
+// to malformed_attributes, and counters sent as monotonic counts with a
+// ".count" suffix.
+const MalformedMetric = "flowmetrics.malformed_attributes.count"
+
+// Generate returns the files, in the order of the constants above.
+func Generate(o Options) ([]File, error) {
+	if err := o.Naming.Validate(); err != nil {
+		return nil, err
+	}
+	if o.PrometheusName == "" {
+		o.PrometheusName = prometheus.DefaultName
+	}
+	if err := (prometheus.Config{Name: o.PrometheusName}).Validate(); err != nil {
+		return nil, err
+	}
+	if o.Title == "" {
+		o.Title = "Genesys flow metrics"
+	}
+	b := &builder{o: o, namer: naming.New(o.Naming)}
+	if err := b.datadogNames(); err != nil {
+		return nil, err
+	}
+	var files []File
+	for _, f := range []struct {
+		name string
+		gen  func() ([]byte, error)
+	}{
+		{DatadogDashboard, b.datadogDashboard},
+		{DatadogMonitors, b.datadogMonitors},
+		{DatadogOpenMetrics, b.datadogOpenMetrics},
+		{GrafanaDashboard, b.grafanaDashboard},
+		{PrometheusRules, b.prometheusRules},
+	} {
+		data, err := f.gen()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f.name, err)
+		}
+		files = append(files, File{f.name, data})
+	}
+	return files, nil
+}
+
+type builder struct {
+	o     Options
+	namer *naming.Namer
+	// ddNames are the Datadog metric names, sorted; ddPairs the flow metrics
+	// of each (nil when one name holds every flow metric).
+	ddNames []string
+	ddPairs map[string][]FlowMetric
+}
+
+// perFlowMetric reports whether the name template gives flow metrics names
+// of their own.
+func (b *builder) perFlowMetric() bool {
+	t := b.o.Naming.Template
+	return t != "" && (strings.Contains(t, "{flow}") || strings.Contains(t, "{metric}"))
+}
+
+func (b *builder) datadogNames() error {
+	if !b.perFlowMetric() {
+		b.ddNames = []string{datadog.MetricName(b.namer.Name("", ""))}
+		return nil
+	}
+	metrics := b.o.Metrics
+	if b.o.Spike != nil && !slices.Contains(metrics, *b.o.Spike) {
+		metrics = append(slices.Clone(metrics), *b.o.Spike)
+	}
+	if len(metrics) == 0 {
+		return errors.New("naming.template gives each flow metric its own Datadog metric name: list the flow metrics the boards should show (FLOW/METRIC)")
+	}
+	b.ddPairs = map[string][]FlowMetric{}
+	for _, fm := range metrics {
+		n := datadog.MetricName(b.namer.Name(fm.Flow, fm.Metric))
+		b.ddPairs[n] = append(b.ddPairs[n], fm)
+	}
+	for n := range b.ddPairs {
+		b.ddNames = append(b.ddNames, n)
+	}
+	sort.Strings(b.ddNames)
+	return nil
+}
+
+// ddScope is the Datadog tag scope of the static tags, plus extra tags.
+func (b *builder) ddScope(extra ...string) string {
+	var tags []string
+	for _, t := range b.namer.Static() {
+		if s := datadog.Tag(t.Key, t.Value); s != "" {
+			tags = append(tags, s)
+		}
+	}
+	tags = append(tags, extra...)
+	if len(tags) == 0 {
+		return "{*}"
+	}
+	return "{" + strings.Join(tags, ",") + "}"
+}
+
+// promSelector is the Prometheus label matcher of the static labels, plus
+// extra matchers.
+func (b *builder) promSelector(extra ...string) string {
+	var m []string
+	for _, t := range b.namer.Static() {
+		m = append(m, fmt.Sprintf("%s=%s", prometheus.LabelName(t.Key), promQuote(t.Value)))
+	}
+	m = append(m, extra...)
+	if len(m) == 0 {
+		return ""
+	}
+	return "{" + strings.Join(m, ", ") + "}"
+}
+
+func promQuote(s string) string {
+	q, _ := json.Marshal(s)
+	return string(q)
+}
+
+// marshal renders v as indented JSON with a final newline, without
+// escaping <, > and & (queries use them).
+func marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}

@@ -1,0 +1,290 @@
+package boards
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/flowmetrics/flowmetrics/internal/naming"
+)
+
+// examples are the option sets the tests check: the default naming, and a
+// name template with static tags.
+var examples = map[string]Options{
+	"default": {},
+	"template": {
+		Naming: naming.Config{Template: "genesys.{flow}.{metric}", Tags: map[string]string{"env": "prod", "team": "cx"}},
+		Metrics: []FlowMetric{{"Billing Main", "PaymentFailed"}, {"Billing Main", "PaymentTaken"},
+			{"CustomerRouting", "Transferred"}, {"Après Vente", "SurveyDone"}},
+		Spike: &FlowMetric{"Billing Main", "PaymentFailed"},
+	},
+}
+
+func generate(t *testing.T, o Options) map[string][]byte {
+	t.Helper()
+	files, err := Generate(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]byte{}
+	for _, f := range files {
+		out[f.Name] = f.Data
+	}
+	for _, name := range []string{DatadogDashboard, DatadogMonitors, DatadogOpenMetrics, GrafanaDashboard, PrometheusRules} {
+		if len(out[name]) == 0 {
+			t.Fatalf("no %s", name)
+		}
+	}
+	return out
+}
+
+func TestParseFlowMetric(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    FlowMetric
+		wantErr bool
+	}{
+		{"Billing Main/PaymentFailed", FlowMetric{"Billing Main", "PaymentFailed"}, false},
+		{"Bot/Intent/Matched", FlowMetric{"Bot", "Intent/Matched"}, false},
+		{"NoSlash", FlowMetric{}, true},
+		{"/Metric", FlowMetric{}, true},
+		{"Flow/", FlowMetric{}, true},
+	}
+	for _, tt := range tests {
+		got, err := ParseFlowMetric(tt.in)
+		if got != tt.want || (err != nil) != tt.wantErr {
+			t.Errorf("ParseFlowMetric(%q): got %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestNamingCarriesThrough(t *testing.T) {
+	def := generate(t, examples["default"])
+	tpl := generate(t, examples["template"])
+	tests := []struct {
+		name, file string
+		files      map[string][]byte
+		want, not  []string
+	}{
+		{"default Datadog board", DatadogDashboard, def, []string{`"sum:genesys.flow.metric{$flow} by {flow,metric}.as_count()"`, MalformedMetric}, []string{"env:"}},
+		{"default monitors", DatadogMonitors, def, []string{"genesys.flow.metric{*} by {flow,metric}", "genesys.flow.metric{*} by {flow}", MalformedMetric + "{*} by {flow}"}, nil},
+		{"default rules", PrometheusRules, def, []string{"increase(genesys_flow_metric_total[3m])", "increase(genesys_flow_metric_total[6m] offset 3m)) / 2", "increase(genesys_flow_metric_total[30m])"}, []string{"env="}},
+		{"template Datadog board", DatadogDashboard, tpl, []string{
+			"sum:genesys.Billing_Main.PaymentFailed{env:prod,team:cx,$flow} by {flow,metric}.as_count()",
+			"sum:genesys.Apr_s_Vente.SurveyDone{", "sum:genesys.CustomerRouting.Transferred{",
+			MalformedMetric + "{env:prod,team:cx,$flow}"}, []string{"genesys.flow.metric"}},
+		{"template monitors", DatadogMonitors, tpl, []string{
+			"pct_change(sum(last_5m),last_5m):sum:genesys.Billing_Main.PaymentFailed{env:prod,team:cx,flow:billing_main,metric:paymentfailed} by {flow,metric}.as_count() > 200",
+			`"env:prod"`, `"team:cx"`, "Genesys flow gone silent (genesys.Billing_Main.PaymentTaken)"}, []string{"genesys.flow.metric"}},
+		{"template OpenMetrics tags", DatadogOpenMetrics, tpl, []string{`- "env:prod"`, `- "team:cx"`}, nil},
+		// Prometheus has one counter whatever the template; the static tags
+		// are its constant labels.
+		{"template rules", PrometheusRules, tpl, []string{
+			`increase(genesys_flow_metric_total{env="prod", team="cx", flow="Billing Main", metric="PaymentFailed"}[3m])`,
+			`increase(genesys_flow_metric_total{env="prod", team="cx"}[30m])`}, nil},
+		{"template Grafana", GrafanaDashboard, tpl, []string{`genesys_flow_metric_total{env=\"prod\", team=\"cx\", flow=~\"$flow\"}`}, nil},
+	}
+	for _, tt := range tests {
+		got := string(tt.files[tt.file])
+		for _, w := range tt.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%s: %s lacks %s:\n%s", tt.name, tt.file, w, got)
+			}
+		}
+		for _, n := range tt.not {
+			if strings.Contains(got, n) {
+				t.Errorf("%s: %s has %s", tt.name, tt.file, n)
+			}
+		}
+	}
+}
+
+func TestBadOptions(t *testing.T) {
+	tests := []struct {
+		name string
+		o    Options
+		want string
+	}{
+		{"template without flow metrics", Options{Naming: naming.Config{Template: "genesys.{flow}.{metric}"}}, "list the flow metrics"},
+		{"bad template", Options{Naming: naming.Config{Template: "genesys.{team}"}}, "naming.template"},
+		{"bad Prometheus name", Options{PrometheusName: "not-valid"}, "sinks.prometheus.name"},
+	}
+	for _, tt := range tests {
+		_, err := Generate(tt.o)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: got %v, want an error about %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+// TestGrafanaDashboardStructure checks what Grafana needs to import and
+// draw the dashboard: a schemaVersion, a title and uid, panels with unique
+// ids, a known type, a gridPos inside the 24-column grid that overlaps no
+// other panel, a datasource that the templating defines, and targets with
+// refIds and expressions.
+func TestGrafanaDashboardStructure(t *testing.T) {
+	for name, o := range examples {
+		var d struct {
+			UID           string `json:"uid"`
+			Title         string `json:"title"`
+			SchemaVersion int    `json:"schemaVersion"`
+			Time          struct{ From, To string }
+			Templating    struct {
+				List []struct {
+					Name, Type string
+					Query      any
+				} `json:"list"`
+			} `json:"templating"`
+			Panels []struct {
+				ID         int                         `json:"id"`
+				Type       string                      `json:"type"`
+				Title      string                      `json:"title"`
+				GridPos    *struct{ H, W, X, Y int }   `json:"gridPos"`
+				Datasource *struct{ Type, UID string } `json:"datasource"`
+				Targets    []struct {
+					RefID      string                      `json:"refId"`
+					Expr       string                      `json:"expr"`
+					Datasource *struct{ Type, UID string } `json:"datasource"`
+				} `json:"targets"`
+				FieldConfig *struct {
+					Defaults  map[string]any `json:"defaults"`
+					Overrides []any          `json:"overrides"`
+				} `json:"fieldConfig"`
+			} `json:"panels"`
+		}
+		data := generate(t, o)[GrafanaDashboard]
+		dec := json.NewDecoder(strings.NewReader(string(data)))
+		if err := dec.Decode(&d); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if d.UID == "" || d.Title == "" || d.SchemaVersion < 36 || d.Time.From == "" {
+			t.Errorf("%s: uid %q, title %q, schemaVersion %d, time %v: want all set (schemaVersion ≥ 36)", name, d.UID, d.Title, d.SchemaVersion, d.Time)
+		}
+		vars := map[string]string{}
+		for _, v := range d.Templating.List {
+			vars[v.Name] = v.Type
+		}
+		if vars["datasource"] != "datasource" || vars["flow"] != "query" {
+			t.Errorf("%s: template variables %v, want datasource (datasource) and flow (query)", name, vars)
+		}
+		if len(d.Panels) < 5 {
+			t.Errorf("%s: %d panels", name, len(d.Panels))
+		}
+		ids := map[int]bool{}
+		cells := map[[2]int]int{}
+		for _, p := range d.Panels {
+			if p.ID <= 0 || ids[p.ID] {
+				t.Errorf("%s: panel %q: id %d missing or repeated", name, p.Title, p.ID)
+			}
+			ids[p.ID] = true
+			switch p.Type {
+			case "timeseries", "stat", "table":
+			default:
+				t.Errorf("%s: panel %q: type %q", name, p.Title, p.Type)
+			}
+			if p.GridPos == nil || p.GridPos.W <= 0 || p.GridPos.H <= 0 || p.GridPos.X < 0 || p.GridPos.X+p.GridPos.W > 24 {
+				t.Errorf("%s: panel %q: gridPos %+v outside the 24-column grid", name, p.Title, p.GridPos)
+				continue
+			}
+			for x := p.GridPos.X; x < p.GridPos.X+p.GridPos.W; x++ {
+				for y := p.GridPos.Y; y < p.GridPos.Y+p.GridPos.H; y++ {
+					if other, ok := cells[[2]int{x, y}]; ok {
+						t.Fatalf("%s: panel %q overlaps panel %d at %d,%d", name, p.Title, other, x, y)
+					}
+					cells[[2]int{x, y}] = p.ID
+				}
+			}
+			if p.Datasource == nil || p.Datasource.Type != "prometheus" || p.Datasource.UID != "${datasource}" {
+				t.Errorf("%s: panel %q: datasource %+v, want the ${datasource} variable", name, p.Title, p.Datasource)
+			}
+			if p.FieldConfig == nil || p.FieldConfig.Defaults == nil || p.FieldConfig.Overrides == nil {
+				t.Errorf("%s: panel %q: fieldConfig without defaults and overrides", name, p.Title)
+			}
+			if len(p.Targets) == 0 {
+				t.Errorf("%s: panel %q: no targets", name, p.Title)
+			}
+			for _, tg := range p.Targets {
+				if tg.RefID == "" || tg.Expr == "" || tg.Datasource == nil || tg.Datasource.UID != "${datasource}" {
+					t.Errorf("%s: panel %q: target %+v needs a refId, an expr and the datasource", name, p.Title, tg)
+				}
+			}
+		}
+	}
+}
+
+// promtool finds Debian's promtool (apt-get install prometheus), or skips.
+func promtool(t *testing.T) string {
+	t.Helper()
+	path, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("promtool not found; .ci/run installs Debian's prometheus package")
+		}
+		t.Skip("promtool not found (apt-get install prometheus); the rules are not checked")
+	}
+	return path
+}
+
+// TestPrometheusRulesWithPromtool: promtool accepts the alerting rules, and
+// the default ones fire when and only when they should (testdata/rules_test.yml).
+func TestPrometheusRulesWithPromtool(t *testing.T) {
+	bin := promtool(t)
+	for name, o := range examples {
+		dir := t.TempDir()
+		rules := filepath.Join(dir, PrometheusRules)
+		if err := os.WriteFile(rules, generate(t, o)[PrometheusRules], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(bin, "check", "rules", rules).CombinedOutput(); err != nil {
+			t.Errorf("%s: promtool check rules: %v\n%s", name, err, out)
+		}
+		if name != "default" {
+			continue
+		}
+		test, err := os.ReadFile("testdata/rules_test.yml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "rules_test.yml"), test, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(bin, "test", "rules", filepath.Join(dir, "rules_test.yml")).CombinedOutput(); err != nil {
+			t.Errorf("%s: promtool test rules: %v\n%s", name, err, out)
+		}
+	}
+}
+
+// TestGrafanaQueriesWithPromtool: every PromQL expression of the Grafana
+// dashboard parses, checked by promtool as recording rules (with Grafana's
+// variables replaced by what Grafana would put there).
+func TestGrafanaQueriesWithPromtool(t *testing.T) {
+	bin := promtool(t)
+	for name, o := range examples {
+		exprs := grafanaExprs(generate(t, o)[GrafanaDashboard])
+		if len(exprs) < 5 {
+			t.Fatalf("%s: found %d expressions", name, len(exprs))
+		}
+		var sb strings.Builder
+		sb.WriteString("groups:\n  - name: grafana\n    rules:\n")
+		vars := strings.NewReplacer("$__range", "1h", "$__rate_interval", "1m", "$flow", ".*")
+		for i, e := range exprs {
+			var expr string
+			if err := json.Unmarshal([]byte(e), &expr); err != nil {
+				t.Fatalf("%s: expr %s: %v", name, e, err)
+			}
+			q, _ := json.Marshal(vars.Replace(expr))
+			fmt.Fprintf(&sb, "      - record: grafana:panel%d\n        expr: %s\n", i, q)
+		}
+		path := filepath.Join(t.TempDir(), "grafana-rules.yml")
+		if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(bin, "check", "rules", path).CombinedOutput(); err != nil {
+			t.Errorf("%s: promtool rejects a Grafana query: %v\n%s\n%s", name, err, out, sb.String())
+		}
+	}
+}

@@ -1,0 +1,238 @@
+package boards
+
+import (
+	"fmt"
+	"strings"
+)
+
+// GrafanaSchemaVersion is the dashboard JSON schema version the Grafana
+// dashboard is written in (Grafana 10.4 and later read it; newer versions
+// migrate it on load).
+const GrafanaSchemaVersion = 39
+
+type gfDashboard struct {
+	UID           string        `json:"uid"`
+	Title         string        `json:"title"`
+	Description   string        `json:"description"`
+	Tags          []string      `json:"tags"`
+	Editable      bool          `json:"editable"`
+	GraphTooltip  int           `json:"graphTooltip"`
+	Time          gfTime        `json:"time"`
+	Refresh       string        `json:"refresh"`
+	SchemaVersion int           `json:"schemaVersion"`
+	Version       int           `json:"version"`
+	Timezone      string        `json:"timezone"`
+	Templating    gfTemplating  `json:"templating"`
+	Annotations   gfAnnotations `json:"annotations"`
+	Links         []any         `json:"links"`
+	Panels        []gfPanel     `json:"panels"`
+}
+
+type gfTime struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
+type gfTemplating struct {
+	List []gfVar `json:"list"`
+}
+
+type gfAnnotations struct {
+	List []any `json:"list"`
+}
+
+type gfVar struct {
+	Name       string         `json:"name"`
+	Label      string         `json:"label"`
+	Type       string         `json:"type"`
+	Query      any            `json:"query"`
+	Datasource *gfDatasource  `json:"datasource,omitempty"`
+	Definition string         `json:"definition,omitempty"`
+	Refresh    int            `json:"refresh"`
+	IncludeAll bool           `json:"includeAll"`
+	Multi      bool           `json:"multi"`
+	AllValue   string         `json:"allValue,omitempty"`
+	Current    map[string]any `json:"current"`
+	Hide       int            `json:"hide"`
+	Sort       int            `json:"sort,omitempty"`
+}
+
+type gfDatasource struct {
+	Type string `json:"type"`
+	UID  string `json:"uid"`
+}
+
+type gfGridPos struct {
+	H int `json:"h"`
+	W int `json:"w"`
+	X int `json:"x"`
+	Y int `json:"y"`
+}
+
+type gfPanel struct {
+	ID          int           `json:"id"`
+	Type        string        `json:"type"`
+	Title       string        `json:"title"`
+	Description string        `json:"description,omitempty"`
+	GridPos     gfGridPos     `json:"gridPos"`
+	Datasource  *gfDatasource `json:"datasource"`
+	Targets     []gfTarget    `json:"targets"`
+	FieldConfig gfFieldConfig `json:"fieldConfig"`
+	Options     any           `json:"options"`
+}
+
+type gfTarget struct {
+	RefID        string        `json:"refId"`
+	Datasource   *gfDatasource `json:"datasource"`
+	Expr         string        `json:"expr"`
+	LegendFormat string        `json:"legendFormat,omitempty"`
+	Instant      bool          `json:"instant,omitempty"`
+	Range        bool          `json:"range"`
+	Format       string        `json:"format,omitempty"`
+}
+
+type gfFieldConfig struct {
+	Defaults  map[string]any `json:"defaults"`
+	Overrides []any          `json:"overrides"`
+}
+
+// grafanaExprs returns every PromQL expression of the Grafana dashboard,
+// for tests that check them with promtool.
+func grafanaExprs(dashboard []byte) []string {
+	var out []string
+	for _, line := range strings.Split(string(dashboard), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), `"expr": `); ok {
+			out = append(out, strings.TrimSuffix(v, ","))
+		}
+	}
+	return out
+}
+
+func (b *builder) grafanaDashboard() ([]byte, error) {
+	ds := &gfDatasource{Type: "prometheus", UID: "${datasource}"}
+	counter := b.o.PrometheusName + b.promSelector(`flow=~"$flow"`)
+	id := 0
+	panel := func(typ, title, desc string, pos gfGridPos, unit string, options any, custom map[string]any, targets ...gfTarget) gfPanel {
+		id++
+		for i := range targets {
+			targets[i].RefID = string(rune('A' + i))
+			targets[i].Datasource = ds
+			targets[i].Range = !targets[i].Instant
+		}
+		defaults := map[string]any{"unit": unit}
+		if custom != nil {
+			defaults["custom"] = custom
+		}
+		return gfPanel{ID: id, Type: typ, Title: title, Description: desc, GridPos: pos, Datasource: ds, Targets: targets,
+			FieldConfig: gfFieldConfig{Defaults: defaults, Overrides: []any{}}, Options: options}
+	}
+	stat := map[string]any{"reduceOptions": map[string]any{"calcs": []string{"lastNotNull"}, "fields": "", "values": false},
+		"colorMode": "value", "graphMode": "none", "justifyMode": "auto", "textMode": "auto", "orientation": "auto"}
+	series := func(calcs ...string) map[string]any {
+		return map[string]any{
+			"legend":  map[string]any{"showLegend": true, "displayMode": "table", "placement": "right", "calcs": calcs},
+			"tooltip": map[string]any{"mode": "multi", "sort": "desc"},
+		}
+	}
+	bars := map[string]any{"drawStyle": "bars", "fillOpacity": 80, "stacking": map[string]any{"mode": "normal", "group": "A"}, "lineWidth": 1}
+	lines := map[string]any{"drawStyle": "line", "fillOpacity": 10, "lineWidth": 2, "showPoints": "never"}
+	table := map[string]any{"showHeader": true, "sortBy": []map[string]any{{"displayName": "Value", "desc": true}}}
+
+	d := gfDashboard{
+		UID:   "flowmetrics",
+		Title: b.o.Title,
+		Description: "Occurrences of Genesys Cloud flow metrics, counted once per conversation by flowmetrics " +
+			"(Prometheus counts them when they are delivered). Generated by flowmetrics boards.",
+		Tags:     []string{"flowmetrics", "genesys"},
+		Editable: true, GraphTooltip: 1,
+		Time: gfTime{From: "now-1h", To: "now"}, Refresh: "10s",
+		SchemaVersion: GrafanaSchemaVersion, Version: 1, Timezone: "browser",
+		Templating: gfTemplating{List: []gfVar{
+			{Name: "datasource", Label: "Prometheus", Type: "datasource", Query: "prometheus", Refresh: 1, Current: map[string]any{}},
+			{Name: "flow", Label: "Flow", Type: "query", Datasource: ds,
+				Definition: fmt.Sprintf("label_values(%s, flow)", b.o.PrometheusName),
+				Query:      map[string]any{"query": fmt.Sprintf("label_values(%s, flow)", b.o.PrometheusName), "refId": "flow"},
+				Refresh:    2, IncludeAll: true, Multi: true, AllValue: ".*", Sort: 1,
+				Current: map[string]any{"selected": true, "text": []string{"All"}, "value": []string{"$__all"}}},
+		}},
+		Annotations: gfAnnotations{List: []any{}},
+		Links:       []any{},
+	}
+	d.Panels = []gfPanel{
+		panel("stat", "Occurrences in range", "Flow metric occurrences counted in the time range.", gfGridPos{4, 6, 0, 0}, "short", stat, nil,
+			gfTarget{Expr: fmt.Sprintf("sum(increase(%s[$__range]))", counter), Instant: true}),
+		panel("stat", "Malformed names seen in range", "Sightings of metric-shaped attribute names that break the naming rules.", gfGridPos{4, 6, 6, 0}, "short", stat, nil,
+			gfTarget{Expr: `sum(increase(flowmetrics_malformed_attributes_total{flow=~"$flow"}[$__range]))`, Instant: true}),
+		panel("stat", "Records rejected in range", "Input records flowmetrics could not read.", gfGridPos{4, 6, 12, 0}, "short", stat, nil,
+			gfTarget{Expr: `sum(increase(flowmetrics_records_rejected_total[$__range]))`, Instant: true}),
+		panel("stat", "Pending points", "Occurrences waiting for delivery, all sinks.", gfGridPos{4, 6, 18, 0}, "short", stat, nil,
+			gfTarget{Expr: `sum(flowmetrics_outbox_depth)`, Instant: true}),
+		panel("timeseries", "Occurrences per minute by flow metric", "", gfGridPos{10, 24, 0, 4}, "short", series("sum", "max", "lastNotNull"), bars,
+			gfTarget{Expr: fmt.Sprintf("sum by (flow, metric) (increase(%s[1m]))", counter), LegendFormat: "{{flow}} / {{metric}}"}),
+		panel("table", "Flow metrics in range", "Each flow metric's count in the time range.", gfGridPos{10, 12, 0, 14}, "short", table, nil,
+			gfTarget{Expr: fmt.Sprintf("sort_desc(sum by (flow, metric) (increase(%s[$__range])))", counter), Instant: true, Format: "table"}),
+		panel("timeseries", "Malformed attribute names by flow", "Sightings per minute; the names themselves are on flowmetrics' dashboard at /.", gfGridPos{10, 12, 12, 14}, "short", series("sum"), bars,
+			gfTarget{Expr: `sum by (flow) (increase(flowmetrics_malformed_attributes_total{flow=~"$flow"}[1m]))`, LegendFormat: "{{flow}}"}),
+		panel("timeseries", "Occurrences per minute by flow", "", gfGridPos{8, 12, 0, 24}, "short", series("mean", "max"), lines,
+			gfTarget{Expr: fmt.Sprintf("sum by (flow) (increase(%s[1m]))", counter), LegendFormat: "{{flow}}"}),
+		panel("timeseries", "Pending points per sink", "Occurrences in the outbox not yet delivered, per sink.", gfGridPos{8, 12, 12, 24}, "short", series("lastNotNull", "max"), lines,
+			gfTarget{Expr: `sum by (sink) (flowmetrics_outbox_depth)`, LegendFormat: "{{sink}}"}),
+	}
+	return marshal(d)
+}
+
+func (b *builder) prometheusRules() ([]byte, error) {
+	spikeSel := b.promSelector()
+	what := "every flow metric"
+	if s := b.o.Spike; s != nil {
+		spikeSel = b.promSelector("flow="+promQuote(s.Flow), "metric="+promQuote(s.Metric))
+		what = s.Flow + "/" + s.Metric
+	}
+	c := b.o.PrometheusName
+	now := fmt.Sprintf("sum by (flow, metric) (increase(%s%s[%dm]))", c, spikeSel, SpikeWindow)
+	before := fmt.Sprintf("sum by (flow, metric) (increase(%s%s[%dm] offset %dm)) / 2", c, spikeSel, 2*SpikeWindow, SpikeWindow)
+	var sb strings.Builder
+	fmt.Fprintf(&sb, `# Prometheus alerting rules for flowmetrics' counters (scraped from serve's
+# /metrics). Generated by flowmetrics boards; check with
+# promtool check rules %s
+groups:
+  - name: flowmetrics
+    rules:
+      # An incident spike on %s: the last %d minutes counted more than %d
+      # times the average %d minutes of the %d before, and at least %d.
+      - alert: GenesysFlowMetricSpike
+        expr: |
+          %s
+            > %d * %s
+          and
+          %s >= %d
+        labels:
+          severity: warning
+        annotations:
+          summary: "{{ $labels.flow }}/{{ $labels.metric }} spiked"
+          description: "{{ $labels.flow }}/{{ $labels.metric }} counted more than %d times its usual in the last %d minutes: an incident is likely affecting callers."
+      # A flow gone silent: its counter exists but has not grown for %d minutes.
+      - alert: GenesysFlowSilent
+        expr: |
+          sum by (flow) (increase(%s%s[%dm])) == 0
+        labels:
+          severity: warning
+        annotations:
+          summary: "Flow {{ $labels.flow }} has counted nothing for %d minutes"
+          description: "The flow, its EventBridge integration or flowmetrics may be down (quiet hours at night are normal: silence the alert then)."
+      # Malformed names appearing: a flow writes metric-shaped attribute names
+      # that break the rules (flowmetrics does not count them).
+      - alert: GenesysFlowMalformedNames
+        expr: |
+          sum by (flow) (increase(flowmetrics_malformed_attributes_total[%dm])) > 0
+        labels:
+          severity: warning
+        annotations:
+          summary: "Flow {{ $labels.flow }} writes malformed metric attribute names"
+          description: "Seen in the last %d minutes; the names and what is wrong with them are on flowmetrics' dashboard at /."
+`, PrometheusRules, what, SpikeWindow, SpikeFactor, SpikeWindow, 2*SpikeWindow, SpikeMin,
+		now, SpikeFactor, before, now, SpikeMin, SpikeFactor, SpikeWindow,
+		SilentMinutes, c, b.promSelector(), SilentMinutes, SilentMinutes,
+		MalformedMinutes, MalformedMinutes)
+	return []byte(sb.String()), nil
+}
