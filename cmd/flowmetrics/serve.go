@@ -27,15 +27,18 @@ const serveHelp = `Receives Genesys Cloud events over HTTP (an EventBridge API d
 anything that posts them), counts each flow metric attribute once per
 conversation in the embedded store, and delivers the counts to the configured
 sinks (Prometheus on /metrics by default). SIGTERM or Ctrl-C drains, flushes
-and stops.`
+and stops within http.shutdown_timeout. Below store.min_free_bytes of free
+disk, ingest answers 503 (Retry-After) until space returns.`
 
 const serveEndpoints = `Endpoints:
   POST /v1/events   events: an EventBridge envelope, a bare detail object, a JSON
                     array of them or NDJSON; 202 with {"accepted","skipped","rejected",
-                    "occurrences","errors"} once durable; 400, 401, 413, 503
+                    "occurrences","errors"} once durable; 400, 401, 413, 415,
+                    503 (Retry-After while the disk is low)
   GET  /metrics     Prometheus: genesys_flow_metric_total{flow,metric} and the
                     pipeline's own flowmetrics_* metrics
-  GET  /healthz     200 when serving
+  GET  /healthz     200 when serving; 503 with the reason while ingest is
+                    refused for disk space or after the store failed
   GET  /            the live dashboard (http.dashboard: false turns it off)
 
 Sinks deliver new counts after pipeline.flush_interval (1s by default).
