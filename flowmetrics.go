@@ -61,6 +61,15 @@ type Entry struct {
 // error nothing of the failed requests may be assumed claimed, and retrying
 // the same requests is safe: keys that were in fact stored are simply not new.
 //
+// A store shared by several writers (several Lambda instances on one
+// DynamoDB table) may find a key that another writer claimed and has not yet
+// delivered. It then returns the occurrences it did get as new together with
+// a *PendingError naming the requests that hold such keys: the returned
+// occurrences are claimed and in the outbox exactly as with a nil error, but
+// the named requests must not be acknowledged (the other writer may still
+// die before delivering); retrying them later is safe and finds the key
+// delivered, or claimable again. Stores with a single writer never return it.
+//
 // Conversation state expires Retention after its last change; a key claimed
 // again after expiry is new again.
 //
@@ -99,6 +108,18 @@ type Store interface {
 
 	// Close releases the store; it is safe to call twice.
 	Close() error
+}
+
+// PendingError is Claim's report that some requests hold keys another
+// writer claimed and has not yet delivered (see Store). Claim's occurrences
+// are valid alongside it.
+type PendingError struct {
+	// Requests are indexes into the Claim call's requests, ascending.
+	Requests []int
+}
+
+func (e *PendingError) Error() string {
+	return fmt.Sprintf("%d claim requests hold keys pending under another writer", len(e.Requests))
 }
 
 // Sink delivers points to one backend.
@@ -158,10 +179,12 @@ type StatefulSink interface {
 	// before any Send.
 	Restore(ctx context.Context, state map[string][]byte) error
 	// TakeState returns, and forgets, the changes to the sink's state made
-	// by the Sends since the last call. The pipeline calls it after each Send
-	// that returned nil or a permanent error and commits the result with
-	// that batch's cursor (Store.AckState). A failed commit is retried with
-	// the same update, never by sending again.
+	// by Restore or the Sends since the last call. The pipeline calls it
+	// once right after Restore and commits the result at the unchanged
+	// cursor before any Send, then after each Send that returned nil or a
+	// permanent error and commits the result with that batch's cursor
+	// (Store.AckState). A failed commit is retried with the same update,
+	// never by sending again.
 	TakeState() StateUpdate
 }
 

@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,19 +53,21 @@ func freeAddr(t *testing.T) string {
 type server struct {
 	cmd    *exec.Cmd
 	stderr *bytes.Buffer
+	out    *syncWriter // writes stderr
 	addr   string
 }
 
 func startServe(t *testing.T, args ...string) *server {
 	t.Helper()
 	s := &server{stderr: &bytes.Buffer{}}
+	s.out = &syncWriter{w: s.stderr}
 	for i, a := range args {
 		if a == "-listen" {
 			s.addr = args[i+1]
 		}
 	}
 	s.cmd = exec.Command(binary, append([]string{"serve"}, args...)...)
-	s.cmd.Stderr = &syncWriter{w: s.stderr}
+	s.cmd.Stderr = s.out
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -79,6 +83,13 @@ func startServe(t *testing.T, args ...string) *server {
 	s.cmd.Process.Kill()
 	t.Fatalf("serve did not come up: %s", s.stderr)
 	return nil
+}
+
+// log returns what serve has written to stderr so far.
+func (s *server) log() string {
+	s.out.mu.Lock()
+	defer s.out.mu.Unlock()
+	return s.stderr.String()
 }
 
 type syncWriter struct {
@@ -118,49 +129,78 @@ func occurrenceEvent(i int) string {
 	return string(b)
 }
 
-// TestSIGKILLLosesNothing kills serve with SIGKILL while a client is
-// sending, restarts it on the same data directory, lets the client retry
-// what was not acknowledged (as EventBridge does), and checks that the
-// JSON-lines sink received every occurrence. It reports the duplicates the
-// crash window produced.
+// TestSIGKILLLosesNothing is a kill storm: four clients post events to
+// serve while it is killed with SIGKILL at least stormKills times, at random
+// moments (mid-request, mid-claim, mid-write of the JSON-lines file), and
+// restarted on the same data directory each time. The clients resend every
+// request that was not acknowledged, as EventBridge does, and every request
+// also repeats earlier events. At the end the JSON-lines file must hold every
+// occurrence exactly once: the sink promises no duplicates (it cuts its file
+// back to the offset committed with its cursor), so one duplicate fails.
+// A StatsD sink to a UDP daemon in the test also gets every occurrence; its
+// documented duplicate window is at most the batch in flight at each kill.
 func TestSIGKILLLosesNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts and kills processes")
 	}
+	const (
+		stormKills  = 24
+		perRequest  = 40
+		clients     = 4
+		minRequests = 200
+		// Small batches: more sends for the kills to hit, and a small
+		// StatsD duplicate window (one batch per kill).
+		batchEntries = 4
+	)
 	dir := t.TempDir()
 	out := filepath.Join(dir, "points.jsonl")
 	cfgPath := filepath.Join(dir, "flowmetrics.yaml")
-	os.WriteFile(cfgPath, []byte(fmt.Sprintf("pipeline: {flush_interval: 50ms}\nsinks:\n  jsonl: {path: %q}\n", out)), 0o644)
+	statsdAddr, statsdSum := statsdDaemon(t)
+	// A short flush interval makes the sinks write often, so kills land
+	// inside their writes.
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf("http: {shutdown_timeout: 10s}\npipeline: {flush_interval: 10ms, batch_entries: %d}\nsinks:\n  jsonl: {path: %q}\n  statsd: {addr: %q}\n", batchEntries, out, statsdAddr)), 0o644)
 	addr := freeAddr(t)
 	args := []string{"-config", cfgPath, "-data-dir", filepath.Join(dir, "data"), "-listen", addr}
+	// Bounded: 55 s for the storm and the clients, 15 s for the last
+	// start and 15 s for the graceful stop.
+	ctx, cancel := context.WithTimeout(context.Background(), 55*time.Second)
+	defer cancel()
+	started := time.Now()
 
-	const conversations, perRequest, clients = 4000, 40, 4
-	srv := startServe(t, args...)
-
-	// Each request carries new events and repeats of earlier ones, as
-	// EventBridge's at-least-once delivery does.
-	var requests []string
-	for start := 0; start < conversations; start += perRequest {
-		var lines []string
-		for i := start; i < start+perRequest && i < conversations; i++ {
-			lines = append(lines, occurrenceEvent(i))
-			if i >= 7 {
-				lines = append(lines, occurrenceEvent(i-7))
+	// Requests are made until the storm is over (and at least
+	// minRequests): request r carries conversations r*perRequest… and
+	// repeats of the 7 conversations before them.
+	stormOver := make(chan struct{})
+	next := make(chan string)
+	var made atomic.Int64
+	go func() {
+		defer close(next)
+		for r := 0; ; r++ {
+			if r >= minRequests {
+				select {
+				case <-stormOver:
+					return
+				default:
+				}
+			}
+			var lines []string
+			for i := r * perRequest; i < (r+1)*perRequest; i++ {
+				lines = append(lines, occurrenceEvent(i))
+				if i >= 7 {
+					lines = append(lines, occurrenceEvent(i-7))
+				}
+			}
+			select {
+			case next <- strings.Join(lines, "\n"):
+				made.Add(1)
+			case <-ctx.Done():
+				return
 			}
 		}
-		requests = append(requests, strings.Join(lines, "\n"))
-	}
-	var acked atomic.Int64
-	var retries atomic.Int64
-	next := make(chan string)
-	go func() {
-		for _, r := range requests {
-			next <- r
-		}
-		close(next)
 	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+
+	srv := startServe(t, args...)
+	var acked, retries atomic.Int64
 	client := &http.Client{Timeout: 5 * time.Second}
 	var wg sync.WaitGroup
 	for c := 0; c < clients; c++ {
@@ -179,40 +219,140 @@ func TestSIGKILLLosesNothing(t *testing.T) {
 						}
 					}
 					retries.Add(1)
-					time.Sleep(20 * time.Millisecond)
+					time.Sleep(10 * time.Millisecond)
 				}
 			}
 		}()
 	}
 
-	// Kill twice mid-stream.
-	for _, at := range []int64{int64(len(requests)) / 4, int64(len(requests)) / 2} {
-		for acked.Load() < at && ctx.Err() == nil {
-			time.Sleep(time.Millisecond)
-		}
+	// The storm: SIGKILL at a random moment 20–220 ms after the server
+	// answers, restart, repeat.
+	torn, cut := 0, 0
+	for k := 0; k < stormKills && ctx.Err() == nil; k++ {
+		time.Sleep(time.Duration(20+rand.IntN(200)) * time.Millisecond)
 		if err := srv.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		srv.cmd.Wait()
-		t.Logf("SIGKILL after %d acknowledged requests", acked.Load())
+		if b, err := os.ReadFile(out); err == nil && len(b) > 0 && b[len(b)-1] != '\n' {
+			torn++ // killed mid-line
+		}
 		srv = startServe(t, args...)
+		if strings.Contains(srv.log(), "cut the unacknowledged end") {
+			cut++ // killed between writing a batch and committing its cursor
+		}
 	}
+	close(stormOver)
 	wg.Wait()
 	if ctx.Err() != nil {
-		t.Fatalf("client did not finish: %d of %d requests acknowledged", acked.Load(), len(requests))
+		srv.cmd.Process.Kill()
+		t.Fatalf("clients did not finish within the bound: %d of %d requests acknowledged", acked.Load(), made.Load())
 	}
-	// A graceful stop flushes what is pending.
+	// A graceful stop flushes what is pending, within its 10 s
+	// shutdown_timeout.
 	srv.cmd.Process.Signal(syscall.SIGTERM)
-	if err := srv.cmd.Wait(); err != nil {
-		t.Fatalf("serve after SIGTERM: %v\n%s", err, srv.stderr)
+	stopped := make(chan error, 1)
+	go func() { stopped <- srv.cmd.Wait() }()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("serve after SIGTERM: %v\n%s", err, srv.log())
+		}
+	case <-time.After(15 * time.Second):
+		srv.cmd.Process.Kill()
+		t.Fatalf("serve did not stop within 15 s of SIGTERM:\n%s", srv.log())
 	}
 
-	f, err := os.Open(out)
+	counts, lines := readJSONLCounts(t, out)
+	conversations := int(made.Load()) * perRequest
+	missing, dups := 0, int64(0)
+	for i := 0; i < conversations; i++ {
+		switch n := counts[bucketOf(i)]; {
+		case n == 0:
+			missing++
+		case n > 1:
+			dups += n - 1
+		}
+	}
+	t.Logf("%d SIGKILLs (%d mid-line, %d after a batch was written and before its cursor) in %v; %d occurrences in %d requests (%d resent), %d lines delivered: %d missing, %d duplicates",
+		stormKills, torn, cut, time.Since(started).Round(time.Millisecond), conversations, made.Load(), retries.Load(), lines, missing, dups)
+	if missing != 0 {
+		t.Errorf("lost %d acknowledged occurrences", missing)
+	}
+	if dups != 0 {
+		t.Errorf("got %d duplicate occurrences in the JSON-lines file, want 0", dups)
+	}
+	if len(counts) != conversations {
+		t.Errorf("got %d distinct buckets, want %d", len(counts), conversations)
+	}
+	// StatsD adds up: the daemon's sum is every occurrence plus the batches
+	// in flight at the kills. An entry holds the new occurrences of one
+	// request: at most perRequest+7.
+	sum := statsdSum()
+	window := int64(stormKills * batchEntries * (perRequest + 7))
+	t.Logf("statsd: the daemon added up %d for %d occurrences (%+d; the documented window allows up to %d)", sum, conversations, sum-int64(conversations), window)
+	if sum < int64(conversations) {
+		t.Errorf("statsd: lost %d occurrences", int64(conversations)-sum)
+	}
+	if sum-int64(conversations) > window {
+		t.Errorf("statsd: %d duplicates, beyond one batch per kill (%d)", sum-int64(conversations), window)
+	}
+}
+
+// statsdDaemon listens for StatsD counters on a UDP port of 127.0.0.1 and
+// returns its address and a function that waits until nothing has come for
+// a moment and returns the sum of the counts received.
+func statsdDaemon(t *testing.T) (string, func() int64) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	var sum, datagrams atomic.Int64
+	go func() {
+		buf := make([]byte, 70000)
+		for {
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			datagrams.Add(1)
+			for _, l := range strings.Split(string(buf[:n]), "\n") {
+				_, rest, _ := strings.Cut(l, ":")
+				v, _, _ := strings.Cut(rest, "|")
+				k, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					t.Errorf("statsd daemon: bad line %q", l)
+				}
+				sum.Add(k)
+			}
+		}
+	}()
+	return pc.LocalAddr().String(), func() int64 {
+		for last := int64(-1); last != datagrams.Load(); time.Sleep(100 * time.Millisecond) {
+			last = datagrams.Load()
+		}
+		return sum.Load()
+	}
+}
+
+// bucketOf is the bucket (timestamp) of occurrenceEvent(i)'s occurrence.
+func bucketOf(i int) string {
+	return time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * 10 * time.Second).Format(time.RFC3339)
+}
+
+// readJSONLCounts sums a JSON-lines sink file's counts per bucket; every
+// line must be whole and valid.
+func readJSONLCounts(t *testing.T, path string) (map[string]int64, int) {
+	t.Helper()
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
 	counts := map[string]int64{}
+	n := 0
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		var l struct {
@@ -223,24 +363,12 @@ func TestSIGKILLLosesNothing(t *testing.T) {
 			t.Fatalf("bad line %q: %v", sc.Text(), err)
 		}
 		counts[l.Timestamp] += l.Count
+		n++
 	}
-	missing, dups := 0, int64(0)
-	for i := 0; i < conversations; i++ {
-		ts := time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * 10 * time.Second).Format(time.RFC3339)
-		switch n := counts[ts]; {
-		case n == 0:
-			missing++
-		case n > 1:
-			dups += n - 1
-		}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("%d occurrences sent in %d requests (%d retried sends); delivered: %d missing, %d duplicates from the crash windows", conversations, len(requests), retries.Load(), missing, dups)
-	if missing != 0 {
-		t.Errorf("lost %d acknowledged occurrences", missing)
-	}
-	if len(counts) != conversations {
-		t.Errorf("got %d distinct buckets, want %d", len(counts), conversations)
-	}
+	return counts, n
 }
 
 func TestServeRefusesOpenListenWithoutSecret(t *testing.T) {
@@ -389,7 +517,7 @@ func TestServeDashboard(t *testing.T) {
 	}
 	var last string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		resp, err := http.Get("http://" + addr + "/api/v1/dashboard")
+		resp, err := http.Get("http://" + addr + "/api/v1/flows")
 		if err != nil {
 			t.Fatal(err)
 		}

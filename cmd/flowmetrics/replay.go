@@ -73,6 +73,13 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 	if *dataDir != "" {
 		cfg.Store.Type, cfg.DataDir = "embedded", *dataDir
 	}
+	if cfg.Sinks.OTLP != nil {
+		// The replay's sinks and their state are gone when it ends: the
+		// windows still open are sent then, not kept.
+		oc := *cfg.Sinks.OTLP
+		oc.FlushOnClose = true
+		cfg.Sinks.OTLP = &oc
+	}
 	if err := cfg.Validate(); err != nil {
 		return usageError(err)
 	}
@@ -105,7 +112,7 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 			// Own cursors, so serve's pending points for a sink of the same
 			// kind are neither taken nor moved by the replay.
 			for i, s := range sinks {
-				sinks[i] = renamed{s, "replay-" + s.Name()}
+				sinks[i] = rename(s, "replay-"+s.Name())
 			}
 		}
 		pcfg := cfg.Pipeline
@@ -114,6 +121,11 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 		restore, err := registerForReplay(ctx, st, sinks)
 		if err != nil {
 			p.Close(ctx)
+			return err
+		}
+		if err := p.Restore(ctx); err != nil {
+			p.Close(ctx)
+			restore()
 			return err
 		}
 
@@ -166,13 +178,39 @@ func registerForReplay(ctx context.Context, st flowmetrics.Store, sinks []flowme
 	return func() error { return st.Register(context.WithoutCancel(ctx), existing) }, nil
 }
 
-// renamed gives a sink another outbox cursor name.
+// rename gives a sink another outbox cursor name, keeping what the
+// pipeline needs to see of it: a StatefulSink stays one (its state is kept
+// under the new name), and so does a pipeline.Holder.
+func rename(s flowmetrics.Sink, name string) flowmetrics.Sink {
+	switch s := s.(type) {
+	case pipeline.Holder:
+		return renamedHolder{s, name}
+	case flowmetrics.StatefulSink:
+		return renamedStateful{s, name}
+	}
+	return renamed{s, name}
+}
+
 type renamed struct {
 	flowmetrics.Sink
 	name string
 }
 
 func (r renamed) Name() string { return r.name }
+
+type renamedStateful struct {
+	flowmetrics.StatefulSink
+	name string
+}
+
+func (r renamedStateful) Name() string { return r.name }
+
+type renamedHolder struct {
+	pipeline.Holder
+	name string
+}
+
+func (r renamedHolder) Name() string { return r.name }
 
 type input struct {
 	name string

@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	promclient "github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/config"
@@ -20,6 +20,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/diskguard"
 	"github.com/flowmetrics/flowmetrics/internal/httpapi"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
@@ -40,6 +41,8 @@ const serveEndpoints = `Endpoints:
   GET  /healthz     200 when serving; 503 with the reason while ingest is
                     refused for disk space or after the store failed
   GET  /            the live dashboard (http.dashboard: false turns it off)
+  GET  /api/v1/…    its JSON: series?range=15m|1h|6h|24h, flows, malformed,
+                    health; stream (server-sent change events)
 
 Sinks deliver new counts after pipeline.flush_interval (1s by default).
 The shared secret is read from $FLOWMETRICS_SECRET (http.secret_env) and sent
@@ -125,14 +128,25 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 		st.Close()
 		return usageError(err)
 	}
-	var dash http.Handler
-	if cfg.HTTP.DashboardOn() {
-		rec := dashboard.NewRecorder(0, nil)
-		sinks = append(sinks, rec)
-		dash = dashboard.Handler(rec, m)
+	for _, s := range sinks {
+		if ps, ok := s.(*prometheus.Sink); ok {
+			ps.ResumeFrom(st) // /metrics never goes down across a restart
+		}
 	}
 	pcfg := cfg.Pipeline
 	pcfg.Guard = newGuard(cfg, log)
+	var dash *dashboard.Handler
+	if cfg.HTTP.DashboardOn() {
+		// The dashboard is one more sink; it also watches the others'
+		// sends and hears of malformed attribute names.
+		rec := dashboard.NewRecorder(nil)
+		for i, s := range sinks {
+			sinks[i] = rec.Watch(s)
+		}
+		sinks = append(sinks, rec)
+		pcfg.OnMalformed = rec.Malformed
+		dash = dashboard.New(rec, m)
+	}
 	p := pipeline.New(st, sinks, pcfg, m, log)
 	if err := p.Register(ctx); err != nil {
 		st.Close()
@@ -150,8 +164,8 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 		AuthHeader:   cfg.HTTP.AuthHeader,
 		Secret:       secret,
 		MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
-		Dashboard:    dash,
-		DashboardAPI: dashboard.APIPath,
+		Dashboard:    httpHandler(dash),
+		DashboardAPI: dashboard.APIPrefix,
 		ProtectReads: cfg.HTTP.ReadsProtected(secret),
 		Health: func(context.Context) error {
 			if err := failure(); err != nil {
@@ -176,6 +190,9 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 		WriteTimeout:      cfg.HTTP.WriteTimeout,
 		IdleTimeout:       cfg.HTTP.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if dash != nil {
+		srv.RegisterOnShutdown(dash.CloseStreams)
 	}
 	bgCtx, stopBackground := context.WithCancel(context.Background())
 	defer stopBackground()
@@ -314,16 +331,16 @@ func newDiskGuard(cfg config.Config, log *slog.Logger) (*diskguard.Guard, error)
 
 func registerDiskMetrics(m *telemetry.Metrics, g *diskguard.Guard) {
 	m.Registry.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flowmetrics_disk_free_bytes", Help: "Free space of the data directory's filesystem, as last measured."},
+		promclient.NewGaugeFunc(promclient.GaugeOpts{Name: "flowmetrics_disk_free_bytes", Help: "Free space of the data directory's filesystem, as last measured."},
 			func() float64 { return float64(g.Status().Avail) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "flowmetrics_disk_ingest_refused", Help: "1 while ingest is refused (503) because the disk is low."},
+		promclient.NewGaugeFunc(promclient.GaugeOpts{Name: "flowmetrics_disk_ingest_refused", Help: "1 while ingest is refused (503) because the disk is low."},
 			func() float64 {
 				if g.Status().Refusing {
 					return 1
 				}
 				return 0
 			}),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "flowmetrics_ingest_refused_total", Help: "Ingest requests answered 503 before reading them, by reason.", ConstLabels: prometheus.Labels{"reason": "disk_low"}},
+		promclient.NewCounterFunc(promclient.CounterOpts{Name: "flowmetrics_ingest_refused_total", Help: "Ingest requests answered 503 before reading them, by reason.", ConstLabels: promclient.Labels{"reason": "disk_low"}},
 			func() float64 { return float64(g.Refusals()) }),
 	)
 }
@@ -344,4 +361,12 @@ func sweepEvery(ctx context.Context, sw sweeper, every time.Duration, log *slog.
 			}
 		}
 	}
+}
+
+// httpHandler keeps a nil *dashboard.Handler a nil http.Handler.
+func httpHandler(d *dashboard.Handler) http.Handler {
+	if d == nil {
+		return nil
+	}
+	return d
 }

@@ -60,7 +60,7 @@ func buildSinks(c config.Config, m *telemetry.Metrics, log *slog.Logger) ([]flow
 		sinks = append(sinks, s)
 	}
 	if c.Sinks.JSONL != nil {
-		s, err := jsonl.New(*c.Sinks.JSONL, namer)
+		s, err := jsonl.New(*c.Sinks.JSONL, namer, log)
 		if err != nil {
 			return fail(err)
 		}
@@ -75,7 +75,13 @@ func buildSinks(c config.Config, m *telemetry.Metrics, log *slog.Logger) ([]flow
 		{c.Sinks.Datadog != nil, func() (flowmetrics.Sink, error) { return datadog.New(*c.Sinks.Datadog, namer, m, log) }},
 		{c.Sinks.DogStatsD != nil, func() (flowmetrics.Sink, error) { return dogstatsd.New(*c.Sinks.DogStatsD, namer, m, log) }},
 		{c.Sinks.EMF != nil, func() (flowmetrics.Sink, error) { return emf.New(*c.Sinks.EMF, namer, m, log) }},
-		{c.Sinks.OTLP != nil, func() (flowmetrics.Sink, error) { return otlp.New(*c.Sinks.OTLP, namer, m, log) }},
+		{c.Sinks.OTLP != nil, func() (flowmetrics.Sink, error) {
+			oc := *c.Sinks.OTLP
+			// The memory store's sink state dies with the process: send
+			// the windows still open at the end instead of keeping them.
+			oc.FlushOnClose = oc.FlushOnClose || c.Store.Type == "memory"
+			return otlp.New(oc, namer, m, log)
+		}},
 		{c.Sinks.StatsD != nil, func() (flowmetrics.Sink, error) { return statsd.New(*c.Sinks.StatsD, namer, m, log) }},
 	} {
 		if !b.on {

@@ -1,6 +1,7 @@
 package aws_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"regexp"
@@ -11,6 +12,9 @@ import (
 	"github.com/awslabs/goformation/v7"
 	"github.com/awslabs/goformation/v7/cloudformation"
 	"github.com/awslabs/goformation/v7/intrinsics"
+	"gopkg.in/yaml.v3"
+
+	"github.com/flowmetrics/flowmetrics/internal/lambdafn"
 )
 
 // refs records what the template's intrinsic functions point at. The
@@ -74,12 +78,17 @@ func parse(t *testing.T) (*cloudformation.Template, *refs) {
 		},
 		// Both branches were already recorded; keep the first so the typed
 		// template holds the fullest value (e.g. the optional statement).
+		// A branch that is AWS::NoValue gives way to the other, so typed
+		// properties see a value of their type.
 		"Fn::If": func(_ string, in, _ interface{}) interface{} {
 			v, _ := in.([]interface{})
 			if len(v) != 3 {
 				return nil
 			}
 			r.conds = append(r.conds, fmt.Sprint(v[0]))
+			if v[1] == "ref:AWS::NoValue" {
+				return v[2]
+			}
 			return v[1]
 		},
 	}
@@ -270,8 +279,9 @@ func TestShape(t *testing.T) {
 	if got := strs(pattern["detail-type"]); fmt.Sprint(got) != "[v2.detail.events.conversation.{id}.attributes]" {
 		t.Errorf("rule detail-type: got %v", got)
 	}
-	if len(rule.Targets) != 1 || rule.Targets[0].Arn != "getatt:EventQueue.Arn" || rule.Targets[0].DeadLetterConfig == nil {
-		t.Errorf("rule targets: got %+v, want the queue with a dead-letter queue", rule.Targets)
+	if len(rule.Targets) != 1 || rule.Targets[0].Arn != "getatt:EventQueue.Arn" || rule.Targets[0].DeadLetterConfig == nil ||
+		rule.Targets[0].DeadLetterConfig.Arn == nil || *rule.Targets[0].DeadLetterConfig.Arn != "getatt:RuleDeadLetterQueue.Arn" {
+		t.Errorf("rule targets: got %+v, want the queue with a (standard) dead-letter queue of its own", rule.Targets)
 	}
 
 	q, err := tmpl.GetSQSQueueWithName("EventQueue")
@@ -302,9 +312,202 @@ func TestShape(t *testing.T) {
 			alarms[*a.MetricName] = name
 		}
 	}
-	for _, m := range []string{"ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage"} {
+	for _, m := range []string{"ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage", "RecordsFailed"} {
 		if alarms[m] == "" {
 			t.Errorf("no alarm on %s", m)
 		}
+	}
+}
+
+// raw returns the template as plain data, each short-form intrinsic
+// (!Ref x, !If [...]) written out as its long form ({"Ref": x}, {"Fn::If":
+// [...]}), so the tests can see what a value depends on.
+func raw(t *testing.T) map[string]interface{} {
+	t.Helper()
+	data, err := os.ReadFile("template.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := plain(t, doc.Content[0]).(map[string]interface{})
+	return out
+}
+
+func plain(t *testing.T, n *yaml.Node) interface{} {
+	var v interface{}
+	switch n.Kind {
+	case yaml.MappingNode:
+		m := map[string]interface{}{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			m[n.Content[i].Value] = plain(t, n.Content[i+1])
+		}
+		v = m
+	case yaml.SequenceNode:
+		l := []interface{}{}
+		for _, c := range n.Content {
+			l = append(l, plain(t, c))
+		}
+		v = l
+	case yaml.ScalarNode:
+		if err := n.Decode(&v); err != nil {
+			v = n.Value // a tagged scalar: its text
+		}
+	case yaml.AliasNode:
+		v = plain(t, n.Alias)
+	}
+	if tag := n.Tag; strings.HasPrefix(tag, "!") && !strings.HasPrefix(tag, "!!") {
+		name := strings.TrimPrefix(tag, "!")
+		switch name {
+		case "Ref", "Condition":
+		case "GetAtt":
+			if s, ok := v.(string); ok {
+				a, b, _ := strings.Cut(s, ".")
+				v = []interface{}{a, b}
+			}
+			name = "Fn::GetAtt"
+		default:
+			name = "Fn::" + name
+		}
+		return map[string]interface{}{name: v}
+	}
+	return v
+}
+
+func at(v interface{}, path ...string) interface{} {
+	for _, p := range path {
+		m, _ := v.(map[string]interface{})
+		v = m[p]
+	}
+	return v
+}
+
+func jsonOf(t *testing.T, v interface{}) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestNoThrottlingAndNames: nothing caps the function's concurrency (a
+// throttled SQS batch counts towards maxReceiveCount), and its name fits
+// Lambda's 64 characters whatever the stack is called.
+func TestNoThrottlingAndNames(t *testing.T) {
+	tmpl, _ := parse(t)
+	fn, err := tmpl.GetServerlessFunctionWithName("Function")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fn.ReservedConcurrentExecutions != nil {
+		t.Errorf("ReservedConcurrentExecutions: got %v, want none", *fn.ReservedConcurrentExecutions)
+	}
+	r := raw(t)
+	name := jsonOf(t, at(r, "Resources", "Function", "Properties", "FunctionName"))
+	logGroup := jsonOf(t, at(r, "Resources", "FunctionLogGroup", "Properties", "LogGroupName"))
+	for what, v := range map[string]string{"function name": name, "log group name": logGroup} {
+		if strings.Contains(v, "AWS::StackName") || !strings.Contains(v, "AWS::StackId") {
+			t.Errorf("%s %s: want it built from the stack id (a UUID), not the stack name", what, v)
+		}
+	}
+	// "flowmetrics-" and a 36-character UUID.
+	if n := len("flowmetrics-") + 36; n > 64 {
+		t.Errorf("function name of %d characters, want ≤ 64", n)
+	}
+	if !strings.Contains(logGroup, `/aws/lambda/flowmetrics-`) {
+		t.Errorf("log group %s: want /aws/lambda/ + the function name, where Lambda writes", logGroup)
+	}
+}
+
+// TestSingleWriterArrangement: count mode (one writer) switches the queue,
+// its dead-letter queue, the rule target and the event source to FIFO with
+// one message group together; distribution mode keeps the standard queue
+// with a batching window.
+func TestSingleWriterArrangement(t *testing.T) {
+	tmpl, _ := parse(t)
+	if got := jsonOf(t, at(raw(t), "Conditions", "SingleWriter")); !strings.Contains(got, `{"Ref":"DatadogMode"},"count"`) {
+		t.Errorf("condition SingleWriter: got %s, want it to hold for DatadogMode count", got)
+	}
+	if p := param(raw(t), "DatadogMode"); p["Default"] != "distribution" {
+		t.Errorf("DatadogMode default: got %v, want distribution (exact with any concurrency)", p["Default"])
+	}
+	r := raw(t)
+	for _, path := range [][]string{
+		{"Resources", "EventQueue", "Properties", "FifoQueue"},
+		{"Resources", "EventQueue", "Properties", "ContentBasedDeduplication"},
+		{"Resources", "DeadLetterQueue", "Properties", "FifoQueue"},
+		{"Resources", "EventSource", "Properties", "BatchSize"},
+		{"Resources", "EventSource", "Properties", "MaximumBatchingWindowInSeconds"},
+	} {
+		if got := jsonOf(t, at(r, path...)); !strings.HasPrefix(got, `{"Fn::If":["SingleWriter",`) {
+			t.Errorf("%s: got %s, want it to follow SingleWriter", strings.Join(path, "."), got)
+		}
+	}
+	targets, _ := at(r, "Resources", "AttributesRule", "Properties", "Targets").([]interface{})
+	if len(targets) != 1 || !strings.Contains(jsonOf(t, targets[0]), `"SqsParameters":{"Fn::If":["SingleWriter",{"MessageGroupId":`) {
+		t.Errorf("rule target: got %s, want a message group id under SingleWriter", jsonOf(t, targets))
+	}
+	if got := jsonOf(t, at(r, "Resources", "EventSource", "Properties", "MaximumBatchingWindowInSeconds")); !strings.Contains(got, `{"Ref":"BatchingWindow"}`) {
+		t.Errorf("batching window: got %s, want the BatchingWindow parameter on the standard queue", got)
+	}
+	fn, _ := tmpl.GetServerlessFunctionWithName("Function")
+	if env := fn.Environment.Variables; env["FLOWMETRICS_DATADOG_MODE"] != "ref:DatadogMode" {
+		t.Errorf("FLOWMETRICS_DATADOG_MODE: got %v, want the DatadogMode parameter", env["FLOWMETRICS_DATADOG_MODE"])
+	}
+}
+
+// TestFailedRecordsAlarm: an alarm watches the records the function fails,
+// from the metric the function writes (lambdafn's EMF report), not only the
+// queue's backlog.
+func TestFailedRecordsAlarm(t *testing.T) {
+	tmpl, _ := parse(t)
+	var found bool
+	for name, a := range tmpl.GetAllCloudWatchAlarmResources() {
+		if a.MetricName == nil || *a.MetricName != "RecordsFailed" {
+			continue
+		}
+		found = true
+		if a.Namespace == nil || *a.Namespace != lambdafn.ReportNamespace {
+			t.Errorf("%s: namespace %v, want %s (what the function writes)", name, a.Namespace, lambdafn.ReportNamespace)
+		}
+		if len(a.Dimensions) != 1 || a.Dimensions[0].Name != "FunctionName" || a.Dimensions[0].Value != "ref:Function" {
+			t.Errorf("%s: dimensions %+v, want FunctionName of the function", name, a.Dimensions)
+		}
+		if a.Threshold == nil || *a.Threshold != 0 || a.ComparisonOperator != "GreaterThanThreshold" {
+			t.Errorf("%s: want any failed record to count", name)
+		}
+	}
+	if !found {
+		t.Error("no alarm on RecordsFailed")
+	}
+}
+
+// TestRules: a stack whose Datadog sink lacks its secret, or whose
+// dogstatsd sink lacks the extension layer, is refused.
+func TestRules(t *testing.T) {
+	r := raw(t)
+	rules, _ := r["Rules"].(map[string]interface{})
+	cases := []struct{ sinks, needs string }{
+		{`"emf"`, "DatadogApiKeySecretArn"},
+		{`"dogstatsd"`, "DatadogExtensionLayerArn"},
+	}
+	for _, c := range cases {
+		ok := false
+		for _, rule := range rules {
+			cond := jsonOf(t, at(rule, "RuleCondition"))
+			asserts := jsonOf(t, at(rule, "Assertions"))
+			if strings.Contains(cond, c.sinks) && strings.Contains(asserts, `{"Ref":"`+c.needs+`"}`) && strings.Contains(asserts, `"Fn::Not"`) {
+				ok = true
+			}
+		}
+		if !ok {
+			t.Errorf("no rule on Sink %s asserting %s is set (rules: %s)", c.sinks, c.needs, jsonOf(t, rules))
+		}
+	}
+	if len(rules) != 2 {
+		t.Errorf("got %d rules, want 2", len(rules))
 	}
 }

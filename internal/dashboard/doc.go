@@ -1,21 +1,22 @@
-// Package dashboard is the live page of serve: what each flow counted in the
-// last minutes, whether any flow writes malformed attribute names, and
-// whether the pipeline keeps up.
+// Package dashboard is the live page of serve: per flow, a chart of its
+// metrics by attribute time over 15 min to 24 h, a table of every flow
+// metric with its rate now against its usual rate, the distinct malformed
+// attribute names per flow, and whether the pipeline and each sink keep up.
 //
-// Two parts. A Recorder is one more flowmetrics.Sink: the pipeline delivers
-// it the same points as the real sinks, and it keeps them in memory, in
-// slots of attribute time over a window (one hour by default), plus totals
-// since start. Handler serves the page at GET / and the JSON it polls every
-// two seconds at GET /api/v1/dashboard; the health figures come from the
-// telemetry registry, so they are the numbers /metrics exposes.
+// Two parts. A Recorder is one more flowmetrics.Sink, and a StatefulSink:
+// the pipeline delivers it the same points as the real sinks, and it keeps
+// them in 10 s buckets over the last hour and 1 min buckets over the last
+// 24 h, as chunks that are also keys of its sink state, so a restart
+// rebuilds the same history from the store. It also hears of malformed names
+// (Malformed) and watches the other sinks' sends (Watch). A Handler serves
+// the page at GET / and the JSON endpoints under /api/v1/ (series, flows,
+// malformed, health, and an event stream announcing changes); the health
+// figures come from the telemetry registry, so they are the numbers
+// /metrics exposes.
 //
-// Being a sink, the Recorder shows what was claimed and delivered, in the
-// bucket of each attribute's own time, exactly as a backend sees it. It is
-// memory only: after a restart the page starts empty (the totals are since
-// start), and with several replicas each page shows its own replica.
-//
-// The page is one embedded HTML file with its own CSS and JavaScript, no
-// framework and nothing loaded from elsewhere (its Content-Security-Policy
-// forbids it). It writes every name with textContent, never as markup: flow
-// and metric names come from whoever can post events.
+// The page is one embedded HTML file with its own CSS, JavaScript and SVG
+// charts, no framework and nothing loaded from elsewhere (its
+// Content-Security-Policy forbids it). It writes every name with
+// textContent, never as markup: flow and metric names come from whoever can
+// post events.
 package dashboard

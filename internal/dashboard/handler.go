@@ -3,8 +3,12 @@ package dashboard
 import (
 	_ "embed"
 	"encoding/json"
+	"fmt"
+	"math"
 	"net/http"
 	"sort"
+	"strings"
+	"sync"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -15,50 +19,192 @@ import (
 //go:embed page.html
 var page []byte
 
-// Path of the JSON the page polls.
-const APIPath = "/api/v1/dashboard"
+// APIPrefix is the path under which the JSON endpoints live.
+const APIPrefix = "/api/v1/"
 
-// Dashboard is the JSON body of GET /api/v1/dashboard.
-type Dashboard struct {
-	GeneratedAt   time.Time `json:"generated_at"`
-	WindowSeconds int64     `json:"window_seconds"`
-	// Every row's Counts has one count per slot of SlotSeconds, oldest
-	// first; the first slot starts at SlotsStart.
-	SlotSeconds int64     `json:"slot_seconds"`
-	SlotsStart  time.Time `json:"slots_start"`
-	// Total is every occurrence the dashboard received since start.
-	Total int64 `json:"total"`
-	// Flows are sorted by name; a flow with only malformed attributes has
-	// no metrics but is listed, so its typo is seen.
-	Flows []Flow `json:"flows"`
-	// Other sums the flow/metric pairs beyond MaxSeries; null when none.
-	Other *Row `json:"other"`
-	// Health is null when the handler has no telemetry.
-	Health *Health `json:"health"`
+// The JSON endpoints, documented in README.md.
+const (
+	SeriesPath    = APIPrefix + "series"
+	FlowsPath     = APIPrefix + "flows"
+	MalformedPath = APIPrefix + "malformed"
+	HealthPath    = APIPrefix + "health"
+	StreamPath    = APIPrefix + "stream"
+)
+
+// maxStreams bounds the concurrent event streams (open pages).
+const maxStreams = 64
+
+// Handler serves the dashboard page at GET / and its JSON under /api/v1/.
+type Handler struct {
+	rec *Recorder
+	m   *telemetry.Metrics
+	mux *http.ServeMux
+
+	streams   chan struct{} // one token per open stream
+	done      chan struct{} // closed by CloseStreams
+	closeOnce sync.Once
+
+	rateMu  sync.Mutex
+	samples []rateSample // records read, for events/s
 }
 
-// Flow groups the metrics of one flow.
-type Flow struct {
-	Flow string `json:"flow"`
-	// Malformed counts metric-shaped attribute names of this flow that
-	// broke the naming rules, since start.
-	Malformed int64 `json:"malformed"`
-	Metrics   []Row `json:"metrics"`
+type rateSample struct {
+	at   time.Time
+	read int64
 }
 
-// Row is one flow metric.
-type Row struct {
-	Metric   string `json:"metric"`
-	Last5Min int64  `json:"last_5m"`
-	InWindow int64  `json:"in_window"`
-	Total    int64  `json:"total"`
-	// Counts is empty when nothing fell in the window.
-	Counts []int64 `json:"counts"`
+// New returns the handler of rec's dashboard; m may be nil: the health
+// endpoint then has no pipeline counters.
+func New(rec *Recorder, m *telemetry.Metrics) *Handler {
+	h := &Handler{rec: rec, m: m, mux: http.NewServeMux(), streams: make(chan struct{}, maxStreams), done: make(chan struct{})}
+	h.mux.HandleFunc("GET /{$}", h.page)
+	h.mux.HandleFunc("GET "+SeriesPath, h.series)
+	h.mux.HandleFunc("GET "+FlowsPath, h.flows)
+	h.mux.HandleFunc("GET "+MalformedPath, h.malformed)
+	h.mux.HandleFunc("GET "+HealthPath, h.health)
+	h.mux.HandleFunc("GET "+StreamPath, h.stream)
+	return h
 }
 
-// Health is the pipeline's own counters since start, read from the
-// telemetry registry.
-type Health struct {
+// ServeHTTP implements http.Handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// CloseStreams ends every open event stream, now and later, so that
+// http.Server.Shutdown need not wait for them; register it with
+// http.Server.RegisterOnShutdown.
+func (h *Handler) CloseStreams() { h.closeOnce.Do(func() { close(h.done) }) }
+
+func (h *Handler) page(w http.ResponseWriter, _ *http.Request) {
+	hd := w.Header()
+	hd.Set("Content-Type", "text/html; charset=utf-8")
+	hd.Set("Cache-Control", "no-cache")
+	// The page is self-contained: nothing may load from elsewhere.
+	hd.Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:")
+	hd.Set("X-Content-Type-Options", "nosniff")
+	w.Write(page)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	json.NewEncoder(w).Encode(v)
+}
+
+func jsonError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+// SeriesBody is the JSON of GET /api/v1/series.
+type SeriesBody struct {
+	GeneratedAt time.Time `json:"generated_at"`
+	Range       string    `json:"range"`
+	StepSeconds int64     `json:"step_seconds"`
+	// Start is the start of the first bucket; every metric's Counts has
+	// Buckets counts (or none, when nothing fell in the range).
+	Start   time.Time  `json:"start"`
+	Buckets int        `json:"buckets"`
+	Total   int64      `json:"total"`
+	Flows   []FlowBody `json:"flows"`
+}
+
+// FlowBody is one flow of GET /api/v1/series or /api/v1/flows.
+type FlowBody struct {
+	Flow    string       `json:"flow"`
+	InRange int64        `json:"in_range"`
+	Metrics []MetricBody `json:"metrics"`
+}
+
+// MetricBody is one flow metric.
+type MetricBody struct {
+	Metric  string  `json:"metric"`
+	Counts  []int64 `json:"counts,omitempty"`
+	InRange int64   `json:"in_range"`
+	// Occurrences per minute: over the last 5 min, and usually (over the
+	// 24 h before them; null with less than 5 min of history).
+	RateNow   float64   `json:"rate_now"`
+	RateUsual *float64  `json:"rate_usual"`
+	Total     int64     `json:"total"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
+}
+
+func (h *Handler) series(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("range")
+	if name == "" {
+		name = "1h"
+	}
+	rg, ok := RangeByName(name)
+	if !ok {
+		jsonError(w, http.StatusBadRequest, fmt.Sprintf("range %q: want one of 15m, 1h, 6h, 24h", name))
+		return
+	}
+	writeJSON(w, seriesBody(h.rec.Read(rg), true))
+}
+
+func (h *Handler) flows(w http.ResponseWriter, _ *http.Request) {
+	rg, _ := RangeByName("24h")
+	b := seriesBody(h.rec.Read(rg), false)
+	writeJSON(w, struct {
+		GeneratedAt time.Time  `json:"generated_at"`
+		Flows       []FlowBody `json:"flows"`
+	}{b.GeneratedAt, b.Flows})
+}
+
+func seriesBody(s Series, counts bool) SeriesBody {
+	b := SeriesBody{
+		GeneratedAt: s.Now, Range: s.Range.Name, StepSeconds: int64(s.Range.Step / time.Second),
+		Start: s.Start, Buckets: int(s.Range.Span / s.Range.Step), Total: s.Total, Flows: []FlowBody{},
+	}
+	for _, p := range s.Pairs {
+		if n := len(b.Flows); n == 0 || b.Flows[n-1].Flow != p.Flow {
+			b.Flows = append(b.Flows, FlowBody{Flow: p.Flow})
+		}
+		f := &b.Flows[len(b.Flows)-1]
+		m := MetricBody{Metric: p.Metric, InRange: p.InRange, RateNow: round(p.RateNow), Total: p.Total, LastSeen: p.Last}
+		if counts && p.InRange > 0 {
+			m.Counts = p.Counts
+		}
+		if p.RateUsual >= 0 {
+			u := round(p.RateUsual)
+			m.RateUsual = &u
+		}
+		f.InRange += p.InRange
+		f.Metrics = append(f.Metrics, m)
+	}
+	return b
+}
+
+func round(f float64) float64 { return math.Round(f*1000) / 1000 }
+
+// MalformedBody is the JSON of GET /api/v1/malformed.
+type MalformedBody struct {
+	GeneratedAt time.Time       `json:"generated_at"`
+	Flows       []MalformedFlow `json:"flows"`
+	// Distinct is the number of names listed; NotKept counts sightings of
+	// names beyond the caps (per flow and in all).
+	Distinct int   `json:"distinct"`
+	NotKept  int64 `json:"not_kept"`
+}
+
+func (h *Handler) malformed(w http.ResponseWriter, _ *http.Request) {
+	flows, lost := h.rec.MalformedNames()
+	b := MalformedBody{GeneratedAt: h.rec.now().UTC(), Flows: flows, NotKept: lost}
+	for _, f := range flows {
+		b.Distinct += len(f.Names)
+		b.NotKept += f.NotKept
+	}
+	writeJSON(w, b)
+}
+
+// HealthBody is the JSON of GET /api/v1/health: the pipeline's counters
+// since start (the numbers /metrics exposes), and every sink but the
+// dashboard itself.
+type HealthBody struct {
+	GeneratedAt time.Time `json:"generated_at"`
+	// EventsPerSecond is records read per second over the last ~10 s of
+	// requests to this endpoint; null on the first request.
+	EventsPerSecond  *float64         `json:"events_per_second"`
 	RecordsRead      int64            `json:"records_read"`
 	RecordsAccepted  int64            `json:"records_accepted"`
 	RecordsSkipped   int64            `json:"records_skipped"`
@@ -72,95 +218,23 @@ type Health struct {
 // SinkHealth is one sink's delivery state.
 type SinkHealth struct {
 	Name string `json:"name"`
-	// OutboxDepth is the occurrences waiting for this sink (as last
-	// refreshed by the pipeline).
-	OutboxDepth int64 `json:"outbox_depth"`
+	// Pending is the occurrences waiting for this sink (outbox depth).
+	Pending int64 `json:"pending"`
 	// Points delivered, batches that failed (retried or dropped) and
 	// occurrences dropped from the outbox, since start.
-	Points        int64 `json:"points"`
-	BatchFailures int64 `json:"batch_failures"`
-	Dropped       int64 `json:"dropped"`
+	Points        int64     `json:"points"`
+	BatchFailures int64     `json:"batch_failures"`
+	Dropped       int64     `json:"dropped"`
+	LastSuccess   time.Time `json:"last_success,omitzero"`
+	LastError     time.Time `json:"last_error,omitzero"`
+	Error         string    `json:"error,omitempty"`
 }
 
-// Handler serves the dashboard page at GET / and its data at GET
-// /api/v1/dashboard. rec must not be nil; m may be nil: the page then shows
-// no health strip.
-func Handler(rec *Recorder, m *telemetry.Metrics) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		h := w.Header()
-		h.Set("Content-Type", "text/html; charset=utf-8")
-		h.Set("Cache-Control", "no-cache")
-		// The page is self-contained: nothing may load from elsewhere.
-		h.Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:")
-		h.Set("X-Content-Type-Options", "nosniff")
-		w.Write(page)
-	})
-	mux.HandleFunc("GET "+APIPath, func(w http.ResponseWriter, r *http.Request) {
-		d := build(rec.Snapshot(), m)
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "no-store")
-		json.NewEncoder(w).Encode(d)
-	})
-	return mux
-}
-
-// build turns a snapshot and the telemetry into the JSON body.
-func build(s Snapshot, m *telemetry.Metrics) Dashboard {
-	d := Dashboard{
-		GeneratedAt:   s.Now,
-		WindowSeconds: int64(s.Window / time.Second),
-		SlotSeconds:   int64(s.Slot / time.Second),
-		SlotsStart:    s.Start,
-		Total:         s.Total,
-		Flows:         []Flow{},
-	}
-	var malformed map[string]int64
-	if m != nil {
-		var h Health
-		h, malformed = health(m)
-		d.Health = &h
-	}
-	// Series are sorted by flow, so each flow's rows are contiguous.
-	for _, ss := range s.Series {
-		if n := len(d.Flows); n == 0 || d.Flows[n-1].Flow != ss.Flow {
-			d.Flows = append(d.Flows, Flow{Flow: ss.Flow, Malformed: malformed[ss.Flow], Metrics: []Row{}})
-			delete(malformed, ss.Flow)
-		}
-		f := &d.Flows[len(d.Flows)-1]
-		f.Metrics = append(f.Metrics, row(ss))
-	}
-	for flow, n := range malformed {
-		if n > 0 {
-			d.Flows = append(d.Flows, Flow{Flow: flow, Malformed: n, Metrics: []Row{}})
-		}
-	}
-	sort.Slice(d.Flows, func(i, j int) bool { return d.Flows[i].Flow < d.Flows[j].Flow })
-	if s.Other != nil {
-		r := row(*s.Other)
-		d.Other = &r
-	}
-	return d
-}
-
-func row(ss SeriesSnapshot) Row {
-	r := Row{Metric: ss.Metric, Last5Min: ss.Recent, InWindow: ss.InWindow, Total: ss.Total, Counts: ss.Counts}
-	if ss.InWindow == 0 {
-		r.Counts = []int64{} // a flat line; spares the bytes of 120 zeros
-	}
-	return r
-}
-
-// health reads the pipeline counters by name, and the malformed count per
-// flow. Reading the registry (rather than holding the collectors) keeps the
-// dashboard showing exactly what /metrics shows.
-func health(m *telemetry.Metrics) (Health, map[string]int64) {
-	h := Health{RejectedByReason: map[string]int64{}, Sinks: []SinkHealth{}}
-	malformed := map[string]int64{}
-	fams, _ := m.Registry.Gather() // a partial result is still worth showing
+func (h *Handler) health(w http.ResponseWriter, _ *http.Request) {
+	now := h.rec.now()
+	b := HealthBody{GeneratedAt: now.UTC(), RejectedByReason: map[string]int64{}, Sinks: []SinkHealth{}}
 	sinks := map[string]*SinkHealth{}
-	sink := func(mt *dto.Metric) *SinkHealth {
-		name := label(mt, "sink")
+	sink := func(name string) *SinkHealth {
 		s, ok := sinks[name]
 		if !ok {
 			s = &SinkHealth{Name: name}
@@ -168,40 +242,120 @@ func health(m *telemetry.Metrics) (Health, map[string]int64) {
 		}
 		return s
 	}
-	for _, f := range fams {
-		for _, mt := range f.GetMetric() {
-			v := value(mt)
-			switch f.GetName() {
-			case "flowmetrics_records_read_total":
-				h.RecordsRead += v
-			case "flowmetrics_records_accepted_total":
-				h.RecordsAccepted += v
-			case "flowmetrics_records_skipped_total":
-				h.RecordsSkipped += v
-			case "flowmetrics_records_rejected_total":
-				h.RecordsRejected += v
-				h.RejectedByReason[label(mt, "reason")] += v
-			case "flowmetrics_occurrences_total":
-				h.Occurrences += v
-			case "flowmetrics_malformed_attributes_total":
-				h.Malformed += v
-				malformed[label(mt, "flow")] += v
-			case "flowmetrics_outbox_depth":
-				sink(mt).OutboxDepth += v
-			case "flowmetrics_sink_points_total":
-				sink(mt).Points += v
-			case "flowmetrics_sink_batch_failures_total":
-				sink(mt).BatchFailures += v
-			case "flowmetrics_outbox_dropped_total":
-				sink(mt).Dropped += v
+	for _, st := range h.rec.Statuses() {
+		s := sink(st.Name)
+		s.LastSuccess, s.LastError, s.Error = st.LastSuccess, st.LastError, st.Error
+	}
+	if h.m != nil {
+		fams, _ := h.m.Registry.Gather() // a partial result is still worth showing
+		for _, f := range fams {
+			for _, mt := range f.GetMetric() {
+				v := value(mt)
+				switch f.GetName() {
+				case "flowmetrics_records_read_total":
+					b.RecordsRead += v
+				case "flowmetrics_records_accepted_total":
+					b.RecordsAccepted += v
+				case "flowmetrics_records_skipped_total":
+					b.RecordsSkipped += v
+				case "flowmetrics_records_rejected_total":
+					b.RecordsRejected += v
+					b.RejectedByReason[label(mt, "reason")] += v
+				case "flowmetrics_occurrences_total":
+					b.Occurrences += v
+				case "flowmetrics_malformed_attributes_total":
+					b.Malformed += v
+				case "flowmetrics_outbox_depth":
+					sink(label(mt, "sink")).Pending += v
+				case "flowmetrics_sink_points_total":
+					sink(label(mt, "sink")).Points += v
+				case "flowmetrics_sink_batch_failures_total":
+					sink(label(mt, "sink")).BatchFailures += v
+				case "flowmetrics_outbox_dropped_total":
+					sink(label(mt, "sink")).Dropped += v
+				}
+			}
+		}
+		b.EventsPerSecond = h.rate(now, b.RecordsRead)
+	}
+	delete(sinks, SinkName) // the dashboard is not a sink the user configured
+	for _, s := range sinks {
+		b.Sinks = append(b.Sinks, *s)
+	}
+	sort.Slice(b.Sinks, func(i, j int) bool { return b.Sinks[i].Name < b.Sinks[j].Name })
+	writeJSON(w, b)
+}
+
+// rate keeps the records-read samples of the last 30 s and returns the
+// rate since the oldest sample at most 10 s old (at least 1 s old).
+func (h *Handler) rate(now time.Time, read int64) *float64 {
+	h.rateMu.Lock()
+	defer h.rateMu.Unlock()
+	if n := len(h.samples); n == 0 || now.Sub(h.samples[n-1].at) >= 500*time.Millisecond {
+		h.samples = append(h.samples, rateSample{now, read})
+	}
+	i := 0
+	for i < len(h.samples) && now.Sub(h.samples[i].at) > 30*time.Second {
+		i++
+	}
+	h.samples = h.samples[i:]
+	for _, s := range h.samples {
+		dt := now.Sub(s.at)
+		if dt <= 10*time.Second && dt >= time.Second {
+			r := round(float64(read-s.read) / dt.Seconds())
+			return &r
+		}
+	}
+	return nil
+}
+
+// stream sends an event "change" whenever the Recorder changes (at most
+// five a second), and a comment every 15 s to keep the connection open.
+func (h *Handler) stream(w http.ResponseWriter, r *http.Request) {
+	select {
+	case h.streams <- struct{}{}:
+		defer func() { <-h.streams }()
+	default:
+		jsonError(w, http.StatusServiceUnavailable, fmt.Sprintf("more than %d open streams; poll the other endpoints instead", maxStreams))
+		return
+	}
+	rc := http.NewResponseController(w)
+	rc.SetWriteDeadline(time.Time{}) // a stream outlives the server's write timeout
+	hd := w.Header()
+	hd.Set("Content-Type", "text/event-stream")
+	hd.Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	ch, v := h.rec.Changed()
+	fmt.Fprintf(w, "retry: 1000\nevent: change\ndata: {\"version\":%d}\n\n", v)
+	if rc.Flush() != nil {
+		return
+	}
+	beat := time.NewTicker(15 * time.Second)
+	defer beat.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-h.done:
+			return
+		case <-beat.C:
+			if _, err := strings.NewReader(": keep-alive\n\n").WriteTo(w); err != nil || rc.Flush() != nil {
+				return
+			}
+		case <-ch:
+			select { // coalesce a burst of changes
+			case <-time.After(200 * time.Millisecond):
+			case <-r.Context().Done():
+				return
+			case <-h.done:
+				return
+			}
+			ch, v = h.rec.Changed()
+			if _, err := fmt.Fprintf(w, "event: change\ndata: {\"version\":%d}\n\n", v); err != nil || rc.Flush() != nil {
+				return
 			}
 		}
 	}
-	for _, s := range sinks {
-		h.Sinks = append(h.Sinks, *s)
-	}
-	sort.Slice(h.Sinks, func(i, j int) bool { return h.Sinks[i].Name < h.Sinks[j].Name })
-	return h, malformed
 }
 
 func label(m *dto.Metric, name string) string {

@@ -1,9 +1,11 @@
 package dashboard
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -14,25 +16,34 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
-	"github.com/flowmetrics/flowmetrics/internal/telemetry"
-
 	"github.com/flowmetrics/flowmetrics/internal/golden"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
 var numbers = regexp.MustCompile(`\[[\d,\s]+\]`)
 
 // sample fills a Recorder and telemetry as a small serve would after a few
-// batches: two flows, one with a typo, a datadog sink behind, jsonl fine.
+// batches: two flows, typos in one of them and in a flow with no good
+// metric, a datadog sink failing, jsonl fine.
 func sample(t *testing.T) (*Recorder, *telemetry.Metrics, *clock) {
 	t.Helper()
 	c := &clock{t: t0}
-	rec := NewRecorder(time.Hour, c.Now)
+	rec := NewRecorder(c.Now)
+	dd := rec.Watch(&statefulSink{fail: errors.New("datadog: 503 Service Unavailable")})
+	js := rec.Watch(plainSink{})
+	js.Send(context.Background(), nil)
+	c.Set(t0.Add(-time.Minute))
+	dd.Send(context.Background(), nil)
+	c.Set(t0)
 	rec.Send(context.Background(), []flowmetrics.Point{
 		pt("CustomerRouting", "Unknown", t0.Add(-10*time.Second), 3),
 		pt("CustomerRouting", "Unknown", t0.Add(-20*time.Minute), 2),
-		pt("CustomerRouting", "Transferred", t0.Add(-2*time.Hour), 1), // total only
+		pt("CustomerRouting", "Transferred", t0.Add(-2*time.Hour), 1), // not in 1 h
 		pt("Billing Main", "PaymentTaken", t0.Add(-40*time.Second), 1),
 	})
+	rec.Malformed("CustomerRouting", "CustomerRoutingMetric_Unknown(2026-03-05 08:59:00Z)", "time has a space where RFC 3339 wants T")
+	rec.Malformed("CustomerRouting", "CustomerRoutingMetric_Unknown(2026-03-05 09:00:00Z)", "time has a space where RFC 3339 wants T")
+	rec.Malformed("", "Metric_Orphan(2026-03-05T09:00:00Z)", "empty flow name")
 	m := telemetry.New()
 	m.RecordsRead.Add(12)
 	m.RecordsAccepted.Add(9)
@@ -43,7 +54,7 @@ func sample(t *testing.T) (*Recorder, *telemetry.Metrics, *clock) {
 	m.Occurrences.WithLabelValues("CustomerRouting", "Transferred").Add(1)
 	m.Occurrences.WithLabelValues("Billing Main", "PaymentTaken").Add(1)
 	m.Malformed.WithLabelValues("CustomerRouting").Add(2)
-	m.Malformed.WithLabelValues("Sales Inbound").Add(1) // no good metric at all
+	m.Malformed.WithLabelValues("").Add(1)
 	m.OutboxDepth.WithLabelValues("datadog").Set(4)
 	m.OutboxDepth.WithLabelValues("jsonl").Set(0)
 	m.OutboxDepth.WithLabelValues("dashboard").Set(0)
@@ -66,27 +77,32 @@ func get(t *testing.T, h http.Handler, path string) (*http.Response, []byte) {
 
 func TestAPIGolden(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		golden string
-		setup  func(t *testing.T) (*Recorder, *telemetry.Metrics)
+		name, path, golden string
+		setup              func(t *testing.T) (*Recorder, *telemetry.Metrics)
 	}{
-		{"sample", "dashboard.json", func(t *testing.T) (*Recorder, *telemetry.Metrics) {
-			rec, m, _ := sample(t)
-			return rec, m
+		{"series 1h", "/api/v1/series?range=1h", "series-1h.json", nil},
+		{"series 15m", "/api/v1/series?range=15m", "series-15m.json", nil},
+		{"series default", "/api/v1/series", "series-1h.json", nil},
+		{"series 24h", "/api/v1/series?range=24h", "series-24h.json", nil},
+		{"flows", "/api/v1/flows", "flows.json", nil},
+		{"malformed", "/api/v1/malformed", "malformed.json", nil},
+		{"health", "/api/v1/health", "health.json", nil},
+		{"empty series", "/api/v1/series?range=6h", "empty-series.json", func(t *testing.T) (*Recorder, *telemetry.Metrics) {
+			return NewRecorder(func() time.Time { return t0 }), nil
 		}},
-		{"empty, no telemetry", "empty.json", func(t *testing.T) (*Recorder, *telemetry.Metrics) {
-			return NewRecorder(0, func() time.Time { return t0 }), nil
-		}},
-		{"overflow", "other.json", func(t *testing.T) (*Recorder, *telemetry.Metrics) {
-			rec := NewRecorder(10*time.Minute, func() time.Time { return t0 })
-			rec.maxSeries = 1
-			rec.Send(context.Background(), []flowmetrics.Point{pt("A", "1", t0, 1), pt("A", "2", t0, 2), pt("B", "1", t0.Add(-time.Hour), 3)})
-			return rec, nil
+		{"empty health", "/api/v1/health", "empty-health.json", func(t *testing.T) (*Recorder, *telemetry.Metrics) {
+			return NewRecorder(func() time.Time { return t0 }), nil
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			rec, m := tc.setup(t)
-			res, body := get(t, Handler(rec, m), "/api/v1/dashboard")
+			var rec *Recorder
+			var m *telemetry.Metrics
+			if tc.setup != nil {
+				rec, m = tc.setup(t)
+			} else {
+				rec, m, _ = sample(t)
+			}
+			res, body := get(t, New(rec, m), tc.path)
 			if res.StatusCode != 200 || res.Header.Get("Content-Type") != "application/json" {
 				t.Fatalf("got %d %q, want 200 application/json", res.StatusCode, res.Header.Get("Content-Type"))
 			}
@@ -103,13 +119,38 @@ func TestAPIGolden(t *testing.T) {
 	}
 }
 
+func TestHealthRate(t *testing.T) {
+	rec, m, c := sample(t)
+	h := New(rec, m)
+	var b HealthBody
+	_, body := get(t, h, "/api/v1/health")
+	json.Unmarshal(body, &b)
+	if b.EventsPerSecond != nil {
+		t.Errorf("first request: got %v events/s, want null", *b.EventsPerSecond)
+	}
+	c.Set(t0.Add(2 * time.Second))
+	m.RecordsRead.Add(30)
+	_, body = get(t, h, "/api/v1/health")
+	json.Unmarshal(body, &b)
+	if b.EventsPerSecond == nil || *b.EventsPerSecond != 15 {
+		t.Errorf("after 30 records in 2 s: got %v, want 15", b.EventsPerSecond)
+	}
+}
+
+func TestBadRange(t *testing.T) {
+	res, body := get(t, New(NewRecorder(nil), nil), "/api/v1/series?range=2h")
+	if res.StatusCode != 400 || !strings.Contains(string(body), `range \"2h\": want one of 15m, 1h, 6h, 24h`) {
+		t.Errorf("got %d %s, want 400 naming the ranges", res.StatusCode, body)
+	}
+}
+
 func TestPage(t *testing.T) {
-	h := Handler(NewRecorder(0, nil), nil)
+	h := New(NewRecorder(nil), nil)
 	res, body := get(t, h, "/")
 	if res.StatusCode != 200 || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/html") {
 		t.Fatalf("GET /: got %d %q, want 200 text/html", res.StatusCode, res.Header.Get("Content-Type"))
 	}
-	for _, s := range []string{"<title>flowmetrics</title>", "no data yet — post events to /v1/events", `"api/v1/dashboard"`} {
+	for _, s := range []string{"<title>flowmetrics</title>", "no data yet — post events to /v1/events", `"api/v1/"`, `data-range="15m"`, `data-range="24h"`, "prefers-color-scheme: dark"} {
 		if !bytes.Contains(body, []byte(s)) {
 			t.Errorf("page lacks %q", s)
 		}
@@ -124,9 +165,74 @@ func TestPage(t *testing.T) {
 	if csp := res.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'none'") {
 		t.Errorf("Content-Security-Policy: got %q, want default-src 'none'", csp)
 	}
-	for _, p := range []string{"/index.html", "/api/v1/dashboard/x", "/v1/events"} {
+	// Names reach the page only as text.
+	if bytes.Contains(body, []byte("innerHTML")) || bytes.Contains(body, []byte("insertAdjacentHTML")) {
+		t.Error("page writes markup from data")
+	}
+	for _, p := range []string{"/index.html", "/api/v1/dashboard", "/api/v1/series/x", "/v1/events"} {
 		if res, _ := get(t, h, p); res.StatusCode != 404 {
 			t.Errorf("GET %s: got %d, want 404", p, res.StatusCode)
 		}
+	}
+}
+
+// TestStream: the event stream announces each change, refuses streams
+// beyond its bound, and ends on CloseStreams.
+func TestStream(t *testing.T) {
+	rec := NewRecorder(nil)
+	h := New(rec, nil)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+StreamPath, nil)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if ct := res.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("Content-Type: got %q, want text/event-stream", ct)
+	}
+	lines := bufio.NewScanner(res.Body)
+	next := func() string {
+		t.Helper()
+		for lines.Scan() {
+			if l := lines.Text(); strings.HasPrefix(l, "data: ") {
+				return l
+			}
+		}
+		t.Fatalf("stream ended: %v", lines.Err())
+		return ""
+	}
+	if got := next(); got != `data: {"version":0}` {
+		t.Errorf("first event: got %q, want version 0", got)
+	}
+	rec.Send(ctx, []flowmetrics.Point{pt("A", "x", time.Now(), 1)})
+	rec.Send(ctx, []flowmetrics.Point{pt("A", "x", time.Now(), 1)}) // coalesced
+	if got := next(); got != `data: {"version":2}` {
+		t.Errorf("after two sends: got %q, want version 2", got)
+	}
+	rec.Malformed("A", "AMetric_x(bad)", "why")
+	if got := next(); got != `data: {"version":3}` {
+		t.Errorf("after a malformed name: got %q, want version 3", got)
+	}
+
+	// Fill the other slots; one more is refused.
+	for range maxStreams - 1 {
+		h.streams <- struct{}{}
+	}
+	if res, body := get(t, h, StreamPath); res.StatusCode != 503 {
+		t.Errorf("stream beyond %d: got %d %s, want 503", maxStreams, res.StatusCode, body)
+	}
+	for range maxStreams - 1 {
+		<-h.streams
+	}
+
+	h.CloseStreams()
+	for lines.Scan() {
+	}
+	if ctx.Err() != nil {
+		t.Error("the stream did not end on CloseStreams")
 	}
 }

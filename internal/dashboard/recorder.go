@@ -3,7 +3,14 @@ package dashboard
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,90 +21,128 @@ import (
 const SinkName = "dashboard"
 
 const (
-	// DefaultWindow is the span of attribute time the Recorder keeps in
-	// slots when NewRecorder is given a window ≤ 0.
-	DefaultWindow = time.Hour
-	// MaxSeries bounds the flow/metric pairs the Recorder keeps apart. The
-	// pipeline's cardinality guard (1000 pairs by default) normally folds
-	// pairs long before this; the bound only keeps a misconfigured guard
-	// from growing the Recorder without limit.
+	// FineStep and FineSpan: the last hour is kept in 10 s buckets.
+	FineStep = 10 * time.Second
+	FineSpan = time.Hour
+	// CoarseStep and CoarseSpan: the last 24 h are kept in 1 min buckets.
+	CoarseStep = time.Minute
+	CoarseSpan = 24 * time.Hour
+
+	// MaxSeries bounds the flow/metric pairs the Recorder keeps apart; later
+	// pairs are counted under flow "overflow", metric "overflow", as the
+	// cardinality guard does (it normally folds pairs long before this).
 	MaxSeries = 2000
-	// slotsPerWindow is how many slots a window is cut into: one sparkline
-	// point each. 120 keeps memory at ~4 KB per series (2000 series: ~8 MB)
-	// and gives 30 s slots for the default hour.
-	slotsPerWindow = 120
-	// recentSpan is what "last 5 min" means, rounded up to whole slots.
+
+	// Malformed attribute names kept: per flow, in all, and the longest
+	// name kept (longer ones are cut). Sightings beyond are counted.
+	MaxMalformedPerFlow = 50
+	MaxMalformed        = 1000
+	maxNameBytes        = 256
+
+	// chunkLen buckets make one chunk, the unit of memory and of sink
+	// state: 10 min of fine buckets, 1 h of coarse ones.
+	chunkLen = 60
+	// recentSpan is what "rate now" is measured over.
 	recentSpan = 5 * time.Minute
 )
 
-// Recorder is a flowmetrics.Sink that remembers, in memory, what the pipeline
-// delivered: per flow/metric pair, the counts of the recent slots of
-// attribute time and the total since the Recorder was made. It is what the
-// dashboard shows.
+// overflow is the pair beyond MaxSeries, named as the guard names it.
+var overflow = pair{"overflow", "overflow"}
+
+// Recorder is a flowmetrics.StatefulSink that keeps what the pipeline
+// delivered in buckets of attribute time: per flow/metric pair, 10 s buckets
+// over the last hour and 1 min buckets over the last 24 h, with the pair's
+// total and the last time it was seen. It also keeps the distinct malformed
+// attribute names per flow (Malformed), and the delivery status of the other
+// sinks (Watch). It is what the dashboard shows.
 //
-// Time is the attribute's time (the points' Bucket), placed relative to the
-// Recorder's clock: points older than the window count only in the totals;
-// points ahead of the clock (a skewed flow clock) count in the current slot,
-// so they are seen rather than waiting in the future. Slots that fall out of
-// the window are reused, so memory per series is fixed.
+// Its memory is bounded: buckets are held in chunks of 60, and chunks older
+// than their span are deleted (from memory and, with nil updates, from the
+// sink state), as are malformed names not seen for 24 h, and pairs not seen
+// for 24 h once half of MaxSeries is taken. Each chunk is one key of its sink state, so after a restart
+// Restore rebuilds the same buckets from the durable store.
 //
-// The first MaxSeries pairs are kept apart; points of later pairs are
-// summed in one "other" row. Pairs stay for the life of the process.
+// Times are the attributes' own times, relative to the Recorder's clock: a
+// point older than 24 h counts only in the total; a point ahead of the clock
+// (a skewed flow clock) counts in the current bucket.
 //
 // A Recorder is safe for concurrent use. Send never fails: the dashboard
 // must not hold back the outbox of the real sinks.
 type Recorder struct {
 	now       func() time.Time
-	window    time.Duration
-	slot      time.Duration
-	n         int // slots in the window
 	maxSeries int
 
-	mu     sync.Mutex
-	series map[pair]*series
-	other  *series // nil until a pair beyond maxSeries is seen
-	total  int64
+	mu      sync.Mutex
+	series  map[pair]*series
+	byID    map[string]*series
+	dirty   map[string]struct{} // state keys changed since TakeState
+	total   int64
+	version uint64
+	changed chan struct{} // closed on each change
+	// pruned* are the chunk indexes below which chunks are gone.
+	prunedFine, prunedCoarse int64
+	restoreSkipped           int
+
+	mal     map[string]*malFlow // by flow
+	malN    int                 // names kept in all
+	malLost int64               // sightings of names not kept, of flows not kept
+
+	status sinkStatuses
 }
 
 type pair struct{ flow, metric string }
 
-// series is a ring of slots: cell i holds the count of absolute slot
-// abs[i], where i == abs[i] mod n. A cell holding an older slot is stale
-// and reads as zero, which is how slots out of the window are pruned.
+type chunk [chunkLen]int64
+
 type series struct {
-	abs   []int64
-	count []int64
-	total int64
+	id           string
+	flow, metric string
+	total        int64
+	last         int64 // unix seconds: the newest bucket seen, clamped to now
+	fine, coarse map[int64]*chunk
 }
 
-// NewRecorder returns a Recorder keeping window (DefaultWindow if ≤ 0) of
-// attribute time before now(), in 120 slots of at least one second each.
-// now is the clock (time.Now if nil).
-func NewRecorder(window time.Duration, now func() time.Time) *Recorder {
-	if window <= 0 {
-		window = DefaultWindow
-	}
+type malFlow struct {
+	names map[string]*malName
+	lost  int64 // sightings of names beyond MaxMalformedPerFlow or MaxMalformed
+}
+
+type malName struct {
+	Flow    string `json:"flow"`
+	Name    string `json:"name"`    // the shape: the time in parentheses as "(…)"
+	Example string `json:"example"` // the latest name of that shape, as written
+	Reason  string `json:"reason"`
+	Count   int64  `json:"count"`
+	Last    int64  `json:"last"`
+}
+
+// NewRecorder returns an empty Recorder; now is its clock (time.Now if nil).
+func NewRecorder(now func() time.Time) *Recorder {
 	if now == nil {
 		now = time.Now
 	}
-	slot := max((window / slotsPerWindow).Truncate(time.Second), time.Second)
-	n := int((window + slot - 1) / slot)
-	return &Recorder{
+	r := &Recorder{
 		now:       now,
-		window:    window,
-		slot:      slot,
-		n:         n,
 		maxSeries: MaxSeries,
-		series:    make(map[pair]*series),
+		series:    map[pair]*series{},
+		byID:      map[string]*series{},
+		dirty:     map[string]struct{}{},
+		changed:   make(chan struct{}),
+		mal:       map[string]*malFlow{},
 	}
+	r.status.m = map[string]*SinkStatus{}
+	return r
 }
 
 // Name returns "dashboard".
 func (r *Recorder) Name() string { return SinkName }
 
+// Close does nothing; it is safe to call twice.
+func (r *Recorder) Close(context.Context) error { return nil }
+
 // Send records the points. It always returns nil.
 func (r *Recorder) Send(_ context.Context, points []flowmetrics.Point) error {
-	cur := r.slotOf(r.now())
+	nowS := r.now().Unix()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, p := range points {
@@ -105,129 +150,534 @@ func (r *Recorder) Send(_ context.Context, points []flowmetrics.Point) error {
 			continue
 		}
 		s := r.seriesFor(pair{p.Flow, p.Metric})
+		t := min(p.Bucket.Unix(), nowS)
 		r.total += p.Count
 		s.total += p.Count
-		abs := min(r.slotOf(p.Bucket), cur)
-		if abs <= cur-int64(r.n) {
-			continue // older than the window: totals only
+		s.last = max(s.last, t)
+		r.dirty[nameKey(s.id)] = struct{}{}
+		if t > nowS-int64(FineSpan/time.Second) {
+			r.add(s, s.fine, "f", floorDiv(t, int64(FineStep/time.Second)), p.Count)
 		}
-		i := mod(abs, int64(r.n))
-		if s.abs[i] != abs {
-			s.abs[i], s.count[i] = abs, 0
+		if t > nowS-int64(CoarseSpan/time.Second) {
+			r.add(s, s.coarse, "c", floorDiv(t, int64(CoarseStep/time.Second)), p.Count)
 		}
-		s.count[i] += p.Count
 	}
+	r.prune(nowS)
+	r.bump()
 	return nil
 }
 
-// Close does nothing; it is safe to call twice.
-func (r *Recorder) Close(context.Context) error { return nil }
+// add adds n to bucket b of one tier of s.
+func (r *Recorder) add(s *series, tier map[int64]*chunk, kind string, b, n int64) {
+	ci := floorDiv(b, chunkLen)
+	c := tier[ci]
+	if c == nil {
+		c = new(chunk)
+		tier[ci] = c
+	}
+	c[b-ci*chunkLen] += n
+	r.dirty[chunkKey(kind, s.id, ci)] = struct{}{}
+}
 
-// seriesFor returns the series of k, or the "other" series when k is new and
-// the Recorder is full. r.mu is held.
+// seriesFor returns the series of k, making it (or using the overflow
+// series when the Recorder is full). r.mu is held.
 func (r *Recorder) seriesFor(k pair) *series {
 	if s, ok := r.series[k]; ok {
 		return s
 	}
 	if len(r.series) >= r.maxSeries {
-		if r.other == nil {
-			r.other = r.newSeries()
+		if s, ok := r.series[overflow]; ok {
+			return s
 		}
-		return r.other
+		k = overflow
 	}
-	s := r.newSeries()
+	return r.newSeries(k)
+}
+
+func (r *Recorder) newSeries(k pair) *series {
+	s := &series{id: seriesID(k.flow, k.metric), flow: k.flow, metric: k.metric, fine: map[int64]*chunk{}, coarse: map[int64]*chunk{}}
 	r.series[k] = s
+	r.byID[s.id] = s
 	return s
 }
 
-func (r *Recorder) newSeries() *series {
-	s := &series{abs: make([]int64, r.n), count: make([]int64, r.n)}
-	for i := range s.abs {
-		s.abs[i] = -1 << 63 // no slot yet
+// prune deletes the chunks, series and malformed names that fell out of
+// their span, once per fine chunk of time. r.mu is held.
+func (r *Recorder) prune(nowS int64) {
+	fineBelow := floorDiv(floorDiv(nowS-int64(FineSpan/time.Second), int64(FineStep/time.Second)), chunkLen)
+	coarseBelow := floorDiv(floorDiv(nowS-int64(CoarseSpan/time.Second), int64(CoarseStep/time.Second)), chunkLen)
+	if fineBelow <= r.prunedFine && coarseBelow <= r.prunedCoarse {
+		return
 	}
-	return s
+	r.prunedFine, r.prunedCoarse = max(fineBelow, r.prunedFine), max(coarseBelow, r.prunedCoarse)
+	dead := nowS - int64(CoarseSpan/time.Second)
+	// Pairs not seen for 24 h make room for new ones once half the pairs
+	// are taken; until then they stay listed with their totals.
+	crowded := len(r.series) >= r.maxSeries/2
+	for k, s := range r.series {
+		for ci := range s.fine {
+			if ci < fineBelow {
+				delete(s.fine, ci)
+				r.dirty[chunkKey("f", s.id, ci)] = struct{}{}
+			}
+		}
+		for ci := range s.coarse {
+			if ci < coarseBelow {
+				delete(s.coarse, ci)
+				r.dirty[chunkKey("c", s.id, ci)] = struct{}{}
+			}
+		}
+		if crowded && s.last < dead && len(s.fine) == 0 && len(s.coarse) == 0 {
+			delete(r.series, k)
+			delete(r.byID, s.id)
+			r.dirty[nameKey(s.id)] = struct{}{}
+		}
+	}
+	for flow, f := range r.mal {
+		for name, m := range f.names {
+			if m.Last < dead {
+				delete(f.names, name)
+				r.malN--
+				r.dirty[malKey(flow, name)] = struct{}{}
+			}
+		}
+		if len(f.names) == 0 {
+			delete(r.mal, flow)
+		}
+	}
 }
 
-// Snapshot is what a Recorder holds at one moment.
-type Snapshot struct {
-	Now    time.Time
-	Window time.Duration
-	// Slot is the width of one slot; Start is the start of the oldest slot
-	// in the window, and the newest slot holds Now.
-	Slot  time.Duration
+// bump tells the waiters of Changed that something changed. r.mu is held.
+func (r *Recorder) bump() {
+	r.version++
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// Changed returns a channel closed at the next change, and the version it
+// waits to leave.
+func (r *Recorder) Changed() (<-chan struct{}, uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed, r.version
+}
+
+// Malformed records a malformed metric-shaped attribute name seen now in a
+// flow's event (flow may be empty: the name had nothing before "Metric_").
+// Names are told apart by their shape, the name with the text in its last
+// parentheses replaced by "…": the time in a name changes with every
+// conversation, the typo does not. It keeps distinct shapes: up to
+// MaxMalformedPerFlow per flow and MaxMalformed in all; sightings of shapes
+// beyond are counted, not kept.
+func (r *Recorder) Malformed(flow, name, reason string) {
+	flow, example := cut(flow), cut(name)
+	name = cut(Shape(name))
+	nowS := r.now().Unix()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	defer r.bump()
+	f := r.mal[flow]
+	if f == nil {
+		if r.malN >= MaxMalformed {
+			r.malLost++
+			return
+		}
+		f = &malFlow{names: map[string]*malName{}}
+		r.mal[flow] = f
+	}
+	m := f.names[name]
+	if m == nil {
+		if len(f.names) >= MaxMalformedPerFlow || r.malN >= MaxMalformed {
+			f.lost++
+			return
+		}
+		m = &malName{Flow: flow, Name: name}
+		f.names[name] = m
+		r.malN++
+	}
+	m.Example = example
+	m.Reason = cut(reason)
+	m.Count++
+	m.Last = max(m.Last, nowS)
+	r.dirty[malKey(flow, name)] = struct{}{}
+}
+
+// Shape returns name with the text after the last "(" (the attribute's
+// time, and the closing parenthesis) replaced by "(…)"; a name without "("
+// is its own shape.
+func Shape(name string) string {
+	i := strings.LastIndexByte(name, '(')
+	if i < 0 {
+		return name
+	}
+	return name[:i] + "(…)"
+}
+
+func cut(s string) string {
+	if len(s) <= maxNameBytes {
+		return s
+	}
+	s = s[:maxNameBytes]
+	for len(s) > 0 && !utf8Start(s[len(s)-1]) {
+		s = s[:len(s)-1]
+	}
+	if len(s) > 0 {
+		s = s[:len(s)-1] // the start of the cut character
+	}
+	return s + "…"
+}
+
+func utf8Start(b byte) bool { return b&0xC0 != 0x80 }
+
+// Sink state. Keys (every one ≤ 60 bytes, values ≤ 2 KiB):
+//
+//	n/<id>            a pair: {"flow","metric","total","last"}
+//	f/<id>/<chunk>    60 fine (10 s) bucket counts, unsigned varints
+//	c/<id>/<chunk>    60 coarse (1 min) bucket counts, unsigned varints
+//	x/<id>            a malformed name: {"flow","name","reason","count","last"}
+//
+// <id> is the first 16 hex digits of the SHA-256 of the names, so keys stay
+// short whatever the names; <chunk> is the chunk index in decimal.
+
+type pairState struct {
+	Flow   string `json:"flow"`
+	Metric string `json:"metric"`
+	Total  int64  `json:"total"`
+	Last   int64  `json:"last"`
+}
+
+func seriesID(flow, metric string) string { return hashID(flow, metric) }
+
+func hashID(a, b string) string {
+	h := sha256.Sum256([]byte(a + "\x00" + b))
+	return hex.EncodeToString(h[:8])
+}
+
+func nameKey(id string) string { return "n/" + id }
+func chunkKey(kind, id string, ci int64) string {
+	return kind + "/" + id + "/" + strconv.FormatInt(ci, 10)
+}
+func malKey(flow, name string) string { return "x/" + hashID(flow, name) }
+
+// TakeState returns the state keys changed since the last call: chunks,
+// pairs and malformed names set to their current value, or nil when they
+// were deleted.
+func (r *Recorder) TakeState() flowmetrics.StateUpdate {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.dirty) == 0 {
+		return nil
+	}
+	u := make(flowmetrics.StateUpdate, len(r.dirty))
+	for k := range r.dirty {
+		u[k] = r.value(k)
+	}
+	clear(r.dirty)
+	return u
+}
+
+// value is the current value of state key k, nil when it is gone. r.mu is
+// held.
+func (r *Recorder) value(k string) []byte {
+	kind, rest, _ := strings.Cut(k, "/")
+	switch kind {
+	case "n":
+		s := r.byID[rest]
+		if s == nil {
+			return nil
+		}
+		b, _ := json.Marshal(pairState{s.flow, s.metric, s.total, s.last})
+		return b
+	case "f", "c":
+		id, cs, _ := strings.Cut(rest, "/")
+		s := r.byID[id]
+		ci, err := strconv.ParseInt(cs, 10, 64)
+		if s == nil || err != nil {
+			return nil
+		}
+		tier := s.fine
+		if kind == "c" {
+			tier = s.coarse
+		}
+		c := tier[ci]
+		if c == nil {
+			return nil
+		}
+		b := make([]byte, 0, chunkLen*2)
+		for _, n := range c {
+			b = binary.AppendUvarint(b, uint64(n))
+		}
+		return b
+	case "x":
+		for _, f := range r.mal {
+			for _, m := range f.names {
+				if malKey(m.Flow, m.Name) == k {
+					b, _ := json.Marshal(m)
+					return b
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Restore rebuilds the Recorder from its committed sink state. Keys it
+// cannot read, and chunks already out of their span, are skipped and
+// deleted with the next TakeState; it never fails.
+func (r *Recorder) Restore(_ context.Context, state map[string][]byte) error {
+	nowS := r.now().Unix()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	skip := func(k string) {
+		r.restoreSkipped++
+		r.dirty[k] = struct{}{} // value() is nil for it: deleted
+	}
+	// Pairs first, so chunks find their series.
+	for k, v := range state {
+		kind, id, _ := strings.Cut(k, "/")
+		switch kind {
+		case "n":
+			var ps pairState
+			if err := json.Unmarshal(v, &ps); err != nil || seriesID(ps.Flow, ps.Metric) != id {
+				skip(k)
+				continue
+			}
+			s := r.series[pair{ps.Flow, ps.Metric}]
+			if s == nil {
+				s = r.newSeries(pair{ps.Flow, ps.Metric})
+			}
+			s.total, s.last = ps.Total, ps.Last
+			r.total += ps.Total
+		case "x":
+			var m malName
+			if err := json.Unmarshal(v, &m); err != nil || malKey(m.Flow, m.Name) != k {
+				skip(k)
+				continue
+			}
+			f := r.mal[m.Flow]
+			if f == nil {
+				f = &malFlow{names: map[string]*malName{}}
+				r.mal[m.Flow] = f
+			}
+			if f.names[m.Name] == nil {
+				if len(f.names) >= MaxMalformedPerFlow || r.malN >= MaxMalformed {
+					skip(k)
+					continue
+				}
+				r.malN++
+			}
+			f.names[m.Name] = &m
+		case "f", "c":
+		default:
+			skip(k)
+		}
+	}
+	for k, v := range state {
+		kind, rest, _ := strings.Cut(k, "/")
+		if kind != "f" && kind != "c" {
+			continue
+		}
+		id, cs, _ := strings.Cut(rest, "/")
+		s := r.byID[id]
+		ci, err := strconv.ParseInt(cs, 10, 64)
+		c, cerr := decodeChunk(v)
+		if s == nil || err != nil || cerr != nil {
+			skip(k)
+			continue
+		}
+		if kind == "f" {
+			s.fine[ci] = c
+		} else {
+			s.coarse[ci] = c
+		}
+	}
+	// Forget what fell out of the spans while the process was down.
+	r.prunedFine, r.prunedCoarse = -1<<62, -1<<62
+	r.prune(nowS)
+	r.bump()
+	return nil
+}
+
+func decodeChunk(b []byte) (*chunk, error) {
+	var c chunk
+	for i := range c {
+		n, w := binary.Uvarint(b)
+		if w <= 0 || n > 1<<62 {
+			return nil, fmt.Errorf("chunk: bad count %d", i)
+		}
+		c[i], b = int64(n), b[w:]
+	}
+	if len(b) != 0 {
+		return nil, fmt.Errorf("chunk: %d trailing bytes", len(b))
+	}
+	return &c, nil
+}
+
+// Range is one of the time ranges the dashboard offers, with its step.
+type Range struct {
+	Name string
+	Span time.Duration
+	Step time.Duration
+	fine bool // read from the fine tier
+}
+
+// Ranges are the ranges GET /api/v1/series takes, shortest first.
+var Ranges = []Range{
+	{"15m", 15 * time.Minute, 10 * time.Second, true},
+	{"1h", time.Hour, 30 * time.Second, true},
+	{"6h", 6 * time.Hour, 5 * time.Minute, false},
+	{"24h", 24 * time.Hour, 15 * time.Minute, false},
+}
+
+// RangeByName returns the Range called name.
+func RangeByName(name string) (Range, bool) {
+	for _, rg := range Ranges {
+		if rg.Name == name {
+			return rg, true
+		}
+	}
+	return Range{}, false
+}
+
+// Series is what a Recorder holds over one range, read at its clock's now.
+type Series struct {
+	Now   time.Time
+	Range Range
+	// Start is the start of the first bucket; the last one holds Now.
 	Start time.Time
-	// Series are sorted by flow, then metric.
-	Series []SeriesSnapshot
-	// Other sums the pairs beyond MaxSeries; nil when there were none.
-	Other *SeriesSnapshot
-	// Total is every occurrence recorded since the Recorder was made.
+	// Pairs are sorted by flow, then metric.
+	Pairs []PairSeries
 	Total int64
 }
 
-// SeriesSnapshot is one flow/metric pair (Flow and Metric empty for Other).
-type SeriesSnapshot struct {
+// PairSeries is one flow metric over a range.
+type PairSeries struct {
 	Flow, Metric string
-	// Counts holds one count per slot, oldest first.
-	Counts []int64
-	// Recent sums the slots of the last 5 minutes (rounded up to whole
-	// slots, and at most the window); InWindow sums every slot.
-	Recent, InWindow int64
-	Total            int64
+	// Counts has one count per bucket of Range.Step, oldest first.
+	Counts  []int64
+	InRange int64
+	// RateNow is occurrences per minute over the last 5 minutes. RateUsual
+	// is occurrences per minute over the last 24 h before those 5 minutes,
+	// from the first minute the pair was seen in them; -1 when the pair has
+	// less than 5 minutes of history before them.
+	RateNow, RateUsual float64
+	Total              int64
+	Last               time.Time
 }
 
-// Snapshot copies what the Recorder holds, read at its clock's now.
-func (r *Recorder) Snapshot() Snapshot {
+// Read returns what the Recorder holds over rg.
+func (r *Recorder) Read(rg Range) Series {
 	now := r.now()
-	cur := r.slotOf(now)
-	first := cur - int64(r.n) + 1
-	snap := Snapshot{
-		Now:    now.UTC(),
-		Window: r.window,
-		Slot:   r.slot,
-		Start:  time.Unix(first*int64(r.slot/time.Second), 0).UTC(),
-	}
-	recent := min(int64((recentSpan+r.slot-1)/r.slot), int64(r.n))
+	nowS := now.Unix()
+	step := int64(rg.Step / time.Second)
+	n := int64(rg.Span / rg.Step)
+	last := floorDiv(nowS, step)
+	first := last - n + 1
+	out := Series{Now: now.UTC(), Range: rg, Start: time.Unix(first*step, 0).UTC()}
+
+	fineS, coarseS := int64(FineStep/time.Second), int64(CoarseStep/time.Second)
+	recentFrom := nowS - int64(recentSpan/time.Second) // buckets starting after it
+	usualFrom := nowS - int64(CoarseSpan/time.Second)
+	usualTo := floorDiv(recentFrom, coarseS) * coarseS // coarse buckets starting before it
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	read := func(s *series) SeriesSnapshot {
-		out := SeriesSnapshot{Counts: make([]int64, r.n), Total: s.total}
-		for abs := first; abs <= cur; abs++ {
-			i := mod(abs, int64(r.n))
-			if s.abs[i] != abs {
+	out.Total = r.total
+	out.Pairs = make([]PairSeries, 0, len(r.series))
+	for _, s := range r.series {
+		ps := PairSeries{Flow: s.flow, Metric: s.metric, Counts: make([]int64, n), Total: s.total, RateUsual: -1}
+		if s.last != 0 {
+			ps.Last = time.Unix(s.last, 0).UTC()
+		}
+		tier, w := s.coarse, coarseS
+		if rg.fine {
+			tier, w = s.fine, fineS
+		}
+		firstChunk := floorDiv(first*step/w, chunkLen)
+		for ci, c := range tier {
+			if ci < firstChunk {
 				continue
 			}
-			c := s.count[i]
-			out.Counts[abs-first] = c
-			out.InWindow += c
-			if abs > cur-recent {
-				out.Recent += c
+			for j, v := range c {
+				if v == 0 {
+					continue
+				}
+				i := floorDiv((ci*chunkLen+int64(j))*w, step) - first
+				if i >= 0 && i < n {
+					ps.Counts[i] += v
+					ps.InRange += v
+				}
 			}
 		}
-		return out
+		var recent int64
+		recentChunk := floorDiv(floorDiv(recentFrom, fineS), chunkLen)
+		for ci, c := range s.fine {
+			if ci < recentChunk {
+				continue
+			}
+			for j, v := range c {
+				if t := (ci*chunkLen + int64(j)) * fineS; v != 0 && t > recentFrom {
+					recent += v
+				}
+			}
+		}
+		ps.RateNow = float64(recent) / recentSpan.Minutes()
+		var usual, since int64 = 0, usualTo
+		for ci, c := range s.coarse {
+			for j, v := range c {
+				if t := (ci*chunkLen + int64(j)) * coarseS; v != 0 && t >= usualFrom && t < usualTo {
+					usual += v
+					since = min(since, t)
+				}
+			}
+		}
+		if mins := (usualTo - since) / coarseS; mins >= 5 {
+			ps.RateUsual = float64(usual) / float64(mins)
+		}
+		out.Pairs = append(out.Pairs, ps)
 	}
-	snap.Series = make([]SeriesSnapshot, 0, len(r.series))
-	for k, s := range r.series {
-		ss := read(s)
-		ss.Flow, ss.Metric = k.flow, k.metric
-		snap.Series = append(snap.Series, ss)
-	}
-	slices.SortFunc(snap.Series, func(a, b SeriesSnapshot) int {
+	slices.SortFunc(out.Pairs, func(a, b PairSeries) int {
 		return cmp.Or(cmp.Compare(a.Flow, b.Flow), cmp.Compare(a.Metric, b.Metric))
 	})
-	if r.other != nil {
-		o := read(r.other)
-		snap.Other = &o
-	}
-	snap.Total = r.total
-	return snap
+	return out
 }
 
-// slotOf returns the absolute, epoch-aligned slot index holding t.
-func (r *Recorder) slotOf(t time.Time) int64 {
-	// Seconds, not nanoseconds: a flow's clock may be centuries off, and
-	// UnixNano overflows outside 1678–2262.
-	return floorDiv(t.Unix(), int64(r.slot/time.Second))
+// MalformedName is one distinct malformed attribute name of a flow: its
+// shape (see Shape), the latest name of that shape and why it was refused.
+type MalformedName struct {
+	Name    string    `json:"name"`
+	Example string    `json:"example"`
+	Reason  string    `json:"reason"`
+	Count   int64     `json:"count"`
+	Last    time.Time `json:"last_seen"`
+}
+
+// MalformedFlow lists a flow's distinct malformed names, newest first.
+type MalformedFlow struct {
+	Flow  string          `json:"flow"`
+	Names []MalformedName `json:"names"`
+	// NotKept counts sightings of names beyond the caps.
+	NotKept int64 `json:"not_kept"`
+}
+
+// MalformedNames returns the malformed names per flow, sorted by flow, and
+// the sightings of flows beyond the caps.
+func (r *Recorder) MalformedNames() ([]MalformedFlow, int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]MalformedFlow, 0, len(r.mal))
+	for flow, f := range r.mal {
+		mf := MalformedFlow{Flow: flow, Names: make([]MalformedName, 0, len(f.names)), NotKept: f.lost}
+		for _, m := range f.names {
+			mf.Names = append(mf.Names, MalformedName{Name: m.Name, Example: m.Example, Reason: m.Reason, Count: m.Count, Last: time.Unix(m.Last, 0).UTC()})
+		}
+		slices.SortFunc(mf.Names, func(a, b MalformedName) int {
+			return cmp.Or(b.Last.Compare(a.Last), cmp.Compare(a.Name, b.Name))
+		})
+		out = append(out, mf)
+	}
+	slices.SortFunc(out, func(a, b MalformedFlow) int { return cmp.Compare(a.Flow, b.Flow) })
+	return out, r.malLost
 }
 
 func floorDiv(a, b int64) int64 {
@@ -236,12 +686,4 @@ func floorDiv(a, b int64) int64 {
 		q--
 	}
 	return q
-}
-
-func mod(a, b int64) int64 {
-	m := a % b
-	if m < 0 {
-		m += b
-	}
-	return m
 }

@@ -3,6 +3,7 @@ package lambdafn
 import (
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -27,6 +28,11 @@ const (
 	DefaultDatadogMode = datadog.Distribution
 )
 
+// DefaultFlushAttempts: an invocation gives up on a sink after three failed
+// sends in a row (about 1.5 s of backoff); its records come back through the
+// trigger's retry.
+const DefaultFlushAttempts = 3
+
 // Config is the function's configuration, read from its environment.
 type Config struct {
 	// Table: FLOWMETRICS_TABLE (required).
@@ -41,7 +47,8 @@ type Config struct {
 	Retention time.Duration
 	// Pipeline: FLOWMETRICS_BUCKET (default 10s), FLOWMETRICS_CACHE_TTL
 	// (default 15s), FLOWMETRICS_CACHE_CONVERSATIONS (default 100000,
-	// negative disables the cache).
+	// negative disables the cache), FLOWMETRICS_FLUSH_ATTEMPTS (default 3
+	// failed sends in a row before an invocation gives up on a sink).
 	Pipeline pipeline.Config
 	// Sinks: FLOWMETRICS_SINK, a comma-separated list of dogstatsd (the
 	// Datadog Lambda Extension; default), datadog (the API) and emf
@@ -69,6 +76,13 @@ type Config struct {
 	// LogLevel: FLOWMETRICS_LOG_LEVEL (default warn: Lambda logs are billed
 	// by the byte, and nothing is logged per event).
 	LogLevel string
+	// FunctionName: AWS_LAMBDA_FUNCTION_NAME, the dimension of the
+	// function's own metrics.
+	FunctionName string
+	// MetricsOut receives the function's own metrics (RecordsFailed,
+	// RecordsDeferred) in CloudWatch embedded metric format: stdout in
+	// Lambda (Run sets it); nil reports nothing.
+	MetricsOut io.Writer
 }
 
 // ConfigFromEnv reads the configuration with getenv (os.Getenv in Lambda).
@@ -99,6 +113,14 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	dur("FLOWMETRICS_BUCKET", &c.Pipeline.Bucket)
 	dur("FLOWMETRICS_CACHE_TTL", &c.Pipeline.CacheTTL)
 	dur("FLOWMETRICS_FLUSH_RESERVE", &c.FlushReserve)
+	c.FunctionName = getenv("AWS_LAMBDA_FUNCTION_NAME")
+	if v := getenv("FLOWMETRICS_FLUSH_ATTEMPTS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			errs = append(errs, fmt.Errorf("FLOWMETRICS_FLUSH_ATTEMPTS=%q: want a whole number ≥ 1", v))
+		}
+		c.Pipeline.FlushAttempts = n
+	}
 	if v := getenv("FLOWMETRICS_READ_FIRST"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {

@@ -10,7 +10,17 @@
 // in memory, and the answer is the acknowledgement. Records that can never
 // succeed (not JSON, not an event) are logged and counted, never retried; a
 // store or sink failure fails the invocation (EventBridge target) or lists
-// every accepted record of the batch (SQS), so they come back.
+// every accepted record of the batch (SQS), so they come back. A record is
+// acknowledged only when its occurrences are delivered or were already:
+// one holding a key that another instance claimed and has not yet marked
+// delivered (flowmetrics.PendingError) is listed too, or fails a direct
+// invocation, and comes back after that instance delivered or its lease
+// ended. A sink that keeps failing is given up after DefaultFlushAttempts
+// sends, so the invocation answers in seconds, not at its timeout.
+//
+// Each invocation that fails or defers records writes one CloudWatch
+// embedded-metric line (namespace ReportNamespace: RecordsFailed,
+// RecordsDeferred) on stdout, which the template's alarm watches.
 //
 // Timing rules that keep exactly-once (see the dynamostore package doc):
 // a failed event must come back only after its claims' lease (40 s) has

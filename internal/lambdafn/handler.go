@@ -39,6 +39,7 @@ type Handler struct {
 	settle  func(context.Context) error
 	log     *slog.Logger
 	reserve time.Duration
+	report  *reporter
 }
 
 // NewHandler wires a handler on a store and sinks and registers the sinks
@@ -50,9 +51,14 @@ func NewHandler(ctx context.Context, st flowmetrics.Store, sinks []flowmetrics.S
 	if m == nil {
 		m = telemetry.New()
 	}
+	pc := cfg.Pipeline
+	if pc.FlushAttempts == 0 {
+		pc.FlushAttempts = DefaultFlushAttempts
+	}
 	h := &Handler{
-		p:     pipeline.New(st, sinks, cfg.Pipeline, m, log),
+		p:     pipeline.New(st, sinks, pc, m, log),
 		store: st, log: log, reserve: cfg.FlushReserve,
+		report: &reporter{w: cfg.MetricsOut, function: cfg.FunctionName, now: time.Now},
 	}
 	if s, ok := st.(interface{ Settle(context.Context) error }); ok {
 		h.settle = s.Settle
@@ -184,13 +190,16 @@ func isSQS(payload []byte) bool {
 // (an envelope, or a bare detail). It returns nil once the event's new
 // occurrences are delivered to every sink, and for an event that can never
 // succeed (not JSON, not an event), which is logged and counted: retrying
-// it would fail the same way. An error (store or sink failure) makes Lambda
-// retry the event.
+// it would fail the same way. An error (store or sink failure, or a key
+// pending under another instance's live lease) makes Lambda retry the
+// event.
 func (h *Handler) HandleEventBridge(ctx context.Context, payload []byte) error {
 	rec := genesys.DecodeValue(payload)
 	res, err := h.p.Ingest(ctx, []genesys.Record{rec})
-	if err != nil {
+	var pe *pipeline.PendingError
+	if err != nil && !errors.As(err, &pe) {
 		h.log.Error("claim failed; the event will be retried", "err", err)
+		h.report.write(1, 0, "claim")
 		return err
 	}
 	if res.Rejected > 0 {
@@ -202,15 +211,25 @@ func (h *Handler) HandleEventBridge(ctx context.Context, payload []byte) error {
 	}
 	if err := h.deliver(ctx); err != nil {
 		h.log.Error("delivery failed; the event will be retried", "err", err)
+		h.report.write(1, 0, "delivery")
 		return err
+	}
+	if pe != nil {
+		// Another instance holds some of the event's keys and may still
+		// die before delivering them: only a retry after its lease can
+		// tell.
+		h.report.write(0, 1, "pending_elsewhere")
+		return fmt.Errorf("event deferred: %w", pe)
 	}
 	return nil
 }
 
 // HandleSQS processes a batch from an SQS event source configured with
 // ReportBatchItemFailures. A record that can never succeed (not JSON, not an
-// event) is logged, counted and not listed, so SQS deletes it. When claiming
-// or delivery fails, every accepted record is listed, because the
+// event) is logged, counted and not listed, so SQS deletes it. A record
+// holding a key that another instance claimed under a live lease is listed,
+// so it comes back after that instance delivered or its lease ended. When
+// claiming or delivery fails, every accepted record is listed, because the
 // occurrences of one record may be delivered in the same send as another's;
 // a listed record whose occurrences were in fact delivered is simply known
 // when it comes back.
@@ -221,12 +240,15 @@ func (h *Handler) HandleSQS(ctx context.Context, ev events.SQSEvent) events.SQSE
 		recs[i].Index = i
 	}
 	var resp events.SQSEventResponse
-	failAccepted := func() {
+	fail := func(only map[int]bool) int {
+		n := 0
 		for i, r := range recs {
-			if r.Outcome == genesys.Accepted {
+			if r.Outcome == genesys.Accepted && (only == nil || only[i]) {
 				resp.BatchItemFailures = append(resp.BatchItemFailures, events.SQSBatchItemFailure{ItemIdentifier: ev.Records[i].MessageId})
+				n++
 			}
 		}
+		return n
 	}
 	res, err := h.p.Ingest(ctx, recs)
 	if len(res.Errors) > 0 {
@@ -234,9 +256,10 @@ func (h *Handler) HandleSQS(ctx context.Context, ev events.SQSEvent) events.SQSE
 		h.log.Warn("records rejected; they are not retried", "rejected", len(res.Errors),
 			"first_message_id", ev.Records[first.Index].MessageId, "first_error", first.Error)
 	}
-	if err != nil {
+	var pe *pipeline.PendingError
+	if err != nil && !errors.As(err, &pe) {
 		h.log.Error("claim failed; the batch's events will be retried", "records", len(recs), "err", err)
-		failAccepted()
+		h.report.write(fail(nil), 0, "claim")
 		return resp
 	}
 	if res.Accepted == 0 {
@@ -244,7 +267,15 @@ func (h *Handler) HandleSQS(ctx context.Context, ev events.SQSEvent) events.SQSE
 	}
 	if err := h.deliver(ctx); err != nil {
 		h.log.Error("delivery failed; the batch's events will be retried", "records", len(recs), "err", err)
-		failAccepted()
+		h.report.write(fail(nil), 0, "delivery")
+		return resp
+	}
+	if pe != nil {
+		only := map[int]bool{}
+		for _, i := range pe.Records {
+			only[i] = true
+		}
+		h.report.write(0, fail(only), "pending_elsewhere")
 	}
 	return resp
 }
@@ -293,6 +324,7 @@ func Run(ctx context.Context, getenv func(string) string, logOut io.Writer) erro
 		return fmt.Errorf("FLOWMETRICS_LOG_LEVEL %q: %w", cfg.LogLevel, err)
 	}
 	log := slog.New(slog.NewJSONHandler(logOut, &slog.HandlerOptions{Level: level}))
+	cfg.MetricsOut = os.Stdout
 	h, err := New(ctx, cfg, log)
 	if err != nil {
 		return err

@@ -40,10 +40,19 @@ type Config struct {
 	// failing sink (defaults 500 ms and 60 s).
 	RetryMin time.Duration `yaml:"retry_min"`
 	RetryMax time.Duration `yaml:"retry_max"`
+	// FlushAttempts, when positive, makes Flush give up on a sink after
+	// that many failed sends in a row instead of retrying until its
+	// context ends. Lambda sets it: its input is redelivered later anyway,
+	// and a sink that is not there should fail the invocation in a second,
+	// not at its timeout.
+	FlushAttempts int `yaml:"-"`
 
 	// Guard, when set, maps flow/metric pairs beyond the cardinality limit
 	// to the overflow series. It is applied as occurrences are ingested.
 	Guard Guard `yaml:"-"`
+	// OnMalformed, when set, is told each malformed metric attribute name
+	// as it is ingested (the dashboard lists them); it must be quick.
+	OnMalformed func(flow, name, reason string) `yaml:"-"`
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time `yaml:"-"`
 }
@@ -152,6 +161,14 @@ func (p *Pipeline) Register(ctx context.Context) error {
 	if err := p.store.Register(ctx, names); err != nil {
 		return fmt.Errorf("register sinks: %w", err)
 	}
+	return p.Restore(ctx)
+}
+
+// Restore hands each StatefulSink its committed state. Register calls it; a
+// caller that registers the sinks with the store itself (replay, which adds
+// its sinks to those of a serve data directory) calls it after that, before
+// the first Ingest.
+func (p *Pipeline) Restore(ctx context.Context) error {
 	for _, d := range p.drainers {
 		ss, ok := d.sink.(flowmetrics.StatefulSink)
 		if !ok {
@@ -163,6 +180,19 @@ func (p *Pipeline) Register(ctx context.Context) error {
 		}
 		if err := ss.Restore(ctx, st); err != nil {
 			return fmt.Errorf("restore %s state: %w", d.name, err)
+		}
+		// What Restore itself changed (a file cut back to its committed
+		// length, a first start's baseline, keys it could not read) is
+		// committed before any Send: a crash before the first batch's
+		// commit must find it.
+		if u := ss.TakeState(); u != nil {
+			cursor, err := p.store.Cursor(ctx, d.name)
+			if err != nil {
+				return fmt.Errorf("load %s cursor: %w", d.name, err)
+			}
+			if err := p.store.AckState(ctx, d.name, cursor, u); err != nil {
+				return fmt.Errorf("commit %s state: %w", d.name, err)
+			}
 		}
 	}
 	return nil
@@ -199,14 +229,16 @@ func (r *Result) Add(o Result) {
 
 // Ingest extracts the occurrences of the accepted records and claims them.
 // When it returns a nil error, every new occurrence is durably in the outbox
-// (as durable as the store), so the records may be acknowledged. A non-nil
-// error is a store failure: nothing may be acknowledged and the records
-// should be retried; retrying is safe.
+// (as durable as the store), so the records may be acknowledged. A
+// *PendingError names records that must wait for another writer; the rest
+// is as with nil. Any other error is a store failure: nothing may be
+// acknowledged and the records should be retried; retrying is safe.
 func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, error) {
 	var res Result
 	now := p.cfg.Now()
 	var reqs []flowmetrics.ClaimRequest
 	var reqKeys [][]string     // the keys of each request, for the cache
+	var reqRec []int           // the Index of each request's record
 	var folded map[string]bool // keys the guard folded into the overflow series
 	for _, r := range recs {
 		res.Read++
@@ -247,6 +279,9 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 			if errors.Is(b.Err, genesys.ErrNameTooLong) {
 				p.m.Limits.WithLabelValues("name_too_long").Inc()
 			}
+			if p.cfg.OnMalformed != nil {
+				p.cfg.OnMalformed(b.Flow, b.Name, b.Reason)
+			}
 		}
 		res.Malformed += len(bad)
 		if len(occs) == 0 {
@@ -259,6 +294,7 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		}
 		reqs = append(reqs, flowmetrics.ClaimRequest{ConversationID: r.Event.ConversationID, Occurrences: occs})
 		reqKeys = append(reqKeys, keys)
+		reqRec = append(reqRec, r.Index)
 	}
 	if len(reqs) == 0 {
 		return res, nil
@@ -266,12 +302,27 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 	start := time.Now()
 	fresh, err := p.store.Claim(ctx, reqs)
 	p.m.StoreLatency.WithLabelValues("claim").Observe(time.Since(start).Seconds())
-	if err != nil {
+	var pe *flowmetrics.PendingError
+	if err != nil && !errors.As(err, &pe) {
 		p.m.StoreErrors.WithLabelValues("claim").Inc()
 		return res, fmt.Errorf("claim: %w", err)
 	}
+	var pendingErr *PendingError
+	deferred := map[int]bool{}
+	if pe != nil {
+		pendingErr = &PendingError{}
+		for _, i := range pe.Requests {
+			deferred[i] = true
+			pendingErr.Records = append(pendingErr.Records, reqRec[i])
+		}
+		p.m.RecordsDeferred.Add(float64(len(pe.Requests)))
+	}
 	for i, rq := range reqs {
-		p.cache.learn(rq.ConversationID, reqKeys[i], now)
+		// A deferred request's keys are not known yet: the holder may die
+		// before delivering, and the retry must reach the store.
+		if !deferred[i] {
+			p.cache.learn(rq.ConversationID, reqKeys[i], now)
+		}
 	}
 	for _, o := range fresh {
 		p.m.Occurrences.WithLabelValues(o.Flow, o.Metric).Inc()
@@ -285,7 +336,24 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 			d.notify()
 		}
 	}
+	if pendingErr != nil {
+		return res, pendingErr
+	}
 	return res, nil
+}
+
+// PendingError is Ingest's report that some accepted records hold metric
+// keys another writer of a shared store claimed and has not yet delivered.
+// Everything else of the batch is claimed as with a nil error; the named
+// records must not be acknowledged but retried later (a caller that cannot
+// tell records apart retries them all, which is safe).
+type PendingError struct {
+	// Records are the Index fields of the records concerned.
+	Records []int
+}
+
+func (e *PendingError) Error() string {
+	return fmt.Sprintf("claim: %d records hold keys pending under another writer; retry them later", len(e.Records))
 }
 
 func occKeys(occs []flowmetrics.Occurrence) []string {
@@ -402,6 +470,20 @@ type batch struct {
 	// update is what a StatefulSink's state became by delivering the
 	// batch; it is committed with the cursor.
 	update flowmetrics.StateUpdate
+	// idle: no entries, only a Holder's due points (sent once per turn).
+	idle bool
+}
+
+// Holder is a StatefulSink that holds the points it was sent until a time
+// passes, in its state (the OTLP sink keeps each window open until its
+// watermark). When the outbox has nothing new for it, the drainer asks Due
+// at each turn (every flush_interval) and, when it says so, calls Send with
+// no points and commits TakeState at the unchanged cursor, so what the sink
+// held is sent in time even when no new occurrence comes.
+type Holder interface {
+	flowmetrics.StatefulSink
+	// Due reports whether Send with no points would send something now.
+	Due(now time.Time) bool
 }
 
 func (d *drainer) notify() {
@@ -459,6 +541,9 @@ func (d *drainer) flush(ctx context.Context) error {
 		more, err := d.drainOnce(ctx)
 		if err != nil {
 			failures++
+			if n := d.p.cfg.FlushAttempts; n > 0 && failures >= n {
+				return err
+			}
 			d.p.m.SinkBatchRetries.WithLabelValues(d.name).Inc()
 			if notBefore(ctx, err) {
 				return err // the sink will not try again before ctx ends
@@ -513,7 +598,7 @@ func (d *drainer) drainOnce(ctx context.Context) (more bool, err error) {
 		return false, err
 	}
 	d.held = nil
-	return true, nil
+	return !b.idle, nil
 }
 
 // next reads the next batch from the sink's cursor; nil when there is none.
@@ -533,6 +618,11 @@ func (d *drainer) next(ctx context.Context) (*batch, error) {
 		return nil, err
 	}
 	if len(entries) == 0 {
+		// Nothing new, but a sink holding points until a time passes
+		// may have some due: an empty send, committed at the same cursor.
+		if h, ok := d.sink.(Holder); ok && h.Due(p.cfg.Now()) {
+			return &batch{last: cursor, idle: true}, nil
+		}
 		return nil, nil
 	}
 	points, n := Aggregate(entries, p.cfg.Bucket)

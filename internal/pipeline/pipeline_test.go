@@ -468,6 +468,37 @@ func TestStatefulSinkStateCommittedWithCursor(t *testing.T) {
 	}
 }
 
+// TestRestoreChangesCommittedBeforeFirstSend: what a sink's Restore changed
+// (a baseline of a first start, a file cut back) is committed at once, at the
+// unchanged cursor, so a crash before the first batch's commit finds it.
+func TestRestoreChangesCommittedBeforeFirstSend(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New(store.Options{})
+	sink := &countingSink{recordingSink: recordingSink{name: "s"}, changed: true}
+	if err := New(st, []flowmetrics.Sink{sink}, Config{}, telemetry.New(), nil).Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	state, err := st.SinkState(ctx, "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(state["total"]); got != "0" {
+		t.Errorf("state committed by Register: got %q, want the baseline 0", got)
+	}
+	if c, _ := st.Cursor(ctx, "s"); c != 0 {
+		t.Errorf("cursor: got %d, want 0 (unchanged)", c)
+	}
+	if sink.sends != 0 {
+		t.Errorf("sends: got %d, want 0", sink.sends)
+	}
+	// Nothing changed by Restore: nothing to commit, and a store that
+	// fails its first AckState does not fail Register.
+	quiet := &countingSink{recordingSink: recordingSink{name: "s"}}
+	if err := New(&ackFailsOnce{Store: st}, []flowmetrics.Sink{quiet}, Config{}, telemetry.New(), nil).Register(ctx); err != nil {
+		t.Errorf("Register with nothing to commit: got %v, want nil", err)
+	}
+}
+
 func TestFailedAckDoesNotResend(t *testing.T) {
 	sink := &recordingSink{name: "s"}
 	m := telemetry.New()
@@ -489,5 +520,69 @@ func TestFailedAckDoesNotResend(t *testing.T) {
 	}
 	if d, _ := st.OutboxDepth(ctx, "s"); d != 0 {
 		t.Errorf("depth after the retried ack: got %d, want 0", d)
+	}
+}
+
+// holdingSink holds every point it is sent until release, in its state,
+// as the OTLP sink holds a window until its watermark.
+type holdingSink struct {
+	countingSink
+	held    []flowmetrics.Point
+	release bool
+	empty   int // Sends with no points
+}
+
+func (s *holdingSink) Send(ctx context.Context, points []flowmetrics.Point) error {
+	if len(points) == 0 {
+		s.empty++
+	}
+	s.held = append(s.held, points...)
+	if !s.release {
+		s.changed = true
+		return nil
+	}
+	err := s.countingSink.Send(ctx, s.held)
+	s.held = nil
+	return err
+}
+
+func (s *holdingSink) Due(now time.Time) bool { return s.release && len(s.held) > 0 }
+
+func TestHolderSentWhenDueWithoutNewEntries(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New(store.Options{})
+	sink := &holdingSink{countingSink: countingSink{recordingSink: recordingSink{name: "h"}}}
+	p := New(st, []flowmetrics.Sink{sink}, Config{RetryMin: time.Millisecond, RetryMax: time.Millisecond}, telemetry.New(), nil)
+	if err := p.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Ingest(ctx, []genesys.Record{event("c1", "FMetric_A(2026-11-20T09:31:48Z)")})
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sink.sends != 0 || sink.empty != 0 {
+		t.Fatalf("before due: got %d deliveries and %d empty sends, want 0 and 0", sink.sends, sink.empty)
+	}
+	cursor, _ := st.Cursor(ctx, "h")
+	sink.release = true
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sink.sends != 1 || sink.empty != 1 {
+		t.Errorf("once due: got %d deliveries and %d empty sends, want 1 and 1", sink.sends, sink.empty)
+	}
+	if got, _ := st.Cursor(ctx, "h"); got != cursor {
+		t.Errorf("cursor: got %d, want %d (unchanged by an empty send)", got, cursor)
+	}
+	state, _ := st.SinkState(ctx, "h")
+	if got := string(state["total"]); got != "1" {
+		t.Errorf("committed total: got %q, want 1 (the empty send's state committed)", got)
+	}
+	// Nothing due any more: no further empty send.
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sink.empty != 1 {
+		t.Errorf("after: got %d empty sends, want 1", sink.empty)
 	}
 }

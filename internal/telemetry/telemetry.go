@@ -21,6 +21,10 @@ type Metrics struct {
 	RecordsAccepted prometheus.Counter
 	RecordsSkipped  *prometheus.CounterVec // reason
 	RecordsRejected *prometheus.CounterVec // reason
+	// RecordsDeferred counts accepted records not acknowledged because
+	// another writer of a shared store holds some of their keys pending;
+	// they are retried, not lost.
+	RecordsDeferred prometheus.Counter
 
 	Occurrences *prometheus.CounterVec // flow, metric: new occurrences claimed
 	// Malformed counts malformed metric attributes by flow; count them with
@@ -108,6 +112,7 @@ func New() *Metrics {
 	m.RecordsAccepted = cnt("records_accepted_total", "Attribute-update records accepted.")
 	m.RecordsSkipped = vec("records_skipped_total", "Records skipped (not attribute updates).", "reason")
 	m.RecordsRejected = vec("records_rejected_total", "Records rejected as invalid.", "reason")
+	m.RecordsDeferred = cnt("records_deferred_total", "Accepted records left unacknowledged (to be retried) because another writer holds their keys pending.")
 	m.Occurrences = vec("occurrences_total", "Flow metric occurrences counted (new claims).", "flow", "metric")
 	m.Malformed = vec("malformed_attributes_total", "Metric-shaped attribute names that break the naming rules, by flow.", "flow")
 	m.Limits = vec("input_limits_total", "Inputs cut, folded or refused by a bound, by reason.", "reason")

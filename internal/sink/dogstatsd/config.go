@@ -104,3 +104,17 @@ func (c Config) addr() string {
 	}
 	return DefaultAddr
 }
+
+// isUDP reports whether addr (from Config.addr) is a UDP host:port rather
+// than a socket or the client's environment.
+func isUDP(addr string) bool {
+	if addr == "" || strings.HasPrefix(addr, `\\.\pipe\`) {
+		return false
+	}
+	for _, p := range socketPrefixes {
+		if strings.HasPrefix(addr, p) {
+			return false
+		}
+	}
+	return true
+}

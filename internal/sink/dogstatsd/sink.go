@@ -30,6 +30,7 @@ const (
 type Sink struct {
 	cfg    Config
 	client *statsd.Client
+	udp    *udpConn // the client's socket when it is UDP (see udp.go)
 	ledger *datadog.Ledger
 	m      *telemetry.Metrics
 	log    *slog.Logger
@@ -96,10 +97,11 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 		opts = append(opts, statsd.WithMaxBytesPerPayload(cfg.MaxDatagramBytes))
 	}
 	addr := cfg.addr()
-	c, err := statsd.New(addr, opts...)
+	c, udp, err := newClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("dogstatsd: %w", err)
 	}
+	s.udp = udp
 	s.client = c
 	s.log.Info("dogstatsd sink ready", "addr", addr, "transport", c.GetTransport(), "mode", string(cfg.Mode), "late_policy", string(cfg.LatePolicy))
 	return s, nil
@@ -165,6 +167,7 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	samples := s.ledger.Plan(b)
 
 	s.takeErrors() // errors of earlier, unrelated flushes are not this batch's
+	s.udp.pendingError()
 	var firstErr error
 	failed, queued := 0, 0
 	for _, x := range samples {
@@ -194,6 +197,10 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		}
 	}
 	s.client.Flush()
+	if err := s.udp.pendingError(); err != nil {
+		failed++
+		firstErr = cmp(firstErr, err)
+	}
 	if n, err := s.takeErrors(); n > 0 {
 		failed += n
 		firstErr = cmp(firstErr, err)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink/linefile"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
@@ -118,7 +119,8 @@ type Sink struct {
 
 	mu     sync.Mutex
 	w      io.Writer
-	file   *os.File // when Path is a file: appended, fsync'd, truncated back on failure
+	dev    *os.File       // a FIFO or device opened by path, closed on Close
+	file   *linefile.File // when Path is a file: each batch whole and once
 	closed bool
 }
 
@@ -132,7 +134,8 @@ func (c Config) CheckNaming(namer *naming.Namer) error {
 }
 
 // New returns a sink for cfg (which should have passed Validate). For a file
-// path it opens (creates) the file for appending.
+// path it opens (creates) the file and cuts a torn last line left by a
+// crash; Restore then cuts it back to the length committed with the cursor.
 func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -173,11 +176,15 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 	case cfg.Path == "-":
 		s.w = os.Stdout
 	default:
-		f, err := os.OpenFile(cfg.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		file, dev, err := linefile.Open(cfg.Path, s.log)
 		if err != nil {
 			return nil, fmt.Errorf("emf: open %s: %w", cfg.Path, err)
 		}
-		s.file, s.w = f, f
+		if dev != nil {
+			s.w, s.dev = dev, dev // a FIFO or device: written as a stream
+		} else {
+			s.file = file
+		}
 	}
 	return s, nil
 }
@@ -187,8 +194,9 @@ func (s *Sink) Name() string { return Name }
 
 // Send implements flowmetrics.Sink: it writes the batch's lines in one write
 // and, for a file, fsyncs it, so nil means the lines are durable. If the
-// write or the sync fails, the file is truncated back to where the batch
-// began, so the retried batch is not counted twice.
+// write or the sync fails, the file is cut back to where the batch began, so
+// the retried batch is not counted twice; after a crash, Restore cuts it
+// back to the last acknowledged batch.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("emf: %w", err)
@@ -217,22 +225,40 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 }
 
 func (s *Sink) appendFile(buf []byte) error {
-	start, err := s.file.Seek(0, io.SeekEnd)
-	if err != nil {
+	if err := s.file.Append(buf); err != nil {
 		return fmt.Errorf("emf: %s: %w", s.cfg.Path, err)
-	}
-	_, err = s.file.Write(buf)
-	if err == nil {
-		err = s.file.Sync()
-	}
-	if err != nil {
-		if terr := s.file.Truncate(start); terr != nil {
-			s.log.Error("cannot remove a partly written batch: its lines may be counted twice", "path", s.cfg.Path, "err", terr)
-		}
-		return fmt.Errorf("emf: append to %s: %w", s.cfg.Path, err)
 	}
 	return nil
 }
+
+// Restore implements flowmetrics.StatefulSink: a file is cut back to the
+// length committed with the cursor (linefile.File.Restore), so what a crash
+// left of a batch that was not acknowledged is not counted twice.
+func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.file == nil {
+		return nil
+	}
+	if err := s.file.Restore(ctx, state, fileStateKey); err != nil {
+		return fmt.Errorf("emf: %w", err)
+	}
+	return nil
+}
+
+// TakeState implements flowmetrics.StatefulSink: the file's identity and
+// length after the batches sent since the last call; nil for stdout.
+func (s *Sink) TakeState() flowmetrics.StateUpdate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.file == nil {
+		return nil
+	}
+	return s.file.TakeState(fileStateKey)
+}
+
+// fileStateKey holds the file's identity and acknowledged length.
+const fileStateKey = "file"
 
 // flush syncs or flushes w when it can: a file or a bufio.Writer.
 func flush(w io.Writer) error {
@@ -264,16 +290,19 @@ func (s *Sink) Close(ctx context.Context) error {
 	}
 	s.closed = true
 	if s.file != nil {
-		err := s.file.Sync()
-		if cerr := s.file.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
+		// Every batch was synced by its Send.
+		if err := s.file.Close(); err != nil {
 			return fmt.Errorf("emf: close %s: %w", s.cfg.Path, err)
 		}
 		return nil
 	}
-	return flush(s.w)
+	err := flush(s.w)
+	if s.dev != nil {
+		if cerr := s.dev.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
 }
 
 // series is one CloudWatch metric in one bucket.
@@ -460,7 +489,7 @@ func truncate(s string, n int) string {
 	return s
 }
 
-var _ flowmetrics.Sink = (*Sink)(nil)
+var _ flowmetrics.StatefulSink = (*Sink)(nil)
 
 // isNotSyncable reports the errors fsync gives for pipes and terminals.
 func isNotSyncable(err error) bool {

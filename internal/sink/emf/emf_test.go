@@ -234,6 +234,59 @@ func TestFile(t *testing.T) {
 	}
 }
 
+// TestCrashLeavesNothingTwice: a batch written (whole or in part) before a
+// crash and before its cursor was committed is cut on the next start, so
+// when it is written again CloudWatch counts it once.
+func TestCrashLeavesNothingTwice(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "emf.log")
+	os.WriteFile(path, []byte("earlier line\n"), 0o644)
+	committed := map[string][]byte{}
+	open := func() *Sink {
+		s, err := New(Config{Path: path}, naming.New(naming.Config{}), telemetry.New(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Restore(ctx, committed); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	commit := func(s *Sink) {
+		for k, v := range s.TakeState() {
+			committed[k] = v
+		}
+	}
+	for _, leftover := range []string{"whole", "torn"} {
+		t.Run(leftover, func(t *testing.T) {
+			s := open()
+			commit(s) // Pipeline.Register commits what Restore found
+			before, _ := os.ReadFile(path)
+			if err := s.Send(ctx, samplePoints[:1]); err != nil {
+				t.Fatal(err)
+			}
+			commit(s)
+			acked, _ := os.ReadFile(path)
+			if err := s.Send(ctx, samplePoints[1:]); err != nil {
+				t.Fatal(err)
+			}
+			s.Close(ctx) // the crash: the second batch is never committed
+			if leftover == "torn" {
+				b, _ := os.ReadFile(path)
+				os.WriteFile(path, b[:len(b)-7], 0o644)
+			}
+			s = open()
+			defer s.Close(ctx)
+			if got, _ := os.ReadFile(path); string(got) != string(acked) {
+				t.Errorf("after the restart: got %d bytes, want the %d acknowledged", len(got), len(acked))
+			}
+			if len(acked) <= len(before) {
+				t.Errorf("the first batch is missing")
+			}
+		})
+	}
+}
+
 // failAfter accepts n bytes, then fails.
 type failAfter struct{ n int }
 

@@ -9,21 +9,37 @@
 // The same flow, metric and bucket can appear on several lines (occurrences
 // of one bucket that arrived in different batches, late events); consumers
 // sum the counts.
+//
+// A file holds each batch whole or not at all, exactly once: the sink is a
+// flowmetrics.StatefulSink whose state is the file's length after the last
+// batch, committed with the sink's outbox cursor. On start the file is cut
+// back to that length, so what a crash left of a batch whose cursor was not
+// committed (part of it, or all of it) is removed before the batch is
+// written again. A write or sync error (a full disk) cuts the file back too,
+// and the next Send writes the batch again at the same place (package
+// linefile).
+//
+// Stdout and other non-seekable outputs (pipes, FIFOs, devices) cannot be
+// cut back: there a crash between writing a batch and committing its cursor
+// writes that batch again after the restart (the duplicate window).
 package jsonl
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
+	"log/slog"
 	"os"
 	"sync"
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink/linefile"
 )
 
 // Config is the sinks.jsonl section.
@@ -45,22 +61,44 @@ type Line struct {
 	Tags            map[string]string `json:"tags,omitempty"`
 }
 
+// stateKey holds the file's identity and acknowledged length.
+const stateKey = "file"
+
+// pipeChunk is the most a write to a pipe may carry and still be atomic
+// (POSIX PIPE_BUF on Linux), so a crash never leaves a torn line in a pipe.
+const pipeChunk = 4096
+
 // Sink writes lines. For a file, Send returns only after the lines are
 // fsynced, so an acknowledged batch survives a crash.
 type Sink struct {
+	log  *slog.Logger
+	tags map[string]string
+
 	mu     sync.Mutex
-	w      *bufio.Writer
-	f      *os.File // a regular file, synced on Send; nil otherwise
-	dev    *os.File // a device or pipe opened by path, closed on Close
-	tags   map[string]string
 	closed bool
+
+	// A regular file, each batch whole and once (package linefile).
+	file *linefile.File
+	// Stdout, a pipe or a device: written in whole-line chunks.
+	w   io.Writer
+	dev *os.File // opened by path, closed on Close
+	// resume is the unwritten rest of a batch whose write to w failed, so
+	// the same batch sent again does not repeat the lines already out.
+	resume struct {
+		sum  uint64
+		rest []byte
+	}
 }
 
 // New opens the sink. A file left with a torn last line by a crash is cut
-// back to its last complete line: that batch was not acknowledged, so it will
-// be sent again.
-func New(cfg Config, namer *naming.Namer) (*Sink, error) {
-	s := &Sink{}
+// back to its last complete line at once (that line was never
+// acknowledged); Restore then cuts it back to the length committed with the
+// cursor. log may be nil.
+func New(cfg Config, namer *naming.Namer, log *slog.Logger) (*Sink, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Sink{log: log.With("sink", "jsonl")}
 	if namer != nil && len(namer.Static()) > 0 {
 		s.tags = map[string]string{}
 		for _, t := range namer.Static() {
@@ -68,98 +106,121 @@ func New(cfg Config, namer *naming.Namer) (*Sink, error) {
 		}
 	}
 	if cfg.Path == "" || cfg.Path == "-" {
-		s.w = bufio.NewWriter(os.Stdout)
+		s.w = os.Stdout
 		return s, nil
 	}
-	f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_CREATE, 0o644)
+	file, dev, err := linefile.Open(cfg.Path, s.log)
 	if err != nil {
-		return nil, fmt.Errorf("jsonl: %w", err)
-	}
-	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() {
-		// A device or pipe (/dev/null, a FIFO): nothing to trim or sync.
-		s.w = bufio.NewWriterSize(f, 64<<10)
-		s.dev = f
-		return s, nil
-	}
-	if err := trimTornLine(f); err != nil {
-		f.Close()
 		return nil, fmt.Errorf("jsonl: %s: %w", cfg.Path, err)
 	}
-	s.f = f
-	s.w = bufio.NewWriterSize(f, 64<<10)
+	if dev != nil {
+		// A device or pipe (/dev/null, a FIFO): nothing to cut or sync.
+		s.w, s.dev = dev, dev
+		return s, nil
+	}
+	s.file = file
 	return s, nil
 }
 
 // NewWriter returns a sink writing to w (tests, stdout wrappers).
-func NewWriter(w io.Writer) *Sink { return &Sink{w: bufio.NewWriter(w)} }
-
-func trimTornLine(f *os.File) error {
-	size, err := f.Seek(0, io.SeekEnd)
-	if err != nil || size == 0 {
-		return err
-	}
-	// Walk back to the last newline.
-	buf := make([]byte, 4096)
-	end := size
-	for end > 0 {
-		n := int64(len(buf))
-		if end < n {
-			n = end
-		}
-		if _, err := f.ReadAt(buf[:n], end-n); err != nil {
-			return err
-		}
-		for i := n - 1; i >= 0; i-- {
-			if buf[i] == '\n' {
-				cut := end - n + i + 1
-				if cut == size {
-					return nil
-				}
-				if err := f.Truncate(cut); err != nil {
-					return err
-				}
-				_, err := f.Seek(cut, io.SeekStart)
-				return err
-			}
-		}
-		end -= n
-	}
-	if err := f.Truncate(0); err != nil {
-		return err
-	}
-	_, err = f.Seek(0, io.SeekStart)
-	return err
+func NewWriter(w io.Writer) *Sink {
+	return &Sink{w: w, log: slog.Default().With("sink", "jsonl")}
 }
 
 // Name implements flowmetrics.Sink.
 func (s *Sink) Name() string { return "jsonl" }
 
-// Send implements flowmetrics.Sink.
-func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
+// Restore implements flowmetrics.StatefulSink: a file is cut back to the
+// length committed with the cursor (linefile.File.Restore).
+func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return errors.New("jsonl: closed")
+	if s.file == nil {
+		return nil
 	}
-	enc := json.NewEncoder(s.w)
+	if err := s.file.Restore(ctx, state, stateKey); err != nil {
+		return fmt.Errorf("jsonl: %w", err)
+	}
+	return nil
+}
+
+// TakeState implements flowmetrics.StatefulSink: the file's identity and its
+// length after the batches sent since the last call; nil for a stream.
+func (s *Sink) TakeState() flowmetrics.StateUpdate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.file == nil {
+		return nil
+	}
+	return s.file.TakeState(stateKey)
+}
+
+// Send implements flowmetrics.Sink. For a file the batch is written after
+// the last whole batch and synced; on any error the file is cut back, so the
+// batch is either wholly in the file or not at all, and the retried Send
+// writes it at the same place.
+func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
 	enc.SetEscapeHTML(false)
 	for _, p := range points {
 		if err := enc.Encode(Line{Flow: p.Flow, Metric: p.Metric, Timestamp: p.Bucket.UTC(), IntervalSeconds: int64(p.Width / time.Second), Count: p.Count, Tags: s.tags}); err != nil {
 			return fmt.Errorf("jsonl: %w", err)
 		}
 	}
-	if err := s.w.Flush(); err != nil {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("jsonl: closed")
+	}
+	if s.file == nil {
+		return s.writeStream(buf.Bytes())
+	}
+	if err := s.file.Append(buf.Bytes()); err != nil {
 		return fmt.Errorf("jsonl: %w", err)
 	}
-	if s.f != nil {
-		if err := s.f.Sync(); err != nil {
-			return fmt.Errorf("jsonl: sync: %w", err)
+	return nil
+}
+
+// writeStream writes b to a non-seekable output in chunks of whole lines of
+// at most pipeChunk bytes (a longer line goes alone), each one write call.
+// After a failed write it remembers the unwritten rest: the same batch sent
+// again continues there instead of repeating lines.
+func (s *Sink) writeStream(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
+	sum := fingerprint(b)
+	if s.resume.sum == sum {
+		b = s.resume.rest
+	}
+	s.resume.sum, s.resume.rest = 0, nil
+	for len(b) > 0 {
+		n := len(b)
+		if n > pipeChunk {
+			n = bytes.LastIndexByte(b[:pipeChunk], '\n') + 1
+			if n == 0 {
+				n = bytes.IndexByte(b, '\n') + 1 // one line longer than a chunk
+			}
+		}
+		w, err := s.w.Write(b[:n])
+		b = b[w:]
+		if err != nil {
+			s.resume.sum, s.resume.rest = sum, b
+			return fmt.Errorf("jsonl: write: %w", err)
 		}
 	}
 	return nil
 }
 
-// Close implements flowmetrics.Sink.
+func fingerprint(b []byte) uint64 {
+	h := fnv.New64a()
+	h.Write(b)
+	return h.Sum64() | 1
+}
+
+// Close implements flowmetrics.Sink. Nothing is buffered; it closes the
+// file and is safe to call twice.
 func (s *Sink) Close(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -167,13 +228,13 @@ func (s *Sink) Close(ctx context.Context) error {
 		return nil
 	}
 	s.closed = true
-	err := s.w.Flush()
-	for _, f := range []*os.File{s.f, s.dev} {
-		if f != nil {
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-		}
+	switch {
+	case s.file != nil:
+		return s.file.Close()
+	case s.dev != nil:
+		return s.dev.Close()
 	}
-	return err
+	return nil
 }
+
+var _ flowmetrics.StatefulSink = (*Sink)(nil)

@@ -1,19 +1,25 @@
-// Package otlp is the OpenTelemetry sink: OTLP/HTTP with protobuf bodies, sent
-// by the OpenTelemetry Go exporter (otlpmetrichttp) to a collector or to any
-// backend with an OTLP intake (Grafana Cloud, Honeycomb, New Relic,
-// Datadog).
+// Package otlp is the OpenTelemetry sink: OTLP/HTTP with protobuf bodies,
+// built with the official protobuf types and sent over net/http to a
+// collector or to any backend with an OTLP intake (Grafana Cloud,
+// Honeycomb, New Relic, Datadog).
 //
-// Each point becomes a data point of a delta-temporality monotonic Sum whose
-// StartTimeUnixNano is the bucket start and TimeUnixNano the bucket end,
-// with the attributes flow, metric and the static tags. The SDK's
-// instruments cannot stamp past times, so the sink builds the
-// metricdata.ResourceMetrics itself and calls the exporter's Export.
+// Each flow metric is one stream of a monotonic Sum (delta by default,
+// cumulative as an option) whose windows are the pipeline's buckets. A
+// stream's windows are sent once each, in order, never overlapping, as the
+// OpenTelemetry data model asks of a delta stream: a bucket is held open
+// until a watermark after its end, occurrences of a bucket already sent go
+// to the stream's next window (and a counter). Each stream's end and its
+// closed and open windows are the sink's state (flowmetrics.StatefulSink),
+// committed with the outbox cursor; a window is sent only after its
+// closing is committed, so a crash neither loses a window nor sends one
+// with other counts than the first time. The sink is a pipeline.Holder: the
+// drainer sends it an empty batch when a held window is due.
 //
-// The exporter's own retry is turned off: the pipeline retries a failed
-// batch with jittered backoff from its durable outbox, counts the retries,
-// and never gives up after a minute as the exporter would. The sink sees
-// each response's status code (through its own HTTP transport) to tell
-// retryable failures from permanent ones, and treats a 2xx partial success
-// as delivered: the OTLP specification says not to retry it, and retrying
-// would count the accepted points twice.
+// Retries follow OTLP/HTTP: only no answer, 429, 502, 503 and 504 are
+// retried (Send returns an error; the pipeline sends the same batch again
+// with jittered backoff and the sink does not count it twice), a
+// Retry-After is honoured, a 413 splits the request, and any other status
+// drops the request's windows with a counter and an error log naming the
+// status. A 2xx partial success is delivered; its rejected points are
+// counted.
 package otlp

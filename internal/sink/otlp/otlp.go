@@ -1,31 +1,29 @@
 package otlp
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"hash/fnv"
 	"log/slog"
+	"math"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
-	"os"
-	"strconv"
+	"sort"
 	"strings"
 	"sync"
 	"time"
 	"unicode"
 
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlpmetric/otlpmetrichttp"
-	"go.opentelemetry.io/otel/sdk/instrumentation"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.opentelemetry.io/otel/sdk/resource"
 	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	metricpb "go.opentelemetry.io/proto/otlp/metrics/v1"
+	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
 	"golang.org/x/text/unicode/norm"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
@@ -38,19 +36,46 @@ const Name = "otlp"
 // ScopeName is the instrumentation scope of the data points.
 const ScopeName = "github.com/flowmetrics/flowmetrics"
 
-// ReasonRejected counts, in telemetry PointsAdjusted{sink, reason}, the
-// points a collector refused in a partial success.
-const ReasonRejected = "rejected"
+// Reasons of telemetry PointsAdjusted{sink="otlp", reason}. Late, future
+// and rejected count occurrences or data points; coalesced counts windows.
+const (
+	// ReasonRejected: data points a collector refused in a partial success.
+	ReasonRejected = "rejected"
+	// ReasonLate: occurrences whose bucket was already sent, counted in
+	// the stream's next window instead.
+	ReasonLate = "late"
+	// ReasonFuture: occurrences more than 10 minutes ahead, counted in the
+	// bucket of the present.
+	ReasonFuture = "future"
+	// ReasonCoalesced: pairs of open windows of one stream merged into one
+	// because the stream held more than 256.
+	ReasonCoalesced = "coalesced"
+)
 
 // Unit of the sums: an annotation, so Prometheus-style backends add no unit
 // suffix (genesys_flow_metric_total).
 const Unit = "{occurrence}"
 
-const defaultTimeout = 10 * time.Second
+const (
+	defaultTimeout   = 10 * time.Second
+	defaultWatermark = 30 * time.Second
+	defaultMaxPoints = 1000
+	// maxIdentity bounds the metric name, flow and metric of one stream
+	// together, as encoded in its state: with at most maxOpen open and
+	// maxOpen closed windows (about 33 KB), a stream's state always fits
+	// one state value (64 KiB).
+	maxIdentity = 16 << 10
+)
+
+// Temporalities.
+const (
+	Delta      = "delta"
+	Cumulative = "cumulative"
+)
 
 // Config is the otlp section of the YAML config. Fields left empty fall back
-// to the OTEL_EXPORTER_OTLP_* environment variables, then to the exporter's
-// defaults (https://localhost:4318/v1/metrics, 10 s).
+// to the OTEL_EXPORTER_OTLP_* environment variables, then to the defaults
+// (https://localhost:4318/v1/metrics, 10 s).
 type Config struct {
 	// Endpoint is the collector's base URL, e.g. http://127.0.0.1:4318;
 	// /v1/metrics is appended unless the URL has a path of its own.
@@ -66,6 +91,24 @@ type Config struct {
 	Compression string `yaml:"compression"`
 	// Timeout bounds one export request.
 	Timeout time.Duration `yaml:"timeout"`
+	// Temporality is delta (default: each window's own count) or
+	// cumulative (each stream's running total since its first window).
+	Temporality string `yaml:"temporality"`
+	// Watermark is how long after a bucket's end the sink waits for late
+	// occurrences before sending it (default 30 s). Occurrences of a bucket
+	// already sent are counted in the stream's next window.
+	Watermark time.Duration `yaml:"watermark"`
+	// MaxPointsPerRequest bounds one request (default 1000 data points);
+	// a 413 splits it further.
+	MaxPointsPerRequest int `yaml:"max_points_per_request"`
+
+	// FlushOnClose sends the windows still open when the sink closes.
+	// The wiring sets it when the state store does not outlive the process
+	// (the memory store): there, open windows kept for the next start
+	// would be lost. With a durable store they wait in the sink state.
+	FlushOnClose bool `yaml:"-"`
+	// Now is the clock (time.Now if nil).
+	Now func() time.Time `yaml:"-"`
 }
 
 // Validate checks the section without touching the network.
@@ -98,23 +141,56 @@ func (c Config) Validate() error {
 	if c.Timeout < 0 {
 		return fmt.Errorf("otlp.timeout %v: must not be negative", c.Timeout)
 	}
+	switch c.Temporality {
+	case "", Delta, Cumulative:
+	default:
+		return fmt.Errorf("otlp.temporality %q: must be delta or cumulative", c.Temporality)
+	}
+	if c.Watermark < 0 || c.Watermark > time.Hour {
+		return fmt.Errorf("otlp.watermark %v: must be between 0 and 1h", c.Watermark)
+	}
+	if c.MaxPointsPerRequest < 0 {
+		return fmt.Errorf("otlp.max_points_per_request %d: must not be negative", c.MaxPointsPerRequest)
+	}
 	return nil
 }
 
-// Sink exports points to an OTLP/HTTP endpoint.
+// Sink sends each stream's windows once, in order, to an OTLP/HTTP
+// endpoint, holding a bucket until its watermark passes. See the package
+// documentation.
 type Sink struct {
-	cfg      Config
-	namer    *naming.Namer
-	m        *telemetry.Metrics
-	log      *slog.Logger
-	exp      *otlpmetrichttp.Exporter
-	resource *resource.Resource
-	static   []attribute.KeyValue
+	m          *telemetry.Metrics
+	log        *slog.Logger
+	namer      *naming.Namer
+	client     *http.Client
+	url        string
+	headers    map[string]string
+	gzip       bool
+	cumulative bool
+	watermark  time.Duration
+	maxPoints  int
+	flushClose bool
+	now        func() time.Time
+	sleep      func(ctx context.Context, d time.Duration) bool
+	resource   *resourcepb.Resource
+	static     []*commonpb.KeyValue
+
+	mu       sync.Mutex
+	closed   bool
+	closing  bool
+	restored bool // by a pipeline that commits the state
+	ws       *windows
+	// merged: the last Send merged its points but did not finish sending;
+	// the pipeline sends the same batch again, which must not be merged
+	// twice. fp identifies it.
+	merged   bool
+	mergedFP uint64
+	// notBefore: no request before this time (a Retry-After).
+	notBefore  time.Time
+	lastForget time.Time
 
 	closeOnce sync.Once
 	closeErr  error
-	mu        sync.Mutex
-	closed    bool
 }
 
 // New returns a sink for cfg (which should have passed Validate). It reads
@@ -136,27 +212,21 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 	if err != nil {
 		return nil, err
 	}
-	opts := []otlpmetrichttp.Option{
-		otlpmetrichttp.WithHTTPClient(client),
-		otlpmetrichttp.WithRetry(otlpmetrichttp.RetryConfig{Enabled: false}),
-	}
-	if cfg.Endpoint != "" {
-		opts = append(opts, otlpmetrichttp.WithEndpointURL(endpointURL(cfg.Endpoint)))
-	} else if cfg.Insecure {
-		opts = append(opts, otlpmetrichttp.WithInsecure())
-	}
-	if cfg.Headers != nil {
-		opts = append(opts, otlpmetrichttp.WithHeaders(cfg.Headers))
-	}
-	switch cfg.Compression {
-	case "gzip":
-		opts = append(opts, otlpmetrichttp.WithCompression(otlpmetrichttp.GzipCompression))
-	case "none":
-		opts = append(opts, otlpmetrichttp.WithCompression(otlpmetrichttp.NoCompression))
-	}
-	exp, err := otlpmetrichttp.New(context.Background(), opts...)
+	u, err := endpoint(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("otlp: %w", err)
+		return nil, err
+	}
+	headers := cfg.Headers
+	if headers == nil {
+		if headers, err = envHeaders(); err != nil {
+			return nil, err
+		}
+	}
+	comp := cfg.Compression
+	if comp == "" {
+		if comp, err = envCompression(); err != nil {
+			return nil, err
+		}
 	}
 	// service.name=flowmetrics, unless OTEL_SERVICE_NAME or
 	// OTEL_RESOURCE_ATTRIBUTES say otherwise.
@@ -164,164 +234,387 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 	if err != nil {
 		return nil, fmt.Errorf("otlp: resource: %w", err)
 	}
-	s := &Sink{cfg: cfg, namer: namer, m: m, log: log.With("sink", Name), exp: exp, resource: res}
+	s := &Sink{
+		m: m, log: log.With("sink", Name), namer: namer, client: client, url: u, headers: headers,
+		gzip: comp == "gzip", cumulative: cfg.Temporality == Cumulative,
+		watermark: cfg.Watermark, maxPoints: cfg.MaxPointsPerRequest, flushClose: cfg.FlushOnClose,
+		now: cfg.Now, sleep: sleep, ws: newWindows(),
+		resource: &resourcepb.Resource{Attributes: keyValues(res.Attributes())},
+	}
+	if s.watermark == 0 {
+		s.watermark = defaultWatermark
+	}
+	if s.maxPoints == 0 {
+		s.maxPoints = defaultMaxPoints
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
 	for _, t := range namer.Static() {
-		s.static = append(s.static, attribute.String(t.Key, t.Value))
+		s.static = append(s.static, str(t.Key, t.Value))
+	}
+	for _, r := range []string{ReasonLate, ReasonFuture, ReasonRejected} {
+		m.PointsAdjusted.WithLabelValues(Name, r)
 	}
 	return s, nil
-}
-
-// endpointURL applies OTEL_EXPORTER_OTLP_ENDPOINT's rule to a base URL: the
-// signal path is appended. A URL with a path of its own is used as it is,
-// like OTEL_EXPORTER_OTLP_METRICS_ENDPOINT.
-func endpointURL(e string) string {
-	u, _ := url.Parse(e) // validated
-	if u.Path == "" || u.Path == "/" {
-		u.Path = "/v1/metrics"
-	}
-	return u.String()
 }
 
 // Name implements flowmetrics.Sink.
 func (s *Sink) Name() string { return Name }
 
-// Send implements flowmetrics.Sink: one export request for the batch. It
-// returns nil when the endpoint answered 2xx (points a partial success
-// rejected are logged and counted, not retried), an error wrapped with
-// flowmetrics.Permanent when the endpoint refused the data itself (400, 413
-// and other 4xx but 401, 403, 404, 408 and 429), and a plain error to retry
-// otherwise: no answer, 408, 429, 5xx, and the configuration errors 401, 403
-// and 404, so that fixing the credentials or the URL delivers what waited.
-func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
-	rm, n := s.ResourceMetrics(points)
-	if n == 0 {
+// Restore implements flowmetrics.StatefulSink: the streams' sent ends and
+// open windows as last committed with the cursor.
+func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	bad := s.ws.restore(state, s.now())
+	if len(bad) > 0 {
+		// Whatever those streams held open is lost; the floor makes sure
+		// nothing sent later overlaps what they sent.
+		s.log.Error("unreadable sink state keys dropped; their streams restart at the present", "keys", len(bad), "first", bad[0])
+		s.m.PointsAdjusted.WithLabelValues(Name, "state_unreadable").Add(float64(len(bad)))
+	}
+	s.merged = false
+	s.restored = true
+	return nil
+}
+
+// TakeState implements flowmetrics.StatefulSink: the streams changed since
+// the last call (nil values for forgotten streams).
+func (s *Sink) TakeState() flowmetrics.StateUpdate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	up, err := s.ws.take()
+	if err != nil {
+		s.log.Error("cannot encode sink state", "err", err)
 		return nil
 	}
+	return up
+}
+
+// Due reports whether a window the sink holds has closed by now, so that
+// a Send with no points would send it.
+func (s *Sink) Due(now time.Time) bool {
 	s.mu.Lock()
-	closed := s.closed
-	s.mu.Unlock()
-	if closed {
+	defer s.mu.Unlock()
+	return s.ws.due(now.Add(-s.watermark).UnixNano())
+}
+
+// Send implements flowmetrics.Sink. It counts the points into their
+// streams' open windows, sends the windows an earlier Send closed, and
+// closes those whose watermark has passed, to be sent by the next Send
+// (the pipeline's next batch, or its empty one when the sink is Due):
+// a window is sent only once its closing is committed with the cursor, so
+// after a crash it is sent again exactly as it was, never with other
+// counts. Send returns nil when nothing closed is left unsent: what it
+// holds is then in the state the pipeline commits (TakeState), so a crash
+// neither loses nor double-counts it. It returns an error to retry when a
+// request could not be delivered (no answer, 429, 502, 503, 504); the
+// pipeline then sends the same batch again, which is not counted twice.
+// Windows refused for good (other 4xx and 5xx) are counted, logged and not
+// sent again.
+func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		if len(points) == 0 {
+			return nil
+		}
 		return errors.New("otlp: sink closed")
 	}
-	rec := &response{}
-	err := s.exp.Export(context.WithValue(ctx, responseKey{}, rec), rm)
-	code := rec.status
-	if code >= 200 && code <= 299 {
-		if rec.rejected > 0 || rec.message != "" {
-			s.m.PointsAdjusted.WithLabelValues(Name, ReasonRejected).Add(float64(rec.rejected))
-			s.log.Warn("collector rejected part of a batch; not retried, as OTLP says", "rejected", rec.rejected, "message", rec.message)
-		} else if err != nil {
-			s.log.Warn("export answered 2xx with an error", "err", err)
+	now := s.now()
+	if len(points) > 0 {
+		fp := fingerprint(points)
+		if !s.merged || fp != s.mergedFP {
+			s.merge(points, now)
 		}
-		return nil
+		s.merged, s.mergedFP = true, fp
 	}
-	if err == nil {
-		err = fmt.Errorf("no response recorded (status %d)", code)
+	if err := s.flush(ctx); err != nil {
+		return err
 	}
-	err = fmt.Errorf("otlp: %w", err)
-	switch {
-	case code == 0:
-		s.failure("network")
-	case code == http.StatusUnauthorized || code == http.StatusForbidden:
-		s.failure("unauthorized")
-		s.log.Error("collector refused the credentials: check the otlp headers", "status", code)
-	case code == http.StatusNotFound:
-		s.failure("not_found")
-		s.log.Error("collector answered 404: check the otlp endpoint", "status", code)
-	case code == http.StatusRequestTimeout || code == http.StatusTooManyRequests:
-		s.failure("throttled")
-	case code >= 400 && code <= 499:
-		s.failure("rejected")
-		return flowmetrics.Permanent(err)
-	default:
-		s.failure("server_error")
+	s.ws.close(now.Add(-s.watermark).UnixNano(), s.cumulative)
+	s.merged = false
+	if now.Sub(s.lastForget) > time.Minute {
+		s.ws.forget(now.Add(-streamTTL).UnixNano())
+		s.lastForget = now
 	}
-	return err
+	return nil
 }
 
-func (s *Sink) failure(reason string) {
-	s.m.SinkFailures.WithLabelValues(Name, reason).Inc()
-}
-
-// Close implements flowmetrics.Sink. The exporter buffers nothing; Close
-// shuts it down and is safe to call twice.
-func (s *Sink) Close(ctx context.Context) error {
-	s.closeOnce.Do(func() {
-		s.mu.Lock()
-		s.closed = true
-		s.mu.Unlock()
-		if err := s.exp.Shutdown(ctx); err != nil {
-			s.closeErr = fmt.Errorf("otlp: shutdown: %w", err)
-		}
-	})
-	return s.closeErr
-}
-
-// ResourceMetrics builds the export for points: one Sum per metric name,
-// one data point per series and bucket (repeats summed, since two delta
-// points with the same identity and interval could be taken as
-// duplicates). It also returns the number of data points.
-func (s *Sink) ResourceMetrics(points []flowmetrics.Point) (*metricdata.ResourceMetrics, int) {
-	type dpKey struct {
-		name         string
-		flow, metric string
-		start        int64
-		end          int64
-	}
-	var names []string
-	byName := map[string]*metricdata.Sum[int64]{}
-	index := map[dpKey]int{}
-	n := 0
+// merge counts points into the open windows.
+func (s *Sink) merge(points []flowmetrics.Point, now time.Time) {
+	var a adjust
 	for _, p := range points {
 		if p.Count <= 0 {
 			s.m.PointsAdjusted.WithLabelValues(Name, "non_positive_count").Inc()
 			continue
 		}
 		name := metricName(s.namer.Name(p.Flow, p.Metric))
+		if identityLen(name, p.Flow, p.Metric) > maxIdentity {
+			s.m.OutboxDropped.WithLabelValues(Name, "name_too_long").Add(float64(p.Count))
+			s.log.Error("flow and metric names too long for a stream; occurrences dropped", "bytes", len(p.Flow)+len(p.Metric), "occurrences", p.Count)
+			continue
+		}
 		w := p.Width
 		if w <= 0 {
 			w = time.Second // an interval must not be empty
 		}
-		start, end := p.Bucket.UTC(), p.Bucket.UTC().Add(w)
-		sum, ok := byName[name]
-		if !ok {
-			sum = &metricdata.Sum[int64]{Temporality: metricdata.DeltaTemporality, IsMonotonic: true}
-			byName[name] = sum
-			names = append(names, name)
-		}
-		k := dpKey{name, p.Flow, p.Metric, start.UnixNano(), end.UnixNano()}
-		if i, ok := index[k]; ok {
-			sum.DataPoints[i].Value += p.Count
-			continue
-		}
-		attrs := make([]attribute.KeyValue, 0, 2+len(s.static))
-		attrs = append(attrs, attribute.String("flow", p.Flow), attribute.String("metric", p.Metric))
-		attrs = append(attrs, s.static...)
-		index[k] = len(sum.DataPoints)
-		sum.DataPoints = append(sum.DataPoints, metricdata.DataPoint[int64]{
-			Attributes: attribute.NewSet(attrs...),
-			StartTime:  start,
-			Time:       end,
-			Value:      p.Count,
-		})
-		n++
+		s.ws.add(name, p.Flow, p.Metric, p.Bucket, w, p.Count, now, &a)
 	}
-	ms := make([]metricdata.Metrics, 0, len(names))
-	for _, name := range names {
-		ms = append(ms, metricdata.Metrics{
-			Name:        name,
+	if a.late > 0 {
+		s.m.PointsAdjusted.WithLabelValues(Name, ReasonLate).Add(float64(a.late))
+	}
+	if a.future > 0 {
+		s.m.PointsAdjusted.WithLabelValues(Name, ReasonFuture).Add(float64(a.future))
+	}
+	if a.coalesced > 0 {
+		s.m.PointsAdjusted.WithLabelValues(Name, ReasonCoalesced).Add(float64(a.coalesced))
+	}
+}
+
+// flush sends the closed windows, in requests of at most maxPoints,
+// stopping at the first request to retry.
+func (s *Sink) flush(ctx context.Context) error {
+	ds := s.ws.closed()
+	if len(ds) == 0 {
+		return nil
+	}
+	if wait := time.Until(s.notBefore); wait > 0 {
+		if s.closing {
+			return fmt.Errorf("otlp: the collector asked to wait %v (Retry-After)", wait.Round(time.Millisecond))
+		}
+		s.log.Info("waiting for the collector's Retry-After", "wait", wait.Round(time.Millisecond))
+		if !s.sleep(ctx, wait) {
+			return fmt.Errorf("otlp: waiting for Retry-After: %w", ctx.Err())
+		}
+	}
+	for len(ds) > 0 {
+		n := min(len(ds), s.maxPoints)
+		if err := s.sendWindows(ctx, ds[:n]); err != nil {
+			return err
+		}
+		ds = ds[n:]
+	}
+	return nil
+}
+
+// sendWindows sends ds in one request and records the outcome; a 413
+// splits it in halves, sent in order.
+func (s *Sink) sendWindows(ctx context.Context, ds []due) error {
+	a := s.post(ctx, s.request(ds))
+	switch {
+	case a.ok():
+		if a.rejected > 0 || a.message != "" {
+			s.m.PointsAdjusted.WithLabelValues(Name, ReasonRejected).Add(float64(a.rejected))
+			s.log.Warn("collector rejected part of a request; not retried, as OTLP says", "rejected", a.rejected, "message", a.message)
+		}
+		return s.done(ds)
+	case a.status == http.StatusRequestEntityTooLarge && len(ds) > 1:
+		s.failure("too_large")
+		h := len(ds) / 2
+		if err := s.sendWindows(ctx, ds[:h]); err != nil {
+			return err
+		}
+		return s.sendWindows(ctx, ds[h:])
+	case a.retryable():
+		reason := "unavailable"
+		switch a.status {
+		case 0:
+			reason = "network"
+		case http.StatusTooManyRequests:
+			reason = "throttled"
+		}
+		s.failure(reason)
+		if a.retryAfter > 0 {
+			// A little jitter, so that many senders told the same time
+			// do not all come back at once.
+			s.notBefore = time.Now().Add(a.retryAfter + rand.N(a.retryAfter/10+1))
+			return fmt.Errorf("otlp: %v; retry after %v", a, a.retryAfter)
+		}
+		return fmt.Errorf("otlp: %v; will retry", a)
+	default:
+		reason, hint := "rejected", ""
+		switch a.status {
+		case http.StatusBadRequest:
+			reason = "bad_request"
+		case http.StatusUnauthorized, http.StatusForbidden:
+			reason, hint = "unauthorized", "check the otlp headers (credentials)"
+		case http.StatusNotFound:
+			reason, hint = "not_found", "check the otlp endpoint"
+		case http.StatusRequestEntityTooLarge:
+			reason, hint = "too_large", "one data point is over the collector's request limit"
+		}
+		s.failure(reason)
+		var n int64
+		for _, d := range ds {
+			n += d.count()
+		}
+		if !s.cumulative {
+			s.m.OutboxDropped.WithLabelValues(Name, reason).Add(float64(n))
+		}
+		s.log.Error("collector refused a request; dropped it, as OTLP/HTTP says not to retry this status",
+			"status", a.status, "answer", a.String(), "points", len(ds), "occurrences", n, "cumulative", s.cumulative, "hint", hint)
+		return s.done(ds)
+	}
+}
+
+// done records ds as sent (delivered or refused for good).
+func (s *Sink) done(ds []due) error {
+	for _, d := range ds {
+		if err := s.ws.sent(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Sink) failure(reason string) {
+	s.m.SinkFailures.WithLabelValues(Name, reason).Inc()
+}
+
+// Close implements flowmetrics.Sink. With FlushOnClose, or when no
+// pipeline restored (and so commits) its state, it sends every window
+// still open, within ctx; otherwise they stay in the committed state for
+// the next start. It is safe to call twice.
+func (s *Sink) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.flushClose || !s.restored {
+			s.closing = true // no waiting for a Retry-After at shutdown
+			s.ws.close(math.MaxInt64, s.cumulative)
+			if err := s.flush(ctx); err != nil {
+				s.closeErr = fmt.Errorf("otlp: close: %d occurrences not sent: %w", s.ws.held(), err)
+			}
+		}
+		s.closed = true
+		s.client.CloseIdleConnections()
+	})
+	return s.closeErr
+}
+
+// request builds the export request for ds: one Sum per metric name, one
+// data point per window.
+func (s *Sink) request(ds []due) *colmetricpb.ExportMetricsServiceRequest {
+	temp := metricpb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA
+	if s.cumulative {
+		temp = metricpb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE
+	}
+	var names []string
+	sums := map[string]*metricpb.Sum{}
+	for _, d := range ds {
+		sum := sums[d.st.Name]
+		if sum == nil {
+			sum = &metricpb.Sum{AggregationTemporality: temp, IsMonotonic: true}
+			sums[d.st.Name] = sum
+			names = append(names, d.st.Name)
+		}
+		attrs := make([]*commonpb.KeyValue, 0, 2+len(s.static))
+		attrs = append(attrs, str("flow", d.st.Flow), str("metric", d.st.Metric))
+		attrs = append(attrs, s.static...)
+		sum.DataPoints = append(sum.DataPoints, &metricpb.NumberDataPoint{
+			Attributes:        attrs,
+			StartTimeUnixNano: uint64(d.start()),
+			TimeUnixNano:      uint64(d.end()),
+			Value:             &metricpb.NumberDataPoint_AsInt{AsInt: d.value()},
+		})
+	}
+	sort.Strings(names)
+	ms := make([]*metricpb.Metric, 0, len(names))
+	for _, n := range names {
+		ms = append(ms, &metricpb.Metric{
+			Name:        n,
 			Description: "Occurrences of Genesys Cloud flow metric attributes, counted once per conversation.",
 			Unit:        Unit,
-			Data:        *byName[name],
+			Data:        &metricpb.Metric_Sum{Sum: sums[n]},
 		})
 	}
-	return &metricdata.ResourceMetrics{
+	return &colmetricpb.ExportMetricsServiceRequest{ResourceMetrics: []*metricpb.ResourceMetrics{{
 		Resource: s.resource,
-		ScopeMetrics: []metricdata.ScopeMetrics{{
-			Scope:   instrumentation.Scope{Name: ScopeName},
+		ScopeMetrics: []*metricpb.ScopeMetrics{{
+			Scope:   &commonpb.InstrumentationScope{Name: ScopeName},
 			Metrics: ms,
 		}},
-	}, n
+	}}}
+}
+
+func str(k, v string) *commonpb.KeyValue {
+	return &commonpb.KeyValue{Key: k, Value: &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: v}}}
+}
+
+// keyValues converts resource attributes (strings from the environment;
+// other types as the SDK prints them).
+func keyValues(kvs []attribute.KeyValue) []*commonpb.KeyValue {
+	out := make([]*commonpb.KeyValue, 0, len(kvs))
+	for _, kv := range kvs {
+		var v *commonpb.AnyValue
+		switch kv.Value.Type() {
+		case attribute.BOOL:
+			v = &commonpb.AnyValue{Value: &commonpb.AnyValue_BoolValue{BoolValue: kv.Value.AsBool()}}
+		case attribute.INT64:
+			v = &commonpb.AnyValue{Value: &commonpb.AnyValue_IntValue{IntValue: kv.Value.AsInt64()}}
+		case attribute.FLOAT64:
+			v = &commonpb.AnyValue{Value: &commonpb.AnyValue_DoubleValue{DoubleValue: kv.Value.AsFloat64()}}
+		default:
+			v = &commonpb.AnyValue{Value: &commonpb.AnyValue_StringValue{StringValue: kv.Value.String()}}
+		}
+		out = append(out, &commonpb.KeyValue{Key: string(kv.Key), Value: v})
+	}
+	return out
+}
+
+// identityLen is the encoded size of a stream's names in its state (JSON
+// escapes a byte in at most 6), measured only when it could matter.
+func identityLen(names ...string) int {
+	raw := 0
+	for _, s := range names {
+		raw += len(s)
+	}
+	if 6*raw <= maxIdentity {
+		return raw
+	}
+	n := 0
+	for _, s := range names {
+		b, _ := json.Marshal(s)
+		n += len(b)
+	}
+	return n
+}
+
+// fingerprint identifies a batch, to recognise the pipeline sending again
+// one whose points are already counted.
+func fingerprint(points []flowmetrics.Point) uint64 {
+	h := fnv.New64a()
+	var b [8]byte
+	put := func(v int64) {
+		for i := range b {
+			b[i] = byte(v >> (8 * i))
+		}
+		h.Write(b[:])
+	}
+	for _, p := range points {
+		h.Write([]byte(p.Flow))
+		h.Write([]byte{0})
+		h.Write([]byte(p.Metric))
+		h.Write([]byte{0})
+		put(p.Bucket.UnixNano())
+		put(int64(p.Width))
+		put(p.Count)
+	}
+	put(int64(len(points)))
+	return h.Sum64()
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // metricName fits a name to the OpenTelemetry instrument name syntax: an
@@ -353,111 +646,4 @@ func metricName(n string) string {
 // letter and an accent.
 var ligatures = strings.NewReplacer("ß", "ss", "æ", "ae", "Æ", "AE", "œ", "oe", "Œ", "OE", "ø", "o", "Ø", "O", "ł", "l", "Ł", "L", "đ", "d", "Đ", "D", "þ", "th", "Þ", "TH")
 
-// response is what the transport saw of the one request an Export made.
-type response struct {
-	status   int
-	rejected int64
-	message  string
-}
-
-type responseKey struct{}
-
-// recorder is the HTTP transport: it notes the status code and, for a 2xx,
-// a partial success, in the response the request's context carries.
-type recorder struct{ next http.RoundTripper }
-
-func (t recorder) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := t.next.RoundTrip(req)
-	rec, _ := req.Context().Value(responseKey{}).(*response)
-	if err != nil || rec == nil {
-		return resp, err
-	}
-	rec.status = resp.StatusCode
-	if resp.StatusCode/100 == 2 && resp.Header.Get("Content-Type") == "application/x-protobuf" {
-		body, rerr := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-		resp.Body.Close()
-		resp.Body = io.NopCloser(bytes.NewReader(body))
-		if rerr == nil {
-			var pb colmetricpb.ExportMetricsServiceResponse
-			if proto.Unmarshal(body, &pb) == nil && pb.PartialSuccess != nil {
-				rec.rejected = pb.PartialSuccess.GetRejectedDataPoints()
-				rec.message = pb.PartialSuccess.GetErrorMessage()
-			}
-		}
-	}
-	return resp, nil
-}
-
-// httpClient builds the exporter's HTTP client. Passing our own client (for
-// the recorder) makes the exporter ignore the timeout and TLS variables, so
-// they are read here, with the same names and precedence.
-func httpClient(cfg Config) (*http.Client, error) {
-	timeout := cfg.Timeout
-	if timeout == 0 {
-		for _, v := range []string{"OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"} {
-			if s := os.Getenv(v); s != "" {
-				ms, err := strconv.Atoi(s)
-				if err != nil || ms < 0 {
-					return nil, fmt.Errorf("otlp: %s=%q: want milliseconds", v, s)
-				}
-				timeout = time.Duration(ms) * time.Millisecond
-				break
-			}
-		}
-	}
-	if timeout == 0 {
-		timeout = defaultTimeout
-	}
-	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tlsCfg, err := envTLS()
-	if err != nil {
-		return nil, err
-	}
-	tr.TLSClientConfig = tlsCfg
-	return &http.Client{Transport: recorder{tr}, Timeout: timeout}, nil
-}
-
-// envTLS reads OTEL_EXPORTER_OTLP_[METRICS_]CERTIFICATE (CA bundle) and
-// OTEL_EXPORTER_OTLP_[METRICS_]CLIENT_CERTIFICATE / _CLIENT_KEY (mutual
-// TLS). Unlike the exporter, a bad file is an error: better to refuse to
-// start than to send in the clear or fail every request.
-func envTLS() (*tls.Config, error) {
-	first := func(names ...string) string {
-		for _, n := range names {
-			if v := os.Getenv(n); v != "" {
-				return v
-			}
-		}
-		return ""
-	}
-	ca := first("OTEL_EXPORTER_OTLP_METRICS_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")
-	crt := first("OTEL_EXPORTER_OTLP_METRICS_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")
-	key := first("OTEL_EXPORTER_OTLP_METRICS_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY")
-	if ca == "" && crt == "" && key == "" {
-		return nil, nil
-	}
-	c := &tls.Config{MinVersion: tls.VersionTLS12}
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("otlp: CA certificate: %w", err)
-		}
-		c.RootCAs = x509.NewCertPool()
-		if !c.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("otlp: CA certificate %s: no PEM certificate", ca)
-		}
-	}
-	if (crt == "") != (key == "") {
-		return nil, errors.New("otlp: client certificate and key must be set together")
-	}
-	if crt != "" {
-		pair, err := tls.LoadX509KeyPair(crt, key)
-		if err != nil {
-			return nil, fmt.Errorf("otlp: client certificate: %w", err)
-		}
-		c.Certificates = []tls.Certificate{pair}
-	}
-	return c, nil
-}
-
-var _ flowmetrics.Sink = (*Sink)(nil)
+var _ flowmetrics.StatefulSink = (*Sink)(nil)

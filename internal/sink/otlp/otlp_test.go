@@ -57,12 +57,16 @@ type collector struct {
 	reqs   []*colmetricpb.ExportMetricsServiceRequest
 	hdrs   []http.Header
 	paths  []string
+	times  []time.Time
 	delay  time.Duration
+	// maxPoints, when set, answers 413 to requests with more data points.
+	maxPoints int
 }
 
 type reply struct {
-	status   int
-	rejected int64 // for a 200: partial success
+	status     int
+	rejected   int64  // for a 200: partial success
+	retryAfter string // Retry-After header of a failure
 }
 
 func newCollector(t *testing.T, script ...reply) *collector {
@@ -105,6 +109,12 @@ func (c *collector) handle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.mu.Lock()
+	c.times = append(c.times, time.Now())
+	if c.maxPoints > 0 && countPoints(&req) > c.maxPoints {
+		c.mu.Unlock()
+		http.Error(w, "too large", http.StatusRequestEntityTooLarge)
+		return
+	}
 	c.reqs = append(c.reqs, &req)
 	c.hdrs = append(c.hdrs, r.Header.Clone())
 	c.paths = append(c.paths, r.URL.Path)
@@ -114,6 +124,9 @@ func (c *collector) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	c.mu.Unlock()
 	if rep.status != 200 {
+		if rep.retryAfter != "" {
+			w.Header().Set("Retry-After", rep.retryAfter)
+		}
 		http.Error(w, "scripted failure", rep.status)
 		return
 	}
@@ -130,6 +143,15 @@ func (c *collector) requests() []*colmetricpb.ExportMetricsServiceRequest {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]*colmetricpb.ExportMetricsServiceRequest(nil), c.reqs...)
+}
+
+// deliver plays the pipeline for one batch: Send, then the drainer's next
+// turn (an empty Send), which sends the windows the first one closed.
+func deliver(ctx context.Context, s *Sink, points []flowmetrics.Point) error {
+	if err := s.Send(ctx, points); err != nil {
+		return err
+	}
+	return s.Send(ctx, nil)
 }
 
 func newSink(t *testing.T, cfg Config, nc naming.Config) *Sink {
@@ -154,7 +176,7 @@ func TestExport(t *testing.T) {
 	c := newCollector(t)
 	s := newSink(t, Config{Endpoint: c.srv.URL, Headers: map[string]string{"X-Api-Key": "k"}, Compression: "gzip"},
 		naming.Config{Tags: map[string]string{"env": "prod"}})
-	if err := s.Send(context.Background(), samplePoints); err != nil {
+	if err := deliver(context.Background(), s, samplePoints); err != nil {
 		t.Fatalf("Send: got %v, want nil", err)
 	}
 	reqs := c.requests()
@@ -202,10 +224,10 @@ func TestExport(t *testing.T) {
 		got = append(got, dp{a["flow"], a["metric"], a["env"],
 			time.Unix(0, int64(p.StartTimeUnixNano)).UTC(), time.Unix(0, int64(p.TimeUnixNano)).UTC(), p.GetAsInt()})
 	}
-	want := []dp{
+	want := []dp{ // streams by flow and metric, each one's windows in order
+		{"Customer Routing", "Transfer.To-Agent", "prod", t0, t0.Add(10 * time.Second), 1},
 		{"CustomerRouting", "Unknown", "prod", t0, t0.Add(10 * time.Second), 5},
 		{"CustomerRouting", "Unknown", "prod", t0.Add(10 * time.Second), t0.Add(20 * time.Second), 1},
-		{"Customer Routing", "Transfer.To-Agent", "prod", t0, t0.Add(10 * time.Second), 1},
 		{"Kundenzufriedenheit", "Größe", "prod", t0, t0.Add(10 * time.Second), 2},
 	}
 	if len(got) != len(want) {
@@ -233,7 +255,7 @@ func TestGolden(t *testing.T) {
 			t.Setenv("OTEL_SERVICE_NAME", "")
 			c := newCollector(t)
 			s := newSink(t, Config{Endpoint: c.srv.URL}, tt.nc)
-			if err := s.Send(context.Background(), samplePoints); err != nil {
+			if err := deliver(context.Background(), s, samplePoints); err != nil {
 				t.Fatal(err)
 			}
 			js, err := protojson.Marshal(c.requests()[0])
@@ -249,97 +271,12 @@ func TestGolden(t *testing.T) {
 	}
 }
 
-// TestStatus checks how each answer is reported to the pipeline, and that
-// the exporter made exactly one request (its own retry is off).
-func TestStatus(t *testing.T) {
-	tests := []struct {
-		name          string
-		reply         reply
-		wantErr       bool
-		wantPermanent bool
-		wantRejected  float64
-		wantReason    string
-	}{
-		{"ok", reply{status: 200}, false, false, 0, ""},
-		{"partial success", reply{status: 200, rejected: 2}, false, false, 2, ""},
-		{"bad request", reply{status: 400}, true, true, 0, "rejected"},
-		{"too large", reply{status: 413}, true, true, 0, "rejected"},
-		{"unauthorized", reply{status: 401}, true, false, 0, "unauthorized"},
-		{"forbidden", reply{status: 403}, true, false, 0, "unauthorized"},
-		{"not found", reply{status: 404}, true, false, 0, "not_found"},
-		{"timeout", reply{status: 408}, true, false, 0, "throttled"},
-		{"throttled", reply{status: 429}, true, false, 0, "throttled"},
-		{"internal", reply{status: 500}, true, false, 0, "server_error"},
-		{"bad gateway", reply{status: 502}, true, false, 0, "server_error"},
-		{"unavailable", reply{status: 503}, true, false, 0, "server_error"},
-		{"gateway timeout", reply{status: 504}, true, false, 0, "server_error"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			c := newCollector(t, tt.reply)
-			s := newSink(t, Config{Endpoint: c.srv.URL}, naming.Config{})
-			err := s.Send(context.Background(), samplePoints)
-			if (err != nil) != tt.wantErr {
-				t.Fatalf("got error %v, want error %v", err, tt.wantErr)
-			}
-			if got := flowmetrics.IsPermanent(err); got != tt.wantPermanent {
-				t.Errorf("got permanent %v, want %v (%v)", got, tt.wantPermanent, err)
-			}
-			if got := len(c.requests()); got != 1 {
-				t.Errorf("got %d requests, want 1", got)
-			}
-			if got := testutil.ToFloat64(s.m.PointsAdjusted.WithLabelValues(Name, ReasonRejected)); got != tt.wantRejected {
-				t.Errorf("got %v rejected points counted, want %v", got, tt.wantRejected)
-			}
-			if tt.wantReason != "" {
-				if got := testutil.ToFloat64(s.m.SinkFailures.WithLabelValues(Name, tt.wantReason)); got != 1 {
-					t.Errorf("got %v failures with reason %q, want 1", got, tt.wantReason)
-				}
-			}
-		})
-	}
-}
-
-// TestRetryNoDuplicate plays the pipeline: a batch fails twice (503, then
-// 429) and is sent again; the collector accepts it once, and the points
-// are counted once.
-func TestRetryNoDuplicate(t *testing.T) {
-	c := newCollector(t, reply{status: 503}, reply{status: 429})
-	s := newSink(t, Config{Endpoint: c.srv.URL}, naming.Config{})
-	var errs int
-	for attempt := 0; attempt < 5; attempt++ {
-		err := s.Send(context.Background(), samplePoints)
-		if err == nil {
-			break
-		}
-		if flowmetrics.IsPermanent(err) {
-			t.Fatalf("got permanent %v, want retryable", err)
-		}
-		errs++
-	}
-	if errs != 2 {
-		t.Errorf("got %d failed sends, want 2", errs)
-	}
-	reqs := c.requests()
-	if len(reqs) != 3 {
-		t.Fatalf("got %d requests, want 3 (one per Send, no hidden retries)", len(reqs))
-	}
-	// Only the last request was accepted; it holds every point once.
-	var total int64
-	for _, p := range reqs[2].ResourceMetrics[0].ScopeMetrics[0].Metrics[0].GetSum().DataPoints {
-		total += p.GetAsInt()
-	}
-	if total != 9 {
-		t.Errorf("got %d occurrences accepted, want 9", total)
-	}
-}
-
 func TestConnectionRefused(t *testing.T) {
 	c := newCollector(t)
 	url := c.srv.URL
 	c.srv.Close()
 	s := newSink(t, Config{Endpoint: url}, naming.Config{})
-	err := s.Send(context.Background(), samplePoints)
+	err := deliver(context.Background(), s, samplePoints)
 	if err == nil || flowmetrics.IsPermanent(err) {
 		t.Errorf("got %v, want a retryable error", err)
 	}
@@ -378,7 +315,7 @@ func TestEnvironment(t *testing.T) {
 				}
 			}
 			s := newSink(t, tt.cfg, naming.Config{})
-			if err := s.Send(context.Background(), samplePoints); err != nil {
+			if err := deliver(context.Background(), s, samplePoints); err != nil {
 				t.Fatalf("Send: got %v, want nil", err)
 			}
 			c.mu.Lock()
@@ -413,7 +350,7 @@ func TestTimeout(t *testing.T) {
 			tt.cfg.Endpoint = c.srv.URL
 			s := newSink(t, tt.cfg, naming.Config{})
 			start := time.Now()
-			err := s.Send(context.Background(), samplePoints)
+			err := deliver(context.Background(), s, samplePoints)
 			if err == nil || flowmetrics.IsPermanent(err) {
 				t.Errorf("got %v, want a retryable error", err)
 			}
@@ -440,6 +377,11 @@ func TestValidate(t *testing.T) {
 		{"bad header", Config{Headers: map[string]string{"a b": "c"}}, "header name"},
 		{"bad compression", Config{Compression: "zstd"}, "compression"},
 		{"negative timeout", Config{Timeout: -time.Second}, "timeout"},
+		{"cumulative", Config{Temporality: "cumulative", Watermark: time.Minute}, ""},
+		{"bad temporality", Config{Temporality: "gauge"}, "temporality"},
+		{"negative watermark", Config{Watermark: -time.Second}, "watermark"},
+		{"watermark over an hour", Config{Watermark: 2 * time.Hour}, "watermark"},
+		{"negative max points", Config{MaxPointsPerRequest: -1}, "max_points_per_request"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -519,5 +461,277 @@ func TestCloseTwice(t *testing.T) {
 	}
 	if got := len(c.requests()); got != 0 {
 		t.Errorf("got %d requests, want 0", got)
+	}
+}
+
+func countPoints(req *colmetricpb.ExportMetricsServiceRequest) int {
+	n := 0
+	for _, rm := range req.ResourceMetrics {
+		for _, sm := range rm.ScopeMetrics {
+			for _, m := range sm.Metrics {
+				n += len(m.GetSum().GetDataPoints())
+			}
+		}
+	}
+	return n
+}
+
+// win is one data point as the collector received it.
+type win struct {
+	flow, metric string
+	start, end   time.Time
+	value        int64
+}
+
+func (c *collector) windows() []win {
+	var out []win
+	for _, req := range c.requests() {
+		for _, rm := range req.ResourceMetrics {
+			for _, sm := range rm.ScopeMetrics {
+				for _, m := range sm.Metrics {
+					for _, p := range m.GetSum().GetDataPoints() {
+						a := attrs(p.Attributes)
+						out = append(out, win{a["flow"], a["metric"],
+							time.Unix(0, int64(p.StartTimeUnixNano)).UTC(), time.Unix(0, int64(p.TimeUnixNano)).UTC(), p.GetAsInt()})
+					}
+				}
+			}
+		}
+	}
+	return out
+}
+
+// fakeClock is the sink's clock in tests.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *fakeClock) Set(t time.Time)     { c.mu.Lock(); defer c.mu.Unlock(); c.now = t }
+func (c *fakeClock) Add(d time.Duration) { c.Set(c.Now().Add(d)) }
+
+// TestStatus checks what each answer does to the batch, as OTLP/HTTP says:
+// only no answer, 429, 502, 503 and 504 are retried (Send returns an
+// error and the next Send repeats the request); everything else is
+// delivered or dropped with a counter (Send returns nil and nothing is
+// sent again).
+func TestStatus(t *testing.T) {
+	tests := []struct {
+		name         string
+		reply        reply
+		wantRetry    bool
+		wantRejected float64 // partial success
+		wantReason   string  // SinkFailures
+		wantDropped  float64 // OutboxDropped{reason}
+	}{
+		{"ok", reply{status: 200}, false, 0, "", 0},
+		{"partial success", reply{status: 200, rejected: 2}, false, 2, "", 0},
+		{"bad request", reply{status: 400}, false, 0, "bad_request", 9},
+		{"unauthorized", reply{status: 401}, false, 0, "unauthorized", 9},
+		{"forbidden", reply{status: 403}, false, 0, "unauthorized", 9},
+		{"not found", reply{status: 404}, false, 0, "not_found", 9},
+		{"request timeout", reply{status: 408}, false, 0, "rejected", 9},
+		{"internal", reply{status: 500}, false, 0, "rejected", 9},
+		{"throttled", reply{status: 429}, true, 0, "throttled", 0},
+		{"bad gateway", reply{status: 502}, true, 0, "unavailable", 0},
+		{"unavailable", reply{status: 503}, true, 0, "unavailable", 0},
+		{"gateway timeout", reply{status: 504}, true, 0, "unavailable", 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCollector(t, tt.reply)
+			s := newSink(t, Config{Endpoint: c.srv.URL}, naming.Config{})
+			err := deliver(context.Background(), s, samplePoints)
+			if (err != nil) != tt.wantRetry {
+				t.Fatalf("got error %v, want error %v", err, tt.wantRetry)
+			}
+			if flowmetrics.IsPermanent(err) {
+				t.Errorf("got a permanent error %v, want none", err)
+			}
+			// The pipeline sends a failed (empty) batch again; after a
+			// nil, the next Send has nothing new.
+			if err := s.Send(context.Background(), nil); err != nil {
+				t.Fatalf("second Send: got %v, want nil", err)
+			}
+			wantReqs := 1
+			if tt.wantRetry {
+				wantReqs = 2 // the same request again
+			}
+			if got := len(c.requests()); got != wantReqs {
+				t.Errorf("got %d requests, want %d", got, wantReqs)
+			}
+			if got := testutil.ToFloat64(s.m.PointsAdjusted.WithLabelValues(Name, ReasonRejected)); got != tt.wantRejected {
+				t.Errorf("got %v rejected points counted, want %v", got, tt.wantRejected)
+			}
+			if tt.wantReason != "" {
+				if got := testutil.ToFloat64(s.m.SinkFailures.WithLabelValues(Name, tt.wantReason)); got != 1 {
+					t.Errorf("got %v failures with reason %q, want 1", got, tt.wantReason)
+				}
+				if got := testutil.ToFloat64(s.m.OutboxDropped.WithLabelValues(Name, tt.wantReason)); got != tt.wantDropped {
+					t.Errorf("got %v occurrences dropped with reason %q, want %v", got, tt.wantReason, tt.wantDropped)
+				}
+			}
+		})
+	}
+}
+
+// TestDropLogNamesStatus: a refused request is logged with its status.
+func TestDropLogNamesStatus(t *testing.T) {
+	c := newCollector(t, reply{status: 401})
+	var buf bytes.Buffer
+	s, err := New(Config{Endpoint: c.srv.URL}, nil, nil, slog.New(slog.NewTextHandler(&buf, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := deliver(context.Background(), s, samplePoints); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"level=ERROR", "status=401", "401 Unauthorized", "occurrences=9", "check the otlp headers"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("log %q: want it to contain %q", buf.String(), want)
+		}
+	}
+}
+
+// TestRetryNoDuplicate plays the pipeline: a batch fails twice (503, then
+// 429) and is sent again; the collector accepts it once, and the points
+// are counted once.
+func TestRetryNoDuplicate(t *testing.T) {
+	c := newCollector(t, reply{status: 503}, reply{status: 429})
+	s := newSink(t, Config{Endpoint: c.srv.URL}, naming.Config{})
+	var errs int
+	for attempt := 0; attempt < 5; attempt++ {
+		var err error
+		if attempt == 0 {
+			err = deliver(context.Background(), s, samplePoints)
+		} else {
+			err = s.Send(context.Background(), nil) // the failed batch again
+		}
+		if err == nil {
+			break
+		}
+		errs++
+	}
+	if errs != 2 {
+		t.Errorf("got %d failed sends, want 2", errs)
+	}
+	reqs := c.requests()
+	if len(reqs) != 3 {
+		t.Fatalf("got %d requests, want 3 (one per Send, no hidden retries)", len(reqs))
+	}
+	var total int64
+	for _, p := range reqs[2].ResourceMetrics[0].ScopeMetrics[0].Metrics[0].GetSum().DataPoints {
+		total += p.GetAsInt()
+	}
+	if total != 9 {
+		t.Errorf("got %d occurrences accepted, want 9", total)
+	}
+	// The retried batch was not counted twice: nothing is left to send.
+	if err := s.Send(context.Background(), nil); err != nil || len(c.requests()) != 3 {
+		t.Errorf("after delivery: got %v and %d requests, want nil and 3", err, len(c.requests()))
+	}
+}
+
+// TestRetryAfter: after a 503 with Retry-After: 1, the next request waits
+// a second, however soon the pipeline sends the batch again.
+func TestRetryAfter(t *testing.T) {
+	c := newCollector(t, reply{status: 503, retryAfter: "1"})
+	s := newSink(t, Config{Endpoint: c.srv.URL}, naming.Config{})
+	if err := deliver(context.Background(), s, samplePoints); err == nil || !strings.Contains(err.Error(), "retry after 1s") {
+		t.Fatalf("got %v, want an error naming the Retry-After", err)
+	}
+	if err := s.Send(context.Background(), nil); err != nil {
+		t.Fatalf("second Send: got %v, want nil", err)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.times) != 2 {
+		t.Fatalf("got %d requests, want 2", len(c.times))
+	}
+	if gap := c.times[1].Sub(c.times[0]); gap < time.Second {
+		t.Errorf("second request %v after the first, want ≥ 1s (Retry-After: 1)", gap)
+	}
+}
+
+// TestRetryAfterCancelled: waiting for Retry-After ends with the context.
+func TestRetryAfterCancelled(t *testing.T) {
+	c := newCollector(t, reply{status: 429, retryAfter: "30"})
+	s := newSink(t, Config{Endpoint: c.srv.URL}, naming.Config{})
+	deliver(context.Background(), s, samplePoints)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := s.Send(ctx, nil); err == nil {
+		t.Fatal("got nil, want the context's error")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Send took %v, want about 50ms", d)
+	}
+	if got := len(c.requests()); got != 1 {
+		t.Errorf("got %d requests, want 1 (none before Retry-After)", got)
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		in   string
+		want time.Duration
+	}{
+		{"", 0},
+		{"10", 10 * time.Second},
+		{" 3 ", 3 * time.Second},
+		{"0", 0},
+		{"-5", 0},
+		{"soon", 0},
+		{"Tue, 01 Dec 2026 12:00:30 GMT", 30 * time.Second},
+		{"Tue, 01 Dec 2026 11:00:00 GMT", 0},
+		{"86400", maxRetryAfter},
+	}
+	for _, tt := range tests {
+		if got := retryAfter(tt.in, now); got != tt.want {
+			t.Errorf("retryAfter(%q): got %v, want %v", tt.in, got, tt.want)
+		}
+	}
+}
+
+// TestSplitOn413: a collector refusing requests over 2 data points gets
+// every window once, in order, in requests it accepts.
+func TestSplitOn413(t *testing.T) {
+	c := newCollector(t)
+	c.maxPoints = 2
+	s := newSink(t, Config{Endpoint: c.srv.URL}, naming.Config{})
+	var points []flowmetrics.Point
+	for i := 0; i < 7; i++ {
+		points = append(points, pt("F", "M", t0.Add(time.Duration(i)*10*time.Second), int64(i+1)))
+	}
+	if err := deliver(context.Background(), s, points); err != nil {
+		t.Fatalf("Send: got %v, want nil", err)
+	}
+	ws := c.windows()
+	if len(ws) != 7 {
+		t.Fatalf("got %d windows, want 7: %v", len(ws), ws)
+	}
+	for i, w := range ws {
+		if !w.start.Equal(t0.Add(time.Duration(i)*10*time.Second)) || w.value != int64(i+1) {
+			t.Errorf("window %d: got %+v, want start %v value %d", i, w, t0.Add(time.Duration(i)*10*time.Second), i+1)
+		}
+	}
+	if got := testutil.ToFloat64(s.m.SinkFailures.WithLabelValues(Name, "too_large")); got == 0 {
+		t.Error("got no 413 counted, want some")
+	}
+}
+
+// TestSingle413Dropped: one data point over the limit cannot be split: it
+// is dropped, counted and logged, and the rest goes on.
+func TestSingle413Dropped(t *testing.T) {
+	c := newCollector(t, reply{status: 413})
+	s := newSink(t, Config{Endpoint: c.srv.URL}, naming.Config{})
+	if err := deliver(context.Background(), s, []flowmetrics.Point{pt("F", "M", t0, 4)}); err != nil {
+		t.Fatalf("got %v, want nil (dropped)", err)
+	}
+	if got := testutil.ToFloat64(s.m.OutboxDropped.WithLabelValues(Name, "too_large")); got != 4 {
+		t.Errorf("got %v occurrences dropped as too_large, want 4", got)
 	}
 }

@@ -8,9 +8,13 @@ package prometheus
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -45,7 +49,20 @@ func (c Config) IsEnabled() bool { return c.Enabled == nil || *c.Enabled }
 // Sink counts delivered occurrences in a CounterVec registered on reg.
 type Sink struct {
 	counter *prometheus.CounterVec
+
+	mu      sync.Mutex
+	totals  map[series]int64
+	dirty   map[series]struct{}
+	skipped []string // state keys Restore could not read, deleted next
+
+	// outbox, when set, is read by Restore: the occurrences still pending
+	// for this sink are added to the counters at once (ahead), and
+	// consumed from ahead as they are delivered again.
+	outbox flowmetrics.Store
+	ahead  map[series]int64
 }
+
+type series struct{ flow, metric string }
 
 // New registers the counter on reg.
 func New(cfg Config, namer *naming.Namer, reg prometheus.Registerer) (*Sink, error) {
@@ -67,8 +84,17 @@ func New(cfg Config, namer *naming.Namer, reg prometheus.Registerer) (*Sink, err
 	if err := reg.Register(c); err != nil {
 		return nil, fmt.Errorf("prometheus sink: %w", err)
 	}
-	return &Sink{counter: c}, nil
+	return &Sink{counter: c, totals: map[series]int64{}, dirty: map[series]struct{}{}, ahead: map[series]int64{}}, nil
 }
+
+// ResumeFrom makes Restore also count the occurrences the store still holds
+// for this sink. Without it, a process killed after adding a batch to the
+// counters and before committing it would come back with the counters lower
+// (at the committed totals) until the batch is delivered again, and a scrape
+// in between would see a counter reset. With it, the counters come back at
+// the committed totals plus everything pending, which is at least what they
+// showed before; a pending occurrence then adds nothing when it is delivered.
+func (s *Sink) ResumeFrom(st flowmetrics.Store) { s.outbox = st }
 
 // LabelName sanitises a static tag name to Prometheus label rules.
 func LabelName(s string) string {
@@ -89,10 +115,117 @@ func (s *Sink) Name() string { return "prometheus" }
 
 // Send implements flowmetrics.Sink; it never fails.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, p := range points {
-		s.counter.WithLabelValues(p.Flow, p.Metric).Add(float64(p.Count))
+		if p.Count <= 0 {
+			continue
+		}
+		k := series{p.Flow, p.Metric}
+		n := p.Count
+		if a := s.ahead[k]; a > 0 {
+			take := min(a, n)
+			if s.ahead[k] = a - take; s.ahead[k] == 0 {
+				delete(s.ahead, k)
+			}
+			n -= take
+		}
+		if n > 0 {
+			s.counter.WithLabelValues(p.Flow, p.Metric).Add(float64(n))
+		}
+		s.totals[k] += p.Count
+		s.dirty[k] = struct{}{}
 	}
 	return nil
+}
+
+// State: one key per counter, "c/" and the first 16 bytes of the SHA-256 of
+// its label values in hex (so keys stay short whatever the names), holding
+// {"flow","metric","total"}. A counter is never deleted, so neither is its
+// key; the cardinality guard bounds both.
+type counterState struct {
+	Flow   string `json:"flow"`
+	Metric string `json:"metric"`
+	Total  int64  `json:"total"`
+}
+
+func stateKey(k series) string {
+	h := sha256.Sum256([]byte(k.flow + "\x00" + k.metric))
+	return "c/" + hex.EncodeToString(h[:16])
+}
+
+// Restore implements flowmetrics.StatefulSink: it sets every counter to its
+// committed total, plus, with ResumeFrom, the occurrences pending for the
+// sink. Keys it cannot read are skipped, and deleted with the next
+// TakeState.
+func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.outbox != nil {
+		if err := s.countPending(ctx); err != nil {
+			return err
+		}
+	}
+	for key, v := range state {
+		var cs counterState
+		if err := json.Unmarshal(v, &cs); err != nil || cs.Total < 0 || stateKey(series{cs.Flow, cs.Metric}) != key {
+			s.skipped = append(s.skipped, key)
+			continue
+		}
+		k := series{cs.Flow, cs.Metric}
+		if d := cs.Total - s.totals[k]; d > 0 {
+			s.counter.WithLabelValues(k.flow, k.metric).Add(float64(d))
+			s.totals[k] = cs.Total
+		}
+	}
+	return nil
+}
+
+// countPending adds the occurrences after the sink's cursor to ahead and
+// to the counters. s.mu is held.
+func (s *Sink) countPending(ctx context.Context) error {
+	after, err := s.outbox.Cursor(ctx, s.Name())
+	if err != nil {
+		return fmt.Errorf("prometheus sink: read cursor: %w", err)
+	}
+	for {
+		entries, err := s.outbox.ReadOutbox(ctx, after, 1024)
+		if err != nil {
+			return fmt.Errorf("prometheus sink: read pending occurrences: %w", err)
+		}
+		if len(entries) == 0 {
+			return nil
+		}
+		for _, e := range entries {
+			for _, o := range e.Occurrences {
+				k := series{o.Flow, o.Metric}
+				s.ahead[k]++
+				s.counter.WithLabelValues(k.flow, k.metric).Inc()
+			}
+		}
+		after = entries[len(entries)-1].Seq
+	}
+}
+
+// TakeState implements flowmetrics.StatefulSink: the totals of the counters
+// that changed since the last call.
+func (s *Sink) TakeState() flowmetrics.StateUpdate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.dirty) == 0 && len(s.skipped) == 0 {
+		return nil
+	}
+	u := make(flowmetrics.StateUpdate, len(s.dirty)+len(s.skipped))
+	for _, k := range s.skipped {
+		u[k] = nil
+	}
+	s.skipped = nil
+	for k := range s.dirty {
+		b, _ := json.Marshal(counterState{k.flow, k.metric, s.totals[k]})
+		u[stateKey(k)] = b
+	}
+	clear(s.dirty)
+	return u
 }
 
 // Close implements flowmetrics.Sink.

@@ -10,4 +10,9 @@
 // put in the name (genesys.flow.metric.<flow>.<metric>); TagStyle "graphite"
 // or "dogstatsd" sends them as tags for daemons that understand those
 // extensions.
+//
+// UDP has no acknowledgement; a dead daemon is detected from the ICMP "port
+// unreachable" its host answers with, which a connected socket reports as
+// "connection refused": after each datagram the sink waits ConfirmWait for
+// it and fails the batch on a refusal (see Sink.Send).
 package statsd

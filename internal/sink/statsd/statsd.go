@@ -7,9 +7,11 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode"
 
@@ -45,7 +47,15 @@ type Config struct {
 	// Prefix is put before every name, e.g. "prod." (none style only has
 	// no other place for an environment).
 	Prefix string `yaml:"prefix"`
+	// ConfirmWait is how long the sink waits after each datagram for the
+	// ICMP "port unreachable" a dead daemon's host answers with (default
+	// 5 ms; it must exceed the round trip to the daemon).
+	ConfirmWait time.Duration `yaml:"confirm_wait"`
 }
+
+// DefaultConfirmWait is far beyond a loopback or LAN round trip; each
+// datagram costs it when the daemon is alive.
+const DefaultConfirmWait = 5 * time.Millisecond
 
 func (c Config) withDefaults() Config {
 	if c.MaxDatagram == 0 {
@@ -53,6 +63,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.TagStyle == "" {
 		c.TagStyle = TagStyleNone
+	}
+	if c.ConfirmWait == 0 {
+		c.ConfirmWait = DefaultConfirmWait
 	}
 	return c
 }
@@ -81,27 +94,33 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("statsd.tag_style %q: must be none, graphite or dogstatsd", c.TagStyle)
 	}
+	if c.ConfirmWait < 100*time.Microsecond || c.ConfirmWait > time.Second {
+		return fmt.Errorf("statsd.confirm_wait %v: must be between 100µs and 1s", c.ConfirmWait)
+	}
 	if strings.ContainsAny(c.Prefix, ":|@\n;#, ") {
 		return fmt.Errorf("statsd.prefix %q: must not contain ':|@;#,', spaces or newlines", c.Prefix)
 	}
 	return nil
 }
 
-// conn is the part of a UDP connection the sink uses.
+// conn is the part of a connected UDP socket the sink uses.
 type conn interface {
 	Write([]byte) (int, error)
+	// Read and SetReadDeadline collect the error an ICMP message left on
+	// the socket (a daemon never answers).
+	Read([]byte) (int, error)
+	SetReadDeadline(time.Time) error
 	Close() error
 }
 
 // Sink sends counters to a StatsD daemon.
 type Sink struct {
-	cfg      Config
-	namer    *naming.Namer
-	perName  bool // the namer has a template: one name per flow and metric
-	m        *telemetry.Metrics
-	log      *slog.Logger
-	dial     func() (conn, error)
-	attempts int // writes tried per datagram before Send fails
+	cfg     Config
+	namer   *naming.Namer
+	perName bool // the namer has a template: one name per flow and metric
+	m       *telemetry.Metrics
+	log     *slog.Logger
+	dial    func() (conn, error)
 
 	mu     sync.Mutex
 	conn   conn
@@ -132,12 +151,11 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 		log = slog.Default()
 	}
 	s := &Sink{
-		cfg:      cfg,
-		namer:    namer,
-		perName:  namer.Name("\x00a", "\x00b") != namer.Name("\x00c", "\x00d"),
-		m:        m,
-		log:      log.With("sink", Name),
-		attempts: 3,
+		cfg:     cfg,
+		namer:   namer,
+		perName: namer.Name("\x00a", "\x00b") != namer.Name("\x00c", "\x00d"),
+		m:       m,
+		log:     log.With("sink", Name),
 	}
 	s.dial = func() (conn, error) { return net.Dial("udp", cfg.Addr) }
 	if cfg.TagStyle == TagStyleNone && len(namer.Static()) > 0 {
@@ -149,10 +167,12 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 // Name implements flowmetrics.Sink.
 func (s *Sink) Name() string { return Name }
 
-// Send implements flowmetrics.Sink. It returns nil once every datagram was
-// written to the socket; UDP gives no acknowledgement beyond that. A failed
-// batch remembers how many datagrams left, and the same batch sent again
-// resumes after them.
+// Send implements flowmetrics.Sink. UDP has no acknowledgement, but a
+// connected socket learns from the ICMP "port unreachable" that the host of
+// a dead daemon answers with: after each datagram the sink waits up to
+// ConfirmWait for it, and a refused datagram fails the batch (the pipeline
+// retries it). A failed batch remembers which datagrams the daemon took, and
+// the same batch sent again resumes after them, so nothing is counted twice.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	dgrams := s.Datagrams(points)
 	if len(dgrams) == 0 {
@@ -174,38 +194,70 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 			s.resume.sum, s.resume.sent = sum, i
 			return fmt.Errorf("statsd: %w", err)
 		}
-		if err := s.write(dgrams[i]); err != nil {
-			s.resume.sum, s.resume.sent = sum, i
-			s.m.SinkFailures.WithLabelValues(Name, "write").Inc()
-			return fmt.Errorf("statsd: write to %s: %w", s.cfg.Addr, err)
+		again, reason, err := s.deliver(dgrams[i])
+		if err == nil {
+			continue
 		}
+		s.m.SinkFailures.WithLabelValues(Name, reason).Inc()
+		if again {
+			// A refusal reported by the write is for the datagram
+			// before, whose ICMP message came after ConfirmWait.
+			if i == 0 {
+				// That datagram ended a batch already acknowledged.
+				s.m.SinkFailures.WithLabelValues(Name, "late_refusal").Inc()
+				s.log.Warn("the daemon refused a datagram after confirm_wait: it may be lost; raise statsd.confirm_wait", "addr", s.cfg.Addr, "confirm_wait", s.cfg.ConfirmWait)
+			} else {
+				i--
+			}
+		}
+		s.resume.sum, s.resume.sent = sum, i
+		return fmt.Errorf("statsd: %s: %w", s.cfg.Addr, err)
 	}
 	s.resume.sum, s.resume.sent = 0, 0
 	return nil
 }
 
-// write sends one datagram, reconnecting and retrying a few times: on Linux a
-// connected UDP socket reports an ICMP error for an earlier datagram on the
-// next write, which then did not send.
-func (s *Sink) write(d []byte) error {
-	var err error
-	for a := 0; a < s.attempts; a++ {
-		if a > 0 {
-			time.Sleep(time.Duration(a) * 10 * time.Millisecond)
+// deliver writes one datagram and waits ConfirmWait for a refusal. An error
+// means the datagram did not reach the daemon; again says the refusal was
+// for the datagram written before this one. The socket is closed on any
+// error, so the next attempt dials afresh (the daemon may have moved).
+func (s *Sink) deliver(d []byte) (again bool, reason string, err error) {
+	if s.conn == nil {
+		if s.conn, err = s.dial(); err != nil {
+			s.conn = nil
+			return false, "dial", fmt.Errorf("dial: %w", err)
 		}
-		if s.conn == nil {
-			if s.conn, err = s.dial(); err != nil {
-				s.conn = nil
-				continue
-			}
-		}
-		if _, err = s.conn.Write(d); err == nil {
-			return nil
-		}
-		s.conn.Close()
-		s.conn = nil
 	}
-	return err
+	defer func() {
+		if err != nil {
+			s.conn.Close()
+			s.conn = nil
+		}
+	}()
+	if _, err = s.conn.Write(d); err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return true, "refused", fmt.Errorf("write: %w", err)
+		}
+		return false, "write", fmt.Errorf("write: %w", err)
+	}
+	if err = s.conn.SetReadDeadline(time.Now().Add(s.cfg.ConfirmWait)); err != nil {
+		return false, "write", fmt.Errorf("confirm: %w", err)
+	}
+	var buf [64]byte
+	for {
+		_, err = s.conn.Read(buf[:])
+		switch {
+		case err == nil:
+			// A daemon that answers: ignore what it says, keep waiting.
+			continue
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return false, "", nil
+		case errors.Is(err, syscall.ECONNREFUSED):
+			return false, "refused", fmt.Errorf("daemon refused the datagram: %w", err)
+		default:
+			return false, "write", fmt.Errorf("confirm: %w", err)
+		}
+	}
 }
 
 // Close implements flowmetrics.Sink. Nothing is buffered; it closes the

@@ -6,8 +6,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -52,6 +54,9 @@ func TestValidate(t *testing.T) {
 		{"huge datagram", Config{Addr: "127.0.0.1:8125", MaxDatagram: 70000}, "max_datagram"},
 		{"bad style", Config{Addr: "127.0.0.1:8125", TagStyle: "influx"}, "tag_style"},
 		{"bad prefix", Config{Addr: "127.0.0.1:8125", Prefix: "a:b"}, "prefix"},
+		{"confirm wait", Config{Addr: "127.0.0.1:8125", ConfirmWait: 50 * time.Millisecond}, ""},
+		{"confirm wait too short", Config{Addr: "127.0.0.1:8125", ConfirmWait: time.Microsecond}, "confirm_wait"},
+		{"confirm wait too long", Config{Addr: "127.0.0.1:8125", ConfirmWait: 2 * time.Second}, "confirm_wait"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -234,21 +239,35 @@ func TestSizeSplit(t *testing.T) {
 
 func twoDigits(i int) string { return string([]byte{'0' + byte(i/10), '0' + byte(i%10)}) }
 
-// failingConn writes until its budget is spent, then fails.
-type failingConn struct {
+// refusingConn stands for a daemon that takes budget datagrams and then
+// dies: the next datagram is lost and the ICMP refusal shows on the read
+// that confirms it.
+type refusingConn struct {
 	budget *int
 	got    *[]string
+	refuse bool
 }
 
-func (c failingConn) Write(b []byte) (int, error) {
+func (c *refusingConn) Write(b []byte) (int, error) {
 	if *c.budget <= 0 {
-		return 0, errors.New("connection refused")
+		c.refuse = true
+		return len(b), nil
 	}
 	*c.budget--
 	*c.got = append(*c.got, string(b))
 	return len(b), nil
 }
-func (failingConn) Close() error { return nil }
+
+func (c *refusingConn) Read([]byte) (int, error) {
+	if c.refuse {
+		c.refuse = false
+		return 0, syscall.ECONNREFUSED
+	}
+	return 0, os.ErrDeadlineExceeded
+}
+
+func (*refusingConn) SetReadDeadline(time.Time) error { return nil }
+func (*refusingConn) Close() error                    { return nil }
 
 // TestResume checks that a batch failing half-way is not counted twice when
 // the pipeline sends it again.
@@ -259,8 +278,7 @@ func TestResume(t *testing.T) {
 	}
 	var got []string
 	budget := 2
-	s.dial = func() (conn, error) { return failingConn{&budget, &got}, nil }
-	s.attempts = 1
+	s.dial = func() (conn, error) { return &refusingConn{budget: &budget, got: &got}, nil }
 	pts := []flowmetrics.Point{pt("Flow00", "M", 1), pt("Flow01", "M", 1), pt("Flow02", "M", 1), pt("Flow03", "M", 1)}
 	if err := s.Send(context.Background(), pts); err == nil {
 		t.Fatal("Send: got nil, want an error after two datagrams")
@@ -268,7 +286,9 @@ func TestResume(t *testing.T) {
 	if len(got) != 2 {
 		t.Fatalf("got %d datagrams before the failure, want 2", len(got))
 	}
-	// Another batch in between does not disturb the resume point.
+	if n := testutil.ToFloat64(s.m.SinkFailures.WithLabelValues(Name, "refused")); n != 1 {
+		t.Errorf("refusals counted: got %v, want 1", n)
+	}
 	budget = 100
 	if err := s.Send(context.Background(), pts); err != nil {
 		t.Fatalf("retry: got %v, want nil", err)
@@ -286,6 +306,32 @@ func TestResume(t *testing.T) {
 	}
 	if len(got) != 8 {
 		t.Errorf("got %d datagrams, want 8", len(got))
+	}
+}
+
+// TestDeadDaemonFailsBatch sends to a port of 127.0.0.1 where nothing
+// listens: the kernel's ICMP refusal fails the send, every time, and is
+// counted; nothing is reported delivered.
+func TestDeadDaemonFailsBatch(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Skipf("no UDP on 127.0.0.1: %v", err)
+	}
+	addr := pc.LocalAddr().String()
+	pc.Close()
+	s, err := New(Config{Addr: addr}, naming.New(naming.Config{}), telemetry.New(), quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close(context.Background())
+	for i := 0; i < 3; i++ {
+		err := s.Send(context.Background(), samplePoints)
+		if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("send %d to a dead daemon: got %v, want connection refused", i+1, err)
+		}
+	}
+	if n := testutil.ToFloat64(s.m.SinkFailures.WithLabelValues(Name, "refused")); n != 3 {
+		t.Errorf("refusals counted: got %v, want 3", n)
 	}
 }
 

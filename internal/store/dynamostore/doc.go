@@ -68,8 +68,15 @@
 //     The same holds for this instance's own pending keys that no live outbox
 //     entry holds (a claim that failed half-way).
 //   - A claim that finds a key pending under another instance's live lease
-//     treats it as known: that instance is delivering it, and if it dies, its
-//     event is redelivered and finds the lease ended.
+//     does not count it, and reports the requests holding such keys in a
+//     *flowmetrics.PendingError (Stats.PendingElsewhere counts them): the
+//     other instance may be delivering it, or may have died, so the caller
+//     must not acknowledge those records but have them redelivered later
+//     (the Lambda handlers list them in batchItemFailures, or fail a direct
+//     invocation). The redelivery finds the key delivered, or its lease
+//     ended and claims it. With ReadFirst the read alone decides this, with
+//     no write. The occurrences Claim returns alongside the error are
+//     claimed and in the outbox as usual.
 //
 // The guarantee, exactly: an occurrence whose claim was made is delivered to
 // every sink at least once, provided the event that carried the claim is
@@ -77,13 +84,15 @@
 // succeed. With SQS that holds when the visibility timeout is at least Lease
 // plus the function timeout, and maxReceiveCount leaves room for it; with
 // asynchronous invocation (EventBridge → Lambda), when Lease is shorter than
-// the one minute Lambda waits before its first retry. The one case outside
-// it: SQS hands the same message to two consumers at once, the one holding
-// the claim dies, and the other deletes the message.
+// the one minute Lambda waits before its first retry. That includes SQS
+// handing the same message to two consumers at once: the one without the
+// claim does not acknowledge it while the claim is pending.
 //
 // An occurrence is delivered twice only when (a) a sink accepted it and the
 // instance died, or could not write "d", before the mark, and an event
-// carrying the key arrives after the lease; (b) a sink send outlasted the
+// carrying the key arrives after the lease (for the Lambda handlers: the new
+// occurrences of the one send in flight, during the time from the sink's
+// acceptance to the last mark write; deploy/aws/README.md has it measured); (b) a sink send outlasted the
 // Margin and another instance took the key over meanwhile; or (c) with
 // several sinks, one acknowledged and the other failed until the lease ended:
 // the retry delivers to both.

@@ -129,6 +129,10 @@ type Stats struct {
 	// Dropped counts outbox entries abandoned unsent because their lease
 	// ran out; their events' redelivery claims them again.
 	Dropped int64
+	// PendingElsewhere counts claim requests reported in a
+	// flowmetrics.PendingError: they held a key another instance claimed
+	// under a live lease.
+	PendingElsewhere int64
 }
 
 // Store is a flowmetrics.Store on a DynamoDB table, with its outbox in
@@ -252,9 +256,10 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 
 	start := s.opts.Now()
 	won := make([]map[string]bool, len(order))
+	pend := make([]map[string]bool, len(order))
 	err := s.parallel(ctx, len(order), func(ctx context.Context, i int) error {
 		var err error
-		won[i], err = s.claimConversation(ctx, order[i], keys[order[i]], sinks)
+		won[i], pend[i], err = s.claimConversation(ctx, order[i], keys[order[i]], sinks)
 		return err
 	})
 	if err != nil {
@@ -265,8 +270,12 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 	}
 
 	wonBy := map[string]map[string]bool{}
+	pendBy := map[string]map[string]bool{}
 	convs := map[string][]string{}
 	for i, id := range order {
+		if len(pend[i]) > 0 {
+			pendBy[id] = pend[i]
+		}
 		if len(won[i]) > 0 {
 			wonBy[id] = won[i]
 			for _, k := range keys[id] {
@@ -290,8 +299,24 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 			out = append(out, o)
 		}
 	}
+	var perr error
+	if len(pendBy) > 0 {
+		pe := &flowmetrics.PendingError{}
+		for i, r := range reqs {
+			for _, o := range r.Occurrences {
+				if pendBy[r.ConversationID][o.Key] {
+					pe.Requests = append(pe.Requests, i)
+					break
+				}
+			}
+		}
+		s.statsMu.Lock()
+		s.stats.PendingElsewhere += int64(len(pe.Requests))
+		s.statsMu.Unlock()
+		perr = pe
+	}
 	if len(out) == 0 {
-		return nil, nil
+		return nil, perr
 	}
 
 	s.mu.Lock()
@@ -312,28 +337,28 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		}
 	}
 	s.entries = append(s.entries, e)
-	return out, nil
+	return out, perr
 }
 
 // claimConversation claims keys of one conversation and returns those it
-// got as new.
-func (s *Store) claimConversation(ctx context.Context, id string, keys []string, sinks bool) (map[string]bool, error) {
-	won := map[string]bool{}
+// got as new, and those pending under another instance's live lease.
+func (s *Store) claimConversation(ctx context.Context, id string, keys []string, sinks bool) (won, pend map[string]bool, err error) {
+	won, pend = map[string]bool{}, map[string]bool{}
 	for len(keys) > 0 {
 		n := min(len(keys), maxKeysPerWrite)
-		if err := s.claimChunk(ctx, id, keys[:n], sinks, won); err != nil {
-			return nil, err
+		if err := s.claimChunk(ctx, id, keys[:n], sinks, won, pend); err != nil {
+			return nil, nil, err
 		}
 		keys = keys[n:]
 	}
-	return won, nil
+	return won, pend, nil
 }
 
 type takeover struct {
 	key, old string
 }
 
-func (s *Store) claimChunk(ctx context.Context, id string, keys []string, sinks bool, won map[string]bool) error {
+func (s *Store) claimChunk(ctx context.Context, id string, keys []string, sinks bool, won, pend map[string]bool) error {
 	now := s.opts.Now()
 	mine := delivered
 	if sinks {
@@ -341,7 +366,7 @@ func (s *Store) claimChunk(ctx context.Context, id string, keys []string, sinks 
 	}
 	if s.cfg.ReadFirst {
 		var err error
-		if keys, err = s.unknown(ctx, id, keys, now); err != nil || len(keys) == 0 {
+		if keys, err = s.unknown(ctx, id, keys, now, pend); err != nil || len(keys) == 0 {
 			return err
 		}
 	}
@@ -370,6 +395,8 @@ func (s *Store) claimChunk(ctx context.Context, id string, keys []string, sinks 
 			case stateNew:
 				won[k] = true
 			case stateKnown:
+			case statePendingElsewhere:
+				pend[k] = true
 			case stateTake:
 				take = append(take, takeover{k, v})
 			}
@@ -402,6 +429,10 @@ const (
 	stateNew keyState = iota
 	stateKnown
 	stateTake
+	// statePendingElsewhere: another instance holds the claim under a live
+	// lease. Not new here, and not yet safe to acknowledge: that instance
+	// may die before it delivers.
+	statePendingElsewhere
 )
 
 // state decides what a key's old attribute means for this claim.
@@ -426,7 +457,7 @@ func (s *Store) state(id, key string, v string, present bool, now time.Time) key
 		return stateTake
 	}
 	if lease.After(now) {
-		return stateKnown
+		return statePendingElsewhere
 	}
 	return stateTake
 }
@@ -587,8 +618,10 @@ func (s *Store) takeOver(ctx context.Context, id string, take []takeover, mine s
 }
 
 // unknown reads the keys (eventually consistent) and returns those that may
-// be new. A stale read errs only towards writing.
-func (s *Store) unknown(ctx context.Context, id string, keys []string, now time.Time) ([]string, error) {
+// be new; it adds those pending under another instance's live lease to
+// pend. A stale read errs only towards writing, or towards a retry of a key
+// that was in fact delivered meanwhile.
+func (s *Store) unknown(ctx context.Context, id string, keys []string, now time.Time, pend map[string]bool) ([]string, error) {
 	names := map[string]string{"#t": attrTTL}
 	proj := append([]string{"#t"}, keyNames(keys, "#k", names)...)
 	got, err := s.getItem(ctx, &dynamodb.GetItemInput{
@@ -610,7 +643,11 @@ func (s *Store) unknown(ctx context.Context, id string, keys []string, now time.
 	var out []string
 	for _, k := range keys {
 		v, present := item[keyPrefix+k]
-		if s.state(id, k, v, present, now) != stateKnown {
+		switch s.state(id, k, v, present, now) {
+		case stateKnown:
+		case statePendingElsewhere:
+			pend[k] = true
+		default:
 			out = append(out, k)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -105,6 +106,25 @@ func mustClaim(t *testing.T, s flowmetrics.Store, conv string, occs ...flowmetri
 	return keys
 }
 
+// claimPending claims and returns the new keys and the requests the store
+// reported as pending under another instance.
+func claimPending(t *testing.T, s flowmetrics.Store, reqs ...flowmetrics.ClaimRequest) ([]string, []int) {
+	t.Helper()
+	got, err := s.Claim(context.Background(), reqs)
+	var pe *flowmetrics.PendingError
+	if err != nil && !errors.As(err, &pe) {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, o := range got {
+		keys = append(keys, o.Key)
+	}
+	if pe == nil {
+		return keys, nil
+	}
+	return keys, pe.Requests
+}
+
 func item(t *testing.T, srv *dynalitetest.Server, table, conv string) map[string]string {
 	t.Helper()
 	out, err := srv.Client.GetItem(context.Background(), &dynamodb.GetItemInput{
@@ -191,7 +211,8 @@ func TestLeaseTakeover(t *testing.T) {
 	if got := mustClaim(t, dead, "c1", a); len(got) != 1 {
 		t.Fatalf("first claim: got %q", got)
 	}
-	// "dead" never delivers. Within its lease, others trust it.
+	// "dead" never delivers. Within its lease, others do not count it, and
+	// report its request as pending elsewhere (not to be acknowledged).
 	clock.Advance(30 * time.Second)
 	var stores []*dynamostore.Store
 	for i := 0; i < 6; i++ {
@@ -199,8 +220,29 @@ func TestLeaseTakeover(t *testing.T) {
 		s.Register(ctx, []string{"sink"})
 		stores = append(stores, s)
 	}
-	if got := mustClaim(t, stores[0], "c1", a); len(got) != 0 {
-		t.Errorf("within the lease: got %q, want nothing", got)
+	b := storetest.Occ("F", "B", t0)
+	got, pending := claimPending(t, stores[0],
+		flowmetrics.ClaimRequest{ConversationID: "c2", Occurrences: []flowmetrics.Occurrence{b}},
+		flowmetrics.ClaimRequest{ConversationID: "c1", Occurrences: []flowmetrics.Occurrence{a}})
+	if len(got) != 1 || got[0] != b.Key {
+		t.Errorf("within the lease: got %q new, want only %q", got, b.Key)
+	}
+	if len(pending) != 1 || pending[0] != 1 {
+		t.Errorf("within the lease: got pending requests %v, want [1]", pending)
+	}
+	if es, _ := stores[0].ReadOutbox(ctx, 0, 10); len(es) != 1 || len(es[0].Occurrences) != 1 {
+		t.Errorf("outbox of the live instance: got %v, want one entry with %q", es, b.Key)
+	}
+	// With ReadFirst the read alone decides it, with no write.
+	rf := cfg
+	rf.ReadFirst = true
+	reader := open(t, srv, table, withOwner(rf, "reader"), opts)
+	reader.Register(ctx, []string{"sink"})
+	if got, pending := claimPending(t, reader, flowmetrics.ClaimRequest{ConversationID: "c1", Occurrences: []flowmetrics.Occurrence{a}}); len(got) != 0 || len(pending) != 1 {
+		t.Errorf("ReadFirst within the lease: got %q new and pending %v, want nothing new and [0]", got, pending)
+	}
+	if st := reader.Stats(); st.UpdateItem != 0 || st.PendingElsewhere != 1 {
+		t.Errorf("ReadFirst within the lease: got %d writes and %d pending, want 0 and 1", st.UpdateItem, st.PendingElsewhere)
 	}
 	// Its own outbox stops handing it out Margin before the lease ends.
 	clock.Advance(21 * time.Second)
@@ -212,29 +254,35 @@ func TestLeaseTakeover(t *testing.T) {
 	}
 	clock.Advance(10 * time.Second)
 	var mu sync.Mutex
-	wins := 0
+	wins, pendings := 0, 0
 	var wg sync.WaitGroup
 	for _, s := range stores {
 		wg.Add(1)
 		go func(s *dynamostore.Store) {
 			defer wg.Done()
 			got, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: "c1", Occurrences: []flowmetrics.Occurrence{a}}})
-			if err != nil {
+			var pe *flowmetrics.PendingError
+			if err != nil && !errors.As(err, &pe) {
 				t.Error(err)
 				return
 			}
 			mu.Lock()
 			wins += len(got)
+			if pe != nil {
+				pendings++
+			}
 			mu.Unlock()
 		}(s)
 	}
 	wg.Wait()
-	if wins != 1 {
-		t.Errorf("after the lease, %d instances got the key as new, want exactly 1", wins)
+	// One takes it over; the others find it pending under the winner's
+	// new lease.
+	if wins != 1 || pendings != len(stores)-1 {
+		t.Errorf("after the lease: %d instances got the key as new and %d found it pending, want 1 and %d", wins, pendings, len(stores)-1)
 	}
 	// The dead instance coming back does not count it again either.
-	if got := mustClaim(t, dead, "c1", a); len(got) != 0 {
-		t.Errorf("old owner after takeover: got %q, want nothing", got)
+	if got, pending := claimPending(t, dead, flowmetrics.ClaimRequest{ConversationID: "c1", Occurrences: []flowmetrics.Occurrence{a}}); len(got) != 0 || len(pending) != 1 {
+		t.Errorf("old owner after takeover: got %q new and pending %v, want nothing new, pending under the new owner", got, pending)
 	}
 }
 
@@ -374,29 +422,62 @@ func childClaim() int {
 			}
 			reqs = append(reqs, flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: occs})
 		}
-		got, err := s.Claim(ctx, reqs)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
+		// Requests holding keys another child claims right now are
+		// retried, as SQS would redeliver their records, until the other
+		// child delivered them.
+		for try := 0; len(reqs) > 0; try++ {
+			if try == 500 {
+				fmt.Fprintln(os.Stderr, "requests still pending elsewhere after 500 tries")
+				return 1
+			}
+			if try > 0 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			var pending []flowmetrics.ClaimRequest
+			var code int
+			if pending, code = childClaimOnce(ctx, s, reqs, &cursor); code != 0 {
+				return code
+			}
+			reqs = pending
 		}
-		es, err := s.ReadOutbox(ctx, cursor, 1000)
+	}
+	return 0
+}
+
+// childClaimOnce claims reqs, acknowledges what it got, prints it and
+// returns the requests pending under another child.
+func childClaimOnce(ctx context.Context, s *dynamostore.Store, reqs []flowmetrics.ClaimRequest, cursor *uint64) ([]flowmetrics.ClaimRequest, int) {
+	{
+		got, err := s.Claim(ctx, reqs)
+		var pe *flowmetrics.PendingError
+		if err != nil && !errors.As(err, &pe) {
+			fmt.Fprintln(os.Stderr, err)
+			return nil, 1
+		}
+		var pending []flowmetrics.ClaimRequest
+		if pe != nil {
+			for _, i := range pe.Requests {
+				pending = append(pending, reqs[i])
+			}
+		}
+		es, err := s.ReadOutbox(ctx, *cursor, 1000)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
-			return 1
+			return nil, 1
 		}
 		n := 0
 		for _, e := range es {
-			cursor = e.Seq
+			*cursor = e.Seq
 			n += len(e.Occurrences)
 		}
 		if n != len(got) {
 			fmt.Fprintf(os.Stderr, "outbox holds %d occurrences, claim returned %d\n", n, len(got))
-			return 1
+			return nil, 1
 		}
 		if len(es) > 0 {
-			if err := s.Ack(ctx, "sink", cursor); err != nil {
+			if err := s.Ack(ctx, "sink", *cursor); err != nil {
 				fmt.Fprintln(os.Stderr, err)
-				return 1
+				return nil, 1
 			}
 		}
 		// Attribute each new key to its conversation by request order.
@@ -411,8 +492,8 @@ func childClaim() int {
 				}
 			}
 		}
+		return pending, 0
 	}
-	return 0
 }
 
 // TestCrashBetweenClaimAndDelivery: a process claims and dies before
@@ -434,8 +515,8 @@ func TestCrashBetweenClaimAndDelivery(t *testing.T) {
 	cfg := dynamostore.Config{Lease: time.Minute, Margin: 10 * time.Second}
 	s1 := open(t, srv, table, withOwner(cfg, "s1"), store.Options{Now: clock.Now})
 	s1.Register(ctx, []string{"sink"})
-	if got := mustClaim(t, s1, "conv-crash", occs...); len(got) != 0 {
-		t.Errorf("during the dead process's lease: got %q, want nothing (trusted)", got)
+	if got, pending := claimPending(t, s1, flowmetrics.ClaimRequest{ConversationID: "conv-crash", Occurrences: occs}); len(got) != 0 || len(pending) != 1 {
+		t.Errorf("during the dead process's lease: got %q new and pending %v, want nothing new and the request pending", got, pending)
 	}
 	clock.Advance(cfg.Lease + time.Second)
 	got := mustClaim(t, s1, "conv-crash", occs...)
