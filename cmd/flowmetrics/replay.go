@@ -101,58 +101,62 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 		return err
 	}
 	defer st.Close()
-	sinks, err := buildSinks(cfg, m, log)
-	if err != nil {
-		return usageError(err)
-	}
-	if *dataDir != "" {
-		// Own cursors, so serve's pending points for a sink of the same
-		// kind are neither taken nor moved by the replay.
-		for i, s := range sinks {
-			sinks[i] = rename(s, "replay-"+s.Name())
+	// A store failure that cannot be survived may park this goroutine
+	// inside the store: the replay then ends with it, not a hang.
+	return orStoreFailure(st, func() error {
+		sinks, err := buildSinks(cfg, m, log)
+		if err != nil {
+			return usageError(err)
 		}
-	}
-	pcfg := cfg.Pipeline
-	pcfg.Guard = newGuard(cfg, log)
-	p := pipeline.New(st, sinks, pcfg, m, log)
-	restore, err := registerForReplay(ctx, st, sinks)
-	if err != nil {
-		p.Close(ctx)
-		return err
-	}
-	if err := p.Restore(ctx); err != nil {
-		p.Close(ctx)
-		restore()
-		return err
-	}
+		if *dataDir != "" {
+			// Own cursors, so serve's pending points for a sink of the same
+			// kind are neither taken nor moved by the replay.
+			for i, s := range sinks {
+				sinks[i] = rename(s, "replay-"+s.Name())
+			}
+		}
+		pcfg := cfg.Pipeline
+		pcfg.Guard = newGuard(cfg, log)
+		p := pipeline.New(st, sinks, pcfg, m, log)
+		restore, err := registerForReplay(ctx, st, sinks)
+		if err != nil {
+			p.Close(ctx)
+			return err
+		}
+		if err := p.Restore(ctx); err != nil {
+			p.Close(ctx)
+			restore()
+			return err
+		}
 
-	r := &replayer{p: p, stderr: stderr, started: time.Now()}
-	if f, ok := stderr.(*os.File); ok && *progress && term.IsTerminal(int(f.Fd())) {
-		stopBar := r.showProgress(f, inputs)
-		defer stopBar()
-	}
-	runErr := r.run(ctx, inputs)
-	// Deliver what was counted. A signal during the final flush stops it;
-	// after a signal during reading, the flush gets a short grace period.
-	closeCtx, cancelClose := ctx, context.CancelFunc(func() {})
-	if ctx.Err() != nil {
-		closeCtx, cancelClose = context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	}
-	closeErr := p.Close(closeCtx)
-	cancelClose()
-	if err := restore(); err != nil && closeErr == nil {
-		closeErr = err
-	}
-	r.summary()
-	switch {
-	case runErr != nil:
-		return runErr
-	case closeErr != nil:
-		return fmt.Errorf("delivering: %w", closeErr)
-	case r.total.Rejected > 0:
-		return exitError{1, nil}
-	}
-	return nil
+		r := &replayer{p: p, stderr: stderr, started: time.Now()}
+		if f, ok := stderr.(*os.File); ok && *progress && term.IsTerminal(int(f.Fd())) {
+			stopBar := r.showProgress(f, inputs)
+			defer stopBar()
+		}
+		runErr := r.run(ctx, inputs)
+		// Deliver what was counted. A signal during the final flush stops it;
+		// after a signal during reading, the flush gets a short grace period.
+		closeCtx, cancelClose := ctx, context.CancelFunc(func() {})
+		if ctx.Err() != nil {
+			closeCtx, cancelClose = context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		}
+		closeErr := p.Close(closeCtx)
+		cancelClose()
+		if err := restore(); err != nil && closeErr == nil {
+			closeErr = err
+		}
+		r.summary()
+		switch {
+		case runErr != nil:
+			return runErr
+		case closeErr != nil:
+			return fmt.Errorf("delivering: %w", closeErr)
+		case r.total.Rejected > 0:
+			return exitError{1, nil}
+		}
+		return nil
+	})
 }
 
 // registerForReplay adds the replay's sinks to those the store already

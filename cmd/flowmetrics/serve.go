@@ -11,9 +11,13 @@ import (
 	"path/filepath"
 	"time"
 
+	promclient "github.com/prometheus/client_golang/prometheus"
+
+	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/dashboard"
 	"github.com/flowmetrics/flowmetrics/internal/demo"
+	"github.com/flowmetrics/flowmetrics/internal/diskguard"
 	"github.com/flowmetrics/flowmetrics/internal/httpapi"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
@@ -24,15 +28,18 @@ const serveHelp = `Receives Genesys Cloud events over HTTP (an EventBridge API d
 anything that posts them), counts each flow metric attribute once per
 conversation in the embedded store, and delivers the counts to the configured
 sinks (Prometheus on /metrics by default). SIGTERM or Ctrl-C drains, flushes
-and stops.`
+and stops within http.shutdown_timeout. Below store.min_free_bytes of free
+disk, ingest answers 503 (Retry-After) until space returns.`
 
 const serveEndpoints = `Endpoints:
   POST /v1/events   events: an EventBridge envelope, a bare detail object, a JSON
                     array of them or NDJSON; 202 with {"accepted","skipped","rejected",
-                    "occurrences","errors"} once durable; 400, 401, 413, 503
+                    "occurrences","errors"} once durable; 400, 401, 413, 415,
+                    503 (Retry-After while the disk is low)
   GET  /metrics     Prometheus: genesys_flow_metric_total{flow,metric} and the
                     pipeline's own flowmetrics_* metrics
-  GET  /healthz     200 when serving
+  GET  /healthz     200 when serving; 503 with the reason while ingest is
+                    refused for disk space or after the store failed
   GET  /            the live dashboard (http.dashboard: false turns it off)
   GET  /api/v1/…    its JSON: series?range=15m|1h|6h|24h, flows, malformed,
                     health; stream (server-sent change events)
@@ -99,13 +106,26 @@ func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logg
 // its own POST /v1/events.
 func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.Logger, demoOpts *demo.Options) error {
 	m := telemetry.New()
+	// The disk guard comes first: on a disk that is already low it releases
+	// the ballast, so the store has room to open.
+	guard, err := newDiskGuard(cfg, log)
+	if err != nil {
+		return err
+	}
 	st, err := openStore(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer st.Close()
+	return serveStore(ctx, cfg, secret, m, st, guard, log, demoOpts)
+}
+
+// serveStore is serveWith on an open store, which it closes; guard and
+// demoOpts may be nil.
+func serveStore(ctx context.Context, cfg config.Config, secret string, m *telemetry.Metrics, st flowmetrics.Store, guard *diskguard.Guard, log *slog.Logger, demoOpts *demo.Options) error {
+	failed, failure := storeFailure(st)
 	sinks, err := buildSinks(cfg, m, log)
 	if err != nil {
+		st.Close()
 		return usageError(err)
 	}
 	for _, s := range sinks {
@@ -129,6 +149,7 @@ func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.
 	}
 	p := pipeline.New(st, sinks, pcfg, m, log)
 	if err := p.Register(ctx); err != nil {
+		st.Close()
 		return err
 	}
 	p.Start()
@@ -136,17 +157,34 @@ func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		p.Close(context.Background())
+		st.Close()
 		return err
 	}
+	opts := httpapi.Options{
+		AuthHeader:   cfg.HTTP.AuthHeader,
+		Secret:       secret,
+		MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+		Dashboard:    httpHandler(dash),
+		DashboardAPI: dashboard.APIPrefix,
+		ProtectReads: cfg.HTTP.ReadsProtected(secret),
+		Health: func(context.Context) error {
+			if err := failure(); err != nil {
+				return fmt.Errorf("store failed: %w", err)
+			}
+			if guard != nil {
+				if err := guard.Check(); err != nil {
+					return fmt.Errorf("ingest refused: %w", err)
+				}
+			}
+			return nil
+		},
+	}
+	if guard != nil {
+		opts.Admit = guard.Admit
+		registerDiskMetrics(m, guard)
+	}
 	srv := &http.Server{
-		Handler: httpapi.New(p, m, httpapi.Options{
-			AuthHeader:   cfg.HTTP.AuthHeader,
-			Secret:       secret,
-			MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
-			Dashboard:    httpHandler(dash),
-			DashboardAPI: dashboard.APIPrefix,
-			ProtectReads: cfg.HTTP.ReadsProtected(secret),
-		}, log),
+		Handler:           httpapi.New(p, m, opts, log),
 		ReadTimeout:       cfg.HTTP.ReadTimeout,
 		ReadHeaderTimeout: min(cfg.HTTP.ReadTimeout, 10*time.Second),
 		WriteTimeout:      cfg.HTTP.WriteTimeout,
@@ -156,10 +194,13 @@ func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.
 	if dash != nil {
 		srv.RegisterOnShutdown(dash.CloseStreams)
 	}
-	sweepCtx, stopSweep := context.WithCancel(context.Background())
-	defer stopSweep()
+	bgCtx, stopBackground := context.WithCancel(context.Background())
+	defer stopBackground()
 	if sw, ok := st.(sweeper); ok {
-		go sweepEvery(sweepCtx, sw, cfg.Store.SweepInterval, log)
+		go sweepEvery(bgCtx, sw, cfg.Store.SweepInterval, log)
+	}
+	if guard != nil {
+		go guard.Run(bgCtx)
 	}
 
 	served := make(chan error, 1)
@@ -180,28 +221,128 @@ func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.
 	select {
 	case err = <-served:
 	case <-ctx.Done():
+	case <-failed:
+		return storeFailed(srv, failure(), log)
 	}
 	stopDemo()
 	<-demoDone
 	log.Info("shutting down: draining requests and flushing sinks", "timeout", cfg.HTTP.ShutdownTimeout)
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.HTTP.ShutdownTimeout)
+	// Every step is bounded by shutdown_timeout as a whole: a sink that
+	// cannot flush or a request that cannot finish does not hold the exit.
+	// The last part of the budget is kept for closing the store.
+	timeout := cfg.HTTP.ShutdownTimeout
+	deadline := time.Now().Add(timeout)
+	reserve := min(timeout/5, 2*time.Second)
+	sctx, cancel := context.WithDeadline(context.Background(), deadline.Add(-reserve))
 	defer cancel()
-	var errs []error
-	if err != nil && !errors.Is(err, http.ErrServerClosed) {
-		errs = append(errs, err)
+	done := make(chan error, 1)
+	go func() {
+		var errs []error
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errs = append(errs, err)
+		}
+		if err := srv.Shutdown(sctx); err != nil {
+			srv.Close()
+			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+		}
+		stopBackground()
+		if err := p.Close(sctx); err != nil {
+			errs = append(errs, fmt.Errorf("flush: %w", err))
+		}
+		if err := st.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close store: %w", err))
+		}
+		done <- errors.Join(errs...)
+	}()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		log.Info("flowmetrics stopped")
+		return err
+	case <-failed:
+		return storeFailed(srv, failure(), log)
+	case <-timer.C:
+		log.Error("shutdown did not finish within shutdown_timeout; exiting anyway (what was acknowledged stays in the outbox for the next start)", "timeout", timeout)
+		return fmt.Errorf("shutdown: not finished within %v", timeout)
 	}
-	if err := srv.Shutdown(sctx); err != nil {
-		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+}
+
+// failingStore is a store that can fail beyond repair (pebblestore): Done is
+// closed then, and Err says why.
+type failingStore interface {
+	Done() <-chan struct{}
+	Err() error
+}
+
+// storeFailure returns the store's failure channel (nil, never ready, for a
+// store that cannot fail that way) and its error.
+func storeFailure(st any) (<-chan struct{}, func() error) {
+	if f, ok := st.(failingStore); ok {
+		return f.Done(), f.Err
 	}
-	stopSweep()
-	if err := p.Close(sctx); err != nil {
-		errs = append(errs, fmt.Errorf("flush: %w", err))
+	return nil, func() error { return nil }
+}
+
+// orStoreFailure runs fn and returns its error, or the store's failure as
+// soon as it happens: fn may then be parked inside the store for good.
+func orStoreFailure(st any, fn func() error) error {
+	failed, failure := storeFailure(st)
+	if failed == nil {
+		return fn()
 	}
-	if err := st.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("close store: %w", err))
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		return err
+	case <-failed:
+		return fmt.Errorf("store failed: %w", failure())
 	}
-	log.Info("flowmetrics stopped")
-	return errors.Join(errs...)
+}
+
+// storeFailed ends serve after the store failed beyond repair: requests in
+// flight are cut off unanswered (nothing of them was acknowledged, so their
+// senders retry), nothing more is written, and the error reaches main, which
+// exits non-zero so that a supervisor restarts the process on an intact
+// write-ahead log.
+func storeFailed(srv *http.Server, err error, log *slog.Logger) error {
+	log.Error("the store failed and cannot go on; exiting without acknowledging anything more", "err", err)
+	srv.Close()
+	return fmt.Errorf("store failed: %w", err)
+}
+
+// newDiskGuard watches the embedded store's filesystem; nil for the memory
+// store, or where free space cannot be measured.
+func newDiskGuard(cfg config.Config, log *slog.Logger) (*diskguard.Guard, error) {
+	if cfg.Store.Type != "embedded" {
+		return nil, nil
+	}
+	g, err := diskguard.New(cfg.DataDir, diskguard.Options{MinFree: cfg.Store.MinFreeBytes, Ballast: cfg.Store.BallastBytes, Log: log})
+	if errors.Is(err, diskguard.ErrUnsupported) {
+		log.Warn("no disk guard on this platform: a full disk is not refused before it is reached", "err", err)
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+func registerDiskMetrics(m *telemetry.Metrics, g *diskguard.Guard) {
+	m.Registry.MustRegister(
+		promclient.NewGaugeFunc(promclient.GaugeOpts{Name: "flowmetrics_disk_free_bytes", Help: "Free space of the data directory's filesystem, as last measured."},
+			func() float64 { return float64(g.Status().Avail) }),
+		promclient.NewGaugeFunc(promclient.GaugeOpts{Name: "flowmetrics_disk_ingest_refused", Help: "1 while ingest is refused (503) because the disk is low."},
+			func() float64 {
+				if g.Status().Refusing {
+					return 1
+				}
+				return 0
+			}),
+		promclient.NewCounterFunc(promclient.CounterOpts{Name: "flowmetrics_ingest_refused_total", Help: "Ingest requests answered 503 before reading them, by reason.", ConstLabels: promclient.Labels{"reason": "disk_low"}},
+			func() float64 { return float64(g.Refusals()) }),
+	)
 }
 
 func sweepEvery(ctx context.Context, sw sweeper, every time.Duration, log *slog.Logger) {

@@ -89,6 +89,12 @@ type Store struct {
 	Retention time.Duration `yaml:"retention"`
 	// SweepInterval is how often expired conversations are deleted.
 	SweepInterval time.Duration `yaml:"sweep_interval"`
+	// MinFreeBytes is the free-space watermark of the embedded store's
+	// filesystem: below it ingest answers 503. BallastBytes is the
+	// emergency file released when it is crossed. 0 sizes them from the
+	// filesystem (internal/diskguard).
+	MinFreeBytes int64 `yaml:"min_free_bytes"`
+	BallastBytes int64 `yaml:"ballast_bytes"`
 }
 
 // Cardinality is the cardinality guard section.
@@ -291,6 +297,9 @@ func (s Store) Validate() error {
 	}
 	if s.SweepInterval <= 0 {
 		return errors.New("store.sweep_interval: must be positive")
+	}
+	if s.MinFreeBytes < 0 || s.BallastBytes < 0 {
+		return errors.New("store.min_free_bytes, store.ballast_bytes: must not be negative (0 sizes them from the disk)")
 	}
 	return nil
 }

@@ -22,7 +22,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -45,6 +47,12 @@ type Options struct {
 	MaxBodyBytes int64
 	// Health, if set, is asked by /healthz.
 	Health func(ctx context.Context) error
+	// Admit, if set, is asked before each ingest request is read; an error
+	// answers 503 with Retry-After (nothing acknowledged), e.g. while the
+	// disk is low. It must be cheap.
+	Admit func() error
+	// RetryAfter is the Retry-After of a refused request (default 2 s).
+	RetryAfter time.Duration
 	// Dashboard, if set, serves the live dashboard at / and its JSON at
 	// DashboardAPI.
 	Dashboard    http.Handler
@@ -146,6 +154,17 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 	if msg := checkType(r.Header.Get("Content-Type")); msg != "" {
 		h.refuse(w, &bodyError{status: http.StatusUnsupportedMediaType, msg: msg})
 		return
+	}
+	if h.opts.Admit != nil {
+		if err := h.opts.Admit(); err != nil {
+			retry := h.opts.RetryAfter
+			if retry <= 0 {
+				retry = 2 * time.Second
+			}
+			w.Header().Set("Retry-After", strconv.Itoa(int(max(retry.Round(time.Second), time.Second)/time.Second)))
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "not accepting events, retry later: " + err.Error()})
+			return
+		}
 	}
 	limit := h.opts.MaxBodyBytes
 	if limit <= 0 {

@@ -14,6 +14,14 @@
 //	o/<seq, 8 bytes BE>  -> outbox entry: the occurrences one Claim found new
 //	k/<sink name>        -> the sink's cursor (8 bytes BE)
 //	s/<sink name>\x00<key> -> one key of the sink's own state (AckState)
+//
+// Failure: Pebble cannot survive some errors (a failed write-ahead-log write,
+// for example on a full disk): it calls its logger's Fatalf or panics, and
+// its commit pipeline stays locked. The store turns both into a failure it
+// reports on Done/Err instead of a panic in the caller (an HTTP handler,
+// where net/http would recover it and every later commit would hang). From
+// then on every method returns Err at once without touching Pebble, and the
+// process must exit: serve's main does, with a non-zero status.
 package pebblestore
 
 import (
@@ -24,11 +32,13 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/store"
@@ -51,7 +61,22 @@ type Store struct {
 	mu      sync.Mutex // guards cursors
 	cursors map[string]uint64
 	closed  atomic.Bool
+	fatal   *fatal
 }
+
+// Sizes that suit a small disk. Pebble preallocates every write-ahead log to
+// 110 % of MemTableSize, however small the memtable it belongs to, and keeps
+// up to MemTableStopWritesThreshold+1 old logs for reuse: the memtable size
+// sets what the store costs on disk before it holds anything. With the
+// 32 MiB used before, one log took 36 MiB, most of a small disk; with 2 MiB
+// the logs stay near 11 MiB at most, and ingest was no slower beyond the
+// noise in BenchmarkIngestHTTP and BenchmarkReplayEmbedded (README, "Disk").
+const (
+	memTableSize                = 2 << 20
+	memTableStopWritesThreshold = 2
+	l0CompactionThreshold       = 4
+	l0StopWritesThreshold       = 12
+)
 
 // Open opens (creating if needed) the store in dir. Only one process may have
 // it open at a time; Pebble locks the directory.
@@ -59,20 +84,54 @@ func Open(dir string, opts store.Options, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	db, err := pebble.Open(dir, &pebble.Options{
-		Logger:       pebbleLogger{log.With("component", "pebble")},
-		MemTableSize: 32 << 20,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	return open(dir, nil, opts, log)
+}
+
+// open is Open on the filesystem fs (nil: the operating system's).
+func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, error) {
+	if log == nil {
+		log = slog.Default()
 	}
-	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}}
+	f := newFatal()
+	db, err := openDB(dir, fs, f, log)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f}
 	if err := s.load(); err != nil {
-		db.Close()
+		if f.Err() == nil {
+			db.Close()
+		}
 		return nil, err
 	}
 	return s, nil
 }
+
+// openDB opens Pebble, turning a panic or a Fatalf during the open (a
+// write-ahead-log replay on a full disk) into an error.
+func openDB(dir string, fs vfs.FS, f *fatal, log *slog.Logger) (db *pebble.DB, err error) {
+	defer f.recover(&err)
+	db, err = pebble.Open(dir, &pebble.Options{
+		FS:                          fs,
+		Logger:                      pebbleLogger{log: log.With("component", "pebble"), fatal: f, errors: &limiter{}},
+		MemTableSize:                memTableSize,
+		MemTableStopWritesThreshold: memTableStopWritesThreshold,
+		L0CompactionThreshold:       l0CompactionThreshold,
+		L0StopWritesThreshold:       l0StopWritesThreshold,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
+	return db, nil
+}
+
+// Done is closed when the store has failed in a way it cannot survive (see
+// the package comment); Err then says why. Only main should act on it, by
+// exiting.
+func (s *Store) Done() <-chan struct{} { return s.fatal.done }
+
+// Err returns the failure that closed Done, or nil.
+func (s *Store) Err() error { return s.fatal.Err() }
 
 // load rebuilds the in-memory view of the outbox and the cursors.
 func (s *Store) load() error {
@@ -103,7 +162,11 @@ func (s *Store) load() error {
 	return nil
 }
 
-func (s *Store) scan(prefix []byte, fn func(k, v []byte) error) error {
+func (s *Store) scan(prefix []byte, fn func(k, v []byte) error) (err error) {
+	defer s.fatal.recover(&err)
+	if err := s.fatal.Err(); err != nil {
+		return err
+	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
 		return fmt.Errorf("pebblestore: scan: %w", err)
@@ -128,13 +191,14 @@ var errClosed = errors.New("pebblestore: closed")
 // Claim implements flowmetrics.Store. Conversations of the batch are locked
 // (striped) from the read of their state until the batch, claims and outbox
 // entry together, is synced to the write-ahead log.
-func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]flowmetrics.Occurrence, error) {
+func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ []flowmetrics.Occurrence, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if s.closed.Load() {
-		return nil, errClosed
+	if err := s.usable(); err != nil {
+		return nil, err
 	}
+	defer s.fatal.recover(&err)
 	convs := make([]string, len(reqs))
 	for i, r := range reqs {
 		convs[i] = r.ConversationID
@@ -219,10 +283,14 @@ func (s *Store) get(id string) (*conversation, error) {
 // many. Claim already treats them as absent; sweeping keeps the database from
 // growing without bound. It holds each conversation's stripe while deciding,
 // so it never deletes a conversation a concurrent Claim is refreshing.
-func (s *Store) Sweep(ctx context.Context) (int, error) {
+func (s *Store) Sweep(ctx context.Context) (removed int, err error) {
+	if err := s.usable(); err != nil {
+		return 0, err
+	}
+	defer s.fatal.recover(&err)
 	now := s.opts.Now()
 	var expired []string
-	err := s.scan(convPrefix, func(k, v []byte) error {
+	err = s.scan(convPrefix, func(k, v []byte) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -235,7 +303,6 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	removed := 0
 	for start := 0; start < len(expired); start += 1000 {
 		chunk := expired[start:min(start+1000, len(expired))]
 		unlock := s.stripes.Lock(chunk)
@@ -259,10 +326,11 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 }
 
 // ReadOutbox implements flowmetrics.Store.
-func (s *Store) ReadOutbox(ctx context.Context, after uint64, limit int) ([]flowmetrics.Entry, error) {
-	if s.closed.Load() {
-		return nil, errClosed
+func (s *Store) ReadOutbox(ctx context.Context, after uint64, limit int) (_ []flowmetrics.Entry, err error) {
+	if err := s.usable(); err != nil {
+		return nil, err
 	}
+	defer s.fatal.recover(&err)
 	visible := s.seq.Visible()
 	if after >= visible {
 		return nil, nil
@@ -292,9 +360,13 @@ func (s *Store) Cursor(ctx context.Context, sink string) (uint64, error) {
 }
 
 // Register implements flowmetrics.Store.
-func (s *Store) Register(ctx context.Context, sinks []string) error {
+func (s *Store) Register(ctx context.Context, sinks []string) (err error) {
+	if err := s.usable(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.fatal.recover(&err)
 	b := s.db.NewBatch()
 	defer b.Close()
 	next := map[string]uint64{}
@@ -329,15 +401,19 @@ func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
 
 // AckState implements flowmetrics.Store: the cursor and the state update are
 // one synced batch.
-func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update flowmetrics.StateUpdate) error {
+func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update flowmetrics.StateUpdate) (err error) {
 	if err := flowmetrics.CheckState(update); err != nil {
 		return fmt.Errorf("pebblestore: ack %s: %w", sink, err)
+	}
+	if err := s.usable(); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Load() {
 		return errClosed
 	}
+	defer s.fatal.recover(&err)
 	cur, ok := s.cursors[sink]
 	if !ok {
 		return fmt.Errorf("pebblestore: ack from unregistered sink %q", sink)
@@ -368,8 +444,8 @@ func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update fl
 
 // SinkState implements flowmetrics.Store.
 func (s *Store) SinkState(ctx context.Context, sink string) (map[string][]byte, error) {
-	if s.closed.Load() {
-		return nil, errClosed
+	if err := s.usable(); err != nil {
+		return nil, err
 	}
 	p := stateKey(sink, "")
 	out := map[string][]byte{}
@@ -409,18 +485,37 @@ func (s *Store) OutboxDepth(ctx context.Context, sink string) (int64, error) {
 	return s.seq.Depth(c), nil
 }
 
-// Close flushes and closes the database; it is safe to call twice.
-func (s *Store) Close() error {
+// Close closes the database; it is safe to call twice. It does not flush
+// the memtable: everything acknowledged is already synced in the
+// write-ahead log, which the next Open replays, and a flush needs disk space
+// that a full disk does not have. A failed store is not closed (Pebble's
+// locks may be held by the write that failed); its Err is returned.
+func (s *Store) Close() (err error) {
+	if err := s.fatal.Err(); err != nil {
+		s.closed.Store(true)
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed.Swap(true) {
 		return nil
 	}
-	if err := s.db.Flush(); err != nil {
-		s.db.Close()
-		return fmt.Errorf("pebblestore: flush: %w", err)
+	defer s.fatal.recover(&err)
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("pebblestore: close: %w", err)
 	}
-	return s.db.Close()
+	return nil
+}
+
+// usable returns the reason the store cannot be used, if any.
+func (s *Store) usable() error {
+	if err := s.fatal.Err(); err != nil {
+		return err
+	}
+	if s.closed.Load() {
+		return errClosed
+	}
+	return nil
 }
 
 func convKey(id string) []byte  { return append(bytes.Clone(convPrefix), id...) }
@@ -441,18 +536,118 @@ func be64(v uint64) []byte {
 	return b[:]
 }
 
-type pebbleLogger struct{ log *slog.Logger }
+type pebbleLogger struct {
+	log    *slog.Logger
+	fatal  *fatal
+	errors *limiter
+}
 
 func (l pebbleLogger) Infof(format string, args ...any) { l.log.Debug(fmt.Sprintf(format, args...)) }
+
+// Errorf logs Pebble's background errors, at most errorsPerWindow of them
+// every errorWindow: a compaction that cannot find space retries at once,
+// and would otherwise log thousands of lines a second.
 func (l pebbleLogger) Errorf(format string, args ...any) {
+	ok, suppressed := l.errors.allow(time.Now())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		l.log.Error(fmt.Sprintf(format, args...), "suppressed_before", suppressed)
+		return
+	}
 	l.log.Error(fmt.Sprintf(format, args...))
 }
 
-// Fatalf is how Pebble reports a broken invariant; it must not return.
+const (
+	errorWindow     = 10 * time.Second
+	errorsPerWindow = 20
+)
+
+// limiter lets errorsPerWindow events through per errorWindow and counts
+// the others.
+type limiter struct {
+	mu         sync.Mutex
+	start      time.Time
+	n          int
+	suppressed int
+}
+
+// allow reports whether to log now and how many were suppressed since the
+// last one logged.
+func (l *limiter) allow(now time.Time) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.start) >= errorWindow {
+		l.start, l.n = now, 0
+	}
+	if l.n >= errorsPerWindow {
+		l.suppressed++
+		return false, 0
+	}
+	l.n++
+	s := l.suppressed
+	l.suppressed = 0
+	return true, s
+}
+
+// Fatalf is how Pebble reports an error it cannot survive ("fatal commit
+// error" when a write-ahead-log write fails) or a broken invariant; it must
+// not return. It records the failure, which closes Done so that main exits,
+// and then parks the calling goroutine (a committing request, or one of
+// Pebble's own): returning would let Pebble go on in a broken state, and a
+// panic would unwind a request handler with Pebble's commit pipeline still
+// locked.
 func (l pebbleLogger) Fatalf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
-	l.log.Error(msg)
-	panic("pebble: " + msg)
+	l.log.Error("pebble failed; the store cannot continue", "err", msg)
+	l.fatal.fail(fmt.Errorf("pebblestore: %s", strings.TrimPrefix(msg, "pebble: ")))
+	select {}
+}
+
+// fatal records the first unsurvivable failure of the store.
+type fatal struct {
+	once sync.Once
+	done chan struct{}
+	err  atomic.Pointer[error]
+}
+
+func newFatal() *fatal { return &fatal{done: make(chan struct{})} }
+
+func (f *fatal) fail(err error) {
+	f.once.Do(func() {
+		f.err.Store(&err)
+		close(f.done)
+	})
+}
+
+// Err returns the recorded failure, or nil.
+func (f *fatal) Err() error {
+	if p := f.err.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// recover turns a panic in the deferring method (Pebble panics on a failed
+// write-ahead-log write, and after a failure its state is broken) into the
+// store's failure, returned in *err.
+func (f *fatal) recover(err *error) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	e, ok := r.(error)
+	if !ok {
+		e = fmt.Errorf("%v", r)
+	}
+	if errors.Is(e, pebble.ErrClosed) {
+		// A call racing Close: the store is closed, not broken.
+		*err = errClosed
+		return
+	}
+	f.fail(fmt.Errorf("pebblestore: unrecoverable pebble error: %w", e))
+	*err = f.Err()
 }
 
 // Sinks returns the names of the registered sinks.
