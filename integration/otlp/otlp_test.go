@@ -364,11 +364,18 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, err := p.client.Do(fw)
 	if err != nil {
+		// The sink gave up on the request (its timeout) while the receiver
+		// may already have taken it: the sink never hears the answer, so a
+		// resend is the allowed repeat.
+		p.markLost(keys)
 		http.Error(w, err.Error(), http.StatusBadGateway)
 		return
 	}
 	defer resp.Body.Close()
 	out, _ := io.ReadAll(resp.Body)
+	if r.Context().Err() != nil {
+		p.markLost(keys) // as above, the answer came after the sink gave up
+	}
 	if resp.StatusCode != http.StatusOK {
 		p.t.Errorf("receiver answered %d to a request of the sink: %s", resp.StatusCode, out)
 	}
@@ -377,11 +384,7 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if lose && resp.StatusCode == http.StatusOK {
-		p.mu.Lock()
-		for _, k := range keys {
-			p.lost[k] = true
-		}
-		p.mu.Unlock()
+		p.markLost(keys)
 		hangUp(w) // accepted, but the sink never hears it
 		return
 	}
@@ -390,6 +393,16 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(resp.StatusCode)
 	w.Write(out)
+}
+
+// markLost records that the answer to a request carrying keys did not
+// reach the sink, which may therefore send them again.
+func (p *proxy) markLost(keys []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, k := range keys {
+		p.lost[k] = true
+	}
 }
 
 func (p *proxy) set(f func(p *proxy)) {

@@ -124,9 +124,13 @@ type Pipeline struct {
 
 	startOnce sync.Once
 	stop      context.CancelFunc
-	wg        sync.WaitGroup
-	closeOnce sync.Once
-	closeErr  error
+	// cancelSends ends the sends in flight; Close calls it only when its
+	// own deadline passes, so a stop never abandons a request the backend
+	// may already have taken (and would take again when it is resent).
+	cancelSends context.CancelFunc
+	wg          sync.WaitGroup
+	closeOnce   sync.Once
+	closeErr    error
 }
 
 // New builds a pipeline. Call Start to deliver in the background, or Flush to
@@ -392,12 +396,13 @@ func RejectReason(err error) string {
 func (p *Pipeline) Start() {
 	p.startOnce.Do(func() {
 		ctx, cancel := context.WithCancel(context.Background())
-		p.stop = cancel
+		sendCtx, cancelSends := context.WithCancel(context.Background())
+		p.stop, p.cancelSends = cancel, cancelSends
 		for _, d := range p.drainers {
 			p.wg.Add(1)
 			go func() {
 				defer p.wg.Done()
-				d.run(ctx)
+				d.run(ctx, sendCtx)
 			}()
 		}
 	})
@@ -422,8 +427,18 @@ func (p *Pipeline) Flush(ctx context.Context) error {
 func (p *Pipeline) Close(ctx context.Context) error {
 	p.closeOnce.Do(func() {
 		if p.stop != nil {
+			// The drainers finish the batch they are sending (and commit
+			// its cursor) before they stop, unless ctx ends first.
 			p.stop()
-			p.wg.Wait()
+			done := make(chan struct{})
+			go func() { p.wg.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-ctx.Done():
+				p.cancelSends()
+				<-done
+			}
+			p.cancelSends()
 		}
 		var errs []error
 		if err := p.Flush(ctx); err != nil {
@@ -493,7 +508,9 @@ func (d *drainer) notify() {
 	}
 }
 
-func (d *drainer) run(ctx context.Context) {
+// run drains until ctx ends. Sends use sendCtx, which outlives ctx, so the
+// batch in flight when ctx ends is finished rather than cut off.
+func (d *drainer) run(ctx, sendCtx context.Context) {
 	tick := time.NewTicker(d.p.cfg.FlushInterval)
 	defer tick.Stop()
 	failures := 0
@@ -509,10 +526,13 @@ func (d *drainer) run(ctx context.Context) {
 		case <-tick.C:
 		}
 		for {
+			if ctx.Err() != nil {
+				return
+			}
 			d.mu.Lock()
-			more, err := d.drainOnce(ctx)
+			more, err := d.drainOnce(sendCtx)
 			d.mu.Unlock()
-			d.p.UpdateDepth(ctx)
+			d.p.UpdateDepth(sendCtx)
 			if err != nil {
 				if ctx.Err() != nil {
 					return

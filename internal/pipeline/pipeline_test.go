@@ -586,3 +586,85 @@ func TestHolderSentWhenDueWithoutNewEntries(t *testing.T) {
 		t.Errorf("after: got %d empty sends, want 1", sink.empty)
 	}
 }
+
+// blockingSink holds each Send until release is closed, and records whether
+// the send's context was cancelled meanwhile.
+type blockingSink struct {
+	recordingSink
+	started   chan struct{}
+	release   chan struct{}
+	cancelled bool
+}
+
+func (s *blockingSink) Send(ctx context.Context, pts []flowmetrics.Point) error {
+	select {
+	case s.started <- struct{}{}:
+	default:
+	}
+	select {
+	case <-s.release:
+	case <-ctx.Done():
+		s.mu.Lock()
+		s.cancelled = true
+		s.mu.Unlock()
+		return ctx.Err()
+	}
+	return s.recordingSink.Send(ctx, pts)
+}
+
+// A stop lets the batch in flight finish and commits its cursor: cutting the
+// request off could leave it taken by the backend and then resent.
+func TestCloseFinishesTheSendInFlight(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		closeIn       time.Duration // Close's deadline
+		wantCancelled bool
+	}{
+		{"within the deadline", 10 * time.Second, false},
+		{"past the deadline", 50 * time.Millisecond, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			st := memstore.New(store.Options{})
+			sink := &blockingSink{recordingSink: recordingSink{name: "s"}, started: make(chan struct{}, 1), release: make(chan struct{})}
+			p := New(st, []flowmetrics.Sink{sink}, Config{FlushInterval: time.Millisecond, RetryMin: time.Millisecond, RetryMax: time.Millisecond}, telemetry.New(), nil)
+			if err := p.Register(ctx); err != nil {
+				t.Fatal(err)
+			}
+			p.Start()
+			p.Ingest(ctx, []genesys.Record{event("c1", "FMetric_A(2026-11-20T09:31:48Z)")})
+			select {
+			case <-sink.started:
+			case <-time.After(10 * time.Second):
+				t.Fatal("no send started")
+			}
+			closed := make(chan error, 1)
+			cctx, cancel := context.WithTimeout(ctx, tc.closeIn)
+			defer cancel()
+			go func() { closed <- p.Close(cctx) }()
+			if !tc.wantCancelled {
+				time.Sleep(100 * time.Millisecond) // Close is waiting for the send
+				close(sink.release)
+			}
+			select {
+			case <-closed:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Close did not return")
+			}
+			sink.mu.Lock()
+			cancelled, delivered := sink.cancelled, len(sink.points)
+			sink.mu.Unlock()
+			if cancelled != tc.wantCancelled {
+				t.Errorf("send in flight cancelled: got %v, want %v", cancelled, tc.wantCancelled)
+			}
+			if !tc.wantCancelled {
+				if delivered != 1 {
+					t.Errorf("points delivered: got %d, want 1", delivered)
+				}
+				if d, _ := st.OutboxDepth(ctx, "s"); d != 0 {
+					t.Errorf("depth after Close: got %d, want 0 (the finished batch's cursor committed)", d)
+				}
+			}
+		})
+	}
+}
