@@ -19,6 +19,7 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/dashboard"
+	"github.com/flowmetrics/flowmetrics/internal/servetest"
 )
 
 const chromiumPath = "/usr/bin/chromium"
@@ -123,10 +124,10 @@ func TestBrowser(t *testing.T) {
 	defer cancel()
 
 	dir := t.TempDir()
-	bin := buildServe(t, dir)
-	srv := startServe(t, bin, filepath.Join(dir, "data"), "--demo")
-	defer srv.stop(t)
-	base := "http://" + srv.addr
+	bin := servetest.Build(t, dir)
+	srv := servetest.Start(t, bin, filepath.Join(dir, "data"), "--demo")
+	defer srv.Stop(t)
+	base := "http://" + srv.Addr
 	// The backfill is in when the series stop growing fast: wait for the
 	// demo's flows, each with more than ten minutes of history.
 	waitAPI(t, base, func(s dashboard.SeriesBody) bool {
@@ -146,7 +147,7 @@ func TestBrowser(t *testing.T) {
 		t.Fatalf("load: %v", err)
 	}
 	var api dashboard.SeriesBody
-	getJSON(t, base+"/api/v1/series?range=1h", &api)
+	servetest.GetJSON(t, base+"/api/v1/series?range=1h", &api)
 	lines := 0
 	for _, f := range api.Flows {
 		lines += len(f.Metrics)
@@ -211,7 +212,7 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("hover tooltip: got %+v, want visible with a time span and %d metrics", tip, len(busy.Metrics))
 	}
 	var now dashboard.SeriesBody // the API again, in case the page's 1 h window moved on
-	getJSON(t, base+"/api/v1/series?range=1h", &now)
+	servetest.GetJSON(t, base+"/api/v1/series?range=1h", &now)
 	shift := int(now.Start.Sub(api.Start) / (time.Duration(api.StepSeconds) * time.Second))
 	for _, f := range now.Flows {
 		if f.Flow != busy.Flow {
@@ -243,11 +244,11 @@ func TestBrowser(t *testing.T) {
 	// The table: every flow metric, with its count in the range between
 	// what the API said before and after the page read it.
 	var before, after dashboard.SeriesBody
-	getJSON(t, base+"/api/v1/series?range=1h", &before)
+	servetest.GetJSON(t, base+"/api/v1/series?range=1h", &before)
 	time.Sleep(2500 * time.Millisecond) // the page has refreshed since
 	type row struct{ Flow, Metric, Count, Trend, Last string }
 	rows := eval[[]row](t, bctx, `[...document.querySelectorAll("#table tbody tr")].map(tr => ({Flow: tr.dataset.flow, Metric: tr.dataset.metric, Count: tr.cells[2].textContent.replaceAll(",", ""), Trend: tr.cells[5].textContent, Last: tr.cells[6].textContent}))`)
-	getJSON(t, base+"/api/v1/series?range=1h", &after)
+	servetest.GetJSON(t, base+"/api/v1/series?range=1h", &after)
 	lo, hi := inRange(before), inRange(after)
 	if len(rows) != len(hi) {
 		t.Errorf("table: got %d rows, want the API's %d", len(rows), len(hi))
@@ -264,7 +265,7 @@ func TestBrowser(t *testing.T) {
 
 	// Malformed: the distinct names, each once, with their sightings.
 	var mal dashboard.MalformedBody
-	getJSON(t, base+"/api/v1/malformed", &mal)
+	servetest.GetJSON(t, base+"/api/v1/malformed", &mal)
 	if mal.Distinct == 0 {
 		t.Fatalf("malformed API: no names, want the demo's: %+v", mal)
 	}
@@ -342,7 +343,7 @@ func TestBrowser(t *testing.T) {
 	for i := range 3 {
 		metric := fmt.Sprintf("LiveCheck%d", i)
 		at := time.Now()
-		post(t, srv.addr, []string{event(fmt.Sprintf("11111111-0000-4000-8000-%012d", i), at, map[string]string{attr(first.Flow, metric, at): ""})})
+		servetest.Post(t, srv.Addr, []string{servetest.Event(fmt.Sprintf("11111111-0000-4000-8000-%012d", i), at, map[string]string{servetest.Attr(first.Flow, metric, at): ""})})
 		waitFor(t, bctx, "live update "+metric, fmt.Sprintf(`[...document.querySelectorAll('section.flow[data-flow=%q] .legend li')].some(li => li.dataset.metric === %q) && [...document.querySelectorAll("#table tbody tr")].some(tr => tr.dataset.metric === %q && tr.cells[2].textContent === "1")`, first.Flow, metric, metric), 5*time.Second)
 		took = append(took, time.Since(at))
 	}
@@ -392,7 +393,7 @@ func waitAPI(t *testing.T, base string, ok func(dashboard.SeriesBody) bool, what
 	var s dashboard.SeriesBody
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		s = dashboard.SeriesBody{}
-		getJSON(t, base+"/api/v1/series?range=1h", &s)
+		servetest.GetJSON(t, base+"/api/v1/series?range=1h", &s)
 		if ok(s) {
 			return s
 		}

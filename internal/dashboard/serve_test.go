@@ -1,116 +1,19 @@
 package dashboard
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/servetest"
 )
-
-// serveProc is a running `flowmetrics serve`.
-type serveProc struct {
-	cmd    *exec.Cmd
-	addr   string
-	stderr *lockedBuffer
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// buildServe builds the flowmetrics binary into dir.
-func buildServe(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "flowmetrics")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/flowmetrics/flowmetrics/cmd/flowmetrics").CombinedOutput()
-	if err != nil {
-		t.Fatalf("build flowmetrics: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// startServe starts bin serve on a free loopback port with the data dir.
-func startServe(t *testing.T, bin, dataDir string, extra ...string) *serveProc {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	s := &serveProc{addr: addr, stderr: &lockedBuffer{}}
-	s.cmd = exec.Command(bin, append([]string{"serve", "-listen", addr, "-data-dir", dataDir}, extra...)...)
-	s.cmd.Stderr = s.stderr
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if resp, err := http.Get("http://" + addr + "/healthz"); err == nil {
-			resp.Body.Close()
-			return s
-		}
-	}
-	s.cmd.Process.Kill()
-	s.cmd.Wait()
-	t.Fatalf("serve did not come up: %s", s.stderr)
-	return nil
-}
-
-func (s *serveProc) stop(t *testing.T) {
-	t.Helper()
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- s.cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("serve exited: %v\n%s", err, s.stderr)
-		}
-	case <-time.After(20 * time.Second):
-		s.cmd.Process.Kill()
-		<-done
-		t.Errorf("serve did not stop within 20 s of SIGTERM\n%s", s.stderr)
-	}
-}
-
-func getJSON(t *testing.T, url string, v any) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %s %s", url, resp.Status, b)
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		t.Fatalf("GET %s: %v\n%s", url, err, b)
-	}
-}
 
 // promTotals reads serve's /metrics: genesys_flow_metric_total by labels.
 func promTotals(t *testing.T, base string) map[string]float64 {
@@ -160,11 +63,11 @@ func TestRestartKeepsHistory(t *testing.T) {
 		t.Skip("builds and runs serve; skipped with -short")
 	}
 	dir := t.TempDir()
-	bin := buildServe(t, dir)
+	bin := servetest.Build(t, dir)
 	data := filepath.Join(dir, "data")
-	srv := startServe(t, bin, data)
-	base := "http://" + srv.addr
-	post(t, srv.addr, traffic(time.Now(), 2*time.Hour, 10, 2))
+	srv := servetest.Start(t, bin, data)
+	base := "http://" + srv.Addr
+	servetest.Post(t, srv.Addr, traffic(time.Now(), 2*time.Hour, 10, 2))
 
 	// Delivered everywhere: the dashboard and /metrics count what the
 	// pipeline claimed.
@@ -172,8 +75,8 @@ func TestRestartKeepsHistory(t *testing.T) {
 	var health HealthBody
 	var prom map[string]float64
 	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		getJSON(t, base+"/api/v1/series?range=6h", &before)
-		getJSON(t, base+"/api/v1/health", &health)
+		servetest.GetJSON(t, base+"/api/v1/series?range=6h", &before)
+		servetest.GetJSON(t, base+"/api/v1/health", &health)
 		prom = promTotals(t, base)
 		var sum float64
 		for _, v := range prom {
@@ -188,15 +91,15 @@ func TestRestartKeepsHistory(t *testing.T) {
 	}
 	time.Sleep(500 * time.Millisecond) // the commit follows each send
 	var malBefore MalformedBody
-	getJSON(t, base+"/api/v1/malformed", &malBefore)
-	srv.cmd.Process.Signal(syscall.SIGKILL)
-	srv.cmd.Wait()
+	servetest.GetJSON(t, base+"/api/v1/malformed", &malBefore)
+	srv.Cmd.Process.Signal(syscall.SIGKILL)
+	srv.Cmd.Wait()
 
-	srv = startServe(t, bin, data)
-	defer srv.stop(t)
-	base = "http://" + srv.addr
+	srv = servetest.Start(t, bin, data)
+	defer srv.Stop(t)
+	base = "http://" + srv.Addr
 	var after SeriesBody
-	getJSON(t, base+"/api/v1/series?range=6h", &after)
+	servetest.GetJSON(t, base+"/api/v1/series?range=6h", &after)
 	if a, b := byTime(after), byTime(before); !mapsEqual(a, b) || after.Total != before.Total {
 		t.Errorf("dashboard after SIGKILL and restart: total %d, want %d; buckets differ: %v", after.Total, before.Total, diff(a, b))
 	}
@@ -204,7 +107,7 @@ func TestRestartKeepsHistory(t *testing.T) {
 		t.Errorf("/metrics after restart:\ngot  %v\nwant %v", got, prom)
 	}
 	var malAfter MalformedBody
-	getJSON(t, base+"/api/v1/malformed", &malAfter)
+	servetest.GetJSON(t, base+"/api/v1/malformed", &malAfter)
 	if malAfter.Distinct != malBefore.Distinct || malAfter.Distinct == 0 {
 		t.Errorf("malformed names after restart: got %d distinct, want %d", malAfter.Distinct, malBefore.Distinct)
 	}
@@ -250,12 +153,12 @@ func TestMetricsNeverGoDown(t *testing.T) {
 		t.Skip("builds and runs serve; skipped with -short")
 	}
 	dir := t.TempDir()
-	bin := buildServe(t, dir)
+	bin := servetest.Build(t, dir)
 	data := filepath.Join(dir, "data")
 	var acked atomic.Int64 // occurrences claimed by answered POSTs, all rounds
 	for round := range 3 {
-		srv := startServe(t, bin, data)
-		base := "http://" + srv.addr
+		srv := servetest.Start(t, bin, data)
+		base := "http://" + srv.Addr
 		evs := traffic(time.Now(), 20*time.Minute, 30, uint64(10+round))
 		go func() {
 			for len(evs) > 0 {
@@ -277,11 +180,11 @@ func TestMetricsNeverGoDown(t *testing.T) {
 		for deadline := time.Now().Add(time.Duration(800+round*700) * time.Millisecond); time.Now().Before(deadline); {
 			last = promTotals(t, base)
 		}
-		srv.cmd.Process.Signal(syscall.SIGKILL)
-		srv.cmd.Wait()
+		srv.Cmd.Process.Signal(syscall.SIGKILL)
+		srv.Cmd.Wait()
 
-		srv = startServe(t, bin, data)
-		base = "http://" + srv.addr
+		srv = servetest.Start(t, bin, data)
+		base = "http://" + srv.Addr
 		got := promTotals(t, base)
 		for k, v := range last {
 			if got[k] < v {
@@ -298,7 +201,7 @@ func TestMetricsNeverGoDown(t *testing.T) {
 			for _, v := range promTotals(t, base) {
 				sum += v
 			}
-			getJSON(t, base+"/api/v1/series?range=1h", &dash)
+			servetest.GetJSON(t, base+"/api/v1/series?range=1h", &dash)
 			if int64(sum) == dash.Total && sum >= float64(acked.Load()) {
 				break
 			}
@@ -307,6 +210,6 @@ func TestMetricsNeverGoDown(t *testing.T) {
 			}
 		}
 		t.Logf("round %d: %d counters, none down; %v occurrences in all", round, len(got), sum)
-		srv.stop(t)
+		srv.Stop(t)
 	}
 }

@@ -1,42 +1,13 @@
 package dashboard
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"net/http"
-	"strings"
-	"testing"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/servetest"
 )
-
-// event is one Genesys attributes event as EventBridge delivers it: a
-// conversation's whole attribute map.
-func event(conv string, at time.Time, attrs map[string]string) string {
-	ev := map[string]any{
-		"version": "0", "id": "ev-" + conv + "-" + fmt.Sprint(at.UnixNano()),
-		"detail-type": "v2.detail.events.conversation.{id}.attributes",
-		"source":      "aws.partner/genesys.com/cloud/org/flow-metrics",
-		"time":        at.UTC().Format(time.RFC3339),
-		"detail": map[string]any{
-			"topicName": "v2.detail.events.conversation." + conv + ".attributes",
-			"version":   "2",
-			"eventBody": map[string]any{
-				"eventTime": at.UnixMilli(), "conversationId": conv, "participantId": "p-" + conv[:8],
-				"attributes": attrs,
-			},
-		},
-	}
-	b, _ := json.Marshal(ev)
-	return string(b)
-}
-
-// attr is a flow metric attribute name as a flow writes it.
-func attr(flow, metric string, at time.Time) string {
-	return flow + "Metric_" + metric + "(" + at.UTC().Format("2006-01-02T15:04:05.000Z") + ")"
-}
 
 // journey is one conversation's path through a flow: the metrics it writes,
 // in order, a few seconds apart.
@@ -108,7 +79,7 @@ func traffic(now time.Time, span time.Duration, perMin float64, seed uint64) []s
 				if mt.After(now) {
 					mt = now
 				}
-				attrs[attr(j.flow, m, mt)] = ""
+				attrs[servetest.Attr(j.flow, m, mt)] = ""
 			}
 			// A typo in a Billing flow version, seen again and again.
 			if j.flow == "Billing Main" && rnd.IntN(15) == 0 {
@@ -117,7 +88,7 @@ func traffic(now time.Time, span time.Duration, perMin float64, seed uint64) []s
 			if j.flow == "Sales Inbound" && rnd.IntN(25) == 0 {
 				attrs["Sales InboundMetric_Converted(today)"] = ""
 			}
-			ev := event(conv, at, attrs)
+			ev := servetest.Event(conv, at, attrs)
 			out = append(out, ev)
 			if rnd.IntN(20) == 0 {
 				out = append(out, ev) // a duplicate delivery
@@ -125,22 +96,4 @@ func traffic(now time.Time, span time.Duration, perMin float64, seed uint64) []s
 		}
 	}
 	return out
-}
-
-// post sends events to serve's /v1/events in batches.
-func post(t *testing.T, addr string, events []string) {
-	t.Helper()
-	for len(events) > 0 {
-		k := min(len(events), 500)
-		body := strings.Join(events[:k], "\n") + "\n"
-		events = events[k:]
-		resp, err := http.Post("http://"+addr+"/v1/events", "application/x-ndjson", bytes.NewReader([]byte(body)))
-		if err != nil {
-			t.Fatalf("post events: %v", err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode/100 != 2 {
-			t.Fatalf("post events: got %s, want 2xx", resp.Status)
-		}
-	}
 }

@@ -1,4 +1,9 @@
-package browser_test
+// Package servetest runs the real flowmetrics binary for tests: it builds
+// it, starts `serve` on a free loopback port, stops it with SIGTERM, and
+// builds and posts Genesys events the way EventBridge delivers them. The
+// dashboard's restart tests and the browser tests in integration/browser
+// share it.
+package servetest
 
 import (
 	"bytes"
@@ -9,6 +14,7 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -16,41 +22,44 @@ import (
 	"time"
 )
 
-// The running serve and the events it is sent: the same helpers as
-// internal/dashboard's serve tests (serve_test.go, traffic_test.go), which
-// this module cannot import.
-
-// serveProc is a running `flowmetrics serve`.
-type serveProc struct {
-	cmd    *exec.Cmd
-	addr   string
-	stderr *lockedBuffer
+// Proc is a running `flowmetrics serve`.
+type Proc struct {
+	Cmd    *exec.Cmd
+	Addr   string
+	Stderr *LockedBuffer
 }
 
-type lockedBuffer struct {
+// LockedBuffer is a bytes.Buffer safe for the process writing it and the
+// test reading it.
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
 }
 
-// buildServe builds the flowmetrics binary into dir, in the product's
-// module (the repository root), as the product builds it.
-func buildServe(t *testing.T, dir string) string {
+// Build builds the flowmetrics binary into dir, in the product's module
+// (the repository root, found from this file), as the product builds it,
+// whichever module the calling test belongs to.
+func Build(t *testing.T, dir string) string {
 	t.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("servetest: cannot locate the repository")
+	}
 	bin := filepath.Join(dir, "flowmetrics")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/flowmetrics")
-	cmd.Dir = filepath.Join("..", "..")
+	cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("build flowmetrics: %v\n%s", err, out)
@@ -58,8 +67,9 @@ func buildServe(t *testing.T, dir string) string {
 	return bin
 }
 
-// startServe starts bin serve on a free loopback port with the data dir.
-func startServe(t *testing.T, bin, dataDir string, extra ...string) *serveProc {
+// Start starts bin serve on a free loopback port with the data dir, and
+// waits until /healthz answers.
+func Start(t *testing.T, bin, dataDir string, extra ...string) *Proc {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -67,10 +77,10 @@ func startServe(t *testing.T, bin, dataDir string, extra ...string) *serveProc {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	s := &serveProc{addr: addr, stderr: &lockedBuffer{}}
-	s.cmd = exec.Command(bin, append([]string{"serve", "-listen", addr, "-data-dir", dataDir}, extra...)...)
-	s.cmd.Stderr = s.stderr
-	if err := s.cmd.Start(); err != nil {
+	s := &Proc{Addr: addr, Stderr: &LockedBuffer{}}
+	s.Cmd = exec.Command(bin, append([]string{"serve", "-listen", addr, "-data-dir", dataDir}, extra...)...)
+	s.Cmd.Stderr = s.Stderr
+	if err := s.Cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
@@ -79,30 +89,34 @@ func startServe(t *testing.T, bin, dataDir string, extra ...string) *serveProc {
 			return s
 		}
 	}
-	s.cmd.Process.Kill()
-	s.cmd.Wait()
-	t.Fatalf("serve did not come up: %s", s.stderr)
+	s.Cmd.Process.Kill()
+	s.Cmd.Wait()
+	t.Fatalf("serve did not come up: %s", s.Stderr)
 	return nil
 }
 
-func (s *serveProc) stop(t *testing.T) {
+// Stop sends SIGTERM and fails the test unless serve exits cleanly within
+// 20 s.
+func (s *Proc) Stop(t *testing.T) {
 	t.Helper()
-	s.cmd.Process.Signal(syscall.SIGTERM)
+	s.Cmd.Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
-	go func() { done <- s.cmd.Wait() }()
+	go func() { done <- s.Cmd.Wait() }()
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Errorf("serve exited: %v\n%s", err, s.stderr)
+			t.Errorf("serve exited: %v\n%s", err, s.Stderr)
 		}
 	case <-time.After(20 * time.Second):
-		s.cmd.Process.Kill()
+		s.Cmd.Process.Kill()
 		<-done
-		t.Errorf("serve did not stop within 20 s of SIGTERM\n%s", s.stderr)
+		t.Errorf("serve did not stop within 20 s of SIGTERM\n%s", s.Stderr)
 	}
 }
 
-func getJSON(t *testing.T, url string, v any) {
+// GetJSON decodes the JSON answer of GET url into v; anything but a 200 with
+// valid JSON fails the test.
+func GetJSON(t *testing.T, url string, v any) {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
@@ -118,9 +132,9 @@ func getJSON(t *testing.T, url string, v any) {
 	}
 }
 
-// event is one Genesys attributes event as EventBridge delivers it: a
+// Event is one Genesys attributes event as EventBridge delivers it: a
 // conversation's whole attribute map.
-func event(conv string, at time.Time, attrs map[string]string) string {
+func Event(conv string, at time.Time, attrs map[string]string) string {
 	ev := map[string]any{
 		"version": "0", "id": "ev-" + conv + "-" + fmt.Sprint(at.UnixNano()),
 		"detail-type": "v2.detail.events.conversation.{id}.attributes",
@@ -139,13 +153,14 @@ func event(conv string, at time.Time, attrs map[string]string) string {
 	return string(b)
 }
 
-// attr is a flow metric attribute name as a flow writes it.
-func attr(flow, metric string, at time.Time) string {
+// Attr is a flow metric attribute name as a flow writes it.
+func Attr(flow, metric string, at time.Time) string {
 	return flow + "Metric_" + metric + "(" + at.UTC().Format("2006-01-02T15:04:05.000Z") + ")"
 }
 
-// post sends events to serve's /v1/events in batches.
-func post(t *testing.T, addr string, events []string) {
+// Post sends events to serve's /v1/events as NDJSON, 500 a request; any
+// answer but a 2xx fails the test.
+func Post(t *testing.T, addr string, events []string) {
 	t.Helper()
 	for len(events) > 0 {
 		k := min(len(events), 500)
