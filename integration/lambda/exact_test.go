@@ -1,16 +1,13 @@
 package lambda_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,7 +15,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
@@ -38,48 +34,6 @@ const (
 	runLimit        = 4 * time.Minute
 	stallLimit      = 45 * time.Second
 )
-
-// startMoto starts moto's DynamoDB (moto_server, or FLOWMETRICS_MOTO) on a
-// free loopback port. It skips the test where moto is missing, unless CI is
-// set.
-func startMoto(t *testing.T) *dynalitetest.Server {
-	t.Helper()
-	bin := os.Getenv("FLOWMETRICS_MOTO")
-	if bin == "" {
-		bin, _ = exec.LookPath("moto_server")
-	}
-	if bin == "" {
-		msg := "moto_server not found (pip install 'moto[server]', or set FLOWMETRICS_MOTO): the count-mode run needs TransactWriteItems, which dynalite lacks"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	port := freePort(t)
-	cmd := exec.Command(bin, "-H", "127.0.0.1", "-p", strconv.Itoa(port))
-	var log bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start moto: %v", err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	ep := "http://127.0.0.1:" + strconv.Itoa(port)
-	client := dynalitetest.NewClient(ep)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := client.ListTables(ctx, &dynamodb.ListTablesInput{})
-		cancel()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("moto did not answer on %s within 30 s: %v", ep, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return &dynalitetest.Server{Endpoint: ep, Client: client}
-}
 
 // event is one EventBridge event of the corpus: an envelope and the metric
 // keys it carries.
@@ -254,7 +208,7 @@ func TestServerlessExactlyOnce(t *testing.T) {
 		}
 		// The count totals are committed with the delivered marks in one
 		// TransactWriteItems, which dynalite lacks: moto has it.
-		runExactness(t, bootstrap, rie, startMoto(t), arrangement{instances: 1, sinks: "datadog", mode: "count"})
+		runExactness(t, bootstrap, rie, dynalitetest.StartMoto(t), arrangement{instances: 1, sinks: "datadog", mode: "count"})
 	})
 }
 

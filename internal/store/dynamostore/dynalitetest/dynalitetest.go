@@ -67,21 +67,30 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skip(msg)
 	}
+	return startLocal(t, "dynalite", cmdline, func(port int) []string {
+		return []string{"--host", "127.0.0.1", "--port", strconv.Itoa(port),
+			"--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0"}
+	}, 15*time.Second, 50*time.Millisecond)
+}
+
+// startLocal runs cmdline plus the arguments that put it on a free loopback
+// port, logging to a file of the test's, until the test ends, and waits up
+// to wait (trying every poll) for a DynamoDB API to answer there.
+func startLocal(t testing.TB, name string, cmdline []string, portArgs func(port int) []string, wait, poll time.Duration) *Server {
+	t.Helper()
 	port, err := freePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := append(cmdline[1:], "--host", "127.0.0.1", "--port", strconv.Itoa(port),
-		"--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0")
-	cmd := exec.Command(cmdline[0], args...)
-	logPath := filepath.Join(t.TempDir(), "dynalite.log")
+	cmd := exec.Command(cmdline[0], append(cmdline[1:], portArgs(port)...)...)
+	logPath := filepath.Join(t.TempDir(), name+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start dynalite (%s): %v", strings.Join(cmdline, " "), err)
+		t.Fatalf("start %s (%s): %v", name, strings.Join(cmdline, " "), err)
 	}
 	t.Cleanup(func() {
 		cmd.Process.Kill()
@@ -90,7 +99,7 @@ func Start(t testing.TB) *Server {
 	})
 	ep := "http://127.0.0.1:" + strconv.Itoa(port)
 	client := NewClient(ep)
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(wait)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := client.ListTables(ctx, &dynamodb.ListTablesInput{})
@@ -100,9 +109,9 @@ func Start(t testing.TB) *Server {
 		}
 		if time.Now().After(deadline) {
 			out, _ := os.ReadFile(logPath)
-			t.Fatalf("dynalite did not answer on %s within 15s: %v\n%s", ep, err, out)
+			t.Fatalf("%s did not answer on %s within %v: %v\n%s", name, ep, wait, err, out)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(poll)
 	}
 	return &Server{Endpoint: ep, Client: client}
 }

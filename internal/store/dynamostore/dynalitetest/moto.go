@@ -1,16 +1,11 @@
 package dynalitetest
 
 import (
-	"context"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
-
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 )
 
 // MotoCommand returns the command that runs moto's server (the Python
@@ -40,40 +35,7 @@ func StartMoto(t testing.TB) *Server {
 		}
 		t.Skip(msg)
 	}
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(cmdline[0], append(cmdline[1:], "-H", "127.0.0.1", "-p", strconv.Itoa(port))...)
-	logPath := filepath.Join(t.TempDir(), "moto.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start moto (%s): %v", strings.Join(cmdline, " "), err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-	})
-	ep := "http://127.0.0.1:" + strconv.Itoa(port)
-	client := NewClient(ep)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := client.ListTables(ctx, &dynamodb.ListTablesInput{})
-		cancel()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			out, _ := os.ReadFile(logPath)
-			t.Fatalf("moto did not answer on %s within 30s: %v\n%s", ep, err, out)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return &Server{Endpoint: ep, Client: client}
+	return startLocal(t, "moto", cmdline, func(port int) []string {
+		return []string{"-H", "127.0.0.1", "-p", strconv.Itoa(port)}
+	}, 30*time.Second, 100*time.Millisecond)
 }
