@@ -2,10 +2,8 @@ package datadog
 
 import (
 	"bytes"
-	"compress/zlib"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"sort"
 	"strings"
@@ -23,39 +21,8 @@ import (
 // replaced), and drops points outside [now-1h, now+10m] (historical
 // ingestion is not available for distributions).
 func (f *fakeIntake) serveDist(w http.ResponseWriter, r *http.Request) {
-	if r.Header.Get("DD-API-KEY") != f.key {
-		f.respond(w, http.StatusForbidden, nil, "Forbidden")
-		return
-	}
-	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
-		f.violations = append(f.violations, "Content-Type "+ct)
-		f.respond(w, http.StatusBadRequest, nil, "bad content type")
-		return
-	}
-	if ce := r.Header.Get("Content-Encoding"); ce != "deflate" {
-		f.violations = append(f.violations, "Content-Encoding "+ce)
-		f.respond(w, http.StatusBadRequest, nil, "bad content encoding")
-		return
-	}
-	body, _ := io.ReadAll(io.LimitReader(r.Body, int64(f.maxCompressed)+1))
-	if len(body) > f.maxCompressed {
-		f.respond(w, http.StatusRequestEntityTooLarge, nil, "Payload too large")
-		return
-	}
-	zr, err := zlib.NewReader(bytes.NewReader(body))
-	if err != nil {
-		f.violations = append(f.violations, "zlib: "+err.Error())
-		f.respond(w, http.StatusBadRequest, nil, "bad deflate")
-		return
-	}
-	raw, err := io.ReadAll(io.LimitReader(zr, int64(f.maxUncompressed)))
-	if err != nil {
-		f.violations = append(f.violations, "inflate: "+err.Error())
-		f.respond(w, http.StatusBadRequest, nil, "bad deflate")
-		return
-	}
-	if len(raw) >= f.maxUncompressed {
-		f.respond(w, http.StatusRequestEntityTooLarge, nil, "Payload too large")
+	raw, ok := f.readBody(w, r, "deflate")
+	if !ok {
 		return
 	}
 	type distSeries struct {

@@ -3,6 +3,7 @@ package datadog
 import (
 	"bytes"
 	"compress/gzip"
+	"compress/zlib"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -123,39 +124,8 @@ func (f *fakeIntake) serve(w http.ResponseWriter, r *http.Request) {
 		f.respond(w, http.StatusNotFound, nil, "not found")
 		return
 	}
-	if r.Header.Get("DD-API-KEY") != f.key {
-		f.respond(w, http.StatusForbidden, nil, "Forbidden")
-		return
-	}
-	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
-		f.violations = append(f.violations, "Content-Type "+ct)
-		f.respond(w, http.StatusBadRequest, nil, "bad content type")
-		return
-	}
-	if ce := r.Header.Get("Content-Encoding"); ce != "gzip" {
-		f.violations = append(f.violations, "Content-Encoding "+ce)
-		f.respond(w, http.StatusBadRequest, nil, "bad content encoding")
-		return
-	}
-	body, _ := io.ReadAll(io.LimitReader(r.Body, int64(f.maxCompressed)+1))
-	if len(body) > f.maxCompressed {
-		f.respond(w, http.StatusRequestEntityTooLarge, nil, "Payload too large")
-		return
-	}
-	zr, err := gzip.NewReader(bytes.NewReader(body))
-	if err != nil {
-		f.violations = append(f.violations, "gzip: "+err.Error())
-		f.respond(w, http.StatusBadRequest, nil, "bad gzip")
-		return
-	}
-	raw, err := io.ReadAll(io.LimitReader(zr, int64(f.maxUncompressed)))
-	if err != nil {
-		f.violations = append(f.violations, "gunzip: "+err.Error())
-		f.respond(w, http.StatusBadRequest, nil, "bad gzip")
-		return
-	}
-	if len(raw) >= f.maxUncompressed {
-		f.respond(w, http.StatusRequestEntityTooLarge, nil, "Payload too large")
+	raw, ok := f.readBody(w, r, "gzip")
+	if !ok {
 		return
 	}
 	var payload struct {
@@ -267,4 +237,57 @@ func (f *fakeIntake) checkClean() {
 	if f.outOfWindow > 0 {
 		f.t.Errorf("%d points outside Datadog's window were sent", f.outOfWindow)
 	}
+}
+
+// readBody checks what both intakes require of a request (the API key, a
+// JSON Content-Type, the encoding, the compressed and uncompressed size
+// limits) and returns the decompressed body; when it returns false it has
+// answered the request, as Datadog would.
+func (f *fakeIntake) readBody(w http.ResponseWriter, r *http.Request, encoding string) ([]byte, bool) {
+	if r.Header.Get("DD-API-KEY") != f.key {
+		f.respond(w, http.StatusForbidden, nil, "Forbidden")
+		return nil, false
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
+		f.violations = append(f.violations, "Content-Type "+ct)
+		f.respond(w, http.StatusBadRequest, nil, "bad content type")
+		return nil, false
+	}
+	if ce := r.Header.Get("Content-Encoding"); ce != encoding {
+		f.violations = append(f.violations, "Content-Encoding "+ce)
+		f.respond(w, http.StatusBadRequest, nil, "bad content encoding")
+		return nil, false
+	}
+	body, _ := io.ReadAll(io.LimitReader(r.Body, int64(f.maxCompressed)+1))
+	if len(body) > f.maxCompressed {
+		f.respond(w, http.StatusRequestEntityTooLarge, nil, "Payload too large")
+		return nil, false
+	}
+	var zr io.Reader
+	var err error
+	var name, undo string
+	switch encoding {
+	case "gzip":
+		name, undo = "gzip", "gunzip"
+		zr, err = gzip.NewReader(bytes.NewReader(body))
+	default: // deflate: a zlib stream, as Datadog documents it
+		name, undo = "zlib", "inflate"
+		zr, err = zlib.NewReader(bytes.NewReader(body))
+	}
+	if err != nil {
+		f.violations = append(f.violations, name+": "+err.Error())
+		f.respond(w, http.StatusBadRequest, nil, "bad "+encoding)
+		return nil, false
+	}
+	raw, err := io.ReadAll(io.LimitReader(zr, int64(f.maxUncompressed)))
+	if err != nil {
+		f.violations = append(f.violations, undo+": "+err.Error())
+		f.respond(w, http.StatusBadRequest, nil, "bad "+encoding)
+		return nil, false
+	}
+	if len(raw) >= f.maxUncompressed {
+		f.respond(w, http.StatusRequestEntityTooLarge, nil, "Payload too large")
+		return nil, false
+	}
+	return raw, true
 }
