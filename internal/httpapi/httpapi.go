@@ -225,6 +225,16 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "reading body: " + decodeErr.Error()})
 		return
 	}
+	if res.Read == 0 {
+		// Nothing to accept or reject: say why rather than answer an empty
+		// list of errors (curl's --data-binary @missing-file posts nothing).
+		msg := "empty body: want one or more events, as JSON or newline-delimited JSON"
+		if len(bytes.TrimSpace(body)) > 0 {
+			msg = "no events in the body: want one or more events, as JSON or newline-delimited JSON"
+		}
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": msg})
+		return
+	}
 	if n := resp.ErrorsTotal - len(resp.Errors); n > 0 {
 		h.m.Limits.WithLabelValues("errors_truncated").Add(float64(n))
 	}
