@@ -515,6 +515,12 @@ func TestServeDashboard(t *testing.T) {
 	if page.StatusCode != 200 || !strings.Contains(string(html), "flowmetrics") {
 		t.Fatalf("GET /: got %d, want the dashboard page", page.StatusCode)
 	}
+	// serve routes the page's script too (it is not inline).
+	if js, err := http.Get("http://" + addr + "/assets/app.js"); err != nil || js.StatusCode != 200 {
+		t.Fatalf("GET /assets/app.js: got %v %v, want 200", js, err)
+	} else {
+		js.Body.Close()
+	}
 	var last string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		resp, err := http.Get("http://" + addr + "/api/v1/flows")
