@@ -116,7 +116,7 @@ func New() *Metrics {
 	m.Occurrences = vec("occurrences_total", "Flow metric occurrences counted (new claims).", "flow", "metric")
 	m.Malformed = vec("malformed_attributes_total", "Metric-shaped attribute names that break the naming rules, by flow.", "flow")
 	m.Limits = vec("input_limits_total", "Inputs cut, folded or refused by a bound, by reason.", "reason")
-	for _, r := range []string{"name_too_long", "malformed_flows_folded", "errors_truncated", "body_too_large", "decompressed_too_large"} {
+	for _, r := range []string{"name_too_long", "malformed_flows_folded", "errors_truncated", "body_too_large", "decompressed_too_large", "cache_bytes"} {
 		m.Limits.WithLabelValues(r)
 	}
 	m.CacheHits = cnt("cache_hits_total", "Events whose metric keys were all known in-process, so the store was not asked.")
