@@ -131,3 +131,20 @@ func TestREADMECommands(t *testing.T) {
 		}
 	}
 }
+
+// TestREADMESampleConfig: the config the README shows is the example file
+// its commands use, whole, so the two cannot drift apart (the commands,
+// -check-config among them, run in TestREADMECommands).
+func TestREADMESampleConfig(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sample, err := os.ReadFile("../../examples/flowmetrics.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(readme), "```yaml\n"+string(sample)+"```\n") {
+		t.Errorf("README.md: want a yaml block holding examples/flowmetrics.yaml as it is:\n%s", sample)
+	}
+}
