@@ -169,6 +169,7 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 		AllowedHosts:     cfg.HTTP.ServedHosts(),
 		Dashboard:        httpHandler(dash),
 		DashboardAPI:     dashboard.APIPrefix,
+		DashboardAssets:  dashboard.AssetsPrefix,
 		ProtectReads:     cfg.HTTP.ReadsProtected(secret),
 		Health: func(context.Context) error {
 			if err := failure(); err != nil {
