@@ -566,3 +566,25 @@ func TestBodyReservation(t *testing.T) {
 		t.Errorf("a limit under the minimum: got %d, want the limit, 1024", got)
 	}
 }
+
+// A name with an invisible format character is malformed and counted under
+// its flow, never as an occurrence: "Billing\u202eMain" would otherwise be
+// a flow that looks like another.
+func TestInvisibleCharactersAreMalformed(t *testing.T) {
+	srv := newTestServer(t, nil, Options{})
+	attrs := map[string]string{
+		"Billing\u202eMainMetric_Paid(2023-03-05T08:18:04Z)": "",
+		"BillingMetric_Pa\u200bid(2023-03-05T08:18:04Z)":     "",
+		"BillingMetric_Paid(2023-03-05T08:18:04Z)":           "",
+	}
+	status, r, raw := post(t, srv.URL, event("c", attrs), nil)
+	if status != 202 || r.Occurrences != 1 {
+		t.Errorf("got %d %s, want 202 with the 1 visible name counted", status, raw)
+	}
+	if got := testutil.ToFloat64(srv.m.Malformed.WithLabelValues("Billing\u202eMain")); got != 1 {
+		t.Errorf("got malformed{flow=Billing<RLO>Main} %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(srv.m.Malformed.WithLabelValues("Billing")); got != 1 {
+		t.Errorf("got malformed{flow=Billing} %v, want 1", got)
+	}
+}
