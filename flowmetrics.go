@@ -75,7 +75,11 @@ type Entry struct {
 //
 // The outbox is a log of entries with increasing sequence numbers. Each sink
 // reads it from its own cursor (ReadOutbox) and advances the cursor when it
-// has delivered (Ack). Entries every sink has acknowledged are discarded.
+// has delivered (AckState). Entries every sink has acknowledged are
+// discarded.
+//
+// A store may also have the optional capabilities below: Sweeper,
+// Settler, Failer, SinkLister.
 type Store interface {
 	Claim(ctx context.Context, reqs []ClaimRequest) ([]Occurrence, error)
 
@@ -86,18 +90,17 @@ type Store interface {
 	// Cursor returns the last sequence number the named sink acknowledged
 	// (0 when it never did).
 	Cursor(ctx context.Context, sink string) (uint64, error)
-	// Ack durably records that the named sink has delivered every entry up
-	// to and including seq, and discards entries no registered sink still
-	// needs.
-	Ack(ctx context.Context, sink string, seq uint64) error
 	// Register declares the sinks that read the outbox, so entries are kept
 	// until each of them acknowledged. A sink registered for the first time
 	// starts at the current end of the outbox.
 	Register(ctx context.Context, sinks []string) error
-	// AckState is Ack that also applies update to the named sink's state,
-	// in the same atomic durable write: after a crash, either the cursor and
-	// the update are both visible or neither is. update may be nil (a plain
-	// Ack). The update is applied even when seq does not advance the cursor.
+	// AckState durably records that the named sink has delivered every
+	// entry up to and including seq, discards entries no registered sink
+	// still needs, and applies update to the sink's state in the same
+	// atomic durable write: after a crash, either the cursor and the update
+	// are both visible or neither is. update may be nil (only the cursor
+	// moves). The update is applied even when seq does not advance the
+	// cursor.
 	AckState(ctx context.Context, sink string, seq uint64, update StateUpdate) error
 	// SinkState returns every key of the named sink's state as last
 	// committed by AckState (an empty map when there is none). A sink that
@@ -108,6 +111,40 @@ type Store interface {
 
 	// Close releases the store; it is safe to call twice.
 	Close() error
+}
+
+// Sweeper is a Store that deletes expired conversations when asked
+// (serve calls Sweep every store.sweep_interval) rather than on its own.
+type Sweeper interface {
+	// Sweep deletes the conversations past their retention and returns
+	// how many it removed.
+	Sweep(ctx context.Context) (int, error)
+}
+
+// Settler is a Store that may hold some of its writes back after AckState
+// returned (DynamoDB's delivered marks, written in batches). A caller that
+// acknowledges its input only after delivery (Lambda) calls Settle after
+// flushing, before acknowledging.
+type Settler interface {
+	Settle(ctx context.Context) error
+}
+
+// Failer is a Store that can fail in a way it cannot survive (Pebble after
+// an unrecoverable error): Done is closed then, and Err says why. Only main
+// acts on it, by exiting, so that a supervisor restarts the process on an
+// intact write-ahead log; calls into the store may block for good after
+// it.
+type Failer interface {
+	Done() <-chan struct{}
+	Err() error
+}
+
+// SinkLister is a Store that remembers which sinks were registered across
+// runs (the embedded store), so that a caller can register more sinks
+// without dropping those (replay into a serve data directory).
+type SinkLister interface {
+	// Sinks returns the registered sinks' names, sorted.
+	Sinks() []string
 }
 
 // PendingError is Claim's report that some requests hold keys another

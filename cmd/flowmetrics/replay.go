@@ -16,7 +16,6 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink/jsonl"
-	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 	"github.com/flowmetrics/flowmetrics/internal/wire"
 )
@@ -106,17 +105,15 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 		if err != nil {
 			return usageError(err)
 		}
+		pcfg := cfg.Pipeline
+		pcfg.Guard = newGuard(cfg, log)
 		if *dataDir != "" {
 			// Own cursors, so serve's pending points for a sink of the same
 			// kind are neither taken nor moved by the replay.
-			for i, s := range sinks {
-				sinks[i] = rename(s, "replay-"+s.Name())
-			}
+			pcfg.CursorPrefix = "replay-"
 		}
-		pcfg := cfg.Pipeline
-		pcfg.Guard = newGuard(cfg, log)
 		p := pipeline.New(st, sinks, pcfg, m, log)
-		restore, err := registerForReplay(ctx, st, sinks)
+		restore, err := registerForReplay(ctx, st, p.Cursors())
 		if err != nil {
 			p.Close(ctx)
 			return err
@@ -157,58 +154,21 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 	})
 }
 
-// registerForReplay adds the replay's sinks to those the store already
+// registerForReplay adds the replay's cursors to those the store already
 // serves. With the embedded store of a serve data directory, serve's own
 // sinks keep their cursors, so they also receive the replayed occurrences
-// when serve next runs; the replay's sinks are removed again at the end.
-func registerForReplay(ctx context.Context, st flowmetrics.Store, sinks []flowmetrics.Sink) (restore func() error, err error) {
+// when serve next runs; the replay's cursors are removed again at the end.
+func registerForReplay(ctx context.Context, st flowmetrics.Store, cursors []string) (restore func() error, err error) {
 	var existing []string
-	if ps, ok := st.(*pebblestore.Store); ok {
-		existing = ps.Sinks()
+	if l, ok := st.(flowmetrics.SinkLister); ok {
+		existing = l.Sinks()
 	}
-	names := append([]string(nil), existing...)
-	for _, s := range sinks {
-		names = append(names, s.Name())
-	}
+	names := append(append([]string(nil), existing...), cursors...)
 	if err := st.Register(ctx, names); err != nil {
 		return nil, err
 	}
 	return func() error { return st.Register(context.WithoutCancel(ctx), existing) }, nil
 }
-
-// rename gives a sink another outbox cursor name, keeping what the
-// pipeline needs to see of it: a StatefulSink stays one (its state is kept
-// under the new name), and so does a flowmetrics.Holder.
-func rename(s flowmetrics.Sink, name string) flowmetrics.Sink {
-	switch s := s.(type) {
-	case flowmetrics.Holder:
-		return renamedHolder{s, name}
-	case flowmetrics.StatefulSink:
-		return renamedStateful{s, name}
-	}
-	return renamed{s, name}
-}
-
-type renamed struct {
-	flowmetrics.Sink
-	name string
-}
-
-func (r renamed) Name() string { return r.name }
-
-type renamedStateful struct {
-	flowmetrics.StatefulSink
-	name string
-}
-
-func (r renamedStateful) Name() string { return r.name }
-
-type renamedHolder struct {
-	flowmetrics.Holder
-	name string
-}
-
-func (r renamedHolder) Name() string { return r.name }
 
 type input struct {
 	name string

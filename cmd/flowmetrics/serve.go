@@ -154,11 +154,12 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 		// The dashboard is one more sink; it also watches the others'
 		// sends and hears of malformed attribute names.
 		rec := dashboard.NewRecorder(nil)
-		for i, s := range sinks {
-			sinks[i] = rec.Watch(s)
+		for _, s := range sinks {
+			rec.Watch(s.Name())
 		}
 		sinks = append(sinks, rec)
 		pcfg.OnMalformed = rec.Malformed
+		pcfg.OnSend = rec.SinkSent
 		dash = dashboard.New(rec, m)
 	}
 	p := pipeline.New(st, sinks, pcfg, m, log)
@@ -209,7 +210,7 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	}
 	bgCtx, stopBackground := context.WithCancel(context.Background())
 	defer stopBackground()
-	if sw, ok := st.(sweeper); ok {
+	if sw, ok := st.(flowmetrics.Sweeper); ok {
 		go sweepEvery(bgCtx, sw, cfg.Store.SweepInterval, log)
 	}
 	if guard != nil {
@@ -281,17 +282,10 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	}
 }
 
-// failingStore is a store that can fail beyond repair (pebblestore): Done is
-// closed then, and Err says why.
-type failingStore interface {
-	Done() <-chan struct{}
-	Err() error
-}
-
 // storeFailure returns the store's failure channel (nil, never ready, for a
 // store that cannot fail that way) and its error.
 func storeFailure(st any) (<-chan struct{}, func() error) {
-	if f, ok := st.(failingStore); ok {
+	if f, ok := st.(flowmetrics.Failer); ok {
 		return f.Done(), f.Err
 	}
 	return nil, func() error { return nil }
@@ -363,7 +357,7 @@ func registerDiskMetrics(m *telemetry.Metrics, g *diskguard.Guard) {
 	)
 }
 
-func sweepEvery(ctx context.Context, sw sweeper, every time.Duration, log *slog.Logger) {
+func sweepEvery(ctx context.Context, sw flowmetrics.Sweeper, every time.Duration, log *slog.Logger) {
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -48,11 +47,6 @@ func sinkDeps(c config.Config, m *telemetry.Metrics, log *slog.Logger, st flowme
 		// The memory store's sink state dies with the process.
 		Ephemeral: c.Store.Type == "memory",
 	}
-}
-
-// sweeper deletes expired conversations every interval until ctx ends.
-type sweeper interface {
-	Sweep(ctx context.Context) (int, error)
 }
 
 // oldLedgers warns about the ledger files earlier versions kept the Datadog

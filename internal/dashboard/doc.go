@@ -8,7 +8,8 @@
 // them in 10 s buckets over the last hour and 1 min buckets over the last
 // 24 h, as chunks that are also keys of its sink state, so a restart
 // rebuilds the same history from the store. It also hears of malformed names
-// (Malformed) and watches the other sinks' sends (Watch). A Handler serves
+// (Malformed) and of the other sinks' sends (Watch, then SinkSent as the
+// pipeline's OnSend hook). A Handler serves
 // the page at GET / and the JSON endpoints under /api/v1/ (series, flows,
 // malformed, health, and an event stream announcing changes); the health
 // figures come from the telemetry registry, so they are the numbers

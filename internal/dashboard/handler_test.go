@@ -30,11 +30,10 @@ func sample(t *testing.T) (*Recorder, *telemetry.Metrics, *clock) {
 	t.Helper()
 	c := &clock{t: t0}
 	rec := NewRecorder(c.Now)
-	dd := rec.Watch(&statefulSink{fail: errors.New("datadog: 503 Service Unavailable")})
-	js := rec.Watch(plainSink{})
-	js.Send(context.Background(), nil)
+	rec.Watch("datadog", "jsonl")
+	rec.SinkSent("jsonl", nil)
 	c.Set(t0.Add(-time.Minute))
-	dd.Send(context.Background(), nil)
+	rec.SinkSent("datadog", errors.New("datadog: 503 Service Unavailable"))
 	c.Set(t0)
 	rec.Send(context.Background(), []flowmetrics.Point{
 		pt("CustomerRouting", "Unknown", t0.Add(-10*time.Second), 3),

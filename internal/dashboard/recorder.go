@@ -54,7 +54,7 @@ var overflow = pair{"overflow", "overflow"}
 // over the last hour and 1 min buckets over the last 24 h, with the pair's
 // total and the last time it was seen. It also keeps the distinct malformed
 // attribute names per flow (Malformed), and the delivery status of the other
-// sinks (Watch). It is what the dashboard shows.
+// sinks (Watch, SinkSent). It is what the dashboard shows.
 //
 // Its memory is bounded: buckets are held in chunks of 60, and chunks older
 // than their span are deleted (from memory and, with nil updates, from the

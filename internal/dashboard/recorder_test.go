@@ -357,53 +357,14 @@ func TestMalformedCaps(t *testing.T) {
 	}
 }
 
-// statefulSink is a StatefulSink that fails when told to.
-type statefulSink struct {
-	fail     error
-	restored map[string][]byte
-}
-
-func (s *statefulSink) Name() string { return "datadog" }
-func (s *statefulSink) Send(context.Context, []flowmetrics.Point) error {
-	return s.fail
-}
-func (s *statefulSink) Close(context.Context) error { return nil }
-func (s *statefulSink) Restore(_ context.Context, st map[string][]byte) error {
-	s.restored = st
-	return nil
-}
-func (s *statefulSink) TakeState() flowmetrics.StateUpdate {
-	return flowmetrics.StateUpdate{"k": []byte("v")}
-}
-
-type plainSink struct{}
-
-func (plainSink) Name() string                                    { return "jsonl" }
-func (plainSink) Send(context.Context, []flowmetrics.Point) error { return nil }
-func (plainSink) Close(context.Context) error                     { return nil }
-
 func TestWatch(t *testing.T) {
 	c := &clock{t: t0}
 	r := NewRecorder(c.Now)
-	inner := &statefulSink{}
-	w := r.Watch(inner)
-	ws, ok := w.(flowmetrics.StatefulSink)
-	if !ok {
-		t.Fatal("a watched StatefulSink is not a StatefulSink")
-	}
-	if _, ok := r.Watch(plainSink{}).(flowmetrics.StatefulSink); ok {
-		t.Error("a watched plain sink claims to be a StatefulSink")
-	}
-	ws.Restore(context.Background(), map[string][]byte{"a": nil})
-	if _, ok := inner.restored["a"]; !ok || string(ws.TakeState()["k"]) != "v" || w.Name() != "datadog" {
-		t.Error("Restore, TakeState or Name not passed through")
-	}
-	w.Send(context.Background(), nil)
+	r.Watch("datadog", "jsonl")
+	r.SinkSent("datadog", nil)
 	c.Set(t0.Add(time.Minute))
-	inner.fail = errors.New("datadog: 503 Service Unavailable")
-	if err := w.Send(context.Background(), nil); err != inner.fail {
-		t.Errorf("Send: got %v, want the sink's error", err)
-	}
+	r.SinkSent("datadog", errors.New("datadog: 503 Service Unavailable"))
+	r.SinkSent("dashboard", nil) // not watched: not shown
 	got := r.Statuses()
 	want := []SinkStatus{
 		{Name: "datadog", LastSuccess: t0, LastError: t0.Add(time.Minute), Error: "datadog: 503 Service Unavailable"},
@@ -411,29 +372,5 @@ func TestWatch(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("statuses: got %+v, want %+v", got, want)
-	}
-}
-
-// holdingSink is a StatefulSink that holds points until a time, as the
-// OTLP sink holds its windows.
-type holdingSink struct {
-	statefulSink
-	due bool
-}
-
-func (h *holdingSink) Due(time.Time) bool { return h.due }
-
-func TestWatchKeepsAHolder(t *testing.T) {
-	r := NewRecorder((&clock{t: t0}).Now)
-	inner := &holdingSink{due: true}
-	h, ok := r.Watch(inner).(flowmetrics.Holder)
-	if !ok {
-		t.Fatal("a watched flowmetrics.Holder is not a Holder: the pipeline would never send its held windows without new traffic")
-	}
-	if !h.Due(t0) {
-		t.Error("Due not passed through")
-	}
-	if _, ok := r.Watch(&statefulSink{}).(flowmetrics.Holder); ok {
-		t.Error("a watched StatefulSink that holds nothing claims to be a Holder")
 	}
 }

@@ -2,15 +2,12 @@ package dashboard
 
 import (
 	"cmp"
-	"context"
 	"slices"
 	"sync"
 	"time"
-
-	"github.com/flowmetrics/flowmetrics"
 )
 
-// SinkStatus is the outcome of a sink's latest sends, as Watch saw them.
+// SinkStatus is the outcome of a sink's latest sends, as SinkSent heard them.
 type SinkStatus struct {
 	Name        string    `json:"name"`
 	LastSuccess time.Time `json:"last_success"`
@@ -31,8 +28,7 @@ func (st *sinkStatuses) record(name string, at time.Time, err error) {
 	defer st.mu.Unlock()
 	s := st.m[name]
 	if s == nil {
-		s = &SinkStatus{Name: name}
-		st.m[name] = s
+		return
 	}
 	if err == nil {
 		s.LastSuccess = at.UTC()
@@ -58,61 +54,21 @@ func (r *Recorder) Statuses() []SinkStatus {
 	return out
 }
 
-// Watch returns s wrapped so that the dashboard sees when its sends last
-// succeeded and failed, and why. The wrapper is a flowmetrics.StatefulSink
-// exactly when s is one, and a flowmetrics.Holder exactly when s is one; it
-// passes everything else through unchanged.
-func (r *Recorder) Watch(s flowmetrics.Sink) flowmetrics.Sink {
+// Watch makes the dashboard show the send status of the named sinks (their
+// cursor names), from the start, before their first send.
+func (r *Recorder) Watch(names ...string) {
 	r.status.mu.Lock()
-	if r.status.m[s.Name()] == nil {
-		r.status.m[s.Name()] = &SinkStatus{Name: s.Name()}
-	}
-	r.status.mu.Unlock()
-	w := &watched{Sink: s, r: r}
-	if ss, ok := s.(flowmetrics.StatefulSink); ok {
-		ws := &watchedStateful{watched: w, ss: ss}
-		if h, ok := s.(holder); ok {
-			return &watchedHolder{watchedStateful: ws, h: h}
+	defer r.status.mu.Unlock()
+	for _, name := range names {
+		if r.status.m[name] == nil {
+			r.status.m[name] = &SinkStatus{Name: name}
 		}
-		return ws
 	}
-	return w
 }
 
-// holder is flowmetrics.Holder's own method: a sink that holds points until a
-// time passes (OTLP windows) and must be asked when they are due.
-type holder interface {
-	Due(now time.Time) bool
+// SinkSent records the outcome of one send of the named sink, at the
+// recorder's clock: the pipeline's OnSend hook. Sinks not watched (the
+// dashboard itself) are not shown.
+func (r *Recorder) SinkSent(name string, err error) {
+	r.status.record(name, r.now(), err)
 }
-
-type watchedHolder struct {
-	*watchedStateful
-	h holder
-}
-
-func (w *watchedHolder) Due(now time.Time) bool { return w.h.Due(now) }
-
-type watched struct {
-	flowmetrics.Sink
-	r *Recorder
-}
-
-func (w *watched) Send(ctx context.Context, points []flowmetrics.Point) error {
-	err := w.Sink.Send(ctx, points)
-	w.r.status.record(w.Sink.Name(), w.r.now(), err)
-	return err
-}
-
-// Unwrap returns the watched sink.
-func (w *watched) Unwrap() flowmetrics.Sink { return w.Sink }
-
-type watchedStateful struct {
-	*watched
-	ss flowmetrics.StatefulSink
-}
-
-func (w *watchedStateful) Restore(ctx context.Context, state map[string][]byte) error {
-	return w.ss.Restore(ctx, state)
-}
-
-func (w *watchedStateful) TakeState() flowmetrics.StateUpdate { return w.ss.TakeState() }

@@ -63,7 +63,7 @@ func NewHandler(ctx context.Context, st flowmetrics.Store, sinks []flowmetrics.S
 		store: st, log: log, reserve: cfg.FlushReserve,
 		report: &reporter{w: cfg.MetricsOut, function: cfg.FunctionName, now: time.Now},
 	}
-	if s, ok := st.(interface{ Settle(context.Context) error }); ok {
+	if s, ok := st.(flowmetrics.Settler); ok {
 		h.settle = s.Settle
 	}
 	if err := h.p.Register(ctx); err != nil {

@@ -57,6 +57,16 @@ type Config struct {
 	// OnMalformed, when set, is told each malformed metric attribute name
 	// as it is ingested (the dashboard lists them); it must be quick.
 	OnMalformed func(flow, name, reason string) `yaml:"-"`
+	// OnSend, when set, is told the outcome of each Send, with the sink's
+	// cursor name (the dashboard shows each sink's last success and
+	// error); it must be quick. Sinks stay as they are, so every optional
+	// interface of theirs reaches the pipeline.
+	OnSend func(sink string, err error) `yaml:"-"`
+	// CursorPrefix is put before each sink's Name to make the name its
+	// cursor, state and telemetry are kept under (replay's "replay-", so
+	// that a replay into a serve data directory neither takes nor moves
+	// serve's pending points).
+	CursorPrefix string `yaml:"-"`
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time `yaml:"-"`
 }
@@ -163,18 +173,24 @@ func New(store flowmetrics.Store, sinks []flowmetrics.Sink, cfg Config, m *telem
 		p.cache = newKnownCache(cfg.CacheConversations, cfg.CacheBytes, cfg.CacheTTL)
 	}
 	for _, s := range sinks {
-		p.drainers = append(p.drainers, &drainer{p: p, sink: s, name: s.Name(), wake: make(chan struct{}, 1)})
+		p.drainers = append(p.drainers, &drainer{p: p, sink: s, name: cfg.CursorPrefix + s.Name(), wake: make(chan struct{}, 1)})
 	}
 	return p
 }
 
-// Register declares the sinks to the store; call it once before Ingest.
-func (p *Pipeline) Register(ctx context.Context) error {
+// Cursors returns the names the store keeps the sinks' cursors and state
+// under (CursorPrefix and each sink's Name), in the order of the sinks.
+func (p *Pipeline) Cursors() []string {
 	names := make([]string, len(p.drainers))
 	for i, d := range p.drainers {
 		names[i] = d.name
 	}
-	if err := p.store.Register(ctx, names); err != nil {
+	return names
+}
+
+// Register declares the sinks to the store; call it once before Ingest.
+func (p *Pipeline) Register(ctx context.Context) error {
+	if err := p.store.Register(ctx, p.Cursors()); err != nil {
 		return fmt.Errorf("register sinks: %w", err)
 	}
 	return p.Restore(ctx)
@@ -622,6 +638,9 @@ func (d *drainer) drainOnce(ctx context.Context) (more bool, err error) {
 	// recorded: only the acknowledgement is retried, not the send.
 	if !b.delivered {
 		err = d.sink.Send(ctx, b.points)
+		if p.cfg.OnSend != nil {
+			p.cfg.OnSend(d.name, err)
+		}
 		switch {
 		case err == nil:
 			p.m.SinkSends.WithLabelValues(d.name).Inc()
@@ -703,7 +722,7 @@ func (d *drainer) shed(ctx context.Context, cursor uint64) (uint64, error) {
 			dropped += int64(len(e.Occurrences))
 			cursor = e.Seq
 		}
-		if err := p.store.Ack(ctx, d.name, cursor); err != nil {
+		if err := p.store.AckState(ctx, d.name, cursor, nil); err != nil {
 			return cursor, err
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -666,5 +667,53 @@ func TestCloseFinishesTheSendInFlight(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestHooksKeepTheSinkAsItIs: with OnSend and CursorPrefix (what serve's
+// dashboard and a replay into a serve data directory use), the sink the
+// pipeline drives is the sink itself, so a Holder still gets its due empty
+// send and a StatefulSink its state, kept under the prefixed name; OnSend
+// hears every send, failed ones included, under that name.
+func TestHooksKeepTheSinkAsItIs(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New(store.Options{})
+	sink := &holdingSink{countingSink: countingSink{recordingSink: recordingSink{name: "h"}}}
+	failing := &recordingSink{name: "r", failFor: 1}
+	type sent struct {
+		name string
+		ok   bool
+	}
+	var heard []sent
+	cfg := Config{RetryMin: time.Millisecond, RetryMax: time.Millisecond, CursorPrefix: "replay-",
+		OnSend: func(name string, err error) { heard = append(heard, sent{name, err == nil}) }}
+	p := New(st, []flowmetrics.Sink{sink, failing}, cfg, telemetry.New(), nil)
+	if got := p.Cursors(); !slices.Equal(got, []string{"replay-h", "replay-r"}) {
+		t.Fatalf("cursors: got %q, want [replay-h replay-r]", got)
+	}
+	if err := p.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Ingest(ctx, []genesys.Record{event("c1", "FMetric_A(2026-11-20T09:31:48Z)")})
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sink.release = true // due now: the held point goes out with no new entry
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if sink.empty != 1 || sink.sends != 1 {
+		t.Errorf("holder: got %d empty sends and %d deliveries, want 1 and 1", sink.empty, sink.sends)
+	}
+	want := []sent{{"replay-h", true}, {"replay-r", false}, {"replay-r", true}, {"replay-h", true}}
+	if !slices.Equal(heard, want) {
+		t.Errorf("OnSend heard %v, want %v", heard, want)
+	}
+	state, _ := st.SinkState(ctx, "replay-h")
+	if got := string(state["total"]); got != "1" {
+		t.Errorf("state under replay-h: got total %q, want 1", got)
+	}
+	if state, _ := st.SinkState(ctx, "h"); len(state) != 0 {
+		t.Errorf("state under h: got %v, want none (the prefix names the cursor)", state)
 	}
 }

@@ -39,9 +39,6 @@ func (c *crashStore) AckState(ctx context.Context, sink string, seq uint64, u fl
 	return c.Store.AckState(ctx, sink, seq, u)
 }
 
-func (c *crashStore) Ack(ctx context.Context, sink string, seq uint64) error {
-	return c.AckState(ctx, sink, seq, nil)
-}
 
 // TestRestartNeverLowersATotal runs count mode through the real pipeline and
 // a real Pebble store over five "processes" sharing one data directory:

@@ -1009,12 +1009,6 @@ func (s *Store) Register(ctx context.Context, sinks []string) error {
 	return s.commit(ctx)
 }
 
-// Ack implements flowmetrics.Store. Entries every sink has acknowledged have
-// their keys marked delivered before Ack returns; if that write fails, Ack
-// returns the error and the next Ack (or Close) tries again.
-func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
-	return s.AckState(ctx, sink, seq, nil)
-}
 
 // AckState implements flowmetrics.Store. The cursors and the outbox live in
 // this process's memory; what is durable is the delivered marks of the
@@ -1022,7 +1016,9 @@ func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
 // it is committed in the same TransactWriteItems as the marks of the entries
 // up to seq, once every sink has acknowledged those (see state.go). Until
 // then SinkState shows it, and a crash loses both, so the entries' events
-// are redelivered and resent from the state committed before.
+// are redelivered and resent from the state committed before. If writing
+// the marks fails, AckState returns the error and the next AckState (or
+// Settle, or Close) tries again.
 func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update flowmetrics.StateUpdate) error {
 	if err := flowmetrics.CheckState(update); err != nil {
 		return fmt.Errorf("dynamostore: ack %s: %w", sink, err)
@@ -1125,3 +1121,5 @@ func (s *Store) Close() error {
 	defer cancel()
 	return s.commit(ctx)
 }
+
+var _ flowmetrics.Settler = (*Store)(nil)

@@ -177,7 +177,7 @@ func TestPendingUntilAcked(t *testing.T) {
 	if err != nil || len(es) != 1 {
 		t.Fatalf("outbox: got %d entries (err %v), want 1", len(es), err)
 	}
-	if err := s.Ack(ctx, "sink", es[0].Seq); err != nil {
+	if err := s.AckState(ctx, "sink", es[0].Seq, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := item(t, srv, table, "c1")[k]; got != "d" {
@@ -475,7 +475,7 @@ func childClaimOnce(ctx context.Context, s *dynamostore.Store, reqs []flowmetric
 			return nil, 1
 		}
 		if len(es) > 0 {
-			if err := s.Ack(ctx, "sink", *cursor); err != nil {
+			if err := s.AckState(ctx, "sink", *cursor, nil); err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				return nil, 1
 			}
@@ -527,7 +527,7 @@ func TestCrashBetweenClaimAndDelivery(t *testing.T) {
 	if len(es) != 1 {
 		t.Fatalf("outbox: got %d entries, want 1", len(es))
 	}
-	if err := s1.Ack(ctx, "sink", es[0].Seq); err != nil {
+	if err := s1.AckState(ctx, "sink", es[0].Seq, nil); err != nil {
 		t.Fatal(err)
 	}
 	clock.Advance(time.Hour)

@@ -140,7 +140,7 @@ func TestPendingStateBounded(t *testing.T) {
 	if st, _ := s.SinkState(ctx, "up"); string(st["k"]) != fmt.Sprint(n-1) {
 		t.Errorf("state shown while waiting: got %q, want k=%d", st["k"], n-1)
 	}
-	if err := s.Ack(ctx, "down", seq); err != nil {
+	if err := s.AckState(ctx, "down", seq, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.AckState(ctx, "up", seq, flowmetrics.StateUpdate{"k": []byte("last")}); err != nil {

@@ -166,10 +166,6 @@ func (s *Store) Register(ctx context.Context, sinks []string) error {
 	return nil
 }
 
-// Ack implements flowmetrics.Store.
-func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
-	return s.AckState(ctx, sink, seq, nil)
-}
 
 // AckState implements flowmetrics.Store.
 func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update flowmetrics.StateUpdate) error {
@@ -248,3 +244,5 @@ func (s *Store) Close() error {
 }
 
 func timeOf(ns int64) time.Time { return time.Unix(0, ns) }
+
+var _ flowmetrics.Sweeper = (*Store)(nil)

@@ -80,7 +80,7 @@ func TestWriteAheadLogFailureFailsTheStore(t *testing.T) {
 			}
 			calls := map[string]func() error{
 				"Claim":      func() error { _, err := s.Claim(ctx, claimReq("after")); return err },
-				"Ack":        func() error { return s.Ack(ctx, "a", 1) },
+				"Ack":        func() error { return s.AckState(ctx, "a", 1, nil) },
 				"ReadOutbox": func() error { _, err := s.ReadOutbox(ctx, 0, 10); return err },
 				"SinkState":  func() error { _, err := s.SinkState(ctx, "a"); return err },
 				"Close":      s.Close,

@@ -403,10 +403,6 @@ func (s *Store) Register(ctx context.Context, sinks []string) (err error) {
 	return s.discardLocked()
 }
 
-// Ack implements flowmetrics.Store.
-func (s *Store) Ack(ctx context.Context, sink string, seq uint64) error {
-	return s.AckState(ctx, sink, seq, nil)
-}
 
 // AckState implements flowmetrics.Store: the cursor and the state update are
 // one synced batch.
@@ -670,3 +666,9 @@ func (s *Store) Sinks() []string {
 	sort.Strings(out)
 	return out
 }
+
+var (
+	_ flowmetrics.Failer     = (*Store)(nil)
+	_ flowmetrics.Sweeper    = (*Store)(nil)
+	_ flowmetrics.SinkLister = (*Store)(nil)
+)

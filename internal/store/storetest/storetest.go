@@ -425,7 +425,7 @@ func testOutbox(t *testing.T, h Harness) {
 	if d := depth("a"); d != 10 {
 		t.Errorf("depth a: got %d, want 10", d)
 	}
-	if err := s.Ack(ctx, "a", es[2].Seq); err != nil {
+	if err := s.AckState(ctx, "a", es[2].Seq, nil); err != nil {
 		t.Fatal(err)
 	}
 	if d := depth("a"); d != 4 {
@@ -441,7 +441,7 @@ func testOutbox(t *testing.T, h Harness) {
 	if got := len(readAll(t, s, 0)); got != 5 {
 		t.Errorf("entries kept for b: got %d, want 5", got)
 	}
-	if err := s.Ack(ctx, "b", es[3].Seq); err != nil {
+	if err := s.AckState(ctx, "b", es[3].Seq, nil); err != nil {
 		t.Fatal(err)
 	}
 	// Entries both sinks delivered are discarded.
@@ -456,7 +456,7 @@ func testOutbox(t *testing.T, h Harness) {
 	if d := depth("c"); d != 0 {
 		t.Errorf("depth of newly registered sink: got %d, want 0", d)
 	}
-	if err := s.Ack(ctx, "a", es[4].Seq); err != nil {
+	if err := s.AckState(ctx, "a", es[4].Seq, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := readAll(t, s, 0); len(got) != 0 {
@@ -510,7 +510,7 @@ func testOutboxConcurrent(t *testing.T, h Harness) {
 				read += int64(len(e.Occurrences))
 				cursor = e.Seq
 			}
-			if err := s.Ack(ctx, "reader", cursor); err != nil {
+			if err := s.AckState(ctx, "reader", cursor, nil); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -543,7 +543,7 @@ func testDurable(t *testing.T, h Harness) {
 		t.Fatal(err)
 	}
 	es := readAll(t, s, 0)
-	if err := s.Ack(ctx, "a", es[0].Seq); err != nil {
+	if err := s.AckState(ctx, "a", es[0].Seq, nil); err != nil {
 		t.Fatal(err)
 	}
 	s = h.Reopen(t, s, store.Options{})
