@@ -15,8 +15,10 @@ const (
 )
 
 // MetricName applies Datadog's metric name rules: ASCII letters, digits, "_"
-// and "."; it starts with a letter; at most 200 characters. Each run of other
-// characters (spaces, dashes, non-ASCII letters) becomes one "_", leading
+// and "."; it starts with a letter; at most 200 characters. Letters are
+// folded to ASCII first (naming.Fold: "Größe" → "Grosse", as in every sink
+// that needs ASCII). Each run of other characters (spaces, dashes, letters
+// with no ASCII spelling) becomes one "_", leading
 // characters that are not letters are removed, and a name left empty becomes
 // naming.DefaultName. Metric names are case-sensitive in Datadog, so case is
 // kept.
@@ -24,7 +26,7 @@ func MetricName(s string) string {
 	var b strings.Builder
 	b.Grow(len(s))
 	bad := false
-	for _, r := range s {
+	for _, r := range naming.Fold(s) {
 		ok := r < utf8.RuneSelf && (r == '_' || r == '.' || isASCIILetter(r) || r >= '0' && r <= '9')
 		if !ok {
 			bad = true

@@ -14,9 +14,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unicode"
 
-	"golang.org/x/text/unicode/norm"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
@@ -443,15 +441,10 @@ func dimensionName(k string) string {
 	return truncate(k, MaxDimensionName)
 }
 
-// ligatures spells out the Latin letters that do not decompose into a base
-// letter and an accent.
-var ligatures = strings.NewReplacer("ß", "ss", "æ", "ae", "Æ", "AE", "œ", "oe", "Œ", "OE", "ø", "o", "Ø", "O", "ł", "l", "Ł", "L", "đ", "d", "Đ", "D", "þ", "th", "Þ", "TH")
-
 func ascii(s string, keepSpace bool) string {
 	var b strings.Builder
-	for _, r := range norm.NFD.String(ligatures.Replace(s)) {
+	for _, r := range naming.Fold(s) {
 		switch {
-		case unicode.Is(unicode.Mn, r):
 		case r == ' ' && keepSpace:
 			b.WriteRune(r)
 		case r > ' ' && r < 0x7f:

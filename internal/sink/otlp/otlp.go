@@ -23,7 +23,6 @@ import (
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	metricpb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
-	"golang.org/x/text/unicode/norm"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
@@ -601,9 +600,8 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // values need none of this: they are sent as the flow wrote them.
 func metricName(n string) string {
 	var b strings.Builder
-	for _, r := range norm.NFD.String(ligatures.Replace(n)) {
+	for _, r := range naming.Fold(n) {
 		switch {
-		case unicode.Is(unicode.Mn, r):
 		case r < 0x80 && (unicode.IsLetter(r) || unicode.IsDigit(r) || strings.ContainsRune("_.-/", r)):
 			b.WriteRune(r)
 		default:
@@ -619,9 +617,5 @@ func metricName(n string) string {
 	}
 	return out
 }
-
-// ligatures spells out the Latin letters that do not decompose into a base
-// letter and an accent.
-var ligatures = strings.NewReplacer("ß", "ss", "æ", "ae", "Æ", "AE", "œ", "oe", "Œ", "OE", "ø", "o", "Ø", "O", "ł", "l", "Ł", "L", "đ", "d", "Đ", "D", "þ", "th", "Þ", "TH")
 
 var _ flowmetrics.StatefulSink = (*Sink)(nil)

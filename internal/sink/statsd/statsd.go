@@ -12,9 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
-	"unicode"
 
-	"golang.org/x/text/unicode/norm"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
@@ -364,16 +362,10 @@ func sanitizeName(s string) string { return sanitize(s, ".") }
 // or metric name would add a Graphite hierarchy level, so it becomes '_'.
 func sanitizeSegment(s string) string { return sanitize(s, "") }
 
-// ligatures spells out the Latin letters that do not decompose into a base
-// letter and an accent.
-var ligatures = strings.NewReplacer("ß", "ss", "æ", "ae", "Æ", "AE", "œ", "oe", "Œ", "OE", "ø", "o", "Ø", "O", "ł", "l", "Ł", "L", "đ", "d", "Đ", "D", "þ", "th", "Þ", "TH")
-
 func sanitize(s, extra string) string {
 	var b strings.Builder
-	for _, r := range norm.NFD.String(ligatures.Replace(s)) {
+	for _, r := range naming.Fold(s) {
 		switch {
-		case unicode.Is(unicode.Mn, r):
-			// combining mark left by decomposing an accented letter
 		case r < 0x80 && (r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-'):
 			b.WriteRune(r)
 		case r < 0x80 && strings.ContainsRune(extra, r):
