@@ -16,6 +16,7 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore/dynalitetest"
@@ -63,7 +64,7 @@ func corpus(rng *rand.Rand, now time.Time) ([]event, map[occurrence]time.Time) {
 		for step := 0; step < 2+rng.IntN(5); step++ {
 			at = at.Add(time.Duration(1+rng.IntN(20)) * time.Second)
 			metric := fmt.Sprintf("Step%d", 1+rng.IntN(6))
-			key := fmt.Sprintf("%sMetric_%s(%s)", flowName, metric, at.UTC().Format("2006-01-02T15:04:05.000Z"))
+			key := genesys.AttributeName(flowName, metric, at)
 			attrs[key] = "1"
 			want[occurrence{flowName, metric, conv, key}] = at.UTC().Truncate(time.Minute)
 			for p := 0; p < participants; p++ {

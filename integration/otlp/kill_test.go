@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 )
 
 // holdProxy forwards to the receiver; while hold is set it forwards a
@@ -73,7 +75,7 @@ func post(t *testing.T, url string, from, n int, want map[string]int64) {
 	for i := from; i < from+n; i++ {
 		s := series[i%len(series)]
 		conv := fmt.Sprintf("kill-%06d", i)
-		name := s[0] + "Metric_" + s[1] + "(" + time.Now().UTC().Format("2006-01-02T15:04:05.000Z") + ")"
+		name := genesys.AttributeName(s[0], s[1], time.Now())
 		ev := map[string]any{
 			"topicName": "v2.detail.events.conversation." + conv + ".attributes",
 			"eventBody": map[string]any{"conversationId": conv, "attributes": map[string]string{name: "x"}},

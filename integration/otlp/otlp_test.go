@@ -453,7 +453,7 @@ func corpus(t0 time.Time, n int, rng *rand.Rand) (events []occurrence, want map[
 }
 
 func record(o occurrence) genesys.Record {
-	name := o.flow + "Metric_" + o.metric + "(" + o.at.UTC().Format("2006-01-02T15:04:05.000Z") + ")"
+	name := genesys.AttributeName(o.flow, o.metric, o.at)
 	return genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{
 		ConversationID: o.conv,
 		Attributes:     map[string]string{name: "x", "Language": "en"},

@@ -11,6 +11,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 )
 
 // Options shape a corpus.
@@ -79,7 +81,7 @@ func Generate(o Options, fn func([]byte) bool) int {
 			// change ordinary attributes only.
 			if rng.IntN(2) == 0 {
 				m := f.metrics[min(s, len(f.metrics)-1)]
-				name := fmt.Sprintf("%sMetric_%s(%s)", f.name, m, at.Format("2006-01-02T15:04:05.000Z"))
+				name := genesys.AttributeName(f.name, m, at)
 				if _, dup := attrs[name]; !dup {
 					attrs[name] = ""
 					occurrences++

@@ -22,6 +22,8 @@ import (
 	"math/rand/v2"
 	"slices"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 )
 
 // Options shape the traffic. Zero values take the defaults.
@@ -359,7 +361,7 @@ func (g *Generator) startConversation(start time.Time) {
 				bad = append(bad, name)
 				attrs[name] = "1"
 			} else {
-				name := fmt.Sprintf("%sMetric_%s(%s)", flow, metric, at.Format("2006-01-02T15:04:05.000Z"))
+				name := genesys.AttributeName(flow, metric, at)
 				good = append(good, name)
 				attrs[name] = "1"
 			}

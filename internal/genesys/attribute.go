@@ -61,6 +61,13 @@ var (
 	errTimeYear         = errors.New("time is outside the years 0000 to 9999 in UTC")
 )
 
+// AttributeName is the inverse of ParseAttribute: the attribute name a flow
+// writes for one occurrence of metric at t, with the time in UTC to the
+// millisecond, as Architect's flows write it.
+func AttributeName(flow, metric string, t time.Time) string {
+	return flow + "Metric_" + metric + "(" + t.UTC().Format("2006-01-02T15:04:05.000Z") + ")"
+}
+
 // ParseAttribute parses a Participant Data attribute name.
 //
 // A name has the metric shape when it contains "Metric_" and a "(" somewhere

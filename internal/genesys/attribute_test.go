@@ -227,3 +227,23 @@ func TestParseAttributeDoesNotAllocate(t *testing.T) {
 		}
 	}
 }
+
+// TestAttributeNameRoundTrip: AttributeName is the inverse of
+// ParseAttribute.
+func TestAttributeNameRoundTrip(t *testing.T) {
+	at := time.Date(2023, 3, 5, 8, 18, 4, 568_000_000, time.FixedZone("CET", 3600))
+	for _, tc := range []struct{ flow, metric string }{
+		{"CustomerRouting", "Unknown"},
+		{"Gestión Pagos", "Pago-OK"},
+		{"Billing.Main v2", "Step(1)"},
+	} {
+		name := AttributeName(tc.flow, tc.metric, at)
+		a, ok, err := ParseAttribute(name)
+		if !ok || err != nil || a.Flow != tc.flow || a.Metric != tc.metric || !a.Time.Equal(at) {
+			t.Errorf("ParseAttribute(%q): got %+v, %v, %v; want %s/%s at %v", name, a, ok, err, tc.flow, tc.metric, at)
+		}
+	}
+	if got, want := AttributeName("CustomerRouting", "Unknown", at), "CustomerRoutingMetric_Unknown(2023-03-05T07:18:04.568Z)"; got != want {
+		t.Errorf("AttributeName: got %q, want %q", got, want)
+	}
+}

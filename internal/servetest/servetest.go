@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 )
 
 // Proc is a running `flowmetrics serve`.
@@ -155,7 +157,7 @@ func Event(conv string, at time.Time, attrs map[string]string) string {
 
 // Attr is a flow metric attribute name as a flow writes it.
 func Attr(flow, metric string, at time.Time) string {
-	return flow + "Metric_" + metric + "(" + at.UTC().Format("2006-01-02T15:04:05.000Z") + ")"
+	return genesys.AttributeName(flow, metric, at)
 }
 
 // Post sends events to serve's /v1/events as NDJSON, 500 a request; any

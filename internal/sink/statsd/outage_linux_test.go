@@ -140,9 +140,9 @@ func TestDaemonDownAndBack(t *testing.T) {
 			var occ []string
 			for j := 0; j < 4; j++ {
 				n := i*4 + j
-				at := t0.Add(time.Duration(n) * time.Second).Format("2006-01-02T15:04:05.000Z")
+				at := t0.Add(time.Duration(n) * time.Second)
 				flow, metric := fmt.Sprintf("Flow%d", n%3), fmt.Sprintf("M%d", n%5)
-				attrs := map[string]string{flow + "Metric_" + metric + "(" + at + ")": ""}
+				attrs := map[string]string{genesys.AttributeName(flow, metric, at): ""}
 				rec := genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: fmt.Sprintf("conv-%d", n), Attributes: attrs}}
 				recs = append(recs, rec, rec) // delivered twice, counted once
 				occ = append(occ, "genesys.flow.metric."+flow+"."+metric)
