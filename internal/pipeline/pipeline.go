@@ -237,74 +237,108 @@ func (r *Result) Add(o Result) {
 // *PendingError names records that must wait for another writer; the rest
 // is as with nil. Any other error is a store failure: nothing may be
 // acknowledged and the records should be retried; retrying is safe.
+//
+// It goes in four steps: sort each record out (accepted, skipped,
+// rejected), extract its occurrences, leave out those the known-key cache
+// says the store holds, and claim the rest in one store call.
 func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, error) {
 	var res Result
-	now := p.cfg.Now()
-	var reqs []flowmetrics.ClaimRequest
-	var reqKeys [][]string     // the keys of each request, for the cache
-	var reqRec []int           // the Index of each request's record
-	var folded map[string]bool // keys the guard folded into the overflow series
+	c := claimBatch{now: p.cfg.Now()}
 	for _, r := range recs {
-		res.Read++
-		p.m.RecordsRead.Inc()
-		switch r.Outcome {
-		case genesys.Skipped:
-			res.Skipped++
-			p.m.RecordsSkipped.WithLabelValues("other_topic").Inc()
-			continue
-		case genesys.Rejected:
-			res.Rejected++
-			p.m.RecordsRejected.WithLabelValues(RejectReason(r.Err)).Inc()
-			msg := "rejected"
-			if r.Err != nil {
-				msg = r.Err.Error()
-			}
-			res.Errors = append(res.Errors, RecordError{Index: r.Index, Line: r.Line, Error: msg})
+		if !p.sortOut(r, &res) {
 			continue
 		}
-		res.Accepted++
-		p.m.RecordsAccepted.Inc()
-		occs, bad := genesys.Extract(r.Event)
-		if p.cfg.Guard != nil {
-			// Folding happens once, before the claim, so the outbox, every
-			// sink and the pipeline's own occurrence counter agree.
-			for i, o := range occs {
-				occs[i].Flow, occs[i].Metric = p.cfg.Guard.Map(o.Flow, o.Metric)
-				if occs[i].Flow != o.Flow || occs[i].Metric != o.Metric {
-					if folded == nil {
-						folded = map[string]bool{}
-					}
-					folded[o.Key] = true
-				}
-			}
-		}
-		for _, b := range bad {
-			p.m.CountMalformed(b.Flow)
-			if errors.Is(b.Err, genesys.ErrNameTooLong) {
-				p.m.Limits.WithLabelValues("name_too_long").Inc()
-			}
-			if p.cfg.OnMalformed != nil {
-				p.cfg.OnMalformed(b.Flow, b.Name, b.Reason)
-			}
-		}
-		res.Malformed += len(bad)
+		occs := p.extract(r.Event, &c, &res)
 		if len(occs) == 0 {
 			continue
 		}
-		keys := occKeys(occs)
-		if p.cache.allKnown(r.Event.ConversationID, keys, now) {
+		conv := r.Event.ConversationID
+		unknown := p.cache.unknown(conv, occs, c.now)
+		if len(unknown) == 0 {
 			p.m.CacheHits.Inc()
 			continue
 		}
-		reqs = append(reqs, flowmetrics.ClaimRequest{ConversationID: r.Event.ConversationID, Occurrences: occs})
-		reqKeys = append(reqKeys, keys)
-		reqRec = append(reqRec, r.Index)
+		c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: unknown}, r.Index)
 	}
-	if len(reqs) == 0 {
+	if len(c.reqs) == 0 {
 		return res, nil
 	}
+	return p.claim(ctx, &c, res)
+}
+
+// claimBatch is what one Ingest call asks the store.
+type claimBatch struct {
+	now    time.Time
+	reqs   []flowmetrics.ClaimRequest
+	recIdx []int           // the Index of each request's record
+	folded map[string]bool // keys the guard folded into the overflow series
+}
+
+func (c *claimBatch) add(r flowmetrics.ClaimRequest, index int) {
+	c.reqs = append(c.reqs, r)
+	c.recIdx = append(c.recIdx, index)
+}
+
+// sortOut counts a record as read and as accepted, skipped or rejected
+// (naming a rejected one in res.Errors); it reports whether it was accepted.
+func (p *Pipeline) sortOut(r genesys.Record, res *Result) bool {
+	res.Read++
+	p.m.RecordsRead.Inc()
+	switch r.Outcome {
+	case genesys.Skipped:
+		res.Skipped++
+		p.m.RecordsSkipped.WithLabelValues("other_topic").Inc()
+		return false
+	case genesys.Rejected:
+		res.Rejected++
+		p.m.RecordsRejected.WithLabelValues(RejectReason(r.Err)).Inc()
+		msg := "rejected"
+		if r.Err != nil {
+			msg = r.Err.Error()
+		}
+		res.Errors = append(res.Errors, RecordError{Index: r.Index, Line: r.Line, Error: msg})
+		return false
+	}
+	res.Accepted++
+	p.m.RecordsAccepted.Inc()
+	return true
+}
+
+// extract returns the event's occurrences, folded by the cardinality guard,
+// and counts and reports its malformed metric attributes.
+func (p *Pipeline) extract(ev *genesys.Event, c *claimBatch, res *Result) []flowmetrics.Occurrence {
+	occs, bad := genesys.Extract(ev)
+	if p.cfg.Guard != nil {
+		// Folding happens once, before the claim, so the outbox, every
+		// sink and the pipeline's own occurrence counter agree.
+		for i, o := range occs {
+			occs[i].Flow, occs[i].Metric = p.cfg.Guard.Map(o.Flow, o.Metric)
+			if occs[i].Flow != o.Flow || occs[i].Metric != o.Metric {
+				if c.folded == nil {
+					c.folded = map[string]bool{}
+				}
+				c.folded[o.Key] = true
+			}
+		}
+	}
+	for _, b := range bad {
+		p.m.CountMalformed(b.Flow)
+		if errors.Is(b.Err, genesys.ErrNameTooLong) {
+			p.m.Limits.WithLabelValues("name_too_long").Inc()
+		}
+		if p.cfg.OnMalformed != nil {
+			p.cfg.OnMalformed(b.Flow, b.Name, b.Reason)
+		}
+	}
+	res.Malformed += len(bad)
+	return occs
+}
+
+// claim asks the store for the batch's requests, teaches the cache what
+// the store now holds, counts the new occurrences and wakes the sinks.
+func (p *Pipeline) claim(ctx context.Context, c *claimBatch, res Result) (Result, error) {
 	start := time.Now()
-	fresh, err := p.store.Claim(ctx, reqs)
+	fresh, err := p.store.Claim(ctx, c.reqs)
 	p.m.StoreLatency.WithLabelValues("claim").Observe(time.Since(start).Seconds())
 	var pe *flowmetrics.PendingError
 	if err != nil && !errors.As(err, &pe) {
@@ -317,20 +351,20 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		pendingErr = &PendingError{}
 		for _, i := range pe.Requests {
 			deferred[i] = true
-			pendingErr.Records = append(pendingErr.Records, reqRec[i])
+			pendingErr.Records = append(pendingErr.Records, c.recIdx[i])
 		}
 		p.m.RecordsDeferred.Add(float64(len(pe.Requests)))
 	}
-	for i, rq := range reqs {
+	for i, rq := range c.reqs {
 		// A deferred request's keys are not known yet: the holder may die
 		// before delivering, and the retry must reach the store.
 		if !deferred[i] {
-			p.cache.learn(rq.ConversationID, reqKeys[i], now)
+			p.cache.learn(rq.ConversationID, rq.Occurrences, c.now)
 		}
 	}
 	for _, o := range fresh {
 		p.m.Occurrences.WithLabelValues(o.Flow, o.Metric).Inc()
-		if folded[o.Key] {
+		if c.folded[o.Key] {
 			p.m.Overflow.Inc()
 		}
 	}
@@ -358,14 +392,6 @@ type PendingError struct {
 
 func (e *PendingError) Error() string {
 	return fmt.Sprintf("claim: %d records hold keys pending under another writer; retry them later", len(e.Records))
-}
-
-func occKeys(occs []flowmetrics.Occurrence) []string {
-	out := make([]string, len(occs))
-	for i, o := range occs {
-		out[i] = o.Key
-	}
-	return out
 }
 
 var rejectReasons = []string{"invalid_json", "missing_conversation_id", "missing_attributes", "invalid_attributes", "too_large", "too_many_attributes", "not_an_event", "invalid"}
