@@ -81,14 +81,19 @@ type Store struct {
 	fatal   *fatal
 }
 
-// Sizes. Pebble preallocates every write-ahead log to 110 % of
-// MemTableSize, and keeps up to MemTableStopWritesThreshold+1 old logs for
-// reuse: the memtable size sets what the store costs on disk before it
-// holds anything, about 3.3 times MemTableSize. So it follows the disk: a
-// 512th of the filesystem, between 2 MiB (a 40 MiB disk keeps its logs near
-// 7 MiB) and 32 MiB (from 16 GiB up). The logs then never take more than
-// 0.65 % of the disk (7 MiB at least), a third of the free space serve keeps
-// before it refuses ingest (2 %, 16 MiB at least: diskguard's MinFree).
+// Sizes. A write-ahead log holds what its memtable holds, and Pebble keeps
+// up to MemTableStopWritesThreshold+1 of them (the others recycled): the
+// memtable size sets how much the logs can take on disk, about 3.3 times
+// MemTableSize. So it follows the disk: a 512th of the filesystem, between
+// 2 MiB (a 40 MiB disk keeps its logs near 7 MiB) and 32 MiB (from 16 GiB
+// up). The logs then never take more than 0.65 % of the disk (7 MiB at
+// least), a third of the free space serve keeps before it refuses ingest
+// (2 %, 16 MiB at least: diskguard's MinFree). Pebble would also
+// preallocate each log to 110 % of MemTableSize at its first write, which
+// made a fresh store cost that much on disk before it held anything; the
+// store's filesystem turns preallocation off (noPrealloc), so a log takes
+// the space of what it holds.
+//
 // On a large disk the bigger memtable is what makes a large replay fast:
 // outbox entries delivered and deleted while still in the memtable, and
 // headers rewritten there, never reach a table, and flushes are fewer and
@@ -161,7 +166,9 @@ func openDB(dir string, fs vfs.FS, f *fatal, log *slog.Logger) (db *pebble.DB, e
 	memTable := uint64(minMemTableSize)
 	if fs == nil {
 		memTable = memTableSize(dir)
+		fs = vfs.Default
 	}
+	fs = noPrealloc{fs}
 	opts := &pebble.Options{
 		FS:                          fs,
 		Logger:                      pebbleLogger{log: log.With("component", "pebble"), fatal: f, errors: &limiter{}},
@@ -909,3 +916,33 @@ func (s *Store) Sinks() []string {
 	sort.Strings(out)
 	return out
 }
+
+// noPrealloc is a filesystem whose files are never preallocated: Pebble
+// would reserve 110 % of the memtable size for each write-ahead log at its
+// first write (see Sizes).
+type noPrealloc struct{ vfs.FS }
+
+func (n noPrealloc) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
+	return wrapFile(n.FS.Create(name, c))
+}
+
+func (n noPrealloc) OpenReadWrite(name string, c vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
+	return wrapFile(n.FS.OpenReadWrite(name, c, opts...))
+}
+
+func (n noPrealloc) ReuseForWrite(oldname, newname string, c vfs.DiskWriteCategory) (vfs.File, error) {
+	return wrapFile(n.FS.ReuseForWrite(oldname, newname, c))
+}
+
+func (n noPrealloc) Unwrap() vfs.FS { return n.FS }
+
+func wrapFile(f vfs.File, err error) (vfs.File, error) {
+	if err != nil {
+		return nil, err
+	}
+	return noPreallocFile{f}, nil
+}
+
+type noPreallocFile struct{ vfs.File }
+
+func (noPreallocFile) Preallocate(offset, length int64) error { return nil }
