@@ -265,9 +265,14 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		return nil, err
 	}
 	defer s.fatal.recover(&err)
-	convs := make([]string, len(reqs))
+	var refused store.Refusals
+	convs := make([]string, 0, len(reqs))
 	for i, r := range reqs {
-		convs[i] = r.ConversationID
+		if err := store.CheckID(r.ConversationID); err != nil {
+			refused.Add(i, flowmetrics.RefusedIDTooLong, err)
+			continue
+		}
+		convs = append(convs, r.ConversationID)
 	}
 	unlock := s.stripes.Lock(convs)
 	defer unlock()
@@ -279,8 +284,8 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	// see the first one's keys, which are only in the batch so far.
 	staged := map[string]*staged{}
 	var out []flowmetrics.Occurrence
-	for _, r := range reqs {
-		if len(r.Occurrences) == 0 {
+	for i, r := range reqs {
+		if len(r.Occurrences) == 0 || refused.Has(i) {
 			continue
 		}
 		c := staged[r.ConversationID]
@@ -304,6 +309,10 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		if len(fresh) == 0 {
 			continue
 		}
+		if err := (store.Size{Keys: c.h.keys, Bytes: c.h.bytes}).Plus(fresh).Check(r.ConversationID); err != nil {
+			refused.Add(i, flowmetrics.RefusedConversation, err)
+			continue
+		}
 		for _, o := range fresh {
 			c.add(o.Key)
 			if err := b.Set(c.keyOf(o.Key), c.epochValue(), nil); err != nil {
@@ -315,7 +324,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		out = append(out, fresh...)
 	}
 	if len(out) == 0 {
-		return nil, nil
+		return nil, refused.Err()
 	}
 	for id, c := range staged {
 		if !c.dirty {
@@ -335,7 +344,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		return nil, fmt.Errorf("pebblestore: claim: %w", err)
 	}
 	s.seq.End(seq, int64(len(out)), true)
-	return out, nil
+	return out, refused.Err()
 }
 
 // staged is a conversation within one Claim: its header as it will be
