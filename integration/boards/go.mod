@@ -4,6 +4,8 @@ go 1.26.8
 
 require github.com/flowmetrics/flowmetrics v0.0.0
 
+require golang.org/x/text v0.42.0 // indirect
+
 require (
 	github.com/DataDog/datadog-api-client-go/v2 v2.67.0
 	github.com/DataDog/zstd v1.5.7 // indirect

@@ -39,7 +39,6 @@ func (c *crashStore) AckState(ctx context.Context, sink string, seq uint64, u fl
 	return c.Store.AckState(ctx, sink, seq, u)
 }
 
-
 // TestRestartNeverLowersATotal runs count mode through the real pipeline and
 // a real Pebble store over five "processes" sharing one data directory:
 // a clean restart, a kill between Datadog's 202 and the commit, a kill with

@@ -1009,7 +1009,6 @@ func (s *Store) Register(ctx context.Context, sinks []string) error {
 	return s.commit(ctx)
 }
 
-
 // AckState implements flowmetrics.Store. The cursors and the outbox live in
 // this process's memory; what is durable is the delivered marks of the
 // entries every sink acknowledged, and the update becomes durable with them:

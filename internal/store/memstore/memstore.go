@@ -166,7 +166,6 @@ func (s *Store) Register(ctx context.Context, sinks []string) error {
 	return nil
 }
 
-
 // AckState implements flowmetrics.Store.
 func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update flowmetrics.StateUpdate) error {
 	if err := flowmetrics.CheckState(update); err != nil {
