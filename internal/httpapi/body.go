@@ -27,7 +27,7 @@ var bodyTypes = map[string]bool{
 }
 
 // acceptedTypes lists bodyTypes for messages, in a fixed order.
-const acceptedTypes = "application/json (or any +json type), application/x-ndjson, application/ndjson, application/jsonl, application/x-jsonlines"
+const acceptedTypes = "application/json (or any +json type), application/x-ndjson, application/ndjson, application/jsonl, application/x-jsonlines, application/jsonlines"
 
 // checkType reports why a Content-Type is refused, or "" when accepted.
 func checkType(ct string) string {

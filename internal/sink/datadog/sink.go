@@ -241,7 +241,6 @@ func (s *Sink) attempt(ctx context.Context, b *Batch) error {
 		switch {
 		case err != nil:
 			s.failure("network")
-			s.logEvery("network", errLogEvery, slog.LevelWarn, "datadog: request failed; will retry", "err", err)
 			return errRetry{fmt.Errorf("datadog: %w", err)}
 		case status >= 200 && status < 300:
 			s.ledger.Delivered(b, p.samples())
@@ -281,20 +280,17 @@ func (s *Sink) attempt(ctx context.Context, b *Batch) error {
 			return s.authErr
 		case status == http.StatusTooManyRequests:
 			s.failure("rate_limited")
-			s.logEvery("429", errLogEvery, slog.LevelWarn, "datadog: rate limited; will retry", "not_before", s.notBefore.UTC().Format(time.RFC3339))
-			return errRetry{fmt.Errorf("datadog: HTTP %d", status)}
+			return errRetry{fmt.Errorf("datadog: HTTP %d, rate limited until %s", status, s.notBefore.UTC().Format(time.RFC3339))}
 		case status == http.StatusRequestTimeout || status >= 500:
 			reason := "server_error"
 			if status == http.StatusRequestTimeout {
 				reason = "timeout"
 			}
 			s.failure(reason)
-			s.logEvery("5xx", errLogEvery, slog.LevelWarn, "datadog: intake unavailable; will retry", "status", status)
 			return errRetry{fmt.Errorf("datadog: HTTP %d", status)}
 		default:
 			s.failure("unexpected_status")
-			s.logEvery("unexpected", errLogEvery, slog.LevelError, "datadog: unexpected response; will retry", "status", status, "response", excerpt(body))
-			return errRetry{fmt.Errorf("datadog: unexpected HTTP %d", status)}
+			return errRetry{fmt.Errorf("datadog: unexpected HTTP %d: %s", status, excerpt(body))}
 		}
 	}
 	return nil

@@ -2,8 +2,10 @@
 // genesys_flow_metric_total{flow,metric} (plus static labels) that /metrics
 // exposes. Prometheus scrapes counters and timestamps them itself, so bucket
 // times are not passed on: an occurrence adds to the counter when it is
-// delivered. Counters restart from zero with the process, which rate() and
-// increase() handle as a counter reset.
+// delivered. The counters resume across a restart: their totals are the
+// sink's state, committed with its cursor, and with the store in its Deps
+// the occurrences still pending are counted at once, so /metrics never
+// goes down (see Restore).
 package prometheus
 
 import (

@@ -254,7 +254,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		// Keys this call did claim stay pending under this instance's
 		// lease with no entry holding them: the retry (here or anywhere
 		// once the lease ends) claims them again.
-		return nil, fmt.Errorf("dynamostore: claim: %w", err)
+		return nil, fmt.Errorf("dynamostore: %w", err)
 	}
 	out, convs, pe := b.collect(reqs, results, &refused)
 	var perr error

@@ -316,7 +316,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		for _, o := range fresh {
 			c.add(o.Key)
 			if err := b.Set(c.keyOf(o.Key), c.epochValue(), nil); err != nil {
-				return nil, fmt.Errorf("pebblestore: claim: %w", err)
+				return nil, fmt.Errorf("pebblestore: %w", err)
 			}
 		}
 		c.h.changed = now.UnixNano()
@@ -331,17 +331,17 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 			continue
 		}
 		if err := b.Set(headerKey(id), c.h.encode(), nil); err != nil {
-			return nil, fmt.Errorf("pebblestore: claim: %w", err)
+			return nil, fmt.Errorf("pebblestore: %w", err)
 		}
 	}
 	seq := s.seq.Begin()
 	if err := b.Set(outboxKey(seq), encodeEntry(out), nil); err != nil {
 		s.seq.End(seq, 0, false)
-		return nil, fmt.Errorf("pebblestore: claim: %w", err)
+		return nil, fmt.Errorf("pebblestore: %w", err)
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		s.seq.End(seq, 0, false)
-		return nil, fmt.Errorf("pebblestore: claim: %w", err)
+		return nil, fmt.Errorf("pebblestore: %w", err)
 	}
 	s.seq.End(seq, int64(len(out)), true)
 	return out, refused.Err()
