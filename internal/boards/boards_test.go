@@ -77,7 +77,7 @@ func TestNamingCarriesThrough(t *testing.T) {
 		{"default rules", PrometheusRules, def, []string{"increase(genesys_flow_metric_total[3m])", "increase(genesys_flow_metric_total[6m] offset 3m)) / 2", "increase(genesys_flow_metric_total[30m])"}, []string{"env="}},
 		{"template Datadog board", DatadogDashboard, tpl, []string{
 			"sum:genesys.Billing_Main.PaymentFailed{env:prod,team:cx,$flow} by {flow,metric}.as_count()",
-			"sum:genesys.Apr_s_Vente.SurveyDone{", "sum:genesys.CustomerRouting.Transferred{",
+			"sum:genesys.Apres_Vente.SurveyDone{", "sum:genesys.CustomerRouting.Transferred{",
 			MalformedMetric + "{env:prod,team:cx,$flow}"}, []string{"genesys.flow.metric"}},
 		{"template monitors", DatadogMonitors, tpl, []string{
 			"pct_change(sum(last_5m),last_5m):sum:genesys.Billing_Main.PaymentFailed{env:prod,team:cx,flow:billing_main,metric:paymentfailed} by {flow,metric}.as_count() > 200",
