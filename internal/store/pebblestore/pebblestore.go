@@ -14,6 +14,8 @@
 //	o/<seq, 8 bytes BE>  -> outbox entry: the occurrences one Claim found new
 //	k/<sink name>        -> the sink's cursor (8 bytes BE)
 //	s/<sink name>\x00<key> -> one key of the sink's own state (AckState)
+//	p/<conversation id> -> path state (paths on): last change, deadline, ended, closed
+//	d/<deadline, 8 bytes BE><conversation id> -> empty: the open paths by deadline
 //
 // Failure: Pebble cannot survive some errors (a failed write-ahead-log write,
 // for example on a full disk): it calls its logger's Fatalf or panics, and
@@ -49,6 +51,8 @@ var (
 	outboxPrefix = []byte("o/")
 	cursorPrefix = []byte("k/")
 	statePrefix  = []byte("s/")
+	pathPrefix   = []byte("p/")
+	duePrefix    = []byte("d/")
 )
 
 // Store is a flowmetrics.Store on a Pebble database.
@@ -140,6 +144,12 @@ func (s *Store) load() error {
 	err := s.scan(outboxPrefix, func(k, v []byte) error {
 		seq := binary.BigEndian.Uint64(k[len(outboxPrefix):])
 		n, _ := binary.Uvarint(v)
+		if n == 0 {
+			// An entry of path points (ClosePaths): rare enough to decode.
+			if _, paths, err := decodeEntry(v); err == nil {
+				n = uint64(len(paths))
+			}
+		}
 		pending = append(pending, store.SeqCount{Seq: seq, N: int64(n)})
 		last = seq
 		return nil
@@ -213,7 +223,16 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	// A conversation may appear twice in one batch: the second request must
 	// see the first one's keys, which are only in the batch so far.
 	staged := map[string]*conversation{}
+	var paths map[string]*stagedPath
+	if s.opts.Paths != nil {
+		paths = map[string]*stagedPath{}
+	}
 	for _, r := range reqs {
+		if paths != nil && (len(r.Occurrences) > 0 || r.Ended) {
+			if err := s.stagePath(paths, r, now); err != nil {
+				return nil, err
+			}
+		}
 		if len(r.Occurrences) == 0 {
 			continue
 		}
@@ -232,6 +251,9 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		if len(fresh) == 0 {
 			continue
 		}
+		if paths != nil {
+			fresh = paths[r.ConversationID].claimed(s.opts, fresh, now)
+		}
 		if c == nil {
 			c = &conversation{}
 		}
@@ -242,7 +264,16 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		staged[r.ConversationID] = c
 		out = append(out, fresh...)
 	}
+	if err := writePaths(b, paths); err != nil {
+		return nil, fmt.Errorf("pebblestore: claim: %w", err)
+	}
 	if len(out) == 0 {
+		if b.Empty() {
+			return nil, nil
+		}
+		if err := b.Commit(pebble.Sync); err != nil {
+			return nil, fmt.Errorf("pebblestore: claim: %w", err)
+		}
 		return nil, nil
 	}
 	for id, c := range staged {
@@ -251,7 +282,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		}
 	}
 	seq := s.seq.Begin()
-	if err := b.Set(outboxKey(seq), encodeEntry(out), nil); err != nil {
+	if err := b.Set(outboxKey(seq), encodeEntry(out, nil), nil); err != nil {
 		s.seq.End(seq, 0, false)
 		return nil, fmt.Errorf("pebblestore: claim: %w", err)
 	}
@@ -322,6 +353,11 @@ func (s *Store) Sweep(ctx context.Context) (removed int, err error) {
 			return removed, fmt.Errorf("pebblestore: sweep: %w", err)
 		}
 	}
+	if s.opts.Paths != nil {
+		if _, err := s.sweepPaths(ctx, now); err != nil {
+			return removed, err
+		}
+	}
 	return removed, nil
 }
 
@@ -343,11 +379,11 @@ func (s *Store) ReadOutbox(ctx context.Context, after uint64, limit int) (_ []fl
 	var out []flowmetrics.Entry
 	for it.First(); it.Valid() && len(out) < limit; it.Next() {
 		seq := binary.BigEndian.Uint64(it.Key()[len(outboxPrefix):])
-		occs, err := decodeEntry(it.Value())
+		occs, paths, err := decodeEntry(it.Value())
 		if err != nil {
 			return out, fmt.Errorf("pebblestore: outbox entry %d: %w", seq, err)
 		}
-		out = append(out, flowmetrics.Entry{Seq: seq, Occurrences: occs})
+		out = append(out, flowmetrics.Entry{Seq: seq, Occurrences: occs, Paths: paths})
 	}
 	return out, it.Error()
 }
