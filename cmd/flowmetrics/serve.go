@@ -135,6 +135,7 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	}
 	pcfg := cfg.Pipeline
 	pcfg.Guard = newGuard(cfg, log)
+	withPaths(cfg, &pcfg)
 	var dash *dashboard.Handler
 	if cfg.HTTP.DashboardOn() {
 		// The dashboard is one more sink; it also watches the others'
@@ -202,6 +203,7 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	if guard != nil {
 		go guard.Run(bgCtx)
 	}
+	go p.ClosePathsEvery(bgCtx, time.Second)
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

@@ -10,6 +10,8 @@ import (
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/paths"
+	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
 	"github.com/flowmetrics/flowmetrics/internal/sink/dogstatsd"
 	"github.com/flowmetrics/flowmetrics/internal/sink/emf"
@@ -27,6 +29,9 @@ import (
 // <data_dir>/state.
 func openStore(c config.Config, log *slog.Logger) (flowmetrics.Store, error) {
 	opts := store.Options{Retention: c.Store.Retention}
+	if c.Paths.IsEnabled() {
+		opts.Paths = c.Paths.Options()
+	}
 	switch c.Store.Type {
 	case "memory":
 		return memstore.New(opts), nil
@@ -94,6 +99,14 @@ func buildSinks(c config.Config, m *telemetry.Metrics, log *slog.Logger) ([]flow
 		sinks = append(sinks, s)
 	}
 	return sinks, nil
+}
+
+// withPaths turns conversation paths on in pcfg when the config has them
+// on (the store was then opened with them by openStore).
+func withPaths(c config.Config, pcfg *pipeline.Config) {
+	if c.Paths.IsEnabled() {
+		pcfg.Derive = paths.New(c.Paths, pcfg.Guard).Derive
+	}
 }
 
 // sweeper deletes expired conversations every interval until ctx ends.
