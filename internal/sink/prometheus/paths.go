@@ -53,10 +53,10 @@ var pathKinds = map[flowmetrics.PathKind]struct {
 	name, help string
 	labels     []string
 }{
-	flowmetrics.PathExit: {ExitName, "Conversations whose last metric in the flow was this one: where conversations left each flow. Counted once per conversation and flow, when its path closes (customer.end and a grace period, or the idle timeout).", []string{"flow", "metric"}},
-	flowmetrics.PathStep: {StepName, "Seconds from a flow's first metric to this metric's first occurrence in the conversation, once per closed conversation path.", []string{"flow", "metric"}},
-	flowmetrics.PathTiming: {TimingName, "Seconds from a configured timing's from step to its to step (paths.timings), once per closed conversation path.", []string{"timing"}},
-	flowmetrics.PathFunnel: {FunnelName, "Conversations that reached this step of a configured funnel (paths.funnels) after the steps before it.", []string{"funnel", "step"}},
+	flowmetrics.PathExit:       {ExitName, "Conversations whose last metric in the flow was this one: where conversations left each flow. Counted once per conversation and flow, when its path closes (customer.end and a grace period, or the idle timeout).", []string{"flow", "metric"}},
+	flowmetrics.PathStep:       {StepName, "Seconds from a flow's first metric to this metric's first occurrence in the conversation, once per closed conversation path.", []string{"flow", "metric"}},
+	flowmetrics.PathTiming:     {TimingName, "Seconds from a configured timing's from step to its to step (paths.timings), once per closed conversation path.", []string{"timing"}},
+	flowmetrics.PathFunnel:     {FunnelName, "Conversations that reached this step of a configured funnel (paths.funnels) after the steps before it.", []string{"funnel", "step"}},
 	flowmetrics.PathExperiment: {ExperimentName, "Conversations that reached this step of an experiment variant (paths.experiments) after the steps before it; a variant's first step counts its conversations.", []string{"experiment", "variant", "step"}},
 }
 
