@@ -83,6 +83,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *demoOn {
 		// Simulated counts never mix with real ones in the same store.
 		cfg.DataDir = filepath.Join(cfg.DataDir, "demo")
+		// The demo's funnels and A/B test, unless the config has its own.
+		cfg.Paths = demo.PathsConfig(cfg.Paths)
 	}
 	// One check for both: -check-config refuses exactly what serve would.
 	if err := cfg.Check(*insecure); err != nil {
