@@ -54,6 +54,7 @@ func (h *dueHeap) Pop() any {
 
 type conversation struct {
 	keys    map[string]struct{}
+	bytes   int   // total length of the keys
 	changed int64 // unix nanoseconds
 }
 
@@ -76,7 +77,12 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 	}
 	now := s.opts.Now()
 	var out []flowmetrics.Occurrence
-	for _, r := range reqs {
+	var refused store.Refusals
+	for i, r := range reqs {
+		if err := store.CheckID(r.ConversationID); err != nil {
+			refused.Add(i, flowmetrics.RefusedIDTooLong, err)
+			continue
+		}
 		c := s.convs[r.ConversationID]
 		if c != nil && s.opts.Expired(timeOf(c.changed), now) {
 			c = nil
@@ -88,6 +94,16 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 			_, ok := c.keys[k]
 			return ok
 		})
+		var size store.Size
+		if c != nil {
+			size = store.Size{Keys: len(c.keys), Bytes: c.bytes}
+		}
+		if len(fresh) > 0 {
+			if err := size.Plus(fresh).Check(r.ConversationID); err != nil {
+				refused.Add(i, flowmetrics.RefusedConversation, err)
+				continue
+			}
+		}
 		if s.opts.Paths != nil {
 			fresh = s.trackPath(r.ConversationID, len(fresh) > 0, r.Ended, now, fresh)
 		}
@@ -100,6 +116,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		}
 		for _, o := range fresh {
 			c.keys[o.Key] = struct{}{}
+			c.bytes += len(o.Key)
 		}
 		c.changed = now.UnixNano()
 		out = append(out, fresh...)
@@ -108,7 +125,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		s.last++
 		s.entries = append(s.entries, flowmetrics.Entry{Seq: s.last, Occurrences: out})
 	}
-	return out, nil
+	return out, refused.Err()
 }
 
 // trackPath updates the conversation's path state for a request; it

@@ -209,9 +209,14 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		return nil, err
 	}
 	defer s.fatal.recover(&err)
-	convs := make([]string, len(reqs))
+	var refused store.Refusals
+	convs := make([]string, 0, len(reqs))
 	for i, r := range reqs {
-		convs[i] = r.ConversationID
+		if err := store.CheckID(r.ConversationID); err != nil {
+			refused.Add(i, flowmetrics.RefusedIDTooLong, err)
+			continue
+		}
+		convs = append(convs, r.ConversationID)
 	}
 	unlock := s.stripes.Lock(convs)
 	defer unlock()
@@ -227,7 +232,10 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	if s.opts.Paths != nil {
 		paths = map[string]*stagedPath{}
 	}
-	for _, r := range reqs {
+	for i, r := range reqs {
+		if refused.Has(i) {
+			continue
+		}
 		if paths != nil && (len(r.Occurrences) > 0 || r.Ended) {
 			if err := s.stagePath(paths, r, now); err != nil {
 				return nil, err
@@ -251,11 +259,15 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		if len(fresh) == 0 {
 			continue
 		}
-		if paths != nil {
-			fresh = paths[r.ConversationID].claimed(s.opts, fresh, now)
-		}
 		if c == nil {
 			c = &conversation{}
+		}
+		if err := (store.Size{Keys: len(c.keys), Bytes: c.bytes}).Plus(fresh).Check(r.ConversationID); err != nil {
+			refused.Add(i, flowmetrics.RefusedConversation, err)
+			continue
+		}
+		if paths != nil {
+			fresh = paths[r.ConversationID].claimed(s.opts, fresh, now)
 		}
 		for _, o := range fresh {
 			c.add(o.Key)
@@ -269,12 +281,13 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	}
 	if len(out) == 0 {
 		if b.Empty() {
-			return nil, nil
+			return nil, refused.Err()
 		}
+		// Only path state changed (an end event).
 		if err := b.Commit(pebble.Sync); err != nil {
 			return nil, fmt.Errorf("pebblestore: claim: %w", err)
 		}
-		return nil, nil
+		return nil, refused.Err()
 	}
 	for id, c := range staged {
 		if err := b.Set(convKey(id), c.encode(), nil); err != nil {
@@ -291,7 +304,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		return nil, fmt.Errorf("pebblestore: claim: %w", err)
 	}
 	s.seq.End(seq, int64(len(out)), true)
-	return out, nil
+	return out, refused.Err()
 }
 
 func (s *Store) get(id string) (*conversation, error) {
