@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 )
 
 var pathPts = []flowmetrics.PathPoint{
@@ -39,7 +40,7 @@ func TestSendPathsGolden(t *testing.T) {
 // once; the state after both is the file's whole length.
 func TestSendPathsToAFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "out.jsonl")
-	s, err := New(Config{Path: path}, nil, nil)
+	s, err := New(Config{Path: path}, sink.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,8 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/memstore"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
 var at = time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
@@ -33,8 +35,9 @@ func samplePaths() []flowmetrics.PathPoint {
 }
 
 func TestPathExposition(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	s, err := New(Config{DurationBuckets: []float64{2, 600}}, nil, reg)
+	m := telemetry.New()
+	reg := m.Registry
+	s, err := New(Config{DurationBuckets: []float64{2, 600}}, sink.Deps{Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +99,7 @@ func TestPathsResumeAfterRestart(t *testing.T) {
 	if err := st.Register(ctx, []string{"prometheus"}); err != nil {
 		t.Fatal(err)
 	}
-	s1, err := New(Config{}, nil, prometheus.NewRegistry())
+	s1, err := New(Config{}, sink.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,12 +120,12 @@ func TestPathsResumeAfterRestart(t *testing.T) {
 	if _, err := ps.ClosePaths(ctx, time.Now().Add(time.Minute), 0, func(flowmetrics.ClosedPath) []flowmetrics.PathPoint { return pts[3:] }); err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
-	s2, err := New(Config{}, nil, reg)
+	m2 := telemetry.New()
+	reg := m2.Registry
+	s2, err := New(Config{}, sink.Deps{Metrics: m2, Store: ps})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s2.ResumeFrom(ps)
 	if err := s2.Restore(ctx, state); err != nil {
 		t.Fatal(err)
 	}
