@@ -10,8 +10,12 @@
 // EventBridge integration delivers it (an AttributeUpdateEvent in its
 // EventBridge envelope, carrying every attribute of the participant so far).
 // It has no clock of its own: Next is given the time, so tests drive it and
-// the same seed gives the same events. Run posts them through the real ingest
-// path, POST /v1/events.
+// the same seed gives the same events. Each conversation is drawn from the
+// seed and the time it starts, not from where the generator started: a
+// demo restarted with the same seed posts the same conversations (same ids,
+// same attribute names) for the time the two runs share, so its backfill is
+// deduplicated by the exactly-once claims instead of counted twice. Run
+// posts them through the real ingest path, POST /v1/events.
 package demo
 
 import (
@@ -124,9 +128,9 @@ type Stats struct {
 // Generator simulates the traffic. It is not safe for concurrent use.
 type Generator struct {
 	o     Options
-	rng   *rand.Rand
-	next  time.Time // the next conversation's start
-	conv  int
+	rng   *rand.Rand // the conversation being drawn's own
+	from  time.Time  // no conversation starts before it
+	next  time.Time  // the next arrival slot to draw
 	due   deliveries
 	order int
 	stats Stats
@@ -140,11 +144,37 @@ func New(o Options, start time.Time) *Generator {
 	o = o.withDefaults()
 	g := &Generator{
 		o:    o,
-		rng:  rand.New(rand.NewPCG(o.Seed, o.Seed^0x9e3779b97f4a7c15)),
-		next: start.UTC(),
+		from: start.UTC(),
+		next: start.UTC().Truncate(arrivalSlot),
 		seen: map[string]bool{},
 	}
 	return g
+}
+
+// arrivalSlot is the grid of conversation arrivals: the conversations
+// starting in each epoch-aligned slot are drawn from a source seeded with
+// the seed and the slot's time, and each conversation from one seeded with
+// the seed and its start, so two generators with the same seed agree on
+// every slot both draw, wherever each started.
+const arrivalSlot = time.Second
+
+// drawSlot schedules the conversations starting in the slot at s: a
+// Poisson process at the rate of the time of day (and of an incident), its
+// arrivals before g.from left out.
+func (g *Generator) drawSlot(s time.Time) {
+	arrivals := rand.New(rand.NewPCG(g.o.Seed, uint64(s.UnixNano())))
+	end := s.Add(arrivalSlot)
+	for t := s; ; {
+		t = t.Add(g.interarrival(arrivals, t))
+		if !t.Before(end) {
+			return
+		}
+		if t.Before(g.from) {
+			continue
+		}
+		g.rng = rand.New(rand.NewPCG(g.o.Seed^0x9e3779b97f4a7c15, uint64(t.UnixNano())))
+		g.startConversation(t)
+	}
 }
 
 // Stats returns the counts so far.
@@ -154,8 +184,8 @@ func (g *Generator) Stats() Stats { return g.stats }
 // each an EventBridge envelope as JSON, in delivery order.
 func (g *Generator) Next(now time.Time) [][]byte {
 	for !g.next.After(now) {
-		g.startConversation(g.next)
-		g.next = g.next.Add(g.interarrival(g.next))
+		g.drawSlot(g.next)
+		g.next = g.next.Add(arrivalSlot)
 	}
 	var out [][]byte
 	for len(g.due) > 0 && !g.due[0].at.After(now) {
@@ -210,13 +240,13 @@ func (g *Generator) Incident(t time.Time) bool {
 	return t.UnixNano()%int64(g.o.IncidentEvery) < int64(g.o.IncidentLength)
 }
 
-func (g *Generator) interarrival(t time.Time) time.Duration {
+func (g *Generator) interarrival(rng *rand.Rand, t time.Time) time.Duration {
 	rate := g.o.Rate * Daily(t)
 	if g.Incident(t) {
 		// Callers whose payment failed call back.
 		rate *= 1.5
 	}
-	sec := g.rng.ExpFloat64() / rate
+	sec := rng.ExpFloat64() / rate
 	return max(time.Millisecond, time.Duration(sec*float64(time.Second)))
 }
 
@@ -333,9 +363,8 @@ var ordinary = []string{"Language", "CustomerSegment", "AccountId", "Queue", "Ch
 // startConversation schedules every delivery of a conversation starting at
 // start.
 func (g *Generator) startConversation(start time.Time) {
-	g.conv++
 	g.stats.Conversations++
-	id := fmt.Sprintf("%08x-%04x-4%03x-8%03x-%012x", g.rng.Uint32(), g.conv&0xffff, g.rng.IntN(4096), g.rng.IntN(4096), g.rng.Uint64()&0xffffffffffff)
+	id := fmt.Sprintf("%08x-%04x-4%03x-8%03x-%012x", g.rng.Uint32(), g.rng.IntN(0x10000), g.rng.IntN(4096), g.rng.IntN(4096), g.rng.Uint64()&0xffffffffffff)
 	participant := uuid(g.rng)
 	flow := g.chooseFlow(start)
 	attrs := map[string]string{}
