@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -431,6 +432,9 @@ func TestProtectReads(t *testing.T) {
 			{"wrong header", map[string]string{"X-Api-Key": "nope"}, "", "", 401},
 			{"header", map[string]string{"X-Api-Key": "s3cret"}, "", "", 200},
 			{"bearer", map[string]string{"Authorization": "Bearer s3cret"}, "", "", 200},
+			// RFC 6750: the scheme is case-insensitive.
+			{"bearer, lower case", map[string]string{"Authorization": "bearer s3cret"}, "", "", 200},
+			{"bearer, upper case", map[string]string{"Authorization": "BEARER s3cret"}, "", "", 200},
 			{"wrong bearer", map[string]string{"Authorization": "Bearer s3cre"}, "", "", 401},
 			{"basic", nil, "anyone", "s3cret", 200},
 			{"basic, wrong password", nil, "s3cret", "x", 401},
@@ -451,5 +455,136 @@ func TestProtectReads(t *testing.T) {
 	open := newServer(t, opts)
 	if resp := get(open.URL+"/metrics", nil, "", ""); resp.StatusCode != 200 {
 		t.Errorf("unprotected /metrics: got %d, want 200", resp.StatusCode)
+	}
+}
+
+// heldIngester holds every Ingest call until release is closed, so the
+// requests it serves keep their bytes in flight.
+type heldIngester struct {
+	Ingester
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h heldIngester) Ingest(ctx context.Context, recs []genesys.Record) (pipeline.Result, error) {
+	h.entered <- struct{}{}
+	<-h.release
+	return h.Ingester.Ingest(ctx, recs)
+}
+
+// Requests reserve their body's bytes before reading it; one that does not
+// fit under MaxBytesInFlight is refused at once with 503 and Retry-After,
+// never queued, and nothing of it is claimed. Once the others are
+// answered it gets through.
+func TestBytesInFlightBound(t *testing.T) {
+	const limit = 1 << 20
+	m := telemetry.New()
+	p := pipeline.New(memstore.New(store.Options{}), nil, pipeline.Config{}, m, nil)
+	held := heldIngester{Ingester: p, entered: make(chan struct{}, 8), release: make(chan struct{})}
+	srv := httptest.NewServer(New(held, m, Options{MaxBodyBytes: limit, MaxBytesInFlight: 2 * limit, RetryAfter: time.Second}, nil))
+	t.Cleanup(srv.Close)
+
+	// Two bodies of 700 KiB each: 1.4 MiB of the 2 MiB in flight.
+	body := func(conv string) []byte {
+		ev := event(conv, map[string]string{"FlowMetric_A(2023-03-05T08:18:04Z)": ""}) + "\n"
+		return append([]byte(ev), bytes.Repeat([]byte(" "), 700<<10-len(ev))...)
+	}
+	answers := make(chan int, 2)
+	for _, conv := range []string{"c1", "c2"} {
+		go func() {
+			resp, err := http.Post(srv.URL+"/v1/events", "application/x-ndjson", bytes.NewReader(body(conv)))
+			if err != nil {
+				answers <- 0
+				return
+			}
+			resp.Body.Close()
+			answers <- resp.StatusCode
+		}()
+		<-held.entered
+	}
+	// A third 700 KiB body does not fit; nor does one without a length
+	// (chunked), which reserves the whole limit.
+	third := body("c3")
+	if status, raw := postRaw(t, srv.URL, third, nil); status != 503 || !strings.Contains(raw, "max_bytes_in_flight") {
+		t.Errorf("third body: got %d %s, want 503 naming http.max_bytes_in_flight", status, raw)
+	}
+	req, _ := http.NewRequest("POST", srv.URL+"/v1/events", io.MultiReader(bytes.NewReader(third)))
+	req.ContentLength = -1
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "1" {
+		t.Errorf("chunked body: got %d Retry-After %q, want 503 and 1", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if got := testutil.ToFloat64(m.HTTPRefused.WithLabelValues("bytes_in_flight")); got != 2 {
+		t.Errorf("got http_refused_total{reason=bytes_in_flight} %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(m.RecordsRead); got != 0 {
+		t.Errorf("got %v records read while held, want 0: the refused bodies were read", got)
+	}
+	close(held.release)
+	for range 2 {
+		if code := <-answers; code != 202 {
+			t.Errorf("held request: got %d, want 202", code)
+		}
+	}
+	// The bytes are released with the answers: the third gets through.
+	go func() {
+		for range held.entered {
+		}
+	}()
+	status, raw := postRaw(t, srv.URL, third, nil)
+	if status != 202 || !strings.Contains(raw, `"occurrences":1`) {
+		t.Errorf("third body, resent: got %d %s, want 202 with its occurrence", status, raw)
+	}
+	close(held.entered)
+}
+
+func TestBodyReservation(t *testing.T) {
+	const limit = 10 << 20
+	for _, tt := range []struct {
+		name   string
+		length int64
+		gzip   bool
+		want   int64
+	}{
+		{"declared", 3 << 20, false, 3 << 20},
+		{"small", 200, false, minRequestBytes},
+		{"empty", 0, false, minRequestBytes},
+		{"no length", -1, false, limit},
+		{"gzip", 1 << 20, true, limit},
+		{"limit", limit, false, limit},
+	} {
+		if got := bodyReservation(tt.length, tt.gzip, limit); got != tt.want {
+			t.Errorf("%s: got %d, want %d", tt.name, got, tt.want)
+		}
+	}
+	if got := bodyReservation(-1, false, 1024); got != 1024 {
+		t.Errorf("a limit under the minimum: got %d, want the limit, 1024", got)
+	}
+}
+
+// A name with an invisible format character is malformed and counted under
+// its flow, never as an occurrence: "Billing\u202eMain" would otherwise be
+// a flow that looks like another.
+func TestInvisibleCharactersAreMalformed(t *testing.T) {
+	srv := newTestServer(t, nil, Options{})
+	attrs := map[string]string{
+		"Billing\u202eMainMetric_Paid(2023-03-05T08:18:04Z)": "",
+		"BillingMetric_Pa\u200bid(2023-03-05T08:18:04Z)":     "",
+		"BillingMetric_Paid(2023-03-05T08:18:04Z)":           "",
+	}
+	status, r, raw := post(t, srv.URL, event("c", attrs), nil)
+	if status != 202 || r.Occurrences != 1 {
+		t.Errorf("got %d %s, want 202 with the 1 visible name counted", status, raw)
+	}
+	if got := testutil.ToFloat64(srv.m.Malformed.WithLabelValues("Billing\u202eMain")); got != 1 {
+		t.Errorf("got malformed{flow=Billing<RLO>Main} %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(srv.m.Malformed.WithLabelValues("Billing")); got != 1 {
+		t.Errorf("got malformed{flow=Billing} %v, want 1", got)
 	}
 }
