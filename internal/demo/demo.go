@@ -158,11 +158,21 @@ func New(o Options, start time.Time) *Generator {
 // every slot both draw, wherever each started.
 const arrivalSlot = time.Second
 
+// mix is SplitMix64's finaliser: nearby times (one slot or one millisecond
+// apart) become unrelated seeds, so neighbouring conversations are drawn
+// independently.
+func mix(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
 // drawSlot schedules the conversations starting in the slot at s: a
 // Poisson process at the rate of the time of day (and of an incident), its
 // arrivals before g.from left out.
 func (g *Generator) drawSlot(s time.Time) {
-	arrivals := rand.New(rand.NewPCG(g.o.Seed, uint64(s.UnixNano())))
+	arrivals := rand.New(rand.NewPCG(mix(g.o.Seed), mix(uint64(s.UnixNano()))))
 	end := s.Add(arrivalSlot)
 	for t := s; ; {
 		t = t.Add(g.interarrival(arrivals, t))
@@ -172,7 +182,7 @@ func (g *Generator) drawSlot(s time.Time) {
 		if t.Before(g.from) {
 			continue
 		}
-		g.rng = rand.New(rand.NewPCG(g.o.Seed^0x9e3779b97f4a7c15, uint64(t.UnixNano())))
+		g.rng = rand.New(rand.NewPCG(mix(g.o.Seed^0x9e3779b97f4a7c15), mix(uint64(t.UnixNano()))))
 		g.startConversation(t)
 	}
 }
