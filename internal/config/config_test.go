@@ -46,7 +46,7 @@ func TestErrors(t *testing.T) {
 		{"unknown nested key", "http: {listne: x}", "http.listne: unknown key; did you mean listen? (line 1)"},
 		{"misspelt pipeline key", "pipeline:\n  bucket: 10s\n  flush_intervall: 2s\n", "pipeline.flush_intervall: unknown key; did you mean flush_interval? (line 3)"},
 		{"case", "HTTP: {}", "HTTP: unknown key; did you mean http?"},
-		{"nothing near", "pipeline: {zzzzzzzz: 1}", "pipeline.zzzzzzzz: unknown key; valid keys: batch_entries, bucket, cache_conversations, cache_ttl, flush_interval, max_pending, retry_max, retry_min"},
+		{"nothing near", "pipeline: {zzzzzzzz: 1}", "pipeline.zzzzzzzz: unknown key; valid keys: batch_entries, bucket, cache_bytes, cache_conversations, cache_ttl, flush_interval, max_pending, retry_max, retry_min"},
 		{"sink key", "sinks: {datadog: {apikey_env: X}}", "sinks.datadog.apikey_env: unknown key; did you mean api_key_env?"},
 		{"duration", "pipeline: {flush_interval: soon}", `pipeline.flush_interval: got "soon", want a duration such as 500ms, 30s, 1h or 168h (line 1)`},
 		{"number", "http: {max_body_bytes: lots}", `http.max_body_bytes: got "lots", want a whole number`},

@@ -268,10 +268,12 @@ func TestErrorsCapped(t *testing.T) {
 }
 
 // One event's distinct keys cost O(n log n): 100,000 took 33 s, past the
-// write timeout. Up to MaxAttributes are counted exactly once, against each
-// store's claim path; one more and the event is rejected.
+// write timeout. Up to the keys one conversation may hold are counted
+// exactly once, against each store's claim path; an event that would take
+// its conversation past them (up to MaxAttributes keys) is rejected
+// quickly, and one with more attributes than that too.
 func TestManyKeysInOneEvent(t *testing.T) {
-	n := genesys.MaxAttributes
+	n := flowmetrics.MaxConversationKeys
 	for _, tt := range []struct {
 		name string
 		st   func(t *testing.T) flowmetrics.Store
@@ -288,10 +290,10 @@ func TestManyKeysInOneEvent(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := newTestServer(t, tt.st(t), Options{})
-			first := event("c1", metricAttrs(n, 0))
+			first := event("c1", metricAttrs(n/2, 0))
 			// The same conversation again: half known, half new, so the
-			// store looks up n keys among n.
-			second := event("c1", metricAttrs(n, n/2))
+			// store looks up n keys among n/2.
+			second := event("c1", metricAttrs(n, 0))
 			var times []time.Duration
 			var results []Response
 			mem := peak(func() {
@@ -305,16 +307,27 @@ func TestManyKeysInOneEvent(t *testing.T) {
 					results = append(results, r)
 				}
 			})
-			if got := []int{results[0].Occurrences, results[1].Occurrences, results[2].Occurrences}; got[0] != n || got[1] != n/2 || got[2] != 0 {
-				t.Errorf("got occurrences %v, want [%d %d 0]", got, n, n/2)
+			if got := []int{results[0].Occurrences, results[1].Occurrences, results[2].Occurrences}; got[0] != n/2 || got[1] != n/2 || got[2] != 0 {
+				t.Errorf("got occurrences %v, want [%d %d 0]", got, n/2, n/2)
 			}
 			t.Logf("%d keys in one event: posts took %v; %s", n, times, mem)
+			m := genesys.MaxAttributes
+			start := time.Now()
+			status, r, raw := post(t, srv.URL, event("c3", metricAttrs(m, 0)), nil)
+			took := time.Since(start)
+			if status != 400 || r.Rejected != 1 || len(r.Errors) != 1 || !strings.Contains(r.Errors[0].Error, "metric attributes (max") {
+				t.Errorf("%d new keys in one event: got %d %.300s, want 400 rejected: the conversation would hold too many", m, status, raw)
+			}
+			if got := testutil.ToFloat64(srv.m.RecordsRejected.WithLabelValues(flowmetrics.RefusedConversation)); got != 1 {
+				t.Errorf("got records_rejected_total{reason=%s} %v, want 1", flowmetrics.RefusedConversation, got)
+			}
+			t.Logf("%d keys in one event: refused in %v", m, took)
 		})
 	}
 	srv := newTestServer(t, nil, Options{})
-	status, r, raw := post(t, srv.URL, event("c2", metricAttrs(n+1, 0)), nil)
+	status, r, raw := post(t, srv.URL, event("c2", metricAttrs(genesys.MaxAttributes+1, 0)), nil)
 	if status != 400 || r.Rejected != 1 || len(r.Errors) != 1 || !strings.Contains(r.Errors[0].Error, "too many attributes") {
-		t.Errorf("%d attributes: got %d %.300s, want 400 rejected: too many attributes", n+1, status, raw)
+		t.Errorf("%d attributes: got %d %.300s, want 400 rejected: too many attributes", genesys.MaxAttributes+1, status, raw)
 	}
 	if got := testutil.ToFloat64(srv.m.RecordsRejected.WithLabelValues("too_many_attributes")); got != 1 {
 		t.Errorf("got records_rejected_total{reason=too_many_attributes} %v, want 1", got)

@@ -120,7 +120,7 @@ func New() *Metrics {
 	m.Occurrences = vec("occurrences_total", "Flow metric occurrences counted (new claims).", "flow", "metric")
 	m.Malformed = vec("malformed_attributes_total", "Metric-shaped attribute names that break the naming rules, by flow.", "flow")
 	m.Limits = vec("input_limits_total", "Inputs cut, folded or refused by a bound, by reason.", "reason")
-	for _, r := range []string{"name_too_long", "malformed_flows_folded", "errors_truncated", "body_too_large", "decompressed_too_large"} {
+	for _, r := range []string{"name_too_long", "malformed_flows_folded", "errors_truncated", "body_too_large", "decompressed_too_large", "cache_bytes"} {
 		m.Limits.WithLabelValues(r)
 	}
 	m.HTTPRefused = vec("http_refused_total", "HTTP requests refused before they were read, by reason: host_not_allowed (421), bytes_in_flight (503).", "reason")
