@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
-	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 )
 
 // clock is a settable clock, safe for concurrent use.
@@ -427,14 +426,14 @@ func (h *holdingSink) Due(time.Time) bool { return h.due }
 func TestWatchKeepsAHolder(t *testing.T) {
 	r := NewRecorder((&clock{t: t0}).Now)
 	inner := &holdingSink{due: true}
-	h, ok := r.Watch(inner).(pipeline.Holder)
+	h, ok := r.Watch(inner).(flowmetrics.Holder)
 	if !ok {
-		t.Fatal("a watched pipeline.Holder is not a Holder: the pipeline would never send its held windows without new traffic")
+		t.Fatal("a watched flowmetrics.Holder is not a Holder: the pipeline would never send its held windows without new traffic")
 	}
 	if !h.Due(t0) {
 		t.Error("Due not passed through")
 	}
-	if _, ok := r.Watch(&statefulSink{}).(pipeline.Holder); ok {
+	if _, ok := r.Watch(&statefulSink{}).(flowmetrics.Holder); ok {
 		t.Error("a watched StatefulSink that holds nothing claims to be a Holder")
 	}
 }

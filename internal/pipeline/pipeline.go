@@ -528,18 +528,6 @@ type batch struct {
 	idle bool
 }
 
-// Holder is a StatefulSink that holds the points it was sent until a time
-// passes, in its state (the OTLP sink keeps each window open until its
-// watermark). When the outbox has nothing new for it, the drainer asks Due
-// at each turn (every flush_interval) and, when it says so, calls Send with
-// no points and commits TakeState at the unchanged cursor, so what the sink
-// held is sent in time even when no new occurrence comes.
-type Holder interface {
-	flowmetrics.StatefulSink
-	// Due reports whether Send with no points would send something now.
-	Due(now time.Time) bool
-}
-
 func (d *drainer) notify() {
 	select {
 	case d.wake <- struct{}{}:
@@ -679,7 +667,7 @@ func (d *drainer) next(ctx context.Context) (*batch, error) {
 	if len(entries) == 0 {
 		// Nothing new, but a sink holding points until a time passes
 		// may have some due: an empty send, committed at the same cursor.
-		if h, ok := d.sink.(Holder); ok && h.Due(p.cfg.Now()) {
+		if h, ok := d.sink.(flowmetrics.Holder); ok && h.Due(p.cfg.Now()) {
 			return &batch{last: cursor, idle: true}, nil
 		}
 		return nil, nil
@@ -768,10 +756,10 @@ func (p *Pipeline) backoff(n int) time.Duration {
 }
 
 // notBefore reports whether err says its sink will not try again before
-// ctx's deadline (a sink error with a RetryAfter() time.Time method, e.g. a
-// refused API key): retrying until then would only hold the caller.
+// ctx's deadline (a flowmetrics.RetryAfterError, e.g. a refused API key):
+// retrying until then would only hold the caller.
 func notBefore(ctx context.Context, err error) bool {
-	var ra interface{ RetryAfter() time.Time }
+	var ra flowmetrics.RetryAfterError
 	dl, ok := ctx.Deadline()
 	return ok && errors.As(err, &ra) && ra.RetryAfter().After(dl)
 }
