@@ -214,27 +214,10 @@ func (c Config) Validate() error {
 	if c.Cardinality.Limit < 0 {
 		errs = append(errs, errors.New("cardinality.limit: negative"))
 	}
-	if err := c.cacheWithinRetention(); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, Rules(Settings{
+		Retention: c.Store.Retention, CacheTTL: c.Pipeline.CacheTTL, CacheConversations: c.Pipeline.CacheConversations,
+	}, FileNames))
 	return errors.Join(errs...)
-}
-
-// cacheWithinRetention: a conversation the cache still trusts must still be
-// in the store, or one past its retention would be treated as known and its
-// new keys never claimed.
-func (c Config) cacheWithinRetention() error {
-	if c.Pipeline.CacheConversations < 0 || c.Store.Retention <= 0 {
-		return nil
-	}
-	ttl := c.Pipeline.CacheTTL
-	if ttl == 0 {
-		ttl = pipeline.DefaultCacheTTL
-	}
-	if ttl >= c.Store.Retention {
-		return fmt.Errorf("pipeline.cache_ttl (%v) must be shorter than store.retention (%v): the cache would trust conversations the store has forgotten", ttl, c.Store.Retention)
-	}
-	return nil
 }
 
 // Check is every refusal serve makes before it opens anything: Validate,
