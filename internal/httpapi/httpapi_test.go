@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -140,7 +141,15 @@ func TestBodyLimit(t *testing.T) {
 		t.Errorf("got %d %s, want 413", status, raw)
 	}
 	// Without a Content-Length the limit still holds.
-	req, _ := http.NewRequest("POST", srv.URL+"/v1/events", io.MultiReader(strings.NewReader(big)))
+	if resp := postChunked(t, srv.URL, []byte(big)); resp.StatusCode != 413 {
+		t.Errorf("chunked: got %d, want 413", resp.StatusCode)
+	}
+}
+
+// postChunked posts body as NDJSON without a Content-Length (chunked).
+func postChunked(t *testing.T, url string, body []byte) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url+"/v1/events", io.MultiReader(bytes.NewReader(body)))
 	req.ContentLength = -1
 	req.Header.Set("Content-Type", "application/x-ndjson")
 	resp, err := http.DefaultClient.Do(req)
@@ -148,9 +157,7 @@ func TestBodyLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != 413 {
-		t.Errorf("chunked: got %d, want 413", resp.StatusCode)
-	}
+	return resp
 }
 
 type failingIngester struct{}
