@@ -148,11 +148,11 @@ type Generator struct {
 func New(o Options, start time.Time) *Generator {
 	o = o.withDefaults()
 	g := &Generator{
-		o:    o,
+		o:     o,
 		rng:   rand.New(rand.NewPCG(o.Seed, o.Seed^0x9e3779b97f4a7c15)),
 		paths: rand.New(rand.NewPCG(o.Seed^0x5bd1e995, o.Seed)),
-		next: start.UTC(),
-		seen: map[string]bool{},
+		next:  start.UTC(),
+		seen:  map[string]bool{},
 	}
 	return g
 }
