@@ -22,6 +22,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+	"github.com/flowmetrics/flowmetrics/internal/tlscert"
 )
 
 const serveHelp = `Receives Genesys Cloud events over HTTP (an EventBridge API destination, or
@@ -154,6 +155,14 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	}
 	p.Start()
 
+	var certs *tlscert.Reloader
+	if t := cfg.HTTP.TLS; t != nil {
+		if certs, err = tlscert.New(t.CertFile, t.KeyFile, log); err != nil {
+			p.Close(context.Background())
+			st.Close()
+			return usageError(fmt.Errorf("http.tls: %w", err))
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
 		p.Close(context.Background())
@@ -191,6 +200,9 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 		IdleTimeout:       cfg.HTTP.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
+	if certs != nil {
+		srv.TLSConfig = certs.Config()
+	}
 	if dash != nil {
 		srv.RegisterOnShutdown(dash.CloseStreams)
 	}
@@ -204,8 +216,15 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	}
 
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	log.Info("flowmetrics serving", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "store", cfg.Store.Type, "sinks", len(sinks), "auth", secret != "")
+	go func() {
+		if certs != nil {
+			// The certificate comes from TLSConfig.GetCertificate.
+			served <- srv.ServeTLS(ln, "", "")
+			return
+		}
+		served <- srv.Serve(ln)
+	}()
+	log.Info("flowmetrics serving", "listen", ln.Addr().String(), "scheme", cfg.HTTP.Scheme(), "data_dir", cfg.DataDir, "store", cfg.Store.Type, "sinks", len(sinks), "auth", secret != "")
 	demoCtx, stopDemo := context.WithCancel(context.Background())
 	defer stopDemo()
 	demoDone := make(chan struct{})
