@@ -396,7 +396,7 @@ func TestCheckConfig(t *testing.T) {
 }
 
 func TestReplayExitStatusAndSummary(t *testing.T) {
-	td := "../../../shared/testdata/"
+	td := "../../examples/"
 	tests := []struct {
 		name    string
 		args    []string
@@ -440,7 +440,7 @@ func TestReplayExitStatusAndSummary(t *testing.T) {
 func TestReplayIntoDataDirDoesNotRecount(t *testing.T) {
 	dir := t.TempDir()
 	for i, want := range []string{"occurrences 3", "occurrences 0"} {
-		out, err := exec.Command(binary, "replay", "-data-dir", dir, "../../../shared/testdata/conversation.ndjson").CombinedOutput()
+		out, err := exec.Command(binary, "replay", "-data-dir", dir, "../../examples/conversation.ndjson").CombinedOutput()
 		if err != nil || !strings.Contains(string(out), want) {
 			t.Errorf("run %d: got %v %s, want %q", i+1, err, out, want)
 		}
@@ -471,7 +471,7 @@ func TestReplayLeavesServesBacklogAlone(t *testing.T) {
 	srv.cmd.Process.Signal(syscall.SIGKILL)
 	srv.cmd.Wait()
 
-	out, err := exec.Command(binary, "replay", "-data-dir", data, "../../../shared/testdata/conversation.ndjson").Output()
+	out, err := exec.Command(binary, "replay", "-data-dir", data, "../../examples/conversation.ndjson").Output()
 	if err != nil {
 		t.Fatalf("replay: %v", err)
 	}
@@ -500,7 +500,7 @@ func TestServeDashboard(t *testing.T) {
 		srv.cmd.Process.Signal(syscall.SIGTERM)
 		srv.cmd.Wait()
 	}()
-	body, _ := os.ReadFile("../../../shared/testdata/conversation.ndjson")
+	body, _ := os.ReadFile("../../examples/conversation.ndjson")
 	resp, err := http.Post("http://"+addr+"/v1/events", "application/x-ndjson", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -514,6 +514,12 @@ func TestServeDashboard(t *testing.T) {
 	page.Body.Close()
 	if page.StatusCode != 200 || !strings.Contains(string(html), "flowmetrics") {
 		t.Fatalf("GET /: got %d, want the dashboard page", page.StatusCode)
+	}
+	// serve routes the page's script too (it is not inline).
+	if js, err := http.Get("http://" + addr + "/assets/app.js"); err != nil || js.StatusCode != 200 {
+		t.Fatalf("GET /assets/app.js: got %v %v, want 200", js, err)
+	} else {
+		js.Body.Close()
 	}
 	var last string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {

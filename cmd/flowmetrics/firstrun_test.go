@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowmetrics/flowmetrics/internal/diskguard"
 	"github.com/flowmetrics/flowmetrics/internal/golden"
 )
 
@@ -156,6 +158,72 @@ func TestServeDemo(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "demo", "state")); err != nil {
 		t.Errorf("serve --demo keeps its store in <data_dir>/demo: %v", err)
+	}
+	for _, b := range []string{filepath.Join(dir, diskguard.BallastName), filepath.Join(dir, "demo", diskguard.BallastName)} {
+		if _, err := os.Stat(b); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("serve --demo wrote an emergency ballast (%s): %v", b, err)
+		}
+	}
+}
+
+// diskUse is the space the files under dir take on the disk.
+func diskUse(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		n += fi.Sys().(*syscall.Stat_t).Blocks * 512
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestFirstRunIsLight: a start that cannot listen writes nothing, and a
+// fresh data directory gets the smallest emergency ballast, not one sized
+// from the disk.
+func TestFirstRunIsLight(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"serve", "-data-dir", filepath.Join(dir, "data"), "-listen", taken.Addr().String()},
+		{"serve", "--demo", "-data-dir", filepath.Join(dir, "data"), "-listen", taken.Addr().String()},
+	} {
+		out, err := exec.Command(binary, args...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "address already in use") {
+			t.Errorf("%v on a port in use: got %v %s, want a failure naming the address", args, err, out)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "data")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%v on a port in use: the data directory was created (%v), want nothing written", args, err)
+		}
+	}
+
+	data := filepath.Join(dir, "fresh")
+	srv := startServe(t, "-data-dir", data, "-listen", freeAddr(t))
+	srv.cmd.Process.Signal(syscall.SIGTERM)
+	if err := srv.cmd.Wait(); err != nil {
+		t.Fatalf("serve: %v\n%s", err, srv.stderr)
+	}
+	fi, err := os.Stat(filepath.Join(data, diskguard.BallastName))
+	if err != nil || fi.Size() != diskguard.MinAutoBallast {
+		t.Errorf("fresh data directory: got ballast %v %v, want %d bytes", fi, err, diskguard.MinAutoBallast)
+	}
+	use := diskUse(t, data)
+	t.Logf("a fresh data directory after a start and a stop: %.1f MiB on disk", float64(use)/(1<<20))
+	if use > 16<<20 {
+		t.Errorf("fresh data directory: %.1f MiB on disk, want a few MiB", float64(use)/(1<<20))
 	}
 }
 

@@ -105,7 +105,8 @@ func TestFullDisk(t *testing.T) {
 		t.Fatalf("no emergency ballast in the data directory: %v", err)
 	}
 
-	// The defaults on a 40 MiB filesystem: min_free 16 MiB, ballast 8 MiB.
+	// The defaults on a 40 MiB filesystem: min_free 16 MiB, and a fresh
+	// store's ballast, 4 MiB.
 	// Leave 3 MiB above the watermark for the store to use up.
 	const minFree = 16 << 20
 	filler := filepath.Join(data, "filler")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -107,25 +108,43 @@ func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logg
 // its own POST /v1/events.
 func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.Logger, demoOpts *demo.Options) error {
 	m := telemetry.New()
-	// The disk guard comes first: on a disk that is already low it releases
-	// the ballast, so the store has room to open.
-	guard, err := newDiskGuard(cfg, log)
+	// The address first: a start that cannot listen (the port is taken,
+	// the TLS files do not load) fails before anything is written to the
+	// data directory.
+	ln, err := listen(cfg.HTTP, log)
 	if err != nil {
+		return err
+	}
+	// Then the disk guard: on a disk that is already low it releases the
+	// ballast, so the store has room to open. The demo's store holds
+	// nothing worth a ballast.
+	guard, err := newDiskGuard(cfg, demoOpts != nil, log)
+	if err != nil {
+		ln.Close()
 		return err
 	}
 	st, err := openStore(cfg, log)
 	if err != nil {
+		ln.Close()
 		return err
 	}
-	return serveStore(ctx, cfg, secret, m, st, guard, log, demoOpts)
+	return serveStore(ctx, cfg, secret, m, st, guard, ln, log, demoOpts)
 }
 
 // serveStore is serveWith on an open store, which it closes; guard and
-// demoOpts may be nil.
-func serveStore(ctx context.Context, cfg config.Config, secret string, m *telemetry.Metrics, st flowmetrics.Store, guard *diskguard.Guard, log *slog.Logger, demoOpts *demo.Options) error {
+// demoOpts may be nil, and so may ln (it then listens on cfg.HTTP.Listen).
+func serveStore(ctx context.Context, cfg config.Config, secret string, m *telemetry.Metrics, st flowmetrics.Store, guard *diskguard.Guard, ln net.Listener, log *slog.Logger, demoOpts *demo.Options) error {
+	if ln == nil {
+		var err error
+		if ln, err = listen(cfg.HTTP, log); err != nil {
+			st.Close()
+			return err
+		}
+	}
 	failed, failure := storeFailure(st)
 	sinks, err := buildSinks(cfg, m, log)
 	if err != nil {
+		ln.Close()
 		st.Close()
 		return usageError(err)
 	}
@@ -150,32 +169,20 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	}
 	p := pipeline.New(st, sinks, pcfg, m, log)
 	if err := p.Register(ctx); err != nil {
+		ln.Close()
 		st.Close()
 		return err
 	}
 	p.Start()
 
-	var certs *tlscert.Reloader
-	if t := cfg.HTTP.TLS; t != nil {
-		if certs, err = tlscert.New(t.CertFile, t.KeyFile, log); err != nil {
-			p.Close(context.Background())
-			st.Close()
-			return usageError(fmt.Errorf("http.tls: %w", err))
-		}
-	}
-	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
-	if err != nil {
-		p.Close(context.Background())
-		st.Close()
-		return err
-	}
 	opts := httpapi.Options{
-		AuthHeader:   cfg.HTTP.AuthHeader,
-		Secret:       secret,
-		MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
-		Dashboard:    httpHandler(dash),
-		DashboardAPI: dashboard.APIPrefix,
-		ProtectReads: cfg.HTTP.ReadsProtected(secret),
+		AuthHeader:      cfg.HTTP.AuthHeader,
+		Secret:          secret,
+		MaxBodyBytes:    cfg.HTTP.MaxBodyBytes,
+		Dashboard:       httpHandler(dash),
+		DashboardAPI:    dashboard.APIPrefix,
+		DashboardAssets: dashboard.AssetsPrefix,
+		ProtectReads:    cfg.HTTP.ReadsProtected(secret),
 		Health: func(context.Context) error {
 			if err := failure(); err != nil {
 				return fmt.Errorf("store failed: %w", err)
@@ -200,9 +207,6 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 		IdleTimeout:       cfg.HTTP.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	if certs != nil {
-		srv.TLSConfig = certs.Config()
-	}
 	if dash != nil {
 		srv.RegisterOnShutdown(dash.CloseStreams)
 	}
@@ -216,14 +220,7 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	}
 
 	served := make(chan error, 1)
-	go func() {
-		if certs != nil {
-			// The certificate comes from TLSConfig.GetCertificate.
-			served <- srv.ServeTLS(ln, "", "")
-			return
-		}
-		served <- srv.Serve(ln)
-	}()
+	go func() { served <- srv.Serve(ln) }()
 	log.Info("flowmetrics serving", "listen", ln.Addr().String(), "scheme", cfg.HTTP.Scheme(), "data_dir", cfg.DataDir, "store", cfg.Store.Type, "sinks", len(sinks), "auth", secret != "")
 	demoCtx, stopDemo := context.WithCancel(context.Background())
 	defer stopDemo()
@@ -331,13 +328,35 @@ func storeFailed(srv *http.Server, err error, log *slog.Logger) error {
 	return fmt.Errorf("store failed: %w", err)
 }
 
+// listen listens on h.Listen; with h.TLS, its connections are TLS with the
+// certificate from h.TLS's files, read again when they change.
+func listen(h config.HTTP, log *slog.Logger) (net.Listener, error) {
+	var certs *tlscert.Reloader
+	if t := h.TLS; t != nil {
+		var err error
+		if certs, err = tlscert.New(t.CertFile, t.KeyFile, log); err != nil {
+			return nil, usageError(fmt.Errorf("http.tls: %w", err))
+		}
+	}
+	ln, err := net.Listen("tcp", h.Listen)
+	if err != nil || certs == nil {
+		return ln, err
+	}
+	return tls.NewListener(ln, certs.Config()), nil
+}
+
 // newDiskGuard watches the embedded store's filesystem; nil for the memory
-// store, or where free space cannot be measured.
-func newDiskGuard(cfg config.Config, log *slog.Logger) (*diskguard.Guard, error) {
+// store, or where free space cannot be measured. noBallast keeps the
+// watermark without an emergency ballast.
+func newDiskGuard(cfg config.Config, noBallast bool, log *slog.Logger) (*diskguard.Guard, error) {
 	if cfg.Store.Type != "embedded" {
 		return nil, nil
 	}
-	g, err := diskguard.New(cfg.DataDir, diskguard.Options{MinFree: cfg.Store.MinFreeBytes, Ballast: cfg.Store.BallastBytes, Log: log})
+	ballast := cfg.Store.BallastBytes
+	if noBallast {
+		ballast = -1
+	}
+	g, err := diskguard.New(cfg.DataDir, diskguard.Options{MinFree: cfg.Store.MinFreeBytes, Ballast: ballast, Log: log})
 	if errors.Is(err, diskguard.ErrUnsupported) {
 		log.Warn("no disk guard on this platform: a full disk is not refused before it is reached", "err", err)
 		return nil, nil

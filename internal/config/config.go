@@ -117,8 +117,9 @@ type Store struct {
 	SweepInterval time.Duration `yaml:"sweep_interval"`
 	// MinFreeBytes is the free-space watermark of the embedded store's
 	// filesystem: below it ingest answers 503. BallastBytes is the
-	// emergency file released when it is crossed. 0 sizes them from the
-	// filesystem (internal/diskguard).
+	// emergency file released when it is crossed. 0 sizes them
+	// automatically (internal/diskguard): the watermark from the
+	// filesystem, the ballast from the store's use.
 	MinFreeBytes int64 `yaml:"min_free_bytes"`
 	BallastBytes int64 `yaml:"ballast_bytes"`
 }
@@ -328,7 +329,7 @@ func (s Store) Validate() error {
 		return errors.New("store.sweep_interval: must be positive")
 	}
 	if s.MinFreeBytes < 0 || s.BallastBytes < 0 {
-		return errors.New("store.min_free_bytes, store.ballast_bytes: must not be negative (0 sizes them from the disk)")
+		return errors.New("store.min_free_bytes, store.ballast_bytes: must not be negative (0 sizes them automatically)")
 	}
 	return nil
 }

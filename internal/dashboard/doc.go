@@ -14,9 +14,11 @@
 // figures come from the telemetry registry, so they are the numbers
 // /metrics exposes.
 //
-// The page is one embedded HTML file with its own CSS, JavaScript and SVG
-// charts, no framework and nothing loaded from elsewhere (its
-// Content-Security-Policy forbids it). It writes every name with
-// textContent, never as markup: flow and metric names come from whoever can
-// post events.
+// The page is the embedded web/ folder: index.html, one style sheet and
+// plain JavaScript modules (app.js, the core, and one module per view in
+// views/) drawing their own SVG charts, served under /assets/. No framework,
+// no build step, no inline script or style, nothing loaded from elsewhere:
+// its Content-Security-Policy allows only this server's files and forbids
+// framing. It writes every name with textContent, never as markup: flow and
+// metric names come from whoever can post events.
 package dashboard

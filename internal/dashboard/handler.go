@@ -1,11 +1,17 @@
 package dashboard
 
 import (
-	_ "embed"
+	"bytes"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"math"
+	"mime"
 	"net/http"
+	"path"
 	"sort"
 	"strings"
 	"sync"
@@ -16,11 +22,46 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
-//go:embed page.html
-var page []byte
+// The page: index.html at GET /, and its script and style (everything
+// else in web/) under AssetsPrefix. No script or style is inline, so the
+// Content-Security-Policy can forbid inline code.
+//
+//go:embed web
+var web embed.FS
 
 // APIPrefix is the path under which the JSON endpoints live.
 const APIPrefix = "/api/v1/"
+
+// AssetsPrefix is the path under which the page's script and style live.
+const AssetsPrefix = "/assets/"
+
+// securityPolicy lets the page run only its own script and style from this
+// server, fetch only from it, and never be framed (clickjacking).
+const securityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+type asset struct {
+	body  []byte
+	ctype string
+	etag  string
+}
+
+// assets are the files of web/ by their path under it.
+var assets = func() map[string]asset {
+	out := map[string]asset{}
+	fs.WalkDir(web, "web", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := web.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(b)
+		out[strings.TrimPrefix(p, "web/")] = asset{b, mime.TypeByExtension(path.Ext(p)), `"` + hex.EncodeToString(sum[:8]) + `"`}
+		return nil
+	})
+	return out
+}()
 
 // The JSON endpoints, documented in README.md.
 const (
@@ -58,6 +99,7 @@ type rateSample struct {
 func New(rec *Recorder, m *telemetry.Metrics) *Handler {
 	h := &Handler{rec: rec, m: m, mux: http.NewServeMux(), streams: make(chan struct{}, maxStreams), done: make(chan struct{})}
 	h.mux.HandleFunc("GET /{$}", h.page)
+	h.mux.HandleFunc("GET "+AssetsPrefix, h.asset)
 	h.mux.HandleFunc("GET "+SeriesPath, h.series)
 	h.mux.HandleFunc("GET "+FlowsPath, h.flows)
 	h.mux.HandleFunc("GET "+MalformedPath, h.malformed)
@@ -67,21 +109,42 @@ func New(rec *Recorder, m *telemetry.Metrics) *Handler {
 }
 
 // ServeHTTP implements http.Handler.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	hd := w.Header()
+	hd.Set("Content-Security-Policy", securityPolicy)
+	hd.Set("X-Frame-Options", "DENY") // for browsers without frame-ancestors
+	hd.Set("X-Content-Type-Options", "nosniff")
+	hd.Set("Referrer-Policy", "no-referrer")
+	h.mux.ServeHTTP(w, r)
+}
 
 // CloseStreams ends every open event stream, now and later, so that
 // http.Server.Shutdown need not wait for them; register it with
 // http.Server.RegisterOnShutdown.
 func (h *Handler) CloseStreams() { h.closeOnce.Do(func() { close(h.done) }) }
 
-func (h *Handler) page(w http.ResponseWriter, _ *http.Request) {
+func (h *Handler) page(w http.ResponseWriter, r *http.Request) {
+	serveAsset(w, r, assets["index.html"])
+}
+
+func (h *Handler) asset(w http.ResponseWriter, r *http.Request) {
+	name := strings.TrimPrefix(r.URL.Path, AssetsPrefix)
+	a, ok := assets[name]
+	if !ok || name == "index.html" {
+		http.NotFound(w, r)
+		return
+	}
+	serveAsset(w, r, a)
+}
+
+// serveAsset answers with a, revalidated by its ETag on every load, so a
+// new binary's page never runs an old script.
+func serveAsset(w http.ResponseWriter, r *http.Request, a asset) {
 	hd := w.Header()
-	hd.Set("Content-Type", "text/html; charset=utf-8")
+	hd.Set("Content-Type", a.ctype)
 	hd.Set("Cache-Control", "no-cache")
-	// The page is self-contained: nothing may load from elsewhere.
-	hd.Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:")
-	hd.Set("X-Content-Type-Options", "nosniff")
-	w.Write(page)
+	hd.Set("ETag", a.etag)
+	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(a.body))
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -144,32 +145,89 @@ func TestBadRange(t *testing.T) {
 	}
 }
 
+// TestPage: the page and every file it loads, from this server only, with
+// no inline script or style, a policy that forbids inline code and framing,
+// and names written as text.
 func TestPage(t *testing.T) {
 	h := New(NewRecorder(nil), nil)
 	res, body := get(t, h, "/")
 	if res.StatusCode != 200 || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/html") {
 		t.Fatalf("GET /: got %d %q, want 200 text/html", res.StatusCode, res.Header.Get("Content-Type"))
 	}
-	for _, s := range []string{"<title>flowmetrics</title>", "no data yet — post events to /v1/events", `"api/v1/"`, `data-range="15m"`, `data-range="24h"`, "prefers-color-scheme: dark"} {
+	for _, s := range []string{"<title>flowmetrics</title>", "no data yet — post events to /v1/events", `data-range="15m"`, `data-range="24h"`, `<script type="module" src="assets/app.js"></script>`, `<link rel="stylesheet" href="assets/dashboard.css">`} {
 		if !bytes.Contains(body, []byte(s)) {
 			t.Errorf("page lacks %q", s)
 		}
 	}
-	// Nothing may load from elsewhere: the only URL is the SVG namespace,
-	// which is a name, not a fetch.
-	for _, u := range regexp.MustCompile(`(?:https?:)?//[\w.-]+\.[a-z]{2,}[^\s"')]*`).FindAll(body, -1) {
-		if string(u) != "http://www.w3.org/2000/svg" {
-			t.Errorf("page refers to an external URL: %s", u)
+	// No inline code: every <script> has a src, no <style>, no on* handler
+	// or style attribute.
+	for _, re := range []string{`<script(?:\s[^>]*)?>[^<]`, `<script(?:(?:\s(?:type|async|defer)(?:="[^"]*")?)*)>`, `<style`, `\son\w+=`, `\sstyle=`, `javascript:`} {
+		if m := regexp.MustCompile(re).Find(body); m != nil {
+			t.Errorf("page has inline code: %q", m)
 		}
 	}
-	if csp := res.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'none'") {
-		t.Errorf("Content-Security-Policy: got %q, want default-src 'none'", csp)
+	policy := map[string]string{}
+	for _, d := range strings.Split(res.Header.Get("Content-Security-Policy"), ";") {
+		name, value, _ := strings.Cut(strings.TrimSpace(d), " ")
+		policy[name] = value
 	}
-	// Names reach the page only as text.
-	if bytes.Contains(body, []byte("innerHTML")) || bytes.Contains(body, []byte("insertAdjacentHTML")) {
-		t.Error("page writes markup from data")
+	for name, want := range map[string]string{"default-src": "'none'", "script-src": "'self'", "style-src": "'self'", "connect-src": "'self'", "frame-ancestors": "'none'", "base-uri": "'none'"} {
+		if got := policy[name]; got != want {
+			t.Errorf("Content-Security-Policy %s: got %q, want %q (all: %q)", name, got, want, res.Header.Get("Content-Security-Policy"))
+		}
 	}
-	for _, p := range []string{"/index.html", "/api/v1/dashboard", "/api/v1/series/x", "/v1/events"} {
+	if got := res.Header.Get("X-Frame-Options"); got != "DENY" {
+		t.Errorf("X-Frame-Options: got %q, want DENY", got)
+	}
+
+	// The files the page loads, and the modules they import, all served
+	// with their type; nothing from elsewhere (the only URL is the SVG
+	// namespace, which is a name, not a fetch); names reach the page only
+	// as text.
+	refs := regexp.MustCompile(`(?:src|href)="(assets/[^"]+)"|from "(\.{1,2}/[^"]+)"`)
+	seen := map[string]bool{}
+	var load func(from, ref string)
+	load = func(from, ref string) {
+		p := path.Join(path.Dir(from), ref)
+		if seen[p] {
+			return
+		}
+		seen[p] = true
+		res, body := get(t, h, p)
+		want := map[string]string{".js": "text/javascript", ".css": "text/css"}[path.Ext(p)]
+		if res.StatusCode != 200 || want == "" || !strings.HasPrefix(res.Header.Get("Content-Type"), want) || res.Header.Get("ETag") == "" {
+			t.Errorf("GET %s: got %d %q ETag %q, want 200 %s with an ETag", p, res.StatusCode, res.Header.Get("Content-Type"), res.Header.Get("ETag"), want)
+			return
+		}
+		for _, u := range regexp.MustCompile(`(?:https?:)?//[\w.-]+\.[a-z]{2,}[^\s"')]*`).FindAll(body, -1) {
+			if string(u) != "http://www.w3.org/2000/svg" {
+				t.Errorf("%s refers to an external URL: %s", p, u)
+			}
+		}
+		for _, bad := range []string{"innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"} {
+			if bytes.Contains(body, []byte(bad)) {
+				t.Errorf("%s uses %s", p, bad)
+			}
+		}
+		for _, m := range refs.FindAllSubmatch(body, -1) {
+			load(p, string(m[2]))
+		}
+	}
+	for _, m := range refs.FindAllSubmatch(body, -1) {
+		load("/", string(m[1]))
+	}
+	if len(seen) != len(assets)-1 {
+		t.Errorf("the page loads %d files, web/ has %d besides index.html: %v", len(seen), len(assets)-1, seen)
+	}
+	r304 := httptest.NewRequest("GET", "/assets/app.js", nil)
+	r304.Header.Set("If-None-Match", assets["app.js"].etag)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r304)
+	if w.Code != http.StatusNotModified {
+		t.Errorf("GET /assets/app.js with its ETag: got %d, want 304", w.Code)
+	}
+
+	for _, p := range []string{"/index.html", "/assets/index.html", "/assets/", "/assets/nope.js", "/assets/web/app.js", "/api/v1/dashboard", "/api/v1/series/x", "/v1/events"} {
 		if res, _ := get(t, h, p); res.StatusCode != 404 {
 			t.Errorf("GET %s: got %d, want 404", p, res.StatusCode)
 		}

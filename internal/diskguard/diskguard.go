@@ -13,6 +13,12 @@
 // Ingest resumes by itself when the space returns: once the free space is at
 // least MinFree + Ballast + a margin, the ballast is written again (and
 // synced), and only then is ingest admitted.
+//
+// The ballast's automatic size follows the data directory's use: what the
+// store would need to finish its work once ingest stops grows with the store,
+// so a fresh directory holds a small ballast (MinAutoBallast) and a larger
+// one as the store grows, up to the filesystem-based cap. A first run writes
+// a few MiB, not hundreds.
 package diskguard
 
 import (
@@ -43,11 +49,18 @@ type Options struct {
 	// MinFree is the watermark: ingest is refused below this many free
 	// bytes. Default: 2 % of the filesystem, at least 16 MiB, at most 1 GiB.
 	MinFree int64
-	// Ballast is the size of the emergency file. Default: 1 % of the
-	// filesystem, at least 8 MiB, at most 256 MiB.
+	// Ballast is the size of the emergency file; negative: none (a store
+	// whose contents do not matter, such as the demo's). Default (0): a
+	// quarter of the data directory's use, rounded up to a power of two, at
+	// least MinAutoBallast, at most 1 % of the filesystem clamped to
+	// 8 MiB–256 MiB; it grows with the store (see SizeInterval).
 	Ballast int64
 	// Interval is how often Run refreshes (default 250 ms).
 	Interval time.Duration
+	// SizeInterval is how often, with the automatic ballast, the data
+	// directory's use is measured again and the ballast grown to match
+	// (default 10 s).
+	SizeInterval time.Duration
 	// Statfs reports the space of the filesystem holding dir (statfs(2)
 	// when nil).
 	Statfs func(dir string) (Space, error)
@@ -61,6 +74,8 @@ const (
 	maxAutoMinFree = 1 << 30
 	minAutoBallast = 8 << 20
 	maxAutoBallast = 256 << 20
+	// MinAutoBallast is the automatic ballast of a fresh data directory.
+	MinAutoBallast = 4 << 20
 )
 
 // Status is the guard's view after its last refresh.
@@ -71,7 +86,7 @@ type Status struct {
 	Avail uint64
 	// BallastPresent says whether the ballast file is in place.
 	BallastPresent bool
-	// MinFree and Ballast are the sizes in force.
+	// MinFree and Ballast are the sizes in force (Ballast 0: none).
 	MinFree, Ballast int64
 	// Err is the last statfs or ballast error, if any.
 	Err error
@@ -86,13 +101,15 @@ var ErrDiskLow = errors.New("disk space low")
 
 // Guard watches one data directory. Its methods are safe for concurrent use.
 type Guard struct {
-	dir      string
-	ballast  string // path of the ballast file
-	opts     Options
-	log      *slog.Logger
-	mu       sync.Mutex // serialises Refresh
-	status   atomic.Pointer[Status]
-	refusals atomic.Int64
+	dir        string
+	ballast    string // path of the ballast file
+	opts       Options
+	autoCap    int64 // the automatic ballast's cap; 0 when its size is fixed
+	log        *slog.Logger
+	mu         sync.Mutex // serialises Refresh
+	lastSizing time.Time  // under mu
+	status     atomic.Pointer[Status]
+	refusals   atomic.Int64
 }
 
 // New measures the filesystem of dir (creating dir if needed), settles the
@@ -102,6 +119,9 @@ type Guard struct {
 func New(dir string, opts Options) (*Guard, error) {
 	if opts.Interval <= 0 {
 		opts.Interval = 250 * time.Millisecond
+	}
+	if opts.SizeInterval <= 0 {
+		opts.SizeInterval = 10 * time.Second
 	}
 	if opts.Statfs == nil {
 		opts.Statfs = statfs
@@ -119,21 +139,55 @@ func New(dir string, opts Options) (*Guard, error) {
 	if opts.MinFree <= 0 {
 		opts.MinFree = clamp(int64(sp.Total/50), minAutoMinFree, maxAutoMinFree)
 	}
-	if opts.Ballast <= 0 {
-		opts.Ballast = clamp(int64(sp.Total/100), minAutoBallast, maxAutoBallast)
-	}
 	g := &Guard{dir: dir, ballast: filepath.Join(dir, BallastName), opts: opts, log: opts.Log.With("component", "diskguard")}
-	// A ballast of another size (the setting changed) is replaced.
-	if fi, err := os.Stat(g.ballast); err == nil && fi.Size() != opts.Ballast {
+	size := opts.Ballast
+	switch {
+	case size < 0:
+		size = 0
+	case size == 0:
+		g.autoCap = clamp(int64(sp.Total/100), minAutoBallast, maxAutoBallast)
+		size = autoBallast(dirUse(dir), g.autoCap)
+		g.lastSizing = time.Now()
+	}
+	// A ballast of another size (the setting or the store's use changed)
+	// is replaced; none is kept where none is wanted.
+	if fi, err := os.Stat(g.ballast); err == nil && fi.Size() != size {
 		os.Remove(g.ballast)
 	}
-	g.status.Store(&Status{MinFree: opts.MinFree, Ballast: opts.Ballast, BallastPresent: g.ballastPresent()})
+	g.status.Store(&Status{MinFree: opts.MinFree, Ballast: size, BallastPresent: g.ballastPresent()})
 	st := g.Refresh()
-	g.log.Info("disk guard", "dir", dir, "free", st.Avail, "min_free", opts.MinFree, "ballast", opts.Ballast, "refusing", st.Refusing)
+	g.log.Info("disk guard", "dir", dir, "free", st.Avail, "min_free", opts.MinFree, "ballast", st.Ballast, "refusing", st.Refusing)
 	return g, nil
 }
 
 func clamp(v, lo, hi int64) int64 { return min(max(v, lo), hi) }
+
+// autoBallast is the automatic ballast for a data directory using used
+// bytes: a quarter of it, rounded up to a power of two so that it is
+// rewritten only each time the store doubles, at least MinAutoBallast, at
+// most limit.
+func autoBallast(used, limit int64) int64 {
+	b := int64(MinAutoBallast)
+	for b < used/4 && b < limit {
+		b *= 2
+	}
+	return min(b, limit)
+}
+
+// dirUse is the size of the files under dir, the ballast excepted.
+func dirUse(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() == BallastName || d.Name() == BallastName+".tmp" {
+			return nil
+		}
+		if fi, err := d.Info(); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+		return nil
+	})
+	return n
+}
 
 // Run refreshes every Interval until ctx ends.
 func (g *Guard) Run(ctx context.Context) {
@@ -166,7 +220,7 @@ func (g *Guard) Check() error {
 		return nil
 	}
 	return fmt.Errorf("%w: %s free on the data directory's filesystem, below the %s needed (min_free %s + ballast %s to restore)",
-		ErrDiskLow, mib(int64(st.Avail)), mib(g.resumeAt()), mib(st.MinFree), mib(st.Ballast))
+		ErrDiskLow, mib(int64(st.Avail)), mib(resumeAt(*st)), mib(st.MinFree), mib(st.Ballast))
 }
 
 // Refusals returns how many times Admit refused.
@@ -178,8 +232,8 @@ func (g *Guard) Status() Status { return *g.status.Load() }
 // resumeAt is the free space at which the ballast is restored and ingest
 // resumes: the watermark, the ballast and a margin, so that the guard does
 // not flap around the watermark.
-func (g *Guard) resumeAt() int64 {
-	return g.opts.MinFree + g.opts.Ballast + max(g.opts.MinFree/4, 1<<20)
+func resumeAt(st Status) int64 {
+	return st.MinFree + st.Ballast + max(st.MinFree/4, 1<<20)
 }
 
 // Refresh measures the filesystem once and applies the rules: below MinFree,
@@ -203,6 +257,7 @@ func (g *Guard) Refresh() Status {
 	st.Avail = sp.Avail
 	free := int64(sp.Avail)
 	hadBallast := st.BallastPresent
+	wanted := st.Ballast > 0
 	switch {
 	case !st.Refusing && free < g.opts.MinFree:
 		st.Refusing = true
@@ -214,10 +269,10 @@ func (g *Guard) Refresh() Status {
 				st.BallastPresent = false
 			}
 		}
-		g.log.Warn("disk space low: refusing ingest (503) and released the emergency ballast", "free", free, "min_free", g.opts.MinFree, "ballast", g.opts.Ballast, "resume_at", g.resumeAt())
-	case st.Refusing && free >= g.resumeAt(), !st.Refusing && !st.BallastPresent && free >= g.resumeAt():
-		if !st.BallastPresent {
-			if err := writeBallast(g.ballast, g.opts.Ballast); err != nil {
+		g.log.Warn("disk space low: refusing ingest (503) and released the emergency ballast", "free", free, "min_free", st.MinFree, "ballast", st.Ballast, "resume_at", resumeAt(st))
+	case st.Refusing && free >= resumeAt(st), wanted && !st.Refusing && !st.BallastPresent && free >= resumeAt(st):
+		if wanted && !st.BallastPresent {
+			if err := writeBallast(g.ballast, st.Ballast); err != nil {
 				st.Err = err
 				st.Refusing = true
 				g.log.Error("restoring the emergency ballast failed; still refusing ingest", "path", g.ballast, "err", err)
@@ -229,10 +284,13 @@ func (g *Guard) Refresh() Status {
 			g.log.Info("disk space back: emergency ballast restored, accepting ingest", "free", free)
 		}
 		st.Refusing = false
-	case !st.Refusing && !st.BallastPresent:
+	case wanted && !st.Refusing && !st.BallastPresent:
 		// No ballast yet and no room for it: not safe to admit.
 		st.Refusing = true
-		g.log.Warn("disk space low: no room for the emergency ballast; refusing ingest (503)", "free", free, "resume_at", g.resumeAt())
+		g.log.Warn("disk space low: no room for the emergency ballast; refusing ingest (503)", "free", free, "resume_at", resumeAt(st))
+	case g.autoCap > 0 && !st.Refusing && st.BallastPresent && time.Since(g.lastSizing) >= g.opts.SizeInterval:
+		g.lastSizing = time.Now()
+		g.grow(&st, free)
 	}
 	if st.BallastPresent != hadBallast {
 		// The ballast moved the free space: report what is left now.
@@ -242,6 +300,32 @@ func (g *Guard) Refresh() Status {
 	}
 	g.status.Store(&st)
 	return st
+}
+
+// grow replaces the automatic ballast by a larger one when the data
+// directory's use has grown past what it covers and there is room for the
+// new one beside the old while it is written. Where there is no room it
+// keeps the old one: the watermark still refuses ingest before the disk
+// is full.
+func (g *Guard) grow(st *Status, free int64) {
+	want := autoBallast(dirUse(g.dir), g.autoCap)
+	if want <= st.Ballast {
+		return
+	}
+	next := *st
+	next.Ballast = want
+	if free-want < resumeAt(next) {
+		return
+	}
+	if err := writeBallast(g.ballast, want); err != nil {
+		g.log.Warn("growing the emergency ballast failed; keeping the old one", "size", want, "err", err)
+		return
+	}
+	g.log.Info("emergency ballast grown with the store", "size", want)
+	st.Ballast = want
+	if sp, err := g.opts.Statfs(g.dir); err == nil {
+		st.Avail = sp.Avail
+	}
 }
 
 func (g *Guard) ballastPresent() bool {

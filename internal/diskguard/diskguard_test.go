@@ -211,20 +211,129 @@ func TestAutoSizes(t *testing.T) {
 		total            int64
 		minFree, ballast int64
 	}{
-		{40 * mb, 16 * mb, 8 * mb},
-		{10 << 30, (10 << 30) / 50, (10 << 30) / 100},
-		{1 << 40, 1 << 30, 256 << 20},
+		// A fresh data directory: the watermark from the filesystem, the
+		// ballast at its floor whatever the disk's size.
+		{40 * mb, 16 * mb, MinAutoBallast},
+		{10 << 30, (10 << 30) / 50, MinAutoBallast},
+		{1 << 40, 1 << 30, MinAutoBallast},
 	}
 	for _, tt := range tests {
-		fs := newFake(t, tt.total, tt.total)
+		fs := newFake(t, tt.total, tt.total/10)
 		g, err := New(fs.dir, Options{Statfs: fs.statfs, Log: quiet()})
 		if err != nil {
 			t.Fatal(err)
 		}
 		st := g.Status()
-		if st.MinFree != tt.minFree || st.Ballast != tt.ballast {
-			t.Errorf("filesystem of %d bytes: got min_free %d ballast %d, want %d and %d", tt.total, st.MinFree, st.Ballast, tt.minFree, tt.ballast)
+		if st.MinFree != tt.minFree || st.Ballast != tt.ballast || ballastSize(t, fs.dir) != tt.ballast {
+			t.Errorf("filesystem of %d bytes: got min_free %d ballast %d (file %d), want %d and %d", tt.total, st.MinFree, st.Ballast, ballastSize(t, fs.dir), tt.minFree, tt.ballast)
 		}
+	}
+}
+
+func TestAutoBallast(t *testing.T) {
+	for _, tt := range []struct{ used, limit, want int64 }{
+		{0, 256 * mb, MinAutoBallast},
+		{16 * mb, 256 * mb, MinAutoBallast},
+		{16*mb + 4, 256 * mb, 8 * mb},
+		{100 * mb, 256 * mb, 32 * mb},
+		{10 << 30, 256 * mb, 256 * mb},
+		{100 * mb, 8 * mb, 8 * mb},
+	} {
+		if got := autoBallast(tt.used, tt.limit); got != tt.want {
+			t.Errorf("autoBallast(%d, %d): got %d, want %d", tt.used, tt.limit, got, tt.want)
+		}
+	}
+}
+
+// write puts a (sparse) file of size bytes at path, as the store's files
+// would be; the fake filesystem is told the space it takes.
+func write(t *testing.T, path string, size int64) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBallastGrowsWithTheStore: the automatic ballast starts small and is
+// replaced by a larger one as the data directory's use grows, up to its cap,
+// only where there is room for it; a restart sizes it from the use again.
+func TestBallastGrowsWithTheStore(t *testing.T) {
+	fs := newFake(t, 2<<30, 0) // cap: 1 % of 2 GiB = 20.5 MiB
+	opts := Options{Statfs: fs.statfs, Log: quiet(), SizeInterval: 1}
+	g, err := New(fs.dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ballastSize(t, fs.dir); got != MinAutoBallast {
+		t.Fatalf("fresh: got ballast %d, want %d", got, MinAutoBallast)
+	}
+	for _, step := range []struct {
+		name  string
+		store int64 // bytes of store files under the data directory
+		want  int64
+	}{
+		{"a small store keeps the floor", 10 * mb, MinAutoBallast},
+		{"a quarter of 40 MiB, rounded up", 40 * mb, 16 * mb},
+		{"capped at 1 % of the disk", 100 * mb, 2 << 30 / 100},
+	} {
+		write(t, filepath.Join(fs.dir, "state", "000001.sst"), step.store)
+		fs.used = step.store
+		st := g.Refresh()
+		if got := ballastSize(t, fs.dir); got != step.want || st.Ballast != step.want || st.Refusing {
+			t.Errorf("%s: got ballast file %d, status %d, refusing %v; want %d, admitting", step.name, got, st.Ballast, st.Refusing, step.want)
+		}
+	}
+
+	// No room for the larger ballast beside the old one: keep the old.
+	fs2 := newFake(t, 200*mb, 0)
+	g2, err := New(fs2.dir, Options{MinFree: 20 * mb, Statfs: fs2.statfs, Log: quiet(), SizeInterval: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(fs2.dir, "state", "big"), 160*mb)
+	fs2.used = 160 * mb // 36 MiB free: 8 MiB more would leave less than 20 + 8 + 5
+	if st := g2.Refresh(); st.Refusing || ballastSize(t, fs2.dir) != MinAutoBallast {
+		t.Errorf("no room to grow: got refusing %v, ballast %d, want admitting with the old %d", st.Refusing, ballastSize(t, fs2.dir), MinAutoBallast)
+	}
+
+	// A restart sizes it from the use: a smaller store, a smaller ballast.
+	write(t, filepath.Join(fs.dir, "state", "000001.sst"), 40*mb)
+	fs.used = 40 * mb
+	if _, err := New(fs.dir, opts); err != nil {
+		t.Fatal(err)
+	}
+	if got := ballastSize(t, fs.dir); got != 16*mb {
+		t.Errorf("restart with 40 MiB of store: got ballast %d, want %d", got, 16*mb)
+	}
+}
+
+// TestNoBallast: with Ballast negative (the demo's store) no file is
+// written, an old one is removed, and the watermark works as before.
+func TestNoBallast(t *testing.T) {
+	fs := newFake(t, 100*mb, 10*mb)
+	if err := writeBallast(filepath.Join(fs.dir, BallastName), 3*mb); err != nil {
+		t.Fatal(err)
+	}
+	g, err := New(fs.dir, Options{MinFree: 20 * mb, Ballast: -1, Statfs: fs.statfs, Log: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := g.Status(); st.Refusing || st.Ballast != 0 || ballastSize(t, fs.dir) != -1 {
+		t.Errorf("start: got refusing %v, ballast %d, file %d; want admitting, no ballast", st.Refusing, st.Ballast, ballastSize(t, fs.dir))
+	}
+	fs.used = 81 * mb
+	if st := g.Refresh(); !st.Refusing {
+		t.Errorf("19 MiB free, watermark 20: got admitting, want refusing")
+	}
+	fs.used = 70 * mb // 30 MiB free: the watermark, no ballast, the 5 MiB margin
+	if st := g.Refresh(); st.Refusing || ballastSize(t, fs.dir) != -1 {
+		t.Errorf("space back: got refusing %v, ballast file %d; want admitting, no ballast", st.Refusing, ballastSize(t, fs.dir))
 	}
 }
 

@@ -15,9 +15,9 @@ import (
 	"time"
 )
 
-// sharedTestdata holds the samples shared by every package; CI checks the
-// shared directory out beside the repository, as it is here.
-const sharedTestdata = "../../../shared/testdata/"
+// examples holds the repository's sample events, which the README's
+// commands use too.
+const examples = "../../examples/"
 
 const (
 	convID    = "12341234-1234-1234-1234-123456789012"
@@ -27,9 +27,9 @@ const (
 
 func readSample(t testing.TB, name string) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(sharedTestdata, name))
+	b, err := os.ReadFile(filepath.Join(examples, name))
 	if err != nil {
-		t.Fatalf("shared testdata: %v", err)
+		t.Fatalf("sample: %v", err)
 	}
 	return b
 }

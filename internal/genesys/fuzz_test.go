@@ -14,11 +14,11 @@ import (
 	"unicode/utf8"
 )
 
-// seedSamples adds every shared sample, whole and line by line.
+// seedSamples adds every sample in examples/, whole and line by line.
 func seedSamples(f *testing.F) {
-	files, err := filepath.Glob(filepath.Join(sharedTestdata, "*.json*"))
+	files, err := filepath.Glob(filepath.Join(examples, "*.json*"))
 	if err != nil || len(files) == 0 {
-		f.Fatalf("shared testdata: %v (%d files)", err, len(files))
+		f.Fatalf("samples: %v (%d files)", err, len(files))
 	}
 	for _, name := range files {
 		b, err := os.ReadFile(name)

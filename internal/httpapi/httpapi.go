@@ -53,10 +53,11 @@ type Options struct {
 	Admit func() error
 	// RetryAfter is the Retry-After of a refused request (default 2 s).
 	RetryAfter time.Duration
-	// Dashboard, if set, serves the live dashboard at / and its JSON at
-	// DashboardAPI.
-	Dashboard    http.Handler
-	DashboardAPI string
+	// Dashboard, if set, serves the live dashboard at /, its JSON under
+	// DashboardAPI and its script and style under DashboardAssets.
+	Dashboard       http.Handler
+	DashboardAPI    string
+	DashboardAssets string
 	// ProtectReads makes /metrics and the dashboard ask for Secret too:
 	// in AuthHeader, as "Authorization: Bearer <secret>" (what Prometheus
 	// sends), or as the password of HTTP Basic auth (what a browser asks
@@ -98,6 +99,9 @@ func New(p Ingester, m *telemetry.Metrics, opts Options, log *slog.Logger) http.
 	if opts.Dashboard != nil {
 		mux.Handle("GET /{$}", h.readAuth(opts.Dashboard))
 		mux.Handle("GET "+opts.DashboardAPI, h.readAuth(opts.Dashboard))
+		if opts.DashboardAssets != "" {
+			mux.Handle("GET "+opts.DashboardAssets, h.readAuth(opts.Dashboard))
+		}
 	}
 	return mux
 }
@@ -219,6 +223,16 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 	}
 	if decodeErr != nil {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "reading body: " + decodeErr.Error()})
+		return
+	}
+	if res.Read == 0 {
+		// Nothing to accept or reject: say why rather than answer an empty
+		// list of errors (curl's --data-binary @missing-file posts nothing).
+		msg := "empty body: want one or more events, as JSON or newline-delimited JSON"
+		if len(bytes.TrimSpace(body)) > 0 {
+			msg = "no events in the body: want one or more events, as JSON or newline-delimited JSON"
+		}
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": msg})
 		return
 	}
 	if n := resp.ErrorsTotal - len(resp.Errors); n > 0 {

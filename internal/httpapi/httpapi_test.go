@@ -18,7 +18,8 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
-const testdata = "../../../shared/testdata/"
+// examples holds the repository's sample events.
+const examples = "../../examples/"
 
 func newServer(t *testing.T, opts Options) *httptest.Server {
 	t.Helper()
@@ -31,7 +32,7 @@ func newServer(t *testing.T, opts Options) *httptest.Server {
 
 func read(t *testing.T, name string) string {
 	t.Helper()
-	b, err := os.ReadFile(testdata + name)
+	b, err := os.ReadFile(examples + name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,6 +91,24 @@ func TestEvents(t *testing.T) {
 			}
 			if !strings.Contains(raw, `"errors":[`) {
 				t.Errorf("body %s: want an errors array, even empty", raw)
+			}
+		})
+	}
+}
+
+// TestEmptyBody: a body without a record answers 400 with the reason, not
+// an empty list of errors.
+func TestEmptyBody(t *testing.T) {
+	srv := newServer(t, Options{})
+	for _, tt := range []struct{ name, body, want string }{
+		{"empty", "", `"error":"empty body: want one or more events`},
+		{"blank lines", "\n \r\n\t\n", `"error":"empty body: `},
+		{"empty array", "[]", `"error":"no events in the body: `},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			status, _, raw := post(t, srv.URL, tt.body, nil)
+			if status != http.StatusBadRequest || !strings.Contains(raw, tt.want) {
+				t.Errorf("got %d %s, want 400 containing %s", status, raw, tt.want)
 			}
 		})
 	}

@@ -22,7 +22,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/store/memstore"
 )
 
-const sharedTestdata = "../../../shared/testdata/"
+const examples = "../../examples/"
 
 // recordingSink keeps what it was sent; while failing is set it refuses.
 type recordingSink struct {
@@ -127,7 +127,7 @@ func failures(r events.SQSEventResponse) []string {
 }
 
 func TestSQSSampleBatch(t *testing.T) {
-	payload, err := os.ReadFile(sharedTestdata + "sqs-batch.json")
+	payload, err := os.ReadFile(examples + "sqs-batch.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +214,7 @@ func TestSQSStoreFailureListsAccepted(t *testing.T) {
 func TestEventBridge(t *testing.T) {
 	sink := &recordingSink{}
 	h := newHandler(t, dynamo(t, "a"), sink)
-	sample, err := os.ReadFile(sharedTestdata + "attributes-eventbridge.json")
+	sample, err := os.ReadFile(examples + "attributes-eventbridge.json")
 	if err != nil {
 		t.Fatal(err)
 	}

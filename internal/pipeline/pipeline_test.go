@@ -102,7 +102,7 @@ func newTest(t *testing.T, cfg Config, sinks ...flowmetrics.Sink) (*Pipeline, *t
 func TestConversationSample(t *testing.T) {
 	sink := &recordingSink{name: "rec"}
 	p, m := newTest(t, Config{}, sink)
-	res, err := p.Ingest(context.Background(), decodeFile(t, "../../../shared/testdata/conversation.ndjson"))
+	res, err := p.Ingest(context.Background(), decodeFile(t, "../../examples/conversation.ndjson"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +163,7 @@ func TestRepeatsAcrossBatchesCountOnce(t *testing.T) {
 
 func TestRejectedRecordsAreNamedAndCounted(t *testing.T) {
 	p, m := newTest(t, Config{}, &recordingSink{name: "rec"})
-	recs := decodeFile(t, "../../../shared/testdata/conversation.ndjson")
+	recs := decodeFile(t, "../../examples/conversation.ndjson")
 	bad := genesys.DecodeValue([]byte(`{"not":"an event"}`))
 	bad.Index, bad.Line = 7, 8
 	res, err := p.Ingest(context.Background(), append(recs, bad))

@@ -103,9 +103,11 @@ func (r *Reloader) Failures() uint64 {
 	return r.failures
 }
 
-// Config is a server tls.Config serving r's certificate, TLS 1.2 at least.
+// Config is a server tls.Config serving r's certificate, TLS 1.2 at least,
+// HTTP/2 or HTTP/1.1 (net/http serves HTTP/2 on a listener of *tls.Conn
+// that offers h2).
 func (r *Reloader) Config() *tls.Config {
-	return &tls.Config{GetCertificate: r.GetCertificate, MinVersion: tls.VersionTLS12}
+	return &tls.Config{GetCertificate: r.GetCertificate, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
 }
 
 func notAfter(c *tls.Certificate) time.Time {
