@@ -114,17 +114,16 @@ func TestKubernetesManifests(t *testing.T) {
 	if portName == "" {
 		t.Fatalf("no container port %s (http.listen %s)", port, cfg.HTTP.Listen)
 	}
-	for name, p := range map[string]*corev1.Probe{"readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
-		if p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port != intstr.FromString(portName) {
-			t.Errorf("%s probe: want GET /healthz on port %s, got %+v", name, portName, p)
-			continue
-		}
-		if want := corev1.URISchemeHTTP; cfg.HTTP.TLS != nil {
-			want = corev1.URISchemeHTTPS
-			if p.HTTPGet.Scheme != want {
-				t.Errorf("%s probe: scheme %s, want %s (http.tls is set)", name, p.HTTPGet.Scheme, want)
-			}
-		}
+	// Readiness asks /healthz (503 while the disk is low or the store
+	// failed); liveness only whether serve accepts connections, since a
+	// restart frees no disk and a failed store exits by itself.
+	if p := c.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port != intstr.FromString(portName) {
+		t.Errorf("readiness probe: want GET /healthz on port %s, got %+v", portName, p)
+	} else if want := corev1.URISchemeHTTPS; cfg.HTTP.TLS != nil && p.HTTPGet.Scheme != want {
+		t.Errorf("readiness probe: scheme %s, want %s (http.tls is set)", p.HTTPGet.Scheme, want)
+	}
+	if p := c.LivenessProbe; p == nil || p.TCPSocket == nil || p.TCPSocket.Port != intstr.FromString(portName) {
+		t.Errorf("liveness probe: want a TCP check of port %s, got %+v", portName, p)
 	}
 	if len(m.service.Spec.Ports) != 1 || m.service.Spec.Ports[0].TargetPort != intstr.FromString(portName) {
 		t.Errorf("service ports: got %+v, want one to %s", m.service.Spec.Ports, portName)
