@@ -122,6 +122,60 @@ func (e *PendingError) Error() string {
 	return fmt.Sprintf("%d claim requests hold keys pending under another writer", len(e.Requests))
 }
 
+// Bounds on one conversation's state, the same in every store, so that no
+// input can make a conversation's state (and the time to claim in it) grow
+// without bound, and a DynamoDB item (at most 400 KB) always holds it.
+// Genesys conversation ids are UUIDs (36 bytes) and a flow sets a handful
+// of metric attributes per conversation: the bounds are far beyond real
+// traffic.
+const (
+	// MaxConversationID is the longest conversation id accepted.
+	MaxConversationID = 256
+	// MaxConversationKeys is the most metric attribute names one
+	// conversation may hold.
+	MaxConversationKeys = 512
+	// MaxConversationBytes bounds the total length of the names one
+	// conversation holds (a name is at most about 450 bytes).
+	MaxConversationBytes = 160 << 10
+)
+
+// Reasons a store refuses a claim request (RefusedError), as the reason
+// label of the counters that count them.
+const (
+	RefusedIDTooLong    = "conversation_id_too_long"
+	RefusedConversation = "conversation_full"
+	RefusedByStore      = "store_refused"
+)
+
+// Refusal is one claim request that can never succeed.
+type Refusal struct {
+	// Request is the index into the Claim call's requests.
+	Request int
+	// Reason is one of the Refused… constants.
+	Reason string
+	// Err says why, naming the conversation.
+	Err error
+}
+
+// RefusedError is Claim's report that some requests can never be claimed:
+// their conversation id is longer than MaxConversationID, their new keys
+// would take the conversation past MaxConversationKeys or
+// MaxConversationBytes, or the backend refuses them permanently (a
+// DynamoDB validation error). A refused request claims nothing and is not
+// in the outbox; retrying it is useless. The other requests are claimed
+// and in the outbox exactly as with a nil error (Claim's occurrences are
+// valid alongside it). It may be joined with a *PendingError.
+type RefusedError struct {
+	Refusals []Refusal // in request order
+}
+
+func (e *RefusedError) Error() string {
+	if len(e.Refusals) == 1 {
+		return "claim refused: " + e.Refusals[0].Err.Error()
+	}
+	return fmt.Sprintf("%d claim requests refused, first: %v", len(e.Refusals), e.Refusals[0].Err)
+}
+
 // Sink delivers points to one backend.
 //
 // Send returns nil once the backend has accepted every point. Any other error

@@ -176,13 +176,16 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	p.Start()
 
 	opts := httpapi.Options{
-		AuthHeader:      cfg.HTTP.AuthHeader,
-		Secret:          secret,
-		MaxBodyBytes:    cfg.HTTP.MaxBodyBytes,
-		Dashboard:       httpHandler(dash),
-		DashboardAPI:    dashboard.APIPrefix,
-		DashboardAssets: dashboard.AssetsPrefix,
-		ProtectReads:    cfg.HTTP.ReadsProtected(secret),
+		AuthHeader:   cfg.HTTP.AuthHeader,
+		Secret:       secret,
+		MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+		// 0: httpapi's default, 4 × MaxBodyBytes.
+		MaxBytesInFlight: cfg.HTTP.MaxBytesInFlight,
+		AllowedHosts:     cfg.HTTP.ServedHosts(),
+		Dashboard:        httpHandler(dash),
+		DashboardAPI:     dashboard.APIPrefix,
+		DashboardAssets:  dashboard.AssetsPrefix,
+		ProtectReads:     cfg.HTTP.ReadsProtected(secret),
 		Health: func(context.Context) error {
 			if err := failure(); err != nil {
 				return fmt.Errorf("store failed: %w", err)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/emulation"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 
 	"github.com/flowmetrics/flowmetrics"
@@ -68,6 +69,14 @@ func newBrowser(t *testing.T, ctx context.Context, w, h int) (context.Context, f
 		mu       sync.Mutex
 		problems []string
 	)
+	// Every Content-Security-Policy violation is recorded in the page (and
+	// Chromium logs it as a console error too).
+	if err := chromedp.Do(bctx, chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		_, err := cdp.Call(ctx, tg, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{Source: `window.__csp = []; document.addEventListener("securitypolicyviolation", (e) => window.__csp.push(e.violatedDirective + " " + e.blockedURI));`})
+		return err
+	})); err != nil {
+		t.Fatalf("install the CSP listener: %v", err)
+	}
 	messages := chromedp.Console(bctx)
 	go func() {
 		for msg, err := range messages {
@@ -160,11 +169,12 @@ func TestBrowser(t *testing.T) {
 			t.Errorf("%s: got false, want true: %s", what, js)
 		}
 	}
-	// Axes: times on x, counts on y.
+	// Axes: times on x, rates per minute on y, with the unit.
 	check("x axis has ≥ 3 time labels", `[...document.querySelectorAll("section.flow")].every(s => [...s.querySelectorAll(".x-axis text")].filter(e => /^\d\d:\d\d$/.test(e.textContent)).length >= 3)`)
-	check("y axis has ≥ 3 increasing whole-number labels from 0", `[...document.querySelectorAll("section.flow")].every(s => { const v = [...s.querySelectorAll(".y-axis text")].map(e => e.textContent); return v.length >= 3 && v[0] === "0" && v.every(x => /^[\d,]+$|^[\d.]+k$/.test(x)) && v.every((x, i) => i === 0 || parseFloat(x.replace(",", "")) > parseFloat(v[i-1].replace(",", ""))); })`)
-	// Legend: one item per metric of the flow, each swatch told apart by
-	// its dash pattern and marker, not only its colour.
+	check("y axis has ≥ 3 increasing labels from 0 and its unit", `[...document.querySelectorAll("section.flow")].every(s => { const v = [...s.querySelectorAll(".y-axis text:not(.unit)")].map(e => e.textContent); return s.querySelector(".y-axis text.unit").textContent === "per min" && v.length >= 3 && v[0] === "0" && v.every(x => /^[\d,.]+$|^[\d.]+k$/.test(x)) && v.every((x, i) => i === 0 || parseFloat(x.replace(",", "")) > parseFloat(v[i-1].replace(",", ""))); })`)
+	check("the heading names the unit and bucket", `/^Occurrences per minute, by attribute time \(30 s buckets\)$/.test(document.getElementById("charts-head").textContent)`)
+	// Legend: one item per metric of the flow; one metric highlighted per
+	// chart, drawn on top of the others.
 	for _, f := range api.Flows {
 		var names []string
 		for _, m := range f.Metrics {
@@ -172,8 +182,13 @@ func TestBrowser(t *testing.T) {
 		}
 		want, _ := json.Marshal(names)
 		check("legend of "+f.Flow, fmt.Sprintf(`JSON.stringify([...document.querySelectorAll('section.flow[data-flow=%q] .legend li')].map(li => li.dataset.metric)) === %q`, f.Flow, want))
-		check("legend swatches of "+f.Flow+" differ without colour", fmt.Sprintf(`(() => { const s = [...document.querySelectorAll('section.flow[data-flow=%q] .legend li svg')].map(e => e.querySelector("line").getAttribute("stroke-dasharray") + "/" + e.lastChild.tagName + (e.lastChild.getAttribute("d") || "").replace(/[\d.]+/g, "")); return new Set(s).size === s.length; })()`, f.Flow))
+		check("one highlighted metric in "+f.Flow, fmt.Sprintf(`(() => { const s = document.querySelector('section.flow[data-flow=%q]'); const top = s.querySelectorAll(".series.top"); const li = s.querySelectorAll('.legend li[aria-pressed="true"]');
+			return top.length === 1 && li.length === 1 && li[0].dataset.metric === top[0].dataset.metric && s.querySelector(".plot").lastChild === top[0]; })()`, f.Flow))
 	}
+	// The unfinished current bucket: a shaded band, and no solid line into
+	// it (the solid line ends at the last finished bucket).
+	check("unfinished bucket drawn as such", `[...document.querySelectorAll("section.flow")].every(s => { const band = s.querySelector("rect.unfinished"); const vb = s.querySelector("svg.chart").viewBox.baseVal;
+		return band && Math.abs(+band.getAttribute("x") + +band.getAttribute("width") - (vb.width - 10)) < 1 && [...s.querySelectorAll("path.s:not(.now)")].every(p => { const xs = p.getAttribute("d").match(/[ML]([\d.]+),/g).map(m => parseFloat(m.slice(1))); return Math.max(...xs) <= +band.getAttribute("x") + 0.5; }); })`)
 	check("no flow \"\" chart or row", `!document.querySelector('section.flow[data-flow=""]') && !document.querySelector('#table tr[data-flow=""]')`)
 
 	// Hover: the tooltip shows the counts of the bucket under the pointer,
@@ -196,7 +211,7 @@ func TestBrowser(t *testing.T) {
 	hoverAt := func(flow string, k int) {
 		t.Helper()
 		js := fmt.Sprintf(`(() => { const svg = document.querySelector('section.flow[data-flow=%q] svg.chart'); const r = svg.getBoundingClientRect();
-			const vb = svg.viewBox.baseVal; const x = r.left + (46 + (vb.width - 56) * %d / %d) / vb.width * r.width;
+			const vb = svg.viewBox.baseVal; const x = r.left + (44 + (vb.width - 54) * %d / %d) / vb.width * r.width;
 			svg.dispatchEvent(new PointerEvent("pointermove", {clientX: x, clientY: r.top + r.height / 2, bubbles: true})); return true; })()`, flow, k, api.Buckets-1)
 		eval[bool](t, bctx, js)
 	}
@@ -207,7 +222,7 @@ func TestBrowser(t *testing.T) {
 		Head    string
 		Rows    []tipRow
 	}](t, bctx, fmt.Sprintf(`(() => { const tip = document.querySelector('section.flow[data-flow=%q] .tip');
-		return {Visible: !tip.hidden, Head: tip.querySelector(".t")?.textContent ?? "", Rows: [...tip.querySelectorAll("tr")].map(tr => ({Metric: tr.cells[1].textContent, Value: tr.cells[2].textContent}))}; })()`, busy.Flow))
+		return {Visible: !tip.hidden, Head: tip.querySelector(".t")?.textContent ?? "", Rows: [...tip.querySelectorAll("tr[data-metric]")].map(tr => ({Metric: tr.cells[1].textContent, Value: tr.cells[2].textContent}))}; })()`, busy.Flow))
 	if !tip.Visible || len(tip.Rows) != len(busy.Metrics) || !strings.Contains(tip.Head, "–") {
 		t.Errorf("hover tooltip: got %+v, want visible with a time span and %d metrics", tip, len(busy.Metrics))
 	}
@@ -233,13 +248,18 @@ func TestBrowser(t *testing.T) {
 	check("legend shows hovered values", fmt.Sprintf(`[...document.querySelectorAll('section.flow[data-flow=%q] .legend li .v')].every(v => /^[\d,]+$/.test(v.textContent))`, busy.Flow))
 	check("crosshair shown", fmt.Sprintf(`document.querySelector('section.flow[data-flow=%q] .cross').getAttribute("visibility") === "visible"`, busy.Flow))
 
-	// A legend item hides its line, and shows it again (by keyboard too).
-	m0 := busy.Metrics[0].Metric
+	// A legend item highlights its metric (by keyboard too); picking it
+	// again goes back to the automatic choice.
 	sel := fmt.Sprintf(`section.flow[data-flow=%q]`, busy.Flow)
-	check("legend hides a line", fmt.Sprintf(`(() => { document.querySelector(%q + ' .legend li[data-metric=%q]').click();
-		const s = document.querySelector(%q); return s.querySelector('.legend li[data-metric=%q]').classList.contains("off") && !s.querySelector('.series[data-metric=%q]') && s.querySelectorAll(".series").length === %d; })()`, sel, m0, sel, m0, m0, len(busy.Metrics)-1))
-	check("legend shows it again by keyboard", fmt.Sprintf(`(() => { document.querySelector(%q + ' .legend li[data-metric=%q]').dispatchEvent(new KeyboardEvent("keydown", {key: "Enter", bubbles: true}));
-		return document.querySelectorAll(%q + " .series").length === %d; })()`, sel, m0, sel, len(busy.Metrics)))
+	auto := eval[string](t, bctx, fmt.Sprintf(`document.querySelector(%q + " .series.top").dataset.metric`, sel))
+	m0 := busy.Metrics[0].Metric
+	if m0 == auto {
+		m0 = busy.Metrics[1].Metric
+	}
+	check("legend highlights a metric", fmt.Sprintf(`(() => { document.querySelector(%q + ' .legend li[data-metric=%q]').click();
+		const s = document.querySelector(%q); return s.querySelector('.legend li[data-metric=%q]').getAttribute("aria-pressed") === "true" && s.querySelector(".series.top").dataset.metric === %q && s.querySelectorAll(".series").length === %d; })()`, sel, m0, sel, m0, m0, len(busy.Metrics)))
+	check("picked again by keyboard, back to the automatic one", fmt.Sprintf(`(() => { document.querySelector(%q + ' .legend li[data-metric=%q]').dispatchEvent(new KeyboardEvent("keydown", {key: "Enter", bubbles: true}));
+		return document.querySelector(%q + " .series.top").dataset.metric === %q; })()`, sel, m0, sel, auto))
 
 	// The table: every flow metric, with its count in the range between
 	// what the API said before and after the page read it.
@@ -282,6 +302,44 @@ func TestBrowser(t *testing.T) {
 	check("health does not list the dashboard", `!document.querySelector('#health li[data-sink="dashboard"]')`)
 	check("prometheus sink has a last success", `/pending \d+ · ok \d+ s ago/.test(document.querySelector('#health li[data-sink="prometheus"]').textContent)`)
 
+	// What is wrong first: a payment incident (occurrences of Billing
+	// Main/PaymentFailed spread over the last 40 s, some 60 a minute, as in
+	// the demo's incidents at its daily peak) goes to the top of the page,
+	// ranked as the API ranks it, with the API's figure; the chart of the
+	// flow highlights it.
+	incident := time.Now()
+	var spike []string
+	for i := range 40 {
+		at := incident.Add(-time.Duration(i) * time.Second)
+		spike = append(spike, servetest.Event(fmt.Sprintf("22222222-0000-4000-8000-%012d", i), at, map[string]string{servetest.Attr("Billing Main", "PaymentFailed", at): ""}))
+	}
+	servetest.Post(t, srv.Addr, spike)
+	waitFor(t, bctx, "the incident on the attention list", `[...document.querySelectorAll("#attention li[data-metric]")].some(li => li.dataset.flow === "Billing Main" && li.dataset.metric === "PaymentFailed" && li.dataset.trend === "up")`, 5*time.Second)
+	t.Logf("incident on the attention list %v after the POST", time.Since(incident).Round(time.Millisecond))
+	// The label is the figure of the API's answer the page drew (its
+	// window moves on every second, so the test cannot ask the API again).
+	var got struct{ Label, Want string }
+	for range 5 { // in case a refresh lands between the two reads
+		got = eval[struct{ Label, Want string }](t, bctx, `(() => { const a = window.__flowmetricsRender.data.attention.find(a => a.flow === "Billing Main" && a.metric === "PaymentFailed");
+			return {Label: document.querySelector('#attention li[data-flow="Billing Main"][data-metric="PaymentFailed"] .tr')?.textContent ?? "", Want: a && a.ratio !== null ? JSON.stringify(a.ratio) : ""}; })()`)
+		if got.Want != "" && got.Label == "▲ "+got.Want+"× usual" {
+			break
+		}
+	}
+	if got.Want == "" || got.Label != "▲ "+got.Want+"× usual" {
+		t.Errorf("attention label: got %q, want the API's figure ▲ %s× usual", got.Label, got.Want)
+	}
+	type item struct{ Flow, Metric string }
+	order := eval[[]item](t, bctx, `[...document.querySelectorAll("#attention li[data-metric]")].map(li => ({Flow: li.dataset.flow, Metric: li.dataset.metric}))`)
+	if len(order) == 0 {
+		t.Errorf("attention list empty, want the incident")
+	}
+	check("attention list at the top of the page", `document.querySelector("main > section.view:not(#health-view)").id === "attention-view" && document.getElementById("attention-view").classList.contains("alert")`)
+	check("the table says the same", `(() => { const tr = [...document.querySelectorAll("#table tbody tr")].find(tr => tr.dataset.flow === "Billing Main" && tr.dataset.metric === "PaymentFailed"); const a = document.querySelector('#attention li[data-metric="PaymentFailed"] .tr'); return tr.cells[5].textContent === a.textContent; })()`)
+	check("the chart highlights it", `document.querySelector('section.flow[data-flow="Billing Main"] .series.top').dataset.metric === "PaymentFailed"`)
+	// Nowhere a trend label that contradicts its own figure.
+	check("no ≈ beside a ratio beyond the thresholds", `[...document.querySelectorAll("#table td.trend")].every(td => { const m = td.textContent.match(/^≈ usual \(([\d.]+)×\)$/); return !m || (parseFloat(m[1]) > 0.5 && parseFloat(m[1]) < 1.5); })`)
+
 	// The screenshot of the one-hour view, the pointer on the busiest
 	// flow's peak so a tooltip shows.
 	hoverAt(busy.Flow, at)
@@ -302,7 +360,7 @@ func TestBrowser(t *testing.T) {
 	first := api.Flows[0]
 	for _, rg := range []struct{ name, label string }{{"15m", "15 min"}, {"6h", "6 h"}, {"24h", "24 h"}, {"1h", "1 h"}} {
 		eval[bool](t, bctx, fmt.Sprintf(`(document.querySelector('#ranges button[data-range=%q]').click(), true)`, rg.name))
-		waitFor(t, bctx, "range "+rg.name, fmt.Sprintf(`document.querySelector('#ranges button[data-range=%q]').getAttribute("aria-pressed") === "true" && document.getElementById("range-head").textContent === "last %s" && document.querySelector('section.flow[data-flow=%q] svg.chart').getAttribute("aria-label").endsWith("over the last %s, %d metrics") && location.hash.includes("range=%s")`, rg.name, rg.label, first.Flow, rg.label, len(first.Metrics), rg.name), 5*time.Second)
+		waitFor(t, bctx, "range "+rg.name, fmt.Sprintf(`document.querySelector('#ranges button[data-range=%q]').getAttribute("aria-pressed") === "true" && document.getElementById("range-head").textContent === "last %s" && document.querySelector('section.flow[data-flow=%q] svg.chart').getAttribute("aria-label").includes("over the last %s, %d metrics") && location.hash.includes("range=%s")`, rg.name, rg.label, first.Flow, rg.label, len(first.Metrics), rg.name), 5*time.Second)
 	}
 	check("stacked draws areas", fmt.Sprintf(`(document.querySelector('#modes button[data-mode="stacked"]').click(), document.querySelectorAll("section.flow svg.chart path.area").length >= %d)`, lines))
 	eval[bool](t, bctx, `(document.querySelector('#modes button[data-mode="lines"]').click(), true)`)
@@ -312,6 +370,26 @@ func TestBrowser(t *testing.T) {
 	eval[bool](t, bctx, fmt.Sprintf(`(() => { const f = document.getElementById("filter"); f.value = %q; f.dispatchEvent(new Event("input")); return true; })()`, last))
 	check("filter keeps only "+last, fmt.Sprintf(`JSON.stringify([...document.querySelectorAll("section.flow")].map(s => s.dataset.flow)) === JSON.stringify([%q]) && [...document.querySelectorAll("#table tbody tr")].every(tr => tr.dataset.flow === %q)`, last, last))
 	eval[bool](t, bctx, `(() => { const f = document.getElementById("filter"); f.value = ""; f.dispatchEvent(new Event("input")); return true; })()`)
+
+	// A phone (420 px): nothing wider than the screen; the table keeps the
+	// metric (with its flow), the rate now and the trend on screen, and
+	// names wrap between words, never inside one.
+	if err := chromedp.Do(bctx, chromedp.EmulateViewport(420, 860, chromedp.EmulateScale(2), chromedp.EmulateMobile)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, bctx, "phone layout", `document.documentElement.scrollWidth <= window.innerWidth + 1 && document.querySelector("section.flow").getBoundingClientRect().width <= window.innerWidth && [...document.querySelectorAll("svg.chart")].every(s => Math.abs(s.viewBox.baseVal.width - s.clientWidth) < 2 && Math.abs(s.viewBox.baseVal.height - s.clientHeight) < 2)`, 5*time.Second)
+	check("phone: the table's useful columns on screen", `[...document.querySelectorAll("#table tbody tr")].every(tr => { const name = tr.querySelector("td.name"), now = tr.cells[3], trend = tr.cells[5];
+		return [name, now, trend].every(td => { const r = td.getBoundingClientRect(); return r.width > 0 && r.right <= window.innerWidth + 1; }) && getComputedStyle(name.querySelector(".fl")).display === "block"; })`)
+	check("phone: no name broken inside a word", `(() => { const words = []; for (const e of document.querySelectorAll("#table td.name .me, #table td.name .fl, #attention .me, section.flow h3 .name, .legend .m")) {
+			const text = e.firstChild; if (!text) continue; let at = 0;
+			for (const w of e.textContent.split(" ")) { const r = document.createRange(); r.setStart(text, at); r.setEnd(text, at + w.length); at += w.length + 1; if (w && r.getClientRects().length > 1) words.push(w); } }
+		return words.length === 0 || (console.log("broken:", words.join(" ")), false); })()`)
+	if p := os.Getenv("DASHBOARD_SCREENSHOT"); p != "" {
+		eval[bool](t, bctx, `(window.scrollTo(0, 0), true)`)
+		if shot, err := chromedp.Run(bctx, chromedp.CaptureScreenshot()); err == nil {
+			os.WriteFile(strings.TrimSuffix(p, ".png")+"-narrow.png", shot, 0o644)
+		}
+	}
 
 	// Dark mode: the page follows prefers-color-scheme.
 	light := eval[string](t, bctx, `getComputedStyle(document.body).backgroundColor`)
@@ -355,6 +433,9 @@ func TestBrowser(t *testing.T) {
 	}
 	check("no reload", `window.__page === document.querySelector("#table")`)
 
+	if v := eval[[]string](t, bctx, `window.__csp`); len(v) > 0 {
+		t.Errorf("Content-Security-Policy violations: %v", v)
+	}
 	for _, p := range problems() {
 		t.Errorf("browser console: %s", p)
 	}

@@ -52,8 +52,17 @@ type HTTP struct {
 	// SecretEnv names the environment variable holding the shared secret
 	// (default FLOWMETRICS_SECRET). Empty secret means no auth, which is
 	// only allowed on loopback unless --insecure.
-	SecretEnv    string        `yaml:"secret_env"`
-	MaxBodyBytes int64         `yaml:"max_body_bytes"`
+	SecretEnv    string `yaml:"secret_env"`
+	MaxBodyBytes int64  `yaml:"max_body_bytes"`
+	// MaxBytesInFlight bounds the request bytes of the ingest requests
+	// served at once; beyond it a request gets 503 with Retry-After.
+	// 0 (the default) is 4 × MaxBodyBytes.
+	MaxBytesInFlight int64 `yaml:"max_bytes_in_flight"`
+	// AllowedHosts are the host names clients may reach serve by, besides
+	// loopback names, IP addresses and the listen host: e.g. the name a
+	// reverse proxy or load balancer forwards in Host. Requests naming
+	// another host get 421 (this defeats DNS rebinding).
+	AllowedHosts []string      `yaml:"allowed_hosts"`
 	ReadTimeout  time.Duration `yaml:"read_timeout"`
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	IdleTimeout  time.Duration `yaml:"idle_timeout"`
@@ -264,6 +273,9 @@ func (c Config) Check(insecure bool) error {
 		return err
 	}
 	var errs []error
+	if err := c.HTTP.checkSecret(); err != nil {
+		errs = append(errs, err)
+	}
 	secret := c.HTTP.Secret()
 	if secret == "" && !IsLoopback(c.HTTP.Listen) && !insecure {
 		errs = append(errs, fmt.Errorf("refusing to listen on %s without a shared secret: set %s (sent in the %s header) or pass --insecure", c.HTTP.Listen, c.HTTP.SecretEnv, c.HTTP.AuthHeader))
@@ -296,6 +308,14 @@ func (h HTTP) Validate() error {
 	if h.MaxBodyBytes <= 0 {
 		errs = append(errs, errors.New("http.max_body_bytes: must be positive"))
 	}
+	if h.MaxBytesInFlight < 0 || h.MaxBytesInFlight > 0 && h.MaxBytesInFlight < h.MaxBodyBytes {
+		errs = append(errs, fmt.Errorf("http.max_bytes_in_flight: %d is less than http.max_body_bytes (%d), so a request of the largest allowed body could never be served (0: 4 × max_body_bytes)", h.MaxBytesInFlight, h.MaxBodyBytes))
+	}
+	for i, name := range h.AllowedHosts {
+		if err := checkHostName(name); err != nil {
+			errs = append(errs, fmt.Errorf("http.allowed_hosts[%d] %q: %w", i, name, err))
+		}
+	}
 	for name, d := range map[string]time.Duration{"read_timeout": h.ReadTimeout, "write_timeout": h.WriteTimeout, "idle_timeout": h.IdleTimeout, "shutdown_timeout": h.ShutdownTimeout} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("http.%s: must be positive", name))
@@ -307,12 +327,58 @@ func (h HTTP) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Secret returns the shared secret from the environment ("" if unset).
+// checkHostName accepts a host name or IP address as clients send it in
+// Host, without scheme, port or path.
+func checkHostName(name string) error {
+	if net.ParseIP(strings.Trim(name, "[]")) != nil {
+		return nil
+	}
+	if name == "" || strings.ContainsAny(name, ":/ *@") {
+		return errors.New("want a host name as clients send it in Host, without scheme, port or path (e.g. flowmetrics.example.com)")
+	}
+	return nil
+}
+
+// ServedHosts are the host names serve answers to besides loopback names
+// and IP addresses: AllowedHosts and the listen address's host.
+func (h HTTP) ServedHosts() []string {
+	hosts := append([]string(nil), h.AllowedHosts...)
+	if host, _, err := net.SplitHostPort(h.Listen); err == nil && host != "" {
+		hosts = append(hosts, host)
+	}
+	return hosts
+}
+
+// Secret returns the shared secret from the environment ("" if unset),
+// without leading or trailing whitespace: an HTTP header cannot carry it
+// (servers strip it), and a secret read from a file often ends in a
+// newline, which would otherwise never match.
 func (h HTTP) Secret() string {
 	if h.SecretEnv == "" {
 		return ""
 	}
-	return os.Getenv(h.SecretEnv)
+	return strings.TrimSpace(os.Getenv(h.SecretEnv))
+}
+
+// checkSecret refuses a secret that is set but could never be sent in a
+// header: only whitespace (which would silently turn auth off), or with
+// control characters inside it.
+func (h HTTP) checkSecret() error {
+	if h.SecretEnv == "" {
+		return nil
+	}
+	raw, set := os.LookupEnv(h.SecretEnv)
+	if !set || raw == "" {
+		return nil
+	}
+	secret := strings.TrimSpace(raw)
+	if secret == "" {
+		return fmt.Errorf("$%s is set but blank: set the shared secret, or unset the variable to run without one", h.SecretEnv)
+	}
+	if strings.IndexFunc(secret, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+		return fmt.Errorf("$%s holds a control character (a newline?) inside the secret, which no HTTP header can carry: the secret must be one line of printable characters", h.SecretEnv)
+	}
+	return nil
 }
 
 // Validate checks the store section.

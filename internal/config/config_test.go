@@ -46,7 +46,7 @@ func TestErrors(t *testing.T) {
 		{"unknown nested key", "http: {listne: x}", "http.listne: unknown key; did you mean listen? (line 1)"},
 		{"misspelt pipeline key", "pipeline:\n  bucket: 10s\n  flush_intervall: 2s\n", "pipeline.flush_intervall: unknown key; did you mean flush_interval? (line 3)"},
 		{"case", "HTTP: {}", "HTTP: unknown key; did you mean http?"},
-		{"nothing near", "pipeline: {zzzzzzzz: 1}", "pipeline.zzzzzzzz: unknown key; valid keys: batch_entries, bucket, cache_conversations, cache_ttl, flush_interval, max_pending, retry_max, retry_min"},
+		{"nothing near", "pipeline: {zzzzzzzz: 1}", "pipeline.zzzzzzzz: unknown key; valid keys: batch_entries, bucket, cache_bytes, cache_conversations, cache_ttl, flush_interval, max_pending, retry_max, retry_min"},
 		{"sink key", "sinks: {datadog: {apikey_env: X}}", "sinks.datadog.apikey_env: unknown key; did you mean api_key_env?"},
 		{"duration", "pipeline: {flush_interval: soon}", `pipeline.flush_interval: got "soon", want a duration such as 500ms, 30s, 1h or 168h (line 1)`},
 		{"number", "http: {max_body_bytes: lots}", `http.max_body_bytes: got "lots", want a whole number`},
@@ -60,6 +60,12 @@ func TestErrors(t *testing.T) {
 		{"bad store", "store: {type: sqlite}", "store.type"},
 		{"bad listen", "http: {listen: nowhere}", "http.listen"},
 		{"bad template", "naming: {template: \"x.{org}\"}", "naming.template"},
+		{"bytes in flight under the body limit", "http: {max_body_bytes: 1000, max_bytes_in_flight: 999}", "http.max_bytes_in_flight: 999 is less than http.max_body_bytes (1000)"},
+		{"negative bytes in flight", "http: {max_bytes_in_flight: -1}", "http.max_bytes_in_flight"},
+		{"allowed host with a port", "http: {allowed_hosts: [flowmetrics.example.com:443]}", `http.allowed_hosts[0] "flowmetrics.example.com:443": want a host name`},
+		{"allowed host as a URL", "http: {allowed_hosts: [ok.example, \"https://x.example/\"]}", `http.allowed_hosts[1] "https://x.example/"`},
+		{"allowed host wildcard", "http: {allowed_hosts: [\"*.example.com\"]}", `http.allowed_hosts[0]`},
+		{"empty allowed host", "http: {allowed_hosts: [\"\"]}", `http.allowed_hosts[0]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -134,6 +140,12 @@ func TestCheck(t *testing.T) {
 		{"protect_reads without a secret", "http: {protect_reads: true}", map[string]string{"FLOWMETRICS_SECRET": ""}, false, "http.protect_reads: needs the shared secret"},
 		{"emf without a template", "sinks: {emf: {omit_flow_dimensions: true}}", nil, false, "sinks.emf: emf.omit_flow_dimensions: needs naming.template"},
 		{"invalid config", "store: {retention: 30m}", nil, false, "pipeline.cache_ttl"},
+		// A secret from a file often ends in a newline: trimmed, it works.
+		{"secret with a trailing newline", "http: {listen: 0.0.0.0:8080}", map[string]string{"FLOWMETRICS_SECRET": " s3cret\n"}, false, ""},
+		{"blank secret", "http: {listen: 0.0.0.0:8080}", map[string]string{"FLOWMETRICS_SECRET": " \n"}, false, "$FLOWMETRICS_SECRET is set but blank"},
+		{"blank secret on loopback", "", map[string]string{"FLOWMETRICS_SECRET": "  "}, false, "$FLOWMETRICS_SECRET is set but blank"},
+		{"secret over two lines", "", map[string]string{"FLOWMETRICS_SECRET": "s3c\nret"}, false, "$FLOWMETRICS_SECRET holds a control character"},
+		{"allowed hosts", "http: {allowed_hosts: [flowmetrics.example.com, 10.0.0.5, \"[fd00::1]\"]}", nil, false, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -152,6 +164,26 @@ func TestCheck(t *testing.T) {
 				t.Errorf("got %v, want an error containing %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestSecretTrimmed(t *testing.T) {
+	t.Setenv("FLOWMETRICS_SECRET", "\ts3cret \r\n")
+	if got := Default().HTTP.Secret(); got != "s3cret" {
+		t.Errorf("got %q, want s3cret", got)
+	}
+}
+
+func TestServedHosts(t *testing.T) {
+	h := Default().HTTP
+	h.AllowedHosts = []string{"proxy.example"}
+	h.Listen = "flowmetrics.internal:8080"
+	if got := strings.Join(h.ServedHosts(), ","); got != "proxy.example,flowmetrics.internal" {
+		t.Errorf("got %s, want proxy.example,flowmetrics.internal", got)
+	}
+	h.Listen = ":8080"
+	if got := strings.Join(h.ServedHosts(), ","); got != "proxy.example" {
+		t.Errorf("listen :8080: got %s, want proxy.example", got)
 	}
 }
 

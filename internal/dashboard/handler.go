@@ -170,6 +170,19 @@ type SeriesBody struct {
 	Buckets int        `json:"buckets"`
 	Total   int64      `json:"total"`
 	Flows   []FlowBody `json:"flows"`
+	// Attention lists the flow metrics flagged up or down (see Assess),
+	// furthest from their usual rate first.
+	Attention []AttentionBody `json:"attention"`
+}
+
+// AttentionBody is one flagged flow metric.
+type AttentionBody struct {
+	Flow      string   `json:"flow"`
+	Metric    string   `json:"metric"`
+	Trend     string   `json:"trend"`
+	Ratio     *float64 `json:"ratio"`
+	RateNow   float64  `json:"rate_now"`
+	RateUsual float64  `json:"rate_usual"`
 }
 
 // FlowBody is one flow of GET /api/v1/series or /api/v1/flows.
@@ -184,10 +197,14 @@ type MetricBody struct {
 	Metric  string  `json:"metric"`
 	Counts  []int64 `json:"counts,omitempty"`
 	InRange int64   `json:"in_range"`
-	// Occurrences per minute: over the last 5 min, and usually (over the
-	// 24 h before them; null with less than 5 min of history).
+	// Occurrences per minute: over the last minute, and usually (over the
+	// hour before it; null with less than 5 min of history). Trend and
+	// Ratio (now/usual rounded to one decimal, null without a usual rate
+	// or when it is 0) say how they compare: see Assess.
 	RateNow   float64   `json:"rate_now"`
 	RateUsual *float64  `json:"rate_usual"`
+	Trend     string    `json:"trend"`
+	Ratio     *float64  `json:"ratio"`
 	Total     int64     `json:"total"`
 	LastSeen  time.Time `json:"last_seen,omitzero"`
 }
@@ -209,22 +226,29 @@ func (h *Handler) flows(w http.ResponseWriter, _ *http.Request) {
 	rg, _ := RangeByName("24h")
 	b := seriesBody(h.rec.Read(rg), false)
 	writeJSON(w, struct {
-		GeneratedAt time.Time  `json:"generated_at"`
-		Flows       []FlowBody `json:"flows"`
-	}{b.GeneratedAt, b.Flows})
+		GeneratedAt time.Time       `json:"generated_at"`
+		Flows       []FlowBody      `json:"flows"`
+		Attention   []AttentionBody `json:"attention"`
+	}{b.GeneratedAt, b.Flows, b.Attention})
 }
 
 func seriesBody(s Series, counts bool) SeriesBody {
 	b := SeriesBody{
 		GeneratedAt: s.Now, Range: s.Range.Name, StepSeconds: int64(s.Range.Step / time.Second),
 		Start: s.Start, Buckets: int(s.Range.Span / s.Range.Step), Total: s.Total, Flows: []FlowBody{},
+		Attention: []AttentionBody{},
+	}
+	for _, p := range Attention(s) {
+		t := Assess(p)
+		b.Attention = append(b.Attention, AttentionBody{Flow: p.Flow, Metric: p.Metric, Trend: t.Trend, Ratio: ratio(t), RateNow: round(p.RateNow), RateUsual: round(p.RateUsual)})
 	}
 	for _, p := range s.Pairs {
 		if n := len(b.Flows); n == 0 || b.Flows[n-1].Flow != p.Flow {
 			b.Flows = append(b.Flows, FlowBody{Flow: p.Flow})
 		}
 		f := &b.Flows[len(b.Flows)-1]
-		m := MetricBody{Metric: p.Metric, InRange: p.InRange, RateNow: round(p.RateNow), Total: p.Total, LastSeen: p.Last}
+		t := Assess(p)
+		m := MetricBody{Metric: p.Metric, InRange: p.InRange, RateNow: round(p.RateNow), Trend: t.Trend, Ratio: ratio(t), Total: p.Total, LastSeen: p.Last}
 		if counts && p.InRange > 0 {
 			m.Counts = p.Counts
 		}
@@ -239,6 +263,13 @@ func seriesBody(s Series, counts bool) SeriesBody {
 }
 
 func round(f float64) float64 { return math.Round(f*1000) / 1000 }
+
+func ratio(t Trend) *float64 {
+	if t.Ratio < 0 {
+		return nil
+	}
+	return &t.Ratio
+}
 
 // MalformedBody is the JSON of GET /api/v1/malformed.
 type MalformedBody struct {

@@ -42,8 +42,8 @@ const (
 	// chunkLen buckets make one chunk, the unit of memory and of sink
 	// state: 10 min of fine buckets, 1 h of coarse ones.
 	chunkLen = 60
-	// recentSpan is what "rate now" is measured over.
-	recentSpan = 5 * time.Minute
+	// minUsualMinutes is the history a usual rate needs.
+	minUsualMinutes = 5
 )
 
 // overflow is the pair beyond MaxSeries, named as the guard names it.
@@ -556,11 +556,15 @@ type PairSeries struct {
 	// Counts has one count per bucket of Range.Step, oldest first.
 	Counts  []int64
 	InRange int64
-	// RateNow is occurrences per minute over the last 5 minutes. RateUsual
-	// is occurrences per minute over the last 24 h before those 5 minutes,
-	// from the first minute the pair was seen in them; -1 when the pair has
-	// less than 5 minutes of history before them.
+	// RateNow is occurrences per minute over the last NowSpan of 10 s
+	// buckets, the current one up to now: NowCount occurrences in
+	// NowMinutes (50 to 60 s). RateUsual is occurrences per minute over the
+	// UsualSpan of whole minutes before, from the first minute the pair was
+	// seen in the last 24 h; -1 when the pair has less than 5 minutes of
+	// history before the now window.
 	RateNow, RateUsual float64
+	NowCount           int64
+	NowMinutes         float64
 	Total              int64
 	Last               time.Time
 }
@@ -576,9 +580,15 @@ func (r *Recorder) Read(rg Range) Series {
 	out := Series{Now: now.UTC(), Range: rg, Start: time.Unix(first*step, 0).UTC()}
 
 	fineS, coarseS := int64(FineStep/time.Second), int64(CoarseStep/time.Second)
-	recentFrom := nowS - int64(recentSpan/time.Second) // buckets starting after it
-	usualFrom := nowS - int64(CoarseSpan/time.Second)
-	usualTo := floorDiv(recentFrom, coarseS) * coarseS // coarse buckets starting before it
+	// Now: the fine buckets of the last NowSpan, the current unfinished
+	// one included (its count over the time it has had), so a rise shows
+	// without waiting for a bucket to end. Usual: the coarse minutes of
+	// the UsualSpan before, each ending before the now window starts.
+	nowFrom := floorDiv(nowS, fineS)*fineS + fineS - int64(NowSpan/time.Second)
+	nowMinutes := now.Sub(time.Unix(nowFrom, 0)).Minutes()
+	usualTo := floorDiv(nowFrom, coarseS) * coarseS
+	usualFrom := usualTo - int64(UsualSpan/time.Second)
+	dayFrom := nowS - int64(CoarseSpan/time.Second)
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -609,29 +619,36 @@ func (r *Recorder) Read(rg Range) Series {
 				}
 			}
 		}
-		var recent int64
-		recentChunk := floorDiv(floorDiv(recentFrom, fineS), chunkLen)
+		nowChunk := floorDiv(floorDiv(nowFrom, fineS), chunkLen)
 		for ci, c := range s.fine {
-			if ci < recentChunk {
+			if ci < nowChunk {
 				continue
 			}
 			for j, v := range c {
-				if t := (ci*chunkLen + int64(j)) * fineS; v != 0 && t > recentFrom {
-					recent += v
+				if t := (ci*chunkLen + int64(j)) * fineS; v != 0 && t >= nowFrom {
+					ps.NowCount += v
 				}
 			}
 		}
-		ps.RateNow = float64(recent) / recentSpan.Minutes()
-		var usual, since int64 = 0, usualTo
+		ps.NowMinutes = nowMinutes
+		ps.RateNow = float64(ps.NowCount) / nowMinutes
+		// The usual rate counts from the pair's first minute in the last
+		// 24 h, so a pair new within the hour is not taken as quiet before.
+		var usual int64
+		since := usualTo
 		for ci, c := range s.coarse {
 			for j, v := range c {
-				if t := (ci*chunkLen + int64(j)) * coarseS; v != 0 && t >= usualFrom && t < usualTo {
+				t := (ci*chunkLen + int64(j)) * coarseS
+				if v == 0 || t < dayFrom || t >= usualTo {
+					continue
+				}
+				since = min(since, t)
+				if t >= usualFrom {
 					usual += v
-					since = min(since, t)
 				}
 			}
 		}
-		if mins := (usualTo - since) / coarseS; mins >= 5 {
+		if mins := (usualTo - max(since, usualFrom)) / coarseS; mins >= minUsualMinutes {
 			ps.RateUsual = float64(usual) / float64(mins)
 		}
 		out.Pairs = append(out.Pairs, ps)

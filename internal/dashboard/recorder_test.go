@@ -129,30 +129,40 @@ func TestRecorderRanges(t *testing.T) {
 }
 
 func TestRecorderRates(t *testing.T) {
-	c := &clock{t: t0}
+	c := &clock{t: t0} // 09:00:15
 	r := NewRecorder(c.Now)
-	// Two per minute for the two hours before the last 5 minutes, then 20
-	// per minute: an incident.
+	// Two per minute for the two hours before the last two minutes, then
+	// three per 10 s bucket in the last minute: an incident.
 	var points []flowmetrics.Point
-	for m := 120; m > 5; m-- {
+	for m := 120; m >= 2; m-- {
 		points = append(points, pt("A", "x", t0.Add(-time.Duration(m)*time.Minute), 2))
 	}
-	for s := 0; s < 300; s += 10 {
+	for s := 0; s <= 70; s += 10 {
 		points = append(points, pt("A", "x", t0.Add(-time.Duration(s)*time.Second), 3))
 	}
-	points = append(points, pt("B", "new", t0.Add(-time.Minute), 5))
+	points = append(points, pt("B", "new", t0.Add(-30*time.Second), 5))
 	r.Send(context.Background(), points)
 	s := r.Read(Ranges[1])
+	// Now: the buckets from 08:59:20 to 09:00:15, the current one
+	// (09:00:10) up to now: 55 s, 6 buckets of 3. Usual: the minutes from
+	// 07:59 to 08:58, 2 each (the minute of 08:59:20 is not in it).
 	a, _ := find(s, "A", "x")
-	if a.RateNow != 90.0/5 || a.RateUsual != 2 {
-		t.Errorf("A: rate now %v usual %v, want 18 and 2", a.RateNow, a.RateUsual)
+	if a.NowCount != 18 || a.NowMinutes != 55.0/60 || a.RateNow != 18/(55.0/60) || a.RateUsual != 2 {
+		t.Errorf("A: %d in %v min, rate now %v, usual %v; want 18 in 55 s, %v, 2", a.NowCount, a.NowMinutes, a.RateNow, 18/(55.0/60), a.RateUsual)
 	}
 	if a.Last != flowmetrics.BucketStart(t0, 10*time.Second) {
 		t.Errorf("A last seen: got %v, want %v", a.Last, flowmetrics.BucketStart(t0, 10*time.Second))
 	}
 	b, _ := find(s, "B", "new")
-	if b.RateNow != 1 || b.RateUsual != -1 {
-		t.Errorf("B: rate now %v usual %v, want 1 and -1 (no history)", b.RateNow, b.RateUsual)
+	if b.NowCount != 5 || b.RateUsual != -1 {
+		t.Errorf("B: %d now, usual %v, want 5 and -1 (no history)", b.NowCount, b.RateUsual)
+	}
+	// Seen only before the hour: its usual rate is 0 over the hour, not
+	// unknown.
+	c.Set(t0.Add(3 * time.Hour))
+	a, _ = find(r.Read(Ranges[1]), "A", "x")
+	if a.RateUsual != 0 || a.NowCount != 0 {
+		t.Errorf("A three hours later: now %d, usual %v, want 0 and 0", a.NowCount, a.RateUsual)
 	}
 }
 

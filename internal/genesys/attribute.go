@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -41,6 +42,8 @@ var (
 	errEmptyMetric      = errors.New("empty metric name")
 	errControlInFlow    = errors.New("control character in flow name")
 	errControlInMetric  = errors.New("control character in metric name")
+	errFormatInFlow     = errors.New("invisible format character (a bidirectional control, zero-width character or byte-order mark) in flow name")
+	errFormatInMetric   = errors.New("invisible format character (a bidirectional control, zero-width character or byte-order mark) in metric name")
 	errFlowTooLong      = fmt.Errorf("flow name %w", ErrNameTooLong)
 	errMetricTooLong    = fmt.Errorf("metric name %w", ErrNameTooLong)
 	errTimeEmpty        = errors.New("empty time")
@@ -77,7 +80,13 @@ var (
 //     (which may itself hold parentheses and "Metric_");
 //   - the name is valid UTF-8;
 //   - FLOW and METRIC are not empty, at most MaxFlowLen and MaxMetricLen
-//     bytes long, and hold no ASCII control characters;
+//     bytes long, hold no control characters (Unicode Cc: ASCII's, DEL
+//     and U+0080–U+009F) and no invisible format characters (Unicode Cf,
+//     such as the bidirectional overrides U+202A–U+202E and isolates
+//     U+2066–U+2069, the zero-width U+200B–U+200F and U+FEFF, and the
+//     line and paragraph separators U+2028, U+2029): they would let two
+//     names that are different keys look identical, or one look like
+//     another, in every sink and on the dashboard;
 //   - TIME is an RFC 3339 date-time: YYYY-MM-DDTHH:MM:SS, then optionally
 //     "." and 1 to 9 digits, then "Z" or ±hh:mm; "T" and "Z" may be lower
 //     case, as RFC 3339's grammar allows; a space instead of "T" is
@@ -116,12 +125,16 @@ func ParseAttribute(name string) (a Attribute, ok bool, err error) {
 		return a, false, errFlowTooLong
 	case hasControl(a.Flow):
 		return a, false, errControlInFlow
+	case hasFormat(a.Flow):
+		return a, false, errFormatInFlow
 	case a.Metric == "":
 		return a, false, errEmptyMetric
 	case len(a.Metric) > MaxMetricLen:
 		return a, false, errMetricTooLong
 	case hasControl(a.Metric):
 		return a, false, errControlInMetric
+	case hasFormat(a.Metric):
+		return a, false, errFormatInMetric
 	}
 	a.Time, err = parseTime(rest[open+1 : len(rest)-1])
 	if err != nil {
@@ -153,12 +166,40 @@ func parenError(tail string) error {
 	return errNoClosingParen
 }
 
-// hasControl reports whether s holds an ASCII control character: such a name
-// is never what a flow author meant, and it would break the line-oriented
-// sinks (StatsD, logs) downstream.
+// hasControl reports whether valid UTF-8 s holds a control character
+// (Unicode Cc: ASCII's, DEL, U+0080–U+009F): such a name is never what a
+// flow author meant, and it would break the line-oriented sinks (StatsD,
+// logs) downstream. An ASCII name costs one pass over its bytes.
 func hasControl(s string) bool {
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == 0x7f {
+		c := s[i]
+		if c < 0x20 || c == 0x7f {
+			return true
+		}
+		if c >= 0x80 {
+			return hasRune(s[i:], unicode.IsControl)
+		}
+	}
+	return false
+}
+
+// hasFormat reports whether valid UTF-8 s holds an invisible format
+// character (Unicode Cf, Zl or Zp). All of them are outside ASCII, so an
+// ASCII name costs one pass over its bytes.
+func hasFormat(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return hasRune(s[i:], isFormat)
+		}
+	}
+	return false
+}
+
+func isFormat(r rune) bool { return unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) }
+
+func hasRune(s string, f func(rune) bool) bool {
+	for _, r := range s {
+		if f(r) {
 			return true
 		}
 	}

@@ -20,7 +20,10 @@
 // most MaxFlowLen and MaxMetricLen (200) bytes, and a name must be valid
 // UTF-8: the decoder hands over each attribute name with its exact bytes
 // (a lone surrogate escape as its WTF-8 bytes), never "repaired", so two
-// different names can never become one key.
+// different names can never become one key. Nor may FLOW or METRIC hold a
+// control character or an invisible format character (Unicode Cf, such as
+// a bidirectional override or a zero-width space, and the line and
+// paragraph separators), so two different keys can never look the same.
 //
 // # Events
 //

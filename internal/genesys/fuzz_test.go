@@ -11,6 +11,7 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -44,6 +45,10 @@ func FuzzParseAttribute(f *testing.F) {
 		"FMetric_A(2024-02-30T08:18:04Z)",
 		"Metric_(",
 		"AccountID",
+		"Billing\u202eMainMetric_Paid(2023-03-05T08:18:04Z)",
+		"BillingMetric_Pa\u200bid(2023-03-05T08:18:04Z)",
+		"\ufeffBillingMetric_Paid(2023-03-05T08:18:04Z)",
+		"BillingMetric_Paid\u2066x\u2069(2023-03-05T08:18:04Z)",
 	} {
 		f.Add(s)
 	}
@@ -66,6 +71,13 @@ func FuzzParseAttribute(f *testing.F) {
 		}
 		if a.Flow == "" || a.Metric == "" || strings.Contains(a.Flow, marker) {
 			t.Errorf("got flow %q metric %q", a.Flow, a.Metric)
+		}
+		// A counted name holds no invisible or control character, so no two
+		// different keys can look the same.
+		for _, r := range a.Flow + a.Metric {
+			if unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp) {
+				t.Errorf("got flow %q metric %q, holding %U: want it malformed", a.Flow, a.Metric, r)
+			}
 		}
 		if a.Time.Location() != time.UTC {
 			t.Errorf("got time in %v, want UTC", a.Time.Location())

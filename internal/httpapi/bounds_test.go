@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"compress/gzip"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -267,10 +268,12 @@ func TestErrorsCapped(t *testing.T) {
 }
 
 // One event's distinct keys cost O(n log n): 100,000 took 33 s, past the
-// write timeout. Up to MaxAttributes are counted exactly once, against each
-// store's claim path; one more and the event is rejected.
+// write timeout. Up to the keys one conversation may hold are counted
+// exactly once, against each store's claim path; an event that would take
+// its conversation past them (up to MaxAttributes keys) is rejected
+// quickly, and one with more attributes than that too.
 func TestManyKeysInOneEvent(t *testing.T) {
-	n := genesys.MaxAttributes
+	n := flowmetrics.MaxConversationKeys
 	for _, tt := range []struct {
 		name string
 		st   func(t *testing.T) flowmetrics.Store
@@ -287,10 +290,10 @@ func TestManyKeysInOneEvent(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := newTestServer(t, tt.st(t), Options{})
-			first := event("c1", metricAttrs(n, 0))
+			first := event("c1", metricAttrs(n/2, 0))
 			// The same conversation again: half known, half new, so the
-			// store looks up n keys among n.
-			second := event("c1", metricAttrs(n, n/2))
+			// store looks up n keys among n/2.
+			second := event("c1", metricAttrs(n, 0))
 			var times []time.Duration
 			var results []Response
 			mem := peak(func() {
@@ -304,16 +307,27 @@ func TestManyKeysInOneEvent(t *testing.T) {
 					results = append(results, r)
 				}
 			})
-			if got := []int{results[0].Occurrences, results[1].Occurrences, results[2].Occurrences}; got[0] != n || got[1] != n/2 || got[2] != 0 {
-				t.Errorf("got occurrences %v, want [%d %d 0]", got, n, n/2)
+			if got := []int{results[0].Occurrences, results[1].Occurrences, results[2].Occurrences}; got[0] != n/2 || got[1] != n/2 || got[2] != 0 {
+				t.Errorf("got occurrences %v, want [%d %d 0]", got, n/2, n/2)
 			}
 			t.Logf("%d keys in one event: posts took %v; %s", n, times, mem)
+			m := genesys.MaxAttributes
+			start := time.Now()
+			status, r, raw := post(t, srv.URL, event("c3", metricAttrs(m, 0)), nil)
+			took := time.Since(start)
+			if status != 400 || r.Rejected != 1 || len(r.Errors) != 1 || !strings.Contains(r.Errors[0].Error, "metric attributes (max") {
+				t.Errorf("%d new keys in one event: got %d %.300s, want 400 rejected: the conversation would hold too many", m, status, raw)
+			}
+			if got := testutil.ToFloat64(srv.m.RecordsRejected.WithLabelValues(flowmetrics.RefusedConversation)); got != 1 {
+				t.Errorf("got records_rejected_total{reason=%s} %v, want 1", flowmetrics.RefusedConversation, got)
+			}
+			t.Logf("%d keys in one event: refused in %v", m, took)
 		})
 	}
 	srv := newTestServer(t, nil, Options{})
-	status, r, raw := post(t, srv.URL, event("c2", metricAttrs(n+1, 0)), nil)
+	status, r, raw := post(t, srv.URL, event("c2", metricAttrs(genesys.MaxAttributes+1, 0)), nil)
 	if status != 400 || r.Rejected != 1 || len(r.Errors) != 1 || !strings.Contains(r.Errors[0].Error, "too many attributes") {
-		t.Errorf("%d attributes: got %d %.300s, want 400 rejected: too many attributes", n+1, status, raw)
+		t.Errorf("%d attributes: got %d %.300s, want 400 rejected: too many attributes", genesys.MaxAttributes+1, status, raw)
 	}
 	if got := testutil.ToFloat64(srv.m.RecordsRejected.WithLabelValues("too_many_attributes")); got != 1 {
 		t.Errorf("got records_rejected_total{reason=too_many_attributes} %v, want 1", got)
@@ -431,6 +445,9 @@ func TestProtectReads(t *testing.T) {
 			{"wrong header", map[string]string{"X-Api-Key": "nope"}, "", "", 401},
 			{"header", map[string]string{"X-Api-Key": "s3cret"}, "", "", 200},
 			{"bearer", map[string]string{"Authorization": "Bearer s3cret"}, "", "", 200},
+			// RFC 6750: the scheme is case-insensitive.
+			{"bearer, lower case", map[string]string{"Authorization": "bearer s3cret"}, "", "", 200},
+			{"bearer, upper case", map[string]string{"Authorization": "BEARER s3cret"}, "", "", 200},
 			{"wrong bearer", map[string]string{"Authorization": "Bearer s3cre"}, "", "", 401},
 			{"basic", nil, "anyone", "s3cret", 200},
 			{"basic, wrong password", nil, "s3cret", "x", 401},
@@ -451,5 +468,136 @@ func TestProtectReads(t *testing.T) {
 	open := newServer(t, opts)
 	if resp := get(open.URL+"/metrics", nil, "", ""); resp.StatusCode != 200 {
 		t.Errorf("unprotected /metrics: got %d, want 200", resp.StatusCode)
+	}
+}
+
+// heldIngester holds every Ingest call until release is closed, so the
+// requests it serves keep their bytes in flight.
+type heldIngester struct {
+	Ingester
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h heldIngester) Ingest(ctx context.Context, recs []genesys.Record) (pipeline.Result, error) {
+	h.entered <- struct{}{}
+	<-h.release
+	return h.Ingester.Ingest(ctx, recs)
+}
+
+// Requests reserve their body's bytes before reading it; one that does not
+// fit under MaxBytesInFlight is refused at once with 503 and Retry-After,
+// never queued, and nothing of it is claimed. Once the others are
+// answered it gets through.
+func TestBytesInFlightBound(t *testing.T) {
+	const limit = 1 << 20
+	m := telemetry.New()
+	p := pipeline.New(memstore.New(store.Options{}), nil, pipeline.Config{}, m, nil)
+	held := heldIngester{Ingester: p, entered: make(chan struct{}, 8), release: make(chan struct{})}
+	srv := httptest.NewServer(New(held, m, Options{MaxBodyBytes: limit, MaxBytesInFlight: 2 * limit, RetryAfter: time.Second}, nil))
+	t.Cleanup(srv.Close)
+
+	// Two bodies of 700 KiB each: 1.4 MiB of the 2 MiB in flight.
+	body := func(conv string) []byte {
+		ev := event(conv, map[string]string{"FlowMetric_A(2023-03-05T08:18:04Z)": ""}) + "\n"
+		return append([]byte(ev), bytes.Repeat([]byte(" "), 700<<10-len(ev))...)
+	}
+	answers := make(chan int, 2)
+	for _, conv := range []string{"c1", "c2"} {
+		go func() {
+			resp, err := http.Post(srv.URL+"/v1/events", "application/x-ndjson", bytes.NewReader(body(conv)))
+			if err != nil {
+				answers <- 0
+				return
+			}
+			resp.Body.Close()
+			answers <- resp.StatusCode
+		}()
+		<-held.entered
+	}
+	// A third 700 KiB body does not fit; nor does one without a length
+	// (chunked), which reserves the whole limit.
+	third := body("c3")
+	if status, raw := postRaw(t, srv.URL, third, nil); status != 503 || !strings.Contains(raw, "max_bytes_in_flight") {
+		t.Errorf("third body: got %d %s, want 503 naming http.max_bytes_in_flight", status, raw)
+	}
+	req, _ := http.NewRequest("POST", srv.URL+"/v1/events", io.MultiReader(bytes.NewReader(third)))
+	req.ContentLength = -1
+	req.Header.Set("Content-Type", "application/x-ndjson")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "1" {
+		t.Errorf("chunked body: got %d Retry-After %q, want 503 and 1", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if got := testutil.ToFloat64(m.HTTPRefused.WithLabelValues("bytes_in_flight")); got != 2 {
+		t.Errorf("got http_refused_total{reason=bytes_in_flight} %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(m.RecordsRead); got != 0 {
+		t.Errorf("got %v records read while held, want 0: the refused bodies were read", got)
+	}
+	close(held.release)
+	for range 2 {
+		if code := <-answers; code != 202 {
+			t.Errorf("held request: got %d, want 202", code)
+		}
+	}
+	// The bytes are released with the answers: the third gets through.
+	go func() {
+		for range held.entered {
+		}
+	}()
+	status, raw := postRaw(t, srv.URL, third, nil)
+	if status != 202 || !strings.Contains(raw, `"occurrences":1`) {
+		t.Errorf("third body, resent: got %d %s, want 202 with its occurrence", status, raw)
+	}
+	close(held.entered)
+}
+
+func TestBodyReservation(t *testing.T) {
+	const limit = 10 << 20
+	for _, tt := range []struct {
+		name   string
+		length int64
+		gzip   bool
+		want   int64
+	}{
+		{"declared", 3 << 20, false, 3 << 20},
+		{"small", 200, false, minRequestBytes},
+		{"empty", 0, false, minRequestBytes},
+		{"no length", -1, false, limit},
+		{"gzip", 1 << 20, true, limit},
+		{"limit", limit, false, limit},
+	} {
+		if got := bodyReservation(tt.length, tt.gzip, limit); got != tt.want {
+			t.Errorf("%s: got %d, want %d", tt.name, got, tt.want)
+		}
+	}
+	if got := bodyReservation(-1, false, 1024); got != 1024 {
+		t.Errorf("a limit under the minimum: got %d, want the limit, 1024", got)
+	}
+}
+
+// A name with an invisible format character is malformed and counted under
+// its flow, never as an occurrence: "Billing\u202eMain" would otherwise be
+// a flow that looks like another.
+func TestInvisibleCharactersAreMalformed(t *testing.T) {
+	srv := newTestServer(t, nil, Options{})
+	attrs := map[string]string{
+		"Billing\u202eMainMetric_Paid(2023-03-05T08:18:04Z)": "",
+		"BillingMetric_Pa\u200bid(2023-03-05T08:18:04Z)":     "",
+		"BillingMetric_Paid(2023-03-05T08:18:04Z)":           "",
+	}
+	status, r, raw := post(t, srv.URL, event("c", attrs), nil)
+	if status != 202 || r.Occurrences != 1 {
+		t.Errorf("got %d %s, want 202 with the 1 visible name counted", status, raw)
+	}
+	if got := testutil.ToFloat64(srv.m.Malformed.WithLabelValues("Billing\u202eMain")); got != 1 {
+		t.Errorf("got malformed{flow=Billing<RLO>Main} %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(srv.m.Malformed.WithLabelValues("Billing")); got != 1 {
+		t.Errorf("got malformed{flow=Billing} %v, want 1", got)
 	}
 }

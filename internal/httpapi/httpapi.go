@@ -17,13 +17,11 @@ package httpapi
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -45,6 +43,17 @@ type Options struct {
 	Secret     string
 	// MaxBodyBytes bounds a request body; larger bodies get 413.
 	MaxBodyBytes int64
+	// MaxBytesInFlight bounds the request bytes of the ingest requests
+	// served at once (default 4 × MaxBodyBytes). A request reserves its
+	// Content-Length (MaxBodyBytes when it has none or is gzipped, at
+	// least 16 KiB) before reading; one that does not fit gets 503 with
+	// Retry-After at once, so concurrent senders cannot grow memory or a
+	// queue without bound.
+	MaxBytesInFlight int64
+	// AllowedHosts are the host names, besides loopback names and IP
+	// literals, that requests may name in Host; any other Host gets 421
+	// (DNS rebinding, see hostAllowed).
+	AllowedHosts []string
 	// Health, if set, is asked by /healthz.
 	Health func(ctx context.Context) error
 	// Admit, if set, is asked before each ingest request is read; an error
@@ -91,8 +100,17 @@ func New(p Ingester, m *telemetry.Metrics, opts Options, log *slog.Logger) http.
 	if log == nil {
 		log = slog.Default()
 	}
+	if opts.MaxBodyBytes <= 0 {
+		opts.MaxBodyBytes = 10 << 20
+	}
+	if opts.MaxBytesInFlight <= 0 {
+		opts.MaxBytesInFlight = 4 * opts.MaxBodyBytes
+	}
+	if opts.RetryAfter <= 0 {
+		opts.RetryAfter = 2 * time.Second
+	}
 	mux := http.NewServeMux()
-	h := &handler{p: p, m: m, opts: opts, log: log}
+	h := &handler{p: p, m: m, opts: opts, log: log, inflight: &inflight{max: opts.MaxBytesInFlight}}
 	mux.Handle("POST /v1/events", h.auth(http.HandlerFunc(h.events)))
 	mux.Handle("GET /metrics", h.readAuth(promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})))
 	mux.HandleFunc("GET /healthz", h.healthz)
@@ -103,48 +121,15 @@ func New(p Ingester, m *telemetry.Metrics, opts Options, log *slog.Logger) http.
 			mux.Handle("GET "+opts.DashboardAssets, h.readAuth(opts.Dashboard))
 		}
 	}
-	return mux
+	return h.checkHost(mux)
 }
 
 type handler struct {
-	p    Ingester
-	m    *telemetry.Metrics
-	opts Options
-	log  *slog.Logger
-}
-
-func (h *handler) auth(next http.Handler) http.Handler {
-	if h.opts.Secret == "" {
-		return next
-	}
-	secret := []byte(h.opts.Secret)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get(h.opts.AuthHeader))
-		if subtle.ConstantTimeCompare(got, secret) != 1 {
-			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong " + h.opts.AuthHeader + " header"})
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-// readAuth guards a read endpoint when ProtectReads is set (see Options).
-func (h *handler) readAuth(next http.Handler) http.Handler {
-	if !h.opts.ProtectReads || h.opts.Secret == "" {
-		return next
-	}
-	secret := []byte(h.opts.Secret)
-	match := func(s string) bool { return subtle.ConstantTimeCompare([]byte(s), secret) == 1 }
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, pass, basic := r.BasicAuth()
-		bearer, isBearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if match(r.Header.Get(h.opts.AuthHeader)) || basic && match(pass) || isBearer && match(bearer) {
-			next.ServeHTTP(w, r)
-			return
-		}
-		w.Header().Set("WWW-Authenticate", `Basic realm="flowmetrics", charset="UTF-8"`)
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "this endpoint needs the shared secret: " + h.opts.AuthHeader + " header, Authorization: Bearer, or Basic auth with the secret as password"})
-	})
+	p        Ingester
+	m        *telemetry.Metrics
+	opts     Options
+	log      *slog.Logger
+	inflight *inflight
 }
 
 func (h *handler) refuse(w http.ResponseWriter, err *bodyError) {
@@ -161,18 +146,21 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 	}
 	if h.opts.Admit != nil {
 		if err := h.opts.Admit(); err != nil {
-			retry := h.opts.RetryAfter
-			if retry <= 0 {
-				retry = 2 * time.Second
-			}
-			w.Header().Set("Retry-After", strconv.Itoa(int(max(retry.Round(time.Second), time.Second)/time.Second)))
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "not accepting events, retry later: " + err.Error()})
+			h.retryLater(w, "not accepting events, retry later: "+err.Error())
 			return
 		}
 	}
 	limit := h.opts.MaxBodyBytes
-	if limit <= 0 {
-		limit = 10 << 20
+	reserved := bodyReservation(r.ContentLength, isGzipEncoding(r.Header.Get("Content-Encoding")), limit)
+	if r.ContentLength <= limit {
+		// (A declared length over the limit is refused by readBody
+		// without reading, so it needs no reservation.)
+		if !h.inflight.reserve(reserved) {
+			h.m.HTTPRefused.WithLabelValues("bytes_in_flight").Inc()
+			h.retryLater(w, fmt.Sprintf("busy: requests holding %d bytes are being served (http.max_bytes_in_flight); retry later", h.opts.MaxBytesInFlight))
+			return
+		}
+		defer h.inflight.release(reserved)
 	}
 	body, err := readBody(w, r, limit)
 	if err != nil {
@@ -247,6 +235,13 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, status, resp)
+}
+
+// retryLater answers 503 with Retry-After: nothing of the request was
+// read or acknowledged.
+func (h *handler) retryLater(w http.ResponseWriter, msg string) {
+	w.Header().Set("Retry-After", strconv.Itoa(int(max(h.opts.RetryAfter.Round(time.Second), time.Second)/time.Second)))
+	writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": msg})
 }
 
 func (h *handler) healthz(w http.ResponseWriter, r *http.Request) {

@@ -196,3 +196,44 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Errorf("/healthz: got %d, want 200", resp.StatusCode)
 	}
 }
+
+func TestSecretMatcher(t *testing.T) {
+	m := newSecretMatcher("s3cret")
+	for _, tt := range []struct {
+		got  string
+		want bool
+	}{
+		{"s3cret", true},
+		{"", false},
+		{"s3cre", false},
+		{"s3cret ", false},
+		{"s3cret\x00", false},
+		{"S3CRET", false},
+		{strings.Repeat("s3cret", 1000), false},
+	} {
+		if got := m.match(tt.got); got != tt.want {
+			t.Errorf("match(%.20q): got %v, want %v", tt.got, got, tt.want)
+		}
+	}
+}
+
+func TestBearerToken(t *testing.T) {
+	for _, tt := range []struct {
+		header, token string
+		ok            bool
+	}{
+		{"Bearer s3cret", "s3cret", true},
+		{"bearer s3cret", "s3cret", true},
+		{"BEARER s3cret", "s3cret", true},
+		{"Bearer   s3cret", "s3cret", true},
+		{"Bearers3cret", "", false},
+		{"Basic czNjcmV0", "", false},
+		{"s3cret", "", false},
+		{"", "", false},
+	} {
+		token, ok := bearerToken(tt.header)
+		if token != tt.token || ok != tt.ok {
+			t.Errorf("bearerToken(%q): got %q, %v; want %q, %v", tt.header, token, ok, tt.token, tt.ok)
+		}
+	}
+}

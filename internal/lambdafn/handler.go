@@ -240,10 +240,15 @@ func (h *Handler) HandleSQS(ctx context.Context, ev events.SQSEvent) events.SQSE
 		recs[i].Index = i
 	}
 	var resp events.SQSEventResponse
+	// rejected are the records that can never succeed: bad input, and
+	// claims the store refused for good (a conversation past its bounds,
+	// a DynamoDB validation error). They are never listed, so SQS deletes
+	// them and they cannot hold up the rest of the batch.
+	rejected := map[int]bool{}
 	fail := func(only map[int]bool) int {
 		n := 0
 		for i, r := range recs {
-			if r.Outcome == genesys.Accepted && (only == nil || only[i]) {
+			if r.Outcome == genesys.Accepted && !rejected[i] && (only == nil || only[i]) {
 				resp.BatchItemFailures = append(resp.BatchItemFailures, events.SQSBatchItemFailure{ItemIdentifier: ev.Records[i].MessageId})
 				n++
 			}
@@ -251,6 +256,9 @@ func (h *Handler) HandleSQS(ctx context.Context, ev events.SQSEvent) events.SQSE
 		return n
 	}
 	res, err := h.p.Ingest(ctx, recs)
+	for _, e := range res.Errors {
+		rejected[e.Index] = true
+	}
 	if len(res.Errors) > 0 {
 		first := res.Errors[0]
 		h.log.Warn("records rejected; they are not retried", "rejected", len(res.Errors),

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"container/list"
+	"strings"
 	"sync"
 	"time"
 )
@@ -9,25 +10,37 @@ import (
 // knownCache remembers, per conversation, keys the store is known to hold, so
 // an event that brings nothing new (most events: each carries every attribute
 // of the participant) is answered without a store call. Entries live for ttl
-// from when they were learned, which keeps them inside the store's retention,
-// and the cache holds at most max conversations, evicting the least recently
-// used.
+// from when they were learned, which keeps them inside the store's retention.
+// The cache holds at most max conversations and maxBytes bytes (ids, keys
+// and the bookkeeping of each, as costed by entryCost and keyCost), evicting
+// the least recently used: many keys per conversation cannot grow it past
+// its bytes any more than many conversations can.
 type knownCache struct {
-	mu    sync.Mutex
-	max   int
-	ttl   time.Duration
-	items map[string]*list.Element
-	lru   list.List
+	mu       sync.Mutex
+	max      int
+	maxBytes int64
+	bytes    int64
+	ttl      time.Duration
+	items    map[string]*list.Element
+	lru      list.List
 }
+
+// The memory a cached conversation and each of its keys take beyond their
+// strings: the list element, the map entries and the entry itself.
+const (
+	entryCost = 200
+	keyCost   = 64
+)
 
 type cacheEntry struct {
 	conv    string
 	keys    map[string]struct{}
+	bytes   int64
 	expires time.Time
 }
 
-func newKnownCache(max int, ttl time.Duration) *knownCache {
-	return &knownCache{max: max, ttl: ttl, items: map[string]*list.Element{}}
+func newKnownCache(max int, maxBytes int64, ttl time.Duration) *knownCache {
+	return &knownCache{max: max, maxBytes: maxBytes, ttl: ttl, items: map[string]*list.Element{}}
 }
 
 // allKnown reports whether every key is known for conv.
@@ -43,8 +56,7 @@ func (c *knownCache) allKnown(conv string, keys []string, now time.Time) bool {
 	}
 	e := el.Value.(*cacheEntry)
 	if !now.Before(e.expires) {
-		c.lru.Remove(el)
-		delete(c.items, conv)
+		c.remove(el)
 		return false
 	}
 	for _, k := range keys {
@@ -56,31 +68,56 @@ func (c *knownCache) allKnown(conv string, keys []string, now time.Time) bool {
 	return true
 }
 
-// learn records that the store holds keys for conv.
-func (c *knownCache) learn(conv string, keys []string, now time.Time) {
+// learn records that the store holds keys for conv. It returns how many
+// conversations it evicted because the cache held more than its bytes.
+func (c *knownCache) learn(conv string, keys []string, now time.Time) (evicted int) {
 	if c == nil || c.max <= 0 || len(keys) == 0 {
-		return
+		return 0
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el, ok := c.items[conv]; ok {
-		e := el.Value.(*cacheEntry)
-		for _, k := range keys {
-			e.keys[k] = struct{}{}
-		}
-		// The expiry stays that of the first learning: keys learned later
-		// are younger, so the entry still expires before any of them.
-		c.lru.MoveToFront(el)
-		return
+	el, ok := c.items[conv]
+	if !ok {
+		// The cache keeps its own copies: the strings of a decoded record
+		// may share its whole body, which must not stay alive here.
+		e := &cacheEntry{conv: strings.Clone(conv), keys: make(map[string]struct{}, len(keys)), expires: now.Add(c.ttl), bytes: entryCost + int64(len(conv))}
+		el = c.lru.PushFront(e)
+		c.items[e.conv] = el
+		c.bytes += e.bytes
 	}
-	e := &cacheEntry{conv: conv, keys: make(map[string]struct{}, len(keys)), expires: now.Add(c.ttl)}
+	// The expiry stays that of the first learning: keys learned later are
+	// younger, so the entry still expires before any of them.
+	e := el.Value.(*cacheEntry)
 	for _, k := range keys {
-		e.keys[k] = struct{}{}
+		if _, ok := e.keys[k]; ok {
+			continue
+		}
+		e.keys[strings.Clone(k)] = struct{}{}
+		n := keyCost + int64(len(k))
+		e.bytes += n
+		c.bytes += n
 	}
-	c.items[conv] = c.lru.PushFront(e)
+	c.lru.MoveToFront(el)
 	for c.lru.Len() > c.max {
-		old := c.lru.Back()
-		c.lru.Remove(old)
-		delete(c.items, old.Value.(*cacheEntry).conv)
+		c.remove(c.lru.Back())
 	}
+	for c.bytes > c.maxBytes && c.lru.Len() > 0 {
+		c.remove(c.lru.Back())
+		evicted++
+	}
+	return evicted
+}
+
+func (c *knownCache) remove(el *list.Element) {
+	e := el.Value.(*cacheEntry)
+	c.lru.Remove(el)
+	delete(c.items, e.conv)
+	c.bytes -= e.bytes
+}
+
+// size returns the conversations and bytes the cache holds.
+func (c *knownCache) size() (int, int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lru.Len(), c.bytes
 }

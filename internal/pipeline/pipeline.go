@@ -12,6 +12,7 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
+	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
@@ -33,6 +34,9 @@ type Config struct {
 	// CacheConversations bounds the in-process cache of known keys (default
 	// 100,000 conversations; negative disables it).
 	CacheConversations int `yaml:"cache_conversations"`
+	// CacheBytes bounds the same cache's memory: conversation ids, keys
+	// and the bookkeeping of each (default 64 MiB).
+	CacheBytes int64 `yaml:"cache_bytes"`
 	// CacheTTL is how long a cached conversation is trusted (default 1 h;
 	// keep it below the store's retention).
 	CacheTTL time.Duration `yaml:"cache_ttl"`
@@ -60,6 +64,9 @@ type Config struct {
 // DefaultCacheTTL is CacheTTL when it is not set.
 const DefaultCacheTTL = time.Hour
 
+// DefaultCacheBytes is CacheBytes when it is not set.
+const DefaultCacheBytes = 64 << 20
+
 // Guard folds flow/metric pairs beyond a cardinality limit into one series.
 type Guard interface {
 	Map(flow, metric string) (string, string)
@@ -76,6 +83,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("pipeline.batch_entries: negative")
 	case c.MaxPending < 0:
 		return fmt.Errorf("pipeline.max_pending: negative")
+	case c.CacheBytes < 0:
+		return fmt.Errorf("pipeline.cache_bytes: negative")
 	case c.RetryMin < 0 || c.RetryMax < 0 || (c.RetryMax > 0 && c.RetryMin > c.RetryMax):
 		return fmt.Errorf("pipeline.retry_min/retry_max: need 0 ≤ retry_min ≤ retry_max")
 	}
@@ -97,6 +106,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CacheConversations == 0 {
 		c.CacheConversations = 100_000
+	}
+	if c.CacheBytes == 0 {
+		c.CacheBytes = DefaultCacheBytes
 	}
 	if c.CacheTTL == 0 {
 		c.CacheTTL = DefaultCacheTTL
@@ -148,7 +160,7 @@ func New(store flowmetrics.Store, sinks []flowmetrics.Sink, cfg Config, m *telem
 	}
 	m.RecordsSkipped.WithLabelValues("other_topic")
 	if cfg.CacheConversations > 0 {
-		p.cache = newKnownCache(cfg.CacheConversations, cfg.CacheTTL)
+		p.cache = newKnownCache(cfg.CacheConversations, cfg.CacheBytes, cfg.CacheTTL)
 	}
 	for _, s := range sinks {
 		p.drainers = append(p.drainers, &drainer{p: p, sink: s, name: s.Name(), wake: make(chan struct{}, 1)})
@@ -241,9 +253,9 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 	var res Result
 	now := p.cfg.Now()
 	var reqs []flowmetrics.ClaimRequest
-	var reqKeys [][]string     // the keys of each request, for the cache
-	var reqRec []int           // the Index of each request's record
-	var folded map[string]bool // keys the guard folded into the overflow series
+	var reqKeys [][]string      // the keys of each request, for the cache
+	var reqRec []genesys.Record // each request's record (its Index and Line)
+	var folded map[string]bool  // keys the guard folded into the overflow series
 	for _, r := range recs {
 		res.Read++
 		p.m.RecordsRead.Inc()
@@ -253,17 +265,14 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 			p.m.RecordsSkipped.WithLabelValues("other_topic").Inc()
 			continue
 		case genesys.Rejected:
-			res.Rejected++
-			p.m.RecordsRejected.WithLabelValues(RejectReason(r.Err)).Inc()
-			msg := "rejected"
-			if r.Err != nil {
-				msg = r.Err.Error()
-			}
-			res.Errors = append(res.Errors, RecordError{Index: r.Index, Line: r.Line, Error: msg})
+			res.reject(p.m, r, RejectReason(r.Err), r.Err)
+			continue
+		}
+		if err := store.CheckID(r.Event.ConversationID); err != nil {
+			res.reject(p.m, r, flowmetrics.RefusedIDTooLong, err)
 			continue
 		}
 		res.Accepted++
-		p.m.RecordsAccepted.Inc()
 		occs, bad := genesys.Extract(r.Event)
 		if p.cfg.Guard != nil {
 			// Folding happens once, before the claim, so the outbox, every
@@ -298,17 +307,20 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		}
 		reqs = append(reqs, flowmetrics.ClaimRequest{ConversationID: r.Event.ConversationID, Occurrences: occs})
 		reqKeys = append(reqKeys, keys)
-		reqRec = append(reqRec, r.Index)
+		reqRec = append(reqRec, r)
 	}
 	if len(reqs) == 0 {
+		p.m.RecordsAccepted.Add(float64(res.Accepted))
 		return res, nil
 	}
 	start := time.Now()
 	fresh, err := p.store.Claim(ctx, reqs)
 	p.m.StoreLatency.WithLabelValues("claim").Observe(time.Since(start).Seconds())
 	var pe *flowmetrics.PendingError
-	if err != nil && !errors.As(err, &pe) {
+	var re *flowmetrics.RefusedError
+	if err != nil && !errors.As(err, &pe) && !errors.As(err, &re) {
 		p.m.StoreErrors.WithLabelValues("claim").Inc()
+		p.m.RecordsAccepted.Add(float64(res.Accepted))
 		return res, fmt.Errorf("claim: %w", err)
 	}
 	var pendingErr *PendingError
@@ -317,15 +329,29 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		pendingErr = &PendingError{}
 		for _, i := range pe.Requests {
 			deferred[i] = true
-			pendingErr.Records = append(pendingErr.Records, reqRec[i])
+			pendingErr.Records = append(pendingErr.Records, reqRec[i].Index)
 		}
 		p.m.RecordsDeferred.Add(float64(len(pe.Requests)))
 	}
+	if re != nil {
+		// A refused record can never be claimed: it is rejected, named and
+		// counted like a record that does not decode, and the rest of the
+		// batch goes on.
+		for _, f := range re.Refusals {
+			deferred[f.Request] = true
+			res.Accepted--
+			res.reject(p.m, reqRec[f.Request], f.Reason, f.Err)
+		}
+	}
+	p.m.RecordsAccepted.Add(float64(res.Accepted))
 	for i, rq := range reqs {
 		// A deferred request's keys are not known yet: the holder may die
-		// before delivering, and the retry must reach the store.
+		// before delivering, and the retry must reach the store. A refused
+		// one's are not in the store at all.
 		if !deferred[i] {
-			p.cache.learn(rq.ConversationID, reqKeys[i], now)
+			if n := p.cache.learn(rq.ConversationID, reqKeys[i], now); n > 0 {
+				p.m.Limits.WithLabelValues("cache_bytes").Add(float64(n))
+			}
 		}
 	}
 	for _, o := range fresh {
@@ -344,6 +370,18 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		return res, pendingErr
 	}
 	return res, nil
+}
+
+// reject counts r as rejected for reason (a label of
+// flowmetrics_records_rejected_total) and names it with err.
+func (res *Result) reject(m *telemetry.Metrics, r genesys.Record, reason string, err error) {
+	res.Rejected++
+	m.RecordsRejected.WithLabelValues(reason).Inc()
+	msg := "rejected"
+	if err != nil {
+		msg = err.Error()
+	}
+	res.Errors = append(res.Errors, RecordError{Index: r.Index, Line: r.Line, Error: msg})
 }
 
 // PendingError is Ingest's report that some accepted records hold metric
@@ -368,7 +406,8 @@ func occKeys(occs []flowmetrics.Occurrence) []string {
 	return out
 }
 
-var rejectReasons = []string{"invalid_json", "missing_conversation_id", "missing_attributes", "invalid_attributes", "too_large", "too_many_attributes", "not_an_event", "invalid"}
+var rejectReasons = []string{"invalid_json", "missing_conversation_id", "missing_attributes", "invalid_attributes", "too_large", "too_many_attributes", "not_an_event", "invalid",
+	flowmetrics.RefusedIDTooLong, flowmetrics.RefusedConversation, flowmetrics.RefusedByStore}
 
 // RejectReason maps a decode error to the low-cardinality reason label of
 // flowmetrics_records_rejected_total.

@@ -36,6 +36,10 @@ type Metrics struct {
 	// body_too_large, decompressed_too_large. Records refused for a bound
 	// are also counted in RecordsRejected.
 	Limits *prometheus.CounterVec // reason
+	// HTTPRefused counts requests refused before they were read, by
+	// reason: host_not_allowed (421, a Host this server does not serve),
+	// bytes_in_flight (503, the request bytes in flight at their bound).
+	HTTPRefused *prometheus.CounterVec // reason
 
 	StoreLatency *prometheus.HistogramVec // op
 	StoreErrors  *prometheus.CounterVec   // op
@@ -116,8 +120,12 @@ func New() *Metrics {
 	m.Occurrences = vec("occurrences_total", "Flow metric occurrences counted (new claims).", "flow", "metric")
 	m.Malformed = vec("malformed_attributes_total", "Metric-shaped attribute names that break the naming rules, by flow.", "flow")
 	m.Limits = vec("input_limits_total", "Inputs cut, folded or refused by a bound, by reason.", "reason")
-	for _, r := range []string{"name_too_long", "malformed_flows_folded", "errors_truncated", "body_too_large", "decompressed_too_large"} {
+	for _, r := range []string{"name_too_long", "malformed_flows_folded", "errors_truncated", "body_too_large", "decompressed_too_large", "cache_bytes"} {
 		m.Limits.WithLabelValues(r)
+	}
+	m.HTTPRefused = vec("http_refused_total", "HTTP requests refused before they were read, by reason: host_not_allowed (421), bytes_in_flight (503).", "reason")
+	for _, r := range []string{"host_not_allowed", "bytes_in_flight"} {
+		m.HTTPRefused.WithLabelValues(r)
 	}
 	m.CacheHits = cnt("cache_hits_total", "Events whose metric keys were all known in-process, so the store was not asked.")
 	m.StoreLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{

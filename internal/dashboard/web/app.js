@@ -16,11 +16,12 @@
 
 import { $, getJSON, hhmm, RANGE_LABEL } from "./lib.js";
 import health from "./views/health.js";
+import attention from "./views/attention.js";
 import flows from "./views/flows.js";
 import table from "./views/table.js";
 import malformed from "./views/malformed.js";
 
-const views = [flows, table, malformed];
+const views = [attention, flows, table, malformed];
 
 const state = {
   range: "1h", mode: "lines", filter: "", data: null, lastOK: 0,
@@ -33,10 +34,11 @@ const state = {
 };
 const loaded = new Map(); // view -> its data
 
-// Render timings, read by the browser test.
-const stats = window.__flowmetricsRender = { renders: 0, lastMs: 0, maxMs: 0, totalMs: 0 };
+// Render timings, and the series drawn last, read by the browser test.
+const stats = window.__flowmetricsRender = { renders: 0, lastMs: 0, maxMs: 0, totalMs: 0, data: null };
 function render() {
   const t = performance.now();
+  stats.data = state.data;
   $("empty").hidden = state.data.flows.length > 0;
   for (const v of views) v.render(state, loaded.get(v));
   const ms = performance.now() - t;

@@ -75,3 +75,18 @@ export function visibleFlows(state) {
   }
   return out;
 }
+
+// trendLabel is how a flow metric compares with its usual rate, as the
+// server judged it (trend) with the ratio it judged on (already rounded to
+// one decimal, so the figure shown is the figure compared), and its class.
+export function trendLabel(trend, ratio) {
+  const r = ratio === null ? "" : nf1.format(ratio) + "×";
+  switch (trend) {
+    case "up": return [ratio === null ? "▲ new activity" : "▲ " + r + " usual", "up"];
+    case "down": return ["▼ " + r + " usual", "down"];
+    case "usual": return ["≈ usual (" + r + ")", ""];
+    case "low": return ["too few to tell" + (r ? " (" + r + ")" : ""), "muted"];
+    case "quiet": return ["≈ quiet as usual", ""];
+    default: return ["new: no usual rate yet", ""];
+  }
+}

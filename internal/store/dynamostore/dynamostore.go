@@ -133,6 +133,9 @@ type Stats struct {
 	// flowmetrics.PendingError: they held a key another instance claimed
 	// under a live lease.
 	PendingElsewhere int64
+	// Refused counts claim requests reported in a
+	// flowmetrics.RefusedError.
+	Refused int64
 }
 
 // Store is a flowmetrics.Store on a DynamoDB table, with its outbox in
@@ -220,6 +223,13 @@ var errClosed = errors.New("dynamostore: closed")
 // take over a claim whose lease ended). Claims of the same conversation in
 // this process are serialised, so the outbox check of this instance's own
 // pending keys is exact.
+//
+// A conversation that would pass the bounds of flowmetrics (keys and bytes
+// per conversation), or that DynamoDB refuses for good (a
+// ValidationException: an item over 400 KB, a key too long), is refused:
+// what the call claimed in it is released again, and its requests are
+// reported in a *flowmetrics.RefusedError while the other conversations of
+// the batch are claimed as usual.
 func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]flowmetrics.Occurrence, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -230,66 +240,133 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 	if closed {
 		return nil, errClosed
 	}
-
-	var order []string
-	keys := map[string][]string{}
-	seen := map[string]map[string]bool{}
-	for _, r := range reqs {
-		for _, o := range r.Occurrences {
-			m := seen[r.ConversationID]
-			if m == nil {
-				m = map[string]bool{}
-				seen[r.ConversationID] = m
-				order = append(order, r.ConversationID)
-			}
-			if !m[o.Key] {
-				m[o.Key] = true
-				keys[r.ConversationID] = append(keys[r.ConversationID], o.Key)
-			}
-		}
+	var refused store.Refusals
+	b := groupByConversation(reqs, &refused)
+	if len(b.order) == 0 {
+		return nil, refused.Err()
 	}
-	if len(order) == 0 {
-		return nil, nil
-	}
-	unlock := s.stripes.Lock(order)
+	unlock := s.stripes.Lock(b.order)
 	defer unlock()
 
 	start := s.opts.Now()
-	won := make([]map[string]bool, len(order))
-	pend := make([]map[string]bool, len(order))
-	err := s.parallel(ctx, len(order), func(ctx context.Context, i int) error {
-		var err error
-		won[i], pend[i], err = s.claimConversation(ctx, order[i], keys[order[i]], sinks)
-		return err
-	})
+	results, err := s.claimConversations(ctx, b, sinks)
 	if err != nil {
 		// Keys this call did claim stay pending under this instance's
 		// lease with no entry holding them: the retry (here or anywhere
 		// once the lease ends) claims them again.
 		return nil, fmt.Errorf("dynamostore: claim: %w", err)
 	}
+	out, convs, pe := b.collect(reqs, results, &refused)
+	var perr error
+	if pe != nil {
+		s.statsMu.Lock()
+		s.stats.PendingElsewhere += int64(len(pe.Requests))
+		s.statsMu.Unlock()
+		perr = pe
+	}
+	if rerr := refused.Err(); rerr != nil {
+		s.statsMu.Lock()
+		s.stats.Refused += int64(len(rerr.(*flowmetrics.RefusedError).Refusals))
+		s.statsMu.Unlock()
+		perr = errors.Join(perr, rerr)
+	}
+	if len(out) == 0 {
+		return nil, perr
+	}
+	s.enqueue(out, convs, start, sinks)
+	return out, perr
+}
 
-	wonBy := map[string]map[string]bool{}
-	pendBy := map[string]map[string]bool{}
-	convs := map[string][]string{}
-	for i, id := range order {
-		if len(pend[i]) > 0 {
-			pendBy[id] = pend[i]
+// batch is one Claim call's requests grouped by conversation: each
+// conversation's distinct keys, in first-seen order.
+type batch struct {
+	order []string
+	keys  map[string][]string
+}
+
+// groupByConversation groups the requests' keys by conversation. A request
+// whose conversation id is too long, or whose keys alone pass the bounds of
+// one conversation, is refused here, before any write.
+func groupByConversation(reqs []flowmetrics.ClaimRequest, refused *store.Refusals) batch {
+	b := batch{keys: map[string][]string{}}
+	seen := map[string]map[string]bool{}
+	for i, r := range reqs {
+		if err := store.CheckID(r.ConversationID); err != nil {
+			refused.Add(i, flowmetrics.RefusedIDTooLong, err)
+			continue
 		}
-		if len(won[i]) > 0 {
-			wonBy[id] = won[i]
-			for _, k := range keys[id] {
-				if won[i][k] {
-					convs[id] = append(convs[id], k)
-				}
+		if err := (store.Size{}).Plus(store.FilterNew(r.Occurrences, func(string) bool { return false })).Check(r.ConversationID); err != nil {
+			refused.Add(i, flowmetrics.RefusedConversation, err)
+			continue
+		}
+		for _, o := range r.Occurrences {
+			m := seen[r.ConversationID]
+			if m == nil {
+				m = map[string]bool{}
+				seen[r.ConversationID] = m
+				b.order = append(b.order, r.ConversationID)
+			}
+			if !m[o.Key] {
+				m[o.Key] = true
+				b.keys[r.ConversationID] = append(b.keys[r.ConversationID], o.Key)
 			}
 		}
 	}
-	var out []flowmetrics.Occurrence
+	return b
+}
+
+// convResult is what a claim did in one conversation: the keys it got as
+// new, those pending under another instance's live lease, and, when the
+// conversation was refused, why (nothing of it is then claimed).
+type convResult struct {
+	won, pend map[string]bool
+	refused   *flowmetrics.Refusal
+}
+
+// claimConversations claims every conversation of b in parallel. Only a
+// transient failure is returned as an error; a refusal is in the result.
+func (s *Store) claimConversations(ctx context.Context, b batch, sinks bool) ([]convResult, error) {
+	results := make([]convResult, len(b.order))
+	err := s.parallel(ctx, len(b.order), func(ctx context.Context, i int) error {
+		var err error
+		results[i], err = s.claimConversation(ctx, b.order[i], b.keys[b.order[i]], sinks)
+		return err
+	})
+	return results, err
+}
+
+// collect turns the conversations' results into the new occurrences (in
+// request order, each key once), the keys of each conversation that went
+// into them, and the requests holding keys pending elsewhere; it adds the
+// requests of refused conversations to refused.
+func (b batch) collect(reqs []flowmetrics.ClaimRequest, results []convResult, refused *store.Refusals) (out []flowmetrics.Occurrence, convs map[string][]string, pe *flowmetrics.PendingError) {
+	byConv := make(map[string]*convResult, len(b.order))
+	convs = map[string][]string{}
+	for i, id := range b.order {
+		r := &results[i]
+		byConv[id] = r
+		for _, k := range b.keys[id] {
+			if r.won[k] {
+				convs[id] = append(convs[id], k)
+			}
+		}
+	}
 	emitted := map[string]map[string]bool{}
-	for _, r := range reqs {
+	for i, r := range reqs {
+		res := byConv[r.ConversationID]
+		if res == nil || refused.Has(i) {
+			continue
+		}
+		if res.refused != nil {
+			refused.Add(i, res.refused.Reason, res.refused.Err)
+			continue
+		}
+		pending := false
 		for _, o := range r.Occurrences {
-			if !wonBy[r.ConversationID][o.Key] || emitted[r.ConversationID][o.Key] {
+			if res.pend[o.Key] {
+				pending = true
+			}
+			if !res.won[o.Key] || emitted[r.ConversationID][o.Key] {
 				continue
 			}
 			if emitted[r.ConversationID] == nil {
@@ -298,27 +375,19 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 			emitted[r.ConversationID][o.Key] = true
 			out = append(out, o)
 		}
-	}
-	var perr error
-	if len(pendBy) > 0 {
-		pe := &flowmetrics.PendingError{}
-		for i, r := range reqs {
-			for _, o := range r.Occurrences {
-				if pendBy[r.ConversationID][o.Key] {
-					pe.Requests = append(pe.Requests, i)
-					break
-				}
+		if pending {
+			if pe == nil {
+				pe = &flowmetrics.PendingError{}
 			}
+			pe.Requests = append(pe.Requests, i)
 		}
-		s.statsMu.Lock()
-		s.stats.PendingElsewhere += int64(len(pe.Requests))
-		s.statsMu.Unlock()
-		perr = pe
 	}
-	if len(out) == 0 {
-		return nil, perr
-	}
+	return out, convs, pe
+}
 
+// enqueue appends the outbox entry of one Claim call. With sinks, its keys
+// are indexed as held by this instance until the entry's deadline.
+func (s *Store) enqueue(out []flowmetrics.Occurrence, convs map[string][]string, start time.Time, sinks bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.last++
@@ -337,62 +406,131 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		}
 	}
 	s.entries = append(s.entries, e)
-	return out, perr
 }
 
 // claimConversation claims keys of one conversation and returns those it
-// got as new, and those pending under another instance's live lease.
-func (s *Store) claimConversation(ctx context.Context, id string, keys []string, sinks bool) (won, pend map[string]bool, err error) {
-	won, pend = map[string]bool{}, map[string]bool{}
+// got as new, and those pending under another instance's live lease. When
+// the conversation would pass its bounds, or DynamoDB refuses a write for
+// good, what it won is released and the result says why.
+func (s *Store) claimConversation(ctx context.Context, id string, keys []string, sinks bool) (convResult, error) {
+	res := convResult{won: map[string]bool{}, pend: map[string]bool{}}
+	now := s.opts.Now()
+	mine := delivered
+	if sinks {
+		mine = s.cfg.Owner + "@" + strconv.FormatInt(now.Add(s.cfg.Lease).UnixMilli(), 10)
+	}
+	var size store.Size
 	for len(keys) > 0 {
 		n := min(len(keys), maxKeysPerWrite)
-		if err := s.claimChunk(ctx, id, keys[:n], sinks, won, pend); err != nil {
-			return nil, nil, err
+		after, err := s.claimChunk(ctx, id, keys[:n], mine, now, res.won, res.pend)
+		if err != nil {
+			if !IsPermanent(err) {
+				return convResult{}, err
+			}
+			res.refused = &flowmetrics.Refusal{Reason: flowmetrics.RefusedByStore, Err: err}
+			break
+		}
+		if after.Keys > 0 {
+			size = after
 		}
 		keys = keys[n:]
 	}
-	return won, pend, nil
+	if res.refused == nil && len(res.won) > 0 {
+		if err := size.Check(id); err != nil {
+			res.refused = &flowmetrics.Refusal{Reason: flowmetrics.RefusedConversation, Err: err}
+		}
+	}
+	if res.refused == nil {
+		return res, nil
+	}
+	s.log.Warn("claim refused", "conversation", truncate(id), "reason", res.refused.Reason, "err", res.refused.Err)
+	if err := s.release(ctx, id, res.won, mine); err != nil {
+		return convResult{}, err
+	}
+	res.won = nil
+	return res, nil
+}
+
+// release removes keys this call claimed in a conversation it then
+// refused, provided they still hold its mark. If it fails, the claim fails
+// as a whole and its retry claims the keys again (they are this instance's,
+// with no entry holding them) and refuses them again.
+func (s *Store) release(ctx context.Context, id string, won map[string]bool, mine string) error {
+	keys := make([]string, 0, len(won))
+	for k := range won {
+		keys = append(keys, k)
+	}
+	for len(keys) > 0 {
+		n := min(len(keys), maxKeysPerWrite)
+		names := map[string]string{}
+		ph := keyNames(keys[:n], "#k", names)
+		var cond []string
+		for _, p := range ph {
+			cond = append(cond, p+" = :v")
+		}
+		_, err := s.updateItem(ctx, &dynamodb.UpdateItemInput{
+			Key:                       s.key(id),
+			UpdateExpression:          aws.String("REMOVE " + strings.Join(ph, ", ")),
+			ConditionExpression:       aws.String(strings.Join(cond, " AND ")),
+			ExpressionAttributeNames:  names,
+			ExpressionAttributeValues: map[string]types.AttributeValue{":v": str(mine)},
+		})
+		if err != nil && !isConditionFailed(err) {
+			return fmt.Errorf("conversation %q: release refused claim: %w", id, err)
+		}
+		keys = keys[n:]
+	}
+	return nil
+}
+
+// truncate shortens a conversation id for a log line.
+func truncate(id string) string {
+	if len(id) <= 64 {
+		return id
+	}
+	return id[:64] + "…"
 }
 
 type takeover struct {
 	key, old string
 }
 
-func (s *Store) claimChunk(ctx context.Context, id string, keys []string, sinks bool, won, pend map[string]bool) error {
-	now := s.opts.Now()
-	mine := delivered
-	if sinks {
-		mine = s.cfg.Owner + "@" + strconv.FormatInt(now.Add(s.cfg.Lease).UnixMilli(), 10)
-	}
+// claimChunk claims up to maxKeysPerWrite keys of one conversation. It
+// returns the size of the conversation's item after its write (zero when
+// it wrote nothing).
+func (s *Store) claimChunk(ctx context.Context, id string, keys []string, mine string, now time.Time, won, pend map[string]bool) (store.Size, error) {
 	if s.cfg.ReadFirst {
 		var err error
 		if keys, err = s.unknown(ctx, id, keys, now, pend); err != nil || len(keys) == 0 {
-			return err
+			return store.Size{}, err
 		}
 	}
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		old, expired, err := s.update(ctx, id, keys, mine, now)
 		if err != nil {
-			return err
+			return store.Size{}, err
 		}
 		if expired {
 			ok, err := s.reset(ctx, id, keys, mine, now)
 			if err != nil {
-				return err
+				return store.Size{}, err
 			}
 			if ok {
 				for _, k := range keys {
 					won[k] = true
 				}
-				return nil
+				return sizeOf(keys), nil
 			}
 			continue
 		}
+		size := itemSize(old)
 		var take []takeover
 		for _, k := range keys {
 			v, present := old[keyPrefix+k]
 			switch st := s.state(id, k, v, present, now); st {
 			case stateNew:
+				size.Keys++
+				size.Bytes += len(k)
 				won[k] = true
 			case stateKnown:
 			case statePendingElsewhere:
@@ -402,17 +540,17 @@ func (s *Store) claimChunk(ctx context.Context, id string, keys []string, sinks 
 			}
 		}
 		if len(take) == 0 {
-			return nil
+			return size, nil
 		}
 		ok, err := s.takeOver(ctx, id, take, mine, now)
 		if err != nil {
-			return err
+			return store.Size{}, err
 		}
 		if ok {
 			for _, t := range take {
 				won[t.key] = true
 			}
-			return nil
+			return size, nil
 		}
 		// Someone else changed one of them first: look again.
 		keys = keys[:0:0]
@@ -420,7 +558,28 @@ func (s *Store) claimChunk(ctx context.Context, id string, keys []string, sinks 
 			keys = append(keys, t.key)
 		}
 	}
-	return fmt.Errorf("conversation %q: still contended after %d attempts", id, maxAttempts)
+	return store.Size{}, fmt.Errorf("conversation %q: still contended after %d attempts", id, maxAttempts)
+}
+
+// itemSize is the size of the conversation an item (as strings_ returns
+// it) holds.
+func itemSize(item map[string]string) store.Size {
+	var size store.Size
+	for a := range item {
+		if k, ok := strings.CutPrefix(a, keyPrefix); ok {
+			size.Keys++
+			size.Bytes += len(k)
+		}
+	}
+	return size
+}
+
+func sizeOf(keys []string) store.Size {
+	size := store.Size{Keys: len(keys)}
+	for _, k := range keys {
+		size.Bytes += len(k)
+	}
+	return size
 }
 
 type keyState int

@@ -29,6 +29,7 @@ type Store struct {
 
 type conversation struct {
 	keys    map[string]struct{}
+	bytes   int   // total length of the keys
 	changed int64 // unix nanoseconds
 }
 
@@ -51,7 +52,12 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 	}
 	now := s.opts.Now()
 	var out []flowmetrics.Occurrence
-	for _, r := range reqs {
+	var refused store.Refusals
+	for i, r := range reqs {
+		if err := store.CheckID(r.ConversationID); err != nil {
+			refused.Add(i, flowmetrics.RefusedIDTooLong, err)
+			continue
+		}
 		c := s.convs[r.ConversationID]
 		if c != nil && s.opts.Expired(timeOf(c.changed), now) {
 			c = nil
@@ -66,12 +72,21 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		if len(fresh) == 0 {
 			continue
 		}
+		var size store.Size
+		if c != nil {
+			size = store.Size{Keys: len(c.keys), Bytes: c.bytes}
+		}
+		if err := size.Plus(fresh).Check(r.ConversationID); err != nil {
+			refused.Add(i, flowmetrics.RefusedConversation, err)
+			continue
+		}
 		if c == nil {
 			c = &conversation{keys: map[string]struct{}{}}
 			s.convs[r.ConversationID] = c
 		}
 		for _, o := range fresh {
 			c.keys[o.Key] = struct{}{}
+			c.bytes += len(o.Key)
 		}
 		c.changed = now.UnixNano()
 		out = append(out, fresh...)
@@ -80,7 +95,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		s.last++
 		s.entries = append(s.entries, flowmetrics.Entry{Seq: s.last, Occurrences: out})
 	}
-	return out, nil
+	return out, refused.Err()
 }
 
 // Sweep removes expired conversations and returns how many.

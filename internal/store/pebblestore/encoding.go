@@ -15,6 +15,7 @@ import (
 type conversation struct {
 	changed int64
 	keys    []string
+	bytes   int                 // total length of the keys
 	set     map[string]struct{} // the keys, once there are more than scanKeys
 }
 
@@ -41,6 +42,7 @@ func (c *conversation) has(k string) bool {
 
 func (c *conversation) add(k string) {
 	c.keys = append(c.keys, k)
+	c.bytes += len(k)
 	if c.set != nil {
 		c.set[k] = struct{}{}
 	}
@@ -76,6 +78,7 @@ func decodeConversation(v []byte) (*conversation, error) {
 			return nil, err
 		}
 		c.keys = append(c.keys, k)
+		c.bytes += len(k)
 	}
 	return c, nil
 }

@@ -199,9 +199,14 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		return nil, err
 	}
 	defer s.fatal.recover(&err)
-	convs := make([]string, len(reqs))
+	var refused store.Refusals
+	convs := make([]string, 0, len(reqs))
 	for i, r := range reqs {
-		convs[i] = r.ConversationID
+		if err := store.CheckID(r.ConversationID); err != nil {
+			refused.Add(i, flowmetrics.RefusedIDTooLong, err)
+			continue
+		}
+		convs = append(convs, r.ConversationID)
 	}
 	unlock := s.stripes.Lock(convs)
 	defer unlock()
@@ -213,8 +218,8 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	// A conversation may appear twice in one batch: the second request must
 	// see the first one's keys, which are only in the batch so far.
 	staged := map[string]*conversation{}
-	for _, r := range reqs {
-		if len(r.Occurrences) == 0 {
+	for i, r := range reqs {
+		if len(r.Occurrences) == 0 || refused.Has(i) {
 			continue
 		}
 		c, ok := staged[r.ConversationID]
@@ -235,6 +240,10 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		if c == nil {
 			c = &conversation{}
 		}
+		if err := (store.Size{Keys: len(c.keys), Bytes: c.bytes}).Plus(fresh).Check(r.ConversationID); err != nil {
+			refused.Add(i, flowmetrics.RefusedConversation, err)
+			continue
+		}
 		for _, o := range fresh {
 			c.add(o.Key)
 		}
@@ -243,7 +252,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		out = append(out, fresh...)
 	}
 	if len(out) == 0 {
-		return nil, nil
+		return nil, refused.Err()
 	}
 	for id, c := range staged {
 		if err := b.Set(convKey(id), c.encode(), nil); err != nil {
@@ -260,7 +269,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		return nil, fmt.Errorf("pebblestore: claim: %w", err)
 	}
 	s.seq.End(seq, int64(len(out)), true)
-	return out, nil
+	return out, refused.Err()
 }
 
 func (s *Store) get(id string) (*conversation, error) {

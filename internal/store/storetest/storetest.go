@@ -86,6 +86,7 @@ func Run(t *testing.T, h Harness) {
 	t.Run("Outbox", func(t *testing.T) { testOutbox(t, h) })
 	t.Run("OutboxNeverSkipsUnderConcurrency", func(t *testing.T) { testOutboxConcurrent(t, h) })
 	t.Run("SinkState", func(t *testing.T) { skipState(t, h); testSinkState(t, h) })
+	t.Run("ConversationBounds", func(t *testing.T) { testConversationBounds(t, h) })
 	if h.Reopen != nil {
 		t.Run("Durable", func(t *testing.T) { testDurable(t, h) })
 		t.Run("SinkStateDurable", func(t *testing.T) { skipState(t, h); testSinkStateDurable(t, h) })

@@ -1,18 +1,11 @@
 // The flow metrics table: each metric's count in the range, its rate now
-// against its usual rate, and when it was last seen.
+// against its usual rate (the server's judgement, as in the attention
+// list), and when it was last seen. On a narrow screen the flow moves
+// under the metric's name and the count, usual rate and last seen hide.
 
-import { $, el, nf, nf1, ago, order, visibleFlows, RANGE_LABEL } from "../lib.js";
+import { $, el, nf, nf1, ago, order, trendLabel, visibleFlows, RANGE_LABEL } from "../lib.js";
 
 const rows = new Map(); // flow\0metric -> tr
-
-function trend(now, usual) {
-  if (usual === null) return ["new: no usual rate yet", ""];
-  if (usual === 0) return now > 0 ? ["▲ new activity", "up"] : ["≈ quiet as usual", ""];
-  const r = now / usual;
-  if (r >= 1.5) return ["▲ " + nf1.format(r) + "× usual", "up"];
-  if (r <= 0.5) return ["▼ " + nf1.format(r) + "× usual", "down"];
-  return ["≈ usual (" + nf1.format(r) + "×)", ""];
-}
 
 export default {
   id: "table-view",
@@ -27,15 +20,17 @@ export default {
       if (!tr) {
         tr = el("tr");
         tr.dataset.flow = f.flow; tr.dataset.metric = m.metric;
-        tr.append(el("td", null, f.flow), el("td", null, m.metric), el("td", { class: "n" }), el("td", { class: "n" }), el("td", { class: "n" }), el("td"), el("td"));
+        const name = el("td", { class: "name" });
+        name.append(el("span", { class: "me" }, m.metric), el("span", { class: "fl" }, f.flow));
+        tr.append(el("td", { class: "flow" }, f.flow), name, el("td", { class: "n wide" }), el("td", { class: "n" }), el("td", { class: "n wide" }), el("td", { class: "trend" }), el("td", { class: "wide" }));
         rows.set(k, tr);
       }
       const cells = tr.cells;
       cells[2].textContent = nf.format(m.in_range);
       cells[3].textContent = nf1.format(m.rate_now);
       cells[4].textContent = m.rate_usual === null ? "–" : nf1.format(m.rate_usual);
-      const [txt, cls] = trend(m.rate_now, m.rate_usual);
-      cells[5].textContent = txt; cells[5].className = cls;
+      const [txt, cls] = trendLabel(m.trend, m.ratio);
+      cells[5].textContent = txt; cells[5].className = "trend " + cls;
       cells[6].textContent = ago(m.last_seen);
       cells[6].title = m.last_seen || "";
       ordered.push(tr);
