@@ -178,17 +178,37 @@ func (e *RefusedError) Error() string {
 
 // Sink delivers points to one backend.
 //
+// Name is the durable key of the sink: the store keeps the sink's outbox
+// cursor and its state (StatefulSink) under it, so it must not change
+// between runs, and two sinks of one pipeline must not share it.
+//
 // Send returns nil once the backend has accepted every point. Any other error
 // means the batch will be sent again later (after a jittered backoff), so a
 // sink must not have partly applied it unless the backend tolerates the
 // repeat; an error wrapped with Permanent means the batch can never succeed:
-// it is counted and dropped, and delivery goes on with the next one.
-// Close flushes anything buffered, honours the context's deadline and is
-// safe to call twice.
+// it is counted and dropped, and delivery goes on with the next one. An
+// error that also implements RetryAfterError says when trying again is of
+// use. Send with no points sends nothing (a Holder may send what it holds).
+//
+// The pipeline never calls Send, Close or the methods of the optional
+// interfaces below (StatefulSink, Holder) concurrently, so a sink needs no
+// lock of its own for them; it only guards what other goroutines touch (an
+// HTTP handler reading its data, a client's background sender). Close
+// flushes anything buffered, honours the context's deadline and is safe to
+// call twice; a Send after Close returns at once, without panicking (an
+// error where it can no longer deliver).
 type Sink interface {
 	Name() string
 	Send(ctx context.Context, points []Point) error
 	Close(ctx context.Context) error
+}
+
+// RetryAfterError is an error of Send that knows when trying again can
+// succeed (a refused API key, a rate limit). Where the caller would wait
+// past its own deadline (Lambda's Flush), it gives up at once instead.
+type RetryAfterError interface {
+	error
+	RetryAfter() time.Time
 }
 
 // StateUpdate changes a sink's durable state: each key is set to its value;
@@ -240,6 +260,18 @@ type StatefulSink interface {
 	// (Store.AckState). A failed commit is retried with the same update,
 	// never by sending again.
 	TakeState() StateUpdate
+}
+
+// Holder is a StatefulSink that holds the points it was sent until a time
+// passes, in its state (the OTLP sink keeps each window open until its
+// watermark). When the outbox has nothing new for it, the pipeline asks
+// Due at each turn (every flush_interval) and, when it says so, calls Send
+// with no points and commits TakeState at the unchanged cursor, so what
+// the sink held is sent in time even when no new occurrence comes.
+type Holder interface {
+	StatefulSink
+	// Due reports whether Send with no points would send something now.
+	Due(now time.Time) bool
 }
 
 // permanentError marks an error that retrying cannot cure.

@@ -18,6 +18,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/sink/jsonl"
 	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+	"github.com/flowmetrics/flowmetrics/internal/wire"
 )
 
 // replayBatch is how many records one claim covers: large enough that the
@@ -26,8 +27,11 @@ import (
 const replayBatch = 2000
 
 // flushEvery bounds the occurrences held in the outbox before the sinks get
-// them, so a huge replay does not grow memory without bound.
-const flushEvery = 200_000
+// them, so a huge replay does not grow memory without bound. Small enough
+// that the embedded store deletes the delivered entries while they are
+// still in its memtable (they then never reach a table): 20,000
+// occurrences are about 2 MB of entries.
+const flushEvery = 20_000
 
 // maxPrinted bounds the rejected records named on stderr; the rest are
 // counted in the summary.
@@ -73,13 +77,6 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 	if *dataDir != "" {
 		cfg.Store.Type, cfg.DataDir = "embedded", *dataDir
 	}
-	if cfg.Sinks.OTLP != nil {
-		// The replay's sinks and their state are gone when it ends: the
-		// windows still open are sent then, not kept.
-		oc := *cfg.Sinks.OTLP
-		oc.FlushOnClose = true
-		cfg.Sinks.OTLP = &oc
-	}
 	if err := cfg.Validate(); err != nil {
 		return usageError(err)
 	}
@@ -104,7 +101,11 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 	// A store failure that cannot be survived may park this goroutine
 	// inside the store: the replay then ends with it, not a hang.
 	return orStoreFailure(st, func() error {
-		sinks, err := buildSinks(cfg, m, log)
+		deps := sinkDeps(cfg, m, log, nil)
+		// The replay's sinks and their state are gone when it ends (see
+		// registerForReplay): the OTLP windows still open are sent then.
+		deps.Ephemeral = true
+		sinks, err := wire.Sinks(cfg.Sinks, deps)
 		if err != nil {
 			return usageError(err)
 		}
@@ -180,10 +181,10 @@ func registerForReplay(ctx context.Context, st flowmetrics.Store, sinks []flowme
 
 // rename gives a sink another outbox cursor name, keeping what the
 // pipeline needs to see of it: a StatefulSink stays one (its state is kept
-// under the new name), and so does a pipeline.Holder.
+// under the new name), and so does a flowmetrics.Holder.
 func rename(s flowmetrics.Sink, name string) flowmetrics.Sink {
 	switch s := s.(type) {
-	case pipeline.Holder:
+	case flowmetrics.Holder:
 		return renamedHolder{s, name}
 	case flowmetrics.StatefulSink:
 		return renamedStateful{s, name}
@@ -206,7 +207,7 @@ type renamedStateful struct {
 func (r renamedStateful) Name() string { return r.name }
 
 type renamedHolder struct {
-	pipeline.Holder
+	flowmetrics.Holder
 	name string
 }
 

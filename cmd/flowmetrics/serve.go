@@ -21,9 +21,9 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/diskguard"
 	"github.com/flowmetrics/flowmetrics/internal/httpapi"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
-	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 	"github.com/flowmetrics/flowmetrics/internal/tlscert"
+	"github.com/flowmetrics/flowmetrics/internal/wire"
 )
 
 const serveHelp = `Receives Genesys Cloud events over HTTP (an EventBridge API destination, or
@@ -142,16 +142,13 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 		}
 	}
 	failed, failure := storeFailure(st)
-	sinks, err := buildSinks(cfg, m, log)
+	// With the store in its deps, /metrics never goes down across a
+	// restart: the Prometheus sink counts what is pending at once.
+	sinks, err := wire.Sinks(cfg.Sinks, sinkDeps(cfg, m, log, st))
 	if err != nil {
 		ln.Close()
 		st.Close()
 		return usageError(err)
-	}
-	for _, s := range sinks {
-		if ps, ok := s.(*prometheus.Sink); ok {
-			ps.ResumeFrom(st) // /metrics never goes down across a restart
-		}
 	}
 	pcfg := cfg.Pipeline
 	pcfg.Guard = newGuard(cfg, log)

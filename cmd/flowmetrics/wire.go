@@ -10,13 +10,9 @@ import (
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
 	"github.com/flowmetrics/flowmetrics/internal/sink/dogstatsd"
-	"github.com/flowmetrics/flowmetrics/internal/sink/emf"
-	"github.com/flowmetrics/flowmetrics/internal/sink/jsonl"
-	"github.com/flowmetrics/flowmetrics/internal/sink/otlp"
-	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
-	"github.com/flowmetrics/flowmetrics/internal/sink/statsd"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/memstore"
 	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
@@ -31,6 +27,7 @@ func openStore(c config.Config, log *slog.Logger) (flowmetrics.Store, error) {
 	case "memory":
 		return memstore.New(opts), nil
 	case "embedded":
+		oldLedgers(c, log)
 		s, err := pebblestore.Open(filepath.Join(c.DataDir, "state"), opts, log)
 		if err != nil {
 			return nil, fmt.Errorf("open store (is another flowmetrics using %s?): %w", c.DataDir, err)
@@ -40,60 +37,17 @@ func openStore(c config.Config, log *slog.Logger) (flowmetrics.Store, error) {
 	return nil, fmt.Errorf("store.type %q: unknown", c.Store.Type)
 }
 
-// buildSinks creates the configured sinks. Nothing here touches the network:
-// sinks connect when they first send.
-func buildSinks(c config.Config, m *telemetry.Metrics, log *slog.Logger) ([]flowmetrics.Sink, error) {
-	namer := naming.New(c.Naming)
-	oldLedgers(c, log)
-	var sinks []flowmetrics.Sink
-	fail := func(err error) ([]flowmetrics.Sink, error) {
-		for _, s := range sinks {
-			s.Close(context.Background())
-		}
-		return nil, err
+// sinkDeps is what serve and replay build their sinks from (wire.Sinks).
+// st, when not nil, lets a sink resume ahead of delivery (Prometheus).
+func sinkDeps(c config.Config, m *telemetry.Metrics, log *slog.Logger, st flowmetrics.Store) sink.Deps {
+	return sink.Deps{
+		Namer:   naming.New(c.Naming),
+		Metrics: m,
+		Log:     log,
+		Store:   st,
+		// The memory store's sink state dies with the process.
+		Ephemeral: c.Store.Type == "memory",
 	}
-	if c.Sinks.Prometheus.IsEnabled() {
-		s, err := prometheus.New(c.Sinks.Prometheus, namer, m.Registry)
-		if err != nil {
-			return fail(err)
-		}
-		sinks = append(sinks, s)
-	}
-	if c.Sinks.JSONL != nil {
-		s, err := jsonl.New(*c.Sinks.JSONL, namer, log)
-		if err != nil {
-			return fail(err)
-		}
-		sinks = append(sinks, s)
-	}
-	// A plain switch per backend, in a fixed order: no registry.
-	type build func() (flowmetrics.Sink, error)
-	for _, b := range []struct {
-		on    bool
-		build build
-	}{
-		{c.Sinks.Datadog != nil, func() (flowmetrics.Sink, error) { return datadog.New(*c.Sinks.Datadog, namer, m, log) }},
-		{c.Sinks.DogStatsD != nil, func() (flowmetrics.Sink, error) { return dogstatsd.New(*c.Sinks.DogStatsD, namer, m, log) }},
-		{c.Sinks.EMF != nil, func() (flowmetrics.Sink, error) { return emf.New(*c.Sinks.EMF, namer, m, log) }},
-		{c.Sinks.OTLP != nil, func() (flowmetrics.Sink, error) {
-			oc := *c.Sinks.OTLP
-			// The memory store's sink state dies with the process: send
-			// the windows still open at the end instead of keeping them.
-			oc.FlushOnClose = oc.FlushOnClose || c.Store.Type == "memory"
-			return otlp.New(oc, namer, m, log)
-		}},
-		{c.Sinks.StatsD != nil, func() (flowmetrics.Sink, error) { return statsd.New(*c.Sinks.StatsD, namer, m, log) }},
-	} {
-		if !b.on {
-			continue
-		}
-		s, err := b.build()
-		if err != nil {
-			return fail(err)
-		}
-		sinks = append(sinks, s)
-	}
-	return sinks, nil
 }
 
 // sweeper deletes expired conversations every interval until ctx ends.

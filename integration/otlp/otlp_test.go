@@ -47,6 +47,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/sink/otlp"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
@@ -474,8 +475,7 @@ func start(t *testing.T, dir, url, temporality string, clk *clock) *instance {
 		t.Fatal(err)
 	}
 	m := telemetry.New()
-	s, err := otlp.New(otlp.Config{Endpoint: url, Temporality: temporality, Compression: "gzip", Timeout: 2 * time.Second, Now: clk.Now},
-		naming.New(naming.Config{}), m, quiet)
+	s, err := otlp.New(otlp.Config{Endpoint: url, Temporality: temporality, Compression: "gzip", Timeout: 2 * time.Second, Now: clk.Now}, sink.Deps{Namer: naming.New(naming.Config{}), Metrics: m, Log: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

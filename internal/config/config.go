@@ -284,7 +284,7 @@ func (c Config) Check(insecure bool) error {
 		errs = append(errs, fmt.Errorf("http.protect_reads: needs the shared secret: set %s", c.HTTP.SecretEnv))
 	}
 	if d := c.Sinks.Datadog; d != nil {
-		if _, err := d.APIKey(); err != nil {
+		if _, err := d.APIKey(os.Getenv); err != nil {
 			errs = append(errs, fmt.Errorf("sinks.datadog: %w", err))
 		}
 	}

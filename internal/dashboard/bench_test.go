@@ -93,3 +93,51 @@ func BenchmarkMemory(b *testing.B) {
 		runtime.KeepAlive(r)
 	}
 }
+
+// BenchmarkTakeStateMalformed: the state write after n distinct malformed
+// names changed (20 flows × up to 50 names; 1,000 is the cap). Its time
+// should grow with n, not n².
+func BenchmarkTakeStateMalformed(b *testing.B) {
+	for _, n := range []int{250, 1000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			r := NewRecorder(func() time.Time { return time.Date(2026, 12, 1, 12, 0, 5, 0, time.UTC) })
+			for b.Loop() {
+				for i := range n {
+					r.Malformed(fmt.Sprintf("Flow%02d", i%20), fmt.Sprintf("Flow%02dMetric_Typo%03d(2026-12-01 12:00:00Z)", i%20, i), "time has a space")
+				}
+				r.TakeState()
+			}
+		})
+	}
+}
+
+// BenchmarkMalformedDuringTakeState: how long ingest's report of a malformed
+// name waits while the dashboard writes the state of 1,000 changed names
+// (the slowest report per write is reported as max-ns).
+func BenchmarkMalformedDuringTakeState(b *testing.B) {
+	r := NewRecorder(func() time.Time { return time.Date(2026, 12, 1, 12, 0, 5, 0, time.UTC) })
+	names := make([]string, 1000)
+	for i := range names {
+		names[i] = fmt.Sprintf("Flow%02dMetric_Typo%03d(2026-12-01 12:00:00Z)", i%20, i)
+	}
+	var worst time.Duration
+	for b.Loop() {
+		for i, n := range names {
+			r.Malformed(fmt.Sprintf("Flow%02d", i%20), n, "time has a space")
+		}
+		done := make(chan struct{})
+		go func() { r.TakeState(); close(done) }()
+		for {
+			start := time.Now()
+			r.Malformed("Flow00", names[0], "time has a space")
+			worst = max(worst, time.Since(start))
+			select {
+			case <-done:
+			default:
+				continue
+			}
+			break
+		}
+	}
+	b.ReportMetric(float64(worst.Nanoseconds()), "max-ns")
+}

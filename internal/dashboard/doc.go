@@ -1,7 +1,9 @@
-// Package dashboard is the live page of serve: per flow, a chart of its
-// metrics by attribute time over 15 min to 24 h, a table of every flow
-// metric with its rate now against its usual rate, the distinct malformed
-// attribute names per flow, and whether the pipeline and each sink keep up.
+// Package dashboard is the live page of serve, what is wrong first: the flow
+// metrics furthest from their usual rate (Assess, Attention), then per flow
+// a chart of its metrics' rates by attribute time over 15 min to 24 h, a
+// table of every flow metric with its rate now against its usual rate, the
+// distinct malformed attribute names per flow, and whether the pipeline and
+// each sink keep up.
 //
 // Two parts. A Recorder is one more flowmetrics.Sink, and a StatefulSink:
 // the pipeline delivers it the same points as the real sinks, and it keeps

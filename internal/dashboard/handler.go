@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"math"
 	"mime"
+	"net"
 	"net/http"
 	"path"
 	"sort"
@@ -72,8 +73,17 @@ const (
 	StreamPath    = APIPrefix + "stream"
 )
 
-// maxStreams bounds the concurrent event streams (open pages).
-const maxStreams = 64
+// Event streams (one per open page) are bounded in number, per client and
+// in time, so that no client can hold the slots: at most MaxStreams open, at
+// most MaxStreamsPerClient from one remote address, each ended after
+// StreamLifetime (the page reconnects at once), and a write that the client
+// does not take within streamWriteTimeout ends it.
+const (
+	MaxStreams          = 64
+	MaxStreamsPerClient = 8
+	StreamLifetime      = 10 * time.Minute
+	streamWriteTimeout  = 10 * time.Second
+)
 
 // Handler serves the dashboard page at GET / and its JSON under /api/v1/.
 type Handler struct {
@@ -81,9 +91,12 @@ type Handler struct {
 	m   *telemetry.Metrics
 	mux *http.ServeMux
 
-	streams   chan struct{} // one token per open stream
-	done      chan struct{} // closed by CloseStreams
-	closeOnce sync.Once
+	slotMu     sync.Mutex
+	open       int            // streams open
+	perClient  map[string]int // streams open by remote address
+	streamLife time.Duration  // StreamLifetime, shorter in tests
+	done       chan struct{}  // closed by CloseStreams
+	closeOnce  sync.Once
 
 	rateMu  sync.Mutex
 	samples []rateSample // records read, for events/s
@@ -97,7 +110,7 @@ type rateSample struct {
 // New returns the handler of rec's dashboard; m may be nil: the health
 // endpoint then has no pipeline counters.
 func New(rec *Recorder, m *telemetry.Metrics) *Handler {
-	h := &Handler{rec: rec, m: m, mux: http.NewServeMux(), streams: make(chan struct{}, maxStreams), done: make(chan struct{})}
+	h := &Handler{rec: rec, m: m, mux: http.NewServeMux(), perClient: map[string]int{}, streamLife: StreamLifetime, done: make(chan struct{})}
 	h.mux.HandleFunc("GET /{$}", h.page)
 	h.mux.HandleFunc("GET "+AssetsPrefix, h.asset)
 	h.mux.HandleFunc("GET "+SeriesPath, h.series)
@@ -107,6 +120,11 @@ func New(rec *Recorder, m *telemetry.Metrics) *Handler {
 	h.mux.HandleFunc("GET "+StreamPath, h.stream)
 	return h
 }
+
+// SetStreamLifetime changes how long an event stream lasts before the
+// server ends it and the page reconnects (StreamLifetime by default), e.g.
+// below a proxy's own limit. It must be called before the handler serves.
+func (h *Handler) SetStreamLifetime(d time.Duration) { h.streamLife = d }
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -403,37 +421,79 @@ func (h *Handler) rate(now time.Time, read int64) *float64 {
 	return nil
 }
 
+// acquire takes a stream slot for client, if one is free.
+func (h *Handler) acquire(client string) (ok bool, why string) {
+	h.slotMu.Lock()
+	defer h.slotMu.Unlock()
+	switch {
+	case h.open >= MaxStreams:
+		return false, fmt.Sprintf("%d streams open, the most this server keeps", MaxStreams)
+	case h.perClient[client] >= MaxStreamsPerClient:
+		return false, fmt.Sprintf("%d streams open from %s, the most one client may hold", MaxStreamsPerClient, client)
+	}
+	h.open++
+	h.perClient[client]++
+	return true, ""
+}
+
+func (h *Handler) release(client string) {
+	h.slotMu.Lock()
+	defer h.slotMu.Unlock()
+	h.open--
+	if h.perClient[client]--; h.perClient[client] <= 0 {
+		delete(h.perClient, client)
+	}
+}
+
+// clientOf is the remote address of r without its port.
+func clientOf(r *http.Request) string {
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		return host
+	}
+	return r.RemoteAddr
+}
+
 // stream sends an event "change" whenever the Recorder changes (at most
-// five a second), and a comment every 15 s to keep the connection open.
+// five a second), and a comment every 15 s to keep the connection open. It
+// ends after streamLife; the browser's EventSource then reconnects after
+// the "retry" of 1 s, and the page reads everything again.
 func (h *Handler) stream(w http.ResponseWriter, r *http.Request) {
-	select {
-	case h.streams <- struct{}{}:
-		defer func() { <-h.streams }()
-	default:
-		jsonError(w, http.StatusServiceUnavailable, fmt.Sprintf("more than %d open streams; poll the other endpoints instead", maxStreams))
+	client := clientOf(r)
+	if ok, why := h.acquire(client); !ok {
+		w.Header().Set("Retry-After", "30")
+		jsonError(w, http.StatusServiceUnavailable, why+"; poll the other endpoints instead")
 		return
 	}
+	defer h.release(client)
 	rc := http.NewResponseController(w)
-	rc.SetWriteDeadline(time.Time{}) // a stream outlives the server's write timeout
+	// A stream outlives the server's write timeout; each write gets its
+	// own, so a client that stops reading frees its slot.
+	send := func(msg string) bool {
+		rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+		_, err := strings.NewReader(msg).WriteTo(w)
+		return err == nil && rc.Flush() == nil
+	}
 	hd := w.Header()
 	hd.Set("Content-Type", "text/event-stream")
 	hd.Set("Cache-Control", "no-store")
-	w.WriteHeader(http.StatusOK)
 	ch, v := h.rec.Changed()
-	fmt.Fprintf(w, "retry: 1000\nevent: change\ndata: {\"version\":%d}\n\n", v)
-	if rc.Flush() != nil {
+	if !send(fmt.Sprintf("retry: 1000\nevent: change\ndata: {\"version\":%d}\n\n", v)) {
 		return
 	}
 	beat := time.NewTicker(15 * time.Second)
 	defer beat.Stop()
+	end := time.NewTimer(h.streamLife)
+	defer end.Stop()
 	for {
 		select {
 		case <-r.Context().Done():
 			return
 		case <-h.done:
 			return
+		case <-end.C:
+			return
 		case <-beat.C:
-			if _, err := strings.NewReader(": keep-alive\n\n").WriteTo(w); err != nil || rc.Flush() != nil {
+			if !send(": keep-alive\n\n") {
 				return
 			}
 		case <-ch:
@@ -445,7 +505,7 @@ func (h *Handler) stream(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			ch, v = h.rec.Changed()
-			if _, err := fmt.Fprintf(w, "event: change\ndata: {\"version\":%d}\n\n", v); err != nil || rc.Flush() != nil {
+			if !send(fmt.Sprintf("event: change\ndata: {\"version\":%d}\n\n", v)) {
 				return
 			}
 		}

@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path"
@@ -276,15 +278,17 @@ func TestStream(t *testing.T) {
 		t.Errorf("after a malformed name: got %q, want version 3", got)
 	}
 
-	// Fill the other slots; one more is refused.
-	for range maxStreams - 1 {
-		h.streams <- struct{}{}
+	// Fill the other slots (as other clients); one more is refused.
+	for i := range MaxStreams - 1 {
+		if ok, why := h.acquire(fmt.Sprintf("192.0.2.%d", i)); !ok {
+			t.Fatalf("slot %d: %s", i, why)
+		}
 	}
-	if res, body := get(t, h, StreamPath); res.StatusCode != 503 {
-		t.Errorf("stream beyond %d: got %d %s, want 503", maxStreams, res.StatusCode, body)
+	if res, body := get(t, h, StreamPath); res.StatusCode != 503 || res.Header.Get("Retry-After") == "" {
+		t.Errorf("stream beyond %d: got %d %s, want 503 with Retry-After", MaxStreams, res.StatusCode, body)
 	}
-	for range maxStreams - 1 {
-		<-h.streams
+	for i := range MaxStreams - 1 {
+		h.release(fmt.Sprintf("192.0.2.%d", i))
 	}
 
 	h.CloseStreams()
@@ -292,5 +296,79 @@ func TestStream(t *testing.T) {
 	}
 	if ctx.Err() != nil {
 		t.Error("the stream did not end on CloseStreams")
+	}
+}
+
+// TestStreamSlotsPerClient: one client (remote address) holds at most
+// MaxStreamsPerClient streams, and others still get theirs; a stream ends
+// after its lifetime, and its slot is free again.
+func TestStreamSlotsPerClient(t *testing.T) {
+	h := New(NewRecorder(nil), nil)
+	h.SetStreamLifetime(2 * time.Second)
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	defer h.CloseStreams()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	// Clients told apart by their address: 127.0.0.1 and 127.0.0.2 (both
+	// loopback on Linux).
+	client := func(ip string) *http.Client {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, MaxConnsPerHost: 0}}
+	}
+	open := func(c *http.Client) (*http.Response, error) {
+		req, _ := http.NewRequestWithContext(ctx, "GET", srv.URL+StreamPath, nil)
+		return c.Do(req)
+	}
+	one, two := client("127.0.0.1"), client("127.0.0.2")
+	var held []*http.Response
+	start := time.Now()
+	for i := range MaxStreamsPerClient {
+		res, err := open(one)
+		if err != nil || res.StatusCode != 200 {
+			t.Fatalf("stream %d of one client: %v %v, want 200", i, res, err)
+		}
+		held = append(held, res)
+	}
+	res, err := open(one)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 503 || !strings.Contains(string(body), "the most one client may hold") {
+		t.Errorf("stream %d of one client: got %d %s, want 503", MaxStreamsPerClient+1, res.StatusCode, body)
+	}
+	res, err = open(two)
+	if err != nil || res.StatusCode != 200 {
+		t.Fatalf("another client's stream: %v %v, want 200", res, err)
+	}
+	held = append(held, res)
+	// Each stream ends by itself after its lifetime.
+	for i, res := range held {
+		io.Copy(io.Discard, res.Body) // until the server ends it
+		res.Body.Close()
+		if ctx.Err() != nil {
+			t.Fatalf("stream %d did not end within its lifetime", i)
+		}
+	}
+	t.Logf("%d streams ended after %v", len(held), time.Since(start).Round(time.Millisecond))
+	if d := time.Since(start); d < h.streamLife {
+		t.Errorf("streams ended after %v, before their lifetime %v", d, h.streamLife)
+	}
+	// Their slots are free again.
+	for range 50 {
+		h.slotMu.Lock()
+		n := h.open
+		h.slotMu.Unlock()
+		if n == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if res, err := open(one); err != nil || res.StatusCode != 200 {
+		t.Errorf("after the streams ended: %v %v, want 200", res, err)
+	} else {
+		res.Body.Close()
 	}
 }

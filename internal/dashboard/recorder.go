@@ -72,20 +72,29 @@ type Recorder struct {
 	now       func() time.Time
 	maxSeries int
 
-	mu      sync.Mutex
-	series  map[pair]*series
-	byID    map[string]*series
-	dirty   map[string]struct{} // state keys changed since TakeState
-	total   int64
-	version uint64
-	changed chan struct{} // closed on each change
+	// Locks are taken in the order mu, malMu, chMu.
+	mu     sync.Mutex
+	series map[pair]*series
+	byID   map[string]*series
+	dirty  map[string]struct{} // state keys of series changed since TakeState
+	total  int64
 	// pruned* are the chunk indexes below which chunks are gone.
 	prunedFine, prunedCoarse int64
 	restoreSkipped           int
 
-	mal     map[string]*malFlow // by flow
-	malN    int                 // names kept in all
-	malLost int64               // sightings of names not kept, of flows not kept
+	// The malformed names have a lock of their own: ingest reports them
+	// (Malformed), and must not wait while the pipeline sends, a page
+	// reads the series or the state is written.
+	malMu    sync.Mutex
+	mal      map[string]*malFlow // by flow
+	malByKey map[string]*malName // by state key
+	malDirty map[string]struct{} // state keys of names changed since TakeState
+	malN     int                 // names kept in all
+	malLost  int64               // sightings of names not kept, of flows not kept
+
+	chMu    sync.Mutex
+	version uint64
+	changed chan struct{} // closed on each change
 
 	status sinkStatuses
 }
@@ -108,6 +117,7 @@ type malFlow struct {
 }
 
 type malName struct {
+	key     string // its state key
 	Flow    string `json:"flow"`
 	Name    string `json:"name"`    // the shape: the time in parentheses as "(…)"
 	Example string `json:"example"` // the latest name of that shape, as written
@@ -129,6 +139,8 @@ func NewRecorder(now func() time.Time) *Recorder {
 		dirty:     map[string]struct{}{},
 		changed:   make(chan struct{}),
 		mal:       map[string]*malFlow{},
+		malByKey:  map[string]*malName{},
+		malDirty:  map[string]struct{}{},
 	}
 	r.status.m = map[string]*SinkStatus{}
 	return r
@@ -233,12 +245,15 @@ func (r *Recorder) prune(nowS int64) {
 			r.dirty[nameKey(s.id)] = struct{}{}
 		}
 	}
+	r.malMu.Lock()
+	defer r.malMu.Unlock()
 	for flow, f := range r.mal {
 		for name, m := range f.names {
 			if m.Last < dead {
 				delete(f.names, name)
+				delete(r.malByKey, m.key)
 				r.malN--
-				r.dirty[malKey(flow, name)] = struct{}{}
+				r.malDirty[m.key] = struct{}{}
 			}
 		}
 		if len(f.names) == 0 {
@@ -247,8 +262,10 @@ func (r *Recorder) prune(nowS int64) {
 	}
 }
 
-// bump tells the waiters of Changed that something changed. r.mu is held.
+// bump tells the waiters of Changed that something changed.
 func (r *Recorder) bump() {
+	r.chMu.Lock()
+	defer r.chMu.Unlock()
 	r.version++
 	close(r.changed)
 	r.changed = make(chan struct{})
@@ -257,8 +274,8 @@ func (r *Recorder) bump() {
 // Changed returns a channel closed at the next change, and the version it
 // waits to leave.
 func (r *Recorder) Changed() (<-chan struct{}, uint64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.chMu.Lock()
+	defer r.chMu.Unlock()
 	return r.changed, r.version
 }
 
@@ -273,9 +290,9 @@ func (r *Recorder) Malformed(flow, name, reason string) {
 	flow, example := cut(flow), cut(name)
 	name = cut(Shape(name))
 	nowS := r.now().Unix()
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	defer r.bump()
+	r.malMu.Lock()
+	defer r.malMu.Unlock()
 	f := r.mal[flow]
 	if f == nil {
 		if r.malN >= MaxMalformed {
@@ -291,15 +308,16 @@ func (r *Recorder) Malformed(flow, name, reason string) {
 			f.lost++
 			return
 		}
-		m = &malName{Flow: flow, Name: name}
+		m = &malName{key: malKey(flow, name), Flow: flow, Name: name}
 		f.names[name] = m
+		r.malByKey[m.key] = m
 		r.malN++
 	}
 	m.Example = example
 	m.Reason = cut(reason)
 	m.Count++
 	m.Last = max(m.Last, nowS)
-	r.dirty[malKey(flow, name)] = struct{}{}
+	r.malDirty[m.key] = struct{}{}
 }
 
 // Shape returns name with the text after the last "(" (the attribute's
@@ -362,63 +380,95 @@ func malKey(flow, name string) string { return "x/" + hashID(flow, name) }
 // TakeState returns the state keys changed since the last call: chunks,
 // pairs and malformed names set to their current value, or nil when they
 // were deleted.
+//
+// It copies the changed values under the locks, a constant time each, and
+// encodes them after, so the time a lock is held grows with the number of
+// changed keys only, and encoding never holds up Send, Read or Malformed.
 func (r *Recorder) TakeState() flowmetrics.StateUpdate {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.dirty) == 0 {
-		return nil
-	}
-	u := make(flowmetrics.StateUpdate, len(r.dirty))
+	vals := make([]stateValue, 0, len(r.dirty))
 	for k := range r.dirty {
-		u[k] = r.value(k)
+		vals = append(vals, r.value(k))
 	}
 	clear(r.dirty)
+	r.mu.Unlock()
+
+	r.malMu.Lock()
+	for k := range r.malDirty {
+		v := stateValue{key: k}
+		if m := r.malByKey[k]; m != nil {
+			c := *m
+			v.mal = &c
+		}
+		vals = append(vals, v)
+	}
+	clear(r.malDirty)
+	r.malMu.Unlock()
+
+	if len(vals) == 0 {
+		return nil
+	}
+	u := make(flowmetrics.StateUpdate, len(vals))
+	for _, v := range vals {
+		u[v.key] = v.encode()
+	}
 	return u
 }
 
-// value is the current value of state key k, nil when it is gone. r.mu is
-// held.
-func (r *Recorder) value(k string) []byte {
+// stateValue is a copy of one state key's value, at most one of its
+// pointers set; none when the key is deleted.
+type stateValue struct {
+	key   string
+	pair  *pairState
+	chunk *chunk
+	mal   *malName
+}
+
+func (v stateValue) encode() []byte {
+	switch {
+	case v.pair != nil:
+		b, _ := json.Marshal(v.pair)
+		return b
+	case v.chunk != nil:
+		b := make([]byte, 0, chunkLen*2)
+		for _, n := range v.chunk {
+			b = binary.AppendUvarint(b, uint64(n))
+		}
+		return b
+	case v.mal != nil:
+		b, _ := json.Marshal(v.mal)
+		return b
+	}
+	return nil
+}
+
+// value copies the current value of series state key k (nothing when it
+// is gone). r.mu is held.
+func (r *Recorder) value(k string) stateValue {
+	v := stateValue{key: k}
 	kind, rest, _ := strings.Cut(k, "/")
 	switch kind {
 	case "n":
-		s := r.byID[rest]
-		if s == nil {
-			return nil
+		if s := r.byID[rest]; s != nil {
+			v.pair = &pairState{s.flow, s.metric, s.total, s.last}
 		}
-		b, _ := json.Marshal(pairState{s.flow, s.metric, s.total, s.last})
-		return b
 	case "f", "c":
 		id, cs, _ := strings.Cut(rest, "/")
 		s := r.byID[id]
 		ci, err := strconv.ParseInt(cs, 10, 64)
 		if s == nil || err != nil {
-			return nil
+			break
 		}
 		tier := s.fine
 		if kind == "c" {
 			tier = s.coarse
 		}
-		c := tier[ci]
-		if c == nil {
-			return nil
-		}
-		b := make([]byte, 0, chunkLen*2)
-		for _, n := range c {
-			b = binary.AppendUvarint(b, uint64(n))
-		}
-		return b
-	case "x":
-		for _, f := range r.mal {
-			for _, m := range f.names {
-				if malKey(m.Flow, m.Name) == k {
-					b, _ := json.Marshal(m)
-					return b
-				}
-			}
+		if c := tier[ci]; c != nil {
+			cc := *c
+			v.chunk = &cc
 		}
 	}
-	return nil
+	return v
 }
 
 // Restore rebuilds the Recorder from its committed sink state. Keys it
@@ -428,9 +478,14 @@ func (r *Recorder) Restore(_ context.Context, state map[string][]byte) error {
 	nowS := r.now().Unix()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.malMu.Lock()
 	skip := func(k string) {
 		r.restoreSkipped++
-		r.dirty[k] = struct{}{} // value() is nil for it: deleted
+		if strings.HasPrefix(k, "x/") {
+			r.malDirty[k] = struct{}{} // not in malByKey: deleted
+		} else {
+			r.dirty[k] = struct{}{} // value() has nothing for it: deleted
+		}
 	}
 	// Pairs first, so chunks find their series.
 	for k, v := range state {
@@ -466,12 +521,15 @@ func (r *Recorder) Restore(_ context.Context, state map[string][]byte) error {
 				}
 				r.malN++
 			}
+			m.key = k
 			f.names[m.Name] = &m
+			r.malByKey[k] = &m
 		case "f", "c":
 		default:
 			skip(k)
 		}
 	}
+	r.malMu.Unlock()
 	for k, v := range state {
 		kind, rest, _ := strings.Cut(k, "/")
 		if kind != "f" && kind != "c" {
@@ -680,8 +738,8 @@ type MalformedFlow struct {
 // MalformedNames returns the malformed names per flow, sorted by flow, and
 // the sightings of flows beyond the caps.
 func (r *Recorder) MalformedNames() ([]MalformedFlow, int64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.malMu.Lock()
+	defer r.malMu.Unlock()
 	out := make([]MalformedFlow, 0, len(r.mal))
 	for flow, f := range r.mal {
 		mf := MalformedFlow{Flow: flow, Names: make([]MalformedName, 0, len(f.names)), NotKept: f.lost}

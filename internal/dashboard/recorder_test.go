@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
-	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 )
 
 // clock is a settable clock, safe for concurrent use.
@@ -427,14 +426,46 @@ func (h *holdingSink) Due(time.Time) bool { return h.due }
 func TestWatchKeepsAHolder(t *testing.T) {
 	r := NewRecorder((&clock{t: t0}).Now)
 	inner := &holdingSink{due: true}
-	h, ok := r.Watch(inner).(pipeline.Holder)
+	h, ok := r.Watch(inner).(flowmetrics.Holder)
 	if !ok {
-		t.Fatal("a watched pipeline.Holder is not a Holder: the pipeline would never send its held windows without new traffic")
+		t.Fatal("a watched flowmetrics.Holder is not a Holder: the pipeline would never send its held windows without new traffic")
 	}
 	if !h.Due(t0) {
 		t.Error("Due not passed through")
 	}
-	if _, ok := r.Watch(&statefulSink{}).(pipeline.Holder); ok {
+	if _, ok := r.Watch(&statefulSink{}).(flowmetrics.Holder); ok {
 		t.Error("a watched StatefulSink that holds nothing claims to be a Holder")
+	}
+}
+
+// TestMalformedDoesNotWaitOnSeries: ingest reports malformed names while
+// the pipeline sends, pages read and the state is written, all under the
+// series lock; the report must not wait for it. (Before, a state write of
+// 1,000 changed names held that lock for about half a second:
+// BenchmarkMalformedDuringTakeState.)
+func TestMalformedDoesNotWaitOnSeries(t *testing.T) {
+	r := NewRecorder(func() time.Time { return t0 })
+	r.mu.Lock() // as a long Send, Read or TakeState would
+	done := make(chan struct{})
+	go func() {
+		r.Malformed("A", "AMetric_x(bad)", "why")
+		r.MalformedNames()
+		r.Changed()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Error("Malformed waited on the series lock")
+	}
+	r.mu.Unlock()
+	<-done
+	// And its state is still written, once.
+	u := r.TakeState()
+	if len(u) != 1 || u[malKey("A", "AMetric_x(…)")] == nil {
+		t.Errorf("state after one malformed name: got %v, want its x/ key", u)
+	}
+	if u := r.TakeState(); u != nil {
+		t.Errorf("second TakeState: got %v, want nothing", u)
 	}
 }

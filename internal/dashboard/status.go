@@ -60,7 +60,7 @@ func (r *Recorder) Statuses() []SinkStatus {
 
 // Watch returns s wrapped so that the dashboard sees when its sends last
 // succeeded and failed, and why. The wrapper is a flowmetrics.StatefulSink
-// exactly when s is one, and a pipeline.Holder exactly when s is one; it
+// exactly when s is one, and a flowmetrics.Holder exactly when s is one; it
 // passes everything else through unchanged.
 func (r *Recorder) Watch(s flowmetrics.Sink) flowmetrics.Sink {
 	r.status.mu.Lock()
@@ -79,7 +79,7 @@ func (r *Recorder) Watch(s flowmetrics.Sink) flowmetrics.Sink {
 	return w
 }
 
-// holder is pipeline.Holder's own method: a sink that holds points until a
+// holder is flowmetrics.Holder's own method: a sink that holds points until a
 // time passes (OTLP windows) and must be asked when they are due.
 type holder interface {
 	Due(now time.Time) bool

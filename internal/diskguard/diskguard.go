@@ -44,6 +44,10 @@ type Space struct {
 	Avail, Total uint64
 }
 
+// SpaceOf reports the space of the filesystem holding dir (ErrUnsupported
+// where statfs is not available).
+func SpaceOf(dir string) (Space, error) { return statfs(dir) }
+
 // Options configure a Guard. The zero value of each field takes its default.
 type Options struct {
 	// MinFree is the watermark: ingest is refused below this many free

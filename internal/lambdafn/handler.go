@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,15 +20,17 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
-	"github.com/flowmetrics/flowmetrics/internal/sink/dogstatsd"
-	"github.com/flowmetrics/flowmetrics/internal/sink/emf"
+	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+	"github.com/flowmetrics/flowmetrics/internal/wire"
 )
 
 // Handler answers Lambda invocations from an EventBridge rule (one event)
@@ -82,26 +85,22 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Handler, error) {
 			o.BaseEndpoint = &cfg.Endpoint
 		}
 	})
-	if uses(cfg.Sinks, "datadog") && os.Getenv(datadog.DefaultAPIKeyEnv) == "" && cfg.APIKeySecretARN != "" {
-		out, err := secretsmanager.NewFromConfig(awsCfg).GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{SecretId: &cfg.APIKeySecretARN})
-		if err != nil {
-			return nil, fmt.Errorf("read the Datadog API key from %s: %w", cfg.APIKeySecretARN, err)
-		}
-		if out.SecretString == nil {
-			return nil, fmt.Errorf("secret %s has no string value", cfg.APIKeySecretARN)
-		}
-		// The datadog sink reads its key from the environment, never from
-		// configuration; in a Lambda process this is that environment.
-		os.Setenv(datadog.DefaultAPIKeyEnv, strings.TrimSpace(*out.SecretString))
-	}
-	m := telemetry.New()
-	sinks, err := buildSinks(cfg, m, log)
+	secret, err := apiKeySecret(ctx, cfg, secretsmanager.NewFromConfig(awsCfg))
 	if err != nil {
 		return nil, err
 	}
-	sc := cfg.Store
-	sc.Table = cfg.Table
-	st, err := dynamostore.Open(sc, client, store.Options{Retention: cfg.Retention}, log)
+	m := telemetry.New()
+	sc, err := cfg.sinks()
+	if err != nil {
+		return nil, err
+	}
+	sinks, err := wire.Sinks(sc, sink.Deps{Namer: naming.New(cfg.Naming), Metrics: m, Log: log, Secret: secret})
+	if err != nil {
+		return nil, err
+	}
+	dc := cfg.Store
+	dc.Table = cfg.Table
+	st, err := dynamostore.Open(dc, client, store.Options{Retention: cfg.Retention}, log)
 	if err != nil {
 		closeAll(sinks)
 		return nil, err
@@ -115,13 +114,28 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Handler, error) {
 	return h, nil
 }
 
-func uses(sinks []string, name string) bool {
-	for _, s := range sinks {
-		if s == name {
-			return true
-		}
+// apiKeySecret returns how the sinks read their secrets: from the
+// environment, except that the Datadog API key comes from Secrets Manager
+// (DD_API_KEY_SECRET_ARN) when the datadog sink is on and DD_API_KEY is
+// empty.
+func apiKeySecret(ctx context.Context, cfg Config, sm *secretsmanager.Client) (func(string) string, error) {
+	if !slices.Contains(cfg.Sinks, "datadog") || os.Getenv(datadog.DefaultAPIKeyEnv) != "" || cfg.APIKeySecretARN == "" {
+		return os.Getenv, nil
 	}
-	return false
+	out, err := sm.GetSecretValue(ctx, &secretsmanager.GetSecretValueInput{SecretId: &cfg.APIKeySecretARN})
+	if err != nil {
+		return nil, fmt.Errorf("read the Datadog API key from %s: %w", cfg.APIKeySecretARN, err)
+	}
+	if out.SecretString == nil {
+		return nil, fmt.Errorf("secret %s has no string value", cfg.APIKeySecretARN)
+	}
+	key := strings.TrimSpace(*out.SecretString)
+	return func(env string) string {
+		if env == datadog.DefaultAPIKeyEnv {
+			return key
+		}
+		return os.Getenv(env)
+	}, nil
 }
 
 func closeAll(sinks []flowmetrics.Sink) {
@@ -130,30 +144,24 @@ func closeAll(sinks []flowmetrics.Sink) {
 	}
 }
 
-// buildSinks creates the configured sinks without touching the network.
-func buildSinks(cfg Config, m *telemetry.Metrics, log *slog.Logger) ([]flowmetrics.Sink, error) {
-	namer := naming.New(cfg.Naming)
-	var sinks []flowmetrics.Sink
-	for _, name := range cfg.Sinks {
-		var s flowmetrics.Sink
-		var err error
+// sinks turns FLOWMETRICS_SINK's list into the sinks section wire.Sinks
+// builds: the named sinks, and no Prometheus (nothing scrapes a Lambda).
+func (c Config) sinks() (config.Sinks, error) {
+	off := false
+	s := config.Sinks{Prometheus: prometheus.Config{Enabled: &off}}
+	for _, name := range c.Sinks {
 		switch name {
 		case "dogstatsd":
-			s, err = dogstatsd.New(cfg.DogStatsD, namer, m, log)
+			s.DogStatsD = &c.DogStatsD
 		case "datadog":
-			s, err = datadog.New(cfg.Datadog, namer, m, log)
+			s.Datadog = &c.Datadog
 		case "emf":
-			s, err = emf.New(cfg.EMF, namer, m, log)
+			s.EMF = &c.EMF
 		default:
-			err = fmt.Errorf("unknown sink %q", name)
+			return s, fmt.Errorf("unknown sink %q", name)
 		}
-		if err != nil {
-			closeAll(sinks)
-			return nil, fmt.Errorf("sink %s: %w", name, err)
-		}
-		sinks = append(sinks, s)
 	}
-	return sinks, nil
+	return s, nil
 }
 
 // Invoke implements lambda.Handler: an SQS event (a "Records" array from

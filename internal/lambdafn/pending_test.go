@@ -19,6 +19,7 @@ import (
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/lambdafn"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/sink/dogstatsd"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore"
@@ -192,7 +193,7 @@ func TestDogStatsDWithoutExtension(t *testing.T) {
 	}
 	addr := c.LocalAddr().String()
 	c.Close()
-	sink, err := dogstatsd.New(dogstatsd.Config{Addr: addr}, nil, nil, nil)
+	sink, err := dogstatsd.New(dogstatsd.Config{Addr: addr}, sink.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics"
 )
 
 // knownCache remembers, per conversation, keys the store is known to hold, so
@@ -43,29 +45,42 @@ func newKnownCache(max int, maxBytes int64, ttl time.Duration) *knownCache {
 	return &knownCache{max: max, maxBytes: maxBytes, ttl: ttl, items: map[string]*list.Element{}}
 }
 
-// allKnown reports whether every key is known for conv.
-func (c *knownCache) allKnown(conv string, keys []string, now time.Time) bool {
+// unknown returns the occurrences of occs whose keys are not known for conv
+// (occs itself when none is known), nil when all are.
+func (c *knownCache) unknown(conv string, occs []flowmetrics.Occurrence, now time.Time) []flowmetrics.Occurrence {
 	if c == nil || c.max <= 0 {
-		return false
+		return occs
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, ok := c.items[conv]
 	if !ok {
-		return false
+		return occs
 	}
 	e := el.Value.(*cacheEntry)
 	if !now.Before(e.expires) {
 		c.remove(el)
-		return false
-	}
-	for _, k := range keys {
-		if _, ok := e.keys[k]; !ok {
-			return false
-		}
+		return occs
 	}
 	c.lru.MoveToFront(el)
-	return true
+	var out []flowmetrics.Occurrence
+	for i, o := range occs {
+		if _, ok := e.keys[o.Key]; ok {
+			if out == nil {
+				// The first known key: from here on, copy the others.
+				out = make([]flowmetrics.Occurrence, i, len(occs))
+				copy(out, occs[:i])
+			}
+			continue
+		}
+		if out != nil {
+			out = append(out, o)
+		}
+	}
+	if out == nil {
+		return occs
+	}
+	return out
 }
 
 // learn records that the store holds keys for conv. It returns how many

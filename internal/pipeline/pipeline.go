@@ -249,72 +249,109 @@ func (r *Result) Add(o Result) {
 // *PendingError names records that must wait for another writer; the rest
 // is as with nil. Any other error is a store failure: nothing may be
 // acknowledged and the records should be retried; retrying is safe.
+//
+// It goes in four steps: sort each record out (accepted, skipped,
+// rejected), extract its occurrences, leave out those the known-key cache
+// says the store holds, and claim the rest in one store call.
 func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, error) {
 	var res Result
-	now := p.cfg.Now()
-	var reqs []flowmetrics.ClaimRequest
-	var reqKeys [][]string      // the keys of each request, for the cache
-	var reqRec []genesys.Record // each request's record (its Index and Line)
-	var folded map[string]bool  // keys the guard folded into the overflow series
+	c := claimBatch{now: p.cfg.Now()}
 	for _, r := range recs {
-		res.Read++
-		p.m.RecordsRead.Inc()
-		switch r.Outcome {
-		case genesys.Skipped:
-			res.Skipped++
-			p.m.RecordsSkipped.WithLabelValues("other_topic").Inc()
-			continue
-		case genesys.Rejected:
-			res.reject(p.m, r, RejectReason(r.Err), r.Err)
+		if !p.sortOut(r, &res) {
 			continue
 		}
-		if err := store.CheckID(r.Event.ConversationID); err != nil {
-			res.reject(p.m, r, flowmetrics.RefusedIDTooLong, err)
-			continue
-		}
-		res.Accepted++
-		occs, bad := genesys.Extract(r.Event)
-		if p.cfg.Guard != nil {
-			// Folding happens once, before the claim, so the outbox, every
-			// sink and the pipeline's own occurrence counter agree.
-			for i, o := range occs {
-				occs[i].Flow, occs[i].Metric = p.cfg.Guard.Map(o.Flow, o.Metric)
-				if occs[i].Flow != o.Flow || occs[i].Metric != o.Metric {
-					if folded == nil {
-						folded = map[string]bool{}
-					}
-					folded[o.Key] = true
-				}
-			}
-		}
-		for _, b := range bad {
-			p.m.CountMalformed(b.Flow)
-			if errors.Is(b.Err, genesys.ErrNameTooLong) {
-				p.m.Limits.WithLabelValues("name_too_long").Inc()
-			}
-			if p.cfg.OnMalformed != nil {
-				p.cfg.OnMalformed(b.Flow, b.Name, b.Reason)
-			}
-		}
-		res.Malformed += len(bad)
+		occs := p.extract(r.Event, &c, &res)
 		if len(occs) == 0 {
 			continue
 		}
-		keys := occKeys(occs)
-		if p.cache.allKnown(r.Event.ConversationID, keys, now) {
+		conv := r.Event.ConversationID
+		unknown := p.cache.unknown(conv, occs, c.now)
+		if len(unknown) == 0 {
 			p.m.CacheHits.Inc()
 			continue
 		}
-		reqs = append(reqs, flowmetrics.ClaimRequest{ConversationID: r.Event.ConversationID, Occurrences: occs})
-		reqKeys = append(reqKeys, keys)
-		reqRec = append(reqRec, r)
+		c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: unknown}, r)
 	}
-	if len(reqs) == 0 {
+	if len(c.reqs) == 0 {
 		p.m.RecordsAccepted.Add(float64(res.Accepted))
 		return res, nil
 	}
+	return p.claim(ctx, &c, res)
+}
+
+// claimBatch is what one Ingest call asks the store.
+type claimBatch struct {
+	now    time.Time
+	reqs   []flowmetrics.ClaimRequest
+	recs   []genesys.Record // each request's record (its Index and Line)
+	folded map[string]bool  // keys the guard folded into the overflow series
+}
+
+func (c *claimBatch) add(r flowmetrics.ClaimRequest, rec genesys.Record) {
+	c.reqs = append(c.reqs, r)
+	c.recs = append(c.recs, rec)
+}
+
+// sortOut counts a record as read and as accepted, skipped or rejected
+// (naming a rejected one in res.Errors); it reports whether it was
+// accepted. The accepted counter is added once the claim has said which
+// records the store refuses.
+func (p *Pipeline) sortOut(r genesys.Record, res *Result) bool {
+	res.Read++
+	p.m.RecordsRead.Inc()
+	switch r.Outcome {
+	case genesys.Skipped:
+		res.Skipped++
+		p.m.RecordsSkipped.WithLabelValues("other_topic").Inc()
+		return false
+	case genesys.Rejected:
+		res.reject(p.m, r, RejectReason(r.Err), r.Err)
+		return false
+	}
+	if err := store.CheckID(r.Event.ConversationID); err != nil {
+		res.reject(p.m, r, flowmetrics.RefusedIDTooLong, err)
+		return false
+	}
+	res.Accepted++
+	return true
+}
+
+// extract returns the event's occurrences, folded by the cardinality guard,
+// and counts and reports its malformed metric attributes.
+func (p *Pipeline) extract(ev *genesys.Event, c *claimBatch, res *Result) []flowmetrics.Occurrence {
+	occs, bad := genesys.Extract(ev)
+	if p.cfg.Guard != nil {
+		// Folding happens once, before the claim, so the outbox, every
+		// sink and the pipeline's own occurrence counter agree.
+		for i, o := range occs {
+			occs[i].Flow, occs[i].Metric = p.cfg.Guard.Map(o.Flow, o.Metric)
+			if occs[i].Flow != o.Flow || occs[i].Metric != o.Metric {
+				if c.folded == nil {
+					c.folded = map[string]bool{}
+				}
+				c.folded[o.Key] = true
+			}
+		}
+	}
+	for _, b := range bad {
+		p.m.CountMalformed(b.Flow)
+		if errors.Is(b.Err, genesys.ErrNameTooLong) {
+			p.m.Limits.WithLabelValues("name_too_long").Inc()
+		}
+		if p.cfg.OnMalformed != nil {
+			p.cfg.OnMalformed(b.Flow, b.Name, b.Reason)
+		}
+	}
+	res.Malformed += len(bad)
+	return occs
+}
+
+// claim asks the store for the batch's requests, rejects the records the
+// store refuses, teaches the cache what the store now holds, counts the new
+// occurrences and wakes the sinks.
+func (p *Pipeline) claim(ctx context.Context, c *claimBatch, res Result) (Result, error) {
 	start := time.Now()
-	fresh, err := p.store.Claim(ctx, reqs)
+	fresh, err := p.store.Claim(ctx, c.reqs)
 	p.m.StoreLatency.WithLabelValues("claim").Observe(time.Since(start).Seconds())
 	var pe *flowmetrics.PendingError
 	var re *flowmetrics.RefusedError
@@ -329,7 +366,7 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		pendingErr = &PendingError{}
 		for _, i := range pe.Requests {
 			deferred[i] = true
-			pendingErr.Records = append(pendingErr.Records, reqRec[i].Index)
+			pendingErr.Records = append(pendingErr.Records, c.recs[i].Index)
 		}
 		p.m.RecordsDeferred.Add(float64(len(pe.Requests)))
 	}
@@ -340,23 +377,23 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		for _, f := range re.Refusals {
 			deferred[f.Request] = true
 			res.Accepted--
-			res.reject(p.m, reqRec[f.Request], f.Reason, f.Err)
+			res.reject(p.m, c.recs[f.Request], f.Reason, f.Err)
 		}
 	}
 	p.m.RecordsAccepted.Add(float64(res.Accepted))
-	for i, rq := range reqs {
+	for i, rq := range c.reqs {
 		// A deferred request's keys are not known yet: the holder may die
 		// before delivering, and the retry must reach the store. A refused
 		// one's are not in the store at all.
 		if !deferred[i] {
-			if n := p.cache.learn(rq.ConversationID, reqKeys[i], now); n > 0 {
+			if n := p.cache.learn(rq.ConversationID, occKeys(rq.Occurrences), c.now); n > 0 {
 				p.m.Limits.WithLabelValues("cache_bytes").Add(float64(n))
 			}
 		}
 	}
 	for _, o := range fresh {
 		p.m.Occurrences.WithLabelValues(o.Flow, o.Metric).Inc()
-		if folded[o.Key] {
+		if c.folded[o.Key] {
 			p.m.Overflow.Inc()
 		}
 	}
@@ -528,18 +565,6 @@ type batch struct {
 	idle bool
 }
 
-// Holder is a StatefulSink that holds the points it was sent until a time
-// passes, in its state (the OTLP sink keeps each window open until its
-// watermark). When the outbox has nothing new for it, the drainer asks Due
-// at each turn (every flush_interval) and, when it says so, calls Send with
-// no points and commits TakeState at the unchanged cursor, so what the sink
-// held is sent in time even when no new occurrence comes.
-type Holder interface {
-	flowmetrics.StatefulSink
-	// Due reports whether Send with no points would send something now.
-	Due(now time.Time) bool
-}
-
 func (d *drainer) notify() {
 	select {
 	case d.wake <- struct{}{}:
@@ -679,7 +704,7 @@ func (d *drainer) next(ctx context.Context) (*batch, error) {
 	if len(entries) == 0 {
 		// Nothing new, but a sink holding points until a time passes
 		// may have some due: an empty send, committed at the same cursor.
-		if h, ok := d.sink.(Holder); ok && h.Due(p.cfg.Now()) {
+		if h, ok := d.sink.(flowmetrics.Holder); ok && h.Due(p.cfg.Now()) {
 			return &batch{last: cursor, idle: true}, nil
 		}
 		return nil, nil
@@ -768,10 +793,10 @@ func (p *Pipeline) backoff(n int) time.Duration {
 }
 
 // notBefore reports whether err says its sink will not try again before
-// ctx's deadline (a sink error with a RetryAfter() time.Time method, e.g. a
-// refused API key): retrying until then would only hold the caller.
+// ctx's deadline (a flowmetrics.RetryAfterError, e.g. a refused API key):
+// retrying until then would only hold the caller.
 func notBefore(ctx context.Context, err error) bool {
-	var ra interface{ RetryAfter() time.Time }
+	var ra flowmetrics.RetryAfterError
 	dl, ok := ctx.Deadline()
 	return ok && errors.As(err, &ra) && ra.RetryAfter().After(dl)
 }

@@ -668,3 +668,46 @@ func TestCloseFinishesTheSendInFlight(t *testing.T) {
 		})
 	}
 }
+
+// claimRecorder is a store that records the keys of each claim request.
+type claimRecorder struct {
+	flowmetrics.Store
+	keys [][]string
+}
+
+func (s *claimRecorder) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]flowmetrics.Occurrence, error) {
+	for _, r := range reqs {
+		var ks []string
+		for _, o := range r.Occurrences {
+			ks = append(ks, o.Key)
+		}
+		s.keys = append(s.keys, ks)
+	}
+	return s.Store.Claim(ctx, reqs)
+}
+
+// TestOnlyUnknownKeysReachTheStore: an event repeats every attribute of its
+// participant so far, so the keys the cache knows are left out of the claim
+// and the store looks up only the new ones.
+func TestOnlyUnknownKeysReachTheStore(t *testing.T) {
+	rec := &claimRecorder{Store: memstore.New(store.Options{})}
+	p := New(rec, nil, Config{}, telemetry.New(), nil)
+	ctx := context.Background()
+	a := "FMetric_A(2026-11-20T09:31:48.900Z)"
+	b := "FMetric_B(2026-11-20T09:31:49Z)"
+	c := "FMetric_C(2026-11-20T09:31:50Z)"
+	var total int
+	for _, batch := range [][]genesys.Record{{event("c1", a)}, {event("c1", a, b)}, {event("c1", a, b, c)}, {event("c1", a, b, c)}} {
+		res, err := p.Ingest(ctx, batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += res.Occurrences
+	}
+	if total != 3 {
+		t.Errorf("occurrences: got %d, want 3", total)
+	}
+	if got, want := fmt.Sprint(rec.keys), fmt.Sprint([][]string{{a}, {b}, {c}}); got != want {
+		t.Errorf("claimed keys: got %s, want %s (the last event is all known)", got, want)
+	}
+}

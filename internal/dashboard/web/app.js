@@ -129,11 +129,20 @@ function soon() {
   const wait = Math.max(0, lastRefresh + 500 - Date.now());
   timer = setTimeout(() => { timer = 0; lastRefresh = Date.now(); refresh(); }, wait);
 }
+// The server ends each stream after its lifetime (10 min) and the browser
+// reconnects by itself a second later. When the server refuses a stream
+// (every slot taken), or it keeps failing, the page polls and tries again
+// in 30 s.
 function connect() {
   if (!window.EventSource) return;
   es = new EventSource("api/v1/stream");
   es.addEventListener("change", () => { failures = 0; soon(); });
-  es.onerror = () => { if (++failures > 5) { es.close(); es = null; } };
+  es.onerror = () => {
+    if (es.readyState === EventSource.CLOSED || ++failures > 5) {
+      es.close(); es = null; failures = 0;
+      setTimeout(connect, 30000);
+    }
+  };
 }
 readHash(); pressed();
 refresh(); refreshHealth(); connect();

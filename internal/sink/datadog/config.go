@@ -274,13 +274,13 @@ func isEnvName(s string) bool {
 	return s != ""
 }
 
-// APIKey returns the API key from the environment variable APIKeyEnv
-// (default DD_API_KEY), or an error when it is unset or blank. New and
-// serve's config check (-check-config) share it, so both refuse a missing
-// key with the same message.
-func (c Config) APIKey() (string, error) {
+// APIKey returns the API key secret reads from the environment variable
+// APIKeyEnv (default DD_API_KEY), or an error when it is unset or blank.
+// New and serve's config check (-check-config) share it, so both refuse a
+// missing key with the same message.
+func (c Config) APIKey(secret func(env string) string) (string, error) {
 	c = c.withDefaults()
-	key := strings.TrimSpace(os.Getenv(c.APIKeyEnv))
+	key := strings.TrimSpace(secret(c.APIKeyEnv))
 	if key == "" {
 		return "", fmt.Errorf("datadog: environment variable %s is not set: it must hold the API key", c.APIKeyEnv)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/golden"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
@@ -48,7 +49,7 @@ func newSinkOn(t *testing.T, f *fakeIntake, cfg Config) *Sink {
 	if cfg.RetryInitial == 0 {
 		cfg.RetryInitial, cfg.RetryMax = time.Millisecond, 5*time.Millisecond
 	}
-	s, err := New(cfg, naming.New(naming.Config{}), telemetry.New(), slog.New(slog.DiscardHandler))
+	s, err := New(cfg, sink.Deps{Namer: naming.New(naming.Config{}), Metrics: telemetry.New(), Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +252,7 @@ func BenchmarkPayloadSize(b *testing.B) {
 						points = append(points, pt(fmt.Sprintf("Flow %d", f), fmt.Sprintf("Step%d", m), 20*time.Second, perSeries))
 					}
 				}
-				l := NewLedger(Name, mode, nil, Clamp, fixedClock(), nil, nil)
+				l := NewLedger(Name, mode, Clamp, fixedClock(), sink.Deps{})
 				pk := packer{maxCompressed: MaxPayloadBytes, maxUncompressed: MaxUncompressedBytes, compress: gz}
 				if mode == Distribution {
 					pk.compress = deflate

@@ -15,6 +15,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore/dynalitetest"
@@ -66,7 +67,7 @@ func newInstance(endpoint, table, owner, intake string) (*instance, error) {
 		return nil, err
 	}
 	m := telemetry.New()
-	sink, err := New(Config{Mode: Count, URL: intake, APIKeyEnv: "FLOWMETRICS_TEST_DD_KEY", MaxRetries: 1, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond}, nil, m, slog.New(slog.DiscardHandler))
+	sink, err := New(Config{Mode: Count, URL: intake, APIKeyEnv: "FLOWMETRICS_TEST_DD_KEY", MaxRetries: 1, RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond}, sink.Deps{Metrics: m, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/memstore"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
@@ -118,7 +119,7 @@ func TestUnreachableIntake(t *testing.T) {
 		t.Run(string(mode), func(t *testing.T) {
 			t.Setenv("FLOWMETRICS_TEST_DD_KEY", testKey)
 			m := telemetry.New()
-			s, err := New(Config{Mode: mode, URL: "http://" + addr, APIKeyEnv: "FLOWMETRICS_TEST_DD_KEY", RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond}, nil, m, slog.New(slog.DiscardHandler))
+			s, err := New(Config{Mode: mode, URL: "http://" + addr, APIKeyEnv: "FLOWMETRICS_TEST_DD_KEY", RetryInitial: time.Millisecond, RetryMax: 5 * time.Millisecond}, sink.Deps{Metrics: m, Log: slog.New(slog.DiscardHandler)})
 			if err != nil {
 				t.Fatal(err)
 			}

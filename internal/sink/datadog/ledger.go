@@ -12,6 +12,7 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
@@ -155,22 +156,18 @@ func (l *Ledger) SetUntimed() {
 // NewLedger returns a Ledger of the given mode (Count if empty) for the named
 // sink. In distribution mode it keeps no totals (Datadog adds every value
 // up): Plan returns each series-second's count of the batch, at most
-// MaxValuesPerPoint per Sample. m and log may be nil.
-func NewLedger(sink string, mode Mode, namer *naming.Namer, policy LatePolicy, now func() time.Time, m *telemetry.Metrics, log *slog.Logger) *Ledger {
+// MaxValuesPerPoint per Sample.
+func NewLedger(name string, mode Mode, policy LatePolicy, now func() time.Time, d sink.Deps) *Ledger {
 	if now == nil {
 		now = time.Now
 	}
-	if namer == nil {
-		namer = naming.New(naming.Config{})
-	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	d = d.WithDefaults()
+	namer, m, log := d.Namer, d.Metrics, d.Log
 	if mode == "" {
 		mode = Count
 	}
 	return &Ledger{
-		sink:   sink,
+		sink:   name,
 		mode:   mode,
 		namer:  namer,
 		policy: policy.orDefault(),

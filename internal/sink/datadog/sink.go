@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
-	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
@@ -47,7 +47,7 @@ type Sink struct {
 	pack     packer
 	encoding string // Content-Encoding of the bodies pack makes
 
-	mu        sync.Mutex // one Send at a time
+	mu        sync.Mutex // held by Send, so that Close can wait for it
 	pending   *Batch     // a failed Send's batch, resumed by an identical Send
 	notBefore time.Time  // rate limited: no request before
 	authUntil time.Time  // key rejected: no request before
@@ -60,32 +60,25 @@ type Sink struct {
 }
 
 // New returns a Sink for cfg (which should have passed Validate). It reads
-// the API key from the environment variable cfg.APIKeyEnv and fails if it is
-// unset; it does not touch the network. m and log may be nil.
-func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
+// the API key with d.Secret from the environment variable cfg.APIKeyEnv and
+// fails if it is empty. Nothing here touches the network.
+func New(cfg Config, d sink.Deps) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	d = d.WithDefaults()
 	cfg = cfg.withDefaults()
 	endpoint, err := cfg.endpoint()
 	if err != nil {
 		return nil, err
 	}
-	key, err := cfg.APIKey()
+	key, err := cfg.APIKey(d.Secret)
 	if err != nil {
 		return nil, err
 	}
-	if namer == nil {
-		namer = naming.New(naming.Config{})
-	}
-	if m == nil {
-		m = telemetry.New()
-	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	log = log.With("sink", Name)
-	ledger := NewLedger(Name, cfg.Mode, namer, cfg.LatePolicy, cfg.Now, m, log)
+	namer, m := d.Namer, d.Metrics
+	log := d.Log.With("sink", Name)
+	ledger := NewLedger(Name, cfg.Mode, cfg.LatePolicy, cfg.Now, sink.Deps{Namer: namer, Metrics: m, Log: log})
 	pk := packer{maxCompressed: cfg.MaxPayloadBytes, maxUncompressed: cfg.MaxUncompressedBytes, compress: gz}
 	encoding := "gzip"
 	if cfg.Mode == Distribution {

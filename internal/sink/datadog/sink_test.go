@@ -15,10 +15,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/flowmetrics/flowmetrics"
-	"github.com/flowmetrics/flowmetrics/internal/naming"
-	"github.com/flowmetrics/flowmetrics/internal/telemetry"
-
 	"github.com/flowmetrics/flowmetrics/internal/golden"
+	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
 const testKey = "0123456789abcdef0123456789abcdef"
@@ -52,7 +52,7 @@ func newHarness(t *testing.T, cfg Config, ncfg naming.Config) *harness {
 	}
 	m := telemetry.New()
 	var logs bytes.Buffer
-	s, err := New(cfg, naming.New(ncfg), m, slog.New(slog.NewTextHandler(&logs, nil)))
+	s, err := New(cfg, sink.Deps{Namer: naming.New(ncfg), Metrics: m, Log: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -486,7 +486,7 @@ func TestCloseWakesWaitingSend(t *testing.T) {
 
 func TestNewNeedsKey(t *testing.T) {
 	t.Setenv("FLOWMETRICS_TEST_EMPTY", "")
-	_, err := New(Config{APIKeyEnv: "FLOWMETRICS_TEST_EMPTY"}, nil, nil, nil)
+	_, err := New(Config{APIKeyEnv: "FLOWMETRICS_TEST_EMPTY"}, sink.Deps{})
 	if err == nil || !strings.Contains(err.Error(), "FLOWMETRICS_TEST_EMPTY") {
 		t.Errorf("got %v, want an error naming the variable", err)
 	}

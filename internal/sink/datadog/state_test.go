@@ -9,6 +9,7 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 )
 
 // apply commits u to state as a store would.
@@ -35,7 +36,7 @@ func deliverAll(t *testing.T, l *Ledger, points ...flowmetrics.Point) {
 // a new Ledger, for long series names too, within the store's limits.
 func TestStateRoundTrip(t *testing.T) {
 	long := strings.Repeat("x", 180)
-	a := NewLedger(Name, Count, naming.New(naming.Config{Tags: map[string]string{"env": "prod", "team": long}}), Clamp, fixedClock(), nil, nil)
+	a := NewLedger(Name, Count, Clamp, fixedClock(), sink.Deps{Namer: naming.New(naming.Config{Tags: map[string]string{"env": "prod", "team": long}})})
 	deliverAll(t, a, pt("F", "M", 20*time.Second, 2), pt("F", "M", 10*time.Minute, 5), pt(long, long, 30*time.Second, 3), pt("F", "M", 3*time.Hour, 4))
 	deliverAll(t, a, pt("F", "M", 20*time.Second, 1))
 	state := map[string][]byte{}
@@ -47,7 +48,7 @@ func TestStateRoundTrip(t *testing.T) {
 	if u := a.TakeState(); u != nil {
 		t.Errorf("second TakeState: got %d keys, want none", len(u))
 	}
-	b := NewLedger(Name, Count, naming.New(naming.Config{Tags: map[string]string{"env": "prod", "team": long}}), Clamp, fixedClock(), nil, nil)
+	b := NewLedger(Name, Count, Clamp, fixedClock(), sink.Deps{Namer: naming.New(naming.Config{Tags: map[string]string{"env": "prod", "team": long}})})
 	if err := b.Restore(state); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +72,7 @@ func TestStateRoundTrip(t *testing.T) {
 // never holds more than the slots PruneAge spans.
 func TestStateBounded(t *testing.T) {
 	now := t0
-	l := NewLedger(Name, Count, nil, Clamp, func() time.Time { return now }, nil, nil)
+	l := NewLedger(Name, Count, Clamp, func() time.Time { return now }, sink.Deps{})
 	state := map[string][]byte{}
 	deletes, most := 0, 0
 	for i := 0; i < 3*360; i++ {
@@ -108,7 +109,7 @@ func TestStateBounded(t *testing.T) {
 // TestRestoreDropsWhatItCannotRead: keys that are not totals are deleted by
 // the next TakeState; a distribution-mode sink deletes every total.
 func TestRestoreDropsWhatItCannotRead(t *testing.T) {
-	good := NewLedger(Name, Count, nil, Clamp, fixedClock(), nil, nil)
+	good := NewLedger(Name, Count, Clamp, fixedClock(), sink.Deps{})
 	deliverAll(t, good, pt("F", "M", 0, 1))
 	state := map[string][]byte{}
 	apply(state, good.TakeState())
@@ -125,7 +126,7 @@ func TestRestoreDropsWhatItCannotRead(t *testing.T) {
 		wantDeleted int
 		wantTotals  int
 	}{{Count, 3, 1}, {Distribution, 4, 0}} {
-		l := NewLedger(Name, tt.mode, nil, Clamp, fixedClock(), nil, nil)
+		l := NewLedger(Name, tt.mode, Clamp, fixedClock(), sink.Deps{})
 		if err := l.Restore(state); err != nil {
 			t.Fatal(err)
 		}
@@ -158,7 +159,7 @@ func TestSinkStateOnlyAfterSuccess(t *testing.T) {
 		t.Fatalf("resumed Send: %v", err)
 	}
 	u := h.sink.TakeState()
-	l := NewLedger(Name, Count, nil, Clamp, fixedClock(), nil, nil)
+	l := NewLedger(Name, Count, Clamp, fixedClock(), sink.Deps{})
 	st := map[string][]byte{}
 	apply(st, u)
 	if err := l.Restore(st); err != nil {

@@ -11,7 +11,7 @@ import (
 	"github.com/DataDog/datadog-go/v5/statsd"
 
 	"github.com/flowmetrics/flowmetrics"
-	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
@@ -35,7 +35,7 @@ type Sink struct {
 	m      *telemetry.Metrics
 	log    *slog.Logger
 
-	mu      sync.Mutex // one Send at a time
+	mu      sync.Mutex // held by Send, so that Close can wait for it
 	pending *datadog.Batch
 	lastLog time.Time
 
@@ -52,27 +52,19 @@ type Sink struct {
 // resolves the address;
 // for a Unix socket it connects on the first write, so an Agent that is not
 // up yet is not an error here. m and log may be nil.
-func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
+func New(cfg Config, d sink.Deps) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if namer == nil {
-		namer = naming.New(naming.Config{})
-	}
-	if m == nil {
-		m = telemetry.New()
-	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	log = log.With("sink", Name)
+	d = d.WithDefaults()
+	m, log := d.Metrics, d.Log.With("sink", Name)
 	if cfg.Mode == "" {
 		cfg.Mode = datadog.Count
 	}
-	ledger := datadog.NewLedger(Name, cfg.Mode, namer, cfg.LatePolicy, cfg.Now, m, log)
+	ledger := datadog.NewLedger(Name, cfg.Mode, cfg.LatePolicy, cfg.Now, sink.Deps{Namer: d.Namer, Metrics: m, Log: log})
 	if cfg.Mode == datadog.Distribution {
 		ledger.SetUntimed()
 	}

@@ -14,11 +14,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/golden"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
-
-	"github.com/flowmetrics/flowmetrics/internal/golden"
 )
 
 var t0 = time.Date(2026, 11, 20, 9, 31, 50, 0, time.UTC)
@@ -137,7 +137,7 @@ func newSink(t *testing.T, cfg Config, ncfg naming.Config) (*Sink, *telemetry.Me
 		cfg.Now = clock
 	}
 	m := telemetry.New()
-	s, err := New(cfg, naming.New(ncfg), m, nil)
+	s, err := New(cfg, sink.Deps{Namer: naming.New(ncfg), Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}

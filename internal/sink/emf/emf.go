@@ -12,7 +12,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 	"unicode"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/sink/linefile"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
@@ -117,7 +117,6 @@ type Sink struct {
 	static  []naming.Tag // sanitised static tags
 	dimKeys []string     // the one DimensionSet
 
-	mu     sync.Mutex
 	w      io.Writer
 	dev    *os.File       // a FIFO or device opened by path, closed on Close
 	file   *linefile.File // when Path is a file: each batch whole and once
@@ -136,20 +135,13 @@ func (c Config) CheckNaming(namer *naming.Namer) error {
 // New returns a sink for cfg (which should have passed Validate). For a file
 // path it opens (creates) the file and cuts a torn last line left by a
 // crash; Restore then cuts it back to the length committed with the cursor.
-func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
+func New(cfg Config, d sink.Deps) (*Sink, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if namer == nil {
-		namer = naming.New(naming.Config{})
-	}
-	if m == nil {
-		m = telemetry.New()
-	}
-	if log == nil {
-		log = slog.Default()
-	}
+	d = d.WithDefaults()
+	namer, m, log := d.Namer, d.Metrics, d.Log
 	s := &Sink{cfg: cfg, namer: namer, m: m, log: log.With("sink", Name)}
 	if err := cfg.CheckNaming(namer); err != nil {
 		return nil, err
@@ -202,8 +194,6 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		return fmt.Errorf("emf: %w", err)
 	}
 	buf := s.Lines(points)
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
 		return errors.New("emf: sink closed")
 	}
@@ -235,8 +225,6 @@ func (s *Sink) appendFile(buf []byte) error {
 // length committed with the cursor (linefile.File.Restore), so what a crash
 // left of a batch that was not acknowledged is not counted twice.
 func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.file == nil {
 		return nil
 	}
@@ -249,8 +237,6 @@ func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
 // TakeState implements flowmetrics.StatefulSink: the file's identity and
 // length after the batches sent since the last call; nil for stdout.
 func (s *Sink) TakeState() flowmetrics.StateUpdate {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.file == nil {
 		return nil
 	}
@@ -283,8 +269,6 @@ func flush(w io.Writer) error {
 // Close implements flowmetrics.Sink: every line is already written by Send,
 // so it only closes a file. It is safe to call twice.
 func (s *Sink) Close(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
 		return nil
 	}

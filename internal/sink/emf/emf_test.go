@@ -12,10 +12,10 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
-	"github.com/flowmetrics/flowmetrics/internal/naming"
-	"github.com/flowmetrics/flowmetrics/internal/telemetry"
-
 	"github.com/flowmetrics/flowmetrics/internal/golden"
+	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
 var t0 = time.Date(2026, 11, 20, 9, 31, 40, 0, time.UTC)
@@ -42,7 +42,7 @@ func newSink(t *testing.T, cfg Config, nc naming.Config) (*Sink, *bytes.Buffer) 
 	if cfg.Path == "" {
 		cfg.Writer = &buf
 	}
-	s, err := New(cfg, naming.New(nc), telemetry.New(), nil)
+	s, err := New(cfg, sink.Deps{Namer: naming.New(nc), Metrics: telemetry.New()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ func TestNewErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := New(tt.cfg, naming.New(tt.nc), telemetry.New(), nil)
+			_, err := New(tt.cfg, sink.Deps{Namer: naming.New(tt.nc), Metrics: telemetry.New()})
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("got %v, want error containing %q", err, tt.wantErr)
 			}
@@ -210,7 +210,7 @@ func TestFile(t *testing.T) {
 	if err := os.WriteFile(path, []byte("earlier line\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Path: path}, naming.New(naming.Config{}), telemetry.New(), nil)
+	s, err := New(Config{Path: path}, sink.Deps{Namer: naming.New(naming.Config{}), Metrics: telemetry.New()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +243,7 @@ func TestCrashLeavesNothingTwice(t *testing.T) {
 	os.WriteFile(path, []byte("earlier line\n"), 0o644)
 	committed := map[string][]byte{}
 	open := func() *Sink {
-		s, err := New(Config{Path: path}, naming.New(naming.Config{}), telemetry.New(), nil)
+		s, err := New(Config{Path: path}, sink.Deps{Namer: naming.New(naming.Config{}), Metrics: telemetry.New()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -299,7 +299,7 @@ func (f *failAfter) Write(b []byte) (int, error) {
 }
 
 func TestWriterErrors(t *testing.T) {
-	s, err := New(Config{Writer: &failAfter{n: 10}}, nil, nil, nil)
+	s, err := New(Config{Writer: &failAfter{n: 10}}, sink.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,7 +309,7 @@ func TestWriterErrors(t *testing.T) {
 	// A buffered writer is flushed by Send, so nil means the lines left.
 	var out bytes.Buffer
 	bw := bufio.NewWriterSize(&out, 1<<16)
-	s, err = New(Config{Writer: bw}, nil, nil, nil)
+	s, err = New(Config{Writer: bw}, sink.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}

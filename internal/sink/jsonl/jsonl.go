@@ -34,11 +34,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
-	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/sink/linefile"
 )
 
@@ -74,7 +73,6 @@ type Sink struct {
 	log  *slog.Logger
 	tags map[string]string
 
-	mu     sync.Mutex
 	closed bool
 
 	// A regular file, each batch whole and once (package linefile).
@@ -94,12 +92,11 @@ type Sink struct {
 // back to its last complete line at once (that line was never
 // acknowledged); Restore then cuts it back to the length committed with the
 // cursor. log may be nil.
-func New(cfg Config, namer *naming.Namer, log *slog.Logger) (*Sink, error) {
-	if log == nil {
-		log = slog.Default()
-	}
-	s := &Sink{log: log.With("sink", "jsonl")}
-	if namer != nil && len(namer.Static()) > 0 {
+func New(cfg Config, d sink.Deps) (*Sink, error) {
+	d = d.WithDefaults()
+	namer := d.Namer
+	s := &Sink{log: d.Log.With("sink", "jsonl")}
+	if len(namer.Static()) > 0 {
 		s.tags = map[string]string{}
 		for _, t := range namer.Static() {
 			s.tags[t.Key] = t.Value
@@ -133,8 +130,6 @@ func (s *Sink) Name() string { return "jsonl" }
 // Restore implements flowmetrics.StatefulSink: a file is cut back to the
 // length committed with the cursor (linefile.File.Restore).
 func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.file == nil {
 		return nil
 	}
@@ -147,8 +142,6 @@ func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
 // TakeState implements flowmetrics.StatefulSink: the file's identity and its
 // length after the batches sent since the last call; nil for a stream.
 func (s *Sink) TakeState() flowmetrics.StateUpdate {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.file == nil {
 		return nil
 	}
@@ -168,8 +161,6 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 			return fmt.Errorf("jsonl: %w", err)
 		}
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
 		return errors.New("jsonl: closed")
 	}
@@ -222,8 +213,6 @@ func fingerprint(b []byte) uint64 {
 // Close implements flowmetrics.Sink. Nothing is buffered; it closes the
 // file and is safe to call twice.
 func (s *Sink) Close(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
 		return nil
 	}

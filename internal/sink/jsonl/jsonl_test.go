@@ -15,6 +15,7 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 )
 
 var pts = []flowmetrics.Point{
@@ -39,7 +40,7 @@ func TestSendGolden(t *testing.T) {
 
 func TestStaticTags(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "out.jsonl")
-	s, err := New(Config{Path: path}, naming.New(naming.Config{Tags: map[string]string{"env": "prod"}}), nil)
+	s, err := New(Config{Path: path}, sink.Deps{Namer: naming.New(naming.Config{Tags: map[string]string{"env": "prod"}})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +68,7 @@ func TestTornLineIsCut(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "out.jsonl")
 			os.WriteFile(path, []byte(tt.before), 0o644)
-			s, err := New(Config{Path: path}, nil, nil)
+			s, err := New(Config{Path: path}, sink.Deps{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -83,7 +84,7 @@ func TestTornLineIsCut(t *testing.T) {
 func TestAppendsAfterReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "out.jsonl")
 	for i := 0; i < 2; i++ {
-		s, err := New(Config{Path: path}, nil, nil)
+		s, err := New(Config{Path: path}, sink.Deps{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,7 +105,7 @@ func TestAppendsAfterReopen(t *testing.T) {
 }
 
 func TestDevNull(t *testing.T) {
-	s, err := New(Config{Path: os.DevNull}, nil, nil)
+	s, err := New(Config{Path: os.DevNull}, sink.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +129,7 @@ func (c committed) commit(s *Sink) {
 
 func openRestored(t *testing.T, path string, st committed) *Sink {
 	t.Helper()
-	s, err := New(Config{Path: path}, nil, nil)
+	s, err := New(Config{Path: path}, sink.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,7 @@
 // closed and open windows are the sink's state (flowmetrics.StatefulSink),
 // committed with the outbox cursor; a window is sent only after its
 // closing is committed, so a crash neither loses a window nor sends one
-// with other counts than the first time. The sink is a pipeline.Holder: the
+// with other counts than the first time. The sink is a flowmetrics.Holder: the
 // drainer sends it an empty batch when a held window is due.
 //
 // Retries follow OTLP/HTTP: only no answer, 429, 502, 503 and 504 are

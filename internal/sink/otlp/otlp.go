@@ -26,6 +26,7 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
@@ -101,11 +102,6 @@ type Config struct {
 	// a 413 splits it further.
 	MaxPointsPerRequest int `yaml:"max_points_per_request"`
 
-	// FlushOnClose sends the windows still open when the sink closes.
-	// The wiring sets it when the state store does not outlive the process
-	// (the memory store): there, open windows kept for the next start
-	// would be lost. With a durable store they wait in the sink state.
-	FlushOnClose bool `yaml:"-"`
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time `yaml:"-"`
 }
@@ -174,7 +170,6 @@ type Sink struct {
 	resource   *resourcepb.Resource
 	static     []*commonpb.KeyValue
 
-	mu       sync.Mutex
 	closed   bool
 	closing  bool
 	restored bool // by a pipeline that commits the state
@@ -194,19 +189,12 @@ type Sink struct {
 
 // New returns a sink for cfg (which should have passed Validate). It reads
 // the environment but does not touch the network.
-func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
+func New(cfg Config, d sink.Deps) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if namer == nil {
-		namer = naming.New(naming.Config{})
-	}
-	if m == nil {
-		m = telemetry.New()
-	}
-	if log == nil {
-		log = slog.Default()
-	}
+	d = d.WithDefaults()
+	namer, m, log := d.Namer, d.Metrics, d.Log
 	client, err := httpClient(cfg)
 	if err != nil {
 		return nil, err
@@ -236,7 +224,7 @@ func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger
 	s := &Sink{
 		m: m, log: log.With("sink", Name), namer: namer, client: client, url: u, headers: headers,
 		gzip: comp == "gzip", cumulative: cfg.Temporality == Cumulative,
-		watermark: cfg.Watermark, maxPoints: cfg.MaxPointsPerRequest, flushClose: cfg.FlushOnClose,
+		watermark: cfg.Watermark, maxPoints: cfg.MaxPointsPerRequest, flushClose: d.Ephemeral,
 		now: cfg.Now, sleep: sleep, ws: newWindows(),
 		resource: &resourcepb.Resource{Attributes: keyValues(res.Attributes())},
 	}
@@ -264,8 +252,6 @@ func (s *Sink) Name() string { return Name }
 // Restore implements flowmetrics.StatefulSink: the streams' sent ends and
 // open windows as last committed with the cursor.
 func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	bad := s.ws.restore(state, s.now())
 	if len(bad) > 0 {
 		// Whatever those streams held open is lost; the floor makes sure
@@ -281,8 +267,6 @@ func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
 // TakeState implements flowmetrics.StatefulSink: the streams changed since
 // the last call (nil values for forgotten streams).
 func (s *Sink) TakeState() flowmetrics.StateUpdate {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	up, err := s.ws.take()
 	if err != nil {
 		s.log.Error("cannot encode sink state", "err", err)
@@ -294,8 +278,6 @@ func (s *Sink) TakeState() flowmetrics.StateUpdate {
 // Due reports whether a window the sink holds has closed by now, so that
 // a Send with no points would send it.
 func (s *Sink) Due(now time.Time) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	return s.ws.due(now.Add(-s.watermark).UnixNano())
 }
 
@@ -313,8 +295,6 @@ func (s *Sink) Due(now time.Time) bool {
 // Windows refused for good (other 4xx and 5xx) are counted, logged and not
 // sent again.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
 		if len(points) == 0 {
 			return nil
@@ -472,14 +452,12 @@ func (s *Sink) failure(reason string) {
 	s.m.SinkFailures.WithLabelValues(Name, reason).Inc()
 }
 
-// Close implements flowmetrics.Sink. With FlushOnClose, or when no
+// Close implements flowmetrics.Sink. With sink.Deps.Ephemeral, or when no
 // pipeline restored (and so commits) its state, it sends every window
 // still open, within ctx; otherwise they stay in the committed state for
 // the next start. It is safe to call twice.
 func (s *Sink) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
 		if s.flushClose || !s.restored {
 			s.closing = true // no waiting for a Retry-After at shutdown
 			s.ws.close(math.MaxInt64, s.cumulative)

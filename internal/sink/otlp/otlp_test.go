@@ -22,12 +22,13 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/flowmetrics/flowmetrics"
-	"github.com/flowmetrics/flowmetrics/internal/naming"
-	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/golden"
+	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -156,7 +157,7 @@ func deliver(ctx context.Context, s *Sink, points []flowmetrics.Point) error {
 
 func newSink(t *testing.T, cfg Config, nc naming.Config) *Sink {
 	t.Helper()
-	s, err := New(cfg, naming.New(nc), telemetry.New(), quiet)
+	s, err := New(cfg, sink.Deps{Namer: naming.New(nc), Metrics: telemetry.New(), Log: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +406,7 @@ func TestNewBadEnv(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Setenv(tt.key, tt.val)
-			_, err := New(Config{}, nil, nil, nil)
+			_, err := New(Config{}, sink.Deps{})
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Fatalf("got %v, want error containing %q", err, tt.wantErr)
 			}
@@ -444,7 +445,7 @@ func TestMetricName(t *testing.T) {
 
 func TestCloseTwice(t *testing.T) {
 	c := newCollector(t)
-	s, err := New(Config{Endpoint: c.srv.URL}, nil, nil, nil)
+	s, err := New(Config{Endpoint: c.srv.URL}, sink.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -580,7 +581,7 @@ func TestStatus(t *testing.T) {
 func TestDropLogNamesStatus(t *testing.T) {
 	c := newCollector(t, reply{status: 401})
 	var buf bytes.Buffer
-	s, err := New(Config{Endpoint: c.srv.URL}, nil, nil, slog.New(slog.NewTextHandler(&buf, nil)))
+	s, err := New(Config{Endpoint: c.srv.URL}, sink.Deps{Log: slog.New(slog.NewTextHandler(&buf, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

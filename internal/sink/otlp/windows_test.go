@@ -10,11 +10,11 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
-	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 )
 
 // The drainer sends the sink an empty batch when a held window is due.
-var _ pipeline.Holder = (*Sink)(nil)
+var _ flowmetrics.Holder = (*Sink)(nil)
 
 // held returns a sink on clk that a pipeline restored (so it keeps open
 // windows in its state rather than sending them at Close).
@@ -300,7 +300,11 @@ func TestFlushOnClose(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := newCollector(t)
 			clk := &fakeClock{now: t0}
-			s := newSink(t, Config{Endpoint: c.srv.URL, Now: clk.Now, FlushOnClose: tt.flush}, naming.Config{})
+			s, err := New(Config{Endpoint: c.srv.URL, Now: clk.Now}, sink.Deps{Log: quiet, Ephemeral: tt.flush})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close(context.Background()) })
 			if tt.restore {
 				s.Restore(context.Background(), nil)
 			}

@@ -14,12 +14,11 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
-	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flowmetrics/flowmetrics"
-	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 )
 
 // Config is the sinks.prometheus section.
@@ -50,51 +49,47 @@ func (c Config) IsEnabled() bool { return c.Enabled == nil || *c.Enabled }
 type Sink struct {
 	counter *prometheus.CounterVec
 
-	mu      sync.Mutex
 	totals  map[series]int64
 	dirty   map[series]struct{}
 	skipped []string // state keys Restore could not read, deleted next
 
-	// outbox, when set, is read by Restore: the occurrences still pending
-	// for this sink are added to the counters at once (ahead), and
-	// consumed from ahead as they are delivered again.
+	// outbox (sink.Deps.Store), when set, is read by Restore: the
+	// occurrences still pending for this sink are added to the counters at
+	// once (ahead), and consumed from ahead as they are delivered again.
+	// Without it, a process killed after adding a batch to the counters
+	// and before committing it would come back with the counters lower (at
+	// the committed totals) until the batch is delivered again, and a
+	// scrape in between would see a counter reset. With it, the counters
+	// come back at the committed totals plus everything pending, which is
+	// at least what they showed before; a pending occurrence then adds
+	// nothing when it is delivered.
 	outbox flowmetrics.Store
 	ahead  map[series]int64
 }
 
 type series struct{ flow, metric string }
 
-// New registers the counter on reg.
-func New(cfg Config, namer *naming.Namer, reg prometheus.Registerer) (*Sink, error) {
+// New registers the counter on d.Metrics.Registry.
+func New(cfg Config, d sink.Deps) (*Sink, error) {
+	d = d.WithDefaults()
 	name := cfg.Name
 	if name == "" {
 		name = DefaultName
 	}
 	constLabels := prometheus.Labels{}
-	if namer != nil {
-		for _, t := range namer.Static() {
-			constLabels[LabelName(t.Key)] = t.Value
-		}
+	for _, t := range d.Namer.Static() {
+		constLabels[LabelName(t.Key)] = t.Value
 	}
 	c := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name:        name,
 		Help:        "Occurrences of Genesys Cloud flow metrics, counted once per conversation.",
 		ConstLabels: constLabels,
 	}, []string{"flow", "metric"})
-	if err := reg.Register(c); err != nil {
+	if err := d.Metrics.Registry.Register(c); err != nil {
 		return nil, fmt.Errorf("prometheus sink: %w", err)
 	}
-	return &Sink{counter: c, totals: map[series]int64{}, dirty: map[series]struct{}{}, ahead: map[series]int64{}}, nil
+	return &Sink{counter: c, totals: map[series]int64{}, dirty: map[series]struct{}{}, ahead: map[series]int64{}, outbox: d.Store}, nil
 }
-
-// ResumeFrom makes Restore also count the occurrences the store still holds
-// for this sink. Without it, a process killed after adding a batch to the
-// counters and before committing it would come back with the counters lower
-// (at the committed totals) until the batch is delivered again, and a scrape
-// in between would see a counter reset. With it, the counters come back at
-// the committed totals plus everything pending, which is at least what they
-// showed before; a pending occurrence then adds nothing when it is delivered.
-func (s *Sink) ResumeFrom(st flowmetrics.Store) { s.outbox = st }
 
 // LabelName sanitises a static tag name to Prometheus label rules.
 func LabelName(s string) string {
@@ -115,8 +110,6 @@ func (s *Sink) Name() string { return "prometheus" }
 
 // Send implements flowmetrics.Sink; it never fails.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for _, p := range points {
 		if p.Count <= 0 {
 			continue
@@ -155,12 +148,10 @@ func stateKey(k series) string {
 }
 
 // Restore implements flowmetrics.StatefulSink: it sets every counter to its
-// committed total, plus, with ResumeFrom, the occurrences pending for the
+// committed total, plus, with a store in its Deps, the occurrences pending for the
 // sink. Keys it cannot read are skipped, and deleted with the next
 // TakeState.
 func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.outbox != nil {
 		if err := s.countPending(ctx); err != nil {
 			return err
@@ -182,7 +173,7 @@ func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
 }
 
 // countPending adds the occurrences after the sink's cursor to ahead and
-// to the counters. s.mu is held.
+// to the counters.
 func (s *Sink) countPending(ctx context.Context) error {
 	after, err := s.outbox.Cursor(ctx, s.Name())
 	if err != nil {
@@ -210,8 +201,6 @@ func (s *Sink) countPending(ctx context.Context) error {
 // TakeState implements flowmetrics.StatefulSink: the totals of the counters
 // that changed since the last call.
 func (s *Sink) TakeState() flowmetrics.StateUpdate {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if len(s.dirty) == 0 && len(s.skipped) == 0 {
 		return nil
 	}

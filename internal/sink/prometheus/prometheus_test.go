@@ -6,16 +6,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
 func TestCounterExposition(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	s, err := New(Config{}, naming.New(naming.Config{Tags: map[string]string{"env": "prod", "team-name": "cx"}}), reg)
+	m := telemetry.New()
+	reg := m.Registry
+	s, err := New(Config{}, sink.Deps{Namer: naming.New(naming.Config{Tags: map[string]string{"env": "prod", "team-name": "cx"}}), Metrics: m})
 	if err != nil {
 		t.Fatal(err)
 	}

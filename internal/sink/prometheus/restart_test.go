@@ -11,10 +11,12 @@ import (
 
 	promclient "github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
@@ -63,12 +65,12 @@ func (f *failingAck) AckState(ctx context.Context, sink string, seq uint64, u fl
 // registry, over the store.
 func run(t *testing.T, st flowmetrics.Store) (*pipeline.Pipeline, *promclient.Registry) {
 	t.Helper()
-	reg := promclient.NewRegistry()
-	s, err := prometheus.New(prometheus.Config{}, nil, reg)
+	m := telemetry.New()
+	reg := m.Registry
+	s, err := prometheus.New(prometheus.Config{}, sink.Deps{Metrics: m, Store: st})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.ResumeFrom(st)
 	p := pipeline.New(st, []flowmetrics.Sink{s}, pipeline.Config{RetryMin: time.Millisecond, RetryMax: time.Millisecond}, telemetry.New(), nil)
 	if err := p.Register(context.Background()); err != nil {
 		t.Fatal(err)
@@ -172,9 +174,10 @@ func TestCountersResumeAfterRestart(t *testing.T) {
 }
 
 func TestRestoreSkipsBadState(t *testing.T) {
-	reg := promclient.NewRegistry()
-	s, _ := prometheus.New(prometheus.Config{}, nil, reg)
-	good, _ := prometheus.New(prometheus.Config{}, nil, promclient.NewRegistry())
+	m := telemetry.New()
+	reg := m.Registry
+	s, _ := prometheus.New(prometheus.Config{}, sink.Deps{Metrics: m})
+	good, _ := prometheus.New(prometheus.Config{}, sink.Deps{})
 	good.Send(context.Background(), []flowmetrics.Point{{Flow: "A", Metric: "x", Count: 4}})
 	st := map[string][]byte(good.TakeState())
 	st["c/bad"] = []byte("{")
@@ -193,7 +196,13 @@ func TestRestoreSkipsBadState(t *testing.T) {
 
 func mustCounter(t *testing.T, reg *promclient.Registry) promclient.Collector {
 	t.Helper()
-	fams, err := reg.Gather()
+	all, err := reg.Gather()
+	var fams []*dto.MetricFamily
+	for _, f := range all {
+		if f.GetName() == prometheus.DefaultName {
+			fams = append(fams, f)
+		}
+	}
 	if err != nil || len(fams) != 1 || len(fams[0].GetMetric()) != 1 {
 		t.Fatalf("gather: %v %v", fams, err)
 	}

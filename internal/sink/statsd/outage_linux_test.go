@@ -17,6 +17,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/memstore"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
@@ -112,7 +113,7 @@ func TestDaemonDownAndBack(t *testing.T) {
 	d := &daemon{t: t, sums: map[string]int64{}}
 	d.start()
 	m := telemetry.New()
-	s, err := New(Config{Addr: fmt.Sprintf("127.0.0.1:%d", d.port)}, naming.New(naming.Config{}), m, quiet)
+	s, err := New(Config{Addr: fmt.Sprintf("127.0.0.1:%d", d.port)}, sink.Deps{Namer: naming.New(naming.Config{}), Metrics: m, Log: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 	"unicode"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
@@ -122,7 +122,6 @@ type Sink struct {
 	log     *slog.Logger
 	dial    func() (conn, error)
 
-	mu     sync.Mutex
 	conn   conn
 	closed bool
 	// resume remembers how far a failed batch got, so that when the
@@ -136,20 +135,13 @@ type Sink struct {
 
 // New returns a sink for cfg (which should have passed Validate). It does not
 // touch the network: the socket is opened on the first Send.
-func New(cfg Config, namer *naming.Namer, m *telemetry.Metrics, log *slog.Logger) (*Sink, error) {
+func New(cfg Config, d sink.Deps) (*Sink, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if namer == nil {
-		namer = naming.New(naming.Config{})
-	}
-	if m == nil {
-		m = telemetry.New()
-	}
-	if log == nil {
-		log = slog.Default()
-	}
+	d = d.WithDefaults()
+	namer, m, log := d.Namer, d.Metrics, d.Log
 	s := &Sink{
 		cfg:     cfg,
 		namer:   namer,
@@ -180,8 +172,6 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	}
 	sum := fingerprint(dgrams)
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
 		return errors.New("statsd: sink closed")
 	}
@@ -263,8 +253,6 @@ func (s *Sink) deliver(d []byte) (again bool, reason string, err error) {
 // Close implements flowmetrics.Sink. Nothing is buffered; it closes the
 // socket and is safe to call twice.
 func (s *Sink) Close(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
 		return nil
 	}

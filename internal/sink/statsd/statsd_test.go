@@ -13,12 +13,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flowmetrics/flowmetrics"
-	"github.com/flowmetrics/flowmetrics/internal/naming"
-	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/golden"
+	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/sink"
+	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -88,7 +89,7 @@ func TestGolden(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.cfg.Addr = "127.0.0.1:8125"
-			s, err := New(tt.cfg, naming.New(tt.naming), telemetry.New(), quiet)
+			s, err := New(tt.cfg, sink.Deps{Namer: naming.New(tt.naming), Metrics: telemetry.New(), Log: quiet})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -155,7 +156,7 @@ func listen(t *testing.T) (string, func(n int) []string) {
 
 func TestSendUDP(t *testing.T) {
 	addr, read := listen(t)
-	s, err := New(Config{Addr: addr}, naming.New(naming.Config{}), telemetry.New(), quiet)
+	s, err := New(Config{Addr: addr}, sink.Deps{Namer: naming.New(naming.Config{}), Metrics: telemetry.New(), Log: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +197,7 @@ func TestSizeSplit(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			addr, read := listen(t)
-			s, err := New(Config{Addr: addr, MaxDatagram: tt.max}, naming.New(naming.Config{}), telemetry.New(), quiet)
+			s, err := New(Config{Addr: addr, MaxDatagram: tt.max}, sink.Deps{Namer: naming.New(naming.Config{}), Metrics: telemetry.New(), Log: quiet})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -272,7 +273,7 @@ func (*refusingConn) Close() error                    { return nil }
 // TestResume checks that a batch failing half-way is not counted twice when
 // the pipeline sends it again.
 func TestResume(t *testing.T) {
-	s, err := New(Config{Addr: "127.0.0.1:9", MaxDatagram: 64}, naming.New(naming.Config{}), telemetry.New(), quiet)
+	s, err := New(Config{Addr: "127.0.0.1:9", MaxDatagram: 64}, sink.Deps{Namer: naming.New(naming.Config{}), Metrics: telemetry.New(), Log: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +320,7 @@ func TestDeadDaemonFailsBatch(t *testing.T) {
 	}
 	addr := pc.LocalAddr().String()
 	pc.Close()
-	s, err := New(Config{Addr: addr}, naming.New(naming.Config{}), telemetry.New(), quiet)
+	s, err := New(Config{Addr: addr}, sink.Deps{Namer: naming.New(naming.Config{}), Metrics: telemetry.New(), Log: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +338,7 @@ func TestDeadDaemonFailsBatch(t *testing.T) {
 
 func TestCloseTwice(t *testing.T) {
 	addr, _ := listen(t)
-	s, err := New(Config{Addr: addr}, nil, nil, nil)
+	s, err := New(Config{Addr: addr}, sink.Deps{})
 	if err != nil {
 		t.Fatal(err)
 	}

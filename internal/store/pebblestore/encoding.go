@@ -8,62 +8,53 @@ import (
 	"github.com/flowmetrics/flowmetrics"
 )
 
-// conversation is the decoded state of one conversation. Keys are few per
-// conversation (a flow sets a handful of metric attributes), so a slice with
-// a linear search beats a map here; past scanKeys keys a set is built, so a
-// conversation with thousands of keys costs no more per lookup.
-type conversation struct {
-	changed int64
-	keys    []string
-	bytes   int                 // total length of the keys
-	set     map[string]struct{} // the keys, once there are more than scanKeys
+// header is the state of one conversation apart from its keys (one Pebble
+// key each, so a claim reads and writes only the keys it touches, however
+// many the conversation holds).
+type header struct {
+	changed int64  // last change, unix ns
+	epoch   uint64 // incarnation: keys of an older one are not held
+	keys    int    // keys held in this incarnation
+	bytes   int    // their total length
 }
 
-const scanKeys = 32
-
-func (c *conversation) has(k string) bool {
-	if len(c.keys) > scanKeys {
-		if c.set == nil {
-			c.set = make(map[string]struct{}, len(c.keys))
-			for _, x := range c.keys {
-				c.set[x] = struct{}{}
-			}
-		}
-		_, ok := c.set[k]
-		return ok
-	}
-	for _, x := range c.keys {
-		if x == k {
-			return true
-		}
-	}
-	return false
-}
-
-func (c *conversation) add(k string) {
-	c.keys = append(c.keys, k)
-	c.bytes += len(k)
-	if c.set != nil {
-		c.set[k] = struct{}{}
-	}
-}
-
-func (c *conversation) encode() []byte {
-	n := binary.MaxVarintLen64
-	for _, k := range c.keys {
-		n += binary.MaxVarintLen64 + len(k)
-	}
-	b := make([]byte, 0, n)
-	b = binary.AppendVarint(b, c.changed)
-	for _, k := range c.keys {
-		b = appendString(b, k)
-	}
-	return b
+func (h header) encode() []byte {
+	b := make([]byte, 0, 4*binary.MaxVarintLen64)
+	b = binary.AppendVarint(b, h.changed)
+	b = binary.AppendUvarint(b, h.epoch)
+	b = binary.AppendUvarint(b, uint64(h.keys))
+	return binary.AppendUvarint(b, uint64(h.bytes))
 }
 
 var errCorrupt = errors.New("corrupt record")
 
-func decodeConversation(v []byte) (*conversation, error) {
+func decodeHeader(v []byte) (header, error) {
+	var h header
+	var n int
+	var u [3]uint64
+	if h.changed, n = binary.Varint(v); n <= 0 {
+		return h, errCorrupt
+	}
+	v = v[n:]
+	for i := range u {
+		if u[i], n = binary.Uvarint(v); n <= 0 {
+			return h, errCorrupt
+		}
+		v = v[n:]
+	}
+	h.epoch, h.keys, h.bytes = u[0], int(u[1]), int(u[2])
+	return h, nil
+}
+
+// conversation is a conversation's state with its keys, as read by get.
+type conversation struct {
+	changed int64
+	keys    []string
+}
+
+// decodeLegacy reads a conversation as stores before the per-key layout
+// wrote it: the last change, then every key.
+func decodeLegacy(v []byte) (*conversation, error) {
 	changed, n := binary.Varint(v)
 	if n <= 0 {
 		return nil, errCorrupt
@@ -78,7 +69,6 @@ func decodeConversation(v []byte) (*conversation, error) {
 			return nil, err
 		}
 		c.keys = append(c.keys, k)
-		c.bytes += len(k)
 	}
 	return c, nil
 }

@@ -10,8 +10,19 @@
 //
 // Layout:
 //
-//	c/<conversation id> -> last change (unix ns), then the claimed keys
-//	o/<seq, 8 bytes BE>  -> outbox entry: the occurrences one Claim found new
+//	h/<conversation id>                 -> header: last change (unix ns), epoch, keys held and their bytes
+//	m/<len(id), uvarint><id><key>       -> one claimed key (value: the epoch it was claimed in)
+//	o/<seq, 8 bytes BE>                 -> outbox entry: the occurrences one Claim found new
+//
+// A conversation's claimed keys are one Pebble key each, under a prefix of
+// their own: a claim reads the header and looks up only the keys of its
+// request (point reads, answered by Bloom filters when the key is new), and
+// writes only the new ones, so its cost does not grow with the
+// conversation. A conversation that outlived the retention starts a new
+// epoch: keys of an older epoch are not held (Sweep deletes them with their
+// header). Stores written before this layout kept each conversation as one
+// value under c/; Open converts them.
+//
 //	k/<sink name>        -> the sink's cursor (8 bytes BE)
 //	s/<sink name>\x00<key> -> one key of the sink's own state (AckState)
 //
@@ -31,6 +42,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -38,14 +51,18 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/diskguard"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 )
 
 var (
-	convPrefix   = []byte("c/")
+	headerPrefix = []byte("h/")
+	keyPrefix    = []byte("m/")
+	legacyPrefix = []byte("c/") // one value per conversation, before the per-key layout
 	outboxPrefix = []byte("o/")
 	cursorPrefix = []byte("k/")
 	statePrefix  = []byte("s/")
@@ -64,19 +81,50 @@ type Store struct {
 	fatal   *fatal
 }
 
-// Sizes that suit a small disk. Pebble preallocates every write-ahead log to
-// 110 % of MemTableSize, however small the memtable it belongs to, and keeps
-// up to MemTableStopWritesThreshold+1 old logs for reuse: the memtable size
-// sets what the store costs on disk before it holds anything. With the
-// 32 MiB used before, one log took 36 MiB, most of a small disk; with 2 MiB
-// the logs stay near 11 MiB at most, and ingest was no slower beyond the
-// noise in BenchmarkIngestHTTP and BenchmarkReplayEmbedded (README, "Disk").
+// Sizes. A write-ahead log holds what its memtable holds, and Pebble keeps
+// up to MemTableStopWritesThreshold+1 of them (the others recycled): the
+// memtable size sets how much the logs can take on disk, about 3.3 times
+// MemTableSize. So it follows the disk: a 512th of the filesystem, between
+// 2 MiB (a 40 MiB disk keeps its logs near 7 MiB) and 32 MiB (from 16 GiB
+// up). The logs then never take more than 0.65 % of the disk (7 MiB at
+// least), a third of the free space serve keeps before it refuses ingest
+// (2 %, 16 MiB at least: diskguard's MinFree). Pebble would also
+// preallocate each log to 110 % of MemTableSize at its first write, which
+// made a fresh store cost that much on disk before it held anything; the
+// store's filesystem turns preallocation off (noPrealloc), so a log takes
+// the space of what it holds.
+//
+// On a large disk the bigger memtable is what makes a large replay fast:
+// outbox entries delivered and deleted while still in the memtable, and
+// headers rewritten there, never reach a table, and flushes are fewer and
+// larger, so compaction costs a sixth of what it did with 2 MiB
+// (BenchmarkArchive, docs/PERFORMANCE.md).
 const (
-	memTableSize                = 2 << 20
+	minMemTableSize             = 2 << 20
+	maxMemTableSize             = 32 << 20
+	memTableShare               = 512
 	memTableStopWritesThreshold = 2
 	l0CompactionThreshold       = 4
 	l0StopWritesThreshold       = 12
+	// blockCacheSize holds the blocks claims read (headers, keys and the
+	// Bloom filters of every table) for a large store; Pebble's default is
+	// 8 MiB.
+	blockCacheSize = 32 << 20
 )
+
+// memTableSize returns the memtable size for a store in dir: a share of its
+// filesystem's size, the smallest where that is unknown.
+func memTableSize(dir string) uint64 {
+	for d := dir; ; d = filepath.Dir(d) {
+		sp, err := diskguard.SpaceOf(d)
+		if err == nil {
+			return min(max(sp.Total/memTableShare, minMemTableSize), maxMemTableSize)
+		}
+		if !errors.Is(err, os.ErrNotExist) || filepath.Dir(d) == d {
+			return minMemTableSize
+		}
+	}
+}
 
 // Open opens (creating if needed) the store in dir. Only one process may have
 // it open at a time; Pebble locks the directory.
@@ -98,7 +146,11 @@ func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, 
 		return nil, err
 	}
 	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f}
-	if err := s.load(); err != nil {
+	err = s.convertLegacy()
+	if err == nil {
+		err = s.load()
+	}
+	if err != nil {
 		if f.Err() == nil {
 			db.Close()
 		}
@@ -111,14 +163,28 @@ func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, 
 // write-ahead-log replay on a full disk) into an error.
 func openDB(dir string, fs vfs.FS, f *fatal, log *slog.Logger) (db *pebble.DB, err error) {
 	defer f.recover(&err)
-	db, err = pebble.Open(dir, &pebble.Options{
+	memTable := uint64(minMemTableSize)
+	if fs == nil {
+		memTable = memTableSize(dir)
+		fs = vfs.Default
+	}
+	fs = noPrealloc{fs}
+	opts := &pebble.Options{
 		FS:                          fs,
 		Logger:                      pebbleLogger{log: log.With("component", "pebble"), fatal: f, errors: &limiter{}},
-		MemTableSize:                memTableSize,
+		MemTableSize:                memTable,
+		CacheSize:                   blockCacheSize,
 		MemTableStopWritesThreshold: memTableStopWritesThreshold,
 		L0CompactionThreshold:       l0CompactionThreshold,
 		L0StopWritesThreshold:       l0StopWritesThreshold,
-	})
+	}
+	// Most reads of a claim are for what the store does not hold (a new
+	// conversation's header, a new key): a Bloom filter per table, on every
+	// level, answers them without reading a data block.
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
+	db, err = pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
 	}
@@ -212,50 +278,59 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	defer unlock()
 
 	now := s.opts.Now()
-	var out []flowmetrics.Occurrence
 	b := s.db.NewBatch()
 	defer b.Close()
 	// A conversation may appear twice in one batch: the second request must
 	// see the first one's keys, which are only in the batch so far.
-	staged := map[string]*conversation{}
+	staged := map[string]*staged{}
+	var out []flowmetrics.Occurrence
 	for i, r := range reqs {
 		if len(r.Occurrences) == 0 || refused.Has(i) {
 			continue
 		}
-		c, ok := staged[r.ConversationID]
-		if !ok {
-			var err error
-			c, err = s.get(r.ConversationID)
-			if err != nil {
+		c := staged[r.ConversationID]
+		if c == nil {
+			if c, err = s.stage(r.ConversationID, now); err != nil {
 				return nil, err
 			}
-			if c != nil && s.opts.Expired(time.Unix(0, c.changed), now) {
-				c = nil
-			}
+			staged[r.ConversationID] = c
 		}
-		fresh := store.FilterNew(r.Occurrences, func(k string) bool { return c != nil && c.has(k) })
+		var lookupErr error
+		fresh := store.FilterNew(r.Occurrences, func(k string) bool {
+			held, err := s.holds(c, k)
+			if err != nil && lookupErr == nil {
+				lookupErr = err
+			}
+			return held
+		})
+		if lookupErr != nil {
+			return nil, lookupErr
+		}
 		if len(fresh) == 0 {
 			continue
 		}
-		if c == nil {
-			c = &conversation{}
-		}
-		if err := (store.Size{Keys: len(c.keys), Bytes: c.bytes}).Plus(fresh).Check(r.ConversationID); err != nil {
+		if err := (store.Size{Keys: c.h.keys, Bytes: c.h.bytes}).Plus(fresh).Check(r.ConversationID); err != nil {
 			refused.Add(i, flowmetrics.RefusedConversation, err)
 			continue
 		}
 		for _, o := range fresh {
 			c.add(o.Key)
+			if err := b.Set(c.keyOf(o.Key), c.epochValue(), nil); err != nil {
+				return nil, fmt.Errorf("pebblestore: claim: %w", err)
+			}
 		}
-		c.changed = now.UnixNano()
-		staged[r.ConversationID] = c
+		c.h.changed = now.UnixNano()
+		c.dirty = true
 		out = append(out, fresh...)
 	}
 	if len(out) == 0 {
 		return nil, refused.Err()
 	}
 	for id, c := range staged {
-		if err := b.Set(convKey(id), c.encode(), nil); err != nil {
+		if !c.dirty {
+			continue
+		}
+		if err := b.Set(headerKey(id), c.h.encode(), nil); err != nil {
 			return nil, fmt.Errorf("pebblestore: claim: %w", err)
 		}
 	}
@@ -272,26 +347,132 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	return out, refused.Err()
 }
 
-func (s *Store) get(id string) (*conversation, error) {
-	v, closer, err := s.db.Get(convKey(id))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, nil
-	}
+// staged is a conversation within one Claim: its header as it will be
+// written and the keys the batch adds.
+type staged struct {
+	id     string
+	h      header
+	stored int // keys of this epoch already in the store
+	added  map[string]struct{}
+	dirty  bool
+	prefix []byte // m/<len><id>
+}
+
+// stage reads a conversation's header; an expired conversation starts a
+// new epoch, in which it holds nothing.
+func (s *Store) stage(id string, now time.Time) (*staged, error) {
+	h, ok, err := s.header(id)
 	if err != nil {
-		return nil, fmt.Errorf("pebblestore: read conversation %q: %w", id, err)
+		return nil, err
 	}
-	defer closer.Close()
-	c, err := decodeConversation(v)
-	if err != nil {
-		return nil, fmt.Errorf("pebblestore: conversation %q: %w", id, err)
+	c := &staged{id: id, prefix: keyPrefixOf(id)}
+	switch {
+	case !ok:
+	case s.opts.Expired(time.Unix(0, h.changed), now):
+		c.h.epoch = h.epoch + 1
+	default:
+		c.h = h
+		c.stored = h.keys
 	}
 	return c, nil
 }
 
-// Sweep deletes the conversations whose retention has passed and returns how
-// many. Claim already treats them as absent; sweeping keeps the database from
-// growing without bound. It holds each conversation's stripe while deciding,
-// so it never deletes a conversation a concurrent Claim is refreshing.
+// holds reports whether c holds key k in its epoch.
+func (s *Store) holds(c *staged, k string) (bool, error) {
+	if _, ok := c.added[k]; ok {
+		return true, nil
+	}
+	if c.stored == 0 {
+		return false, nil
+	}
+	v, closer, err := s.db.Get(c.keyOf(k))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
+	}
+	defer closer.Close()
+	epoch, n := binary.Uvarint(v)
+	if n <= 0 {
+		return false, fmt.Errorf("pebblestore: conversation %q: key %q: %w", c.id, k, errCorrupt)
+	}
+	return epoch == c.h.epoch, nil
+}
+
+func (c *staged) add(k string) {
+	if c.added == nil {
+		c.added = map[string]struct{}{}
+	}
+	c.added[k] = struct{}{}
+	c.h.keys++
+	c.h.bytes += len(k)
+}
+
+func (c *staged) keyOf(k string) []byte {
+	return append(append(make([]byte, 0, len(c.prefix)+len(k)), c.prefix...), k...)
+}
+
+func (c *staged) epochValue() []byte { return binary.AppendUvarint(nil, c.h.epoch) }
+
+// header reads a conversation's header; ok is false when it has none.
+func (s *Store) header(id string) (h header, ok bool, err error) {
+	v, closer, err := s.db.Get(headerKey(id))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return h, false, nil
+	}
+	if err != nil {
+		return h, false, fmt.Errorf("pebblestore: read conversation %q: %w", id, err)
+	}
+	defer closer.Close()
+	if h, err = decodeHeader(v); err != nil {
+		return h, false, fmt.Errorf("pebblestore: conversation %q: %w", id, err)
+	}
+	return h, true, nil
+}
+
+// get reads a conversation with the keys of its epoch (nil when it has no
+// state). It scans the conversation's keys: for reading a whole
+// conversation (its path), not for claiming.
+func (s *Store) get(id string) (*conversation, error) {
+	h, ok, err := s.header(id)
+	if err != nil || !ok {
+		return nil, err
+	}
+	c := &conversation{changed: h.changed, keys: make([]string, 0, h.keys)}
+	p := keyPrefixOf(id)
+	err = s.scan(p, func(k, v []byte) error {
+		if epoch, n := binary.Uvarint(v); n > 0 && epoch == h.epoch {
+			c.keys = append(c.keys, string(k[len(p):]))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: read conversation %q: %w", id, err)
+	}
+	return c, nil
+}
+
+// Keys returns the metric attribute names a conversation holds (those it
+// claimed since its state last expired), in byte order; none when it has no
+// state or its state expired.
+func (s *Store) Keys(ctx context.Context, conversationID string) (_ []string, err error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	defer s.fatal.recover(&err)
+	c, err := s.get(conversationID)
+	if err != nil || c == nil || s.opts.Expired(time.Unix(0, c.changed), s.opts.Now()) {
+		return nil, err
+	}
+	return c.keys, nil
+}
+
+// Sweep deletes the conversations whose retention has passed, with all their
+// keys, and returns how many. Claim already treats them as absent; sweeping
+// keeps the database from growing without bound. It holds each
+// conversation's stripe while deciding, so it never deletes a conversation a
+// concurrent Claim is refreshing.
 func (s *Store) Sweep(ctx context.Context) (removed int, err error) {
 	if err := s.usable(); err != nil {
 		return 0, err
@@ -299,40 +480,106 @@ func (s *Store) Sweep(ctx context.Context) (removed int, err error) {
 	defer s.fatal.recover(&err)
 	now := s.opts.Now()
 	var expired []string
-	err = s.scan(convPrefix, func(k, v []byte) error {
+	err = s.scan(headerPrefix, func(k, v []byte) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		changed, n := binary.Varint(v)
 		if n > 0 && s.opts.Expired(time.Unix(0, changed), now) {
-			expired = append(expired, string(k[len(convPrefix):]))
+			expired = append(expired, string(k[len(headerPrefix):]))
 		}
 		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
-	for start := 0; start < len(expired); start += 1000 {
-		chunk := expired[start:min(start+1000, len(expired))]
-		unlock := s.stripes.Lock(chunk)
-		b := s.db.NewBatch()
-		for _, id := range chunk {
-			c, err := s.get(id)
-			if err != nil || c == nil || !s.opts.Expired(time.Unix(0, c.changed), now) {
-				continue
-			}
-			b.Delete(convKey(id), nil)
-			removed++
-		}
-		err := b.Commit(pebble.NoSync)
-		b.Close()
-		unlock()
+	for start := 0; start < len(expired); start += sweepChunk {
+		chunk := expired[start:min(start+sweepChunk, len(expired))]
+		n, err := s.sweepChunk(chunk, now)
+		removed += n
 		if err != nil {
-			return removed, fmt.Errorf("pebblestore: sweep: %w", err)
+			return removed, err
 		}
 	}
 	return removed, nil
 }
+
+const sweepChunk = 1000
+
+// sweepChunk deletes the conversations of ids that are still expired, in
+// one batch: a header and its keys go together.
+func (s *Store) sweepChunk(ids []string, now time.Time) (removed int, err error) {
+	unlock := s.stripes.Lock(ids)
+	defer unlock()
+	b := s.db.NewBatch()
+	defer b.Close()
+	for _, id := range ids {
+		h, ok, err := s.header(id)
+		if err != nil || !ok || !s.opts.Expired(time.Unix(0, h.changed), now) {
+			continue
+		}
+		b.Delete(headerKey(id), nil)
+		err = s.scan(keyPrefixOf(id), func(k, _ []byte) error { return b.Delete(k, nil) })
+		if err != nil {
+			return removed, err
+		}
+		removed++
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return removed, fmt.Errorf("pebblestore: sweep: %w", err)
+	}
+	return removed, nil
+}
+
+// convertLegacy rewrites conversations stored before the per-key layout
+// (one c/ value each) into a header and one key each, a chunk per batch:
+// a conversation is converted in the batch that deletes its old value, so
+// a crash leaves each one in one layout or the other, and the next Open
+// goes on.
+func (s *Store) convertLegacy() (err error) {
+	defer s.fatal.recover(&err)
+	for {
+		b := s.db.NewBatch()
+		n := 0
+		err := s.scan(legacyPrefix, func(k, v []byte) error {
+			c, err := decodeLegacy(v)
+			if err != nil {
+				return fmt.Errorf("pebblestore: conversation %q: %w", k[len(legacyPrefix):], err)
+			}
+			id := string(k[len(legacyPrefix):])
+			st := &staged{id: id, prefix: keyPrefixOf(id)}
+			for _, key := range c.keys {
+				if _, dup := st.added[key]; dup {
+					continue
+				}
+				st.add(key)
+				b.Set(st.keyOf(key), st.epochValue(), nil)
+			}
+			st.h.changed = c.changed
+			b.Set(headerKey(id), st.h.encode(), nil)
+			b.Delete(k, nil)
+			if n++; n == sweepChunk {
+				return errChunk
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, errChunk) {
+			b.Close()
+			return err
+		}
+		if n == 0 {
+			b.Close()
+			return nil
+		}
+		err = b.Commit(pebble.Sync)
+		b.Close()
+		if err != nil {
+			return fmt.Errorf("pebblestore: convert conversations: %w", err)
+		}
+	}
+}
+
+var errChunk = errors.New("chunk full")
 
 // ReadOutbox implements flowmetrics.Store.
 func (s *Store) ReadOutbox(ctx context.Context, after uint64, limit int) (_ []flowmetrics.Entry, err error) {
@@ -527,7 +774,15 @@ func (s *Store) usable() error {
 	return nil
 }
 
-func convKey(id string) []byte  { return append(bytes.Clone(convPrefix), id...) }
+func headerKey(id string) []byte { return append(bytes.Clone(headerPrefix), id...) }
+
+// keyPrefixOf is m/<len(id)><id>: with the length first, no conversation's
+// prefix covers another's, whatever bytes the ids hold.
+func keyPrefixOf(id string) []byte {
+	b := binary.AppendUvarint(bytes.Clone(keyPrefix), uint64(len(id)))
+	return append(b, id...)
+}
+
 func cursorKey(n string) []byte { return append(bytes.Clone(cursorPrefix), n...) }
 
 // stateKey is s/<sink>\x00<key>: sink names hold no NUL, so one sink's
@@ -670,3 +925,33 @@ func (s *Store) Sinks() []string {
 	sort.Strings(out)
 	return out
 }
+
+// noPrealloc is a filesystem whose files are never preallocated: Pebble
+// would reserve 110 % of the memtable size for each write-ahead log at its
+// first write (see Sizes).
+type noPrealloc struct{ vfs.FS }
+
+func (n noPrealloc) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
+	return wrapFile(n.FS.Create(name, c))
+}
+
+func (n noPrealloc) OpenReadWrite(name string, c vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
+	return wrapFile(n.FS.OpenReadWrite(name, c, opts...))
+}
+
+func (n noPrealloc) ReuseForWrite(oldname, newname string, c vfs.DiskWriteCategory) (vfs.File, error) {
+	return wrapFile(n.FS.ReuseForWrite(oldname, newname, c))
+}
+
+func (n noPrealloc) Unwrap() vfs.FS { return n.FS }
+
+func wrapFile(f vfs.File, err error) (vfs.File, error) {
+	if err != nil {
+		return nil, err
+	}
+	return noPreallocFile{f}, nil
+}
+
+type noPreallocFile struct{ vfs.File }
+
+func (noPreallocFile) Preallocate(offset, length int64) error { return nil }
