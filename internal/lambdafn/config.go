@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
@@ -73,6 +74,11 @@ type Config struct {
 	// FlushReserve: FLOWMETRICS_FLUSH_RESERVE, the part of the invocation's
 	// time kept for answering after delivery gives up (default 2s).
 	FlushReserve time.Duration
+	// FunctionTimeout: FLOWMETRICS_FUNCTION_TIMEOUT, the function's
+	// timeout as deployed (the template sets it from the same value), so
+	// that its relation to the lease is checked at cold start; unchecked
+	// when unset.
+	FunctionTimeout time.Duration
 	// LogLevel: FLOWMETRICS_LOG_LEVEL (default warn: Lambda logs are billed
 	// by the byte, and nothing is logged per event).
 	LogLevel string
@@ -113,6 +119,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	dur("FLOWMETRICS_BUCKET", &c.Pipeline.Bucket)
 	dur("FLOWMETRICS_CACHE_TTL", &c.Pipeline.CacheTTL)
 	dur("FLOWMETRICS_FLUSH_RESERVE", &c.FlushReserve)
+	dur("FLOWMETRICS_FUNCTION_TIMEOUT", &c.FunctionTimeout)
 	c.FunctionName = getenv("AWS_LAMBDA_FUNCTION_NAME")
 	if v := getenv("FLOWMETRICS_FLUSH_ATTEMPTS"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -160,6 +167,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	c.DogStatsD.Addr = getenv("FLOWMETRICS_DOGSTATSD_ADDR")
 	c.DogStatsD.Mode = mode
+	// In Lambda, DogStatsD is the Datadog Lambda Extension, whose rule for
+	// counts is not the Agent's: Validate refuses count mode there.
+	c.DogStatsD.Receiver = dogstatsd.LambdaExtension
 	c.DogStatsD.LatePolicy = late
 	c.Datadog.Mode = mode
 	c.Datadog.URL = getenv("FLOWMETRICS_DATADOG_URL")
@@ -221,8 +231,18 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
-	if c.FlushReserve < 0 {
-		return errors.New("FLOWMETRICS_FLUSH_RESERVE: must not be negative")
+	if c.FlushReserve < 0 || c.FunctionTimeout < 0 {
+		return errors.New("FLOWMETRICS_FLUSH_RESERVE, FLOWMETRICS_FUNCTION_TIMEOUT: must not be negative")
 	}
-	return nil
+	return config.Rules(config.Settings{
+		Retention: c.Retention, CacheTTL: c.Pipeline.CacheTTL, CacheConversations: c.Pipeline.CacheConversations,
+		Lease: c.Store.Lease, Margin: c.Store.Margin, FunctionTimeout: c.FunctionTimeout, FlushReserve: c.FlushReserve,
+	}, envNames)
+}
+
+// envNames are the settings' names in the function's environment.
+var envNames = config.Names{
+	Retention: "FLOWMETRICS_RETENTION", CacheTTL: "FLOWMETRICS_CACHE_TTL",
+	Lease: "FLOWMETRICS_LEASE", Margin: "FLOWMETRICS_LEASE_MARGIN",
+	FunctionTimeout: "FLOWMETRICS_FUNCTION_TIMEOUT", FlushReserve: "FLOWMETRICS_FLUSH_RESERVE",
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -292,6 +293,17 @@ func TestConfigFromEnv(t *testing.T) {
 		{"bad duration", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_LEASE", "soon"), "FLOWMETRICS_LEASE", nil},
 		{"margin beyond lease", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_LEASE", "5s", "FLOWMETRICS_LEASE_MARGIN", "10s"), "margin", nil},
 		{"bad tag", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_TAGS", "prod"), "key:value", nil},
+		{"cache outlives retention", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_CACHE_TTL", "200h", "FLOWMETRICS_RETENTION", "1h"),
+			"FLOWMETRICS_CACHE_TTL (200h0m0s) must be shorter than FLOWMETRICS_RETENTION (1h0m0s)", nil},
+		{"cache outlives default retention", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_CACHE_TTL", "200h"), "FLOWMETRICS_RETENTION (168h0m0s)", nil},
+		{"send could outlast the lease", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_FUNCTION_TIMEOUT", "60s"),
+			"FLOWMETRICS_FUNCTION_TIMEOUT − FLOWMETRICS_FLUSH_RESERVE (58s) must not be longer than FLOWMETRICS_LEASE − FLOWMETRICS_LEASE_MARGIN (30s)", nil},
+		{"timeout within the lease", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_FUNCTION_TIMEOUT", "20s"), "", func(c lambdafn.Config) string {
+			if c.FunctionTimeout != 20*time.Second {
+				return fmt.Sprintf("function timeout %v, want 20s", c.FunctionTimeout)
+			}
+			return ""
+		}},
 	}
 	for _, c := range cases {
 		cfg, err := lambdafn.ConfigFromEnv(c.getenv)
@@ -308,5 +320,14 @@ func TestConfigFromEnv(t *testing.T) {
 		if msg := c.check(cfg); msg != "" {
 			t.Errorf("%s: %s", c.name, msg)
 		}
+	}
+}
+
+// A bad combination is refused at cold start, before anything is built.
+func TestColdStartRefusesBadCombination(t *testing.T) {
+	env := map[string]string{"FLOWMETRICS_TABLE": "t", "FLOWMETRICS_CACHE_TTL": "200h", "FLOWMETRICS_RETENTION": "1h"}
+	err := lambdafn.Run(context.Background(), func(k string) string { return env[k] }, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "must be shorter than FLOWMETRICS_RETENTION") {
+		t.Errorf("cold start with FLOWMETRICS_CACHE_TTL=200h, FLOWMETRICS_RETENTION=1h: got %v, want the refusal", err)
 	}
 }

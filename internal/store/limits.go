@@ -62,6 +62,9 @@ func (r *Refusals) Add(i int, reason string, err error) {
 	r.list = append(r.list, flowmetrics.Refusal{Request: i, Reason: reason, Err: err})
 }
 
+// Len returns how many requests are refused.
+func (r *Refusals) Len() int { return len(r.list) }
+
 // Has reports whether request i is refused.
 func (r *Refusals) Has(i int) bool { return r.seen[i] }
 

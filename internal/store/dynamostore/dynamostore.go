@@ -168,7 +168,10 @@ type Store struct {
 	// unmarked are entries every sink acknowledged whose keys are not yet
 	// marked delivered.
 	unmarked []*entry
-	closed   bool
+	// unsent counts the entries dropped unsent (their lease ran out) since
+	// the last Settle, which reports them.
+	unsent int
+	closed bool
 
 	// commitMu serialises commits, so that a sink's state updates reach
 	// DynamoDB in the order they were made.
@@ -241,6 +244,13 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		return nil, errClosed
 	}
 	var refused store.Refusals
+	defer func() {
+		if n := refused.Len(); n > 0 {
+			s.statsMu.Lock()
+			s.stats.Refused += int64(n)
+			s.statsMu.Unlock()
+		}
+	}()
 	b := groupByConversation(reqs, &refused)
 	if len(b.order) == 0 {
 		return nil, refused.Err()
@@ -265,9 +275,6 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		perr = pe
 	}
 	if rerr := refused.Err(); rerr != nil {
-		s.statsMu.Lock()
-		s.stats.Refused += int64(len(rerr.(*flowmetrics.RefusedError).Refusals))
-		s.statsMu.Unlock()
 		perr = errors.Join(perr, rerr)
 	}
 	if len(out) == 0 {
@@ -950,6 +957,7 @@ func (s *Store) dropExpiredLocked() {
 	clear(s.entries[len(kept):])
 	s.entries = kept
 	if dropped > 0 {
+		s.unsent += dropped
 		s.statsMu.Lock()
 		s.stats.Dropped += int64(dropped)
 		s.statsMu.Unlock()
@@ -1091,9 +1099,27 @@ func (s *Store) discardLocked() []*entry {
 // calls it after flushing, so an occurrence delivered is also marked before
 // its event is acknowledged; otherwise a later event carrying the key could
 // take the claim over once its lease ends and count it again.
+//
+// Settle also reports, with an error wrapping ErrUnsent, outbox entries
+// dropped unsent since the last call because their lease ran out: a flush
+// that returned nil did not deliver them, so the caller must not
+// acknowledge the events that carried them (their redelivery claims the
+// keys again once the lease has ended).
 func (s *Store) Settle(ctx context.Context) error {
-	return s.commit(ctx)
+	err := s.commit(ctx)
+	s.mu.Lock()
+	s.dropExpiredLocked()
+	n := s.unsent
+	s.unsent = 0
+	s.mu.Unlock()
+	if n > 0 {
+		return errors.Join(err, fmt.Errorf("%w: %d outbox entries", ErrUnsent, n))
+	}
+	return err
 }
+
+// ErrUnsent is Settle's report that entries were dropped unsent.
+var ErrUnsent = errors.New("dynamostore: claims not delivered within their lease")
 
 // OutboxDepth implements flowmetrics.Store.
 func (s *Store) OutboxDepth(ctx context.Context, sink string) (int64, error) {
@@ -1124,4 +1150,14 @@ func (s *Store) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return s.commit(ctx)
+}
+
+// ClosePaths implements flowmetrics.Store. Conversation paths are not
+// supported on DynamoDB yet: Claim ignores ClaimRequest.Ended, and
+// ClosePaths returns flowmetrics.ErrPathsUnsupported. The close fits the
+// table as it is: a conditional UpdateItem on the conversation's item
+// ("closed" absent and deadline ≤ now) that sets "closed" and records the
+// derived points in the same item's pending outbox, exactly like a claim.
+func (s *Store) ClosePaths(context.Context, time.Time, int, flowmetrics.Deriver) (int, error) {
+	return 0, fmt.Errorf("dynamostore: %w", flowmetrics.ErrPathsUnsupported)
 }
