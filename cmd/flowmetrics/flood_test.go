@@ -1,105 +1,165 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
-
-	"github.com/flowmetrics/flowmetrics/internal/servetest"
 )
 
-// TestFloodBounded floods the real serve on loopback with the patterns
-// that once grew it without bound, and reports its RSS and each request's
-// time (it asserts only what the bounds promise: every request answered,
-// the peak RSS under a generous ceiling). It is a measurement: run it with
-// FLOWMETRICS_FLOOD=1 (about two minutes).
-//
-//   - new-conversations: 16 events of 400 distinct ~386-byte names a
-//     request (as many as a conversation may hold), each a new
-//     conversation: the store grows on disk, the cache stops at its bytes.
-//   - one-conversation: 50 new names a request to one conversation, until
-//     it is full and refused: claim time stays flat.
-//   - refused: 2 events × 10,000 new names a request, each a new
-//     conversation: refused whole, nothing kept.
-func TestFloodBounded(t *testing.T) {
-	if os.Getenv("FLOWMETRICS_FLOOD") == "" {
-		t.Skip("a measurement of serve under floods: set FLOWMETRICS_FLOOD=1 to run it")
-	}
-	bin := servetest.Build(t, t.TempDir())
-	pad := strings.Repeat("x", 170)
-	name := func(i int) string {
-		return fmt.Sprintf("%sMetric_M%06d%s(2026-11-20T09:31:48Z)", strings.Repeat("F", 180), i, pad)
-	}
-	attrs := func(from, n int) map[string]string {
-		m := make(map[string]string, n)
-		for i := range n {
-			m[name(from+i)] = "1"
+// floodBody is an NDJSON body of just under size bytes: events of distinct
+// conversations (from conversation first on), each with metricsPer metric
+// attributes and a few plain ones, as Genesys sends them. It returns the
+// body and its number of events.
+func floodBody(first, size, metricsPer int) ([]byte, int) {
+	at := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
+	var b bytes.Buffer
+	n := 0
+	for {
+		conv := fmt.Sprintf("f100d000-0000-4000-8000-%012d", first+n)
+		attrs := map[string]string{
+			"Language": "en-US", "Queue": "Billing", "CustomerTier": "gold",
+			"Notes": strings.Repeat("x", 4000),
 		}
-		return m
-	}
-	at := time.Date(2026, 11, 20, 9, 31, 48, 0, time.UTC)
-	for _, pat := range []struct {
-		name     string
-		requests int
-		body     func(r int) []string
-	}{
-		{"new-conversations", 100, func(r int) []string {
-			var evs []string
-			for j := range 16 {
-				evs = append(evs, servetest.Event(fmt.Sprintf("conv-%d-%d", r, j), at, attrs(0, 400)))
-			}
-			return evs
-		}},
-		{"one-conversation", 14, func(r int) []string {
-			return []string{servetest.Event("one-conversation", at, attrs(r*50, 50))}
-		}},
-		{"refused", 35, func(r int) []string {
-			return []string{servetest.Event(fmt.Sprintf("refused-%04d-0", r), at, attrs(0, 10_000)), servetest.Event(fmt.Sprintf("refused-%04d-1", r), at, attrs(0, 10_000))}
-		}},
-	} {
-		t.Run(pat.name, func(t *testing.T) {
-			p := servetest.Start(t, bin, t.TempDir())
-			defer p.Stop(t)
-			pid := p.Cmd.Process.Pid
-			start := status(t, pid, "VmRSS")
-			var times []string
-			codes := map[int]int{}
-			for r := range pat.requests {
-				body := strings.Join(pat.body(r), "\n")
-				t0 := time.Now()
-				resp, err := http.Post("http://"+p.Addr+"/v1/events", "application/x-ndjson", strings.NewReader(body))
-				if err != nil {
-					t.Fatalf("request %d: %v", r, err)
-				}
-				resp.Body.Close()
-				codes[resp.StatusCode]++
-				times = append(times, fmt.Sprintf("%d:%dms", resp.StatusCode, time.Since(t0).Milliseconds()))
-			}
-			peak := status(t, pid, "VmHWM")
-			t.Logf("%s: %d requests, answers %v; RSS %d MiB at start, peak %d MiB, %d MiB at the end; per request: %s",
-				pat.name, pat.requests, codes, start>>10, peak>>10, status(t, pid, "VmRSS")>>10, strings.Join(times, " "))
-			if peak > 1<<20 { // kB: 1 GiB
-				t.Errorf("peak RSS %d MiB, over 1 GiB", peak>>10)
-			}
+		for m := range metricsPer {
+			attrs[fmt.Sprintf("FloodMetric_Step%d(%s)", m, at.Add(time.Duration(n)*time.Second).Format("2006-01-02T15:04:05.000Z"))] = ""
+		}
+		ev, _ := json.Marshal(map[string]any{
+			"version": "0", "id": "ev-" + conv,
+			"detail-type": "v2.detail.events.conversation.{id}.attributes",
+			"source":      "aws.partner/genesys.com/cloud/org/flood",
+			"detail": map[string]any{
+				"topicName": "v2.detail.events.conversation." + conv + ".attributes",
+				"version":   "2",
+				"eventBody": map[string]any{"eventTime": at.UnixMilli(), "conversationId": conv, "participantId": "p1", "attributes": attrs},
+			},
 		})
+		if b.Len()+len(ev)+1 > size {
+			return b.Bytes(), n
+		}
+		b.Write(ev)
+		b.WriteByte('\n')
+		n++
 	}
 }
 
-// status reads a kB field of /proc/<pid>/status.
-func status(t *testing.T, pid int, field string) int {
+// peakRSS is the highest resident set size of process pid so far (VmHWM).
+func peakRSS(pid int) string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		t.Fatal(err)
+		return "unknown"
 	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, field+":"); ok {
-			n, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-			return n
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			return strings.TrimSpace(v)
 		}
 	}
-	return 0
+	return "unknown"
+}
+
+// TestConcurrentBodiesBounded is the flood that once took serve to 1.58 GB:
+// 32 clients post a body just under the 10 MiB limit at once, on loopback,
+// to the real binary with its defaults. The request bytes in flight are
+// bounded (http.max_bytes_in_flight, 40 MiB by default): what does not fit
+// is refused at once with 503 and Retry-After, and the client resends it,
+// as EventBridge does. Every body is counted exactly once in the end. The
+// peak RSS of serve is reported, not asserted.
+func TestConcurrentBodiesBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts serve and posts 320 MiB")
+	}
+	const (
+		clients    = 32
+		size       = 10<<20 - 1
+		metricsPer = 4
+	)
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	s := startServe(t, "-data-dir", filepath.Join(dir, "data"), "-listen", addr)
+	pid := s.cmd.Process.Pid
+	defer func() {
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		s.cmd.Wait()
+	}()
+	idle := peakRSS(pid)
+
+	bodies := make([][]byte, clients)
+	want := 0
+	for c := range bodies {
+		var n int
+		bodies[c], n = floodBody(c*100_000, size, metricsPer)
+		want += n * metricsPer
+	}
+	client := &http.Client{Timeout: 60 * time.Second}
+	deadline := time.Now().Add(150 * time.Second)
+	var (
+		mu                  sync.Mutex
+		occurrences, busy   int
+		noRetryAfter, other []string
+	)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				resp, err := client.Post("http://"+addr+"/v1/events", "application/x-ndjson", bytes.NewReader(bodies[c]))
+				if err != nil {
+					mu.Lock()
+					other = append(other, err.Error())
+					mu.Unlock()
+					return
+				}
+				raw, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				mu.Lock()
+				switch resp.StatusCode {
+				case http.StatusAccepted:
+					var r struct{ Occurrences int }
+					json.Unmarshal(raw, &r)
+					occurrences += r.Occurrences
+					mu.Unlock()
+					return
+				case http.StatusServiceUnavailable:
+					busy++
+					if _, err := strconv.Atoi(resp.Header.Get("Retry-After")); err != nil {
+						noRetryAfter = append(noRetryAfter, resp.Header.Get("Retry-After"))
+					}
+				default:
+					other = append(other, fmt.Sprintf("%d %.200s", resp.StatusCode, raw))
+					mu.Unlock()
+					return
+				}
+				mu.Unlock()
+				// Sooner than Retry-After, to keep the test short.
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if len(other) > 0 {
+		t.Errorf("%d answers neither 202 nor 503: %q", len(other), other[:min(len(other), 3)])
+	}
+	if len(noRetryAfter) > 0 {
+		t.Errorf("%d 503s without a Retry-After in seconds: %q", len(noRetryAfter), noRetryAfter[:min(len(noRetryAfter), 3)])
+	}
+	if busy == 0 {
+		t.Errorf("no 503: %d bodies of %.1f MiB at once were all admitted, past the 40 MiB bound", clients, float64(size)/(1<<20))
+	}
+	if occurrences != want {
+		t.Errorf("got %d occurrences, want %d: every body counted exactly once", occurrences, want)
+	}
+	t.Logf("%d clients × %.1f MiB at once (%d occurrences): %d refused with 503 and resent, all counted in %v; serve's peak RSS %s (idle %s)",
+		clients, float64(size)/(1<<20), want, busy, took.Round(100*time.Millisecond), peakRSS(pid), idle)
 }
