@@ -118,6 +118,7 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 		}
 		pcfg := cfg.Pipeline
 		pcfg.Guard = newGuard(cfg, log)
+		withPaths(cfg, &pcfg)
 		p := pipeline.New(st, sinks, pcfg, m, log)
 		restore, err := registerForReplay(ctx, st, sinks)
 		if err != nil {
@@ -136,6 +137,9 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 			defer stopBar()
 		}
 		runErr := r.run(ctx, inputs)
+		if runErr == nil {
+			runErr = closeReplayPaths(ctx, p, cfg)
+		}
 		// Deliver what was counted. A signal during the final flush stops it;
 		// after a signal during reading, the flush gets a short grace period.
 		closeCtx, cancelClose := ctx, context.CancelFunc(func() {})
@@ -158,6 +162,25 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 		}
 		return nil
 	})
+}
+
+// closeReplayPaths closes, at the end of the input, the paths the input
+// can no longer change: every conversation whose customer.end it read (the
+// input is complete, so the grace period has nothing left to wait for),
+// and, in the memory store, which ends with the replay, every other one as
+// if its idle timeout had passed. In a serve data directory a conversation
+// without its end stays open, for serve to close at its idle timeout.
+func closeReplayPaths(ctx context.Context, p *pipeline.Pipeline, cfg config.Config) error {
+	if !cfg.Paths.IsEnabled() {
+		return nil
+	}
+	d := cfg.Paths.WithDefaults()
+	asOf := time.Now().Add(d.Grace)
+	if cfg.Store.Type == "memory" {
+		asOf = time.Now().Add(d.IdleTimeout)
+	}
+	_, err := p.ClosePaths(ctx, asOf, 0)
+	return err
 }
 
 // registerForReplay adds the replay's sinks to those the store already
@@ -199,6 +222,9 @@ type renamed struct {
 
 func (r renamed) Name() string { return r.name }
 
+// Unwrap lets the pipeline find a flowmetrics.PathSink underneath.
+func (r renamed) Unwrap() flowmetrics.Sink { return r.Sink }
+
 type renamedStateful struct {
 	flowmetrics.StatefulSink
 	name string
@@ -206,12 +232,18 @@ type renamedStateful struct {
 
 func (r renamedStateful) Name() string { return r.name }
 
+// Unwrap lets the pipeline find a flowmetrics.PathSink underneath.
+func (r renamedStateful) Unwrap() flowmetrics.Sink { return r.StatefulSink }
+
 type renamedHolder struct {
 	flowmetrics.Holder
 	name string
 }
 
 func (r renamedHolder) Name() string { return r.name }
+
+// Unwrap lets the pipeline find a flowmetrics.PathSink underneath.
+func (r renamedHolder) Unwrap() flowmetrics.Sink { return r.Holder }
 
 type input struct {
 	name string

@@ -83,6 +83,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *demoOn {
 		// Simulated counts never mix with real ones in the same store.
 		cfg.DataDir = filepath.Join(cfg.DataDir, "demo")
+		// The demo's funnels and A/B test, unless the config has its own.
+		cfg.Paths = demo.PathsConfig(cfg.Paths)
 	}
 	// One check for both: -check-config refuses exactly what serve would.
 	if err := cfg.Check(*insecure); err != nil {
@@ -149,6 +151,7 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	}
 	pcfg := cfg.Pipeline
 	pcfg.Guard = newGuard(cfg, log)
+	withPaths(cfg, &pcfg)
 	var dash *dashboard.Handler
 	if cfg.HTTP.DashboardOn() {
 		// The dashboard is one more sink; it also watches the others'
@@ -215,6 +218,7 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	if guard != nil {
 		go guard.Run(bgCtx)
 	}
+	go p.ClosePathsEvery(bgCtx, time.Second)
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

@@ -490,7 +490,8 @@ func TestFailedRecordsAlarm(t *testing.T) {
 }
 
 // TestRules: a stack whose Datadog sink lacks its secret, or whose
-// dogstatsd sink lacks the extension layer, is refused.
+// dogstatsd sink lacks the extension layer or is in count mode (the
+// extension sums counts), is refused.
 func TestRules(t *testing.T) {
 	r := raw(t)
 	rules, _ := r["Rules"].(map[string]interface{})
@@ -511,7 +512,18 @@ func TestRules(t *testing.T) {
 			t.Errorf("no rule on Sink %s asserting %s is set (rules: %s)", c.sinks, c.needs, jsonOf(t, rules))
 		}
 	}
-	if len(rules) != 2 {
-		t.Errorf("got %d rules, want 2", len(rules))
+	ok := false
+	for _, rule := range rules {
+		cond := jsonOf(t, at(rule, "RuleCondition"))
+		asserts := jsonOf(t, at(rule, "Assertions"))
+		if strings.Contains(cond, `"dogstatsd"`) && strings.Contains(cond, `"emf,dogstatsd"`) && strings.Contains(asserts, `"Fn::Equals":[{"Ref":"DatadogMode"},"distribution"]`) {
+			ok = true
+		}
+	}
+	if !ok {
+		t.Errorf("no rule on the dogstatsd sinks asserting DatadogMode distribution (rules: %s)", jsonOf(t, rules))
+	}
+	if len(rules) != 3 {
+		t.Errorf("got %d rules, want 3", len(rules))
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/flowmetrics/flowmetrics/internal/naming"
@@ -211,9 +212,19 @@ func (b *builder) promSelector(extra ...string) string {
 	return "{" + strings.Join(m, ", ") + "}"
 }
 
-func promQuote(s string) string {
-	q, _ := json.Marshal(s)
-	return string(q)
+// promQuote is s as a PromQL string literal, which follows Go's escaping:
+// every control character, line or paragraph separator and invisible
+// format character is escaped, so operator text cannot end the line of a
+// YAML block scalar it sits in.
+func promQuote(s string) string { return strconv.Quote(s) }
+
+// commentText is operator text made safe for a YAML comment (or a line of
+// any generated file): escaped as in a Go string, without the quotes, so
+// no line break (\n, \r, U+0085, U+2028, U+2029) or other control or
+// invisible character can end the comment and start YAML of its own.
+func commentText(s string) string {
+	q := strconv.Quote(s)
+	return q[1 : len(q)-1]
 }
 
 // marshal renders v as indented JSON with a final newline, without

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 )
 
@@ -285,6 +287,83 @@ func TestGrafanaQueriesWithPromtool(t *testing.T) {
 		}
 		if out, err := exec.Command(bin, "check", "rules", path).CombinedOutput(); err != nil {
 			t.Errorf("%s: promtool rejects a Grafana query: %v\n%s\n%s", name, err, out, sb.String())
+		}
+	}
+}
+
+// Operator text (the -spike flow metric, static tag values) with line
+// breaks and control characters cannot leave the YAML comment or string it
+// is written into: the files parse to exactly the structure generated for
+// plain text, nothing injected, and hold no line break but \n.
+func TestOperatorTextStaysInComments(t *testing.T) {
+	const inject = "\ninjected: true\n# "
+	hostile := Options{
+		Naming: naming.Config{Tags: map[string]string{"env": "prod" + inject + "\r\x00\x1b[31m"}},
+		Spike: &FlowMetric{
+			"Billing" + inject + "\r\ninjected2: true\u0085injected3: true\u2028injected4: true\u2029x\x7f\u202e",
+			"Paid\n- alert: Injected\n",
+		},
+	}
+	files := generate(t, hostile)
+	for _, name := range []string{PrometheusRules, DatadogOpenMetrics} {
+		data := files[name]
+		for _, brk := range []string{"\r", "\u0085", "\u2028", "\u2029", "\x00", "\x1b", "\x7f"} {
+			if strings.Contains(string(data), brk) {
+				t.Errorf("%s: holds %q raw", name, brk)
+			}
+		}
+		var doc any
+		if err := yaml.Unmarshal(data, &doc); err != nil {
+			t.Fatalf("%s: %v\n%s", name, err, data)
+		}
+		b, _ := json.Marshal(doc)
+		if strings.Contains(string(b), `"injected`) || strings.Contains(string(b), `"Injected"`) {
+			t.Errorf("%s: operator text became YAML of its own: %s", name, b)
+		}
+	}
+	var rules struct {
+		Groups []struct {
+			Rules []struct{ Alert, Expr string }
+		}
+	}
+	if err := yaml.Unmarshal(files[PrometheusRules], &rules); err != nil {
+		t.Fatal(err)
+	}
+	if len(rules.Groups) != 1 || len(rules.Groups[0].Rules) != 3 {
+		t.Fatalf("got %+v, want one group of the 3 alerts", rules)
+	}
+	if e := rules.Groups[0].Rules[0].Expr; !strings.Contains(e, `flow="Billing\ninjected: true\n# \r\ninjected2: true\u0085`) {
+		t.Errorf("spike expression: got %s, want the flow as one escaped PromQL string", e)
+	}
+	t.Run("promtool", func(t *testing.T) {
+		bin := promtool(t)
+		path := filepath.Join(t.TempDir(), PrometheusRules)
+		if err := os.WriteFile(path, files[PrometheusRules], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(bin, "check", "rules", path).CombinedOutput(); err != nil {
+			t.Errorf("promtool check rules: %v\n%s", err, out)
+		}
+	})
+}
+
+func TestCommentText(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"Billing Main/PaymentFailed", "Billing Main/PaymentFailed"},
+		{"Après Vente/SurveyDone", "Après Vente/SurveyDone"},
+		{"a\nb", `a\nb`},
+		{"a\r\nb", `a\r\nb`},
+		{"a\u0085b\u2028c\u2029d", `a\u0085b\u2028c\u2029d`},
+		{"a\x00b\x1bc\x7fd", `a\x00b\x1bc\x7fd`},
+		{"a\u202eb", `a\u202eb`},
+		{"bad \xff byte", `bad \xff byte`},
+	} {
+		got := commentText(tt.in)
+		if got != tt.want {
+			t.Errorf("commentText(%q): got %s, want %s", tt.in, got, tt.want)
+		}
+		if strings.ContainsAny(got, "\n\r\u0085\u2028\u2029") {
+			t.Errorf("commentText(%q) = %q holds a line break", tt.in, got)
 		}
 	}
 }

@@ -186,7 +186,7 @@ func (b *builder) prometheusRules() ([]byte, error) {
 	what := "every flow metric"
 	if s := b.o.Spike; s != nil {
 		spikeSel = b.promSelector("flow="+promQuote(s.Flow), "metric="+promQuote(s.Metric))
-		what = s.Flow + "/" + s.Metric
+		what = commentText(s.Flow + "/" + s.Metric)
 	}
 	c := b.o.PrometheusName
 	now := fmt.Sprintf("sum by (flow, metric) (increase(%s%s[%dm]))", c, spikeSel, SpikeWindow)

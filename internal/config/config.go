@@ -18,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/paths"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
 	"github.com/flowmetrics/flowmetrics/internal/sink/dogstatsd"
@@ -38,7 +39,10 @@ type Config struct {
 	Naming   naming.Config   `yaml:"naming"`
 	// Cardinality limits distinct flow/metric pairs (default 1000).
 	Cardinality Cardinality `yaml:"cardinality"`
-	Sinks       Sinks       `yaml:"sinks"`
+	// Paths: conversation paths (exits, step timings, funnels,
+	// experiments), on by default.
+	Paths paths.Config `yaml:"paths"`
+	Sinks Sinks        `yaml:"sinks"`
 }
 
 // HTTP is the serve section.
@@ -210,7 +214,10 @@ func (c Config) Validate() error {
 	if c.DataDir == "" && c.Store.Type == "embedded" {
 		errs = append(errs, errors.New("data_dir: required for the embedded store"))
 	}
-	errs = append(errs, c.HTTP.Validate(), c.Store.Validate(), c.Pipeline.Validate(), c.Naming.Validate(), c.Sinks.Validate())
+	errs = append(errs, c.HTTP.Validate(), c.Store.Validate(), c.Pipeline.Validate(), c.Naming.Validate(), c.Paths.Validate(), c.Sinks.Validate())
+	if d := c.Paths.WithDefaults(); c.Paths.IsEnabled() && c.Store.Retention > 0 && d.IdleTimeout >= c.Store.Retention {
+		errs = append(errs, fmt.Errorf("paths.idle_timeout (%v) must be shorter than store.retention (%v): a path must close before its conversation is forgotten", d.IdleTimeout, c.Store.Retention))
+	}
 	if c.Cardinality.Limit < 0 {
 		errs = append(errs, errors.New("cardinality.limit: negative"))
 	}

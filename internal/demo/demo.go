@@ -4,7 +4,10 @@
 // callers between two variants, a payment incident makes one metric spike
 // every few minutes, one flow writes a malformed attribute name, and
 // EventBridge's at-least-once delivery repeats some events and delivers
-// others late.
+// others late. Most conversations end with a customer.end event, so their
+// paths close: callers drop out at each step, waits for an agent or a bot
+// escalation have a long tail, and variant B of the call-back offer
+// converts better than A (PathsConfig is the matching paths section).
 //
 // Generator produces the events, each exactly as the Genesys Cloud Amazon
 // EventBridge integration delivers it (an AttributeUpdateEvent in its
@@ -119,12 +122,18 @@ type Stats struct {
 	// VariantA and VariantB count the Callback Offer conversations in each
 	// variant of the A/B test.
 	VariantA, VariantB int
+	// Ends counts the customer.end events delivered (about nine
+	// conversations in ten get one; the others close at the idle timeout).
+	Ends int
 }
 
 // Generator simulates the traffic. It is not safe for concurrent use.
 type Generator struct {
-	o     Options
-	rng   *rand.Rand
+	o   Options
+	rng *rand.Rand
+	// paths draws what only paths use (end events, long waits), so the
+	// main sequence, and with it every count, is as it was without them.
+	paths *rand.Rand
 	next  time.Time // the next conversation's start
 	conv  int
 	due   deliveries
@@ -140,7 +149,8 @@ func New(o Options, start time.Time) *Generator {
 	o = o.withDefaults()
 	g := &Generator{
 		o:    o,
-		rng:  rand.New(rand.NewPCG(o.Seed, o.Seed^0x9e3779b97f4a7c15)),
+		rng:   rand.New(rand.NewPCG(o.Seed, o.Seed^0x9e3779b97f4a7c15)),
+		paths: rand.New(rand.NewPCG(o.Seed^0x5bd1e995, o.Seed)),
 		next: start.UTC(),
 		seen: map[string]bool{},
 	}
@@ -165,6 +175,9 @@ func (g *Generator) Next(now time.Time) [][]byte {
 		if d.dup {
 			g.stats.Duplicates++
 		}
+		if d.end {
+			g.stats.Ends++
+		}
 		if d.at.Sub(d.eventTime) >= g.o.LateMin {
 			g.stats.Late++
 		}
@@ -183,7 +196,7 @@ func (g *Generator) Next(now time.Time) [][]byte {
 		if d.last {
 			// Nothing of this conversation is delivered after its last
 			// delivery, so its names can be forgotten: memory stays bounded.
-			for _, name := range append(d.good, d.bad...) {
+			for _, name := range d.forget {
 				delete(g.seen, d.conv+"\x00"+name)
 			}
 		}
@@ -352,6 +365,9 @@ func (g *Generator) startConversation(start time.Time) {
 	for i, s := range steps {
 		if i > 0 {
 			at = at.Add(time.Duration(2000+g.rng.IntN(18000)) * time.Millisecond)
+			if len(s.metrics) > 0 && longWait[flow+"/"+s.metrics[0]] {
+				at = at.Add(g.wait())
+			}
 		}
 		for _, metric := range s.metrics {
 			if s.malformed {
@@ -386,6 +402,12 @@ func (g *Generator) startConversation(start time.Time) {
 			scheduled = append(scheduled, &dup)
 		}
 	}
+	if g.paths.Float64() < 0.9 {
+		// The caller hangs up a little after the last step (a late
+		// delivery of the last attributes comes after it).
+		end := at.Add(time.Duration(1000+g.paths.IntN(30000)) * time.Millisecond)
+		scheduled = append(scheduled, &delivery{at: end, eventTime: end, conv: id, body: endEnvelope(g.paths, id, participant, end), end: true})
+	}
 	last := scheduled[0]
 	for _, d := range scheduled {
 		if !d.at.Before(last.at) {
@@ -393,6 +415,9 @@ func (g *Generator) startConversation(start time.Time) {
 		}
 	}
 	last.last = true
+	// The last delivery forgets the conversation's names (see Next), even
+	// when it is the end event, which carries none.
+	last.forget = slices.Concat(good, bad)
 	for _, d := range scheduled {
 		g.order++
 		d.order = g.order
@@ -409,6 +434,8 @@ type delivery struct {
 	dup       bool
 	good, bad []string // the well-formed and malformed metric names it carries
 	last      bool     // the conversation's last delivery
+	forget    []string // with last: every name of the conversation
+	end       bool     // a customer.end event
 }
 
 type deliveries []delivery
@@ -459,6 +486,45 @@ type eventBodyJSON struct {
 	ConversationExternalContactIDs      []string            `json:"conversationExternalContactIds"`
 	ConversationExternalOrganizationIDs []string            `json:"conversationExternalOrganizationIds"`
 	Communications                      []map[string]string `json:"communications"`
+}
+
+// longWait are the steps that follow a wait with a long tail: the queue
+// before an agent takes a transferred call, a bot's hand-over to an agent.
+var longWait = map[string]bool{FlowRouting + "/Transferred": true, FlowBot + "/Escalated": true}
+
+// wait is a queue wait: log-normal around half a minute, so most are short
+// and a few take many minutes (capped at 45).
+func (g *Generator) wait() time.Duration {
+	sec := math.Exp(math.Log(30) + 1.1*g.paths.NormFloat64())
+	return time.Duration(min(sec, 2700) * float64(time.Second))
+}
+
+// endEnvelope is a customer.end event (the customer left the conversation).
+func endEnvelope(rng *rand.Rand, conv, participant string, at time.Time) []byte {
+	at = at.UTC()
+	type body struct {
+		EventTime      int64  `json:"eventTime"`
+		ConversationID string `json:"conversationId"`
+		ParticipantID  string `json:"participantId"`
+		SessionID      string `json:"sessionId"`
+		MediaType      string `json:"mediaType"`
+		Direction      string `json:"direction"`
+		DisconnectType string `json:"disconnectType"`
+	}
+	e := map[string]any{
+		"version": "0", "id": uuid(rng), "detail-type": "v2.detail.events.conversation.{id}.customer.end",
+		"source":  "aws.partner/genesys.com/cloud/8c1f0f2a-1111-4c2b-9e55-0a0b0c0d0e0f/flowmetrics-demo",
+		"account": "123456789012", "time": at.Truncate(time.Second).Format(time.RFC3339), "region": "eu-west-2", "resources": []string{},
+		"detail": map[string]any{
+			"topicName": "v2.detail.events.conversation." + conv + ".customer.end",
+			"version":   "2",
+			"eventBody": body{at.UnixMilli(), conv, participant, uuid(rng), "VOICE", "INBOUND", "CLIENT"},
+			"metadata":  map[string]string{"CorrelationId": uuid(rng)},
+			"timestamp": at.Format("2006-01-02T15:04:05.000Z"),
+		},
+	}
+	b, _ := json.Marshal(e)
+	return b
 }
 
 func uuid(rng *rand.Rand) string {

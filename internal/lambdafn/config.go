@@ -167,6 +167,9 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	c.DogStatsD.Addr = getenv("FLOWMETRICS_DOGSTATSD_ADDR")
 	c.DogStatsD.Mode = mode
+	// In Lambda, DogStatsD is the Datadog Lambda Extension, whose rule for
+	// counts is not the Agent's: Validate refuses count mode there.
+	c.DogStatsD.Receiver = dogstatsd.LambdaExtension
 	c.DogStatsD.LatePolicy = late
 	c.Datadog.Mode = mode
 	c.Datadog.URL = getenv("FLOWMETRICS_DATADOG_URL")

@@ -43,8 +43,51 @@ type Config struct {
 	// ClientTelemetry lets the client send its own datadog.dogstatsd.client.*
 	// metrics every 10 s (off by default).
 	ClientTelemetry bool `yaml:"client_telemetry"`
+	// Receiver is what listens on Addr: agent (the default: the Datadog
+	// Agent) or lambda_extension (the Datadog Lambda Extension, which the
+	// Lambda entry point sets itself). They aggregate counts by different
+	// rules, so count mode is exact through the Agent only (see Receiver).
+	Receiver Receiver `yaml:"receiver"`
 	// Now is the clock (time.Now if nil). Not configurable from YAML.
 	Now func() time.Time `yaml:"-"`
+}
+
+// Receiver names the DogStatsD server the sink sends to, whose rule decides
+// what it stores.
+type Receiver string
+
+const (
+	// Agent is the Datadog Agent (7.40 or later). A count with a timestamp
+	// (|T) skips its aggregation: each one is forwarded as one point at its
+	// time (the Agent's no-aggregation pipeline), and Datadog keeps the last
+	// value per series and second. Running totals are exact.
+	Agent Receiver = "agent"
+	// LambdaExtension is the Datadog Lambda Extension. It aggregates every
+	// count, timestamped or not: points that share a name, tags and 10 s
+	// bucket (the timestamp rounded down to 10 s) are added up until its
+	// next flush, and each flush sends the sums to Datadog, which keeps the
+	// last value per series and second. Running totals sent between two
+	// flushes are summed (an overcount); increments sent across a flush
+	// overwrite each other (an undercount). When it flushes is its own
+	// business (at the end of an invocation, or periodically), so no
+	// sequence of counts is exact through it: count mode is refused there.
+	// Distributions are exact: it merges them, and Datadog adds them up.
+	LambdaExtension Receiver = "lambda_extension"
+)
+
+// Validate checks the receiver against the mode.
+func (r Receiver) Validate(mode datadog.Mode) error {
+	switch r {
+	case "", Agent:
+		return nil
+	case LambdaExtension:
+		if mode == "" || mode == datadog.Count {
+			return errors.New("dogstatsd: mode count is not exact through the Datadog Lambda Extension: it adds up the counts that share a name, tags and 10-second bucket until its next flush, so the running totals count mode sends would be summed (an overcount), and Datadog keeps only the last value of each flush; use mode distribution (FLOWMETRICS_DATADOG_MODE=distribution, the default in Lambda), or the datadog API sink for count mode")
+		}
+		return nil
+	default:
+		return fmt.Errorf("dogstatsd.receiver %q: want agent or lambda_extension", string(r))
+	}
 }
 
 // Validate checks the section without touching the network.
@@ -59,6 +102,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.LatePolicy.Validate(); err != nil {
 		return fmt.Errorf("dogstatsd.%w", err)
+	}
+	if err := c.Receiver.Validate(c.Mode); err != nil {
+		return err
 	}
 	if c.WriteTimeout < 0 {
 		return errors.New("dogstatsd.write_timeout: must not be negative")

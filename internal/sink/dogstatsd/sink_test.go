@@ -325,6 +325,11 @@ func TestValidate(t *testing.T) {
 		{"bad port", Config{Addr: "127.0.0.1:0"}, true},
 		{"late policy", Config{LatePolicy: "keep"}, true},
 		{"datagram size", Config{MaxDatagramBytes: 70000}, true},
+		{"count to the Agent", Config{Mode: datadog.Count, Receiver: Agent}, false},
+		{"count to the Lambda Extension", Config{Mode: datadog.Count, Receiver: LambdaExtension}, true},
+		{"default mode (count) to the Lambda Extension", Config{Receiver: LambdaExtension}, true},
+		{"distribution to the Lambda Extension", Config{Mode: datadog.Distribution, Receiver: LambdaExtension}, false},
+		{"unknown receiver", Config{Receiver: "statsd"}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
