@@ -238,8 +238,8 @@ func readPaths(t *testing.T, r io.Reader) (*pathTruth, map[string]int, int64) {
 	for sc.Scan() {
 		var l struct {
 			Path, Flow, Metric, Timing, Funnel, Experiment, Variant, Step, Conversation string
-			Seconds                                                                      *float64
-			Count                                                                        int64
+			Seconds                                                                     *float64
+			Count                                                                       int64
 		}
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
 			t.Fatalf("bad line %q: %v", sc.Text(), err)

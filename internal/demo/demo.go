@@ -13,8 +13,12 @@
 // EventBridge integration delivers it (an AttributeUpdateEvent in its
 // EventBridge envelope, carrying every attribute of the participant so far).
 // It has no clock of its own: Next is given the time, so tests drive it and
-// the same seed gives the same events. Run posts them through the real ingest
-// path, POST /v1/events.
+// the same seed gives the same events. Each conversation is drawn from the
+// seed and the time it starts, not from where the generator started: a
+// demo restarted with the same seed posts the same conversations (same ids,
+// same attribute names) for the time the two runs share, so its backfill is
+// deduplicated by the exactly-once claims instead of counted twice. Run
+// posts them through the real ingest path, POST /v1/events.
 package demo
 
 import (
@@ -130,12 +134,13 @@ type Stats struct {
 // Generator simulates the traffic. It is not safe for concurrent use.
 type Generator struct {
 	o   Options
-	rng *rand.Rand
+	rng *rand.Rand // the conversation being drawn's own
 	// paths draws what only paths use (end events, long waits), so the
-	// main sequence, and with it every count, is as it was without them.
+	// main sequence, and with it every count, is as it was without them;
+	// also the conversation's own.
 	paths *rand.Rand
-	next  time.Time // the next conversation's start
-	conv  int
+	from  time.Time // no conversation starts before it
+	next  time.Time // the next arrival slot to draw
 	due   deliveries
 	order int
 	stats Stats
@@ -149,12 +154,48 @@ func New(o Options, start time.Time) *Generator {
 	o = o.withDefaults()
 	g := &Generator{
 		o:    o,
-		rng:   rand.New(rand.NewPCG(o.Seed, o.Seed^0x9e3779b97f4a7c15)),
-		paths: rand.New(rand.NewPCG(o.Seed^0x5bd1e995, o.Seed)),
-		next: start.UTC(),
+		from: start.UTC(),
+		next: start.UTC().Truncate(arrivalSlot),
 		seen: map[string]bool{},
 	}
 	return g
+}
+
+// arrivalSlot is the grid of conversation arrivals: the conversations
+// starting in each epoch-aligned slot are drawn from a source seeded with
+// the seed and the slot's time, and each conversation from one seeded with
+// the seed and its start, so two generators with the same seed agree on
+// every slot both draw, wherever each started.
+const arrivalSlot = time.Second
+
+// mix is SplitMix64's finaliser: nearby times (one slot or one millisecond
+// apart) become unrelated seeds, so neighbouring conversations are drawn
+// independently.
+func mix(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// drawSlot schedules the conversations starting in the slot at s: a
+// Poisson process at the rate of the time of day (and of an incident), its
+// arrivals before g.from left out.
+func (g *Generator) drawSlot(s time.Time) {
+	arrivals := rand.New(rand.NewPCG(mix(g.o.Seed), mix(uint64(s.UnixNano()))))
+	end := s.Add(arrivalSlot)
+	for t := s; ; {
+		t = t.Add(g.interarrival(arrivals, t))
+		if !t.Before(end) {
+			return
+		}
+		if t.Before(g.from) {
+			continue
+		}
+		g.rng = rand.New(rand.NewPCG(mix(g.o.Seed^0x9e3779b97f4a7c15), mix(uint64(t.UnixNano()))))
+		g.paths = rand.New(rand.NewPCG(mix(g.o.Seed^0x5bd1e995), mix(uint64(t.UnixNano())^0x5bd1e995)))
+		g.startConversation(t)
+	}
 }
 
 // Stats returns the counts so far.
@@ -164,8 +205,8 @@ func (g *Generator) Stats() Stats { return g.stats }
 // each an EventBridge envelope as JSON, in delivery order.
 func (g *Generator) Next(now time.Time) [][]byte {
 	for !g.next.After(now) {
-		g.startConversation(g.next)
-		g.next = g.next.Add(g.interarrival(g.next))
+		g.drawSlot(g.next)
+		g.next = g.next.Add(arrivalSlot)
 	}
 	var out [][]byte
 	for len(g.due) > 0 && !g.due[0].at.After(now) {
@@ -223,13 +264,13 @@ func (g *Generator) Incident(t time.Time) bool {
 	return t.UnixNano()%int64(g.o.IncidentEvery) < int64(g.o.IncidentLength)
 }
 
-func (g *Generator) interarrival(t time.Time) time.Duration {
+func (g *Generator) interarrival(rng *rand.Rand, t time.Time) time.Duration {
 	rate := g.o.Rate * Daily(t)
 	if g.Incident(t) {
 		// Callers whose payment failed call back.
 		rate *= 1.5
 	}
-	sec := g.rng.ExpFloat64() / rate
+	sec := rng.ExpFloat64() / rate
 	return max(time.Millisecond, time.Duration(sec*float64(time.Second)))
 }
 
@@ -346,9 +387,8 @@ var ordinary = []string{"Language", "CustomerSegment", "AccountId", "Queue", "Ch
 // startConversation schedules every delivery of a conversation starting at
 // start.
 func (g *Generator) startConversation(start time.Time) {
-	g.conv++
 	g.stats.Conversations++
-	id := fmt.Sprintf("%08x-%04x-4%03x-8%03x-%012x", g.rng.Uint32(), g.conv&0xffff, g.rng.IntN(4096), g.rng.IntN(4096), g.rng.Uint64()&0xffffffffffff)
+	id := fmt.Sprintf("%08x-%04x-4%03x-8%03x-%012x", g.rng.Uint32(), g.rng.IntN(0x10000), g.rng.IntN(4096), g.rng.IntN(4096), g.rng.Uint64()&0xffffffffffff)
 	participant := uuid(g.rng)
 	flow := g.chooseFlow(start)
 	attrs := map[string]string{}
