@@ -107,19 +107,29 @@ func runDemoTraffic(ctx context.Context, opts demo.Options, t demo.Target, log *
 // demoTarget is serve's own POST /v1/events on the address it listens on
 // (loopback when it listens on every interface).
 func demoTarget(addr net.Addr, cfg config.Config, secret string) demo.Target {
-	host, port, err := net.SplitHostPort(addr.String())
+	t := demo.Target{
+		URL:    cfg.HTTP.Scheme() + "://" + onLoopback(addr.String()) + "/v1/events",
+		Header: cfg.HTTP.AuthHeader,
+		Secret: secret,
+	}
+	if cfg.HTTP.TLS != nil {
+		t.Client = selfClient(30 * time.Second)
+	}
+	return t
+}
+
+// onLoopback is a listen address as this machine reaches it: an unspecified
+// host (0.0.0.0, ::, none) becomes loopback.
+func onLoopback(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		host, port = "127.0.0.1", "8080"
 	}
-	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
 		host = "127.0.0.1"
 		if ip != nil && ip.To4() == nil {
 			host = "::1"
 		}
 	}
-	return demo.Target{
-		URL:    "http://" + net.JoinHostPort(host, port) + "/v1/events",
-		Header: cfg.HTTP.AuthHeader,
-		Secret: secret,
-	}
+	return net.JoinHostPort(host, port)
 }

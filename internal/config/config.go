@@ -80,6 +80,32 @@ type HTTP struct {
 	// keeps them open (e.g. when only a private network reaches them).
 	// /healthz is always open.
 	ProtectReads *bool `yaml:"protect_reads"`
+	// TLS, when set, makes serve speak HTTPS only.
+	TLS *TLS `yaml:"tls"`
+}
+
+// TLS is the http.tls section: a certificate (chain) and its key, PEM
+// files read again when they change, without a restart.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Validate checks the tls section; the files themselves are read when
+// serve starts.
+func (t TLS) Validate() error {
+	if t.CertFile == "" || t.KeyFile == "" {
+		return errors.New("http.tls: cert_file and key_file are both required")
+	}
+	return nil
+}
+
+// Scheme is https with a tls section, else http.
+func (h HTTP) Scheme() string {
+	if h.TLS != nil {
+		return "https"
+	}
+	return "http"
 }
 
 // ReadsProtected reports whether /metrics and the dashboard need the
@@ -284,6 +310,9 @@ func (h HTTP) Validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("http.%s: must be positive", name))
 		}
+	}
+	if h.TLS != nil {
+		errs = append(errs, h.TLS.Validate())
 	}
 	return errors.Join(errs...)
 }
