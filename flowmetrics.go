@@ -21,12 +21,19 @@ type Occurrence struct {
 	Metric string
 	// Time is the attribute's own time (the UTC time in its name).
 	Time time.Time
+	// AfterClose is set by Claim on a new occurrence whose conversation's
+	// path had already closed: it is counted, but its path is not derived
+	// again. It is not stored.
+	AfterClose bool
 }
 
 // ClaimRequest asks the store to count the occurrences of one conversation.
 type ClaimRequest struct {
 	ConversationID string
 	Occurrences    []Occurrence
+	// Ended says that the conversation's customer.end event arrived (see
+	// Store.ClosePaths). A request may carry it with no occurrences.
+	Ended bool
 }
 
 // Point is a count of occurrences of one flow metric in one time bucket.
@@ -41,11 +48,107 @@ type Point struct {
 	Count int64
 }
 
-// Entry is one record of the outbox: the occurrences one Claim call found new.
+// Entry is one record of the outbox: the occurrences one Claim call found
+// new, or the points one ClosePaths call derived.
 type Entry struct {
 	Seq         uint64
 	Occurrences []Occurrence
+	Paths       []PathPoint
 }
+
+// PathKind says what a PathPoint measures.
+type PathKind uint8
+
+// The kinds of path points. Counters count conversations; durations are
+// observations of a distribution, in seconds.
+const (
+	// PathExit: the flow's last metric in the conversation (Flow, Metric):
+	// where the conversation left the flow. A counter.
+	PathExit PathKind = 1 + iota
+	// PathStep: the seconds from the flow's first metric to the first
+	// occurrence of Metric (Flow, Metric, Seconds). A duration.
+	PathStep
+	// PathTiming: a configured timing (Name, Seconds). A duration.
+	PathTiming
+	// PathFunnel: the conversation reached Step of funnel Name after the
+	// steps before it. A counter.
+	PathFunnel
+	// PathExperiment: the conversation reached Step of Variant of
+	// experiment Name (each variant is a funnel). A counter.
+	PathExperiment
+)
+
+// String names the kind as configs, JSON and labels spell it.
+func (k PathKind) String() string {
+	switch k {
+	case PathExit:
+		return "exit"
+	case PathStep:
+		return "step"
+	case PathTiming:
+		return "timing"
+	case PathFunnel:
+		return "funnel"
+	case PathExperiment:
+		return "experiment"
+	}
+	return fmt.Sprintf("kind%d", uint8(k))
+}
+
+// IsDuration reports whether points of the kind are durations (Seconds)
+// rather than counts of one.
+func (k PathKind) IsDuration() bool { return k == PathStep || k == PathTiming }
+
+// PathPoint is one point derived from a closed conversation path. Each
+// closed conversation contributes each of its points once.
+type PathPoint struct {
+	Kind PathKind
+	// Flow and Metric: exits and step timings.
+	Flow, Metric string
+	// Name of the timing, funnel or experiment.
+	Name string
+	// Variant of the experiment.
+	Variant string
+	// Step of the funnel or experiment variant.
+	Step string
+	// Seconds: the duration of a step timing or timing.
+	Seconds float64
+	// Time is the attribute time the point is stamped at: the exit's, the
+	// step's, the timing's "to" step's, the funnel step's.
+	Time time.Time
+	// Conversation is the conversation the point comes from (examples,
+	// exemplars).
+	Conversation string
+}
+
+// ClosedPath is what a store knows of a conversation whose path it closes.
+type ClosedPath struct {
+	ConversationID string
+	// Keys are the conversation's claimed keys (attribute names, which
+	// carry flow, metric and time), in no particular order.
+	Keys []string
+	// Ended: the customer.end event arrived (else the idle timeout passed).
+	Ended bool
+}
+
+// Deriver computes the points of a closed path. It must be quick, pure and
+// bounded in the number of keys.
+type Deriver func(ClosedPath) []PathPoint
+
+// PathOptions turns on conversation paths in a store: Claim then keeps each
+// conversation's close deadline, and ClosePaths closes them.
+type PathOptions struct {
+	// Grace is how long after a conversation's customer.end event
+	// attribute events still in flight are waited for.
+	Grace time.Duration
+	// Idle closes a conversation that got no new occurrence for this long
+	// and no customer.end event.
+	Idle time.Duration
+}
+
+// ErrPathsUnsupported is ClosePaths' error from a store that cannot close
+// paths (yet), or was opened without PathOptions.
+var ErrPathsUnsupported = errors.New("conversation paths are not supported by this store")
 
 // Store remembers which occurrences each conversation has already counted and
 // holds the outbox of occurrences not yet delivered to every sink.
@@ -106,8 +209,28 @@ type Store interface {
 	// committed by AckState (an empty map when there is none). A sink that
 	// is no longer registered loses its state.
 	SinkState(ctx context.Context, sink string) (map[string][]byte, error)
-	// OutboxDepth returns how many occurrences are pending for the named sink.
+	// OutboxDepth returns how many occurrences (and path points) are
+	// pending for the named sink.
 	OutboxDepth(ctx context.Context, sink string) (int64, error)
+
+	// ClosePaths closes the paths of up to limit conversations that are due
+	// at asOf, and returns how many it closed. With paths on (PathOptions),
+	// Claim keeps each conversation's close deadline: Grace after the
+	// first request with Ended (later ones do not postpone it), otherwise
+	// Idle after the last request that claimed a new key. A due
+	// conversation is found through an index ordered by deadline, never by
+	// scanning every conversation. For each one ClosePaths calls derive
+	// with its claimed keys, and writes, in ONE atomic durable write (like
+	// a claim), the closed marks of every conversation it closed and one
+	// outbox entry holding all their points (no entry when there are
+	// none). A path closes exactly once, across concurrent calls, crashes
+	// and restarts: a conversation that closed is never due again, and
+	// the new keys Claim finds for it afterwards come back with
+	// AfterClose set. On error nothing of the call may be assumed closed,
+	// and calling again is safe. The closed mark expires with the
+	// conversation's state (Retention). A store without paths returns
+	// ErrPathsUnsupported.
+	ClosePaths(ctx context.Context, asOf time.Time, limit int, derive Deriver) (int, error)
 
 	// Close releases the store; it is safe to call twice.
 	Close() error
@@ -238,6 +361,17 @@ type Sink interface {
 	Name() string
 	Send(ctx context.Context, points []Point) error
 	Close(ctx context.Context) error
+}
+
+// PathSink is a Sink that also delivers the points derived from closed
+// conversation paths. The pipeline calls SendPaths with a batch's path
+// points after Send accepted its counts (and on its own for a batch that
+// has only path points); the error rules are Send's, and a StatefulSink's
+// state is taken once both are delivered. Sinks that are not PathSinks do
+// not get path points.
+type PathSink interface {
+	Sink
+	SendPaths(ctx context.Context, points []PathPoint) error
 }
 
 // RetryAfterError is an error of Send that knows when trying again can

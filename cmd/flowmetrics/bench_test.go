@@ -141,6 +141,11 @@ func BenchmarkIngestHTTP(b *testing.B) {
 // dataDir, and returns its ingest URL and a function that stops it (SIGTERM's
 // path: drain, flush, close).
 func benchServe(b *testing.B, dataDir string) (url string, stop func()) {
+	return benchServeConfig(b, config.Default(), dataDir)
+}
+
+// benchServeConfig is benchServe with cfg.
+func benchServeConfig(b *testing.B, cfg config.Config, dataDir string) (url string, stop func()) {
 	b.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -148,7 +153,6 @@ func benchServe(b *testing.B, dataDir string) (url string, stop func()) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	cfg := config.Default()
 	cfg.DataDir, cfg.HTTP.Listen = dataDir, addr
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -222,6 +226,11 @@ func benchPost(client *http.Client, url string, body []byte) error {
 
 // benchCorpus writes the corpus to a file of the benchmark's own.
 func benchCorpus(b *testing.B) string {
+	return benchCorpusWith(b, corpus.Options{Events: benchEvents, Seed: benchCorpusSeed})
+}
+
+// benchCorpusWith writes the corpus of o.
+func benchCorpusWith(b *testing.B, o corpus.Options) string {
 	b.Helper()
 	path := filepath.Join(b.TempDir(), "corpus.ndjson")
 	f, err := os.Create(path)
@@ -229,7 +238,7 @@ func benchCorpus(b *testing.B) string {
 		b.Fatal(err)
 	}
 	w := bufio.NewWriterSize(f, 1<<20)
-	if _, err := corpus.Write(w, corpus.Options{Events: benchEvents, Seed: benchCorpusSeed}); err != nil {
+	if _, err := corpus.Write(w, o); err != nil {
 		b.Fatal(err)
 	}
 	if err := errors.Join(w.Flush(), f.Close()); err != nil {

@@ -30,7 +30,9 @@ Callback Offer with an A/B test, Après Vente) with a daily rhythm, a payment
 incident every -incident-every that makes Billing Main/PaymentFailed spike,
 a malformed attribute name in Après Vente, duplicate and late deliveries.
 Attribute times are now (late deliveries carry older ones). It first
-backfills the last -backfill, so the charts are not empty.
+backfills the last -backfill, so the charts are not empty. With the same
+-seed a restart posts the same conversations for the time the runs share
+(same ids, same attribute names), so the target counts none of them twice.
 
 "flowmetrics serve --demo" does the same inside serve.`
 
@@ -39,7 +41,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.SetOutput(stderr)
 	target := fs.String("url", "http://127.0.0.1:8080", "base URL of serve")
 	configPath := fs.String("config", "", "serve's YAML config, for http.auth_header and http.secret_env (the secret is read from that environment variable)")
-	seed := fs.Uint64("seed", 0, "random seed; the same seed and start give the same events (0: from the clock)")
+	seed := fs.Uint64("seed", 1, "random seed: the same seed gives the same conversations at the same times, so a restart's backfill counts nothing twice (0: a new one from the clock)")
 	rate := fs.Float64("rate", 2, "conversations a second at the daily peak")
 	every := fs.Duration("incident-every", demo.DefaultIncidentEvery, "period of the payment incident")
 	length := fs.Duration("incident-length", demo.DefaultIncidentLength, "length of each incident")
@@ -93,11 +95,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 // runDemoTraffic is serve --demo's traffic: it posts to serve's own
 // listener until ctx is done.
 func runDemoTraffic(ctx context.Context, opts demo.Options, t demo.Target, log *slog.Logger) {
-	if opts.Seed == 0 {
-		// A new seed each start: the conversations of two runs never share
-		// an id in the same store.
-		opts.Seed = uint64(time.Now().UnixNano())
-	}
+	// The default seed each start: a restart's backfill posts the
+	// conversations already counted again, with the same ids, and the
+	// claims count them once.
 	log.Info("demo: posting simulated traffic to this server", "url", t.URL, "backfill", demoBackfill)
 	if _, err := demo.RunFrom(ctx, opts, time.Now().Add(-demoBackfill), t, demoTick, time.Now, log); err != nil {
 		log.Error("demo traffic stopped", "err", err)
@@ -107,19 +107,29 @@ func runDemoTraffic(ctx context.Context, opts demo.Options, t demo.Target, log *
 // demoTarget is serve's own POST /v1/events on the address it listens on
 // (loopback when it listens on every interface).
 func demoTarget(addr net.Addr, cfg config.Config, secret string) demo.Target {
-	host, port, err := net.SplitHostPort(addr.String())
+	t := demo.Target{
+		URL:    cfg.HTTP.Scheme() + "://" + onLoopback(addr.String()) + "/v1/events",
+		Header: cfg.HTTP.AuthHeader,
+		Secret: secret,
+	}
+	if cfg.HTTP.TLS != nil {
+		t.Client = selfClient(30 * time.Second)
+	}
+	return t
+}
+
+// onLoopback is a listen address as this machine reaches it: an unspecified
+// host (0.0.0.0, ::, none) becomes loopback.
+func onLoopback(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
 	if err != nil {
 		host, port = "127.0.0.1", "8080"
 	}
-	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() {
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
 		host = "127.0.0.1"
 		if ip != nil && ip.To4() == nil {
 			host = "::1"
 		}
 	}
-	return demo.Target{
-		URL:    "http://" + net.JoinHostPort(host, port) + "/v1/events",
-		Header: cfg.HTTP.AuthHeader,
-		Secret: secret,
-	}
+	return net.JoinHostPort(host, port)
 }

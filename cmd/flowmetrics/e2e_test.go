@@ -404,8 +404,12 @@ func TestReplayExitStatusAndSummary(t *testing.T) {
 		summary string
 		lines   int
 	}{
-		{"sample conversation", []string{td + "conversation.ndjson"}, 0, "replay: read 5, accepted 4, skipped 1, rejected 0, occurrences 3", 3},
-		{"a rejected record", []string{td + "conversation.ndjson", "testdata/bad.ndjson"}, 1, "replay: read 8, accepted 5, skipped 1, rejected 2, occurrences 4", 3},
+		// 3 count lines; 3 path lines of the conversation its customer.end
+		// closed (a step timing and two exits).
+		{"sample conversation", []string{td + "conversation.ndjson"}, 0, "replay: read 5, accepted 5, skipped 0, rejected 0, occurrences 3", 6},
+		// One more path line: the exit of bad.ndjson's conversation, which
+		// has no customer.end and closes at the end of the replay.
+		{"a rejected record", []string{td + "conversation.ndjson", "testdata/bad.ndjson"}, 1, "replay: read 8, accepted 6, skipped 0, rejected 2, occurrences 4", 7},
 		{"missing file", []string{"nope.ndjson"}, 2, "", 0},
 		{"no files", nil, 2, "", 0},
 	}
@@ -475,8 +479,10 @@ func TestReplayLeavesServesBacklogAlone(t *testing.T) {
 	if err != nil {
 		t.Fatalf("replay: %v", err)
 	}
-	if n := strings.Count(string(out), "\n"); n != 3 {
-		t.Errorf("replay output: got %d lines, want the sample's 3 (and none of serve's):\n%s", n, out)
+	// The sample's 3 counts and the 3 points of its path (its customer.end
+	// closes it); serve's conversations have no end and stay open.
+	if n := strings.Count(string(out), "\n"); n != 6 {
+		t.Errorf("replay output: got %d lines, want the sample's 3 and its path's 3 (and none of serve's):\n%s", n, out)
 	}
 
 	srv = startServe(t, args...)

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -266,6 +267,36 @@ func TestDemoCommand(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("demo with a wrong secret took %v to give up, want at once", d)
+	}
+}
+
+// TestDemoRestartCountsNothingTwice: flowmetrics demo run twice against one
+// serve, with its default seed, backfills the same ten minutes twice; the
+// second run's conversations are the first's, so serve counts only what is
+// new since.
+func TestDemoRestartCountsNothingTwice(t *testing.T) {
+	addr := freeAddr(t)
+	srv := startServe(t, "-data-dir", t.TempDir(), "-listen", addr)
+	defer func() {
+		srv.cmd.Process.Signal(syscall.SIGTERM)
+		srv.cmd.Wait()
+	}()
+	summary := regexp.MustCompile(`demo: posted ([0-9]+) events in [0-9]+ requests: ([0-9]+) occurrences, 0 rejected`)
+	var events, occurrences [2]int
+	for i := range 2 {
+		out, err := exec.Command(binary, "demo", "-url", "http://"+addr, "-for", "1s", "-backfill", "10m").CombinedOutput()
+		m := summary.FindStringSubmatch(string(out))
+		if err != nil || m == nil {
+			t.Fatalf("demo run %d: %v\n%s", i+1, err, out)
+		}
+		events[i], _ = strconv.Atoi(m[1])
+		occurrences[i], _ = strconv.Atoi(m[2])
+	}
+	t.Logf("first run: %d events, %d occurrences; second: %d events, %d occurrences", events[0], occurrences[0], events[1], occurrences[1])
+	// The second run posts as much, but only the few seconds after the
+	// first run's end are new.
+	if occurrences[0] == 0 || events[1] < events[0]/2 || occurrences[1] > occurrences[0]/10 {
+		t.Errorf("restarted demo: got %d of its %d events' occurrences counted again after %d, want only the seconds since the first run", occurrences[1], events[1], occurrences[0])
 	}
 }
 

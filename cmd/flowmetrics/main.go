@@ -5,6 +5,7 @@
 //	flowmetrics replay [flags] FILE…    the same pipeline over archived events
 //	flowmetrics demo   [flags]          post simulated contact-centre traffic to serve
 //	flowmetrics boards [flags]          write ready-made Datadog and Grafana boards and alerts
+//	flowmetrics health [flags]          ask a running serve's /healthz (for a container's HEALTHCHECK)
 //	flowmetrics lambda                  the AWS Lambda entry point
 //	flowmetrics version
 package main
@@ -32,6 +33,7 @@ Usage:
   flowmetrics replay [flags] FILE…  count archived events ("-" for stdin)
   flowmetrics demo   [flags]        post simulated contact-centre traffic to a running serve
   flowmetrics boards [flags]        write Datadog and Grafana dashboards and alerts for a config
+  flowmetrics health [flags]        ask a running serve's /healthz: exit 0 when healthy
   flowmetrics lambda                run as an AWS Lambda function (EventBridge or SQS)
   flowmetrics version               print the version
 
@@ -87,6 +89,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runDemo(ctx, args[1:], stdout, stderr)
 	case "boards":
 		return runBoards(ctx, args[1:], stdout, stderr)
+	case "health":
+		return runHealth(ctx, args[1:], stdout, stderr)
 	case "lambda":
 		return runLambda(ctx, args[1:], stdout, stderr)
 	case "version":

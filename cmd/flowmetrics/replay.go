@@ -115,6 +115,7 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 			// kind are neither taken nor moved by the replay.
 			pcfg.CursorPrefix = "replay-"
 		}
+		withPaths(cfg, &pcfg)
 		p := pipeline.New(st, sinks, pcfg, m, log)
 		restore, err := registerForReplay(ctx, st, p.Cursors())
 		if err != nil {
@@ -133,6 +134,9 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 			defer stopBar()
 		}
 		runErr := r.run(ctx, inputs)
+		if runErr == nil {
+			runErr = closeReplayPaths(ctx, p, cfg)
+		}
 		// Deliver what was counted. A signal during the final flush stops it;
 		// after a signal during reading, the flush gets a short grace period.
 		closeCtx, cancelClose := ctx, context.CancelFunc(func() {})
@@ -155,6 +159,25 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 		}
 		return nil
 	})
+}
+
+// closeReplayPaths closes, at the end of the input, the paths the input
+// can no longer change: every conversation whose customer.end it read (the
+// input is complete, so the grace period has nothing left to wait for),
+// and, in the memory store, which ends with the replay, every other one as
+// if its idle timeout had passed. In a serve data directory a conversation
+// without its end stays open, for serve to close at its idle timeout.
+func closeReplayPaths(ctx context.Context, p *pipeline.Pipeline, cfg config.Config) error {
+	if !cfg.Paths.IsEnabled() {
+		return nil
+	}
+	d := cfg.Paths.WithDefaults()
+	asOf := time.Now().Add(d.Grace)
+	if cfg.Store.Type == "memory" {
+		asOf = time.Now().Add(d.IdleTimeout)
+	}
+	_, err := p.ClosePaths(ctx, asOf, 0)
+	return err
 }
 
 // registerForReplay adds the replay's cursors to those the store already

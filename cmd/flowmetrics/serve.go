@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +22,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/httpapi"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
+	"github.com/flowmetrics/flowmetrics/internal/tlscert"
 	"github.com/flowmetrics/flowmetrics/internal/wire"
 )
 
@@ -83,6 +85,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *demoOn {
 		// Simulated counts never mix with real ones in the same store.
 		cfg.DataDir = filepath.Join(cfg.DataDir, "demo")
+		// The demo's funnels and A/B test, unless the config has its own.
+		cfg.Paths = demo.PathsConfig(cfg.Paths)
 	}
 	// One check for both: -check-config refuses exactly what serve would.
 	if err := cfg.Check(*insecure); err != nil {
@@ -106,9 +110,10 @@ func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logg
 // its own POST /v1/events.
 func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.Logger, demoOpts *demo.Options) error {
 	m := telemetry.New()
-	// The address first: a start that cannot listen (the port is taken)
-	// fails before anything is written to the data directory.
-	ln, err := net.Listen("tcp", cfg.HTTP.Listen)
+	// The address first: a start that cannot listen (the port is taken,
+	// the TLS files do not load) fails before anything is written to the
+	// data directory.
+	ln, err := listen(cfg.HTTP, log)
 	if err != nil {
 		return err
 	}
@@ -133,7 +138,7 @@ func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.
 func serveStore(ctx context.Context, cfg config.Config, secret string, m *telemetry.Metrics, st flowmetrics.Store, guard *diskguard.Guard, ln net.Listener, log *slog.Logger, demoOpts *demo.Options) error {
 	if ln == nil {
 		var err error
-		if ln, err = net.Listen("tcp", cfg.HTTP.Listen); err != nil {
+		if ln, err = listen(cfg.HTTP, log); err != nil {
 			st.Close()
 			return err
 		}
@@ -149,6 +154,7 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	}
 	pcfg := cfg.Pipeline
 	pcfg.Guard = newGuard(cfg, log)
+	withPaths(cfg, &pcfg)
 	var dash *dashboard.Handler
 	if cfg.HTTP.DashboardOn() {
 		// The dashboard is one more sink; it also watches the others'
@@ -160,6 +166,7 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 		sinks = append(sinks, rec)
 		pcfg.OnMalformed = rec.Malformed
 		pcfg.OnSend = rec.SinkSent
+		rec.SetGenesysRegion(cfg.Paths.GenesysRegion)
 		dash = dashboard.New(rec, m)
 	}
 	p := pipeline.New(st, sinks, pcfg, m, log)
@@ -216,10 +223,11 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	if guard != nil {
 		go guard.Run(bgCtx)
 	}
+	go p.ClosePathsEvery(bgCtx, time.Second)
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	log.Info("flowmetrics serving", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "store", cfg.Store.Type, "sinks", len(sinks), "auth", secret != "")
+	log.Info("flowmetrics serving", "listen", ln.Addr().String(), "scheme", cfg.HTTP.Scheme(), "data_dir", cfg.DataDir, "store", cfg.Store.Type, "sinks", len(sinks), "auth", secret != "")
 	demoCtx, stopDemo := context.WithCancel(context.Background())
 	defer stopDemo()
 	demoDone := make(chan struct{})
@@ -317,6 +325,23 @@ func storeFailed(srv *http.Server, err error, log *slog.Logger) error {
 	log.Error("the store failed and cannot go on; exiting without acknowledging anything more", "err", err)
 	srv.Close()
 	return fmt.Errorf("store failed: %w", err)
+}
+
+// listen listens on h.Listen; with h.TLS, its connections are TLS with the
+// certificate from h.TLS's files, read again when they change.
+func listen(h config.HTTP, log *slog.Logger) (net.Listener, error) {
+	var certs *tlscert.Reloader
+	if t := h.TLS; t != nil {
+		var err error
+		if certs, err = tlscert.New(t.CertFile, t.KeyFile, log); err != nil {
+			return nil, usageError(fmt.Errorf("http.tls: %w", err))
+		}
+	}
+	ln, err := net.Listen("tcp", h.Listen)
+	if err != nil || certs == nil {
+		return ln, err
+	}
+	return tls.NewListener(ln, certs.Config()), nil
 }
 
 // newDiskGuard watches the embedded store's filesystem; nil for the memory

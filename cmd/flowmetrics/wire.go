@@ -9,6 +9,8 @@ import (
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/paths"
+	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
 	"github.com/flowmetrics/flowmetrics/internal/sink/dogstatsd"
@@ -22,6 +24,9 @@ import (
 // <data_dir>/state.
 func openStore(c config.Config, log *slog.Logger) (flowmetrics.Store, error) {
 	opts := store.Options{Retention: c.Store.Retention}
+	if c.Paths.IsEnabled() {
+		opts.Paths = c.Paths.Options()
+	}
 	switch c.Store.Type {
 	case "memory":
 		return memstore.New(opts), nil
@@ -46,6 +51,14 @@ func sinkDeps(c config.Config, m *telemetry.Metrics, log *slog.Logger, st flowme
 		Store:   st,
 		// The memory store's sink state dies with the process.
 		Ephemeral: c.Store.Type == "memory",
+	}
+}
+
+// withPaths turns conversation paths on in pcfg when the config has them
+// on (the store was then opened with them by openStore).
+func withPaths(c config.Config, pcfg *pipeline.Config) {
+	if c.Paths.IsEnabled() {
+		pcfg.Derive = paths.New(c.Paths, pcfg.Guard).Derive
 	}
 }
 

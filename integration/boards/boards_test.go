@@ -150,9 +150,29 @@ func checkDatadog(t *testing.T, name string, dashboard, monitors []byte) {
 	if len(raw) < 3 {
 		t.Errorf("%s monitors: %d, want the spike, silent and malformed ones", name, len(raw))
 	}
+	composites := 0
 	for i, r := range raw {
 		var m datadogV1.Monitor
 		roundTrip(t, fmt.Sprintf("%s monitor %d", name, i), r, &m)
+		if m.Type == datadogV1.MONITORTYPE_COMPOSITE {
+			// The spike alert: both monitors it names (MONITOR_<i>, element
+			// i of the array, replaced by its id on import) come before it
+			// and are query alerts on the same groups.
+			composites++
+			var a, b int
+			if n, _ := fmt.Sscanf(m.Query, "MONITOR_%d && MONITOR_%d", &a, &b); n != 2 || a >= i || b >= i || a == b {
+				t.Errorf("%s monitor %d: composite query %q, want MONITOR_<i> && MONITOR_<j> naming two monitors before it", name, i, m.Query)
+				continue
+			}
+			var ma, mb datadogV1.Monitor
+			json.Unmarshal(raw[a], &ma)
+			json.Unmarshal(raw[b], &mb)
+			group := " by {flow,metric}"
+			if ma.Type != datadogV1.MONITORTYPE_QUERY_ALERT || mb.Type != datadogV1.MONITORTYPE_QUERY_ALERT || !strings.Contains(ma.Query, group) || !strings.Contains(mb.Query, group) {
+				t.Errorf("%s monitor %d: composite of %q and %q, want two query alerts grouped%s", name, i, ma.Query, mb.Query, group)
+			}
+			continue
+		}
 		if m.Type != datadogV1.MONITORTYPE_QUERY_ALERT || m.Query == "" || m.Options == nil || m.Options.Thresholds == nil || m.Options.Thresholds.Critical == nil {
 			t.Errorf("%s monitor %d: type %q, query %q, options %+v", name, i, m.Type, m.Query, m.Options)
 			continue
@@ -161,6 +181,9 @@ func checkDatadog(t *testing.T, name string, dashboard, monitors []byte) {
 		if want := fmt.Sprintf(" %g", *m.Options.Thresholds.Critical); !strings.HasSuffix(m.Query, want) {
 			t.Errorf("%s monitor %d: query %q does not end with its critical threshold%s", name, i, m.Query, want)
 		}
+	}
+	if composites == 0 {
+		t.Errorf("%s monitors: no composite spike alert", name)
 	}
 }
 

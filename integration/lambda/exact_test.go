@@ -205,7 +205,7 @@ func TestServerlessExactlyOnce(t *testing.T) {
 	})
 	t.Run("count", func(t *testing.T) {
 		if !distOK {
-			t.Skip("this build's datadog sink has no distribution mode, so no durable count totals either (issue 7 item 1): count mode is exact only without restarts")
+			t.Skip("this build's datadog sink has no distribution mode, so no durable count totals either: count mode is exact only without restarts")
 		}
 		// The count totals are committed with the delivered marks in one
 		// TransactWriteItems, which dynalite lacks: moto has it.

@@ -76,22 +76,18 @@ const (
 	PrometheusRules    = "prometheus-rules.yml"
 )
 
-// The alert thresholds, shared by both platforms.
+// The alert thresholds, shared by both platforms: the Datadog monitors and
+// the Prometheus rules apply the same rule with the same numbers.
 const (
-	// SpikeFactor: a flow metric spikes when its count in the last
-	// SpikeWindow is above SpikeFactor times its average count per
-	// SpikeWindow in the 2×SpikeWindow before (Prometheus), or when its
-	// count in the last 5 minutes is more than SpikeFactor times the 5
-	// minutes before — a change of more than (SpikeFactor-1)×100 % (Datadog:
-	// a change monitor's windows are fixed).
+	// SpikeFactor, SpikeWindow, SpikeMin: a flow metric spikes when its
+	// count in the last SpikeWindow minutes is more than SpikeFactor times
+	// its count in the SpikeWindow minutes before (which must not be 0: a
+	// flow metric new in the window has no usual to compare with; Datadog's
+	// change monitor cannot divide by it either) and at least SpikeMin, so
+	// that the chance ups and downs of a small flow metric do not alert.
 	SpikeFactor = 3
-	// SpikeWindow is Prometheus' spike window, in minutes: short, so an
-	// incident alerts within minutes.
-	SpikeWindow = 3
-	// SpikeMin: and at least this many occurrences in the window
-	// (Prometheus only: a Datadog change monitor has no minimum), so that
-	// the chance ups and downs of a small flow metric do not alert.
-	SpikeMin = 40
+	SpikeWindow = 5
+	SpikeMin    = 40
 	// SilentMinutes: a flow with nothing counted for this long is silent.
 	SilentMinutes = 30
 	// MalformedMinutes: malformed names seen within this window alert.

@@ -74,20 +74,22 @@ func TestNamingCarriesThrough(t *testing.T) {
 	}{
 		{"default Datadog board", DatadogDashboard, def, []string{`"sum:genesys.flow.metric{$flow} by {flow,metric}.as_count()"`, MalformedMetric}, []string{"env:"}},
 		{"default monitors", DatadogMonitors, def, []string{"genesys.flow.metric{*} by {flow,metric}", "genesys.flow.metric{*} by {flow}", MalformedMetric + "{*} by {flow}"}, nil},
-		{"default rules", PrometheusRules, def, []string{"increase(genesys_flow_metric_total[3m])", "increase(genesys_flow_metric_total[6m] offset 3m)) / 2", "increase(genesys_flow_metric_total[30m])"}, []string{"env="}},
+		{"default rules", PrometheusRules, def, []string{"(genesys_flow_metric_total - (genesys_flow_metric_total offset 5m or genesys_flow_metric_total * 0))", "(genesys_flow_metric_total offset 5m - (genesys_flow_metric_total offset 10m or", "genesys_flow_metric_total offset 30m", ">= 40"}, []string{"env="}},
 		{"template Datadog board", DatadogDashboard, tpl, []string{
 			"sum:genesys.Billing_Main.PaymentFailed{env:prod,team:cx,$flow} by {flow,metric}.as_count()",
 			"sum:genesys.Apres_Vente.SurveyDone{", "sum:genesys.CustomerRouting.Transferred{",
 			MalformedMetric + "{env:prod,team:cx,$flow}"}, []string{"genesys.flow.metric"}},
 		{"template monitors", DatadogMonitors, tpl, []string{
 			"pct_change(sum(last_5m),last_5m):sum:genesys.Billing_Main.PaymentFailed{env:prod,team:cx,flow:billing_main,metric:paymentfailed} by {flow,metric}.as_count() > 200",
+			"sum(last_5m):sum:genesys.Billing_Main.PaymentFailed{env:prod,team:cx,flow:billing_main,metric:paymentfailed} by {flow,metric}.as_count() >= 40",
+			`"query": "MONITOR_0 && MONITOR_1"`,
 			`"env:prod"`, `"team:cx"`, "Genesys flow gone silent (genesys.Billing_Main.PaymentTaken)"}, []string{"genesys.flow.metric"}},
 		{"template OpenMetrics tags", DatadogOpenMetrics, tpl, []string{`- "env:prod"`, `- "team:cx"`}, nil},
 		// Prometheus has one counter whatever the template; the static tags
 		// are its constant labels.
 		{"template rules", PrometheusRules, tpl, []string{
-			`increase(genesys_flow_metric_total{env="prod", team="cx", flow="Billing Main", metric="PaymentFailed"}[3m])`,
-			`increase(genesys_flow_metric_total{env="prod", team="cx"}[30m])`}, nil},
+			`genesys_flow_metric_total{env="prod", team="cx", flow="Billing Main", metric="PaymentFailed"} offset 5m`,
+			`genesys_flow_metric_total{env="prod", team="cx"} offset 30m`}, nil},
 		{"template Grafana", GrafanaDashboard, tpl, []string{`genesys_flow_metric_total{env=\"prod\", team=\"cx\", flow=~\"$flow\"}`}, nil},
 	}
 	for _, tt := range tests {
@@ -272,7 +274,7 @@ func TestGrafanaQueriesWithPromtool(t *testing.T) {
 		}
 		var sb strings.Builder
 		sb.WriteString("groups:\n  - name: grafana\n    rules:\n")
-		vars := strings.NewReplacer("$__range", "1h", "$__rate_interval", "1m", "$flow", ".*")
+		vars := strings.NewReplacer("$__range", "1h", "$__rate_interval", "1m", "$__interval", "1m", "$flow", ".*")
 		for i, e := range exprs {
 			var expr string
 			if err := json.Unmarshal([]byte(e), &expr); err != nil {
@@ -288,6 +290,63 @@ func TestGrafanaQueriesWithPromtool(t *testing.T) {
 		if out, err := exec.Command(bin, "check", "rules", path).CombinedOutput(); err != nil {
 			t.Errorf("%s: promtool rejects a Grafana query: %v\n%s\n%s", name, err, out, sb.String())
 		}
+	}
+}
+
+// TestGrafanaLegendSumsEqualTheCounts: the per-interval panels' points, at
+// the step Grafana gives them ($__interval), add up to exactly what the
+// counter grew by, and the "in range" table says the same — checked by
+// promtool on a counter scraped every 15 s that grows unevenly (where
+// increase(…[1m]) at a 15 s step would count each occurrence four times,
+// and extrapolates besides).
+func TestGrafanaLegendSumsEqualTheCounts(t *testing.T) {
+	bin := promtool(t)
+	exprs := map[string]string{}
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(generate(t, Options{})[GrafanaDashboard], &d); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range d.Panels {
+		exprs[p.Title] = p.Targets[0].Expr
+	}
+	perInterval, inRange := exprs["Occurrences per $__interval by flow metric"], exprs["Flow metrics in range"]
+	if perInterval == "" || inRange == "" {
+		t.Fatalf("panels not found: %v", exprs)
+	}
+	// 10 minutes of scrapes every 15 s.
+	values := make([]int, 41)
+	for i := 1; i < len(values); i++ {
+		values[i] = values[i-1] + []int{0, 1, 0, 2, 0, 0, 3, 1, 5}[i%9]
+	}
+	at := func(minute int) int { return values[minute*4] }
+	var series strings.Builder
+	for _, v := range values {
+		fmt.Fprintf(&series, "%d ", v)
+	}
+	vars := strings.NewReplacer("$__interval", "1m", "$__range", "10m", "$flow", ".*")
+	q := func(e string) string { b, _ := json.Marshal(vars.Replace(e)); return string(b) }
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "evaluation_interval: 1m\ntests:\n  - interval: 15s\n    input_series:\n      - series: 'genesys_flow_metric_total{flow=\"Billing Main\",metric=\"PaymentFailed\"}'\n        values: '%s'\n    promql_expr_test:\n", strings.TrimSpace(series.String()))
+	sum := 0
+	for m := 1; m <= 10; m++ {
+		sum += at(m) - at(m-1)
+		fmt.Fprintf(&sb, "      - expr: %s\n        eval_time: %dm\n        exp_samples:\n          - labels: '{flow=\"Billing Main\",metric=\"PaymentFailed\"}'\n            value: %d\n", q(perInterval), m, at(m)-at(m-1))
+	}
+	fmt.Fprintf(&sb, "      - expr: %s\n        eval_time: 10m\n        exp_samples:\n          - labels: '{flow=\"Billing Main\",metric=\"PaymentFailed\"}'\n            value: %d\n", q(inRange), at(10))
+	if sum != at(10) || sum == 0 {
+		t.Fatalf("the intervals add up to %d, the counter grew by %d", sum, at(10))
+	}
+	path := filepath.Join(t.TempDir(), "legend_test.yml")
+	if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "test", "rules", path).CombinedOutput(); err != nil {
+		t.Errorf("promtool: %v\n%s\n%s", err, out, sb.String())
 	}
 }
 

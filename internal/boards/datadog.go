@@ -83,13 +83,13 @@ type ddMonitor struct {
 }
 
 type ddMonitorOptions struct {
-	Thresholds        ddThresholds `json:"thresholds"`
-	NotifyNoData      bool         `json:"notify_no_data"`
-	NoDataTimeframe   int64        `json:"no_data_timeframe,omitempty"`
-	RequireFullWindow bool         `json:"require_full_window"`
-	IncludeTags       bool         `json:"include_tags"`
-	NewGroupDelay     int64        `json:"new_group_delay"`
-	RenotifyInterval  int64        `json:"renotify_interval"`
+	Thresholds        *ddThresholds `json:"thresholds,omitempty"`
+	NotifyNoData      bool          `json:"notify_no_data"`
+	NoDataTimeframe   int64         `json:"no_data_timeframe,omitempty"`
+	RequireFullWindow bool          `json:"require_full_window"`
+	IncludeTags       bool          `json:"include_tags"`
+	NewGroupDelay     int64         `json:"new_group_delay"`
+	RenotifyInterval  int64         `json:"renotify_interval"`
 }
 
 type ddThresholds struct {
@@ -165,18 +165,42 @@ func (b *builder) datadogMonitors() ([]byte, error) {
 		spikeScope = append(spikeScope, datadog.Tag("flow", s.Flow), datadog.Tag("metric", s.Metric))
 		spikeWhat = s.Flow + "/" + s.Metric
 	}
+	// Datadog has no one query for "more than SpikeFactor times the window
+	// before, and at least SpikeMin": a change monitor tests the ratio, a
+	// threshold monitor the minimum, and a composite monitor, per flow
+	// metric, alerts when both do. The composite names the other two by
+	// their ids, known only once they are created: MONITOR_<i> stands for
+	// the id of element i of this array (the README's import loop fills it).
 	spikePct := float64((SpikeFactor - 1) * 100)
 	for _, n := range b.spikeNames() {
-		ms = append(ms, ddMonitor{
-			Name: fmt.Sprintf("Genesys flow metric spike: %s%s", spikeWhat, b.which(n, len(b.spikeNames()))),
-			Type: "query alert",
-			Query: fmt.Sprintf("pct_change(sum(last_5m),last_5m):sum:%s%s by {flow,metric}.as_count() > %g",
-				n, b.ddScope(spikeScope...), spikePct),
-			Message: fmt.Sprintf("{{flow.name}}/{{metric.name}} counted {{value}}%% more in the last 5 minutes than in the 5 before (threshold %g%%): "+
-				"an incident is likely affecting callers in this flow.", spikePct),
-			Tags: tags, Priority: 2,
-			Options: ddMonitorOptions{Thresholds: ddThresholds{Critical: spikePct}, IncludeTags: true, NewGroupDelay: 300, RenotifyInterval: 0},
-		})
+		which := b.which(n, len(b.spikeNames()))
+		q := fmt.Sprintf("sum:%s%s by {flow,metric}.as_count()", n, b.ddScope(spikeScope...))
+		quiet := "Part of the spike alert (the composite monitor notifies); no notification of its own."
+		ratio, volume := len(ms), len(ms)+1
+		ms = append(ms,
+			ddMonitor{
+				Name:    fmt.Sprintf("Genesys flow metric spike, ratio: %s%s", spikeWhat, which),
+				Type:    "query alert",
+				Query:   fmt.Sprintf("pct_change(sum(last_%dm),last_%dm):%s > %g", SpikeWindow, SpikeWindow, q, spikePct),
+				Message: quiet, Tags: tags, Priority: 5,
+				Options: ddMonitorOptions{Thresholds: &ddThresholds{Critical: spikePct}, IncludeTags: true, NewGroupDelay: 300},
+			},
+			ddMonitor{
+				Name:    fmt.Sprintf("Genesys flow metric spike, volume: %s%s", spikeWhat, which),
+				Type:    "query alert",
+				Query:   fmt.Sprintf("sum(last_%dm):%s >= %d", SpikeWindow, q, SpikeMin),
+				Message: quiet, Tags: tags, Priority: 5,
+				Options: ddMonitorOptions{Thresholds: &ddThresholds{Critical: SpikeMin}, IncludeTags: true, NewGroupDelay: 300},
+			},
+			ddMonitor{
+				Name:  fmt.Sprintf("Genesys flow metric spike: %s%s", spikeWhat, which),
+				Type:  "composite",
+				Query: fmt.Sprintf("MONITOR_%d && MONITOR_%d", ratio, volume),
+				Message: fmt.Sprintf("{{flow.name}}/{{metric.name}} counted more than %d times as many in the last %d minutes as in the %d before, and at least %d: "+
+					"an incident is likely affecting callers in this flow.", SpikeFactor, SpikeWindow, SpikeWindow, SpikeMin),
+				Tags: tags, Priority: 2,
+				Options: ddMonitorOptions{IncludeTags: true, NewGroupDelay: 300},
+			})
 	}
 	for _, n := range b.ddNames {
 		ms = append(ms, ddMonitor{
@@ -186,7 +210,7 @@ func (b *builder) datadogMonitors() ([]byte, error) {
 			Message: fmt.Sprintf("Flow {{flow.name}} has counted no metric for %d minutes: the flow, its EventBridge integration or flowmetrics may be down. "+
 				"(Quiet hours are normal at night: mute this monitor then.)", SilentMinutes),
 			Tags: tags, Priority: 3,
-			Options: ddMonitorOptions{Thresholds: ddThresholds{Critical: 1}, NotifyNoData: true, NoDataTimeframe: 2 * SilentMinutes,
+			Options: ddMonitorOptions{Thresholds: &ddThresholds{Critical: 1}, NotifyNoData: true, NoDataTimeframe: 2 * SilentMinutes,
 				IncludeTags: true, NewGroupDelay: 300},
 		})
 	}
@@ -197,7 +221,7 @@ func (b *builder) datadogMonitors() ([]byte, error) {
 		Message: "Flow {{flow.name}} sets metric-shaped attribute names that break the naming rules; they are not counted. " +
 			"The names and what is wrong with them are on flowmetrics' dashboard (/).",
 		Tags: tags, Priority: 3,
-		Options: ddMonitorOptions{Thresholds: ddThresholds{Critical: 0}, IncludeTags: true, NewGroupDelay: 60},
+		Options: ddMonitorOptions{Thresholds: &ddThresholds{Critical: 0}, IncludeTags: true, NewGroupDelay: 60},
 	})
 	return marshal(ms)
 }

@@ -70,10 +70,13 @@ type gfGridPos struct {
 }
 
 type gfPanel struct {
-	ID          int           `json:"id"`
-	Type        string        `json:"type"`
-	Title       string        `json:"title"`
-	Description string        `json:"description,omitempty"`
+	ID          int    `json:"id"`
+	Type        string `json:"type"`
+	Title       string `json:"title"`
+	Description string `json:"description,omitempty"`
+	// Interval is the panel's minimum interval: the step, and
+	// $__interval, are never shorter.
+	Interval    string        `json:"interval,omitempty"`
 	GridPos     gfGridPos     `json:"gridPos"`
 	Datasource  *gfDatasource `json:"datasource"`
 	Targets     []gfTarget    `json:"targets"`
@@ -108,9 +111,43 @@ func grafanaExprs(dashboard []byte) []string {
 	return out
 }
 
+// growth is the PromQL for how much counter sel grew in the window of length
+// w ending `ago` before the evaluation time (ago "" for now), summed by the
+// labels in by: the difference of the counter's values, so that windows
+// laid end to end add up to exactly the counter's growth, where increase()
+// would extrapolate each window to its edges. A series that did not exist
+// at the window's start counts from 0. (flowmetrics' counters never go
+// down, not even across a restart, so no reset needs handling.)
+func growth(by, sel, w, ago string) string {
+	at, before := sel, sel+" offset "+w
+	if ago != "" {
+		at = sel + " offset " + ago
+		before = sel + " offset " + addMinutes(ago, w)
+	}
+	return fmt.Sprintf("sum by (%s) (%s - (%s or %s * 0))", by, at, before, at)
+}
+
+// addMinutes adds two PromQL durations given in whole minutes ("5m").
+func addMinutes(a, b string) string {
+	var x, y int
+	fmt.Sscanf(a, "%dm", &x)
+	fmt.Sscanf(b, "%dm", &y)
+	return fmt.Sprintf("%dm", x+y)
+}
+
 func (b *builder) grafanaDashboard() ([]byte, error) {
 	ds := &gfDatasource{Type: "prometheus", UID: "${datasource}"}
 	counter := b.o.PrometheusName + b.promSelector(`flow=~"$flow"`)
+	malformed := `flowmetrics_malformed_attributes_total{flow=~"$flow"}`
+	// Each point of a time series panel is the growth over the interval
+	// that ends at it, and the interval is the step, so the points lie end
+	// to end: the legend's sum is the count in the time range. At least a
+	// minute; longer ranges get longer intervals, which the title names.
+	const bucketsDesc = "Each point counts the interval that ends at it (at least 1 minute, longer for long ranges), so the legend's sum is the count in the time range."
+	perInterval := func(p gfPanel) gfPanel {
+		p.Interval = "1m"
+		return p
+	}
 	id := 0
 	panel := func(typ, title, desc string, pos gfGridPos, unit string, options any, custom map[string]any, targets ...gfTarget) gfPanel {
 		id++
@@ -160,21 +197,21 @@ func (b *builder) grafanaDashboard() ([]byte, error) {
 	}
 	d.Panels = []gfPanel{
 		panel("stat", "Occurrences in range", "Flow metric occurrences counted in the time range.", gfGridPos{4, 6, 0, 0}, "short", stat, nil,
-			gfTarget{Expr: fmt.Sprintf("sum(increase(%s[$__range]))", counter), Instant: true}),
+			gfTarget{Expr: "sum(" + growth("flow, metric", counter, "$__range", "") + ")", Instant: true}),
 		panel("stat", "Malformed names seen in range", "Sightings of metric-shaped attribute names that break the naming rules.", gfGridPos{4, 6, 6, 0}, "short", stat, nil,
-			gfTarget{Expr: `sum(increase(flowmetrics_malformed_attributes_total{flow=~"$flow"}[$__range]))`, Instant: true}),
+			gfTarget{Expr: "sum(" + growth("flow", malformed, "$__range", "") + ")", Instant: true}),
 		panel("stat", "Records rejected in range", "Input records flowmetrics could not read.", gfGridPos{4, 6, 12, 0}, "short", stat, nil,
-			gfTarget{Expr: `sum(increase(flowmetrics_records_rejected_total[$__range]))`, Instant: true}),
+			gfTarget{Expr: "sum(" + growth("reason", "flowmetrics_records_rejected_total", "$__range", "") + ")", Instant: true}),
 		panel("stat", "Pending points", "Occurrences waiting for delivery, all sinks.", gfGridPos{4, 6, 18, 0}, "short", stat, nil,
 			gfTarget{Expr: `sum(flowmetrics_outbox_depth)`, Instant: true}),
-		panel("timeseries", "Occurrences per minute by flow metric", "", gfGridPos{10, 24, 0, 4}, "short", series("sum", "max", "lastNotNull"), bars,
-			gfTarget{Expr: fmt.Sprintf("sum by (flow, metric) (increase(%s[1m]))", counter), LegendFormat: "{{flow}} / {{metric}}"}),
+		perInterval(panel("timeseries", "Occurrences per $__interval by flow metric", bucketsDesc, gfGridPos{10, 24, 0, 4}, "short", series("sum", "max", "lastNotNull"), bars,
+			gfTarget{Expr: growth("flow, metric", counter, "$__interval", ""), LegendFormat: "{{flow}} / {{metric}}"})),
 		panel("table", "Flow metrics in range", "Each flow metric's count in the time range.", gfGridPos{10, 12, 0, 14}, "short", table, nil,
-			gfTarget{Expr: fmt.Sprintf("sort_desc(sum by (flow, metric) (increase(%s[$__range])))", counter), Instant: true, Format: "table"}),
-		panel("timeseries", "Malformed attribute names by flow", "Sightings per minute; the names themselves are on flowmetrics' dashboard at /.", gfGridPos{10, 12, 12, 14}, "short", series("sum"), bars,
-			gfTarget{Expr: `sum by (flow) (increase(flowmetrics_malformed_attributes_total{flow=~"$flow"}[1m]))`, LegendFormat: "{{flow}}"}),
-		panel("timeseries", "Occurrences per minute by flow", "", gfGridPos{8, 12, 0, 24}, "short", series("mean", "max"), lines,
-			gfTarget{Expr: fmt.Sprintf("sum by (flow) (increase(%s[1m]))", counter), LegendFormat: "{{flow}}"}),
+			gfTarget{Expr: "sort_desc(" + growth("flow, metric", counter, "$__range", "") + ")", Instant: true, Format: "table"}),
+		perInterval(panel("timeseries", "Malformed attribute names by flow, per $__interval", "Sightings; the names themselves are on flowmetrics' dashboard at /. "+bucketsDesc, gfGridPos{10, 12, 12, 14}, "short", series("sum"), bars,
+			gfTarget{Expr: growth("flow", malformed, "$__interval", ""), LegendFormat: "{{flow}}"})),
+		perInterval(panel("timeseries", "Occurrences per $__interval by flow", bucketsDesc, gfGridPos{8, 12, 0, 24}, "short", series("sum", "mean", "max"), lines,
+			gfTarget{Expr: growth("flow", counter, "$__interval", ""), LegendFormat: "{{flow}}"})),
 		panel("timeseries", "Pending points per sink", "Occurrences in the outbox not yet delivered, per sink.", gfGridPos{8, 12, 12, 24}, "short", series("lastNotNull", "max"), lines,
 			gfTarget{Expr: `sum by (sink) (flowmetrics_outbox_depth)`, LegendFormat: "{{sink}}"}),
 	}
@@ -189,32 +226,36 @@ func (b *builder) prometheusRules() ([]byte, error) {
 		what = commentText(s.Flow + "/" + s.Metric)
 	}
 	c := b.o.PrometheusName
-	now := fmt.Sprintf("sum by (flow, metric) (increase(%s%s[%dm]))", c, spikeSel, SpikeWindow)
-	before := fmt.Sprintf("sum by (flow, metric) (increase(%s%s[%dm] offset %dm)) / 2", c, spikeSel, 2*SpikeWindow, SpikeWindow)
+	w := fmt.Sprintf("%dm", SpikeWindow)
+	now := growth("flow, metric", c+spikeSel, w, "")
+	before := growth("flow, metric", c+spikeSel, w, w)
 	var sb strings.Builder
 	fmt.Fprintf(&sb, `# Prometheus alerting rules for flowmetrics' counters (scraped from serve's
 # /metrics). Generated by flowmetrics boards; check with
 # promtool check rules %s
+# The Datadog monitors of the same boards apply the same rules.
 groups:
   - name: flowmetrics
     rules:
       # An incident spike on %s: the last %d minutes counted more than %d
-      # times the average %d minutes of the %d before, and at least %d.
+      # times the %d minutes before (not 0) and at least %d.
       - alert: GenesysFlowMetricSpike
         expr: |
           %s
             > %d * %s
+          and
+          %s > 0
           and
           %s >= %d
         labels:
           severity: warning
         annotations:
           summary: "{{ $labels.flow }}/{{ $labels.metric }} spiked"
-          description: "{{ $labels.flow }}/{{ $labels.metric }} counted more than %d times its usual in the last %d minutes: an incident is likely affecting callers."
+          description: "{{ $labels.flow }}/{{ $labels.metric }} counted more than %d times as many in the last %d minutes as in the %d before, and at least %d: an incident is likely affecting callers."
       # A flow gone silent: its counter exists but has not grown for %d minutes.
       - alert: GenesysFlowSilent
         expr: |
-          sum by (flow) (increase(%s%s[%dm])) == 0
+          %s == 0
         labels:
           severity: warning
         annotations:
@@ -224,15 +265,15 @@ groups:
       # that break the rules (flowmetrics does not count them).
       - alert: GenesysFlowMalformedNames
         expr: |
-          sum by (flow) (increase(flowmetrics_malformed_attributes_total[%dm])) > 0
+          %s > 0
         labels:
           severity: warning
         annotations:
           summary: "Flow {{ $labels.flow }} writes malformed metric attribute names"
           description: "Seen in the last %d minutes; the names and what is wrong with them are on flowmetrics' dashboard at /."
-`, PrometheusRules, what, SpikeWindow, SpikeFactor, SpikeWindow, 2*SpikeWindow, SpikeMin,
-		now, SpikeFactor, before, now, SpikeMin, SpikeFactor, SpikeWindow,
-		SilentMinutes, c, b.promSelector(), SilentMinutes, SilentMinutes,
-		MalformedMinutes, MalformedMinutes)
+`, PrometheusRules, what, SpikeWindow, SpikeFactor, SpikeWindow, SpikeMin,
+		now, SpikeFactor, before, before, now, SpikeMin, SpikeFactor, SpikeWindow, SpikeWindow, SpikeMin,
+		SilentMinutes, growth("flow", c+b.promSelector(), fmt.Sprintf("%dm", SilentMinutes), ""), SilentMinutes,
+		growth("flow", "flowmetrics_malformed_attributes_total", fmt.Sprintf("%dm", MalformedMinutes), ""), MalformedMinutes)
 	return []byte(sb.String()), nil
 }

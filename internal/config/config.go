@@ -18,6 +18,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/paths"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
 	"github.com/flowmetrics/flowmetrics/internal/sink/dogstatsd"
@@ -38,7 +39,10 @@ type Config struct {
 	Naming   naming.Config   `yaml:"naming"`
 	// Cardinality limits distinct flow/metric pairs (default 1000).
 	Cardinality Cardinality `yaml:"cardinality"`
-	Sinks       Sinks       `yaml:"sinks"`
+	// Paths: conversation paths (exits, step timings, funnels,
+	// experiments), on by default.
+	Paths paths.Config `yaml:"paths"`
+	Sinks Sinks        `yaml:"sinks"`
 }
 
 // HTTP is the serve section.
@@ -76,6 +80,32 @@ type HTTP struct {
 	// keeps them open (e.g. when only a private network reaches them).
 	// /healthz is always open.
 	ProtectReads *bool `yaml:"protect_reads"`
+	// TLS, when set, makes serve speak HTTPS only.
+	TLS *TLS `yaml:"tls"`
+}
+
+// TLS is the http.tls section: a certificate (chain) and its key, PEM
+// files read again when they change, without a restart.
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Validate checks the tls section; the files themselves are read when
+// serve starts.
+func (t TLS) Validate() error {
+	if t.CertFile == "" || t.KeyFile == "" {
+		return errors.New("http.tls: cert_file and key_file are both required")
+	}
+	return nil
+}
+
+// Scheme is https with a tls section, else http.
+func (h HTTP) Scheme() string {
+	if h.TLS != nil {
+		return "https"
+	}
+	return "http"
 }
 
 // ReadsProtected reports whether /metrics and the dashboard need the
@@ -210,7 +240,10 @@ func (c Config) Validate() error {
 	if c.DataDir == "" && c.Store.Type == "embedded" {
 		errs = append(errs, errors.New("data_dir: required for the embedded store"))
 	}
-	errs = append(errs, c.HTTP.Validate(), c.Store.Validate(), c.Pipeline.Validate(), c.Naming.Validate(), c.Sinks.Validate())
+	errs = append(errs, c.HTTP.Validate(), c.Store.Validate(), c.Pipeline.Validate(), c.Naming.Validate(), c.Paths.Validate(), c.Sinks.Validate())
+	if d := c.Paths.WithDefaults(); c.Paths.IsEnabled() && c.Store.Retention > 0 && d.IdleTimeout >= c.Store.Retention {
+		errs = append(errs, fmt.Errorf("paths.idle_timeout (%v) must be shorter than store.retention (%v): a path must close before its conversation is forgotten", d.IdleTimeout, c.Store.Retention))
+	}
 	if c.Cardinality.Limit < 0 {
 		errs = append(errs, errors.New("cardinality.limit: negative"))
 	}
@@ -277,6 +310,9 @@ func (h HTTP) Validate() error {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("http.%s: must be positive", name))
 		}
+	}
+	if h.TLS != nil {
+		errs = append(errs, h.TLS.Validate())
 	}
 	return errors.Join(errs...)
 }

@@ -114,8 +114,56 @@ func TestCacheDisabledIgnoresRetention(t *testing.T) {
 	c := Default()
 	c.Store.Retention = time.Minute
 	c.Pipeline.CacheConversations = -1
+	c.Paths.Grace, c.Paths.IdleTimeout = time.Second, 30*time.Second
 	if err := c.Validate(); err != nil {
 		t.Errorf("got %v, want valid: no cache, nothing to outlive the store", err)
+	}
+}
+
+func TestPathsWithinRetention(t *testing.T) {
+	c := Default()
+	c.Store.Retention = 2 * time.Hour
+	want := "paths.idle_timeout (4h0m0s) must be shorter than store.retention (2h0m0s)"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("got %v, want %q", err, want)
+	}
+	off := false
+	c.Paths.Enabled = &off
+	if err := c.Validate(); err != nil {
+		t.Errorf("paths off: got %v, want valid", err)
+	}
+}
+
+func TestPathsSection(t *testing.T) {
+	var c Config = Default()
+	err := Decode(strings.NewReader(`
+paths:
+  grace: 30s
+  idle_timeout: 2h
+  genesys_region: mypurecloud.ie
+  timings:
+    - {name: ivr_to_agent, from: Main IVR/Entered, to: Routing/AgentConnected}
+  funnels:
+    - name: callback
+      steps: [Main IVR/Entered, Callback/Offered, Callback/Accepted]
+  experiments:
+    - name: offer
+      variants:
+        - {name: A, steps: [Callback/OfferA, Callback/AcceptedA]}
+        - {name: B, steps: [Callback/OfferB, Callback/AcceptedB]}
+`), &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Paths.Grace != 30*time.Second || len(c.Paths.Funnels[0].Steps) != 3 || c.Paths.Experiments[0].Variants[1].Steps[1] != "Callback/AcceptedB" || c.Paths.Timings[0].To != "Routing/AgentConnected" {
+		t.Errorf("got %+v", c.Paths)
+	}
+	err = Decode(strings.NewReader("paths:\n  funnel: []\n"), &c)
+	if err == nil || !strings.Contains(err.Error(), "funnel") {
+		t.Errorf("unknown key: got %v, want an error naming it", err)
 	}
 }
 

@@ -25,6 +25,9 @@ type Options struct {
 	Start time.Time
 	// DuplicateRate is the share of events delivered twice (default 0.05).
 	DuplicateRate float64
+	// Ends is the share of conversations that end with a customer.end event
+	// (default none), which closes their paths.
+	Ends float64
 }
 
 var flows = []struct {
@@ -64,6 +67,9 @@ func Generate(o Options, fn func([]byte) bool) int {
 		o.DuplicateRate = 0.05
 	}
 	rng := rand.New(rand.NewPCG(o.Seed, o.Seed^0x9e3779b97f4a7c15))
+	// Ends are drawn apart, so a corpus with them holds the same
+	// attribute events as one without.
+	ends := rand.New(rand.NewPCG(o.Seed^0x5bd1e995, o.Seed))
 	produced, occurrences := 0, 0
 	var late [][]byte
 	for conv := 0; produced < o.Events; conv++ {
@@ -105,8 +111,31 @@ func Generate(o Options, fn func([]byte) bool) int {
 				produced++
 			}
 		}
+		if o.Ends > 0 && produced < o.Events && ends.Float64() < o.Ends {
+			if !fn(endEnvelope(id, at.Add(time.Second))) {
+				return occurrences
+			}
+			produced++
+		}
 	}
 	return occurrences
+}
+
+func endEnvelope(conv string, at time.Time) []byte {
+	ev := map[string]any{
+		"version": "0", "id": fmt.Sprintf("e%x", at.UnixNano()),
+		"detail-type": "v2.detail.events.conversation.{id}.customer.end",
+		"source":      "aws.partner/genesys.com/cloud/7d1d0f2a-org/flowmetrics",
+		"account":     "123456789012", "time": at.Format(time.RFC3339), "region": "eu-west-1", "resources": []string{},
+		"detail": map[string]any{
+			"topicName": "v2.detail.events.conversation." + conv + ".customer.end",
+			"version":   "2",
+			"eventBody": map[string]any{"eventTime": at.UnixMilli(), "conversationId": conv, "participantId": "a1b2c3d4-0000-4000-8000-" + conv[len(conv)-12:], "disconnectType": "CLIENT"},
+			"timestamp": at.Format(time.RFC3339Nano),
+		},
+	}
+	b, _ := json.Marshal(ev)
+	return b
 }
 
 func envelope(conv string, at time.Time, attrs map[string]string) []byte {

@@ -4,14 +4,21 @@
 // callers between two variants, a payment incident makes one metric spike
 // every few minutes, one flow writes a malformed attribute name, and
 // EventBridge's at-least-once delivery repeats some events and delivers
-// others late.
+// others late. Most conversations end with a customer.end event, so their
+// paths close: callers drop out at each step, waits for an agent or a bot
+// escalation have a long tail, and variant B of the call-back offer
+// converts better than A (PathsConfig is the matching paths section).
 //
 // Generator produces the events, each exactly as the Genesys Cloud Amazon
 // EventBridge integration delivers it (an AttributeUpdateEvent in its
 // EventBridge envelope, carrying every attribute of the participant so far).
 // It has no clock of its own: Next is given the time, so tests drive it and
-// the same seed gives the same events. Run posts them through the real ingest
-// path, POST /v1/events.
+// the same seed gives the same events. Each conversation is drawn from the
+// seed and the time it starts, not from where the generator started: a
+// demo restarted with the same seed posts the same conversations (same ids,
+// same attribute names) for the time the two runs share, so its backfill is
+// deduplicated by the exactly-once claims instead of counted twice. Run
+// posts them through the real ingest path, POST /v1/events.
 package demo
 
 import (
@@ -121,14 +128,21 @@ type Stats struct {
 	// VariantA and VariantB count the Callback Offer conversations in each
 	// variant of the A/B test.
 	VariantA, VariantB int
+	// Ends counts the customer.end events delivered (about nine
+	// conversations in ten get one; the others close at the idle timeout).
+	Ends int
 }
 
 // Generator simulates the traffic. It is not safe for concurrent use.
 type Generator struct {
-	o     Options
-	rng   *rand.Rand
-	next  time.Time // the next conversation's start
-	conv  int
+	o   Options
+	rng *rand.Rand // the conversation being drawn's own
+	// paths draws what only paths use (end events, long waits), so the
+	// main sequence, and with it every count, is as it was without them;
+	// also the conversation's own.
+	paths *rand.Rand
+	from  time.Time // no conversation starts before it
+	next  time.Time // the next arrival slot to draw
 	due   deliveries
 	order int
 	stats Stats
@@ -142,11 +156,48 @@ func New(o Options, start time.Time) *Generator {
 	o = o.withDefaults()
 	g := &Generator{
 		o:    o,
-		rng:  rand.New(rand.NewPCG(o.Seed, o.Seed^0x9e3779b97f4a7c15)),
-		next: start.UTC(),
+		from: start.UTC(),
+		next: start.UTC().Truncate(arrivalSlot),
 		seen: map[string]bool{},
 	}
 	return g
+}
+
+// arrivalSlot is the grid of conversation arrivals: the conversations
+// starting in each epoch-aligned slot are drawn from a source seeded with
+// the seed and the slot's time, and each conversation from one seeded with
+// the seed and its start, so two generators with the same seed agree on
+// every slot both draw, wherever each started.
+const arrivalSlot = time.Second
+
+// mix is SplitMix64's finaliser: nearby times (one slot or one millisecond
+// apart) become unrelated seeds, so neighbouring conversations are drawn
+// independently.
+func mix(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// drawSlot schedules the conversations starting in the slot at s: a
+// Poisson process at the rate of the time of day (and of an incident), its
+// arrivals before g.from left out.
+func (g *Generator) drawSlot(s time.Time) {
+	arrivals := rand.New(rand.NewPCG(mix(g.o.Seed), mix(uint64(s.UnixNano()))))
+	end := s.Add(arrivalSlot)
+	for t := s; ; {
+		t = t.Add(g.interarrival(arrivals, t))
+		if !t.Before(end) {
+			return
+		}
+		if t.Before(g.from) {
+			continue
+		}
+		g.rng = rand.New(rand.NewPCG(mix(g.o.Seed^0x9e3779b97f4a7c15), mix(uint64(t.UnixNano()))))
+		g.paths = rand.New(rand.NewPCG(mix(g.o.Seed^0x5bd1e995), mix(uint64(t.UnixNano())^0x5bd1e995)))
+		g.startConversation(t)
+	}
 }
 
 // Stats returns the counts so far.
@@ -156,8 +207,8 @@ func (g *Generator) Stats() Stats { return g.stats }
 // each an EventBridge envelope as JSON, in delivery order.
 func (g *Generator) Next(now time.Time) [][]byte {
 	for !g.next.After(now) {
-		g.startConversation(g.next)
-		g.next = g.next.Add(g.interarrival(g.next))
+		g.drawSlot(g.next)
+		g.next = g.next.Add(arrivalSlot)
 	}
 	var out [][]byte
 	for len(g.due) > 0 && !g.due[0].at.After(now) {
@@ -166,6 +217,9 @@ func (g *Generator) Next(now time.Time) [][]byte {
 		g.stats.Events++
 		if d.dup {
 			g.stats.Duplicates++
+		}
+		if d.end {
+			g.stats.Ends++
 		}
 		if d.at.Sub(d.eventTime) >= g.o.LateMin {
 			g.stats.Late++
@@ -185,7 +239,7 @@ func (g *Generator) Next(now time.Time) [][]byte {
 		if d.last {
 			// Nothing of this conversation is delivered after its last
 			// delivery, so its names can be forgotten: memory stays bounded.
-			for _, name := range append(d.good, d.bad...) {
+			for _, name := range d.forget {
 				delete(g.seen, d.conv+"\x00"+name)
 			}
 		}
@@ -212,13 +266,13 @@ func (g *Generator) Incident(t time.Time) bool {
 	return t.UnixNano()%int64(g.o.IncidentEvery) < int64(g.o.IncidentLength)
 }
 
-func (g *Generator) interarrival(t time.Time) time.Duration {
+func (g *Generator) interarrival(rng *rand.Rand, t time.Time) time.Duration {
 	rate := g.o.Rate * Daily(t)
 	if g.Incident(t) {
 		// Callers whose payment failed call back.
 		rate *= 1.5
 	}
-	sec := g.rng.ExpFloat64() / rate
+	sec := rng.ExpFloat64() / rate
 	return max(time.Millisecond, time.Duration(sec*float64(time.Second)))
 }
 
@@ -335,9 +389,8 @@ var ordinary = []string{"Language", "CustomerSegment", "AccountId", "Queue", "Ch
 // startConversation schedules every delivery of a conversation starting at
 // start.
 func (g *Generator) startConversation(start time.Time) {
-	g.conv++
 	g.stats.Conversations++
-	id := fmt.Sprintf("%08x-%04x-4%03x-8%03x-%012x", g.rng.Uint32(), g.conv&0xffff, g.rng.IntN(4096), g.rng.IntN(4096), g.rng.Uint64()&0xffffffffffff)
+	id := fmt.Sprintf("%08x-%04x-4%03x-8%03x-%012x", g.rng.Uint32(), g.rng.IntN(0x10000), g.rng.IntN(4096), g.rng.IntN(4096), g.rng.Uint64()&0xffffffffffff)
 	participant := uuid(g.rng)
 	flow := g.chooseFlow(start)
 	attrs := map[string]string{}
@@ -354,6 +407,9 @@ func (g *Generator) startConversation(start time.Time) {
 	for i, s := range steps {
 		if i > 0 {
 			at = at.Add(time.Duration(2000+g.rng.IntN(18000)) * time.Millisecond)
+			if len(s.metrics) > 0 && longWait[flow+"/"+s.metrics[0]] {
+				at = at.Add(g.wait())
+			}
 		}
 		for _, metric := range s.metrics {
 			if s.malformed {
@@ -388,6 +444,12 @@ func (g *Generator) startConversation(start time.Time) {
 			scheduled = append(scheduled, &dup)
 		}
 	}
+	if g.paths.Float64() < 0.9 {
+		// The caller hangs up a little after the last step (a late
+		// delivery of the last attributes comes after it).
+		end := at.Add(time.Duration(1000+g.paths.IntN(30000)) * time.Millisecond)
+		scheduled = append(scheduled, &delivery{at: end, eventTime: end, conv: id, body: endEnvelope(g.paths, id, participant, end), end: true})
+	}
 	last := scheduled[0]
 	for _, d := range scheduled {
 		if !d.at.Before(last.at) {
@@ -395,6 +457,9 @@ func (g *Generator) startConversation(start time.Time) {
 		}
 	}
 	last.last = true
+	// The last delivery forgets the conversation's names (see Next), even
+	// when it is the end event, which carries none.
+	last.forget = slices.Concat(good, bad)
 	for _, d := range scheduled {
 		g.order++
 		d.order = g.order
@@ -411,6 +476,8 @@ type delivery struct {
 	dup       bool
 	good, bad []string // the well-formed and malformed metric names it carries
 	last      bool     // the conversation's last delivery
+	forget    []string // with last: every name of the conversation
+	end       bool     // a customer.end event
 }
 
 type deliveries []delivery
@@ -461,6 +528,45 @@ type eventBodyJSON struct {
 	ConversationExternalContactIDs      []string            `json:"conversationExternalContactIds"`
 	ConversationExternalOrganizationIDs []string            `json:"conversationExternalOrganizationIds"`
 	Communications                      []map[string]string `json:"communications"`
+}
+
+// longWait are the steps that follow a wait with a long tail: the queue
+// before an agent takes a transferred call, a bot's hand-over to an agent.
+var longWait = map[string]bool{FlowRouting + "/Transferred": true, FlowBot + "/Escalated": true}
+
+// wait is a queue wait: log-normal around half a minute, so most are short
+// and a few take many minutes (capped at 45).
+func (g *Generator) wait() time.Duration {
+	sec := math.Exp(math.Log(30) + 1.1*g.paths.NormFloat64())
+	return time.Duration(min(sec, 2700) * float64(time.Second))
+}
+
+// endEnvelope is a customer.end event (the customer left the conversation).
+func endEnvelope(rng *rand.Rand, conv, participant string, at time.Time) []byte {
+	at = at.UTC()
+	type body struct {
+		EventTime      int64  `json:"eventTime"`
+		ConversationID string `json:"conversationId"`
+		ParticipantID  string `json:"participantId"`
+		SessionID      string `json:"sessionId"`
+		MediaType      string `json:"mediaType"`
+		Direction      string `json:"direction"`
+		DisconnectType string `json:"disconnectType"`
+	}
+	e := map[string]any{
+		"version": "0", "id": uuid(rng), "detail-type": "v2.detail.events.conversation.{id}.customer.end",
+		"source":  "aws.partner/genesys.com/cloud/8c1f0f2a-1111-4c2b-9e55-0a0b0c0d0e0f/flowmetrics-demo",
+		"account": "123456789012", "time": at.Truncate(time.Second).Format(time.RFC3339), "region": "eu-west-2", "resources": []string{},
+		"detail": map[string]any{
+			"topicName": "v2.detail.events.conversation." + conv + ".customer.end",
+			"version":   "2",
+			"eventBody": body{at.UnixMilli(), conv, participant, uuid(rng), "VOICE", "INBOUND", "CLIENT"},
+			"metadata":  map[string]string{"CorrelationId": uuid(rng)},
+			"timestamp": at.Format("2006-01-02T15:04:05.000Z"),
+		},
+	}
+	b, _ := json.Marshal(e)
+	return b
 }
 
 func uuid(rng *rand.Rand) string {

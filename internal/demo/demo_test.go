@@ -38,8 +38,17 @@ func TestEventsAreGenesysEventBridgeEvents(t *testing.T) {
 	malformed := map[string]bool{}
 	flows := map[string]bool{}
 	events := 0
+	ends := 0
 	drive(g, t0, t0.Add(20*time.Minute), time.Second, func(now time.Time, b []byte) {
 		events++
+		if bytes.Contains(b, []byte(`"detail-type":"v2.detail.events.conversation.{id}.customer.end"`)) {
+			// A customer.end: its conversation's path closes.
+			if ev := decode(t, b); !ev.Ended || ev.EventTime.After(now) {
+				t.Fatalf("customer.end decodes as %+v at %v, want an end not after its delivery", ev, now)
+			}
+			ends++
+			return
+		}
 		// Every field of DESIGN.md's envelope is there, with the literal
 		// {id} in detail-type.
 		for _, field := range []string{`"version":"0"`, `"detail-type":"v2.detail.events.conversation.{id}.attributes"`,
@@ -76,6 +85,9 @@ func TestEventsAreGenesysEventBridgeEvents(t *testing.T) {
 	t.Logf("20 min: %d events, %d occurrences, %d malformed", events, len(occs), len(malformed))
 	if events != st.Events {
 		t.Errorf("got %d events, stats say %d", events, st.Events)
+	}
+	if ends != st.Ends || float64(ends) < 0.8*float64(st.Conversations) {
+		t.Errorf("got %d customer.end events, stats say %d, of %d conversations (want about 9 in 10)", ends, st.Ends, st.Conversations)
 	}
 	if len(occs) != st.Occurrences || len(occs) < 1000 {
 		t.Errorf("got %d distinct occurrences, stats say %d (want ≥ 1000)", len(occs), st.Occurrences)
@@ -155,14 +167,17 @@ func TestDuplicatesAndLateDeliveries(t *testing.T) {
 	o := Options{Seed: 5, Rate: 5, DuplicateRate: 0.05, LateRate: 0.03}
 	g := New(o, t0)
 	seen := map[string]bool{}
-	dups, late, events := 0, 0, 0
+	dups, late, events, ends := 0, 0, 0, 0
 	drive(g, t0, t0.Add(time.Hour), time.Second, func(now time.Time, b []byte) {
 		events++
 		if seen[string(b)] {
 			dups++
 		}
 		seen[string(b)] = true
-		if now.Sub(decode(t, b).EventTime) >= 30*time.Second {
+		ev := decode(t, b)
+		if ev.Ended {
+			ends++ // never repeated nor late: the rates are of attribute events
+		} else if now.Sub(ev.EventTime) >= 30*time.Second {
 			late++
 		}
 	})
@@ -171,6 +186,10 @@ func TestDuplicatesAndLateDeliveries(t *testing.T) {
 	if dups != st.Duplicates || late != st.Late || events != st.Events {
 		t.Errorf("counted %d duplicates, %d late of %d; stats say %d, %d of %d", dups, late, events, st.Duplicates, st.Late, st.Events)
 	}
+	if ends != st.Ends || ends == 0 {
+		t.Errorf("counted %d customer.end events; stats say %d", ends, st.Ends)
+	}
+	events -= ends
 	if got := float64(dups) / float64(events-dups); math.Abs(got-o.DuplicateRate) > 0.005 {
 		t.Errorf("got %.4f of events repeated, want %.3f ± 0.005", got, o.DuplicateRate)
 	}

@@ -151,3 +151,53 @@ func TestRunStopsOnAWrongSecret(t *testing.T) {
 		t.Fatalf("got %v, want an error wrapping ErrRefused", err)
 	}
 }
+
+// feed posts what g has due at each 10 s from from to to (the first call
+// delivers a backfill at once) and returns the occurrences the target
+// claimed.
+func feed(t *testing.T, in *ingest, g *Generator, from, to time.Time) int {
+	t.Helper()
+	target := Target{URL: in.URL + "/v1/events", Client: in.Client()}
+	claimed := 0
+	for now := from; !now.After(to); now = now.Add(10 * time.Second) {
+		for events := g.Next(now); len(events) > 0; {
+			n := min(len(events), BatchEvents)
+			a, err := post(context.Background(), target, events[:n])
+			if err != nil {
+				t.Fatal(err)
+			}
+			claimed += a.Occurrences
+			events = events[n:]
+		}
+	}
+	return claimed
+}
+
+// TestRestartedDemoDoesNotDoubleCount: a demo stopped and started again two
+// minutes later, with the same seed, backfills the last 55 minutes again
+// over what it already posted. The target's exactly-once claims must count
+// those conversations once: the store ends with the occurrences of one
+// demo that never stopped, not more.
+func TestRestartedDemoDoesNotDoubleCount(t *testing.T) {
+	t.Parallel()
+	o := Options{Seed: 7, Rate: 0.5}
+	const backfill = 55 * time.Minute
+	start := t0.Add(-backfill)
+	stop := t0.Add(10 * time.Minute)
+	restart := stop.Add(2 * time.Minute)
+	end := restart.Add(10 * time.Minute)
+
+	once := newIngest(t, "")
+	want := feed(t, once, New(o, start), t0, end)
+
+	twice := newIngest(t, "")
+	first := feed(t, twice, New(o, start), t0, stop)
+	second := feed(t, twice, New(o, restart.Add(-backfill)), restart, end)
+	t.Logf("one run: %d occurrences; stopped and restarted: %d + %d, of %d distinct posted after the restart", want, first, second, len(twice.distinct))
+	if first+second != want {
+		t.Errorf("stopped and restarted: claimed %d + %d = %d occurrences, want %d as without the restart", first, second, first+second, want)
+	}
+	if len(twice.distinct) != len(once.distinct) || len(once.distinct) != want {
+		t.Errorf("distinct occurrences posted: got %d restarted, %d in one run, want both %d", len(twice.distinct), len(once.distinct), want)
+	}
+}

@@ -12,7 +12,7 @@ import (
 type Outcome int
 
 const (
-	// Accepted: an attributes event; Record.Event holds it.
+	// Accepted: an attributes or customer.end event; Record.Event holds it.
 	Accepted Outcome = iota
 	// Skipped: an event of another topic. Not an error; only counted.
 	Skipped
@@ -54,7 +54,7 @@ type Record struct {
 var (
 	ErrNotJSON          = errors.New("not JSON")
 	ErrNotEvent         = errors.New("not an EventBridge event or detail object")
-	ErrNoConversationID = errors.New("attributes event without conversationId")
+	ErrNoConversationID = errors.New("event without conversationId")
 	ErrNoAttributes     = errors.New("attributes missing")
 	ErrBadAttributes    = errors.New("attributes is not an object of strings")
 	ErrTooLarge         = errors.New("record too large")
@@ -74,7 +74,16 @@ const MaxRecordSize = 16 << 20
 const (
 	topicPrefix = "v2.detail.events.conversation."
 	topicSuffix = ".attributes"
+	endSuffix   = ".customer.end"
 )
+
+// isEndTopic reports whether topic is that of the customer.end events that
+// close a conversation's path (v2.detail.events.conversation.{id}.customer.end).
+func isEndTopic(topic []byte) bool {
+	return len(topic) > len(topicPrefix)+len(endSuffix) &&
+		string(topic[:len(topicPrefix)]) == topicPrefix &&
+		string(topic[len(topic)-len(endSuffix):]) == endSuffix
+}
 
 // isAttributesTopic reports whether topic is that of AttributeUpdateEvents.
 // It also matches the envelope's detail-type, whose id is literally "{id}".
@@ -371,7 +380,11 @@ func (p *parser) build(top, inner *detail) Record {
 		return reject(fmt.Errorf("%w: no topicName", ErrNotEvent))
 	}
 	var rec Record
-	if name := p.unquoted(topic); !isAttributesTopic(name) {
+	name := p.unquoted(topic)
+	if isEndTopic(name) {
+		return p.endEvent(d, string(name))
+	}
+	if !isAttributesTopic(name) {
 		rec.Outcome, rec.Topic = Skipped, string(name)
 		return rec
 	}
@@ -406,6 +419,26 @@ func (p *parser) build(top, inner *detail) Record {
 	}
 	rec.Outcome = Accepted
 	rec.Event, rec.Topic = p.event(topic, b)
+	return rec
+}
+
+// endEvent makes the record of a customer.end event: only its conversation
+// id and time matter.
+func (p *parser) endEvent(d *detail, topic string) Record {
+	rec := Record{Outcome: Rejected, Topic: topic}
+	b := &d.body
+	switch {
+	case d.bodyKind != '{':
+		rec.Err = fmt.Errorf("%w: customer.end event without an eventBody object", ErrNoConversationID)
+	case b.convKind != '"' || b.conv.start == b.conv.end:
+		rec.Err = fmt.Errorf("%w: customer.end event", ErrNoConversationID)
+	default:
+		rec.Outcome = Accepted
+		rec.Event = &Event{ConversationID: p.str(b.conv), Ended: true}
+		if b.eventTimeOK {
+			rec.Event.EventTime = time.UnixMilli(b.eventTimeMs).UTC()
+		}
+	}
 	return rec
 }
 

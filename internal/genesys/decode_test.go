@@ -84,8 +84,13 @@ func TestDecodeValue(t *testing.T) {
 				},
 			},
 		},
-		{name: "other topic", in: string(readSample(t, "customer-end-eventbridge.json")), outcome: Skipped, topic: endTopic},
-		{name: "other topic, bare", in: `{"topicName":"` + endTopic + `","eventBody":{}}`, outcome: Skipped, topic: endTopic},
+		{name: "customer.end", in: string(readSample(t, "customer-end-eventbridge.json")), outcome: Accepted, topic: endTopic,
+			event: &Event{ConversationID: convID, EventTime: time.UnixMilli(1678004500127).UTC(), Ended: true}},
+		{name: "customer.end, bare", in: `{"topicName":"` + endTopic + `","eventBody":{"conversationId":"c","attributes":{"a":"b"}}}`, outcome: Accepted, topic: endTopic,
+			event: &Event{ConversationID: "c", Ended: true}},
+		{name: "customer.end without conversationId", in: `{"topicName":"` + endTopic + `","eventBody":{}}`, outcome: Rejected, err: ErrNoConversationID},
+		{name: "customer.end without eventBody object", in: `{"topicName":"` + endTopic + `","eventBody":[]}`, outcome: Rejected, err: ErrNoConversationID},
+		{name: "other topic", in: `{"topicName":"v2.detail.events.conversation.c.customer.start","eventBody":{}}`, outcome: Skipped, topic: "v2.detail.events.conversation.c.customer.start"},
 		{name: "other topic needs no valid body", in: `{"topicName":"v2.users.x.presence","eventBody":7}`, outcome: Skipped, topic: "v2.users.x.presence"},
 		{name: "SQS event is not an EventBridge event", in: string(readSample(t, "sqs-batch.json")), outcome: Rejected, err: ErrNotEvent},
 
@@ -96,8 +101,8 @@ func TestDecodeValue(t *testing.T) {
 			outcome: Accepted, topic: "v2.detail.events.conversation.{id}.attributes",
 			event: &Event{ConversationID: "c", Attributes: map[string]string{}}},
 		{name: "topicName wins over detail-type",
-			in:      `{"detail-type":"v2.detail.events.conversation.{id}.attributes","detail":{"topicName":"` + endTopic + `","eventBody":{}}}`,
-			outcome: Skipped, topic: endTopic},
+			in:      `{"detail-type":"v2.detail.events.conversation.{id}.attributes","detail":{"topicName":"` + endTopic + `","eventBody":{"conversationId":"c"}}}`,
+			outcome: Accepted, topic: endTopic, event: &Event{ConversationID: "c", Ended: true}},
 		{name: "envelope wins over a bare detail's fields",
 			in:      `{"topicName":"` + endTopic + `","eventBody":{},"detail":` + bare(`{"conversationId":"c","attributes":{}}`) + `}`,
 			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c", Attributes: map[string]string{}}},
@@ -257,8 +262,8 @@ func TestDecodeSamples(t *testing.T) {
 	}{
 		{"attributes-eventbridge.json", []rec{{0, 1, Accepted, nil}}},
 		{"attributes-bare-detail.json", []rec{{0, 1, Accepted, nil}}},
-		{"customer-end-eventbridge.json", []rec{{0, 1, Skipped, nil}}},
-		{"conversation.ndjson", []rec{{0, 1, Accepted, nil}, {1, 2, Accepted, nil}, {2, 3, Accepted, nil}, {3, 4, Accepted, nil}, {4, 5, Skipped, nil}}},
+		{"customer-end-eventbridge.json", []rec{{0, 1, Accepted, nil}}},
+		{"conversation.ndjson", []rec{{0, 1, Accepted, nil}, {1, 2, Accepted, nil}, {2, 3, Accepted, nil}, {3, 4, Accepted, nil}, {4, 5, Accepted, nil}}},
 		// Decode does not open SQS messages: that is the Lambda's job.
 		{"sqs-batch.json", []rec{{0, 1, Rejected, ErrNotEvent}}},
 	}
@@ -285,14 +290,19 @@ func TestDecodeConversation(t *testing.T) {
 	}
 	occs := map[string]occ{}
 	malformed := map[string]string{}
-	skipped := 0
+	skipped, ended := 0, 0
 	for _, r := range got {
 		switch r.Outcome {
 		case Skipped:
 			skipped++
-		case Rejected:
-			t.Errorf("record %d: got rejected %v", r.Index, r.Err)
 		case Accepted:
+			if r.Event.Ended {
+				ended++
+				if r.Event.ConversationID != convID || len(r.Event.Attributes) != 0 {
+					t.Errorf("record %d: got end event %+v, want conversation %s without attributes", r.Index, r.Event, convID)
+				}
+				continue
+			}
 			os, bad := Extract(r.Event)
 			for _, o := range os {
 				occs[r.Event.ConversationID+"\x00"+o.Key] = occ{r.Event.ConversationID, o.Flow, o.Metric, o.Time}
@@ -300,6 +310,8 @@ func TestDecodeConversation(t *testing.T) {
 			for _, m := range bad {
 				malformed[m.Name] = m.Flow
 			}
+		case Rejected:
+			t.Errorf("record %d: got rejected %v", r.Index, r.Err)
 		}
 	}
 	want := map[string]occ{
@@ -313,14 +325,15 @@ func TestDecodeConversation(t *testing.T) {
 	if len(malformed) != 1 || malformed["CustomerRoutingMetric_Oops(not-a-time)"] != "CustomerRouting" {
 		t.Errorf("got malformed %v, want one of flow CustomerRouting", malformed)
 	}
-	if skipped != 1 {
-		t.Errorf("got %d skipped, want 1", skipped)
+	if skipped != 0 || ended != 1 {
+		t.Errorf("got %d skipped and %d end events, want 0 and 1", skipped, ended)
 	}
 }
 
 func TestDecodeLayouts(t *testing.T) {
 	ev := compact(t, "attributes-eventbridge.json")
-	end := compact(t, "customer-end-eventbridge.json")
+	// end stands for a record of a topic flowmetrics skips.
+	end := strings.ReplaceAll(compact(t, "customer-end-eventbridge.json"), ".customer.end", ".customer.start")
 	pretty := strings.TrimSpace(string(readSample(t, "attributes-eventbridge.json")))
 	prettyLines := strings.Count(pretty, "\n") + 1 // 28
 	var indented bytes.Buffer

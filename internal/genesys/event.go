@@ -26,6 +26,9 @@ type Event struct {
 	// Attributes holds every Participant Data attribute of the participant,
 	// changed or not, as Genesys sends them.
 	Attributes map[string]string
+	// Ended: a customer.end event (the customer left the conversation),
+	// which closes the conversation's path; it has no attributes.
+	Ended bool
 }
 
 // Malformed is a metric-shaped attribute name that breaks a rule.

@@ -285,6 +285,20 @@ func reference(data []byte) Record {
 	} else if rec.Topic, ok = top["detail-type"].(string); !ok {
 		return reject(ErrNotEvent)
 	}
+	if isEndTopic([]byte(rec.Topic)) {
+		body, _ := d["eventBody"].(map[string]any)
+		id, _ := body["conversationId"].(string)
+		if id == "" {
+			return reject(ErrNoConversationID)
+		}
+		rec.Outcome, rec.Event = Accepted, &Event{ConversationID: id, Ended: true}
+		if n, ok := body["eventTime"].(json.Number); ok && len(strings.TrimPrefix(string(n), "-")) <= 18 {
+			if ms, err := n.Int64(); err == nil {
+				rec.Event.EventTime = time.UnixMilli(ms).UTC()
+			}
+		}
+		return rec
+	}
 	if !isAttributesTopic([]byte(rec.Topic)) {
 		rec.Outcome = Skipped
 		return rec

@@ -112,7 +112,7 @@ func New(p Ingester, m *telemetry.Metrics, opts Options, log *slog.Logger) http.
 	mux := http.NewServeMux()
 	h := &handler{p: p, m: m, opts: opts, log: log, inflight: &inflight{max: opts.MaxBytesInFlight}}
 	mux.Handle("POST /v1/events", h.auth(http.HandlerFunc(h.events)))
-	mux.Handle("GET /metrics", h.readAuth(promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry})))
+	mux.Handle("GET /metrics", h.readAuth(promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry, EnableOpenMetrics: true})))
 	mux.HandleFunc("GET /healthz", h.healthz)
 	if opts.Dashboard != nil {
 		mux.Handle("GET /{$}", h.readAuth(opts.Dashboard))

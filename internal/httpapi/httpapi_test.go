@@ -75,9 +75,10 @@ func TestEvents(t *testing.T) {
 	}{
 		{"envelope", envelope, 202, 1, 0, 0, ""},
 		{"bare detail", read(t, "attributes-bare-detail.json"), 202, 1, 0, 0, ""},
-		{"ndjson conversation", read(t, "conversation.ndjson"), 202, 4, 1, 0, ""},
-		{"array with a bad element", "[" + strings.TrimSpace(envelope) + `, 42, {"detail":{"topicName":"v2.detail.events.conversation.x.customer.end","eventBody":{}}}]`, 202, 1, 1, 1, "record 1: "},
-		{"only another topic", read(t, "customer-end-eventbridge.json"), 202, 0, 1, 0, ""},
+		{"ndjson conversation", read(t, "conversation.ndjson"), 202, 5, 0, 0, ""},
+		{"array with a bad element", "[" + strings.TrimSpace(envelope) + `, 42, {"detail":{"topicName":"v2.detail.events.conversation.x.customer.start","eventBody":{}}}]`, 202, 1, 1, 1, "record 1: "},
+		{"customer.end", read(t, "customer-end-eventbridge.json"), 202, 1, 0, 0, ""},
+		{"only another topic", `{"detail":{"topicName":"v2.detail.events.conversation.x.customer.start","eventBody":{}}}`, 202, 0, 1, 0, ""},
 		{"nothing valid", `{"hello":"world"}`, 400, 0, 0, 1, "record 0: "},
 		{"not json", `this is not json`, 400, 0, 0, 1, "record 0: "},
 	}
@@ -185,8 +186,9 @@ func TestMetricsAndHealth(t *testing.T) {
 	resp.Body.Close()
 	for _, want := range []string{
 		"flowmetrics_records_read_total 5",
-		"flowmetrics_records_accepted_total 4",
-		`flowmetrics_records_skipped_total{reason="other_topic"} 1`,
+		"flowmetrics_records_accepted_total 5", // the customer.end event too
+		`flowmetrics_records_skipped_total{reason="other_topic"} 0`,
+		"flowmetrics_path_end_events_total 1",
 		`flowmetrics_malformed_attributes_total{flow="CustomerRouting"} 1`,
 		`flowmetrics_occurrences_total{flow="Billing Main",metric="PaymentTaken"} 1`,
 	} {

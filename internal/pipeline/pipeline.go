@@ -67,6 +67,11 @@ type Config struct {
 	// that a replay into a serve data directory neither takes nor moves
 	// serve's pending points).
 	CursorPrefix string `yaml:"-"`
+	// Derive, when set, turns conversation paths on: customer.end events
+	// are claimed (ClaimRequest.Ended) and ClosePaths derives each closed
+	// path's points with it. The store must have been opened with
+	// PathOptions.
+	Derive flowmetrics.Deriver `yaml:"-"`
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time `yaml:"-"`
 }
@@ -276,6 +281,13 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		if !p.sortOut(r, &res) {
 			continue
 		}
+		if r.Event.Ended {
+			p.m.PathEnds.Inc()
+			if p.cfg.Derive != nil && len(p.cache.unknown(r.Event.ConversationID, endOcc, c.now)) > 0 {
+				c.add(flowmetrics.ClaimRequest{ConversationID: r.Event.ConversationID, Ended: true}, r)
+			}
+			continue
+		}
 		occs := p.extract(r.Event, &c, &res)
 		if len(occs) == 0 {
 			continue
@@ -402,7 +414,11 @@ func (p *Pipeline) claim(ctx context.Context, c *claimBatch, res Result) (Result
 		// before delivering, and the retry must reach the store. A refused
 		// one's are not in the store at all.
 		if !deferred[i] {
-			if n := p.cache.learn(rq.ConversationID, occKeys(rq.Occurrences), c.now); n > 0 {
+			keys := occKeys(rq.Occurrences)
+			if rq.Ended {
+				keys = append(keys, endOcc[0].Key)
+			}
+			if n := p.cache.learn(rq.ConversationID, keys, c.now); n > 0 {
 				p.m.Limits.WithLabelValues("cache_bytes").Add(float64(n))
 			}
 		}
@@ -411,6 +427,9 @@ func (p *Pipeline) claim(ctx context.Context, c *claimBatch, res Result) (Result
 		p.m.Occurrences.WithLabelValues(o.Flow, o.Metric).Inc()
 		if c.folded[o.Key] {
 			p.m.Overflow.Inc()
+		}
+		if o.AfterClose {
+			p.m.PathLate.Inc()
 		}
 	}
 	res.Occurrences = len(fresh)
@@ -449,6 +468,85 @@ type PendingError struct {
 
 func (e *PendingError) Error() string {
 	return fmt.Sprintf("claim: %d records hold keys pending under another writer; retry them later", len(e.Records))
+}
+
+// endOcc stands in the known-key cache for "the store has this
+// conversation's customer.end": no metric key is empty.
+var endOcc = []flowmetrics.Occurrence{{Key: ""}}
+
+// ClosePaths closes every conversation path due at asOf (see
+// flowmetrics.Store.ClosePaths), in calls of at most limit conversations
+// (a default when not positive), and returns how many it closed. serve
+// calls it every second with the current time; replay, at the end of its
+// input, with a time past every deadline its input can have set.
+func (p *Pipeline) ClosePaths(ctx context.Context, asOf time.Time, limit int) (int, error) {
+	if p.cfg.Derive == nil {
+		return 0, nil
+	}
+	if limit <= 0 {
+		limit = 256
+	}
+	// What a call derived is counted once its write succeeded.
+	var ended, idle int
+	kinds := map[flowmetrics.PathKind]int{}
+	derive := func(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
+		pts := p.cfg.Derive(cp)
+		if cp.Ended {
+			ended++
+		} else {
+			idle++
+		}
+		for _, pt := range pts {
+			kinds[pt.Kind]++
+		}
+		return pts
+	}
+	total := 0
+	for {
+		ended, idle = 0, 0
+		clear(kinds)
+		start := time.Now()
+		n, err := p.store.ClosePaths(ctx, asOf, limit, derive)
+		p.m.StoreLatency.WithLabelValues("close_paths").Observe(time.Since(start).Seconds())
+		if err != nil {
+			p.m.StoreErrors.WithLabelValues("close_paths").Inc()
+			return total, fmt.Errorf("close paths: %w", err)
+		}
+		total += n
+		p.m.PathsClosed.WithLabelValues("end").Add(float64(ended))
+		p.m.PathsClosed.WithLabelValues("idle").Add(float64(idle))
+		for k, c := range kinds {
+			p.m.PathPoints.WithLabelValues(k.String()).Add(float64(c))
+		}
+		if n > 0 {
+			for _, d := range p.drainers {
+				d.notify()
+			}
+		}
+		if n < limit {
+			return total, nil
+		}
+	}
+}
+
+// ClosePathsEvery calls ClosePaths with the current time every interval
+// until ctx ends.
+func (p *Pipeline) ClosePathsEvery(ctx context.Context, every time.Duration) {
+	if p.cfg.Derive == nil {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := p.ClosePaths(ctx, p.cfg.Now(), 0); err != nil && ctx.Err() == nil {
+				p.log.Error("closing conversation paths; will try again", "err", err)
+			}
+		}
+	}
 }
 
 func occKeys(occs []flowmetrics.Occurrence) []string {
@@ -570,10 +668,14 @@ type drainer struct {
 }
 
 type batch struct {
-	points    []flowmetrics.Point
+	points []flowmetrics.Point
+	// paths are the entries' path points, for a flowmetrics.PathSink.
+	paths     []flowmetrics.PathPoint
 	last      uint64 // sequence number of the batch's last outbox entry
-	n         int    // occurrences
+	n         int    // occurrences and path points
 	delivered bool   // the sink accepted (or permanently refused) it
+	// pointsSent: Send accepted the points; only SendPaths is left.
+	pointsSent bool
 	// update is what a StatefulSink's state became by delivering the
 	// batch; it is committed with the cursor.
 	update flowmetrics.StateUpdate
@@ -674,7 +776,7 @@ func (d *drainer) drainOnce(ctx context.Context) (more bool, err error) {
 	// A batch held as delivered was sent, but its cursor could not be
 	// recorded: only the acknowledgement is retried, not the send.
 	if !b.delivered {
-		err = d.sink.Send(ctx, b.points)
+		err = d.send(ctx, b)
 		if p.cfg.OnSend != nil {
 			p.cfg.OnSend(d.name, err)
 		}
@@ -729,7 +831,50 @@ func (d *drainer) next(ctx context.Context) (*batch, error) {
 		return nil, nil
 	}
 	points, n := Aggregate(entries, p.cfg.Bucket)
-	return &batch{points: points, last: entries[len(entries)-1].Seq, n: n}, nil
+	b := &batch{points: points, last: entries[len(entries)-1].Seq, n: n}
+	for _, e := range entries {
+		b.paths = append(b.paths, e.Paths...)
+	}
+	b.n += len(b.paths)
+	if _, ok := PathSinkOf(d.sink); !ok && len(b.paths) > 0 {
+		p.m.PathsUnsupported.WithLabelValues(d.name).Add(float64(len(b.paths)))
+		b.paths = nil
+	}
+	return b, nil
+}
+
+// PathSinkOf returns s as a flowmetrics.PathSink, looking through the
+// wrappers that give a sink another name or watch its sends (those have an
+// Unwrap method): path points go to the sink itself.
+func PathSinkOf(s flowmetrics.Sink) (flowmetrics.PathSink, bool) {
+	for range 8 {
+		if ps, ok := s.(flowmetrics.PathSink); ok {
+			return ps, true
+		}
+		u, ok := s.(interface{ Unwrap() flowmetrics.Sink })
+		if !ok {
+			return nil, false
+		}
+		s = u.Unwrap()
+	}
+	return nil, false
+}
+
+// send delivers a batch: its points with Send (unless it has none, or Send
+// already took them; an idle batch is sent as it is), then its path points
+// with SendPaths.
+func (d *drainer) send(ctx context.Context, b *batch) error {
+	if !b.pointsSent && (len(b.points) > 0 || b.idle) {
+		if err := d.sink.Send(ctx, b.points); err != nil {
+			return err
+		}
+	}
+	b.pointsSent = true
+	if len(b.paths) > 0 {
+		ps, _ := PathSinkOf(d.sink)
+		return ps.SendPaths(ctx, b.paths)
+	}
+	return nil
 }
 
 // shed drops the oldest pending entries of a sink that is over MaxPending,

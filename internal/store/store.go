@@ -19,6 +19,8 @@ type Options struct {
 	Retention time.Duration
 	// Now is the clock; time.Now if nil. Tests pass their own.
 	Now func() time.Time
+	// Paths, when set, turns on conversation paths (Store.ClosePaths).
+	Paths *flowmetrics.PathOptions
 }
 
 // WithDefaults fills in the zero fields.
@@ -216,3 +218,56 @@ func repeated(occs []flowmetrics.Occurrence, key string) bool {
 	}
 	return false
 }
+
+// Path is a conversation's path state, as every store keeps it when paths
+// are on.
+type Path struct {
+	// Changed is when the state last changed (unix ns); it expires with
+	// the retention, like the conversation's keys.
+	Changed int64
+	// Due is when the path closes (unix ns); 0 once closed.
+	Due    int64
+	Ended  bool
+	Closed bool
+}
+
+// Next returns the path state after a claim request at now that found new
+// keys (fresh) and/or carried the customer.end (ended), and whether it
+// changed (and must be written). old is nil for a conversation without
+// path state, or whose state expired. The first end sets the deadline to
+// now+Grace and later ones keep it; new keys of a conversation that has not
+// ended push it to now+Idle; a closed path only has its retention
+// refreshed by new keys.
+func (o Options) Next(old *Path, fresh, ended bool, now time.Time) (Path, bool) {
+	var p Path
+	if old != nil {
+		p = *old
+	}
+	ns := now.UnixNano()
+	switch {
+	case p.Closed:
+		if !fresh {
+			return p, false
+		}
+	case ended && !p.Ended:
+		p.Ended = true
+		p.Due = now.Add(o.Paths.Grace).UnixNano()
+	case fresh && !p.Ended:
+		p.Due = now.Add(o.Paths.Idle).UnixNano()
+	case fresh:
+		// Ended, still open: the deadline stays; only the retention moves.
+	default:
+		return p, false
+	}
+	p.Changed = ns
+	return p, true
+}
+
+// ExpiredPath reports whether path state p (nil: none) is gone at now.
+func (o Options) ExpiredPath(p *Path, now time.Time) bool {
+	return p == nil || o.Expired(time.Unix(0, p.Changed), now)
+}
+
+// ClosePathsLimit is the most conversations one ClosePaths call closes when
+// its limit is not positive.
+const ClosePathsLimit = 256

@@ -64,6 +64,15 @@ type Metrics struct {
 	// cardinality guard.
 	Overflow prometheus.Counter
 
+	// Conversation paths: paths closed (reason end or idle), points
+	// derived (by kind), customer.end events, and new occurrences of
+	// conversations whose path had already closed (counted, not derived).
+	PathsClosed      *prometheus.CounterVec // reason
+	PathPoints       *prometheus.CounterVec // kind
+	PathEnds         prometheus.Counter
+	PathLate         prometheus.Counter
+	PathsUnsupported *prometheus.CounterVec // sink: path points a sink does not deliver (yet)
+
 	malformedMu    sync.Mutex
 	malformedFlows map[string]struct{}
 }
@@ -145,5 +154,12 @@ func New() *Metrics {
 	m.SinkRetries = vec("sink_retries_total", "Requests a sink retried within one send.", "sink")
 	m.PointsAdjusted = vec("points_adjusted_total", "Points a sink clamped or dropped to fit its backend's rules.", "sink", "reason")
 	m.Overflow = cnt("cardinality_overflow_total", "Occurrences folded into the overflow series by the cardinality limit.")
+	m.PathsClosed = vec("paths_closed_total", "Conversation paths closed: reason end (customer.end and the grace period) or idle (idle timeout without customer.end).", "reason")
+	m.PathsClosed.WithLabelValues("end")
+	m.PathsClosed.WithLabelValues("idle")
+	m.PathPoints = vec("path_points_total", "Points derived from closed conversation paths, by kind (exit, step, timing, funnel, experiment).", "kind")
+	m.PathEnds = cnt("path_end_events_total", "customer.end events read.")
+	m.PathLate = cnt("path_late_occurrences_total", "New occurrences of conversations whose path had already closed: counted as occurrences, not in the closed path.")
+	m.PathsUnsupported = vec("path_points_not_delivered_total", "Path points a sink does not deliver (only Prometheus, JSON lines and the dashboard take them so far).", "sink")
 	return m
 }

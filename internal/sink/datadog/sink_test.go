@@ -122,7 +122,7 @@ func TestGoldenPayload(t *testing.T) {
 
 func (h *harness) s() *Sink { return h.sink }
 
-// TestOutageThenRateLimit is issue 3's outage test at the sink level: the
+// TestOutageThenRateLimit is a Datadog outage at the sink level: the
 // intake answers 503 for a while, then 429 with X-RateLimit-Reset, then
 // 202. The pipeline's retry is played by calling Send again with the same
 // points. Nothing may be lost or written twice.

@@ -161,13 +161,69 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 			return fmt.Errorf("jsonl: %w", err)
 		}
 	}
+	return s.write(buf.Bytes())
+}
+
+// PathLine is the line of one point derived from a closed conversation
+// path: Path says its kind (exit, step, timing, funnel, experiment), and
+// only the fields of that kind are set. A consumer that sums Line counts
+// tells the two apart by Path.
+type PathLine struct {
+	Path         string            `json:"path"`
+	Flow         string            `json:"flow,omitempty"`
+	Metric       string            `json:"metric,omitempty"`
+	Timing       string            `json:"timing,omitempty"`
+	Funnel       string            `json:"funnel,omitempty"`
+	Experiment   string            `json:"experiment,omitempty"`
+	Variant      string            `json:"variant,omitempty"`
+	Step         string            `json:"step,omitempty"`
+	Seconds      *float64          `json:"seconds,omitempty"`
+	Timestamp    time.Time         `json:"timestamp"`
+	Conversation string            `json:"conversation"`
+	Tags         map[string]string `json:"tags,omitempty"`
+}
+
+// NewPathLine is the line of p.
+func NewPathLine(p flowmetrics.PathPoint, tags map[string]string) PathLine {
+	l := PathLine{Path: p.Kind.String(), Timestamp: p.Time.UTC(), Conversation: p.Conversation, Tags: tags}
+	switch p.Kind {
+	case flowmetrics.PathExit:
+		l.Flow, l.Metric = p.Flow, p.Metric
+	case flowmetrics.PathStep:
+		l.Flow, l.Metric, l.Seconds = p.Flow, p.Metric, &p.Seconds
+	case flowmetrics.PathTiming:
+		l.Timing, l.Seconds = p.Name, &p.Seconds
+	case flowmetrics.PathFunnel:
+		l.Funnel, l.Step = p.Name, p.Step
+	case flowmetrics.PathExperiment:
+		l.Experiment, l.Variant, l.Step = p.Name, p.Variant, p.Step
+	}
+	return l
+}
+
+// SendPaths implements flowmetrics.PathSink: one line per point, written
+// like Send's.
+func (s *Sink) SendPaths(ctx context.Context, points []flowmetrics.PathPoint) error {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	for _, p := range points {
+		if err := enc.Encode(NewPathLine(p, s.tags)); err != nil {
+			return fmt.Errorf("jsonl: %w", err)
+		}
+	}
+	return s.write(buf.Bytes())
+}
+
+// write appends whole lines: to a file after the last whole batch, synced.
+func (s *Sink) write(b []byte) error {
 	if s.closed {
 		return errors.New("jsonl: closed")
 	}
 	if s.file == nil {
-		return s.writeStream(buf.Bytes())
+		return s.writeStream(b)
 	}
-	if err := s.file.Append(buf.Bytes()); err != nil {
+	if err := s.file.Append(b); err != nil {
 		return fmt.Errorf("jsonl: %w", err)
 	}
 	return nil
@@ -226,4 +282,7 @@ func (s *Sink) Close(ctx context.Context) error {
 	return nil
 }
 
-var _ flowmetrics.StatefulSink = (*Sink)(nil)
+var (
+	_ flowmetrics.StatefulSink = (*Sink)(nil)
+	_ flowmetrics.PathSink     = (*Sink)(nil)
+)

@@ -16,8 +16,9 @@ import (
 	"strings"
 	"time"
 
-	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	metricpb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -65,7 +66,7 @@ func (a answer) String() string {
 }
 
 // post sends one export request and reads the answer.
-func (s *Sink) post(ctx context.Context, req *colmetricpb.ExportMetricsServiceRequest) answer {
+func (s *Sink) post(ctx context.Context, req *metricpb.MetricsData) answer {
 	body, err := proto.Marshal(req)
 	if err != nil {
 		return answer{status: -1, err: fmt.Errorf("encode request: %w", err)}
@@ -115,11 +116,7 @@ func (s *Sink) post(ctx context.Context, req *colmetricpb.ExportMetricsServiceRe
 			a.message = firstLine(string(raw))
 		}
 	} else if a.status/100 == 2 {
-		var pb colmetricpb.ExportMetricsServiceResponse
-		if proto.Unmarshal(raw, &pb) == nil && pb.PartialSuccess != nil {
-			a.rejected = pb.PartialSuccess.GetRejectedDataPoints()
-			a.message = pb.PartialSuccess.GetErrorMessage()
-		}
+		a.rejected, a.message = partialSuccess(raw)
 	} else {
 		var st statuspb.Status
 		if proto.Unmarshal(raw, &st) == nil {
@@ -329,4 +326,57 @@ func envTLS() (*tls.Config, error) {
 		c.Certificates = []tls.Certificate{pair}
 	}
 	return c, nil
+}
+
+// partialSuccess reads an ExportMetricsServiceResponse: its field 1,
+// partial_success, holds rejected_data_points (1, int64) and error_message
+// (2, string). Read with protowire rather than the collector package's
+// type, which would link gRPC. A response that does not parse is a full
+// success, as before.
+func partialSuccess(b []byte) (rejected int64, message string) {
+	walk := func(b []byte, field func(num protowire.Number, typ protowire.Type, b []byte) int) bool {
+		for len(b) > 0 {
+			num, typ, n := protowire.ConsumeTag(b)
+			if n < 0 {
+				return false
+			}
+			b = b[n:]
+			if n = field(num, typ, b); n < 0 {
+				return false
+			}
+			b = b[n:]
+		}
+		return true
+	}
+	var ps []byte
+	ok := walk(b, func(num protowire.Number, typ protowire.Type, b []byte) int {
+		if num == 1 && typ == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(b)
+			ps = v
+			return n
+		}
+		return protowire.ConsumeFieldValue(num, typ, b)
+	})
+	if !ok || ps == nil {
+		return 0, ""
+	}
+	var r int64
+	var m string
+	ok = walk(ps, func(num protowire.Number, typ protowire.Type, b []byte) int {
+		switch {
+		case num == 1 && typ == protowire.VarintType:
+			v, n := protowire.ConsumeVarint(b)
+			r = int64(v)
+			return n
+		case num == 2 && typ == protowire.BytesType:
+			v, n := protowire.ConsumeString(b)
+			m = v
+			return n
+		}
+		return protowire.ConsumeFieldValue(num, typ, b)
+	})
+	if !ok {
+		return 0, ""
+	}
+	return r, m
 }

@@ -19,7 +19,6 @@ import (
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/resource"
-	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	metricpb "go.opentelemetry.io/proto/otlp/metrics/v1"
 	resourcepb "go.opentelemetry.io/proto/otlp/resource/v1"
@@ -472,8 +471,11 @@ func (s *Sink) Close(ctx context.Context) error {
 }
 
 // request builds the export request for ds: one Sum per metric name, one
-// data point per window.
-func (s *Sink) request(ds []due) *colmetricpb.ExportMetricsServiceRequest {
+// data point per window. It is a MetricsData, whose encoding is the
+// ExportMetricsServiceRequest's byte for byte (both are field 1, repeated
+// ResourceMetrics): the collector package's request type would link gRPC
+// and grpc-gateway into the binary for nothing.
+func (s *Sink) request(ds []due) *metricpb.MetricsData {
 	temp := metricpb.AggregationTemporality_AGGREGATION_TEMPORALITY_DELTA
 	if s.cumulative {
 		temp = metricpb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE
@@ -507,7 +509,7 @@ func (s *Sink) request(ds []due) *colmetricpb.ExportMetricsServiceRequest {
 			Data:        &metricpb.Metric_Sum{Sum: sums[n]},
 		})
 	}
-	return &colmetricpb.ExportMetricsServiceRequest{ResourceMetrics: []*metricpb.ResourceMetrics{{
+	return &metricpb.MetricsData{ResourceMetrics: []*metricpb.ResourceMetrics{{
 		Resource: s.resource,
 		ScopeMetrics: []*metricpb.ScopeMetrics{{
 			Scope:   &commonpb.InstrumentationScope{Name: ScopeName},

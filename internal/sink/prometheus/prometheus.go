@@ -1,6 +1,8 @@
 // Package prometheus is the Prometheus sink: it keeps the counter
 // genesys_flow_metric_total{flow,metric} (plus static labels) that /metrics
-// exposes. Prometheus scrapes counters and timestamps them itself, so bucket
+// exposes, and the series of conversation paths: exits, funnels and
+// experiments as counters (with the latest conversation id as an
+// OpenMetrics exemplar), step timings and timings as histograms. Prometheus scrapes counters and timestamps them itself, so bucket
 // times are not passed on: an occurrence adds to the counter when it is
 // delivered. The counters resume across a restart: their totals are the
 // sink's state, committed with its cursor, and with the store in its Deps
@@ -29,6 +31,10 @@ type Config struct {
 	Enabled *bool `yaml:"enabled"`
 	// Name of the counter; default genesys_flow_metric_total.
 	Name string `yaml:"name"`
+	// DurationBuckets are the upper bounds, in seconds, of the step-timing
+	// and timing histograms (default DefaultDurationBuckets: 1 s to 4 h).
+	// Changing them starts the histograms again from zero.
+	DurationBuckets []float64 `yaml:"duration_buckets"`
 }
 
 // DefaultName is the counter's name.
@@ -41,6 +47,14 @@ func (c Config) Validate() error {
 	if c.Name != "" && !validName.MatchString(c.Name) {
 		return fmt.Errorf("sinks.prometheus.name %q: not a valid Prometheus metric name", c.Name)
 	}
+	if err := ValidBuckets(c.DurationBuckets); err != nil {
+		return fmt.Errorf("sinks.prometheus.duration_buckets: %w", err)
+	}
+	for _, n := range []string{ExitName, StepName, TimingName, FunnelName, ExperimentName} {
+		if c.Name == n {
+			return fmt.Errorf("sinks.prometheus.name %q: the name of a path series", c.Name)
+		}
+	}
 	return nil
 }
 
@@ -50,6 +64,7 @@ func (c Config) IsEnabled() bool { return c.Enabled == nil || *c.Enabled }
 // Sink counts delivered occurrences in a CounterVec registered on reg.
 type Sink struct {
 	counter *prometheus.CounterVec
+	paths   *pathMetrics
 
 	totals  map[series]int64
 	dirty   map[series]struct{}
@@ -90,7 +105,16 @@ func New(cfg Config, d sink.Deps) (*Sink, error) {
 	if err := d.Metrics.Registry.Register(c); err != nil {
 		return nil, fmt.Errorf("prometheus sink: %w", err)
 	}
-	return &Sink{counter: c, totals: map[series]int64{}, dirty: map[series]struct{}{}, ahead: map[series]int64{}, outbox: d.Store}, nil
+	bounds := cfg.DurationBuckets
+	if len(bounds) == 0 {
+		bounds = DefaultDurationBuckets
+	}
+	pm := newPathMetrics(bounds, constLabels)
+	if err := d.Metrics.Registry.Register(pm); err != nil {
+		d.Metrics.Registry.Unregister(c)
+		return nil, fmt.Errorf("prometheus sink: %w", err)
+	}
+	return &Sink{counter: c, paths: pm, totals: map[series]int64{}, dirty: map[series]struct{}{}, ahead: map[series]int64{}, outbox: d.Store}, nil
 }
 
 // LabelName sanitises a static tag name to Prometheus label rules.
@@ -160,6 +184,12 @@ func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
 		}
 	}
 	for key, v := range state {
+		if strings.HasPrefix(key, "p/") {
+			if !s.paths.restore(key, v) {
+				s.skipped = append(s.skipped, key)
+			}
+			continue
+		}
 		var cs counterState
 		if err := json.Unmarshal(v, &cs); err != nil || cs.Total < 0 || stateKey(series{cs.Flow, cs.Metric}) != key {
 			s.skipped = append(s.skipped, key)
@@ -195,6 +225,7 @@ func (s *Sink) countPending(ctx context.Context) error {
 				s.ahead[k]++
 				s.counter.WithLabelValues(k.flow, k.metric).Inc()
 			}
+			s.paths.countAhead(e.Paths)
 		}
 		after = entries[len(entries)-1].Seq
 	}
@@ -203,10 +234,11 @@ func (s *Sink) countPending(ctx context.Context) error {
 // TakeState implements flowmetrics.StatefulSink: the totals of the counters
 // that changed since the last call.
 func (s *Sink) TakeState() flowmetrics.StateUpdate {
-	if len(s.dirty) == 0 && len(s.skipped) == 0 {
+	if len(s.dirty) == 0 && len(s.skipped) == 0 && !s.paths.changed() {
 		return nil
 	}
 	u := make(flowmetrics.StateUpdate, len(s.dirty)+len(s.skipped))
+	s.paths.take(u)
 	for _, k := range s.skipped {
 		u[k] = nil
 	}

@@ -1147,4 +1147,14 @@ func (s *Store) Close() error {
 	return s.commit(ctx)
 }
 
+// ClosePaths implements flowmetrics.Store. Conversation paths are not
+// supported on DynamoDB yet: Claim ignores ClaimRequest.Ended, and
+// ClosePaths returns flowmetrics.ErrPathsUnsupported. The close fits the
+// table as it is: a conditional UpdateItem on the conversation's item
+// ("closed" absent and deadline ≤ now) that sets "closed" and records the
+// derived points in the same item's pending outbox, exactly like a claim.
+func (s *Store) ClosePaths(context.Context, time.Time, int, flowmetrics.Deriver) (int, error) {
+	return 0, fmt.Errorf("dynamostore: %w", flowmetrics.ErrPathsUnsupported)
+}
+
 var _ flowmetrics.Settler = (*Store)(nil)

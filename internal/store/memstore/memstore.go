@@ -4,6 +4,7 @@ package memstore
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -25,6 +26,30 @@ type Store struct {
 	cursors map[string]uint64
 	states  map[string]map[string][]byte
 	closed  bool
+
+	// paths holds each conversation's path state (Options.Paths); due
+	// orders the open ones by deadline. A path whose deadline moved leaves
+	// its old heap item behind, recognised as stale by its deadline.
+	paths map[string]*store.Path
+	due   dueHeap
+}
+
+type dueItem struct {
+	due  int64
+	conv string
+}
+
+type dueHeap []dueItem
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].due < h[j].due }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueItem)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 type conversation struct {
@@ -35,7 +60,7 @@ type conversation struct {
 
 // New returns an empty store.
 func New(opts store.Options) *Store {
-	return &Store{opts: opts.WithDefaults(), convs: map[string]*conversation{}, cursors: map[string]uint64{}, states: map[string]map[string][]byte{}}
+	return &Store{opts: opts.WithDefaults(), convs: map[string]*conversation{}, cursors: map[string]uint64{}, states: map[string]map[string][]byte{}, paths: map[string]*store.Path{}}
 }
 
 var errClosed = errors.New("memstore: closed")
@@ -69,15 +94,20 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 			_, ok := c.keys[k]
 			return ok
 		})
-		if len(fresh) == 0 {
-			continue
-		}
 		var size store.Size
 		if c != nil {
 			size = store.Size{Keys: len(c.keys), Bytes: c.bytes}
 		}
-		if err := size.Plus(fresh).Check(r.ConversationID); err != nil {
-			refused.Add(i, flowmetrics.RefusedConversation, err)
+		if len(fresh) > 0 {
+			if err := size.Plus(fresh).Check(r.ConversationID); err != nil {
+				refused.Add(i, flowmetrics.RefusedConversation, err)
+				continue
+			}
+		}
+		if s.opts.Paths != nil {
+			fresh = s.trackPath(r.ConversationID, len(fresh) > 0, r.Ended, now, fresh)
+		}
+		if len(fresh) == 0 {
 			continue
 		}
 		if c == nil {
@@ -98,6 +128,86 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 	return out, refused.Err()
 }
 
+// trackPath updates the conversation's path state for a request; it
+// returns fresh, marked AfterClose when the path had closed. s.mu is held.
+func (s *Store) trackPath(id string, fresh, ended bool, now time.Time, occs []flowmetrics.Occurrence) []flowmetrics.Occurrence {
+	old := s.paths[id]
+	if s.opts.ExpiredPath(old, now) {
+		old = nil
+	}
+	if old != nil && old.Closed {
+		for i := range occs {
+			occs[i].AfterClose = true
+		}
+	}
+	p, changed := s.opts.Next(old, fresh, ended, now)
+	if !changed {
+		return occs
+	}
+	s.paths[id] = &p
+	if !p.Closed && (old == nil || old.Due != p.Due) {
+		heap.Push(&s.due, dueItem{p.Due, id})
+		if len(s.due) > 2*len(s.paths)+1024 {
+			s.compactDue()
+		}
+	}
+	return occs
+}
+
+// compactDue drops the heap's stale items. s.mu is held.
+func (s *Store) compactDue() {
+	live := s.due[:0]
+	for _, it := range s.due {
+		if p := s.paths[it.conv]; p != nil && !p.Closed && p.Due == it.due {
+			live = append(live, it)
+		}
+	}
+	s.due = live
+	heap.Init(&s.due)
+}
+
+// ClosePaths implements flowmetrics.Store.
+func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, derive flowmetrics.Deriver) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if s.opts.Paths == nil {
+		return 0, flowmetrics.ErrPathsUnsupported
+	}
+	if limit <= 0 {
+		limit = store.ClosePathsLimit
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return 0, errClosed
+	}
+	now := s.opts.Now()
+	var points []flowmetrics.PathPoint
+	n := 0
+	for n < limit && len(s.due) > 0 && s.due[0].due <= asOf.UnixNano() {
+		it := heap.Pop(&s.due).(dueItem)
+		p := s.paths[it.conv]
+		if p == nil || p.Closed || p.Due != it.due || s.opts.ExpiredPath(p, now) {
+			continue // stale
+		}
+		cp := flowmetrics.ClosedPath{ConversationID: it.conv, Ended: p.Ended}
+		if c := s.convs[it.conv]; c != nil && !s.opts.Expired(timeOf(c.changed), now) {
+			for k := range c.keys {
+				cp.Keys = append(cp.Keys, k)
+			}
+		}
+		points = append(points, derive(cp)...)
+		p.Closed, p.Due, p.Changed = true, 0, now.UnixNano()
+		n++
+	}
+	if len(points) > 0 {
+		s.last++
+		s.entries = append(s.entries, flowmetrics.Entry{Seq: s.last, Paths: points})
+	}
+	return n, nil
+}
+
 // Sweep removes expired conversations and returns how many.
 func (s *Store) Sweep(ctx context.Context) (int, error) {
 	s.mu.Lock()
@@ -110,6 +220,12 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 			n++
 		}
 	}
+	for id, p := range s.paths {
+		if s.opts.ExpiredPath(p, now) {
+			delete(s.paths, id)
+		}
+	}
+	s.compactDue()
 	return n, nil
 }
 
@@ -228,7 +344,7 @@ func (s *Store) OutboxDepth(ctx context.Context, sink string) (int64, error) {
 	var n int64
 	for _, e := range s.entries {
 		if e.Seq > c {
-			n += int64(len(e.Occurrences))
+			n += int64(len(e.Occurrences) + len(e.Paths))
 		}
 	}
 	return n, nil

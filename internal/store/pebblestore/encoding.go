@@ -3,6 +3,7 @@ package pebblestore
 import (
 	"encoding/binary"
 	"errors"
+	"math"
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
@@ -73,8 +74,11 @@ func decodeLegacy(v []byte) (*conversation, error) {
 	return c, nil
 }
 
-func encodeEntry(occs []flowmetrics.Occurrence) []byte {
-	b := make([]byte, 0, 64*len(occs))
+// encodeEntry writes an outbox entry: its occurrences, then, when it has
+// any, its path points (entries written before paths existed end after the
+// occurrences).
+func encodeEntry(occs []flowmetrics.Occurrence, paths []flowmetrics.PathPoint) []byte {
+	b := make([]byte, 0, 64*len(occs)+96*len(paths))
 	b = binary.AppendUvarint(b, uint64(len(occs)))
 	for _, o := range occs {
 		b = appendString(b, o.Key)
@@ -83,13 +87,77 @@ func encodeEntry(occs []flowmetrics.Occurrence) []byte {
 		b = binary.AppendVarint(b, o.Time.Unix())
 		b = binary.AppendUvarint(b, uint64(o.Time.Nanosecond()))
 	}
+	if len(paths) == 0 {
+		return b
+	}
+	b = binary.AppendUvarint(b, uint64(len(paths)))
+	for _, p := range paths {
+		b = append(b, byte(p.Kind))
+		for _, s := range [...]string{p.Flow, p.Metric, p.Name, p.Variant, p.Step, p.Conversation} {
+			b = appendString(b, s)
+		}
+		b = binary.BigEndian.AppendUint64(b, math.Float64bits(p.Seconds))
+		b = binary.AppendVarint(b, p.Time.Unix())
+		b = binary.AppendUvarint(b, uint64(p.Time.Nanosecond()))
+	}
 	return b
 }
 
-func decodeEntry(v []byte) ([]flowmetrics.Occurrence, error) {
+func decodeEntry(v []byte) ([]flowmetrics.Occurrence, []flowmetrics.PathPoint, error) {
+	occs, v, err := decodeOccurrences(v)
+	if err != nil || len(v) == 0 {
+		return occs, nil, err
+	}
+	paths, err := decodePaths(v)
+	return occs, paths, err
+}
+
+func decodePaths(v []byte) ([]flowmetrics.PathPoint, error) {
 	n, m := binary.Uvarint(v)
 	if m <= 0 || n > uint64(len(v)) {
 		return nil, errCorrupt
+	}
+	v = v[m:]
+	out := make([]flowmetrics.PathPoint, 0, n)
+	for i := uint64(0); i < n; i++ {
+		if len(v) < 1 {
+			return nil, errCorrupt
+		}
+		p := flowmetrics.PathPoint{Kind: flowmetrics.PathKind(v[0])}
+		v = v[1:]
+		var err error
+		for _, s := range [...]*string{&p.Flow, &p.Metric, &p.Name, &p.Variant, &p.Step, &p.Conversation} {
+			if *s, v, err = readString(v); err != nil {
+				return nil, err
+			}
+		}
+		if len(v) < 8 {
+			return nil, errCorrupt
+		}
+		p.Seconds = math.Float64frombits(binary.BigEndian.Uint64(v))
+		v = v[8:]
+		sec, a := binary.Varint(v)
+		if a <= 0 {
+			return nil, errCorrupt
+		}
+		nsec, c := binary.Uvarint(v[a:])
+		if c <= 0 {
+			return nil, errCorrupt
+		}
+		v = v[a+c:]
+		p.Time = time.Unix(sec, int64(nsec)).UTC()
+		out = append(out, p)
+	}
+	if len(v) != 0 {
+		return nil, errCorrupt
+	}
+	return out, nil
+}
+
+func decodeOccurrences(v []byte) ([]flowmetrics.Occurrence, []byte, error) {
+	n, m := binary.Uvarint(v)
+	if m <= 0 || n > uint64(len(v)) {
+		return nil, nil, errCorrupt
 	}
 	v = v[m:]
 	occs := make([]flowmetrics.Occurrence, 0, n)
@@ -97,27 +165,27 @@ func decodeEntry(v []byte) ([]flowmetrics.Occurrence, error) {
 		var o flowmetrics.Occurrence
 		var err error
 		if o.Key, v, err = readString(v); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if o.Flow, v, err = readString(v); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		if o.Metric, v, err = readString(v); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		sec, a := binary.Varint(v)
 		if a <= 0 {
-			return nil, errCorrupt
+			return nil, nil, errCorrupt
 		}
 		nsec, b := binary.Uvarint(v[a:])
 		if b <= 0 {
-			return nil, errCorrupt
+			return nil, nil, errCorrupt
 		}
 		v = v[a+b:]
 		o.Time = time.Unix(sec, int64(nsec)).UTC()
 		occs = append(occs, o)
 	}
-	return occs, nil
+	return occs, v, nil
 }
 
 func appendString(b []byte, s string) []byte {

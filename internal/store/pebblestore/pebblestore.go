@@ -25,6 +25,8 @@
 //
 //	k/<sink name>        -> the sink's cursor (8 bytes BE)
 //	s/<sink name>\x00<key> -> one key of the sink's own state (AckState)
+//	p/<conversation id> -> path state (paths on): last change, deadline, ended, closed
+//	d/<deadline, 8 bytes BE><conversation id> -> empty: the open paths by deadline
 //
 // Failure: Pebble cannot survive some errors (a failed write-ahead-log write,
 // for example on a full disk): it calls its logger's Fatalf or panics, and
@@ -66,6 +68,8 @@ var (
 	outboxPrefix = []byte("o/")
 	cursorPrefix = []byte("k/")
 	statePrefix  = []byte("s/")
+	pathPrefix   = []byte("p/")
+	duePrefix    = []byte("d/")
 )
 
 // Store is a flowmetrics.Store on a Pebble database.
@@ -206,6 +210,12 @@ func (s *Store) load() error {
 	err := s.scan(outboxPrefix, func(k, v []byte) error {
 		seq := binary.BigEndian.Uint64(k[len(outboxPrefix):])
 		n, _ := binary.Uvarint(v)
+		if n == 0 {
+			// An entry of path points (ClosePaths): rare enough to decode.
+			if _, paths, err := decodeEntry(v); err == nil {
+				n = uint64(len(paths))
+			}
+		}
 		pending = append(pending, store.SeqCount{Seq: seq, N: int64(n)})
 		last = seq
 		return nil
@@ -284,8 +294,20 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	// see the first one's keys, which are only in the batch so far.
 	staged := map[string]*staged{}
 	var out []flowmetrics.Occurrence
+	var paths map[string]*stagedPath
+	if s.opts.Paths != nil {
+		paths = map[string]*stagedPath{}
+	}
 	for i, r := range reqs {
-		if len(r.Occurrences) == 0 || refused.Has(i) {
+		if refused.Has(i) {
+			continue
+		}
+		if paths != nil && (len(r.Occurrences) > 0 || r.Ended) {
+			if err := s.stagePath(paths, r, now); err != nil {
+				return nil, err
+			}
+		}
+		if len(r.Occurrences) == 0 {
 			continue
 		}
 		c := staged[r.ConversationID]
@@ -313,6 +335,9 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 			refused.Add(i, flowmetrics.RefusedConversation, err)
 			continue
 		}
+		if paths != nil {
+			fresh = paths[r.ConversationID].claimed(s.opts, fresh, now)
+		}
 		for _, o := range fresh {
 			c.add(o.Key)
 			if err := b.Set(c.keyOf(o.Key), c.epochValue(), nil); err != nil {
@@ -323,7 +348,17 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		c.dirty = true
 		out = append(out, fresh...)
 	}
+	if err := writePaths(b, paths); err != nil {
+		return nil, fmt.Errorf("pebblestore: claim: %w", err)
+	}
 	if len(out) == 0 {
+		if b.Empty() {
+			return nil, refused.Err()
+		}
+		// Only path state changed (an end event).
+		if err := b.Commit(pebble.Sync); err != nil {
+			return nil, fmt.Errorf("pebblestore: claim: %w", err)
+		}
 		return nil, refused.Err()
 	}
 	for id, c := range staged {
@@ -335,7 +370,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		}
 	}
 	seq := s.seq.Begin()
-	if err := b.Set(outboxKey(seq), encodeEntry(out), nil); err != nil {
+	if err := b.Set(outboxKey(seq), encodeEntry(out, nil), nil); err != nil {
 		s.seq.End(seq, 0, false)
 		return nil, fmt.Errorf("pebblestore: %w", err)
 	}
@@ -501,6 +536,11 @@ func (s *Store) Sweep(ctx context.Context) (removed int, err error) {
 			return removed, err
 		}
 	}
+	if s.opts.Paths != nil {
+		if _, err := s.sweepPaths(ctx, now); err != nil {
+			return removed, err
+		}
+	}
 	return removed, nil
 }
 
@@ -599,11 +639,11 @@ func (s *Store) ReadOutbox(ctx context.Context, after uint64, limit int) (_ []fl
 	var out []flowmetrics.Entry
 	for it.First(); it.Valid() && len(out) < limit; it.Next() {
 		seq := binary.BigEndian.Uint64(it.Key()[len(outboxPrefix):])
-		occs, err := decodeEntry(it.Value())
+		occs, paths, err := decodeEntry(it.Value())
 		if err != nil {
 			return out, fmt.Errorf("pebblestore: outbox entry %d: %w", seq, err)
 		}
-		out = append(out, flowmetrics.Entry{Seq: seq, Occurrences: occs})
+		out = append(out, flowmetrics.Entry{Seq: seq, Occurrences: occs, Paths: paths})
 	}
 	return out, it.Error()
 }

@@ -27,6 +27,10 @@ type Harness struct {
 	// reason: the backend under test cannot run them (dynalite has no
 	// TransactWriteItems) and another run of the suite covers them.
 	SkipSinkState string
+	// SkipPaths, when not empty, says why the store does not close
+	// conversation paths: the suite then checks that ClosePaths says
+	// flowmetrics.ErrPathsUnsupported.
+	SkipPaths string
 }
 
 // Clock is a settable clock for retention tests.
@@ -91,6 +95,7 @@ func Run(t *testing.T, h Harness) {
 		t.Run("Durable", func(t *testing.T) { testDurable(t, h) })
 		t.Run("SinkStateDurable", func(t *testing.T) { skipState(t, h); testSinkStateDurable(t, h) })
 	}
+	runPaths(t, h)
 }
 
 func skipState(t *testing.T, h Harness) {

@@ -1,0 +1,202 @@
+package paths
+
+import (
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
+)
+
+// Guard folds flow/metric pairs beyond the cardinality limit into the
+// overflow series (pipeline.Guard).
+type Guard interface {
+	Map(flow, metric string) (string, string)
+}
+
+// Deriver computes the points of closed paths for one configuration.
+type Deriver struct {
+	timings     []timing
+	funnels     []funnel
+	experiments []experiment
+	guard       Guard
+}
+
+type stepRef struct{ flow, metric, label string }
+
+type timing struct {
+	name     string
+	from, to stepRef
+}
+
+type funnel struct {
+	name  string
+	steps []stepRef
+}
+
+type experiment struct {
+	name     string
+	variants []funnel
+}
+
+// New returns the Deriver of a validated configuration. guard may be nil.
+func New(c Config, guard Guard) *Deriver {
+	ref := func(s Step) stepRef {
+		f, m, _ := s.Split()
+		return stepRef{f, m, string(s)}
+	}
+	refs := func(ss []Step) []stepRef {
+		out := make([]stepRef, len(ss))
+		for i, s := range ss {
+			out[i] = ref(s)
+		}
+		return out
+	}
+	d := &Deriver{guard: guard}
+	for _, t := range c.Timings {
+		d.timings = append(d.timings, timing{t.Name, ref(t.From), ref(t.To)})
+	}
+	for _, f := range c.Funnels {
+		d.funnels = append(d.funnels, funnel{f.Name, refs(f.Steps)})
+	}
+	for _, e := range c.Experiments {
+		x := experiment{name: e.Name}
+		for _, v := range e.Variants {
+			x.variants = append(x.variants, funnel{v.Name, refs(v.Steps)})
+		}
+		d.experiments = append(d.experiments, x)
+	}
+	return d
+}
+
+type step struct {
+	flow, metric string
+	at           time.Time
+	key          string
+}
+
+// Derive implements flowmetrics.Deriver. The path is the conversation's
+// keys ordered by attribute time (then by key, so equal times order the
+// same way every time). It takes O(k log k) time for k keys plus
+// O(k) per configured timing, funnel step and variant step.
+//
+//   - exits: per flow, its last metric, stamped at that metric's time;
+//   - step timings: per flow, each metric's first occurrence after the
+//     flow's first metric, in seconds since it, stamped at the metric's
+//     time (the flow's first metric has no timing of its own);
+//   - timings: the first "from", then the first "to" after it in the
+//     path, stamped at the "to";
+//   - funnels and experiment variants: each step reached after the
+//     previous one in the path, stamped at the step's time; a variant
+//     counts from its first step.
+func (d *Deriver) Derive(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
+	path := make([]step, 0, len(cp.Keys))
+	for _, k := range cp.Keys {
+		a, ok, _ := genesys.ParseAttribute(k)
+		if ok {
+			path = append(path, step{a.Flow, a.Metric, a.Time, k})
+		}
+	}
+	if len(path) == 0 {
+		return nil
+	}
+	slices.SortFunc(path, func(x, y step) int {
+		if c := x.at.Compare(y.at); c != 0 {
+			return c
+		}
+		return strings.Compare(x.key, y.key)
+	})
+	var out []flowmetrics.PathPoint
+	point := func(p flowmetrics.PathPoint) {
+		p.Conversation = cp.ConversationID
+		out = append(out, p)
+	}
+	mapped := func(flow, metric string) (string, string) {
+		if d.guard == nil {
+			return flow, metric
+		}
+		return d.guard.Map(flow, metric)
+	}
+
+	// Exits and step timings, per flow in order of first appearance.
+	type flowState struct {
+		first time.Time
+		last  step
+		seen  map[string]bool
+	}
+	flows := map[string]*flowState{}
+	var order []string
+	for _, s := range path {
+		f := flows[s.flow]
+		if f == nil {
+			f = &flowState{first: s.at, seen: map[string]bool{s.metric: true}}
+			flows[s.flow] = f
+			order = append(order, s.flow)
+			f.last = s
+			continue
+		}
+		f.last = s
+		if f.seen[s.metric] {
+			continue
+		}
+		f.seen[s.metric] = true
+		fl, m := mapped(s.flow, s.metric)
+		point(flowmetrics.PathPoint{Kind: flowmetrics.PathStep, Flow: fl, Metric: m, Seconds: s.at.Sub(f.first).Seconds(), Time: s.at})
+	}
+	for _, name := range order {
+		l := flows[name].last
+		fl, m := mapped(l.flow, l.metric)
+		point(flowmetrics.PathPoint{Kind: flowmetrics.PathExit, Flow: fl, Metric: m, Time: l.at})
+	}
+
+	for _, t := range d.timings {
+		i := find(path, 0, t.from)
+		if i < 0 {
+			continue
+		}
+		j := find(path, i+1, t.to)
+		if j < 0 {
+			continue
+		}
+		point(flowmetrics.PathPoint{Kind: flowmetrics.PathTiming, Name: t.name, Seconds: path[j].at.Sub(path[i].at).Seconds(), Time: path[j].at})
+	}
+	for _, f := range d.funnels {
+		walk(path, f.steps, func(label string, at time.Time) {
+			point(flowmetrics.PathPoint{Kind: flowmetrics.PathFunnel, Name: f.name, Step: label, Time: at})
+		})
+	}
+	for _, e := range d.experiments {
+		for _, v := range e.variants {
+			walk(path, v.steps, func(label string, at time.Time) {
+				point(flowmetrics.PathPoint{Kind: flowmetrics.PathExperiment, Name: e.name, Variant: v.name, Step: label, Time: at})
+			})
+		}
+	}
+	return out
+}
+
+// find returns the index of the first step from index from on matching
+// ref, or -1.
+func find(path []step, from int, ref stepRef) int {
+	for i := from; i < len(path); i++ {
+		if path[i].flow == ref.flow && path[i].metric == ref.metric {
+			return i
+		}
+	}
+	return -1
+}
+
+// walk calls reached for each step of steps the path reaches in order, and
+// stops at the first it does not.
+func walk(path []step, steps []stepRef, reached func(label string, at time.Time)) {
+	i := 0
+	for _, s := range steps {
+		j := find(path, i, s)
+		if j < 0 {
+			return
+		}
+		reached(s.label, path[j].at)
+		i = j + 1
+	}
+}

@@ -1,0 +1,134 @@
+package paths
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flowmetrics/flowmetrics"
+)
+
+var base = time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
+
+// key writes the attribute name of flow/metric at base+sec seconds.
+func key(flow, metric string, sec float64) string {
+	at := base.Add(time.Duration(sec * float64(time.Second)))
+	return fmt.Sprintf("%sMetric_%s(%s)", flow, metric, at.Format(time.RFC3339Nano))
+}
+
+// show renders points in a stable, readable form.
+func show(ps []flowmetrics.PathPoint) string {
+	var out []string
+	for _, p := range ps {
+		s := p.Kind.String() + " "
+		switch p.Kind {
+		case flowmetrics.PathExit:
+			s += p.Flow + "/" + p.Metric
+		case flowmetrics.PathStep:
+			s += fmt.Sprintf("%s/%s %gs", p.Flow, p.Metric, p.Seconds)
+		case flowmetrics.PathTiming:
+			s += fmt.Sprintf("%s %gs", p.Name, p.Seconds)
+		case flowmetrics.PathFunnel:
+			s += p.Name + " " + p.Step
+		case flowmetrics.PathExperiment:
+			s += p.Name + " " + p.Variant + " " + p.Step
+		}
+		s += fmt.Sprintf(" @%g", p.Time.Sub(base).Seconds())
+		if p.Conversation != "c" {
+			s += " conv=" + p.Conversation
+		}
+		out = append(out, s)
+	}
+	sort.Strings(out)
+	return strings.Join(out, "\n")
+}
+
+type upper struct{}
+
+func (upper) Map(f, m string) (string, string) {
+	if f == "Big" {
+		return "overflow", "overflow"
+	}
+	return f, m
+}
+
+func TestDerive(t *testing.T) {
+	cfg := Config{
+		Timings: []Timing{{Name: "ivr_to_agent", From: "IVR/Start", To: "Agent/Connected"}, {Name: "never", From: "IVR/Menu", To: "IVR/Start"}},
+		Funnels: []Funnel{{Name: "main", Steps: []Step{"IVR/Start", "IVR/Menu", "Agent/Connected"}}},
+		Experiments: []Experiment{{Name: "offer", Variants: []Variant{
+			{Name: "A", Steps: []Step{"IVR/OfferA", "IVR/Yes"}},
+			{Name: "B", Steps: []Step{"IVR/OfferB", "IVR/Yes"}},
+		}}},
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	d := New(cfg, upper{})
+	tests := []struct {
+		name string
+		keys []string
+		want []string
+	}{
+		{"no keys", nil, nil},
+		{"not metric keys are ignored", []string{"AccountID", "XMetric_(bad)"}, nil},
+		{"one metric: an exit, no timing",
+			[]string{key("IVR", "Start", 0)},
+			[]string{"exit IVR/Start @0", "funnel main IVR/Start @0"}},
+		{"order is attribute time, not key order; repeats time from the first",
+			[]string{key("IVR", "Menu", 30), key("IVR", "Start", 0), key("IVR", "Menu", 50), key("Agent", "Connected", 90.5)},
+			[]string{
+				"exit Agent/Connected @90.5", "exit IVR/Menu @50",
+				"funnel main Agent/Connected @90.5", "funnel main IVR/Menu @30", "funnel main IVR/Start @0",
+				"step IVR/Menu 30s @30",
+				"timing ivr_to_agent 90.5s @90.5",
+			}},
+		{"a funnel step before the previous one does not count",
+			[]string{key("IVR", "Menu", 0), key("IVR", "Start", 10)},
+			[]string{"exit IVR/Start @10", "funnel main IVR/Start @10", "step IVR/Start 10s @10", "timing never 10s @10"}},
+		{"variants",
+			[]string{key("IVR", "OfferB", 0), key("IVR", "Yes", 5), key("IVR", "OfferA", 7)},
+			[]string{"exit IVR/OfferA @7", "experiment offer A IVR/OfferA @7", "experiment offer B IVR/OfferB @0", "experiment offer B IVR/Yes @5",
+				"step IVR/OfferA 7s @7", "step IVR/Yes 5s @5"}},
+		{"folded pairs go to the overflow series",
+			[]string{key("Big", "A", 0), key("Big", "B", 2)},
+			[]string{"exit overflow/overflow @2", "step overflow/overflow 2s @2"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := show(d.Derive(flowmetrics.ClosedPath{ConversationID: "c", Keys: tt.keys}))
+			if want := strings.Join(tt.want, "\n"); got != want {
+				t.Errorf("got\n%s\nwant\n%s", got, want)
+			}
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want string // "" valid, else a substring of the error
+	}{
+		{"defaults", Config{}, ""},
+		{"idle not above grace", Config{Grace: time.Hour, IdleTimeout: time.Hour}, "paths.idle_timeout (1h0m0s) must be longer than grace"},
+		{"step without slash", Config{Funnels: []Funnel{{Name: "f", Steps: []Step{"IVRStart"}}}}, `paths.funnels[0].steps[0]: step "IVRStart"`},
+		{"duplicate names", Config{Funnels: []Funnel{{Name: "f", Steps: []Step{"A/B"}}, {Name: "f", Steps: []Step{"A/B"}}}}, `paths.funnels[1].name "f": used twice`},
+		{"one variant", Config{Experiments: []Experiment{{Name: "x", Variants: []Variant{{Name: "A", Steps: []Step{"A/B"}}}}}}, "paths.experiments[0].variants: 1, want 2 to 10"},
+		{"bad timing", Config{Timings: []Timing{{Name: "t", From: "A/B", To: "/B"}}}, "paths.timings[0].to"},
+		{"region with scheme", Config{GenesysRegion: "https://apps.mypurecloud.com"}, "paths.genesys_region"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.Validate()
+			switch {
+			case tt.want == "" && err != nil:
+				t.Errorf("got %v, want valid", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("got %v, want an error with %q", err, tt.want)
+			}
+		})
+	}
+}
