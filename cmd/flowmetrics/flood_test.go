@@ -104,6 +104,7 @@ func TestConcurrentBodiesBounded(t *testing.T) {
 	var (
 		mu                  sync.Mutex
 		occurrences, busy   int
+		resets              int
 		noRetryAfter, other []string
 	)
 	start := time.Now()
@@ -115,10 +116,16 @@ func TestConcurrentBodiesBounded(t *testing.T) {
 			for time.Now().Before(deadline) {
 				resp, err := client.Post("http://"+addr+"/v1/events", "application/x-ndjson", bytes.NewReader(bodies[c]))
 				if err != nil {
+					// serve refuses a body that does not fit before reading
+					// it, and closes the connection after its 503: a client
+					// still writing may see a broken pipe instead of the
+					// answer. Nothing was acknowledged, so it resends, as
+					// EventBridge does after a connection error.
 					mu.Lock()
-					other = append(other, err.Error())
+					resets++
 					mu.Unlock()
-					return
+					time.Sleep(100 * time.Millisecond)
+					continue
 				}
 				raw, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
@@ -154,12 +161,12 @@ func TestConcurrentBodiesBounded(t *testing.T) {
 	if len(noRetryAfter) > 0 {
 		t.Errorf("%d 503s without a Retry-After in seconds: %q", len(noRetryAfter), noRetryAfter[:min(len(noRetryAfter), 3)])
 	}
-	if busy == 0 {
+	if busy+resets == 0 {
 		t.Errorf("no 503: %d bodies of %.1f MiB at once were all admitted, past the 40 MiB bound", clients, float64(size)/(1<<20))
 	}
 	if occurrences != want {
 		t.Errorf("got %d occurrences, want %d: every body counted exactly once", occurrences, want)
 	}
-	t.Logf("%d clients × %.1f MiB at once (%d occurrences): %d refused with 503 and resent, all counted in %v; serve's peak RSS %s (idle %s)",
-		clients, float64(size)/(1<<20), want, busy, took.Round(100*time.Millisecond), peakRSS(pid), idle)
+	t.Logf("%d clients × %.1f MiB at once (%d occurrences): %d refused with 503 and %d connections closed mid-body, resent, all counted in %v; serve's peak RSS %s (idle %s)",
+		clients, float64(size)/(1<<20), want, busy, resets, took.Round(100*time.Millisecond), peakRSS(pid), idle)
 }

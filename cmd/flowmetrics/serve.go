@@ -165,6 +165,7 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 		}
 		sinks = append(sinks, rec)
 		pcfg.OnMalformed = rec.Malformed
+		rec.SetGenesysRegion(cfg.Paths.GenesysRegion)
 		dash = dashboard.New(rec, m)
 	}
 	p := pipeline.New(st, sinks, pcfg, m, log)

@@ -118,6 +118,7 @@ func New(rec *Recorder, m *telemetry.Metrics) *Handler {
 	h.mux.HandleFunc("GET "+MalformedPath, h.malformed)
 	h.mux.HandleFunc("GET "+HealthPath, h.health)
 	h.mux.HandleFunc("GET "+StreamPath, h.stream)
+	h.mux.HandleFunc("GET "+PathsPath, h.pathsJSON)
 	return h
 }
 

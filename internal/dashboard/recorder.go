@@ -71,6 +71,8 @@ var overflow = pair{"overflow", "overflow"}
 type Recorder struct {
 	now       func() time.Time
 	maxSeries int
+	started   time.Time
+	paths     pathStats // conversation paths (paths.go), under their own lock
 
 	// Locks are taken in the order mu, malMu, chMu.
 	mu     sync.Mutex
@@ -133,6 +135,8 @@ func NewRecorder(now func() time.Time) *Recorder {
 	}
 	r := &Recorder{
 		now:       now,
+		started:   now().UTC(),
+		paths:     pathStats{series: map[pathKey]*pathSeries{}},
 		maxSeries: MaxSeries,
 		series:    map[pair]*series{},
 		byID:      map[string]*series{},

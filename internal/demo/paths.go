@@ -1,12 +1,24 @@
 package demo
 
-import "github.com/flowmetrics/flowmetrics/internal/paths"
+import (
+	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/paths"
+)
 
 // PathsConfig returns c with the demo's timings, funnels and experiment
 // added when c has none of its own: serve --demo shows them on its first
 // run. The payment funnel loses callers at each step; the call-back offer
 // is the A/B test (B converts better: 45 % against 30 %).
 func PathsConfig(c paths.Config) paths.Config {
+	// The demo's events arrive on time: its paths close within seconds of
+	// their end, and those without one within minutes.
+	if c.Grace == 0 {
+		c.Grace = 5 * time.Second
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 2 * time.Minute
+	}
 	if len(c.Timings)+len(c.Funnels)+len(c.Experiments) > 0 {
 		return c
 	}

@@ -20,8 +20,9 @@ import attention from "./views/attention.js";
 import flows from "./views/flows.js";
 import table from "./views/table.js";
 import malformed from "./views/malformed.js";
+import paths from "./views/paths.js";
 
-const views = [attention, flows, table, malformed];
+const views = [attention, flows, table, paths, malformed];
 
 const state = {
   range: "1h", mode: "lines", filter: "", data: null, lastOK: 0,
