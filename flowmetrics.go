@@ -252,6 +252,16 @@ type Settler interface {
 	Settle(ctx context.Context) error
 }
 
+// PathCloser is a Store that can also close the paths of named
+// conversations, those due at asOf, as ClosePaths would (one outbox entry
+// for all); it returns how many this call closed (the others are not due,
+// unknown, or closed already). The Lambda handler of the delayed messages
+// each customer.end sends calls it, so the grace ends without waiting for
+// a sweep.
+type PathCloser interface {
+	ClosePathsOf(ctx context.Context, conversationIDs []string, asOf time.Time, derive Deriver) (int, error)
+}
+
 // Failer is a Store that can fail in a way it cannot survive (Pebble after
 // an unrecoverable error): Done is closed then, and Err says why. Only main
 // acts on it, by exiting, so that a supervisor restarts the process on an

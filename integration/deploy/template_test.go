@@ -12,6 +12,7 @@ import (
 
 	"github.com/awslabs/goformation/v7"
 	"github.com/awslabs/goformation/v7/cloudformation"
+	"github.com/awslabs/goformation/v7/cloudformation/iam"
 	"github.com/awslabs/goformation/v7/intrinsics"
 	"gopkg.in/yaml.v3"
 
@@ -173,21 +174,57 @@ func contains(list []string, s string) bool {
 func TestLeastPrivilege(t *testing.T) {
 	tmpl, _ := parse(t)
 	roles := tmpl.GetAllIAMRoleResources()
-	if len(roles) != 1 {
-		t.Fatalf("got %d IAM roles, want 1", len(roles))
+	if len(roles) != 2 {
+		t.Fatalf("got %d IAM roles, want 2 (the function's, the sweep schedule's)", len(roles))
 	}
-	allowed := map[string][]string{
-		"getatt:StateTable.Arn":       {"dynamodb:GetItem", "dynamodb:UpdateItem"},
-		"getatt:EventQueue.Arn":       {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"},
-		"getatt:FunctionLogGroup.Arn": {"logs:CreateLogStream", "logs:PutLogEvents"},
-		"ref:DatadogApiKeySecretArn":  {"secretsmanager:GetSecretValue"},
+	// Per role: each resource it may touch and the actions allowed there.
+	allowedBy := map[string]map[string][]string{
+		"FunctionRole": {
+			"getatt:StateTable.Arn":         {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+			"${StateTable.Arn}/index/paths": {"dynamodb:Query"},
+			"getatt:EventQueue.Arn":         {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"},
+			"getatt:CloseQueue.Arn":         {"sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"},
+			"getatt:FunctionLogGroup.Arn":   {"logs:CreateLogStream", "logs:PutLogEvents"},
+			"ref:DatadogApiKeySecretArn":    {"secretsmanager:GetSecretValue"},
+		},
+		"SchedulerRole": {
+			"getatt:EventQueue.Arn": {"sqs:SendMessage"},
+		},
+	}
+	for name, role := range roles {
+		allowed, ok := allowedBy[name]
+		if !ok {
+			t.Errorf("unexpected role %s", name)
+			continue
+		}
+		checkRole(t, name, role.ManagedPolicyArns, role.Policies, allowed)
+	}
+	if sched := jsonOf(t, at(raw(t), "Resources", "SchedulerRole", "Properties", "AssumeRolePolicyDocument")); !strings.Contains(sched, "scheduler.amazonaws.com") || !strings.Contains(sched, "aws:SourceAccount") {
+		t.Errorf("scheduler role trust: got %s, want scheduler.amazonaws.com from this account only", sched)
+	}
+	fn, err := tmpl.GetServerlessFunctionWithName("Function")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fn.Role == nil || *fn.Role != "getatt:FunctionRole.Arn" {
+		t.Errorf("function role: got %v, want the template's role (SAM's generated one would add managed policies)", fn.Role)
+	}
+	if fn.Policies != nil || len(fn.Events) != 0 {
+		t.Errorf("function has SAM policies or events (%v, %v): they attach broad managed policies", fn.Policies, fn.Events)
+	}
+}
+
+// checkRole checks that a role has no managed policy, and that its
+// statements allow only the listed actions on the listed resources, and
+// each of them.
+func checkRole(t *testing.T, name string, managed []string, policies []iam.Role_Policy, allowed map[string][]string) {
+	t.Helper()
+	if len(managed) > 0 {
+		t.Errorf("%s has managed policies %v, want none", name, managed)
 	}
 	seen := map[string]bool{}
-	for _, role := range roles {
-		if len(role.ManagedPolicyArns) > 0 {
-			t.Errorf("role has managed policies %v, want none", role.ManagedPolicyArns)
-		}
-		for _, p := range role.Policies {
+	{
+		for _, p := range policies {
 			doc, _ := p.PolicyDocument.(map[string]interface{})
 			stmts, _ := doc["Statement"].([]interface{})
 			for _, s := range stmts {
@@ -198,7 +235,7 @@ func TestLeastPrivilege(t *testing.T) {
 				for _, res := range strs(st["Resource"]) {
 					acts, ok := allowed[res]
 					if !ok {
-						t.Errorf("statement %v: resource %q is not the table, the queue, the log group or the secret", st["Sid"], res)
+						t.Errorf("%s: statement %v: resource %q is not one it needs", name, st["Sid"], res)
 						continue
 					}
 					seen[res] = true
@@ -213,18 +250,8 @@ func TestLeastPrivilege(t *testing.T) {
 	}
 	for res := range allowed {
 		if !seen[res] {
-			t.Errorf("no statement grants access to %s, which the function needs", res)
+			t.Errorf("%s: no statement grants access to %s, which it needs", name, res)
 		}
-	}
-	fn, err := tmpl.GetServerlessFunctionWithName("Function")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fn.Role == nil || *fn.Role != "getatt:FunctionRole.Arn" {
-		t.Errorf("function role: got %v, want the template's role (SAM's generated one would add managed policies)", fn.Role)
-	}
-	if fn.Policies != nil || len(fn.Events) != 0 {
-		t.Errorf("function has SAM policies or events (%v, %v): they attach broad managed policies", fn.Policies, fn.Events)
 	}
 }
 
@@ -280,8 +307,33 @@ func TestShape(t *testing.T) {
 		t.Errorf("rule bus: got %v, want the partner bus parameter", rule.EventBusName)
 	}
 	pattern, _ := rule.EventPattern.(map[string]interface{})
-	if got := strs(pattern["detail-type"]); fmt.Sprint(got) != "[v2.detail.events.conversation.{id}.attributes]" {
-		t.Errorf("rule detail-type: got %v", got)
+	if got := strs(pattern["detail-type"]); fmt.Sprint(got) != "[v2.detail.events.conversation.{id}.attributes v2.detail.events.conversation.{id}.customer.end]" {
+		t.Errorf("rule detail-type: got %v, want the attributes and the customer.end topics", got)
+	}
+	// The path index, as the store queries it.
+	gsi := jsonOf(t, at(raw(t), "Resources", "StateTable", "Properties", "GlobalSecondaryIndexes"))
+	for _, want := range []string{`"IndexName":"paths"`, `{"AttributeName":"ps","KeyType":"HASH"}`, `{"AttributeName":"pb","KeyType":"RANGE"}`, `"ProjectionType":"KEYS_ONLY"`} {
+		if !strings.Contains(gsi, want) {
+			t.Errorf("table index: got %s, want %s", gsi, want)
+		}
+	}
+	// Paths: the sweep every minute through the event queue; the close
+	// queue with its event source, unless a single writer forbids a second
+	// consumer.
+	r := raw(t)
+	if got := jsonOf(t, at(r, "Resources", "SweepSchedule", "Properties", "Target")); !strings.Contains(got, `"Arn":{"Fn::GetAtt":["EventQueue","Arn"]}`) || !strings.Contains(got, `\"flowmetrics\":\"sweep\"`) {
+		t.Errorf("sweep target: got %s, want a sweep message to the event queue", got)
+	}
+	for _, res := range []string{"CloseQueue", "CloseEventSource"} {
+		if got := jsonOf(t, at(r, "Resources", res, "Condition")); got != `"CloseQueueOn"` {
+			t.Errorf("%s condition: got %s, want CloseQueueOn", res, got)
+		}
+	}
+	if got := jsonOf(t, at(r, "Conditions", "CloseQueueOn")); !strings.Contains(got, `{"Fn::Not":[{"Condition":"SingleWriter"}]}`) {
+		t.Errorf("CloseQueueOn: got %s, want it off with a single writer", got)
+	}
+	if env := fn.Environment.Variables; env["FLOWMETRICS_GRACE"] != "ref:Grace" || env["FLOWMETRICS_IDLE_TIMEOUT"] != "ref:IdleTimeout" || env["FLOWMETRICS_CLOSE_QUEUE_URL"] != "ref:CloseQueue" {
+		t.Errorf("function environment for paths: got %v", env)
 	}
 	if len(rule.Targets) != 1 || rule.Targets[0].Arn != "getatt:EventQueue.Arn" || rule.Targets[0].DeadLetterConfig == nil ||
 		rule.Targets[0].DeadLetterConfig.Arn == nil || *rule.Targets[0].DeadLetterConfig.Arn != "getatt:RuleDeadLetterQueue.Arn" {

@@ -8,12 +8,16 @@ import (
 	"strings"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/paths"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
 	"github.com/flowmetrics/flowmetrics/internal/sink/dogstatsd"
 	"github.com/flowmetrics/flowmetrics/internal/sink/emf"
+	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore"
 )
 
@@ -85,6 +89,20 @@ type Config struct {
 	// FunctionName: AWS_LAMBDA_FUNCTION_NAME, the dimension of the
 	// function's own metrics.
 	FunctionName string
+	// Paths: FLOWMETRICS_PATHS (default true), FLOWMETRICS_GRACE (default
+	// 2m), FLOWMETRICS_IDLE_TIMEOUT (default 4h), and FLOWMETRICS_PATHS_CONFIG,
+	// the timings, funnels and experiments as the YAML (or JSON) of the
+	// paths section of serve's config.
+	Paths paths.Config
+	// CloseQueueURL: FLOWMETRICS_CLOSE_QUEUE_URL, the SQS queue each
+	// customer.end sends a message to, delayed by the grace, whose delivery
+	// closes the path. Empty: the scheduled sweep closes ended paths too.
+	CloseQueueURL string
+	// SQSEndpoint: FLOWMETRICS_SQS_ENDPOINT, an SQS endpoint other than
+	// AWS's (local tests).
+	SQSEndpoint string
+	// SQS sends the close messages; New builds it when nil.
+	SQS SQSAPI
 	// MetricsOut receives the function's own metrics (RecordsFailed,
 	// RecordsDeferred) in CloudWatch embedded metric format: stdout in
 	// Lambda (Run sets it); nil reports nothing.
@@ -120,6 +138,24 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	dur("FLOWMETRICS_CACHE_TTL", &c.Pipeline.CacheTTL)
 	dur("FLOWMETRICS_FLUSH_RESERVE", &c.FlushReserve)
 	dur("FLOWMETRICS_FUNCTION_TIMEOUT", &c.FunctionTimeout)
+	if v := getenv("FLOWMETRICS_PATHS_CONFIG"); v != "" {
+		dec := yaml.NewDecoder(strings.NewReader(v))
+		dec.KnownFields(true)
+		if err := dec.Decode(&c.Paths); err != nil {
+			errs = append(errs, fmt.Errorf("FLOWMETRICS_PATHS_CONFIG: %w", err))
+		}
+	}
+	if v := getenv("FLOWMETRICS_PATHS"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("FLOWMETRICS_PATHS=%q: %w", v, err))
+		}
+		c.Paths.Enabled = &b
+	}
+	dur("FLOWMETRICS_GRACE", &c.Paths.Grace)
+	dur("FLOWMETRICS_IDLE_TIMEOUT", &c.Paths.IdleTimeout)
+	c.CloseQueueURL = getenv("FLOWMETRICS_CLOSE_QUEUE_URL")
+	c.SQSEndpoint = getenv("FLOWMETRICS_SQS_ENDPOINT")
 	c.FunctionName = getenv("AWS_LAMBDA_FUNCTION_NAME")
 	if v := getenv("FLOWMETRICS_FLUSH_ATTEMPTS"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -234,10 +270,34 @@ func (c Config) Validate() error {
 	if c.FlushReserve < 0 || c.FunctionTimeout < 0 {
 		return errors.New("FLOWMETRICS_FLUSH_RESERVE, FLOWMETRICS_FUNCTION_TIMEOUT: must not be negative")
 	}
-	return config.Rules(config.Settings{
+	if err := config.Rules(config.Settings{
 		Retention: c.Retention, CacheTTL: c.Pipeline.CacheTTL, CacheConversations: c.Pipeline.CacheConversations,
 		Lease: c.Store.Lease, Margin: c.Store.Margin, FunctionTimeout: c.FunctionTimeout, FlushReserve: c.FlushReserve,
-	}, envNames)
+	}, envNames); err != nil {
+		return err
+	}
+	return c.validatePaths()
+}
+
+func (c Config) validatePaths() error {
+	if !c.Paths.IsEnabled() {
+		return nil
+	}
+	if err := c.Paths.Validate(); err != nil {
+		return fmt.Errorf("paths (FLOWMETRICS_PATHS_CONFIG, FLOWMETRICS_GRACE, FLOWMETRICS_IDLE_TIMEOUT): %w", err)
+	}
+	d := c.Paths.WithDefaults()
+	retention := c.Retention
+	if retention == 0 {
+		retention = store.DefaultRetention
+	}
+	if d.IdleTimeout >= retention {
+		return fmt.Errorf("FLOWMETRICS_IDLE_TIMEOUT (%v) must be shorter than FLOWMETRICS_RETENTION (%v): a path must close before its conversation is forgotten", d.IdleTimeout, retention)
+	}
+	if c.CloseQueueURL != "" && closeDelay(d.Grace) > maxSQSDelay {
+		return fmt.Errorf("FLOWMETRICS_GRACE (%v): at most %v with FLOWMETRICS_CLOSE_QUEUE_URL (SQS delays a message by at most 15 minutes)", d.Grace, time.Duration(maxSQSDelay-1)*time.Second)
+	}
+	return nil
 }
 
 // envNames are the settings' names in the function's environment.

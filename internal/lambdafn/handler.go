@@ -18,11 +18,13 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/paths"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
@@ -43,6 +45,11 @@ type Handler struct {
 	log     *slog.Logger
 	reserve time.Duration
 	report  *reporter
+	// paths: conversation paths are on (the store was opened with them).
+	paths bool
+	// closeQ sends the delayed close message of each customer.end; nil
+	// when there is no close queue (the sweep closes ended paths then).
+	closeQ *closeQueue
 }
 
 // NewHandler wires a handler on a store and sinks and registers the sinks
@@ -58,13 +65,24 @@ func NewHandler(ctx context.Context, st flowmetrics.Store, sinks []flowmetrics.S
 	if pc.FlushAttempts == 0 {
 		pc.FlushAttempts = DefaultFlushAttempts
 	}
+	on := cfg.Paths.IsEnabled()
+	if on {
+		pc.Derive = paths.New(cfg.Paths, pc.Guard).Derive
+	}
 	h := &Handler{
+		paths: on,
 		p:     pipeline.New(st, sinks, pc, m, log),
 		store: st, log: log, reserve: cfg.FlushReserve,
 		report: &reporter{w: cfg.MetricsOut, function: cfg.FunctionName, now: time.Now},
 	}
 	if s, ok := st.(flowmetrics.Settler); ok {
 		h.settle = s.Settle
+	}
+	if on && cfg.CloseQueueURL != "" {
+		if cfg.SQS == nil {
+			return nil, errors.New("FLOWMETRICS_CLOSE_QUEUE_URL is set but there is no SQS client")
+		}
+		h.closeQ = &closeQueue{api: cfg.SQS, url: cfg.CloseQueueURL, delay: closeDelay(cfg.Paths.WithDefaults().Grace)}
 	}
 	if err := h.p.Register(ctx); err != nil {
 		return nil, err
@@ -100,7 +118,18 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Handler, error) {
 	}
 	dc := cfg.Store
 	dc.Table = cfg.Table
-	st, err := dynamostore.Open(dc, client, store.Options{Retention: cfg.Retention}, log)
+	opts := store.Options{Retention: cfg.Retention}
+	if cfg.Paths.IsEnabled() {
+		opts.Paths = cfg.Paths.WithDefaults().Options()
+	}
+	if cfg.CloseQueueURL != "" && cfg.SQS == nil {
+		cfg.SQS = sqs.NewFromConfig(awsCfg, func(o *sqs.Options) {
+			if cfg.SQSEndpoint != "" {
+				o.BaseEndpoint = &cfg.SQSEndpoint
+			}
+		})
+	}
+	st, err := dynamostore.Open(dc, client, opts, log)
 	if err != nil {
 		closeAll(sinks)
 		return nil, err
@@ -167,6 +196,14 @@ func (c Config) sinks() (config.Sinks, error) {
 // Invoke implements lambda.Handler: an SQS event (a "Records" array from
 // aws:sqs) gets an SQSEventResponse; anything else is one EventBridge event.
 func (h *Handler) Invoke(ctx context.Context, payload []byte) ([]byte, error) {
+	if c, ok := parseControl(payload); ok && c.Flowmetrics == controlSweep {
+		// A scheduled sweep invoking the function directly.
+		if err := h.HandleSweep(ctx); err != nil {
+			h.log.Error("sweep failed", "err", err)
+			return nil, err
+		}
+		return []byte("null"), nil
+	}
 	if isSQS(payload) {
 		var ev events.SQSEvent
 		if err := json.Unmarshal(payload, &ev); err != nil {
@@ -217,6 +254,11 @@ func (h *Handler) HandleEventBridge(ctx context.Context, payload []byte) error {
 	if res.Accepted == 0 {
 		return nil
 	}
+	if _, err := h.scheduleCloses(ctx, []genesys.Record{rec}); err != nil {
+		h.log.Error("the event will be retried", "err", err)
+		h.report.write(1, 0, "close_queue")
+		return err
+	}
 	if err := h.deliver(ctx); err != nil {
 		h.log.Error("delivery failed; the event will be retried", "err", err)
 		h.report.write(1, 0, "delivery")
@@ -242,6 +284,28 @@ func (h *Handler) HandleEventBridge(ctx context.Context, payload []byte) error {
 // a listed record whose occurrences were in fact delivered is simply known
 // when it comes back.
 func (h *Handler) HandleSQS(ctx context.Context, ev events.SQSEvent) events.SQSEventResponse {
+	// Close and sweep messages (see paths.go) go their own way.
+	var msgs []events.SQSMessage
+	var ctl []control
+	rest := ev.Records[:0:0]
+	for _, r := range ev.Records {
+		if c, ok := parseControl([]byte(r.Body)); ok {
+			msgs, ctl = append(msgs, r), append(ctl, c)
+			continue
+		}
+		rest = append(rest, r)
+	}
+	var resp events.SQSEventResponse
+	if len(rest) > 0 {
+		resp = h.handleEvents(ctx, events.SQSEvent{Records: rest})
+	}
+	if len(msgs) > 0 {
+		resp.BatchItemFailures = append(resp.BatchItemFailures, h.handleControl(ctx, msgs, ctl)...)
+	}
+	return resp
+}
+
+func (h *Handler) handleEvents(ctx context.Context, ev events.SQSEvent) events.SQSEventResponse {
 	recs := make([]genesys.Record, len(ev.Records))
 	for i, r := range ev.Records {
 		recs[i] = genesys.DecodeValue([]byte(r.Body))
@@ -280,6 +344,13 @@ func (h *Handler) HandleSQS(ctx context.Context, ev events.SQSEvent) events.SQSE
 	}
 	if res.Accepted == 0 {
 		return resp
+	}
+	if unsent, err := h.scheduleCloses(ctx, recs); err != nil {
+		h.log.Error("customer.end records will be retried", "records", len(unsent), "err", err)
+		h.report.write(fail(unsent), 0, "close_queue")
+		for i := range unsent {
+			rejected[i] = true // listed once
+		}
 	}
 	if err := h.deliver(ctx); err != nil {
 		h.log.Error("delivery failed; the batch's events will be retried", "records", len(recs), "err", err)

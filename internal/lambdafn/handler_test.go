@@ -298,6 +298,22 @@ func TestConfigFromEnv(t *testing.T) {
 		{"cache outlives default retention", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_CACHE_TTL", "200h"), "FLOWMETRICS_RETENTION (168h0m0s)", nil},
 		{"send could outlast the lease", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_FUNCTION_TIMEOUT", "60s"),
 			"FLOWMETRICS_FUNCTION_TIMEOUT − FLOWMETRICS_FLUSH_RESERVE (58s) must not be longer than FLOWMETRICS_LEASE − FLOWMETRICS_LEASE_MARGIN (30s)", nil},
+		{"paths", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_GRACE", "14m59s", "FLOWMETRICS_IDLE_TIMEOUT", "1h",
+			"FLOWMETRICS_CLOSE_QUEUE_URL", "https://sqs/q", "FLOWMETRICS_PATHS_CONFIG", `{"funnels": [{"name": "f", "steps": ["A/x", "B/y"]}]}`), "", func(c lambdafn.Config) string {
+			if !c.Paths.IsEnabled() || c.Paths.Grace != 14*time.Minute+59*time.Second || c.Paths.IdleTimeout != time.Hour || c.CloseQueueURL != "https://sqs/q" || len(c.Paths.Funnels) != 1 {
+				return fmt.Sprintf("got %+v", c.Paths)
+			}
+			return ""
+		}},
+		{"paths off", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_PATHS", "false"), "", func(c lambdafn.Config) string {
+			if c.Paths.IsEnabled() {
+				return "paths on, want off"
+			}
+			return ""
+		}},
+		{"grace beyond SQS's delay", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_GRACE", "15m", "FLOWMETRICS_CLOSE_QUEUE_URL", "https://sqs/q"), "SQS delays a message by at most 15 minutes", nil},
+		{"idle timeout beyond retention", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_IDLE_TIMEOUT", "200h"), "FLOWMETRICS_IDLE_TIMEOUT (200h0m0s) must be shorter than FLOWMETRICS_RETENTION", nil},
+		{"unknown paths key", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_PATHS_CONFIG", "funnel: []"), "FLOWMETRICS_PATHS_CONFIG", nil},
 		{"timeout within the lease", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_FUNCTION_TIMEOUT", "20s"), "", func(c lambdafn.Config) string {
 			if c.FunctionTimeout != 20*time.Second {
 				return fmt.Sprintf("function timeout %v, want 20s", c.FunctionTimeout)

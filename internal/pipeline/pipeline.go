@@ -486,7 +486,52 @@ func (p *Pipeline) ClosePaths(ctx context.Context, asOf time.Time, limit int) (i
 	if limit <= 0 {
 		limit = 256
 	}
-	// What a call derived is counted once its write succeeded.
+	total := 0
+	for {
+		n, err := p.ClosePathsOnce(ctx, asOf, limit)
+		total += n
+		if err != nil || n < limit {
+			return total, err
+		}
+	}
+}
+
+// ClosePathsOnce is one call of ClosePaths' loop: it closes at most limit
+// conversation paths due at asOf. A caller that delivers between calls
+// (Lambda's sweep) uses it to keep the outbox small.
+func (p *Pipeline) ClosePathsOnce(ctx context.Context, asOf time.Time, limit int) (int, error) {
+	if p.cfg.Derive == nil {
+		return 0, nil
+	}
+	n, err := p.closeCounted(func(derive flowmetrics.Deriver) (int, error) {
+		return p.store.ClosePaths(ctx, asOf, limit, derive)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("close paths: %w", err)
+	}
+	return n, nil
+}
+
+// ClosePathsOf closes the paths of the named conversations that are due at
+// asOf (see flowmetrics.PathCloser), and returns how many it closed. A
+// store that cannot close named paths (or paths off) closes nothing.
+func (p *Pipeline) ClosePathsOf(ctx context.Context, conversationIDs []string, asOf time.Time) (int, error) {
+	pc, ok := p.store.(flowmetrics.PathCloser)
+	if p.cfg.Derive == nil || !ok {
+		return 0, nil
+	}
+	n, err := p.closeCounted(func(derive flowmetrics.Deriver) (int, error) {
+		return pc.ClosePathsOf(ctx, conversationIDs, asOf, derive)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("close paths: %w", err)
+	}
+	return n, nil
+}
+
+// closeCounted runs one store close call with the configured deriver, and
+// counts what it closed and derived once the call succeeded.
+func (p *Pipeline) closeCounted(call func(flowmetrics.Deriver) (int, error)) (int, error) {
 	var ended, idle int
 	kinds := map[flowmetrics.PathKind]int{}
 	derive := func(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
@@ -501,32 +546,24 @@ func (p *Pipeline) ClosePaths(ctx context.Context, asOf time.Time, limit int) (i
 		}
 		return pts
 	}
-	total := 0
-	for {
-		ended, idle = 0, 0
-		clear(kinds)
-		start := time.Now()
-		n, err := p.store.ClosePaths(ctx, asOf, limit, derive)
-		p.m.StoreLatency.WithLabelValues("close_paths").Observe(time.Since(start).Seconds())
-		if err != nil {
-			p.m.StoreErrors.WithLabelValues("close_paths").Inc()
-			return total, fmt.Errorf("close paths: %w", err)
-		}
-		total += n
-		p.m.PathsClosed.WithLabelValues("end").Add(float64(ended))
-		p.m.PathsClosed.WithLabelValues("idle").Add(float64(idle))
-		for k, c := range kinds {
-			p.m.PathPoints.WithLabelValues(k.String()).Add(float64(c))
-		}
-		if n > 0 {
-			for _, d := range p.drainers {
-				d.notify()
-			}
-		}
-		if n < limit {
-			return total, nil
+	start := time.Now()
+	n, err := call(derive)
+	p.m.StoreLatency.WithLabelValues("close_paths").Observe(time.Since(start).Seconds())
+	if err != nil {
+		p.m.StoreErrors.WithLabelValues("close_paths").Inc()
+		return 0, err
+	}
+	p.m.PathsClosed.WithLabelValues("end").Add(float64(ended))
+	p.m.PathsClosed.WithLabelValues("idle").Add(float64(idle))
+	for k, c := range kinds {
+		p.m.PathPoints.WithLabelValues(k.String()).Add(float64(c))
+	}
+	if n > 0 {
+		for _, d := range p.drainers {
+			d.notify()
 		}
 	}
+	return n, nil
 }
 
 // ClosePathsEvery calls ClosePaths with the current time every interval

@@ -72,8 +72,9 @@ type Config struct {
 	PathShards int
 	// IdleStep rounds idle deadlines up to a multiple of it, so that the
 	// index entry of a conversation moves at most once per step however
-	// many new keys it gets; DefaultIdleStep if zero. An idle path closes
-	// up to one step after its idle timeout, never before.
+	// many new keys it gets; if zero, DefaultIdleStep or a sixtieth of the
+	// idle timeout, whichever is shorter. An idle path closes up to one
+	// step after its idle timeout, never before.
 	IdleStep time.Duration
 }
 
@@ -232,6 +233,10 @@ func Open(cfg Config, api API, opts store.Options, log *slog.Logger) (*Store, er
 	}
 	if log == nil {
 		log = slog.Default()
+	}
+	if cfg.IdleStep == 0 && opts.Paths != nil && opts.Paths.Idle > 0 {
+		// At most a sixtieth of the idle timeout late.
+		cfg.IdleStep = min(DefaultIdleStep, opts.Paths.Idle/60)
 	}
 	cfg = cfg.WithDefaults()
 	return &Store{

@@ -179,18 +179,22 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 	return s.closePaths(ctx, ids, asOf, derive)
 }
 
-// ClosePath closes one conversation's path if it is due at asOf (the
-// handler of a delayed customer.end message calls it), as ClosePaths would.
-// It reports whether this call closed it.
-func (s *Store) ClosePath(ctx context.Context, id string, asOf time.Time, derive flowmetrics.Deriver) (bool, error) {
+// ClosePathsOf implements flowmetrics.PathCloser: the handler of the
+// delayed customer.end messages calls it. Conversation ids that are not
+// valid are left out.
+func (s *Store) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, derive flowmetrics.Deriver) (int, error) {
 	if s.opts.Paths == nil {
-		return false, fmt.Errorf("dynamostore: %w", flowmetrics.ErrPathsUnsupported)
+		return 0, fmt.Errorf("dynamostore: %w", flowmetrics.ErrPathsUnsupported)
 	}
-	if err := store.CheckID(id); err != nil {
-		return false, fmt.Errorf("dynamostore: close path: %w", err)
+	seen := map[string]bool{}
+	var todo []string
+	for _, id := range ids {
+		if store.CheckID(id) == nil && !seen[id] {
+			seen[id] = true
+			todo = append(todo, id)
+		}
 	}
-	n, err := s.closePaths(ctx, []string{id}, asOf, derive)
-	return n == 1, err
+	return s.closePaths(ctx, todo, asOf, derive)
 }
 
 type candidate struct {

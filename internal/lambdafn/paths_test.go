@@ -1,0 +1,181 @@
+package lambdafn_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/service/sqs"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/lambdafn"
+	"github.com/flowmetrics/flowmetrics/internal/paths"
+	"github.com/flowmetrics/flowmetrics/internal/store"
+	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore"
+	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore/dynalitetest"
+)
+
+// pathSink records counts and path points.
+type pathSink struct {
+	recordingSink
+	pmu  sync.Mutex
+	path []flowmetrics.PathPoint
+}
+
+func (s *pathSink) SendPaths(ctx context.Context, pts []flowmetrics.PathPoint) error {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	s.path = append(s.path, pts...)
+	return nil
+}
+
+// fakeQueue records the close messages; a test hands them to handlers.
+type fakeQueue struct {
+	mu   sync.Mutex
+	msgs []events.SQSMessage
+}
+
+func (q *fakeQueue) SendMessageBatch(ctx context.Context, in *sqs.SendMessageBatchInput, _ ...func(*sqs.Options)) (*sqs.SendMessageBatchOutput, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, e := range in.Entries {
+		if e.DelaySeconds != 2 {
+			return nil, fmt.Errorf("delay %d s, want the grace rounded up plus 1 s: 2", e.DelaySeconds)
+		}
+		q.msgs = append(q.msgs, events.SQSMessage{MessageId: fmt.Sprint("close-", len(q.msgs)), Body: *e.MessageBody, EventSource: "aws:sqs"})
+	}
+	return &sqs.SendMessageBatchOutput{}, nil
+}
+
+// longInvocation is an invocation with time to spare on a loaded machine.
+func longInvocation(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func endEnvelope(conv string) string {
+	b, _ := json.Marshal(map[string]any{
+		"version": "0", "id": "end-" + conv, "detail-type": "v2.detail.events.conversation.{id}.customer.end",
+		"source": "aws.partner/genesys.com/cloud/org/flow-metrics", "account": "123456789012",
+		"time": "2026-11-20T09:41:48Z", "region": "eu-west-2", "resources": []string{},
+		"detail": map[string]any{
+			"topicName": "v2.detail.events.conversation." + conv + ".customer.end", "version": "2",
+			"eventBody": map[string]any{"eventTime": 1795167708900, "conversationId": conv},
+		},
+	})
+	return string(b)
+}
+
+// TestPathsCloseOnceOnLambda: three instances on one table get the same
+// events twice (a duplicate delivery to another instance), each
+// customer.end sends one delayed close message, the close messages are
+// delivered twice and concurrently, and the scheduled sweep reaches every
+// instance at once: each conversation's path is derived and delivered
+// exactly once, ended ones by their message, idle ones by the sweep.
+func TestPathsCloseOnceOnLambda(t *testing.T) {
+	srv := dynalitetest.Start(t)
+	table := srv.CreateTable(t)
+	pc := paths.Config{Grace: time.Second, IdleTimeout: 2 * time.Second}
+	q := &fakeQueue{}
+	cfg := testCfg
+	cfg.Paths, cfg.CloseQueueURL, cfg.SQS = pc, "http://127.0.0.1:1/close", q
+	var hs []*lambdafn.Handler
+	var sinks []*pathSink
+	for i := 0; i < 3; i++ {
+		st, err := dynamostore.Open(dynamostore.Config{Table: table, Owner: fmt.Sprint("i", i), ReadFirst: true}, srv.Client, store.Options{Paths: pc.WithDefaults().Options()}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sk := &pathSink{}
+		h, err := lambdafn.NewHandler(context.Background(), st, []flowmetrics.Sink{sk}, cfg, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close(context.Background()) })
+		hs, sinks = append(hs, h), append(sinks, sk)
+	}
+	const convs = 12
+	var batch events.SQSEvent
+	for i := 0; i < convs; i++ {
+		c := fmt.Sprint("conv-", i)
+		batch.Records = append(batch.Records, events.SQSMessage{MessageId: "a-" + c, EventSource: "aws:sqs",
+			Body: envelope(c, map[string]string{"IVRMetric_Entered(2026-11-20T09:31:48Z)": "", fmt.Sprintf("IVRMetric_Step%d(2026-11-20T09:32:48Z)", i%3): ""})})
+		if i%4 != 0 {
+			batch.Records = append(batch.Records, events.SQSMessage{MessageId: "e-" + c, EventSource: "aws:sqs", Body: endEnvelope(c)})
+		}
+	}
+	concurrently := func(f func(h *lambdafn.Handler) []events.SQSBatchItemFailure) {
+		var wg sync.WaitGroup
+		for _, h := range hs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if f := f(h); len(f) > 0 {
+					t.Errorf("batch item failures: %v", f)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	// Every instance gets the whole batch.
+	concurrently(func(h *lambdafn.Handler) []events.SQSBatchItemFailure {
+		for attempt := 0; ; attempt++ {
+			r := h.HandleSQS(longInvocation(t), batch)
+			if len(r.BatchItemFailures) == 0 || attempt == 20 {
+				return r.BatchItemFailures
+			}
+			time.Sleep(50 * time.Millisecond) // pending under another instance's lease
+		}
+	})
+	q.mu.Lock()
+	closes := events.SQSEvent{Records: append([]events.SQSMessage(nil), q.msgs...)}
+	q.mu.Unlock()
+	// One per customer.end read: each instance reads each end at least
+	// once (more when a batch is retried).
+	if want := 3 * convs * 3 / 4; len(closes.Records) < want {
+		t.Errorf("close messages: got %d, want at least %d", len(closes.Records), want)
+	}
+	time.Sleep(1100 * time.Millisecond) // SQS's delay
+	concurrently(func(h *lambdafn.Handler) []events.SQSBatchItemFailure {
+		return h.HandleSQS(longInvocation(t), closes).BatchItemFailures
+	})
+	exits := func() map[string]int {
+		out := map[string]int{}
+		for _, s := range sinks {
+			s.pmu.Lock()
+			for _, p := range s.path {
+				if p.Kind == flowmetrics.PathExit {
+					out[p.Conversation]++
+				}
+			}
+			s.pmu.Unlock()
+		}
+		return out
+	}
+	got := exits()
+	for i := 0; i < convs; i++ {
+		c, want := fmt.Sprint("conv-", i), 1
+		if i%4 == 0 {
+			want = 0 // no customer.end: waits for its idle timeout
+		}
+		if got[c] != want {
+			t.Errorf("after the close messages, %s: %d exits, want %d", c, got[c], want)
+		}
+	}
+	time.Sleep(2100 * time.Millisecond) // the idle timeout, and its step
+	sweep := events.SQSEvent{Records: []events.SQSMessage{{MessageId: "sweep", EventSource: "aws:sqs", Body: `{"flowmetrics":"sweep"}`}}}
+	concurrently(func(h *lambdafn.Handler) []events.SQSBatchItemFailure {
+		return h.HandleSQS(longInvocation(t), sweep).BatchItemFailures
+	})
+	got = exits()
+	for i := 0; i < convs; i++ {
+		if c := fmt.Sprint("conv-", i); got[c] != 1 {
+			t.Errorf("after the sweep, %s: %d exits, want 1", c, got[c])
+		}
+	}
+}
