@@ -32,15 +32,20 @@ import (
 type dynamoMeter struct {
 	mu                     sync.Mutex
 	gets, updates, refused int64
+	queries                int64
 	readUnits, writeUnits  float64
 	other                  map[string]int64
+	index                  *indexMeter
 }
 
 func (m *dynamoMeter) reset() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.gets, m.updates, m.refused, m.readUnits, m.writeUnits = 0, 0, 0, 0, 0
+	m.gets, m.updates, m.refused, m.queries, m.readUnits, m.writeUnits = 0, 0, 0, 0, 0, 0
 	m.other = map[string]int64{}
+	m.index.mu.Lock()
+	m.index.writes = 0
+	m.index.mu.Unlock()
 }
 
 func startMeter(t *testing.T, target string) (*dynamoMeter, string) {
@@ -68,6 +73,9 @@ func startMeter(t *testing.T, target string) (*dynamoMeter, string) {
 		case "GetItem":
 			m.gets++
 			m.readUnits += out.ConsumedCapacity.CapacityUnits
+		case "Query":
+			m.queries++
+			m.readUnits += out.ConsumedCapacity.CapacityUnits
 		case "UpdateItem":
 			m.updates++
 			if strings.Contains(out.Type, "ConditionalCheckFailed") {
@@ -81,7 +89,8 @@ func startMeter(t *testing.T, target string) (*dynamoMeter, string) {
 		}
 		return nil
 	}
-	srv := httptest.NewServer(proxy)
+	m.index = &indexMeter{db: dynalitetest.NewClient(target), next: proxy}
+	srv := httptest.NewServer(m.index)
 	t.Cleanup(srv.Close)
 	return m, srv.URL
 }
@@ -96,7 +105,9 @@ type timedEvent struct {
 // one event per participant (2 or 3) per step carrying every attribute so
 // far, 2 % of events delivered twice. The conversations start at random
 // over a spread chosen so that the events arrive at about rate per second.
-func costCorpus(conversations int, rate float64) ([]timedEvent, int) {
+// With ends, 9 in 10 conversations also get a customer.end a second after
+// their last step.
+func costCorpus(conversations int, rate float64, ends bool) ([]timedEvent, int) {
 	rng := rand.New(rand.NewPCG(1, 1))
 	start := time.Now().Add(-50 * time.Minute).Truncate(time.Second)
 	// A conversation has about 16 events over about 4 minutes.
@@ -126,6 +137,9 @@ func costCorpus(conversations int, rate float64) ([]timedEvent, int) {
 					evs = append(evs, e)
 				}
 			}
+		}
+		if ends && rng.IntN(10) != 0 {
+			evs = append(evs, ev{at.Add(time.Second), endEnvelope(conv)})
 		}
 	}
 	sort.SliceStable(evs, func(i, j int) bool { return evs[i].at.Before(evs[j].at) })
@@ -182,12 +196,14 @@ const (
 	priceWRU          = 0.625 / 1e6
 	priceRRU          = 0.125 / 1e6
 	priceLogsGB       = 0.50
+	priceScheduler    = 1.00 / 1e6 // EventBridge Scheduler, per invocation beyond the free 14 M a month
 	memoryGB          = 128.0 / 1024
 )
 
 type shape struct {
 	name          string
 	direct        bool
+	paths         bool
 	conversations int
 	rate          float64       // events per second
 	window        time.Duration // batching window
@@ -215,9 +231,11 @@ func TestCostOfTheRealBinary(t *testing.T) {
 		{name: "EventBridge → SQS → Lambda, window 5 s (template default), 2 events/s", conversations: 100, rate: 2, window: 5 * time.Second},
 		{name: "EventBridge → SQS → Lambda, window 5 s, 20 events/s", conversations: 400, rate: 20, window: 5 * time.Second},
 		{name: "EventBridge → SQS → Lambda, window 1 s, 2 events/s", conversations: 100, rate: 2, window: time.Second},
+		{name: "paths on: EventBridge → SQS → Lambda, window 5 s, 2 events/s, close queue and a sweep a minute", paths: true, conversations: 100, rate: 2, window: 5 * time.Second},
 	}
+	closeQ, sqsURL := startFakeSQS(t)
 	for _, sh := range shapes {
-		evs, occs := costCorpus(sh.conversations, sh.rate)
+		evs, occs := costCorpus(sh.conversations, sh.rate, sh.paths)
 		rate := float64(len(evs)) / evs[len(evs)-1].at.Sub(evs[0].at).Seconds()
 		bs := batches(evs, sh.window)
 		table := srv.CreateTable(t)
@@ -233,7 +251,24 @@ func TestCostOfTheRealBinary(t *testing.T) {
 				// (an upper bound on reads).
 				"FLOWMETRICS_CACHE_CONVERSATIONS=-1",
 			)}
+		exits := &exitCounter{}
+		if sh.paths {
+			// Grace and idle timeout in the replay's time, which runs
+			// faster than the corpus's (see the README).
+			in.env = append(in.env, "FLOWMETRICS_PATHS=true", "FLOWMETRICS_GRACE=1s", "FLOWMETRICS_IDLE_TIMEOUT=30s",
+				"FLOWMETRICS_CLOSE_QUEUE_URL="+sqsURL+"/close", "FLOWMETRICS_SQS_ENDPOINT="+sqsURL)
+			in.logTo = io.MultiWriter(logs, exits)
+		} else {
+			in.env = append(in.env, "FLOWMETRICS_PATHS=false")
+		}
 		in.start()
+		closeQ.mu.Lock()
+		closeQ.requests, closeQ.bodies = 0, nil
+		closeQ.mu.Unlock()
+		// A sweep message rides in the event queue once a minute of the
+		// corpus's time (the schedule's rate).
+		sweeps := 0
+		nextSweep := evs[0].at.Add(time.Minute)
 		invocations := 0
 		receives := 0.0 // at best: ceil(batch/10) per batch
 		for i, part := range bs {
@@ -246,6 +281,11 @@ func TestCostOfTheRealBinary(t *testing.T) {
 				for j, e := range part {
 					ev.Records = append(ev.Records, events.SQSMessage{MessageId: fmt.Sprintf("m%d-%d", i, j), Body: e.body, EventSource: "aws:sqs"})
 				}
+				if sh.paths && !part[0].at.Before(nextSweep) {
+					ev.Records = append(ev.Records, events.SQSMessage{MessageId: fmt.Sprintf("sweep-%d", i), Body: `{"flowmetrics":"sweep"}`, EventSource: "aws:sqs"})
+					nextSweep = nextSweep.Add(time.Minute)
+					sweeps++
+				}
 				payload, _ = json.Marshal(ev)
 			}
 			out, err := in.invoke(t.Context(), payload)
@@ -257,13 +297,67 @@ func TestCostOfTheRealBinary(t *testing.T) {
 			}
 			invocations++
 		}
+		// The close queue: each close message arrives a grace after its
+		// customer.end, gathered as its event source does; then, past the
+		// idle timeout, a sweep closes the conversations without an end.
+		var closeBatches int
+		var closeReceives float64
+		if sh.paths {
+			var endEvs []timedEvent
+			for _, e := range evs {
+				if strings.Contains(e.body, ".customer.end") {
+					endEvs = append(endEvs, e)
+				}
+			}
+			closeQ.mu.Lock()
+			bodies := append([]string(nil), closeQ.bodies...)
+			closeQ.mu.Unlock()
+			if len(bodies) != len(endEvs) {
+				t.Fatalf("%s: %d close messages for %d customer.end events", sh.name, len(bodies), len(endEvs))
+			}
+			time.Sleep(2 * time.Second)
+			k := 0
+			for _, part := range batches(endEvs, sh.window) {
+				var ev events.SQSEvent
+				for range part {
+					ev.Records = append(ev.Records, events.SQSMessage{MessageId: fmt.Sprint("close-", k), Body: bodies[k], EventSource: "aws:sqs"})
+					k++
+				}
+				payload, _ := json.Marshal(ev)
+				out, err := in.invoke(t.Context(), payload)
+				if err != nil || strings.Contains(string(out), "itemIdentifier") {
+					t.Fatalf("%s: close invocation: %s %v", sh.name, out, err)
+				}
+				closeBatches++
+				closeReceives += math.Ceil(float64(len(part)) / 10)
+			}
+			time.Sleep(31 * time.Second)
+			if _, err := in.invoke(t.Context(), []byte(`{"flowmetrics":"sweep"}`)); err != nil {
+				t.Fatalf("%s: last sweep: %v", sh.name, err)
+			}
+			sweeps++
+		}
 		in.kill()
+		if sh.paths {
+			exits.mu.Lock()
+			got := exits.exits
+			exits.mu.Unlock()
+			if got != int64(sh.conversations) {
+				t.Errorf("%s: EMF counted %d exits, want %d (one per conversation)", sh.name, got, sh.conversations)
+			}
+		}
 
 		n := float64(len(evs))
 		per := func(v float64) float64 { return v / n * 1e6 } // per million events
 		meter.mu.Lock()
-		gets, updates, refused, ru, wu := meter.gets, meter.updates, meter.refused, meter.readUnits, meter.writeUnits
+		gets, updates, refused, queries, ru, wu := meter.gets, meter.updates, meter.refused, meter.queries, meter.readUnits, meter.writeUnits
 		meter.mu.Unlock()
+		meter.index.mu.Lock()
+		indexWrites := meter.index.writes
+		meter.index.mu.Unlock()
+		closeQ.mu.Lock()
+		closeSends := closeQ.requests
+		closeQ.mu.Unlock()
 		logs.mu.Lock()
 		logBytes, logLines, billedMs := logs.bytes, logs.lines, logs.billedMs
 		logs.mu.Unlock()
@@ -288,17 +382,28 @@ func TestCostOfTheRealBinary(t *testing.T) {
 			item("SQS ReceiveMessage", calls, priceSQS, "requests")
 			item("SQS DeleteMessageBatch", calls, priceSQS, "requests")
 		}
+		if sh.paths {
+			item("SQS close sends", per(float64(closeSends)), priceSQS, "requests")
+			item("SQS close receives", per(closeReceives), priceSQS, "requests")
+			item("SQS close deletes", per(closeReceives), priceSQS, "requests")
+			item("Scheduler invocations", per(float64(sweeps)), priceScheduler, "sweeps")
+			item("SQS sweep sends", per(float64(sweeps)), priceSQS, "requests")
+			invocations += closeBatches + 1
+		}
 		item("Lambda requests", per(float64(invocations)), priceLambdaReq, "requests")
 		item("Lambda GB-seconds", per(float64(billedMs))/1000*memoryGB, priceLambdaGBs, "GB-s")
 		item("DynamoDB write units", per(wu), priceWRU, "WRU")
+		if sh.paths {
+			item("DynamoDB index writes", per(float64(indexWrites)), priceWRU, "WRU")
+		}
 		item("DynamoDB read units", per(ru), priceRRU, "RRU")
 		item("CloudWatch Logs", per(float64(logBytes))/1e9, priceLogsGB, "GB")
 		upper := ""
 		if !sh.direct {
 			upper = fmt.Sprintf("\n  %-24s %44s $%.2f", "if every receive got 1", "", total+(1e6-per(receives))*priceSQS)
 		}
-		t.Logf("%s: %d events at %.1f/s, %d occurrences (%.2f per event), %.1f events per invocation; per million events: %.0f invocations, %.0f GetItem, %.0f UpdateItem (%.0f refused), %.0f log lines (%.0f bytes per invocation), %.1f ms billed per invocation here\n%s\n  %-24s %44s $%.2f%s",
-			sh.name, len(evs), rate, occs, float64(occs)/n, n/float64(invocations), per(float64(invocations)), per(float64(gets)), per(float64(updates)), per(float64(refused)),
+		t.Logf("%s: %d events at %.1f/s, %d occurrences (%.2f per event), %.1f events per invocation; per million events: %.0f invocations, %.0f GetItem, %.0f Query, %.0f UpdateItem (%.0f refused), %.0f index writes, %.0f sweeps, %.0f log lines (%.0f bytes per invocation), %.1f ms billed per invocation here\n%s\n  %-24s %44s $%.2f%s",
+			sh.name, len(evs), rate, occs, float64(occs)/n, n/float64(invocations), per(float64(invocations)), per(float64(gets)), per(float64(queries)), per(float64(updates)), per(float64(refused)), per(float64(indexWrites)), per(float64(sweeps)),
 			per(float64(logLines)), float64(logBytes)/float64(invocations), float64(billedMs)/float64(invocations),
 			strings.Join(lines, "\n"), "total", "", total, upper)
 		var counted int64
