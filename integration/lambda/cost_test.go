@@ -22,6 +22,7 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
+	"github.com/flowmetrics/flowmetrics/internal/sink/emf"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore/dynalitetest"
 )
 
@@ -251,13 +252,11 @@ func TestCostOfTheRealBinary(t *testing.T) {
 				// (an upper bound on reads).
 				"FLOWMETRICS_CACHE_CONVERSATIONS=-1",
 			)}
-		exits := &exitCounter{}
 		if sh.paths {
 			// Grace and idle timeout in the replay's time, which runs
 			// faster than the corpus's (see the README).
 			in.env = append(in.env, "FLOWMETRICS_PATHS=true", "FLOWMETRICS_GRACE=1s", "FLOWMETRICS_IDLE_TIMEOUT=30s",
 				"FLOWMETRICS_CLOSE_QUEUE_URL="+sqsURL+"/close", "FLOWMETRICS_SQS_ENDPOINT="+sqsURL)
-			in.logTo = io.MultiWriter(logs, exits)
 		} else {
 			in.env = append(in.env, "FLOWMETRICS_PATHS=false")
 		}
@@ -339,9 +338,12 @@ func TestCostOfTheRealBinary(t *testing.T) {
 		}
 		in.kill()
 		if sh.paths {
-			exits.mu.Lock()
-			got := exits.exits
-			exits.mu.Unlock()
+			var got int64
+			for _, p := range in.out.paths {
+				if p.name == emf.ExitName {
+					got += p.value
+				}
+			}
 			if got != int64(sh.conversations) {
 				t.Errorf("%s: EMF counted %d exits, want %d (one per conversation)", sh.name, got, sh.conversations)
 			}

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/sink/emf"
 )
 
 // The harness runs the real bootstrap under the AWS Lambda Runtime Interface
@@ -70,8 +72,12 @@ func freePort(t *testing.T) int {
 // with whether its invocation completed (the emulator printed END).
 type output struct {
 	mu sync.Mutex
-	// points are the EMF points of the Genesys/Flows namespace.
+	// points are the EMF count points of the Genesys/Flows namespace.
 	points []emfPoint
+	// paths are its path points (emf's ExitName, StepName, …): name, the
+	// directive's dimension values, and the count (a duration line's
+	// value is how many durations it holds).
+	paths []emfPoint
 	// atRisk: points written by invocations that never completed (their
 	// instance was killed). Only these can be counted twice.
 	atRisk int64
@@ -85,6 +91,8 @@ type emfPoint struct {
 	flow, metric string
 	at           time.Time
 	value        int64
+	// name and dims: set for path points only.
+	name, dims string
 }
 
 // read consumes one incarnation's stdout until EOF (the process died or
@@ -135,8 +143,12 @@ func (o *output) read(t *testing.T, r io.Reader) {
 func (o *output) add(ps []emfPoint, risk bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.points = append(o.points, ps...)
 	for _, p := range ps {
+		if p.name != "" {
+			o.paths = append(o.paths, p)
+			continue
+		}
+		o.points = append(o.points, p)
 		o.lines++
 		if risk {
 			o.atRisk += p.value
@@ -151,6 +163,9 @@ func isStdLog(line string) bool {
 }
 
 type selfReport struct{ failed, deferred int64 }
+
+// pathMetrics are the EMF sink's path metric names.
+var pathMetrics = map[string]bool{emf.ExitName: true, emf.StepName: true, emf.TimingName: true, emf.FunnelName: true, emf.ExperimentName: true}
 
 // parseEMF reads one embedded-metric-format line as CloudWatch would: every
 // metric of each directive, with the directive's dimensions.
@@ -192,10 +207,30 @@ func parseEMF(line string) ([]emfPoint, *selfReport, error) {
 			}
 			return nil, &selfReport{f, n}, nil
 		}
-		if len(d.Dimensions) != 1 || strings.Join(d.Dimensions[0], ",") != "flow,metric" {
-			return nil, nil, fmt.Errorf("dimensions %v, want [[flow metric]]", d.Dimensions)
+		if len(d.Dimensions) != 1 {
+			return nil, nil, fmt.Errorf("dimensions %v, want one set", d.Dimensions)
 		}
+		dims := strings.Join(d.Dimensions[0], ",")
 		for _, m := range d.Metrics {
+			if pathMetrics[m.Name] {
+				var vals []float64
+				v, err := num(m.Name)
+				if json.Unmarshal(doc[m.Name], &vals) == nil {
+					v, err = int64(len(vals)), nil
+				}
+				if err != nil {
+					return nil, nil, err
+				}
+				var labels []string
+				for _, k := range d.Dimensions[0] {
+					labels = append(labels, k+"="+str(k))
+				}
+				out = append(out, emfPoint{flow: str("flow"), metric: str("metric"), at: time.UnixMilli(meta.Timestamp).UTC(), value: v, name: m.Name, dims: strings.Join(labels, ",")})
+				continue
+			}
+			if dims != "flow,metric" {
+				return nil, nil, fmt.Errorf("dimensions %v, want [[flow metric]]", d.Dimensions)
+			}
 			v, err := num(m.Name)
 			if err != nil {
 				return nil, nil, err

@@ -10,8 +10,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"regexp"
-	"strconv"
 	"sync"
 	"testing"
 
@@ -108,7 +106,9 @@ func (m *indexMeter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	var in struct {
 		TableName string
-		Key       struct{ ID struct{ S string } `json:"id"` }
+		Key       struct {
+			ID struct{ S string } `json:"id"`
+		}
 	}
 	json.Unmarshal(body, &in)
 	before := m.key(r.Context(), in.TableName, in.Key.ID.S)
@@ -125,33 +125,6 @@ func (m *indexMeter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m.mu.Lock()
 	m.writes += n
 	m.mu.Unlock()
-}
-
-var exitValue = regexp.MustCompile(`"genesys\.flow\.exit":(\d+)`)
-
-// exitCounter adds up the EMF exit counts an instance writes.
-type exitCounter struct {
-	mu    sync.Mutex
-	tail  []byte
-	exits int64
-}
-
-func (e *exitCounter) Write(p []byte) (int, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.tail = append(e.tail, p...)
-	for {
-		i := bytes.IndexByte(e.tail, '\n')
-		if i < 0 {
-			break
-		}
-		for _, m := range exitValue.FindAllSubmatch(e.tail[:i], -1) {
-			n, _ := strconv.ParseInt(string(m[1]), 10, 64)
-			e.exits += n
-		}
-		e.tail = e.tail[i+1:]
-	}
-	return len(p), nil
 }
 
 func endEnvelope(conv string) string {
