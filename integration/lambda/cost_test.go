@@ -255,7 +255,11 @@ func TestCostOfTheRealBinary(t *testing.T) {
 		if sh.paths {
 			// Grace and idle timeout in the replay's time, which runs
 			// faster than the corpus's (see the README).
-			in.env = append(in.env, "FLOWMETRICS_PATHS=true", "FLOWMETRICS_GRACE=1s", "FLOWMETRICS_IDLE_TIMEOUT=30s",
+			// The idle step: a replayed conversation's events span about
+			// a thirtieth of their corpus time (logged below), so 30 s
+			// here stands for the default 15 min; how often a
+			// conversation's index entry moves depends on that ratio.
+			in.env = append(in.env, "FLOWMETRICS_PATHS=true", "FLOWMETRICS_GRACE=1s", "FLOWMETRICS_IDLE_TIMEOUT=30s", "FLOWMETRICS_IDLE_STEP=30s",
 				"FLOWMETRICS_CLOSE_QUEUE_URL="+sqsURL+"/close", "FLOWMETRICS_SQS_ENDPOINT="+sqsURL)
 		} else {
 			in.env = append(in.env, "FLOWMETRICS_PATHS=false")
@@ -268,6 +272,7 @@ func TestCostOfTheRealBinary(t *testing.T) {
 		// corpus's time (the schedule's rate).
 		sweeps := 0
 		nextSweep := evs[0].at.Add(time.Minute)
+		replayStart := time.Now()
 		invocations := 0
 		receives := 0.0 // at best: ceil(batch/10) per batch
 		for i, part := range bs {
@@ -299,6 +304,7 @@ func TestCostOfTheRealBinary(t *testing.T) {
 		// The close queue: each close message arrives a grace after its
 		// customer.end, gathered as its event source does; then, past the
 		// idle timeout, a sweep closes the conversations without an end.
+		replayed := time.Since(replayStart)
 		var closeBatches int
 		var closeReceives float64
 		if sh.paths {
@@ -330,7 +336,7 @@ func TestCostOfTheRealBinary(t *testing.T) {
 				closeBatches++
 				closeReceives += math.Ceil(float64(len(part)) / 10)
 			}
-			time.Sleep(31 * time.Second)
+			time.Sleep(61 * time.Second) // the idle timeout, rounded up to its step
 			if _, err := in.invoke(t.Context(), []byte(`{"flowmetrics":"sweep"}`)); err != nil {
 				t.Fatalf("%s: last sweep: %v", sh.name, err)
 			}
@@ -404,6 +410,7 @@ func TestCostOfTheRealBinary(t *testing.T) {
 		if !sh.direct {
 			upper = fmt.Sprintf("\n  %-24s %44s $%.2f", "if every receive got 1", "", total+(1e6-per(receives))*priceSQS)
 		}
+		t.Logf("%s: %v of corpus time replayed in %v", sh.name, evs[len(evs)-1].at.Sub(evs[0].at).Round(time.Second), replayed.Round(time.Second))
 		t.Logf("%s: %d events at %.1f/s, %d occurrences (%.2f per event), %.1f events per invocation; per million events: %.0f invocations, %.0f GetItem, %.0f Query, %.0f UpdateItem (%.0f refused), %.0f index writes, %.0f sweeps, %.0f log lines (%.0f bytes per invocation), %.1f ms billed per invocation here\n%s\n  %-24s %44s $%.2f%s",
 			sh.name, len(evs), rate, occs, float64(occs)/n, n/float64(invocations), per(float64(invocations)), per(float64(gets)), per(float64(queries)), per(float64(updates)), per(float64(refused)), per(float64(indexWrites)), per(float64(sweeps)),
 			per(float64(logLines)), float64(logBytes)/float64(invocations), float64(billedMs)/float64(invocations),

@@ -46,7 +46,9 @@ type Config struct {
 	// than AWS's (local tests).
 	Endpoint string
 	// Store: FLOWMETRICS_LEASE, FLOWMETRICS_LEASE_MARGIN,
-	// FLOWMETRICS_READ_FIRST (default true).
+	// FLOWMETRICS_READ_FIRST (default true), FLOWMETRICS_IDLE_STEP (how
+	// far idle deadlines are rounded up: default 15m, or a sixteenth of
+	// the idle timeout if shorter).
 	Store dynamostore.Config
 	// Retention: FLOWMETRICS_RETENTION (default 168h).
 	Retention time.Duration
@@ -154,6 +156,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	}
 	dur("FLOWMETRICS_GRACE", &c.Paths.Grace)
 	dur("FLOWMETRICS_IDLE_TIMEOUT", &c.Paths.IdleTimeout)
+	dur("FLOWMETRICS_IDLE_STEP", &c.Store.IdleStep)
 	c.CloseQueueURL = getenv("FLOWMETRICS_CLOSE_QUEUE_URL")
 	c.SQSEndpoint = getenv("FLOWMETRICS_SQS_ENDPOINT")
 	c.FunctionName = getenv("AWS_LAMBDA_FUNCTION_NAME")

@@ -19,8 +19,9 @@
 //	ps  S  the path index partition: a hash of the id modulo PathShards
 //	pb  N  epoch ms from which the path is due: the first customer.end
 //	       plus the grace, else the last new key plus the idle timeout
-//	       rounded up to IdleStep; 2^53 ("never") once closed
-//	pe  N  epoch ms of the first customer.end plus the grace
+//	       rounded up to IdleStep; removed once the close is delivered
+//	pe  N  epoch ms of the first customer.end plus the grace; 2^53
+//	       ("never") once closed
 //	pc  N  the close: its lease end in epoch ms while its points are
 //	       pending, 0 once delivered
 //	pn  S  a nonce each claim writes (see below)
@@ -40,8 +41,9 @@
 // closing at once exactly one succeeds; ALL_OLD hands it the keys to
 // derive from. The points go into the outbox like a claim's, and the close
 // stays pending under the lease until every sink acknowledged them; the
-// mark then sets pc = 0 and pb = pe = "never" (on condition pc = :lease),
-// so nothing can make the path due again while the item lives. An
+// mark then sets pc = 0 and pe = "never" and removes pb (on condition
+// pc = :lease), so nothing can make the path due again while the item
+// lives: a later claim or end can only write pb = pe = "never". An
 // instance that dies in between leaves pc to run out, and the next sweep
 // closes the path again. Without sinks the close is written as delivered.
 //
@@ -52,12 +54,18 @@
 // change of ps or pb writes the index. pe keeps an ended conversation's
 // deadline: a claim writes "pb = if_not_exists(pe, :idle)", so new keys
 // after the end (or after the close) leave it alone. Idle deadlines are
-// rounded up to IdleStep (a minute) so that a conversation's index entry
-// moves at most once a minute, not with every new key. A claim that finds
+// rounded up to IdleStep so that a conversation's index entry moves at
+// most once a step, not with every new key. A claim that finds
 // no new key must not postpone the idle close; it writes pb all the same
 // (the write cannot know), and then puts the old value back on condition
 // that pn is still its own: rare, since the pipeline's cache and
 // ReadFirst keep known keys from writing.
+//
+// Index writes per conversation, as DynamoDB bills them (keys only: one
+// write unit per entry added or removed, two per move): the first claim
+// adds it, the end moves it, the close's mark removes it; a new key moves
+// it only when it crosses an IdleStep boundary (15 minutes by default, or
+// a sixteenth of the idle timeout if shorter).
 //
 // # Claiming
 //

@@ -72,8 +72,8 @@ type Config struct {
 	PathShards int
 	// IdleStep rounds idle deadlines up to a multiple of it, so that the
 	// index entry of a conversation moves at most once per step however
-	// many new keys it gets; if zero, DefaultIdleStep or a sixtieth of the
-	// idle timeout, whichever is shorter. An idle path closes up to one
+	// many new keys it gets; if zero, DefaultIdleStep or a sixteenth of
+	// the idle timeout, whichever is shorter. An idle path closes up to one
 	// step after its idle timeout, never before.
 	IdleStep time.Duration
 }
@@ -235,8 +235,8 @@ func Open(cfg Config, api API, opts store.Options, log *slog.Logger) (*Store, er
 		log = slog.Default()
 	}
 	if cfg.IdleStep == 0 && opts.Paths != nil && opts.Paths.Idle > 0 {
-		// At most a sixtieth of the idle timeout late.
-		cfg.IdleStep = min(DefaultIdleStep, opts.Paths.Idle/60)
+		// At most a sixteenth of the idle timeout late.
+		cfg.IdleStep = min(DefaultIdleStep, opts.Paths.Idle/16)
 	}
 	cfg = cfg.WithDefaults()
 	return &Store{

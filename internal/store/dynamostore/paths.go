@@ -33,13 +33,14 @@ const (
 const (
 	DefaultPathIndex  = "paths"
 	DefaultPathShards = 16
-	DefaultIdleStep   = time.Minute
+	DefaultIdleStep   = 15 * time.Minute
 	maxPathShards     = 256
 )
 
-// never is the due time of a closed path: the index keeps the item until
-// its TTL deletes it, under a deadline no sweep reaches, so that no later
-// write (a late key, a repeated end) can make it due again.
+// never is the end time of a closed path: a claim or an end writes
+// "pb = if_not_exists(pe, …)", so after a close they can only write never,
+// a due time no sweep reaches. The close's mark removes pb (one index
+// write); a late key or end puts the item back under never (one more).
 const never = int64(1) << 53
 
 func (s *Store) shard(id string) string {
@@ -359,7 +360,7 @@ func (s *Store) closeOne(ctx context.Context, id string, asOf, now time.Time, le
 	} else {
 		names["#pe"] = attrEnd
 		values[":lease"], values[":never"] = num(0), num(never)
-		set += ", #pb = :never, #pe = :never"
+		set += ", #pe = :never REMOVE #pb"
 	}
 	out, err := s.updateItem(ctx, &dynamodb.UpdateItemInput{
 		Key:                       s.key(id),
@@ -391,7 +392,7 @@ func (s *Store) closeOne(ctx context.Context, id string, asOf, now time.Time, le
 // closeMark is the write that marks a delivered close: the path is never
 // due again. It does nothing when another instance took the close over.
 func closeMark(lease int64) (update, cond string, names map[string]string, values map[string]types.AttributeValue) {
-	return "SET #pc = :zero, #pb = :never, #pe = :never", "#pc = :lease",
+	return "SET #pc = :zero, #pe = :never REMOVE #pb", "#pc = :lease",
 		map[string]string{"#pc": attrClose, "#pb": attrDue, "#pe": attrEnd},
 		map[string]types.AttributeValue{":zero": num(0), ":never": num(never), ":lease": num(lease)}
 }

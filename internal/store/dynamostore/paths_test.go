@@ -202,7 +202,7 @@ func TestPathCloseTakenOverAfterLease(t *testing.T) {
 	}
 }
 
-// TestIdleStepRoundsUp: with the default step an idle path closes at its
+// TestIdleStepRoundsUp: with a step of a minute an idle path closes at its
 // idle timeout rounded up to the minute, never before; and a claim that
 // finds no new key leaves the deadline where it was.
 func TestIdleStepRoundsUp(t *testing.T) {
@@ -210,7 +210,7 @@ func TestIdleStepRoundsUp(t *testing.T) {
 	table := srv.CreateTable(t)
 	ctx := context.Background()
 	clock := storetest.NewClock(t0) // 09:31:48
-	s := open(t, srv, table, dynamostore.Config{}, pathStoreOpts(clock))
+	s := open(t, srv, table, dynamostore.Config{IdleStep: time.Minute}, pathStoreOpts(clock))
 	a := storetest.Occ("F", "A", t0)
 	mustClaim(t, s, "c", a)
 	var d countingDerive
