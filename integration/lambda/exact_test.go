@@ -155,6 +155,14 @@ func (q *queue) delete(ms []*message) {
 	}
 }
 
+// push adds messages to the queue (a close message, a sweep).
+func (q *queue) push(ms ...*message) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.msgs = append(q.msgs, ms...)
+	q.left += len(ms)
+}
+
 func (q *queue) remaining() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -238,7 +246,14 @@ func runExactness(t *testing.T, bootstrap, rie string, srv *dynalitetest.Server,
 	q.left = len(q.msgs)
 
 	out := &output{}
+	// Conversation paths: a customer.end closes its path a grace later,
+	// through the close queue where several instances write (the template
+	// has none with a single writer: the sweep closes ended paths there);
+	// the others close at their idle timeout, found by the sweep.
+	closeQ, sqsURL := startFakeSQS(t)
 	env := append(os.Environ(),
+		"FLOWMETRICS_PATHS=true", "FLOWMETRICS_GRACE=1s", "FLOWMETRICS_IDLE_TIMEOUT=4s", "FLOWMETRICS_IDLE_STEP=1s",
+		"FLOWMETRICS_PATHS_CONFIG="+pathsConfig,
 		"AWS_LAMBDA_FUNCTION_TIMEOUT="+fmt.Sprint(int(functionTimeout/time.Second)),
 		"AWS_LAMBDA_FUNCTION_NAME=flowmetrics-it",
 		"AWS_REGION=us-east-1", "AWS_ACCESS_KEY_ID=test", "AWS_SECRET_ACCESS_KEY=test",
@@ -254,6 +269,9 @@ func runExactness(t *testing.T, bootstrap, rie string, srv *dynalitetest.Server,
 		"FLOWMETRICS_FLUSH_RESERVE=1s",
 		"FLOWMETRICS_LOG_LEVEL=error",
 	)
+	if ar.instances > 1 {
+		env = append(env, "FLOWMETRICS_CLOSE_QUEUE_URL="+sqsURL+"/close", "FLOWMETRICS_SQS_ENDPOINT="+sqsURL)
+	}
 	var ins []*instance
 	for i := 0; i < ar.instances; i++ {
 		in := &instance{name: fmt.Sprintf("instance%d", i), bootstrap: bootstrap, rie: rie, env: env, out: out, t: t}
@@ -345,69 +363,76 @@ func runExactness(t *testing.T, bootstrap, rie string, srv *dynalitetest.Server,
 		return acked
 	}
 
-	var wg sync.WaitGroup
-	for w := range ins {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for ctx.Err() == nil && q.remaining() > 0 {
-				if !ins[w].up() {
-					time.Sleep(20 * time.Millisecond)
-					continue
-				}
-				var batch []*message
-				twin := -1
-				rnd(func(r *rand.Rand) {
-					batch = q.receive(r, time.Now())
-					// SQS is at-least-once: now and then the same batch
-					// goes to a second consumer at the same time.
-					if ar.twins && len(batch) > 0 && r.IntN(8) == 0 {
-						twin = (w + 1 + r.IntN(len(ins)-1)) % len(ins)
+	// feeding: more messages are coming (sweeps), so the workers wait
+	// for them even when the queue is empty.
+	var feeding atomic.Bool
+	drain := func(kills int) int {
+		var wg sync.WaitGroup
+		for w := range ins {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				for ctx.Err() == nil && (q.remaining() > 0 || feeding.Load()) {
+					if !ins[w].up() {
+						time.Sleep(20 * time.Millisecond)
+						continue
 					}
-				})
-				if len(batch) == 0 {
-					time.Sleep(50 * time.Millisecond)
-					continue
+					var batch []*message
+					twin := -1
+					rnd(func(r *rand.Rand) {
+						batch = q.receive(r, time.Now())
+						// SQS is at-least-once: now and then the same batch
+						// goes to a second consumer at the same time.
+						if ar.twins && len(batch) > 0 && r.IntN(8) == 0 {
+							twin = (w + 1 + r.IntN(len(ins)-1)) % len(ins)
+						}
+					})
+					if len(batch) == 0 {
+						time.Sleep(50 * time.Millisecond)
+						continue
+					}
+					if twin >= 0 {
+						st.add(func(s *stats) { s.doubled++ })
+						var twinAcked []*message
+						var tw sync.WaitGroup
+						tw.Add(1)
+						go func() { defer tw.Done(); twinAcked = run(ins[twin], batch) }()
+						acked := run(ins[w], batch)
+						tw.Wait()
+						q.delete(acked)
+						q.delete(twinAcked)
+						continue
+					}
+					q.delete(run(ins[w], batch))
 				}
-				if twin >= 0 {
-					st.add(func(s *stats) { s.doubled++ })
-					var twinAcked []*message
-					var tw sync.WaitGroup
-					tw.Add(1)
-					go func() { defer tw.Done(); twinAcked = run(ins[twin], batch) }()
-					acked := run(ins[w], batch)
-					tw.Wait()
-					q.delete(acked)
-					q.delete(twinAcked)
-					continue
-				}
-				q.delete(run(ins[w], batch))
-			}
-		}(w)
-	}
-
-	// The killer: SIGKILL an instance in the middle of an invocation, now
-	// and then, and start it again (a cold start).
-	killed := 0
-	for killed < kills && ctx.Err() == nil && q.remaining() > 0 {
-		time.Sleep(700 * time.Millisecond)
-		var in *instance
-		var delay time.Duration
-		rnd(func(r *rand.Rand) {
-			in = ins[r.IntN(len(ins))]
-			delay = time.Duration(r.IntN(30)) * time.Millisecond
-		})
-		// Wait until it is busy, so the kill lands inside an invocation.
-		for i := 0; i < 200 && in.busy.TryLock(); i++ {
-			in.busy.Unlock()
-			time.Sleep(2 * time.Millisecond)
+			}(w)
 		}
-		time.Sleep(delay)
-		in.kill()
-		in.start()
-		killed++
+
+		// The killer: SIGKILL an instance in the middle of an invocation, now
+		// and then, and start it again (a cold start).
+		killed := 0
+		for killed < kills && ctx.Err() == nil && q.remaining() > 0 {
+			time.Sleep(700 * time.Millisecond)
+			var in *instance
+			var delay time.Duration
+			rnd(func(r *rand.Rand) {
+				in = ins[r.IntN(len(ins))]
+				delay = time.Duration(r.IntN(30)) * time.Millisecond
+			})
+			// Wait until it is busy, so the kill lands inside an invocation.
+			for i := 0; i < 200 && in.busy.TryLock(); i++ {
+				in.busy.Unlock()
+				time.Sleep(2 * time.Millisecond)
+			}
+			time.Sleep(delay)
+			in.kill()
+			in.start()
+			killed++
+		}
+		wg.Wait()
+		return killed
 	}
-	wg.Wait()
+	killed := drain(kills)
 	if stalled.Load() {
 		t.Fatalf("no event acknowledged for %v (%d of %d left); stdout: %q; intake: %v", stallLimit, q.remaining(), len(q.msgs), out.other, dd.bad)
 	}
@@ -456,6 +481,7 @@ func runExactness(t *testing.T, bootstrap, rie string, srv *dynalitetest.Server,
 		compare(t, "CloudWatch (EMF)", expect, got, risk)
 	}
 	if !strings.Contains(ar.sinks, "datadog") {
+		checkPaths(t, ar, q, closeQ, feeding.Store, drain, stalled.Load, want, out, nil, ins)
 		return true
 	}
 	dd.mu.Lock()
@@ -495,6 +521,7 @@ func runExactness(t *testing.T, bootstrap, rie string, srv *dynalitetest.Server,
 		}
 	}
 	compare(t, "Datadog ("+ar.mode+")", expect, got, dd.atRisk(killedAt))
+	checkPaths(t, ar, q, closeQ, feeding.Store, drain, stalled.Load, want, out, dd, ins)
 	return true
 }
 

@@ -81,6 +81,8 @@ type output struct {
 	// atRisk: points written by invocations that never completed (their
 	// instance was killed). Only these can be counted twice.
 	atRisk int64
+	// pathRisk: the same, for path points.
+	pathRisk int64
 	// reports sums the function's own RecordsFailed/RecordsDeferred.
 	failed, deferred int64
 	lines            int64
@@ -146,6 +148,9 @@ func (o *output) add(ps []emfPoint, risk bool) {
 	for _, p := range ps {
 		if p.name != "" {
 			o.paths = append(o.paths, p)
+			if risk {
+				o.pathRisk += p.value
+			}
 			continue
 		}
 		o.points = append(o.points, p)

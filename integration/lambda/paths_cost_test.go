@@ -26,6 +26,8 @@ type fakeSQS struct {
 	requests int64
 	bodies   []string
 	delays   map[int32]int
+	// onSend, when set, receives each message sent (outside the lock).
+	onSend func(body string, delay int32)
 }
 
 func startFakeSQS(t *testing.T) (*fakeSQS, string) {
@@ -59,7 +61,13 @@ func startFakeSQS(t *testing.T) (*fakeSQS, string) {
 			sum := md5.Sum([]byte(e.MessageBody))
 			out.Successful = append(out.Successful, ok{e.Id, fmt.Sprint("m", len(q.bodies)), hex.EncodeToString(sum[:])})
 		}
+		onSend := q.onSend
 		q.mu.Unlock()
+		if onSend != nil {
+			for _, e := range in.Entries {
+				onSend(e.MessageBody, e.DelaySeconds)
+			}
+		}
 		out.Failed = []struct{}{}
 		w.Header().Set("Content-Type", "application/x-amz-json-1.0")
 		json.NewEncoder(w).Encode(out)
