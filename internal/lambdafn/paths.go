@@ -159,8 +159,9 @@ func (h *Handler) scheduleCloses(ctx context.Context, recs []genesys.Record) (ma
 }
 
 // sweepLimit is the most paths one round of a sweep closes before it
-// delivers their points.
-const sweepLimit = 256
+// delivers their points: small enough that a round ends well within a
+// short function timeout, so a backlog is worked off round by round.
+const sweepLimit = 64
 
 // HandleSweep closes every conversation path that is due, in rounds of at
 // most sweepLimit, delivering each round's points before the next. It
@@ -171,6 +172,8 @@ func (h *Handler) HandleSweep(ctx context.Context) error {
 	if !h.paths {
 		return nil
 	}
+	ctx, cancel := h.bounded(ctx)
+	defer cancel()
 	for {
 		n, err := h.p.ClosePathsOnce(ctx, time.Now(), sweepLimit)
 		if err != nil {
@@ -188,6 +191,16 @@ func (h *Handler) HandleSweep(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// bounded returns ctx ending the flush reserve before the invocation's
+// deadline, so that a slow store call fails the messages instead of timing
+// the invocation out.
+func (h *Handler) bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	if dl, ok := ctx.Deadline(); ok {
+		return context.WithDeadline(ctx, dl.Add(-h.reserve))
+	}
+	return context.WithCancel(ctx)
 }
 
 // handleControl processes the close and sweep messages of an SQS batch and
@@ -214,7 +227,9 @@ func (h *Handler) handleControl(ctx context.Context, msgs []events.SQSMessage, c
 		convs = append(convs, c.Conversation)
 	}
 	if len(convs) > 0 {
-		closed, err := h.p.ClosePathsOf(ctx, convs, time.Now())
+		cctx, cancel := h.bounded(ctx)
+		closed, err := h.p.ClosePathsOf(cctx, convs, time.Now())
+		cancel()
 		if err == nil && closed > 0 {
 			err = h.deliver(ctx)
 		}
