@@ -178,24 +178,16 @@ func (b *backend) record(md pmetric.Metrics) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.requests++
-	rms := md.ResourceMetrics()
-	for i := 0; i < rms.Len(); i++ {
-		sms := rms.At(i).ScopeMetrics()
-		for j := 0; j < sms.Len(); j++ {
-			ms := sms.At(j).Metrics()
-			for k := 0; k < ms.Len(); k++ {
-				m := ms.At(k)
-				var typ otlptranslator.MetricType = otlptranslator.MetricTypeUnknown
-				switch {
-				case m.Type() == pmetric.MetricTypeSum && m.Sum().IsMonotonic():
-					typ = otlptranslator.MetricTypeMonotonicCounter
-				case m.Type() == pmetric.MetricTypeHistogram:
-					typ = otlptranslator.MetricTypeHistogram
-				}
-				b.metrics[m.Name()] = otlptranslator.Metric{Name: m.Name(), Unit: m.Unit(), Type: typ}
-			}
+	eachMetric(md, func(m pmetric.Metric) {
+		var typ otlptranslator.MetricType = otlptranslator.MetricTypeUnknown
+		switch {
+		case m.Type() == pmetric.MetricTypeSum && m.Sum().IsMonotonic():
+			typ = otlptranslator.MetricTypeMonotonicCounter
+		case m.Type() == pmetric.MetricTypeHistogram:
+			typ = otlptranslator.MetricTypeHistogram
 		}
-	}
+		b.metrics[m.Name()] = otlptranslator.Metric{Name: m.Name(), Unit: m.Unit(), Type: typ}
+	})
 	eachSum(md, func(p point) {
 		b.points = append(b.points, p)
 		lv := b.lastValue[p.series]
@@ -225,29 +217,21 @@ func seriesOf(name string, attrs pcommon.Map) string {
 }
 
 func eachHist(md pmetric.Metrics, f func(hpoint)) {
-	rms := md.ResourceMetrics()
-	for i := 0; i < rms.Len(); i++ {
-		sms := rms.At(i).ScopeMetrics()
-		for j := 0; j < sms.Len(); j++ {
-			ms := sms.At(j).Metrics()
-			for k := 0; k < ms.Len(); k++ {
-				m := ms.At(k)
-				if m.Type() != pmetric.MetricTypeHistogram {
-					continue
-				}
-				dps := m.Histogram().DataPoints()
-				for l := 0; l < dps.Len(); l++ {
-					dp := dps.At(l)
-					f(hpoint{
-						series: seriesOf(m.Name(), dp.Attributes()),
-						start:  uint64(dp.StartTimestamp()), time: uint64(dp.Timestamp()),
-						count: dp.Count(), sum: dp.Sum(),
-						bounds: dp.ExplicitBounds().AsRaw(), buckets: dp.BucketCounts().AsRaw(),
-					})
-				}
-			}
+	eachMetric(md, func(m pmetric.Metric) {
+		if m.Type() != pmetric.MetricTypeHistogram {
+			return
 		}
-	}
+		dps := m.Histogram().DataPoints()
+		for l := 0; l < dps.Len(); l++ {
+			dp := dps.At(l)
+			f(hpoint{
+				series: seriesOf(m.Name(), dp.Attributes()),
+				start:  uint64(dp.StartTimestamp()), time: uint64(dp.Timestamp()),
+				count: dp.Count(), sum: dp.Sum(),
+				bounds: dp.ExplicitBounds().AsRaw(), buckets: dp.BucketCounts().AsRaw(),
+			})
+		}
+	})
 }
 
 // d2cHists is the last cumulative histogram deltatocumulative emitted per
@@ -264,30 +248,36 @@ func (b *backend) d2cHists() map[string]hpoint {
 	return out
 }
 
-func eachSum(md pmetric.Metrics, f func(point)) {
+// eachMetric calls f for every metric of md.
+func eachMetric(md pmetric.Metrics, f func(pmetric.Metric)) {
 	rms := md.ResourceMetrics()
 	for i := 0; i < rms.Len(); i++ {
 		sms := rms.At(i).ScopeMetrics()
 		for j := 0; j < sms.Len(); j++ {
 			ms := sms.At(j).Metrics()
 			for k := 0; k < ms.Len(); k++ {
-				m := ms.At(k)
-				if m.Type() != pmetric.MetricTypeSum {
-					continue
-				}
-				dps := m.Sum().DataPoints()
-				for l := 0; l < dps.Len(); l++ {
-					dp := dps.At(l)
-					f(point{
-						series: seriesOf(m.Name(), dp.Attributes()),
-						start:  uint64(dp.StartTimestamp()), time: uint64(dp.Timestamp()),
-						value:      dp.IntValue(),
-						cumulative: m.Sum().AggregationTemporality() == pmetric.AggregationTemporalityCumulative,
-					})
-				}
+				f(ms.At(k))
 			}
 		}
 	}
+}
+
+func eachSum(md pmetric.Metrics, f func(point)) {
+	eachMetric(md, func(m pmetric.Metric) {
+		if m.Type() != pmetric.MetricTypeSum {
+			return
+		}
+		dps := m.Sum().DataPoints()
+		for l := 0; l < dps.Len(); l++ {
+			dp := dps.At(l)
+			f(point{
+				series: seriesOf(m.Name(), dp.Attributes()),
+				start:  uint64(dp.StartTimestamp()), time: uint64(dp.Timestamp()),
+				value:      dp.IntValue(),
+				cumulative: m.Sum().AggregationTemporality() == pmetric.AggregationTemporalityCumulative,
+			})
+		}
+	})
 }
 
 // lastValueTotals is what a backend keeping the last value per series and

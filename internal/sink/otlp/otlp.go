@@ -367,14 +367,16 @@ func (s *Sink) merge(points []flowmetrics.Point, now time.Time) {
 		}
 		s.ws.add(name, p.Flow, p.Metric, p.Bucket, w, p.Count, now, &a)
 	}
-	if a.late > 0 {
-		s.m.PointsAdjusted.WithLabelValues(Name, ReasonLate).Add(float64(a.late))
-	}
-	if a.future > 0 {
-		s.m.PointsAdjusted.WithLabelValues(Name, ReasonFuture).Add(float64(a.future))
-	}
-	if a.coalesced > 0 {
-		s.m.PointsAdjusted.WithLabelValues(Name, ReasonCoalesced).Add(float64(a.coalesced))
+	s.adjusted(a, ReasonLate)
+}
+
+// adjusted counts what a merge counted other than at its own bucket; late
+// is the reason of the late ones (occurrences or path points).
+func (s *Sink) adjusted(a adjust, late string) {
+	for reason, n := range map[string]int64{late: a.late, ReasonFuture: a.future, ReasonCoalesced: a.coalesced} {
+		if n > 0 {
+			s.m.PointsAdjusted.WithLabelValues(Name, reason).Add(float64(n))
+		}
 	}
 }
 

@@ -124,15 +124,7 @@ func (s *Sink) mergePaths(points []flowmetrics.PathPoint, now time.Time) {
 		}
 		s.ws.addPath(pm.name, p.Kind.String(), attrs, pm.hist, p.Time, pathWidth, ns, now, &a)
 	}
-	if a.late > 0 {
-		s.m.PointsAdjusted.WithLabelValues(Name, ReasonLatePath).Add(float64(a.late))
-	}
-	if a.future > 0 {
-		s.m.PointsAdjusted.WithLabelValues(Name, ReasonFuture).Add(float64(a.future))
-	}
-	if a.coalesced > 0 {
-		s.m.PointsAdjusted.WithLabelValues(Name, ReasonCoalesced).Add(float64(a.coalesced))
-	}
+	s.adjusted(a, ReasonLatePath)
 }
 
 // pathFingerprint identifies a batch of path points, to recognise the
