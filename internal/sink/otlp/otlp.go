@@ -115,41 +115,41 @@ func (c Config) Validate() error {
 	if c.Endpoint != "" {
 		u, err := url.Parse(c.Endpoint)
 		if err != nil {
-			return fmt.Errorf("otlp.endpoint %q: %w", c.Endpoint, err)
+			return fmt.Errorf("endpoint %q: %w", c.Endpoint, err)
 		}
 		if u.Scheme != "http" && u.Scheme != "https" {
-			return fmt.Errorf("otlp.endpoint %q: must be an http:// or https:// URL", c.Endpoint)
+			return fmt.Errorf("endpoint %q: must be an http:// or https:// URL", c.Endpoint)
 		}
 		if u.Host == "" {
-			return fmt.Errorf("otlp.endpoint %q: host required", c.Endpoint)
+			return fmt.Errorf("endpoint %q: host required", c.Endpoint)
 		}
 		if c.Insecure && u.Scheme == "https" {
-			return fmt.Errorf("otlp.insecure: contradicts the https endpoint %q", c.Endpoint)
+			return fmt.Errorf("insecure: contradicts the https endpoint %q", c.Endpoint)
 		}
 	}
 	for k := range c.Headers {
 		if k == "" || strings.ContainsAny(k, " :\r\n") {
-			return fmt.Errorf("otlp.headers: bad header name %q", k)
+			return fmt.Errorf("headers: bad header name %q", k)
 		}
 	}
 	switch c.Compression {
 	case "", "gzip", "none":
 	default:
-		return fmt.Errorf("otlp.compression %q: must be gzip or none", c.Compression)
+		return fmt.Errorf("compression %q: must be gzip or none", c.Compression)
 	}
 	if c.Timeout < 0 {
-		return fmt.Errorf("otlp.timeout %v: must not be negative", c.Timeout)
+		return fmt.Errorf("timeout %v: must not be negative", c.Timeout)
 	}
 	switch c.Temporality {
 	case "", Delta, Cumulative:
 	default:
-		return fmt.Errorf("otlp.temporality %q: must be delta or cumulative", c.Temporality)
+		return fmt.Errorf("temporality %q: must be delta or cumulative", c.Temporality)
 	}
 	if c.Watermark < 0 || c.Watermark > time.Hour {
-		return fmt.Errorf("otlp.watermark %v: must be between 0 and 1h", c.Watermark)
+		return fmt.Errorf("watermark %v: must be between 0 and 1h", c.Watermark)
 	}
 	if c.MaxPointsPerRequest < 0 {
-		return fmt.Errorf("otlp.max_points_per_request %d: must not be negative", c.MaxPointsPerRequest)
+		return fmt.Errorf("max_points_per_request %d: must not be negative", c.MaxPointsPerRequest)
 	}
 	if err := paths.ValidBuckets(c.DurationBuckets); err != nil {
 		return fmt.Errorf("otlp.duration_buckets: %w", err)
@@ -205,7 +205,7 @@ type Sink struct {
 // the environment but does not touch the network.
 func New(cfg Config, d sink.Deps) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("otlp: %w", err)
 	}
 	d = d.WithDefaults()
 	namer, m, log := d.Namer, d.Metrics, d.Log
