@@ -3,6 +3,7 @@ package lambda_test
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/paths"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog/datadogtest"
 	"github.com/flowmetrics/flowmetrics/internal/sink/emf"
 )
 
@@ -30,7 +32,7 @@ const pathsConfig = `{"funnels": [{"name": "routing", "steps": ["CustomerRouting
 // EMF the number of durations, in Datadog their sum in whole seconds) and
 // the funnel; duplicates only inside the window of killed invocations.
 func checkPaths(t *testing.T, ar arrangement, q *queue, closeQ *fakeSQS, setFeeding func(bool), drain func(int) int,
-	stalled func() bool, want map[occurrence]time.Time, out *output, dd *intake, ins []*instance) {
+	stalled func() bool, want map[occurrence]time.Time, out *output, dd *datadogtest.Intake, ins []*instance) {
 	t.Helper()
 	for _, in := range ins {
 		in.start() // phase one ended by stopping them: a cold start each
@@ -112,11 +114,11 @@ func checkPaths(t *testing.T, ar arrangement, q *queue, closeQ *fakeSQS, setFeed
 				}
 			}
 			emfWant[cell{emfName(p.Kind), strings.Join(labels, ","), minute}]++
-			k := seriesKey(datadog.MetricName(name), ddTags)
+			k := datadogtest.SeriesKey(datadog.MetricName(name), ddTags)
 			ddKeys[k] = true
 			v := int64(1)
 			if p.Kind.IsDuration() {
-				v = int64(p.Seconds) // the intake keeps whole seconds
+				v = int64(math.Round(p.Seconds)) // whole seconds in this corpus
 			}
 			ddWant[cell{k, "", minute}] += v
 		}
@@ -148,7 +150,7 @@ func checkPaths(t *testing.T, ar arrangement, q *queue, closeQ *fakeSQS, setFeed
 	}
 	got := map[cell]int64{}
 	for _, dist := range []bool{false, true} {
-		for k, mins := range dd.perMinute(dist) {
+		for k, mins := range dd.PerMinute(dist) {
 			if !isPathSeries(k) {
 				continue
 			}
@@ -157,11 +159,11 @@ func checkPaths(t *testing.T, ar arrangement, q *queue, closeQ *fakeSQS, setFeed
 				continue
 			}
 			for m, v := range mins {
-				got[cell{k, "", m}] += v
+				got[cell{k, "", m}] += int64(math.Round(v))
 			}
 		}
 	}
-	compare(t, "paths in Datadog ("+ar.mode+")", ddWant, got, dd.atRisk(killedAt))
+	compare(t, "paths in Datadog ("+ar.mode+")", ddWant, got, atRisk(dd, killedAt))
 }
 
 func emfName(k flowmetrics.PathKind) string {
