@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
 	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
@@ -104,13 +105,13 @@ const MalformedMetric = "flowmetrics.malformed_attributes.count"
 // Generate returns the files, in the order of the constants above.
 func Generate(o Options) ([]File, error) {
 	if err := o.Naming.Validate(); err != nil {
-		return nil, err
+		return nil, config.At("naming", err)
 	}
 	if o.PrometheusName == "" {
 		o.PrometheusName = prometheus.DefaultName
 	}
 	if err := (prometheus.Config{Name: o.PrometheusName}).Validate(); err != nil {
-		return nil, err
+		return nil, config.At("sinks.prometheus", err)
 	}
 	if o.Title == "" {
 		o.Title = "Genesys flow metrics"
