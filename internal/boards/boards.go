@@ -23,7 +23,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
 	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
@@ -105,13 +104,13 @@ const MalformedMetric = "flowmetrics.malformed_attributes.count"
 // Generate returns the files, in the order of the constants above.
 func Generate(o Options) ([]File, error) {
 	if err := o.Naming.Validate(); err != nil {
-		return nil, config.At("naming", err)
+		return nil, fmt.Errorf("naming.%w", err) // named as in the config file
 	}
 	if o.PrometheusName == "" {
 		o.PrometheusName = prometheus.DefaultName
 	}
 	if err := (prometheus.Config{Name: o.PrometheusName}).Validate(); err != nil {
-		return nil, config.At("sinks.prometheus", err)
+		return nil, fmt.Errorf("sinks.prometheus.%w", err)
 	}
 	if o.Title == "" {
 		o.Title = "Genesys flow metrics"
