@@ -7,11 +7,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
@@ -136,14 +138,5 @@ func (m *indexMeter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func endEnvelope(conv string) string {
-	b, _ := json.Marshal(map[string]any{
-		"version": "0", "id": "end-" + conv, "detail-type": "v2.detail.events.conversation.{id}.customer.end",
-		"source": "aws.partner/genesys.com/cloud/org/flow-metrics", "account": "123456789012",
-		"time": "2026-11-20T09:41:48Z", "region": "eu-west-2", "resources": []string{},
-		"detail": map[string]any{
-			"topicName": "v2.detail.events.conversation." + conv + ".customer.end", "version": "2",
-			"eventBody": map[string]any{"eventTime": 1795167708900, "conversationId": conv},
-		},
-	})
-	return string(b)
+	return string(genesys.Envelope{Topic: genesys.TopicCustomerEnd, Conversation: conv, Time: time.Now()}.JSON())
 }

@@ -2,7 +2,6 @@ package lambdafn_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sync"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/lambdafn"
 	"github.com/flowmetrics/flowmetrics/internal/paths"
 	"github.com/flowmetrics/flowmetrics/internal/store"
@@ -59,16 +59,7 @@ func longInvocation(t *testing.T) context.Context {
 }
 
 func endEnvelope(conv string) string {
-	b, _ := json.Marshal(map[string]any{
-		"version": "0", "id": "end-" + conv, "detail-type": "v2.detail.events.conversation.{id}.customer.end",
-		"source": "aws.partner/genesys.com/cloud/org/flow-metrics", "account": "123456789012",
-		"time": "2026-11-20T09:41:48Z", "region": "eu-west-2", "resources": []string{},
-		"detail": map[string]any{
-			"topicName": "v2.detail.events.conversation." + conv + ".customer.end", "version": "2",
-			"eventBody": map[string]any{"eventTime": 1795167708900, "conversationId": conv},
-		},
-	})
-	return string(b)
+	return string(genesys.Envelope{Topic: genesys.TopicCustomerEnd, Conversation: conv, Time: time.Now()}.JSON())
 }
 
 // TestPathsCloseOnceOnLambda: three instances on one table get the same
