@@ -175,22 +175,60 @@ func testPathIdle(t *testing.T, h Harness) {
 	clock := NewClock(t0)
 	s := h.Open(t, pathOpts(clock))
 	d := newRecordDerive()
+	step := pathOpts(clock).Paths.Step()
 	a, b := Occ("F", "A", t0), Occ("F", "B", t0)
 	mustClaimReqs(t, s, req("c1", a))
 	clock.Advance(idle / 2)
-	// A new key pushes the idle deadline; a known one does not.
+	// A new key pushes the idle deadline to exactly now+idle.
 	mustClaimReqs(t, s, req("c1", b))
 	last := clock.Now()
-	clock.Advance(idle / 4)
-	mustClaimReqs(t, s, req("c1", a, b))
 	if n := mustClose(t, s, last.Add(idle-time.Nanosecond), d); n != 0 {
 		t.Errorf("closed %d before the idle timeout, want 0", n)
 	}
+	// Known keys within a step of the last deadline change do not move it.
+	clock.Advance(step / 2)
+	mustClaimReqs(t, s, req("c1", a, b))
 	if n := mustClose(t, s, last.Add(idle), d); n != 1 {
 		t.Errorf("closed %d at the idle timeout, want 1", n)
 	}
 	if got, want := d.closedKeys("c1"), fmt.Sprintf("false[%s %s]", a.Key, b.Key); got != want {
 		t.Errorf("derived from %s, want %s", got, want)
+	}
+
+	// Events that only repeat known keys keep the path open: it closes no
+	// earlier than idle after the last of them, and no later than a step
+	// after that.
+	mustClaimReqs(t, s, req("c2", a))
+	for range 3 {
+		clock.Advance(idle / 2)
+		mustClaimReqs(t, s, req("c2", a))
+	}
+	last = clock.Now()
+	if n := mustClose(t, s, last.Add(idle-time.Nanosecond), d); n != 0 {
+		t.Errorf("c2: closed %d before idle after its last event, want 0", n)
+	}
+	if n := mustClose(t, s, last.Add(idle+step), d); n != 1 {
+		t.Errorf("c2: closed %d a step after idle after its last event, want 1", n)
+	}
+	if got, want := d.closedKeys("c2"), fmt.Sprintf("false[%s]", a.Key); got != want {
+		t.Errorf("c2: derived from %s, want %s", got, want)
+	}
+
+	// A new key less than a step after the previous one moves the deadline
+	// but may leave the index entry where it was: the path is still not
+	// closed before its deadline.
+	mustClaimReqs(t, s, req("c3", a))
+	clock.Advance(step / 2)
+	mustClaimReqs(t, s, req("c3", b))
+	last = clock.Now()
+	if n := mustClose(t, s, last.Add(idle-step/2), d); n != 0 {
+		t.Errorf("c3: closed %d at the first key's deadline, want 0", n)
+	}
+	if n := mustClose(t, s, last.Add(idle-time.Nanosecond), d); n != 0 {
+		t.Errorf("c3: closed %d before the idle timeout, want 0", n)
+	}
+	if n := mustClose(t, s, last.Add(idle), d); n != 1 {
+		t.Errorf("c3: closed %d at the idle timeout, want 1", n)
 	}
 }
 
