@@ -39,6 +39,7 @@ type cacheEntry struct {
 	keys    map[string]struct{}
 	bytes   int64
 	expires time.Time
+	told    time.Time // when the store last got a request of the conversation
 }
 
 func newKnownCache(max int, maxBytes int64, ttl time.Duration) *knownCache {
@@ -95,7 +96,7 @@ func (c *knownCache) learn(conv string, keys []string, now time.Time) (evicted i
 	if !ok {
 		// The cache keeps its own copies: the strings of a decoded record
 		// may share its whole body, which must not stay alive here.
-		e := &cacheEntry{conv: strings.Clone(conv), keys: make(map[string]struct{}, len(keys)), expires: now.Add(c.ttl), bytes: entryCost + int64(len(conv))}
+		e := &cacheEntry{conv: strings.Clone(conv), keys: make(map[string]struct{}, len(keys)), expires: now.Add(c.ttl), bytes: entryCost + int64(len(conv)), told: now}
 		el = c.lru.PushFront(e)
 		c.items[e.conv] = el
 		c.bytes += e.bytes
@@ -103,6 +104,7 @@ func (c *knownCache) learn(conv string, keys []string, now time.Time) (evicted i
 	// The expiry stays that of the first learning: keys learned later are
 	// younger, so the entry still expires before any of them.
 	e := el.Value.(*cacheEntry)
+	e.told = now
 	for _, k := range keys {
 		if _, ok := e.keys[k]; ok {
 			continue
@@ -121,6 +123,28 @@ func (c *knownCache) learn(conv string, keys []string, now time.Time) (evicted i
 		evicted++
 	}
 	return evicted
+}
+
+// tell reports whether the store should hear of an event of conv that the
+// cache answered, because it last got a request of the conversation every
+// or longer ago (and then counts it as told now). A conversation the cache
+// does not hold reaches the store anyway.
+func (c *knownCache) tell(conv string, now time.Time, every time.Duration) bool {
+	if c == nil || every <= 0 {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.items[conv]
+	if !ok {
+		return false
+	}
+	e := el.Value.(*cacheEntry)
+	if now.Sub(e.told) < every {
+		return false
+	}
+	e.told = now
+	return true
 }
 
 func (c *knownCache) remove(el *list.Element) {
