@@ -836,28 +836,11 @@ func (d *drainer) next(ctx context.Context) (*batch, error) {
 		b.paths = append(b.paths, e.Paths...)
 	}
 	b.n += len(b.paths)
-	if _, ok := PathSinkOf(d.sink); !ok && len(b.paths) > 0 {
+	if _, ok := d.sink.(flowmetrics.PathSink); !ok && len(b.paths) > 0 {
 		p.m.PathsUnsupported.WithLabelValues(d.name).Add(float64(len(b.paths)))
 		b.paths = nil
 	}
 	return b, nil
-}
-
-// PathSinkOf returns s as a flowmetrics.PathSink, looking through the
-// wrappers that give a sink another name or watch its sends (those have an
-// Unwrap method): path points go to the sink itself.
-func PathSinkOf(s flowmetrics.Sink) (flowmetrics.PathSink, bool) {
-	for range 8 {
-		if ps, ok := s.(flowmetrics.PathSink); ok {
-			return ps, true
-		}
-		u, ok := s.(interface{ Unwrap() flowmetrics.Sink })
-		if !ok {
-			return nil, false
-		}
-		s = u.Unwrap()
-	}
-	return nil, false
 }
 
 // send delivers a batch: its points with Send (unless it has none, or Send
@@ -871,8 +854,8 @@ func (d *drainer) send(ctx context.Context, b *batch) error {
 	}
 	b.pointsSent = true
 	if len(b.paths) > 0 {
-		ps, _ := PathSinkOf(d.sink)
-		return ps.SendPaths(ctx, b.paths)
+		// A sink without SendPaths never gets here: next dropped them.
+		return d.sink.(flowmetrics.PathSink).SendPaths(ctx, b.paths)
 	}
 	return nil
 }

@@ -253,17 +253,7 @@ func (s *Store) scan(prefix []byte, fn func(k, v []byte) error) (err error) {
 	if err := s.fatal.Err(); err != nil {
 		return err
 	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
-	if err != nil {
-		return fmt.Errorf("pebblestore: scan: %w", err)
-	}
-	defer it.Close()
-	for it.First(); it.Valid(); it.Next() {
-		if err := fn(it.Key(), it.Value()); err != nil {
-			return err
-		}
-	}
-	return it.Error()
+	return s.scanRange(prefix, prefixEnd(prefix), fn)
 }
 
 func prefixEnd(p []byte) []byte {
