@@ -72,6 +72,11 @@ type Config struct {
 	// path's points with it. The store must have been opened with
 	// PathOptions.
 	Derive flowmetrics.Deriver `yaml:"-"`
+	// PathTouch, with Derive, is how often the store hears of a
+	// conversation whose events the known-key cache answers (the store's
+	// PathOptions.Step), so that its path stays open while events come:
+	// the idle timeout counts from the last event, not the last new key.
+	PathTouch time.Duration `yaml:"-"`
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time `yaml:"-"`
 }
@@ -295,6 +300,11 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		conv := r.Event.ConversationID
 		unknown := p.cache.unknown(conv, occs, c.now)
 		if len(unknown) == 0 {
+			if p.cfg.Derive != nil && p.cache.tell(conv, c.now, p.cfg.PathTouch) {
+				// One known key is enough for the store to count the event.
+				c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: occs[:1]}, r)
+				continue
+			}
 			p.m.CacheHits.Inc()
 			continue
 		}
