@@ -109,7 +109,15 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 			return usageError(err)
 		}
 		pcfg := cfg.Pipeline
-		pcfg.Guard = newGuard(cfg, log)
+		// The guard's admitted pairs are the store's: a replay into a
+		// serve data directory shares serve's, so the two together never
+		// pass the limit.
+		if pcfg.Guard, err = newGuard(ctx, cfg, st, log); err != nil {
+			for _, s := range sinks {
+				s.Close(ctx)
+			}
+			return err
+		}
 		if *dataDir != "" {
 			// Own cursors, so serve's pending points for a sink of the same
 			// kind are neither taken nor moved by the replay.

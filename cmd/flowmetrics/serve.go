@@ -153,7 +153,11 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 		return usageError(err)
 	}
 	pcfg := cfg.Pipeline
-	pcfg.Guard = newGuard(cfg, log)
+	if pcfg.Guard, err = newGuard(ctx, cfg, st, log); err != nil {
+		ln.Close()
+		st.Close()
+		return err
+	}
 	withPaths(cfg, &pcfg)
 	var dash *dashboard.Handler
 	if cfg.HTTP.DashboardOn() {

@@ -62,12 +62,20 @@ func open(t *testing.T, srv *dynalitetest.Server, table string, cfg dynamostore.
 
 func TestConformance(t *testing.T) {
 	srv := dynalitetest.Start(t)
+	var tables sync.Map // store → its table, for a second writer
 	for _, readFirst := range []bool{false, true} {
 		t.Run(fmt.Sprintf("ReadFirst=%v", readFirst), func(t *testing.T) {
 			storetest.Run(t, storetest.Harness{
 				SkipPaths: "conversation paths are not supported on DynamoDB yet",
 				Open: func(t *testing.T, opts store.Options) flowmetrics.Store {
-					return open(t, srv, srv.CreateTable(t), dynamostore.Config{ReadFirst: readFirst}, opts)
+					table := srv.CreateTable(t)
+					s := open(t, srv, table, dynamostore.Config{ReadFirst: readFirst}, opts)
+					tables.Store(s, table)
+					return s
+				},
+				Another: func(t *testing.T, s flowmetrics.Store) flowmetrics.Store {
+					table, _ := tables.Load(s)
+					return open(t, srv, table.(string), dynamostore.Config{ReadFirst: readFirst}, store.Options{})
 				},
 				SkipSinkState: "dynalite has no TransactWriteItems: TestConformanceMoto runs the sink-state tests",
 			})

@@ -27,6 +27,7 @@
 //	s/<sink name>\x00<key> -> one key of the sink's own state (AckState)
 //	p/<conversation id> -> path state (paths on): last change, deadline, ended, closed
 //	d/<deadline, 8 bytes BE><conversation id> -> empty: the open paths by deadline
+//	g/<slot, 4 bytes BE> -> the cardinality guard's slot-th admitted flow/metric pair (AdmitPairs)
 //
 // Failure: Pebble cannot survive some errors (a failed write-ahead-log write,
 // for example on a full disk): it calls its logger's Fatalf or panics, and
@@ -70,6 +71,7 @@ var (
 	statePrefix  = []byte("s/")
 	pathPrefix   = []byte("p/")
 	duePrefix    = []byte("d/")
+	pairPrefix   = []byte("g/")
 )
 
 // Store is a flowmetrics.Store on a Pebble database.
@@ -81,8 +83,11 @@ type Store struct {
 
 	mu      sync.Mutex // guards cursors
 	cursors map[string]uint64
-	closed  atomic.Bool
-	fatal   *fatal
+
+	pairMu sync.Mutex // guards pairs and serialises AdmitPairs
+	pairs  store.PairSet
+	closed atomic.Bool
+	fatal  *fatal
 }
 
 // Sizes. A write-ahead log holds what its memtable holds, and Pebble keeps
@@ -235,7 +240,14 @@ func (s *Store) load() error {
 		return err
 	}
 	s.seq = store.NewSequencer(last, pending)
-	return nil
+	return s.scan(pairPrefix, func(k, v []byte) error {
+		p, err := store.DecodePair(v)
+		if err != nil {
+			return fmt.Errorf("pebblestore: admitted pair %x: %w", k, err)
+		}
+		s.pairs.Add(p)
+		return nil
+	})
 }
 
 func (s *Store) scan(prefix []byte, fn func(k, v []byte) error) (err error) {
@@ -748,6 +760,49 @@ func (s *Store) SinkState(ctx context.Context, sink string) (map[string][]byte, 
 		return nil, fmt.Errorf("pebblestore: sink state %s: %w", sink, err)
 	}
 	return out, nil
+}
+
+// Pairs implements flowmetrics.Store.
+func (s *Store) Pairs(ctx context.Context) ([]flowmetrics.Pair, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	s.pairMu.Lock()
+	defer s.pairMu.Unlock()
+	return s.pairs.List(), nil
+}
+
+// AdmitPairs implements flowmetrics.Store: the new pairs are one synced
+// batch, each in the next free slot. The store has one writer, so the set
+// in memory is the set on disk.
+func (s *Store) AdmitPairs(ctx context.Context, pairs []flowmetrics.Pair, limit int) (_ []flowmetrics.Pair, err error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	s.pairMu.Lock()
+	defer s.pairMu.Unlock()
+	add := s.pairs.Missing(pairs, limit)
+	if len(add) == 0 {
+		return s.pairs.List(), nil
+	}
+	defer s.fatal.recover(&err)
+	b := s.db.NewBatch()
+	defer b.Close()
+	for i, p := range add {
+		v, err := store.EncodePair(p)
+		if err != nil {
+			return nil, fmt.Errorf("pebblestore: admit: %w", err)
+		}
+		k := binary.BigEndian.AppendUint32(bytes.Clone(pairPrefix), uint32(s.pairs.Slots()+i))
+		b.Set(k, v, nil)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return nil, fmt.Errorf("pebblestore: admit: %w", err)
+	}
+	for _, p := range add {
+		s.pairs.Add(p)
+	}
+	return s.pairs.List(), nil
 }
 
 // discardLocked deletes the entries every sink has delivered. The deletion
