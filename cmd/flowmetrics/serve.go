@@ -212,6 +212,7 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 		Handler:           httpapi.New(p, m, opts, log),
 		ReadTimeout:       cfg.HTTP.ReadTimeout,
 		ReadHeaderTimeout: min(cfg.HTTP.ReadTimeout, 10*time.Second),
+		MaxHeaderBytes:    httpapi.MaxHeaderBytes,
 		WriteTimeout:      cfg.HTTP.WriteTimeout,
 		IdleTimeout:       cfg.HTTP.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
