@@ -160,6 +160,6 @@ func New() *Metrics {
 	m.PathPoints = vec("path_points_total", "Points derived from closed conversation paths, by kind (exit, step, timing, funnel, experiment).", "kind")
 	m.PathEnds = cnt("path_end_events_total", "customer.end events read.")
 	m.PathLate = cnt("path_late_occurrences_total", "New occurrences of conversations whose path had already closed: counted as occurrences, not in the closed path.")
-	m.PathsUnsupported = vec("path_points_not_delivered_total", "Path points a sink does not deliver (only Prometheus, JSON lines and the dashboard take them so far).", "sink")
+	m.PathsUnsupported = vec("path_points_not_delivered_total", "Path points a sink does not take (a sink without path support).", "sink")
 	return m
 }

@@ -228,9 +228,12 @@ func (c Config) path() string {
 
 // endpoint returns the intake URL of c's mode, reading DD_SITE when neither
 // URL nor Site is set.
-func (c Config) endpoint() (string, error) {
+func (c Config) endpoint() (string, error) { return c.endpointOf(c.path()) }
+
+// endpointOf returns the URL of an intake path on c's site or URL.
+func (c Config) endpointOf(path string) (string, error) {
 	if c.URL != "" {
-		return strings.TrimSuffix(c.URL, "/") + c.path(), nil
+		return strings.TrimSuffix(c.URL, "/") + path, nil
 	}
 	site := c.Site
 	if site == "" {
@@ -243,7 +246,7 @@ func (c Config) endpoint() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return "https://api." + host + c.path(), nil
+	return "https://api." + host + path, nil
 }
 
 // normalizeSite turns "datadoghq.eu", "app.datadoghq.eu" or

@@ -66,6 +66,16 @@
 // Datadog sinks delivering the same series overwrite each other's totals (an
 // undercount; TestConcurrentWriters shows it). Use distribution mode there.
 //
+// # Conversation paths
+//
+// SendPaths (paths.go) delivers the points derived from closed paths by the
+// same rules: exits, funnels and experiments are counts of conversations,
+// summed per series and PathBucket and sent as the occurrences are (count
+// mode: running totals in the same state; distribution mode: values of
+// 1); step timings and timings are distribution points of seconds in both
+// modes, so Datadog computes their percentiles from every value. In count
+// mode a path batch therefore goes to both intakes.
+//
 // The package also holds Datadog's naming rules (MetricName, Tag) and the
 // late-point policy, which the dogstatsd sink shares.
 package datadog

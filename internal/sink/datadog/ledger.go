@@ -51,6 +51,12 @@ type unit struct {
 	interval int64 // seconds
 	count    int64
 	points   int // input points folded into this unit
+	// dist: the unit is sent as a distribution point (every unit in
+	// distribution mode; durations in both modes), never as a total.
+	dist bool
+	// values are a duration unit's values (seconds), one per point; nil
+	// for a count, whose distribution point holds count values of 1.
+	values []float64
 }
 
 type totalKey struct {
@@ -99,11 +105,19 @@ type Sample struct {
 	// Delta is this batch's contribution.
 	Delta int64
 
+	// Values, when not nil, are the values of a distribution point
+	// (durations, in seconds); Value is then their number.
+	Values []float64
+
 	key     totalKey
 	units   []*unit
 	clamped string // clamp reason, or ""
-	dist    bool   // a distribution point: Value values of 1
+	dist    bool   // a distribution point: Values, or Value values of 1
 }
+
+// Dist reports whether the sample is a distribution point (Values, or
+// Value values of 1) rather than a count's running total.
+func (s Sample) Dist() bool { return s.dist }
 
 // Ledger turns points into samples for Datadog and, in count mode,
 // remembers per series and second still inside the acceptance window the
@@ -131,8 +145,10 @@ type Ledger struct {
 
 	mu sync.Mutex
 	// totals maps a series key to its totals by Unix second.
-	totals    map[string]map[int64]int64
-	series    map[[2]string]*series
+	totals map[string]map[int64]int64
+	series map[[2]string]*series
+	// paths caches the series of path points, by kind and label values.
+	paths     map[string]*series
 	lastPrune time.Time
 	// dirty holds the state keys whose totals changed (set or pruned)
 	// since the last TakeState.
@@ -144,9 +160,10 @@ type Ledger struct {
 	untimed bool
 }
 
-// SetUntimed tells a distribution Ledger that the backend stamps points with
-// their arrival time (DogStatsD distributions carry no timestamp): Plan then
-// applies no late policy, since no point can be outside the window.
+// SetUntimed tells a Ledger that the backend stamps distribution points
+// with their arrival time (DogStatsD distributions carry no timestamp):
+// Plan then applies no late policy to them, since none can be outside the
+// window. Counts keep the policy.
 func (l *Ledger) SetUntimed() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -176,6 +193,7 @@ func NewLedger(name string, mode Mode, policy LatePolicy, now func() time.Time, 
 		log:    log,
 		totals: make(map[string]map[int64]int64),
 		series: make(map[[2]string]*series),
+		paths:  make(map[string]*series),
 		dirty:  make(map[slotKey]struct{}),
 		stale:  make(map[string]struct{}),
 	}
@@ -199,7 +217,7 @@ func (l *Ledger) NewBatch(points []flowmetrics.Point) *Batch {
 		k := totalKey{s.key, ts}
 		u := idx[k]
 		if u == nil || l.mode == Distribution && u.count >= MaxValuesPerPoint {
-			u = &unit{series: s, ts: ts}
+			u = &unit{series: s, ts: ts, dist: l.mode == Distribution}
 			idx[k] = u
 			b.units = append(b.units, u)
 		}
@@ -212,7 +230,7 @@ func (l *Ledger) NewBatch(points []flowmetrics.Point) *Batch {
 		for l.mode == Distribution && u.count > MaxValuesPerPoint {
 			rest := u.count - MaxValuesPerPoint
 			u.count = MaxValuesPerPoint
-			u = &unit{series: s, ts: ts, interval: u.interval, count: rest}
+			u = &unit{series: s, ts: ts, interval: u.interval, count: rest, dist: true}
 			idx[k] = u
 			b.units = append(b.units, u)
 		}
@@ -265,7 +283,7 @@ func (l *Ledger) Plan(b *Batch) []Sample {
 	for _, u := range b.units {
 		ts, reason := u.ts, ""
 		switch {
-		case l.untimed:
+		case l.untimed && u.dist:
 		case ts < lo && l.policy == Drop:
 			l.adjusted(ReasonDroppedLate, u.points)
 			b.dropped += u.points
@@ -281,12 +299,12 @@ func (l *Ledger) Plan(b *Batch) []Sample {
 		}
 		kept = append(kept, u)
 		k := totalKey{u.series.key, ts}
-		if l.mode == Distribution {
+		if u.dist {
 			// No totals: each unit is a sample of its own, valued at
-			// its own count (Datadog adds the values up).
+			// its own count or values (Datadog adds the values up).
 			samples = append(samples, Sample{
 				Name: u.series.name, Tags: u.series.tags, Timestamp: ts, Interval: u.interval,
-				Value: u.count, Delta: u.count, key: k, units: []*unit{u}, clamped: reason, dist: true,
+				Value: u.count, Delta: u.count, Values: u.values, key: k, units: []*unit{u}, clamped: reason, dist: true,
 			})
 			continue
 		}
@@ -327,7 +345,7 @@ func (l *Ledger) Delivered(b *Batch, samples []Sample) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, s := range samples {
-		if l.mode != Distribution {
+		if !s.dist {
 			l.setTotal(s.key, s.Value)
 		}
 		n := 0

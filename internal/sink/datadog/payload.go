@@ -55,7 +55,8 @@ func newChunk(samples []Sample) chunk {
 //	{"metric":"…","points":[[<unix seconds>,[1,1,…]],…],"tags":[…],"type":"distribution"}
 //
 // Each sample of value n is one point of n values of 1, so Datadog's count
-// and sum of the series are both the number of occurrences, exactly.
+// and sum of the series are both the number of occurrences, exactly; a
+// sample with Values (durations) is one point of those values.
 // Written by hand: encoding/json would build an []any per point.
 func newDistChunk(samples []Sample) chunk {
 	s := samples[0]
@@ -71,11 +72,20 @@ func newDistChunk(samples []Sample) chunk {
 		b.WriteByte('[')
 		b.WriteString(strconv.FormatInt(x.Timestamp, 10))
 		b.WriteString(",[")
-		for v := int64(0); v < x.Value; v++ {
-			if v > 0 {
-				b.WriteByte(',')
+		if x.Values != nil {
+			for i, v := range x.Values {
+				if i > 0 {
+					b.WriteByte(',')
+				}
+				b.WriteString(strconv.FormatFloat(v, 'g', -1, 64))
 			}
-			b.WriteByte('1')
+		} else {
+			for v := int64(0); v < x.Value; v++ {
+				if v > 0 {
+					b.WriteByte(',')
+				}
+				b.WriteByte('1')
+			}
 		}
 		b.WriteString("]]")
 	}

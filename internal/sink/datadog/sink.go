@@ -37,15 +37,16 @@ const (
 // Sink delivers points to Datadog's series intake. See the package comment
 // for why it sends totals, and Send for retries.
 type Sink struct {
-	cfg      Config
-	endpoint string
-	apiKey   string
-	client   *http.Client
-	ledger   *Ledger
-	m        *telemetry.Metrics
-	log      *slog.Logger
-	pack     packer
-	encoding string // Content-Encoding of the bodies pack makes
+	cfg    Config
+	apiKey string
+	client *http.Client
+	ledger *Ledger
+	m      *telemetry.Metrics
+	log    *slog.Logger
+	// series is the intake of counts (count mode), dists the intake of
+	// distribution points (every point in distribution mode, durations
+	// of paths in count mode).
+	series, dists intake
 
 	mu        sync.Mutex // held by Send, so that Close can wait for it
 	pending   *Batch     // a failed Send's batch, resumed by an identical Send
@@ -79,29 +80,39 @@ func New(cfg Config, d sink.Deps) (*Sink, error) {
 	namer, m := d.Namer, d.Metrics
 	log := d.Log.With("sink", Name)
 	ledger := NewLedger(Name, cfg.Mode, cfg.LatePolicy, cfg.Now, sink.Deps{Namer: namer, Metrics: m, Log: log})
-	pk := packer{maxCompressed: cfg.MaxPayloadBytes, maxUncompressed: cfg.MaxUncompressedBytes, compress: gz}
-	encoding := "gzip"
-	if cfg.Mode == Distribution {
-		pk.compress, encoding = deflate, "deflate"
+	distEndpoint, err := cfg.endpointOf(distributionPath)
+	if err != nil {
+		return nil, err
+	}
+	seriesEndpoint, err := cfg.endpointOf(seriesPath)
+	if err != nil {
+		return nil, err
 	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.DisableCompression = true // bodies we read are small; keep errors readable
 	s := &Sink{
-		cfg:      cfg,
-		endpoint: endpoint,
-		apiKey:   key,
-		client:   &http.Client{Transport: tr},
-		ledger:   ledger,
-		m:        m,
-		log:      log,
-		pack:     pk,
-		encoding: encoding,
-		lastLog:  make(map[string]time.Time),
-		closing:  make(chan struct{}),
+		cfg:     cfg,
+		apiKey:  key,
+		client:  &http.Client{Transport: tr},
+		ledger:  ledger,
+		m:       m,
+		log:     log,
+		series:  intake{seriesEndpoint, "gzip", packer{maxCompressed: cfg.MaxPayloadBytes, maxUncompressed: cfg.MaxUncompressedBytes, compress: gz}},
+		dists:   intake{distEndpoint, "deflate", packer{maxCompressed: cfg.MaxPayloadBytes, maxUncompressed: cfg.MaxUncompressedBytes, compress: deflate}},
+		lastLog: make(map[string]time.Time),
+		closing: make(chan struct{}),
 	}
 	u, _ := url.Parse(endpoint)
 	s.log.Info("datadog sink ready", "intake", u.Scheme+"://"+u.Host+u.Path, "mode", string(cfg.Mode), "late_policy", string(cfg.LatePolicy), "api_key_env", cfg.APIKeyEnv)
 	return s, nil
+}
+
+// intake is one of Datadog's endpoints: where a payload goes, and how it is
+// packed and encoded.
+type intake struct {
+	endpoint string
+	encoding string // Content-Encoding of the bodies pack makes
+	pack     packer
 }
 
 // Name returns "datadog".
@@ -156,6 +167,24 @@ func (e retryAfter) RetryAfter() time.Time { return e.at }
 // dies then resends the whole batch from the committed totals, which do not
 // hold it: the same values, harmless.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
+	return s.deliver(ctx, len(points), func(b *Batch) bool { return b.Matches(points) }, func() *Batch { return s.ledger.NewBatch(points) })
+}
+
+// SendPaths implements flowmetrics.PathSink: exits, funnels and
+// experiments as the occurrences are sent (count mode: running totals of
+// conversations per series and second, kept in the sink's state; distribution
+// mode: one value of 1 per conversation), and step timings and timings as
+// distribution points of seconds in both modes, one value per conversation,
+// so that Datadog computes their percentiles from every value
+// (POST /api/v1/distribution_points). Retries, resumption and durability
+// are Send's.
+func (s *Sink) SendPaths(ctx context.Context, points []flowmetrics.PathPoint) error {
+	return s.deliver(ctx, len(points), func(b *Batch) bool { return b.MatchesPaths(points) }, func() *Batch { return s.ledger.NewPathBatch(points) })
+}
+
+// deliver sends the Batch of n points that newBatch makes, or resumes the
+// kept one when matches says it was made from the same points.
+func (s *Sink) deliver(ctx context.Context, n int, matches func(*Batch) bool, newBatch func() *Batch) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	select {
@@ -163,7 +192,7 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		return errors.New("datadog: send after close")
 	default:
 	}
-	if len(points) == 0 {
+	if n == 0 {
 		return nil
 	}
 	if now := s.cfg.Now(); now.Before(s.authUntil) {
@@ -171,12 +200,12 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	}
 
 	b := s.pending
-	if b == nil || !b.Matches(points) {
+	if b == nil || !matches(b) {
 		if b != nil && b.Delivered() > 0 && !b.Done() {
 			s.log.Warn("datadog: a partly delivered batch was replaced by a different one; its delivered points may be counted twice if resent",
 				"delivered_points", b.Delivered(), "pending_units", len(b.units))
 		}
-		b = s.ledger.NewBatch(points)
+		b = newBatch()
 	}
 	s.pending = b
 
@@ -217,14 +246,33 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	return nil
 }
 
-// attempt sends what is due in b once. It returns nil when nothing is left
-// to deliver (everything accepted, refused or dropped by the late policy).
+// attempt sends what is due in b once: counts to the series intake,
+// distribution points to the distribution intake. It returns nil when
+// nothing is left to deliver (everything accepted, refused or dropped by
+// the late policy).
 func (s *Sink) attempt(ctx context.Context, b *Batch) error {
-	samples := s.ledger.Plan(b)
-	if len(samples) == 0 {
-		return nil
+	var counts, dists []Sample
+	for _, x := range s.ledger.Plan(b) {
+		if x.dist {
+			dists = append(dists, x)
+		} else {
+			counts = append(counts, x)
+		}
 	}
-	queue, tooBig := s.pack.pack(samples)
+	if len(counts) > 0 {
+		if err := s.attemptTo(ctx, b, &s.series, counts); err != nil {
+			return err
+		}
+	}
+	if len(dists) > 0 {
+		return s.attemptTo(ctx, b, &s.dists, dists)
+	}
+	return nil
+}
+
+// attemptTo sends samples (all of one intake's kind) to in.
+func (s *Sink) attemptTo(ctx context.Context, b *Batch, in *intake, samples []Sample) error {
+	queue, tooBig := in.pack.pack(samples)
 	for _, c := range tooBig {
 		s.failure("too_large")
 		s.ledger.Rejected(b, c.samples)
@@ -233,7 +281,7 @@ func (s *Sink) attempt(ctx context.Context, b *Batch) error {
 	for len(queue) > 0 {
 		p := queue[0]
 		queue = queue[1:]
-		status, hdr, body, err := s.post(ctx, p.body)
+		status, hdr, body, err := s.post(ctx, in, p.body)
 		now := s.cfg.Now()
 		if hdr != nil {
 			s.noteRateLimit(status, hdr, now)
@@ -254,7 +302,7 @@ func (s *Sink) attempt(ctx context.Context, b *Batch) error {
 			}
 			var parts []payload
 			for _, h := range halves {
-				ps, tb := s.pack.fit(h)
+				ps, tb := in.pack.fit(h)
 				parts = append(parts, ps...)
 				for _, c := range tb {
 					s.ledger.Rejected(b, c.samples)
@@ -276,7 +324,7 @@ func (s *Sink) attempt(ctx context.Context, b *Batch) error {
 			s.authErr = fmt.Errorf("%w (HTTP %d)", errAuth, status)
 			s.logEvery("auth", authLogEvery, slog.LevelError,
 				"DATADOG REJECTED THE API KEY: no metrics are being delivered. Check the key in the environment variable and that the site matches the key's organisation",
-				"status", status, "api_key_env", s.cfg.APIKeyEnv, "intake", s.endpoint, "retry_every", s.cfg.AuthRetryInterval.String(), "response", excerpt(body))
+				"status", status, "api_key_env", s.cfg.APIKeyEnv, "intake", in.endpoint, "retry_every", s.cfg.AuthRetryInterval.String(), "response", excerpt(body))
 			return s.authErr
 		case status == http.StatusTooManyRequests:
 			s.failure("rate_limited")
@@ -296,17 +344,17 @@ func (s *Sink) attempt(ctx context.Context, b *Batch) error {
 	return nil
 }
 
-// post sends one gzip body and returns the status, headers and up to 64 KiB
-// of the response.
-func (s *Sink) post(ctx context.Context, body []byte) (int, http.Header, []byte, error) {
+// post sends one compressed body to in and returns the status, headers and
+// up to 64 KiB of the response.
+func (s *Sink) post(ctx context.Context, in *intake, body []byte) (int, http.Header, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.endpoint, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, in.endpoint, bytes.NewReader(body))
 	if err != nil {
 		return 0, nil, nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Content-Encoding", s.encoding)
+	req.Header.Set("Content-Encoding", in.encoding)
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "flowmetrics")
 	req.Header.Set("DD-API-KEY", s.apiKey)
@@ -438,4 +486,7 @@ func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
 // since the last call, for the pipeline to commit with this batch's cursor.
 func (s *Sink) TakeState() flowmetrics.StateUpdate { return s.ledger.TakeState() }
 
-var _ flowmetrics.StatefulSink = (*Sink)(nil)
+var (
+	_ flowmetrics.StatefulSink = (*Sink)(nil)
+	_ flowmetrics.PathSink     = (*Sink)(nil)
+)

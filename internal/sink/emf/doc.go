@@ -8,4 +8,9 @@
 // member named after the metric, with unit Count. Lines follow the EMF
 // specification's limits: at most 100 metrics per line, 30 dimensions per
 // set, dimension values of 1 to 1024 ASCII characters.
+//
+// Path points (a flowmetrics.PathSink) are metrics of their own:
+// exits, funnels and experiments as counts, step timings and timings as
+// arrays of at most 100 values (seconds), so that CloudWatch's
+// percentiles see every conversation's value.
 package emf

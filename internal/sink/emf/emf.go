@@ -146,18 +146,21 @@ func New(cfg Config, d sink.Deps) (*Sink, error) {
 	if !cfg.OmitFlowDimensions {
 		s.dimKeys = []string{"flow", "metric"}
 	}
-	seen := map[string]bool{"flow": true, "metric": true, "_aws": true}
+	seen := map[string]bool{"_aws": true}
+	for _, k := range pathDimensions {
+		seen[k] = true
+	}
 	for _, t := range namer.Static() {
 		k := dimensionName(t.Key)
 		if seen[k] {
-			return nil, fmt.Errorf("emf: static tag %q: dimension name %q is used twice", t.Key, k)
+			return nil, fmt.Errorf("emf: static tag %q: dimension name %q is used twice (flow, metric, timing, funnel, experiment, variant and step are the points' own)", t.Key, k)
 		}
 		seen[k] = true
 		s.static = append(s.static, naming.Tag{Key: k, Value: dimensionValue(t.Value)})
 		s.dimKeys = append(s.dimKeys, k)
 	}
-	if len(s.dimKeys) > MaxDimensions {
-		return nil, fmt.Errorf("emf: %d dimensions, CloudWatch allows %d (flow, metric and at most %d static tags)", len(s.dimKeys), MaxDimensions, MaxDimensions-2)
+	if n := len(s.static) + 3; n > MaxDimensions {
+		return nil, fmt.Errorf("emf: %d dimensions, CloudWatch allows %d (experiment, variant, step and at most %d static tags)", n, MaxDimensions, MaxDimensions-3)
 	}
 	switch {
 	case cfg.Writer != nil:
@@ -190,7 +193,19 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("emf: %w", err)
 	}
-	buf := s.Lines(points)
+	return s.write(s.Lines(points))
+}
+
+// SendPaths implements flowmetrics.PathSink: the path points' lines (see
+// PathLines), written, synced and cut back on failure like Send's.
+func (s *Sink) SendPaths(ctx context.Context, points []flowmetrics.PathPoint) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("emf: %w", err)
+	}
+	return s.write(s.PathLines(points))
+}
+
+func (s *Sink) write(buf []byte) error {
 	if s.closed {
 		return errors.New("emf: sink closed")
 	}
@@ -286,12 +301,21 @@ func (s *Sink) Close(ctx context.Context) error {
 	return err
 }
 
-// series is one CloudWatch metric in one bucket.
+// series is one CloudWatch metric in one bucket: a count, or (values not
+// nil) the durations observed, at most MaxValuesPerMetric of them.
 type series struct {
 	bucket time.Time
-	dims   []string // values, in dimKeys order
+	keys   []string // dimension names
+	dims   []string // values, in keys order
 	name   string
+	unit   string
 	count  int64
+	values []float64
+}
+
+// group is the identity of a line: bucket and dimensions.
+func (se *series) group() string {
+	return strconv.FormatInt(se.bucket.UnixMilli(), 10) + "\x00" + strings.Join(se.keys, "\x00") + "\x00\x00" + strings.Join(se.dims, "\x00")
 }
 
 // Lines renders points as EMF lines, each ending in "\n". Points of the same
@@ -320,39 +344,41 @@ func (s *Sink) Lines(points []flowmetrics.Point) []byte {
 			se.count += p.Count
 			continue
 		}
-		se := &series{bucket: b, dims: dims, name: name, count: p.Count}
+		se := &series{bucket: b, keys: s.dimKeys, dims: dims, name: name, unit: "Count", count: p.Count}
 		byKey[k] = se
 		all = append(all, se)
 	}
-	sort.Slice(all, func(i, j int) bool {
+	return s.render(all)
+}
+
+// render writes the series as lines: those sharing bucket and dimensions
+// share a line, up to 100 metrics and each name once a line. Lines are
+// ordered by bucket, dimensions and name, so the output is deterministic.
+func (s *Sink) render(all []*series) []byte {
+	groups := make(map[*series]string, len(all))
+	for _, se := range all {
+		groups[se] = se.group()
+	}
+	sort.SliceStable(all, func(i, j int) bool {
 		a, b := all[i], all[j]
 		if !a.bucket.Equal(b.bucket) {
 			return a.bucket.Before(b.bucket)
 		}
-		if c := compare(a.dims, b.dims); c != 0 {
-			return c < 0
+		if ga, gb := groups[a], groups[b]; ga != gb {
+			return ga < gb
 		}
 		return a.name < b.name
 	})
 	var out bytes.Buffer
 	for i := 0; i < len(all); {
 		j := i + 1
-		for j < len(all) && j-i < MaxMetricsPerLine && all[j].bucket.Equal(all[i].bucket) && compare(all[j].dims, all[i].dims) == 0 {
+		for j < len(all) && j-i < MaxMetricsPerLine && groups[all[j]] == groups[all[i]] && all[j].name != all[j-1].name {
 			j++
 		}
 		s.writeLine(&out, all[i:j])
 		i = j
 	}
 	return out.Bytes()
-}
-
-func compare(a, b []string) int {
-	for i := range a {
-		if c := strings.Compare(a[i], b[i]); c != 0 {
-			return c
-		}
-	}
-	return 0
 }
 
 // writeLine writes one EMF document for metrics sharing bucket and
@@ -364,7 +390,8 @@ func (s *Sink) writeLine(out *bytes.Buffer, group []*series) {
 	out.WriteString(`,"CloudWatchMetrics":[{"Namespace":`)
 	writeString(out, s.cfg.Namespace)
 	out.WriteString(`,"Dimensions":[[`)
-	for i, k := range s.dimKeys {
+	keys := group[0].keys
+	for i, k := range keys {
 		if i > 0 {
 			out.WriteByte(',')
 		}
@@ -377,14 +404,15 @@ func (s *Sink) writeLine(out *bytes.Buffer, group []*series) {
 		}
 		out.WriteString(`{"Name":`)
 		writeString(out, se.name)
-		out.WriteString(`,"Unit":"Count"`)
+		out.WriteString(`,"Unit":`)
+		writeString(out, se.unit)
 		if s.cfg.StorageResolution == 1 {
 			out.WriteString(`,"StorageResolution":1`)
 		}
 		out.WriteByte('}')
 	}
 	out.WriteString(`]}]}`)
-	for i, k := range s.dimKeys {
+	for i, k := range keys {
 		out.WriteByte(',')
 		writeString(out, k)
 		out.WriteByte(':')
@@ -394,7 +422,18 @@ func (s *Sink) writeLine(out *bytes.Buffer, group []*series) {
 		out.WriteByte(',')
 		writeString(out, se.name)
 		out.WriteByte(':')
-		out.WriteString(strconv.FormatInt(se.count, 10))
+		if se.values == nil {
+			out.WriteString(strconv.FormatInt(se.count, 10))
+			continue
+		}
+		out.WriteByte('[')
+		for i, v := range se.values {
+			if i > 0 {
+				out.WriteByte(',')
+			}
+			out.WriteString(strconv.FormatFloat(v, 'g', -1, 64))
+		}
+		out.WriteByte(']')
 	}
 	out.WriteString("}\n")
 }

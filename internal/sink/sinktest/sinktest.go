@@ -5,7 +5,9 @@
 // interfaces, the same way for every sink.
 //
 // A new kind of point is added in one place: Kinds. Every sink that
-// declares it accepts the kind is then sent it by Run.
+// declares it accepts the kind is then sent it by Run. Path points are
+// sent to every flowmetrics.PathSink, one batch of each PathKind
+// (PathPoints).
 package sinktest
 
 import (
@@ -37,6 +39,36 @@ var Kinds = []Kind{
 	}},
 }
 
+// PathPoints is a sample of path points, keyed by kind: one batch for each
+// flowmetrics.PathKind, stamped a minute ago (inside every backend's time
+// window), with names that need folding (spaces, non-ASCII, slashes).
+func PathPoints() map[flowmetrics.PathKind][]flowmetrics.PathPoint {
+	at := time.Now().Add(-time.Minute).Truncate(time.Millisecond).UTC()
+	return map[flowmetrics.PathKind][]flowmetrics.PathPoint{
+		flowmetrics.PathExit: {
+			{Kind: flowmetrics.PathExit, Flow: "Main IVR", Metric: "MenuChosen", Time: at, Conversation: "c1"},
+			{Kind: flowmetrics.PathExit, Flow: "Größe", Metric: "Ärger", Time: at.Add(time.Second), Conversation: "c2"},
+		},
+		flowmetrics.PathStep: {
+			{Kind: flowmetrics.PathStep, Flow: "Main IVR", Metric: "MenuChosen", Seconds: 30, Time: at, Conversation: "c1"},
+			{Kind: flowmetrics.PathStep, Flow: "Main IVR", Metric: "MenuChosen", Seconds: 0.25, Time: at, Conversation: "c2"},
+		},
+		flowmetrics.PathTiming: {
+			{Kind: flowmetrics.PathTiming, Name: "ivr_to_agent", Seconds: 93.25, Time: at, Conversation: "c1"},
+		},
+		flowmetrics.PathFunnel: {
+			{Kind: flowmetrics.PathFunnel, Name: "callback", Step: "Main IVR/Entered", Time: at, Conversation: "c1"},
+			{Kind: flowmetrics.PathFunnel, Name: "callback", Step: "Callback/Offered", Time: at.Add(time.Second), Conversation: "c1"},
+		},
+		flowmetrics.PathExperiment: {
+			{Kind: flowmetrics.PathExperiment, Name: "callback_offer", Variant: "B", Step: "Callback/OfferB", Time: at, Conversation: "c1"},
+		},
+	}
+}
+
+// pathKinds are the kinds of path points, in order.
+var pathKinds = []flowmetrics.PathKind{flowmetrics.PathExit, flowmetrics.PathStep, flowmetrics.PathTiming, flowmetrics.PathFunnel, flowmetrics.PathExperiment}
+
 // Backend is one sink under test.
 type Backend struct {
 	// New builds a fresh sink on a fresh test backend; the suite closes
@@ -54,6 +86,9 @@ func Run(t *testing.T, b Backend) {
 	t.Run("CloseTwice", func(t *testing.T) { testCloseTwice(t, b) })
 	t.Run("SendAfterClose", func(t *testing.T) { testSendAfterClose(t, b) })
 	t.Run("StateRoundTrip", func(t *testing.T) { testState(t, b) })
+	t.Run("PathKinds", func(t *testing.T) { testPathKinds(t, b) })
+	t.Run("EmptySendPaths", func(t *testing.T) { testEmptySendPaths(t, b) })
+	t.Run("SendPathsAfterClose", func(t *testing.T) { testSendPathsAfterClose(t, b) })
 }
 
 func (b Backend) accepts(kind string) bool {
@@ -206,6 +241,17 @@ func testState(t *testing.T, b Backend) {
 			commit(ss.TakeState())
 		}
 	}
+	if ps, ok := s.(flowmetrics.PathSink); ok {
+		// Path points change a sink's state as counts do (running totals
+		// of exits and funnels): the state round trip carries them too.
+		sample := PathPoints()
+		for _, kind := range pathKinds {
+			if err := ps.SendPaths(ctx(t), sample[kind]); err != nil {
+				t.Fatalf("SendPaths of %s points: %v", kind, err)
+			}
+			commit(ss.TakeState())
+		}
+	}
 	if again := ss.TakeState(); len(again) != 0 {
 		t.Errorf("TakeState right after TakeState: got %d keys, want none (it forgets what it returned)", len(again))
 	}
@@ -221,6 +267,93 @@ func testState(t *testing.T, b Backend) {
 		if _, had := committed[k]; had && v == nil {
 			t.Errorf("after Restore of its own state, the sink deletes key %q as if it could not read it", k)
 		}
+	}
+}
+
+// pathSink returns b's sink as a PathSink, or skips: a sink that is not
+// one does not get path points (the pipeline counts them as not
+// delivered).
+func pathSink(t *testing.T, s flowmetrics.Sink) flowmetrics.PathSink {
+	t.Helper()
+	ps, ok := s.(flowmetrics.PathSink)
+	if !ok {
+		t.Skip("not a flowmetrics.PathSink")
+	}
+	return ps
+}
+
+// testPathKinds: a PathSink takes every kind of path point, and its state
+// after each stays within the store's limits.
+func testPathKinds(t *testing.T, b Backend) {
+	pathSink(t, b.open(t)) // skips early for a sink without paths
+	sample := PathPoints()
+	for _, kind := range pathKinds {
+		t.Run(kind.String(), func(t *testing.T) {
+			s := b.open(t)
+			ps := pathSink(t, s)
+			restore(t, s)
+			if err := ps.SendPaths(ctx(t), sample[kind]); err != nil {
+				t.Errorf("SendPaths of %s points: got %v, want nil", kind, err)
+			}
+			if ss, ok := s.(flowmetrics.StatefulSink); ok {
+				if err := flowmetrics.CheckState(ss.TakeState()); err != nil {
+					t.Errorf("TakeState after a send of %s points: %v", kind, err)
+				}
+			}
+		})
+	}
+	t.Run("mixed", func(t *testing.T) {
+		// One batch of every kind, as the pipeline sends a batch of
+		// several closed paths.
+		s := b.open(t)
+		ps := pathSink(t, s)
+		restore(t, s)
+		var all []flowmetrics.PathPoint
+		for _, kind := range pathKinds {
+			all = append(all, sample[kind]...)
+		}
+		if err := ps.SendPaths(ctx(t), all); err != nil {
+			t.Errorf("SendPaths of every kind at once: got %v, want nil", err)
+		}
+	})
+}
+
+// testEmptySendPaths: SendPaths with no points succeeds.
+func testEmptySendPaths(t *testing.T, b Backend) {
+	s := b.open(t)
+	ps := pathSink(t, s)
+	restore(t, s)
+	if err := ps.SendPaths(ctx(t), nil); err != nil {
+		t.Errorf("SendPaths(nil): got %v, want nil", err)
+	}
+	if err := ps.SendPaths(ctx(t), []flowmetrics.PathPoint{}); err != nil {
+		t.Errorf("SendPaths(empty): got %v, want nil", err)
+	}
+}
+
+// testSendPathsAfterClose: a SendPaths after Close returns at once,
+// without a panic.
+func testSendPathsAfterClose(t *testing.T, b Backend) {
+	s := b.New(t)
+	ps := pathSink(t, s)
+	restore(t, s)
+	if err := s.Close(ctx(t)); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() {
+			if r := recover(); r != nil {
+				t.Errorf("SendPaths after Close panicked: %v", r)
+			}
+		}()
+		ps.SendPaths(ctx(t), PathPoints()[flowmetrics.PathExit])
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("SendPaths after Close: still running after 5s")
 	}
 }
 

@@ -14,6 +14,51 @@
 //	              "<owner>@<ms>"   claimed by the store instance <owner>, which
 //	                               holds it until the lease ends at epoch ms <ms>
 //
+// With conversation paths on (store.Options.Paths), the item also holds:
+//
+//	ps  S  the path index partition: a hash of the id modulo PathShards
+//	pb  N  epoch ms from which the path is due: the first customer.end
+//	       plus the grace, else the last new key plus the idle timeout
+//	       rounded up to IdleStep; 2^53 ("never") once closed
+//	pe  N  epoch ms of the first customer.end plus the grace
+//	pc  N  the close: its lease end in epoch ms while its points are
+//	       pending, 0 once delivered
+//	pn  S  a nonce each claim writes (see below)
+//
+// # Closing paths, and finding them without a scan
+//
+// A global secondary index "paths" (partition ps, sort pb, KEYS_ONLY)
+// holds every conversation with path state. ClosePaths queries each of its
+// PathShards partitions for pb ≤ now, oldest first, and closes each
+// candidate with one conditional UpdateItem:
+//
+//	SET pc = :lease, ttl = :ttl
+//	CONDITION pb <= :asOf AND (attribute_not_exists(pc) OR pc < :now) AND ttl > :now
+//	ReturnValues ALL_OLD
+//
+// DynamoDB serialises writes to an item, so of any number of instances
+// closing at once exactly one succeeds; ALL_OLD hands it the keys to
+// derive from. The points go into the outbox like a claim's, and the close
+// stays pending under the lease until every sink acknowledged them; the
+// mark then sets pc = 0 and pb = pe = "never" (on condition pc = :lease),
+// so nothing can make the path due again while the item lives. An
+// instance that dies in between leaves pc to run out, and the next sweep
+// closes the path again. Without sinks the close is written as delivered.
+//
+// Why this index: its sort key is the due time, so a sweep reads only the
+// due conversations (plus, at most, closes pending under another
+// instance's live lease); the shards spread its writes over partitions
+// (each takes 1,000 writes a second); and KEYS_ONLY means that only a
+// change of ps or pb writes the index. pe keeps an ended conversation's
+// deadline: a claim writes "pb = if_not_exists(pe, :idle)", so new keys
+// after the end (or after the close) leave it alone. Idle deadlines are
+// rounded up to IdleStep (a minute) so that a conversation's index entry
+// moves at most once a minute, not with every new key. A claim that finds
+// no new key must not postpone the idle close; it writes pb all the same
+// (the write cannot know), and then puts the old value back on condition
+// that pn is still its own: rare, since the pipeline's cache and
+// ReadFirst keep known keys from writing.
+//
 // # Claiming
 //
 // A claim of a conversation's keys is one UpdateItem:
@@ -126,8 +171,8 @@
 // # Permissions
 //
 // dynamodb:GetItem, dynamodb:UpdateItem and dynamodb:BatchGetItem (the
-// cardinality guard's admitted pairs, read at a cold start) on the table;
-// with a stateful sink (Datadog count mode) also dynamodb:PutItem and
-// dynamodb:DeleteItem (the actions inside TransactWriteItems, which has no
-// permission of its own).
+// cardinality guard's admitted pairs, read at a cold start) on the table,
+// and with paths dynamodb:Query on its index "paths"; with a stateful sink
+// (Datadog count mode) also dynamodb:PutItem and dynamodb:DeleteItem (the
+// actions inside TransactWriteItems, which has no permission of its own).
 package dynamostore

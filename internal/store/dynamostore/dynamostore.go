@@ -64,6 +64,17 @@ type Config struct {
 	// Owner names this instance in pending marks; random if empty. Two
 	// running instances must never share it.
 	Owner string
+	// PathIndex is the global secondary index through which ClosePaths
+	// finds due conversations (see paths.go); DefaultPathIndex if empty.
+	PathIndex string
+	// PathShards is how many partitions of the index the conversations
+	// are spread over; DefaultPathShards if zero. A sweep queries each.
+	PathShards int
+	// IdleStep rounds idle deadlines up to a multiple of it, so that the
+	// index entry of a conversation moves at most once per step however
+	// many new keys it gets; DefaultIdleStep if zero. An idle path closes
+	// up to one step after its idle timeout, never before.
+	IdleStep time.Duration
 }
 
 // WithDefaults fills in the zero fields.
@@ -76,6 +87,15 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.Concurrency == 0 {
 		c.Concurrency = DefaultConcurrency
+	}
+	if c.PathIndex == "" {
+		c.PathIndex = DefaultPathIndex
+	}
+	if c.PathShards == 0 {
+		c.PathShards = DefaultPathShards
+	}
+	if c.IdleStep == 0 {
+		c.IdleStep = DefaultIdleStep
 	}
 	if c.Owner == "" {
 		var b [6]byte
@@ -90,8 +110,10 @@ func (c Config) Validate() error {
 	switch {
 	case c.Table == "":
 		return errors.New("dynamostore: table is required")
-	case c.Lease < 0 || c.Margin < 0 || c.Concurrency < 0:
-		return errors.New("dynamostore: lease, margin and concurrency must not be negative")
+	case c.Lease < 0 || c.Margin < 0 || c.Concurrency < 0 || c.IdleStep < 0:
+		return errors.New("dynamostore: lease, margin, concurrency and idle step must not be negative")
+	case c.PathShards < 0 || c.PathShards > maxPathShards:
+		return fmt.Errorf("dynamostore: path shards %d: want 1 to %d", c.PathShards, maxPathShards)
 	case c.Lease != 0 && c.Margin >= c.Lease:
 		return fmt.Errorf("dynamostore: margin %v must be shorter than lease %v", c.Margin, c.Lease)
 	case strings.Contains(c.Owner, "@"):
@@ -109,6 +131,8 @@ type API interface {
 	// state.go): only a sink with state (Datadog count mode) uses them.
 	TransactWriteItems(ctx context.Context, in *dynamodb.TransactWriteItemsInput, optFns ...func(*dynamodb.Options)) (*dynamodb.TransactWriteItemsOutput, error)
 	BatchGetItem(ctx context.Context, in *dynamodb.BatchGetItemInput, optFns ...func(*dynamodb.Options)) (*dynamodb.BatchGetItemOutput, error)
+	// Query serves ClosePaths: it reads the path index.
+	Query(ctx context.Context, in *dynamodb.QueryInput, optFns ...func(*dynamodb.Options)) (*dynamodb.QueryOutput, error)
 }
 
 // Stats counts the requests the store sent and the capacity DynamoDB
@@ -120,6 +144,8 @@ type Stats struct {
 	// state commits and loads.
 	TransactWriteItems int64
 	BatchGetItem       int64
+	// Query counts the path index queries of ClosePaths.
+	Query int64
 	// ConditionalFailures are writes refused by their condition. DynamoDB
 	// bills a refused write too, and does not report its capacity: each is
 	// counted as one unit in WriteUnits.
@@ -168,6 +194,10 @@ type Store struct {
 	// unmarked are entries every sink acknowledged whose keys are not yet
 	// marked delivered.
 	unmarked []*entry
+	// closing maps a conversation whose path this instance closed, and
+	// whose points are in the outbox or awaiting their mark, to the close
+	// lease written (see paths.go).
+	closing map[string]int64
 	// unsent counts the entries dropped unsent (their lease ran out) since
 	// the last Settle, which reports them.
 	unsent int
@@ -189,6 +219,9 @@ type entry struct {
 	// its keys were written as delivered already.
 	deadline time.Time
 	convs    map[string][]string
+	// closes are the conversations whose paths this entry's points come
+	// from, with the close lease written for each.
+	closes map[string]int64
 	// acked: every sink delivered it; its keys await (or got) their mark.
 	acked bool
 }
@@ -211,6 +244,7 @@ func Open(cfg Config, api API, opts store.Options, log *slog.Logger) (*Store, er
 		log:     log.With("component", "dynamostore", "table", cfg.Table),
 		cursors: map[string]uint64{}, local: map[string]map[string]*entry{},
 		pending: map[string][]pendingState{}, dirs: map[string]map[string]bool{},
+		closing: map[string]int64{},
 	}, nil
 }
 
@@ -256,7 +290,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 			s.statsMu.Unlock()
 		}
 	}()
-	b := groupByConversation(reqs, &refused)
+	b := groupByConversation(reqs, s.opts.Paths != nil, &refused)
 	if len(b.order) == 0 {
 		return nil, refused.Err()
 	}
@@ -294,14 +328,28 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 type batch struct {
 	order []string
 	keys  map[string][]string
+	// ended are the conversations whose customer.end a request carries
+	// (with paths on).
+	ended map[string]bool
 }
 
 // groupByConversation groups the requests' keys by conversation. A request
 // whose conversation id is too long, or whose keys alone pass the bounds of
-// one conversation, is refused here, before any write.
-func groupByConversation(reqs []flowmetrics.ClaimRequest, refused *store.Refusals) batch {
-	b := batch{keys: map[string][]string{}}
+// one conversation, is refused here, before any write. With paths, the
+// ends are grouped too; without, a request that carries only an end is
+// left out.
+func groupByConversation(reqs []flowmetrics.ClaimRequest, paths bool, refused *store.Refusals) batch {
+	b := batch{keys: map[string][]string{}, ended: map[string]bool{}}
 	seen := map[string]map[string]bool{}
+	add := func(id string) map[string]bool {
+		m := seen[id]
+		if m == nil {
+			m = map[string]bool{}
+			seen[id] = m
+			b.order = append(b.order, id)
+		}
+		return m
+	}
 	for i, r := range reqs {
 		if err := store.CheckID(r.ConversationID); err != nil {
 			refused.Add(i, flowmetrics.RefusedIDTooLong, err)
@@ -311,13 +359,12 @@ func groupByConversation(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 			refused.Add(i, flowmetrics.RefusedConversation, err)
 			continue
 		}
+		if paths && r.Ended {
+			add(r.ConversationID)
+			b.ended[r.ConversationID] = true
+		}
 		for _, o := range r.Occurrences {
-			m := seen[r.ConversationID]
-			if m == nil {
-				m = map[string]bool{}
-				seen[r.ConversationID] = m
-				b.order = append(b.order, r.ConversationID)
-			}
+			m := add(r.ConversationID)
 			if !m[o.Key] {
 				m[o.Key] = true
 				b.keys[r.ConversationID] = append(b.keys[r.ConversationID], o.Key)
@@ -333,6 +380,8 @@ func groupByConversation(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 type convResult struct {
 	won, pend map[string]bool
 	refused   *flowmetrics.Refusal
+	// afterClose: the conversation's path had closed before the claim.
+	afterClose bool
 }
 
 // claimConversations claims every conversation of b in parallel. Only a
@@ -341,7 +390,13 @@ func (s *Store) claimConversations(ctx context.Context, b batch, sinks bool) ([]
 	results := make([]convResult, len(b.order))
 	err := s.parallel(ctx, len(b.order), func(ctx context.Context, i int) error {
 		var err error
-		results[i], err = s.claimConversation(ctx, b.order[i], b.keys[b.order[i]], sinks)
+		id := b.order[i]
+		if b.ended[id] {
+			if err = s.markEnd(ctx, id); err != nil {
+				return err
+			}
+		}
+		results[i], err = s.claimConversation(ctx, id, b.keys[id], sinks)
 		return err
 	})
 	return results, err
@@ -385,6 +440,7 @@ func (b batch) collect(reqs []flowmetrics.ClaimRequest, results []convResult, re
 				emitted[r.ConversationID] = map[string]bool{}
 			}
 			emitted[r.ConversationID][o.Key] = true
+			o.AfterClose = res.afterClose
 			out = append(out, o)
 		}
 		if pending {
@@ -434,7 +490,7 @@ func (s *Store) claimConversation(ctx context.Context, id string, keys []string,
 	var size store.Size
 	for len(keys) > 0 {
 		n := min(len(keys), maxKeysPerWrite)
-		after, err := s.claimChunk(ctx, id, keys[:n], mine, now, res.won, res.pend)
+		after, err := s.claimChunk(ctx, id, keys[:n], mine, now, &res)
 		if err != nil {
 			if !IsPermanent(err) {
 				return convResult{}, err
@@ -510,7 +566,8 @@ type takeover struct {
 // claimChunk claims up to maxKeysPerWrite keys of one conversation. It
 // returns the size of the conversation's item after its write (zero when
 // it wrote nothing).
-func (s *Store) claimChunk(ctx context.Context, id string, keys []string, mine string, now time.Time, won, pend map[string]bool) (store.Size, error) {
+func (s *Store) claimChunk(ctx context.Context, id string, keys []string, mine string, now time.Time, res *convResult) (store.Size, error) {
+	won, pend := res.won, res.pend
 	if s.cfg.ReadFirst {
 		var err error
 		if keys, err = s.unknown(ctx, id, keys, now, pend); err != nil || len(keys) == 0 {
@@ -518,10 +575,11 @@ func (s *Store) claimChunk(ctx context.Context, id string, keys []string, mine s
 		}
 	}
 	for attempt := 0; attempt < maxAttempts; attempt++ {
-		old, expired, err := s.update(ctx, id, keys, mine, now)
+		raw, expired, err := s.update(ctx, id, keys, mine, now)
 		if err != nil {
 			return store.Size{}, err
 		}
+		old := strings_(raw)
 		if expired {
 			ok, err := s.reset(ctx, id, keys, mine, now)
 			if err != nil {
@@ -537,6 +595,7 @@ func (s *Store) claimChunk(ctx context.Context, id string, keys []string, mine s
 		}
 		size := itemSize(old)
 		var take []takeover
+		fresh := false
 		for _, k := range keys {
 			v, present := old[keyPrefix+k]
 			switch st := s.state(id, k, v, present, now); st {
@@ -544,11 +603,22 @@ func (s *Store) claimChunk(ctx context.Context, id string, keys []string, mine s
 				size.Keys++
 				size.Bytes += len(k)
 				won[k] = true
+				fresh = true
 			case stateKnown:
 			case statePendingElsewhere:
 				pend[k] = true
 			case stateTake:
 				take = append(take, takeover{k, v})
+			}
+		}
+		if s.opts.Paths != nil {
+			if _, ok := raw[attrClose]; ok {
+				res.afterClose = true
+			}
+			if !fresh {
+				if err := s.restoreDue(ctx, id, raw, now); err != nil {
+					return store.Size{}, err
+				}
 			}
 		}
 		if len(take) == 0 {
@@ -679,22 +749,24 @@ func (s *Store) key(id string) map[string]types.AttributeValue {
 
 // update is the claim write. expired reports that the item exists but its
 // retention has passed.
-func (s *Store) update(ctx context.Context, id string, keys []string, mine string, now time.Time) (old map[string]string, expired bool, err error) {
+func (s *Store) update(ctx context.Context, id string, keys []string, mine string, now time.Time) (old map[string]types.AttributeValue, expired bool, err error) {
 	names := map[string]string{"#t": attrTTL}
+	values := map[string]types.AttributeValue{
+		":t": s.ttl(now), ":v": str(mine), ":now": num(now.Unix()),
+	}
 	var b strings.Builder
 	b.WriteString("SET #t = :t")
+	s.setIdleDue(&b, id, now, false, names, values)
 	for _, p := range keyNames(keys, "#k", names) {
 		fmt.Fprintf(&b, ", %s = if_not_exists(%s, :v)", p, p)
 	}
 	out, err := s.updateItem(ctx, &dynamodb.UpdateItemInput{
-		Key:                      s.key(id),
-		UpdateExpression:         aws.String(b.String()),
-		ConditionExpression:      aws.String("attribute_not_exists(#t) OR #t > :now"),
-		ExpressionAttributeNames: names,
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":t": s.ttl(now), ":v": str(mine), ":now": num(now.Unix()),
-		},
-		ReturnValues: types.ReturnValueAllOld,
+		Key:                       s.key(id),
+		UpdateExpression:          aws.String(b.String()),
+		ConditionExpression:       aws.String("attribute_not_exists(#t) OR #t > :now"),
+		ExpressionAttributeNames:  names,
+		ExpressionAttributeValues: values,
+		ReturnValues:              types.ReturnValueAllOld,
 	})
 	if isConditionFailed(err) {
 		return nil, true, nil
@@ -702,7 +774,7 @@ func (s *Store) update(ctx context.Context, id string, keys []string, mine strin
 	if err != nil {
 		return nil, false, fmt.Errorf("conversation %q: %w", id, err)
 	}
-	return strings_(out.Attributes), false, nil
+	return out.Attributes, false, nil
 }
 
 // reset replaces an expired item by one holding only keys, all claimed by
@@ -720,8 +792,10 @@ func (s *Store) reset(ctx context.Context, id string, keys []string, mine string
 		return false, nil
 	}
 	names := map[string]string{"#t": attrTTL}
+	values := map[string]types.AttributeValue{":t": s.ttl(now), ":v": str(mine), ":old": oldTTL}
 	var b strings.Builder
 	b.WriteString("SET #t = :t")
+	s.setIdleDue(&b, id, now, true, names, values)
 	for _, p := range keyNames(keys, "#k", names) {
 		fmt.Fprintf(&b, ", %s = :v", p)
 	}
@@ -735,18 +809,24 @@ func (s *Store) reset(ctx context.Context, id string, keys []string, mine string
 			stale = append(stale, strings.TrimPrefix(a, keyPrefix))
 		}
 	}
-	if len(stale) > 0 {
+	remove := keyNames(stale, "#r", names)
+	// A new lifetime: the old path's end and close go with the old keys.
+	for _, a := range []string{attrEnd, attrClose, attrNonce} {
+		if _, ok := got.Item[a]; ok && (a != attrNonce || s.opts.Paths == nil) {
+			names["#"+a] = a
+			remove = append(remove, "#"+a)
+		}
+	}
+	if len(remove) > 0 {
 		b.WriteString(" REMOVE ")
-		b.WriteString(strings.Join(keyNames(stale, "#r", names), ", "))
+		b.WriteString(strings.Join(remove, ", "))
 	}
 	_, err = s.updateItem(ctx, &dynamodb.UpdateItemInput{
-		Key:                      s.key(id),
-		UpdateExpression:         aws.String(b.String()),
-		ConditionExpression:      aws.String("#t = :old"),
-		ExpressionAttributeNames: names,
-		ExpressionAttributeValues: map[string]types.AttributeValue{
-			":t": s.ttl(now), ":v": str(mine), ":old": oldTTL,
-		},
+		Key:                       s.key(id),
+		UpdateExpression:          aws.String(b.String()),
+		ConditionExpression:       aws.String("#t = :old"),
+		ExpressionAttributeNames:  names,
+		ExpressionAttributeValues: values,
 	})
 	if isConditionFailed(err) {
 		return false, nil
@@ -830,24 +910,18 @@ func (s *Store) unknown(ctx context.Context, id string, keys []string, now time.
 func (s *Store) markDelivered(ctx context.Context, es []*entry) error {
 	jobs := markJobs(es)
 	return s.parallel(ctx, len(jobs), func(ctx context.Context, i int) error {
-		names := map[string]string{"#t": attrTTL}
-		var b strings.Builder
-		b.WriteString("SET ")
-		for j, p := range keyNames(jobs[i].keys, "#k", names) {
-			if j > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "%s = :d", p)
-		}
+		update, cond, names, values := jobs[i].write()
 		_, err := s.updateItem(ctx, &dynamodb.UpdateItemInput{
 			Key:                       s.key(jobs[i].id),
-			UpdateExpression:          aws.String(b.String()),
-			ConditionExpression:       aws.String("attribute_exists(#t)"),
+			UpdateExpression:          aws.String(update),
+			ConditionExpression:       aws.String(cond),
 			ExpressionAttributeNames:  names,
-			ExpressionAttributeValues: map[string]types.AttributeValue{":d": str(delivered)},
+			ExpressionAttributeValues: values,
 		})
 		if isConditionFailed(err) {
-			return nil // the item expired and is gone: nothing to mark
+			// The item expired and is gone, or another instance took
+			// the close over: nothing to mark.
+			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("mark delivered: conversation %q: %w", jobs[i].id, err)
@@ -973,6 +1047,11 @@ func (s *Store) dropExpiredLocked() {
 
 // forgetLocked removes e's keys from the local index.
 func (s *Store) forgetLocked(e *entry) {
+	for id, lease := range e.closes {
+		if s.closing[id] == lease {
+			delete(s.closing, id)
+		}
+	}
 	for id, ks := range e.convs {
 		m := s.local[id]
 		for _, k := range ks {
@@ -1130,7 +1209,7 @@ func (s *Store) OutboxDepth(ctx context.Context, sink string) (int64, error) {
 	var n int64
 	for _, e := range s.entries {
 		if e.Seq > c {
-			n += int64(len(e.Occurrences))
+			n += int64(len(e.Occurrences) + len(e.Paths))
 		}
 	}
 	return n, nil
@@ -1150,16 +1229,6 @@ func (s *Store) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	return s.commit(ctx)
-}
-
-// ClosePaths implements flowmetrics.Store. Conversation paths are not
-// supported on DynamoDB yet: Claim ignores ClaimRequest.Ended, and
-// ClosePaths returns flowmetrics.ErrPathsUnsupported. The close fits the
-// table as it is: a conditional UpdateItem on the conversation's item
-// ("closed" absent and deadline ≤ now) that sets "closed" and records the
-// derived points in the same item's pending outbox, exactly like a claim.
-func (s *Store) ClosePaths(context.Context, time.Time, int, flowmetrics.Deriver) (int, error) {
-	return 0, fmt.Errorf("dynamostore: %w", flowmetrics.ErrPathsUnsupported)
 }
 
 var _ flowmetrics.Settler = (*Store)(nil)

@@ -245,24 +245,18 @@ func (s *Store) commitState(ctx context.Context, todo []*entry, updates map[stri
 		}
 	}
 	for _, j := range markJobs(todo) {
-		names := map[string]string{"#t": attrTTL}
-		var b strings.Builder
-		b.WriteString("SET ")
-		size := len(j.id)
-		for i, p := range keyNames(j.keys, "#k", names) {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			fmt.Fprintf(&b, "%s = :d", p)
-			size += len(j.keys[i]) + len(keyPrefix) + 1
+		update, cond, names, values := j.write()
+		size := len(j.id) + 16
+		for _, k := range j.keys {
+			size += len(k) + len(keyPrefix) + 1
 		}
 		id := convItemID(j.id)
 		acts = append(acts, action{id: id, bytes: size, mark: true, item: types.TransactWriteItem{Update: &types.Update{
 			TableName: aws.String(s.cfg.Table), Key: map[string]types.AttributeValue{attrID: str(id)},
-			UpdateExpression:          aws.String(b.String()),
-			ConditionExpression:       aws.String("attribute_exists(#t)"),
+			UpdateExpression:          aws.String(update),
+			ConditionExpression:       aws.String(cond),
 			ExpressionAttributeNames:  names,
-			ExpressionAttributeValues: map[string]types.AttributeValue{":d": str(delivered)},
+			ExpressionAttributeValues: values,
 		}}})
 	}
 	for _, chunk := range chunkActions(acts) {
@@ -288,9 +282,30 @@ func (s *Store) commitState(ctx context.Context, todo []*entry, updates map[stri
 	return nil
 }
 
+// markJob is one delivered-mark write: keys of a conversation, or (when
+// close is set) its path's close.
 type markJob struct {
-	id   string
-	keys []string
+	id    string
+	keys  []string
+	close int64
+}
+
+// write returns the mark's update: keys set to "d" while the item exists,
+// or the close marked delivered while this instance's lease is on it.
+func (j markJob) write() (update, cond string, names map[string]string, values map[string]types.AttributeValue) {
+	if j.close != 0 {
+		return closeMark(j.close)
+	}
+	names = map[string]string{"#t": attrTTL}
+	var b strings.Builder
+	b.WriteString("SET ")
+	for i, p := range keyNames(j.keys, "#k", names) {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s = :d", p)
+	}
+	return b.String(), "attribute_exists(#t)", names, map[string]types.AttributeValue{":d": str(delivered)}
 }
 
 // markJobs groups the keys of entries by conversation, at most
@@ -311,8 +326,13 @@ func markJobs(es []*entry) []markJob {
 		ks := byConv[id]
 		for len(ks) > 0 {
 			n := min(len(ks), maxKeysPerWrite)
-			jobs = append(jobs, markJob{id, ks[:n]})
+			jobs = append(jobs, markJob{id: id, keys: ks[:n]})
 			ks = ks[n:]
+		}
+	}
+	for _, e := range es {
+		for id, lease := range e.closes {
+			jobs = append(jobs, markJob{id: id, close: lease})
 		}
 	}
 	return jobs

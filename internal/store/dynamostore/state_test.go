@@ -21,9 +21,8 @@ import (
 func TestConformanceMoto(t *testing.T) {
 	srv := dynalitetest.StartMoto(t)
 	storetest.Run(t, storetest.Harness{
-		SkipPaths: "conversation paths are not supported on DynamoDB yet",
 		Open: func(t *testing.T, opts store.Options) flowmetrics.Store {
-			return open(t, srv, srv.CreateTable(t), dynamostore.Config{ReadFirst: true}, opts)
+			return open(t, srv, srv.CreateTable(t), conformanceConfig(true), opts)
 		},
 	})
 }

@@ -140,13 +140,28 @@ func (s *Server) CreateTable(t testing.TB) string {
 }
 
 // CreateTable creates the store's table: partition key "id" (S), on demand,
+// with the path index "paths" (partition "ps" S, sort "pb" N, keys only),
 // and waits until it is active.
 func CreateTable(ctx context.Context, c *dynamodb.Client, name string) error {
 	_, err := c.CreateTable(ctx, &dynamodb.CreateTableInput{
-		TableName:            aws.String(name),
-		AttributeDefinitions: []types.AttributeDefinition{{AttributeName: aws.String("id"), AttributeType: types.ScalarAttributeTypeS}},
-		KeySchema:            []types.KeySchemaElement{{AttributeName: aws.String("id"), KeyType: types.KeyTypeHash}},
-		BillingMode:          types.BillingModePayPerRequest,
+		TableName: aws.String(name),
+		AttributeDefinitions: []types.AttributeDefinition{
+			{AttributeName: aws.String("id"), AttributeType: types.ScalarAttributeTypeS},
+			{AttributeName: aws.String("ps"), AttributeType: types.ScalarAttributeTypeS},
+			{AttributeName: aws.String("pb"), AttributeType: types.ScalarAttributeTypeN},
+		},
+		KeySchema:   []types.KeySchemaElement{{AttributeName: aws.String("id"), KeyType: types.KeyTypeHash}},
+		BillingMode: types.BillingModePayPerRequest,
+		// The path index (see dynamostore's package doc), as
+		// deploy/aws/template.yaml declares it.
+		GlobalSecondaryIndexes: []types.GlobalSecondaryIndex{{
+			IndexName: aws.String("paths"),
+			KeySchema: []types.KeySchemaElement{
+				{AttributeName: aws.String("ps"), KeyType: types.KeyTypeHash},
+				{AttributeName: aws.String("pb"), KeyType: types.KeyTypeRange},
+			},
+			Projection: &types.Projection{ProjectionType: types.ProjectionTypeKeysOnly},
+		}},
 	})
 	if err != nil {
 		return fmt.Errorf("create table %s: %w", name, err)
