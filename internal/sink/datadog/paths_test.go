@@ -2,10 +2,8 @@ package datadog
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net/http"
-	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -18,224 +16,52 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/paths"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink"
+	"github.com/flowmetrics/flowmetrics/internal/sink/sinktest"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
-// The paths of the tests below: two flows, a timing, a funnel and an A/B
-// experiment.
-var testPaths = paths.Config{
-	Timings: []paths.Timing{{Name: "ivr_to_agent", From: "Main IVR/Start", To: "Agent/Connected"}},
-	Funnels: []paths.Funnel{{Name: "main", Steps: []paths.Step{"Main IVR/Start", "Main IVR/Menu", "Agent/Connected"}}},
-	Experiments: []paths.Experiment{{Name: "offer", Variants: []paths.Variant{
-		{Name: "A", Steps: []paths.Step{"Main IVR/OfferA", "Main IVR/AcceptA"}},
-		{Name: "B", Steps: []paths.Step{"Main IVR/OfferB", "Main IVR/AcceptB"}},
-	}}},
-}
-
-type convStep struct {
-	flow, metric string
-	at           time.Time
-}
-
-// testConv is a conversation of the path corpus: its steps in time order.
-type testConv struct {
-	id    string
-	steps []convStep
-}
-
-// pathCorpus makes n conversations from number first on, stamped from at
-// on (whole milliseconds, so durations survive the attribute names
-// exactly), with drop-outs at every step.
-func pathCorpus(first, n int, at time.Time) []testConv {
-	var out []testConv
-	for i := first; i < first+n; i++ {
-		c := testConv{id: fmt.Sprintf("conv-%04d", i)}
-		t := at.Add(time.Duration(i-first) * 3 * time.Second)
-		add := func(flow, metric string, after time.Duration) {
-			t = t.Add(after)
-			c.steps = append(c.steps, convStep{flow, metric, t})
-		}
-		add("Main IVR", "Start", 0)
-		if i%5 != 0 {
-			add("Main IVR", "Menu", time.Duration(2000+i%7*1500)*time.Millisecond)
-			if i%3 != 0 {
-				v := []string{"A", "B"}[i%2]
-				add("Main IVR", "Offer"+v, 1250*time.Millisecond)
-				if i%4 == 0 || v == "B" && i%3 == 1 {
-					add("Main IVR", "Accept"+v, 2*time.Second)
-				}
-			}
-			if i%3 != 1 {
-				add("Agent", "Queued", 500*time.Millisecond)
-				if i%2 == 0 {
-					add("Agent", "Connected", time.Duration(5000+i%11*13500)*time.Millisecond)
-				}
-			}
-		}
-		out = append(out, c)
-	}
-	return out
-}
-
-// records are each conversation's attribute events (each carrying every
-// attribute so far, as Genesys sends them) and its customer.end, every one
-// delivered twice.
-func (c testConv) records() []genesys.Record {
-	var recs []genesys.Record
-	attrs := map[string]string{}
-	for _, s := range c.steps {
-		attrs[fmt.Sprintf("%sMetric_%s(%s)", s.flow, s.metric, s.at.Format("2006-01-02T15:04:05.000Z"))] = ""
-		rec := genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: c.id, Attributes: maps(attrs)}}
-		recs = append(recs, rec, rec)
-	}
-	end := genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: c.id, Ended: true}}
-	return append(recs, end, end)
-}
-
-func maps(m map[string]string) map[string]string {
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
-}
-
-// seriesKey is a path series as Datadog stores it: the metric and its
-// sorted tags.
-type seriesKey struct{ metric, tags string }
-
-func keyOf(metric string, tags ...string) seriesKey {
+// ddSeries is a path series as Datadog stores it: the metric and its sorted
+// tags (no static tags).
+func ddSeries(p flowmetrics.PathPoint) string {
+	name, tags := PathSeries(p)
 	var out []string
-	for i := 0; i+1 < len(tags); i += 2 {
-		out = append(out, Tag(tags[i], tags[i+1]))
+	for _, t := range tags {
+		out = append(out, Tag(t.Key, t.Value))
 	}
 	sort.Strings(out)
-	return seriesKey{metric, strings.Join(out, ",")}
-}
-
-// pathTruth is what Datadog must hold per path series: conversations
-// counted (exits, funnels, experiments) and durations (step timings,
-// timings), computed from the corpus's own model, not by the deriver.
-type pathTruth struct {
-	counts map[seriesKey]float64
-	durs   map[seriesKey][]float64
-}
-
-func truthOf(convs []testConv) pathTruth {
-	tr := pathTruth{counts: map[seriesKey]float64{}, durs: map[seriesKey][]float64{}}
-	for _, c := range convs {
-		first, last := map[string]time.Time{}, map[string]string{}
-		reached := map[string]time.Time{}
-		for _, s := range c.steps { // in time order, every metric once
-			if f, ok := first[s.flow]; ok {
-				k := keyOf(StepMetric, "flow", s.flow, "metric", s.metric)
-				tr.durs[k] = append(tr.durs[k], s.at.Sub(f).Seconds())
-			} else {
-				first[s.flow] = s.at
-			}
-			last[s.flow] = s.metric
-			reached[s.flow+"/"+s.metric] = s.at
-		}
-		for flow, metric := range last {
-			tr.counts[keyOf(ExitMetric, "flow", flow, "metric", metric)]++
-		}
-		if to, ok := reached["Agent/Connected"]; ok {
-			k := keyOf(TimingMetric, "timing", "ivr_to_agent")
-			tr.durs[k] = append(tr.durs[k], to.Sub(reached["Main IVR/Start"]).Seconds())
-		}
-		for _, step := range []string{"Main IVR/Start", "Main IVR/Menu", "Agent/Connected"} {
-			if _, ok := reached[step]; !ok {
-				break
-			}
-			tr.counts[keyOf(FunnelMetric, "funnel", "main", "step", step)]++
-		}
-		for _, v := range []string{"A", "B"} {
-			for _, step := range []string{"Main IVR/Offer" + v, "Main IVR/Accept" + v} {
-				if _, ok := reached[step]; !ok {
-					break
-				}
-				tr.counts[keyOf(ExperimentMetric, "experiment", "offer", "variant", v, "step", step)]++
-			}
-		}
-	}
-	for _, v := range tr.durs {
-		sort.Float64s(v)
-	}
-	return tr
-}
-
-// add adds o to tr; durations only when dist (what a resend adds to
-// distributions, and not to running totals).
-func (tr pathTruth) add(o pathTruth, counts bool) {
-	if counts {
-		for k, v := range o.counts {
-			tr.counts[k] += v
-		}
-	}
-	for k, v := range o.durs {
-		tr.durs[k] = append(tr.durs[k], v...)
-		sort.Float64s(tr.durs[k])
-	}
+	return name + "{" + strings.Join(out, ",") + "}"
 }
 
 // pathsHeld reconstructs from the fake what Datadog would show for the path
 // series: for a count, the sum of the last value of each series-second
 // (count mode) plus the number of distribution values (distribution mode);
 // for a duration, every value of the distribution.
-func (f *fakeIntake) pathsHeld() pathTruth {
+func (f *fakeIntake) pathsHeld() (counts map[string]float64, durs map[string][]float64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	got := pathTruth{counts: map[seriesKey]float64{}, durs: map[seriesKey][]float64{}}
+	counts, durs = map[string]float64{}, map[string][]float64{}
 	isPath := func(m string) bool {
 		return m == ExitMetric || m == FunnelMetric || m == ExperimentMetric || m == StepMetric || m == TimingMetric
 	}
 	for k, v := range f.store {
 		if isPath(k.metric) {
-			got.counts[seriesKey{k.metric, k.tags}] += v
+			counts[k.metric+"{"+k.tags+"}"] += v
 		}
 	}
 	for k, vs := range f.dist {
-		sk := seriesKey{k.metric, k.tags}
+		sk := k.metric + "{" + k.tags + "}"
 		switch {
 		case k.metric == StepMetric || k.metric == TimingMetric:
-			got.durs[sk] = append(got.durs[sk], vs...)
+			durs[sk] = append(durs[sk], vs...)
 		case isPath(k.metric):
 			for _, v := range vs {
-				got.counts[sk] += v
+				counts[sk] += v
 			}
 		}
 	}
-	for _, v := range got.durs {
-		sort.Float64s(v)
-	}
-	return got
-}
-
-func comparePaths(t *testing.T, got, want pathTruth) {
-	t.Helper()
-	for k := range unionKeys(got.counts, want.counts) {
-		if got.counts[k] != want.counts[k] {
-			t.Errorf("%s{%s}: Datadog holds %v conversations, want %v", k.metric, k.tags, got.counts[k], want.counts[k])
-		}
-	}
-	for k := range unionKeys(got.durs, want.durs) {
-		if !slices.EqualFunc(got.durs[k], want.durs[k], func(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }) {
-			t.Errorf("%s{%s}: Datadog holds %d values %v, want %d %v", k.metric, k.tags, len(got.durs[k]), got.durs[k], len(want.durs[k]), want.durs[k])
-		}
-	}
-}
-
-func unionKeys[V any](a, b map[seriesKey]V) map[seriesKey]bool {
-	out := map[seriesKey]bool{}
-	for k := range a {
-		out[k] = true
-	}
-	for k := range b {
-		out[k] = true
-	}
-	return out
+	return counts, durs
 }
 
 // TestPathsExactByDatadogsRule runs the derived points of closed paths
@@ -259,11 +85,11 @@ func TestPathsExactByDatadogsRule(t *testing.T) {
 func testPathsExact(t *testing.T, mode Mode) {
 	dir := t.TempDir()
 	fake := newFakeIntake(t, testKey, fixedClock())
-	deriver := paths.New(testPaths, nil)
+	deriver := paths.New(sinktest.PathsConfig, nil)
 	base := t0.Add(-20 * time.Minute)
 	type round struct {
 		name      string
-		convs     []testConv
+		convs     []sinktest.Conv
 		ended     bool  // their customer.end arrives (else the idle timeout closes them)
 		failAfter int64 // -1: the commit of the paths' batch is killed
 		script    []scripted
@@ -275,18 +101,18 @@ func testPathsExact(t *testing.T, mode Mode) {
 		{status: http.StatusServiceUnavailable},
 	}
 	rounds := []round{
-		{name: "first process", convs: pathCorpus(0, 20, base), ended: true},
-		{name: "503, 429 and 413", convs: pathCorpus(20, 20, base.Add(time.Minute)), ended: true, script: retries},
-		{name: "killed between 202 and commit", convs: pathCorpus(40, 15, base.Add(2*time.Minute)), ended: true, failAfter: -1},
-		{name: "restart resends", convs: pathCorpus(55, 10, base.Add(3*time.Minute)), ended: true},
-		{name: "idle timeout", convs: pathCorpus(65, 10, base.Add(4*time.Minute))},
+		{name: "first process", convs: sinktest.PathCorpus(0, 20, base), ended: true},
+		{name: "503, 429 and 413", convs: sinktest.PathCorpus(20, 20, base.Add(time.Minute)), ended: true, script: retries},
+		{name: "killed between 202 and commit", convs: sinktest.PathCorpus(40, 15, base.Add(2*time.Minute)), ended: true, failAfter: -1},
+		{name: "restart resends", convs: sinktest.PathCorpus(55, 10, base.Add(3*time.Minute)), ended: true},
+		{name: "idle timeout", convs: sinktest.PathCorpus(65, 10, base.Add(4*time.Minute))},
 	}
-	var all []testConv
-	var resent pathTruth
+	var all []sinktest.Conv
+	resent := sinktest.NewPathTruth()
 	for _, r := range rounds {
 		all = append(all, r.convs...)
 		if r.failAfter < 0 {
-			resent = truthOf(r.convs)
+			resent = sinktest.TruthOf(r.convs)
 		}
 		ps, err := pebblestore.Open(dir, store.Options{Now: fixedClock(), Paths: &flowmetrics.PathOptions{Grace: time.Minute, Idle: time.Hour}}, nil)
 		if err != nil {
@@ -300,11 +126,7 @@ func testPathsExact(t *testing.T, mode Mode) {
 		}
 		var recs []genesys.Record
 		for _, c := range r.convs {
-			cr := c.records()
-			if !r.ended {
-				cr = cr[:len(cr)-2]
-			}
-			recs = append(recs, cr...)
+			recs = append(recs, c.Records(r.ended)...)
 		}
 		if _, err := p.Ingest(ctx(t), recs); err != nil {
 			t.Fatalf("%s: ingest: %v", r.name, err)
@@ -357,14 +179,18 @@ func testPathsExact(t *testing.T, mode Mode) {
 			t.Errorf("%d points outside Datadog's window", fake.outOfWindow)
 		}
 	})
-	want := truthOf(all)
-	want.add(resent, mode == Distribution) // the one duplicate window
-	comparePaths(t, fake.pathsHeld(), want)
+	want := sinktest.TruthOf(all)
+	want.Add(resent, mode == Distribution) // the one duplicate window
+	wantCounts, wantDurs := want.SeriesOf(ddSeries)
+	gotCounts, gotDurs := fake.pathsHeld()
+	for _, e := range sinktest.Errors(gotCounts, wantCounts, gotDurs, wantDurs) {
+		t.Error(e)
+	}
 	n := 0
-	for _, v := range want.counts {
+	for _, v := range wantCounts {
 		n += int(v)
 	}
-	t.Logf("%s mode: %d conversations over %d processes, %d path series, %d counted in exits, funnel and experiment steps", mode, len(all), len(rounds), len(want.counts)+len(want.durs), n)
+	t.Logf("%s mode: %d conversations over %d processes, %d path series, %d counted in exits, funnel and experiment steps", mode, len(all), len(rounds), len(wantCounts)+len(wantDurs), n)
 }
 
 // TestPathsGoldenPayload pins the bodies of a path batch in each mode:
@@ -431,7 +257,8 @@ func TestPathsCountModeTotals(t *testing.T) {
 	if err := next.SendPaths(ctx(t), []flowmetrics.PathPoint{exit("c3")}); err != nil {
 		t.Fatal(err)
 	}
-	got := h.fake.pathsHeld().counts[keyOf(ExitMetric, "flow", "Main IVR", "metric", "MenuChosen", "env", "prod")]
+	counts, _ := h.fake.pathsHeld()
+	got := counts[ExitMetric+"{env:prod,flow:main_ivr,metric:menuchosen}"]
 	if got != 3 {
 		t.Errorf("exits held by Datadog: got %v, want 3 (the running total over both processes)", got)
 	}

@@ -65,9 +65,9 @@ func New(cfg Config, d sink.Deps) (*Sink, error) {
 		cfg.Mode = datadog.Count
 	}
 	ledger := datadog.NewLedger(Name, cfg.Mode, cfg.LatePolicy, cfg.Now, sink.Deps{Namer: d.Namer, Metrics: m, Log: log})
-	if cfg.Mode == datadog.Distribution {
-		ledger.SetUntimed()
-	}
+	// DogStatsD distributions carry no timestamp (the receiver stamps
+	// them on arrival): no late policy for them, in either mode.
+	ledger.SetUntimed()
 	s := &Sink{
 		cfg:    cfg,
 		ledger: ledger,
@@ -141,6 +141,24 @@ func (s *Sink) takeErrors() (int, error) {
 // with the batch's cursor (after a nil return only), so a restarted process
 // goes on from them.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
+	return s.deliver(ctx, len(points), func(b *datadog.Batch) bool { return b.Matches(points) }, func() *datadog.Batch { return s.ledger.NewBatch(points) })
+}
+
+// SendPaths implements flowmetrics.PathSink: exits, funnels and
+// experiments as the occurrences are sent (count mode: a timestamped
+// running total of conversations per series and second; distribution
+// mode: a value of 1 per conversation), step timings and timings as one
+// distribution value (|d, seconds) per conversation in both modes, so that
+// Datadog computes their percentiles from every value. Through the Lambda
+// Extension (distribution mode only) every path point is a distribution,
+// which it merges and Datadog adds up. Errors and retries are Send's.
+func (s *Sink) SendPaths(ctx context.Context, points []flowmetrics.PathPoint) error {
+	return s.deliver(ctx, len(points), func(b *datadog.Batch) bool { return b.MatchesPaths(points) }, func() *datadog.Batch { return s.ledger.NewPathBatch(points) })
+}
+
+// deliver writes the Batch of n points that newBatch makes, or the kept one
+// when matches says it was made from the same points.
+func (s *Sink) deliver(ctx context.Context, n int, matches func(*datadog.Batch) bool, newBatch func() *datadog.Batch) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	select {
@@ -148,12 +166,12 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		return errors.New("dogstatsd: send after close")
 	default:
 	}
-	if len(points) == 0 {
+	if n == 0 {
 		return nil
 	}
 	b := s.pending
-	if b == nil || !b.Matches(points) {
-		b = s.ledger.NewBatch(points)
+	if b == nil || !matches(b) {
+		b = newBatch()
 	}
 	s.pending = b
 	samples := s.ledger.Plan(b)
@@ -166,11 +184,16 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("dogstatsd: %w", err)
 		}
-		if s.cfg.Mode == datadog.Distribution {
-			// One value of 1 per occurrence: the Agent adds every value
-			// of a distribution up, whoever sent it.
-			for v := int64(0); v < x.Value; v++ {
-				if err := s.client.Distribution(x.Name, 1, x.Tags, 1); err != nil {
+		if x.Dist() {
+			// One value of 1 per occurrence or conversation, or a
+			// duration's own value: the Agent adds every value of a
+			// distribution up, whoever sent it.
+			for i := int64(0); i < x.Value; i++ {
+				v := 1.0
+				if x.Values != nil {
+					v = x.Values[i]
+				}
+				if err := s.client.Distribution(x.Name, v, x.Tags, 1); err != nil {
 					failed++
 					firstErr = cmp(firstErr, err)
 				}
@@ -249,4 +272,7 @@ func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
 // since the last call, for the pipeline to commit with this batch's cursor.
 func (s *Sink) TakeState() flowmetrics.StateUpdate { return s.ledger.TakeState() }
 
-var _ flowmetrics.StatefulSink = (*Sink)(nil)
+var (
+	_ flowmetrics.StatefulSink = (*Sink)(nil)
+	_ flowmetrics.PathSink     = (*Sink)(nil)
+)

@@ -24,14 +24,16 @@ import (
 )
 
 // daemon is a real UDP listener on 127.0.0.1 that adds up the counters it
-// receives, as a StatsD daemon does. It can be stopped and started again on
-// the same port.
+// receives and keeps every timer value (for its percentiles), as a StatsD
+// daemon does within a flush interval. It can be stopped and started again
+// on the same port.
 type daemon struct {
 	t    *testing.T
 	port int
 
 	mu       sync.Mutex
 	sums     map[string]int64
+	timers   map[string][]float64
 	received int // datagrams
 	conn     *net.UDPConn
 	done     chan struct{}
@@ -57,7 +59,18 @@ func (d *daemon) start() {
 			d.received++
 			for _, l := range strings.Split(string(buf[:n]), "\n") {
 				name, rest, _ := strings.Cut(l, ":")
-				v, _, _ := strings.Cut(rest, "|")
+				v, typ, _ := strings.Cut(rest, "|")
+				if typ, _, _ = strings.Cut(typ, "|"); typ == "ms" {
+					ms, err := strconv.ParseFloat(v, 64)
+					if err != nil {
+						d.t.Errorf("daemon: bad timer %q", l)
+					}
+					if d.timers == nil {
+						d.timers = map[string][]float64{}
+					}
+					d.timers[name] = append(d.timers[name], ms)
+					continue
+				}
 				k, err := strconv.ParseInt(v, 10, 64)
 				if err != nil {
 					d.t.Errorf("daemon: bad line %q", l)

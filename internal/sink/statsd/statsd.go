@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"strconv"
@@ -163,7 +164,20 @@ func (s *Sink) Name() string { return Name }
 // retries it). A failed batch remembers which datagrams the daemon took, and
 // the same batch sent again resumes after them, so nothing is counted twice.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
-	dgrams := s.Datagrams(points)
+	return s.send(ctx, s.Datagrams(points))
+}
+
+// SendPaths implements flowmetrics.PathSink: exits, funnels and experiments
+// as counters (one per conversation, summed per series), step timings and
+// timings as timers (|ms), one value per conversation, so the daemon's
+// percentiles see every value. Delivery and resumption are Send's.
+func (s *Sink) SendPaths(ctx context.Context, points []flowmetrics.PathPoint) error {
+	return s.send(ctx, s.PathDatagrams(points))
+}
+
+// send writes datagrams, resuming a failed batch of the same datagrams
+// after the ones the daemon took.
+func (s *Sink) send(ctx context.Context, dgrams [][]byte) error {
 	if len(dgrams) == 0 {
 		return nil
 	}
@@ -287,10 +301,19 @@ func (s *Sink) Datagrams(points []flowmetrics.Point) [][]byte {
 		byKey[k] = se
 		order = append(order, se)
 	}
+	lines := make([][]byte, len(order))
+	for i, se := range order {
+		lines[i] = s.line(se.key, strconv.FormatInt(se.count, 10), "c")
+	}
+	return s.pack(lines)
+}
+
+// pack joins lines, in order, into datagrams of at most MaxDatagram bytes;
+// a line longer than that goes alone.
+func (s *Sink) pack(lines [][]byte) [][]byte {
 	var out [][]byte
 	var cur []byte
-	for _, se := range order {
-		line := s.line(se.key, se.count)
+	for _, line := range lines {
 		if len(cur) > 0 && len(cur)+1+len(line) > s.cfg.MaxDatagram {
 			out = append(out, cur)
 			cur = nil
@@ -334,9 +357,11 @@ func (s *Sink) key(flow, metric string) string {
 	}
 }
 
-func (s *Sink) line(key string, count int64) []byte {
+// line renders one line of a series key: name:value|typ, then the tags of
+// the dogstatsd style.
+func (s *Sink) line(key, value, typ string) []byte {
 	name, tags, _ := strings.Cut(key, "|#")
-	l := name + ":" + strconv.FormatInt(count, 10) + "|c"
+	l := name + ":" + value + "|" + typ
 	if tags != "" {
 		l += "|#" + tags
 	}
@@ -379,4 +404,101 @@ func sanitize(s, extra string) string {
 	return b.String()
 }
 
-var _ flowmetrics.Sink = (*Sink)(nil)
+// PathDatagrams renders path points as StatsD lines packed like
+// Datagrams: a counter line per count series (conversations summed) and a
+// timer line (|ms) per duration. The series are named like the counts (see
+// pathKey), with the kind's labels where the counts have flow and metric.
+func (s *Sink) PathDatagrams(points []flowmetrics.PathPoint) [][]byte {
+	var lines [][]byte
+	idx := map[string]int{} // counter key -> index into counts
+	var keys []string
+	var counts []int64
+	for _, p := range points {
+		name, labels := pathLabels(p)
+		if name == "" {
+			s.m.PointsAdjusted.WithLabelValues(Name, "rejected").Inc()
+			continue
+		}
+		k := s.pathKey(name, labels)
+		if !p.Kind.IsDuration() {
+			i, ok := idx[k]
+			if !ok {
+				i = len(keys)
+				idx[k] = i
+				keys, counts = append(keys, k), append(counts, 0)
+			}
+			counts[i]++
+			continue
+		}
+		if math.IsNaN(p.Seconds) || math.IsInf(p.Seconds, 0) || p.Seconds < 0 {
+			s.m.PointsAdjusted.WithLabelValues(Name, "rejected").Inc()
+			continue
+		}
+		lines = append(lines, s.line(k, strconv.FormatFloat(p.Seconds*1000, 'f', -1, 64), "ms"))
+	}
+	counters := make([][]byte, len(keys))
+	for i, k := range keys {
+		counters[i] = s.line(k, strconv.FormatInt(counts[i], 10), "c")
+	}
+	return s.pack(append(counters, lines...))
+}
+
+// The path series' names, before the prefix; the same as the Datadog
+// sinks', so one board reads both.
+const (
+	ExitName       = "genesys.flow.exit"
+	StepName       = "genesys.flow.step"
+	TimingName     = "genesys.flow.timing"
+	FunnelName     = "genesys.flow.funnel"
+	ExperimentName = "genesys.flow.experiment"
+)
+
+// pathLabels returns a path point's name and labels (key, value pairs in
+// order); "" for a kind it does not know.
+func pathLabels(p flowmetrics.PathPoint) (string, []naming.Tag) {
+	switch p.Kind {
+	case flowmetrics.PathExit:
+		return ExitName, []naming.Tag{{Key: "flow", Value: p.Flow}, {Key: "metric", Value: p.Metric}}
+	case flowmetrics.PathStep:
+		return StepName, []naming.Tag{{Key: "flow", Value: p.Flow}, {Key: "metric", Value: p.Metric}}
+	case flowmetrics.PathTiming:
+		return TimingName, []naming.Tag{{Key: "timing", Value: p.Name}}
+	case flowmetrics.PathFunnel:
+		return FunnelName, []naming.Tag{{Key: "funnel", Value: p.Name}, {Key: "step", Value: p.Step}}
+	case flowmetrics.PathExperiment:
+		return ExperimentName, []naming.Tag{{Key: "experiment", Value: p.Name}, {Key: "variant", Value: p.Variant}, {Key: "step", Value: p.Step}}
+	}
+	return "", nil
+}
+
+// pathKey is key for a path series: in the none style its labels are the
+// last segments of the name (genesys.flow.funnel.callback.Callback_Offered),
+// in the tag styles they are tags, followed by the static tags.
+func (s *Sink) pathKey(name string, labels []naming.Tag) string {
+	name = s.cfg.Prefix + name
+	switch s.cfg.TagStyle {
+	case TagStyleGraphite:
+		var b strings.Builder
+		b.WriteString(name)
+		for _, t := range append(labels, s.namer.Static()...) {
+			b.WriteString(";" + sanitizeName(t.Key) + "=" + sanitizeName(t.Value))
+		}
+		return b.String()
+	case TagStyleDogStatsD:
+		tags := make([]string, 0, len(labels)+len(s.namer.Static()))
+		for _, t := range append(labels, s.namer.Static()...) {
+			tags = append(tags, sanitizeName(t.Key)+":"+sanitizeName(t.Value))
+		}
+		return name + "|#" + strings.Join(tags, ",")
+	default:
+		for _, t := range labels {
+			name += "." + sanitizeSegment(t.Value)
+		}
+		return name
+	}
+}
+
+var (
+	_ flowmetrics.Sink     = (*Sink)(nil)
+	_ flowmetrics.PathSink = (*Sink)(nil)
+)

@@ -94,7 +94,7 @@ type Store struct {
 // up to MemTableStopWritesThreshold+1 of them (the others recycled): the
 // memtable size sets how much the logs can take on disk, about 3.3 times
 // MemTableSize. So it follows the disk: a 512th of the filesystem, between
-// 2 MiB (a 40 MiB disk keeps its logs near 7 MiB) and 32 MiB (from 16 GiB
+// 2 MiB (a 40 MiB disk keeps its logs near 7 MiB) and 16 MiB (from 8 GiB
 // up). The logs then never take more than 0.65 % of the disk (7 MiB at
 // least), a third of the free space serve keeps before it refuses ingest
 // (2 %, 16 MiB at least: diskguard's MinFree). Pebble would also
@@ -106,19 +106,29 @@ type Store struct {
 // On a large disk the bigger memtable is what makes a large replay fast:
 // outbox entries delivered and deleted while still in the memtable, and
 // headers rewritten there, never reach a table, and flushes are fewer and
-// larger, so compaction costs a sixth of what it did with 2 MiB
-// (BenchmarkArchive, docs/PERFORMANCE.md).
+// larger. 16 MiB does that as well as 32 MiB did (the outbox is flushed
+// every 20,000 occurrences, about 2 MB), and the memtables are most of the
+// store's memory (BenchmarkArchive, docs/PERFORMANCE.md).
+//
+// Pebble counts its memtables against the block cache: each reserves its
+// size there while it lives. The cache is therefore sized as the blocks it
+// should hold (blockCacheSize) plus the memtables that can live at once
+// (the mutable one, those waiting to be flushed, and one kept for reuse).
+// Sized as the blocks alone, it was all taken by the memtables of a large
+// replay, and every read of a claim decoded its index, filter and data
+// blocks again from the file (TestBlockCacheBesideMemtables).
 const (
 	minMemTableSize             = 2 << 20
-	maxMemTableSize             = 32 << 20
+	maxMemTableSize             = 16 << 20
 	memTableShare               = 512
 	memTableStopWritesThreshold = 2
+	liveMemTables               = memTableStopWritesThreshold + 1
 	l0CompactionThreshold       = 4
 	l0StopWritesThreshold       = 12
 	// blockCacheSize holds the blocks claims read (headers, keys and the
-	// Bloom filters of every table) for a large store; Pebble's default is
-	// 8 MiB.
-	blockCacheSize = 32 << 20
+	// Bloom filters and indexes of every table) beyond the memtables;
+	// Pebble's default is 8 MiB.
+	blockCacheSize = 24 << 20
 )
 
 // memTableSize returns the memtable size for a store in dir: a share of its
@@ -182,7 +192,7 @@ func openDB(dir string, fs vfs.FS, f *fatal, log *slog.Logger) (db *pebble.DB, e
 		FS:                          fs,
 		Logger:                      pebbleLogger{log: log.With("component", "pebble"), fatal: f, errors: &limiter{}},
 		MemTableSize:                memTable,
-		CacheSize:                   blockCacheSize,
+		CacheSize:                   blockCacheSize + liveMemTables*int64(memTable),
 		MemTableStopWritesThreshold: memTableStopWritesThreshold,
 		L0CompactionThreshold:       l0CompactionThreshold,
 		L0StopWritesThreshold:       l0StopWritesThreshold,
