@@ -25,7 +25,7 @@ func TestCheckConfigRefusesWhatServeRefuses(t *testing.T) {
 		want string
 	}{
 		{"datadog without its key", "sinks: {datadog: {}}\n", nil, []string{"DD_API_KEY="},
-			"sinks.datadog: datadog: environment variable DD_API_KEY is not set: it must hold the API key"},
+			"sinks.datadog.api_key_env: environment variable DD_API_KEY is not set: it must hold the API key"},
 		{"cache outlives retention", "store: {retention: 30m}\n", nil, nil,
 			"pipeline.cache_ttl (1h0m0s) must be shorter than store.retention (30m0s)"},
 		{"misspelt key", "pipeline:\n  flush_intervall: 2s\n", nil, nil,

@@ -4,11 +4,22 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
+	"sync"
 	"testing"
+
+	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
+	"google.golang.org/protobuf/proto"
 )
 
 // replayPaths replays the paths corpus (reordered, with duplicates and end
@@ -99,5 +110,128 @@ func TestPathsReplayEMF(t *testing.T) {
 	compareTruth(t, got, truth)
 	if counts != occurrences {
 		t.Errorf("occurrences: got %d, want %d", counts, occurrences)
+	}
+}
+
+// TestPathsReplayOTLP: replay -config with the otlp sink backfills paths.
+// A collector on loopback decodes every request; the delta windows are
+// added up per series, as a deltatocumulative collector does (its real
+// processor is in integration/otlp), and compared with the corpus's truth:
+// the conversations of each sum, and each histogram's count, buckets and
+// sum.
+func TestPathsReplayOTLP(t *testing.T) {
+	var mu sync.Mutex
+	sums := map[string]int64{}
+	type hist struct {
+		count   uint64
+		sum     float64
+		buckets []uint64
+		bounds  []float64
+	}
+	hists := map[string]*hist{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		var req colmetricpb.ExportMetricsServiceRequest
+		if err := proto.Unmarshal(body, &req); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, rm := range req.ResourceMetrics {
+			for _, sm := range rm.ScopeMetrics {
+				for _, m := range sm.Metrics {
+					key := func(kvs []*commonpb.KeyValue) string {
+						a := map[string]string{}
+						for _, kv := range kvs {
+							a[kv.Key] = kv.Value.GetStringValue()
+						}
+						switch m.Name {
+						case "genesys.flow.metric", "genesys.flow.exit", "genesys.flow.step":
+							return m.Name + " " + a["flow"] + "/" + a["metric"]
+						case "genesys.flow.timing":
+							return m.Name + " " + a["timing"]
+						case "genesys.flow.funnel":
+							return m.Name + " " + a["funnel"] + "/" + a["step"]
+						}
+						return m.Name + " " + a["experiment"] + "/" + a["variant"] + "/" + a["step"]
+					}
+					for _, dp := range m.GetSum().GetDataPoints() {
+						sums[key(dp.Attributes)] += dp.GetAsInt()
+					}
+					for _, dp := range m.GetHistogram().GetDataPoints() {
+						k := key(dp.Attributes)
+						h := hists[k]
+						if h == nil {
+							h = &hist{buckets: make([]uint64, len(dp.BucketCounts)), bounds: dp.ExplicitBounds}
+							hists[k] = h
+						}
+						h.count += dp.Count
+						h.sum += dp.GetSum()
+						for i, c := range dp.BucketCounts {
+							h.buckets[i] += c
+						}
+					}
+				}
+			}
+		}
+		w.Header().Set("Content-Type", "application/x-protobuf")
+		w.Write(nil)
+	}))
+	defer srv.Close()
+	truth, occurrences := replayPaths(t, "sinks:\n  otlp:\n    endpoint: "+srv.URL+"\n")
+	mu.Lock()
+	defer mu.Unlock()
+	got := newTruth()
+	for k, n := range sums {
+		name, series, _ := strings.Cut(k, " ")
+		switch name {
+		case "genesys.flow.exit":
+			got.exits[series] = int(n)
+		case "genesys.flow.funnel":
+			got.funnels[series] = int(n)
+		case "genesys.flow.experiment":
+			got.exps[series] = int(n)
+		}
+	}
+	cmpCounts := func(kind string, g, w map[string]int) {
+		for k := range union(g, w) {
+			if g[k] != w[k] {
+				t.Errorf("%s %s: got %d, want %d", kind, k, g[k], w[k])
+			}
+		}
+	}
+	cmpCounts("exits", got.exits, truth.exits)
+	cmpCounts("funnel", got.funnels, truth.funnels)
+	cmpCounts("experiment", got.exps, truth.exps)
+	var counted int64
+	for k, n := range sums {
+		if strings.HasPrefix(k, "genesys.flow.metric ") {
+			counted += n
+		}
+	}
+	if counted != occurrences {
+		t.Errorf("occurrences: got %d, want %d", counted, occurrences)
+	}
+	for kind, want := range map[string]map[string][]float64{"genesys.flow.step": truth.steps, "genesys.flow.timing": truth.timings} {
+		for series, values := range want {
+			h := hists[kind+" "+series]
+			if h == nil {
+				t.Errorf("%s %s: no histogram", kind, series)
+				continue
+			}
+			buckets := make([]uint64, len(h.bounds)+1)
+			var sum float64
+			for _, v := range values {
+				buckets[sort.SearchFloat64s(h.bounds, v)]++
+				sum += v
+			}
+			if h.count != uint64(len(values)) || !slices.Equal(h.buckets, buckets) || math.Abs(h.sum-sum) > 1e-6 {
+				t.Errorf("%s %s: got count %d, buckets %v, sum %v; want %d, %v, %v", kind, series, h.count, h.buckets, h.sum, len(values), buckets, sum)
+			}
+		}
+	}
+	if n := len(hists); n != len(truth.steps)+len(truth.timings) {
+		t.Errorf("got %d histogram series, want %d", n, len(truth.steps)+len(truth.timings))
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog/datadogtest"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore/dynalitetest"
 )
 
@@ -224,7 +225,9 @@ type arrangement struct {
 // Datadog mode (the Datadog totals are then not checked).
 func runExactness(t *testing.T, bootstrap, rie string, srv *dynalitetest.Server, ar arrangement) bool {
 	table := srv.CreateTable(t)
-	dd, ddURL := startIntake(t)
+	// The incarnations each send their own API key; the intake accepts any.
+	dd := datadogtest.New(t, "", time.Now)
+	ddURL := dd.URL
 
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
@@ -409,7 +412,7 @@ func runExactness(t *testing.T, bootstrap, rie string, srv *dynalitetest.Server,
 	}
 	wg.Wait()
 	if stalled.Load() {
-		t.Fatalf("no event acknowledged for %v (%d of %d left); stdout: %q; intake: %v", stallLimit, q.remaining(), len(q.msgs), out.other, dd.bad)
+		t.Fatalf("no event acknowledged for %v (%d of %d left); stdout: %q; intake: %v", stallLimit, q.remaining(), len(q.msgs), out.other, violations(dd))
 	}
 	if left := q.remaining(); left > 0 {
 		t.Fatalf("%d of %d events still not acknowledged after %v", left, len(q.msgs), runLimit)
@@ -458,10 +461,10 @@ func runExactness(t *testing.T, bootstrap, rie string, srv *dynalitetest.Server,
 	if !strings.Contains(ar.sinks, "datadog") {
 		return true
 	}
-	dd.mu.Lock()
-	paths, bad := fmt.Sprint(dd.paths), dd.bad
-	ignored := ar.mode == "distribution" && dd.paths["/api/v2/series"] > 0
-	dd.mu.Unlock()
+	dd.Lock()
+	paths, bad := fmt.Sprint(dd.PerEndpoint), dd.Violations
+	ignored := ar.mode == "distribution" && dd.PerEndpoint[datadogtest.SeriesPath] > 0
+	dd.Unlock()
 	t.Logf("Datadog intake: requests per path %s", paths)
 	if len(bad) > 0 {
 		t.Errorf("Datadog intake refused requests: %q", bad)
@@ -481,20 +484,20 @@ func runExactness(t *testing.T, bootstrap, rie string, srv *dynalitetest.Server,
 	namer := naming.New(naming.Config{})
 	byKey := map[string][2]string{}
 	for c := range expect {
-		byKey[seriesKey(datadog.MetricName(namer.Name(c.flow, c.metric)), datadog.Tags(namer, c.flow, c.metric))] = [2]string{c.flow, c.metric}
+		byKey[datadogtest.SeriesKey(datadog.MetricName(namer.Name(c.flow, c.metric)), datadog.Tags(namer, c.flow, c.metric))] = [2]string{c.flow, c.metric}
 	}
 	got := map[cell]int64{}
-	for k, mins := range dd.perMinute(ar.mode == "distribution") {
+	for k, mins := range dd.PerMinute(ar.mode == "distribution") {
 		fm, ok := byKey[k]
 		if !ok {
 			t.Errorf("Datadog holds a series no occurrence belongs to: %s", k)
 			continue
 		}
 		for m, v := range mins {
-			got[cell{fm[0], fm[1], m}] += v
+			got[cell{fm[0], fm[1], m}] += int64(v)
 		}
 	}
-	compare(t, "Datadog ("+ar.mode+")", expect, got, dd.atRisk(killedAt))
+	compare(t, "Datadog ("+ar.mode+")", expect, got, atRisk(dd, killedAt))
 	return true
 }
 

@@ -8,6 +8,11 @@
 // 413 to large requests, goes down, throttles with Retry-After, and loses
 // the answers of accepted requests; the pipeline is restarted mid-stream.
 //
+// With paths on, conversations with several steps and customer.end events
+// are closed as the stream goes; their exits, funnels and experiments
+// (sums) and step timings and timings (histograms) are rebuilt per series
+// from what deltatocumulative emits and compared with the corpus's truth.
+//
 // It lives in its own module so the collector stays out of the main go.mod.
 package otlp_test
 
@@ -18,9 +23,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -28,12 +36,14 @@ import (
 
 	"github.com/open-telemetry/opentelemetry-collector-contrib/processor/deltatocumulativeprocessor"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/otlptranslator"
 	"go.opentelemetry.io/collector/component"
 	"go.opentelemetry.io/collector/component/componenttest"
 	"go.opentelemetry.io/collector/config/configgrpc"
 	"go.opentelemetry.io/collector/config/configoptional"
 	"go.opentelemetry.io/collector/consumer"
 	"go.opentelemetry.io/collector/consumer/consumertest"
+	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
 	"go.opentelemetry.io/collector/processor"
 	"go.opentelemetry.io/collector/processor/processortest"
@@ -41,14 +51,17 @@ import (
 	"go.opentelemetry.io/collector/receiver/otlpreceiver"
 	"go.opentelemetry.io/collector/receiver/receivertest"
 	colmetricpb "go.opentelemetry.io/proto/otlp/collector/metrics/v1"
+	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/paths"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/sink/otlp"
+	"github.com/flowmetrics/flowmetrics/internal/sink/prometheus"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
@@ -80,18 +93,30 @@ type point struct {
 	cumulative  bool
 }
 
+// hpoint is one histogram data point as the receiver decoded it.
+type hpoint struct {
+	series      string
+	start, time uint64
+	count       uint64
+	sum         float64
+	bounds      []float64
+	buckets     []uint64
+}
+
 // backend is the collector side: the real OTLP receiver feeding a recorder,
 // the last-value model and the real deltatocumulative processor.
 type backend struct {
 	url string
 
 	mu        sync.Mutex
-	points    []point                     // every point decoded, in arrival order
-	lastValue map[string]map[uint64]int64 // series -> timestamp -> last value
-	d2c       *consumertest.MetricsSink   // what deltatocumulative emitted
-	requests  int                         // requests the receiver decoded
-	proc      processor.Metrics           //
-	rcv       receiver.Metrics            //
+	points    []point                          // every point decoded, in arrival order
+	hpoints   []hpoint                         // every histogram point, likewise
+	lastValue map[string]map[uint64]int64      // series -> timestamp -> last value
+	d2c       *consumertest.MetricsSink        // what deltatocumulative emitted
+	requests  int                              // requests the receiver decoded
+	metrics   map[string]otlptranslator.Metric // every metric name seen, its unit and type
+	proc      processor.Metrics                //
+	rcv       receiver.Metrics                 //
 }
 
 func freePort(t *testing.T) string {
@@ -107,7 +132,7 @@ func freePort(t *testing.T) string {
 func startBackend(t *testing.T) *backend {
 	t.Helper()
 	ctx := context.Background()
-	b := &backend{lastValue: map[string]map[uint64]int64{}, d2c: new(consumertest.MetricsSink)}
+	b := &backend{lastValue: map[string]map[uint64]int64{}, d2c: new(consumertest.MetricsSink), metrics: map[string]otlptranslator.Metric{}}
 
 	pf := deltatocumulativeprocessor.NewFactory()
 	proc, err := pf.CreateMetrics(ctx, processortest.NewNopSettings(pf.Type()), pf.CreateDefaultConfig(), b.d2c)
@@ -153,6 +178,16 @@ func (b *backend) record(md pmetric.Metrics) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.requests++
+	eachMetric(md, func(m pmetric.Metric) {
+		var typ otlptranslator.MetricType = otlptranslator.MetricTypeUnknown
+		switch {
+		case m.Type() == pmetric.MetricTypeSum && m.Sum().IsMonotonic():
+			typ = otlptranslator.MetricTypeMonotonicCounter
+		case m.Type() == pmetric.MetricTypeHistogram:
+			typ = otlptranslator.MetricTypeHistogram
+		}
+		b.metrics[m.Name()] = otlptranslator.Metric{Name: m.Name(), Unit: m.Unit(), Type: typ}
+	})
 	eachSum(md, func(p point) {
 		b.points = append(b.points, p)
 		lv := b.lastValue[p.series]
@@ -162,34 +197,87 @@ func (b *backend) record(md pmetric.Metrics) {
 		}
 		lv[p.time] = p.value
 	})
+	eachHist(md, func(h hpoint) { b.hpoints = append(b.hpoints, h) })
 }
 
-func eachSum(md pmetric.Metrics, f func(point)) {
+// seriesOf names a data point's series: the metric name, then its
+// attribute values in key order (flow, metric for the counts).
+func seriesOf(name string, attrs pcommon.Map) string {
+	var keys []string
+	for k := range attrs.All() {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	s := name
+	for _, k := range keys {
+		v, _ := attrs.Get(k)
+		s += "|" + v.Str()
+	}
+	return s
+}
+
+func eachHist(md pmetric.Metrics, f func(hpoint)) {
+	eachMetric(md, func(m pmetric.Metric) {
+		if m.Type() != pmetric.MetricTypeHistogram {
+			return
+		}
+		dps := m.Histogram().DataPoints()
+		for l := 0; l < dps.Len(); l++ {
+			dp := dps.At(l)
+			f(hpoint{
+				series: seriesOf(m.Name(), dp.Attributes()),
+				start:  uint64(dp.StartTimestamp()), time: uint64(dp.Timestamp()),
+				count: dp.Count(), sum: dp.Sum(),
+				bounds: dp.ExplicitBounds().AsRaw(), buckets: dp.BucketCounts().AsRaw(),
+			})
+		}
+	})
+}
+
+// d2cHists is the last cumulative histogram deltatocumulative emitted per
+// series.
+func (b *backend) d2cHists() map[string]hpoint {
+	out := map[string]hpoint{}
+	for _, md := range b.d2c.AllMetrics() {
+		eachHist(md, func(h hpoint) {
+			if l, ok := out[h.series]; !ok || h.time >= l.time {
+				out[h.series] = h
+			}
+		})
+	}
+	return out
+}
+
+// eachMetric calls f for every metric of md.
+func eachMetric(md pmetric.Metrics, f func(pmetric.Metric)) {
 	rms := md.ResourceMetrics()
 	for i := 0; i < rms.Len(); i++ {
 		sms := rms.At(i).ScopeMetrics()
 		for j := 0; j < sms.Len(); j++ {
 			ms := sms.At(j).Metrics()
 			for k := 0; k < ms.Len(); k++ {
-				m := ms.At(k)
-				if m.Type() != pmetric.MetricTypeSum {
-					continue
-				}
-				dps := m.Sum().DataPoints()
-				for l := 0; l < dps.Len(); l++ {
-					dp := dps.At(l)
-					flow, _ := dp.Attributes().Get("flow")
-					metric, _ := dp.Attributes().Get("metric")
-					f(point{
-						series: m.Name() + "|" + flow.Str() + "|" + metric.Str(),
-						start:  uint64(dp.StartTimestamp()), time: uint64(dp.Timestamp()),
-						value:      dp.IntValue(),
-						cumulative: m.Sum().AggregationTemporality() == pmetric.AggregationTemporalityCumulative,
-					})
-				}
+				f(ms.At(k))
 			}
 		}
 	}
+}
+
+func eachSum(md pmetric.Metrics, f func(point)) {
+	eachMetric(md, func(m pmetric.Metric) {
+		if m.Type() != pmetric.MetricTypeSum {
+			return
+		}
+		dps := m.Sum().DataPoints()
+		for l := 0; l < dps.Len(); l++ {
+			dp := dps.At(l)
+			f(point{
+				series: seriesOf(m.Name(), dp.Attributes()),
+				start:  uint64(dp.StartTimestamp()), time: uint64(dp.Timestamp()),
+				value:      dp.IntValue(),
+				cumulative: m.Sum().AggregationTemporality() == pmetric.AggregationTemporalityCumulative,
+			})
+		}
+	})
 }
 
 // lastValueTotals is what a backend keeping the last value per series and
@@ -313,16 +401,10 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		for _, sm := range rm.ScopeMetrics {
 			for _, m := range sm.Metrics {
 				for _, dp := range m.GetSum().GetDataPoints() {
-					var flow, metric string
-					for _, kv := range dp.Attributes {
-						switch kv.Key {
-						case "flow":
-							flow = kv.Value.GetStringValue()
-						case "metric":
-							metric = kv.Value.GetStringValue()
-						}
-					}
-					keys = append(keys, fmt.Sprintf("%s|%s|%s@%d-%d=%d", m.Name, flow, metric, dp.StartTimeUnixNano, dp.TimeUnixNano, dp.GetAsInt()))
+					keys = append(keys, fmt.Sprintf("%s@%d-%d=%d", protoSeries(m.Name, dp.Attributes), dp.StartTimeUnixNano, dp.TimeUnixNano, dp.GetAsInt()))
+				}
+				for _, dp := range m.GetHistogram().GetDataPoints() {
+					keys = append(keys, fmt.Sprintf("%s@%d-%d=%d", protoSeries(m.Name, dp.Attributes), dp.StartTimeUnixNano, dp.TimeUnixNano, dp.Count))
 				}
 			}
 		}
@@ -396,6 +478,17 @@ func (p *proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Write(out)
 }
 
+// protoSeries is seriesOf for the wire form.
+func protoSeries(name string, attrs []*commonpb.KeyValue) string {
+	kvs := append([]*commonpb.KeyValue(nil), attrs...)
+	sort.Slice(kvs, func(i, j int) bool { return kvs[i].Key < kvs[j].Key })
+	s := name
+	for _, kv := range kvs {
+		s += "|" + kv.Value.GetStringValue()
+	}
+	return s
+}
+
 // markLost records that the answer to a request carrying keys did not
 // reach the sink, which may therefore send them again.
 func (p *proxy) markLost(keys []string) {
@@ -417,6 +510,9 @@ func (p *proxy) set(f func(p *proxy)) {
 type occurrence struct {
 	conv, flow, metric string
 	at, arrive         time.Time
+	// ev, when set, is the event delivered instead (the path corpus's
+	// attributes and customer.end events).
+	ev *genesys.Event
 }
 
 var series = [][2]string{
@@ -453,11 +549,106 @@ func corpus(t0 time.Time, n int, rng *rand.Rand) (events []occurrence, want map[
 }
 
 func record(o occurrence) genesys.Record {
+	if o.ev != nil {
+		return genesys.Record{Outcome: genesys.Accepted, Event: o.ev}
+	}
 	name := genesys.AttributeName(o.flow, o.metric, o.at)
 	return genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{
 		ConversationID: o.conv,
 		Attributes:     map[string]string{name: "x", "Language": "en"},
 	}}
+}
+
+// The paths configuration of the scenario: the grace covers every
+// attribute delivery of the path corpus (at most 5 s late), so the truth
+// does not depend on when a path closes.
+var pathsCfg = paths.Config{
+	Grace:       2 * time.Minute,
+	IdleTimeout: 10 * time.Minute,
+	Timings:     []paths.Timing{{Name: "start_to_option", From: "IVR/Start", To: "IVR/Option"}},
+	Funnels:     []paths.Funnel{{Name: "ivr", Steps: []paths.Step{"IVR/Start", "IVR/Menu", "IVR/Option"}}},
+	Experiments: []paths.Experiment{{Name: "offer", Variants: []paths.Variant{
+		{Name: "A", Steps: []paths.Step{"IVR/Menu", "IVR/Option"}},
+		{Name: "B", Steps: []paths.Step{"IVR/Menu", "IVR/Transfer"}},
+	}}},
+}
+
+// pathTruth is what deltatocumulative must end with for the path series:
+// sums per series, and every duration per histogram series.
+type pathTruth struct {
+	sums  map[string]int64
+	hists map[string][]float64
+}
+
+// pathCorpus makes n conversations through the IVR flow: each a prefix of
+// Start, Menu, Option, Transfer (1 to 60 s apart, whole milliseconds), one
+// attributes event per step carrying every attribute so far (up to 5 s
+// late, one in ten delivered again up to a minute later), and, for nine
+// in ten, a customer.end 1-3 s after the last step, sometimes before the
+// last attributes arrive. The others close at the idle timeout. Every
+// count-corpus occurrence is a conversation of its own, so an exit too.
+// The truth follows the documented rules, not the code.
+func pathCorpus(t0 time.Time, n int, rng *rand.Rand, counts []occurrence, want map[string]int64) ([]occurrence, pathTruth) {
+	tr := pathTruth{sums: map[string]int64{}, hists: map[string][]float64{}}
+	seenConv := map[string]bool{}
+	for _, o := range counts {
+		if !seenConv[o.conv] {
+			seenConv[o.conv] = true
+			tr.sums[otlp.ExitName+"|"+o.flow+"|"+o.metric]++
+		}
+	}
+	steps := []string{"Start", "Menu", "Option", "Transfer"}
+	var out []occurrence
+	for i := 0; i < n; i++ {
+		conv := fmt.Sprintf("path-%05d", i)
+		k := 1 + rng.IntN(len(steps))
+		at := t0.Add(time.Duration(rng.Int64N(int64(9*time.Minute))) / time.Millisecond * time.Millisecond)
+		var times []time.Time
+		attrs := map[string]string{"Language": "en"}
+		for j := 0; j < k; j++ {
+			if j > 0 {
+				at = at.Add(time.Duration(1000+rng.Int64N(59_000)) * time.Millisecond)
+			}
+			times = append(times, at)
+			attrs[genesys.AttributeName("IVR", steps[j], at)] = "x"
+			ev := &genesys.Event{ConversationID: conv, Attributes: maps.Clone(attrs)}
+			arrive := at.Add(time.Duration(rng.Int64N(int64(5 * time.Second))))
+			out = append(out, occurrence{conv: conv, at: at, arrive: arrive, ev: ev})
+			if rng.IntN(10) == 0 {
+				out = append(out, occurrence{conv: conv, at: at, arrive: arrive.Add(time.Duration(rng.Int64N(int64(time.Minute)))), ev: ev})
+			}
+			want["genesys.flow.metric|IVR|"+steps[j]]++
+		}
+		if rng.IntN(10) != 0 {
+			end := at.Add(time.Duration(1000+rng.Int64N(2000)) * time.Millisecond)
+			if rng.IntN(5) == 0 {
+				end = at // before the last attributes, which arrive within the grace
+			}
+			out = append(out, occurrence{conv: conv, at: end, arrive: end, ev: &genesys.Event{ConversationID: conv, Ended: true}})
+		}
+		// The truth, by the rules of docs/PATHS.md.
+		tr.sums[otlp.ExitName+"|IVR|"+steps[k-1]]++
+		for j := 1; j < k; j++ {
+			tr.hists[otlp.StepName+"|IVR|"+steps[j]] = append(tr.hists[otlp.StepName+"|IVR|"+steps[j]], times[j].Sub(times[0]).Seconds())
+		}
+		if k >= 3 {
+			tr.hists[otlp.TimingName+"|start_to_option"] = append(tr.hists[otlp.TimingName+"|start_to_option"], times[2].Sub(times[0]).Seconds())
+		}
+		for j := 0; j < min(k, 3); j++ {
+			tr.sums[otlp.FunnelName+"|ivr|IVR/"+steps[j]]++ // funnel, step
+		}
+		if k >= 2 { // both variants start at Menu
+			tr.sums[otlp.ExperimentName+"|offer|IVR/Menu|A"]++ // experiment, step, variant
+			tr.sums[otlp.ExperimentName+"|offer|IVR/Menu|B"]++
+		}
+		if k >= 3 {
+			tr.sums[otlp.ExperimentName+"|offer|IVR/Option|A"]++
+		}
+		if k >= 4 {
+			tr.sums[otlp.ExperimentName+"|offer|IVR/Transfer|B"]++
+		}
+	}
+	return out, tr
 }
 
 // instance is one run of the service: store, sink, pipeline.
@@ -470,7 +661,7 @@ type instance struct {
 
 func start(t *testing.T, dir, url, temporality string, clk *clock) *instance {
 	t.Helper()
-	st, err := pebblestore.Open(dir, store.Options{}, quiet)
+	st, err := pebblestore.Open(dir, store.Options{Now: clk.Now, Paths: pathsCfg.Options()}, quiet)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -481,6 +672,7 @@ func start(t *testing.T, dir, url, temporality string, clk *clock) *instance {
 	}
 	p := pipeline.New(st, []flowmetrics.Sink{s}, pipeline.Config{
 		FlushInterval: 5 * time.Millisecond, RetryMin: 5 * time.Millisecond, RetryMax: 100 * time.Millisecond, Now: clk.Now,
+		Derive: paths.New(pathsCfg.WithDefaults(), nil).Derive,
 	}, m, quiet)
 	if err := p.Register(context.Background()); err != nil {
 		t.Fatal(err)
@@ -521,7 +713,11 @@ func TestCumulativeStreamExactThroughCollector(t *testing.T) {
 // ingest, with every fault, and checks what each receiver model ends with.
 func runScenario(t *testing.T, temporality string) {
 	t0 := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
-	events, want := corpus(t0, 2500, rand.New(rand.NewPCG(9, 42)))
+	rng := rand.New(rand.NewPCG(9, 42))
+	events, want := corpus(t0, 2500, rng)
+	pevents, ptruth := pathCorpus(t0, 400, rng, events, want)
+	events = append(events, pevents...)
+	sort.SliceStable(events, func(i, j int) bool { return events[i].arrive.Before(events[j].arrive) })
 	clk := &clock{now: t0}
 	be := startBackend(t)
 	px := startProxy(t, be.url, 6)
@@ -570,13 +766,21 @@ func runScenario(t *testing.T, temporality string) {
 		if _, err := in.p.Ingest(ctx, recs); err != nil {
 			t.Fatalf("ingest %d: %v", i, err)
 		}
+		if _, err := in.p.ClosePaths(ctx, clk.Now(), 0); err != nil {
+			t.Fatalf("close paths after ingest %d: %v", i, err)
+		}
 		time.Sleep(time.Millisecond) // let the drainer interleave
 	}
-	// No more events: the clock passes the last watermark and the sink
-	// sends what it still holds, without any new entry.
-	clk.Set(events[len(events)-1].arrive.Add(2 * time.Minute))
+	// No more events: the clock passes the idle timeout (every path
+	// closes) and the last watermark, and the sink sends what it still
+	// holds, without any new entry.
+	clk.Set(events[len(events)-1].arrive.Add(30 * time.Minute))
+	if _, err := in.p.ClosePaths(ctx, clk.Now(), 0); err != nil {
+		t.Fatalf("close the idle paths: %v", err)
+	}
+	wantAll := sum(want) + sum(ptruth.sums)
 	deadline := time.Now().Add(30 * time.Second)
-	for sum(be.lastValueTotals(temporality == otlp.Cumulative)) < sum(want) && time.Now().Before(deadline) {
+	for sum(be.lastValueTotals(temporality == otlp.Cumulative)) < wantAll && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	tally(in)
@@ -585,6 +789,7 @@ func runScenario(t *testing.T, temporality string) {
 	cumulative := temporality == otlp.Cumulative
 	be.mu.Lock()
 	points := append([]point(nil), be.points...)
+	hpoints := append([]hpoint(nil), be.hpoints...)
 	decoded := be.requests
 	be.mu.Unlock()
 	px.mu.Lock()
@@ -630,6 +835,24 @@ func runScenario(t *testing.T, temporality string) {
 		}
 		lastEnd[p.series] = p.time
 	}
+	for _, h := range hpoints {
+		k := fmt.Sprintf("%s@%d-%d=%d", h.series, h.start, h.time, h.count)
+		if seen[k] {
+			repeats++
+			if !lost[k] {
+				t.Errorf("histogram window %s sent twice, though its first answer was not lost", k)
+			}
+			continue
+		}
+		seen[k] = true
+		if !cumulative && (h.start < lastEnd[h.series] || h.time <= h.start) {
+			t.Errorf("%s: window [%d, %d) overlaps or precedes the last one, ending %d", h.series, h.start, h.time, lastEnd[h.series])
+		}
+		if cumulative && h.time <= lastEnd[h.series] {
+			t.Errorf("%s: point at %d after %d: not advancing", h.series, h.time, lastEnd[h.series])
+		}
+		lastEnd[h.series] = h.time
+	}
 	// 3. deltatocumulative ends with the occurrences per series.
 	d2c, _ := be.d2cTotals()
 	lv := be.lastValueTotals(cumulative)
@@ -642,8 +865,57 @@ func runScenario(t *testing.T, temporality string) {
 			t.Errorf("last value per timestamp: %s = %d, want %d", s, lv[s], n)
 		}
 	}
-	if len(d2c) != len(want) || len(lv) != len(want) {
-		t.Errorf("got %d (deltatocumulative) and %d (last value) series, want %d", len(d2c), len(lv), len(want))
+	// 3b. And, for the path series, with the conversations per series
+	// (sums) and every duration (histograms: count, each bucket, sum).
+	for s, n := range ptruth.sums {
+		if d2c[s] != n {
+			t.Errorf("deltatocumulative: %s = %d, want %d", s, d2c[s], n)
+		}
+		if lv[s] != n {
+			t.Errorf("last value per timestamp: %s = %d, want %d", s, lv[s], n)
+		}
+	}
+	if len(d2c) != len(want)+len(ptruth.sums) || len(lv) != len(want)+len(ptruth.sums) {
+		t.Errorf("got %d (deltatocumulative) and %d (last value) sum series, want %d", len(d2c), len(lv), len(want)+len(ptruth.sums))
+	}
+	hists := be.d2cHists()
+	if len(hists) != len(ptruth.hists) {
+		t.Errorf("got %d histogram series, want %d", len(hists), len(ptruth.hists))
+	}
+	observations := 0
+	for s, values := range ptruth.hists {
+		observations += len(values)
+		h := hists[s]
+		wantBuckets := make([]uint64, len(paths.DefaultDurationBuckets)+1)
+		var wantSum float64
+		for _, v := range values {
+			wantBuckets[sort.SearchFloat64s(paths.DefaultDurationBuckets, v)]++
+			wantSum += v
+		}
+		if h.count != uint64(len(values)) || !slices.Equal(h.buckets, wantBuckets) || !slices.Equal(h.bounds, paths.DefaultDurationBuckets) || math.Abs(h.sum-wantSum) > 1e-6 {
+			t.Errorf("deltatocumulative: %s = count %d, buckets %v, sum %v; want %d, %v, %v", s, h.count, h.buckets, h.sum, len(values), wantBuckets, wantSum)
+		}
+	}
+	// 6. Through the collector's Prometheus translation (the library its
+	// Prometheus exporters use, default strategy), the names are the
+	// Prometheus sink's.
+	be.mu.Lock()
+	seenMetrics := maps.Clone(be.metrics)
+	be.mu.Unlock()
+	namer := otlptranslator.NewMetricNamer("", otlptranslator.UnderscoreEscapingWithSuffixes)
+	for otel, prom := range map[string]string{
+		"genesys.flow.metric": prometheus.DefaultName,
+		otlp.ExitName:         prometheus.ExitName, otlp.StepName: prometheus.StepName, otlp.TimingName: prometheus.TimingName,
+		otlp.FunnelName: prometheus.FunnelName, otlp.ExperimentName: prometheus.ExperimentName,
+	} {
+		m, ok := seenMetrics[otel]
+		if !ok {
+			t.Errorf("metric %s never sent", otel)
+			continue
+		}
+		if got, err := namer.Build(m); err != nil || got != prom {
+			t.Errorf("%s (unit %q) in Prometheus: got %q (%v), want %q, the Prometheus sink's name", otel, m.Unit, got, err, prom)
+		}
 	}
 	// 5. The faults happened and were handled as OTLP/HTTP says.
 	if late == 0 {
@@ -664,6 +936,7 @@ func runScenario(t *testing.T, temporality string) {
 	if len(lost) == 0 {
 		t.Error("no answer was lost; the scenario should lose three")
 	}
+	t.Logf("%s: paths: %d sum series (%d conversations counted), %d histogram series (%d observations)", temporality, len(ptruth.sums), sum(ptruth.sums), len(ptruth.hists), observations)
 	t.Logf("%s: %d occurrences in %d events, %d points in %d requests (%d repeats after lost answers, %d answers 413); %v late; next request %v after Retry-After: 1; deltatocumulative total %d, last-value total %d",
 		temporality, sum(want), len(events), len(points), decoded, repeats, tooLarge, late, gap.Round(time.Millisecond), sum(d2c), sum(lv))
 }

@@ -104,13 +104,13 @@ const MalformedMetric = "flowmetrics.malformed_attributes.count"
 // Generate returns the files, in the order of the constants above.
 func Generate(o Options) ([]File, error) {
 	if err := o.Naming.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("naming.%w", err) // named as in the config file
 	}
 	if o.PrometheusName == "" {
 		o.PrometheusName = prometheus.DefaultName
 	}
 	if err := (prometheus.Config{Name: o.PrometheusName}).Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("sinks.prometheus.%w", err)
 	}
 	if o.Title == "" {
 		o.Title = "Genesys flow metrics"

@@ -156,12 +156,10 @@ type Sinks struct {
 
 // Validate checks every configured sink.
 func (s Sinks) Validate() error {
-	errs := []error{s.Prometheus.Validate()}
+	errs := []error{At("sinks.prometheus", s.Prometheus.Validate())}
 	check := func(name string, present bool, v func() error) {
 		if present {
-			if err := v(); err != nil {
-				errs = append(errs, fmt.Errorf("sinks.%s: %w", name, err))
-			}
+			errs = append(errs, At("sinks."+name, v()))
 		}
 	}
 	check("jsonl", s.JSONL != nil, func() error { return s.JSONL.Validate() })
@@ -171,6 +169,26 @@ func (s Sinks) Validate() error {
 	check("otlp", s.OTLP != nil, func() error { return s.OTLP.Validate() })
 	check("statsd", s.StatsD != nil, func() error { return s.StatsD.Validate() })
 	return errors.Join(errs...)
+}
+
+// At puts a section's path before what its validator found wrong: every
+// error, each of a joined list. A component's validator names the field
+// relative to itself ("url \"x\": want …", "steps[0]: …") and never its
+// own section, which only the loader knows: the path is said once, here,
+// in the dotted form unknown keys are reported in
+// ("sinks.datadog.url \"x\": want …").
+func At(path string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var errs []error
+		for _, e := range j.Unwrap() {
+			errs = append(errs, At(path, e))
+		}
+		return errors.Join(errs...)
+	}
+	return fmt.Errorf("%s.%w", path, err)
 }
 
 // Default returns the configuration used when no file is given.
@@ -240,7 +258,9 @@ func (c Config) Validate() error {
 	if c.DataDir == "" && c.Store.Type == "embedded" {
 		errs = append(errs, errors.New("data_dir: required for the embedded store"))
 	}
-	errs = append(errs, c.HTTP.Validate(), c.Store.Validate(), c.Pipeline.Validate(), c.Naming.Validate(), c.Paths.Validate(), c.Sinks.Validate())
+	errs = append(errs, c.HTTP.Validate(), c.Store.Validate(),
+		At("pipeline", c.Pipeline.Validate()), At("naming", c.Naming.Validate()), At("paths", c.Paths.Validate()),
+		c.Sinks.Validate())
 	if d := c.Paths.WithDefaults(); c.Paths.IsEnabled() && c.Store.Retention > 0 && d.IdleTimeout >= c.Store.Retention {
 		errs = append(errs, fmt.Errorf("paths.idle_timeout (%v) must be shorter than store.retention (%v): a path must close before its conversation is forgotten", d.IdleTimeout, c.Store.Retention))
 	}
@@ -274,14 +294,11 @@ func (c Config) Check(insecure bool) error {
 		errs = append(errs, fmt.Errorf("http.protect_reads: needs the shared secret: set %s", c.HTTP.SecretEnv))
 	}
 	if d := c.Sinks.Datadog; d != nil {
-		if _, err := d.APIKey(os.Getenv); err != nil {
-			errs = append(errs, fmt.Errorf("sinks.datadog: %w", err))
-		}
+		_, err := d.APIKey(os.Getenv)
+		errs = append(errs, At("sinks.datadog", err))
 	}
 	if e := c.Sinks.EMF; e != nil {
-		if err := e.CheckNaming(naming.New(c.Naming)); err != nil {
-			errs = append(errs, fmt.Errorf("sinks.emf: %w", err))
-		}
+		errs = append(errs, At("sinks.emf", e.CheckNaming(naming.New(c.Naming))))
 	}
 	return errors.Join(errs...)
 }

@@ -178,7 +178,7 @@ func TestCheck(t *testing.T) {
 		want     string // "" for valid
 	}{
 		{"defaults", "", nil, false, ""},
-		{"datadog without its key", "sinks: {datadog: {}}", map[string]string{"DD_API_KEY": ""}, false, "sinks.datadog: datadog: environment variable DD_API_KEY is not set: it must hold the API key"},
+		{"datadog without its key", "sinks: {datadog: {}}", map[string]string{"DD_API_KEY": ""}, false, "sinks.datadog.api_key_env: environment variable DD_API_KEY is not set: it must hold the API key"},
 		{"datadog with a blank key", "sinks: {datadog: {}}", map[string]string{"DD_API_KEY": "  "}, false, "DD_API_KEY is not set"},
 		{"datadog key in another variable", "sinks: {datadog: {api_key_env: MY_DD_KEY}}", map[string]string{"MY_DD_KEY": ""}, false, "MY_DD_KEY is not set"},
 		{"datadog with its key", "sinks: {datadog: {}}", map[string]string{"DD_API_KEY": "k"}, false, ""},
@@ -186,7 +186,7 @@ func TestCheck(t *testing.T) {
 		{"beyond loopback, insecure", "http: {listen: 0.0.0.0:8080}", map[string]string{"FLOWMETRICS_SECRET": ""}, true, ""},
 		{"beyond loopback with a secret", "http: {listen: 0.0.0.0:8080}", map[string]string{"FLOWMETRICS_SECRET": "s"}, false, ""},
 		{"protect_reads without a secret", "http: {protect_reads: true}", map[string]string{"FLOWMETRICS_SECRET": ""}, false, "http.protect_reads: needs the shared secret"},
-		{"emf without a template", "sinks: {emf: {omit_flow_dimensions: true}}", nil, false, "sinks.emf: emf.omit_flow_dimensions: needs naming.template"},
+		{"emf without a template", "sinks: {emf: {omit_flow_dimensions: true}}", nil, false, "sinks.emf.omit_flow_dimensions: needs naming.template"},
 		{"invalid config", "store: {retention: 30m}", nil, false, "pipeline.cache_ttl"},
 		// A secret from a file often ends in a newline: trimmed, it works.
 		{"secret with a trailing newline", "http: {listen: 0.0.0.0:8080}", map[string]string{"FLOWMETRICS_SECRET": " s3cret\n"}, false, ""},
@@ -247,5 +247,45 @@ func TestReadsProtected(t *testing.T) {
 		if got := (HTTP{ProtectReads: tt.set}).ReadsProtected(tt.secret); got != tt.want {
 			t.Errorf("protect_reads %v, secret %q: got %v, want %v", tt.set, tt.secret, got, tt.want)
 		}
+	}
+}
+
+// The loader names each setting by its path once; the components say only
+// what is wrong with the value. Pinned whole, so no stutter comes back.
+func TestErrorPathsOnce(t *testing.T) {
+	tests := []struct{ name, yaml, want string }{
+		{"prometheus", "sinks: {prometheus: {name: bad-name}}", `sinks.prometheus.name "bad-name": not a valid Prometheus metric name`},
+		// (jsonl has no setting that can be wrong before its file is opened.)
+		{"pipeline", "pipeline: {bucket: 1500ms}", "pipeline.bucket: 1.5s is not a whole number of seconds ≥ 1s"},
+		{"datadog", "sinks: {datadog: {url: \"https://proxy.example/?x=1\"}}", `sinks.datadog.url "https://proxy.example/?x=1": no query or fragment allowed`},
+		{"datadog mode", "sinks: {datadog: {mode: gauge}}", `sinks.datadog.mode "gauge": want count or distribution`},
+		{"dogstatsd", "sinks: {dogstatsd: {addr: \"unix://relative.sock\"}}", `sinks.dogstatsd.addr "unix://relative.sock": want an absolute socket path, e.g. unix:///var/run/datadog/dsd.socket`},
+		{"emf", "sinks: {emf: {storage_resolution: 10}}", "sinks.emf.storage_resolution 10: must be 1 or 60"},
+		{"otlp", "sinks: {otlp: {compression: zstd}}", `sinks.otlp.compression "zstd": must be gzip or none`},
+		{"statsd", "sinks: {statsd: {}}", "sinks.statsd.addr: required (host:port)"},
+		{"naming", "naming: {tags: {flow: x}}", `naming.tags: "flow" is set from each point and cannot be static`},
+		{"nested, each of several", "paths:\n  funnels:\n    - {name: f, steps: [IVRStart]}\n    - {name: f, steps: [A/B]}\n",
+			"paths.funnels[1].name \"f\": used twice\npaths.funnels[0].steps[0]: step \"IVRStart\": want \"Flow/Metric\""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Default()
+			if err := Decode(strings.NewReader(tt.yaml), &c); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Validate(); err == nil || err.Error() != tt.want {
+				t.Errorf("got\n%v\nwant\n%s", err, tt.want)
+			}
+		})
+	}
+	// What serve checks in the environment is named the same way.
+	t.Setenv("DD_API_KEY", "")
+	c := Default()
+	if err := Decode(strings.NewReader("sinks: {datadog: {}}"), &c); err != nil {
+		t.Fatal(err)
+	}
+	want := "sinks.datadog.api_key_env: environment variable DD_API_KEY is not set: it must hold the API key"
+	if err := c.Check(false); err == nil || err.Error() != want {
+		t.Errorf("got %v, want %s", err, want)
 	}
 }

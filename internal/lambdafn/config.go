@@ -176,7 +176,7 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	late := datadog.LatePolicy(getenv("FLOWMETRICS_LATE_POLICY"))
 	mode := datadog.Mode(or(getenv("FLOWMETRICS_DATADOG_MODE"), string(DefaultDatadogMode)))
 	if err := mode.Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("FLOWMETRICS_DATADOG_MODE: %w", err))
+		errs = append(errs, fmt.Errorf("FLOWMETRICS_DATADOG_MODE %w", err))
 	}
 	c.DogStatsD.Addr = getenv("FLOWMETRICS_DOGSTATSD_ADDR")
 	c.DogStatsD.Mode = mode
@@ -215,10 +215,10 @@ func (c Config) Validate() error {
 		return errors.New("FLOWMETRICS_RETENTION: must not be negative")
 	}
 	if err := c.Pipeline.Validate(); err != nil {
-		return err
+		return config.At("pipeline", err)
 	}
 	if err := c.Naming.Validate(); err != nil {
-		return err
+		return config.At("naming", err)
 	}
 	if len(c.Sinks) == 0 {
 		return errors.New("FLOWMETRICS_SINK: no sink")
@@ -229,6 +229,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("FLOWMETRICS_SINK: %s twice", s)
 		}
 		seen[s] = true
+		// The sinks' fields are named as in the YAML file's sections.
 		var err error
 		switch s {
 		case "dogstatsd":
@@ -238,10 +239,10 @@ func (c Config) Validate() error {
 		case "emf":
 			err = c.EMF.Validate()
 		default:
-			err = fmt.Errorf("FLOWMETRICS_SINK: unknown sink %q (want dogstatsd, datadog or emf)", s)
+			return fmt.Errorf("FLOWMETRICS_SINK: unknown sink %q (want dogstatsd, datadog or emf)", s)
 		}
 		if err != nil {
-			return err
+			return config.At(s, err)
 		}
 	}
 	if c.FlushReserve < 0 || c.FunctionTimeout < 0 {

@@ -31,19 +31,19 @@ type Config struct {
 func (c Config) Validate() error {
 	if c.Template != "" {
 		if !strings.Contains(c.Template, "{flow}") && !strings.Contains(c.Template, "{metric}") {
-			return errors.New("naming.template: must use {flow} or {metric}")
+			return errors.New("template: must use {flow} or {metric}")
 		}
 		rest := strings.NewReplacer("{flow}", "", "{metric}", "").Replace(c.Template)
 		if strings.ContainsAny(rest, "{}") {
-			return fmt.Errorf("naming.template %q: only {flow} and {metric} may be used", c.Template)
+			return fmt.Errorf("template %q: only {flow} and {metric} may be used", c.Template)
 		}
 	}
 	for k := range c.Tags {
 		if k == "" {
-			return errors.New("naming.tags: empty tag name")
+			return errors.New("tags: empty tag name")
 		}
 		if k == "flow" || k == "metric" {
-			return fmt.Errorf("naming.tags: %q is set from each point and cannot be static", k)
+			return fmt.Errorf("tags: %q is set from each point and cannot be static", k)
 		}
 	}
 	return nil

@@ -194,17 +194,5 @@ func (c Config) Validate() error {
 			steps(fmt.Sprintf("%s.variants[%d]", where, j), v.Steps)
 		}
 	}
-	return prefix(errors.Join(errs...))
-}
-
-// prefix puts "paths." before each line of err.
-func prefix(err error) error {
-	if err == nil {
-		return nil
-	}
-	lines := strings.Split(err.Error(), "\n")
-	for i, l := range lines {
-		lines[i] = "paths." + l
-	}
-	return errors.New(strings.Join(lines, "\n"))
+	return errors.Join(errs...)
 }

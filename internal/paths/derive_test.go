@@ -113,12 +113,12 @@ func TestValidate(t *testing.T) {
 		want string // "" valid, else a substring of the error
 	}{
 		{"defaults", Config{}, ""},
-		{"idle not above grace", Config{Grace: time.Hour, IdleTimeout: time.Hour}, "paths.idle_timeout (1h0m0s) must be longer than grace"},
-		{"step without slash", Config{Funnels: []Funnel{{Name: "f", Steps: []Step{"IVRStart"}}}}, `paths.funnels[0].steps[0]: step "IVRStart"`},
-		{"duplicate names", Config{Funnels: []Funnel{{Name: "f", Steps: []Step{"A/B"}}, {Name: "f", Steps: []Step{"A/B"}}}}, `paths.funnels[1].name "f": used twice`},
-		{"one variant", Config{Experiments: []Experiment{{Name: "x", Variants: []Variant{{Name: "A", Steps: []Step{"A/B"}}}}}}, "paths.experiments[0].variants: 1, want 2 to 10"},
-		{"bad timing", Config{Timings: []Timing{{Name: "t", From: "A/B", To: "/B"}}}, "paths.timings[0].to"},
-		{"region with scheme", Config{GenesysRegion: "https://apps.mypurecloud.com"}, "paths.genesys_region"},
+		{"idle not above grace", Config{Grace: time.Hour, IdleTimeout: time.Hour}, "idle_timeout (1h0m0s) must be longer than grace"},
+		{"step without slash", Config{Funnels: []Funnel{{Name: "f", Steps: []Step{"IVRStart"}}}}, `funnels[0].steps[0]: step "IVRStart"`},
+		{"duplicate names", Config{Funnels: []Funnel{{Name: "f", Steps: []Step{"A/B"}}, {Name: "f", Steps: []Step{"A/B"}}}}, `funnels[1].name "f": used twice`},
+		{"one variant", Config{Experiments: []Experiment{{Name: "x", Variants: []Variant{{Name: "A", Steps: []Step{"A/B"}}}}}}, "experiments[0].variants: 1, want 2 to 10"},
+		{"bad timing", Config{Timings: []Timing{{Name: "t", From: "A/B", To: "/B"}}}, "timings[0].to"},
+		{"region with scheme", Config{GenesysRegion: "https://apps.mypurecloud.com"}, `genesys_region "https://apps.mypurecloud.com"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

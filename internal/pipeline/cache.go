@@ -1,7 +1,7 @@
 package pipeline
 
 import (
-	"container/list"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -23,26 +23,112 @@ type knownCache struct {
 	maxBytes int64
 	bytes    int64
 	ttl      time.Duration
-	items    map[string]*list.Element
-	lru      list.List
+	items    map[string]*cacheEntry
+	count    int
+	lru      cacheEntry // sentinel of the ring: lru.next is the most recent
 }
 
 // The memory a cached conversation and each of its keys take beyond their
 // strings: the list element, the map entries and the entry itself.
+// (Entries are leaner than this since their keys are packed; the bound
+// stays conservative.)
 const (
 	entryCost = 200
 	keyCost   = 64
 )
 
+// packedKeys is how many keys an entry keeps packed in one string, looked
+// up by scanning; beyond it (or for a key longer than 255 bytes) they move
+// to a set, so a conversation of many keys is not scanned per key.
+const packedKeys = 8
+
+// cacheEntry is one conversation's known keys. Most conversations have a
+// few: they are packed in one string, each after its length byte, which
+// costs a fraction of a map per conversation.
 type cacheEntry struct {
-	conv    string
-	keys    map[string]struct{}
-	bytes   int64
-	expires time.Time
+	prev, next *cacheEntry
+	conv       string
+	packed     string
+	n          int                 // keys in packed
+	set        map[string]struct{} // every key, once packed would not hold them
+	bytes      int64
+	expires    time.Time
+}
+
+// has reports whether e knows key k.
+func (e *cacheEntry) has(k string) bool {
+	if e.set != nil {
+		_, ok := e.set[k]
+		return ok
+	}
+	for p := e.packed; p != ""; {
+		n := int(p[0])
+		if p[1:1+n] == k {
+			return true
+		}
+		p = p[1+n:]
+	}
+	return false
+}
+
+// add records keys (those e does not know yet) and returns the bytes they
+// add to the cache's count. The cache keeps its own copies: the strings of
+// a decoded record may share its whole body, which must not stay alive
+// here.
+func (e *cacheEntry) add(keys []string) (grew int64) {
+	if e.set == nil {
+		var buf [packedKeys]string
+		fresh := buf[:0]
+		size := len(e.packed)
+		fits := true
+		for _, k := range keys {
+			if e.has(k) || slices.Contains(fresh, k) {
+				continue
+			}
+			if e.n+len(fresh) == packedKeys || len(k) > 255 {
+				fits = false
+				break
+			}
+			fresh = append(fresh, k)
+			size += 1 + len(k)
+		}
+		if fits {
+			if len(fresh) == 0 {
+				return 0
+			}
+			var b strings.Builder
+			b.Grow(size)
+			b.WriteString(e.packed)
+			for _, k := range fresh {
+				b.WriteByte(byte(len(k)))
+				b.WriteString(k)
+				grew += keyCost + int64(len(k))
+			}
+			e.packed, e.n = b.String(), e.n+len(fresh)
+			return grew
+		}
+		e.set = make(map[string]struct{}, e.n+len(keys))
+		for p := e.packed; p != ""; {
+			n := int(p[0])
+			e.set[p[1:1+n]] = struct{}{}
+			p = p[1+n:]
+		}
+		e.packed, e.n = "", 0
+	}
+	for _, k := range keys {
+		if _, ok := e.set[k]; ok {
+			continue
+		}
+		e.set[strings.Clone(k)] = struct{}{}
+		grew += keyCost + int64(len(k))
+	}
+	return grew
 }
 
 func newKnownCache(max int, maxBytes int64, ttl time.Duration) *knownCache {
-	return &knownCache{max: max, maxBytes: maxBytes, ttl: ttl, items: map[string]*list.Element{}}
+	c := &knownCache{max: max, maxBytes: maxBytes, ttl: ttl, items: map[string]*cacheEntry{}}
+	c.lru.prev, c.lru.next = &c.lru, &c.lru
+	return c
 }
 
 // unknown returns the occurrences of occs whose keys are not known for conv
@@ -53,19 +139,18 @@ func (c *knownCache) unknown(conv string, occs []flowmetrics.Occurrence, now tim
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	el, ok := c.items[conv]
+	e, ok := c.items[conv]
 	if !ok {
 		return occs
 	}
-	e := el.Value.(*cacheEntry)
 	if !now.Before(e.expires) {
-		c.remove(el)
+		c.remove(e)
 		return occs
 	}
-	c.lru.MoveToFront(el)
+	c.toFront(e)
 	var out []flowmetrics.Occurrence
 	for i, o := range occs {
-		if _, ok := e.keys[o.Key]; ok {
+		if e.has(o.Key) {
 			if out == nil {
 				// The first known key: from here on, copy the others.
 				out = make([]flowmetrics.Occurrence, i, len(occs))
@@ -91,42 +176,44 @@ func (c *knownCache) learn(conv string, keys []string, now time.Time) (evicted i
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	el, ok := c.items[conv]
+	e, ok := c.items[conv]
 	if !ok {
-		// The cache keeps its own copies: the strings of a decoded record
-		// may share its whole body, which must not stay alive here.
-		e := &cacheEntry{conv: strings.Clone(conv), keys: make(map[string]struct{}, len(keys)), expires: now.Add(c.ttl), bytes: entryCost + int64(len(conv))}
-		el = c.lru.PushFront(e)
-		c.items[e.conv] = el
+		e = &cacheEntry{conv: strings.Clone(conv), expires: now.Add(c.ttl), bytes: entryCost + int64(len(conv))}
+		c.items[e.conv] = e
+		c.count++
 		c.bytes += e.bytes
 	}
 	// The expiry stays that of the first learning: keys learned later are
 	// younger, so the entry still expires before any of them.
-	e := el.Value.(*cacheEntry)
-	for _, k := range keys {
-		if _, ok := e.keys[k]; ok {
-			continue
-		}
-		e.keys[strings.Clone(k)] = struct{}{}
-		n := keyCost + int64(len(k))
-		e.bytes += n
-		c.bytes += n
+	grew := e.add(keys)
+	e.bytes += grew
+	c.bytes += grew
+	c.toFront(e)
+	for c.count > c.max {
+		c.remove(c.lru.prev)
 	}
-	c.lru.MoveToFront(el)
-	for c.lru.Len() > c.max {
-		c.remove(c.lru.Back())
-	}
-	for c.bytes > c.maxBytes && c.lru.Len() > 0 {
-		c.remove(c.lru.Back())
+	for c.bytes > c.maxBytes && c.count > 0 {
+		c.remove(c.lru.prev)
 		evicted++
 	}
 	return evicted
 }
 
-func (c *knownCache) remove(el *list.Element) {
-	e := el.Value.(*cacheEntry)
-	c.lru.Remove(el)
+// toFront makes e the most recently used.
+func (c *knownCache) toFront(e *cacheEntry) {
+	if e.prev != nil {
+		e.prev.next, e.next.prev = e.next, e.prev
+	}
+	e.prev, e.next = &c.lru, c.lru.next
+	c.lru.next.prev = e
+	c.lru.next = e
+}
+
+func (c *knownCache) remove(e *cacheEntry) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
 	delete(c.items, e.conv)
+	c.count--
 	c.bytes -= e.bytes
 }
 
@@ -134,5 +221,5 @@ func (c *knownCache) remove(el *list.Element) {
 func (c *knownCache) size() (int, int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.lru.Len(), c.bytes
+	return c.count, c.bytes
 }

@@ -100,17 +100,17 @@ type Guard interface {
 func (c Config) Validate() error {
 	switch {
 	case c.Bucket < 0 || (c.Bucket > 0 && c.Bucket < time.Second) || c.Bucket%time.Second != 0:
-		return fmt.Errorf("pipeline.bucket: %v is not a whole number of seconds ≥ 1s", c.Bucket)
+		return fmt.Errorf("bucket: %v is not a whole number of seconds ≥ 1s", c.Bucket)
 	case c.FlushInterval < 0:
-		return fmt.Errorf("pipeline.flush_interval: negative")
+		return fmt.Errorf("flush_interval: negative")
 	case c.BatchEntries < 0:
-		return fmt.Errorf("pipeline.batch_entries: negative")
+		return fmt.Errorf("batch_entries: negative")
 	case c.MaxPending < 0:
-		return fmt.Errorf("pipeline.max_pending: negative")
+		return fmt.Errorf("max_pending: negative")
 	case c.CacheBytes < 0:
-		return fmt.Errorf("pipeline.cache_bytes: negative")
+		return fmt.Errorf("cache_bytes: negative")
 	case c.RetryMin < 0 || c.RetryMax < 0 || (c.RetryMax > 0 && c.RetryMin > c.RetryMax):
-		return fmt.Errorf("pipeline.retry_min/retry_max: need 0 ≤ retry_min ≤ retry_max")
+		return fmt.Errorf("retry_min/retry_max: need 0 ≤ retry_min ≤ retry_max")
 	}
 	return nil
 }

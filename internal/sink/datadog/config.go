@@ -51,7 +51,7 @@ func (m Mode) Validate() error {
 	case "", Count, Distribution:
 		return nil
 	}
-	return fmt.Errorf("mode %q: want count or distribution", string(m))
+	return fmt.Errorf("%q: want count or distribution", string(m))
 }
 
 // LatePolicy says what happens to a point whose timestamp Datadog would not
@@ -73,7 +73,7 @@ func (p LatePolicy) Validate() error {
 	case "", Clamp, Drop:
 		return nil
 	}
-	return fmt.Errorf("late_policy %q: want clamp or drop", string(p))
+	return fmt.Errorf("%q: want clamp or drop", string(p))
 }
 
 func (p LatePolicy) orDefault() LatePolicy {
@@ -136,43 +136,43 @@ func (c Config) Validate() error {
 	if c.URL != "" {
 		u, err := url.Parse(c.URL)
 		if err != nil {
-			return fmt.Errorf("datadog.url: %w", err)
+			return fmt.Errorf("url: %w", err)
 		}
 		if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return fmt.Errorf("datadog.url %q: want http(s)://host[:port][/prefix]", c.URL)
+			return fmt.Errorf("url %q: want http(s)://host[:port][/prefix]", c.URL)
 		}
 		if u.RawQuery != "" || u.Fragment != "" {
-			return fmt.Errorf("datadog.url %q: no query or fragment allowed", c.URL)
+			return fmt.Errorf("url %q: no query or fragment allowed", c.URL)
 		}
 	}
 	if c.APIKeyEnv != "" && !isEnvName(c.APIKeyEnv) {
-		return fmt.Errorf("datadog.api_key_env %q: not an environment variable name (the key itself never goes in the config file)", c.APIKeyEnv)
+		return fmt.Errorf("api_key_env %q: not an environment variable name (the key itself never goes in the config file)", c.APIKeyEnv)
 	}
 	if err := c.Mode.Validate(); err != nil {
-		return fmt.Errorf("datadog.%w", err)
+		return fmt.Errorf("mode %w", err)
 	}
 	if err := c.LatePolicy.Validate(); err != nil {
-		return fmt.Errorf("datadog.%w", err)
+		return fmt.Errorf("late_policy %w", err)
 	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
 	}{{"timeout", c.Timeout}, {"retry_initial", c.RetryInitial}, {"retry_max", c.RetryMax}, {"auth_retry_interval", c.AuthRetryInterval}} {
 		if d.v < 0 {
-			return fmt.Errorf("datadog.%s: must not be negative", d.name)
+			return fmt.Errorf("%s: must not be negative", d.name)
 		}
 	}
 	if c.RetryInitial > 0 && c.RetryMax > 0 && c.RetryMax < c.RetryInitial {
-		return errors.New("datadog.retry_max: must not be less than retry_initial")
+		return errors.New("retry_max: must not be less than retry_initial")
 	}
 	if c.MaxRetries < 0 {
-		return errors.New("datadog.max_retries: must not be negative")
+		return errors.New("max_retries: must not be negative")
 	}
 	if c.MaxPayloadBytes < 0 || c.MaxPayloadBytes > MaxPayloadBytes {
-		return fmt.Errorf("datadog.max_payload_bytes: must be between 1 and %d", MaxPayloadBytes)
+		return fmt.Errorf("max_payload_bytes: must be between 1 and %d", MaxPayloadBytes)
 	}
 	if c.MaxUncompressedBytes < 0 || c.MaxUncompressedBytes > MaxUncompressedBytes {
-		return fmt.Errorf("datadog.max_uncompressed_bytes: must be between 1 and %d", MaxUncompressedBytes)
+		return fmt.Errorf("max_uncompressed_bytes: must be between 1 and %d", MaxUncompressedBytes)
 	}
 	return nil
 }
@@ -253,16 +253,16 @@ func (c Config) endpointOf(path string) (string, error) {
 // "api.datadoghq.eu" into "datadoghq.eu".
 func normalizeSite(s string) (string, error) {
 	if strings.Contains(s, "://") || strings.ContainsAny(s, "/ :?#@") {
-		return "", fmt.Errorf("datadog.site %q: want a site name such as datadoghq.eu (use url for a full URL)", s)
+		return "", fmt.Errorf("site %q: want a site name such as datadoghq.eu (use url for a full URL)", s)
 	}
 	s = strings.ToLower(strings.TrimSuffix(s, "."))
 	s = strings.TrimPrefix(strings.TrimPrefix(s, "app."), "api.")
 	if !strings.Contains(s, ".") {
-		return "", fmt.Errorf("datadog.site %q: want a site name such as datadoghq.eu", s)
+		return "", fmt.Errorf("site %q: want a site name such as datadoghq.eu", s)
 	}
 	for _, r := range s {
 		if !(r == '.' || r == '-' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9') {
-			return "", fmt.Errorf("datadog.site %q: unexpected character %q", s, r)
+			return "", fmt.Errorf("site %q: unexpected character %q", s, r)
 		}
 	}
 	return s, nil
@@ -285,7 +285,7 @@ func (c Config) APIKey(secret func(env string) string) (string, error) {
 	c = c.withDefaults()
 	key := strings.TrimSpace(secret(c.APIKeyEnv))
 	if key == "" {
-		return "", fmt.Errorf("datadog: environment variable %s is not set: it must hold the API key", c.APIKeyEnv)
+		return "", fmt.Errorf("api_key_env: environment variable %s is not set: it must hold the API key", c.APIKeyEnv)
 	}
 	return key, nil
 }

@@ -14,37 +14,18 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/golden"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/sink"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog/datadogtest"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
-// checkDist fails the test if the sink broke the contract, sent a point
-// outside Datadog's window, or if what the fake holds is not exactly want
-// occurrences by Datadog's rule for distributions (every value is kept):
-// `count:` and `sum:` must both be want.
-func (f *fakeIntake) checkDist(want int) {
-	f.t.Helper()
-	f.mu.Lock()
-	for _, v := range f.violations {
-		f.t.Errorf("contract violation: %s", v)
-	}
-	if f.outOfWindow > 0 {
-		f.t.Errorf("%d points outside Datadog's window were sent", f.outOfWindow)
-	}
-	f.mu.Unlock()
-	count, sum := f.distCount()
-	if count != want || sum != float64(want) {
-		f.t.Errorf("distribution held by Datadog: count %d, sum %v; want %d and %d", count, sum, want, want)
-	}
-}
-
 // newSinkOn returns a sink of cfg's mode delivering to an existing fake.
-func newSinkOn(t *testing.T, f *fakeIntake, cfg Config) *Sink {
+func newSinkOn(t *testing.T, f *datadogtest.Intake, cfg Config) *Sink {
 	t.Helper()
 	t.Setenv("FLOWMETRICS_TEST_DD_KEY", testKey)
-	cfg.URL = f.srv.URL
+	cfg.URL = f.URL
 	cfg.APIKeyEnv = "FLOWMETRICS_TEST_DD_KEY"
 	if cfg.Now == nil {
-		cfg.Now = f.now
+		cfg.Now = f.Now
 	}
 	if cfg.RetryInitial == 0 {
 		cfg.RetryInitial, cfg.RetryMax = time.Millisecond, 5*time.Millisecond
@@ -62,13 +43,13 @@ func TestDistributionGoldenPayload(t *testing.T) {
 	if err := h.s().Send(ctx(t), samplePoints()); err != nil {
 		t.Fatalf("Send: got %v, want nil", err)
 	}
-	if len(h.fake.bodies) != 1 {
-		t.Fatalf("got %d payloads, want 1", len(h.fake.bodies))
+	if len(h.fake.Bodies) != 1 {
+		t.Fatalf("got %d payloads, want 1", len(h.fake.Bodies))
 	}
-	golden.Check(t, filepath.Join("testdata", "distribution_default.golden.json"), h.fake.bodies[0])
-	h.fake.checkDist(int(sum(samplePoints())))
+	golden.Check(t, filepath.Join("testdata", "distribution_default.golden.json"), h.fake.Bodies[0])
+	h.fake.CheckDist(int(sum(samplePoints())))
 	// Two points of one series and bucket are one point of 3 values.
-	if got := h.fake.distHeld("genesys.flow.metric", "env:prod,flow:customerrouting,metric:unknown,team:cx", pt("", "", 50*time.Second, 0).Bucket.Unix()); got != 3 {
+	if got := h.fake.DistHeld("genesys.flow.metric", "env:prod,flow:customerrouting,metric:unknown,team:cx", pt("", "", 50*time.Second, 0).Bucket.Unix()); got != 3 {
 		t.Errorf("values at the first bucket: got %d, want 3", got)
 	}
 }
@@ -78,16 +59,16 @@ func TestDistributionGoldenPayload(t *testing.T) {
 // within the limits, and every occurrence is held once.
 func TestDistributionLargeBucket(t *testing.T) {
 	h := newHarness(t, Config{Mode: Distribution, MaxUncompressedBytes: 300000}, naming.Config{})
-	h.fake.do(func() { h.fake.maxUncompressed = 300000 })
+	h.fake.Do(func() { h.fake.MaxUncompressed = 300000 })
 	points := []flowmetrics.Point{pt("Big", "Burst", 20*time.Second, 2*MaxValuesPerPoint+7), pt("Big", "Burst", 20*time.Second, 5), pt("Small", "One", 20*time.Second, 1)}
 	if err := h.s().Send(ctx(t), points); err != nil {
 		t.Fatalf("Send: got %v, want nil", err)
 	}
-	h.fake.checkDist(int(sum(points)))
-	if n := len(h.fake.bodies); n < 3 {
+	h.fake.CheckDist(int(sum(points)))
+	if n := len(h.fake.Bodies); n < 3 {
 		t.Errorf("payloads: got %d, want at least 3 (no payload may hold more than one full point)", n)
 	}
-	for _, st := range h.fake.statuses {
+	for _, st := range h.fake.Statuses {
 		if st != http.StatusAccepted {
 			t.Errorf("got status %d, want only 202", st)
 		}
@@ -109,11 +90,11 @@ func TestDistributionPartialFailureIsNotResent(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, Config{Mode: Distribution, MaxRetries: tt.maxRetries, MaxUncompressedBytes: 1200}, naming.Config{})
-			script := []scripted{{status: http.StatusAccepted}}
+			script := []datadogtest.Response{{Status: http.StatusAccepted}}
 			for i := 0; i < tt.failures; i++ {
-				script = append(script, scripted{status: http.StatusServiceUnavailable})
+				script = append(script, datadogtest.Response{Status: http.StatusServiceUnavailable})
 			}
-			h.fake.do(func() { h.fake.script = script })
+			h.fake.Do(func() { h.fake.Script = script })
 			points := manyPoints(30)
 			err := h.sink.Send(ctx(t), points)
 			if (err != nil) != tt.wantErr {
@@ -124,10 +105,10 @@ func TestDistributionPartialFailureIsNotResent(t *testing.T) {
 					t.Fatalf("second Send: got %v, want nil", err)
 				}
 			}
-			if n := len(h.fake.bodies); n < 3 {
+			if n := len(h.fake.Bodies); n < 3 {
 				t.Errorf("accepted payloads: got %d, want at least 3 (the batch must be split)", n)
 			}
-			h.fake.checkDist(int(sum(points)))
+			h.fake.CheckDist(int(sum(points)))
 		})
 	}
 }
@@ -154,8 +135,8 @@ func TestConcurrentWriters(t *testing.T) {
 			want += int(sum(batch(w, i)))
 		}
 	}
-	run := func(t *testing.T, mode Mode, n int) *fakeIntake {
-		f := newFakeIntake(t, testKey, fixedClock())
+	run := func(t *testing.T, mode Mode, n int) *datadogtest.Intake {
+		f := datadogtest.New(t, testKey, fixedClock())
 		var wg sync.WaitGroup
 		for w := 0; w < n; w++ {
 			s := newSinkOn(t, f, Config{Mode: mode})
@@ -174,18 +155,18 @@ func TestConcurrentWriters(t *testing.T) {
 		return f
 	}
 	t.Run("distribution, several writers: exact", func(t *testing.T) {
-		run(t, Distribution, writers).checkDist(want)
+		run(t, Distribution, writers).CheckDist(want)
 	})
 	t.Run("count, several writers: undercounts", func(t *testing.T) {
 		f := run(t, Count, writers)
-		if got := f.total(); got >= float64(want) {
+		if got := f.Total(); got >= float64(want) {
 			t.Errorf("count mode with %d writers: Datadog holds %v of %d; want an undercount (last value per series and second wins)", writers, got, want)
 		} else {
 			t.Logf("count mode with %d writers: Datadog holds %v of %d occurrences", writers, got, want)
 		}
 	})
 	t.Run("count, one writer: exact", func(t *testing.T) {
-		f := newFakeIntake(t, testKey, fixedClock())
+		f := datadogtest.New(t, testKey, fixedClock())
 		s := newSinkOn(t, f, Config{})
 		n := 0
 		for w := 0; w < writers; w++ {
@@ -196,7 +177,7 @@ func TestConcurrentWriters(t *testing.T) {
 				n += int(sum(batch(w, i)))
 			}
 		}
-		if got := f.total(); got != float64(want) || n != want {
+		if got := f.Total(); got != float64(want) || n != want {
 			t.Errorf("count mode with one writer: Datadog holds %v, want %d", got, want)
 		}
 	})
@@ -216,7 +197,7 @@ func TestDistributionLatePolicy(t *testing.T) {
 			if err := h.s().Send(ctx(t), points); err != nil {
 				t.Fatalf("Send: %v", err)
 			}
-			h.fake.checkDist(tt.want)
+			h.fake.CheckDist(tt.want)
 		})
 	}
 }

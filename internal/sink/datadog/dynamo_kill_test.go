@@ -16,6 +16,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog/datadogtest"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore/dynalitetest"
@@ -128,16 +129,16 @@ func TestKillBetweenSendAndCommitDynamo(t *testing.T) {
 	table := srv.CreateTable(t)
 	t.Setenv("FLOWMETRICS_TEST_DD_KEY", testKey)
 	base := time.Now().Truncate(time.Second)
-	fake := newFakeIntake(t, testKey, time.Now)
+	fake := datadogtest.New(t, testKey, time.Now)
 
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envChild+"=1", envTable+"="+table, envIntake+"="+fake.srv.URL,
+	cmd.Env = append(os.Environ(), envChild+"=1", envTable+"="+table, envIntake+"="+fake.URL,
 		envBase+"="+strconv.FormatInt(base.Unix(), 10), dynalitetest.EnvEndpoint+"="+srv.Endpoint)
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	batch1Payloads := -1
-	fake.do(func() {
-		fake.accepted = func(n int) {
+	fake.Do(func() {
+		fake.OnAccept = func(n int) {
 			if batch1Payloads < 0 || n <= batch1Payloads {
 				return
 			}
@@ -152,9 +153,9 @@ func TestKillBetweenSendAndCommitDynamo(t *testing.T) {
 	deadline := time.Now().Add(childTimeout)
 	for {
 		var n int
-		fake.do(func() { n = len(fake.bodies) })
+		fake.Do(func() { n = len(fake.Bodies) })
 		if n >= 1 {
-			fake.do(func() { batch1Payloads = n })
+			fake.Do(func() { batch1Payloads = n })
 			break
 		}
 		if time.Now().After(deadline) {
@@ -172,18 +173,18 @@ func TestKillBetweenSendAndCommitDynamo(t *testing.T) {
 	case <-time.After(childTimeout):
 		t.Fatalf("the child was not killed: %s", out.String())
 	}
-	var heldAtKill map[pointKey]float64
-	fake.do(func() {
-		fake.accepted = nil
-		heldAtKill = make(map[pointKey]float64, len(fake.store))
-		for k, v := range fake.store {
+	var heldAtKill map[datadogtest.Point]float64
+	fake.Do(func() {
+		fake.OnAccept = nil
+		heldAtKill = make(map[datadogtest.Point]float64, len(fake.Store))
+		for k, v := range fake.Store {
 			heldAtKill[k] = v
 		}
 	})
 
 	// The redelivery reaches a new instance after the dead one's lease.
 	time.Sleep(killLease + 500*time.Millisecond)
-	in, err := newInstance(srv.Endpoint, table, "next", fake.srv.URL)
+	in, err := newInstance(srv.Endpoint, table, "next", fake.URL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +197,7 @@ func TestKillBetweenSendAndCommitDynamo(t *testing.T) {
 	}
 
 	namer := naming.New(naming.Config{})
-	want := map[pointKey]float64{}
+	want := map[datadogtest.Point]float64{}
 	for _, n := range []int{1, 2} {
 		for _, rec := range killBatch(base, n) {
 			for name := range rec.Event.Attributes {
@@ -204,30 +205,30 @@ func TestKillBetweenSendAndCommitDynamo(t *testing.T) {
 				if !ok || err != nil {
 					t.Fatalf("%s: %v", name, err)
 				}
-				k := pointKey{MetricName(namer.Name(a.Flow, a.Metric)), strings.Join(sortedTags(Tags(namer, a.Flow, a.Metric)), ","), flowmetrics.BucketStart(a.Time, 10*time.Second).Unix()}
+				k := datadogtest.PointOf(MetricName(namer.Name(a.Flow, a.Metric)), Tags(namer, a.Flow, a.Metric), flowmetrics.BucketStart(a.Time, 10*time.Second).Unix())
 				want[k]++
 			}
 		}
 	}
-	fake.mu.Lock()
-	defer fake.mu.Unlock()
-	for _, v := range fake.violations {
+	fake.Lock()
+	defer fake.Unlock()
+	for _, v := range fake.Violations {
 		t.Errorf("contract violation: %s", v)
 	}
-	for _, l := range fake.lowered {
+	for _, l := range fake.Lowered {
 		t.Errorf("a total Datadog held was lowered: %s", l)
 	}
 	total := 0.0
 	for k, w := range want {
 		total += w
-		if got := fake.store[k]; got != w {
+		if got := fake.Store[k]; got != w {
 			t.Errorf("%v: Datadog holds %v, want %v (held %v when the process was killed)", k, got, w, heldAtKill[k])
 		}
 	}
-	for k := range fake.store {
+	for k := range fake.Store {
 		if _, ok := want[k]; !ok {
-			t.Errorf("%v: Datadog holds %v, want nothing", k, fake.store[k])
+			t.Errorf("%v: Datadog holds %v, want nothing", k, fake.Store[k])
 		}
 	}
-	t.Logf("%v occurrences in %d series-seconds, exact after the kill; %d payloads", total, len(want), len(fake.bodies))
+	t.Logf("%v occurrences in %d series-seconds, exact after the kill; %d payloads", total, len(want), len(fake.Bodies))
 }

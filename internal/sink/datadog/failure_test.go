@@ -17,6 +17,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog/datadogtest"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/memstore"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
@@ -56,11 +57,11 @@ func TestRefusedKeyFailsTheFlush(t *testing.T) {
 				// The sink waits AuthRetryInterval before asking again,
 				// longer than the flush's deadline.
 				h := newHarness(t, Config{Mode: mode, Now: time.Now, AuthRetryInterval: 700 * time.Millisecond}, naming.Config{})
-				refuse := make([]scripted, 100)
+				refuse := make([]datadogtest.Response, 100)
 				for i := range refuse {
-					refuse[i] = scripted{status: status}
+					refuse[i] = datadogtest.Response{Status: status}
 				}
-				h.fake.do(func() { h.fake.script = refuse })
+				h.fake.Do(func() { h.fake.Script = refuse })
 				p, st := livePipeline(t, h.sink, h.m)
 				if _, err := p.Ingest(context.Background(), liveRecords(7)); err != nil {
 					t.Fatal(err)
@@ -87,16 +88,16 @@ func TestRefusedKeyFailsTheFlush(t *testing.T) {
 				if got := testutil.ToFloat64(h.m.SinkBatchFailures.WithLabelValues(Name, "error")); got < 1 {
 					t.Errorf("batch failures: got %v, want at least 1", got)
 				}
-				h.fake.do(func() { h.fake.script = nil }) // the key is fixed
+				h.fake.Do(func() { h.fake.Script = nil }) // the key is fixed
 				time.Sleep(750 * time.Millisecond)        // the auth retry interval
 				if err := p.Flush(ctx(t)); err != nil {
 					t.Fatalf("flush once the key is accepted: %v", err)
 				}
 				if mode == Distribution {
-					h.fake.checkDist(7)
+					h.fake.CheckDist(7)
 				} else {
-					h.fake.checkClean()
-					if got := h.fake.total(); got != 7 {
+					h.fake.CheckClean()
+					if got := h.fake.Total(); got != 7 {
 						t.Errorf("held by Datadog: got %v, want 7", got)
 					}
 				}
@@ -150,8 +151,8 @@ func TestUnreachableIntake(t *testing.T) {
 // flush whose deadline is sooner at once, with nothing acknowledged.
 func TestRateLimitBeyondTheDeadline(t *testing.T) {
 	h := newHarness(t, Config{Now: time.Now}, naming.Config{})
-	h.fake.do(func() {
-		h.fake.script = []scripted{{status: http.StatusTooManyRequests, header: http.Header{"X-Ratelimit-Reset": {"60"}}}}
+	h.fake.Do(func() {
+		h.fake.Script = []datadogtest.Response{{Status: http.StatusTooManyRequests, Header: http.Header{"X-Ratelimit-Reset": {"60"}}}}
 	})
 	p, st := livePipeline(t, h.sink, h.m)
 	if _, err := p.Ingest(context.Background(), liveRecords(2)); err != nil {

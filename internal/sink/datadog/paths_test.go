@@ -16,6 +16,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/paths"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog/datadogtest"
 	"github.com/flowmetrics/flowmetrics/internal/sink/sinktest"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
@@ -38,24 +39,24 @@ func ddSeries(p flowmetrics.PathPoint) string {
 // series: for a count, the sum of the last value of each series-second
 // (count mode) plus the number of distribution values (distribution mode);
 // for a duration, every value of the distribution.
-func (f *fakeIntake) pathsHeld() (counts map[string]float64, durs map[string][]float64) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+func pathsHeld(f *datadogtest.Intake) (counts map[string]float64, durs map[string][]float64) {
+	f.Lock()
+	defer f.Unlock()
 	counts, durs = map[string]float64{}, map[string][]float64{}
 	isPath := func(m string) bool {
 		return m == ExitMetric || m == FunnelMetric || m == ExperimentMetric || m == StepMetric || m == TimingMetric
 	}
-	for k, v := range f.store {
-		if isPath(k.metric) {
-			counts[k.metric+"{"+k.tags+"}"] += v
+	for k, v := range f.Store {
+		if isPath(k.Metric) {
+			counts[k.Metric+"{"+k.Tags+"}"] += v
 		}
 	}
-	for k, vs := range f.dist {
-		sk := k.metric + "{" + k.tags + "}"
+	for k, vs := range f.Dist {
+		sk := k.Metric + "{" + k.Tags + "}"
 		switch {
-		case k.metric == StepMetric || k.metric == TimingMetric:
+		case k.Metric == StepMetric || k.Metric == TimingMetric:
 			durs[sk] = append(durs[sk], vs...)
-		case isPath(k.metric):
+		case isPath(k.Metric):
 			for _, v := range vs {
 				counts[sk] += v
 			}
@@ -84,7 +85,7 @@ func TestPathsExactByDatadogsRule(t *testing.T) {
 
 func testPathsExact(t *testing.T, mode Mode) {
 	dir := t.TempDir()
-	fake := newFakeIntake(t, testKey, fixedClock())
+	fake := datadogtest.New(t, testKey, fixedClock())
 	deriver := paths.New(sinktest.PathsConfig, nil)
 	base := t0.Add(-20 * time.Minute)
 	type round struct {
@@ -92,13 +93,13 @@ func testPathsExact(t *testing.T, mode Mode) {
 		convs     []sinktest.Conv
 		ended     bool  // their customer.end arrives (else the idle timeout closes them)
 		failAfter int64 // -1: the commit of the paths' batch is killed
-		script    []scripted
+		script    []datadogtest.Response
 	}
-	retries := []scripted{
-		{status: http.StatusServiceUnavailable},
-		{status: http.StatusTooManyRequests, header: http.Header{"Retry-After": {"1"}}},
-		{status: http.StatusRequestEntityTooLarge},
-		{status: http.StatusServiceUnavailable},
+	retries := []datadogtest.Response{
+		{Status: http.StatusServiceUnavailable},
+		{Status: http.StatusTooManyRequests, Header: http.Header{"Retry-After": {"1"}}},
+		{Status: http.StatusRequestEntityTooLarge},
+		{Status: http.StatusServiceUnavailable},
 	}
 	rounds := []round{
 		{name: "first process", convs: sinktest.PathCorpus(0, 20, base), ended: true},
@@ -141,7 +142,7 @@ func testPathsExact(t *testing.T, mode Mode) {
 		if n, err := p.ClosePaths(ctx(t), asOf, 0); err != nil || n != len(r.convs) {
 			t.Fatalf("%s: closed %d paths (%v), want %d", r.name, n, err, len(r.convs))
 		}
-		fake.do(func() { fake.script = r.script })
+		fake.Do(func() { fake.Script = r.script })
 		if r.failAfter < 0 {
 			cs.failAfter = cs.acks.Load() // every commit from now on fails
 
@@ -162,27 +163,27 @@ func testPathsExact(t *testing.T, mode Mode) {
 		if err := ps.Close(); err != nil {
 			t.Fatal(err)
 		}
-		fake.do(func() {
-			if len(fake.script) > 0 {
-				t.Errorf("%s: %d scripted answers not used", r.name, len(fake.script))
+		fake.Do(func() {
+			if len(fake.Script) > 0 {
+				t.Errorf("%s: %d datadogtest.Response answers not used", r.name, len(fake.Script))
 			}
 		})
 	}
-	fake.do(func() {
-		for _, v := range fake.violations {
+	fake.Do(func() {
+		for _, v := range fake.Violations {
 			t.Errorf("contract violation: %s", v)
 		}
-		for _, l := range fake.lowered {
+		for _, l := range fake.Lowered {
 			t.Errorf("a total Datadog held was lowered: %s", l)
 		}
-		if fake.outOfWindow > 0 {
-			t.Errorf("%d points outside Datadog's window", fake.outOfWindow)
+		if fake.OutOfWindow > 0 {
+			t.Errorf("%d points outside Datadog's window", fake.OutOfWindow)
 		}
 	})
 	want := sinktest.TruthOf(all)
 	want.Add(resent, mode == Distribution) // the one duplicate window
 	wantCounts, wantDurs := want.SeriesOf(ddSeries)
-	gotCounts, gotDurs := fake.pathsHeld()
+	gotCounts, gotDurs := pathsHeld(fake)
 	for _, e := range sinktest.Errors(gotCounts, wantCounts, gotDurs, wantDurs) {
 		t.Error(e)
 	}
@@ -215,13 +216,13 @@ func TestPathsGoldenPayload(t *testing.T) {
 				t.Fatal(err)
 			}
 			var bodies []string
-			h.fake.do(func() {
-				for _, b := range h.fake.bodies {
+			h.fake.Do(func() {
+				for _, b := range h.fake.Bodies {
 					bodies = append(bodies, string(b))
 				}
 			})
 			golden.Check(t, "testdata/paths-"+string(mode)+".golden", []byte(strings.Join(bodies, "\n")+"\n"))
-			h.fake.checkClean()
+			h.fake.CheckClean()
 		})
 	}
 }
@@ -246,7 +247,7 @@ func TestPathsCountModeTotals(t *testing.T) {
 		state[k] = v
 	}
 	// A new process, restored from the committed state.
-	next, err := New(Config{URL: h.fake.srv.URL, APIKeyEnv: "FLOWMETRICS_TEST_DD_KEY", Now: fixedClock()}, sink.Deps{Namer: naming.New(namingWithEnv()), Log: slog.New(slog.DiscardHandler)})
+	next, err := New(Config{URL: h.fake.URL, APIKeyEnv: "FLOWMETRICS_TEST_DD_KEY", Now: fixedClock()}, sink.Deps{Namer: naming.New(namingWithEnv()), Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +258,7 @@ func TestPathsCountModeTotals(t *testing.T) {
 	if err := next.SendPaths(ctx(t), []flowmetrics.PathPoint{exit("c3")}); err != nil {
 		t.Fatal(err)
 	}
-	counts, _ := h.fake.pathsHeld()
+	counts, _ := pathsHeld(h.fake)
 	got := counts[ExitMetric+"{env:prod,flow:main_ivr,metric:menuchosen}"]
 	if got != 3 {
 		t.Errorf("exits held by Datadog: got %v, want 3 (the running total over both processes)", got)

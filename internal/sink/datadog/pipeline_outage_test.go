@@ -13,6 +13,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog/datadogtest"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/memstore"
 )
@@ -27,12 +28,12 @@ func TestPipelineOutage(t *testing.T) {
 	if err := p.Register(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	unavailable := scripted{status: http.StatusServiceUnavailable}
-	var outage []scripted
+	unavailable := datadogtest.Response{Status: http.StatusServiceUnavailable}
+	var outage []datadogtest.Response
 	for i := 0; i < 10000; i++ {
 		outage = append(outage, unavailable)
 	}
-	h.fake.do(func() { h.fake.script = outage })
+	h.fake.Do(func() { h.fake.Script = outage })
 
 	// 40 conversations, each with two metric attributes, sent twice.
 	var recs []genesys.Record
@@ -61,18 +62,18 @@ func TestPipelineOutage(t *testing.T) {
 	if got := testutil.ToFloat64(h.m.OutboxDepth.WithLabelValues(Name)); got != 80 {
 		t.Errorf("outbox depth during the outage: got %v, want 80", got)
 	}
-	if got := h.fake.total(); got != 0 {
+	if got := h.fake.Total(); got != 0 {
 		t.Errorf("delivered during the outage: got %v, want 0", got)
 	}
 
 	// The backend comes back rate-limiting, then accepts; the pipeline
 	// delivers everything exactly once.
 	var outageRequests int
-	h.fake.do(func() {
+	h.fake.Do(func() {
 		// One more 503 first: the request the bounded flush abandoned may
 		// still reach the fake and must not be the one that takes the 429.
-		outageRequests = 10000 - len(h.fake.script) + 1
-		h.fake.script = []scripted{unavailable, {status: http.StatusTooManyRequests, header: http.Header{"X-Ratelimit-Reset": {"1"}, "X-Ratelimit-Remaining": {"0"}}}}
+		outageRequests = 10000 - len(h.fake.Script) + 1
+		h.fake.Script = []datadogtest.Response{unavailable, {Status: http.StatusTooManyRequests, Header: http.Header{"X-Ratelimit-Reset": {"1"}, "X-Ratelimit-Remaining": {"0"}}}}
 	})
 	if err := p.Flush(ctx(t)); err != nil {
 		t.Fatalf("flush after the outage: %v", err)
@@ -80,8 +81,8 @@ func TestPipelineOutage(t *testing.T) {
 	if got := testutil.ToFloat64(h.m.OutboxDepth.WithLabelValues(Name)); got != 0 {
 		t.Errorf("outbox depth after the outage: got %v, want 0", got)
 	}
-	h.fake.checkClean()
-	if got := h.fake.total(); got != 80 {
+	h.fake.CheckClean()
+	if got := h.fake.Total(); got != 80 {
 		t.Errorf("total held by Datadog: got %v, want 80", got)
 	}
 	if got := testutil.ToFloat64(h.m.SinkBatchRetries.WithLabelValues(Name)); got < 1 {

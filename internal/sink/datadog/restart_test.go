@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"sort"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog/datadogtest"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
@@ -49,8 +49,8 @@ func (c *crashStore) AckState(ctx context.Context, sink string, seq uint64, u fl
 // smaller one.
 func TestRestartNeverLowersATotal(t *testing.T) {
 	dir := t.TempDir()
-	fake := newFakeIntake(t, testKey, fixedClock())
-	want := map[pointKey]float64{}
+	fake := datadogtest.New(t, testKey, fixedClock())
+	want := map[datadogtest.Point]float64{}
 	namer := naming.New(naming.Config{})
 	conv := 0
 	// ingest returns records of n new conversations, each with attributes
@@ -64,7 +64,7 @@ func TestRestartNeverLowersATotal(t *testing.T) {
 				at := t0.Add(-age - time.Duration(i%7)*time.Second)
 				flow := []string{"CustomerRouting", "Billing Main"}[j%2]
 				attrs[fmt.Sprintf("%sMetric_Step%d(%s)", flow, j%3, at.Format(time.RFC3339Nano))] = ""
-				k := pointKey{MetricName(namer.Name(flow, fmt.Sprintf("Step%d", j%3))), strings.Join(sortedTags(Tags(namer, flow, fmt.Sprintf("Step%d", j%3))), ","), flowmetrics.BucketStart(at, 10*time.Second).Unix()}
+				k := datadogtest.PointOf(MetricName(namer.Name(flow, fmt.Sprintf("Step%d", j%3))), Tags(namer, flow, fmt.Sprintf("Step%d", j%3)), flowmetrics.BucketStart(at, 10*time.Second).Unix())
 				want[k]++
 			}
 			rec := genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: fmt.Sprintf("conv-%d", conv), Attributes: attrs}}
@@ -75,13 +75,13 @@ func TestRestartNeverLowersATotal(t *testing.T) {
 	type round struct {
 		name      string
 		ages      []time.Duration
-		failAfter int64      // killed after this many commits (0: not)
-		script    []scripted // intake answers
-		maxBytes  int        // uncompressed limit, to split batches
+		failAfter int64                  // killed after this many commits (0: not)
+		script    []datadogtest.Response // intake answers
+		maxBytes  int                    // uncompressed limit, to split batches
 	}
-	partly := []scripted{{status: http.StatusAccepted}}
+	partly := []datadogtest.Response{{Status: http.StatusAccepted}}
 	for i := 0; i < 1000; i++ {
-		partly = append(partly, scripted{status: http.StatusServiceUnavailable})
+		partly = append(partly, datadogtest.Response{Status: http.StatusServiceUnavailable})
 	}
 	rounds := []round{
 		{name: "first process", ages: []time.Duration{30 * time.Second, 50 * time.Second, 70 * time.Second}},
@@ -107,7 +107,7 @@ func TestRestartNeverLowersATotal(t *testing.T) {
 		if err := p.Register(ctx(t)); err != nil {
 			t.Fatalf("%s: register: %v", r.name, err)
 		}
-		fake.do(func() { fake.script = nil })
+		fake.Do(func() { fake.Script = nil })
 		if r.ages != nil {
 			// Two ingests: the first commit succeeds, a second batch
 			// is what a kill can catch.
@@ -121,7 +121,7 @@ func TestRestartNeverLowersATotal(t *testing.T) {
 				t.Fatalf("%s: ingest: %v", r.name, err)
 			}
 		}
-		fake.do(func() { fake.script = r.script })
+		fake.Do(func() { fake.Script = r.script })
 		short, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		err = p.Flush(short)
 		cancel()
@@ -145,19 +145,19 @@ func TestRestartNeverLowersATotal(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fake.mu.Lock()
-	defer fake.mu.Unlock()
-	for _, v := range fake.violations {
+	fake.Lock()
+	defer fake.Unlock()
+	for _, v := range fake.Violations {
 		t.Errorf("contract violation: %s", v)
 	}
-	for _, l := range fake.lowered {
+	for _, l := range fake.Lowered {
 		t.Errorf("a total Datadog held was lowered: %s", l)
 	}
-	var keys []pointKey
+	var keys []datadogtest.Point
 	for k := range want {
 		keys = append(keys, k)
 	}
-	for k := range fake.store {
+	for k := range fake.Store {
 		if _, ok := want[k]; !ok {
 			keys = append(keys, k)
 		}
@@ -166,16 +166,10 @@ func TestRestartNeverLowersATotal(t *testing.T) {
 	var total, held float64
 	for _, k := range keys {
 		total += want[k]
-		held += fake.store[k]
-		if fake.store[k] != want[k] {
-			t.Errorf("%v: Datadog holds %v, want %v", k, fake.store[k], want[k])
+		held += fake.Store[k]
+		if fake.Store[k] != want[k] {
+			t.Errorf("%v: Datadog holds %v, want %v", k, fake.Store[k], want[k])
 		}
 	}
 	t.Logf("%v occurrences ingested over %d processes, %v held by Datadog, %d series-seconds", total, len(rounds), held, len(keys))
-}
-
-func sortedTags(tags []string) []string {
-	out := append([]string(nil), tags...)
-	sort.Strings(out)
-	return out
 }

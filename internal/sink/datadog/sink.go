@@ -65,17 +65,17 @@ type Sink struct {
 // fails if it is empty. Nothing here touches the network.
 func New(cfg Config, d sink.Deps) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("datadog: %w", err)
 	}
 	d = d.WithDefaults()
 	cfg = cfg.withDefaults()
 	endpoint, err := cfg.endpoint()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("datadog: %w", err)
 	}
 	key, err := cfg.APIKey(d.Secret)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("datadog: %w", err)
 	}
 	namer, m := d.Namer, d.Metrics
 	log := d.Log.With("sink", Name)

@@ -18,6 +18,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/golden"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/sink"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog/datadogtest"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
 
@@ -30,7 +31,7 @@ func fixedClock() func() time.Time { return func() time.Time { return t0 } }
 
 type harness struct {
 	sink *Sink
-	fake *fakeIntake
+	fake *datadogtest.Intake
 	m    *telemetry.Metrics
 	logs *bytes.Buffer
 }
@@ -42,8 +43,8 @@ func newHarness(t *testing.T, cfg Config, ncfg naming.Config) *harness {
 	if now == nil {
 		now = fixedClock()
 	}
-	fake := newFakeIntake(t, testKey, now)
-	cfg.URL = fake.srv.URL
+	fake := datadogtest.New(t, testKey, now)
+	cfg.URL = fake.URL
 	cfg.APIKeyEnv = "FLOWMETRICS_TEST_DD_KEY"
 	cfg.Now = now
 	if cfg.RetryInitial == 0 {
@@ -107,13 +108,13 @@ func TestGoldenPayload(t *testing.T) {
 			if err := h.s().Send(ctx(t), samplePoints()); err != nil {
 				t.Fatalf("Send: got %v, want nil", err)
 			}
-			h.fake.checkClean()
-			if len(h.fake.bodies) != 1 {
-				t.Fatalf("got %d payloads, want 1", len(h.fake.bodies))
+			h.fake.CheckClean()
+			if len(h.fake.Bodies) != 1 {
+				t.Fatalf("got %d payloads, want 1", len(h.fake.Bodies))
 			}
-			got := h.fake.bodies[0]
+			got := h.fake.Bodies[0]
 			golden.Check(t, filepath.Join("testdata", tt.golden), got)
-			if got, want := h.fake.total(), sum(samplePoints()); got != want {
+			if got, want := h.fake.Total(), sum(samplePoints()); got != want {
 				t.Errorf("total held by Datadog: got %v, want %v", got, want)
 			}
 		})
@@ -128,10 +129,10 @@ func (h *harness) s() *Sink { return h.sink }
 // points. Nothing may be lost or written twice.
 func TestOutageThenRateLimit(t *testing.T) {
 	h := newHarness(t, Config{MaxRetries: 2}, naming.Config{})
-	unavailable := scripted{status: http.StatusServiceUnavailable}
-	h.fake.do(func() {
-		h.fake.script = []scripted{unavailable, unavailable, unavailable, unavailable,
-			{status: http.StatusTooManyRequests, header: http.Header{"X-Ratelimit-Reset": {"1"}, "X-Ratelimit-Remaining": {"0"}, "X-Ratelimit-Limit": {"100"}, "X-Ratelimit-Period": {"10"}}}}
+	unavailable := datadogtest.Response{Status: http.StatusServiceUnavailable}
+	h.fake.Do(func() {
+		h.fake.Script = []datadogtest.Response{unavailable, unavailable, unavailable, unavailable,
+			{Status: http.StatusTooManyRequests, Header: http.Header{"X-Ratelimit-Reset": {"1"}, "X-Ratelimit-Remaining": {"0"}, "X-Ratelimit-Limit": {"100"}, "X-Ratelimit-Period": {"10"}}}}
 	})
 	points := samplePoints()
 
@@ -139,7 +140,7 @@ func TestOutageThenRateLimit(t *testing.T) {
 	if err == nil || flowmetrics.IsPermanent(err) {
 		t.Fatalf("first Send during the outage: got %v, want a retryable error", err)
 	}
-	if got := h.fake.total(); got != 0 {
+	if got := h.fake.Total(); got != 0 {
 		t.Fatalf("delivered during the outage: got %v, want 0", got)
 	}
 
@@ -150,12 +151,12 @@ func TestOutageThenRateLimit(t *testing.T) {
 	if waited := time.Since(start); waited < 900*time.Millisecond {
 		t.Errorf("X-RateLimit-Reset: 1 honoured? waited %v, want about 1s", waited)
 	}
-	h.fake.checkClean()
-	if got, want := h.fake.total(), sum(points); got != want {
+	h.fake.CheckClean()
+	if got, want := h.fake.Total(), sum(points); got != want {
 		t.Errorf("total held by Datadog: got %v, want %v", got, want)
 	}
 	want := []int{503, 503, 503, 503, 429, 202}
-	if got := h.fake.statuses; fmt.Sprint(got) != fmt.Sprint(want) {
+	if got := h.fake.Statuses; fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("responses: got %v, want %v", got, want)
 	}
 	checks := []struct {
@@ -199,11 +200,11 @@ func TestPartialFailureIsNotResent(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, Config{MaxRetries: tt.maxRetries, MaxUncompressedBytes: 1200}, naming.Config{})
-			script := []scripted{{status: http.StatusAccepted}}
+			script := []datadogtest.Response{{Status: http.StatusAccepted}}
 			for i := 0; i < tt.failures; i++ {
-				script = append(script, scripted{status: http.StatusServiceUnavailable})
+				script = append(script, datadogtest.Response{Status: http.StatusServiceUnavailable})
 			}
-			h.fake.do(func() { h.fake.script = script })
+			h.fake.Do(func() { h.fake.Script = script })
 			points := manyPoints(30)
 
 			err := h.sink.Send(ctx(t), points)
@@ -215,11 +216,11 @@ func TestPartialFailureIsNotResent(t *testing.T) {
 					t.Fatalf("second Send: got %v, want nil", err)
 				}
 			}
-			h.fake.checkClean()
-			if n := len(h.fake.bodies); n < 3 {
+			h.fake.CheckClean()
+			if n := len(h.fake.Bodies); n < 3 {
 				t.Errorf("accepted payloads: got %d, want at least 3 (the batch must be split)", n)
 			}
-			if got, want := h.fake.total(), sum(points); got != want {
+			if got, want := h.fake.Total(), sum(points); got != want {
 				t.Errorf("total held by Datadog: got %v, want %v", got, want)
 			}
 		})
@@ -230,8 +231,8 @@ func TestPartialFailureIsNotResent(t *testing.T) {
 // delivered and the refused points are counted.
 func Test400DoesNotBlockOthers(t *testing.T) {
 	h := newHarness(t, Config{MaxUncompressedBytes: 250}, naming.Config{})
-	h.fake.do(func() {
-		h.fake.reject = func(s seriesIn) bool {
+	h.fake.Do(func() {
+		h.fake.Reject = func(s datadogtest.Series) bool {
 			for _, tg := range s.Tags {
 				if tg == "flow:flow005" {
 					return true
@@ -247,14 +248,14 @@ func Test400DoesNotBlockOthers(t *testing.T) {
 	if !flowmetrics.IsPermanent(err) {
 		t.Fatalf("Send: got %v, want a Permanent error", err)
 	}
-	h.fake.checkClean()
+	h.fake.CheckClean()
 	var refused float64
 	for _, p := range points {
 		if p.Flow == "Flow005" {
 			refused += float64(p.Count)
 		}
 	}
-	if got, want := h.fake.total(), sum(points)-refused; got != want {
+	if got, want := h.fake.Total(), sum(points)-refused; got != want {
 		t.Errorf("total held by Datadog: got %v, want %v", got, want)
 	}
 	if got := testutil.ToFloat64(h.m.PointsAdjusted.WithLabelValues(Name, ReasonRejected)); got != 2 {
@@ -274,13 +275,13 @@ func Test400DoesNotBlockOthers(t *testing.T) {
 // sink splits on 413 until the parts fit.
 func Test413Splits(t *testing.T) {
 	h := newHarness(t, Config{}, naming.Config{})
-	h.fake.do(func() { h.fake.maxCompressed = 700 })
+	h.fake.Do(func() { h.fake.MaxCompressed = 700 })
 	points := manyPoints(200)
 	if err := h.sink.Send(ctx(t), points); err != nil {
 		t.Fatalf("Send: got %v, want nil", err)
 	}
-	h.fake.checkClean()
-	if got, want := h.fake.total(), sum(points); got != want {
+	h.fake.CheckClean()
+	if got, want := h.fake.Total(), sum(points); got != want {
 		t.Errorf("total held by Datadog: got %v, want %v", got, want)
 	}
 	if got := testutil.ToFloat64(h.m.SinkFailures.WithLabelValues(Name, "too_large")); got < 1 {
@@ -303,21 +304,21 @@ func TestPayloadLimits(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			h := newHarness(t, Config{MaxPayloadBytes: tt.compressed, MaxUncompressedBytes: tt.uncompr}, naming.Config{})
-			h.fake.do(func() { h.fake.maxCompressed, h.fake.maxUncompressed = tt.compressed, tt.uncompr })
+			h.fake.Do(func() { h.fake.MaxCompressed, h.fake.MaxUncompressed = tt.compressed, tt.uncompr })
 			points := manyPoints(tt.points)
 			if err := h.sink.Send(ctx(t), points); err != nil {
 				t.Fatalf("Send: got %v, want nil", err)
 			}
-			h.fake.checkClean()
-			for _, st := range h.fake.statuses {
+			h.fake.CheckClean()
+			for _, st := range h.fake.Statuses {
 				if st != http.StatusAccepted {
 					t.Errorf("got status %d, want only 202", st)
 				}
 			}
-			if got := len(h.fake.bodies); got < tt.wantAtLeastNPayloads {
+			if got := len(h.fake.Bodies); got < tt.wantAtLeastNPayloads {
 				t.Errorf("payloads: got %d, want at least %d", got, tt.wantAtLeastNPayloads)
 			}
-			if got, want := h.fake.total(), sum(points); got != want {
+			if got, want := h.fake.Total(), sum(points); got != want {
 				t.Errorf("total held by Datadog: got %v, want %v", got, want)
 			}
 		})
@@ -338,12 +339,12 @@ func TestTotalsAcrossSends(t *testing.T) {
 			t.Fatalf("Send %d: got %v, want nil", i, err)
 		}
 	}
-	if got := h.fake.total(); got != 10 {
+	if got := h.fake.Total(); got != 10 {
 		t.Errorf("total held by Datadog: got %v, want 10", got)
 	}
-	k := pointKey{"genesys.flow.metric", "flow:f,metric:m", flowmetrics.BucketStart(t0.Add(-20*time.Second), 10*time.Second).Unix()}
-	h.fake.do(func() {
-		if got := h.fake.store[k]; got != 9 {
+	k := datadogtest.Point{Metric: "genesys.flow.metric", Tags: "flow:f,metric:m", TS: flowmetrics.BucketStart(t0.Add(-20*time.Second), 10*time.Second).Unix()}
+	h.fake.Do(func() {
+		if got := h.fake.Store[k]; got != 9 {
 			t.Errorf("bucket value: got %v, want 9", got)
 		}
 	})
@@ -373,12 +374,12 @@ func TestLatePolicy(t *testing.T) {
 			if err := h.sink.Send(ctx(t), points); err != nil {
 				t.Fatalf("Send: got %v, want nil", err)
 			}
-			h.fake.checkClean()
+			h.fake.CheckClean()
 			got := map[string]int64{}
-			h.fake.do(func() {
-				for k := range h.fake.store {
-					metric := strings.TrimPrefix(strings.Split(k.tags, ",")[1], "metric:")
-					got[metric] = k.ts
+			h.fake.Do(func() {
+				for k := range h.fake.Store {
+					metric := strings.TrimPrefix(strings.Split(k.Tags, ",")[1], "metric:")
+					got[metric] = k.TS
 				}
 			})
 			if fmt.Sprint(got) != fmt.Sprint(tt.wantTS) {
@@ -398,7 +399,7 @@ func TestLatePolicy(t *testing.T) {
 func TestAuthFailure(t *testing.T) {
 	now := t0
 	h := newHarness(t, Config{AuthRetryInterval: time.Minute, Now: func() time.Time { return now }}, naming.Config{})
-	h.fake.do(func() { h.fake.key = "another-key" })
+	h.fake.Do(func() { h.fake.Key = "another-key" })
 	points := []flowmetrics.Point{pt("F", "M", 0, 1)}
 
 	steps := []struct {
@@ -418,7 +419,7 @@ func TestAuthFailure(t *testing.T) {
 			t.Fatalf("step %d: got %v, want a retryable error", i, err)
 		}
 		var reqs int
-		h.fake.do(func() { reqs = h.fake.requests })
+		h.fake.Do(func() { reqs = h.fake.Requests })
 		if reqs != st.wantRequests {
 			t.Errorf("step %d requests: got %d, want %d", i, reqs, st.wantRequests)
 		}
@@ -429,12 +430,12 @@ func TestAuthFailure(t *testing.T) {
 	if strings.Contains(h.logs.String(), testKey) {
 		t.Error("the API key appears in the logs")
 	}
-	h.fake.do(func() { h.fake.key = testKey })
+	h.fake.Do(func() { h.fake.Key = testKey })
 	now = now.Add(time.Minute)
 	if err := h.sink.Send(ctx(t), points); err != nil {
 		t.Fatalf("after the key is fixed: got %v, want nil", err)
 	}
-	if got := h.fake.total(); got != 1 {
+	if got := h.fake.Total(); got != 1 {
 		t.Errorf("total held by Datadog: got %v, want 1", got)
 	}
 	if got := testutil.ToFloat64(h.m.SinkFailures.WithLabelValues(Name, "forbidden")); got != 3 {
@@ -445,8 +446,8 @@ func TestAuthFailure(t *testing.T) {
 // TestDeadlineShorterThanRateLimit: Send does not sleep past its context.
 func TestDeadlineShorterThanRateLimit(t *testing.T) {
 	h := newHarness(t, Config{MaxRetries: 3}, naming.Config{})
-	h.fake.do(func() {
-		h.fake.script = []scripted{{status: http.StatusTooManyRequests, header: http.Header{"X-Ratelimit-Reset": {"60"}}}}
+	h.fake.Do(func() {
+		h.fake.Script = []datadogtest.Response{{Status: http.StatusTooManyRequests, Header: http.Header{"X-Ratelimit-Reset": {"60"}}}}
 	})
 	c, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -462,8 +463,8 @@ func TestDeadlineShorterThanRateLimit(t *testing.T) {
 
 func TestCloseWakesWaitingSend(t *testing.T) {
 	h := newHarness(t, Config{MaxRetries: 3}, naming.Config{})
-	h.fake.do(func() {
-		h.fake.script = []scripted{{status: http.StatusTooManyRequests, header: http.Header{"X-Ratelimit-Reset": {"30"}}}}
+	h.fake.Do(func() {
+		h.fake.Script = []datadogtest.Response{{Status: http.StatusTooManyRequests, Header: http.Header{"X-Ratelimit-Reset": {"30"}}}}
 	})
 	done := make(chan error, 1)
 	go func() { done <- h.sink.Send(ctx(t), []flowmetrics.Point{pt("F", "M", 0, 1)}) }()
@@ -499,8 +500,8 @@ func TestNewNeedsKey(t *testing.T) {
 func TestResumeAfterClockMoved(t *testing.T) {
 	now := t0
 	h := newHarness(t, Config{MaxRetries: 1, MaxUncompressedBytes: 250, Now: func() time.Time { return now }}, naming.Config{})
-	h.fake.do(func() {
-		h.fake.script = []scripted{{status: http.StatusAccepted}, {status: http.StatusServiceUnavailable}, {status: http.StatusServiceUnavailable}}
+	h.fake.Do(func() {
+		h.fake.Script = []datadogtest.Response{{Status: http.StatusAccepted}, {Status: http.StatusServiceUnavailable}, {Status: http.StatusServiceUnavailable}}
 	})
 	points := []flowmetrics.Point{pt("A", "Old", 2*time.Hour, 5), pt("B", "Old", 2*time.Hour, 7), pt("C", "Fresh", 0, 1)}
 	if err := h.sink.Send(ctx(t), points); err == nil {
@@ -510,8 +511,8 @@ func TestResumeAfterClockMoved(t *testing.T) {
 	if err := h.sink.Send(ctx(t), points); err != nil {
 		t.Fatalf("second Send: got %v, want nil", err)
 	}
-	h.fake.checkClean()
-	if got, want := h.fake.total(), sum(points); got != want {
+	h.fake.CheckClean()
+	if got, want := h.fake.Total(), sum(points); got != want {
 		t.Errorf("total held by Datadog: got %v, want %v", got, want)
 	}
 	if got := testutil.ToFloat64(h.m.PointsAdjusted.WithLabelValues(Name, ReasonClampedLate)); got != 2 {

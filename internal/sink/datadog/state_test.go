@@ -10,6 +10,7 @@ import (
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
 	"github.com/flowmetrics/flowmetrics/internal/sink"
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog/datadogtest"
 )
 
 // apply commits u to state as a store would.
@@ -148,7 +149,7 @@ func TestRestoreDropsWhatItCannotRead(t *testing.T) {
 // dies in between resends the whole batch from the committed totals.
 func TestSinkStateOnlyAfterSuccess(t *testing.T) {
 	h := newHarness(t, Config{MaxRetries: 1, MaxUncompressedBytes: 400}, naming.Config{})
-	h.fake.do(func() { h.fake.script = []scripted{{status: 202}, {status: 503}, {status: 503}} })
+	h.fake.Do(func() { h.fake.Script = []datadogtest.Response{{Status: 202}, {Status: 503}, {Status: 503}} })
 	points := manyPoints(10)
 	if err := h.sink.Send(context.Background(), points); err == nil {
 		t.Fatal("first Send: got nil, want the 503")
@@ -168,5 +169,5 @@ func TestSinkStateOnlyAfterSuccess(t *testing.T) {
 	if got := l.Len(); got != len(points) {
 		t.Errorf("committed totals after the resumed Send: got %d, want %d", got, len(points))
 	}
-	h.fake.checkClean()
+	h.fake.CheckClean()
 }

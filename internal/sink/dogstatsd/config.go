@@ -82,11 +82,11 @@ func (r Receiver) Validate(mode datadog.Mode) error {
 		return nil
 	case LambdaExtension:
 		if mode == "" || mode == datadog.Count {
-			return errors.New("dogstatsd: mode count is not exact through the Datadog Lambda Extension: it adds up the counts that share a name, tags and 10-second bucket until its next flush, so the running totals count mode sends would be summed (an overcount), and Datadog keeps only the last value of each flush; use mode distribution (FLOWMETRICS_DATADOG_MODE=distribution, the default in Lambda), or the datadog API sink for count mode")
+			return errors.New("mode count is not exact through the Datadog Lambda Extension: it adds up the counts that share a name, tags and 10-second bucket until its next flush, so the running totals count mode sends would be summed (an overcount), and Datadog keeps only the last value of each flush; use mode distribution (FLOWMETRICS_DATADOG_MODE=distribution, the default in Lambda), or the datadog API sink for count mode")
 		}
 		return nil
 	default:
-		return fmt.Errorf("dogstatsd.receiver %q: want agent or lambda_extension", string(r))
+		return fmt.Errorf("receiver %q: want agent or lambda_extension", string(r))
 	}
 }
 
@@ -98,19 +98,19 @@ func (c Config) Validate() error {
 		}
 	}
 	if err := c.Mode.Validate(); err != nil {
-		return fmt.Errorf("dogstatsd.%w", err)
+		return fmt.Errorf("mode %w", err)
 	}
 	if err := c.LatePolicy.Validate(); err != nil {
-		return fmt.Errorf("dogstatsd.%w", err)
+		return fmt.Errorf("late_policy %w", err)
 	}
 	if err := c.Receiver.Validate(c.Mode); err != nil {
 		return err
 	}
 	if c.WriteTimeout < 0 {
-		return errors.New("dogstatsd.write_timeout: must not be negative")
+		return errors.New("write_timeout: must not be negative")
 	}
 	if c.MaxDatagramBytes < 0 || c.MaxDatagramBytes > 65467 {
-		return errors.New("dogstatsd.max_datagram_bytes: must be between 1 and 65467")
+		return errors.New("max_datagram_bytes: must be between 1 and 65467")
 	}
 	return nil
 }
@@ -121,20 +121,20 @@ func validateAddr(a string) error {
 	for _, p := range socketPrefixes {
 		if path, ok := strings.CutPrefix(a, p); ok {
 			if !strings.HasPrefix(path, "/") {
-				return fmt.Errorf("dogstatsd.addr %q: want an absolute socket path, e.g. unix:///var/run/datadog/dsd.socket", a)
+				return fmt.Errorf("addr %q: want an absolute socket path, e.g. unix:///var/run/datadog/dsd.socket", a)
 			}
 			return nil
 		}
 	}
 	host, port, err := net.SplitHostPort(strings.TrimPrefix(a, "udp://"))
 	if err != nil {
-		return fmt.Errorf("dogstatsd.addr %q: want host:port or unix:///path: %v", a, err)
+		return fmt.Errorf("addr %q: want host:port or unix:///path: %v", a, err)
 	}
 	if host == "" {
-		return fmt.Errorf("dogstatsd.addr %q: empty host", a)
+		return fmt.Errorf("addr %q: empty host", a)
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("dogstatsd.addr %q: bad port", a)
+		return fmt.Errorf("addr %q: bad port", a)
 	}
 	return nil
 }

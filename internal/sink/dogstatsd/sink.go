@@ -54,7 +54,7 @@ type Sink struct {
 // up yet is not an error here. m and log may be nil.
 func New(cfg Config, d sink.Deps) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("dogstatsd: %w", err)
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

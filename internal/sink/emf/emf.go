@@ -76,10 +76,10 @@ func (c Config) withDefaults() Config {
 func (c Config) Validate() error {
 	c = c.withDefaults()
 	if err := validNamespace(c.Namespace); err != nil {
-		return fmt.Errorf("emf.namespace %q: %w", c.Namespace, err)
+		return fmt.Errorf("namespace %q: %w", c.Namespace, err)
 	}
 	if c.StorageResolution != 1 && c.StorageResolution != 60 {
-		return fmt.Errorf("emf.storage_resolution %d: must be 1 or 60", c.StorageResolution)
+		return fmt.Errorf("storage_resolution %d: must be 1 or 60", c.StorageResolution)
 	}
 	return nil
 }
@@ -124,7 +124,7 @@ type Sink struct {
 // with. New and serve's config check (-check-config) share it.
 func (c Config) CheckNaming(namer *naming.Namer) error {
 	if c.OmitFlowDimensions && namer.Name("\x00a", "\x00b") == namer.Name("\x00c", "\x00d") {
-		return errors.New("emf.omit_flow_dimensions: needs naming.template, or every flow would add up in one metric")
+		return errors.New("omit_flow_dimensions: needs naming.template, or every flow would add up in one metric")
 	}
 	return nil
 }
@@ -135,13 +135,13 @@ func (c Config) CheckNaming(namer *naming.Namer) error {
 func New(cfg Config, d sink.Deps) (*Sink, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("emf: %w", err)
 	}
 	d = d.WithDefaults()
 	namer, m, log := d.Namer, d.Metrics, d.Log
 	s := &Sink{cfg: cfg, namer: namer, m: m, log: log.With("sink", Name)}
 	if err := cfg.CheckNaming(namer); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("emf: %w", err)
 	}
 	if !cfg.OmitFlowDimensions {
 		s.dimKeys = []string{"flow", "metric"}

@@ -15,6 +15,11 @@
 // with other counts than the first time. The sink is a flowmetrics.Holder: the
 // drainer sends it an empty batch when a held window is due.
 //
+// Path points (a flowmetrics.PathSink) are streams too: exits, funnels
+// and experiments monotonic Sums of conversations, step timings and
+// timings explicit-bucket Histograms in seconds, windows sent by the same
+// rule (see paths.go).
+//
 // Retries follow OTLP/HTTP: only no answer, 429, 502, 503 and 504 are
 // retried (Send returns an error; the pipeline sends the same batch again
 // with jittered backoff and the sink does not count it twice), a

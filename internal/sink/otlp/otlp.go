@@ -25,6 +25,7 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
+	"github.com/flowmetrics/flowmetrics/internal/paths"
 	"github.com/flowmetrics/flowmetrics/internal/sink"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
@@ -100,6 +101,10 @@ type Config struct {
 	// MaxPointsPerRequest bounds one request (default 1000 data points);
 	// a 413 splits it further.
 	MaxPointsPerRequest int `yaml:"max_points_per_request"`
+	// DurationBuckets are the explicit bucket bounds, in seconds, of the
+	// step timing and timing histograms (default: the Prometheus sink's,
+	// 1 s to 4 h).
+	DurationBuckets []float64 `yaml:"duration_buckets"`
 
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time `yaml:"-"`
@@ -110,41 +115,44 @@ func (c Config) Validate() error {
 	if c.Endpoint != "" {
 		u, err := url.Parse(c.Endpoint)
 		if err != nil {
-			return fmt.Errorf("otlp.endpoint %q: %w", c.Endpoint, err)
+			return fmt.Errorf("endpoint %q: %w", c.Endpoint, err)
 		}
 		if u.Scheme != "http" && u.Scheme != "https" {
-			return fmt.Errorf("otlp.endpoint %q: must be an http:// or https:// URL", c.Endpoint)
+			return fmt.Errorf("endpoint %q: must be an http:// or https:// URL", c.Endpoint)
 		}
 		if u.Host == "" {
-			return fmt.Errorf("otlp.endpoint %q: host required", c.Endpoint)
+			return fmt.Errorf("endpoint %q: host required", c.Endpoint)
 		}
 		if c.Insecure && u.Scheme == "https" {
-			return fmt.Errorf("otlp.insecure: contradicts the https endpoint %q", c.Endpoint)
+			return fmt.Errorf("insecure: contradicts the https endpoint %q", c.Endpoint)
 		}
 	}
 	for k := range c.Headers {
 		if k == "" || strings.ContainsAny(k, " :\r\n") {
-			return fmt.Errorf("otlp.headers: bad header name %q", k)
+			return fmt.Errorf("headers: bad header name %q", k)
 		}
 	}
 	switch c.Compression {
 	case "", "gzip", "none":
 	default:
-		return fmt.Errorf("otlp.compression %q: must be gzip or none", c.Compression)
+		return fmt.Errorf("compression %q: must be gzip or none", c.Compression)
 	}
 	if c.Timeout < 0 {
-		return fmt.Errorf("otlp.timeout %v: must not be negative", c.Timeout)
+		return fmt.Errorf("timeout %v: must not be negative", c.Timeout)
 	}
 	switch c.Temporality {
 	case "", Delta, Cumulative:
 	default:
-		return fmt.Errorf("otlp.temporality %q: must be delta or cumulative", c.Temporality)
+		return fmt.Errorf("temporality %q: must be delta or cumulative", c.Temporality)
 	}
 	if c.Watermark < 0 || c.Watermark > time.Hour {
-		return fmt.Errorf("otlp.watermark %v: must be between 0 and 1h", c.Watermark)
+		return fmt.Errorf("watermark %v: must be between 0 and 1h", c.Watermark)
 	}
 	if c.MaxPointsPerRequest < 0 {
-		return fmt.Errorf("otlp.max_points_per_request %d: must not be negative", c.MaxPointsPerRequest)
+		return fmt.Errorf("max_points_per_request %d: must not be negative", c.MaxPointsPerRequest)
+	}
+	if err := paths.ValidBuckets(c.DurationBuckets); err != nil {
+		return fmt.Errorf("otlp.duration_buckets: %w", err)
 	}
 	return nil
 }
@@ -175,9 +183,16 @@ type Sink struct {
 	ws       *windows
 	// merged: the last Send merged its points but did not finish sending;
 	// the pipeline sends the same batch again, which must not be merged
-	// twice. fp identifies it.
-	merged   bool
-	mergedFP uint64
+	// twice. fp identifies it. pathsMerged and pathsFP: the same for
+	// SendPaths.
+	merged      bool
+	mergedFP    uint64
+	pathsMerged bool
+	pathsFP     uint64
+	// frozen: windows were closed since the last TakeState, so their
+	// closing is not committed yet and they must not be sent (SendPaths
+	// after Send in one batch).
+	frozen bool
 	// notBefore: no request before this time (a Retry-After).
 	notBefore  time.Time
 	lastForget time.Time
@@ -190,7 +205,7 @@ type Sink struct {
 // the environment but does not touch the network.
 func New(cfg Config, d sink.Deps) (*Sink, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("otlp: %w", err)
 	}
 	d = d.WithDefaults()
 	namer, m, log := d.Namer, d.Metrics, d.Log
@@ -220,11 +235,15 @@ func New(cfg Config, d sink.Deps) (*Sink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("otlp: resource: %w", err)
 	}
+	bounds := cfg.DurationBuckets
+	if len(bounds) == 0 {
+		bounds = paths.DefaultDurationBuckets
+	}
 	s := &Sink{
 		m: m, log: log.With("sink", Name), namer: namer, client: client, url: u, headers: headers,
 		gzip: comp == "gzip", cumulative: cfg.Temporality == Cumulative,
 		watermark: cfg.Watermark, maxPoints: cfg.MaxPointsPerRequest, flushClose: d.Ephemeral,
-		now: cfg.Now, sleep: sleep, ws: newWindows(),
+		now: cfg.Now, sleep: sleep, ws: newWindows(bounds),
 		resource: &resourcepb.Resource{Attributes: keyValues(res.Attributes())},
 	}
 	if s.watermark == 0 {
@@ -239,7 +258,7 @@ func New(cfg Config, d sink.Deps) (*Sink, error) {
 	for _, t := range namer.Static() {
 		s.static = append(s.static, str(t.Key, t.Value))
 	}
-	for _, r := range []string{ReasonLate, ReasonFuture, ReasonRejected} {
+	for _, r := range []string{ReasonLate, ReasonLatePath, ReasonFuture, ReasonRejected} {
 		m.PointsAdjusted.WithLabelValues(Name, r)
 	}
 	return s, nil
@@ -258,7 +277,7 @@ func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
 		s.log.Error("unreadable sink state keys dropped; their streams restart at the present", "keys", len(bad), "first", bad[0])
 		s.m.PointsAdjusted.WithLabelValues(Name, "state_unreadable").Add(float64(len(bad)))
 	}
-	s.merged = false
+	s.merged, s.pathsMerged, s.frozen = false, false, false
 	s.restored = true
 	return nil
 }
@@ -266,6 +285,7 @@ func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
 // TakeState implements flowmetrics.StatefulSink: the streams changed since
 // the last call (nil values for forgotten streams).
 func (s *Sink) TakeState() flowmetrics.StateUpdate {
+	s.frozen = false
 	up, err := s.ws.take()
 	if err != nil {
 		s.log.Error("cannot encode sink state", "err", err)
@@ -311,13 +331,20 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	if err := s.flush(ctx); err != nil {
 		return err
 	}
-	s.ws.close(now.Add(-s.watermark).UnixNano(), s.cumulative)
+	s.closeDue(now)
 	s.merged = false
 	if now.Sub(s.lastForget) > time.Minute {
 		s.ws.forget(now.Add(-streamTTL).UnixNano())
 		s.lastForget = now
 	}
 	return nil
+}
+
+// closeDue closes the windows whose watermark has passed by now.
+func (s *Sink) closeDue(now time.Time) {
+	if s.ws.close(now.Add(-s.watermark).UnixNano(), s.cumulative) > 0 {
+		s.frozen = true
+	}
 }
 
 // merge counts points into the open windows.
@@ -340,14 +367,16 @@ func (s *Sink) merge(points []flowmetrics.Point, now time.Time) {
 		}
 		s.ws.add(name, p.Flow, p.Metric, p.Bucket, w, p.Count, now, &a)
 	}
-	if a.late > 0 {
-		s.m.PointsAdjusted.WithLabelValues(Name, ReasonLate).Add(float64(a.late))
-	}
-	if a.future > 0 {
-		s.m.PointsAdjusted.WithLabelValues(Name, ReasonFuture).Add(float64(a.future))
-	}
-	if a.coalesced > 0 {
-		s.m.PointsAdjusted.WithLabelValues(Name, ReasonCoalesced).Add(float64(a.coalesced))
+	s.adjusted(a, ReasonLate)
+}
+
+// adjusted counts what a merge counted other than at its own bucket; late
+// is the reason of the late ones (occurrences or path points).
+func (s *Sink) adjusted(a adjust, late string) {
+	for reason, n := range map[string]int64{late: a.late, ReasonFuture: a.future, ReasonCoalesced: a.coalesced} {
+		if n > 0 {
+			s.m.PointsAdjusted.WithLabelValues(Name, reason).Add(float64(n))
+		}
 	}
 }
 
@@ -481,17 +510,50 @@ func (s *Sink) request(ds []due) *metricpb.MetricsData {
 		temp = metricpb.AggregationTemporality_AGGREGATION_TEMPORALITY_CUMULATIVE
 	}
 	var names []string
-	sums := map[string]*metricpb.Sum{}
+	metrics := map[string]*metricpb.Metric{}
 	for _, d := range ds {
-		sum := sums[d.st.Name]
-		if sum == nil {
-			sum = &metricpb.Sum{AggregationTemporality: temp, IsMonotonic: true}
-			sums[d.st.Name] = sum
-			names = append(names, d.st.Name)
+		// Keyed by type too: a naming.template could give a count the
+		// name of a histogram of paths.
+		key := d.st.Name
+		if d.h != nil {
+			key += "\x00h"
 		}
-		attrs := make([]*commonpb.KeyValue, 0, 2+len(s.static))
-		attrs = append(attrs, str("flow", d.st.Flow), str("metric", d.st.Metric))
+		m := metrics[key]
+		if m == nil {
+			m = s.metric(d, temp)
+			metrics[key] = m
+			names = append(names, key)
+		}
+		attrs := make([]*commonpb.KeyValue, 0, 3+len(s.static))
+		if d.st.Kind == "" {
+			attrs = append(attrs, str("flow", d.st.Flow), str("metric", d.st.Metric))
+		}
+		for i := 0; i+1 < len(d.st.Attrs); i += 2 {
+			attrs = append(attrs, str(d.st.Attrs[i], d.st.Attrs[i+1]))
+		}
 		attrs = append(attrs, s.static...)
+		if h := d.h; h != nil {
+			bounds := h.bounds(d.st)
+			sum, lo, hi := float64(h.Sum)/1e9, float64(h.Min)/1e9, float64(h.Max)/1e9
+			counts := make([]uint64, len(h.B))
+			for i, c := range h.B {
+				counts[i] = uint64(c)
+			}
+			hist := m.Data.(*metricpb.Metric_Histogram).Histogram
+			hist.DataPoints = append(hist.DataPoints, &metricpb.HistogramDataPoint{
+				Attributes:        attrs,
+				StartTimeUnixNano: uint64(d.start()),
+				TimeUnixNano:      uint64(d.end()),
+				Count:             uint64(h.N),
+				Sum:               &sum,
+				BucketCounts:      counts,
+				ExplicitBounds:    bounds,
+				Min:               &lo,
+				Max:               &hi,
+			})
+			continue
+		}
+		sum := m.Data.(*metricpb.Metric_Sum).Sum
 		sum.DataPoints = append(sum.DataPoints, &metricpb.NumberDataPoint{
 			Attributes:        attrs,
 			StartTimeUnixNano: uint64(d.start()),
@@ -502,12 +564,7 @@ func (s *Sink) request(ds []due) *metricpb.MetricsData {
 	sort.Strings(names)
 	ms := make([]*metricpb.Metric, 0, len(names))
 	for _, n := range names {
-		ms = append(ms, &metricpb.Metric{
-			Name:        n,
-			Description: "Occurrences of Genesys Cloud flow metric attributes, counted once per conversation.",
-			Unit:        Unit,
-			Data:        &metricpb.Metric_Sum{Sum: sums[n]},
-		})
+		ms = append(ms, metrics[n])
 	}
 	return &metricpb.MetricsData{ResourceMetrics: []*metricpb.ResourceMetrics{{
 		Resource: s.resource,
@@ -516,6 +573,27 @@ func (s *Sink) request(ds []due) *metricpb.MetricsData {
 			Metrics: ms,
 		}},
 	}}}
+}
+
+// metric is the metric of d's stream, with no data points yet: a
+// monotonic Sum of occurrences or of conversations, or a Histogram of
+// seconds.
+func (s *Sink) metric(d due, temp metricpb.AggregationTemporality) *metricpb.Metric {
+	if d.st.Kind == "" {
+		return &metricpb.Metric{
+			Name:        d.st.Name,
+			Description: "Occurrences of Genesys Cloud flow metric attributes, counted once per conversation.",
+			Unit:        Unit,
+			Data:        &metricpb.Metric_Sum{Sum: &metricpb.Sum{AggregationTemporality: temp, IsMonotonic: true}},
+		}
+	}
+	pm := pathMetrics[pathKind(d.st.Kind)]
+	if d.h != nil {
+		return &metricpb.Metric{Name: d.st.Name, Description: pm.descr, Unit: SecondsUnit,
+			Data: &metricpb.Metric_Histogram{Histogram: &metricpb.Histogram{AggregationTemporality: temp}}}
+	}
+	return &metricpb.Metric{Name: d.st.Name, Description: pm.descr, Unit: PathUnit,
+		Data: &metricpb.Metric_Sum{Sum: &metricpb.Sum{AggregationTemporality: temp, IsMonotonic: true}}}
 }
 
 func str(k, v string) *commonpb.KeyValue {

@@ -371,7 +371,7 @@ func TestValidate(t *testing.T) {
 		{"empty uses env", Config{}, ""},
 		{"full", Config{Endpoint: "https://otlp.example.com:4318", Headers: map[string]string{"Authorization": "Bearer x"}, Compression: "gzip", Timeout: time.Second}, ""},
 		{"insecure", Config{Insecure: true}, ""},
-		{"no scheme", Config{Endpoint: "127.0.0.1:4318"}, "otlp.endpoint"},
+		{"no scheme", Config{Endpoint: "127.0.0.1:4318"}, `endpoint "127.0.0.1:4318"`},
 		{"host only", Config{Endpoint: "localhost:4318"}, "http:// or https://"},
 		{"grpc scheme", Config{Endpoint: "grpc://127.0.0.1:4317"}, "http:// or https://"},
 		{"insecure https", Config{Endpoint: "https://x:4318", Insecure: true}, "contradicts"},

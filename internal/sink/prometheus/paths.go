@@ -5,8 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"fmt"
-	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -16,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/paths"
 )
 
 // The series of conversation paths. Counters count conversations (one per
@@ -29,24 +28,12 @@ const (
 )
 
 // DefaultDurationBuckets are the histogram buckets of step timings and
-// timings, in seconds: a self-service step takes seconds, a queue minutes,
-// an agent call up to hours, so the buckets go from 1 s to 4 h, about two
-// to three per decade (histogram_quantile interpolates within a bucket, so
-// a quantile is as precise as its bucket is narrow).
-var DefaultDurationBuckets = []float64{1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400}
+// timings, in seconds (1 s to 4 h): paths.DefaultDurationBuckets, which
+// the OTLP sink shares.
+var DefaultDurationBuckets = paths.DefaultDurationBuckets
 
 // ValidBuckets checks a bucket list: increasing, finite, at most 50.
-func ValidBuckets(b []float64) error {
-	if len(b) > 50 {
-		return fmt.Errorf("%d buckets, at most 50", len(b))
-	}
-	for i, v := range b {
-		if math.IsNaN(v) || math.IsInf(v, 0) || (i > 0 && v <= b[i-1]) {
-			return fmt.Errorf("buckets must be finite and increasing: %v", b)
-		}
-	}
-	return nil
-}
+func ValidBuckets(b []float64) error { return paths.ValidBuckets(b) }
 
 // pathKind is how each kind of path point shows in Prometheus.
 var pathKinds = map[flowmetrics.PathKind]struct {

@@ -45,14 +45,14 @@ var validName = regexp.MustCompile(`^[a-zA-Z_:][a-zA-Z0-9_:]*$`)
 // Validate checks the section.
 func (c Config) Validate() error {
 	if c.Name != "" && !validName.MatchString(c.Name) {
-		return fmt.Errorf("sinks.prometheus.name %q: not a valid Prometheus metric name", c.Name)
+		return fmt.Errorf("name %q: not a valid Prometheus metric name", c.Name)
 	}
 	if err := ValidBuckets(c.DurationBuckets); err != nil {
-		return fmt.Errorf("sinks.prometheus.duration_buckets: %w", err)
+		return fmt.Errorf("duration_buckets: %w", err)
 	}
 	for _, n := range []string{ExitName, StepName, TimingName, FunnelName, ExperimentName} {
 		if c.Name == n {
-			return fmt.Errorf("sinks.prometheus.name %q: the name of a path series", c.Name)
+			return fmt.Errorf("name %q: the name of a path series", c.Name)
 		}
 	}
 	return nil

@@ -72,31 +72,31 @@ func (c Config) withDefaults() Config {
 func (c Config) Validate() error {
 	c = c.withDefaults()
 	if c.Addr == "" {
-		return errors.New("statsd.addr: required (host:port)")
+		return errors.New("addr: required (host:port)")
 	}
 	host, port, err := net.SplitHostPort(c.Addr)
 	if err != nil {
-		return fmt.Errorf("statsd.addr %q: %w", c.Addr, err)
+		return fmt.Errorf("addr %q: %w", c.Addr, err)
 	}
 	if host == "" {
-		return fmt.Errorf("statsd.addr %q: host required", c.Addr)
+		return fmt.Errorf("addr %q: host required", c.Addr)
 	}
 	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return fmt.Errorf("statsd.addr %q: bad port", c.Addr)
+		return fmt.Errorf("addr %q: bad port", c.Addr)
 	}
 	if c.MaxDatagram < 64 || c.MaxDatagram > 65507 {
-		return fmt.Errorf("statsd.max_datagram %d: must be between 64 and 65507", c.MaxDatagram)
+		return fmt.Errorf("max_datagram %d: must be between 64 and 65507", c.MaxDatagram)
 	}
 	switch c.TagStyle {
 	case TagStyleNone, TagStyleGraphite, TagStyleDogStatsD:
 	default:
-		return fmt.Errorf("statsd.tag_style %q: must be none, graphite or dogstatsd", c.TagStyle)
+		return fmt.Errorf("tag_style %q: must be none, graphite or dogstatsd", c.TagStyle)
 	}
 	if c.ConfirmWait < 100*time.Microsecond || c.ConfirmWait > time.Second {
-		return fmt.Errorf("statsd.confirm_wait %v: must be between 100µs and 1s", c.ConfirmWait)
+		return fmt.Errorf("confirm_wait %v: must be between 100µs and 1s", c.ConfirmWait)
 	}
 	if strings.ContainsAny(c.Prefix, ":|@\n;#, ") {
-		return fmt.Errorf("statsd.prefix %q: must not contain ':|@;#,', spaces or newlines", c.Prefix)
+		return fmt.Errorf("prefix %q: must not contain ':|@;#,', spaces or newlines", c.Prefix)
 	}
 	return nil
 }
@@ -136,7 +136,7 @@ type Sink struct {
 func New(cfg Config, d sink.Deps) (*Sink, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("statsd: %w", err)
 	}
 	d = d.WithDefaults()
 	namer, m, log := d.Namer, d.Metrics, d.Log

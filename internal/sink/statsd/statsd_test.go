@@ -47,8 +47,8 @@ func TestValidate(t *testing.T) {
 	}{
 		{"minimal", Config{Addr: "127.0.0.1:8125"}, ""},
 		{"hostname", Config{Addr: "statsd.local:8125", TagStyle: "dogstatsd", MaxDatagram: 8932}, ""},
-		{"no addr", Config{}, "statsd.addr: required"},
-		{"no port", Config{Addr: "127.0.0.1"}, "statsd.addr"},
+		{"no addr", Config{}, "addr: required"},
+		{"no port", Config{Addr: "127.0.0.1"}, `addr "127.0.0.1"`},
 		{"bad port", Config{Addr: "127.0.0.1:99999"}, "bad port"},
 		{"no host", Config{Addr: ":8125"}, "host required"},
 		{"tiny datagram", Config{Addr: "127.0.0.1:8125", MaxDatagram: 10}, "max_datagram"},

@@ -312,13 +312,14 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	now := s.opts.Now()
 	b := s.db.NewBatch()
 	defer b.Close()
-	// A conversation may appear twice in one batch: the second request must
-	// see the first one's keys, which are only in the batch so far.
-	staged := map[string]*staged{}
 	var out []flowmetrics.Occurrence
 	var paths map[string]*stagedPath
 	if s.opts.Paths != nil {
 		paths = map[string]*stagedPath{}
+	}
+	staged, err := s.stageAll(reqs, &refused, now)
+	if err != nil {
+		return nil, err
 	}
 	for i, r := range reqs {
 		if refused.Has(i) {
@@ -333,23 +334,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 			continue
 		}
 		c := staged[r.ConversationID]
-		if c == nil {
-			if c, err = s.stage(r.ConversationID, now); err != nil {
-				return nil, err
-			}
-			staged[r.ConversationID] = c
-		}
-		var lookupErr error
-		fresh := store.FilterNew(r.Occurrences, func(k string) bool {
-			held, err := s.holds(c, k)
-			if err != nil && lookupErr == nil {
-				lookupErr = err
-			}
-			return held
-		})
-		if lookupErr != nil {
-			return nil, lookupErr
-		}
+		fresh := store.FilterNew(r.Occurrences, c.holds)
 		if len(fresh) == 0 {
 			continue
 		}
@@ -405,56 +390,141 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 }
 
 // staged is a conversation within one Claim: its header as it will be
-// written and the keys the batch adds.
+// written, the keys of the batch's requests the store holds, and the keys
+// the batch adds.
 type staged struct {
 	id     string
 	h      header
-	stored int // keys of this epoch already in the store
+	stored int                 // keys of this epoch already in the store
+	held   map[string]struct{} // keys of the batch's requests found stored
 	added  map[string]struct{}
 	dirty  bool
 	prefix []byte // m/<len><id>
 }
 
-// stage reads a conversation's header; an expired conversation starts a
-// new epoch, in which it holds nothing.
-func (s *Store) stage(id string, now time.Time) (*staged, error) {
-	h, ok, err := s.header(id)
+// stageAll reads what the batch's requests need of the store: the header
+// of each conversation with occurrences (an expired one starts a new
+// epoch, in which it holds nothing), then which of the requested keys each
+// holds. Both go through one iterator, each in key order: a seek that only
+// moves forward reuses the tables, blocks and positions of the one before,
+// where a Get each started over, and Bloom filters still answer the keys
+// the store does not hold. A conversation that appears twice in the batch
+// is staged once, so the second request sees the keys the first adds.
+func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusals, now time.Time) (map[string]*staged, error) {
+	convs := map[string]*staged{}
+	var ids []string
+	for i, r := range reqs {
+		if refused.Has(i) || len(r.Occurrences) == 0 {
+			continue
+		}
+		if _, ok := convs[r.ConversationID]; !ok {
+			convs[r.ConversationID] = nil
+			ids = append(ids, r.ConversationID)
+		}
+	}
+	if len(ids) == 0 {
+		return convs, nil
+	}
+	it, err := s.db.NewIter(nil)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("pebblestore: claim: %w", err)
 	}
-	c := &staged{id: id, prefix: keyPrefixOf(id)}
-	switch {
-	case !ok:
-	case s.opts.Expired(time.Unix(0, h.changed), now):
-		c.h.epoch = h.epoch + 1
-	default:
-		c.h = h
-		c.stored = h.keys
+	defer it.Close()
+	sort.Strings(ids)
+	var key []byte
+	for _, id := range ids {
+		c := &staged{id: id, prefix: keyPrefixOf(id)}
+		convs[id] = c
+		key = append(append(key[:0], headerPrefix...), id...)
+		if !seek(it, key) {
+			if err := it.Error(); err != nil {
+				return nil, fmt.Errorf("pebblestore: read conversation %q: %w", id, err)
+			}
+			continue
+		}
+		h, err := decodeHeader(it.Value())
+		if err != nil {
+			return nil, fmt.Errorf("pebblestore: conversation %q: %w", id, err)
+		}
+		if s.opts.Expired(time.Unix(0, h.changed), now) {
+			c.h.epoch = h.epoch + 1
+		} else {
+			c.h, c.stored = h, h.keys
+		}
 	}
-	return c, nil
+
+	// The keys to look up, each once, all in one buffer.
+	type lookup struct {
+		c          *staged
+		k          string
+		start, end int // the store key in buf
+	}
+	var lookups []lookup
+	var buf []byte
+	seen := map[*staged]map[string]struct{}{}
+	for i, r := range reqs {
+		if refused.Has(i) || len(r.Occurrences) == 0 {
+			continue
+		}
+		c := convs[r.ConversationID]
+		if c.stored == 0 {
+			continue
+		}
+		ks := seen[c]
+		if ks == nil {
+			ks = map[string]struct{}{}
+			seen[c] = ks
+		}
+		for _, o := range r.Occurrences {
+			if _, dup := ks[o.Key]; dup {
+				continue
+			}
+			ks[o.Key] = struct{}{}
+			start := len(buf)
+			buf = append(append(buf, c.prefix...), o.Key...)
+			lookups = append(lookups, lookup{c, o.Key, start, len(buf)})
+		}
+	}
+	sort.Slice(lookups, func(i, j int) bool {
+		a, b := lookups[i], lookups[j]
+		return bytes.Compare(buf[a.start:a.end], buf[b.start:b.end]) < 0
+	})
+	for _, l := range lookups {
+		if !seek(it, buf[l.start:l.end]) {
+			if err := it.Error(); err != nil {
+				return nil, fmt.Errorf("pebblestore: read conversation %q: %w", l.c.id, err)
+			}
+			continue
+		}
+		epoch, n := binary.Uvarint(it.Value())
+		if n <= 0 {
+			return nil, fmt.Errorf("pebblestore: conversation %q: key %q: %w", l.c.id, l.k, errCorrupt)
+		}
+		if epoch == l.c.h.epoch {
+			if l.c.held == nil {
+				l.c.held = map[string]struct{}{}
+			}
+			l.c.held[l.k] = struct{}{}
+		}
+	}
+	return convs, nil
 }
 
-// holds reports whether c holds key k in its epoch.
-func (s *Store) holds(c *staged, k string) (bool, error) {
+// seek positions it at key and reports whether the store holds key. The
+// whole key is Pebble's prefix (the default comparer's Split), so a prefix
+// seek is a point lookup that consults the Bloom filters.
+func seek(it *pebble.Iterator, key []byte) bool {
+	return it.SeekPrefixGE(key) && bytes.Equal(it.Key(), key)
+}
+
+// holds reports whether c holds key k: stored before the batch (as
+// stageAll found) or added by it.
+func (c *staged) holds(k string) bool {
 	if _, ok := c.added[k]; ok {
-		return true, nil
+		return true
 	}
-	if c.stored == 0 {
-		return false, nil
-	}
-	v, closer, err := s.db.Get(c.keyOf(k))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
-	}
-	defer closer.Close()
-	epoch, n := binary.Uvarint(v)
-	if n <= 0 {
-		return false, fmt.Errorf("pebblestore: conversation %q: key %q: %w", c.id, k, errCorrupt)
-	}
-	return epoch == c.h.epoch, nil
+	_, ok := c.held[k]
+	return ok
 }
 
 func (c *staged) add(k string) {
