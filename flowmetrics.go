@@ -141,10 +141,18 @@ type PathOptions struct {
 	// Grace is how long after a conversation's customer.end event
 	// attribute events still in flight are waited for.
 	Grace time.Duration
-	// Idle closes a conversation that got no new occurrence for this long
-	// and no customer.end event.
+	// Idle closes a conversation that got no event for this long and no
+	// customer.end event.
 	Idle time.Duration
 }
+
+// Step is how coarsely an open path's idle deadline follows events that
+// bring only known keys (a sixteenth of Idle): a store writes such a
+// conversation's deadline at most once per Step, and the pipeline tells
+// the store of a conversation whose events its known-key cache answers
+// at most once per Step. A path then closes between Idle and Idle+Step
+// after its last event.
+func (o PathOptions) Step() time.Duration { return o.Idle / 16 }
 
 // ErrPathsUnsupported is ClosePaths' error from a store that cannot close
 // paths (yet), or was opened without PathOptions.
@@ -217,7 +225,9 @@ type Store interface {
 	// at asOf, and returns how many it closed. With paths on (PathOptions),
 	// Claim keeps each conversation's close deadline: Grace after the
 	// first request with Ended (later ones do not postpone it), otherwise
-	// Idle after the last request that claimed a new key. A due
+	// between Idle and Idle+Step after the conversation's last request
+	// (exactly Idle when that request claimed a new key and none before it
+	// brought only known keys; see PathOptions.Step). A due
 	// conversation is found through an index ordered by deadline, never by
 	// scanning every conversation. For each one ClosePaths calls derive
 	// with its claimed keys, and writes, in ONE atomic durable write (like

@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 )
 
 var binary string
@@ -109,24 +111,13 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 func occurrenceEvent(i int) string {
 	at := time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * 10 * time.Second)
 	conv := fmt.Sprintf("c0ffee00-0000-4000-8000-%012d", i)
-	ev := map[string]any{
-		"version": "0", "id": fmt.Sprintf("id-%d", i),
-		"detail-type": "v2.detail.events.conversation.{id}.attributes",
-		"source":      "aws.partner/genesys.com/cloud/org/x",
-		"detail": map[string]any{
-			"topicName": "v2.detail.events.conversation." + conv + ".attributes",
-			"version":   "2",
-			"eventBody": map[string]any{
-				"eventTime": at.UnixMilli(), "conversationId": conv, "participantId": "p1",
-				"attributes": map[string]string{
-					"CrashTestMetric_Reached(" + at.Format(time.RFC3339Nano) + ")": "",
-					"Language": "en-US",
-				},
-			},
+	return string(genesys.Envelope{
+		Conversation: conv, Participant: "p1", Time: at, ID: fmt.Sprintf("id-%d", i), Source: "aws.partner/genesys.com/cloud/org/x",
+		Attributes: map[string]string{
+			"CrashTestMetric_Reached(" + at.Format(time.RFC3339Nano) + ")": "",
+			"Language": "en-US",
 		},
-	}
-	b, _ := json.Marshal(ev)
-	return string(b)
+	}.JSON())
 }
 
 // TestSIGKILLLosesNothing is a kill storm: four clients post events to

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 )
 
 // floodBody is an NDJSON body of just under size bytes: events of distinct
@@ -31,18 +33,12 @@ func floodBody(first, size, metricsPer int) ([]byte, int) {
 			"Notes": strings.Repeat("x", 4000),
 		}
 		for m := range metricsPer {
-			attrs[fmt.Sprintf("FloodMetric_Step%d(%s)", m, at.Add(time.Duration(n)*time.Second).Format("2006-01-02T15:04:05.000Z"))] = ""
+			attrs[genesys.AttributeName("Flood", fmt.Sprintf("Step%d", m), at.Add(time.Duration(n)*time.Second))] = ""
 		}
-		ev, _ := json.Marshal(map[string]any{
-			"version": "0", "id": "ev-" + conv,
-			"detail-type": "v2.detail.events.conversation.{id}.attributes",
-			"source":      "aws.partner/genesys.com/cloud/org/flood",
-			"detail": map[string]any{
-				"topicName": "v2.detail.events.conversation." + conv + ".attributes",
-				"version":   "2",
-				"eventBody": map[string]any{"eventTime": at.UnixMilli(), "conversationId": conv, "participantId": "p1", "attributes": attrs},
-			},
-		})
+		ev := genesys.Envelope{
+			Conversation: conv, Participant: "p1", Time: at, Attributes: attrs,
+			ID: "ev-" + conv, Source: "aws.partner/genesys.com/cloud/org/flood",
+		}.JSON()
 		if b.Len()+len(ev)+1 > size {
 			return b.Bytes(), n
 		}

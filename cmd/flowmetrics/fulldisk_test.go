@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 )
 
 // fullDiskEvent is conversation i's attributes event: fullDiskMetrics metric
@@ -30,12 +32,7 @@ func fullDiskEvent(i int) string {
 	for m := range fullDiskMetrics {
 		attrs[fmt.Sprintf("FullDiskMetric_Step%d(%s)", m, at.Format(time.RFC3339Nano))] = ""
 	}
-	b, _ := json.Marshal(map[string]any{"detail": map[string]any{
-		"topicName": "v2.detail.events.conversation." + conv + ".attributes",
-		"version":   "2",
-		"eventBody": map[string]any{"eventTime": at.UnixMilli(), "conversationId": conv, "participantId": "p1", "attributes": attrs},
-	}})
-	return string(b)
+	return string(genesys.Envelope{Conversation: conv, Participant: "p1", Time: at, Attributes: attrs}.DetailJSON())
 }
 
 const fullDiskMetrics = 5

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -17,6 +18,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/dashboard"
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
+	"github.com/flowmetrics/flowmetrics/internal/servetest"
 )
 
 // The paths corpus: conversations through two flows with known drop-outs,
@@ -159,18 +164,12 @@ func genPaths(n int, seed uint64) ([]pconv, *pathTruth) {
 
 // attrName writes a step as its attribute name.
 func attrName(s pstep) string {
-	return fmt.Sprintf("%sMetric_%s(%s)", s.flow, s.metric, s.at.Format("2006-01-02T15:04:05.000Z"))
+	return genesys.AttributeName(s.flow, s.metric, s.at)
 }
 
-func pathEvent(conv string, topic string, body map[string]any) string {
-	body["conversationId"] = conv
-	ev := map[string]any{
-		"version": "0", "id": "x", "detail-type": "v2.detail.events.conversation.{id}." + topic,
-		"source": "aws.partner/genesys.com/cloud/org/x",
-		"detail": map[string]any{"topicName": "v2.detail.events.conversation." + conv + "." + topic, "version": "2", "eventBody": body},
-	}
-	b, _ := json.Marshal(ev)
-	return string(b)
+func pathEvent(e genesys.Envelope) string {
+	e.ID, e.Source, e.Participant = "x", "aws.partner/genesys.com/cloud/org/x", "p1"
+	return string(e.JSON())
 }
 
 // attrEvent is the attributes event after the first k steps: like
@@ -180,11 +179,11 @@ func attrEvent(c pconv, k int) string {
 	for _, s := range c.steps[:k] {
 		attrs[attrName(s)] = "1"
 	}
-	return pathEvent(c.id, "attributes", map[string]any{"participantId": "p1", "eventTime": c.steps[k-1].at.UnixMilli(), "attributes": attrs})
+	return pathEvent(genesys.Envelope{Conversation: c.id, Time: c.steps[k-1].at, Attributes: attrs})
 }
 
 func endEventOf(c pconv) string {
-	return pathEvent(c.id, "customer.end", map[string]any{"participantId": "p1", "eventTime": c.steps[len(c.steps)-1].at.Add(time.Second).UnixMilli(), "disconnectType": "CLIENT"})
+	return pathEvent(genesys.Envelope{Topic: genesys.TopicCustomerEnd, Conversation: c.id, Time: c.steps[len(c.steps)-1].at.Add(time.Second)})
 }
 
 // deliveries orders a corpus's events as EventBridge might deliver them:
@@ -368,7 +367,7 @@ func TestPathsReplay(t *testing.T) {
 	for _, c := range convs[:50] {
 		if c.ended {
 			s := pstep{"IVR", "Late", c.steps[len(c.steps)-1].at.Add(time.Minute)}
-			late = append(late, pathEvent(c.id, "attributes", map[string]any{"participantId": "p1", "attributes": map[string]string{attrName(s): "1"}}))
+			late = append(late, pathEvent(genesys.Envelope{Conversation: c.id, Attributes: map[string]string{attrName(s): "1"}}))
 		}
 	}
 	lateIn := filepath.Join(dir, "late.ndjson")
@@ -489,7 +488,7 @@ func TestPathsServeSIGKILL(t *testing.T) {
 	var late []string
 	for _, c := range convs[:60] {
 		s := pstep{"IVR", "Late", c.steps[len(c.steps)-1].at.Add(time.Minute)}
-		late = append(late, pathEvent(c.id, "attributes", map[string]any{"participantId": "p1", "attributes": map[string]string{attrName(s): "1"}}))
+		late = append(late, pathEvent(genesys.Envelope{Conversation: c.id, Attributes: map[string]string{attrName(s): "1"}}))
 	}
 	post(strings.Join(late, "\n"))
 	resp, err := http.Get("http://" + addr + "/metrics")
@@ -504,7 +503,25 @@ func TestPathsServeSIGKILL(t *testing.T) {
 	srv.cmd.Process.Signal(syscall.SIGKILL)
 	srv.cmd.Wait()
 	srv = startServe(t, args...)
-	time.Sleep(500 * time.Millisecond)
+	// The dashboard's paths view survived the kills: every exit of the
+	// truth, each conversation once.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		var view dashboard.Paths
+		servetest.GetJSON(t, "http://"+addr+dashboard.PathsPath, &view)
+		exits := map[string]int{}
+		for _, f := range view.Flows {
+			for _, e := range f.Exits {
+				exits[f.Flow+"/"+e.Metric] = int(e.Count)
+			}
+		}
+		if maps.Equal(exits, truth.exits) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("dashboard exits after the last restart: got %v, want %v", exits, truth.exits)
+			break
+		}
+	}
 	srv.cmd.Process.Signal(syscall.SIGTERM)
 	if err := srv.cmd.Wait(); err != nil {
 		t.Fatalf("serve: %v\n%s", err, srv.log())

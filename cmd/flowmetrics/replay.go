@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sync/atomic"
 	"time"
@@ -36,58 +37,36 @@ const flushEvery = 20_000
 // counted in the summary.
 const maxPrinted = 100
 
-func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("replay", "[flags] FILE…", `Counts archived events (files in any accepted shape; "-" reads stdin) with the
+const replayHelp = `Counts archived events (files in any accepted shape; "-" reads stdin) with the
 same pipeline as serve, by default into an in-memory store and JSON lines on
 stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
-1 some records rejected, 2 usage or config error.`, "")
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "YAML config: its pipeline, naming and sinks sections are used (default: JSON lines to stdout)")
-	dataDir := fs.String("data-dir", "", "count against the embedded store in this directory (so a backfill does not recount what serve counted); default: an in-memory store")
-	output := fs.String("o", "", "write JSON lines to this file instead of stdout")
-	bucket := fs.Duration("bucket", 0, "bucket width (default 10s, or the config's)")
-	progress := fs.Bool("progress", true, "show a progress bar when stderr is a terminal")
-	logLevel := fs.String("log-level", "warn", "debug, info, warn or error")
-	if err := parseFlags(fs, args, stdout); err != nil {
-		return err
-	}
-	if fs.NArg() == 0 {
-		fs.Usage()
-		return usageError(errors.New("replay: no input files"))
-	}
-	log, err := newLogger(stderr, *logLevel)
+1 some records rejected, 2 usage or config error.`
+
+// replayFlags are replay's command line.
+type replayFlags struct {
+	configPath, dataDir, output, logLevel string
+	bucket                                time.Duration
+	progress                              bool
+	files                                 []string
+}
+
+func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	f, err := parseReplayFlags(args, stdout, stderr)
 	if err != nil {
 		return err
 	}
-	cfg, err := config.Load(*configPath)
+	log, err := newLogger(stderr, f.logLevel)
 	if err != nil {
-		return usageError(err)
+		return err
 	}
-	if *bucket != 0 {
-		cfg.Pipeline.Bucket = *bucket
-	}
-	if *configPath == "" || *output != "" {
-		// Replay's own default: JSON lines, nothing else.
-		cfg.Sinks = config.Sinks{JSONL: &jsonl.Config{Path: *output}}
-		disabled := false
-		cfg.Sinks.Prometheus.Enabled = &disabled
-	}
-	cfg.Store.Type = "memory"
-	if *dataDir != "" {
-		cfg.Store.Type, cfg.DataDir = "embedded", *dataDir
-	}
-	if err := cfg.Validate(); err != nil {
+	cfg, err := replayConfig(f)
+	if err != nil {
 		return usageError(err)
 	}
 	// Open every input first, so a typo fails before anything is counted.
-	var inputs []input
-	for _, name := range fs.Args() {
-		in, err := openInput(name, stdin)
-		if err != nil {
-			closeInputs(inputs)
-			return usageError(err)
-		}
-		inputs = append(inputs, in)
+	inputs, err := openInputs(f.files, stdin)
+	if err != nil {
+		return usageError(err)
 	}
 	defer closeInputs(inputs)
 
@@ -100,73 +79,132 @@ stdout, and ends with a summary line on stderr. Exit status: 0 nothing rejected,
 	// A store failure that cannot be survived may park this goroutine
 	// inside the store: the replay then ends with it, not a hang.
 	return orStoreFailure(st, func() error {
-		deps := sinkDeps(cfg, m, log, nil)
-		// The replay's sinks and their state are gone when it ends (see
-		// registerForReplay): the OTLP windows still open are sent then.
-		deps.Ephemeral = true
-		sinks, err := wire.Sinks(cfg.Sinks, deps)
+		p, restore, err := startReplay(ctx, cfg, st, m, log)
 		if err != nil {
-			return usageError(err)
-		}
-		pcfg := cfg.Pipeline
-		// The guard's admitted pairs are the store's: a replay into a
-		// serve data directory shares serve's, so the two together never
-		// pass the limit.
-		if pcfg.Guard, err = newGuard(ctx, cfg, st, log); err != nil {
-			for _, s := range sinks {
-				s.Close(ctx)
-			}
 			return err
 		}
-		if *dataDir != "" {
-			// Own cursors, so serve's pending points for a sink of the same
-			// kind are neither taken nor moved by the replay.
-			pcfg.CursorPrefix = "replay-"
-		}
-		withPaths(cfg, &pcfg)
-		p := pipeline.New(st, sinks, pcfg, m, log)
-		restore, err := registerForReplay(ctx, st, p.Cursors())
-		if err != nil {
-			p.Close(ctx)
-			return err
-		}
-		if err := p.Restore(ctx); err != nil {
-			p.Close(ctx)
-			restore()
-			return err
-		}
-
 		r := &replayer{p: p, stderr: stderr, started: time.Now()}
-		if f, ok := stderr.(*os.File); ok && *progress && term.IsTerminal(int(f.Fd())) {
-			stopBar := r.showProgress(f, inputs)
+		if file, ok := stderr.(*os.File); ok && f.progress && term.IsTerminal(int(file.Fd())) {
+			stopBar := r.showProgress(file, inputs)
 			defer stopBar()
 		}
 		runErr := r.run(ctx, inputs)
 		if runErr == nil {
 			runErr = closeReplayPaths(ctx, p, cfg)
 		}
-		// Deliver what was counted. A signal during the final flush stops it;
-		// after a signal during reading, the flush gets a short grace period.
-		closeCtx, cancelClose := ctx, context.CancelFunc(func() {})
-		if ctx.Err() != nil {
-			closeCtx, cancelClose = context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-		}
-		closeErr := p.Close(closeCtx)
-		cancelClose()
-		if err := restore(); err != nil && closeErr == nil {
-			closeErr = err
-		}
-		r.summary()
-		switch {
-		case runErr != nil:
-			return runErr
-		case closeErr != nil:
-			return fmt.Errorf("delivering: %w", closeErr)
-		case r.total.Rejected > 0:
-			return exitError{1, nil}
-		}
-		return nil
+		return r.finish(ctx, restore, runErr)
 	})
+}
+
+func parseReplayFlags(args []string, stdout, stderr io.Writer) (replayFlags, error) {
+	fs := newFlagSet("replay", "[flags] FILE…", replayHelp, "")
+	fs.SetOutput(stderr)
+	var f replayFlags
+	fs.StringVar(&f.configPath, "config", "", "YAML config: its pipeline, naming and sinks sections are used (default: JSON lines to stdout)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "count against the embedded store in this directory (so a backfill does not recount what serve counted); default: an in-memory store")
+	fs.StringVar(&f.output, "o", "", "write JSON lines to this file instead of stdout")
+	fs.DurationVar(&f.bucket, "bucket", 0, "bucket width (default 10s, or the config's)")
+	fs.BoolVar(&f.progress, "progress", true, "show a progress bar when stderr is a terminal")
+	fs.StringVar(&f.logLevel, "log-level", "warn", "debug, info, warn or error")
+	if err := parseFlags(fs, args, stdout); err != nil {
+		return f, err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return f, usageError(errors.New("replay: no input files"))
+	}
+	f.files = fs.Args()
+	return f, nil
+}
+
+// replayConfig is the config file as replay uses it: its own default
+// sink, its store (memory, or the embedded one of -data-dir), validated.
+func replayConfig(f replayFlags) (config.Config, error) {
+	cfg, err := config.Load(f.configPath)
+	if err != nil {
+		return cfg, err
+	}
+	if f.bucket != 0 {
+		cfg.Pipeline.Bucket = f.bucket
+	}
+	if f.configPath == "" || f.output != "" {
+		// Replay's own default: JSON lines, nothing else.
+		cfg.Sinks = config.Sinks{JSONL: &jsonl.Config{Path: f.output}}
+		disabled := false
+		cfg.Sinks.Prometheus.Enabled = &disabled
+	}
+	cfg.Store.Type = "memory"
+	if f.dataDir != "" {
+		cfg.Store.Type, cfg.DataDir = "embedded", f.dataDir
+	}
+	return cfg, cfg.Validate()
+}
+
+// startReplay builds the replay's sinks and pipeline on st, registers its
+// cursors beside those the store already serves and restores its sinks'
+// state; restore gives the store its own cursors back.
+func startReplay(ctx context.Context, cfg config.Config, st flowmetrics.Store, m *telemetry.Metrics, log *slog.Logger) (p *pipeline.Pipeline, restore func() error, err error) {
+	deps := sinkDeps(cfg, m, log, nil)
+	// The replay's sinks and their state are gone when it ends (see
+	// registerForReplay): the OTLP windows still open are sent then.
+	deps.Ephemeral = true
+	sinks, err := wire.Sinks(cfg.Sinks, deps)
+	if err != nil {
+		return nil, nil, usageError(err)
+	}
+	pcfg := cfg.Pipeline
+	// The guard's admitted pairs are the store's: a replay into a serve
+	// data directory shares serve's, so the two never pass the limit.
+	if pcfg.Guard, err = newGuard(ctx, cfg, st, log); err != nil {
+		for _, sk := range sinks {
+			sk.Close(ctx)
+		}
+		return nil, nil, err
+	}
+	if cfg.Store.Type == "embedded" {
+		// Own cursors, so serve's pending points for a sink of the same
+		// kind are neither taken nor moved by the replay.
+		pcfg.CursorPrefix = "replay-"
+	}
+	withPaths(cfg, &pcfg)
+	p = pipeline.New(st, sinks, pcfg, m, log)
+	if restore, err = registerForReplay(ctx, st, p.Cursors()); err != nil {
+		p.Close(ctx)
+		return nil, nil, err
+	}
+	if err := p.Restore(ctx); err != nil {
+		p.Close(ctx)
+		restore()
+		return nil, nil, err
+	}
+	return p, restore, nil
+}
+
+// finish delivers what was counted, gives the store its cursors back,
+// prints the summary and returns the replay's outcome: runErr, a failed
+// delivery, or exit status 1 when records were rejected. A signal during
+// the final flush stops it; after a signal during reading, the flush gets
+// a short grace period.
+func (r *replayer) finish(ctx context.Context, restore func() error, runErr error) error {
+	closeCtx, cancelClose := ctx, context.CancelFunc(func() {})
+	if ctx.Err() != nil {
+		closeCtx, cancelClose = context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	}
+	closeErr := r.p.Close(closeCtx)
+	cancelClose()
+	if err := restore(); err != nil && closeErr == nil {
+		closeErr = err
+	}
+	r.summary()
+	switch {
+	case runErr != nil:
+		return runErr
+	case closeErr != nil:
+		return fmt.Errorf("delivering: %w", closeErr)
+	case r.total.Rejected > 0:
+		return exitError{1, nil}
+	}
+	return nil
 }
 
 // closeReplayPaths closes, at the end of the input, the paths the input
@@ -227,6 +265,20 @@ func openInput(name string, stdin io.Reader) (input, error) {
 	}
 	in.r, in.c = f, f
 	return in, nil
+}
+
+// openInputs opens every input, or none.
+func openInputs(names []string, stdin io.Reader) ([]input, error) {
+	var inputs []input
+	for _, name := range names {
+		in, err := openInput(name, stdin)
+		if err != nil {
+			closeInputs(inputs)
+			return nil, err
+		}
+		inputs = append(inputs, in)
+	}
+	return inputs, nil
 }
 
 func closeInputs(ins []input) {

@@ -130,153 +130,206 @@ func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.
 		ln.Close()
 		return err
 	}
-	return serveStore(ctx, cfg, secret, m, st, guard, ln, log, demoOpts)
+	return serveStore(ctx, service{cfg: cfg, secret: secret, m: m, st: st, disk: guard, ln: ln, log: log, demo: demoOpts})
 }
 
-// serveStore is serveWith on an open store, which it closes; guard and
-// demoOpts may be nil, and so may ln (it then listens on cfg.HTTP.Listen).
-func serveStore(ctx context.Context, cfg config.Config, secret string, m *telemetry.Metrics, st flowmetrics.Store, guard *diskguard.Guard, ln net.Listener, log *slog.Logger, demoOpts *demo.Options) error {
-	if ln == nil {
+// service is what serve runs on and what it builds, step by step: the
+// parts opened before it (the listener, the disk guard, the store), then
+// the pipeline, the dashboard and the HTTP server.
+type service struct {
+	cfg    config.Config
+	secret string
+	m      *telemetry.Metrics
+	st     flowmetrics.Store
+	disk   *diskguard.Guard // nil: no disk guard
+	ln     net.Listener     // nil: listen on cfg.HTTP.Listen
+	log    *slog.Logger
+	demo   *demo.Options // nil: no demo traffic
+
+	p     *pipeline.Pipeline
+	dash  *dashboard.Handler // nil: no dashboard
+	sinks int
+	srv   *http.Server
+}
+
+// serveStore is serveWith on an open store, which it closes: it serves
+// until ctx ends or the store fails, then shuts down within
+// http.shutdown_timeout.
+func serveStore(ctx context.Context, s service) error {
+	if s.ln == nil {
 		var err error
-		if ln, err = listen(cfg.HTTP, log); err != nil {
-			st.Close()
+		if s.ln, err = listen(s.cfg.HTTP, s.log); err != nil {
+			s.st.Close()
 			return err
 		}
 	}
-	failed, failure := storeFailure(st)
-	// With the store in its deps, /metrics never goes down across a
-	// restart: the Prometheus sink counts what is pending at once.
-	sinks, err := wire.Sinks(cfg.Sinks, sinkDeps(cfg, m, log, st))
-	if err != nil {
-		ln.Close()
-		st.Close()
-		return usageError(err)
-	}
-	pcfg := cfg.Pipeline
-	if pcfg.Guard, err = newGuard(ctx, cfg, st, log); err != nil {
-		ln.Close()
-		st.Close()
+	if err := s.startPipeline(ctx); err != nil {
+		s.ln.Close()
+		s.st.Close()
 		return err
 	}
-	withPaths(cfg, &pcfg)
-	var dash *dashboard.Handler
-	if cfg.HTTP.DashboardOn() {
-		// The dashboard is one more sink; it also watches the others'
-		// sends and hears of malformed attribute names.
+	s.srv = s.httpServer()
+	bgCtx, stopBackground := context.WithCancel(context.Background())
+	defer stopBackground()
+	s.runBackground(bgCtx)
+
+	served := make(chan error, 1)
+	go func() { served <- s.srv.Serve(s.ln) }()
+	s.log.Info("flowmetrics serving", "listen", s.ln.Addr().String(), "scheme", s.cfg.HTTP.Scheme(), "data_dir", s.cfg.DataDir, "store", s.cfg.Store.Type, "sinks", s.sinks, "auth", s.secret != "")
+	demoCtx, stopDemo := context.WithCancel(context.Background())
+	defer stopDemo()
+	demoDone := s.startDemo(demoCtx)
+
+	failed, failure := storeFailure(s.st)
+	var err error
+	select {
+	case err = <-served:
+	case <-ctx.Done():
+	case <-failed:
+		return storeFailed(s.srv, failure(), s.log)
+	}
+	stopDemo()
+	<-demoDone
+	return s.shutdown(err, stopBackground)
+}
+
+// startPipeline builds the sinks (and the dashboard, one more sink that
+// also watches the others' sends), registers the pipeline's cursors and
+// starts its drainers.
+func (s *service) startPipeline(ctx context.Context) error {
+	// With the store in its deps, /metrics never goes down across a
+	// restart: the Prometheus sink counts what is pending at once.
+	sinks, err := wire.Sinks(s.cfg.Sinks, sinkDeps(s.cfg, s.m, s.log, s.st))
+	if err != nil {
+		return usageError(err)
+	}
+	pcfg := s.cfg.Pipeline
+	if pcfg.Guard, err = newGuard(ctx, s.cfg, s.st, s.log); err != nil {
+		return err
+	}
+	withPaths(s.cfg, &pcfg)
+	if s.cfg.HTTP.DashboardOn() {
+		// The dashboard also hears of malformed attribute names.
 		rec := dashboard.NewRecorder(nil)
-		for _, s := range sinks {
-			rec.Watch(s.Name())
+		for _, sk := range sinks {
+			rec.Watch(sk.Name())
 		}
 		sinks = append(sinks, rec)
 		pcfg.OnMalformed = rec.Malformed
 		pcfg.OnSend = rec.SinkSent
-		rec.SetGenesysRegion(cfg.Paths.GenesysRegion)
-		dash = dashboard.New(rec, m)
+		rec.SetGenesysRegion(s.cfg.Paths.GenesysRegion)
+		s.dash = dashboard.New(rec, s.m)
 	}
-	p := pipeline.New(st, sinks, pcfg, m, log)
-	if err := p.Register(ctx); err != nil {
-		ln.Close()
-		st.Close()
+	s.sinks = len(sinks)
+	s.p = pipeline.New(s.st, sinks, pcfg, s.m, s.log)
+	if err := s.p.Register(ctx); err != nil {
 		return err
 	}
-	p.Start()
+	s.p.Start()
+	return nil
+}
 
+// httpServer is POST /v1/events, /metrics, /healthz and the dashboard,
+// with the disk guard refusing ingest while the disk is low.
+func (s *service) httpServer() *http.Server {
+	_, failure := storeFailure(s.st)
 	opts := httpapi.Options{
-		AuthHeader:   cfg.HTTP.AuthHeader,
-		Secret:       secret,
-		MaxBodyBytes: cfg.HTTP.MaxBodyBytes,
+		AuthHeader:   s.cfg.HTTP.AuthHeader,
+		Secret:       s.secret,
+		MaxBodyBytes: s.cfg.HTTP.MaxBodyBytes,
 		// 0: httpapi's default, 4 × MaxBodyBytes.
-		MaxBytesInFlight: cfg.HTTP.MaxBytesInFlight,
-		AllowedHosts:     cfg.HTTP.ServedHosts(),
-		Dashboard:        httpHandler(dash),
+		MaxBytesInFlight: s.cfg.HTTP.MaxBytesInFlight,
+		AllowedHosts:     s.cfg.HTTP.ServedHosts(),
+		Dashboard:        httpHandler(s.dash),
 		DashboardAPI:     dashboard.APIPrefix,
 		DashboardAssets:  dashboard.AssetsPrefix,
-		ProtectReads:     cfg.HTTP.ReadsProtected(secret),
+		ProtectReads:     s.cfg.HTTP.ReadsProtected(s.secret),
 		Health: func(context.Context) error {
 			if err := failure(); err != nil {
 				return fmt.Errorf("store failed: %w", err)
 			}
-			if guard != nil {
-				if err := guard.Check(); err != nil {
+			if s.disk != nil {
+				if err := s.disk.Check(); err != nil {
 					return fmt.Errorf("ingest refused: %w", err)
 				}
 			}
 			return nil
 		},
 	}
-	if guard != nil {
-		opts.Admit = guard.Admit
-		registerDiskMetrics(m, guard)
+	if s.disk != nil {
+		opts.Admit = s.disk.Admit
+		registerDiskMetrics(s.m, s.disk)
 	}
 	srv := &http.Server{
-		Handler:           httpapi.New(p, m, opts, log),
-		ReadTimeout:       cfg.HTTP.ReadTimeout,
-		ReadHeaderTimeout: min(cfg.HTTP.ReadTimeout, 10*time.Second),
+		Handler:           httpapi.New(s.p, s.m, opts, s.log),
+		ReadTimeout:       s.cfg.HTTP.ReadTimeout,
+		ReadHeaderTimeout: min(s.cfg.HTTP.ReadTimeout, 10*time.Second),
 		MaxHeaderBytes:    httpapi.MaxHeaderBytes,
-		WriteTimeout:      cfg.HTTP.WriteTimeout,
-		IdleTimeout:       cfg.HTTP.IdleTimeout,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		WriteTimeout:      s.cfg.HTTP.WriteTimeout,
+		IdleTimeout:       s.cfg.HTTP.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
-	if dash != nil {
-		srv.RegisterOnShutdown(dash.CloseStreams)
+	if s.dash != nil {
+		srv.RegisterOnShutdown(s.dash.CloseStreams)
 	}
-	bgCtx, stopBackground := context.WithCancel(context.Background())
-	defer stopBackground()
-	if sw, ok := st.(flowmetrics.Sweeper); ok {
-		go sweepEvery(bgCtx, sw, cfg.Store.SweepInterval, log)
-	}
-	if guard != nil {
-		go guard.Run(bgCtx)
-	}
-	go p.ClosePathsEvery(bgCtx, time.Second)
+	return srv
+}
 
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	log.Info("flowmetrics serving", "listen", ln.Addr().String(), "scheme", cfg.HTTP.Scheme(), "data_dir", cfg.DataDir, "store", cfg.Store.Type, "sinks", len(sinks), "auth", secret != "")
-	demoCtx, stopDemo := context.WithCancel(context.Background())
-	defer stopDemo()
-	demoDone := make(chan struct{})
-	if demoOpts != nil {
-		go func() {
-			defer close(demoDone)
-			runDemoTraffic(demoCtx, *demoOpts, demoTarget(ln.Addr(), cfg, secret), log)
-		}()
-	} else {
-		close(demoDone)
+// runBackground starts what runs beside the requests until ctx ends: the
+// sweep of expired conversations, the disk guard and the closing of paths.
+func (s *service) runBackground(ctx context.Context) {
+	if sw, ok := s.st.(flowmetrics.Sweeper); ok {
+		go sweepEvery(ctx, sw, s.cfg.Store.SweepInterval, s.log)
 	}
+	if s.disk != nil {
+		go s.disk.Run(ctx)
+	}
+	go s.p.ClosePathsEvery(ctx, time.Second)
+}
 
-	select {
-	case err = <-served:
-	case <-ctx.Done():
-	case <-failed:
-		return storeFailed(srv, failure(), log)
+// startDemo posts demo traffic to this server's own POST /v1/events until
+// ctx ends, when asked to; the channel is closed once it has stopped.
+func (s *service) startDemo(ctx context.Context) <-chan struct{} {
+	done := make(chan struct{})
+	if s.demo == nil {
+		close(done)
+		return done
 	}
-	stopDemo()
-	<-demoDone
-	log.Info("shutting down: draining requests and flushing sinks", "timeout", cfg.HTTP.ShutdownTimeout)
-	// Every step is bounded by shutdown_timeout as a whole: a sink that
-	// cannot flush or a request that cannot finish does not hold the exit.
-	// The last part of the budget is kept for closing the store.
-	timeout := cfg.HTTP.ShutdownTimeout
+	go func() {
+		defer close(done)
+		runDemoTraffic(ctx, *s.demo, demoTarget(s.ln.Addr(), s.cfg, s.secret), s.log)
+	}()
+	return done
+}
+
+// shutdown drains the requests, flushes the sinks and closes the store,
+// all within http.shutdown_timeout: a sink that cannot flush or a request
+// that cannot finish does not hold the exit. The last part of the budget
+// is kept for closing the store. served is what the HTTP server's Serve
+// returned, if it has.
+func (s *service) shutdown(served error, stopBackground func()) error {
+	failed, failure := storeFailure(s.st)
+	timeout := s.cfg.HTTP.ShutdownTimeout
+	s.log.Info("shutting down: draining requests and flushing sinks", "timeout", timeout)
 	deadline := time.Now().Add(timeout)
 	reserve := min(timeout/5, 2*time.Second)
-	sctx, cancel := context.WithDeadline(context.Background(), deadline.Add(-reserve))
+	ctx, cancel := context.WithDeadline(context.Background(), deadline.Add(-reserve))
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
 		var errs []error
-		if err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errs = append(errs, err)
+		if served != nil && !errors.Is(served, http.ErrServerClosed) {
+			errs = append(errs, served)
 		}
-		if err := srv.Shutdown(sctx); err != nil {
-			srv.Close()
+		if err := s.srv.Shutdown(ctx); err != nil {
+			s.srv.Close()
 			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 		}
 		stopBackground()
-		if err := p.Close(sctx); err != nil {
+		if err := s.p.Close(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("flush: %w", err))
 		}
-		if err := st.Close(); err != nil {
+		if err := s.st.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close store: %w", err))
 		}
 		done <- errors.Join(errs...)
@@ -285,12 +338,12 @@ func serveStore(ctx context.Context, cfg config.Config, secret string, m *teleme
 	defer timer.Stop()
 	select {
 	case err := <-done:
-		log.Info("flowmetrics stopped")
+		s.log.Info("flowmetrics stopped")
 		return err
 	case <-failed:
-		return storeFailed(srv, failure(), log)
+		return storeFailed(s.srv, failure(), s.log)
 	case <-timer.C:
-		log.Error("shutdown did not finish within shutdown_timeout; exiting anyway (what was acknowledged stays in the outbox for the next start)", "timeout", timeout)
+		s.log.Error("shutdown did not finish within shutdown_timeout; exiting anyway (what was acknowledged stays in the outbox for the next start)", "timeout", timeout)
 		return fmt.Errorf("shutdown: not finished within %v", timeout)
 	}
 }

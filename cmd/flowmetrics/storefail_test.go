@@ -69,7 +69,7 @@ func TestStoreFailureEndsServe(t *testing.T) {
 	st := &breakingStore{Store: memstore.New(store.Options{}), done: make(chan struct{}), parked: make(chan struct{}, 1)}
 	done := make(chan error, 1)
 	go func() {
-		done <- serveStore(context.Background(), cfg, "", telemetry.New(), st, nil, nil, slog.New(slog.DiscardHandler), nil)
+		done <- serveStore(context.Background(), service{cfg: cfg, m: telemetry.New(), st: st, log: slog.New(slog.DiscardHandler)})
 	}()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		if code, _ := healthz(addr); code == http.StatusOK {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics/internal/config"
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/tlscert/tlscerttest"
 )
 
@@ -96,9 +97,8 @@ func TestServeTLSReloadsCertificate(t *testing.T) {
 	}
 
 	at := time.Now().UTC().Truncate(time.Second).Add(-time.Minute)
-	ev := fmt.Sprintf(`{"topicName":"v2.detail.events.conversation.c-tls.attributes","version":"2","eventBody":{"eventTime":%d,"conversationId":"c-tls","participantId":"p-1","attributes":{"TLSFlowMetric_Secured(%s)":"x"}}}`,
-		at.UnixMilli(), at.Format(time.RFC3339))
-	req, _ := http.NewRequest(http.MethodPost, base+"/v1/events", strings.NewReader(ev))
+	ev := genesys.Envelope{Conversation: "c-tls", Participant: "p-1", Time: at, Attributes: map[string]string{"TLSFlowMetric_Secured(" + at.Format(time.RFC3339) + ")": "x"}}.DetailJSON()
+	req, _ := http.NewRequest(http.MethodPost, base+"/v1/events", bytes.NewReader(ev))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-Flowmetrics-Secret", "tls-test-secret")
 	resp, err := client.Do(req)

@@ -22,6 +22,7 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore/dynalitetest"
 )
 
@@ -116,7 +117,7 @@ func costCorpus(conversations int, rate float64) ([]timedEvent, int) {
 			if step < 2 {
 				attrs["Ordinary"+strconv.Itoa(step)] = "value"
 			} else {
-				attrs[fmt.Sprintf("CustomerRoutingMetric_Step%d(%s)", step, at.UTC().Format("2006-01-02T15:04:05.000Z"))] = "1"
+				attrs[genesys.AttributeName("CustomerRouting", fmt.Sprintf("Step%d", step), at)] = "1"
 			}
 			for p := 0; p < participants; p++ {
 				e := ev{at.Add(time.Duration(p*150) * time.Millisecond), envelope(conv, fmt.Sprintf("p%d", p), attrs)}

@@ -87,16 +87,10 @@ func envelope(conv, participant string, attrs map[string]string) string {
 	for k, v := range attrs {
 		snap[k] = v
 	}
-	b, _ := json.Marshal(map[string]any{
-		"version": "0", "id": fmt.Sprintf("%s-%s-%d", conv, participant, len(snap)), "detail-type": "v2.detail.events.conversation.{id}.attributes",
-		"source": "aws.partner/genesys.com/cloud/org/flow-metrics", "account": "123456789012",
-		"time": "2026-11-20T09:31:48Z", "region": "eu-west-2", "resources": []string{},
-		"detail": map[string]any{
-			"topicName": "v2.detail.events.conversation." + conv + ".attributes", "version": "2",
-			"eventBody": map[string]any{"eventTime": 1795167108900, "conversationId": conv, "participantId": participant, "attributes": snap},
-		},
-	})
-	return string(b)
+	return string(genesys.Envelope{
+		Conversation: conv, Participant: participant, Time: time.UnixMilli(1795167108900), Attributes: snap,
+		ID: fmt.Sprintf("%s-%s-%d", conv, participant, len(snap)), Source: "aws.partner/genesys.com/cloud/org/flow-metrics", Region: "eu-west-2",
+	}.JSON())
 }
 
 // message is one event in flight: in the SQS queue, or an asynchronous

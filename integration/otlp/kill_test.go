@@ -2,7 +2,6 @@ package otlp_test
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -76,11 +75,8 @@ func post(t *testing.T, url string, from, n int, want map[string]int64) {
 		s := series[i%len(series)]
 		conv := fmt.Sprintf("kill-%06d", i)
 		name := genesys.AttributeName(s[0], s[1], time.Now())
-		ev := map[string]any{
-			"topicName": "v2.detail.events.conversation." + conv + ".attributes",
-			"eventBody": map[string]any{"conversationId": conv, "attributes": map[string]string{name: "x"}},
-		}
-		json.NewEncoder(&body).Encode(ev)
+		body.Write(genesys.Envelope{Conversation: conv, Attributes: map[string]string{name: "x"}}.DetailJSON())
+		body.WriteByte('\n')
 		want["genesys.flow.metric|"+s[0]+"|"+s[1]]++
 	}
 	resp, err := http.Post(url+"/v1/events", "application/x-ndjson", &body)

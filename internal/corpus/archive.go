@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 )
 
 // ArchiveOptions shape an archive: what a large contact centre's
@@ -115,7 +117,7 @@ func newArchiveConv(o ArchiveOptions, i int) *archiveConv {
 		at = at.Add(time.Duration(5+rng.IntN(115)) * time.Second)
 		var set attr
 		if rng.Float64() < archiveMetricRate {
-			set = attr{fmt.Sprintf("%sMetric_%s(%s)", f.name, f.metrics[s], at.Format("2006-01-02T15:04:05.000Z")), ""}
+			set = attr{genesys.AttributeName(f.name, f.metrics[s], at), ""}
 			c.occurrences++
 		} else {
 			set = attr{"LastMenu", "menu-" + strconv.Itoa(s)}

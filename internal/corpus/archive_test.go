@@ -2,6 +2,8 @@ package corpus
 
 import (
 	"bytes"
+	"encoding/json"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -93,5 +95,38 @@ func TestArchiveShape(t *testing.T) {
 	slices.Sort(other)
 	if !slices.Equal(lines, other) {
 		t.Error("shuffled archive does not hold the same events")
+	}
+}
+
+// The archive writes its envelopes by hand, for speed at millions of
+// events; they must be the shape genesys.Envelope writes, field for field.
+func TestArchiveEnvelopeIsTheEnvelope(t *testing.T) {
+	var b bytes.Buffer
+	if _, err := WriteArchive(&b, ArchiveOptions{Conversations: 20, Seed: 3}); err != nil {
+		t.Fatal(err)
+	}
+	for i, line := range bytes.Split(bytes.TrimSpace(b.Bytes()), []byte("\n"))[:10] {
+		var got map[string]any
+		if err := json.Unmarshal(line, &got); err != nil {
+			t.Fatalf("event %d: %v", i, err)
+		}
+		d := got["detail"].(map[string]any)
+		body := d["eventBody"].(map[string]any)
+		attrs := map[string]string{}
+		for k, v := range body["attributes"].(map[string]any) {
+			attrs[k] = v.(string)
+		}
+		ts, _ := time.Parse(time.RFC3339Nano, d["timestamp"].(string))
+		e := genesys.Envelope{
+			Conversation: body["conversationId"].(string), Participant: body["participantId"].(string),
+			Time: ts, Attributes: attrs, ID: got["id"].(string),
+			Communication: body["communications"].([]any)[0].(map[string]any)["id"].(string),
+			CorrelationID: d["metadata"].(map[string]any)["CorrelationId"].(string),
+		}
+		var want map[string]any
+		json.Unmarshal(e.JSON(), &want)
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("event %d:\ngot  %s\nwant %s", i, line, e.JSON())
+		}
 	}
 }

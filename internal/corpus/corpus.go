@@ -6,7 +6,6 @@
 package corpus
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -122,48 +121,17 @@ func Generate(o Options, fn func([]byte) bool) int {
 }
 
 func endEnvelope(conv string, at time.Time) []byte {
-	ev := map[string]any{
-		"version": "0", "id": fmt.Sprintf("e%x", at.UnixNano()),
-		"detail-type": "v2.detail.events.conversation.{id}.customer.end",
-		"source":      "aws.partner/genesys.com/cloud/7d1d0f2a-org/flowmetrics",
-		"account":     "123456789012", "time": at.Format(time.RFC3339), "region": "eu-west-1", "resources": []string{},
-		"detail": map[string]any{
-			"topicName": "v2.detail.events.conversation." + conv + ".customer.end",
-			"version":   "2",
-			"eventBody": map[string]any{"eventTime": at.UnixMilli(), "conversationId": conv, "participantId": "a1b2c3d4-0000-4000-8000-" + conv[len(conv)-12:], "disconnectType": "CLIENT"},
-			"timestamp": at.Format(time.RFC3339Nano),
-		},
-	}
-	b, _ := json.Marshal(ev)
-	return b
+	return genesys.Envelope{
+		Topic: genesys.TopicCustomerEnd, Conversation: conv, Participant: participant(conv), Time: at,
+		ID: fmt.Sprintf("e%x", at.UnixNano()),
+	}.JSON()
 }
 
 func envelope(conv string, at time.Time, attrs map[string]string) []byte {
-	ev := map[string]any{
-		"version":     "0",
-		"id":          fmt.Sprintf("%x", at.UnixNano()),
-		"detail-type": "v2.detail.events.conversation.{id}.attributes",
-		"source":      "aws.partner/genesys.com/cloud/7d1d0f2a-org/flowmetrics",
-		"account":     "123456789012",
-		"time":        at.Format(time.RFC3339),
-		"region":      "eu-west-1",
-		"resources":   []string{},
-		"detail": map[string]any{
-			"topicName": "v2.detail.events.conversation." + conv + ".attributes",
-			"version":   "2",
-			"eventBody": map[string]any{
-				"eventTime":                           at.UnixMilli(),
-				"conversationId":                      conv,
-				"participantId":                       "a1b2c3d4-0000-4000-8000-" + conv[len(conv)-12:],
-				"attributes":                          attrs,
-				"conversationExternalContactIds":      []string{},
-				"conversationExternalOrganizationIds": []string{},
-				"communications":                      []map[string]string{{"id": "c-" + conv[:8], "mediaType": "VOICE"}},
-			},
-			"metadata":  map[string]string{"CorrelationId": conv[:8]},
-			"timestamp": at.Format(time.RFC3339Nano),
-		},
-	}
-	b, _ := json.Marshal(ev)
-	return b
+	return genesys.Envelope{
+		Conversation: conv, Participant: participant(conv), Time: at, Attributes: attrs,
+		ID: fmt.Sprintf("%x", at.UnixNano()),
+	}.JSON()
 }
+
+func participant(conv string) string { return "a1b2c3d4-0000-4000-8000-" + conv[len(conv)-12:] }

@@ -23,7 +23,6 @@ package demo
 
 import (
 	"container/heap"
-	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -498,38 +497,6 @@ func (h *deliveries) Pop() any {
 	return x
 }
 
-// The EventBridge envelope and Genesys detail, in the field order
-// EventBridge delivers them (see DESIGN.md and the shared testdata).
-type envelopeJSON struct {
-	Version    string     `json:"version"`
-	ID         string     `json:"id"`
-	DetailType string     `json:"detail-type"`
-	Source     string     `json:"source"`
-	Account    string     `json:"account"`
-	Time       string     `json:"time"`
-	Region     string     `json:"region"`
-	Resources  []string   `json:"resources"`
-	Detail     detailJSON `json:"detail"`
-}
-
-type detailJSON struct {
-	TopicName string            `json:"topicName"`
-	Version   string            `json:"version"`
-	EventBody eventBodyJSON     `json:"eventBody"`
-	Metadata  map[string]string `json:"metadata"`
-	Timestamp string            `json:"timestamp"`
-}
-
-type eventBodyJSON struct {
-	EventTime                           int64               `json:"eventTime"`
-	ConversationID                      string              `json:"conversationId"`
-	ParticipantID                       string              `json:"participantId"`
-	Attributes                          map[string]string   `json:"attributes"`
-	ConversationExternalContactIDs      []string            `json:"conversationExternalContactIds"`
-	ConversationExternalOrganizationIDs []string            `json:"conversationExternalOrganizationIds"`
-	Communications                      []map[string]string `json:"communications"`
-}
-
 // longWait are the steps that follow a wait with a long tail: the queue
 // before an agent takes a transferred call, a bot's hand-over to an agent.
 var longWait = map[string]bool{FlowRouting + "/Transferred": true, FlowBot + "/Escalated": true}
@@ -543,64 +510,29 @@ func (g *Generator) wait() time.Duration {
 
 // endEnvelope is a customer.end event (the customer left the conversation).
 func endEnvelope(rng *rand.Rand, conv, participant string, at time.Time) []byte {
-	at = at.UTC()
-	type body struct {
-		EventTime      int64  `json:"eventTime"`
-		ConversationID string `json:"conversationId"`
-		ParticipantID  string `json:"participantId"`
-		SessionID      string `json:"sessionId"`
-		MediaType      string `json:"mediaType"`
-		Direction      string `json:"direction"`
-		DisconnectType string `json:"disconnectType"`
-	}
-	e := map[string]any{
-		"version": "0", "id": uuid(rng), "detail-type": "v2.detail.events.conversation.{id}.customer.end",
-		"source":  "aws.partner/genesys.com/cloud/8c1f0f2a-1111-4c2b-9e55-0a0b0c0d0e0f/flowmetrics-demo",
-		"account": "123456789012", "time": at.Truncate(time.Second).Format(time.RFC3339), "region": "eu-west-2", "resources": []string{},
-		"detail": map[string]any{
-			"topicName": "v2.detail.events.conversation." + conv + ".customer.end",
-			"version":   "2",
-			"eventBody": body{at.UnixMilli(), conv, participant, uuid(rng), "VOICE", "INBOUND", "CLIENT"},
-			"metadata":  map[string]string{"CorrelationId": uuid(rng)},
-			"timestamp": at.Format("2006-01-02T15:04:05.000Z"),
-		},
-	}
-	b, _ := json.Marshal(e)
-	return b
+	// The ids are drawn in the order they are written, so a seed gives the
+	// same events as it always has.
+	id, session, correlation := uuid(rng), uuid(rng), uuid(rng)
+	return genesys.Envelope{
+		Topic: genesys.TopicCustomerEnd, Conversation: conv, Participant: participant, Time: at,
+		ID: id, Source: source, Region: region, Session: session, CorrelationID: correlation,
+	}.JSON()
 }
+
+// The demo's organisation and AWS region.
+const (
+	source = "aws.partner/genesys.com/cloud/8c1f0f2a-1111-4c2b-9e55-0a0b0c0d0e0f/flowmetrics-demo"
+	region = "eu-west-2"
+)
 
 func uuid(rng *rand.Rand) string {
 	return fmt.Sprintf("%08x-%04x-4%03x-a%03x-%012x", rng.Uint32(), rng.IntN(0x10000), rng.IntN(4096), rng.IntN(4096), rng.Uint64()&0xffffffffffff)
 }
 
 func envelope(rng *rand.Rand, conv, participant string, at time.Time, attrs map[string]string) []byte {
-	at = at.UTC()
-	e := envelopeJSON{
-		Version:    "0",
-		ID:         uuid(rng),
-		DetailType: "v2.detail.events.conversation.{id}.attributes",
-		Source:     "aws.partner/genesys.com/cloud/8c1f0f2a-1111-4c2b-9e55-0a0b0c0d0e0f/flowmetrics-demo",
-		Account:    "123456789012",
-		Time:       at.Truncate(time.Second).Format(time.RFC3339),
-		Region:     "eu-west-2",
-		Resources:  []string{},
-		Detail: detailJSON{
-			TopicName: "v2.detail.events.conversation." + conv + ".attributes",
-			Version:   "2",
-			EventBody: eventBodyJSON{
-				EventTime:                           at.UnixMilli(),
-				ConversationID:                      conv,
-				ParticipantID:                       participant,
-				Attributes:                          attrs,
-				ConversationExternalContactIDs:      []string{},
-				ConversationExternalOrganizationIDs: []string{},
-				Communications:                      []map[string]string{{"id": uuid(rng), "mediaType": "VOICE"}},
-			},
-			Metadata:  map[string]string{"CorrelationId": uuid(rng)},
-			Timestamp: at.Format("2006-01-02T15:04:05.000Z"),
-		},
-	}
-	// Only strings, integers, maps and slices of them: Marshal cannot fail.
-	b, _ := json.Marshal(e)
-	return b
+	id, communication, correlation := uuid(rng), uuid(rng), uuid(rng)
+	return genesys.Envelope{
+		Conversation: conv, Participant: participant, Time: at, Attributes: attrs,
+		ID: id, Source: source, Region: region, Communication: communication, CorrelationID: correlation,
+	}.JSON()
 }

@@ -1,6 +1,8 @@
 // Package genesys reads Genesys Cloud conversation events as the Amazon
 // EventBridge integration delivers them, and finds the flow metric
-// attributes in them.
+// attributes in them. It also writes them: Envelope and AttributeName are
+// what the generators (corpus, demo) and the tests build their events
+// from, so every producer writes the shape the decoder reads.
 //
 // # The contract with flow authors
 //

@@ -100,11 +100,7 @@ func newTestServer(t *testing.T, st flowmetrics.Store, opts Options) testServer 
 
 // event returns one attributes event of conversation conv on one line.
 func event(conv string, attrs map[string]string) string {
-	b, _ := json.Marshal(map[string]any{"detail": map[string]any{
-		"topicName": "v2.detail.events.conversation." + conv + ".attributes",
-		"eventBody": map[string]any{"conversationId": conv, "attributes": attrs},
-	}})
-	return string(b)
+	return string(genesys.Envelope{Conversation: conv, Attributes: attrs}.DetailJSON())
 }
 
 func metricAttrs(n, from int) map[string]string {

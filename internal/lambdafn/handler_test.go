@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-lambda-go/events"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/lambdafn"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/store"
@@ -99,16 +100,10 @@ func invocation(t *testing.T) context.Context {
 }
 
 func envelope(conv string, attrs map[string]string) string {
-	b, _ := json.Marshal(map[string]any{
-		"version": "0", "id": "e-" + conv, "detail-type": "v2.detail.events.conversation.{id}.attributes",
-		"source": "aws.partner/genesys.com/cloud/org/flow-metrics", "account": "123456789012",
-		"time": "2026-11-20T09:31:48Z", "region": "eu-west-2", "resources": []string{},
-		"detail": map[string]any{
-			"topicName": "v2.detail.events.conversation." + conv + ".attributes", "version": "2",
-			"eventBody": map[string]any{"eventTime": 1795167108900, "conversationId": conv, "participantId": "p1", "attributes": attrs},
-		},
-	})
-	return string(b)
+	return string(genesys.Envelope{
+		Conversation: conv, Participant: "p1", Time: time.UnixMilli(1795167108900), Attributes: attrs,
+		ID: "e-" + conv, Source: "aws.partner/genesys.com/cloud/org/flow-metrics", Region: "eu-west-2",
+	}.JSON())
 }
 
 func sqsEvent(bodies ...string) events.SQSEvent {

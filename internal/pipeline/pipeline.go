@@ -72,6 +72,11 @@ type Config struct {
 	// path's points with it. The store must have been opened with
 	// PathOptions.
 	Derive flowmetrics.Deriver `yaml:"-"`
+	// PathTouch, with Derive, is how often the store hears of a
+	// conversation whose events the known-key cache answers (the store's
+	// PathOptions.Step), so that its path stays open while events come:
+	// the idle timeout counts from the last event, not the last new key.
+	PathTouch time.Duration `yaml:"-"`
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time `yaml:"-"`
 }
@@ -304,6 +309,11 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		conv := r.Event.ConversationID
 		unknown := p.cache.unknown(conv, occs, c.now)
 		if len(unknown) == 0 {
+			if p.cfg.Derive != nil && p.cache.tell(conv, c.now, p.cfg.PathTouch) {
+				// One known key is enough for the store to count the event.
+				c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: occs[:1]}, r)
+				continue
+			}
 			p.m.CacheHits.Inc()
 			continue
 		}
@@ -875,28 +885,11 @@ func (d *drainer) next(ctx context.Context) (*batch, error) {
 		b.paths = append(b.paths, e.Paths...)
 	}
 	b.n += len(b.paths)
-	if _, ok := PathSinkOf(d.sink); !ok && len(b.paths) > 0 {
+	if _, ok := d.sink.(flowmetrics.PathSink); !ok && len(b.paths) > 0 {
 		p.m.PathsUnsupported.WithLabelValues(d.name).Add(float64(len(b.paths)))
 		b.paths = nil
 	}
 	return b, nil
-}
-
-// PathSinkOf returns s as a flowmetrics.PathSink, looking through the
-// wrappers that give a sink another name or watch its sends (those have an
-// Unwrap method): path points go to the sink itself.
-func PathSinkOf(s flowmetrics.Sink) (flowmetrics.PathSink, bool) {
-	for range 8 {
-		if ps, ok := s.(flowmetrics.PathSink); ok {
-			return ps, true
-		}
-		u, ok := s.(interface{ Unwrap() flowmetrics.Sink })
-		if !ok {
-			return nil, false
-		}
-		s = u.Unwrap()
-	}
-	return nil, false
 }
 
 // send delivers a batch: its points with Send (unless it has none, or Send
@@ -910,8 +903,8 @@ func (d *drainer) send(ctx context.Context, b *batch) error {
 	}
 	b.pointsSent = true
 	if len(b.paths) > 0 {
-		ps, _ := PathSinkOf(d.sink)
-		return ps.SendPaths(ctx, b.paths)
+		// A sink without SendPaths never gets here: next dropped them.
+		return d.sink.(flowmetrics.PathSink).SendPaths(ctx, b.paths)
 	}
 	return nil
 }

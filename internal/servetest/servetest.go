@@ -137,22 +137,10 @@ func GetJSON(t *testing.T, url string, v any) {
 // Event is one Genesys attributes event as EventBridge delivers it: a
 // conversation's whole attribute map.
 func Event(conv string, at time.Time, attrs map[string]string) string {
-	ev := map[string]any{
-		"version": "0", "id": "ev-" + conv + "-" + fmt.Sprint(at.UnixNano()),
-		"detail-type": "v2.detail.events.conversation.{id}.attributes",
-		"source":      "aws.partner/genesys.com/cloud/org/flow-metrics",
-		"time":        at.UTC().Format(time.RFC3339),
-		"detail": map[string]any{
-			"topicName": "v2.detail.events.conversation." + conv + ".attributes",
-			"version":   "2",
-			"eventBody": map[string]any{
-				"eventTime": at.UnixMilli(), "conversationId": conv, "participantId": "p-" + conv[:8],
-				"attributes": attrs,
-			},
-		},
-	}
-	b, _ := json.Marshal(ev)
-	return string(b)
+	return string(genesys.Envelope{
+		Conversation: conv, Participant: "p-" + conv[:min(8, len(conv))], Time: at, Attributes: attrs,
+		ID: "ev-" + conv + "-" + fmt.Sprint(at.UnixNano()), Source: "aws.partner/genesys.com/cloud/org/flow-metrics",
+	}.JSON())
 }
 
 // Attr is a flow metric attribute name as a flow writes it.

@@ -147,28 +147,31 @@ func valueIn(m map[pathSeries]*pathValue, s pathSeries, kind flowmetrics.PathKin
 
 // deliver adds delivered points; those counted ahead are shown already.
 func (pm *pathMetrics) deliver(points []flowmetrics.PathPoint) {
-	pm.mu.Lock()
-	defer pm.mu.Unlock()
-	for _, p := range points {
-		if _, ok := pathKinds[p.Kind]; !ok {
-			continue
-		}
-		s, l := seriesOf(p)
+	pm.each(points, func(p flowmetrics.PathPoint, s pathSeries, l []string, k aheadKey) {
 		valueIn(pm.delivered, s, p.Kind, l).add(p, pm.bounds)
 		pm.dirty[s] = struct{}{}
-		k := aheadKey{s, p.Seconds, p.Conversation, p.Time.UnixNano()}
 		if pm.ahead[k] > 0 {
 			if pm.ahead[k]--; pm.ahead[k] == 0 {
 				delete(pm.ahead, k)
 			}
-			continue
+			return
 		}
 		valueIn(pm.shown, s, p.Kind, l).add(p, pm.bounds)
-	}
+	})
 }
 
 // countAhead shows pending points before they are delivered.
 func (pm *pathMetrics) countAhead(points []flowmetrics.PathPoint) {
+	pm.each(points, func(p flowmetrics.PathPoint, s pathSeries, l []string, k aheadKey) {
+		valueIn(pm.shown, s, p.Kind, l).add(p, pm.bounds)
+		pm.ahead[k]++
+	})
+}
+
+// each calls fn, under pm's lock, for every point of a kind Prometheus
+// shows, with its series, labels and the key that matches a point shown
+// ahead to its delivery.
+func (pm *pathMetrics) each(points []flowmetrics.PathPoint, fn func(p flowmetrics.PathPoint, s pathSeries, l []string, k aheadKey)) {
 	pm.mu.Lock()
 	defer pm.mu.Unlock()
 	for _, p := range points {
@@ -176,8 +179,7 @@ func (pm *pathMetrics) countAhead(points []flowmetrics.PathPoint) {
 			continue
 		}
 		s, l := seriesOf(p)
-		valueIn(pm.shown, s, p.Kind, l).add(p, pm.bounds)
-		pm.ahead[aheadKey{s, p.Seconds, p.Conversation, p.Time.UnixNano()}]++
+		fn(p, s, l, aheadKey{s, p.Seconds, p.Conversation, p.Time.UnixNano()})
 	}
 }
 

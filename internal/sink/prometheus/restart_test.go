@@ -30,12 +30,13 @@ func records(t *testing.T, from, n int) []genesys.Record {
 	var b strings.Builder
 	at := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
 	for i := from; i < from+n; i++ {
-		ts := at.Add(time.Duration(i) * time.Second).Format("2006-01-02T15:04:05.000Z")
-		attrs := fmt.Sprintf(`"CustomerRoutingMetric_Unknown(%s)": ""`, ts)
+		ts := at.Add(time.Duration(i) * time.Second)
+		attrs := map[string]string{genesys.AttributeName("CustomerRouting", "Unknown", ts): ""}
 		if i%3 == 0 {
-			attrs += fmt.Sprintf(`, "BillingMetric_Paid(%s)": ""`, ts)
+			attrs[genesys.AttributeName("Billing", "Paid", ts)] = ""
 		}
-		fmt.Fprintf(&b, `{"topicName": "v2.detail.events.conversation.c-%d.attributes", "version": "2", "eventBody": {"eventTime": 1, "conversationId": "c-%d", "participantId": "p", "attributes": {%s}}}`+"\n", i, i, attrs)
+		b.Write(genesys.Envelope{Conversation: fmt.Sprintf("c-%d", i), Participant: "p", Time: time.UnixMilli(1), Attributes: attrs}.DetailJSON())
+		b.WriteByte('\n')
 	}
 	var recs []genesys.Record
 	if err := genesys.Decode(strings.NewReader(b.String()), func(r genesys.Record) error {

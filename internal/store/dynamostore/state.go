@@ -194,56 +194,83 @@ func (s *Store) commitState(ctx context.Context, todo []*entry, updates map[stri
 		if err != nil {
 			return err
 		}
-		keys := make([]string, 0, len(updates[sink]))
-		for k := range updates[sink] {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		var added, removed []string
-		for _, k := range keys {
-			v := updates[sink][k]
-			ek := encodeStateKey(k)
-			id := stateItemID(sink, ek)
-			if v == nil {
-				acts = append(acts, action{id: id, bytes: len(id), item: types.TransactWriteItem{Delete: &types.Delete{
-					TableName: aws.String(s.cfg.Table), Key: map[string]types.AttributeValue{attrID: str(id)}}}})
-				if dir[ek] {
-					removed = append(removed, ek)
-				}
-				continue
-			}
-			acts = append(acts, action{id: id, bytes: len(id) + len(v), item: types.TransactWriteItem{Put: &types.Put{
-				TableName: aws.String(s.cfg.Table),
-				Item:      map[string]types.AttributeValue{attrID: str(id), attrValue: &types.AttributeValueMemberB{Value: v}}}}})
-			if !dir[ek] {
-				added = append(added, ek)
-			}
-		}
+		puts, added, removed := s.stateActions(sink, dir, updates[sink])
+		acts = append(acts, puts...)
 		if len(added) > 0 || len(removed) > 0 {
 			dirChanges[sink] = [2][]string{added, removed}
-			id := dirItemID(sink)
-			var expr []string
-			vals := map[string]types.AttributeValue{}
-			size := len(id)
-			if len(added) > 0 {
-				expr = append(expr, "ADD #keys :add")
-				vals[":add"] = &types.AttributeValueMemberSS{Value: added}
-			}
-			if len(removed) > 0 {
-				expr = append(expr, "DELETE #keys :del")
-				vals[":del"] = &types.AttributeValueMemberSS{Value: removed}
-			}
-			for _, k := range append(append([]string(nil), added...), removed...) {
-				size += len(k)
-			}
-			acts = append(acts, action{id: id, bytes: size, item: types.TransactWriteItem{Update: &types.Update{
-				TableName: aws.String(s.cfg.Table), Key: map[string]types.AttributeValue{attrID: str(id)},
-				UpdateExpression:          aws.String(strings.Join(expr, " ")),
-				ExpressionAttributeNames:  map[string]string{"#keys": attrKeys},
-				ExpressionAttributeValues: vals,
-			}}})
+			acts = append(acts, s.directoryAction(sink, added, removed))
 		}
 	}
+	acts = append(acts, s.markActions(todo)...)
+	for _, chunk := range chunkActions(acts) {
+		if err := s.transact(ctx, chunk); err != nil {
+			return err
+		}
+	}
+	s.rememberDirectories(dirChanges)
+	return nil
+}
+
+// stateActions are the writes of one sink's state update, in key order: a
+// Put per changed key, a Delete per removed one. added and removed are the
+// keys the sink's directory (dir) gains and loses.
+func (s *Store) stateActions(sink string, dir map[string]bool, update flowmetrics.StateUpdate) (acts []action, added, removed []string) {
+	keys := make([]string, 0, len(update))
+	for k := range update {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := update[k]
+		ek := encodeStateKey(k)
+		id := stateItemID(sink, ek)
+		if v == nil {
+			acts = append(acts, action{id: id, bytes: len(id), item: types.TransactWriteItem{Delete: &types.Delete{
+				TableName: aws.String(s.cfg.Table), Key: map[string]types.AttributeValue{attrID: str(id)}}}})
+			if dir[ek] {
+				removed = append(removed, ek)
+			}
+			continue
+		}
+		acts = append(acts, action{id: id, bytes: len(id) + len(v), item: types.TransactWriteItem{Put: &types.Put{
+			TableName: aws.String(s.cfg.Table),
+			Item:      map[string]types.AttributeValue{attrID: str(id), attrValue: &types.AttributeValueMemberB{Value: v}}}}})
+		if !dir[ek] {
+			added = append(added, ek)
+		}
+	}
+	return acts, added, removed
+}
+
+// directoryAction updates a sink's directory item: the keys added to its
+// set and those removed from it.
+func (s *Store) directoryAction(sink string, added, removed []string) action {
+	id := dirItemID(sink)
+	var expr []string
+	vals := map[string]types.AttributeValue{}
+	size := len(id)
+	if len(added) > 0 {
+		expr = append(expr, "ADD #keys :add")
+		vals[":add"] = &types.AttributeValueMemberSS{Value: added}
+	}
+	if len(removed) > 0 {
+		expr = append(expr, "DELETE #keys :del")
+		vals[":del"] = &types.AttributeValueMemberSS{Value: removed}
+	}
+	for _, k := range append(append([]string(nil), added...), removed...) {
+		size += len(k)
+	}
+	return action{id: id, bytes: size, item: types.TransactWriteItem{Update: &types.Update{
+		TableName: aws.String(s.cfg.Table), Key: map[string]types.AttributeValue{attrID: str(id)},
+		UpdateExpression:          aws.String(strings.Join(expr, " ")),
+		ExpressionAttributeNames:  map[string]string{"#keys": attrKeys},
+		ExpressionAttributeValues: vals,
+	}}}
+}
+
+// markActions are the delivered marks of the entries in todo.
+func (s *Store) markActions(todo []*entry) []action {
+	var acts []action
 	for _, j := range markJobs(todo) {
 		update, cond, names, values := j.write()
 		size := len(j.id) + 16
@@ -259,13 +286,15 @@ func (s *Store) commitState(ctx context.Context, todo []*entry, updates map[stri
 			ExpressionAttributeValues: values,
 		}}})
 	}
-	for _, chunk := range chunkActions(acts) {
-		if err := s.transact(ctx, chunk); err != nil {
-			return err
-		}
-	}
+	return acts
+}
+
+// rememberDirectories applies committed directory changes (sink: added,
+// removed) to the directories this instance holds.
+func (s *Store) rememberDirectories(changes map[string][2][]string) {
 	s.mu.Lock()
-	for sink, ch := range dirChanges {
+	defer s.mu.Unlock()
+	for sink, ch := range changes {
 		dir := s.dirs[sink]
 		if dir == nil {
 			dir = map[string]bool{}
@@ -278,8 +307,6 @@ func (s *Store) commitState(ctx context.Context, todo []*entry, updates map[stri
 			delete(dir, k)
 		}
 	}
-	s.mu.Unlock()
-	return nil
 }
 
 // markJob is one delivered-mark write: keys of a conversation, or (when

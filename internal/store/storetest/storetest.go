@@ -35,6 +35,11 @@ type Harness struct {
 	// conversation paths: the suite then checks that ClosePaths says
 	// flowmetrics.ErrPathsUnsupported.
 	SkipPaths string
+	// PathsOpenOnKnownKeys says that a claim request bringing only known
+	// keys keeps the conversation's path open (the idle timeout counts
+	// from the last request, not the last new key), which the suite then
+	// checks.
+	PathsOpenOnKnownKeys bool
 }
 
 // Clock is a settable clock for retention tests.
