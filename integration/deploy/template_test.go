@@ -180,7 +180,7 @@ func TestLeastPrivilege(t *testing.T) {
 	// Per role: each resource it may touch and the actions allowed there.
 	allowedBy := map[string]map[string][]string{
 		"FunctionRole": {
-			"getatt:StateTable.Arn":         {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+			"getatt:StateTable.Arn":         {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:BatchGetItem"},
 			"${StateTable.Arn}/index/paths": {"dynamodb:Query"},
 			"getatt:EventQueue.Arn":         {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"},
 			"getatt:CloseQueue.Arn":         {"sqs:SendMessage", "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"},

@@ -21,6 +21,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sqs"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/cardinality"
 	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
@@ -65,6 +66,11 @@ func NewHandler(ctx context.Context, st flowmetrics.Store, sinks []flowmetrics.S
 	if pc.FlushAttempts == 0 {
 		pc.FlushAttempts = DefaultFlushAttempts
 	}
+	g, err := cardinality.Open(ctx, cfg.CardinalityLimit, st, log)
+	if err != nil {
+		return nil, err
+	}
+	pc.Guard = g
 	on := cfg.Paths.IsEnabled()
 	if on {
 		pc.Derive = paths.New(cfg.Paths, pc.Guard).Derive
