@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -18,7 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowmetrics/flowmetrics/internal/dashboard"
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
+	"github.com/flowmetrics/flowmetrics/internal/servetest"
 )
 
 // The paths corpus: conversations through two flows with known drop-outs,
@@ -500,7 +503,25 @@ func TestPathsServeSIGKILL(t *testing.T) {
 	srv.cmd.Process.Signal(syscall.SIGKILL)
 	srv.cmd.Wait()
 	srv = startServe(t, args...)
-	time.Sleep(500 * time.Millisecond)
+	// The dashboard's paths view survived the kills: every exit of the
+	// truth, each conversation once.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		var view dashboard.Paths
+		servetest.GetJSON(t, "http://"+addr+dashboard.PathsPath, &view)
+		exits := map[string]int{}
+		for _, f := range view.Flows {
+			for _, e := range f.Exits {
+				exits[f.Flow+"/"+e.Metric] = int(e.Count)
+			}
+		}
+		if maps.Equal(exits, truth.exits) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("dashboard exits after the last restart: got %v, want %v", exits, truth.exits)
+			break
+		}
+	}
 	srv.cmd.Process.Signal(syscall.SIGTERM)
 	if err := srv.cmd.Wait(); err != nil {
 		t.Fatalf("serve: %v\n%s", err, srv.log())

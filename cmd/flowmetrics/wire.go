@@ -59,6 +59,7 @@ func sinkDeps(c config.Config, m *telemetry.Metrics, log *slog.Logger, st flowme
 func withPaths(c config.Config, pcfg *pipeline.Config) {
 	if c.Paths.IsEnabled() {
 		pcfg.Derive = paths.New(c.Paths, pcfg.Guard).Derive
+		pcfg.PathTouch = c.Paths.Options().Step()
 	}
 }
 

@@ -20,7 +20,8 @@ import (
 // paths view shows, per flow, a bar per exit step with its share; each
 // funnel's steps; the experiment's two variants with their interval and
 // the test's verdict; and the conversations behind the numbers as links
-// to Genesys Cloud's interaction page.
+// to Genesys Cloud's interaction page. PATHS_SCREENSHOT=path keeps a
+// screenshot of the view.
 func TestBrowserPaths(t *testing.T) {
 	needBrowser(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
@@ -70,6 +71,24 @@ func TestBrowserPaths(t *testing.T) {
 	check("a funnel whose first step is 100 %", `[...document.querySelectorAll("#paths section.funnel")].every(s => s.querySelector("tbody tr td:nth-child(3)").textContent.startsWith("100"))`)
 	check("the experiment's two variants and its verdict", `(() => { const s = document.querySelector("#paths section.experiment"); return s && s.querySelectorAll("tr[data-variant]").length === 2 && /converts better|no difference|too few/.test(s.querySelector(".verdict").textContent) && /–/.test(s.querySelector("tr[data-variant] td:nth-child(5)").textContent); })()`)
 	check("conversations linked to Genesys Cloud", `[...document.querySelectorAll("#paths td.examples a")].length > 0 && [...document.querySelectorAll("#paths td.examples a")].every(a => /^https:\/\/apps\.mypurecloud\.ie\/directory\/#\/analytics\/interactions\/[0-9a-f-]{36}\/admin$/.test(a.href) && a.rel.includes("noopener"))`)
+
+	// The screenshot of the paths view (docs/dashboard-paths.png is made
+	// so, with PATHS_SCREENSHOT=path).
+	if err := chromedp.Do(bctx, chromedp.ScrollIntoView("#paths-view")); err != nil {
+		t.Fatalf("scroll to the paths view: %v", err)
+	}
+	shot, err := chromedp.Run(bctx, chromedp.Screenshot("#paths-view", chromedp.NodeVisible))
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "dashboard-paths.png")
+	if p := os.Getenv("PATHS_SCREENSHOT"); p != "" {
+		path = p
+	}
+	if err := os.WriteFile(path, shot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s", path)
 	for _, p := range problems() {
 		t.Errorf("browser console: %s", p)
 	}

@@ -261,15 +261,14 @@ func (c Config) Validate() error {
 	errs = append(errs, c.HTTP.Validate(), c.Store.Validate(),
 		At("pipeline", c.Pipeline.Validate()), At("naming", c.Naming.Validate()), At("paths", c.Paths.Validate()),
 		c.Sinks.Validate())
-	if d := c.Paths.WithDefaults(); c.Paths.IsEnabled() && c.Store.Retention > 0 && d.IdleTimeout >= c.Store.Retention {
-		errs = append(errs, fmt.Errorf("paths.idle_timeout (%v) must be shorter than store.retention (%v): a path must close before its conversation is forgotten", d.IdleTimeout, c.Store.Retention))
-	}
 	if c.Cardinality.Limit < 0 {
 		errs = append(errs, errors.New("cardinality.limit: negative"))
 	}
-	errs = append(errs, Rules(Settings{
-		Retention: c.Store.Retention, CacheTTL: c.Pipeline.CacheTTL, CacheConversations: c.Pipeline.CacheConversations,
-	}, FileNames))
+	rs := Settings{Retention: c.Store.Retention, CacheTTL: c.Pipeline.CacheTTL, CacheConversations: c.Pipeline.CacheConversations}
+	if c.Paths.IsEnabled() {
+		rs.IdleTimeout = c.Paths.WithDefaults().IdleTimeout
+	}
+	errs = append(errs, Rules(rs, FileNames))
 	return errors.Join(errs...)
 }
 

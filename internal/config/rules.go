@@ -18,6 +18,8 @@ type Settings struct {
 	Retention          time.Duration
 	CacheTTL           time.Duration
 	CacheConversations int // negative: the cache is off
+	// IdleTimeout closes a conversation path; zero when paths are off.
+	IdleTimeout time.Duration
 
 	// Lambda only: the claim lease and its margin, the function's timeout
 	// (zero when unknown) and the part of it kept for answering.
@@ -30,12 +32,13 @@ type Settings struct {
 // the operator sets.
 type Names struct {
 	Retention, CacheTTL            string
+	IdleTimeout                    string
 	Lease, Margin, FunctionTimeout string
 	FlushReserve                   string
 }
 
 // FileNames are the YAML paths of serve and replay.
-var FileNames = Names{Retention: "store.retention", CacheTTL: "pipeline.cache_ttl"}
+var FileNames = Names{Retention: "store.retention", CacheTTL: "pipeline.cache_ttl", IdleTimeout: "paths.idle_timeout"}
 
 // Rules checks the rules that relate settings of different components. It
 // is the one place serve, replay and Lambda check them.
@@ -54,6 +57,12 @@ func Rules(s Settings, n Names) error {
 	}
 	if s.CacheConversations >= 0 && ttl >= retention {
 		errs = append(errs, fmt.Errorf("%s (%v) must be shorter than %s (%v): the cache would trust conversations the store has forgotten", n.CacheTTL, ttl, n.Retention, retention))
+	}
+	// A path closes when its conversation has been idle that long; its
+	// conversation's state (and the closed mark) must still be there, or
+	// the path would never close, or close twice.
+	if s.IdleTimeout > 0 && s.IdleTimeout >= retention {
+		errs = append(errs, fmt.Errorf("%s (%v) must be shorter than %s (%v): a path must close before its conversation is forgotten", n.IdleTimeout, s.IdleTimeout, n.Retention, retention))
 	}
 	// Lambda: an outbox entry is handed to sinks only until Lease − Margin
 	// after its claim (after that another instance may take the claim

@@ -2,12 +2,15 @@ package dashboard
 
 import (
 	"context"
+	"encoding/binary"
+	"encoding/json"
 	"math"
 	"net/http"
 	"net/url"
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,11 +31,14 @@ const (
 	maxPathSeries = 5000
 )
 
-// pathStats are the paths delivered since the process started (they are
-// not kept across a restart; Prometheus and the other sinks have them).
+// pathStats are the paths delivered since the dashboard first took path
+// points. They are kept in the sink state, so a restart finds them again.
 type pathStats struct {
 	mu     sync.Mutex
 	series map[pathKey]*pathSeries
+	byID   map[string]*pathSeries
+	dirty  map[string]struct{} // state keys changed since TakeState
+	since  time.Time           // the first path point (zero: none yet)
 	region string
 }
 
@@ -42,6 +48,8 @@ type pathKey struct {
 }
 
 type pathSeries struct {
+	id        string
+	key       pathKey
 	count     int64
 	durations []float64 // ring of the latest keepDurations
 	next      int
@@ -84,17 +92,24 @@ func (r *Recorder) SendPaths(_ context.Context, points []flowmetrics.PathPoint) 
 			if len(ps.series) >= maxPathSeries {
 				continue
 			}
-			s = &pathSeries{}
-			ps.series[k] = s
+			s = ps.newSeries(k)
+		}
+		if ps.since.IsZero() {
+			ps.since = r.now().UTC()
+			ps.dirty[pathsSinceKey] = struct{}{}
 		}
 		s.count++
+		ps.dirty[pathSeriesKey(s.id)] = struct{}{}
 		if p.Kind.IsDuration() {
+			i := s.next
 			if len(s.durations) < keepDurations {
+				i = len(s.durations)
 				s.durations = append(s.durations, p.Seconds)
 			} else {
 				s.durations[s.next] = p.Seconds
 				s.next = (s.next + 1) % keepDurations
 			}
+			ps.dirty[durationsKey(s.id, i/durationsChunk)] = struct{}{}
 		}
 		if p.Conversation != "" {
 			s.examples = append([]Example{{ID: p.Conversation, Time: p.Time.UTC()}}, s.examples[:min(len(s.examples), keepExamples-1)]...)
@@ -107,7 +122,9 @@ func (r *Recorder) SendPaths(_ context.Context, points []flowmetrics.PathPoint) 
 
 // Paths is the JSON of PathsPath.
 type Paths struct {
-	// Since: paths are counted from the process's start.
+	// Since: paths are counted from the first path point the dashboard
+	// took (with the embedded store, across restarts), or from the
+	// process's start when there is none yet.
 	Since       time.Time        `json:"since"`
 	Region      string           `json:"genesys_region"`
 	Flows       []PathFlow       `json:"flows"`
@@ -189,7 +206,11 @@ func (r *Recorder) ReadPaths() Paths {
 	ps := &r.paths
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	out := Paths{Since: r.started, Region: ps.region, Flows: []PathFlow{}, Timings: []PathDuration{}, Funnels: []PathFunnel{}, Experiments: []PathExperiment{}}
+	since := ps.since
+	if since.IsZero() {
+		since = r.started
+	}
+	out := Paths{Since: since, Region: ps.region, Flows: []PathFlow{}, Timings: []PathDuration{}, Funnels: []PathFunnel{}, Experiments: []PathExperiment{}}
 	examples := func(s *pathSeries) []Example {
 		ex := make([]Example, len(s.examples))
 		for i, e := range s.examples {
@@ -345,4 +366,162 @@ func fmtP(p float64) string {
 
 func (h *Handler) pathsJSON(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, h.rec.ReadPaths())
+}
+
+func (ps *pathStats) newSeries(k pathKey) *pathSeries {
+	s := &pathSeries{id: pathSeriesID(k), key: k}
+	ps.series[k] = s
+	ps.byID[s.id] = s
+	return s
+}
+
+// Sink state of paths, next to the Recorder's (recorder.go):
+//
+//	p/<id>        a path series: its kind and names, count, examples, and
+//	              how many durations its ring holds and where it goes on
+//	q/<id>/<k>    durations k·100 … k·100+99 of its ring, 8 bytes each
+//	ps            when the dashboard took its first path point
+//
+// A batch of points rewrites the series it touched and the chunks of
+// durations it changed, not the whole ring.
+
+const (
+	pathsSinceKey  = "ps"
+	durationsChunk = 100
+)
+
+func pathSeriesID(k pathKey) string {
+	return hashID(strconv.Itoa(int(k.kind))+"\x00"+k.flow+"\x00"+k.metric, k.name+"\x00"+k.variant+"\x00"+k.step)
+}
+
+func pathSeriesKey(id string) string { return "p/" + id }
+func durationsKey(id string, k int) string {
+	return "q/" + id + "/" + strconv.Itoa(k)
+}
+
+// pathState is the value of p/<id>.
+type pathState struct {
+	Kind      flowmetrics.PathKind `json:"kind"`
+	Flow      string               `json:"flow,omitempty"`
+	Metric    string               `json:"metric,omitempty"`
+	Name      string               `json:"name,omitempty"`
+	Variant   string               `json:"variant,omitempty"`
+	Step      string               `json:"step,omitempty"`
+	Count     int64                `json:"count"`
+	Durations int                  `json:"durations,omitempty"`
+	Next      int                  `json:"next,omitempty"`
+	Examples  []Example            `json:"examples,omitempty"`
+}
+
+// takeState adds the path keys changed since the last call to u, encoded
+// after ps.mu is released.
+func (ps *pathStats) takeState(u flowmetrics.StateUpdate) {
+	type value struct {
+		key   string
+		state *pathState
+		chunk []float64
+		since time.Time
+	}
+	ps.mu.Lock()
+	vals := make([]value, 0, len(ps.dirty))
+	for k := range ps.dirty {
+		v := value{key: k}
+		kind, rest, _ := strings.Cut(k, "/")
+		switch kind {
+		case pathsSinceKey:
+			v.since = ps.since
+		case "p":
+			if s := ps.byID[rest]; s != nil {
+				v.state = &pathState{Kind: s.key.kind, Flow: s.key.flow, Metric: s.key.metric, Name: s.key.name, Variant: s.key.variant, Step: s.key.step,
+					Count: s.count, Durations: len(s.durations), Next: s.next, Examples: slices.Clone(s.examples)}
+			}
+		case "q":
+			id, ks, _ := strings.Cut(rest, "/")
+			c, err := strconv.Atoi(ks)
+			if s := ps.byID[id]; s != nil && err == nil && c*durationsChunk < len(s.durations) {
+				v.chunk = slices.Clone(s.durations[c*durationsChunk : min((c+1)*durationsChunk, len(s.durations))])
+			}
+		}
+		vals = append(vals, v)
+	}
+	clear(ps.dirty)
+	ps.mu.Unlock()
+	for _, v := range vals {
+		switch {
+		case v.state != nil:
+			u[v.key], _ = json.Marshal(v.state)
+		case v.chunk != nil:
+			b := make([]byte, 0, 8*len(v.chunk))
+			for _, d := range v.chunk {
+				b = binary.LittleEndian.AppendUint64(b, math.Float64bits(d))
+			}
+			u[v.key] = b
+		case !v.since.IsZero():
+			u[v.key] = []byte(v.since.Format(time.RFC3339Nano))
+		default:
+			u[v.key] = nil
+		}
+	}
+}
+
+// isPathKey reports whether k is a key of the path state.
+func isPathKey(k string) bool {
+	return k == pathsSinceKey || strings.HasPrefix(k, "p/") || strings.HasPrefix(k, "q/")
+}
+
+// restore rebuilds the paths from the path keys of state; keys it cannot
+// read are deleted with the next TakeState.
+func (ps *pathStats) restore(state map[string][]byte) (skipped int) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	skip := func(k string) {
+		skipped++
+		ps.dirty[k] = struct{}{} // nothing to take for it: deleted
+	}
+	if v, ok := state[pathsSinceKey]; ok {
+		t, err := time.Parse(time.RFC3339Nano, string(v))
+		if err != nil {
+			skip(pathsSinceKey)
+		} else {
+			ps.since = t.UTC()
+		}
+	}
+	// Series first, so chunks find their series.
+	for k, v := range state {
+		id, ok := strings.CutPrefix(k, "p/")
+		if !ok {
+			continue
+		}
+		var st pathState
+		err := json.Unmarshal(v, &st)
+		key := pathKey{st.Kind, st.Flow, st.Metric, st.Name, st.Variant, st.Step}
+		if err != nil || pathSeriesID(key) != id || len(ps.series) >= maxPathSeries ||
+			st.Durations < 0 || st.Durations > keepDurations || st.Next < 0 || st.Next >= max(1, st.Durations) || len(st.Examples) > keepExamples {
+			skip(k)
+			continue
+		}
+		s := ps.series[key]
+		if s == nil {
+			s = ps.newSeries(key)
+		}
+		s.count, s.next, s.examples = st.Count, st.Next, st.Examples
+		s.durations = make([]float64, st.Durations)
+	}
+	for k, v := range state {
+		rest, ok := strings.CutPrefix(k, "q/")
+		if !ok {
+			continue
+		}
+		id, ks, _ := strings.Cut(rest, "/")
+		c, err := strconv.Atoi(ks)
+		s := ps.byID[id]
+		if s == nil || err != nil || c < 0 || c*durationsChunk >= len(s.durations) || len(v) != 8*(min((c+1)*durationsChunk, len(s.durations))-c*durationsChunk) {
+			skip(k)
+			continue
+		}
+		for i := range len(v) / 8 {
+			s.durations[c*durationsChunk+i] = math.Float64frombits(binary.LittleEndian.Uint64(v[8*i:]))
+		}
+	}
+	return skipped
 }

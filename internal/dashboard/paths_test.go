@@ -3,7 +3,9 @@ package dashboard
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -73,5 +75,89 @@ func TestCompareNoDifference(t *testing.T) {
 	v, p := compare([]PathVariant{{Name: "A", Entered: 200, Converted: 60, Rate: 0.3}, {Name: "B", Entered: 200, Converted: 64, Rate: 0.32}})
 	if p == nil || *p < 0.05 || !strings.HasPrefix(v, "no difference beyond chance") {
 		t.Errorf("got %q (p %v), want no difference", v, p)
+	}
+}
+
+// TestPathsRestore: the paths view is the same after a restart (a new
+// Recorder restored from the committed sink state), and goes on from there;
+// a batch rewrites only the series and duration chunks it changed.
+func TestPathsRestore(t *testing.T) {
+	ctx := context.Background()
+	c := &clock{t: t0}
+	r := NewRecorder(c.Now)
+	r.SetGenesysRegion("mypurecloud.de")
+	st := store{}
+	for i := range 1500 {
+		c.Set(t0.Add(time.Duration(i) * time.Second))
+		conv := fmt.Sprintf("c-%d", i)
+		at := c.Now()
+		pts := []flowmetrics.PathPoint{
+			{Kind: flowmetrics.PathExit, Flow: "IVR", Metric: []string{"Menu", "Start", "Agent"}[i%3], Time: at, Conversation: conv},
+			{Kind: flowmetrics.PathStep, Flow: "IVR", Metric: "Menu", Seconds: float64(i%97) + 0.25, Time: at, Conversation: conv},
+			{Kind: flowmetrics.PathTiming, Name: "ivr_to_agent", Seconds: float64(i), Time: at, Conversation: conv},
+			{Kind: flowmetrics.PathFunnel, Name: "main", Step: "IVR/Start", Time: at, Conversation: conv},
+			{Kind: flowmetrics.PathExperiment, Name: "offer", Variant: []string{"A", "B"}[i%2], Step: "IVR/Offer", Time: at, Conversation: conv},
+		}
+		if i%3 == 0 {
+			pts = append(pts, flowmetrics.PathPoint{Kind: flowmetrics.PathExperiment, Name: "offer", Variant: []string{"A", "B"}[i%2], Step: "IVR/Accept", Time: at, Conversation: conv})
+		}
+		r.SendPaths(ctx, pts)
+		u := r.TakeState()
+		if i > 0 && len(u) > 8 {
+			t.Fatalf("batch %d: %d state keys changed, want at most 8 (the series it touched, one chunk each)", i, len(u))
+		}
+		st.apply(t, u)
+	}
+	if u := r.TakeState(); u != nil {
+		t.Errorf("TakeState with nothing new: got %d keys, want nil", len(u))
+	}
+	c.Set(t0.Add(2 * time.Hour))
+	r2 := NewRecorder(c.Now)
+	r2.SetGenesysRegion("mypurecloud.de")
+	if err := r2.Restore(ctx, maps.Clone(st)); err != nil {
+		t.Fatal(err)
+	}
+	want, got := r.ReadPaths(), r2.ReadPaths()
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("paths after restore:\ngot  %+v\nwant %+v", got, want)
+	}
+	if !got.Since.Equal(t0) || len(got.Flows) != 1 || got.Flows[0].Conversations != 1500 {
+		t.Errorf("after restore: since %v, flows %+v; want since %v and 1500 conversations", got.Since, got.Flows, t0)
+	}
+	// A restored Recorder goes on from there.
+	r2.SendPaths(ctx, []flowmetrics.PathPoint{{Kind: flowmetrics.PathExit, Flow: "IVR", Metric: "Menu", Time: c.Now(), Conversation: "after"}})
+	st.apply(t, r2.TakeState())
+	r3 := NewRecorder(c.Now)
+	r3.Restore(ctx, st)
+	p3 := r3.ReadPaths()
+	if n := p3.Flows[0].Conversations; n != 1501 {
+		t.Errorf("conversations after a second restart: got %d, want 1501", n)
+	}
+	if e := p3.Flows[0].Exits[0]; e.Metric != "Menu" || e.Examples[0].ID != "after" {
+		t.Errorf("top exit after a second restart: got %+v, want Menu with conversation \"after\" first", e)
+	}
+}
+
+// TestPathsRestoreSkipsBadState: unreadable path keys are skipped and
+// deleted, the rest is restored.
+func TestPathsRestoreSkipsBadState(t *testing.T) {
+	ctx := context.Background()
+	r := NewRecorder(nil)
+	r.SendPaths(ctx, []flowmetrics.PathPoint{{Kind: flowmetrics.PathStep, Flow: "F", Metric: "M", Seconds: 3, Conversation: "c"}})
+	st := store{}
+	st.apply(t, r.TakeState())
+	st["p/0000000000000000"] = []byte(`{"kind":1,"flow":"X","count":1}`) // id does not match
+	st["q/0000000000000000/0"] = []byte{1, 2, 3}
+	st["ps"] = []byte("yesterday")
+	r2 := NewRecorder(nil)
+	r2.Restore(ctx, maps.Clone(st))
+	if p := r2.ReadPaths(); len(p.Flows) != 1 || p.Flows[0].Steps[0].P50 != 3 {
+		t.Errorf("got %+v, want F/M's step of 3 s", p.Flows)
+	}
+	u := r2.TakeState()
+	for _, k := range []string{"p/0000000000000000", "q/0000000000000000/0", "ps"} {
+		if v, ok := u[k]; !ok || v != nil {
+			t.Errorf("bad key %s: got %q (present %v), want deleted", k, v, ok)
+		}
 	}
 }

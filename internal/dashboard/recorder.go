@@ -136,7 +136,7 @@ func NewRecorder(now func() time.Time) *Recorder {
 	r := &Recorder{
 		now:       now,
 		started:   now().UTC(),
-		paths:     pathStats{series: map[pathKey]*pathSeries{}},
+		paths:     pathStats{series: map[pathKey]*pathSeries{}, byID: map[string]*pathSeries{}, dirty: map[string]struct{}{}},
 		maxSeries: MaxSeries,
 		series:    map[pair]*series{},
 		byID:      map[string]*series{},
@@ -409,12 +409,13 @@ func (r *Recorder) TakeState() flowmetrics.StateUpdate {
 	clear(r.malDirty)
 	r.malMu.Unlock()
 
-	if len(vals) == 0 {
-		return nil
-	}
 	u := make(flowmetrics.StateUpdate, len(vals))
 	for _, v := range vals {
 		u[v.key] = v.encode()
+	}
+	r.paths.takeState(u)
+	if len(u) == 0 {
+		return nil
 	}
 	return u
 }
@@ -493,6 +494,9 @@ func (r *Recorder) Restore(_ context.Context, state map[string][]byte) error {
 	}
 	// Pairs first, so chunks find their series.
 	for k, v := range state {
+		if isPathKey(k) {
+			continue
+		}
 		kind, id, _ := strings.Cut(k, "/")
 		switch kind {
 		case "n":
@@ -536,7 +540,7 @@ func (r *Recorder) Restore(_ context.Context, state map[string][]byte) error {
 	r.malMu.Unlock()
 	for k, v := range state {
 		kind, rest, _ := strings.Cut(k, "/")
-		if kind != "f" && kind != "c" {
+		if kind != "f" && kind != "c" || isPathKey(k) {
 			continue
 		}
 		id, cs, _ := strings.Cut(rest, "/")
@@ -553,6 +557,7 @@ func (r *Recorder) Restore(_ context.Context, state map[string][]byte) error {
 			s.coarse[ci] = c
 		}
 	}
+	r.restoreSkipped += r.paths.restore(state)
 	// Forget what fell out of the spans while the process was down.
 	r.prunedFine, r.prunedCoarse = -1<<62, -1<<62
 	r.prune(nowS)

@@ -53,6 +53,7 @@ type cacheEntry struct {
 	set        map[string]struct{} // every key, once packed would not hold them
 	bytes      int64
 	expires    time.Time
+	told       time.Time // when the store last got a request of the conversation
 }
 
 // has reports whether e knows key k.
@@ -185,6 +186,7 @@ func (c *knownCache) learn(conv string, keys []string, now time.Time) (evicted i
 	}
 	// The expiry stays that of the first learning: keys learned later are
 	// younger, so the entry still expires before any of them.
+	e.told = now
 	grew := e.add(keys)
 	e.bytes += grew
 	c.bytes += grew
@@ -197,6 +199,24 @@ func (c *knownCache) learn(conv string, keys []string, now time.Time) (evicted i
 		evicted++
 	}
 	return evicted
+}
+
+// tell reports whether the store should hear of an event of conv that the
+// cache answered, because it last got a request of the conversation every
+// or longer ago (and then counts it as told now). A conversation the cache
+// does not hold reaches the store anyway.
+func (c *knownCache) tell(conv string, now time.Time, every time.Duration) bool {
+	if c == nil || every <= 0 {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.items[conv]
+	if !ok || now.Sub(e.told) < every {
+		return false
+	}
+	e.told = now
+	return true
 }
 
 // toFront makes e the most recently used.

@@ -134,3 +134,82 @@ func TestEndEventsWithPathsOff(t *testing.T) {
 		t.Errorf("ClosePaths with paths off: %d, %v", n, err)
 	}
 }
+
+// claimCounter is a store that counts the claim requests of each
+// conversation that reach it.
+type claimCounter struct {
+	flowmetrics.Store
+	mu   sync.Mutex
+	reqs map[string]int
+}
+
+func (c *claimCounter) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]flowmetrics.Occurrence, error) {
+	c.mu.Lock()
+	for _, r := range reqs {
+		c.reqs[r.ConversationID]++
+	}
+	c.mu.Unlock()
+	return c.Store.Claim(ctx, reqs)
+}
+
+// TestPathIdleCountsFromTheLastEvent: a conversation whose events keep
+// repeating attributes the known-key cache answers stays open past the
+// idle timeout; one that goes silent closes at it. The store hears of the
+// repeating one at most once per step, not once per event.
+func TestPathIdleCountsFromTheLastEvent(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	opts := &flowmetrics.PathOptions{Grace: time.Minute, Idle: time.Hour}
+	st := &claimCounter{Store: memstore.New(store.Options{Now: clock, Paths: opts}), reqs: map[string]int{}}
+	ps := &pathSink{recordingSink: recordingSink{name: "paths"}}
+	p := New(st, []flowmetrics.Sink{ps}, Config{Derive: exitsOnly, PathTouch: opts.Step(), CacheTTL: 24 * time.Hour, Now: clock}, telemetry.New(), nil)
+	if err := p.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a := "FMetric_A(2026-11-20T08:59:00Z)"
+	ingest := func(recs ...genesys.Record) {
+		t.Helper()
+		if _, err := p.Ingest(ctx, recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closeNow := func() int {
+		t.Helper()
+		n, err := p.ClosePaths(ctx, now, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	ingest(event("busy", a), event("silent", a))
+	start := now
+	// Three idle timeouts of an event a minute, all repeating a.
+	for now.Sub(start) < 3*opts.Idle {
+		now = now.Add(time.Minute)
+		ingest(event("busy", a))
+		if n := closeNow(); n != 0 && now.Sub(start) < opts.Idle {
+			t.Fatalf("closed %d paths %v after the start, before any idle timeout", n, now.Sub(start))
+		}
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ps.pathList(), "exit F/"+a+" silent"; got != want {
+		t.Errorf("after three idle timeouts of repeats: closed %q, want only %q", got, want)
+	}
+	// The first request, then one per step at most.
+	if got, max := st.reqs["busy"], 1+int(3*opts.Idle/opts.Step())+1; got > max {
+		t.Errorf("busy: the store got %d requests for 180 events, want at most %d (one per step)", got, max)
+	}
+	// Silent now: closed between idle and idle+step after its last event.
+	last := now
+	now = last.Add(opts.Idle - time.Second)
+	if n := closeNow(); n != 0 {
+		t.Errorf("busy closed %d before idle after its last event", n)
+	}
+	now = last.Add(opts.Idle + opts.Step())
+	if n := closeNow(); n != 1 {
+		t.Errorf("busy: closed %d at idle+step after its last event, want 1", n)
+	}
+}

@@ -1,11 +1,12 @@
 package store
 
 import (
-	"github.com/flowmetrics/flowmetrics"
 	"hash/fnv"
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics"
 )
 
 // DefaultRetention is how long a conversation's state is kept after its last
@@ -220,52 +221,73 @@ func repeated(occs []flowmetrics.Occurrence, key string) bool {
 }
 
 // Path is a conversation's path state, as every store keeps it when paths
-// are on.
+// are on, next to the conversation's keys (it expires with them). The zero
+// Path is a conversation with no path state yet.
 type Path struct {
-	// Changed is when the state last changed (unix ns); it expires with
-	// the retention, like the conversation's keys.
-	Changed int64
 	// Due is when the path closes (unix ns); 0 once closed.
-	Due    int64
+	Due int64
+	// Filed is the deadline the conversation is filed under in the store's
+	// index of open paths (0: not filed). It is at most Due: a store moves
+	// the index entry only when Due moved by a Step or more, and the
+	// closer, finding an entry whose path is not due yet, files it again
+	// at Due (Refile). So a conversation's many requests do not each
+	// rewrite the index.
+	Filed  int64
 	Ended  bool
 	Closed bool
 }
 
-// Next returns the path state after a claim request at now that found new
-// keys (fresh) and/or carried the customer.end (ended), and whether it
-// changed (and must be written). old is nil for a conversation without
-// path state, or whose state expired. The first end sets the deadline to
-// now+Grace and later ones keep it; new keys of a conversation that has not
-// ended push it to now+Idle; a closed path only has its retention
-// refreshed by new keys.
-func (o Options) Next(old *Path, fresh, ended bool, now time.Time) (Path, bool) {
-	var p Path
-	if old != nil {
-		p = *old
-	}
-	ns := now.UnixNano()
+// Next returns the path state after a claim request of the conversation at
+// now, and whether it changed (and must be written). fresh says the
+// request claimed new keys, ended that it carried the customer.end. Every
+// request is an event of the conversation, so it keeps the path open:
+//
+//   - the first end sets the deadline to now+Grace; later ones keep it;
+//   - before the end, new keys set it to now+Idle at least;
+//   - a request that brings only known keys moves it only when it would
+//     move by a Step or more, and then to now+Idle+Step: the store writes
+//     at most once per Step for such requests, and the path still closes no
+//     earlier than Idle after the last of them (nor more than a Step
+//     later);
+//   - a closed path only has its retention refreshed by new keys.
+func (o Options) Next(p Path, fresh, ended bool, now time.Time) (Path, bool) {
+	step := o.Paths.Step()
 	switch {
 	case p.Closed:
-		if !fresh {
-			return p, false
-		}
+		return p, fresh
 	case ended && !p.Ended:
 		p.Ended = true
 		p.Due = now.Add(o.Paths.Grace).UnixNano()
-	case fresh && !p.Ended:
-		p.Due = now.Add(o.Paths.Idle).UnixNano()
+	case p.Ended:
+		// Ended, still open: the deadline stays; new keys move the
+		// retention.
+		if !fresh {
+			return p, false
+		}
 	case fresh:
-		// Ended, still open: the deadline stays; only the retention moves.
+		p.Due = max(p.Due, now.Add(o.Paths.Idle).UnixNano())
 	default:
-		return p, false
+		due := now.Add(o.Paths.Idle).UnixNano()
+		if p.Due != 0 && due-p.Due < int64(step) {
+			return p, false
+		}
+		p.Due = due + int64(step)
 	}
-	p.Changed = ns
+	if p.Filed == 0 || p.Due < p.Filed || p.Due-p.Filed >= int64(step) {
+		p.Filed = p.Due
+	}
 	return p, true
 }
 
-// ExpiredPath reports whether path state p (nil: none) is gone at now.
-func (o Options) ExpiredPath(p *Path, now time.Time) bool {
-	return p == nil || o.Expired(time.Unix(0, p.Changed), now)
+// Refile reports whether the closer, finding p's index entry at asOf,
+// files it again at p.Due rather than closing it: its deadline moved past
+// asOf after it was filed.
+func (p Path) Refile(asOf time.Time) bool { return p.Due > asOf.UnixNano() }
+
+// Close returns p closed.
+func (p Path) Close() Path {
+	p.Closed, p.Due, p.Filed = true, 0, 0
+	return p
 }
 
 // ClosePathsLimit is the most conversations one ClosePaths call closes when

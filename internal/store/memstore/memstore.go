@@ -27,11 +27,12 @@ type Store struct {
 	states  map[string]map[string][]byte
 	closed  bool
 
-	// paths holds each conversation's path state (Options.Paths); due
-	// orders the open ones by deadline. A path whose deadline moved leaves
-	// its old heap item behind, recognised as stale by its deadline.
-	paths map[string]*store.Path
-	due   dueHeap
+	// due orders the open paths (Options.Paths) by the deadline they are
+	// filed under. A path filed again leaves its old item behind,
+	// recognised as stale by its deadline.
+	due dueHeap
+
+	pairs store.PairSet // the cardinality guard's admitted pairs
 }
 
 type dueItem struct {
@@ -56,11 +57,12 @@ type conversation struct {
 	keys    map[string]struct{}
 	bytes   int   // total length of the keys
 	changed int64 // unix nanoseconds
+	path    store.Path
 }
 
 // New returns an empty store.
 func New(opts store.Options) *Store {
-	return &Store{opts: opts.WithDefaults(), convs: map[string]*conversation{}, cursors: map[string]uint64{}, states: map[string]map[string][]byte{}, paths: map[string]*store.Path{}}
+	return &Store{opts: opts.WithDefaults(), convs: map[string]*conversation{}, cursors: map[string]uint64{}, states: map[string]map[string][]byte{}}
 }
 
 var errClosed = errors.New("memstore: closed")
@@ -104,8 +106,12 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 				continue
 			}
 		}
-		if s.opts.Paths != nil {
-			fresh = s.trackPath(r.ConversationID, len(fresh) > 0, r.Ended, now, fresh)
+		if s.opts.Paths != nil && (len(r.Occurrences) > 0 || r.Ended) {
+			if c == nil {
+				c = &conversation{keys: map[string]struct{}{}}
+				s.convs[r.ConversationID] = c
+			}
+			s.trackPath(r.ConversationID, c, len(fresh) > 0, r.Ended, now, fresh)
 		}
 		if len(fresh) == 0 {
 			continue
@@ -128,37 +134,40 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 	return out, refused.Err()
 }
 
-// trackPath updates the conversation's path state for a request; it
-// returns fresh, marked AfterClose when the path had closed. s.mu is held.
-func (s *Store) trackPath(id string, fresh, ended bool, now time.Time, occs []flowmetrics.Occurrence) []flowmetrics.Occurrence {
-	old := s.paths[id]
-	if s.opts.ExpiredPath(old, now) {
-		old = nil
-	}
-	if old != nil && old.Closed {
+// trackPath updates c's path state for a request, and marks the fresh
+// occurrences AfterClose when the path had closed. s.mu is held.
+func (s *Store) trackPath(id string, c *conversation, fresh, ended bool, now time.Time, occs []flowmetrics.Occurrence) {
+	if c.path.Closed {
 		for i := range occs {
 			occs[i].AfterClose = true
 		}
 	}
-	p, changed := s.opts.Next(old, fresh, ended, now)
+	p, changed := s.opts.Next(c.path, fresh, ended, now)
 	if !changed {
-		return occs
+		return
 	}
-	s.paths[id] = &p
-	if !p.Closed && (old == nil || old.Due != p.Due) {
-		heap.Push(&s.due, dueItem{p.Due, id})
-		if len(s.due) > 2*len(s.paths)+1024 {
-			s.compactDue()
-		}
+	c.changed = now.UnixNano()
+	old := c.path.Filed
+	c.path = p
+	if p.Filed != 0 && p.Filed != old {
+		s.file(id, p.Filed)
 	}
-	return occs
+}
+
+// file adds an item for conversation id at deadline at to the heap. s.mu
+// is held.
+func (s *Store) file(id string, at int64) {
+	heap.Push(&s.due, dueItem{at, id})
+	if len(s.due) > 2*len(s.convs)+1024 {
+		s.compactDue()
+	}
 }
 
 // compactDue drops the heap's stale items. s.mu is held.
 func (s *Store) compactDue() {
 	live := s.due[:0]
 	for _, it := range s.due {
-		if p := s.paths[it.conv]; p != nil && !p.Closed && p.Due == it.due {
+		if c := s.convs[it.conv]; c != nil && !c.path.Closed && c.path.Filed == it.due {
 			live = append(live, it)
 		}
 	}
@@ -187,18 +196,22 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 	n := 0
 	for n < limit && len(s.due) > 0 && s.due[0].due <= asOf.UnixNano() {
 		it := heap.Pop(&s.due).(dueItem)
-		p := s.paths[it.conv]
-		if p == nil || p.Closed || p.Due != it.due || s.opts.ExpiredPath(p, now) {
+		c := s.convs[it.conv]
+		if c == nil || c.path.Closed || c.path.Filed != it.due || s.opts.Expired(timeOf(c.changed), now) {
 			continue // stale
 		}
-		cp := flowmetrics.ClosedPath{ConversationID: it.conv, Ended: p.Ended}
-		if c := s.convs[it.conv]; c != nil && !s.opts.Expired(timeOf(c.changed), now) {
-			for k := range c.keys {
-				cp.Keys = append(cp.Keys, k)
-			}
+		if c.path.Refile(asOf) {
+			c.path.Filed = c.path.Due
+			heap.Push(&s.due, dueItem{c.path.Due, it.conv})
+			continue
+		}
+		cp := flowmetrics.ClosedPath{ConversationID: it.conv, Ended: c.path.Ended}
+		for k := range c.keys {
+			cp.Keys = append(cp.Keys, k)
 		}
 		points = append(points, derive(cp)...)
-		p.Closed, p.Due, p.Changed = true, 0, now.UnixNano()
+		c.path = c.path.Close()
+		c.changed = now.UnixNano()
 		n++
 	}
 	if len(points) > 0 {
@@ -218,11 +231,6 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 		if s.opts.Expired(timeOf(c.changed), now) {
 			delete(s.convs, id)
 			n++
-		}
-	}
-	for id, p := range s.paths {
-		if s.opts.ExpiredPath(p, now) {
-			delete(s.paths, id)
 		}
 	}
 	s.compactDue()
@@ -348,6 +356,32 @@ func (s *Store) OutboxDepth(ctx context.Context, sink string) (int64, error) {
 		}
 	}
 	return n, nil
+}
+
+// Pairs implements flowmetrics.Store.
+func (s *Store) Pairs(ctx context.Context) ([]flowmetrics.Pair, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pairs.List(), nil
+}
+
+// AdmitPairs implements flowmetrics.Store.
+func (s *Store) AdmitPairs(ctx context.Context, pairs []flowmetrics.Pair, limit int) ([]flowmetrics.Pair, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errClosed
+	}
+	add := s.pairs.Missing(pairs, limit)
+	for _, p := range add {
+		if _, err := store.EncodePair(p); err != nil {
+			return nil, fmt.Errorf("memstore: admit: %w", err)
+		}
+	}
+	for _, p := range add {
+		s.pairs.Add(p)
+	}
+	return s.pairs.List(), nil
 }
 
 // Close implements flowmetrics.Store.

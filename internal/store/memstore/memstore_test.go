@@ -15,6 +15,6 @@ func TestConformance(t *testing.T) {
 			s := memstore.New(opts)
 			t.Cleanup(func() { s.Close() })
 			return s
-		},
+		}, PathsOpenOnKnownKeys: true,
 	})
 }

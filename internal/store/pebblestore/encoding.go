@@ -7,24 +7,47 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/store"
 )
 
 // header is the state of one conversation apart from its keys (one Pebble
 // key each, so a claim reads and writes only the keys it touches, however
-// many the conversation holds).
+// many the conversation holds). With paths on it also holds the path state,
+// which a claim then reads and writes with the rest at no extra cost.
 type header struct {
 	changed int64  // last change, unix ns
 	epoch   uint64 // incarnation: keys of an older one are not held
 	keys    int    // keys held in this incarnation
 	bytes   int    // their total length
+	path    store.Path
 }
 
+// Path state flags, after the counts; a header without path state ends
+// after them.
+const (
+	pathEnded  = 1
+	pathClosed = 2
+)
+
 func (h header) encode() []byte {
-	b := make([]byte, 0, 4*binary.MaxVarintLen64)
+	b := make([]byte, 0, 7*binary.MaxVarintLen64)
 	b = binary.AppendVarint(b, h.changed)
 	b = binary.AppendUvarint(b, h.epoch)
 	b = binary.AppendUvarint(b, uint64(h.keys))
-	return binary.AppendUvarint(b, uint64(h.bytes))
+	b = binary.AppendUvarint(b, uint64(h.bytes))
+	if h.path == (store.Path{}) {
+		return b
+	}
+	var f byte
+	if h.path.Ended {
+		f |= pathEnded
+	}
+	if h.path.Closed {
+		f |= pathClosed
+	}
+	b = append(b, f)
+	b = binary.AppendVarint(b, h.path.Due)
+	return binary.AppendVarint(b, h.path.Filed)
 }
 
 var errCorrupt = errors.New("corrupt record")
@@ -44,6 +67,20 @@ func decodeHeader(v []byte) (header, error) {
 		v = v[n:]
 	}
 	h.epoch, h.keys, h.bytes = u[0], int(u[1]), int(u[2])
+	if len(v) == 0 {
+		return h, nil
+	}
+	f := v[0]
+	v = v[1:]
+	var due, filed int64
+	if due, n = binary.Varint(v); n <= 0 {
+		return h, errCorrupt
+	}
+	v = v[n:]
+	if filed, n = binary.Varint(v); n <= 0 || n != len(v) {
+		return h, errCorrupt
+	}
+	h.path = store.Path{Due: due, Filed: filed, Ended: f&pathEnded != 0, Closed: f&pathClosed != 0}
 	return h, nil
 }
 

@@ -14,105 +14,78 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/store"
 )
 
-// stagedPath is a conversation's path state within one Claim: as read
-// (old, to delete its deadline from the index) and as it will be written.
-type stagedPath struct {
-	id      string
-	old     *store.Path
-	cur     store.Path
-	changed bool
-}
-
-// stagePath reads (once per batch) the path state of r's conversation and
-// applies r's end event to it.
-func (s *Store) stagePath(paths map[string]*stagedPath, r flowmetrics.ClaimRequest, now time.Time) error {
-	sp := paths[r.ConversationID]
-	if sp == nil {
-		old, err := s.getPath(r.ConversationID)
-		if err != nil {
-			return err
-		}
-		if s.opts.ExpiredPath(old, now) {
-			old = nil
-		}
-		sp = &stagedPath{id: r.ConversationID, old: old}
-		if old != nil {
-			sp.cur = *old
-		}
-		paths[r.ConversationID] = sp
-	}
-	if r.Ended {
-		if p, ok := s.opts.Next(&sp.cur, false, true, now); ok {
-			sp.cur, sp.changed = p, true
-		}
-	}
-	return nil
-}
-
-// claimed applies new keys to the path state, and marks them AfterClose when
-// the path had closed.
-func (sp *stagedPath) claimed(o store.Options, fresh []flowmetrics.Occurrence, now time.Time) []flowmetrics.Occurrence {
-	if sp.cur.Closed {
+// trackPath applies a request of c's conversation to its path state (in the
+// header), and marks the fresh occurrences AfterClose when the path had
+// closed. It reports whether the change must be synced (an end event; a
+// request that only kept the path open need not be: after a crash the path
+// closes at most a Step earlier).
+func (s *Store) trackPath(c *staged, fresh []flowmetrics.Occurrence, ended bool, now time.Time) (sync bool) {
+	if c.h.path.Closed {
 		for i := range fresh {
 			fresh[i].AfterClose = true
 		}
 	}
-	if p, ok := o.Next(&sp.cur, true, false, now); ok {
-		sp.cur, sp.changed = p, true
+	p, changed := s.opts.Next(c.h.path, len(fresh) > 0, ended, now)
+	if !changed {
+		return false
 	}
-	return fresh
+	sync = p.Ended != c.h.path.Ended
+	c.h.path = p
+	c.h.changed = now.UnixNano()
+	c.dirty = true
+	return sync
 }
 
-// writePaths adds the changed path states and their deadline index entries
-// to b.
-func writePaths(b *pebble.Batch, paths map[string]*stagedPath) error {
-	for id, sp := range paths {
-		if !sp.changed {
-			continue
-		}
-		if err := setPath(b, id, sp.old, sp.cur); err != nil {
-			return err
+// fileIndex moves c's entry in the deadline index when the header it
+// writes files its path elsewhere than the header it read, and returns the
+// new deadline (0 when none).
+func fileIndex(b *pebble.Batch, c *staged) (int64, error) {
+	at := c.h.path.Filed
+	if c.h.path.Closed {
+		at = 0
+	}
+	if at == c.filed {
+		return 0, nil
+	}
+	if c.filed != 0 {
+		if err := b.Delete(dueKey(c.filed, c.id), nil); err != nil {
+			return 0, err
 		}
 	}
-	return nil
+	if at != 0 {
+		if err := b.Set(dueKey(at, c.id), nil, nil); err != nil {
+			return 0, err
+		}
+	}
+	return at, nil
 }
 
-// setPath writes path state cur over old (nil: none), keeping the deadline
-// index in step.
-func setPath(b *pebble.Batch, id string, old *store.Path, cur store.Path) error {
-	if old != nil && !old.Closed && old.Due != 0 && (cur.Closed || cur.Due != old.Due) {
-		if err := b.Delete(dueKey(old.Due, id), nil); err != nil {
-			return err
+// lowerFloor makes sure the next ClosePaths scans the index from at (or
+// earlier): called after a commit that filed a path at at.
+func (s *Store) lowerFloor(at int64) {
+	for {
+		f := s.dueFloor.Load()
+		if at >= f || s.dueFloor.CompareAndSwap(f, at) {
+			return
 		}
 	}
-	if !cur.Closed && (old == nil || old.Closed || old.Due != cur.Due) {
-		if err := b.Set(dueKey(cur.Due, id), nil, nil); err != nil {
-			return err
-		}
-	}
-	return b.Set(pathKey(id), encodePath(cur), nil)
 }
 
-func (s *Store) getPath(id string) (*store.Path, error) {
-	v, closer, err := s.db.Get(pathKey(id))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("pebblestore: read path %q: %w", id, err)
-	}
-	defer closer.Close()
-	p, err := decodePath(v)
-	if err != nil {
-		return nil, fmt.Errorf("pebblestore: path %q: %w", id, err)
-	}
-	return p, nil
-}
+// closeExamine bounds the index entries one ClosePaths call looks at, in
+// multiples of its limit: entries of paths that were closed, expired or
+// filed again are dropped on the way, and an entry whose path is not due
+// yet (its deadline moved after it was filed) is filed again.
+const closeExamine = 4
 
 // ClosePaths implements flowmetrics.Store: it reads the deadline index up
 // to asOf, locks the conversations found, checks each one's path state
-// again under its lock, and commits the closed marks and the outbox entry of
-// their points in one synced batch.
+// (in its header) again under its lock, and commits the closed marks, the
+// index changes and the outbox entry of their points in one synced batch.
+//
+// The index is read from a floor kept in memory: every entry below it was
+// deleted by an earlier call (a claim that files a path below it lowers
+// it), so a call does not step over the deleted entries of the calls
+// before it, which Pebble keeps until a compaction.
 func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, derive flowmetrics.Deriver) (closed int, err error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
@@ -131,9 +104,10 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 		id string
 		at int64
 	}
+	floor := s.dueFloor.Load()
 	var found []due
-	err = s.scanRange(duePrefix, dueKey(asOf.UnixNano()+1, ""), func(k, _ []byte) error {
-		if len(found) >= limit {
+	err = s.scanRange(dueKey(floor, ""), dueKey(asOf.UnixNano()+1, ""), func(k, _ []byte) error {
+		if len(found) >= closeExamine*limit {
 			return errStop
 		}
 		k = k[len(duePrefix):]
@@ -158,51 +132,89 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 	now := s.opts.Now()
 	b := s.db.NewBatch()
 	defer b.Close()
+	var it *pebble.Iterator
+	defer func() {
+		if it != nil {
+			it.Close()
+		}
+	}()
 	var points []flowmetrics.PathPoint
+	last := floor
 	for _, f := range found {
-		p, err := s.getPath(f.id)
+		if closed == limit {
+			break
+		}
+		last = f.at
+		h, ok, err := s.header(f.id)
 		if err != nil {
 			return 0, err
 		}
-		if p == nil || p.Closed || p.Due != f.at {
-			// Closed by a call that held the lock first (which deleted
-			// this index entry), or a stale entry: nothing to close.
-			b.Delete(dueKey(f.at, f.id), nil)
+		if err := b.Delete(dueKey(f.at, f.id), nil); err != nil {
+			return 0, fmt.Errorf("pebblestore: close paths: %w", err)
+		}
+		p := h.path
+		if !ok || p.Closed || p.Filed != f.at || s.opts.Expired(time.Unix(0, h.changed), now) {
+			// Closed by a call that held the lock first, filed again, or
+			// expired: a stale entry, nothing to close.
 			continue
 		}
-		cp := flowmetrics.ClosedPath{ConversationID: f.id, Ended: p.Ended}
-		c, err := s.get(f.id)
+		if p.Refile(asOf) {
+			h.path.Filed = p.Due
+			b.Set(dueKey(p.Due, f.id), nil, nil)
+			b.Set(headerKey(f.id), h.encode(), nil)
+			continue
+		}
+		if it == nil {
+			if it, err = s.db.NewIter(&pebble.IterOptions{LowerBound: keyPrefix, UpperBound: prefixEnd(keyPrefix)}); err != nil {
+				return 0, fmt.Errorf("pebblestore: close paths: %w", err)
+			}
+		}
+		keys, err := keysOf(it, f.id, h.epoch, h.keys)
 		if err != nil {
-			return 0, err
+			return 0, fmt.Errorf("pebblestore: read conversation %q: %w", f.id, err)
 		}
-		if c != nil && !s.opts.Expired(time.Unix(0, c.changed), now) {
-			cp.Keys = c.keys
-		}
-		points = append(points, derive(cp)...)
-		next := *p
-		next.Closed, next.Due, next.Changed = true, 0, now.UnixNano()
-		if err := setPath(b, f.id, p, next); err != nil {
-			return 0, fmt.Errorf("pebblestore: close paths: %w", err)
-		}
+		points = append(points, derive(flowmetrics.ClosedPath{ConversationID: f.id, Ended: p.Ended, Keys: keys})...)
+		h.path = p.Close()
+		h.changed = now.UnixNano()
+		b.Set(headerKey(f.id), h.encode(), nil)
 		closed++
 	}
-	if len(points) == 0 {
-		if err := b.Commit(pebble.Sync); err != nil {
+	var seq uint64
+	if len(points) > 0 {
+		seq = s.seq.Begin()
+		if err := b.Set(outboxKey(seq), encodeEntry(nil, points), nil); err != nil {
+			s.seq.End(seq, 0, false)
 			return 0, fmt.Errorf("pebblestore: close paths: %w", err)
 		}
-		return closed, nil
-	}
-	seq := s.seq.Begin()
-	if err := b.Set(outboxKey(seq), encodeEntry(nil, points), nil); err != nil {
-		s.seq.End(seq, 0, false)
-		return 0, fmt.Errorf("pebblestore: close paths: %w", err)
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
-		s.seq.End(seq, 0, false)
+		if len(points) > 0 {
+			s.seq.End(seq, 0, false)
+		}
 		return 0, fmt.Errorf("pebblestore: close paths: %w", err)
 	}
-	s.seq.End(seq, int64(len(points)), true)
+	if len(points) > 0 {
+		s.seq.End(seq, int64(len(points)), true)
+	}
+	// Every entry before last's deadline is gone now, unless a claim filed
+	// one there since the call began (it lowered the floor, and the swap
+	// fails).
+	s.dueFloor.CompareAndSwap(floor, last)
 	return closed, nil
+}
+
+// keysOf returns the keys of epoch a conversation holds (n of them, as
+// its header says), read through it, an iterator over every conversation's
+// keys.
+func keysOf(it *pebble.Iterator, id string, epoch uint64, n int) ([]string, error) {
+	p := keyPrefixOf(id)
+	keys := make([]string, 0, n)
+	for valid := it.SeekGE(p); valid && bytes.HasPrefix(it.Key(), p); valid = it.Next() {
+		if e, n := binary.Uvarint(it.Value()); n > 0 && e == epoch {
+			keys = append(keys, string(it.Key()[len(p):]))
+		}
+	}
+	return keys, it.Error()
 }
 
 var errStop = errors.New("stop")
@@ -222,83 +234,69 @@ func (s *Store) scanRange(lo, hi []byte, fn func(k, v []byte) error) error {
 	return it.Error()
 }
 
-// sweepPaths deletes the path states whose retention has passed (with
-// their index entries).
-func (s *Store) sweepPaths(ctx context.Context, now time.Time) (int, error) {
-	var expired []string
-	err := s.scan(pathPrefix, func(k, v []byte) error {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if p, err := decodePath(v); err == nil && s.opts.ExpiredPath(p, now) {
-			expired = append(expired, string(k[len(pathPrefix):]))
-		}
-		return nil
-	})
-	if err != nil {
-		return 0, err
-	}
-	removed := 0
-	for start := 0; start < len(expired); start += 1000 {
-		chunk := expired[start:min(start+1000, len(expired))]
-		unlock := s.stripes.Lock(chunk)
-		b := s.db.NewBatch()
-		for _, id := range chunk {
-			p, err := s.getPath(id)
-			if err != nil || !s.opts.ExpiredPath(p, now) || p == nil {
-				continue
-			}
-			if !p.Closed {
-				b.Delete(dueKey(p.Due, id), nil)
-			}
-			b.Delete(pathKey(id), nil)
-			removed++
-		}
-		err := b.Commit(pebble.NoSync)
-		b.Close()
-		unlock()
-		if err != nil {
-			return removed, fmt.Errorf("pebblestore: sweep paths: %w", err)
-		}
-	}
-	return removed, nil
-}
-
-func pathKey(id string) []byte { return append(bytes.Clone(pathPrefix), id...) }
-
 func dueKey(at int64, id string) []byte {
 	b := append(bytes.Clone(duePrefix), be64(uint64(at))...)
 	return append(b, id...)
 }
 
-const (
-	pathEnded  = 1
-	pathClosed = 2
-)
-
-func encodePath(p store.Path) []byte {
-	b := make([]byte, 0, 2*binary.MaxVarintLen64+1)
-	b = binary.AppendVarint(b, p.Changed)
-	b = binary.AppendVarint(b, p.Due)
-	var f byte
-	if p.Ended {
-		f |= pathEnded
+// convertPaths moves path records of stores written before the path state
+// lived in the conversation's header (one p/ record each) into the
+// header, a chunk per batch, like convertLegacy. The deadline index
+// entries stay: each is where the converted header says its path is filed.
+func (s *Store) convertPaths() (err error) {
+	defer s.fatal.recover(&err)
+	for {
+		b := s.db.NewBatch()
+		n := 0
+		err := s.scan(pathPrefix, func(k, v []byte) error {
+			id := string(k[len(pathPrefix):])
+			changed, p, err := decodeOldPath(v)
+			if err != nil {
+				return fmt.Errorf("pebblestore: path %q: %w", id, err)
+			}
+			h, _, err := s.header(id)
+			if err != nil {
+				return err
+			}
+			h.path = p
+			h.changed = max(h.changed, changed)
+			b.Set(headerKey(id), h.encode(), nil)
+			b.Delete(k, nil)
+			if n++; n == sweepChunk {
+				return errChunk
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, errChunk) {
+			b.Close()
+			return err
+		}
+		if n == 0 {
+			b.Close()
+			return nil
+		}
+		err = b.Commit(pebble.Sync)
+		b.Close()
+		if err != nil {
+			return fmt.Errorf("pebblestore: convert paths: %w", err)
+		}
 	}
-	if p.Closed {
-		f |= pathClosed
-	}
-	return append(b, f)
 }
 
-func decodePath(v []byte) (*store.Path, error) {
+// decodeOldPath reads a p/ record: last change, deadline, flags.
+func decodeOldPath(v []byte) (changed int64, p store.Path, err error) {
 	changed, n := binary.Varint(v)
 	if n <= 0 {
-		return nil, errCorrupt
+		return 0, p, errCorrupt
 	}
 	due, m := binary.Varint(v[n:])
 	if m <= 0 || len(v) != n+m+1 {
-		return nil, errCorrupt
+		return 0, p, errCorrupt
 	}
 	f := v[n+m]
-	return &store.Path{Changed: changed, Due: due, Ended: f&pathEnded != 0, Closed: f&pathClosed != 0}, nil
+	p = store.Path{Due: due, Ended: f&pathEnded != 0, Closed: f&pathClosed != 0}
+	if !p.Closed {
+		p.Filed = due
+	}
+	return changed, p, nil
 }

@@ -10,7 +10,8 @@
 //
 // Layout:
 //
-//	h/<conversation id>                 -> header: last change (unix ns), epoch, keys held and their bytes
+//	h/<conversation id>                 -> header: last change (unix ns), epoch, keys held and their bytes,
+//	                                       path state (paths on): ended, closed, deadline, deadline filed under
 //	m/<len(id), uvarint><id><key>       -> one claimed key (value: the epoch it was claimed in)
 //	o/<seq, 8 bytes BE>                 -> outbox entry: the occurrences one Claim found new
 //
@@ -25,8 +26,11 @@
 //
 //	k/<sink name>        -> the sink's cursor (8 bytes BE)
 //	s/<sink name>\x00<key> -> one key of the sink's own state (AckState)
-//	p/<conversation id> -> path state (paths on): last change, deadline, ended, closed
-//	d/<deadline, 8 bytes BE><conversation id> -> empty: the open paths by deadline
+//	d/<deadline, 8 bytes BE><conversation id> -> empty: the open paths by the deadline they are filed under
+//	g/<slot, 4 bytes BE> -> the cardinality guard's slot-th admitted flow/metric pair (AdmitPairs)
+//
+// Stores written before the path state moved into the header kept it under
+// p/<conversation id>; Open converts them.
 //
 // Failure: Pebble cannot survive some errors (a failed write-ahead-log write,
 // for example on a full disk): it calls its logger's Fatalf or panics, and
@@ -68,8 +72,9 @@ var (
 	outboxPrefix = []byte("o/")
 	cursorPrefix = []byte("k/")
 	statePrefix  = []byte("s/")
-	pathPrefix   = []byte("p/")
+	pathPrefix   = []byte("p/") // path state before it moved into the header
 	duePrefix    = []byte("d/")
+	pairPrefix   = []byte("g/")
 )
 
 // Store is a flowmetrics.Store on a Pebble database.
@@ -83,6 +88,12 @@ type Store struct {
 	cursors map[string]uint64
 	closed  atomic.Bool
 	fatal   *fatal
+	// dueFloor: the deadline index holds no entry below it (see
+	// ClosePaths).
+	dueFloor atomic.Int64
+
+	pairMu sync.Mutex // guards pairs and serialises AdmitPairs
+	pairs  store.PairSet
 }
 
 // Sizes. A write-ahead log holds what its memtable holds, and Pebble keeps
@@ -161,6 +172,9 @@ func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, 
 	}
 	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f}
 	err = s.convertLegacy()
+	if err == nil {
+		err = s.convertPaths()
+	}
 	if err == nil {
 		err = s.load()
 	}
@@ -245,7 +259,14 @@ func (s *Store) load() error {
 		return err
 	}
 	s.seq = store.NewSequencer(last, pending)
-	return nil
+	return s.scan(pairPrefix, func(k, v []byte) error {
+		p, err := store.DecodePair(v)
+		if err != nil {
+			return fmt.Errorf("pebblestore: admitted pair %x: %w", k, err)
+		}
+		s.pairs.Add(p)
+		return nil
+	})
 }
 
 func (s *Store) scan(prefix []byte, fn func(k, v []byte) error) (err error) {
@@ -291,10 +312,8 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	b := s.db.NewBatch()
 	defer b.Close()
 	var out []flowmetrics.Occurrence
-	var paths map[string]*stagedPath
-	if s.opts.Paths != nil {
-		paths = map[string]*stagedPath{}
-	}
+	paths := s.opts.Paths != nil
+	syncPaths := false
 	staged, err := s.stageAll(reqs, &refused, now)
 	if err != nil {
 		return nil, err
@@ -303,25 +322,23 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		if refused.Has(i) {
 			continue
 		}
-		if paths != nil && (len(r.Occurrences) > 0 || r.Ended) {
-			if err := s.stagePath(paths, r, now); err != nil {
-				return nil, err
-			}
-		}
-		if len(r.Occurrences) == 0 {
+		track := paths && (len(r.Occurrences) > 0 || r.Ended)
+		if len(r.Occurrences) == 0 && !track {
 			continue
 		}
 		c := staged[r.ConversationID]
 		fresh := store.FilterNew(r.Occurrences, c.holds)
+		if len(fresh) > 0 {
+			if err := (store.Size{Keys: c.h.keys, Bytes: c.h.bytes}).Plus(fresh).Check(r.ConversationID); err != nil {
+				refused.Add(i, flowmetrics.RefusedConversation, err)
+				continue
+			}
+		}
+		if track && s.trackPath(c, fresh, r.Ended, now) {
+			syncPaths = true
+		}
 		if len(fresh) == 0 {
 			continue
-		}
-		if err := (store.Size{Keys: c.h.keys, Bytes: c.h.bytes}).Plus(fresh).Check(r.ConversationID); err != nil {
-			refused.Add(i, flowmetrics.RefusedConversation, err)
-			continue
-		}
-		if paths != nil {
-			fresh = paths[r.ConversationID].claimed(s.opts, fresh, now)
 		}
 		for _, o := range fresh {
 			c.add(o.Key)
@@ -333,26 +350,46 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		c.dirty = true
 		out = append(out, fresh...)
 	}
-	if err := writePaths(b, paths); err != nil {
-		return nil, fmt.Errorf("pebblestore: claim: %w", err)
-	}
-	if len(out) == 0 {
-		if b.Empty() {
-			return nil, refused.Err()
-		}
-		// Only path state changed (an end event).
-		if err := b.Commit(pebble.Sync); err != nil {
-			return nil, fmt.Errorf("pebblestore: claim: %w", err)
-		}
-		return nil, refused.Err()
-	}
+	var filed []int64
 	for id, c := range staged {
 		if !c.dirty {
 			continue
 		}
+		if paths {
+			at, err := fileIndex(b, c)
+			if err != nil {
+				return nil, fmt.Errorf("pebblestore: claim: %w", err)
+			}
+			if at != 0 {
+				filed = append(filed, at)
+			}
+		}
 		if err := b.Set(headerKey(id), c.h.encode(), nil); err != nil {
 			return nil, fmt.Errorf("pebblestore: %w", err)
 		}
+	}
+	// After the commit (or its failure: a lower floor only costs a longer
+	// scan), the closer must look from the new entries on.
+	defer func() {
+		for _, at := range filed {
+			s.lowerFloor(at)
+		}
+	}()
+	if len(out) == 0 {
+		if b.Empty() {
+			return nil, refused.Err()
+		}
+		// Only path state changed: an end event (synced), or events that
+		// kept a path open (not synced: a crash loses at most a Step of
+		// its deadline).
+		opt := pebble.NoSync
+		if syncPaths {
+			opt = pebble.Sync
+		}
+		if err := b.Commit(opt); err != nil {
+			return nil, fmt.Errorf("pebblestore: claim: %w", err)
+		}
+		return nil, refused.Err()
 	}
 	seq := s.seq.Begin()
 	if err := b.Set(outboxKey(seq), encodeEntry(out, nil), nil); err != nil {
@@ -378,10 +415,12 @@ type staged struct {
 	added  map[string]struct{}
 	dirty  bool
 	prefix []byte // m/<len><id>
+	filed  int64  // the deadline the stored header's path is filed under (0: none)
 }
 
 // stageAll reads what the batch's requests need of the store: the header
-// of each conversation with occurrences (an expired one starts a new
+// of each conversation with occurrences, or with an end event when paths
+// are on (an expired one starts a new
 // epoch, in which it holds nothing), then which of the requested keys each
 // holds. Both go through one iterator, each in key order: a seek that only
 // moves forward reuses the tables, blocks and positions of the one before,
@@ -392,7 +431,7 @@ func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 	convs := map[string]*staged{}
 	var ids []string
 	for i, r := range reqs {
-		if refused.Has(i) || len(r.Occurrences) == 0 {
+		if refused.Has(i) || len(r.Occurrences) == 0 && (s.opts.Paths == nil || !r.Ended) {
 			continue
 		}
 		if _, ok := convs[r.ConversationID]; !ok {
@@ -423,6 +462,9 @@ func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 		h, err := decodeHeader(it.Value())
 		if err != nil {
 			return nil, fmt.Errorf("pebblestore: conversation %q: %w", id, err)
+		}
+		if !h.path.Closed {
+			c.filed = h.path.Filed
 		}
 		if s.opts.Expired(time.Unix(0, h.changed), now) {
 			c.h.epoch = h.epoch + 1
@@ -544,15 +586,13 @@ func (s *Store) get(id string) (*conversation, error) {
 	if err != nil || !ok {
 		return nil, err
 	}
-	c := &conversation{changed: h.changed, keys: make([]string, 0, h.keys)}
-	p := keyPrefixOf(id)
-	err = s.scan(p, func(k, v []byte) error {
-		if epoch, n := binary.Uvarint(v); n > 0 && epoch == h.epoch {
-			c.keys = append(c.keys, string(k[len(p):]))
-		}
-		return nil
-	})
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: keyPrefix, UpperBound: prefixEnd(keyPrefix)})
 	if err != nil {
+		return nil, fmt.Errorf("pebblestore: read conversation %q: %w", id, err)
+	}
+	defer it.Close()
+	c := &conversation{changed: h.changed}
+	if c.keys, err = keysOf(it, id, h.epoch, h.keys); err != nil {
 		return nil, fmt.Errorf("pebblestore: read conversation %q: %w", id, err)
 	}
 	return c, nil
@@ -606,11 +646,6 @@ func (s *Store) Sweep(ctx context.Context) (removed int, err error) {
 			return removed, err
 		}
 	}
-	if s.opts.Paths != nil {
-		if _, err := s.sweepPaths(ctx, now); err != nil {
-			return removed, err
-		}
-	}
 	return removed, nil
 }
 
@@ -629,6 +664,9 @@ func (s *Store) sweepChunk(ids []string, now time.Time) (removed int, err error)
 			continue
 		}
 		b.Delete(headerKey(id), nil)
+		if h.path.Filed != 0 && !h.path.Closed {
+			b.Delete(dueKey(h.path.Filed, id), nil)
+		}
 		err = s.scan(keyPrefixOf(id), func(k, _ []byte) error { return b.Delete(k, nil) })
 		if err != nil {
 			return removed, err
@@ -818,6 +856,49 @@ func (s *Store) SinkState(ctx context.Context, sink string) (map[string][]byte, 
 		return nil, fmt.Errorf("pebblestore: sink state %s: %w", sink, err)
 	}
 	return out, nil
+}
+
+// Pairs implements flowmetrics.Store.
+func (s *Store) Pairs(ctx context.Context) ([]flowmetrics.Pair, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	s.pairMu.Lock()
+	defer s.pairMu.Unlock()
+	return s.pairs.List(), nil
+}
+
+// AdmitPairs implements flowmetrics.Store: the new pairs are one synced
+// batch, each in the next free slot. The store has one writer, so the set
+// in memory is the set on disk.
+func (s *Store) AdmitPairs(ctx context.Context, pairs []flowmetrics.Pair, limit int) (_ []flowmetrics.Pair, err error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	s.pairMu.Lock()
+	defer s.pairMu.Unlock()
+	add := s.pairs.Missing(pairs, limit)
+	if len(add) == 0 {
+		return s.pairs.List(), nil
+	}
+	defer s.fatal.recover(&err)
+	b := s.db.NewBatch()
+	defer b.Close()
+	for i, p := range add {
+		v, err := store.EncodePair(p)
+		if err != nil {
+			return nil, fmt.Errorf("pebblestore: admit: %w", err)
+		}
+		k := binary.BigEndian.AppendUint32(bytes.Clone(pairPrefix), uint32(s.pairs.Slots()+i))
+		b.Set(k, v, nil)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return nil, fmt.Errorf("pebblestore: admit: %w", err)
+	}
+	for _, p := range add {
+		s.pairs.Add(p)
+	}
+	return s.pairs.List(), nil
 }
 
 // discardLocked deletes the entries every sink has delivered. The deletion

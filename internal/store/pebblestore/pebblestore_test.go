@@ -29,6 +29,6 @@ func TestConformance(t *testing.T) {
 				t.Fatal(err)
 			}
 			return open(t, dirs[s], opts)
-		},
+		}, PathsOpenOnKnownKeys: true,
 	})
 }

@@ -104,6 +104,9 @@ func runPaths(t *testing.T, h Harness) {
 	t.Run("PathsOff", func(t *testing.T) { testPathsOff(t, h) })
 	t.Run("PathClosesAfterEndAndGrace", func(t *testing.T) { testPathEnd(t, h) })
 	t.Run("PathClosesAfterIdle", func(t *testing.T) { testPathIdle(t, h) })
+	if h.PathsOpenOnKnownKeys {
+		t.Run("PathStaysOpenOnKnownKeys", func(t *testing.T) { testPathOpenOnKnownKeys(t, h) })
+	}
 	t.Run("PathLateAttributes", func(t *testing.T) { testPathLate(t, h) })
 	t.Run("PathClosesOnceUnderConcurrency", func(t *testing.T) { testPathConcurrent(t, h) })
 	t.Run("PathLimitAndIndex", func(t *testing.T) { testPathLimit(t, h) })
@@ -175,21 +178,68 @@ func testPathIdle(t *testing.T, h Harness) {
 	clock := NewClock(t0)
 	s := h.Open(t, pathOpts(clock))
 	d := newRecordDerive()
+	step := pathOpts(clock).Paths.Step()
 	a, b := Occ("F", "A", t0), Occ("F", "B", t0)
 	mustClaimReqs(t, s, req("c1", a))
 	clock.Advance(idle / 2)
-	// A new key pushes the idle deadline; a known one does not.
+	// A new key pushes the idle deadline.
 	mustClaimReqs(t, s, req("c1", b))
 	last := clock.Now()
-	clock.Advance(idle / 4)
-	mustClaimReqs(t, s, req("c1", a, b))
 	if n := mustClose(t, s, last.Add(idle-time.Nanosecond), d); n != 0 {
 		t.Errorf("closed %d before the idle timeout, want 0", n)
 	}
-	if n := mustClose(t, s, last.Add(idle), d); n != 1 {
-		t.Errorf("closed %d at the idle timeout, want 1", n)
+	clock.Advance(step / 2)
+	mustClaimReqs(t, s, req("c1", a, b))
+	if n := mustClose(t, s, last.Add(idle+step), d); n != 1 {
+		t.Errorf("closed %d a step after the idle timeout, want 1", n)
 	}
 	if got, want := d.closedKeys("c1"), fmt.Sprintf("false[%s %s]", a.Key, b.Key); got != want {
+		t.Errorf("derived from %s, want %s", got, want)
+	}
+
+	// A new key less than a step after the previous one moves the deadline
+	// though a store may leave its index entry where it was: the path is
+	// still not closed before its deadline.
+	mustClaimReqs(t, s, req("c3", a))
+	clock.Advance(step / 2)
+	mustClaimReqs(t, s, req("c3", b))
+	last = clock.Now()
+	if n := mustClose(t, s, last.Add(idle-step/2), d); n != 0 {
+		t.Errorf("c3: closed %d at the first key's deadline, want 0", n)
+	}
+	if n := mustClose(t, s, last.Add(idle-time.Nanosecond), d); n != 0 {
+		t.Errorf("c3: closed %d before the idle timeout, want 0", n)
+	}
+	if n := mustClose(t, s, last.Add(idle+step), d); n != 1 {
+		t.Errorf("c3: closed %d a step after the idle timeout, want 1", n)
+	}
+}
+
+// testPathOpenOnKnownKeys: requests that bring only known keys keep a path
+// open: it closes no earlier than idle after the last of them, and no
+// later than a step after that.
+func testPathOpenOnKnownKeys(t *testing.T, h Harness) {
+	clock := NewClock(t0)
+	s := h.Open(t, pathOpts(clock))
+	d := newRecordDerive()
+	step := pathOpts(clock).Paths.Step()
+	a := Occ("F", "A", t0)
+	mustClaimReqs(t, s, req("c2", a))
+	for range 3 {
+		clock.Advance(idle / 2)
+		mustClaimReqs(t, s, req("c2", a))
+		if n := mustClose(t, s, clock.Now(), d); n != 0 {
+			t.Fatalf("closed %d while requests kept coming", n)
+		}
+	}
+	last := clock.Now()
+	if n := mustClose(t, s, last.Add(idle-time.Nanosecond), d); n != 0 {
+		t.Errorf("closed %d before idle after the last request, want 0", n)
+	}
+	if n := mustClose(t, s, last.Add(idle+step), d); n != 1 {
+		t.Errorf("closed %d a step after idle after the last request, want 1", n)
+	}
+	if got, want := d.closedKeys("c2"), fmt.Sprintf("false[%s]", a.Key); got != want {
 		t.Errorf("derived from %s, want %s", got, want)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/sink/datadog/datadogtest"
 )
 
 // udpLines listens on a UDP port of 127.0.0.1 and returns its address and
@@ -222,4 +224,52 @@ func lowerTruth(tr *pathTruth) *pathTruth {
 	}
 	out.sort()
 	return out
+}
+
+// TestPathsReplayDatadog: replay -config with the datadog API sink
+// backfills paths, in both modes, into a loopback Datadog intake that
+// keeps what Datadog keeps (the last count per series and second, every
+// distribution value). The archive is older than Datadog's window, so
+// every point is clamped to now−59 min by the default late policy; each
+// series still adds up to the corpus's truth.
+func TestPathsReplayDatadog(t *testing.T) {
+	const key = "0123456789abcdef0123456789abcdef"
+	for _, mode := range []string{"count", "distribution"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Setenv("FLOWMETRICS_TEST_DD_KEY", key)
+			intake := datadogtest.New(t, key, time.Now)
+			truth, occurrences := replayPaths(t, "sinks:\n  datadog:\n    url: "+intake.URL+"\n    api_key_env: FLOWMETRICS_TEST_DD_KEY\n    mode: "+mode+"\n")
+			got := newTruth()
+			var counts int64
+			intake.Do(func() {
+				for _, v := range intake.Violations {
+					t.Errorf("contract violation: %s", v)
+				}
+				if intake.OutOfWindow > 0 {
+					t.Errorf("%d points outside Datadog's window", intake.OutOfWindow)
+				}
+				line := func(p datadogtest.Point, v float64) statsdLine {
+					l := statsdLine{name: p.Metric, value: v, tags: map[string]string{}}
+					for _, tag := range strings.Split(p.Tags, ",") {
+						k, v, _ := strings.Cut(tag, ":")
+						l.tags[k] = v
+					}
+					return l
+				}
+				for p, v := range intake.Store {
+					addPathValue(t, got, &counts, line(p, v))
+				}
+				for p, vs := range intake.Dist {
+					for _, v := range vs {
+						addPathValue(t, got, &counts, line(p, v))
+					}
+				}
+			})
+			got.sort()
+			compareTruth(t, got, lowerTruth(truth))
+			if counts != occurrences {
+				t.Errorf("occurrences: got %d, want %d", counts, occurrences)
+			}
+		})
+	}
 }
