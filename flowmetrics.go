@@ -242,9 +242,33 @@ type Store interface {
 	// ErrPathsUnsupported.
 	ClosePaths(ctx context.Context, asOf time.Time, limit int, derive Deriver) (int, error)
 
+	// Pairs returns the flow/metric pairs the cardinality guard admitted
+	// (AdmitPairs), in the order they were admitted.
+	Pairs(ctx context.Context) ([]Pair, error)
+	// AdmitPairs adds to the cardinality guard's admitted set each of
+	// pairs it does not hold yet, in order, while it holds fewer than
+	// limit, and returns the whole set as it then is, in admission order.
+	// The set only grows (a pair stays admitted; nothing expires), so a
+	// caller that knows its first n pairs needs only the rest. The check
+	// and the add are atomic across every writer of the store: the set
+	// never lists a pair twice and never takes more than limit places (it
+	// holds more only after the limit was lowered; a store shared by
+	// several writers may waste a place in a race, admitting fewer pairs,
+	// never more). When AdmitPairs returns nil the
+	// additions are durable; on error nothing of the call may be assumed
+	// added, and calling again is safe. The guard admits a pair before
+	// the claim that counts it, so after any crash the set holds every
+	// pair the outbox and the backends hold.
+	AdmitPairs(ctx context.Context, pairs []Pair, limit int) ([]Pair, error)
+
 	// Close releases the store; it is safe to call twice.
 	Close() error
 }
+
+// Pair is a flow/metric pair: one series in each backend. The cardinality
+// guard admits at most its limit of them; a pair is at most MaxStateValue
+// bytes once encoded, far beyond a metric attribute name's 200 bytes.
+type Pair struct{ Flow, Metric string }
 
 // Sweeper is a Store that deletes expired conversations when asked
 // (serve calls Sweep every store.sweep_interval) rather than on its own.

@@ -153,7 +153,14 @@ func startReplay(ctx context.Context, cfg config.Config, st flowmetrics.Store, m
 		return nil, nil, usageError(err)
 	}
 	pcfg := cfg.Pipeline
-	pcfg.Guard = newGuard(cfg, log)
+	// The guard's admitted pairs are the store's: a replay into a serve
+	// data directory shares serve's, so the two never pass the limit.
+	if pcfg.Guard, err = newGuard(ctx, cfg, st, log); err != nil {
+		for _, sk := range sinks {
+			sk.Close(ctx)
+		}
+		return nil, nil, err
+	}
 	if cfg.Store.Type == "embedded" {
 		// Own cursors, so serve's pending points for a sink of the same
 		// kind are neither taken nor moved by the replay.

@@ -204,7 +204,9 @@ func (s *service) startPipeline(ctx context.Context) error {
 		return usageError(err)
 	}
 	pcfg := s.cfg.Pipeline
-	pcfg.Guard = newGuard(s.cfg, s.log)
+	if pcfg.Guard, err = newGuard(ctx, s.cfg, s.st, s.log); err != nil {
+		return err
+	}
 	withPaths(s.cfg, &pcfg)
 	if s.cfg.HTTP.DashboardOn() {
 		// The dashboard also hears of malformed attribute names.
@@ -262,6 +264,7 @@ func (s *service) httpServer() *http.Server {
 		Handler:           httpapi.New(s.p, s.m, opts, s.log),
 		ReadTimeout:       s.cfg.HTTP.ReadTimeout,
 		ReadHeaderTimeout: min(s.cfg.HTTP.ReadTimeout, 10*time.Second),
+		MaxHeaderBytes:    httpapi.MaxHeaderBytes,
 		WriteTimeout:      s.cfg.HTTP.WriteTimeout,
 		IdleTimeout:       s.cfg.HTTP.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),

@@ -177,7 +177,7 @@ func TestLeastPrivilege(t *testing.T) {
 		t.Fatalf("got %d IAM roles, want 1", len(roles))
 	}
 	allowed := map[string][]string{
-		"getatt:StateTable.Arn":       {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+		"getatt:StateTable.Arn":       {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:BatchGetItem"},
 		"getatt:EventQueue.Arn":       {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"},
 		"getatt:FunctionLogGroup.Arn": {"logs:CreateLogStream", "logs:PutLogEvents"},
 		"ref:DatadogApiKeySecretArn":  {"secretsmanager:GetSecretValue"},

@@ -1,13 +1,17 @@
 package cardinality
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/flowmetrics/flowmetrics"
 )
 
 // DefaultLimit is the number of distinct flow/metric pairs let through when
-// New is given 0.
+// Open is given 0.
 const DefaultLimit = 1000
 
 // The overflow series. Every pair beyond the limit is counted under
@@ -33,49 +37,113 @@ const (
 	rememberFolded = 10000
 )
 
-type pair struct{ flow, metric string }
+type pair = flowmetrics.Pair
 
-// Guard maps flow/metric pairs to themselves while fewer than its limit
-// distinct pairs have been seen, and to the overflow pair after that. Pairs
-// admitted once stay admitted for the life of the Guard (the process): the
-// set is not persisted, so after a restart the first pairs seen win again,
-// and each replica has its own set. It is safe for concurrent use.
+// Store keeps the admitted pairs (flowmetrics.Store does): durable, shared
+// by every writer of the store, never more than the limit.
+type Store interface {
+	Pairs(ctx context.Context) ([]flowmetrics.Pair, error)
+	AdmitPairs(ctx context.Context, pairs []flowmetrics.Pair, limit int) ([]flowmetrics.Pair, error)
+}
+
+// Guard maps flow/metric pairs to themselves once they are admitted, and
+// to the overflow pair when the limit was reached before they came. The
+// admitted set lives in the store: Open reads it, and Admit adds to it
+// durably before the claim that counts a new pair, so after any restart
+// (or crash) the guard knows every pair the backends were ever sent, and
+// the number of series never passes the limit. Several writers of one
+// store (Lambda instances on one table) share the set. It is safe for
+// concurrent use.
 type Guard struct {
 	limit int
+	store Store
 	log   *slog.Logger
 	now   func() time.Time
 
 	mu          sync.Mutex
 	admitted    map[pair]struct{}
+	synced      int // how many of the store's pairs (in its order) admitted holds
 	folded      map[pair]struct{}
 	windowStart time.Time
 	logged      int // lines logged in the current window
 	unlogged    int // newly folded pairs not yet named in a log line
 }
 
-// New returns a Guard letting limit distinct pairs through (DefaultLimit when
-// limit is 0; a negative limit disables the guard). log may be nil.
-func New(limit int, log *slog.Logger) *Guard {
+// Open returns a Guard letting limit distinct pairs through (DefaultLimit
+// when limit is 0; a negative limit disables the guard and leaves the
+// store alone), with the pairs the store already admitted. log may be nil.
+func Open(ctx context.Context, limit int, st Store, log *slog.Logger) (*Guard, error) {
 	if limit == 0 {
 		limit = DefaultLimit
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Guard{
+	g := &Guard{
 		limit:    limit,
+		store:    st,
 		log:      log,
 		now:      time.Now,
 		admitted: make(map[pair]struct{}),
 		folded:   make(map[pair]struct{}),
 	}
+	if limit < 0 {
+		return g, nil
+	}
+	ps, err := st.Pairs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("cardinality: read admitted pairs: %w", err)
+	}
+	g.learn(ps)
+	return g, nil
+}
+
+// learn adds the store's pairs beyond those already synced; the caller
+// holds mu or owns g.
+func (g *Guard) learn(ps []flowmetrics.Pair) {
+	for _, p := range ps[min(g.synced, len(ps)):] {
+		g.admitted[p] = struct{}{}
+	}
+	g.synced = max(g.synced, len(ps))
+}
+
+// Admit admits durably, while there is room, those of pairs never seen
+// before; pairs it cannot admit are folded by Map. It asks the store only
+// when a pair is new and the limit not reached, so once the set is full
+// it costs a map lookup. An error is the store's: nothing was decided, and
+// the caller must not count the pairs (it retries later).
+func (g *Guard) Admit(ctx context.Context, pairs []flowmetrics.Pair) error {
+	if g.limit < 0 {
+		return nil
+	}
+	g.mu.Lock()
+	var todo []flowmetrics.Pair
+	if len(g.admitted) < g.limit {
+		for _, p := range pairs {
+			if _, ok := g.admitted[p]; !ok {
+				todo = append(todo, p)
+			}
+		}
+	}
+	g.mu.Unlock()
+	if len(todo) == 0 {
+		return nil
+	}
+	ps, err := g.store.AdmitPairs(ctx, todo, g.limit)
+	if err != nil {
+		return fmt.Errorf("cardinality: admit: %w", err)
+	}
+	g.mu.Lock()
+	g.learn(ps)
+	g.mu.Unlock()
+	return nil
 }
 
 // Limit returns the number of distinct pairs let through (negative: no limit).
 func (g *Guard) Limit() int { return g.limit }
 
-// Map returns the pair to count an occurrence of flow/metric under: the pair
-// itself if it is admitted or there is still room, otherwise
+// Map returns the pair to count an occurrence of flow/metric under: the
+// pair itself if it is admitted (Admit decides), otherwise
 // (OverflowFlow, OverflowMetric). Each newly folded pair is logged once
 // (rate-limited). Map is called for every sighting of a pair, repeats
 // included, so it counts nothing: the pipeline counts the folded
@@ -84,14 +152,9 @@ func (g *Guard) Map(flow, metric string) (string, string) {
 	if g.limit < 0 {
 		return flow, metric
 	}
-	p := pair{flow, metric}
+	p := pair{Flow: flow, Metric: metric}
 	g.mu.Lock()
 	if _, ok := g.admitted[p]; ok {
-		g.mu.Unlock()
-		return flow, metric
-	}
-	if len(g.admitted) < g.limit {
-		g.admitted[p] = struct{}{}
 		g.mu.Unlock()
 		return flow, metric
 	}

@@ -2,6 +2,8 @@ package cardinality
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -10,8 +12,89 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/golden"
+	"github.com/flowmetrics/flowmetrics/internal/store"
+	"github.com/flowmetrics/flowmetrics/internal/store/memstore"
+	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
 )
+
+// open returns a guard on a new in-memory store.
+func open(t testing.TB, limit int, log *slog.Logger) *Guard {
+	t.Helper()
+	g, err := Open(context.Background(), limit, memstore.New(store.Options{}), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+// see is what the pipeline does with each pair of a claim: Admit, then Map.
+func see(t testing.TB, g *Guard, flow, metric string) (string, string) {
+	if err := g.Admit(context.Background(), []flowmetrics.Pair{{Flow: flow, Metric: metric}}); err != nil {
+		t.Error(err)
+	}
+	return g.Map(flow, metric)
+}
+
+// TestAdmittedPairsSurviveRestarts reopens the guard on the same data
+// directory three times, each time with limit new pairs: the first ones
+// stay admitted, the later ones fold, and the store never holds more than
+// the limit.
+func TestAdmittedPairsSurviveRestarts(t *testing.T) {
+	const limit = 50
+	dir := t.TempDir()
+	ctx := context.Background()
+	for run := 0; run < 3; run++ {
+		st, err := pebblestore.Open(dir, store.Options{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := Open(ctx, limit, st, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if run > 0 {
+			if f, m := g.Map("run0", "m0"); f != "run0" || m != "m0" {
+				t.Errorf("run %d: a pair admitted in run 0 maps to (%q, %q), want itself", run, f, m)
+			}
+		}
+		for i := 0; i < limit; i++ {
+			f, _ := see(t, g, fmt.Sprint("run", run), fmt.Sprint("m", i))
+			if folded := f == OverflowFlow; folded != (run > 0) {
+				t.Errorf("run %d pair %d: folded %v, want %v", run, i, folded, run > 0)
+			}
+		}
+		ps, err := st.Pairs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ps) != limit {
+			t.Errorf("run %d: the store holds %d pairs, want %d", run, len(ps), limit)
+		}
+		st.Close()
+	}
+}
+
+// failingStore refuses every admission, as a store that lost its disk.
+type failingStore struct{ Store }
+
+func (failingStore) AdmitPairs(context.Context, []flowmetrics.Pair, int) ([]flowmetrics.Pair, error) {
+	return nil, errors.New("disk gone")
+}
+
+func TestAdmitErrorDecidesNothing(t *testing.T) {
+	g, err := Open(context.Background(), 2, failingStore{memstore.New(store.Options{})}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Admit(context.Background(), []flowmetrics.Pair{{Flow: "A", Metric: "x"}}); err == nil {
+		t.Fatal("Admit on a failing store: got nil, want its error")
+	}
+	if g.Folded() != 0 {
+		t.Errorf("folded after a failed admission: got %d, want 0", g.Folded())
+	}
+}
 
 func TestMap(t *testing.T) {
 	type call struct{ flow, metric, wantFlow, wantMetric string }
@@ -66,9 +149,9 @@ func TestMap(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var buf bytes.Buffer
-			g := New(tt.limit, slog.New(slog.NewTextHandler(&buf, nil)))
+			g := open(t, tt.limit, slog.New(slog.NewTextHandler(&buf, nil)))
 			for i, c := range tt.calls {
-				gf, gm := g.Map(c.flow, c.metric)
+				gf, gm := see(t, g, c.flow, c.metric)
 				if gf != c.wantFlow || gm != c.wantMetric {
 					t.Errorf("call %d Map(%q, %q): got (%q, %q), want (%q, %q)", i, c.flow, c.metric, gf, gm, c.wantFlow, c.wantMetric)
 				}
@@ -81,35 +164,35 @@ func TestMap(t *testing.T) {
 }
 
 func TestDefaultLimit(t *testing.T) {
-	g := New(0, nil)
+	g := open(t, 0, nil)
 	if got := g.Limit(); got != DefaultLimit {
 		t.Fatalf("got limit %d, want %d", got, DefaultLimit)
 	}
 	for i := 0; i < DefaultLimit; i++ {
-		if f, _ := g.Map(fmt.Sprint("flow", i), "m"); f == OverflowFlow {
+		if f, _ := see(t, g, fmt.Sprint("flow", i), "m"); f == OverflowFlow {
 			t.Fatalf("pair %d folded, want admitted", i)
 		}
 	}
-	if f, m := g.Map("one", "more"); f != OverflowFlow || m != OverflowMetric {
+	if f, m := see(t, g, "one", "more"); f != OverflowFlow || m != OverflowMetric {
 		t.Fatalf("got (%q, %q), want the overflow pair", f, m)
 	}
 }
 
 func TestLogIsRateLimited(t *testing.T) {
 	var buf bytes.Buffer
-	g := New(1, slog.New(slog.NewTextHandler(&buf, nil)))
+	g := open(t, 1, slog.New(slog.NewTextHandler(&buf, nil)))
 	now := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
 	g.now = func() time.Time { return now }
-	g.Map("admitted", "m")
+	see(t, g, "admitted", "m")
 	for i := 0; i < 1000; i++ { // a flood of distinct names
-		g.Map("flood", fmt.Sprint("m", i))
+		see(t, g, "flood", fmt.Sprint("m", i))
 	}
 	if got := strings.Count(buf.String(), "\n"); got != logBurst {
 		t.Fatalf("log lines during the flood: got %d, want %d", got, logBurst)
 	}
 	now = now.Add(logWindow)
 	buf.Reset()
-	g.Map("flood", "next")
+	see(t, g, "flood", "next")
 	out := buf.String()
 	if got := strings.Count(out, "\n"); got != 1 {
 		t.Fatalf("log lines in the next window: got %d, want 1", got)
@@ -125,7 +208,7 @@ func TestLogIsRateLimited(t *testing.T) {
 
 func TestConcurrentMapAdmitsExactlyLimit(t *testing.T) {
 	const limit, workers, pairs = 50, 8, 200
-	g := New(limit, nil)
+	g := open(t, limit, nil)
 	var mu sync.Mutex
 	admitted := map[string]bool{}
 	folded := 0
@@ -135,7 +218,7 @@ func TestConcurrentMapAdmitsExactlyLimit(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < pairs; i++ {
-				f, _ := g.Map(fmt.Sprint("f", i), "m")
+				f, _ := see(t, g, fmt.Sprint("f", i), "m")
 				mu.Lock()
 				if f != OverflowFlow {
 					admitted[f] = true
@@ -165,9 +248,9 @@ func TestLogGolden(t *testing.T) {
 		}
 		return a
 	}})
-	g := New(2, slog.New(h))
+	g := open(t, 2, slog.New(h))
 	for _, p := range [][2]string{{"CustomerRouting", "Unknown"}, {"Billing Main", "PaymentTaken"}, {"Billing Main", "Refund"}, {"Billing Main", "Refund"}, {"Typo Flow", "Metric_(x)"}} {
-		g.Map(p[0], p[1])
+		see(t, g, p[0], p[1])
 	}
 	golden.Check(t, filepath.Join("testdata", "log.golden.txt"), buf.Bytes())
 }

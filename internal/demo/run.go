@@ -44,7 +44,9 @@ type Totals struct {
 var ErrRefused = errors.New("target refused the demo traffic")
 
 // Run advances g to now() every tick and posts the due events to t, until
-// ctx is done; it then returns the totals and nil. A target that is down or
+// ctx is done; it then returns the totals and nil. It logs "demo: backfill
+// posted" once, when it has first posted everything due (the backfill, when
+// g starts in the past). A target that is down or
 // answers 5xx or 429 is retried with the same batch (a repeat is harmless:
 // the target counts exactly once); one that answers 401, 403, 400 or 413 ends
 // Run with an error wrapping ErrRefused.
@@ -57,7 +59,7 @@ func Run(ctx context.Context, g *Generator, t Target, tick time.Duration, now fu
 	}
 	var tot Totals
 	var queue [][]byte
-	failing := false
+	failing, caughtUp := false, false
 	lastReport := now()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -101,6 +103,10 @@ func Run(ctx context.Context, g *Generator, t Target, tick time.Duration, now fu
 			tot.Rejected += resp.Rejected
 			tot.Occurrences += resp.Occurrences
 			queue = queue[n:]
+		}
+		if !caughtUp && len(queue) == 0 && ctx.Err() == nil {
+			caughtUp = true
+			log.Info("demo: backfill posted", "events", tot.Events, "occurrences", tot.Occurrences)
 		}
 		if now().Sub(lastReport) >= time.Minute {
 			lastReport = now()

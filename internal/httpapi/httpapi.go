@@ -79,6 +79,13 @@ type Options struct {
 // gets a small answer.
 const MaxErrors = 100
 
+// MaxHeaderBytes bounds a request's header (its request line, names and
+// values; Go's server allows 4 KiB of slack on top), where Go's default is
+// 1 MiB. A request with a larger header is answered 431 before any handler
+// runs. EventBridge's API destination sends a handful of short headers (the
+// secret, the content type, its own ids), a browser a few KiB of cookies.
+const MaxHeaderBytes = 64 << 10
+
 // ingestChunk is how many records one Ingest call takes, so a body of
 // millions of tiny records never holds them all at once.
 const ingestChunk = 1000

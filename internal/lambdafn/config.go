@@ -51,6 +51,12 @@ type Config struct {
 	// negative disables the cache), FLOWMETRICS_FLUSH_ATTEMPTS (default 3
 	// failed sends in a row before an invocation gives up on a sink).
 	Pipeline pipeline.Config
+	// CardinalityLimit: FLOWMETRICS_CARDINALITY_LIMIT, the distinct
+	// flow/metric pairs let through before the rest fold into the
+	// overflow series (default 1000, negative: no limit). Every instance
+	// shares the table's admitted set, so the limit holds for the whole
+	// deployment.
+	CardinalityLimit int
 	// Sinks: FLOWMETRICS_SINK, a comma-separated list of dogstatsd (the
 	// Datadog Lambda Extension; default), datadog (the API) and emf
 	// (CloudWatch embedded metric format on stdout).
@@ -141,6 +147,13 @@ func ConfigFromEnv(getenv func(string) string) (Config, error) {
 			errs = append(errs, fmt.Errorf("FLOWMETRICS_CACHE_CONVERSATIONS=%q: %w", v, err))
 		}
 		c.Pipeline.CacheConversations = n
+	}
+	if v := getenv("FLOWMETRICS_CARDINALITY_LIMIT"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("FLOWMETRICS_CARDINALITY_LIMIT=%q: %w", v, err))
+		}
+		c.CardinalityLimit = n
 	}
 	for _, s := range strings.Split(or(getenv("FLOWMETRICS_SINK"), DefaultSink), ",") {
 		if s = strings.TrimSpace(s); s != "" {

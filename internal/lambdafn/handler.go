@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/secretsmanager"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/cardinality"
 	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/naming"
@@ -58,6 +59,11 @@ func NewHandler(ctx context.Context, st flowmetrics.Store, sinks []flowmetrics.S
 	if pc.FlushAttempts == 0 {
 		pc.FlushAttempts = DefaultFlushAttempts
 	}
+	g, err := cardinality.Open(ctx, cfg.CardinalityLimit, st, log)
+	if err != nil {
+		return nil, err
+	}
+	pc.Guard = g
 	h := &Handler{
 		p:     pipeline.New(st, sinks, pc, m, log),
 		store: st, log: log, reserve: cfg.FlushReserve,

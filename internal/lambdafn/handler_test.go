@@ -283,6 +283,13 @@ func TestConfigFromEnv(t *testing.T) {
 			}
 			return ""
 		}},
+		{"cardinality limit", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_CARDINALITY_LIMIT", "50"), "", func(c lambdafn.Config) string {
+			if c.CardinalityLimit != 50 {
+				return fmt.Sprintf("cardinality limit %d, want 50", c.CardinalityLimit)
+			}
+			return ""
+		}},
+		{"bad cardinality limit", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_CARDINALITY_LIMIT", "lots"), "FLOWMETRICS_CARDINALITY_LIMIT", nil},
 		{"no table", env(), "FLOWMETRICS_TABLE", nil},
 		{"unknown sink", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_SINK", "prometheus"), "unknown sink", nil},
 		{"bad duration", env("FLOWMETRICS_TABLE", "t", "FLOWMETRICS_LEASE", "soon"), "FLOWMETRICS_LEASE", nil},
@@ -324,5 +331,61 @@ func TestColdStartRefusesBadCombination(t *testing.T) {
 	err := lambdafn.Run(context.Background(), func(k string) string { return env[k] }, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "must be shorter than FLOWMETRICS_RETENTION") {
 		t.Errorf("cold start with FLOWMETRICS_CACHE_TTL=200h, FLOWMETRICS_RETENTION=1h: got %v, want the refusal", err)
+	}
+}
+
+// TestCardinalityLimitSharedByInstances runs two function instances on one
+// table with a limit of 2, then a cold start: the pairs admitted by one
+// instance count against the other's limit, and a new instance starts with
+// them, so the deployment never sends more than 2 pairs besides the
+// overflow series.
+func TestCardinalityLimitSharedByInstances(t *testing.T) {
+	srv := dynalitetest.Start(t)
+	table := srv.CreateTable(t)
+	cfg := testCfg
+	cfg.CardinalityLimit = 2
+	instance := func(owner string) (*lambdafn.Handler, *recordingSink) {
+		st, err := dynamostore.Open(dynamostore.Config{Table: table, Owner: owner, ReadFirst: true}, srv.Client, store.Options{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sink := &recordingSink{}
+		h, err := lambdafn.NewHandler(context.Background(), st, []flowmetrics.Sink{sink}, cfg, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close(context.Background()) })
+		return h, sink
+	}
+	send := func(h *lambdafn.Handler, conv, flow string) {
+		t.Helper()
+		payload, _ := json.Marshal(sqsEvent(envelope(conv, map[string]string{flow + "Metric_M(2026-11-20T09:31:00Z)": "1"})))
+		out, err := h.Invoke(invocation(t), payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var resp events.SQSEventResponse
+		json.Unmarshal(out, &resp)
+		if len(resp.BatchItemFailures) != 0 {
+			t.Fatalf("failures: %v", failures(resp))
+		}
+	}
+	a, sinkA := instance("a")
+	b, sinkB := instance("b")
+	send(a, "c1", "A")
+	send(b, "c2", "B")
+	send(a, "c3", "C") // the limit is reached by b's pair, which a never saw
+	send(b, "c4", "A")
+	if got, want := fmt.Sprint(sinkA.total()), fmt.Sprint(map[string]int64{"A/M": 1, "overflow/overflow": 1}); got != want {
+		t.Errorf("instance a delivered %v, want %v", got, want)
+	}
+	if got, want := fmt.Sprint(sinkB.total()), fmt.Sprint(map[string]int64{"A/M": 1, "B/M": 1}); got != want {
+		t.Errorf("instance b delivered %v, want %v", got, want)
+	}
+	c, sinkC := instance("c") // a cold start
+	send(c, "c5", "B")
+	send(c, "c6", "D")
+	if got, want := fmt.Sprint(sinkC.total()), fmt.Sprint(map[string]int64{"B/M": 1, "overflow/overflow": 1}); got != want {
+		t.Errorf("a cold start delivered %v, want %v", got, want)
 	}
 }

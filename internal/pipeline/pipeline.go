@@ -87,8 +87,17 @@ const DefaultCacheTTL = time.Hour
 // DefaultCacheBytes is CacheBytes when it is not set.
 const DefaultCacheBytes = 64 << 20
 
-// Guard folds flow/metric pairs beyond a cardinality limit into one series.
+// Guard folds flow/metric pairs beyond a cardinality limit into one series
+// (internal/cardinality).
 type Guard interface {
+	// Admit durably admits those of pairs that still fit under the limit.
+	// The pipeline calls it with the pairs of a batch's new occurrences
+	// before claiming them, so that no pair reaches the outbox, and so a
+	// backend, without being in the store's admitted set. An error is a
+	// store failure: the batch is not claimed.
+	Admit(ctx context.Context, pairs []flowmetrics.Pair) error
+	// Map returns the pair to count flow/metric under: itself when
+	// admitted, the overflow pair otherwise.
 	Map(flow, metric string) (string, string)
 }
 
@@ -293,7 +302,7 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 			}
 			continue
 		}
-		occs := p.extract(r.Event, &c, &res)
+		occs := p.extract(r.Event, &res)
 		if len(occs) == 0 {
 			continue
 		}
@@ -314,7 +323,50 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		p.m.RecordsAccepted.Add(float64(res.Accepted))
 		return res, nil
 	}
+	if err := p.fold(ctx, &c); err != nil {
+		p.m.StoreErrors.WithLabelValues("admit").Inc()
+		p.m.RecordsAccepted.Add(float64(res.Accepted))
+		return res, err
+	}
 	return p.claim(ctx, &c, res)
+}
+
+// fold has the cardinality guard admit the pairs of the batch's
+// occurrences, then folds those it did not admit into the overflow series.
+// Folding happens once, before the claim, so the outbox, every sink and the
+// pipeline's own occurrence counter agree.
+func (p *Pipeline) fold(ctx context.Context, c *claimBatch) error {
+	g := p.cfg.Guard
+	if g == nil {
+		return nil
+	}
+	var pairs []flowmetrics.Pair
+	for _, rq := range c.reqs {
+		if (store.Size{}).Plus(rq.Occurrences).Check(rq.ConversationID) != nil {
+			// The store refuses this request whatever it holds: its
+			// pairs must not take the places of others.
+			continue
+		}
+		for _, o := range rq.Occurrences {
+			pairs = append(pairs, flowmetrics.Pair{Flow: o.Flow, Metric: o.Metric})
+		}
+	}
+	if err := g.Admit(ctx, pairs); err != nil {
+		return err
+	}
+	for _, rq := range c.reqs {
+		for i, o := range rq.Occurrences {
+			f, m := g.Map(o.Flow, o.Metric)
+			if f != o.Flow || m != o.Metric {
+				rq.Occurrences[i].Flow, rq.Occurrences[i].Metric = f, m
+				if c.folded == nil {
+					c.folded = map[string]bool{}
+				}
+				c.folded[o.Key] = true
+			}
+		}
+	}
+	return nil
 }
 
 // claimBatch is what one Ingest call asks the store.
@@ -354,23 +406,10 @@ func (p *Pipeline) sortOut(r genesys.Record, res *Result) bool {
 	return true
 }
 
-// extract returns the event's occurrences, folded by the cardinality guard,
-// and counts and reports its malformed metric attributes.
-func (p *Pipeline) extract(ev *genesys.Event, c *claimBatch, res *Result) []flowmetrics.Occurrence {
+// extract returns the event's occurrences, and counts and reports its
+// malformed metric attributes.
+func (p *Pipeline) extract(ev *genesys.Event, res *Result) []flowmetrics.Occurrence {
 	occs, bad := genesys.Extract(ev)
-	if p.cfg.Guard != nil {
-		// Folding happens once, before the claim, so the outbox, every
-		// sink and the pipeline's own occurrence counter agree.
-		for i, o := range occs {
-			occs[i].Flow, occs[i].Metric = p.cfg.Guard.Map(o.Flow, o.Metric)
-			if occs[i].Flow != o.Flow || occs[i].Metric != o.Metric {
-				if c.folded == nil {
-					c.folded = map[string]bool{}
-				}
-				c.folded[o.Key] = true
-			}
-		}
-	}
 	for _, b := range bad {
 		p.m.CountMalformed(b.Flow)
 		if errors.Is(b.Err, genesys.ErrNameTooLong) {

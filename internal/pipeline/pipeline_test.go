@@ -338,19 +338,51 @@ func TestFailedBatchIsResentUnchanged(t *testing.T) {
 }
 
 // foldAfter admits the first n pairs and folds the rest, like the
-// cardinality guard.
+// cardinality guard; with fail set, Admit fails like a store that lost
+// its disk.
 type foldAfter struct {
 	n    int
 	seen map[string]bool
+	fail bool
+}
+
+func (g *foldAfter) Admit(_ context.Context, pairs []flowmetrics.Pair) error {
+	if g.fail {
+		return errors.New("disk gone")
+	}
+	for _, p := range pairs {
+		if len(g.seen) < g.n {
+			g.seen[p.Flow+"/"+p.Metric] = true
+		}
+	}
+	return nil
 }
 
 func (g *foldAfter) Map(flow, metric string) (string, string) {
-	k := flow + "/" + metric
-	if g.seen[k] || len(g.seen) < g.n {
-		g.seen[k] = true
+	if g.seen[flow+"/"+metric] {
 		return flow, metric
 	}
 	return "overflow", "overflow"
+}
+
+func TestGuardFailureClaimsNothing(t *testing.T) {
+	s := &recordingSink{name: "s"}
+	g := &foldAfter{n: 1, seen: map[string]bool{}, fail: true}
+	p, _ := newTest(t, Config{Guard: g}, s)
+	ctx := context.Background()
+	rec := event("c1", "FMetric_A(2026-11-20T09:31:48Z)")
+	if _, err := p.Ingest(ctx, []genesys.Record{rec}); err == nil {
+		t.Fatal("Ingest with a failing guard: got nil error, want the store's")
+	}
+	g.fail = false
+	res, err := p.Ingest(ctx, []genesys.Record{rec})
+	if err != nil || res.Occurrences != 1 {
+		t.Fatalf("the retry: got %d occurrences (err %v), want 1", res.Occurrences, err)
+	}
+	p.Flush(ctx)
+	if got, want := fmt.Sprint(s.total()), fmt.Sprint(map[string]int64{"F/A@09:31:40": 1}); got != want {
+		t.Errorf("got %v, want %v", got, want)
+	}
 }
 
 func TestGuardFoldsBeforeClaim(t *testing.T) {

@@ -162,11 +162,17 @@
 // transactions (each item written in one costs two write units); without one
 // the marks stay plain UpdateItems.
 //
+// # The cardinality guard's admitted pairs
+//
+// One item per admitted flow/metric pair, in slots taken in order by
+// conditional writes, so every instance shares one set that never passes
+// the limit; see pairs.go.
+//
 // # Permissions
 //
-// dynamodb:GetItem and dynamodb:UpdateItem on the table, and with paths
-// dynamodb:Query on its index "paths"; with a stateful
-// sink (Datadog count mode) also dynamodb:PutItem and dynamodb:DeleteItem
-// (the actions inside TransactWriteItems, which has no permission of its
-// own) and dynamodb:BatchGetItem (loading the state at a cold start).
+// dynamodb:GetItem, dynamodb:UpdateItem and dynamodb:BatchGetItem (the
+// cardinality guard's admitted pairs, read at a cold start) on the table,
+// and with paths dynamodb:Query on its index "paths"; with a stateful sink
+// (Datadog count mode) also dynamodb:PutItem and dynamodb:DeleteItem (the
+// actions inside TransactWriteItems, which has no permission of its own).
 package dynamostore

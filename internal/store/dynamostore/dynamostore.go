@@ -206,6 +206,11 @@ type Store struct {
 	// commitMu serialises commits, so that a sink's state updates reach
 	// DynamoDB in the order they were made.
 	commitMu sync.Mutex
+	// pairMu guards the cardinality guard's admitted pairs as this
+	// instance has read them (pairs.go); pairsRead: read at least once.
+	pairMu    sync.Mutex
+	pairs     store.PairSet
+	pairsRead bool
 }
 
 type entry struct {

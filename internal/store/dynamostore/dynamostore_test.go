@@ -62,11 +62,19 @@ func open(t *testing.T, srv *dynalitetest.Server, table string, cfg dynamostore.
 
 func TestConformance(t *testing.T) {
 	srv := dynalitetest.Start(t)
+	var tables sync.Map // store → its table, for a second writer
 	for _, readFirst := range []bool{false, true} {
 		t.Run(fmt.Sprintf("ReadFirst=%v", readFirst), func(t *testing.T) {
 			storetest.Run(t, storetest.Harness{
 				Open: func(t *testing.T, opts store.Options) flowmetrics.Store {
-					return open(t, srv, srv.CreateTable(t), conformanceConfig(readFirst), opts)
+					table := srv.CreateTable(t)
+					s := open(t, srv, table, conformanceConfig(readFirst), opts)
+					tables.Store(s, table)
+					return s
+				},
+				Another: func(t *testing.T, s flowmetrics.Store) flowmetrics.Store {
+					table, _ := tables.Load(s)
+					return open(t, srv, table.(string), conformanceConfig(readFirst), store.Options{})
 				},
 				SkipSinkState: "dynalite has no TransactWriteItems: TestConformanceMoto runs the sink-state tests",
 			})

@@ -513,47 +513,25 @@ func (s *Store) SinkState(ctx context.Context, sink string) (map[string][]byte, 
 	st := map[string][]byte{}
 	for len(encKeys) > 0 {
 		n := min(len(encKeys), 100) // BatchGetItem's limit
-		req := map[string]types.KeysAndAttributes{s.cfg.Table: {ConsistentRead: aws.Bool(true)}}
-		ka := req[s.cfg.Table]
-		for _, ek := range encKeys[:n] {
-			ka.Keys = append(ka.Keys, map[string]types.AttributeValue{attrID: str(stateItemID(sink, ek))})
+		ids := make([]string, n)
+		for i, ek := range encKeys[:n] {
+			ids[i] = stateItemID(sink, ek)
 		}
-		req[s.cfg.Table] = ka
 		encKeys = encKeys[n:]
-		for attempt := 0; len(req) > 0; attempt++ {
-			if attempt > maxAttempts {
-				return nil, fmt.Errorf("dynamostore: read %s state: unprocessed keys after %d attempts", sink, attempt)
+		items, err := s.batchGet(ctx, ids)
+		if err != nil {
+			return nil, fmt.Errorf("dynamostore: read %s state: %w", sink, err)
+		}
+		for id, item := range items {
+			v, _ := item[attrValue].(*types.AttributeValueMemberB)
+			if v == nil {
+				continue
 			}
-			out, err := s.api.BatchGetItem(ctx, &dynamodb.BatchGetItemInput{RequestItems: req, ReturnConsumedCapacity: types.ReturnConsumedCapacityTotal})
-			s.statsMu.Lock()
-			s.stats.BatchGetItem++
-			if err == nil {
-				for _, c := range out.ConsumedCapacity {
-					if c.CapacityUnits != nil {
-						s.stats.ReadUnits += *c.CapacityUnits
-					}
-				}
-			}
-			s.statsMu.Unlock()
+			k, err := decodeStateKey(strings.TrimPrefix(id, stateItemID(sink, "")))
 			if err != nil {
-				return nil, fmt.Errorf("dynamostore: read %s state: %w", sink, err)
+				continue
 			}
-			for _, item := range out.Responses[s.cfg.Table] {
-				id, _ := item[attrID].(*types.AttributeValueMemberS)
-				v, _ := item[attrValue].(*types.AttributeValueMemberB)
-				if id == nil || v == nil {
-					continue
-				}
-				k, err := decodeStateKey(strings.TrimPrefix(id.Value, stateItemID(sink, "")))
-				if err != nil {
-					continue
-				}
-				st[k] = bytes.Clone(v.Value)
-			}
-			req = out.UnprocessedKeys
-			if len(req) > 0 {
-				time.Sleep(time.Duration(10<<min(attempt, 6)) * time.Millisecond)
-			}
+			st[k] = bytes.Clone(v.Value)
 		}
 	}
 	s.mu.Lock()

@@ -31,6 +31,8 @@ type Store struct {
 	// filed under. A path filed again leaves its old item behind,
 	// recognised as stale by its deadline.
 	due dueHeap
+
+	pairs store.PairSet // the cardinality guard's admitted pairs
 }
 
 type dueItem struct {
@@ -354,6 +356,32 @@ func (s *Store) OutboxDepth(ctx context.Context, sink string) (int64, error) {
 		}
 	}
 	return n, nil
+}
+
+// Pairs implements flowmetrics.Store.
+func (s *Store) Pairs(ctx context.Context) ([]flowmetrics.Pair, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pairs.List(), nil
+}
+
+// AdmitPairs implements flowmetrics.Store.
+func (s *Store) AdmitPairs(ctx context.Context, pairs []flowmetrics.Pair, limit int) ([]flowmetrics.Pair, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errClosed
+	}
+	add := s.pairs.Missing(pairs, limit)
+	for _, p := range add {
+		if _, err := store.EncodePair(p); err != nil {
+			return nil, fmt.Errorf("memstore: admit: %w", err)
+		}
+	}
+	for _, p := range add {
+		s.pairs.Add(p)
+	}
+	return s.pairs.List(), nil
 }
 
 // Close implements flowmetrics.Store.

@@ -27,6 +27,7 @@
 //	k/<sink name>        -> the sink's cursor (8 bytes BE)
 //	s/<sink name>\x00<key> -> one key of the sink's own state (AckState)
 //	d/<deadline, 8 bytes BE><conversation id> -> empty: the open paths by the deadline they are filed under
+//	g/<slot, 4 bytes BE> -> the cardinality guard's slot-th admitted flow/metric pair (AdmitPairs)
 //
 // Stores written before the path state moved into the header kept it under
 // p/<conversation id>; Open converts them.
@@ -73,6 +74,7 @@ var (
 	statePrefix  = []byte("s/")
 	pathPrefix   = []byte("p/") // path state before it moved into the header
 	duePrefix    = []byte("d/")
+	pairPrefix   = []byte("g/")
 )
 
 // Store is a flowmetrics.Store on a Pebble database.
@@ -89,6 +91,9 @@ type Store struct {
 	// dueFloor: the deadline index holds no entry below it (see
 	// ClosePaths).
 	dueFloor atomic.Int64
+
+	pairMu sync.Mutex // guards pairs and serialises AdmitPairs
+	pairs  store.PairSet
 }
 
 // Sizes. A write-ahead log holds what its memtable holds, and Pebble keeps
@@ -254,7 +259,14 @@ func (s *Store) load() error {
 		return err
 	}
 	s.seq = store.NewSequencer(last, pending)
-	return nil
+	return s.scan(pairPrefix, func(k, v []byte) error {
+		p, err := store.DecodePair(v)
+		if err != nil {
+			return fmt.Errorf("pebblestore: admitted pair %x: %w", k, err)
+		}
+		s.pairs.Add(p)
+		return nil
+	})
 }
 
 func (s *Store) scan(prefix []byte, fn func(k, v []byte) error) (err error) {
@@ -844,6 +856,49 @@ func (s *Store) SinkState(ctx context.Context, sink string) (map[string][]byte, 
 		return nil, fmt.Errorf("pebblestore: sink state %s: %w", sink, err)
 	}
 	return out, nil
+}
+
+// Pairs implements flowmetrics.Store.
+func (s *Store) Pairs(ctx context.Context) ([]flowmetrics.Pair, error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	s.pairMu.Lock()
+	defer s.pairMu.Unlock()
+	return s.pairs.List(), nil
+}
+
+// AdmitPairs implements flowmetrics.Store: the new pairs are one synced
+// batch, each in the next free slot. The store has one writer, so the set
+// in memory is the set on disk.
+func (s *Store) AdmitPairs(ctx context.Context, pairs []flowmetrics.Pair, limit int) (_ []flowmetrics.Pair, err error) {
+	if err := s.usable(); err != nil {
+		return nil, err
+	}
+	s.pairMu.Lock()
+	defer s.pairMu.Unlock()
+	add := s.pairs.Missing(pairs, limit)
+	if len(add) == 0 {
+		return s.pairs.List(), nil
+	}
+	defer s.fatal.recover(&err)
+	b := s.db.NewBatch()
+	defer b.Close()
+	for i, p := range add {
+		v, err := store.EncodePair(p)
+		if err != nil {
+			return nil, fmt.Errorf("pebblestore: admit: %w", err)
+		}
+		k := binary.BigEndian.AppendUint32(bytes.Clone(pairPrefix), uint32(s.pairs.Slots()+i))
+		b.Set(k, v, nil)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return nil, fmt.Errorf("pebblestore: admit: %w", err)
+	}
+	for _, p := range add {
+		s.pairs.Add(p)
+	}
+	return s.pairs.List(), nil
 }
 
 // discardLocked deletes the entries every sink has delivered. The deletion

@@ -27,6 +27,10 @@ type Harness struct {
 	// reason: the backend under test cannot run them (dynalite has no
 	// TransactWriteItems) and another run of the suite covers them.
 	SkipSinkState string
+	// Another opens a second writer on the same store as s (another Lambda
+	// instance on the same table), for stores that several writers
+	// share; nil for the others.
+	Another func(t *testing.T, s flowmetrics.Store) flowmetrics.Store
 	// SkipPaths, when not empty, says why the store does not close
 	// conversation paths: the suite then checks that ClosePaths says
 	// flowmetrics.ErrPathsUnsupported.
@@ -101,6 +105,7 @@ func Run(t *testing.T, h Harness) {
 		t.Run("SinkStateDurable", func(t *testing.T) { skipState(t, h); testSinkStateDurable(t, h) })
 	}
 	runPaths(t, h)
+	runPairs(t, h)
 }
 
 func skipState(t *testing.T, h Harness) {
