@@ -249,17 +249,22 @@ func TestBrowser(t *testing.T) {
 	check("crosshair shown", fmt.Sprintf(`document.querySelector('section.flow[data-flow=%q] .cross').getAttribute("visibility") === "visible"`, busy.Flow))
 
 	// A legend item highlights its metric (by keyboard too); picking it
-	// again goes back to the automatic choice.
+	// again releases it, back to the automatic choice. The automatic choice
+	// follows the live traffic (the busiest metric, or the attention list),
+	// so the one picked is the flow's quietest: released, it is not the
+	// highlighted one, whatever the traffic did meanwhile.
 	sel := fmt.Sprintf(`section.flow[data-flow=%q]`, busy.Flow)
 	auto := eval[string](t, bctx, fmt.Sprintf(`document.querySelector(%q + " .series.top").dataset.metric`, sel))
-	m0 := busy.Metrics[0].Metric
-	if m0 == auto {
-		m0 = busy.Metrics[1].Metric
+	m0, least := "", int64(0)
+	for _, m := range busy.Metrics {
+		if m.Metric != auto && (m0 == "" || m.InRange < least) {
+			m0, least = m.Metric, m.InRange
+		}
 	}
 	check("legend highlights a metric", fmt.Sprintf(`(() => { document.querySelector(%q + ' .legend li[data-metric=%q]').click();
 		const s = document.querySelector(%q); return s.querySelector('.legend li[data-metric=%q]').getAttribute("aria-pressed") === "true" && s.querySelector(".series.top").dataset.metric === %q && s.querySelectorAll(".series").length === %d; })()`, sel, m0, sel, m0, m0, len(busy.Metrics)))
-	check("picked again by keyboard, back to the automatic one", fmt.Sprintf(`(() => { document.querySelector(%q + ' .legend li[data-metric=%q]').dispatchEvent(new KeyboardEvent("keydown", {key: "Enter", bubbles: true}));
-		return document.querySelector(%q + " .series.top").dataset.metric === %q; })()`, sel, m0, sel, auto))
+	check("picked again by keyboard, released", fmt.Sprintf(`(() => { document.querySelector(%q + ' .legend li[data-metric=%q]').dispatchEvent(new KeyboardEvent("keydown", {key: "Enter", bubbles: true}));
+		const s = document.querySelector(%q); return s.querySelector(".series.top").dataset.metric !== %q && s.querySelector('.legend li[data-metric=%q]').getAttribute("aria-pressed") === "false"; })()`, sel, m0, sel, m0, m0))
 
 	// The table: every flow metric, with its count in the range between
 	// what the API said before and after the page read it.
