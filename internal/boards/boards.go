@@ -8,9 +8,16 @@
 //   - Grafana: a dashboard on a Prometheus data source, and Prometheus
 //     alerting rules for the same three alerts.
 //
-// The three alerts: an incident spike on a flow metric (its count in the
-// last 5 minutes far above its usual), a flow gone silent (nothing counted
-// for 30 minutes), and malformed attribute names appearing in a flow.
+// The alerts: an incident spike on a flow metric (its count in the last 5
+// minutes far above its usual), a flow gone silent (nothing counted for 30
+// minutes), malformed attribute names appearing in a flow, and, from the
+// conversation paths, a slow step (its 90th percentile above a threshold)
+// and an exit whose share of its flow's exits jumped against the same hour
+// the day before.
+//
+// The boards also show the paths: where conversations left each flow, the
+// step timings' percentiles, the timings, and the funnels' and
+// experiments' conversion.
 package boards
 
 import (
@@ -59,6 +66,14 @@ type Options struct {
 	Spike *FlowMetric
 	// Title of the dashboards (default "Genesys flow metrics").
 	Title string
+	// DatadogMode is the Datadog sink's mode (sinks.datadog.mode): in
+	// distribution mode the path counts (exits, funnels, experiments)
+	// are distributions of 1s, counted with count: rather than
+	// sum:…as_count().
+	DatadogMode datadog.Mode
+	// StepP90 is the slow-step alert's threshold in seconds (default
+	// StepP90Seconds).
+	StepP90 float64
 }
 
 // File is one generated file.
@@ -92,6 +107,27 @@ const (
 	SilentMinutes = 30
 	// MalformedMinutes: malformed names seen within this window alert.
 	MalformedMinutes = 10
+	// StepP90Seconds, StepWindow, StepMin: a step of a flow is slow when
+	// the 90th percentile of its time (from the flow's first metric) over
+	// the last StepWindow minutes is above the threshold (StepP90Seconds
+	// unless Options.StepP90 says otherwise) and at least StepMin
+	// conversations reached it then, so one long call does not alert.
+	StepP90Seconds = 300
+	StepWindow     = 30
+	StepMin        = 10
+	// ExitWindow, ExitShareJump, ExitMin: where conversations leave a
+	// flow changed when an exit's share of the flow's exits in the last
+	// ExitWindow minutes is more than ExitShareJump above its share in the
+	// same window a day before (same hour: calls have a daily rhythm), and
+	// the flow had at least ExitMin exits in both. An exit that did not
+	// exist a day before counts from a share of 0. In Datadog, whose
+	// monitors cannot divide by a total grouped differently, the monitor
+	// watches the exit's count instead: more than ExitCountFactor times
+	// the same hour a day before, and at least ExitMin.
+	ExitWindow      = 60
+	ExitShareJump   = 0.2
+	ExitMin         = 20
+	ExitCountFactor = 2
 )
 
 // MalformedMetric is the Datadog name of flowmetrics_malformed_attributes_total
@@ -114,6 +150,17 @@ func Generate(o Options) ([]File, error) {
 	}
 	if o.Title == "" {
 		o.Title = "Genesys flow metrics"
+	}
+	if o.StepP90 == 0 {
+		o.StepP90 = StepP90Seconds
+	}
+	if o.StepP90 < 0 || o.StepP90 != o.StepP90 {
+		return nil, fmt.Errorf("step p90 threshold %v: want a positive number of seconds", o.StepP90)
+	}
+	if o.DatadogMode != "" {
+		if err := o.DatadogMode.Validate(); err != nil {
+			return nil, err
+		}
 	}
 	b := &builder{o: o, namer: naming.New(o.Naming)}
 	if err := b.datadogNames(); err != nil {

@@ -388,8 +388,8 @@ func TestOperatorTextStaysInComments(t *testing.T) {
 	if err := yaml.Unmarshal(files[PrometheusRules], &rules); err != nil {
 		t.Fatal(err)
 	}
-	if len(rules.Groups) != 1 || len(rules.Groups[0].Rules) != 3 {
-		t.Fatalf("got %+v, want one group of the 3 alerts", rules)
+	if len(rules.Groups) != 1 || len(rules.Groups[0].Rules) != 5 {
+		t.Fatalf("got %+v, want one group of the 5 alerts", rules)
 	}
 	if e := rules.Groups[0].Rules[0].Expr; !strings.Contains(e, `flow="Billing\ninjected: true\n# \r\ninjected2: true\u0085`) {
 		t.Errorf("spike expression: got %s, want the flow as one escaped PromQL string", e)
@@ -424,5 +424,84 @@ func TestCommentText(t *testing.T) {
 		if strings.ContainsAny(got, "\n\r\u0085\u2028\u2029") {
 			t.Errorf("commentText(%q) = %q holds a line break", tt.in, got)
 		}
+	}
+}
+
+// TestGrafanaPathPanelsWithPromtool: the paths panels say what their titles
+// say, checked by promtool on synthetic counters over 10 minutes: each
+// exit's share of its flow's exits, each funnel step's conversion from the
+// funnel's first step, and each experiment step's conversion from its
+// variant's first step.
+func TestGrafanaPathPanelsWithPromtool(t *testing.T) {
+	bin := promtool(t)
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(generate(t, Options{})[GrafanaDashboard], &d); err != nil {
+		t.Fatal(err)
+	}
+	exprs := map[string]string{}
+	for _, p := range d.Panels {
+		exprs[p.Title] = p.Targets[0].Expr
+	}
+	type sample struct {
+		labels string
+		value  float64
+	}
+	checks := []struct {
+		panel string
+		want  []sample
+	}{
+		{"Where conversations left each flow: share of its exits in range", []sample{
+			{`{flow="Main IVR",metric="Served"}`, 0.75}, {`{flow="Main IVR",metric="Abandoned"}`, 0.25}, {`{flow="Survey",metric="Done"}`, 1}}},
+		{"Funnels: conversion of each step in range", []sample{
+			{`{funnel="callback",step="Main IVR/Entered"}`, 1}, {`{funnel="callback",step="Callback/Offered"}`, 0.5}, {`{funnel="callback",step="Callback/Accepted"}`, 0.1}}},
+		{"Experiments: conversion per variant in range", []sample{
+			{`{experiment="offer",variant="A",step="Callback/OfferA"}`, 1}, {`{experiment="offer",variant="A",step="Callback/AcceptedA"}`, 0.2},
+			{`{experiment="offer",variant="B",step="Callback/OfferB"}`, 1}, {`{experiment="offer",variant="B",step="Callback/AcceptedB"}`, 0.4}}},
+	}
+	var sb strings.Builder
+	sb.WriteString("evaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n")
+	// Per minute: 30 Served and 10 Abandoned exits, 5 Done; the funnel
+	// 20, 10, 2; variant A 10 offered, 2 accepted; B 10 and 4.
+	for _, s := range []struct {
+		series string
+		per    int
+	}{
+		{`genesys_flow_exit_total{flow="Main IVR",metric="Served"}`, 30},
+		{`genesys_flow_exit_total{flow="Main IVR",metric="Abandoned"}`, 10},
+		{`genesys_flow_exit_total{flow="Survey",metric="Done"}`, 5},
+		{`genesys_flow_funnel_total{funnel="callback",step="Main IVR/Entered"}`, 20},
+		{`genesys_flow_funnel_total{funnel="callback",step="Callback/Offered"}`, 10},
+		{`genesys_flow_funnel_total{funnel="callback",step="Callback/Accepted"}`, 2},
+		{`genesys_flow_experiment_total{experiment="offer",variant="A",step="Callback/OfferA"}`, 10},
+		{`genesys_flow_experiment_total{experiment="offer",variant="A",step="Callback/AcceptedA"}`, 2},
+		{`genesys_flow_experiment_total{experiment="offer",variant="B",step="Callback/OfferB"}`, 10},
+		{`genesys_flow_experiment_total{experiment="offer",variant="B",step="Callback/AcceptedB"}`, 4},
+	} {
+		fmt.Fprintf(&sb, "      - series: '%s'\n        values: '0+%dx10'\n", s.series, s.per)
+	}
+	sb.WriteString("    promql_expr_test:\n")
+	vars := strings.NewReplacer("$__range", "10m", "$flow", ".*")
+	for _, c := range checks {
+		e := exprs[c.panel]
+		if e == "" {
+			t.Fatalf("no panel %q", c.panel)
+		}
+		q, _ := json.Marshal(vars.Replace(e))
+		fmt.Fprintf(&sb, "      - expr: %s\n        eval_time: 10m\n        exp_samples:\n", q)
+		for _, w := range c.want {
+			fmt.Fprintf(&sb, "          - labels: '%s'\n            value: %g\n", w.labels, w.value)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "paths_test.yml")
+	if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(bin, "test", "rules", path).CombinedOutput(); err != nil {
+		t.Errorf("promtool: %v\n%s\n%s", err, out, sb.String())
 	}
 }

@@ -123,6 +123,7 @@ func (b *builder) datadogDashboard() ([]byte, error) {
 		topFormulas[i].Limit = &ddLimit{Count: 100, Order: "desc"}
 	}
 	malformedScope := b.ddScope("$flow")
+	flowScope := b.ddScope("$flow")
 	names := "`" + strings.Join(b.ddNames, "`, `") + "`"
 	d := ddDashboard{
 		Title: b.o.Title,
@@ -141,10 +142,38 @@ func (b *builder) datadogDashboard() ([]byte, error) {
 				Requests: []ddRequest{{ResponseFormat: "timeseries", DisplayType: "bars",
 					Queries:  []ddQuery{{DataSource: "metrics", Name: "m", Query: fmt.Sprintf("sum:%s%s by {flow}.as_count()", MalformedMetric, malformedScope)}},
 					Formulas: []ddFormula{{Formula: "m"}}}}}},
+			{ddChart{Type: "toplist", Title: "Where conversations left each flow (exits in the time range)",
+				Requests: []ddRequest{{ResponseFormat: "scalar", Queries: []ddQuery{{DataSource: "metrics", Name: "e",
+					Query: b.ddPathCount(datadog.ExitMetric, flowScope, "flow,metric"), Aggregator: "sum"}},
+					Formulas: []ddFormula{{Formula: "e", Limit: &ddLimit{Count: 100, Order: "desc"}}}}}}},
+			{ddChart{Type: "timeseries", Title: "Exits by flow metric", ShowLegend: &yes, LegendLayout: "auto",
+				Requests: []ddRequest{{ResponseFormat: "timeseries", DisplayType: "bars", Queries: []ddQuery{{DataSource: "metrics", Name: "e",
+					Query: b.ddPathCount(datadog.ExitMetric, flowScope, "flow,metric")}}, Formulas: []ddFormula{{Formula: "e"}}}}}},
+			{ddChart{Type: "timeseries", Title: "Step time p50 and p90 by flow metric (seconds from the flow's first metric)", ShowLegend: &yes, LegendLayout: "auto",
+				Requests: []ddRequest{{ResponseFormat: "timeseries", DisplayType: "line", Queries: []ddQuery{
+					{DataSource: "metrics", Name: "p50", Query: fmt.Sprintf("p50:%s%s by {flow,metric}", datadog.StepMetric, flowScope)},
+					{DataSource: "metrics", Name: "p90", Query: fmt.Sprintf("p90:%s%s by {flow,metric}", datadog.StepMetric, flowScope)}},
+					Formulas: []ddFormula{{Formula: "p50", Alias: "p50"}, {Formula: "p90", Alias: "p90"}}}}}},
+			{ddChart{Type: "timeseries", Title: "Timings p50 and p90 (seconds)", ShowLegend: &yes, LegendLayout: "auto",
+				Requests: []ddRequest{{ResponseFormat: "timeseries", DisplayType: "line", Queries: []ddQuery{
+					{DataSource: "metrics", Name: "p50", Query: fmt.Sprintf("p50:%s%s by {timing}", datadog.TimingMetric, b.ddScope())},
+					{DataSource: "metrics", Name: "p90", Query: fmt.Sprintf("p90:%s%s by {timing}", datadog.TimingMetric, b.ddScope())}},
+					Formulas: []ddFormula{{Formula: "p50", Alias: "p50"}, {Formula: "p90", Alias: "p90"}}}}}},
+			{ddChart{Type: "toplist", Title: "Funnels: conversations reaching each step in the time range",
+				Requests: []ddRequest{{ResponseFormat: "scalar", Queries: []ddQuery{{DataSource: "metrics", Name: "f",
+					Query: b.ddPathCount(datadog.FunnelMetric, b.ddScope(), "funnel,step"), Aggregator: "sum"}},
+					Formulas: []ddFormula{{Formula: "f", Limit: &ddLimit{Count: 100, Order: "desc"}}}}}}},
+			{ddChart{Type: "toplist", Title: "Experiments: conversations reaching each step, per variant, in the time range",
+				Requests: []ddRequest{{ResponseFormat: "scalar", Queries: []ddQuery{{DataSource: "metrics", Name: "x",
+					Query: b.ddPathCount(datadog.ExperimentMetric, b.ddScope(), "experiment,variant,step"), Aggregator: "sum"}},
+					Formulas: []ddFormula{{Formula: "x", Limit: &ddLimit{Count: 100, Order: "desc"}}}}}}},
 			{ddNote{Type: "note", BackgroundColor: "white", FontSize: "14", TextAlign: "left", HasPadding: true,
 				Content: "**Flow metrics**: " + names + ", tags `flow` and `metric`, sent by flowmetrics' Datadog sink at the bucket of each attribute's own time.\n\n" +
 					"**Malformed names**: `" + MalformedMetric + "`, flowmetrics' own counter, brought in by the Agent's OpenMetrics check (`" + DatadogOpenMetrics + "`). " +
-					"It counts sightings: the names themselves are on flowmetrics' dashboard at `/`."}},
+					"It counts sightings: the names themselves are on flowmetrics' dashboard at `/`.\n\n" +
+					"**Paths**, derived once per conversation when it closes: `" + datadog.ExitMetric + "` (where it left each flow), `" + datadog.StepMetric +
+					"` (seconds from a flow's first metric to each step; enable percentiles on it in Datadog), `" + datadog.TimingMetric + "`, `" + datadog.FunnelMetric +
+					"` and `" + datadog.ExperimentMetric + "`. A funnel's or variant's conversion is a step's count over its first step's (a variant's first step counts its conversations)."}},
 		},
 	}
 	return marshal(d)
@@ -214,6 +243,61 @@ func (b *builder) datadogMonitors() ([]byte, error) {
 				IncludeTags: true, NewGroupDelay: 300},
 		})
 	}
+	// The path alerts, as composites like the spike: a threshold on the
+	// step's p90 (or the exit's change) and a minimum of conversations.
+	stepQ := fmt.Sprintf("%s%s by {flow,metric}", datadog.StepMetric, b.ddScope())
+	slow, slowVolume := len(ms), len(ms)+1
+	ms = append(ms,
+		ddMonitor{
+			Name:    "Genesys flow step slow, p90",
+			Type:    "query alert",
+			Query:   fmt.Sprintf("percentile(last_%dm):p90:%s > %g", StepWindow, stepQ, b.o.StepP90),
+			Message: "Part of the slow-step alert (the composite monitor notifies); no notification of its own.", Tags: tags, Priority: 5,
+			Options: ddMonitorOptions{Thresholds: &ddThresholds{Critical: b.o.StepP90}, IncludeTags: true, NewGroupDelay: 300},
+		},
+		ddMonitor{
+			Name:    "Genesys flow step slow, volume",
+			Type:    "query alert",
+			Query:   fmt.Sprintf("sum(last_%dm):count:%s >= %d", StepWindow, stepQ, StepMin),
+			Message: "Part of the slow-step alert (the composite monitor notifies); no notification of its own.", Tags: tags, Priority: 5,
+			Options: ddMonitorOptions{Thresholds: &ddThresholds{Critical: StepMin}, IncludeTags: true, NewGroupDelay: 300},
+		},
+		ddMonitor{
+			Name:  "Genesys flow step slow",
+			Type:  "composite",
+			Query: fmt.Sprintf("MONITOR_%d && MONITOR_%d", slow, slowVolume),
+			Message: fmt.Sprintf("In flow {{flow.name}}, 90%% of the %d or more conversations of the last %d minutes took longer than %g s to reach {{metric.name}} "+
+				"from the flow's first metric: callers wait at that step.", StepMin, StepWindow, b.o.StepP90),
+			Tags: tags, Priority: 3,
+			Options: ddMonitorOptions{IncludeTags: true, NewGroupDelay: 300},
+		})
+	exitQ := b.ddPathCount(datadog.ExitMetric, b.ddScope(), "flow,metric")
+	exitPct := float64((ExitCountFactor - 1) * 100)
+	jump, jumpVolume := len(ms), len(ms)+1
+	ms = append(ms,
+		ddMonitor{
+			Name:    "Genesys flow exit jump, change",
+			Type:    "query alert",
+			Query:   fmt.Sprintf("pct_change(sum(last_%dm),last_1d):%s > %g", ExitWindow, exitQ, exitPct),
+			Message: "Part of the exit-jump alert (the composite monitor notifies); no notification of its own.", Tags: tags, Priority: 5,
+			Options: ddMonitorOptions{Thresholds: &ddThresholds{Critical: exitPct}, IncludeTags: true, NewGroupDelay: 300},
+		},
+		ddMonitor{
+			Name:    "Genesys flow exit jump, volume",
+			Type:    "query alert",
+			Query:   fmt.Sprintf("sum(last_%dm):%s >= %d", ExitWindow, exitQ, ExitMin),
+			Message: "Part of the exit-jump alert (the composite monitor notifies); no notification of its own.", Tags: tags, Priority: 5,
+			Options: ddMonitorOptions{Thresholds: &ddThresholds{Critical: ExitMin}, IncludeTags: true, NewGroupDelay: 300},
+		},
+		ddMonitor{
+			Name:  "Genesys flow exit jump",
+			Type:  "composite",
+			Query: fmt.Sprintf("MONITOR_%d && MONITOR_%d", jump, jumpVolume),
+			Message: fmt.Sprintf("In the last %d minutes, more than %d times as many conversations left flow {{flow.name}} at {{metric.name}} as in the same hour yesterday, "+
+				"and at least %d: a menu, a queue or a data dip may be sending callers away.", ExitWindow, ExitCountFactor, ExitMin),
+			Tags: tags, Priority: 3,
+			Options: ddMonitorOptions{IncludeTags: true, NewGroupDelay: 300},
+		})
 	ms = append(ms, ddMonitor{
 		Name:  "Genesys flow writes malformed metric attribute names",
 		Type:  "query alert",
@@ -276,4 +360,14 @@ instances:
 		}
 	}
 	return []byte(sb.String()), nil
+}
+
+// ddPathCount is the query of a path count (exits, funnels, experiments)
+// by the tags in by: running totals in count mode, distributions of 1s in
+// distribution mode, where count: counts them.
+func (b *builder) ddPathCount(metric, scope, by string) string {
+	if b.o.DatadogMode == datadog.Distribution {
+		return fmt.Sprintf("count:%s%s by {%s}", metric, scope, by)
+	}
+	return fmt.Sprintf("sum:%s%s by {%s}.as_count()", metric, scope, by)
 }
