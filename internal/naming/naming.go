@@ -15,6 +15,18 @@ import (
 // DefaultName is the metric name when no template is set.
 const DefaultName = "genesys.flow.metric"
 
+// The names of the points derived from conversation paths, in the sinks
+// with dotted names (Datadog, DogStatsD, StatsD, OTLP, EMF): one metric per
+// kind, told apart by labels, so one board reads every backend. They do not
+// follow naming.template.
+const (
+	PathExit       = "genesys.flow.exit"       // count {flow, metric}
+	PathStep       = "genesys.flow.step"       // seconds {flow, metric}
+	PathTiming     = "genesys.flow.timing"     // seconds {timing}
+	PathFunnel     = "genesys.flow.funnel"     // count {funnel, step}
+	PathExperiment = "genesys.flow.experiment" // count {experiment, variant, step}
+)
+
 // Config is the naming section of the YAML config, shared by every sink.
 type Config struct {
 	// Name of the single metric; DefaultName if empty.

@@ -9,17 +9,18 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/naming"
 )
 
 // The metrics of conversation paths, in Datadog, DogStatsD and StatsD
 // (dashboards and monitors are built on these names). Counters count
 // conversations; durations are distributions of seconds.
 const (
-	ExitMetric       = "genesys.flow.exit"       // count {flow, metric}
-	StepMetric       = "genesys.flow.step"       // distribution, seconds {flow, metric}
-	TimingMetric     = "genesys.flow.timing"     // distribution, seconds {timing}
-	FunnelMetric     = "genesys.flow.funnel"     // count {funnel, step}
-	ExperimentMetric = "genesys.flow.experiment" // count {experiment, variant, step}
+	ExitMetric       = naming.PathExit       // count {flow, metric}
+	StepMetric       = naming.PathStep       // distribution, seconds {flow, metric}
+	TimingMetric     = naming.PathTiming     // distribution, seconds {timing}
+	FunnelMetric     = naming.PathFunnel     // count {funnel, step}
+	ExperimentMetric = naming.PathExperiment // count {experiment, variant, step}
 )
 
 // PathBucket is the width of the buckets path counts are summed in (and

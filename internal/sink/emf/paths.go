@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/naming"
 )
 
 // MaxValuesPerMetric is the EMF limit on the values of one metric in one
@@ -17,11 +18,11 @@ const MaxValuesPerMetric = 100
 // The CloudWatch metrics of path points. Their names do not follow
 // naming.template: one metric per kind, told apart by dimensions.
 const (
-	ExitName       = "genesys.flow.exit"
-	StepName       = "genesys.flow.step"
-	TimingName     = "genesys.flow.timing"
-	FunnelName     = "genesys.flow.funnel"
-	ExperimentName = "genesys.flow.experiment"
+	ExitName       = naming.PathExit
+	StepName       = naming.PathStep
+	TimingName     = naming.PathTiming
+	FunnelName     = naming.PathFunnel
+	ExperimentName = naming.PathExperiment
 )
 
 // pathDimensions are the dimension names the points use; static tags may

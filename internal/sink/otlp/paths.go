@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/naming"
 )
 
 // The metrics of path points. Through the collector's Prometheus
@@ -16,11 +17,11 @@ import (
 // _bucket, _sum, _count), genesys_flow_timing_seconds,
 // genesys_flow_funnel_total, genesys_flow_experiment_total.
 const (
-	ExitName       = "genesys.flow.exit"
-	StepName       = "genesys.flow.step"
-	TimingName     = "genesys.flow.timing"
-	FunnelName     = "genesys.flow.funnel"
-	ExperimentName = "genesys.flow.experiment"
+	ExitName       = naming.PathExit
+	StepName       = naming.PathStep
+	TimingName     = naming.PathTiming
+	FunnelName     = naming.PathFunnel
+	ExperimentName = naming.PathExperiment
 	// PathUnit is the sums' unit: an annotation, so Prometheus-style
 	// backends add only _total.
 	PathUnit = "{conversation}"

@@ -446,11 +446,11 @@ func (s *Sink) PathDatagrams(points []flowmetrics.PathPoint) [][]byte {
 // The path series' names, before the prefix; the same as the Datadog
 // sinks', so one board reads both.
 const (
-	ExitName       = "genesys.flow.exit"
-	StepName       = "genesys.flow.step"
-	TimingName     = "genesys.flow.timing"
-	FunnelName     = "genesys.flow.funnel"
-	ExperimentName = "genesys.flow.experiment"
+	ExitName       = naming.PathExit
+	StepName       = naming.PathStep
+	TimingName     = naming.PathTiming
+	FunnelName     = naming.PathFunnel
+	ExperimentName = naming.PathExperiment
 )
 
 // pathLabels returns a path point's name and labels (key, value pairs in
