@@ -245,42 +245,21 @@ func dueKey(at int64, id string) []byte {
 // entries stay: each is where the converted header says its path is filed.
 func (s *Store) convertPaths() (err error) {
 	defer s.fatal.recover(&err)
-	for {
-		b := s.db.NewBatch()
-		n := 0
-		err := s.scan(pathPrefix, func(k, v []byte) error {
-			id := string(k[len(pathPrefix):])
-			changed, p, err := decodeOldPath(v)
-			if err != nil {
-				return fmt.Errorf("pebblestore: path %q: %w", id, err)
-			}
-			h, _, err := s.header(id)
-			if err != nil {
-				return err
-			}
-			h.path = p
-			h.changed = max(h.changed, changed)
-			b.Set(headerKey(id), h.encode(), nil)
-			b.Delete(k, nil)
-			if n++; n == sweepChunk {
-				return errChunk
-			}
-			return nil
-		})
-		if err != nil && !errors.Is(err, errChunk) {
-			b.Close()
+	return s.convertChunks(pathPrefix, "convert paths", func(b *pebble.Batch, k, v []byte) error {
+		id := string(k[len(pathPrefix):])
+		changed, p, err := decodeOldPath(v)
+		if err != nil {
+			return fmt.Errorf("pebblestore: path %q: %w", id, err)
+		}
+		h, _, err := s.header(id)
+		if err != nil {
 			return err
 		}
-		if n == 0 {
-			b.Close()
-			return nil
-		}
-		err = b.Commit(pebble.Sync)
-		b.Close()
-		if err != nil {
-			return fmt.Errorf("pebblestore: convert paths: %w", err)
-		}
-	}
+		h.path = p
+		h.changed = max(h.changed, changed)
+		b.Set(headerKey(id), h.encode(), nil)
+		return nil
+	})
 }
 
 // decodeOldPath reads a p/ record: last change, deadline, flags.

@@ -686,25 +686,39 @@ func (s *Store) sweepChunk(ids []string, now time.Time) (removed int, err error)
 // goes on.
 func (s *Store) convertLegacy() (err error) {
 	defer s.fatal.recover(&err)
+	return s.convertChunks(legacyPrefix, "convert conversations", func(b *pebble.Batch, k, v []byte) error {
+		c, err := decodeLegacy(v)
+		if err != nil {
+			return fmt.Errorf("pebblestore: conversation %q: %w", k[len(legacyPrefix):], err)
+		}
+		id := string(k[len(legacyPrefix):])
+		st := &staged{id: id, prefix: keyPrefixOf(id)}
+		for _, key := range c.keys {
+			if _, dup := st.added[key]; dup {
+				continue
+			}
+			st.add(key)
+			b.Set(st.keyOf(key), st.epochValue(), nil)
+		}
+		st.h.changed = c.changed
+		b.Set(headerKey(id), st.h.encode(), nil)
+		return nil
+	})
+}
+
+// convertChunks rewrites every record under prefix with convert, which
+// stages its new form in the batch; the old record is deleted in the same
+// batch, sweepChunk records per synced batch, so a crash leaves each record
+// in one form or the other and the next Open goes on. what names the
+// conversion in a failed commit's error.
+func (s *Store) convertChunks(prefix []byte, what string, convert func(b *pebble.Batch, k, v []byte) error) error {
 	for {
 		b := s.db.NewBatch()
 		n := 0
-		err := s.scan(legacyPrefix, func(k, v []byte) error {
-			c, err := decodeLegacy(v)
-			if err != nil {
-				return fmt.Errorf("pebblestore: conversation %q: %w", k[len(legacyPrefix):], err)
+		err := s.scan(prefix, func(k, v []byte) error {
+			if err := convert(b, k, v); err != nil {
+				return err
 			}
-			id := string(k[len(legacyPrefix):])
-			st := &staged{id: id, prefix: keyPrefixOf(id)}
-			for _, key := range c.keys {
-				if _, dup := st.added[key]; dup {
-					continue
-				}
-				st.add(key)
-				b.Set(st.keyOf(key), st.epochValue(), nil)
-			}
-			st.h.changed = c.changed
-			b.Set(headerKey(id), st.h.encode(), nil)
 			b.Delete(k, nil)
 			if n++; n == sweepChunk {
 				return errChunk
@@ -722,7 +736,7 @@ func (s *Store) convertLegacy() (err error) {
 		err = b.Commit(pebble.Sync)
 		b.Close()
 		if err != nil {
-			return fmt.Errorf("pebblestore: convert conversations: %w", err)
+			return fmt.Errorf("pebblestore: %s: %w", what, err)
 		}
 	}
 }
