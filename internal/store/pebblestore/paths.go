@@ -210,6 +210,9 @@ func keysOf(it *pebble.Iterator, id string, epoch uint64, n int) ([]string, erro
 	p := keyPrefixOf(id)
 	keys := make([]string, 0, n)
 	for valid := it.SeekGE(p); valid && bytes.HasPrefix(it.Key(), p); valid = it.Next() {
+		if len(it.Key()) == len(p) {
+			continue // the header
+		}
 		if e, n := binary.Uvarint(it.Value()); n > 0 && e == epoch {
 			keys = append(keys, string(it.Key()[len(p):]))
 		}
