@@ -19,7 +19,8 @@ package main
 //     as fast as it acknowledges them;
 //   - serve-10k: then, into the same server (its store holding those
 //     conversations), the next 200,000 events offered at 10,000 events/s,
-//     whatever the acknowledgements, with the p50/p99 acknowledgement time.
+//     whatever the acknowledgements, with the p50/p99 acknowledgement time;
+//     and serve's peak RSS and CPU seconds (user + system) over both parts.
 //
 // By default it is small (10,000 conversations, ≈ 55,000 events), so
 // `go test -bench .` stays quick. The archive-scale run:
@@ -263,6 +264,12 @@ func archiveServe(b *testing.B, path string, events int, report func(*testing.B,
 			b.Fatalf("serve: %v\n%s", err, stderr.String())
 		}
 		b.ReportMetric(peakRSS(), "peak-RSS-MiB")
+		// serve's CPU over both parts (user + system, from the kernel's
+		// accounting): what a busy machine inflates far less than the
+		// rates and latencies above.
+		cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		b.ReportMetric(cpu.Seconds(), "serve-cpu-s")
+		b.ReportMetric(float64(cpu.Microseconds())/float64(saturation+paced), "cpu-us/event")
 	})
 }
 
