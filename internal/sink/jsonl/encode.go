@@ -37,13 +37,23 @@ func appendLine(b []byte, p flowmetrics.Point, tags map[string]string, tagsJSON 
 }
 
 // plain reports whether encoding/json writes s between its quotes as it
-// is: printable ASCII without a quote or backslash (with HTML escaping off,
-// <, > and & stay as they are).
+// is: no quote, backslash or control character, valid UTF-8, and neither
+// U+2028 nor U+2029 (with HTML escaping off, <, > and & stay as they are).
 func plain(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= utf8.RuneSelf {
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c < 0x20 || c == '"' || c == '\\' {
+				return false
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 || r == '\u2028' || r == '\u2029' {
 			return false
 		}
+		i += size
 	}
 	return true
 }

@@ -157,6 +157,9 @@ func (s *Sink) TakeState() flowmetrics.StateUpdate {
 // writes it at the same place.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	b := s.buf[:0]
+	if need := len(points) * lineGuess; cap(b) < need {
+		b = make([]byte, 0, need)
+	}
 	for _, p := range points {
 		var err error
 		if b, err = appendLine(b, p, s.tags, s.tagsJSON); err != nil {
@@ -170,8 +173,13 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	return err
 }
 
-// maxKeep bounds the buffer a sink keeps between batches.
-const maxKeep = 1 << 20
+// maxKeep bounds the buffer a sink keeps between batches; lineGuess is
+// the room made for a line before a batch, so the buffer seldom grows
+// while it is written.
+const (
+	maxKeep   = 4 << 20
+	lineGuess = 128
+)
 
 // PathLine is the line of one point derived from a closed conversation
 // path: Path says its kind (exit, step, timing, funnel, experiment), and
