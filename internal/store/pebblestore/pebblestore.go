@@ -22,9 +22,9 @@
 // conversation. The header is the prefix itself, so it sorts just before
 // the keys and mostly shares their data block: a claim of a conversation
 // the block cache does not hold reads one block, not two (headers under
-// h/<id>, as stores wrote them before, are moved there at Open). A conversation that outlived the retention starts a new
-// epoch: keys of an older epoch are not held (Sweep deletes them with their
-// header). Stores written before this layout kept each conversation as one
+// h/<id>, as stores wrote them before, are moved there at Open). A
+// conversation that outlived the retention starts a new epoch: keys of an
+// older epoch are not held (Sweep deletes them with their header). Stores written before this layout kept each conversation as one
 // value under c/; Open converts them.
 //
 //	k/<sink name>        -> the sink's cursor (8 bytes BE)
@@ -663,7 +663,8 @@ func (s *Store) Keys(ctx context.Context, conversationID string) (_ []string, er
 // keys, and returns how many. Claim already treats them as absent; sweeping
 // keeps the database from growing without bound. It holds each
 // conversation's stripe while deciding, so it never deletes a conversation a
-// concurrent Claim is refreshing.
+// concurrent Claim is refreshing. It finds the headers among the keys (a
+// few each), which a claim's reads are worth.
 func (s *Store) Sweep(ctx context.Context) (removed int, err error) {
 	if err := s.usable(); err != nil {
 		return 0, err
