@@ -167,6 +167,7 @@ func startReplay(ctx context.Context, cfg config.Config, st flowmetrics.Store, m
 		pcfg.CursorPrefix = "replay-"
 	}
 	withPaths(cfg, &pcfg)
+	withoutCacheOverMemory(cfg, &pcfg)
 	p = pipeline.New(st, sinks, pcfg, m, log)
 	if restore, err = registerForReplay(ctx, st, p.Cursors()); err != nil {
 		p.Close(ctx)
@@ -212,7 +213,8 @@ func (r *replayer) finish(ctx context.Context, restore func() error, runErr erro
 // input is complete, so the grace period has nothing left to wait for),
 // and, in the memory store, which ends with the replay, every other one as
 // if its idle timeout had passed. In a serve data directory a conversation
-// without its end stays open, for serve to close at its idle timeout.
+// without its end stays open, for serve to close at its idle timeout. The
+// points are delivered every few thousand conversations closed.
 func closeReplayPaths(ctx context.Context, p *pipeline.Pipeline, cfg config.Config) error {
 	if !cfg.Paths.IsEnabled() {
 		return nil
@@ -222,9 +224,33 @@ func closeReplayPaths(ctx context.Context, p *pipeline.Pipeline, cfg config.Conf
 	if cfg.Store.Type == "memory" {
 		asOf = time.Now().Add(d.IdleTimeout)
 	}
-	_, err := p.ClosePaths(ctx, asOf, 0)
-	return err
+	for calls := 1; ; calls++ {
+		n, err := p.ClosePathsOnce(ctx, asOf, closeBatch)
+		if err != nil {
+			return err
+		}
+		if n < closeBatch || calls%closeFlushCalls == 0 {
+			// Delivered as they are derived: a replay that closes every
+			// conversation at its end would otherwise hold all their
+			// points at once (in the memory store, and in the sinks'
+			// batches read from any store).
+			if err := p.Flush(ctx); err != nil {
+				return fmt.Errorf("delivering: %w", err)
+			}
+		}
+		if n < closeBatch {
+			return nil
+		}
+	}
 }
+
+// closeBatch is how many conversations one close call of a replay's end
+// closes, and closeFlushCalls how many calls' points are delivered
+// together: a few thousand conversations' points, a few MB.
+const (
+	closeBatch      = 256
+	closeFlushCalls = 8
+)
 
 // registerForReplay adds the replay's cursors to those the store already
 // serves. With the embedded store of a serve data directory, serve's own
