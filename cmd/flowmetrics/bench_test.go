@@ -258,16 +258,9 @@ func benchResetPeakRSS(b *testing.B) {
 
 // benchPeakRSS is VmHWM of /proc/self/status in MiB; 0 where there is none.
 func benchPeakRSS(b *testing.B) float64 {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		b.Logf("no peak RSS: %v", err)
-		return 0
+	peak := vmHWMMiB("/proc/self/status")
+	if peak == 0 {
+		b.Logf("no peak RSS in /proc/self/status")
 	}
-	for line := range strings.Lines(string(data)) {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb / 1024
-		}
-	}
-	return 0
+	return peak
 }

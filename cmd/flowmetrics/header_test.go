@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -67,4 +69,67 @@ func rawGet(t *testing.T, addr string, n int) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// TestConnectionsBounded: serve holds at most http.max_connections
+// connections at once, so that clients that open connections and never
+// finish a request cannot make its memory grow with their number. A
+// connection beyond the bound waits, unanswered, until one of the others
+// closes, and is then served.
+func TestConnectionsBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts serve")
+	}
+	const limit = 4
+	cfg := filepath.Join(t.TempDir(), "flowmetrics.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("http:\n  max_connections: %d\n", limit)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startServe(t, "-config", cfg, "-listen", freeAddr(t), "-data-dir", t.TempDir())
+	defer func() { s.cmd.Process.Kill(); s.cmd.Wait() }()
+	http.DefaultClient.CloseIdleConnections() // startServe's probe held one
+	time.Sleep(200 * time.Millisecond)        // for serve to see it close
+
+	// limit connections, each inside a request header that never ends.
+	var held []net.Conn
+	for range limit {
+		c, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: %s\r\nX-Pad: ", s.addr); err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	time.Sleep(200 * time.Millisecond) // for serve to accept them
+
+	extra, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	if _, err := fmt.Fprintf(extra, "GET /healthz HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", s.addr); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(extra)
+	extra.SetReadDeadline(time.Now().Add(time.Second))
+	if resp, err := http.ReadResponse(r, nil); err == nil {
+		resp.Body.Close()
+		t.Fatalf("connection %d of %d allowed was served at once (%s)", limit+1, limit, resp.Status)
+	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		t.Fatalf("connection %d: want no answer yet, got %v", limit+1, err)
+	}
+
+	held[0].Close()
+	extra.SetReadDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatalf("connection %d was not served after another closed: %v\n%s", limit+1, err, s.log())
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("connection %d: got %s, want 200", limit+1, resp.Status)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	promclient "github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/netutil"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/config"
@@ -396,8 +397,14 @@ func listen(h config.HTTP, log *slog.Logger) (net.Listener, error) {
 		}
 	}
 	ln, err := net.Listen("tcp", h.Listen)
-	if err != nil || certs == nil {
-		return ln, err
+	if err != nil {
+		return nil, err
+	}
+	// Each open connection holds buffers and up to a request header:
+	// bounding their number bounds that memory.
+	ln = netutil.LimitListener(ln, h.MaxConnections)
+	if certs == nil {
+		return ln, nil
 	}
 	return tls.NewListener(ln, certs.Config()), nil
 }

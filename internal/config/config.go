@@ -62,6 +62,11 @@ type HTTP struct {
 	// served at once; beyond it a request gets 503 with Retry-After.
 	// 0 (the default) is 4 × MaxBodyBytes.
 	MaxBytesInFlight int64 `yaml:"max_bytes_in_flight"`
+	// MaxConnections bounds the connections served at once (default
+	// 1,024), so that open connections, each holding its buffers and up to
+	// a request header, cannot grow memory without bound. Beyond it a new
+	// connection waits in the kernel's accept queue until one closes.
+	MaxConnections int `yaml:"max_connections"`
 	// AllowedHosts are the host names clients may reach serve by, besides
 	// loopback names, IP addresses and the listen host: e.g. the name a
 	// reverse proxy or load balancer forwards in Host. Requests naming
@@ -200,6 +205,7 @@ func Default() Config {
 			AuthHeader:      "X-Flowmetrics-Secret",
 			SecretEnv:       "FLOWMETRICS_SECRET",
 			MaxBodyBytes:    10 << 20,
+			MaxConnections:  1024,
 			ReadTimeout:     30 * time.Second,
 			WriteTimeout:    30 * time.Second,
 			IdleTimeout:     120 * time.Second,
@@ -316,6 +322,9 @@ func (h HTTP) Validate() error {
 	}
 	if h.MaxBytesInFlight < 0 || h.MaxBytesInFlight > 0 && h.MaxBytesInFlight < h.MaxBodyBytes {
 		errs = append(errs, fmt.Errorf("http.max_bytes_in_flight: %d is less than http.max_body_bytes (%d), so a request of the largest allowed body could never be served (0: 4 × max_body_bytes)", h.MaxBytesInFlight, h.MaxBodyBytes))
+	}
+	if h.MaxConnections <= 0 {
+		errs = append(errs, errors.New("http.max_connections: must be positive"))
 	}
 	for i, name := range h.AllowedHosts {
 		if err := checkHostName(name); err != nil {

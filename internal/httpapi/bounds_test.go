@@ -589,3 +589,47 @@ func TestInvisibleCharactersAreMalformed(t *testing.T) {
 		t.Errorf("got malformed{flow=Billing} %v, want 1", got)
 	}
 }
+
+// keepingIngester keeps every record it is handed.
+type keepingIngester struct {
+	mu   sync.Mutex
+	recs []genesys.Record
+}
+
+func (k *keepingIngester) Ingest(_ context.Context, recs []genesys.Record) (pipeline.Result, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.recs = append(k.recs, recs...)
+	return pipeline.Result{Read: len(recs), Accepted: len(recs)}, nil
+}
+
+// Body buffers are reused from one request to the next: what a request's
+// records hold must not change when later bodies are read into the buffer
+// its body was read into.
+func TestRecordsOutliveTheirBody(t *testing.T) {
+	keep := &keepingIngester{}
+	srv := httptest.NewServer(New(keep, telemetry.New(), Options{}, nil))
+	t.Cleanup(srv.Close)
+	body := func(i int) (string, []byte) {
+		conv := fmt.Sprintf("conv-%04d", i)
+		return conv, []byte(event(conv, map[string]string{fmt.Sprintf("FlowMetric_M%04d(2023-03-05T08:18:04Z)", i): ""}) + "\n")
+	}
+	const n = 50
+	for i := range n {
+		_, b := body(i)
+		if status, msg := postRaw(t, srv.URL, b, nil); status != http.StatusAccepted {
+			t.Fatalf("request %d: got %d (%s), want 202", i, status, msg)
+		}
+	}
+	if len(keep.recs) != n {
+		t.Fatalf("got %d records, want %d", len(keep.recs), n)
+	}
+	for i, r := range keep.recs {
+		conv, _ := body(i)
+		occs, _ := genesys.Extract(r.Event)
+		want := fmt.Sprintf("FlowMetric_M%04d(2023-03-05T08:18:04Z)", i)
+		if r.Event.ConversationID != conv || len(occs) != 1 || occs[0].Key != want {
+			t.Errorf("record %d: got conversation %q, occurrences %v; want %q, one of %q", i, r.Event.ConversationID, occs, conv, want)
+		}
+	}
+}

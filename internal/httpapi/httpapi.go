@@ -174,6 +174,9 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 		h.refuse(w, err.(*bodyError))
 		return
 	}
+	// Decoding copies what it keeps, so the buffer is free for the next
+	// request once this one is answered.
+	defer releaseBody(body)
 	// Records go to the pipeline a chunk at a time, so a body of millions
 	// of tiny bad records holds no more than a chunk of them. The request
 	// is acknowledged only once every chunk is claimed; if one fails, the

@@ -161,6 +161,7 @@ type Pipeline struct {
 	m        *telemetry.Metrics
 	log      *slog.Logger
 	cache    *knownCache
+	claims   *claimGroup
 	drainers []*drainer
 
 	startOnce sync.Once
@@ -181,7 +182,7 @@ func New(store flowmetrics.Store, sinks []flowmetrics.Sink, cfg Config, m *telem
 	if log == nil {
 		log = slog.Default()
 	}
-	p := &Pipeline{cfg: cfg, store: store, m: m, log: log}
+	p := &Pipeline{cfg: cfg, store: store, m: m, log: log, claims: &claimGroup{claim: store.Claim}}
 	// Series that exist from the start, at zero, so alerts on them work
 	// before the first bad record.
 	for _, r := range rejectReasons {
@@ -287,7 +288,8 @@ func (r *Result) Add(o Result) {
 //
 // It goes in four steps: sort each record out (accepted, skipped,
 // rejected), extract its occurrences, leave out those the known-key cache
-// says the store holds, and claim the rest in one store call.
+// says the store holds, and claim the rest in one store call, which
+// concurrent Ingest calls share (claimGroup).
 func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, error) {
 	var res Result
 	c := claimBatch{now: p.cfg.Now()}
@@ -428,7 +430,7 @@ func (p *Pipeline) extract(ev *genesys.Event, res *Result) []flowmetrics.Occurre
 // occurrences and wakes the sinks.
 func (p *Pipeline) claim(ctx context.Context, c *claimBatch, res Result) (Result, error) {
 	start := time.Now()
-	fresh, err := p.store.Claim(ctx, c.reqs)
+	fresh, err := p.claims.Claim(ctx, c.reqs)
 	p.m.StoreLatency.WithLabelValues("claim").Observe(time.Since(start).Seconds())
 	var pe *flowmetrics.PendingError
 	var re *flowmetrics.RefusedError
