@@ -222,9 +222,15 @@ func closeReplayPaths(ctx context.Context, p *pipeline.Pipeline, cfg config.Conf
 	if cfg.Store.Type == "memory" {
 		asOf = time.Now().Add(d.IdleTimeout)
 	}
-	_, err := p.ClosePaths(ctx, asOf, 0)
+	_, err := p.ClosePaths(ctx, asOf, replayCloseBatch)
 	return err
 }
+
+// replayCloseBatch is how many paths one synced close covers at the end of
+// a replay, where every conversation may close at once: the more in one
+// batch, the fewer fsyncs, and the closer together the headers the close
+// reads (in key order: a step forward instead of a seek).
+const replayCloseBatch = 4096
 
 // registerForReplay adds the replay's cursors to those the store already
 // serves. With the embedded store of a serve data directory, serve's own
@@ -351,6 +357,7 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 		decodeErr <- err
 	}()
 	var ingestErr error
+	var fl flusher
 	for batch := range batches {
 		if ingestErr != nil {
 			continue // drain, so the decoder can stop
@@ -364,16 +371,49 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 		r.report(in.name, res)
 		if r.pending += res.Occurrences; r.pending >= flushEvery {
 			r.pending = 0
-			if err := r.p.Flush(ctx); err != nil {
+			if err := fl.start(ctx, r.p); err != nil {
 				ingestErr = err
 				cancel()
 			}
 		}
 	}
+	if err := fl.wait(); err != nil && ingestErr == nil {
+		ingestErr = err
+	}
 	if ingestErr != nil {
 		return ingestErr
 	}
 	return <-decodeErr
+}
+
+// flusher delivers the outbox to the sinks in a goroutine of its own, so
+// the sinks' work overlaps the next claims instead of holding them up. At
+// most one flush runs: start waits for the one before, so the outbox holds
+// at most about twice flushEvery occurrences, and a sink that fails holds
+// the replay back as a synchronous flush did.
+type flusher struct {
+	done chan error // the running flush's outcome; nil when none runs
+}
+
+// start waits for the running flush, if any, and starts another; it returns
+// the error of the one it waited for.
+func (f *flusher) start(ctx context.Context, p *pipeline.Pipeline) error {
+	if err := f.wait(); err != nil {
+		return err
+	}
+	f.done = make(chan error, 1)
+	go func(done chan<- error) { done <- p.Flush(ctx) }(f.done)
+	return nil
+}
+
+// wait waits for the running flush, if any, and returns its error.
+func (f *flusher) wait() error {
+	if f.done == nil {
+		return nil
+	}
+	err := <-f.done
+	f.done = nil
+	return err
 }
 
 // report adds a batch's result and names its rejected records as

@@ -70,8 +70,10 @@ const pipeChunk = 4096
 // Sink writes lines. For a file, Send returns only after the lines are
 // fsynced, so an acknowledged batch survives a crash.
 type Sink struct {
-	log  *slog.Logger
-	tags map[string]string
+	log      *slog.Logger
+	tags     map[string]string
+	tagsJSON []byte // `,"tags":{…}`, encoded once
+	buf      []byte // Send's lines, kept between batches up to maxKeep
 
 	closed bool
 
@@ -101,6 +103,7 @@ func New(cfg Config, d sink.Deps) (*Sink, error) {
 		for _, t := range namer.Static() {
 			s.tags[t.Key] = t.Value
 		}
+		s.tagsJSON = encodeTags(s.tags)
 	}
 	if cfg.Path == "" || cfg.Path == "-" {
 		s.w = os.Stdout
@@ -153,16 +156,30 @@ func (s *Sink) TakeState() flowmetrics.StateUpdate {
 // batch is either wholly in the file or not at all, and the retried Send
 // writes it at the same place.
 func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
+	b := s.buf[:0]
+	if need := len(points) * lineGuess; cap(b) < need {
+		b = make([]byte, 0, need)
+	}
 	for _, p := range points {
-		if err := enc.Encode(Line{Flow: p.Flow, Metric: p.Metric, Timestamp: p.Bucket.UTC(), IntervalSeconds: int64(p.Width / time.Second), Count: p.Count, Tags: s.tags}); err != nil {
+		var err error
+		if b, err = appendLine(b, p, s.tags, s.tagsJSON); err != nil {
 			return fmt.Errorf("jsonl: %w", err)
 		}
 	}
-	return s.write(buf.Bytes())
+	err := s.write(b)
+	if cap(b) <= maxKeep {
+		s.buf = b
+	}
+	return err
 }
+
+// maxKeep bounds the buffer a sink keeps between batches; lineGuess is
+// the room made for a line before a batch, so the buffer seldom grows
+// while it is written.
+const (
+	maxKeep   = 4 << 20
+	lineGuess = 128
+)
 
 // PathLine is the line of one point derived from a closed conversation
 // path: Path says its kind (exit, step, timing, funnel, experiment), and
@@ -237,9 +254,13 @@ func (s *Sink) writeStream(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
-	sum := fingerprint(b)
-	if s.resume.sum == sum {
-		b = s.resume.rest
+	// The fingerprint is taken only when a write failed (its cost per
+	// byte was most of a replay's writes to /dev/null).
+	whole, sum := b, uint64(0)
+	if s.resume.sum != 0 {
+		if sum = fingerprint(b); sum == s.resume.sum {
+			b = s.resume.rest
+		}
 	}
 	s.resume.sum, s.resume.rest = 0, nil
 	for len(b) > 0 {
@@ -253,7 +274,11 @@ func (s *Sink) writeStream(b []byte) error {
 		w, err := s.w.Write(b[:n])
 		b = b[w:]
 		if err != nil {
-			s.resume.sum, s.resume.rest = sum, b
+			if sum == 0 {
+				sum = fingerprint(whole)
+			}
+			// b may be the sink's reused buffer: keep a copy.
+			s.resume.sum, s.resume.rest = sum, bytes.Clone(b)
 			return fmt.Errorf("jsonl: write: %w", err)
 		}
 	}

@@ -50,6 +50,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -312,6 +313,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	b := s.db.NewBatch()
 	defer b.Close()
 	var out []flowmetrics.Occurrence
+	var keys newKeys
 	paths := s.opts.Paths != nil
 	syncPaths := false
 	staged, err := s.stageAll(reqs, &refused, now)
@@ -342,19 +344,26 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		}
 		for _, o := range fresh {
 			c.add(o.Key)
-			if err := b.Set(c.keyOf(o.Key), c.epochValue(), nil); err != nil {
-				return nil, fmt.Errorf("pebblestore: %w", err)
-			}
+			keys.add(c, o.Key)
 		}
 		c.h.changed = now.UnixNano()
 		c.dirty = true
 		out = append(out, fresh...)
 	}
 	var filed []int64
+	var dirty []string
 	for id, c := range staged {
-		if !c.dirty {
-			continue
+		if c.dirty {
+			dirty = append(dirty, id)
 		}
+	}
+	// The batch is written in key order (headers, keys, then the outbox
+	// entry): Pebble inserts a batch into its memtable one key after the
+	// other, and a key that follows the one before starts its search from
+	// there instead of from the top of the skiplist.
+	slices.Sort(dirty)
+	for _, id := range dirty {
+		c := staged[id]
 		if paths {
 			at, err := fileIndex(b, c)
 			if err != nil {
@@ -367,6 +376,9 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		if err := b.Set(headerKey(id), c.h.encode(), nil); err != nil {
 			return nil, fmt.Errorf("pebblestore: %w", err)
 		}
+	}
+	if err := keys.write(b); err != nil {
+		return nil, fmt.Errorf("pebblestore: %w", err)
 	}
 	// After the commit (or its failure: a lower floor only costs a longer
 	// scan), the closer must look from the new entries on.
@@ -414,8 +426,11 @@ type staged struct {
 	held   map[string]struct{} // keys of the batch's requests found stored
 	added  map[string]struct{}
 	dirty  bool
-	prefix []byte // m/<len><id>
-	filed  int64  // the deadline the stored header's path is filed under (0: none)
+	// pathKeys: the header carries a copy of the keys for the close
+	// (paths on).
+	pathKeys bool
+	prefix   []byte // m/<len><id>
+	filed    int64  // the deadline the stored header's path is filed under (0: none)
 }
 
 // stageAll reads what the batch's requests need of the store: the header
@@ -450,7 +465,7 @@ func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 	sort.Strings(ids)
 	var key []byte
 	for _, id := range ids {
-		c := &staged{id: id, prefix: keyPrefixOf(id)}
+		c := &staged{id: id, prefix: keyPrefixOf(id), pathKeys: s.opts.Paths != nil}
 		convs[id] = c
 		key = append(append(key[:0], headerPrefix...), id...)
 		if !seek(it, key) {
@@ -552,6 +567,9 @@ func (c *staged) add(k string) {
 		c.added = map[string]struct{}{}
 	}
 	c.added[k] = struct{}{}
+	if c.pathKeys {
+		c.h.addPathKey(k)
+	}
 	c.h.keys++
 	c.h.bytes += len(k)
 }
@@ -561,6 +579,37 @@ func (c *staged) keyOf(k string) []byte {
 }
 
 func (c *staged) epochValue() []byte { return binary.AppendUvarint(nil, c.h.epoch) }
+
+// newKeys are the keys a Claim adds, gathered so they are written to the
+// batch in key order: each store key (m/<len><id><key>) and its value (the
+// conversation's epoch) side by side in one buffer.
+type newKeys struct {
+	buf  []byte
+	keys []newKey
+}
+
+type newKey struct{ start, split, end int } // key buf[start:split], value buf[split:end]
+
+func (n *newKeys) add(c *staged, k string) {
+	start := len(n.buf)
+	n.buf = append(append(n.buf, c.prefix...), k...)
+	split := len(n.buf)
+	n.buf = binary.AppendUvarint(n.buf, c.h.epoch)
+	n.keys = append(n.keys, newKey{start, split, len(n.buf)})
+}
+
+// write sets the keys in b in key order.
+func (n *newKeys) write(b *pebble.Batch) error {
+	slices.SortFunc(n.keys, func(x, y newKey) int {
+		return bytes.Compare(n.buf[x.start:x.split], n.buf[y.start:y.split])
+	})
+	for _, k := range n.keys {
+		if err := b.Set(n.buf[k.start:k.split], n.buf[k.split:k.end], nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // header reads a conversation's header; ok is false when it has none.
 func (s *Store) header(id string) (h header, ok bool, err error) {
