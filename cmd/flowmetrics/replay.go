@@ -222,9 +222,15 @@ func closeReplayPaths(ctx context.Context, p *pipeline.Pipeline, cfg config.Conf
 	if cfg.Store.Type == "memory" {
 		asOf = time.Now().Add(d.IdleTimeout)
 	}
-	_, err := p.ClosePaths(ctx, asOf, 0)
+	_, err := p.ClosePaths(ctx, asOf, replayCloseBatch)
 	return err
 }
+
+// replayCloseBatch is how many paths one synced close covers at the end of
+// a replay, where every conversation may close at once: the more in one
+// batch, the fewer fsyncs, and the closer together the headers the close
+// reads (in key order: a step forward instead of a seek).
+const replayCloseBatch = 4096
 
 // registerForReplay adds the replay's cursors to those the store already
 // serves. With the embedded store of a serve data directory, serve's own

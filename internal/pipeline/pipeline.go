@@ -926,8 +926,16 @@ func (d *drainer) next(ctx context.Context) (*batch, error) {
 	}
 	points, n := Aggregate(entries, p.cfg.Bucket)
 	b := &batch{points: points, last: entries[len(entries)-1].Seq, n: n}
+	np := 0
 	for _, e := range entries {
-		b.paths = append(b.paths, e.Paths...)
+		np += len(e.Paths)
+	}
+	if np > 0 {
+		// Sized once: a batch of closes holds many thousand points.
+		b.paths = make([]flowmetrics.PathPoint, 0, np)
+		for _, e := range entries {
+			b.paths = append(b.paths, e.Paths...)
+		}
 	}
 	b.n += len(b.paths)
 	if _, ok := d.sink.(flowmetrics.PathSink); !ok && len(b.paths) > 0 {

@@ -1,6 +1,7 @@
 package pebblestore
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"math"
@@ -20,6 +21,60 @@ type header struct {
 	keys    int    // keys held in this incarnation
 	bytes   int    // their total length
 	path    store.Path
+	// pathKeys (paths on, path open) is a copy of the keys held, each as
+	// appendString writes it, pathKeysN of them, while it holds every key
+	// (pathKeysN == keys) and fits in maxPathKeyBytes: the close then
+	// derives the path from the header it reads anyway, and reads no key.
+	// A conversation with more keys (or keys claimed before paths were
+	// on) has none, and its close reads its keys.
+	pathKeys  []byte
+	pathKeysN int
+}
+
+// maxPathKeyBytes bounds the copy of a conversation's keys its header
+// carries for the close: a flow sets a handful of metric attributes per
+// conversation (some 50 bytes each), so real conversations fit; a larger
+// one costs each of its claims no more than this, and its close reads its
+// keys instead.
+const maxPathKeyBytes = 1024
+
+// hasPathKeys reports whether pathKeys holds every key of the
+// conversation.
+func (h *header) hasPathKeys() bool {
+	return h.path != (store.Path{}) && !h.path.Closed && h.pathKeysN == h.keys
+}
+
+// addPathKey adds k to pathKeys, which stops holding them all (and is
+// dropped) when it would outgrow maxPathKeyBytes. Called before keys
+// counts k.
+func (h *header) addPathKey(k string) {
+	if h.pathKeysN != h.keys || h.path.Closed {
+		return
+	}
+	if len(h.pathKeys)+binary.MaxVarintLen64+len(k) > maxPathKeyBytes {
+		h.pathKeys, h.pathKeysN = nil, -1
+		return
+	}
+	h.pathKeys = appendString(h.pathKeys, k)
+	h.pathKeysN++
+}
+
+// pathKeyList decodes pathKeys.
+func (h *header) pathKeyList() ([]string, error) {
+	out := make([]string, 0, h.pathKeysN)
+	v := h.pathKeys
+	for len(v) > 0 {
+		var k string
+		var err error
+		if k, v, err = readString(v); err != nil {
+			return nil, err
+		}
+		out = append(out, k)
+	}
+	if len(out) != h.pathKeysN {
+		return nil, errCorrupt
+	}
+	return out, nil
 }
 
 // Path state flags, after the counts; a header without path state ends
@@ -30,7 +85,7 @@ const (
 )
 
 func (h header) encode() []byte {
-	b := make([]byte, 0, 7*binary.MaxVarintLen64)
+	b := make([]byte, 0, 8*binary.MaxVarintLen64+len(h.pathKeys))
 	b = binary.AppendVarint(b, h.changed)
 	b = binary.AppendUvarint(b, h.epoch)
 	b = binary.AppendUvarint(b, uint64(h.keys))
@@ -47,7 +102,12 @@ func (h header) encode() []byte {
 	}
 	b = append(b, f)
 	b = binary.AppendVarint(b, h.path.Due)
-	return binary.AppendVarint(b, h.path.Filed)
+	b = binary.AppendVarint(b, h.path.Filed)
+	if h.keys == 0 || !h.hasPathKeys() {
+		return b
+	}
+	b = binary.AppendUvarint(b, uint64(h.pathKeysN))
+	return append(b, h.pathKeys...)
 }
 
 var errCorrupt = errors.New("corrupt record")
@@ -77,10 +137,21 @@ func decodeHeader(v []byte) (header, error) {
 		return h, errCorrupt
 	}
 	v = v[n:]
-	if filed, n = binary.Varint(v); n <= 0 || n != len(v) {
+	if filed, n = binary.Varint(v); n <= 0 {
 		return h, errCorrupt
 	}
+	v = v[n:]
 	h.path = store.Path{Due: due, Filed: filed, Ended: f&pathEnded != 0, Closed: f&pathClosed != 0}
+	if len(v) == 0 {
+		// No copy of the keys: none held, or a header written before
+		// headers carried them (the close reads the keys).
+		return h, nil
+	}
+	keys, n := binary.Uvarint(v)
+	if n <= 0 || keys > uint64(len(v)) {
+		return h, errCorrupt
+	}
+	h.pathKeysN, h.pathKeys = int(keys), bytes.Clone(v[n:])
 	return h, nil
 }
 
@@ -128,17 +199,40 @@ func encodeEntry(occs []flowmetrics.Occurrence, paths []flowmetrics.PathPoint) [
 		return b
 	}
 	b = binary.AppendUvarint(b, uint64(len(paths)))
-	for _, p := range paths {
-		b = append(b, byte(p.Kind))
-		for _, s := range [...]string{p.Flow, p.Metric, p.Name, p.Variant, p.Step, p.Conversation} {
+	for i, p := range paths {
+		kind := byte(p.Kind)
+		sameConv := i > 0 && p.Conversation == paths[i-1].Conversation
+		if sameConv {
+			kind |= pointSameConversation
+		}
+		if p.Seconds == 0 {
+			kind |= pointNoSeconds
+		}
+		b = append(b, kind)
+		for _, s := range [...]string{p.Flow, p.Metric, p.Name, p.Variant, p.Step} {
 			b = appendString(b, s)
 		}
-		b = binary.BigEndian.AppendUint64(b, math.Float64bits(p.Seconds))
+		if !sameConv {
+			b = appendString(b, p.Conversation)
+		}
+		if p.Seconds != 0 {
+			b = binary.BigEndian.AppendUint64(b, math.Float64bits(p.Seconds))
+		}
 		b = binary.AppendVarint(b, p.Time.Unix())
 		b = binary.AppendUvarint(b, uint64(p.Time.Nanosecond()))
 	}
 	return b
 }
+
+// Flags of a path point's kind byte in an outbox entry: a close derives a
+// few points per conversation, most of them counts, so a point leaves out
+// the conversation id of the point before it and a zero Seconds. Entries
+// written before the flags have neither bit set (kinds are small).
+const (
+	pointSameConversation = 0x80
+	pointNoSeconds        = 0x40
+	pointKindMask         = 0x3f
+)
 
 func decodeEntry(v []byte) ([]flowmetrics.Occurrence, []flowmetrics.PathPoint, error) {
 	occs, v, err := decodeOccurrences(v)
@@ -156,23 +250,37 @@ func decodePaths(v []byte) ([]flowmetrics.PathPoint, error) {
 	}
 	v = v[m:]
 	out := make([]flowmetrics.PathPoint, 0, n)
+	// The names of an entry's points repeat (a few flows, metrics,
+	// funnels): each is allocated once per entry.
+	names := map[string]string{}
 	for i := uint64(0); i < n; i++ {
 		if len(v) < 1 {
 			return nil, errCorrupt
 		}
-		p := flowmetrics.PathPoint{Kind: flowmetrics.PathKind(v[0])}
+		kind := v[0]
+		p := flowmetrics.PathPoint{Kind: flowmetrics.PathKind(kind & pointKindMask)}
 		v = v[1:]
 		var err error
-		for _, s := range [...]*string{&p.Flow, &p.Metric, &p.Name, &p.Variant, &p.Step, &p.Conversation} {
-			if *s, v, err = readString(v); err != nil {
+		for _, s := range [...]*string{&p.Flow, &p.Metric, &p.Name, &p.Variant, &p.Step} {
+			if *s, v, err = readName(v, names); err != nil {
 				return nil, err
 			}
 		}
-		if len(v) < 8 {
-			return nil, errCorrupt
+		if kind&pointSameConversation != 0 {
+			if len(out) == 0 {
+				return nil, errCorrupt
+			}
+			p.Conversation = out[len(out)-1].Conversation
+		} else if p.Conversation, v, err = readString(v); err != nil {
+			return nil, err
 		}
-		p.Seconds = math.Float64frombits(binary.BigEndian.Uint64(v))
-		v = v[8:]
+		if kind&pointNoSeconds == 0 {
+			if len(v) < 8 {
+				return nil, errCorrupt
+			}
+			p.Seconds = math.Float64frombits(binary.BigEndian.Uint64(v))
+			v = v[8:]
+		}
 		sec, a := binary.Varint(v)
 		if a <= 0 {
 			return nil, errCorrupt
@@ -189,6 +297,22 @@ func decodePaths(v []byte) ([]flowmetrics.PathPoint, error) {
 		return nil, errCorrupt
 	}
 	return out, nil
+}
+
+// readName is readString for a name that repeats: names holds those read
+// so far.
+func readName(v []byte, names map[string]string) (string, []byte, error) {
+	n, m := binary.Uvarint(v)
+	if m <= 0 || n > uint64(len(v)-m) {
+		return "", nil, errCorrupt
+	}
+	b := v[m : m+int(n)]
+	s, ok := names[string(b)]
+	if !ok {
+		s = string(b)
+		names[s] = s
+	}
+	return s, v[m+int(n):], nil
 }
 
 func decodeOccurrences(v []byte) ([]flowmetrics.Occurrence, []byte, error) {

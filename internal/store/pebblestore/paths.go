@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -132,52 +134,46 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 	now := s.opts.Now()
 	b := s.db.NewBatch()
 	defer b.Close()
-	var it *pebble.Iterator
-	defer func() {
-		if it != nil {
-			it.Close()
-		}
-	}()
+	// One iterator reads every header and key the call needs, each chunk's
+	// in key order: a seek that only moves forward reuses the blocks and
+	// positions of the one before, where a Get each started over.
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: headerPrefix, UpperBound: prefixEnd(keyPrefix)})
+	if err != nil {
+		return 0, fmt.Errorf("pebblestore: close paths: %w", err)
+	}
+	defer it.Close()
 	var points []flowmetrics.PathPoint
 	last := floor
-	for _, f := range found {
-		if closed == limit {
-			break
+	// The entries in deadline order, a chunk at a time of at most the
+	// paths still to close, so no header is read beyond the limit.
+	for rest := found; len(rest) > 0 && closed < limit; {
+		chunk := rest[:min(limit-closed, len(rest))]
+		rest = rest[len(chunk):]
+		cs := make([]closing, len(chunk))
+		for i, f := range chunk {
+			cs[i] = closing{id: f.id, at: f.at}
 		}
-		last = f.at
-		h, ok, err := s.header(f.id)
-		if err != nil {
+		if err := s.readClosing(it, cs, asOf, now); err != nil {
 			return 0, err
 		}
-		if err := b.Delete(dueKey(f.at, f.id), nil); err != nil {
-			return 0, fmt.Errorf("pebblestore: close paths: %w", err)
-		}
-		p := h.path
-		if !ok || p.Closed || p.Filed != f.at || s.opts.Expired(time.Unix(0, h.changed), now) {
-			// Closed by a call that held the lock first, filed again, or
-			// expired: a stale entry, nothing to close.
-			continue
-		}
-		if p.Refile(asOf) {
-			h.path.Filed = p.Due
-			b.Set(dueKey(p.Due, f.id), nil, nil)
-			b.Set(headerKey(f.id), h.encode(), nil)
-			continue
-		}
-		if it == nil {
-			if it, err = s.db.NewIter(&pebble.IterOptions{LowerBound: keyPrefix, UpperBound: prefixEnd(keyPrefix)}); err != nil {
+		for i := range cs {
+			c := &cs[i]
+			last = c.at
+			if err := b.Delete(dueKey(c.at, c.id), nil); err != nil {
 				return 0, fmt.Errorf("pebblestore: close paths: %w", err)
 			}
+			switch c.action {
+			case closeRefile:
+				b.Set(dueKey(c.h.path.Filed, c.id), nil, nil)
+				b.Set(headerKey(c.id), c.h.encode(), nil)
+			case closeNow:
+				points = append(points, derive(flowmetrics.ClosedPath{ConversationID: c.id, Ended: c.h.path.Ended, Keys: c.keys})...)
+				c.h.path = c.h.path.Close()
+				c.h.changed = now.UnixNano()
+				b.Set(headerKey(c.id), c.h.encode(), nil)
+				closed++
+			}
 		}
-		keys, err := keysOf(it, f.id, h.epoch, h.keys)
-		if err != nil {
-			return 0, fmt.Errorf("pebblestore: read conversation %q: %w", f.id, err)
-		}
-		points = append(points, derive(flowmetrics.ClosedPath{ConversationID: f.id, Ended: p.Ended, Keys: keys})...)
-		h.path = p.Close()
-		h.changed = now.UnixNano()
-		b.Set(headerKey(f.id), h.encode(), nil)
-		closed++
 	}
 	var seq uint64
 	if len(points) > 0 {
@@ -201,6 +197,101 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 	// fails).
 	s.dueFloor.CompareAndSwap(floor, last)
 	return closed, nil
+}
+
+// closing is one deadline index entry a ClosePaths call looks at: what
+// it found in the conversation's header, and what it does with it.
+type closing struct {
+	id     string
+	at     int64 // the deadline the entry is filed under
+	h      header
+	action int
+	keys   []string // closeNow: the keys of its epoch
+}
+
+const (
+	closeStale  = iota // closed, filed again, expired or gone: drop the entry
+	closeRefile        // not due yet (its deadline moved): file it again
+	closeNow
+)
+
+// readClosing reads the headers of cs, decides each one's action as of
+// asOf and now, and reads the keys of those that close; it reads through
+// it, in key order (headers, then keys), whatever order cs is in.
+func (s *Store) readClosing(it *pebble.Iterator, cs []closing, asOf, now time.Time) error {
+	order := make([]*closing, len(cs))
+	for i := range cs {
+		order[i] = &cs[i]
+	}
+	slices.SortFunc(order, func(a, b *closing) int { return strings.Compare(a.id, b.id) })
+	var key []byte
+	for _, c := range order {
+		key = append(append(key[:0], headerPrefix...), c.id...)
+		if !seekAhead(it, key) || !bytes.Equal(it.Key(), key) {
+			if err := it.Error(); err != nil {
+				return fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
+			}
+			continue // gone: stale
+		}
+		h, err := decodeHeader(it.Value())
+		if err != nil {
+			return fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
+		}
+		c.h = h
+		p := h.path
+		switch {
+		case p.Closed || p.Filed != c.at || s.opts.Expired(time.Unix(0, h.changed), now):
+			// Closed by a call that held the lock first, filed again, or
+			// expired: a stale entry, nothing to close.
+		case p.Refile(asOf):
+			c.h.path.Filed = p.Due
+			c.action = closeRefile
+		case h.hasPathKeys():
+			// The header carries the keys: none to read.
+			c.action = closeNow
+			if c.keys, err = h.pathKeyList(); err != nil {
+				return fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
+			}
+		default:
+			c.action = closeNow
+		}
+	}
+	// Keys are filed under m/<len(id)><id>: in that order, not the ids'.
+	slices.SortFunc(order, func(a, b *closing) int {
+		if len(a.id) != len(b.id) {
+			return len(a.id) - len(b.id)
+		}
+		return strings.Compare(a.id, b.id)
+	})
+	for _, c := range order {
+		if c.action != closeNow || c.keys != nil {
+			continue
+		}
+		keys, err := keysOf(it, c.id, c.h.epoch, c.h.keys)
+		if err != nil {
+			return fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
+		}
+		c.keys = keys
+	}
+	return nil
+}
+
+// seekAhead positions it at the first key at or after key, which is after
+// where it is: when many conversations close at once their headers are
+// neighbours, and a step or two forward costs far less than a seek.
+func seekAhead(it *pebble.Iterator, key []byte) bool {
+	for range 8 {
+		if !it.Valid() || bytes.Compare(it.Key(), key) >= 0 {
+			break
+		}
+		if !it.Next() {
+			return false
+		}
+		if bytes.Compare(it.Key(), key) >= 0 {
+			return true
+		}
+	}
+	return it.SeekGE(key)
 }
 
 // keysOf returns the keys of epoch a conversation holds (n of them, as

@@ -3,6 +3,8 @@ package pebblestore
 import (
 	"context"
 	"encoding/binary"
+	"math"
+	"slices"
 	"testing"
 	"time"
 
@@ -60,10 +62,14 @@ func TestPathStateRidesOnTheHeader(t *testing.T) {
 	first := clock.Now().Add(time.Hour).UnixNano()
 	s := mustOpen(t, t.TempDir(), pathOptions(clock))
 	on := written(s)
+	// The header's copy of the keys for the close: a count, then each key
+	// (the first claim's too).
+	carried := 2 + len(occs(1, 0)[0].Key)
 	for i := range on {
+		carried += 1 + len(occs(1, i+1)[0].Key)
 		// The header's path state: a flag byte and two deadlines.
-		if on[i] > off[i]+20 {
-			t.Errorf("claim %d: wrote %d bytes with paths on, %d with paths off; want at most 20 more (no index entry moved)", i+1, on[i], off[i])
+		if on[i] > off[i]+20+uint64(carried) {
+			t.Errorf("claim %d: wrote %d bytes with paths on, %d with paths off; want at most 20 more and the %d bytes of the keys the header carries (no index entry moved)", i+1, on[i], off[i], carried)
 		}
 	}
 	if got := dueEntries(t, s); len(got) != 1 || len(got[conv]) != 1 || got[conv][0] != first {
@@ -109,6 +115,11 @@ func TestOpenConvertsPathRecords(t *testing.T) {
 	closed := map[string]int{}
 	derive := func(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
 		closed[cp.ConversationID]++
+		// Its header, written before headers carried the keys, has none:
+		// the close reads them.
+		if !slices.Equal(cp.Keys, []string{a.Key}) {
+			t.Errorf("%s: derived from keys %q, want %q", cp.ConversationID, cp.Keys, a.Key)
+		}
 		return nil
 	}
 	if n, err := s.ClosePaths(ctx, time.Unix(0, due-1), 0, derive); err != nil || n != 0 {
@@ -125,5 +136,96 @@ func TestOpenConvertsPathRecords(t *testing.T) {
 	s.scan(pathPrefix, func(k, v []byte) error { n++; return nil })
 	if n != 0 {
 		t.Errorf("path records after opening: got %d, want none", n)
+	}
+}
+
+// TestCloseDerivesFromTheHeader: a conversation's header carries its keys
+// for the close, which then reads none of them; a conversation whose keys
+// outgrow maxPathKeyBytes has a header of bounded size, and its close reads
+// its keys. Both derive from every key they hold.
+func TestCloseDerivesFromTheHeader(t *testing.T) {
+	ctx := context.Background()
+	clock := storetest.NewClock(t0)
+	s := mustOpen(t, t.TempDir(), pathOptions(clock))
+	small, large := occs(3, 0), occs(60, 0)
+	for i := range large {
+		// Claimed one by one: each claim extends the header's copy, until
+		// it no longer fits.
+		if _, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: "large", Occurrences: large[i : i+1]}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: "small", Occurrences: small}, {ConversationID: "small", Ended: true}, {ConversationID: "large", Ended: true}}); err != nil {
+		t.Fatal(err)
+	}
+	v, closer, err := s.db.Get(headerKey("large"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v) > 64 {
+		t.Errorf("header of a conversation of %d keys: %d bytes, want at most 64 (no copy of its keys)", len(large), len(v))
+	}
+	closer.Close()
+	// The small conversation's keys are gone from the store: only its
+	// header can tell them.
+	p := keyPrefixOf("small")
+	if err := s.db.DeleteRange(p, prefixEnd(p), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][]string{}
+	derive := func(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
+		got[cp.ConversationID] = slices.Sorted(slices.Values(cp.Keys))
+		return nil
+	}
+	if n, err := s.ClosePaths(ctx, clock.Now().Add(time.Minute), 0, derive); err != nil || n != 2 {
+		t.Fatalf("ClosePaths: closed %d (%v), want 2", n, err)
+	}
+	for id, want := range map[string][]flowmetrics.Occurrence{"small": small, "large": large} {
+		var keys []string
+		for _, o := range want {
+			keys = append(keys, o.Key)
+		}
+		slices.Sort(keys)
+		if !slices.Equal(got[id], keys) {
+			t.Errorf("%s: derived from %d keys %q, want %d", id, len(got[id]), got[id], len(keys))
+		}
+	}
+}
+
+// TestPathPointsRoundTrip: an outbox entry of path points reads back as
+// written, in the compact form (a point leaves out the conversation of the
+// point before it and a zero duration) and in the form written before it.
+func TestPathPointsRoundTrip(t *testing.T) {
+	at := t0.Add(1500 * time.Millisecond)
+	points := []flowmetrics.PathPoint{
+		{Kind: flowmetrics.PathStep, Flow: "F", Metric: "B", Seconds: 1.5, Time: at, Conversation: "c1"},
+		{Kind: flowmetrics.PathExit, Flow: "F", Metric: "B", Time: at, Conversation: "c1"},
+		{Kind: flowmetrics.PathTiming, Name: "t", Seconds: 0.25, Time: at, Conversation: "c1"},
+		{Kind: flowmetrics.PathExit, Flow: "F", Metric: "A", Time: t0, Conversation: "c2"},
+		{Kind: flowmetrics.PathExperiment, Name: "x", Variant: "B", Step: "F/A", Time: t0, Conversation: "c2"},
+		{Kind: flowmetrics.PathFunnel, Name: "f", Step: "F/A", Time: t0, Conversation: "c3"},
+	}
+	occ := []flowmetrics.Occurrence{storetest.Occ("F", "A", t0)}
+	gotOccs, got, err := decodeEntry(encodeEntry(occ, points))
+	if err != nil || len(gotOccs) != 1 || !slices.Equal(got, points) {
+		t.Errorf("round trip: got %+v, %+v (%v), want %+v", gotOccs, got, err, points)
+	}
+	// The form before: every field of every point.
+	old := binary.AppendUvarint(nil, 0)
+	old = binary.AppendUvarint(old, uint64(len(points)))
+	for _, p := range points {
+		old = append(old, byte(p.Kind))
+		for _, s := range []string{p.Flow, p.Metric, p.Name, p.Variant, p.Step, p.Conversation} {
+			old = appendString(old, s)
+		}
+		old = binary.BigEndian.AppendUint64(old, math.Float64bits(p.Seconds))
+		old = binary.AppendVarint(old, p.Time.Unix())
+		old = binary.AppendUvarint(old, uint64(p.Time.Nanosecond()))
+	}
+	if _, got, err := decodeEntry(old); err != nil || !slices.Equal(got, points) {
+		t.Errorf("entry written before the compact form: got %+v (%v), want %+v", got, err, points)
+	}
+	if len(encodeEntry(nil, points)) >= len(old) {
+		t.Errorf("compact form: %d bytes, want fewer than the %d of the form before", len(encodeEntry(nil, points)), len(old))
 	}
 }

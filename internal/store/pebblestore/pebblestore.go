@@ -426,8 +426,11 @@ type staged struct {
 	held   map[string]struct{} // keys of the batch's requests found stored
 	added  map[string]struct{}
 	dirty  bool
-	prefix []byte // m/<len><id>
-	filed  int64  // the deadline the stored header's path is filed under (0: none)
+	// pathKeys: the header carries a copy of the keys for the close
+	// (paths on).
+	pathKeys bool
+	prefix   []byte // m/<len><id>
+	filed    int64  // the deadline the stored header's path is filed under (0: none)
 }
 
 // stageAll reads what the batch's requests need of the store: the header
@@ -462,7 +465,7 @@ func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 	sort.Strings(ids)
 	var key []byte
 	for _, id := range ids {
-		c := &staged{id: id, prefix: keyPrefixOf(id)}
+		c := &staged{id: id, prefix: keyPrefixOf(id), pathKeys: s.opts.Paths != nil}
 		convs[id] = c
 		key = append(append(key[:0], headerPrefix...), id...)
 		if !seek(it, key) {
@@ -564,6 +567,9 @@ func (c *staged) add(k string) {
 		c.added = map[string]struct{}{}
 	}
 	c.added[k] = struct{}{}
+	if c.pathKeys {
+		c.h.addPathKey(k)
+	}
 	c.h.keys++
 	c.h.bytes += len(k)
 }
