@@ -315,7 +315,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	b := s.db.NewBatch()
 	defer b.Close()
 	var out []flowmetrics.Occurrence
-	var keys newKeys
+	keys := newKeysFor(reqs)
 	paths := s.opts.Paths != nil
 	syncPaths := false
 	staged, err := s.stageAll(reqs, &refused, now)
@@ -591,6 +591,19 @@ type newKeys struct {
 }
 
 type newKey struct{ start, split, end int } // key buf[start:split], value buf[split:end]
+
+// newKeysFor makes room for every key reqs ask for (most are new).
+func newKeysFor(reqs []flowmetrics.ClaimRequest) newKeys {
+	n, size := 0, 0
+	for _, r := range reqs {
+		n += len(r.Occurrences)
+		size += len(r.Occurrences) * (len(r.ConversationID) + 8)
+		for _, o := range r.Occurrences {
+			size += len(o.Key)
+		}
+	}
+	return newKeys{buf: make([]byte, 0, size), keys: make([]newKey, 0, n)}
+}
 
 func (n *newKeys) add(c *staged, k string) {
 	start := len(n.buf)
