@@ -142,7 +142,8 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 		return 0, fmt.Errorf("pebblestore: close paths: %w", err)
 	}
 	defer it.Close()
-	var points []flowmetrics.PathPoint
+	var derived [][]flowmetrics.PathPoint
+	npoints := 0
 	last := floor
 	// The entries in deadline order, a chunk at a time of at most the
 	// paths still to close, so no header is read beyond the limit.
@@ -167,12 +168,21 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 				b.Set(dueKey(c.h.path.Filed, c.id), nil, nil)
 				b.Set(headerKey(c.id), c.h.encode(), nil)
 			case closeNow:
-				points = append(points, derive(flowmetrics.ClosedPath{ConversationID: c.id, Ended: c.h.path.Ended, Keys: c.keys})...)
+				derived = append(derived, derive(flowmetrics.ClosedPath{ConversationID: c.id, Ended: c.h.path.Ended, Keys: c.keys}))
+				npoints += len(derived[len(derived)-1])
 				c.h.path = c.h.path.Close()
 				c.h.changed = now.UnixNano()
 				b.Set(headerKey(c.id), c.h.encode(), nil)
 				closed++
 			}
+		}
+	}
+	// One entry for every point, its slice sized once.
+	var points []flowmetrics.PathPoint
+	if npoints > 0 {
+		points = make([]flowmetrics.PathPoint, 0, npoints)
+		for _, d := range derived {
+			points = append(points, d...)
 		}
 	}
 	var seq uint64

@@ -11,7 +11,9 @@
 // Layout:
 //
 //	m/<len(id), uvarint><id>            -> header: last change (unix ns), epoch, keys held and their bytes,
-//	                                       path state (paths on): ended, closed, deadline, deadline filed under
+//	                                       path state (paths on): ended, closed, deadline, deadline filed under,
+//	                                       and, while the path is open, a copy of the keys (at most 1 KiB) to
+//	                                       derive it from
 //	m/<len(id), uvarint><id><key>       -> one claimed key (value: the epoch it was claimed in)
 //	o/<seq, 8 bytes BE>                 -> outbox entry: the occurrences one Claim found new
 //
