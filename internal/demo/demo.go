@@ -333,9 +333,9 @@ func (g *Generator) script(flow string, at time.Time) (steps []step, variant str
 		}
 		return s, ""
 	case FlowCallback:
-		variant, accept := "B", 0.45
+		variant, accept := "B", 0.5
 		if g.pick(g.o.SplitA) {
-			variant, accept = "A", 0.3
+			variant, accept = "A", 0.25
 			g.stats.VariantA++
 		} else {
 			g.stats.VariantB++
