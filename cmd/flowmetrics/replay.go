@@ -167,6 +167,7 @@ func startReplay(ctx context.Context, cfg config.Config, st flowmetrics.Store, m
 		pcfg.CursorPrefix = "replay-"
 	}
 	withPaths(cfg, &pcfg)
+	withoutCacheOverMemory(cfg, &pcfg)
 	p = pipeline.New(st, sinks, pcfg, m, log)
 	if restore, err = registerForReplay(ctx, st, p.Cursors()); err != nil {
 		p.Close(ctx)
@@ -212,7 +213,8 @@ func (r *replayer) finish(ctx context.Context, restore func() error, runErr erro
 // input is complete, so the grace period has nothing left to wait for),
 // and, in the memory store, which ends with the replay, every other one as
 // if its idle timeout had passed. In a serve data directory a conversation
-// without its end stays open, for serve to close at its idle timeout.
+// without its end stays open, for serve to close at its idle timeout. The
+// points are delivered every replayCloseBatch conversations closed.
 func closeReplayPaths(ctx context.Context, p *pipeline.Pipeline, cfg config.Config) error {
 	if !cfg.Paths.IsEnabled() {
 		return nil
@@ -222,14 +224,31 @@ func closeReplayPaths(ctx context.Context, p *pipeline.Pipeline, cfg config.Conf
 	if cfg.Store.Type == "memory" {
 		asOf = time.Now().Add(d.IdleTimeout)
 	}
-	_, err := p.ClosePaths(ctx, asOf, replayCloseBatch)
-	return err
+	for {
+		n, err := p.ClosePathsOnce(ctx, asOf, replayCloseBatch)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			// Delivered batch by batch: a replay that closes every
+			// conversation at its end would otherwise hold all their
+			// points at once (in the memory store, and in the sinks'
+			// batches read from any store).
+			if err := p.Flush(ctx); err != nil {
+				return fmt.Errorf("delivering: %w", err)
+			}
+		}
+		if n < replayCloseBatch {
+			return nil
+		}
+	}
 }
 
 // replayCloseBatch is how many paths one synced close covers at the end of
 // a replay, where every conversation may close at once: the more in one
 // batch, the fewer fsyncs, and the closer together the headers the close
-// reads (in key order: a step forward instead of a seek).
+// reads (in key order: a step forward instead of a seek). Their points,
+// a few MB, are delivered before the next batch.
 const replayCloseBatch = 4096
 
 // registerForReplay adds the replay's cursors to those the store already

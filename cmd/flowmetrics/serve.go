@@ -209,6 +209,7 @@ func (s *service) startPipeline(ctx context.Context) error {
 		return err
 	}
 	withPaths(s.cfg, &pcfg)
+	withoutCacheOverMemory(s.cfg, &pcfg)
 	if s.cfg.HTTP.DashboardOn() {
 		// The dashboard also hears of malformed attribute names.
 		rec := dashboard.NewRecorder(nil)

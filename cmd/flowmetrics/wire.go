@@ -63,6 +63,16 @@ func withPaths(c config.Config, pcfg *pipeline.Config) {
 	}
 }
 
+// withoutCacheOverMemory turns the known-key cache off over the memory
+// store, which holds every conversation's keys packed in memory itself: the
+// cache would hold its conversations a second time to save store calls
+// that cost about what its own lookups cost (docs/PERFORMANCE.md).
+func withoutCacheOverMemory(c config.Config, pcfg *pipeline.Config) {
+	if c.Store.Type == "memory" {
+		pcfg.CacheConversations = -1
+	}
+}
+
 // oldLedgers warns about the ledger files earlier versions kept the Datadog
 // totals in: the totals are in the store now, and those files are not read.
 func oldLedgers(c config.Config, log *slog.Logger) {

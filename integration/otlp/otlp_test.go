@@ -555,7 +555,7 @@ func record(o occurrence) genesys.Record {
 	name := genesys.AttributeName(o.flow, o.metric, o.at)
 	return genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{
 		ConversationID: o.conv,
-		Attributes:     map[string]string{name: "x", "Language": "en"},
+		MetricNames:    []string{name},
 	}}
 }
 
@@ -604,14 +604,14 @@ func pathCorpus(t0 time.Time, n int, rng *rand.Rand, counts []occurrence, want m
 		k := 1 + rng.IntN(len(steps))
 		at := t0.Add(time.Duration(rng.Int64N(int64(9*time.Minute))) / time.Millisecond * time.Millisecond)
 		var times []time.Time
-		attrs := map[string]string{"Language": "en"}
+		var names []string
 		for j := 0; j < k; j++ {
 			if j > 0 {
 				at = at.Add(time.Duration(1000+rng.Int64N(59_000)) * time.Millisecond)
 			}
 			times = append(times, at)
-			attrs[genesys.AttributeName("IVR", steps[j], at)] = "x"
-			ev := &genesys.Event{ConversationID: conv, Attributes: maps.Clone(attrs)}
+			names = append(names, genesys.AttributeName("IVR", steps[j], at))
+			ev := &genesys.Event{ConversationID: conv, MetricNames: slices.Clone(names)}
 			arrive := at.Add(time.Duration(rng.Int64N(int64(5 * time.Second))))
 			out = append(out, occurrence{conv: conv, at: at, arrive: arrive, ev: ev})
 			if rng.IntN(10) == 0 {

@@ -12,6 +12,8 @@ import (
 // marker separates the flow name from the metric name in an attribute name.
 const marker = "Metric_"
 
+var markerBytes = []byte(marker)
+
 // The longest flow and metric names, in bytes. A longer one is malformed:
 // names become labels, tags and series in every sink, and no backend wants
 // a 5 MiB tag. Real names are a few dozen bytes.

@@ -1,8 +1,10 @@
 package genesys
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -120,7 +122,7 @@ type body struct {
 	attrsKind      byte // first byte of attributes' value; 0 when absent
 	attrBadKind    byte // first byte of the first attribute value that is not a string
 	attrBadKey     strRef
-	attrLo, attrHi int // attribute refs in parser.attrs, in pairs
+	attrLo, attrHi int // refs of the candidate metric names in parser.attrs
 	attrCount      int // members of attributes, duplicates included
 }
 
@@ -285,14 +287,15 @@ func (p *parser) attributes(b *body) bool {
 		}
 		b.attrCount++
 		if c == '"' {
-			val, ok := p.scanString()
-			if !ok {
+			if _, ok := p.scanString(); !ok {
 				return false
 			}
-			// Past the limit the event is rejected: validate the rest,
-			// but keep nothing of it.
-			if b.attrCount <= MaxAttributes {
-				p.attrs = append(p.attrs, key, val)
+			// Only a name holding the marker can be a metric attribute
+			// (see ParseAttribute); an escaped one is looked at once
+			// unescaped. Past the limit the event is rejected: validate
+			// the rest, but keep nothing of it.
+			if b.attrCount <= MaxAttributes && (key.flags&strEscaped != 0 || bytes.Contains(p.data[key.start:key.end], markerBytes)) {
+				p.attrs = append(p.attrs, key)
 			}
 			continue
 		}
@@ -443,19 +446,19 @@ func (p *parser) endEvent(d *detail, topic string) Record {
 }
 
 // event builds the Event of an accepted record, and returns its topic. The
-// topic, the participant id and the attributes' names and values go into one
-// string: an event is built per record at a high rate, and its strings live
-// and die together.
+// topic, the participant id and the metric names go into one string: an
+// event is built per record at a high rate, and its strings live and die
+// together. Names are sorted and a repeated one kept once, as a map keyed by
+// name would keep it, so Extract needs neither a map nor a sort.
 func (p *parser) event(topic strRef, b *body) (*Event, string) {
 	ev := &Event{ConversationID: p.str(b.conv)}
 	if b.eventTimeOK {
 		ev.EventTime = time.UnixMilli(b.eventTimeMs).UTC()
 	}
-	attrs := p.attrs[b.attrLo:b.attrHi]
 	arena := p.arena[:0]
 	// ends[i] is where the i-th string ends in arena: the topic, the
-	// participant id, then names and values alternately.
-	var endsBuf [64]int
+	// participant id, then the names.
+	var endsBuf [32]int
 	ends := endsBuf[:0]
 	arena = p.appendStr(arena, topic)
 	ends = append(ends, len(arena))
@@ -463,20 +466,25 @@ func (p *parser) event(topic strRef, b *body) (*Event, string) {
 		arena = p.appendStr(arena, b.part)
 	}
 	ends = append(ends, len(arena))
-	for i, r := range attrs {
-		if i%2 == 0 {
-			arena = p.appendKey(arena, r)
-		} else {
-			arena = p.appendStr(arena, r)
+	for _, r := range p.attrs[b.attrLo:b.attrHi] {
+		start := len(arena)
+		arena = p.appendKey(arena, r)
+		if r.flags&strEscaped != 0 && !bytes.Contains(arena[start:], markerBytes) {
+			arena = arena[:start]
+			continue
 		}
 		ends = append(ends, len(arena))
 	}
 	p.arena = arena
 	s := string(arena)
 	ev.ParticipantID = s[ends[0]:ends[1]]
-	ev.Attributes = make(map[string]string, len(attrs)/2)
-	for i := 2; i+1 < len(ends); i += 2 {
-		ev.Attributes[s[ends[i-1]:ends[i]]] = s[ends[i]:ends[i+1]]
+	if n := len(ends) - 2; n > 0 {
+		names := make([]string, n)
+		for i := range names {
+			names[i] = s[ends[i+1]:ends[i+2]]
+		}
+		slices.Sort(names)
+		ev.MetricNames = slices.Clip(slices.Compact(names))
 	}
 	return ev, s[:ends[0]]
 }

@@ -63,10 +63,8 @@ func TestDecodeValue(t *testing.T) {
 			event: &Event{
 				ConversationID: convID, ParticipantID: "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a",
 				EventTime: time.UnixMilli(1678004285012).UTC(),
-				Attributes: map[string]string{
-					"CustomerRoutingMetric_Unknown(2023-03-05T08:18:04.568Z)": "1",
-					"AccountID": "0-000000",
-				},
+				// AccountID is not a metric name: it is left out.
+				MetricNames: []string{"CustomerRoutingMetric_Unknown(2023-03-05T08:18:04.568Z)"},
 			},
 		},
 		{
@@ -75,12 +73,13 @@ func TestDecodeValue(t *testing.T) {
 			event: &Event{
 				ConversationID: convID, ParticipantID: "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a",
 				EventTime: time.UnixMilli(1678004412900).UTC(),
-				Attributes: map[string]string{
-					"CustomerRoutingMetric_Unknown(2023-03-05T08:18:04.568Z)": "1",
-					"AccountID": "0-000000",
-					"CustomerRoutingMetric_Transferred(2023-03-05T08:19:31.002Z)": "1",
-					"Billing MainMetric_PaymentTaken(2023-03-05T08:20:12.880Z)":   "",
-					"CustomerRoutingMetric_Oops(not-a-time)":                      "1",
+				// In byte order; malformed names are kept for Extract
+				// to name.
+				MetricNames: []string{
+					"Billing MainMetric_PaymentTaken(2023-03-05T08:20:12.880Z)",
+					"CustomerRoutingMetric_Oops(not-a-time)",
+					"CustomerRoutingMetric_Transferred(2023-03-05T08:19:31.002Z)",
+					"CustomerRoutingMetric_Unknown(2023-03-05T08:18:04.568Z)",
 				},
 			},
 		},
@@ -95,49 +94,56 @@ func TestDecodeValue(t *testing.T) {
 		{name: "SQS event is not an EventBridge event", in: string(readSample(t, "sqs-batch.json")), outcome: Rejected, err: ErrNotEvent},
 
 		{name: "empty attributes", in: bare(`{"conversationId":"c","attributes":{}}`), outcome: Accepted, topic: attrTopic,
-			event: &Event{ConversationID: "c", Attributes: map[string]string{}}},
+			event: &Event{ConversationID: "c"}},
+		{name: "no metric names", in: bare(`{"conversationId":"c","attributes":{"AccountID":"0-1","Metric":"x","Flow Metric ":"y"}}`), outcome: Accepted, topic: attrTopic,
+			event: &Event{ConversationID: "c"}},
+		{name: "a name with the marker but not the shape is kept for Extract to judge",
+			in:      bare(`{"conversationId":"c","attributes":{"FMetric_A":"1","Metric_":""}}`),
+			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c", MetricNames: []string{"FMetric_A", "Metric_"}}},
 		{name: "detail-type stands in for a missing topicName",
 			in:      `{"detail-type":"v2.detail.events.conversation.{id}.attributes","detail":{"eventBody":{"conversationId":"c","attributes":{}}}}`,
 			outcome: Accepted, topic: "v2.detail.events.conversation.{id}.attributes",
-			event: &Event{ConversationID: "c", Attributes: map[string]string{}}},
+			event: &Event{ConversationID: "c"}},
 		{name: "topicName wins over detail-type",
 			in:      `{"detail-type":"v2.detail.events.conversation.{id}.attributes","detail":{"topicName":"` + endTopic + `","eventBody":{"conversationId":"c"}}}`,
 			outcome: Accepted, topic: endTopic, event: &Event{ConversationID: "c", Ended: true}},
 		{name: "envelope wins over a bare detail's fields",
 			in:      `{"topicName":"` + endTopic + `","eventBody":{},"detail":` + bare(`{"conversationId":"c","attributes":{}}`) + `}`,
-			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c", Attributes: map[string]string{}}},
+			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c"}},
 		{name: "unknown fields and deep values ignored",
-			in:      `{"x":[{"y":[1,2.5e-3,true,false,null,"\u00e9"]}],"topicName":"` + attrTopic + `","eventBody":{"communications":[{"id":"1"}],"conversationId":"c","attributes":{"a":"b"},"z":{"detail":{}}}}`,
-			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c", Attributes: map[string]string{"a": "b"}}},
+			in:      `{"x":[{"y":[1,2.5e-3,true,false,null,"\u00e9"]}],"topicName":"` + attrTopic + `","eventBody":{"communications":[{"id":"1"}],"conversationId":"c","attributes":{"aMetric_b(":"b"},"z":{"detail":{}}}}`,
+			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c", MetricNames: []string{"aMetric_b("}}},
 		{name: "escapes in names and values",
-			in:      `{"topic\u004eame":"` + attrTopic + `","eventBody":{"conversation\u0049d":"c\/1","attributes":{"Caf\u00e9 \ud83d\ude00Metric_A\"q\"(2023-03-05T08:18:04Z)":"tab\there","bad\ud800surrogate":"\\"}}}`,
+			in:      `{"topic\u004eame":"` + attrTopic + `","eventBody":{"conversation\u0049d":"c\/1","attributes":{"Caf\u00e9 \ud83d\ude00Metric_A\"q\"(2023-03-05T08:18:04Z)":"tab\there","bad\ud800surrogateMetric_A(x)":"\\","Escaped\u004detric_B(x)":"","Escaped\u004detric-C(x)":""}}}`,
 			outcome: Accepted, topic: attrTopic,
-			event: &Event{ConversationID: "c/1", Attributes: map[string]string{
-				"Café 😀Metric_A\"q\"(2023-03-05T08:18:04Z)": "tab\there",
+			event: &Event{ConversationID: "c/1", MetricNames: []string{
+				"Café 😀Metric_A\"q\"(2023-03-05T08:18:04Z)",
+				// An escape can spell the marker.
+				"EscapedMetric_B(x)",
 				// A lone surrogate has no UTF-8: the name keeps it as WTF-8,
 				// invalid UTF-8 that no other name can share.
-				"bad\xed\xa0\x80surrogate": `\`,
+				"bad\xed\xa0\x80surrogateMetric_A(x)",
 			}}},
-		{name: "invalid UTF-8 is replaced in values and ids, kept in names",
+		{name: "invalid UTF-8 is replaced in ids, kept in names",
 			in:      bare("{\"conversationId\":\"c\xff\",\"participantId\":\"p\xc3\",\"attributes\":{\"F\xffMetric_A(2023-03-05T08:18:04Z)\":\"\xe2\x82\"}}"),
 			outcome: Accepted, topic: attrTopic,
-			event: &Event{ConversationID: "c\uFFFD", ParticipantID: "p\uFFFD", Attributes: map[string]string{
-				"F\xffMetric_A(2023-03-05T08:18:04Z)": "\uFFFD\uFFFD",
+			event: &Event{ConversationID: "c\uFFFD", ParticipantID: "p\uFFFD", MetricNames: []string{
+				"F\xffMetric_A(2023-03-05T08:18:04Z)",
 			}}},
-		{name: "duplicate names: last wins",
-			in:      bare(`{"conversationId":"a","conversationId":"c","attributes":{"x":"1"},"attributes":{"y":"1","y":"2"}}`),
-			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c", Attributes: map[string]string{"y": "2"}}},
+		{name: "duplicate members: the last wins, and a repeated attribute name is kept once",
+			in:      bare(`{"conversationId":"a","conversationId":"c","attributes":{"xMetric_A(x)":"1"},"attributes":{"yMetric_B(x)":"1","aMetric_C(x)":"","yMetric_B(x)":"2","y\u004detric_B(x)":"3"}}`),
+			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c", MetricNames: []string{"aMetric_C(x)", "yMetric_B(x)"}}},
 		{name: "eventTime that is not an integer is zero",
 			in:      bare(`{"conversationId":"c","eventTime":1.5e12,"attributes":{}}`),
-			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c", Attributes: map[string]string{}}},
+			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c"}},
 		{name: "eventTime as a string is zero",
 			in:      bare(`{"conversationId":"c","eventTime":"1678004285012","attributes":{}}`),
-			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c", Attributes: map[string]string{}}},
+			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c"}},
 		{name: "participantId that is not a string is absent",
 			in:      bare(`{"conversationId":"c","participantId":5,"attributes":{}}`),
-			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c", Attributes: map[string]string{}}},
+			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c"}},
 		{name: "whitespace around the value", in: " \r\n\t" + bare(`{"conversationId":"c","attributes":{}}`) + "\n\n",
-			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c", Attributes: map[string]string{}}},
+			outcome: Accepted, topic: attrTopic, event: &Event{ConversationID: "c"}},
 
 		{name: "empty input", in: "", outcome: Rejected, err: ErrNotJSON, errText: "unexpected end of input"},
 		{name: "truncated", in: `{"topicName":"x"`, outcome: Rejected, err: ErrNotJSON, errText: "unexpected end of input at offset 16"},
@@ -298,7 +304,7 @@ func TestDecodeConversation(t *testing.T) {
 		case Accepted:
 			if r.Event.Ended {
 				ended++
-				if r.Event.ConversationID != convID || len(r.Event.Attributes) != 0 {
+				if r.Event.ConversationID != convID || len(r.Event.MetricNames) != 0 {
 					t.Errorf("record %d: got end event %+v, want conversation %s without attributes", r.Index, r.Event, convID)
 				}
 				continue
@@ -479,7 +485,7 @@ func TestDecodeLargeRecords(t *testing.T) {
 		if !strings.Contains(ev, filler) {
 			t.Fatalf("sample lacks %s", filler)
 		}
-		return strings.Replace(ev, filler, filler+`,"Big":"`+strings.Repeat("x", size)+`"`, 1)
+		return strings.Replace(ev, filler, filler+`,"BigMetric_`+strings.Repeat("x", size)+`(x)":""`, 1)
 	}
 	ten := big(10 << 20)
 	huge := big(MaxRecordSize)
@@ -490,8 +496,8 @@ func TestDecodeLargeRecords(t *testing.T) {
 			t.Fatal(err)
 		}
 		checkRecords(t, got, []rec{{0, 1, Accepted, nil}, {1, 2, Accepted, nil}, {2, 3, Rejected, ErrTooLarge}, {3, 4, Accepted, nil}})
-		if n := len(got[1].Event.Attributes["Big"]); n != 10<<20 {
-			t.Errorf("got a value of %d bytes, want %d", n, 10<<20)
+		if names := got[1].Event.MetricNames; len(names) != 2 || len(names[0]) != 10<<20+len("BigMetric_(x)") {
+			t.Errorf("got names %.40q, want the sample's and one of %d bytes", names, 10<<20+len("BigMetric_(x)"))
 		}
 	})
 	t.Run("first line too large", func(t *testing.T) {

@@ -20,9 +20,9 @@
 // noticed rather than silently lost. ParseAttribute spells out the shape
 // and the rules, and where RFC 3339 left a choice. FLOW and METRIC are at
 // most MaxFlowLen and MaxMetricLen (200) bytes, and a name must be valid
-// UTF-8: the decoder hands over each attribute name with its exact bytes
-// (a lone surrogate escape as its WTF-8 bytes), never "repaired", so two
-// different names can never become one key. Nor may FLOW or METRIC hold a
+// UTF-8: the decoder hands over each attribute name that holds "Metric_"
+// with its exact bytes (a lone surrogate escape as its WTF-8 bytes), never
+// "repaired", so two different names can never become one key. Nor may FLOW or METRIC hold a
 // control character or an invisible format character (Unicode Cf, such as
 // a bidirectional override or a zero-width space, and the line and
 // paragraph separators), so two different keys can never look the same.
@@ -40,8 +40,10 @@
 // Rejected (not JSON, not an event, larger than MaxRecordSize, or an
 // attributes event without a conversation id or whose attributes are
 // missing, not all strings, or more than MaxAttributes).
-// Extract turns an accepted event into occurrences, the unit flowmetrics
-// counts once per conversation.
+// An accepted event keeps only what counting needs: the names that hold
+// "Metric_", each once and sorted (other names and every value are
+// validated, then dropped). Extract turns it into occurrences, the unit
+// flowmetrics counts once per conversation.
 //
 // The decoder is a small JSON reader of its own rather than encoding/json:
 // replay must handle 100,000 events a second on two cores, and encoding/json

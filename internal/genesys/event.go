@@ -11,21 +11,25 @@ import (
 
 // Event is the part of an AttributeUpdateEvent that flowmetrics needs.
 //
-// When it comes from the decoder, ParticipantID and the keys and values of
-// Attributes share one backing allocation per event (one allocation instead
-// of forty for a typical event). Keeping any one of them keeps them all; use
-// strings.Clone for what must outlive the event. ConversationID has its own
-// allocation, because stores keep it for days. Extract already returns
-// copies.
+// When it comes from the decoder, ParticipantID and MetricNames share one
+// backing allocation per event (with Record.Topic). Keeping any one of them
+// keeps them all; use strings.Clone for what must outlive the event.
+// ConversationID has its own allocation, because stores keep it for days.
+// Extract already returns copies.
 type Event struct {
 	ConversationID string
 	ParticipantID  string
 	// EventTime is eventBody.eventTime, in UTC; zero when absent or not an
 	// integer number of milliseconds.
 	EventTime time.Time
-	// Attributes holds every Participant Data attribute of the participant,
-	// changed or not, as Genesys sends them.
-	Attributes map[string]string
+	// MetricNames holds the names of the participant's Participant Data
+	// attributes (changed or not: Genesys sends them all) that contain
+	// "Metric_", the only ones that can be metric attributes (see
+	// ParseAttribute); nothing else of the attributes is kept, and no
+	// value. The decoder gives each name once, in byte order, as a JSON
+	// object that repeats a name has it once; Extract takes any order and
+	// repetition. Names keep their bytes: invalid UTF-8 is not replaced.
+	MetricNames []string
 	// Ended: a customer.end event (the customer left the conversation),
 	// which closes the conversation's path; it has no attributes.
 	Ended bool
@@ -50,28 +54,33 @@ type Malformed struct {
 const MaxShownName = 512
 
 // Extract returns the well-formed metric occurrences of the event, sorted by
-// Key, and its malformed metric attributes, sorted by Name. Attributes
-// without the metric shape are left out of both. Sorting makes the output
-// independent of map order, so a replay gives the same claims in the same
-// order every time.
+// Key, and its malformed metric attributes, sorted by Name. A name repeated
+// in ev.MetricNames counts once; names without the metric shape are left out
+// of both. Sorting makes the output independent of the order of the input,
+// so a replay gives the same claims in the same order every time.
 //
 // The returned strings do not share memory with ev, since occurrences end up
-// in stores and caches that would otherwise keep each event's attributes
-// alive. The occurrences of one call share one allocation among themselves.
+// in stores and caches that would otherwise keep each event's strings alive.
+// The occurrences of one call share one allocation among themselves.
 func Extract(ev *Event) ([]flowmetrics.Occurrence, []Malformed) {
-	type found struct {
-		name string
-		a    Attribute
+	names := ev.MetricNames
+	if !sortedUnique(names) {
+		// Not from the decoder, which gives them sorted: a copy, so the
+		// caller's slice stays as it was.
+		names = slices.Compact(slices.Sorted(slices.Values(names)))
 	}
-	var buf [16]found
-	good := buf[:0]
+	var occs []flowmetrics.Occurrence
 	size := 0
 	var bad []Malformed
-	for name := range ev.Attributes {
+	for _, name := range names {
 		a, ok, err := ParseAttribute(name)
 		switch {
 		case ok:
-			good = append(good, found{name, a})
+			if occs == nil {
+				occs = make([]flowmetrics.Occurrence, 0, len(names))
+			}
+			// Key, Flow and Metric point into ev until copied below.
+			occs = append(occs, flowmetrics.Occurrence{Key: name, Flow: a.Flow, Metric: a.Metric, Time: a.Time})
 			size += len(name)
 		case err != nil:
 			m := Malformed{Name: strings.Clone(cut(name, MaxShownName)), Reason: err.Error(), Err: err}
@@ -84,33 +93,39 @@ func Extract(ev *Event) ([]flowmetrics.Occurrence, []Malformed) {
 			bad = append(bad, m)
 		}
 	}
-	slices.SortFunc(bad, func(x, y Malformed) int { return strings.Compare(x.Name, y.Name) })
-	if len(good) == 0 {
+	// Cutting can change the order of two long names that share their
+	// first MaxShownName bytes.
+	slices.SortStableFunc(bad, func(x, y Malformed) int { return strings.Compare(x.Name, y.Name) })
+	if len(occs) == 0 {
 		return nil, bad
 	}
 
+	// One copy of every key; Flow and Metric are substrings of the key, so
+	// slice the copy at the same places.
 	var sb strings.Builder
 	sb.Grow(size)
-	for _, f := range good {
-		sb.WriteString(f.name)
+	for _, o := range occs {
+		sb.WriteString(o.Key)
 	}
 	all := sb.String()
-	occs := make([]flowmetrics.Occurrence, len(good))
-	for i, f := range good {
-		key := all[:len(f.name)]
-		all = all[len(f.name):]
-		// Flow and Metric are substrings of the name, so slice the copy at
-		// the same places.
-		metric := len(f.a.Flow) + len(marker)
-		occs[i] = flowmetrics.Occurrence{
-			Key:    key,
-			Flow:   key[:len(f.a.Flow)],
-			Metric: key[metric : metric+len(f.a.Metric)],
-			Time:   f.a.Time,
+	for i := range occs {
+		o := &occs[i]
+		key := all[:len(o.Key)]
+		all = all[len(o.Key):]
+		metric := len(o.Flow) + len(marker)
+		o.Key, o.Flow, o.Metric = key, key[:len(o.Flow)], key[metric:metric+len(o.Metric)]
+	}
+	return occs, bad
+}
+
+// sortedUnique reports whether names are in strictly increasing order.
+func sortedUnique(names []string) bool {
+	for i := 1; i < len(names); i++ {
+		if names[i-1] >= names[i] {
+			return false
 		}
 	}
-	slices.SortFunc(occs, func(x, y flowmetrics.Occurrence) int { return strings.Compare(x.Key, y.Key) })
-	return occs, bad
+	return true
 }
 
 // cut shortens s to at most n bytes, on a rune boundary when s is UTF-8.

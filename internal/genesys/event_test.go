@@ -2,6 +2,7 @@ package genesys
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"unsafe"
@@ -12,21 +13,21 @@ import (
 func TestExtract(t *testing.T) {
 	tests := []struct {
 		name  string
-		attrs map[string]string
+		names []string
 		occs  []flowmetrics.Occurrence
 		bad   []Malformed
 	}{
 		{name: "no attributes"},
-		{name: "no metric attributes", attrs: map[string]string{"AccountID": "0-000000", "Language": "en-GB"}},
+		{name: "no metric attributes", names: []string{"AccountID", "Language"}},
 		{
 			name: "mixed, sorted by key and name",
-			attrs: map[string]string{
-				"CustomerRoutingMetric_Unknown(2023-03-05T08:18:04.568Z)": "1",
-				"AccountID": "0-000000",
-				"CustomerRoutingMetric_Transferred(2023-03-05T08:19:31.002Z)":    "",
-				"Billing MainMetric_PaymentTaken(2023-03-05T09:20:12.880+01:00)": "x",
-				"CustomerRoutingMetric_Oops(not-a-time)":                         "1",
-				"Metric_NoFlow(2023-03-05T08:18:04Z)":                            "1",
+			names: []string{
+				"CustomerRoutingMetric_Unknown(2023-03-05T08:18:04.568Z)",
+				"AccountID",
+				"CustomerRoutingMetric_Transferred(2023-03-05T08:19:31.002Z)",
+				"Billing MainMetric_PaymentTaken(2023-03-05T09:20:12.880+01:00)",
+				"CustomerRoutingMetric_Oops(not-a-time)",
+				"Metric_NoFlow(2023-03-05T08:18:04Z)",
 			},
 			occs: []flowmetrics.Occurrence{
 				{Key: "Billing MainMetric_PaymentTaken(2023-03-05T09:20:12.880+01:00)", Flow: "Billing Main", Metric: "PaymentTaken", Time: utc("2023-03-05T08:20:12.880Z")},
@@ -39,18 +40,32 @@ func TestExtract(t *testing.T) {
 			},
 		},
 		{
+			// Events built by hand may list names in any order and repeat
+			// them; the decoder's are sorted and unique.
+			name: "any order, a repeated name once",
+			names: []string{
+				"BMetric_X(2023-03-05T08:18:04Z)", "AMetric_Y(bad)", "AMetric_X(2023-03-05T08:18:04Z)",
+				"BMetric_X(2023-03-05T08:18:04Z)", "AMetric_Y(bad)",
+			},
+			occs: []flowmetrics.Occurrence{
+				{Key: "AMetric_X(2023-03-05T08:18:04Z)", Flow: "A", Metric: "X", Time: utc("2023-03-05T08:18:04Z")},
+				{Key: "BMetric_X(2023-03-05T08:18:04Z)", Flow: "B", Metric: "X", Time: utc("2023-03-05T08:18:04Z")},
+			},
+			bad: []Malformed{{Name: "AMetric_Y(bad)", Flow: "A", Reason: errTimeLayout.Error(), Err: errTimeLayout}},
+		},
+		{
 			name:  "invalid UTF-8 flow is replaced",
-			attrs: map[string]string{"F\xffMetric_A(2023-03-05T08:18:04Z)": ""},
+			names: []string{"F\xffMetric_A(2023-03-05T08:18:04Z)"},
 			bad:   []Malformed{{Name: "F\xffMetric_A(2023-03-05T08:18:04Z)", Flow: "F\uFFFD", Reason: errInvalidUTF8.Error(), Err: errInvalidUTF8}},
 		},
 		{
 			// Different bytes are different names, each malformed; none is
 			// counted under a name made valid by replacement.
 			name: "invalid UTF-8 names stay apart and are never counted",
-			attrs: map[string]string{
-				"FMetric_A\xff(2023-03-05T08:18:04Z)":         "",
-				"FMetric_A\xfe(2023-03-05T08:18:04Z)":         "",
-				"FMetric_A\xed\xa0\x80(2023-03-05T08:18:04Z)": "",
+			names: []string{
+				"FMetric_A\xff(2023-03-05T08:18:04Z)",
+				"FMetric_A\xfe(2023-03-05T08:18:04Z)",
+				"FMetric_A\xed\xa0\x80(2023-03-05T08:18:04Z)",
 			},
 			bad: []Malformed{
 				{Name: "FMetric_A\xed\xa0\x80(2023-03-05T08:18:04Z)", Flow: "F", Reason: errInvalidUTF8.Error(), Err: errInvalidUTF8},
@@ -60,10 +75,10 @@ func TestExtract(t *testing.T) {
 		},
 		{
 			name: "names too long are malformed, their flow cut for the label",
-			attrs: map[string]string{
-				strings.Repeat("f", MaxFlowLen+1) + "Metric_A(2023-03-05T08:18:04Z)":                                       "",
-				"FMetric_" + strings.Repeat("m", MaxMetricLen+1) + "(2023-03-05T08:18:04Z)":                                "",
-				strings.Repeat("f", MaxFlowLen) + "Metric_" + strings.Repeat("m", MaxMetricLen) + "(2023-03-05T08:18:04Z)": "",
+			names: []string{
+				strings.Repeat("f", MaxFlowLen+1) + "Metric_A(2023-03-05T08:18:04Z)",
+				"FMetric_" + strings.Repeat("m", MaxMetricLen+1) + "(2023-03-05T08:18:04Z)",
+				strings.Repeat("f", MaxFlowLen) + "Metric_" + strings.Repeat("m", MaxMetricLen) + "(2023-03-05T08:18:04Z)",
 			},
 			occs: []flowmetrics.Occurrence{{
 				Key:  strings.Repeat("f", MaxFlowLen) + "Metric_" + strings.Repeat("m", MaxMetricLen) + "(2023-03-05T08:18:04Z)",
@@ -77,7 +92,11 @@ func TestExtract(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			occs, bad := Extract(&Event{ConversationID: "c", Attributes: tt.attrs})
+			names := slices.Clone(tt.names)
+			occs, bad := Extract(&Event{ConversationID: "c", MetricNames: names})
+			if !slices.Equal(names, tt.names) {
+				t.Errorf("got the event's names changed to %q, want %q left as they were", names, tt.names)
+			}
 			if !reflect.DeepEqual(occs, tt.occs) {
 				t.Errorf("got occurrences %+v, want %+v", occs, tt.occs)
 			}
@@ -99,9 +118,9 @@ func TestExtractCopies(t *testing.T) {
 	if len(occs) != 1 || len(bad) != 1 {
 		t.Fatalf("got %d occurrences and %d malformed, want 1 and 1", len(occs), len(bad))
 	}
-	for name, value := range rec.Event.Attributes {
+	for _, name := range rec.Event.MetricNames {
 		for _, s := range []string{occs[0].Key, occs[0].Flow, occs[0].Metric, bad[0].Name, bad[0].Flow} {
-			if overlaps(s, name) || overlaps(s, value) {
+			if overlaps(s, name) {
 				t.Errorf("got %q sharing memory with the event, want a copy", s)
 			}
 		}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -126,11 +127,14 @@ func FuzzDecode(f *testing.F) {
 				if r.Event == nil || r.Event.ConversationID == "" || r.Err != nil {
 					t.Fatalf("record %d: got accepted with event %+v, error %v", i, r.Event, r.Err)
 				}
-				for k, v := range r.Event.Attributes {
-					// Names keep their bytes, valid or not; values are
-					// made valid as encoding/json makes them.
-					if !utf8.ValidString(v) {
-						t.Errorf("record %d: got attribute %q=%q, want a valid UTF-8 value", i, k, v)
+				// Only names that can be metric names, each once, in
+				// byte order (which Extract relies on to skip its sort).
+				for j, k := range r.Event.MetricNames {
+					if !strings.Contains(k, marker) {
+						t.Errorf("record %d: got name %q, want only names holding %q", i, k, marker)
+					}
+					if j > 0 && r.Event.MetricNames[j-1] >= k {
+						t.Errorf("record %d: got names %q, want them sorted and each once", i, r.Event.MetricNames)
 					}
 				}
 				occs, bad := Extract(r.Event)
@@ -180,6 +184,7 @@ func FuzzDecodeValue(f *testing.F) {
 		`{"topicName":"v2.detail.events.conversation.c.attributes","eventBody":{"conversationId":"c","attributes":{"a\ud83d\ude00":"\u00e9"}}}`,
 		`{"detail-type":"v2.detail.events.conversation.{id}.attributes","detail":{"eventBody":{"conversationId":"c","eventTime":-12,"attributes":{}}},"detail-type":1}`,
 		`{"detail":{"topicName":"v2.detail.events.conversation.c.attributes","eventBody":{"conversationId":"c","attributes":{"n":1}}}}`,
+		`{"topicName":"v2.detail.events.conversation.c.attributes","eventBody":{"conversationId":"c","attributes":{"F\ud83d\ude00\u004detric_A(x)":"1","FMetric_A(x)":"","F\u004detric_A(x)":"2"}}}`,
 		"[1e400, -0.5E+3, true, false, null]",
 		"{\"topicName\":\"v2.detail.events.conversation.c.attributes\",\"eventBody\":{\"conversationId\":\"c\",\"attributes\":{\"FMetric_A\xff(2023-03-05T08:18:04Z)\":\"1\",\"FMetric_A\\udc00(2023-03-05T08:18:04Z)\":\"1\",\"FMetric_A\ufffd(2023-03-05T08:18:04Z)\":\"1\"}}}",
 	} {
@@ -197,22 +202,22 @@ func FuzzDecodeValue(f *testing.F) {
 		if rec.Outcome != Rejected && rec.Topic != want.Topic {
 			t.Errorf("got topic %q, want %q", rec.Topic, want.Topic)
 		}
-		if rec.Event != nil && want.Event != nil && !validKeys(rec.Event.Attributes) {
+		if rec.Event != nil && want.Event != nil && !validNames(rec.Event.MetricNames) {
 			// encoding/json replaces what is not valid Unicode in a name,
 			// so it may merge names the decoder keeps apart: compare the
 			// rest, and each name as encoding/json would have read it.
-			if len(rec.Event.Attributes) < len(want.Event.Attributes) {
-				t.Errorf("got %d attributes, want at least encoding/json's %d", len(rec.Event.Attributes), len(want.Event.Attributes))
+			if len(rec.Event.MetricNames) < len(want.Event.MetricNames) {
+				t.Errorf("got %d names, want at least encoding/json's %d", len(rec.Event.MetricNames), len(want.Event.MetricNames))
 			}
-			for k := range rec.Event.Attributes {
+			for _, k := range rec.Event.MetricNames {
 				if jk, ok := asEncodingJSON(k); ok {
-					if _, found := want.Event.Attributes[jk]; !found {
+					if _, found := slices.BinarySearch(want.Event.MetricNames, jk); !found {
 						t.Errorf("got name %q, which encoding/json reads as %q: not among its names", k, jk)
 					}
 				}
 			}
 			got, ref := *rec.Event, *want.Event
-			got.Attributes, ref.Attributes = nil, nil
+			got.MetricNames, ref.MetricNames = nil, nil
 			if !reflect.DeepEqual(got, ref) {
 				t.Errorf("got event %+v, want %+v", got, ref)
 			}
@@ -224,8 +229,8 @@ func FuzzDecodeValue(f *testing.F) {
 	})
 }
 
-func validKeys(m map[string]string) bool {
-	for k := range m {
+func validNames(names []string) bool {
+	for _, k := range names {
 		if !utf8.ValidString(k) {
 			return false
 		}
@@ -318,12 +323,17 @@ func reference(data []byte) Record {
 	if !ok {
 		return reject(ErrBadAttributes)
 	}
-	ev.Attributes = map[string]string{}
 	for k, v := range attrs {
-		if ev.Attributes[k], ok = v.(string); !ok {
+		if _, ok := v.(string); !ok {
 			return reject(ErrBadAttributes)
 		}
+		// The names the event hands on: those that can be metric names,
+		// each once (a map keeps a repeated name once), in byte order.
+		if strings.Contains(k, marker) {
+			ev.MetricNames = append(ev.MetricNames, k)
+		}
 	}
+	slices.Sort(ev.MetricNames)
 	// The decoder counts members, duplicates included; a map cannot. The
 	// two agree unless an input repeats names around the limit.
 	if len(attrs) > MaxAttributes {

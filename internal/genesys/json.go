@@ -51,7 +51,8 @@ type parser struct {
 	errMsg     string
 	errOff     int
 
-	// attrs holds the refs of attribute names and values, in pairs.
+	// attrs holds the refs of the attribute names that may be metric
+	// names.
 	attrs []strRef
 	// scratch holds an escaped object key, unescaped for comparison.
 	scratch []byte

@@ -1,12 +1,12 @@
 package pipeline
 
 import (
-	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/store"
 )
 
 // knownCache remembers, per conversation, keys the store is known to hold, so
@@ -37,93 +37,14 @@ const (
 	keyCost   = 64
 )
 
-// packedKeys is how many keys an entry keeps packed in one string, looked
-// up by scanning; beyond it (or for a key longer than 255 bytes) they move
-// to a set, so a conversation of many keys is not scanned per key.
-const packedKeys = 8
-
-// cacheEntry is one conversation's known keys. Most conversations have a
-// few: they are packed in one string, each after its length byte, which
-// costs a fraction of a map per conversation.
+// cacheEntry is one conversation's known keys, packed (store.KeySet).
 type cacheEntry struct {
 	prev, next *cacheEntry
 	conv       string
-	packed     string
-	n          int                 // keys in packed
-	set        map[string]struct{} // every key, once packed would not hold them
+	keys       store.KeySet
 	bytes      int64
 	expires    time.Time
 	told       time.Time // when the store last got a request of the conversation
-}
-
-// has reports whether e knows key k.
-func (e *cacheEntry) has(k string) bool {
-	if e.set != nil {
-		_, ok := e.set[k]
-		return ok
-	}
-	for p := e.packed; p != ""; {
-		n := int(p[0])
-		if p[1:1+n] == k {
-			return true
-		}
-		p = p[1+n:]
-	}
-	return false
-}
-
-// add records keys (those e does not know yet) and returns the bytes they
-// add to the cache's count. The cache keeps its own copies: the strings of
-// a decoded record may share its whole body, which must not stay alive
-// here.
-func (e *cacheEntry) add(keys []string) (grew int64) {
-	if e.set == nil {
-		var buf [packedKeys]string
-		fresh := buf[:0]
-		size := len(e.packed)
-		fits := true
-		for _, k := range keys {
-			if e.has(k) || slices.Contains(fresh, k) {
-				continue
-			}
-			if e.n+len(fresh) == packedKeys || len(k) > 255 {
-				fits = false
-				break
-			}
-			fresh = append(fresh, k)
-			size += 1 + len(k)
-		}
-		if fits {
-			if len(fresh) == 0 {
-				return 0
-			}
-			var b strings.Builder
-			b.Grow(size)
-			b.WriteString(e.packed)
-			for _, k := range fresh {
-				b.WriteByte(byte(len(k)))
-				b.WriteString(k)
-				grew += keyCost + int64(len(k))
-			}
-			e.packed, e.n = b.String(), e.n+len(fresh)
-			return grew
-		}
-		e.set = make(map[string]struct{}, e.n+len(keys))
-		for p := e.packed; p != ""; {
-			n := int(p[0])
-			e.set[p[1:1+n]] = struct{}{}
-			p = p[1+n:]
-		}
-		e.packed, e.n = "", 0
-	}
-	for _, k := range keys {
-		if _, ok := e.set[k]; ok {
-			continue
-		}
-		e.set[strings.Clone(k)] = struct{}{}
-		grew += keyCost + int64(len(k))
-	}
-	return grew
 }
 
 func newKnownCache(max int, maxBytes int64, ttl time.Duration) *knownCache {
@@ -151,7 +72,7 @@ func (c *knownCache) unknown(conv string, occs []flowmetrics.Occurrence, now tim
 	c.toFront(e)
 	var out []flowmetrics.Occurrence
 	for i, o := range occs {
-		if e.has(o.Key) {
+		if e.keys.Has(o.Key) {
 			if out == nil {
 				// The first known key: from here on, copy the others.
 				out = make([]flowmetrics.Occurrence, i, len(occs))
@@ -187,7 +108,8 @@ func (c *knownCache) learn(conv string, keys []string, now time.Time) (evicted i
 	// The expiry stays that of the first learning: keys learned later are
 	// younger, so the entry still expires before any of them.
 	e.told = now
-	grew := e.add(keys)
+	added, size := e.keys.Add(keys...)
+	grew := int64(added)*keyCost + int64(size)
 	e.bytes += grew
 	c.bytes += grew
 	c.toFront(e)

@@ -464,7 +464,7 @@ func (p *Pipeline) claim(ctx context.Context, c *claimBatch, res Result) (Result
 		// A deferred request's keys are not known yet: the holder may die
 		// before delivering, and the retry must reach the store. A refused
 		// one's are not in the store at all.
-		if !deferred[i] {
+		if !deferred[i] && p.cache != nil {
 			keys := occKeys(rq.Occurrences)
 			if rq.Ended {
 				keys = append(keys, endOcc[0].Key)

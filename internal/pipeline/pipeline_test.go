@@ -81,12 +81,8 @@ func decodeFile(t *testing.T, path string) []genesys.Record {
 	return recs
 }
 
-func event(conv string, attrs ...string) genesys.Record {
-	m := map[string]string{}
-	for _, a := range attrs {
-		m[a] = "x"
-	}
-	return genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: conv, Attributes: m}}
+func event(conv string, names ...string) genesys.Record {
+	return genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: conv, MetricNames: names}}
 }
 
 func newTest(t *testing.T, cfg Config, sinks ...flowmetrics.Sink) (*Pipeline, *telemetry.Metrics) {

@@ -45,12 +45,12 @@ func TestMain(m *testing.M) {
 func killBatch(base time.Time, n int) []genesys.Record {
 	var recs []genesys.Record
 	for i := 0; i < 5; i++ {
-		attrs := map[string]string{}
+		var names []string
 		for j, age := range [][]time.Duration{{20 * time.Second, 40 * time.Second}, {21 * time.Second, 60 * time.Second, 41 * time.Second}}[n-1] {
 			flow := []string{"CustomerRouting", "Billing Main"}[(i+j)%2]
-			attrs[fmt.Sprintf("%sMetric_M%d(%s)", flow, j, base.Add(-age).UTC().Format(time.RFC3339Nano))] = ""
+			names = append(names, fmt.Sprintf("%sMetric_M%d(%s)", flow, j, base.Add(-age).UTC().Format(time.RFC3339Nano)))
 		}
-		recs = append(recs, genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: fmt.Sprintf("conv-%d-%d", n, i), Attributes: attrs}})
+		recs = append(recs, genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: fmt.Sprintf("conv-%d-%d", n, i), MetricNames: names}})
 	}
 	return recs
 }
@@ -200,7 +200,7 @@ func TestKillBetweenSendAndCommitDynamo(t *testing.T) {
 	want := map[datadogtest.Point]float64{}
 	for _, n := range []int{1, 2} {
 		for _, rec := range killBatch(base, n) {
-			for name := range rec.Event.Attributes {
+			for _, name := range rec.Event.MetricNames {
 				a, ok, err := genesys.ParseAttribute(name)
 				if !ok || err != nil {
 					t.Fatalf("%s: %v", name, err)

@@ -29,8 +29,8 @@ func liveRecords(n int) []genesys.Record {
 	at := time.Now().UTC().Format("2006-01-02T15:04:05.000Z")
 	var recs []genesys.Record
 	for i := 0; i < n; i++ {
-		attrs := map[string]string{"CustomerRoutingMetric_Start(" + at + ")": ""}
-		recs = append(recs, genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: fmt.Sprintf("conv-%d", i), Attributes: attrs}})
+		names := []string{"CustomerRoutingMetric_Start(" + at + ")"}
+		recs = append(recs, genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: fmt.Sprintf("conv-%d", i), MetricNames: names}})
 	}
 	return recs
 }

@@ -39,11 +39,11 @@ func TestPipelineOutage(t *testing.T) {
 	var recs []genesys.Record
 	for i := 0; i < 40; i++ {
 		at := t0.Add(-time.Duration(i) * 7 * time.Second).Format("2006-01-02T15:04:05.000Z")
-		attrs := map[string]string{
-			"CustomerRoutingMetric_Start(" + at + ")":     "",
-			"Billing MainMetric_PaymentTaken(" + at + ")": "",
+		names := []string{
+			"CustomerRoutingMetric_Start(" + at + ")",
+			"Billing MainMetric_PaymentTaken(" + at + ")",
 		}
-		rec := genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: fmt.Sprintf("conv-%d", i), Attributes: attrs}}
+		rec := genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: fmt.Sprintf("conv-%d", i), MetricNames: names}}
 		recs = append(recs, rec, rec)
 	}
 	res, err := p.Ingest(context.Background(), recs)

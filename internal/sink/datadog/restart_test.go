@@ -59,15 +59,15 @@ func TestRestartNeverLowersATotal(t *testing.T) {
 		var recs []genesys.Record
 		for i := 0; i < n; i++ {
 			conv++
-			attrs := map[string]string{}
+			var names []string
 			for j, age := range ages {
 				at := t0.Add(-age - time.Duration(i%7)*time.Second)
 				flow := []string{"CustomerRouting", "Billing Main"}[j%2]
-				attrs[fmt.Sprintf("%sMetric_Step%d(%s)", flow, j%3, at.Format(time.RFC3339Nano))] = ""
+				names = append(names, fmt.Sprintf("%sMetric_Step%d(%s)", flow, j%3, at.Format(time.RFC3339Nano)))
 				k := datadogtest.PointOf(MetricName(namer.Name(flow, fmt.Sprintf("Step%d", j%3))), Tags(namer, flow, fmt.Sprintf("Step%d", j%3)), flowmetrics.BucketStart(at, 10*time.Second).Unix())
 				want[k]++
 			}
-			rec := genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: fmt.Sprintf("conv-%d", conv), Attributes: attrs}}
+			rec := genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: fmt.Sprintf("conv-%d", conv), MetricNames: names}}
 			recs = append(recs, rec, rec) // every event delivered twice
 		}
 		return recs

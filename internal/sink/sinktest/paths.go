@@ -76,10 +76,10 @@ func PathCorpus(first, n int, at time.Time) []Conv {
 // customer.end, every one delivered twice.
 func (c Conv) Records(ended bool) []genesys.Record {
 	var recs []genesys.Record
-	attrs := map[string]string{}
+	var names []string
 	for _, s := range c.Steps {
-		attrs[fmt.Sprintf("%sMetric_%s(%s)", s.Flow, s.Metric, s.At.Format("2006-01-02T15:04:05.000Z"))] = ""
-		rec := genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: c.ID, Attributes: maps.Clone(attrs)}}
+		names = append(names, fmt.Sprintf("%sMetric_%s(%s)", s.Flow, s.Metric, s.At.Format("2006-01-02T15:04:05.000Z")))
+		rec := genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: c.ID, MetricNames: slices.Clone(names)}}
 		recs = append(recs, rec, rec)
 	}
 	if ended {

@@ -155,8 +155,8 @@ func TestDaemonDownAndBack(t *testing.T) {
 				n := i*4 + j
 				at := t0.Add(time.Duration(n) * time.Second)
 				flow, metric := fmt.Sprintf("Flow%d", n%3), fmt.Sprintf("M%d", n%5)
-				attrs := map[string]string{genesys.AttributeName(flow, metric, at): ""}
-				rec := genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: fmt.Sprintf("conv-%d", n), Attributes: attrs}}
+				names := []string{genesys.AttributeName(flow, metric, at)}
+				rec := genesys.Record{Outcome: genesys.Accepted, Event: &genesys.Event{ConversationID: fmt.Sprintf("conv-%d", n), MetricNames: names}}
 				recs = append(recs, rec, rec) // delivered twice, counted once
 				occ = append(occ, "genesys.flow.metric."+flow+"."+metric)
 			}

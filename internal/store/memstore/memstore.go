@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -53,9 +54,12 @@ func (h *dueHeap) Pop() any {
 	return x
 }
 
+// conversation is what the store holds of one: its keys packed
+// (store.KeySet), so that the store's memory follows the conversations it
+// holds, about a hundred bytes each beyond their ids and keys, however many
+// events repeat them.
 type conversation struct {
-	keys    map[string]struct{}
-	bytes   int   // total length of the keys
+	keys    store.KeySet
 	changed int64 // unix nanoseconds
 	path    store.Path
 }
@@ -90,15 +94,11 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 			c = nil
 		}
 		fresh := store.FilterNew(r.Occurrences, func(k string) bool {
-			if c == nil {
-				return false
-			}
-			_, ok := c.keys[k]
-			return ok
+			return c != nil && c.keys.Has(k)
 		})
 		var size store.Size
 		if c != nil {
-			size = store.Size{Keys: len(c.keys), Bytes: c.bytes}
+			size = c.keys.Size()
 		}
 		if len(fresh) > 0 {
 			if err := size.Plus(fresh).Check(r.ConversationID); err != nil {
@@ -108,8 +108,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		}
 		if s.opts.Paths != nil && (len(r.Occurrences) > 0 || r.Ended) {
 			if c == nil {
-				c = &conversation{keys: map[string]struct{}{}}
-				s.convs[r.ConversationID] = c
+				c = s.add(r.ConversationID)
 			}
 			s.trackPath(r.ConversationID, c, len(fresh) > 0, r.Ended, now, fresh)
 		}
@@ -117,13 +116,14 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 			continue
 		}
 		if c == nil {
-			c = &conversation{keys: map[string]struct{}{}}
-			s.convs[r.ConversationID] = c
+			c = s.add(r.ConversationID)
 		}
+		var buf [store.PackedKeys]string
+		keys := buf[:0]
 		for _, o := range fresh {
-			c.keys[o.Key] = struct{}{}
-			c.bytes += len(o.Key)
+			keys = append(keys, o.Key)
 		}
+		c.keys.Add(keys...)
 		c.changed = now.UnixNano()
 		out = append(out, fresh...)
 	}
@@ -132,6 +132,15 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		s.entries = append(s.entries, flowmetrics.Entry{Seq: s.last, Occurrences: out})
 	}
 	return out, refused.Err()
+}
+
+// add starts holding conversation id, or starts it again after it
+// expired. s.mu is held.
+func (s *Store) add(id string) *conversation {
+	c := &conversation{}
+	// Its own copy of the id: the request's may share a decoded record.
+	s.convs[strings.Clone(id)] = c
+	return c
 }
 
 // trackPath updates c's path state for a request, and marks the fresh
@@ -206,9 +215,8 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 			continue
 		}
 		cp := flowmetrics.ClosedPath{ConversationID: it.conv, Ended: c.path.Ended}
-		for k := range c.keys {
-			cp.Keys = append(cp.Keys, k)
-		}
+		cp.Keys = make([]string, 0, c.keys.Len())
+		c.keys.All(func(k string) bool { cp.Keys = append(cp.Keys, k); return true })
 		points = append(points, derive(cp)...)
 		c.path = c.path.Close()
 		c.changed = now.UnixNano()
