@@ -1,12 +1,14 @@
 package pipeline
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -342,7 +344,11 @@ func (p *Pipeline) fold(ctx context.Context, c *claimBatch) error {
 	if g == nil {
 		return nil
 	}
-	var pairs []flowmetrics.Pair
+	n := 0
+	for _, rq := range c.reqs {
+		n += len(rq.Occurrences)
+	}
+	pairs := make([]flowmetrics.Pair, 0, n)
 	for _, rq := range c.reqs {
 		if (store.Size{}).Plus(rq.Occurrences).Check(rq.ConversationID) != nil {
 			// The store refuses this request whatever it holds: its
@@ -998,29 +1004,40 @@ func Aggregate(entries []flowmetrics.Entry, bucket time.Duration) ([]flowmetrics
 		flow, metric string
 		bucket       int64
 	}
-	counts := map[key]int64{}
 	n := 0
+	for _, e := range entries {
+		n += len(e.Occurrences)
+	}
+	// Sized for the occurrences up front (there are fewer points): a map
+	// that grows rehashes every key it holds each time.
+	counts := make(map[key]int64, n)
 	for _, e := range entries {
 		for _, o := range e.Occurrences {
 			b := flowmetrics.BucketStart(o.Time, bucket)
 			counts[key{o.Flow, o.Metric, b.Unix()}]++
-			n++
 		}
 	}
-	points := make([]flowmetrics.Point, 0, len(counts))
+	type counted struct {
+		key
+		n int64
+	}
+	sorted := make([]counted, 0, len(counts))
 	for k, c := range counts {
-		points = append(points, flowmetrics.Point{Flow: k.flow, Metric: k.metric, Bucket: time.Unix(k.bucket, 0).UTC(), Width: bucket, Count: c})
+		sorted = append(sorted, counted{k, c})
 	}
-	sort.Slice(points, func(i, j int) bool {
-		a, b := points[i], points[j]
-		if !a.Bucket.Equal(b.Bucket) {
-			return a.Bucket.Before(b.Bucket)
+	slices.SortFunc(sorted, func(a, b counted) int {
+		if c := cmp.Compare(a.bucket, b.bucket); c != 0 {
+			return c
 		}
-		if a.Flow != b.Flow {
-			return a.Flow < b.Flow
+		if c := strings.Compare(a.flow, b.flow); c != 0 {
+			return c
 		}
-		return a.Metric < b.Metric
+		return strings.Compare(a.metric, b.metric)
 	})
+	points := make([]flowmetrics.Point, len(sorted))
+	for i, c := range sorted {
+		points[i] = flowmetrics.Point{Flow: c.flow, Metric: c.metric, Bucket: time.Unix(c.bucket, 0).UTC(), Width: bucket, Count: c.n}
+	}
 	return points, n
 }
 

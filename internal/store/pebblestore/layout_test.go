@@ -1,6 +1,7 @@
 package pebblestore
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -105,7 +106,12 @@ func TestKeysAreTheConversationsOwn(t *testing.T) {
 		t.Errorf("sweep: removed %d (err %v), want 1 (c1)", n, err)
 	}
 	var left int
-	s.scan(keyPrefix, func(k, v []byte) error { left++; return nil })
+	s.scan(keyPrefix, func(k, v []byte) error {
+		if _, header := headerOf(k); !header {
+			left++
+		}
+		return nil
+	})
 	if left != 2 {
 		t.Errorf("after the sweep: %d claimed keys stored, want 2 (c's, both epochs: the old one goes when c expires again)", left)
 	}
@@ -149,6 +155,81 @@ func TestOpenConvertsTheOldLayout(t *testing.T) {
 	s.scan(legacyPrefix, func(k, v []byte) error { legacy++; return nil })
 	if legacy != 0 {
 		t.Errorf("%d old values left after Open, want none", legacy)
+	}
+}
+
+// TestOpenMovesHeadersBesideTheirKeys: a store written with headers under
+// h/<id>, apart from their keys, is converted at Open: each header moves to
+// its conversation's prefix with its counts and path state, the keys stay
+// claimed, Sweep still finds what expired, and no h/ record is left.
+func TestOpenMovesHeadersBesideTheirKeys(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	clock := storetest.NewClock(t0)
+	opts := store.Options{Retention: time.Hour, Now: clock.Now}
+	old := occs(3, 0)
+	// Written by this store, then moved back to the old place.
+	s := mustOpen(t, dir, opts)
+	for i := range 2500 { // more than one conversion batch
+		if _, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: fmt.Sprintf("conv-%04d", i), Occurrences: old}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := s.db.NewBatch()
+	err := s.scan(keyPrefix, func(k, v []byte) error {
+		if id, ok := headerOf(k); ok {
+			b.Set(append(bytes.Clone(oldHeaders), id...), v, nil)
+			b.Delete(k, nil)
+		}
+		return nil
+	})
+	if err = errors.Join(err, b.Commit(pebble.Sync), s.Close()); err != nil {
+		t.Fatal(err)
+	}
+
+	s = mustOpen(t, dir, opts)
+	var left int
+	s.scan(oldHeaders, func(k, v []byte) error { left++; return nil })
+	if left != 0 {
+		t.Errorf("%d h/ headers left after Open, want none", left)
+	}
+	got, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: "conv-2499", Occurrences: append(occs(4, 0), old...)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Key != occs(1, 3)[0].Key {
+		t.Errorf("claim after conversion: got %d new, want only the fourth key", len(got))
+	}
+	if keys, _ := s.Keys(ctx, "conv-0000"); !slices.Equal(keys, []string{old[0].Key, old[1].Key, old[2].Key}) {
+		t.Errorf("Keys after conversion: got %q, want the 3 old keys", keys)
+	}
+	clock.Advance(2 * time.Hour)
+	if n, err := s.Sweep(ctx); err != nil || n != 2500 {
+		t.Errorf("sweep after conversion: removed %d (err %v), want 2500", n, err)
+	}
+}
+
+// TestClaimRefusesAnEmptyKey: a key's record is the conversation's prefix
+// followed by the key, so an empty key would be the header: the request is
+// refused, and the rest of the batch is claimed.
+func TestClaimRefusesAnEmptyKey(t *testing.T) {
+	ctx := context.Background()
+	s := mustOpen(t, t.TempDir(), store.Options{})
+	empty := occs(1, 0)[0]
+	empty.Key = ""
+	got, err := s.Claim(ctx, []flowmetrics.ClaimRequest{
+		{ConversationID: "a", Occurrences: occs(2, 0)},
+		{ConversationID: "a", Occurrences: []flowmetrics.Occurrence{occs(1, 5)[0], empty}},
+	})
+	var re *flowmetrics.RefusedError
+	if !errors.As(err, &re) || len(re.Refusals) != 1 || re.Refusals[0].Request != 1 {
+		t.Fatalf("claim: got error %v, want request 1 refused", err)
+	}
+	if len(got) != 2 {
+		t.Errorf("claim: got %d new, want 2 (request 0's)", len(got))
+	}
+	if keys, _ := s.Keys(ctx, "a"); len(keys) != 2 {
+		t.Errorf("Keys: got %q, want request 0's 2 keys", keys)
 	}
 }
 

@@ -137,12 +137,13 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 	// One iterator reads every header and key the call needs, each chunk's
 	// in key order: a seek that only moves forward reuses the blocks and
 	// positions of the one before, where a Get each started over.
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: headerPrefix, UpperBound: prefixEnd(keyPrefix)})
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: keyPrefix, UpperBound: prefixEnd(keyPrefix)})
 	if err != nil {
 		return 0, fmt.Errorf("pebblestore: close paths: %w", err)
 	}
 	defer it.Close()
-	var points []flowmetrics.PathPoint
+	var derived [][]flowmetrics.PathPoint
+	npoints := 0
 	last := floor
 	// The entries in deadline order, a chunk at a time of at most the
 	// paths still to close, so no header is read beyond the limit.
@@ -167,12 +168,21 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 				b.Set(dueKey(c.h.path.Filed, c.id), nil, nil)
 				b.Set(headerKey(c.id), c.h.encode(), nil)
 			case closeNow:
-				points = append(points, derive(flowmetrics.ClosedPath{ConversationID: c.id, Ended: c.h.path.Ended, Keys: c.keys})...)
+				derived = append(derived, derive(flowmetrics.ClosedPath{ConversationID: c.id, Ended: c.h.path.Ended, Keys: c.keys}))
+				npoints += len(derived[len(derived)-1])
 				c.h.path = c.h.path.Close()
 				c.h.changed = now.UnixNano()
 				b.Set(headerKey(c.id), c.h.encode(), nil)
 				closed++
 			}
+		}
+	}
+	// One entry for every point, its slice sized once.
+	var points []flowmetrics.PathPoint
+	if npoints > 0 {
+		points = make([]flowmetrics.PathPoint, 0, npoints)
+		for _, d := range derived {
+			points = append(points, d...)
 		}
 	}
 	var seq uint64
@@ -217,16 +227,24 @@ const (
 
 // readClosing reads the headers of cs, decides each one's action as of
 // asOf and now, and reads the keys of those that close; it reads through
-// it, in key order (headers, then keys), whatever order cs is in.
+// it, in key order (each header, then its keys), whatever order cs is
+// in.
 func (s *Store) readClosing(it *pebble.Iterator, cs []closing, asOf, now time.Time) error {
 	order := make([]*closing, len(cs))
 	for i := range cs {
 		order[i] = &cs[i]
 	}
-	slices.SortFunc(order, func(a, b *closing) int { return strings.Compare(a.id, b.id) })
+	// Headers and keys are filed under m/<len(id)><id>: in that order,
+	// not the ids'.
+	slices.SortFunc(order, func(a, b *closing) int {
+		if len(a.id) != len(b.id) {
+			return len(a.id) - len(b.id)
+		}
+		return strings.Compare(a.id, b.id)
+	})
 	var key []byte
 	for _, c := range order {
-		key = append(append(key[:0], headerPrefix...), c.id...)
+		key = append(key[:0], headerKey(c.id)...)
 		if !seekAhead(it, key) || !bytes.Equal(it.Key(), key) {
 			if err := it.Error(); err != nil {
 				return fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
@@ -253,25 +271,12 @@ func (s *Store) readClosing(it *pebble.Iterator, cs []closing, asOf, now time.Ti
 				return fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
 			}
 		default:
+			// Its keys follow the header.
 			c.action = closeNow
+			if c.keys, err = keysOf(it, c.id, c.h.epoch, c.h.keys); err != nil {
+				return fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
+			}
 		}
-	}
-	// Keys are filed under m/<len(id)><id>: in that order, not the ids'.
-	slices.SortFunc(order, func(a, b *closing) int {
-		if len(a.id) != len(b.id) {
-			return len(a.id) - len(b.id)
-		}
-		return strings.Compare(a.id, b.id)
-	})
-	for _, c := range order {
-		if c.action != closeNow || c.keys != nil {
-			continue
-		}
-		keys, err := keysOf(it, c.id, c.h.epoch, c.h.keys)
-		if err != nil {
-			return fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
-		}
-		c.keys = keys
 	}
 	return nil
 }
@@ -301,6 +306,9 @@ func keysOf(it *pebble.Iterator, id string, epoch uint64, n int) ([]string, erro
 	p := keyPrefixOf(id)
 	keys := make([]string, 0, n)
 	for valid := it.SeekGE(p); valid && bytes.HasPrefix(it.Key(), p); valid = it.Next() {
+		if len(it.Key()) == len(p) {
+			continue // the header
+		}
 		if e, n := binary.Uvarint(it.Value()); n > 0 && e == epoch {
 			keys = append(keys, string(it.Key()[len(p):]))
 		}

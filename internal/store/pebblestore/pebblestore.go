@@ -10,8 +10,10 @@
 //
 // Layout:
 //
-//	h/<conversation id>                 -> header: last change (unix ns), epoch, keys held and their bytes,
-//	                                       path state (paths on): ended, closed, deadline, deadline filed under
+//	m/<len(id), uvarint><id>            -> header: last change (unix ns), epoch, keys held and their bytes,
+//	                                       path state (paths on): ended, closed, deadline, deadline filed under,
+//	                                       and, while the path is open, a copy of the keys (at most 1 KiB) to
+//	                                       derive it from
 //	m/<len(id), uvarint><id><key>       -> one claimed key (value: the epoch it was claimed in)
 //	o/<seq, 8 bytes BE>                 -> outbox entry: the occurrences one Claim found new
 //
@@ -19,9 +21,12 @@
 // their own: a claim reads the header and looks up only the keys of its
 // request (point reads, answered by Bloom filters when the key is new), and
 // writes only the new ones, so its cost does not grow with the
-// conversation. A conversation that outlived the retention starts a new
-// epoch: keys of an older epoch are not held (Sweep deletes them with their
-// header). Stores written before this layout kept each conversation as one
+// conversation. The header is the prefix itself, so it sorts just before
+// the keys and mostly shares their data block: a claim of a conversation
+// the block cache does not hold reads one block, not two (headers under
+// h/<id>, as stores wrote them before, are moved there at Open). A
+// conversation that outlived the retention starts a new epoch: keys of an
+// older epoch are not held (Sweep deletes them with their header). Stores written before this layout kept each conversation as one
 // value under c/; Open converts them.
 //
 //	k/<sink name>        -> the sink's cursor (8 bytes BE)
@@ -67,8 +72,8 @@ import (
 )
 
 var (
-	headerPrefix = []byte("h/")
-	keyPrefix    = []byte("m/")
+	keyPrefix    = []byte("m/") // a conversation's header, then its keys
+	oldHeaders   = []byte("h/") // headers before they moved beside their keys
 	legacyPrefix = []byte("c/") // one value per conversation, before the per-key layout
 	outboxPrefix = []byte("o/")
 	cursorPrefix = []byte("k/")
@@ -172,7 +177,10 @@ func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, 
 		return nil, err
 	}
 	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f}
-	err = s.convertLegacy()
+	err = s.convertHeaders()
+	if err == nil {
+		err = s.convertLegacy()
+	}
 	if err == nil {
 		err = s.convertPaths()
 	}
@@ -304,6 +312,11 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 			refused.Add(i, flowmetrics.RefusedIDTooLong, err)
 			continue
 		}
+		if slices.ContainsFunc(r.Occurrences, func(o flowmetrics.Occurrence) bool { return o.Key == "" }) {
+			// Its record would be the conversation's header.
+			refused.Add(i, flowmetrics.RefusedByStore, fmt.Errorf("conversation %q: an occurrence without a key", r.ConversationID))
+			continue
+		}
 		convs = append(convs, r.ConversationID)
 	}
 	unlock := s.stripes.Lock(convs)
@@ -313,7 +326,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	b := s.db.NewBatch()
 	defer b.Close()
 	var out []flowmetrics.Occurrence
-	var keys newKeys
+	keys := newKeysFor(reqs)
 	paths := s.opts.Paths != nil
 	syncPaths := false
 	staged, err := s.stageAll(reqs, &refused, now)
@@ -357,10 +370,11 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 			dirty = append(dirty, id)
 		}
 	}
-	// The batch is written in key order (headers, keys, then the outbox
-	// entry): Pebble inserts a batch into its memtable one key after the
-	// other, and a key that follows the one before starts its search from
-	// there instead of from the top of the skiplist.
+	// The batch is written in key order (index entries, each header
+	// followed by its new keys, then the outbox entry): Pebble inserts a
+	// batch into its memtable one key after the other, and a key that
+	// follows the one before starts its search from there instead of from
+	// the top of the skiplist.
 	slices.Sort(dirty)
 	for _, id := range dirty {
 		c := staged[id]
@@ -373,9 +387,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 				filed = append(filed, at)
 			}
 		}
-		if err := b.Set(headerKey(id), c.h.encode(), nil); err != nil {
-			return nil, fmt.Errorf("pebblestore: %w", err)
-		}
+		keys.put(c.prefix, c.h.encode())
 	}
 	if err := keys.write(b); err != nil {
 		return nil, fmt.Errorf("pebblestore: %w", err)
@@ -429,32 +441,41 @@ type staged struct {
 	// pathKeys: the header carries a copy of the keys for the close
 	// (paths on).
 	pathKeys bool
-	prefix   []byte // m/<len><id>
-	filed    int64  // the deadline the stored header's path is filed under (0: none)
+	prefix   []byte   // m/<len><id>
+	filed    int64    // the deadline the stored header's path is filed under (0: none)
+	asked    []string // while staging: the keys the batch's requests ask about
 }
 
 // stageAll reads what the batch's requests need of the store: the header
 // of each conversation with occurrences, or with an end event when paths
-// are on (an expired one starts a new
-// epoch, in which it holds nothing), then which of the requested keys each
-// holds. Both go through one iterator, each in key order: a seek that only
-// moves forward reuses the tables, blocks and positions of the one before,
-// where a Get each started over, and Bloom filters still answer the keys
-// the store does not hold. A conversation that appears twice in the batch
-// is staged once, so the second request sees the keys the first adds.
+// are on (an expired one starts a new epoch, in which it holds nothing),
+// then which of the requested keys it holds. A conversation's header is
+// stored just before its keys (both under its prefix), so its keys are
+// mostly in the data block the header was read from. The conversations
+// are read in key order through one iterator, each header followed by its
+// conversation's keys: every seek moves forward, reusing the tables,
+// blocks and positions of the one before, where a Get each started over,
+// and Bloom filters still answer the keys the store does not hold. A
+// conversation that appears twice in the batch is staged once, so the
+// second request sees the keys the first adds.
 func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusals, now time.Time) (map[string]*staged, error) {
 	convs := map[string]*staged{}
-	var ids []string
+	var order []*staged
 	for i, r := range reqs {
 		if refused.Has(i) || len(r.Occurrences) == 0 && (s.opts.Paths == nil || !r.Ended) {
 			continue
 		}
-		if _, ok := convs[r.ConversationID]; !ok {
-			convs[r.ConversationID] = nil
-			ids = append(ids, r.ConversationID)
+		c := convs[r.ConversationID]
+		if c == nil {
+			c = &staged{id: r.ConversationID, prefix: keyPrefixOf(r.ConversationID), pathKeys: s.opts.Paths != nil}
+			convs[c.id] = c
+			order = append(order, c)
+		}
+		for _, o := range r.Occurrences {
+			c.asked = append(c.asked, o.Key)
 		}
 	}
-	if len(ids) == 0 {
+	if len(order) == 0 {
 		return convs, nil
 	}
 	it, err := s.db.NewIter(nil)
@@ -462,84 +483,53 @@ func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 		return nil, fmt.Errorf("pebblestore: claim: %w", err)
 	}
 	defer it.Close()
-	sort.Strings(ids)
+	slices.SortFunc(order, func(a, b *staged) int { return bytes.Compare(a.prefix, b.prefix) })
 	var key []byte
-	for _, id := range ids {
-		c := &staged{id: id, prefix: keyPrefixOf(id), pathKeys: s.opts.Paths != nil}
-		convs[id] = c
-		key = append(append(key[:0], headerPrefix...), id...)
-		if !seek(it, key) {
+	for _, c := range order {
+		asked := c.asked
+		c.asked = nil
+		if !seek(it, c.prefix) {
 			if err := it.Error(); err != nil {
-				return nil, fmt.Errorf("pebblestore: read conversation %q: %w", id, err)
+				return nil, fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
 			}
 			continue
 		}
 		h, err := decodeHeader(it.Value())
 		if err != nil {
-			return nil, fmt.Errorf("pebblestore: conversation %q: %w", id, err)
+			return nil, fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
 		}
 		if !h.path.Closed {
 			c.filed = h.path.Filed
 		}
 		if s.opts.Expired(time.Unix(0, h.changed), now) {
 			c.h.epoch = h.epoch + 1
-		} else {
-			c.h, c.stored = h, h.keys
-		}
-	}
-
-	// The keys to look up, each once, all in one buffer.
-	type lookup struct {
-		c          *staged
-		k          string
-		start, end int // the store key in buf
-	}
-	var lookups []lookup
-	var buf []byte
-	seen := map[*staged]map[string]struct{}{}
-	for i, r := range reqs {
-		if refused.Has(i) || len(r.Occurrences) == 0 {
 			continue
 		}
-		c := convs[r.ConversationID]
+		c.h, c.stored = h, h.keys
 		if c.stored == 0 {
 			continue
 		}
-		ks := seen[c]
-		if ks == nil {
-			ks = map[string]struct{}{}
-			seen[c] = ks
-		}
-		for _, o := range r.Occurrences {
-			if _, dup := ks[o.Key]; dup {
+		// The keys asked about, each once, in key order (the prefix is
+		// common to them all).
+		slices.Sort(asked)
+		for _, k := range slices.Compact(asked) {
+			key = append(append(key[:0], c.prefix...), k...)
+			if !seek(it, key) {
+				if err := it.Error(); err != nil {
+					return nil, fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
+				}
 				continue
 			}
-			ks[o.Key] = struct{}{}
-			start := len(buf)
-			buf = append(append(buf, c.prefix...), o.Key...)
-			lookups = append(lookups, lookup{c, o.Key, start, len(buf)})
-		}
-	}
-	sort.Slice(lookups, func(i, j int) bool {
-		a, b := lookups[i], lookups[j]
-		return bytes.Compare(buf[a.start:a.end], buf[b.start:b.end]) < 0
-	})
-	for _, l := range lookups {
-		if !seek(it, buf[l.start:l.end]) {
-			if err := it.Error(); err != nil {
-				return nil, fmt.Errorf("pebblestore: read conversation %q: %w", l.c.id, err)
+			epoch, n := binary.Uvarint(it.Value())
+			if n <= 0 {
+				return nil, fmt.Errorf("pebblestore: conversation %q: key %q: %w", c.id, k, errCorrupt)
 			}
-			continue
-		}
-		epoch, n := binary.Uvarint(it.Value())
-		if n <= 0 {
-			return nil, fmt.Errorf("pebblestore: conversation %q: key %q: %w", l.c.id, l.k, errCorrupt)
-		}
-		if epoch == l.c.h.epoch {
-			if l.c.held == nil {
-				l.c.held = map[string]struct{}{}
+			if epoch == c.h.epoch {
+				if c.held == nil {
+					c.held = map[string]struct{}{}
+				}
+				c.held[k] = struct{}{}
 			}
-			l.c.held[l.k] = struct{}{}
 		}
 	}
 	return convs, nil
@@ -580,9 +570,10 @@ func (c *staged) keyOf(k string) []byte {
 
 func (c *staged) epochValue() []byte { return binary.AppendUvarint(nil, c.h.epoch) }
 
-// newKeys are the keys a Claim adds, gathered so they are written to the
-// batch in key order: each store key (m/<len><id><key>) and its value (the
-// conversation's epoch) side by side in one buffer.
+// newKeys are the keys a Claim adds and the headers it rewrites, gathered
+// so they are written to the batch in key order: each store key
+// (m/<len><id><key>, or the header's m/<len><id>) and its value (the
+// conversation's epoch, or the header) side by side in one buffer.
 type newKeys struct {
 	buf  []byte
 	keys []newKey
@@ -590,11 +581,32 @@ type newKeys struct {
 
 type newKey struct{ start, split, end int } // key buf[start:split], value buf[split:end]
 
+// newKeysFor makes room for every key reqs ask for (most are new).
+func newKeysFor(reqs []flowmetrics.ClaimRequest) newKeys {
+	n, size := 0, 0
+	for _, r := range reqs {
+		n += len(r.Occurrences)
+		size += len(r.Occurrences) * (len(r.ConversationID) + 8)
+		for _, o := range r.Occurrences {
+			size += len(o.Key)
+		}
+	}
+	return newKeys{buf: make([]byte, 0, size), keys: make([]newKey, 0, n)}
+}
+
 func (n *newKeys) add(c *staged, k string) {
 	start := len(n.buf)
 	n.buf = append(append(n.buf, c.prefix...), k...)
 	split := len(n.buf)
 	n.buf = binary.AppendUvarint(n.buf, c.h.epoch)
+	n.keys = append(n.keys, newKey{start, split, len(n.buf)})
+}
+
+func (n *newKeys) put(key, value []byte) {
+	start := len(n.buf)
+	n.buf = append(n.buf, key...)
+	split := len(n.buf)
+	n.buf = append(n.buf, value...)
 	n.keys = append(n.keys, newKey{start, split, len(n.buf)})
 }
 
@@ -666,7 +678,8 @@ func (s *Store) Keys(ctx context.Context, conversationID string) (_ []string, er
 // keys, and returns how many. Claim already treats them as absent; sweeping
 // keeps the database from growing without bound. It holds each
 // conversation's stripe while deciding, so it never deletes a conversation a
-// concurrent Claim is refreshing.
+// concurrent Claim is refreshing. It finds the headers among the keys (a
+// few each), which a claim's reads are worth.
 func (s *Store) Sweep(ctx context.Context) (removed int, err error) {
 	if err := s.usable(); err != nil {
 		return 0, err
@@ -674,13 +687,17 @@ func (s *Store) Sweep(ctx context.Context) (removed int, err error) {
 	defer s.fatal.recover(&err)
 	now := s.opts.Now()
 	var expired []string
-	err = s.scan(headerPrefix, func(k, v []byte) error {
+	err = s.scan(keyPrefix, func(k, v []byte) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		id, ok := headerOf(k)
+		if !ok {
+			return nil
+		}
 		changed, n := binary.Varint(v)
 		if n > 0 && s.opts.Expired(time.Unix(0, changed), now) {
-			expired = append(expired, string(k[len(headerPrefix):]))
+			expired = append(expired, string(id))
 		}
 		return nil
 	})
@@ -752,6 +769,16 @@ func (s *Store) convertLegacy() (err error) {
 		st.h.changed = c.changed
 		b.Set(headerKey(id), st.h.encode(), nil)
 		return nil
+	})
+}
+
+// convertHeaders moves the headers of stores written before they sat
+// beside their keys (h/<id>) to the conversation's prefix, a chunk per
+// batch, like convertLegacy.
+func (s *Store) convertHeaders() (err error) {
+	defer s.fatal.recover(&err)
+	return s.convertChunks(oldHeaders, "convert headers", func(b *pebble.Batch, k, v []byte) error {
+		return b.Set(headerKey(string(k[len(oldHeaders):])), v, nil)
 	})
 }
 
@@ -1023,13 +1050,26 @@ func (s *Store) usable() error {
 	return nil
 }
 
-func headerKey(id string) []byte { return append(bytes.Clone(headerPrefix), id...) }
+// headerKey is the conversation's prefix itself: its header sorts just
+// before its keys, so one data block mostly holds both.
+func headerKey(id string) []byte { return keyPrefixOf(id) }
 
 // keyPrefixOf is m/<len(id)><id>: with the length first, no conversation's
 // prefix covers another's, whatever bytes the ids hold.
 func keyPrefixOf(id string) []byte {
 	b := binary.AppendUvarint(bytes.Clone(keyPrefix), uint64(len(id)))
 	return append(b, id...)
+}
+
+// headerOf returns the conversation id of k when k, a key under m/, is
+// a conversation's header (its prefix alone) rather than one of its keys.
+func headerOf(k []byte) (id []byte, ok bool) {
+	rest := k[len(keyPrefix):]
+	n, w := binary.Uvarint(rest)
+	if w <= 0 || uint64(len(rest)-w) != n {
+		return nil, false
+	}
+	return rest[w:], true
 }
 
 func cursorKey(n string) []byte { return append(bytes.Clone(cursorPrefix), n...) }
