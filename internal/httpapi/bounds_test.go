@@ -633,3 +633,43 @@ func TestRecordsOutliveTheirBody(t *testing.T) {
 		}
 	}
 }
+
+// At most maxDecoding ingest requests are decoded and claimed at once; the
+// others wait as bodies, and are served in turn.
+func TestDecodingBounded(t *testing.T) {
+	m := telemetry.New()
+	p := pipeline.New(memstore.New(store.Options{}), nil, pipeline.Config{}, m, nil)
+	n := maxDecoding()
+	extra := 3
+	held := heldIngester{Ingester: p, entered: make(chan struct{}, n+extra), release: make(chan struct{})}
+	srv := httptest.NewServer(New(held, m, Options{MaxBytesInFlight: int64(n+extra) * (1 << 20)}, nil))
+	t.Cleanup(srv.Close)
+	statuses := make(chan int, n+extra)
+	for i := range n + extra {
+		go func() {
+			body := event(fmt.Sprintf("conv-%d", i), map[string]string{fmt.Sprintf("FlowMetric_M%d(2023-03-05T08:18:04Z)", i): ""}) + "\n"
+			status, _ := postRaw(t, srv.URL, []byte(body), nil)
+			statuses <- status
+		}()
+	}
+	for range n {
+		<-held.entered
+	}
+	// The bound holds: no further request gets to the pipeline while n
+	// are in it.
+	select {
+	case <-held.entered:
+		close(held.release)
+		t.Fatalf("a request beyond the %d being served reached the pipeline", n)
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(held.release)
+	for range extra {
+		<-held.entered
+	}
+	for range n + extra {
+		if status := <-statuses; status != http.StatusAccepted {
+			t.Errorf("got %d, want 202", status)
+		}
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -117,7 +118,7 @@ func New(p Ingester, m *telemetry.Metrics, opts Options, log *slog.Logger) http.
 		opts.RetryAfter = 2 * time.Second
 	}
 	mux := http.NewServeMux()
-	h := &handler{p: p, m: m, opts: opts, log: log, inflight: &inflight{max: opts.MaxBytesInFlight}}
+	h := &handler{p: p, m: m, opts: opts, log: log, inflight: &inflight{max: opts.MaxBytesInFlight}, work: make(chan struct{}, maxDecoding())}
 	mux.Handle("POST /v1/events", h.auth(http.HandlerFunc(h.events)))
 	mux.Handle("GET /metrics", h.readAuth(promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry, EnableOpenMetrics: true})))
 	mux.HandleFunc("GET /healthz", h.healthz)
@@ -137,7 +138,17 @@ type handler struct {
 	opts     Options
 	log      *slog.Logger
 	inflight *inflight
+	// work holds a place for each ingest request being decoded and
+	// claimed (maxDecoding).
+	work chan struct{}
 }
+
+// maxDecoding is how many ingest requests are decoded and claimed at once:
+// enough to keep every core busy and to let concurrent requests share a
+// claim, few enough that a crowd of requests waits as bodies (bounded by
+// MaxBytesInFlight) rather than as decoded events, which take several
+// times their bytes.
+func maxDecoding() int { return 8 * runtime.GOMAXPROCS(0) }
 
 func (h *handler) refuse(w http.ResponseWriter, err *bodyError) {
 	if err.reason != "" {
@@ -177,6 +188,14 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 	// Decoding copies what it keeps, so the buffer is free for the next
 	// request once this one is answered.
 	defer releaseBody(body)
+	select {
+	case h.work <- struct{}{}:
+		defer func() { <-h.work }()
+	case <-r.Context().Done():
+		// The sender is gone; nothing of its request was claimed.
+		h.retryLater(w, "request ended before it was served; retry")
+		return
+	}
 	// Records go to the pipeline a chunk at a time, so a body of millions
 	// of tiny bad records holds no more than a chunk of them. The request
 	// is acknowledged only once every chunk is claimed; if one fails, the
