@@ -113,6 +113,8 @@ type queue struct {
 	mu   sync.Mutex
 	msgs []*message
 	left int
+	// lastWork is when a message other than a sweep was last deleted.
+	lastWork time.Time
 }
 
 func (q *queue) receive(rng *rand.Rand, now time.Time) []*message {
@@ -147,6 +149,9 @@ func (q *queue) delete(ms []*message) {
 		if !m.deleted {
 			m.deleted = true
 			q.left--
+			if !strings.HasPrefix(m.id, "sweep-") {
+				q.lastWork = time.Now()
+			}
 		}
 	}
 }
@@ -157,6 +162,19 @@ func (q *queue) push(ms ...*message) {
 	defer q.mu.Unlock()
 	q.msgs = append(q.msgs, ms...)
 	q.left += len(ms)
+}
+
+// work returns how many messages other than sweeps are still to be
+// acknowledged, and when the last of the others was.
+func (q *queue) work() (left int, last time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, m := range q.msgs {
+		if !m.deleted && !strings.HasPrefix(m.id, "sweep-") {
+			left++
+		}
+	}
+	return left, q.lastWork
 }
 
 func (q *queue) remaining() int {

@@ -66,11 +66,21 @@ func checkPaths(t *testing.T, ar arrangement, q *queue, closeQ *fakeSQS, setFeed
 	setFeeding(true)
 	go func() {
 		defer setFeeding(false)
-		// Long enough for the idle timeout (4 s, rounded up to 1 s) after
-		// the last claim, and for a close an instance died holding to pass
-		// its lease and be swept again.
-		until := time.Now().Add(4*time.Second + time.Second + 2*lease + 4*time.Second)
-		for i := 0; time.Now().Before(until); i++ {
+		// Long enough after the last claim or close for the idle timeout
+		// (4 s, rounded up to 1 s), and for a close an instance died
+		// holding to pass its lease and be swept again. Counted from the
+		// last message acknowledged, not from the start: on a busy machine
+		// the end events and close messages can take longer than that
+		// window to go through, and a path no sweep finds due stays open.
+		// Bounded: at most sweepFor in all.
+		const window = 4*time.Second + time.Second + 2*lease + 4*time.Second
+		const sweepFor = 3 * time.Minute
+		start := time.Now()
+		for i := 0; ; i++ {
+			left, last := q.work()
+			if now := time.Now(); now.Sub(start) > sweepFor || left == 0 && now.After(start.Add(window)) && now.After(last.Add(window)) {
+				break
+			}
 			q.push(&message{id: fmt.Sprint("sweep-", i), body: `{"flowmetrics":"sweep"}`})
 			time.Sleep(1500 * time.Millisecond)
 		}
