@@ -1250,3 +1250,14 @@ func wrapFile(f vfs.File, err error) (vfs.File, error) {
 type noPreallocFile struct{ vfs.File }
 
 func (noPreallocFile) Preallocate(offset, length int64) error { return nil }
+
+// GoHeapBytes returns the most memory Pebble's block cache and memtables
+// can take on the Go heap: all of it in a build without cgo, none with cgo
+// (where they are allocated outside it). A soft memory limit of the
+// process must leave room for it.
+func (s *Store) GoHeapBytes() int64 {
+	if !cacheOnGoHeap {
+		return 0
+	}
+	return blockCacheSize + liveMemTables*maxMemTableSize
+}

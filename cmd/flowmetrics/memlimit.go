@@ -1,0 +1,40 @@
+package main
+
+import (
+	"os"
+	"runtime/debug"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/config"
+	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+)
+
+// heapAllowance is what a replay's Go heap holds beyond the known-key
+// cache and the store's own memory: decoded batches in flight, outbox
+// entries between flushes, the sinks' buffers (about 30 MB live at
+// 1,000,000 conversations).
+const heapAllowance = 48 << 20
+
+// limitMemory sets Go's soft memory limit for a replay into the embedded
+// store, unless GOMEMLIMIT sets one: the known-key cache's bytes, what the
+// store keeps on the Go heap and heapAllowance. Without it the garbage
+// collector lets the heap grow to twice its live size, and in a build
+// without cgo that doubles Pebble's cache and memtables too. The limit is
+// soft: a heap that needs more gets it, at the cost of more collection.
+func limitMemory(cfg config.Config, st flowmetrics.Store) {
+	if _, set := os.LookupEnv("GOMEMLIMIT"); set {
+		return
+	}
+	h, ok := st.(interface{ GoHeapBytes() int64 })
+	if !ok {
+		return
+	}
+	cache := cfg.Pipeline.CacheBytes
+	switch {
+	case cfg.Pipeline.CacheConversations < 0:
+		cache = 0
+	case cache == 0:
+		cache = pipeline.DefaultCacheBytes
+	}
+	debug.SetMemoryLimit(cache + h.GoHeapBytes() + heapAllowance)
+}

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"math"
+	"runtime/debug"
+	"testing"
+
+	"github.com/flowmetrics/flowmetrics/internal/config"
+	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/store"
+	"github.com/flowmetrics/flowmetrics/internal/store/memstore"
+	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
+)
+
+// TestLimitMemory: a replay into the embedded store gets a soft memory
+// limit made of the known-key cache's bytes, the store's memory on the Go
+// heap and the allowance; GOMEMLIMIT, when set, is left to rule, and the
+// memory store gets none.
+func TestLimitMemory(t *testing.T) {
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(math.MaxInt64))
+	pst, err := pebblestore.Open(t.TempDir(), store.Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pst.Close()
+	mst := memstore.New(store.Options{})
+	var cfg config.Config
+	small := cfg
+	small.Pipeline.CacheBytes = 1 << 20
+	off := cfg
+	off.Pipeline.CacheConversations = -1
+	cases := []struct {
+		name  string
+		env   string
+		cfg   config.Config
+		st    interface{ Close() error }
+		limit int64
+	}{
+		{"embedded, default cache", "", cfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance},
+		{"embedded, small cache", "", small, pst, 1<<20 + pst.GoHeapBytes() + heapAllowance},
+		{"embedded, cache off", "", off, pst, pst.GoHeapBytes() + heapAllowance},
+		{"embedded, GOMEMLIMIT set", "1GiB", cfg, pst, math.MaxInt64},
+		{"memory store", "", cfg, mst, math.MaxInt64},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.env != "" {
+				t.Setenv("GOMEMLIMIT", c.env)
+			}
+			debug.SetMemoryLimit(math.MaxInt64)
+			switch st := c.st.(type) {
+			case *pebblestore.Store:
+				limitMemory(c.cfg, st)
+			case *memstore.Store:
+				limitMemory(c.cfg, st)
+			}
+			if got := debug.SetMemoryLimit(-1); got != c.limit {
+				t.Errorf("got limit %d, want %d", got, c.limit)
+			}
+		})
+	}
+}
