@@ -21,13 +21,15 @@ const heapAllowance = 48 << 20
 // collector lets the heap grow to twice its live size, and in a build
 // without cgo that doubles Pebble's cache and memtables too. The limit is
 // soft: a heap that needs more gets it, at the cost of more collection.
-func limitMemory(cfg config.Config, st flowmetrics.Store) {
+// The returned func puts the limit before it back (for a replay run inside
+// a longer-lived process, such as a test).
+func limitMemory(cfg config.Config, st flowmetrics.Store) (restore func()) {
 	if _, set := os.LookupEnv("GOMEMLIMIT"); set {
-		return
+		return func() {}
 	}
 	h, ok := st.(interface{ GoHeapBytes() int64 })
 	if !ok {
-		return
+		return func() {}
 	}
 	cache := cfg.Pipeline.CacheBytes
 	switch {
@@ -36,5 +38,6 @@ func limitMemory(cfg config.Config, st flowmetrics.Store) {
 	case cache == 0:
 		cache = pipeline.DefaultCacheBytes
 	}
-	debug.SetMemoryLimit(cache + h.GoHeapBytes() + heapAllowance)
+	before := debug.SetMemoryLimit(cache + h.GoHeapBytes() + heapAllowance)
+	return func() { debug.SetMemoryLimit(before) }
 }

@@ -48,14 +48,19 @@ func TestLimitMemory(t *testing.T) {
 				t.Setenv("GOMEMLIMIT", c.env)
 			}
 			debug.SetMemoryLimit(math.MaxInt64)
+			var restore func()
 			switch st := c.st.(type) {
 			case *pebblestore.Store:
-				limitMemory(c.cfg, st)
+				restore = limitMemory(c.cfg, st)
 			case *memstore.Store:
-				limitMemory(c.cfg, st)
+				restore = limitMemory(c.cfg, st)
 			}
 			if got := debug.SetMemoryLimit(-1); got != c.limit {
 				t.Errorf("got limit %d, want %d", got, c.limit)
+			}
+			restore()
+			if got := debug.SetMemoryLimit(-1); got != math.MaxInt64 {
+				t.Errorf("after restore: limit %d, want none (%d)", got, int64(math.MaxInt64))
 			}
 		})
 	}

@@ -76,7 +76,7 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		return err
 	}
 	defer st.Close()
-	limitMemory(cfg, st)
+	defer limitMemory(cfg, st)()
 	// A store failure that cannot be survived may park this goroutine
 	// inside the store: the replay then ends with it, not a hang.
 	return orStoreFailure(st, func() error {
