@@ -225,21 +225,27 @@ func closeReplayPaths(ctx context.Context, p *pipeline.Pipeline, cfg config.Conf
 	if cfg.Store.Type == "memory" {
 		asOf = time.Now().Add(d.IdleTimeout)
 	}
+	// Delivered batch by batch: a replay that closes every conversation
+	// at its end would otherwise hold all their points at once (in the
+	// memory store, and in the sinks' batches read from any store). Each
+	// batch's delivery overlaps the next batch's close: at most two
+	// batches of points are held.
+	var fl flusher
 	for {
 		n, err := p.ClosePathsOnce(ctx, asOf, replayCloseBatch)
 		if err != nil {
+			fl.wait()
 			return err
 		}
 		if n > 0 {
-			// Delivered batch by batch: a replay that closes every
-			// conversation at its end would otherwise hold all their
-			// points at once (in the memory store, and in the sinks'
-			// batches read from any store).
-			if err := p.Flush(ctx); err != nil {
+			if err := fl.start(ctx, p); err != nil {
 				return fmt.Errorf("delivering: %w", err)
 			}
 		}
 		if n < replayCloseBatch {
+			if err := fl.wait(); err != nil {
+				return fmt.Errorf("delivering: %w", err)
+			}
 			return nil
 		}
 	}
