@@ -21,7 +21,7 @@ const heapAllowance = 48 << 20
 // collector lets the heap grow to twice its live size, and in a build
 // without cgo that doubles Pebble's cache and memtables too. The limit is
 // soft: a heap that needs more gets it, at the cost of more collection.
-// The returned func puts the limit before it back (for a replay run inside
+// The returned func puts the limit (and GOGC) before it back (for a replay run inside
 // a longer-lived process, such as a test).
 func limitMemory(cfg config.Config, st flowmetrics.Store) (restore func()) {
 	if _, set := os.LookupEnv("GOMEMLIMIT"); set {
@@ -39,5 +39,21 @@ func limitMemory(cfg config.Config, st flowmetrics.Store) (restore func()) {
 		cache = pipeline.DefaultCacheBytes
 	}
 	before := debug.SetMemoryLimit(cache + h.GoHeapBytes() + heapAllowance)
-	return func() { debug.SetMemoryLimit(before) }
+	// Under that limit, the proportional trigger only adds collections: a
+	// replay's heap is mostly the cache and the store, which live to its
+	// end, so collecting each time the heap doubles its live part rescans
+	// them long before the limit is near. Unless GOGC says otherwise, the
+	// limit alone sets when to collect. A heap whose live part passes the
+	// limit is collected as it would be with GOGC=100 (the runtime caps
+	// the collector's CPU either way).
+	percent := -2 // not changed
+	if _, set := os.LookupEnv("GOGC"); !set {
+		percent = debug.SetGCPercent(-1)
+	}
+	return func() {
+		debug.SetMemoryLimit(before)
+		if percent != -2 {
+			debug.SetGCPercent(percent)
+		}
+	}
 }

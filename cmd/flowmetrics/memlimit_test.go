@@ -14,10 +14,12 @@ import (
 
 // TestLimitMemory: a replay into the embedded store gets a soft memory
 // limit made of the known-key cache's bytes, the store's memory on the Go
-// heap and the allowance; GOMEMLIMIT, when set, is left to rule, and the
+// heap and the allowance, and under it no proportional trigger (GOGC off)
+// unless GOGC is set; GOMEMLIMIT, when set, is left to rule, and the
 // memory store gets none.
 func TestLimitMemory(t *testing.T) {
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(math.MaxInt64))
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
 	pst, err := pebblestore.Open(t.TempDir(), store.Options{}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -30,24 +32,32 @@ func TestLimitMemory(t *testing.T) {
 	off := cfg
 	off.Pipeline.CacheConversations = -1
 	cases := []struct {
-		name  string
-		env   string
-		cfg   config.Config
-		st    interface{ Close() error }
-		limit int64
+		name    string
+		env     string
+		gogc    string
+		cfg     config.Config
+		st      interface{ Close() error }
+		limit   int64
+		percent int
 	}{
-		{"embedded, default cache", "", cfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance},
-		{"embedded, small cache", "", small, pst, 1<<20 + pst.GoHeapBytes() + heapAllowance},
-		{"embedded, cache off", "", off, pst, pst.GoHeapBytes() + heapAllowance},
-		{"embedded, GOMEMLIMIT set", "1GiB", cfg, pst, math.MaxInt64},
-		{"memory store", "", cfg, mst, math.MaxInt64},
+		{"embedded, default cache", "", "", cfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance, -1},
+		{"embedded, small cache", "", "", small, pst, 1<<20 + pst.GoHeapBytes() + heapAllowance, -1},
+		{"embedded, cache off", "", "", off, pst, pst.GoHeapBytes() + heapAllowance, -1},
+		{"embedded, GOGC set", "", "200", cfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance, 100},
+		{"embedded, GOMEMLIMIT set", "1GiB", "", cfg, pst, math.MaxInt64, 100},
+		{"memory store", "", "", cfg, mst, math.MaxInt64, 100},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			if c.env != "" {
 				t.Setenv("GOMEMLIMIT", c.env)
 			}
+			if c.gogc != "" {
+				// Only its presence matters: the runtime read it at start.
+				t.Setenv("GOGC", c.gogc)
+			}
 			debug.SetMemoryLimit(math.MaxInt64)
+			debug.SetGCPercent(100)
 			var restore func()
 			switch st := c.st.(type) {
 			case *pebblestore.Store:
@@ -58,10 +68,18 @@ func TestLimitMemory(t *testing.T) {
 			if got := debug.SetMemoryLimit(-1); got != c.limit {
 				t.Errorf("got limit %d, want %d", got, c.limit)
 			}
+			if got := debug.SetGCPercent(-1); got != c.percent {
+				t.Errorf("got GOGC %d, want %d", got, c.percent)
+			}
+			debug.SetGCPercent(c.percent) // as limitMemory left it
 			restore()
 			if got := debug.SetMemoryLimit(-1); got != math.MaxInt64 {
 				t.Errorf("after restore: limit %d, want none (%d)", got, int64(math.MaxInt64))
 			}
+			if got := debug.SetGCPercent(-1); got != 100 {
+				t.Errorf("after restore: GOGC %d, want 100", got)
+			}
+			debug.SetGCPercent(100)
 		})
 	}
 }
