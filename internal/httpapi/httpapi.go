@@ -222,7 +222,7 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 		return nil
 	}
 	var ingestErr error
-	decodeErr := genesys.Decode(bytes.NewReader(body), func(rec genesys.Record) error {
+	decodeErr := genesys.DecodeBytes(body, func(rec genesys.Record) error {
 		recs = append(recs, rec)
 		if len(recs) < ingestChunk {
 			return nil
