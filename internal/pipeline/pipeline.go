@@ -316,7 +316,8 @@ type Prepared struct {
 func (p *Pipeline) Prepare(recs []genesys.Record) *Prepared {
 	b := &Prepared{c: claimBatch{now: p.cfg.Now(), learned: p.learned.Load()}}
 	res, c := &b.res, &b.c
-	for _, r := range recs {
+	for i, r := range recs {
+		c.left = len(recs) - i
 		if !p.sortOut(r, res) {
 			continue
 		}
@@ -443,6 +444,7 @@ type claimBatch struct {
 	// cache knows (paths on).
 	touch  []bool
 	folded map[string]bool // keys the guard folded into the overflow series
+	left   int             // records not yet sorted out, this one included
 	// learned is the cache's generation when the batch was prepared.
 	learned uint64
 }
@@ -452,6 +454,13 @@ type claimBatch struct {
 type recordRef struct{ Index, Line int }
 
 func (c *claimBatch) add(r flowmetrics.ClaimRequest, rec genesys.Record, touch bool) {
+	if c.reqs == nil {
+		// Room for every record left, at once: one allocation rather
+		// than one per doubling.
+		c.reqs = make([]flowmetrics.ClaimRequest, 0, c.left)
+		c.recs = make([]recordRef, 0, c.left)
+		c.touch = make([]bool, 0, c.left)
+	}
 	c.reqs = append(c.reqs, r)
 	c.recs = append(c.recs, recordRef{rec.Index, rec.Line})
 	c.touch = append(c.touch, touch)
