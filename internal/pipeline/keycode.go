@@ -1,6 +1,10 @@
 package pipeline
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
+)
 
 // The known-key cache keeps most keys as one 64-bit code each: the id of
 // the key's name (everything before its time's "(": the flow, "Metric_",
@@ -57,12 +61,14 @@ func timeCode(s string) (uint64, bool) {
 	if form != 0 {
 		ms, ok7 = decimal(s[20:23])
 	}
-	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6 && ok7) ||
-		year < 1970 || month < 1 || month > 12 || day < 1 || day > monthDays(month, year) ||
-		hour > 23 || minute > 59 || sec > 59 {
+	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6 && ok7) || year < 1970 || hour > 23 || minute > 59 || sec > 59 {
 		return 0, false
 	}
-	t := (civilDays(year, month, day)*86400+int64(hour*3600+minute*60+sec))*1000 + int64(ms)
+	days, ok := genesys.ValidDate(year, month, day)
+	if !ok {
+		return 0, false
+	}
+	t := (days*86400+int64(hour*3600+minute*60+sec))*1000 + int64(ms)
 	if t >= 1<<codeTimeBits {
 		return 0, false
 	}
@@ -80,39 +86,6 @@ func decimal(s string) (int, bool) {
 		n = n*10 + int(c-'0')
 	}
 	return n, true
-}
-
-func monthDays(month, year int) int {
-	switch month {
-	case 2:
-		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
-			return 29
-		}
-		return 28
-	case 4, 6, 9, 11:
-		return 30
-	}
-	return 31
-}
-
-// civilDays returns the days from 1970-01-01 to a date of the proleptic
-// Gregorian calendar (Howard Hinnant's days_from_civil).
-func civilDays(year, month, day int) int64 {
-	y := int64(year)
-	if month <= 2 {
-		y--
-	}
-	era := y / 400
-	yoe := y - era*400
-	m := int64(month)
-	if m > 2 {
-		m -= 3
-	} else {
-		m += 9
-	}
-	doy := (153*m+2)/5 + int64(day) - 1
-	doe := yoe*365 + yoe/4 - yoe/100 + doy
-	return era*146097 + doe - 719468
 }
 
 // uuidBytes puts id's 16 bytes into u when id is a UUID written the
