@@ -296,7 +296,8 @@ func (r *Result) Add(o Result) {
 func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, error) {
 	var res Result
 	c := claimBatch{now: p.cfg.Now()}
-	for _, r := range recs {
+	for i, r := range recs {
+		c.left = len(recs) - i
 		if !p.sortOut(r, &res) {
 			continue
 		}
@@ -384,9 +385,16 @@ type claimBatch struct {
 	reqs   []flowmetrics.ClaimRequest
 	recs   []genesys.Record // each request's record (its Index and Line)
 	folded map[string]bool  // keys the guard folded into the overflow series
+	left   int              // records not yet sorted out, this one included
 }
 
 func (c *claimBatch) add(r flowmetrics.ClaimRequest, rec genesys.Record) {
+	if c.reqs == nil {
+		// Room for every record left, at once: one allocation rather
+		// than one per doubling.
+		c.reqs = make([]flowmetrics.ClaimRequest, 0, c.left)
+		c.recs = make([]genesys.Record, 0, c.left)
+	}
 	c.reqs = append(c.reqs, r)
 	c.recs = append(c.recs, rec)
 }
