@@ -23,6 +23,14 @@ const heapAllowance = 48 << 20
 // soft: a heap that needs more gets it, at the cost of more collection.
 // The returned func puts the limit (and GOGC) before it back (for a replay run inside
 // a longer-lived process, such as a test).
+//
+// Under that limit, the proportional trigger only adds collections: a
+// replay's heap is mostly the cache and the store, which live to its end,
+// so collecting each time the heap doubles its live part rescans them long
+// before the limit is near. Unless GOGC says otherwise, the limit alone
+// sets when to collect (GOGC off). A heap whose live part passes the limit
+// is collected as it would be with GOGC=100 (the runtime caps the
+// collector's CPU either way).
 func limitMemory(cfg config.Config, st flowmetrics.Store) (restore func()) {
 	return setMemory(cfg, st, 0, -1)
 }
@@ -71,13 +79,6 @@ func setMemory(cfg config.Config, st flowmetrics.Store, extra int64, percent int
 		cache = pipeline.DefaultCacheBytes
 	}
 	before := debug.SetMemoryLimit(cache + h.GoHeapBytes() + heapAllowance + extra)
-	// Under that limit, the proportional trigger only adds collections: a
-	// replay's heap is mostly the cache and the store, which live to its
-	// end, so collecting each time the heap doubles its live part rescans
-	// them long before the limit is near. Unless GOGC says otherwise, the
-	// limit alone sets when to collect. A heap whose live part passes the
-	// limit is collected as it would be with GOGC=100 (the runtime caps
-	// the collector's CPU either way).
 	was := -2 // not changed
 	if _, set := os.LookupEnv("GOGC"); !set {
 		was = debug.SetGCPercent(percent)
