@@ -350,32 +350,37 @@ func (r *replayer) run(ctx context.Context, inputs []input) error {
 	return nil
 }
 
-// runOne decodes in one goroutine and ingests in another, so decoding the
-// next batch overlaps claiming (and syncing) this one.
+// runOne decodes and prepares (sorts out, extracts, checks against the
+// known-key cache) in one goroutine and commits in another, so the next
+// batch is decoded and prepared while the store claims (and syncs) this
+// one.
 func (r *replayer) runOne(ctx context.Context, in input) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	batches := make(chan []genesys.Record, 2)
+	batches := make(chan *pipeline.Prepared, 2)
 	decodeErr := make(chan error, 1)
 	go func() {
 		defer close(batches)
 		send := func(b []genesys.Record) error {
 			select {
-			case batches <- b:
+			case batches <- r.p.Prepare(b):
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()
 			}
 		}
+		// A prepared batch holds none of its records: the slice is
+		// reused.
 		batch := make([]genesys.Record, 0, replayBatch)
 		err := genesys.Decode(countingReader{in.r, in.read}, func(rec genesys.Record) error {
 			batch = append(batch, rec)
 			if len(batch) < replayBatch {
 				return nil
 			}
-			b := batch
-			batch = make([]genesys.Record, 0, replayBatch)
-			return send(b)
+			err := send(batch)
+			clear(batch)
+			batch = batch[:0]
+			return err
 		})
 		if err == nil && len(batch) > 0 {
 			err = send(batch)
@@ -388,7 +393,7 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 		if ingestErr != nil {
 			continue // drain, so the decoder can stop
 		}
-		res, err := r.p.Ingest(ctx, batch)
+		res, err := r.p.Commit(ctx, batch)
 		if err != nil {
 			ingestErr = err
 			cancel()
