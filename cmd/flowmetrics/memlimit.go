@@ -36,13 +36,11 @@ func limitMemory(cfg config.Config, st flowmetrics.Store) (restore func()) {
 }
 
 // serveGCPercent is serve's GOGC, unless GOGC is set. Most of serve's live
-// heap is the known-key cache, which lives as long as serve does; a
+// heap is the known-key cache, which lives as long as serve does, while a
 // request allocates about 2 KB per event and keeps none of it. With
-// GOGC=100 the collector ran each time the heap had doubled its live part,
-// rescanning the cache each time (its background marking alone took about
-// an eighth of serve's CPU at saturation). Letting the heap grow to four
-// times its live part collects a third as often, and the memory limit
-// (limitServeMemory) keeps it bounded.
+// GOGC=100 the collector ran each time the heap had doubled its live part.
+// Letting the heap grow to four times its live part collects a third as
+// often, and the memory limit (limitServeMemory) keeps it bounded.
 const serveGCPercent = 300
 
 // limitServeMemory sets Go's garbage collector for serve into the
