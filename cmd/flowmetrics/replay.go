@@ -84,7 +84,7 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		if err != nil {
 			return err
 		}
-		r := &replayer{p: p, stderr: stderr, started: time.Now()}
+		r := &replayer{p: p, stderr: stderr, started: time.Now(), paths: newReplayCloser(p, cfg.Paths.IsEnabled(), cfg.Paths.WithDefaults().Grace)}
 		if file, ok := stderr.(*os.File); ok && f.progress && term.IsTerminal(int(file.Fd())) {
 			stopBar := r.showProgress(file, inputs)
 			defer stopBar()
@@ -334,6 +334,7 @@ func (c countingReader) Read(p []byte) (int, error) {
 
 type replayer struct {
 	p       *pipeline.Pipeline
+	paths   *replayCloser // nil: paths off
 	stderr  io.Writer
 	started time.Time
 	total   pipeline.Result
@@ -384,24 +385,46 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 	}()
 	var ingestErr error
 	var fl flusher
-	for batch := range batches {
+	// Each batch is taken before the one before it is claimed to the
+	// end, so the paths that close beside its claims can leave out its
+	// conversations (replayCloser).
+	fail := func(err error) {
+		if ingestErr == nil {
+			ingestErr = err
+			cancel()
+		}
+	}
+	for batch, more := <-batches; more; {
 		if ingestErr != nil {
+			batch, more = <-batches
 			continue // drain, so the decoder can stop
 		}
 		res, err := r.p.Ingest(ctx, batch)
+		closed, closeErr := r.paths.wait()
+		if err == nil {
+			err = closeErr
+		}
 		if err != nil {
-			ingestErr = err
-			cancel()
+			fail(err)
 			continue
 		}
 		r.report(in.name, res)
-		if r.pending += res.Occurrences; r.pending >= flushEvery {
-			r.pending = 0
-			if err := fl.start(ctx, r.p); err != nil {
-				ingestErr = err
-				cancel()
+		r.paths.claimed(batch)
+		if batch, more = <-batches; more {
+			if err := r.paths.start(ctx, batch); err != nil {
+				fail(err)
+				continue
 			}
 		}
+		if r.pending += res.Occurrences + closed; r.pending >= flushEvery {
+			r.pending = 0
+			if err := fl.start(ctx, r.p); err != nil {
+				fail(err)
+			}
+		}
+	}
+	if _, err := r.paths.wait(); err != nil && ingestErr == nil {
+		ingestErr = err
 	}
 	if err := fl.wait(); err != nil && ingestErr == nil {
 		ingestErr = err
