@@ -351,32 +351,37 @@ func (r *replayer) run(ctx context.Context, inputs []input) error {
 	return nil
 }
 
-// runOne decodes in one goroutine and ingests in another, so decoding the
-// next batch overlaps claiming (and syncing) this one.
+// runOne decodes and prepares (sorts out, extracts, checks against the
+// known-key cache) in one goroutine and commits in another, so the next
+// batch is decoded and prepared while the store claims (and syncs) this
+// one.
 func (r *replayer) runOne(ctx context.Context, in input) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	batches := make(chan []genesys.Record, 2)
+	batches := make(chan decodedBatch, 2)
 	decodeErr := make(chan error, 1)
 	go func() {
 		defer close(batches)
 		send := func(b []genesys.Record) error {
 			select {
-			case batches <- b:
+			case batches <- decodedBatch{r.paths.summarize(b), r.p.Prepare(b)}:
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()
 			}
 		}
+		// A prepared batch holds none of its records: the slice is
+		// reused.
 		batch := make([]genesys.Record, 0, replayBatch)
 		err := genesys.Decode(countingReader{in.r, in.read}, func(rec genesys.Record) error {
 			batch = append(batch, rec)
 			if len(batch) < replayBatch {
 				return nil
 			}
-			b := batch
-			batch = make([]genesys.Record, 0, replayBatch)
-			return send(b)
+			err := send(batch)
+			clear(batch)
+			batch = batch[:0]
+			return err
 		})
 		if err == nil && len(batch) > 0 {
 			err = send(batch)
@@ -385,21 +390,21 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 	}()
 	var ingestErr error
 	var fl flusher
-	// Each batch is taken before the one before it is claimed to the
-	// end, so the paths that close beside its claims can leave out its
-	// conversations (replayCloser).
 	fail := func(err error) {
 		if ingestErr == nil {
 			ingestErr = err
 			cancel()
 		}
 	}
+	// Each batch is taken before the one before it is done with, so the
+	// paths that close beside its claims can leave out its conversations
+	// (replayCloser).
 	for batch, more := <-batches; more; {
 		if ingestErr != nil {
 			batch, more = <-batches
 			continue // drain, so the decoder can stop
 		}
-		res, err := r.p.Ingest(ctx, batch)
+		res, err := r.p.Commit(ctx, batch.prepared)
 		closed, closeErr := r.paths.wait()
 		if err == nil {
 			err = closeErr
@@ -409,9 +414,9 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 			continue
 		}
 		r.report(in.name, res)
-		r.paths.claimed(batch)
+		r.paths.claimed(batch.paths)
 		if batch, more = <-batches; more {
-			if err := r.paths.start(ctx, batch); err != nil {
+			if err := r.paths.start(ctx, batch.paths); err != nil {
 				fail(err)
 				continue
 			}
@@ -423,8 +428,8 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 			}
 		}
 	}
-	if _, err := r.paths.wait(); err != nil && ingestErr == nil {
-		ingestErr = err
+	if _, err := r.paths.wait(); err != nil {
+		fail(err)
 	}
 	if err := fl.wait(); err != nil && ingestErr == nil {
 		ingestErr = err

@@ -45,7 +45,6 @@ type replayCloser struct {
 	// later are due conversations that had records in the batch claimed
 	// beside their close: they are closed after it.
 	later []string
-	times []int64
 	job   chan replayCloseResult
 }
 
@@ -71,23 +70,55 @@ func newReplayCloser(p *pipeline.Pipeline, on bool, grace time.Duration) *replay
 	return &replayCloser{p: p, grace: grace}
 }
 
+// decodedBatch is a batch of records as the replay hands it from its
+// decoding goroutine to its claiming one.
+type decodedBatch struct {
+	paths    *batchPaths // nil: paths off
+	prepared *pipeline.Prepared
+}
+
+// batchPaths is what the replay's path clock needs of a batch of records.
+type batchPaths struct {
+	median int64    // median event time, unix ns (0: none)
+	ends   []string // conversations whose end the batch holds
+	convs  map[string]bool
+}
+
+// summarize takes from recs what the clock needs, in the goroutine that
+// decodes them (a prepared batch holds no records).
+func (c *replayCloser) summarize(recs []genesys.Record) *batchPaths {
+	if c == nil {
+		return nil
+	}
+	b := &batchPaths{convs: make(map[string]bool, len(recs)/2)}
+	times := make([]int64, 0, len(recs))
+	for _, r := range recs {
+		if r.Outcome != genesys.Accepted || r.Event == nil {
+			continue
+		}
+		b.convs[r.Event.ConversationID] = true
+		if r.Event.Ended {
+			// Held until its path is due: a copy of its own.
+			b.ends = append(b.ends, strings.Clone(r.Event.ConversationID))
+		}
+		if !r.Event.EventTime.IsZero() {
+			times = append(times, r.Event.EventTime.UnixNano())
+		}
+	}
+	if len(times) > 0 {
+		slices.Sort(times)
+		b.median = times[len(times)/2]
+	}
+	return b
+}
+
 // claimed takes a batch the pipeline claimed: it moves the clock and dates
 // the batch's ends.
-func (c *replayCloser) claimed(batch []genesys.Record) {
+func (c *replayCloser) claimed(b *batchPaths) {
 	if c == nil {
 		return
 	}
-	c.times = c.times[:0]
-	for _, r := range batch {
-		if r.Outcome == genesys.Accepted && r.Event != nil && !r.Event.EventTime.IsZero() {
-			c.times = append(c.times, r.Event.EventTime.UnixNano())
-		}
-	}
-	if len(c.times) > 0 {
-		mid := len(c.times) / 2
-		slices.Sort(c.times)
-		c.clock = max(c.clock, c.times[mid])
-	}
+	c.clock = max(c.clock, b.median)
 	if c.clock == 0 {
 		return
 	}
@@ -96,16 +127,16 @@ func (c *replayCloser) claimed(batch []genesys.Record) {
 		c.head = 0
 	}
 	due := c.clock + int64(c.grace)
-	for _, r := range batch {
-		if r.Outcome == genesys.Accepted && r.Event != nil && r.Event.Ended && len(c.ended)-c.head < maxReplayEnded {
-			c.ended = append(c.ended, replayEnd{due, strings.Clone(r.Event.ConversationID)})
+	for _, id := range b.ends {
+		if len(c.ended)-c.head < maxReplayEnded {
+			c.ended = append(c.ended, replayEnd{due, id})
 		}
 	}
 }
 
 // start closes, beside the claims of next, the paths due that have no
 // record in next. The closes started before must have been waited for.
-func (c *replayCloser) start(ctx context.Context, next []genesys.Record) error {
+func (c *replayCloser) start(ctx context.Context, next *batchPaths) error {
 	if c == nil {
 		return nil
 	}
@@ -122,15 +153,9 @@ func (c *replayCloser) start(ctx context.Context, next []genesys.Record) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	inNext := make(map[string]bool, len(next))
-	for _, r := range next {
-		if r.Event != nil {
-			inNext[r.Event.ConversationID] = true
-		}
-	}
 	now := ids[:0]
 	for _, id := range ids {
-		if inNext[id] {
+		if next.convs[id] {
 			c.later = append(c.later, id)
 		} else {
 			now = append(now, id)

@@ -172,6 +172,25 @@ func FuzzDecode(f *testing.F) {
 		if !sameRecords(slow, got) {
 			t.Errorf("got different records reading a byte at a time")
 		}
+		// In place: the same records, which outlive the bytes they were
+		// decoded from, and the bytes left as they were.
+		body := bytes.Clone(data)
+		var inPlace []Record
+		if err := DecodeBytes(body, func(r Record) error {
+			inPlace = append(inPlace, r)
+			return nil
+		}); err != nil {
+			t.Fatalf("DecodeBytes: got error %v, want nil", err)
+		}
+		if !bytes.Equal(body, data) {
+			t.Errorf("DecodeBytes changed its input")
+		}
+		for i := range body {
+			body[i] = 'x'
+		}
+		if !sameRecords(inPlace, got) {
+			t.Errorf("got different records decoding in place")
+		}
 	})
 }
 

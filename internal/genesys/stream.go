@@ -45,6 +45,18 @@ func Decode(r io.Reader, fn func(Record) error) error {
 	return d.run()
 }
 
+// DecodeBytes is Decode of input already in memory (a request body): it
+// parses data where it lies, with no read buffer and no copy of it, and
+// never writes to it. The records passed to fn hold copies of what they
+// keep, so data may be reused once DecodeBytes returns. It returns an
+// error only when fn does.
+func DecodeBytes(data []byte, fn func(Record) error) error {
+	// All of the input is read: fill never reads, so it never moves or
+	// grows buf.
+	d := &decoder{fn: fn, buf: data, wpos: len(data), eof: true, line: 1}
+	return d.run()
+}
+
 type decoder struct {
 	r  io.Reader
 	fn func(Record) error

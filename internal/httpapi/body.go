@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 )
 
 // Media types POST /v1/events accepts (with any parameters, such as
@@ -173,3 +175,24 @@ func isGzipEncoding(enc string) bool {
 // isGzip reports whether b starts like a gzip stream, to explain a 400 for
 // a compressed body sent without Content-Encoding.
 func isGzip(b []byte) bool { return bytes.HasPrefix(b, []byte{0x1f, 0x8b}) }
+
+// records are the buffers of decoded records handed to the pipeline, a
+// chunk (ingestChunk) at a time, for reuse instead of a fresh one grown by
+// doubling for each request. One is held by each request being decoded
+// (at most maxDecoding), and the garbage collector empties the pool when
+// they are not used.
+var records = sync.Pool{New: func() any {
+	b := make([]genesys.Record, 0, ingestChunk)
+	return &b
+}}
+
+func recordsBuffer() []genesys.Record { return (*records.Get().(*[]genesys.Record))[:0] }
+
+// releaseRecords hands a buffer back once the pipeline is done with its
+// records, cleared so that it keeps no decoded event alive.
+func releaseRecords(b []genesys.Record) {
+	b = b[:cap(b)]
+	clear(b)
+	b = b[:0]
+	records.Put(&b)
+}

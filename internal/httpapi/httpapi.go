@@ -202,7 +202,8 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 	// sender retries the whole body, and what was claimed is not counted
 	// twice.
 	var res pipeline.Result
-	recs := make([]genesys.Record, 0, 64)
+	recs := recordsBuffer()
+	defer releaseRecords(recs)
 	resp := Response{Errors: []pipeline.RecordError{}}
 	ingest := func() error {
 		part, err := h.p.Ingest(r.Context(), recs)
@@ -222,7 +223,7 @@ func (h *handler) events(w http.ResponseWriter, r *http.Request) {
 		return nil
 	}
 	var ingestErr error
-	decodeErr := genesys.Decode(bytes.NewReader(body), func(rec genesys.Record) error {
+	decodeErr := genesys.DecodeBytes(body, func(rec genesys.Record) error {
 		recs = append(recs, rec)
 		if len(recs) < ingestChunk {
 			return nil

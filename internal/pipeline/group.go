@@ -153,7 +153,11 @@ func (g *claimGroup) claimAll(group []*groupCall) {
 		c.fresh, c.err = g.claim(c.ctx, c.reqs)
 		return
 	}
-	var all []flowmetrics.ClaimRequest
+	n := 0
+	for _, c := range group {
+		n += len(c.reqs)
+	}
+	all := make([]flowmetrics.ClaimRequest, 0, n)
 	for _, c := range group {
 		all = append(all, c.reqs...)
 	}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
@@ -165,6 +166,10 @@ type Pipeline struct {
 	cache    *knownCache
 	claims   *claimGroup
 	drainers []*drainer
+	// learned counts the claims whose keys the cache learned: a batch
+	// prepared before the last of them is checked against the cache
+	// again when it is committed.
+	learned atomic.Uint64
 
 	startOnce sync.Once
 	stop      context.CancelFunc
@@ -288,25 +293,42 @@ func (r *Result) Add(o Result) {
 // is as with nil. Any other error is a store failure: nothing may be
 // acknowledged and the records should be retried; retrying is safe.
 //
-// It goes in four steps: sort each record out (accepted, skipped,
-// rejected), extract its occurrences, leave out those the known-key cache
-// says the store holds, and claim the rest in one store call, which
-// concurrent Ingest calls share (claimGroup).
+// It is Prepare, then Commit.
 func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, error) {
-	var res Result
-	c := claimBatch{now: p.cfg.Now()}
-	for _, r := range recs {
-		if !p.sortOut(r, &res) {
+	return p.Commit(ctx, p.Prepare(recs))
+}
+
+// Prepared is a batch of records that Prepare sorted out and extracted:
+// what Commit claims.
+type Prepared struct {
+	res Result
+	c   claimBatch
+}
+
+// Prepare does the part of Ingest that needs no store: it sorts each
+// record out (accepted, skipped, rejected), extracts its occurrences and
+// leaves out those the known-key cache says the store holds. It may run
+// in any goroutine, while earlier batches are being committed (replay
+// prepares the next batch while the store claims this one): the cache
+// only ever learns what the store durably holds, so what it leaves out is
+// held whatever Commit does meanwhile, and what it lets through, Commit
+// asks the store, the only arbiter of what is new.
+func (p *Pipeline) Prepare(recs []genesys.Record) *Prepared {
+	b := &Prepared{c: claimBatch{now: p.cfg.Now(), learned: p.learned.Load()}}
+	res, c := &b.res, &b.c
+	for i, r := range recs {
+		c.left = len(recs) - i
+		if !p.sortOut(r, res) {
 			continue
 		}
 		if r.Event.Ended {
 			p.m.PathEnds.Inc()
 			if p.cfg.Derive != nil && len(p.cache.unknown(r.Event.ConversationID, endOcc, c.now)) > 0 {
-				c.add(flowmetrics.ClaimRequest{ConversationID: r.Event.ConversationID, Ended: true}, r)
+				c.add(flowmetrics.ClaimRequest{ConversationID: r.Event.ConversationID, Ended: true}, r, false)
 			}
 			continue
 		}
-		occs := p.extract(r.Event, &res)
+		occs := p.extract(r.Event, res)
 		if len(occs) == 0 {
 			continue
 		}
@@ -315,24 +337,60 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 		if len(unknown) == 0 {
 			if p.cfg.Derive != nil && p.cache.tell(conv, c.now, p.cfg.PathTouch) {
 				// One known key is enough for the store to count the event.
-				c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: occs[:1]}, r)
+				c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: occs[:1]}, r, true)
 				continue
 			}
 			p.m.CacheHits.Inc()
 			continue
 		}
-		c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: unknown}, r)
+		c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: unknown}, r, false)
+	}
+	return b
+}
+
+// Commit claims a prepared batch: it is the second half of Ingest, and
+// returns what Ingest returns. Commits of batches prepared one after
+// another may run one after another while later batches are prepared.
+func (p *Pipeline) Commit(ctx context.Context, b *Prepared) (Result, error) {
+	res, c := b.res, &b.c
+	if p.cache != nil && c.learned != p.learned.Load() {
+		// The cache learned from other commits since the batch was
+		// prepared (the batch before it, most often, which claimed many
+		// of the same conversations): what it now knows need not reach
+		// the store.
+		p.refilter(c)
 	}
 	if len(c.reqs) == 0 {
 		p.m.RecordsAccepted.Add(float64(res.Accepted))
 		return res, nil
 	}
-	if err := p.fold(ctx, &c); err != nil {
+	if err := p.fold(ctx, c); err != nil {
 		p.m.StoreErrors.WithLabelValues("admit").Inc()
 		p.m.RecordsAccepted.Add(float64(res.Accepted))
 		return res, err
 	}
-	return p.claim(ctx, &c, res)
+	return p.claim(ctx, c, res)
+}
+
+// refilter leaves out of c's requests the keys the cache learned since c
+// was prepared; a request left with none is dropped. End requests and
+// touches (which carry a key the cache already knew) stay as they are.
+func (p *Pipeline) refilter(c *claimBatch) {
+	now := p.cfg.Now()
+	j := 0
+	for i, rq := range c.reqs {
+		if !rq.Ended && !c.touch[i] {
+			rq.Occurrences = p.cache.unknown(rq.ConversationID, rq.Occurrences, now)
+			if len(rq.Occurrences) == 0 {
+				p.m.CacheHits.Inc()
+				continue
+			}
+		}
+		c.reqs[j], c.recs[j], c.touch[j] = rq, c.recs[i], c.touch[i]
+		j++
+	}
+	clear(c.reqs[j:])
+	c.reqs, c.recs, c.touch = c.reqs[:j], c.recs[:j], c.touch[:j]
 }
 
 // fold has the cardinality guard admit the pairs of the batch's
@@ -379,15 +437,33 @@ func (p *Pipeline) fold(ctx context.Context, c *claimBatch) error {
 
 // claimBatch is what one Ingest call asks the store.
 type claimBatch struct {
-	now    time.Time
-	reqs   []flowmetrics.ClaimRequest
-	recs   []genesys.Record // each request's record (its Index and Line)
-	folded map[string]bool  // keys the guard folded into the overflow series
+	now  time.Time
+	reqs []flowmetrics.ClaimRequest
+	recs []recordRef // each request's record
+	// touch: the request only tells the store of an event whose keys the
+	// cache knows (paths on).
+	touch  []bool
+	folded map[string]bool // keys the guard folded into the overflow series
+	left   int             // records not yet sorted out, this one included
+	// learned is the cache's generation when the batch was prepared.
+	learned uint64
 }
 
-func (c *claimBatch) add(r flowmetrics.ClaimRequest, rec genesys.Record) {
+// recordRef names a record in its batch (not its event, which the claim
+// does not need to keep).
+type recordRef struct{ Index, Line int }
+
+func (c *claimBatch) add(r flowmetrics.ClaimRequest, rec genesys.Record, touch bool) {
+	if c.reqs == nil {
+		// Room for every record left, at once: one allocation rather
+		// than one per doubling.
+		c.reqs = make([]flowmetrics.ClaimRequest, 0, c.left)
+		c.recs = make([]recordRef, 0, c.left)
+		c.touch = make([]bool, 0, c.left)
+	}
 	c.reqs = append(c.reqs, r)
-	c.recs = append(c.recs, rec)
+	c.recs = append(c.recs, recordRef{rec.Index, rec.Line})
+	c.touch = append(c.touch, touch)
 }
 
 // sortOut counts a record as read and as accepted, skipped or rejected
@@ -403,11 +479,11 @@ func (p *Pipeline) sortOut(r genesys.Record, res *Result) bool {
 		p.m.RecordsSkipped.WithLabelValues("other_topic").Inc()
 		return false
 	case genesys.Rejected:
-		res.reject(p.m, r, RejectReason(r.Err), r.Err)
+		res.reject(p.m, recordRef{r.Index, r.Line}, RejectReason(r.Err), r.Err)
 		return false
 	}
 	if err := store.CheckID(r.Event.ConversationID); err != nil {
-		res.reject(p.m, r, flowmetrics.RefusedIDTooLong, err)
+		res.reject(p.m, recordRef{r.Index, r.Line}, flowmetrics.RefusedIDTooLong, err)
 		return false
 	}
 	res.Accepted++
@@ -480,6 +556,7 @@ func (p *Pipeline) claim(ctx context.Context, c *claimBatch, res Result) (Result
 			}
 		}
 	}
+	p.learned.Add(1)
 	for _, o := range fresh {
 		p.m.Occurrences.WithLabelValues(o.Flow, o.Metric).Inc()
 		if c.folded[o.Key] {
@@ -503,7 +580,7 @@ func (p *Pipeline) claim(ctx context.Context, c *claimBatch, res Result) (Result
 
 // reject counts r as rejected for reason (a label of
 // flowmetrics_records_rejected_total) and names it with err.
-func (res *Result) reject(m *telemetry.Metrics, r genesys.Record, reason string, err error) {
+func (res *Result) reject(m *telemetry.Metrics, r recordRef, reason string, err error) {
 	res.Rejected++
 	m.RecordsRejected.WithLabelValues(reason).Inc()
 	msg := "rejected"

@@ -789,3 +789,58 @@ func TestOnlyUnknownKeysReachTheStore(t *testing.T) {
 		t.Errorf("claimed keys: got %s, want %s (the last event is all known)", got, want)
 	}
 }
+
+// TestPreparedAheadCountOnce: batches prepared before the batches ahead of
+// them are committed (replay prepares the next batch while the store
+// claims this one) still count each key once, whether it repeats within a
+// batch or across batches prepared together. When the commits come, the
+// keys the cache learned meanwhile stay out of the store's requests.
+func TestPreparedAheadCountOnce(t *testing.T) {
+	rec := &claimRecorder{Store: memstore.New(store.Options{})}
+	sink := &recordingSink{name: "rec"}
+	p := New(rec, []flowmetrics.Sink{sink}, Config{}, telemetry.New(), nil)
+	ctx := context.Background()
+	if err := p.Register(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a := "FMetric_A(2026-11-20T09:31:48.900Z)"
+	b := "FMetric_B(2026-11-20T09:31:49Z)"
+	c := "FMetric_C(2026-11-20T09:31:50Z)"
+	// Every batch is prepared before the first is committed.
+	batches := []*Prepared{
+		p.Prepare([]genesys.Record{event("c1", a), event("c1", a, b)}), // a twice in one batch
+		p.Prepare([]genesys.Record{event("c1", a, b), event("c2", a)}),  // a and b again, a under c2
+		p.Prepare([]genesys.Record{event("c1", a, b, c)}),
+	}
+	total := 0
+	for _, b := range batches {
+		res, err := p.Commit(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Read != res.Accepted {
+			t.Errorf("result %+v: every record is accepted", res)
+		}
+		total += res.Occurrences
+	}
+	if total != 4 {
+		t.Errorf("occurrences: got %d, want 4 (c1: a, b, c; c2: a)", total)
+	}
+	// The first batch asks for a twice (the store dedupes within a
+	// claim); the second and third only for what the first claim did not
+	// teach the cache.
+	want := fmt.Sprint([][]string{{a}, {a, b}, {a}, {c}})
+	if got := fmt.Sprint(rec.keys); got != want {
+		t.Errorf("claimed keys: got %s, want %s", got, want)
+	}
+	if err := p.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	for _, n := range sink.total() {
+		sum += n
+	}
+	if sum != 4 {
+		t.Errorf("delivered: got %d, want 4", sum)
+	}
+}
