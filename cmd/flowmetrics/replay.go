@@ -84,7 +84,7 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		if err != nil {
 			return err
 		}
-		r := &replayer{p: p, stderr: stderr, started: time.Now()}
+		r := &replayer{p: p, stderr: stderr, started: time.Now(), paths: newReplayCloser(p, cfg.Paths.IsEnabled(), cfg.Paths.WithDefaults().Grace)}
 		if file, ok := stderr.(*os.File); ok && f.progress && term.IsTerminal(int(file.Fd())) {
 			stopBar := r.showProgress(file, inputs)
 			defer stopBar()
@@ -334,6 +334,7 @@ func (c countingReader) Read(p []byte) (int, error) {
 
 type replayer struct {
 	p       *pipeline.Pipeline
+	paths   *replayCloser // nil: paths off
 	stderr  io.Writer
 	started time.Time
 	total   pipeline.Result
@@ -357,13 +358,13 @@ func (r *replayer) run(ctx context.Context, inputs []input) error {
 func (r *replayer) runOne(ctx context.Context, in input) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	batches := make(chan *pipeline.Prepared, 2)
+	batches := make(chan decodedBatch, 2)
 	decodeErr := make(chan error, 1)
 	go func() {
 		defer close(batches)
 		send := func(b []genesys.Record) error {
 			select {
-			case batches <- r.p.Prepare(b):
+			case batches <- decodedBatch{r.paths.summarize(b), r.p.Prepare(b)}:
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()
@@ -389,24 +390,46 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 	}()
 	var ingestErr error
 	var fl flusher
-	for batch := range batches {
-		if ingestErr != nil {
-			continue // drain, so the decoder can stop
-		}
-		res, err := r.p.Commit(ctx, batch)
-		if err != nil {
+	fail := func(err error) {
+		if ingestErr == nil {
 			ingestErr = err
 			cancel()
+		}
+	}
+	// Each batch is taken before the one before it is done with, so the
+	// paths that close beside its claims can leave out its conversations
+	// (replayCloser).
+	for batch, more := <-batches; more; {
+		if ingestErr != nil {
+			batch, more = <-batches
+			continue // drain, so the decoder can stop
+		}
+		res, err := r.p.Commit(ctx, batch.prepared)
+		closed, closeErr := r.paths.wait()
+		if err == nil {
+			err = closeErr
+		}
+		if err != nil {
+			fail(err)
 			continue
 		}
 		r.report(in.name, res)
-		if r.pending += res.Occurrences; r.pending >= flushEvery {
-			r.pending = 0
-			if err := fl.start(ctx, r.p); err != nil {
-				ingestErr = err
-				cancel()
+		r.paths.claimed(batch.paths)
+		if batch, more = <-batches; more {
+			if err := r.paths.start(ctx, batch.paths); err != nil {
+				fail(err)
+				continue
 			}
 		}
+		if r.pending += res.Occurrences + closed; r.pending >= flushEvery {
+			r.pending = 0
+			if err := fl.start(ctx, r.p); err != nil {
+				fail(err)
+			}
+		}
+	}
+	if _, err := r.paths.wait(); err != nil {
+		fail(err)
 	}
 	if err := fl.wait(); err != nil && ingestErr == nil {
 		ingestErr = err
