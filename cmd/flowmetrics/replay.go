@@ -26,6 +26,11 @@ import (
 // memory.
 const replayBatch = 2000
 
+// replayInFlight is how many claims may be waiting for the store's sync
+// at once: while they do, the next is claimed, and one sync makes the
+// claims that are waiting durable together.
+const replayInFlight = 4
+
 // flushEvery bounds the occurrences held in the outbox before the sinks get
 // them, so a huge replay does not grow memory without bound. Small enough
 // that the embedded store deletes the delivered entries while they are
@@ -351,9 +356,11 @@ func (r *replayer) run(ctx context.Context, inputs []input) error {
 }
 
 // runOne decodes and prepares (sorts out, extracts, checks against the
-// known-key cache) in one goroutine and commits in another, so the next
-// batch is decoded and prepared while the store claims (and syncs) this
-// one.
+// known-key cache) in one goroutine, starts each batch's claim in another
+// and finishes the claims (waits for their sync, counts, delivers) in a
+// third, so the next batch is decoded and prepared while the store claims
+// this one, and the store syncs the claims before while it claims the
+// next.
 func (r *replayer) runOne(ctx context.Context, in input) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -387,32 +394,45 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 		}
 		decodeErr <- err
 	}()
-	var ingestErr error
-	var fl flusher
-	for batch := range batches {
-		if ingestErr != nil {
-			continue // drain, so the decoder can stop
-		}
-		res, err := r.p.Commit(ctx, batch)
-		if err != nil {
-			ingestErr = err
-			cancel()
-			continue
-		}
-		r.report(in.name, res)
-		if r.pending += res.Occurrences; r.pending >= flushEvery {
-			r.pending = 0
-			if err := fl.start(ctx, r.p); err != nil {
-				ingestErr = err
-				cancel()
+	// Commits started, in order: a goroutine of their own waits for each
+	// to be durable and takes its result, while this one starts the next.
+	// The store syncs up to replayInFlight claims at once.
+	started := make(chan func() (pipeline.Result, error), replayInFlight-1)
+	finished := make(chan error, 1)
+	go func() {
+		var err error
+		var fl flusher
+		for finish := range started {
+			res, ferr := finish()
+			if ferr != nil {
+				if err == nil {
+					err = ferr
+					cancel()
+				}
+				continue
+			}
+			r.report(in.name, res)
+			if r.pending += res.Occurrences; r.pending >= flushEvery && err == nil {
+				r.pending = 0
+				if err = fl.start(ctx, r.p); err != nil {
+					cancel()
+				}
 			}
 		}
+		if ferr := fl.wait(); ferr != nil && err == nil {
+			err = ferr
+		}
+		finished <- err
+	}()
+	for batch := range batches {
+		if ctx.Err() != nil {
+			continue // drain, so the decoder can stop
+		}
+		started <- r.p.StartCommit(ctx, batch)
 	}
-	if err := fl.wait(); err != nil && ingestErr == nil {
-		ingestErr = err
-	}
-	if ingestErr != nil {
-		return ingestErr
+	close(started)
+	if err := <-finished; err != nil {
+		return err
 	}
 	return <-decodeErr
 }
