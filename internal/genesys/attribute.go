@@ -369,3 +369,13 @@ func daysIn(month, year int) int {
 	}
 	return 31
 }
+
+// ValidDate reports whether year-month-day is a date of the proleptic
+// Gregorian calendar, and returns the days from 1970-01-01 to it: the
+// calendar attribute times are read by, for others that encode them.
+func ValidDate(year, month, day int) (days int64, ok bool) {
+	if month < 1 || month > 12 || day < 1 || day > daysIn(month, year) {
+		return 0, false
+	}
+	return daysSinceEpoch(year, month, day), true
+}

@@ -70,9 +70,10 @@ func TestRefusedClaimsAreRejectedAndCounted(t *testing.T) {
 }
 
 // TestCacheBytesBounded fills the known-key cache with conversations of
-// many long keys, far beyond its byte bound, and measures the peak: the
-// cache's own count never passes CacheBytes, and the heap after the flood
-// holds no more than a few times the bound.
+// many long keys, each of its own name (so the name table fills too, and
+// the cache keeps keys as their bytes), far beyond its byte bound, and
+// measures the peak: the cache's own count never passes CacheBytes, and
+// the heap after the flood holds no more than a few times the bound.
 func TestCacheBytesBounded(t *testing.T) {
 	const bound = 4 << 20
 	c := newKnownCache(100_000, bound, time.Hour)
@@ -85,7 +86,7 @@ func TestCacheBytesBounded(t *testing.T) {
 	var peakHeap uint64
 	const convs, perConv = 2_000, 100 // about 80 MB of keys
 	for i := range convs {
-		c.learn(fmt.Sprintf("conv-%d", i), names(long, 0, perConv), now)
+		c.learn(fmt.Sprintf("conv-%d", i), names(long, i*perConv, perConv), now)
 		if _, b := c.size(); b > peak {
 			peak = b
 		}
@@ -99,6 +100,9 @@ func TestCacheBytesBounded(t *testing.T) {
 	n, b := c.size()
 	t.Logf("cache after %d conversations × %d keys of %d bytes: %d conversations, %d bytes (peak %d, bound %d); heap grew at most %.1f MiB",
 		convs, perConv, len(names(long, 0, 1)[0]), n, b, peak, bound, float64(peakHeap-min(peakHeap, before.HeapAlloc))/(1<<20))
+	if c.names.bytes > c.names.max || len(c.names.ids) == 0 {
+		t.Errorf("name table: %d bytes for %d names (bound %d), want it filled to its bound", c.names.bytes, len(c.names.ids), c.names.max)
+	}
 	if peak > bound {
 		t.Errorf("cache peak %d bytes, bound %d", peak, bound)
 	}
@@ -108,12 +112,13 @@ func TestCacheBytesBounded(t *testing.T) {
 	if grew := peakHeap - min(peakHeap, before.HeapAlloc); grew > 4*bound {
 		t.Errorf("heap grew by %d bytes at its peak, more than 4× the cache bound %d", grew, bound)
 	}
-	// The most recent conversation is still known.
+	// The most recent conversation is still held: the keys it could keep
+	// are known.
 	var last []flowmetrics.Occurrence
-	for _, k := range names(long, 0, perConv) {
+	for _, k := range names(long, (convs-1)*perConv, perConv) {
 		last = append(last, flowmetrics.Occurrence{Key: k})
 	}
-	if len(c.unknown(fmt.Sprintf("conv-%d", convs-1), last, now)) != 0 {
+	if len(c.unknown(fmt.Sprintf("conv-%d", convs-1), last, now)) == len(last) {
 		t.Error("the last conversation learned is not known")
 	}
 }

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -10,56 +11,51 @@ import (
 )
 
 // TestKnownCacheKeys learns a conversation's keys in steps, past the few
-// an entry keeps packed and with a key too long to pack, and checks after
-// each step that exactly the learned keys are known and that the byte count
-// grows by each new key once.
+// an entry keeps in its first place, with a key of no code (too long a
+// name, another time form) and the empty key, and checks after each step
+// that exactly the learned keys are known and that the byte count grows
+// when, and only when, a key is new.
 func TestKnownCacheKeys(t *testing.T) {
 	now := time.Now()
-	key := func(i int) string { return fmt.Sprintf("FlowMetric_Step%02d(2026-12-06T02:00:00Z)", i) }
+	key := func(i int) string { return fmt.Sprintf("FlowMetric_Step%02d(2026-12-06T02:00:00.%03dZ)", i, i) }
 	long := strings.Repeat("L", 300)
+	odd := "FlowMetric_Step01(2026-12-06T02:00:00.001+00:00)" // the same time as key(1), another text
 	steps := []struct {
 		name  string
 		learn []string
 	}{
 		{"first keys", []string{key(0), key(1), key(1)}},
 		{"known again", []string{key(0), key(1)}},
-		{"up to the packed", []string{key(2), key(3), key(4), key(5), key(6), key(7)}},
-		{"past the packed", []string{key(7), key(8), key(9)}},
-		{"into the set", []string{key(10)}},
+		{"up to the room", []string{key(2), key(3), key(4), key(5), key(6), key(7)}},
+		{"past the room", []string{key(7), key(8), key(9)}},
+		{"the end", []string{""}},
+		{"another form", []string{odd}},
 		{"a long key", []string{long}},
+		{"more codes", []string{key(10)}},
 	}
-	for _, first := range []bool{true, false} {
+	for _, conv := range []string{"conv", "0c06df18-0001-4001-810d-38c7c42b8f0e"} {
 		c := newKnownCache(10, 1<<20, time.Hour)
-		if !first {
-			// A long key first: the entry starts as a set.
-			steps = append([]struct {
-				name  string
-				learn []string
-			}{{"a long key first", []string{long}}}, steps...)
-		}
 		learned := map[string]bool{}
-		want := int64(0)
+		var prev int64
 		for _, st := range steps {
-			if want == 0 {
-				want = entryCost + int64(len("conv"))
-			}
+			fresh := false
 			for _, k := range st.learn {
-				if !learned[k] {
-					learned[k] = true
-					want += keyCost + int64(len(k))
-				}
+				fresh = fresh || !learned[k]
+				learned[k] = true
 			}
-			c.learn("conv", st.learn, now)
-			if _, got := c.size(); got != want {
-				t.Errorf("%s: got %d bytes, want %d", st.name, got, want)
+			c.learn(conv, st.learn, now)
+			_, got := c.size()
+			if fresh && got <= prev || !fresh && got != prev {
+				t.Errorf("%s: %d bytes after %d; new keys: %v", st.name, got, prev, fresh)
 			}
+			prev = got
 			var probe []flowmetrics.Occurrence
 			for i := range 12 {
 				probe = append(probe, flowmetrics.Occurrence{Key: key(i)})
 			}
-			probe = append(probe, flowmetrics.Occurrence{Key: long}, flowmetrics.Occurrence{Key: ""})
+			probe = append(probe, flowmetrics.Occurrence{Key: long}, flowmetrics.Occurrence{Key: ""}, flowmetrics.Occurrence{Key: odd})
 			var gotUnknown []string
-			for _, o := range c.unknown("conv", probe, now) {
+			for _, o := range c.unknown(conv, probe, now) {
 				gotUnknown = append(gotUnknown, o.Key)
 			}
 			var wantUnknown []string
@@ -69,7 +65,7 @@ func TestKnownCacheKeys(t *testing.T) {
 				}
 			}
 			if strings.Join(gotUnknown, ",") != strings.Join(wantUnknown, ",") {
-				t.Errorf("%s: unknown keys: got %q, want %q", st.name, gotUnknown, wantUnknown)
+				t.Errorf("%s %s: unknown keys: got %q, want %q", conv, st.name, gotUnknown, wantUnknown)
 			}
 		}
 	}
@@ -93,4 +89,64 @@ func TestKnownCacheEvictsLeastRecent(t *testing.T) {
 	if n, _ := c.size(); n != 2 {
 		t.Errorf("conversations: got %d, want 2", n)
 	}
+}
+
+// BenchmarkKnownCache holds conversations shaped like a contact centre's
+// (UUID ids, three keys of a few flows, times in milliseconds) in a cache
+// large enough for all, and reports the heap they take per conversation
+// (heap-B/conv, measured after a collection), the bytes the cache counts
+// against its bound (cache-B/conv) and the time of a lookup of an
+// event's keys (ns/op).
+func BenchmarkKnownCache(b *testing.B) {
+	const convs = 200_000
+	flows := []string{"CustomerRouting", "Billing Main", "Après Vente", "Bot.Intent-Router"}
+	metrics := []string{"Start", "LanguageSelected", "Authenticated", "BalanceHeard", "PaymentStarted", "SurveyOffered"}
+	now := time.Now()
+	conv := func(i int) string {
+		return fmt.Sprintf("%08x-%04x-4001-810d-38c7c42b8f0e", i*2654435761%(1<<32), i%65536)
+	}
+	keys := func(i int) []string {
+		out := make([]string, 3)
+		for j := range out {
+			ms := int64(1793491213427) + int64(i)*5000 + int64(j)*1250
+			out[j] = fmt.Sprintf("%sMetric_%s(%s)", flows[(i+j)%len(flows)], metrics[(i*7+j)%len(metrics)], time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05.000Z"))
+		}
+		return out
+	}
+	ids := make([]string, convs)
+	all := make([][]string, convs)
+	for i := range convs {
+		ids[i], all[i] = conv(i), keys(i)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	c := newKnownCache(2*convs, 1<<30, time.Hour)
+	for i := range convs {
+		// Learned as events bring them: one key, then the next two.
+		c.learn(ids[i], all[i][:1], now)
+		c.learn(ids[i], all[i][1:], now)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	n, bytes := c.size()
+	if n != convs {
+		b.Fatalf("cache holds %d conversations, want %d", n, convs)
+	}
+	occs := make([][]flowmetrics.Occurrence, convs)
+	for i := range convs {
+		for _, k := range all[i] {
+			occs[i] = append(occs[i], flowmetrics.Occurrence{Key: k})
+		}
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		if len(c.unknown(ids[i%convs], occs[i%convs], now)) != 0 {
+			b.Fatal("known keys unknown")
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/convs, "heap-B/conv")
+	b.ReportMetric(float64(bytes)/convs, "cache-B/conv")
+	runtime.KeepAlive(ids)
 }

@@ -35,7 +35,8 @@ type Config struct {
 	// never returns cannot fill the disk.
 	MaxPending int64 `yaml:"max_pending"`
 	// CacheConversations bounds the in-process cache of known keys (default
-	// 100,000 conversations; negative disables it).
+	// 1,000,000 conversations; negative disables it). Its bytes are
+	// usually the tighter bound: about 110 bytes a conversation of three keys.
 	CacheConversations int `yaml:"cache_conversations"`
 	// CacheBytes bounds the same cache's memory: conversation ids, keys
 	// and the bookkeeping of each (default 64 MiB).
@@ -137,7 +138,7 @@ func (c Config) withDefaults() Config {
 		c.MaxPending = 10_000_000
 	}
 	if c.CacheConversations == 0 {
-		c.CacheConversations = 100_000
+		c.CacheConversations = 1_000_000
 	}
 	if c.CacheBytes == 0 {
 		c.CacheBytes = DefaultCacheBytes

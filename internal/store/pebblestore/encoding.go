@@ -77,6 +77,35 @@ func (h *header) pathKeyList() ([]string, error) {
 	return out, nil
 }
 
+// heldOf returns which of asked the header's copy of the keys holds (nil:
+// none); the copy must hold every key (hasPathKeys).
+func (h *header) heldOf(asked []string) (map[string]struct{}, error) {
+	var held map[string]struct{}
+	v, n := h.pathKeys, 0
+	for len(v) > 0 {
+		l, m := binary.Uvarint(v)
+		if m <= 0 || l > uint64(len(v)-m) {
+			return nil, errCorrupt
+		}
+		k := v[m : m+int(l)]
+		v = v[m+int(l):]
+		n++
+		for _, a := range asked {
+			if a == string(k) {
+				if held == nil {
+					held = map[string]struct{}{}
+				}
+				held[a] = struct{}{}
+				break
+			}
+		}
+	}
+	if n != h.pathKeysN {
+		return nil, errCorrupt
+	}
+	return held, nil
+}
+
 // Path state flags, after the counts; a header without path state ends
 // after them.
 const (

@@ -508,9 +508,10 @@ type staged struct {
 // are read in key order through one iterator, each header followed by its
 // conversation's keys: every seek moves forward, reusing the tables,
 // blocks and positions of the one before, where a Get each started over,
-// and Bloom filters still answer the keys the store does not hold. A
-// conversation that appears twice in the batch is staged once, so the
-// second request sees the keys the first adds.
+// and Bloom filters still answer the keys the store does not hold. With
+// paths on, a header that carries a copy of every key answers for its
+// keys, and none is read. A conversation that appears twice in the batch
+// is staged once, so the second request sees the keys the first adds.
 func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusals, now time.Time) (map[string]*staged, error) {
 	convs := map[string]*staged{}
 	var order []*staged
@@ -531,7 +532,7 @@ func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 	if len(order) == 0 {
 		return convs, nil
 	}
-	it, err := s.db.NewIter(nil)
+	it, err := s.db.NewIter(claimIterOptions)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: claim: %w", err)
 	}
@@ -562,6 +563,15 @@ func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 		if c.stored == 0 {
 			continue
 		}
+		if h.hasPathKeys() {
+			// The header carries every key of its epoch (paths on):
+			// it answers, and no key is read.
+			c.held, err = h.heldOf(asked)
+			if err != nil {
+				return nil, fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
+			}
+			continue
+		}
 		// The keys asked about, each once, in key order (the prefix is
 		// common to them all).
 		slices.Sort(asked)
@@ -587,6 +597,14 @@ func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 	}
 	return convs, nil
 }
+
+// claimIterOptions: a claim's reads are mostly for what the store does
+// not hold. Pebble reads the Bloom filters of L6, the bottom level, only
+// when asked: without this a seek for a new conversation read an index
+// and a data block of the L6 table that covers it, and a small store
+// keeps every table there (its base level is L6 until it outgrows
+// LBaseMaxBytes).
+var claimIterOptions = &pebble.IterOptions{UseL6Filters: true}
 
 // seek positions it at key and reports whether the store holds key. The
 // whole key is Pebble's prefix (the default comparer's Split), so a prefix

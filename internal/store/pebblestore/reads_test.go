@@ -1,0 +1,133 @@
+package pebblestore
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/store"
+	"github.com/flowmetrics/flowmetrics/internal/store/storetest"
+)
+
+// TestNewConversationsReadNoTable: once the store's tables sit in the
+// bottom level (where a store smaller than Pebble's base level keeps all of
+// them), a claim of conversations the store does not hold is answered by
+// the tables' Bloom filters and reads (almost) nothing from them. Pebble skips the
+// filters of the bottom level unless the iterator asks for them; without
+// them each such claim read a data block.
+func TestNewConversationsReadNoTable(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	opts := store.Options{Now: storetest.NewClock(t0).Now}
+	s := mustOpen(t, dir, opts)
+	const held = 20000 // c000000, c000002, …
+	for start := 0; start < held; start += 1000 {
+		var reqs []flowmetrics.ClaimRequest
+		for i := start; i < start+1000; i++ {
+			reqs = append(reqs, flowmetrics.ClaimRequest{ConversationID: fmt.Sprintf("c%06d", 2*i), Occurrences: occs(2, 0)})
+		}
+		if _, err := s.Claim(ctx, reqs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.db.Compact(ctx, keyPrefix, prefixEnd(keyPrefix), false); err != nil {
+		t.Fatal(err)
+	}
+	m := s.db.Metrics()
+	if n := m.Levels[6].TablesCount; n == 0 || m.Levels[0].TablesCount != 0 {
+		t.Fatalf("after the compaction: %d tables in L0, %d in L6; want all in L6", m.Levels[0].TablesCount, n)
+	}
+	s.Close()
+
+	fs := &countingFS{FS: vfs.Default}
+	s, err := OpenFS(dir, fs, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	claimNew := func(i int) {
+		t.Helper()
+		// Odd: between the held ones, all over the tables.
+		id := fmt.Sprintf("c%06d", (2*i*97+1)%(2*held))
+		got, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: id, Occurrences: occs(2, 0)}})
+		if err != nil || len(got) != 2 {
+			t.Fatalf("claim of %s: %d new (%v), want 2", id, len(got), err)
+		}
+	}
+	// The first claims, all over the key space, open the tables and read
+	// their filters.
+	const warm, fresh = 40, 200
+	for i := range warm {
+		claimNew(i * held / warm)
+	}
+	fs.reads.Store(0)
+	for i := 1; i <= fresh; i++ {
+		claimNew(i)
+	}
+	// A filter of 10 bits a key answers "maybe" for about 1 % of what
+	// a table does not hold, and such a claim reads an index and a data
+	// block: a few reads. Without the filters it was one or more a claim.
+	if n := fs.reads.Load(); n > fresh/10 {
+		t.Errorf("%d claims of new conversations read %d blocks from the tables, want at most %d (Bloom false positives)", fresh, n, fresh/10)
+	}
+	// A conversation the store holds is still found.
+	got, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: "c012344", Occurrences: occs(3, 0)}})
+	if err != nil || len(got) != 1 {
+		t.Errorf("claim of 3 keys, 2 held: %d new (%v), want 1", len(got), err)
+	}
+}
+
+// countingFS counts the reads of table files.
+type countingFS struct {
+	vfs.FS
+	reads atomic.Int64
+}
+
+func (c *countingFS) Open(name string, opts ...vfs.OpenOption) (vfs.File, error) {
+	f, err := c.FS.Open(name, opts...)
+	if err != nil || !strings.HasSuffix(name, ".sst") {
+		return f, err
+	}
+	return countingFile{File: f, reads: &c.reads}, nil
+}
+
+type countingFile struct {
+	vfs.File
+	reads *atomic.Int64
+}
+
+func (f countingFile) ReadAt(p []byte, off int64) (int, error) {
+	f.reads.Add(1)
+	return f.File.ReadAt(p, off)
+}
+
+// TestClaimAnswersFromTheHeader: with paths on, a conversation's header
+// carries a copy of its keys, and a claim answers from it which keys the
+// conversation holds, reading none of them. The keys are deleted from the
+// store behind its back: a claim that read them would count them again.
+func TestClaimAnswersFromTheHeader(t *testing.T) {
+	ctx := context.Background()
+	s := mustOpen(t, t.TempDir(), pathOptions(storetest.NewClock(t0)))
+	first := occs(3, 0)
+	if _, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: "c", Occurrences: first}}); err != nil {
+		t.Fatal(err)
+	}
+	p := keyPrefixOf("c")
+	if err := s.db.DeleteRange(append(bytes.Clone(p), 0), prefixEnd(p), pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: "c", Occurrences: occs(4, 0)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Key != occs(1, 3)[0].Key {
+		t.Errorf("claim of 3 held keys and a new one: new %v, want only the 4th", got)
+	}
+}
