@@ -356,7 +356,7 @@ func (r *replayer) run(ctx context.Context, inputs []input) error {
 }
 
 // runOne decodes and prepares (sorts out, extracts, checks against the
-// known-key cache) in one goroutine, starts each batch's claim in another
+// known-key cache, admits flow/metric pairs) in one goroutine, starts each batch's claim in another
 // and finishes the claims (waits for their sync, counts, delivers) in a
 // third, so the next batch is decoded and prepared while the store claims
 // this one, and the store syncs the claims before while it claims the
@@ -370,7 +370,7 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 		defer close(batches)
 		send := func(b []genesys.Record) error {
 			select {
-			case batches <- r.p.Prepare(b):
+			case batches <- r.p.Prepare(ctx, b):
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()

@@ -296,7 +296,7 @@ func (r *Result) Add(o Result) {
 //
 // It is Prepare, then Commit.
 func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, error) {
-	return p.Commit(ctx, p.Prepare(recs))
+	return p.Commit(ctx, p.Prepare(ctx, recs))
 }
 
 // Prepared is a batch of records that Prepare sorted out and extracted:
@@ -304,17 +304,20 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 type Prepared struct {
 	res Result
 	c   claimBatch
+	err error // the cardinality guard's store failure
 }
 
-// Prepare does the part of Ingest that needs no store: it sorts each
-// record out (accepted, skipped, rejected), extracts its occurrences and
-// leaves out those the known-key cache says the store holds. It may run
-// in any goroutine, while earlier batches are being committed (replay
-// prepares the next batch while the store claims this one): the cache
-// only ever learns what the store durably holds, so what it leaves out is
-// held whatever Commit does meanwhile, and what it lets through, Commit
-// asks the store, the only arbiter of what is new.
-func (p *Pipeline) Prepare(recs []genesys.Record) *Prepared {
+// Prepare does the part of Ingest that claims nothing: it sorts each
+// record out (accepted, skipped, rejected), extracts its occurrences,
+// leaves out those the known-key cache says the store holds, and has the
+// cardinality guard admit the pairs of the rest (fold). It may run in any
+// goroutine, while earlier batches are being committed (replay prepares
+// the next batch while the store claims this one): the cache only ever
+// learns what the store durably holds, so what it leaves out is held
+// whatever Commit does meanwhile, and what it lets through, Commit asks
+// the store, the only arbiter of what is new. Batches prepared one after
+// another have their pairs admitted in that order.
+func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared {
 	b := &Prepared{c: claimBatch{now: p.cfg.Now(), learned: p.learned.Load()}}
 	res, c := &b.res, &b.c
 	for i, r := range recs {
@@ -346,6 +349,9 @@ func (p *Pipeline) Prepare(recs []genesys.Record) *Prepared {
 		}
 		c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: unknown}, r, false)
 	}
+	if len(c.reqs) > 0 {
+		b.err = p.fold(ctx, c)
+	}
 	return b
 }
 
@@ -369,6 +375,10 @@ func (p *Pipeline) StartCommit(ctx context.Context, b *Prepared) (finish func() 
 		p.m.RecordsAccepted.Add(float64(res.Accepted))
 		return func() (Result, error) { return res, err }
 	}
+	if b.err != nil {
+		p.m.StoreErrors.WithLabelValues("admit").Inc()
+		return done(b.err)
+	}
 	if p.cache != nil && c.learned != p.learned.Load() {
 		// The cache learned from other commits since the batch was
 		// prepared (the batch before it, most often, which claimed many
@@ -378,10 +388,6 @@ func (p *Pipeline) StartCommit(ctx context.Context, b *Prepared) (finish func() 
 	}
 	if len(c.reqs) == 0 {
 		return done(nil)
-	}
-	if err := p.fold(ctx, c); err != nil {
-		p.m.StoreErrors.WithLabelValues("admit").Inc()
-		return done(err)
 	}
 	start := time.Now()
 	wait := p.claims.Start(ctx, c.reqs)
