@@ -23,7 +23,45 @@ const heapAllowance = 48 << 20
 // soft: a heap that needs more gets it, at the cost of more collection.
 // The returned func puts the limit (and GOGC) before it back (for a replay run inside
 // a longer-lived process, such as a test).
+//
+// Under that limit, the proportional trigger only adds collections: a
+// replay's heap is mostly the cache and the store, which live to its end,
+// so collecting each time the heap doubles its live part rescans them long
+// before the limit is near. Unless GOGC says otherwise, the limit alone
+// sets when to collect (GOGC off). A heap whose live part passes the limit
+// is collected as it would be with GOGC=100 (the runtime caps the
+// collector's CPU either way).
 func limitMemory(cfg config.Config, st flowmetrics.Store) (restore func()) {
+	return setMemory(cfg, st, 0, -1)
+}
+
+// serveGCPercent is serve's GOGC, unless GOGC is set. Most of serve's live
+// heap is the known-key cache, which lives as long as serve does, while a
+// request allocates about 2 KB per event and keeps none of it. With
+// GOGC=100 the collector ran each time the heap had doubled its live part.
+// Letting the heap grow to four times its live part collects a third as
+// often, and the memory limit (limitServeMemory) keeps it bounded.
+const serveGCPercent = 300
+
+// limitServeMemory sets Go's garbage collector for serve into the
+// embedded store, unless GOMEMLIMIT sets the limit: the soft memory limit
+// of a replay (limitMemory) plus the request bytes serve may hold
+// (http.max_bytes_in_flight), and GOGC serveGCPercent unless GOGC is set.
+// The limit caps what the proportional trigger lets the heap grow to; a
+// heap whose live part is small never reaches it. The returned func puts
+// both back (for serve run inside a longer-lived process, such as a test).
+func limitServeMemory(cfg config.Config, st flowmetrics.Store) (restore func()) {
+	inFlight := cfg.HTTP.MaxBytesInFlight
+	if inFlight <= 0 {
+		inFlight = 4 * cfg.HTTP.MaxBodyBytes // httpapi's default
+	}
+	return setMemory(cfg, st, inFlight, serveGCPercent)
+}
+
+// setMemory sets the soft memory limit (the cache's bytes, the store's
+// memory on the Go heap, heapAllowance and extra) and GOGC to percent
+// unless the environment sets them; the store must be the embedded one.
+func setMemory(cfg config.Config, st flowmetrics.Store, extra int64, percent int) (restore func()) {
 	if _, set := os.LookupEnv("GOMEMLIMIT"); set {
 		return func() {}
 	}
@@ -38,22 +76,15 @@ func limitMemory(cfg config.Config, st flowmetrics.Store) (restore func()) {
 	case cache == 0:
 		cache = pipeline.DefaultCacheBytes
 	}
-	before := debug.SetMemoryLimit(cache + h.GoHeapBytes() + heapAllowance)
-	// Under that limit, the proportional trigger only adds collections: a
-	// replay's heap is mostly the cache and the store, which live to its
-	// end, so collecting each time the heap doubles its live part rescans
-	// them long before the limit is near. Unless GOGC says otherwise, the
-	// limit alone sets when to collect. A heap whose live part passes the
-	// limit is collected as it would be with GOGC=100 (the runtime caps
-	// the collector's CPU either way).
-	percent := -2 // not changed
+	before := debug.SetMemoryLimit(cache + h.GoHeapBytes() + heapAllowance + extra)
+	was := -2 // not changed
 	if _, set := os.LookupEnv("GOGC"); !set {
-		percent = debug.SetGCPercent(-1)
+		was = debug.SetGCPercent(percent)
 	}
 	return func() {
 		debug.SetMemoryLimit(before)
-		if percent != -2 {
-			debug.SetGCPercent(percent)
+		if was != -2 {
+			debug.SetGCPercent(was)
 		}
 	}
 }

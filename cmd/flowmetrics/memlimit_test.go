@@ -15,8 +15,9 @@ import (
 // TestLimitMemory: a replay into the embedded store gets a soft memory
 // limit made of the known-key cache's bytes, the store's memory on the Go
 // heap and the allowance, and under it no proportional trigger (GOGC off)
-// unless GOGC is set; GOMEMLIMIT, when set, is left to rule, and the
-// memory store gets none.
+// unless GOGC is set; serve gets the same limit plus its request bytes in
+// flight, and GOGC serveGCPercent unless GOGC is set. GOMEMLIMIT, when
+// set, is left to rule, and the memory store gets none.
 func TestLimitMemory(t *testing.T) {
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(math.MaxInt64))
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
@@ -31,8 +32,13 @@ func TestLimitMemory(t *testing.T) {
 	small.Pipeline.CacheBytes = 1 << 20
 	off := cfg
 	off.Pipeline.CacheConversations = -1
+	serveCfg := config.Default()
+	serveIn := 4 * serveCfg.HTTP.MaxBodyBytes // http.max_bytes_in_flight's default
+	bounded := serveCfg
+	bounded.HTTP.MaxBytesInFlight = 30 << 20
 	cases := []struct {
 		name    string
+		serve   bool
 		env     string
 		gogc    string
 		cfg     config.Config
@@ -40,12 +46,17 @@ func TestLimitMemory(t *testing.T) {
 		limit   int64
 		percent int
 	}{
-		{"embedded, default cache", "", "", cfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance, -1},
-		{"embedded, small cache", "", "", small, pst, 1<<20 + pst.GoHeapBytes() + heapAllowance, -1},
-		{"embedded, cache off", "", "", off, pst, pst.GoHeapBytes() + heapAllowance, -1},
-		{"embedded, GOGC set", "", "200", cfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance, 100},
-		{"embedded, GOMEMLIMIT set", "1GiB", "", cfg, pst, math.MaxInt64, 100},
-		{"memory store", "", "", cfg, mst, math.MaxInt64, 100},
+		{"embedded, default cache", false, "", "", cfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance, -1},
+		{"embedded, small cache", false, "", "", small, pst, 1<<20 + pst.GoHeapBytes() + heapAllowance, -1},
+		{"embedded, cache off", false, "", "", off, pst, pst.GoHeapBytes() + heapAllowance, -1},
+		{"embedded, GOGC set", false, "", "200", cfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance, 100},
+		{"embedded, GOMEMLIMIT set", false, "1GiB", "", cfg, pst, math.MaxInt64, 100},
+		{"memory store", false, "", "", cfg, mst, math.MaxInt64, 100},
+		{"serve, embedded", true, "", "", serveCfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance + serveIn, serveGCPercent},
+		{"serve, embedded, bytes in flight set", true, "", "", bounded, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance + 30<<20, serveGCPercent},
+		{"serve, GOGC set", true, "", "200", serveCfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance + serveIn, 100},
+		{"serve, GOMEMLIMIT set", true, "1GiB", "", serveCfg, pst, math.MaxInt64, 100},
+		{"serve, memory store", true, "", "", serveCfg, mst, math.MaxInt64, 100},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -58,12 +69,16 @@ func TestLimitMemory(t *testing.T) {
 			}
 			debug.SetMemoryLimit(math.MaxInt64)
 			debug.SetGCPercent(100)
+			limit := limitMemory
+			if c.serve {
+				limit = limitServeMemory
+			}
 			var restore func()
 			switch st := c.st.(type) {
 			case *pebblestore.Store:
-				restore = limitMemory(c.cfg, st)
+				restore = limit(c.cfg, st)
 			case *memstore.Store:
-				restore = limitMemory(c.cfg, st)
+				restore = limit(c.cfg, st)
 			}
 			if got := debug.SetMemoryLimit(-1); got != c.limit {
 				t.Errorf("got limit %d, want %d", got, c.limit)

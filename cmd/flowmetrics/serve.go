@@ -131,6 +131,7 @@ func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.
 		ln.Close()
 		return err
 	}
+	defer limitServeMemory(cfg, st)()
 	return serveStore(ctx, service{cfg: cfg, secret: secret, m: m, st: st, disk: guard, ln: ln, log: log, demo: demoOpts})
 }
 
