@@ -83,7 +83,11 @@ func (t *pathTruth) sort() {
 // genPaths generates n conversations and their truth. Durations are whole
 // milliseconds, so seconds compare exactly after the round trip through
 // attribute names.
-func genPaths(n int, seed uint64) ([]pconv, *pathTruth) {
+func genPaths(n int, seed uint64) ([]pconv, *pathTruth) { return genPathsEnding(n, seed, 0.85) }
+
+// genPathsEnding is genPaths with a share of the conversations ending
+// with a customer.end (genPaths: 0.85).
+func genPathsEnding(n int, seed uint64, ends float64) ([]pconv, *pathTruth) {
 	r := rand.New(rand.NewPCG(seed, 7))
 	truth := newTruth()
 	ms := func(lo, hi float64) time.Duration {
@@ -91,7 +95,7 @@ func genPaths(n int, seed uint64) ([]pconv, *pathTruth) {
 	}
 	var convs []pconv
 	for i := 0; i < n; i++ {
-		c := pconv{id: fmt.Sprintf("9a7b0000-0000-4000-8000-%012d", i), ended: r.Float64() < 0.85}
+		c := pconv{id: fmt.Sprintf("9a7b0000-0000-4000-8000-%012d", i), ended: r.Float64() < ends}
 		c.endFirst = c.ended && r.Float64() < 0.3
 		at := pathsBase.Add(time.Duration(i) * 7 * time.Second)
 		flowStart := map[string]time.Time{}

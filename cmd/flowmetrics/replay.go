@@ -26,11 +26,6 @@ import (
 // memory.
 const replayBatch = 2000
 
-// replayInFlight is how many claims may be waiting for the store's sync
-// at once: while they do, the next is claimed, and one sync makes the
-// claims that are waiting durable together.
-const replayInFlight = 4
-
 // flushEvery bounds the occurrences held in the outbox before the sinks get
 // them, so a huge replay does not grow memory without bound. Small enough
 // that the embedded store deletes the delivered entries while they are
@@ -89,7 +84,7 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		if err != nil {
 			return err
 		}
-		r := &replayer{p: p, stderr: stderr, started: time.Now()}
+		r := &replayer{p: p, stderr: stderr, started: time.Now(), paths: newReplayCloser(p, cfg.Paths.IsEnabled(), cfg.Paths.WithDefaults().Grace)}
 		if file, ok := stderr.(*os.File); ok && f.progress && term.IsTerminal(int(file.Fd())) {
 			stopBar := r.showProgress(file, inputs)
 			defer stopBar()
@@ -339,6 +334,7 @@ func (c countingReader) Read(p []byte) (int, error) {
 
 type replayer struct {
 	p       *pipeline.Pipeline
+	paths   *replayCloser // nil: paths off
 	stderr  io.Writer
 	started time.Time
 	total   pipeline.Result
@@ -356,21 +352,19 @@ func (r *replayer) run(ctx context.Context, inputs []input) error {
 }
 
 // runOne decodes and prepares (sorts out, extracts, checks against the
-// known-key cache, admits flow/metric pairs) in one goroutine, starts each batch's claim in another
-// and finishes the claims (waits for their sync, counts, delivers) in a
-// third, so the next batch is decoded and prepared while the store claims
-// this one, and the store syncs the claims before while it claims the
-// next.
+// known-key cache, admits flow/metric pairs) in one goroutine and commits
+// in another, so the next batch is decoded and prepared while the store
+// claims (and syncs) this one.
 func (r *replayer) runOne(ctx context.Context, in input) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	batches := make(chan *pipeline.Prepared, 2)
+	batches := make(chan decodedBatch, 2)
 	decodeErr := make(chan error, 1)
 	go func() {
 		defer close(batches)
 		send := func(b []genesys.Record) error {
 			select {
-			case batches <- r.p.Prepare(ctx, b):
+			case batches <- decodedBatch{r.paths.summarize(b), r.p.Prepare(ctx, b)}:
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()
@@ -394,45 +388,54 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 		}
 		decodeErr <- err
 	}()
-	// Commits started, in order: a goroutine of their own waits for each
-	// to be durable and takes its result, while this one starts the next.
-	// The store syncs up to replayInFlight claims at once.
-	started := make(chan func() (pipeline.Result, error), replayInFlight-1)
-	finished := make(chan error, 1)
-	go func() {
-		var err error
-		var fl flusher
-		for finish := range started {
-			res, ferr := finish()
-			if ferr != nil {
-				if err == nil {
-					err = ferr
-					cancel()
-				}
-				continue
-			}
-			r.report(in.name, res)
-			if r.pending += res.Occurrences; r.pending >= flushEvery && err == nil {
-				r.pending = 0
-				if err = fl.start(ctx, r.p); err != nil {
-					cancel()
-				}
-			}
+	var ingestErr error
+	var fl flusher
+	fail := func(err error) {
+		if ingestErr == nil {
+			ingestErr = err
+			cancel()
 		}
-		if ferr := fl.wait(); ferr != nil && err == nil {
-			err = ferr
-		}
-		finished <- err
-	}()
-	for batch := range batches {
-		if ctx.Err() != nil {
+	}
+	// Each batch is taken before the one before it is done with, so the
+	// paths that close beside its claims can leave out its conversations
+	// (replayCloser).
+	for batch, more := <-batches; more; {
+		if ingestErr != nil {
+			batch, more = <-batches
 			continue // drain, so the decoder can stop
 		}
-		started <- r.p.StartCommit(ctx, batch)
+		res, err := r.p.Commit(ctx, batch.prepared)
+		closed, closeErr := r.paths.wait()
+		if err == nil {
+			err = closeErr
+		}
+		if err != nil {
+			fail(err)
+			continue
+		}
+		r.report(in.name, res)
+		r.paths.claimed(batch.paths)
+		if batch, more = <-batches; more {
+			if err := r.paths.start(ctx, batch.paths); err != nil {
+				fail(err)
+				continue
+			}
+		}
+		if r.pending += res.Occurrences + closed; r.pending >= flushEvery {
+			r.pending = 0
+			if err := fl.start(ctx, r.p); err != nil {
+				fail(err)
+			}
+		}
 	}
-	close(started)
-	if err := <-finished; err != nil {
-		return err
+	if _, err := r.paths.wait(); err != nil {
+		fail(err)
+	}
+	if err := fl.wait(); err != nil && ingestErr == nil {
+		ingestErr = err
+	}
+	if ingestErr != nil {
+		return ingestErr
 	}
 	return <-decodeErr
 }

@@ -83,8 +83,7 @@ func (g *claimGroup) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 // store (applied, with a store that can tell; answered, with any other),
 // and wait waits until it is durable and returns Claim's answer. wait must
 // be called, and soon: the calls grouped with this one get their answers
-// when it is. Replay starts a batch's claim, then waits for the claim
-// before it, so that one's sync overlaps this one's claim.
+// when it is.
 func (g *claimGroup) Start(ctx context.Context, reqs []flowmetrics.ClaimRequest) (wait func() ([]flowmetrics.Occurrence, error)) {
 	c := &groupCall{ctx: ctx, reqs: reqs}
 	answer := func() ([]flowmetrics.Occurrence, error) { return c.fresh, c.err }

@@ -366,8 +366,8 @@ func (p *Pipeline) Commit(ctx context.Context, b *Prepared) (Result, error) {
 // is in the store, where every later claim sees it (with a store that
 // can tell: the embedded one), and finish waits until the claim is
 // durable and returns what Commit returns. finish must be called, and
-// soon (concurrent Ingest calls may share the claim). Replay starts the
-// commit of the next batch before it finishes this one, so that the
+// soon (concurrent Ingest calls may share the claim). A caller may start
+// the commit of the next batch before it finishes this one, so that the
 // store's sync of one batch overlaps the claim of the next.
 func (p *Pipeline) StartCommit(ctx context.Context, b *Prepared) (finish func() (Result, error)) {
 	res, c := b.res, &b.c

@@ -809,7 +809,7 @@ func TestPreparedAheadCountOnce(t *testing.T) {
 	// Every batch is prepared before the first is committed.
 	batches := []*Prepared{
 		p.Prepare(ctx, []genesys.Record{event("c1", a), event("c1", a, b)}), // a twice in one batch
-		p.Prepare(ctx, []genesys.Record{event("c1", a, b), event("c2", a)}),  // a and b again, a under c2
+		p.Prepare(ctx, []genesys.Record{event("c1", a, b), event("c2", a)}), // a and b again, a under c2
 		p.Prepare(ctx, []genesys.Record{event("c1", a, b, c)}),
 	}
 	total := 0

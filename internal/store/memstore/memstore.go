@@ -214,19 +214,59 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 			heap.Push(&s.due, dueItem{c.path.Due, it.conv})
 			continue
 		}
-		cp := flowmetrics.ClosedPath{ConversationID: it.conv, Ended: c.path.Ended}
-		cp.Keys = make([]string, 0, c.keys.Len())
-		c.keys.All(func(k string) bool { cp.Keys = append(cp.Keys, k); return true })
-		points = append(points, derive(cp)...)
-		c.path = c.path.Close()
-		c.changed = now.UnixNano()
+		points = append(points, closePath(it.conv, c, now, derive)...)
 		n++
 	}
+	s.addPaths(points)
+	return n, nil
+}
+
+// ClosePathsOf implements flowmetrics.PathCloser: it closes those of the
+// named conversations whose path is open and due at asOf (their items in
+// the heap become stale), with one outbox entry.
+func (s *Store) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, derive flowmetrics.Deriver) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if s.opts.Paths == nil {
+		return 0, flowmetrics.ErrPathsUnsupported
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return 0, errClosed
+	}
+	now := s.opts.Now()
+	var points []flowmetrics.PathPoint
+	n := 0
+	for _, id := range ids {
+		c := s.convs[id]
+		if c == nil || c.path == (store.Path{}) || c.path.Closed || c.path.Refile(asOf) || s.opts.Expired(timeOf(c.changed), now) {
+			continue // unknown, closed, not due or expired
+		}
+		points = append(points, closePath(id, c, now, derive)...)
+		n++
+	}
+	s.addPaths(points)
+	return n, nil
+}
+
+// closePath closes c's path and returns its points. s.mu is held.
+func closePath(id string, c *conversation, now time.Time, derive flowmetrics.Deriver) []flowmetrics.PathPoint {
+	cp := flowmetrics.ClosedPath{ConversationID: id, Ended: c.path.Ended}
+	cp.Keys = make([]string, 0, c.keys.Len())
+	c.keys.All(func(k string) bool { cp.Keys = append(cp.Keys, k); return true })
+	c.path = c.path.Close()
+	c.changed = now.UnixNano()
+	return derive(cp)
+}
+
+// addPaths appends an outbox entry of points, if any. s.mu is held.
+func (s *Store) addPaths(points []flowmetrics.PathPoint) {
 	if len(points) > 0 {
 		s.last++
 		s.entries = append(s.entries, flowmetrics.Entry{Seq: s.last, Paths: points})
 	}
-	return n, nil
 }
 
 // Sweep removes expired conversations and returns how many.

@@ -89,25 +89,15 @@ const closeExamine = 4
 // it), so a call does not step over the deleted entries of the calls
 // before it, which Pebble keeps until a compaction.
 func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, derive flowmetrics.Deriver) (closed int, err error) {
-	if err := ctx.Err(); err != nil {
-		return 0, err
-	}
-	if s.opts.Paths == nil {
-		return 0, flowmetrics.ErrPathsUnsupported
-	}
-	if err := s.usable(); err != nil {
+	if err := s.canClose(ctx); err != nil {
 		return 0, err
 	}
 	defer s.fatal.recover(&err)
 	if limit <= 0 {
 		limit = store.ClosePathsLimit
 	}
-	type due struct {
-		id string
-		at int64
-	}
 	floor := s.dueFloor.Load()
-	var found []due
+	var found []closing
 	err = s.scanRange(dueKey(floor, ""), dueKey(asOf.UnixNano()+1, ""), func(k, _ []byte) error {
 		if len(found) >= closeExamine*limit {
 			return errStop
@@ -116,7 +106,7 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 		if len(k) < 8 {
 			return nil
 		}
-		found = append(found, due{string(k[8:]), int64(binary.BigEndian.Uint64(k[:8]))})
+		found = append(found, closing{id: string(k[8:]), at: int64(binary.BigEndian.Uint64(k[:8]))})
 		return nil
 	})
 	if err != nil && !errors.Is(err, errStop) {
@@ -125,6 +115,63 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 	if len(found) == 0 {
 		return 0, nil
 	}
+	closed, last, err := s.closeAll(found, limit, asOf, derive)
+	if err != nil {
+		return 0, err
+	}
+	// Every entry before last's deadline is gone now, unless a claim filed
+	// one there since the call began (it lowered the floor, and the swap
+	// fails).
+	if last != 0 {
+		s.dueFloor.CompareAndSwap(floor, max(last, floor))
+	}
+	return closed, nil
+}
+
+// ClosePathsOf implements flowmetrics.PathCloser: it closes those of the
+// named conversations whose path is open and due at asOf, as ClosePaths
+// would (their entries in the deadline index go with the close), in one
+// synced batch with one outbox entry. A replay names the conversations
+// whose end its clock has passed, while their headers are still recent.
+func (s *Store) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, derive flowmetrics.Deriver) (closed int, err error) {
+	if err := s.canClose(ctx); err != nil {
+		return 0, err
+	}
+	defer s.fatal.recover(&err)
+	seen := make(map[string]bool, len(ids))
+	cs := make([]closing, 0, len(ids))
+	for _, id := range ids {
+		if store.CheckID(id) == nil && !seen[id] {
+			seen[id] = true
+			cs = append(cs, closing{id: id, at: byName})
+		}
+	}
+	if len(cs) == 0 {
+		return 0, nil
+	}
+	closed, _, err = s.closeAll(cs, len(cs), asOf, derive)
+	return closed, err
+}
+
+func (s *Store) canClose(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if s.opts.Paths == nil {
+		return flowmetrics.ErrPathsUnsupported
+	}
+	return s.usable()
+}
+
+// byName is closing.at of a conversation named to ClosePathsOf, not found
+// in the deadline index.
+const byName = -1
+
+// closeAll closes up to limit of found (entries of the deadline index in
+// deadline order, or named conversations) that are due at asOf, under
+// their locks, in one synced batch with the outbox entry of their points.
+// last is the deadline of the last index entry it dealt with.
+func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flowmetrics.Deriver) (closed int, last int64, err error) {
 	ids := make([]string, len(found))
 	for i, f := range found {
 		ids[i] = f.id
@@ -134,46 +181,80 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 	now := s.opts.Now()
 	b := s.db.NewBatch()
 	defer b.Close()
-	// One iterator reads every header and key the call needs, each chunk's
-	// in key order: a seek that only moves forward reuses the blocks and
-	// positions of the one before, where a Get each started over.
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: keyPrefix, UpperBound: prefixEnd(keyPrefix)})
-	if err != nil {
-		return 0, fmt.Errorf("pebblestore: close paths: %w", err)
+	// Headers are point reads (Get stops at the newest level that holds
+	// one, the memtable when it was written lately, and Bloom filters
+	// answer for the tables that do not); the keys of a conversation
+	// whose header carries no copy of them are read through one iterator,
+	// in key order, opened only when needed.
+	var it *pebble.Iterator
+	defer func() {
+		if it != nil {
+			it.Close()
+		}
+	}()
+	iter := func() (*pebble.Iterator, error) {
+		if it == nil {
+			var err error
+			if it, err = s.db.NewIter(&pebble.IterOptions{LowerBound: keyPrefix, UpperBound: prefixEnd(keyPrefix)}); err != nil {
+				it = nil
+				return nil, fmt.Errorf("pebblestore: close paths: %w", err)
+			}
+		}
+		return it, nil
 	}
-	defer it.Close()
 	var derived [][]flowmetrics.PathPoint
 	npoints := 0
-	last := floor
+	// The batch is written in key order (the index's changes, then the
+	// headers, then the outbox entry), as a claim's is: Pebble inserts
+	// each key into its memtable from where the one before went.
+	var index [][2][]byte // deadline index changes: key, and nil to delete or an empty value to set
+	var headers [][2][]byte
 	// The entries in deadline order, a chunk at a time of at most the
 	// paths still to close, so no header is read beyond the limit.
 	for rest := found; len(rest) > 0 && closed < limit; {
-		chunk := rest[:min(limit-closed, len(rest))]
-		rest = rest[len(chunk):]
-		cs := make([]closing, len(chunk))
-		for i, f := range chunk {
-			cs[i] = closing{id: f.id, at: f.at}
+		cs := rest[:min(limit-closed, len(rest))]
+		rest = rest[len(cs):]
+		for _, c := range cs {
+			if c.at != byName {
+				last = max(last, c.at)
+			}
 		}
-		if err := s.readClosing(it, cs, asOf, now); err != nil {
-			return 0, err
+		if err := s.readClosing(iter, cs, asOf, now); err != nil {
+			return 0, 0, err
 		}
 		for i := range cs {
 			c := &cs[i]
-			last = c.at
-			if err := b.Delete(dueKey(c.at, c.id), nil); err != nil {
-				return 0, fmt.Errorf("pebblestore: close paths: %w", err)
+			if c.at != byName {
+				index = append(index, [2][]byte{dueKey(c.at, c.id), nil})
 			}
 			switch c.action {
 			case closeRefile:
-				b.Set(dueKey(c.h.path.Filed, c.id), nil, nil)
-				b.Set(headerKey(c.id), c.h.encode(), nil)
+				index = append(index, [2][]byte{dueKey(c.h.path.Filed, c.id), {}})
+				headers = append(headers, [2][]byte{headerKey(c.id), c.h.encode()})
 			case closeNow:
+				if c.at == byName && c.h.path.Filed != 0 {
+					index = append(index, [2][]byte{dueKey(c.h.path.Filed, c.id), nil})
+				}
 				derived = append(derived, derive(flowmetrics.ClosedPath{ConversationID: c.id, Ended: c.h.path.Ended, Keys: c.keys}))
 				npoints += len(derived[len(derived)-1])
 				c.h.path = c.h.path.Close()
 				c.h.changed = now.UnixNano()
-				b.Set(headerKey(c.id), c.h.encode(), nil)
+				headers = append(headers, [2][]byte{headerKey(c.id), c.h.encode()})
 				closed++
+			}
+		}
+	}
+	for _, ops := range [][][2][]byte{index, headers} {
+		slices.SortStableFunc(ops, func(a, b [2][]byte) int { return bytes.Compare(a[0], b[0]) })
+		for _, op := range ops {
+			var err error
+			if op[1] == nil {
+				err = b.Delete(op[0], nil)
+			} else {
+				err = b.Set(op[0], op[1], nil)
+			}
+			if err != nil {
+				return 0, 0, fmt.Errorf("pebblestore: close paths: %w", err)
 			}
 		}
 	}
@@ -185,51 +266,52 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 			points = append(points, d...)
 		}
 	}
+	if b.Empty() {
+		return 0, last, nil
+	}
 	var seq uint64
 	if len(points) > 0 {
 		seq = s.seq.Begin()
 		if err := b.Set(outboxKey(seq), encodeEntry(nil, points), nil); err != nil {
 			s.seq.End(seq, 0, false)
-			return 0, fmt.Errorf("pebblestore: close paths: %w", err)
+			return 0, 0, fmt.Errorf("pebblestore: close paths: %w", err)
 		}
 	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		if len(points) > 0 {
 			s.seq.End(seq, 0, false)
 		}
-		return 0, fmt.Errorf("pebblestore: close paths: %w", err)
+		return 0, 0, fmt.Errorf("pebblestore: close paths: %w", err)
 	}
 	if len(points) > 0 {
 		s.seq.End(seq, int64(len(points)), true)
 	}
-	// Every entry before last's deadline is gone now, unless a claim filed
-	// one there since the call began (it lowered the floor, and the swap
-	// fails).
-	s.dueFloor.CompareAndSwap(floor, last)
-	return closed, nil
+	return closed, last, nil
 }
 
-// closing is one deadline index entry a ClosePaths call looks at: what
-// it found in the conversation's header, and what it does with it.
+// closing is one deadline index entry a ClosePaths call looks at, or a
+// conversation named to ClosePathsOf: what it found in the conversation's
+// header, and what it does with it.
 type closing struct {
-	id     string
-	at     int64 // the deadline the entry is filed under
+	id string
+	at int64 // the deadline the entry is filed under; byName: none
+
 	h      header
 	action int
 	keys   []string // closeNow: the keys of its epoch
 }
 
 const (
-	closeStale  = iota // closed, filed again, expired or gone: drop the entry
+	closeStale  = iota // closed, filed again, expired or gone: drop the entry (named: not due)
 	closeRefile        // not due yet (its deadline moved): file it again
 	closeNow
 )
 
 // readClosing reads the headers of cs, decides each one's action as of
-// asOf and now, and reads the keys of those that close; it reads through
-// it, in key order (each header, then its keys), whatever order cs is
-// in.
-func (s *Store) readClosing(it *pebble.Iterator, cs []closing, asOf, now time.Time) error {
+// asOf and now, and reads the keys of those that close and whose header
+// carries no copy of them (through iter's iterator); it reads in key
+// order (each header, then its keys), whatever order cs is in.
+func (s *Store) readClosing(iter func() (*pebble.Iterator, error), cs []closing, asOf, now time.Time) error {
 	order := make([]*closing, len(cs))
 	for i := range cs {
 		order[i] = &cs[i]
@@ -242,25 +324,22 @@ func (s *Store) readClosing(it *pebble.Iterator, cs []closing, asOf, now time.Ti
 		}
 		return strings.Compare(a.id, b.id)
 	})
-	var key []byte
 	for _, c := range order {
-		key = append(key[:0], headerKey(c.id)...)
-		if !seekAhead(it, key) || !bytes.Equal(it.Key(), key) {
-			if err := it.Error(); err != nil {
-				return fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
-			}
-			continue // gone: stale
-		}
-		h, err := decodeHeader(it.Value())
+		h, ok, err := s.header(c.id)
 		if err != nil {
-			return fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
+			return err
+		}
+		if !ok {
+			continue // gone: stale
 		}
 		c.h = h
 		p := h.path
 		switch {
-		case p.Closed || p.Filed != c.at || s.opts.Expired(time.Unix(0, h.changed), now):
+		case p.Closed || p == (store.Path{}) || c.at != byName && p.Filed != c.at || s.opts.Expired(time.Unix(0, h.changed), now):
 			// Closed by a call that held the lock first, filed again, or
 			// expired: a stale entry, nothing to close.
+		case c.at == byName && p.Refile(asOf):
+			// Named, not due: its entry in the index stays.
 		case p.Refile(asOf):
 			c.h.path.Filed = p.Due
 			c.action = closeRefile
@@ -273,30 +352,16 @@ func (s *Store) readClosing(it *pebble.Iterator, cs []closing, asOf, now time.Ti
 		default:
 			// Its keys follow the header.
 			c.action = closeNow
+			it, err := iter()
+			if err != nil {
+				return err
+			}
 			if c.keys, err = keysOf(it, c.id, c.h.epoch, c.h.keys); err != nil {
 				return fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
 			}
 		}
 	}
 	return nil
-}
-
-// seekAhead positions it at the first key at or after key, which is after
-// where it is: when many conversations close at once their headers are
-// neighbours, and a step or two forward costs far less than a seek.
-func seekAhead(it *pebble.Iterator, key []byte) bool {
-	for range 8 {
-		if !it.Valid() || bytes.Compare(it.Key(), key) >= 0 {
-			break
-		}
-		if !it.Next() {
-			return false
-		}
-		if bytes.Compare(it.Key(), key) >= 0 {
-			return true
-		}
-	}
-	return it.SeekGE(key)
 }
 
 // keysOf returns the keys of epoch a conversation holds (n of them, as

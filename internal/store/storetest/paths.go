@@ -110,6 +110,7 @@ func runPaths(t *testing.T, h Harness) {
 	t.Run("PathLateAttributes", func(t *testing.T) { testPathLate(t, h) })
 	t.Run("PathClosesOnceUnderConcurrency", func(t *testing.T) { testPathConcurrent(t, h) })
 	t.Run("PathLimitAndIndex", func(t *testing.T) { testPathLimit(t, h) })
+	t.Run("PathClosesByName", func(t *testing.T) { testPathByName(t, h) })
 	t.Run("PathRetention", func(t *testing.T) { testPathRetention(t, h) })
 	if h.Reopen != nil {
 		t.Run("PathDurable", func(t *testing.T) { testPathDurable(t, h) })
@@ -360,6 +361,59 @@ func testPathLimit(t *testing.T, h Harness) {
 	// Ended conversations with no keys close with no points.
 	if pts := pathPoints(readAll(t, s, 0)); len(pts) != 10 {
 		t.Errorf("got %d path points, want 10 exits of keyless paths", len(pts))
+	}
+}
+
+// testPathByName: a store that closes named paths (flowmetrics.PathCloser)
+// closes those due, once, whether named or found in its index, and leaves
+// the others open.
+func testPathByName(t *testing.T, h Harness) {
+	clock := NewClock(t0)
+	s := h.Open(t, pathOpts(clock))
+	pc, ok := s.(flowmetrics.PathCloser)
+	if !ok {
+		t.Skip("the store does not close named paths")
+	}
+	d := newRecordDerive()
+	closeOf := func(asOf time.Time, ids ...string) int {
+		t.Helper()
+		n, err := pc.ClosePathsOf(context.Background(), ids, asOf, d.derive)
+		if err != nil {
+			t.Fatalf("ClosePathsOf: %v", err)
+		}
+		return n
+	}
+	a, b := Occ("F", "A", t0), Occ("F", "B", t0)
+	mustClaimReqs(t, s, req("ended", a), end("ended"), req("open", b))
+	if n := closeOf(clock.Now().Add(grace-time.Nanosecond), "ended", "open", "unknown"); n != 0 {
+		t.Errorf("closed %d before the grace passed, want 0", n)
+	}
+	if n := closeOf(clock.Now().Add(grace), "ended", "ended", "open", "unknown"); n != 1 {
+		t.Errorf("closed %d at end+grace, want 1 (the ended one)", n)
+	}
+	if n := closeOf(clock.Now().Add(10*idle), "ended"); n != 0 {
+		t.Errorf("closed %d again, want 0", n)
+	}
+	if n := mustClose(t, s, clock.Now().Add(grace), d); n != 0 {
+		t.Errorf("the index closed %d more at end+grace, want 0", n)
+	}
+	if n := mustClose(t, s, clock.Now().Add(2*idle), d); n != 1 {
+		t.Errorf("the index closed %d after the idle timeout, want 1 (the open one)", n)
+	}
+	if got, want := d.closedKeys("ended"), fmt.Sprintf("true[%s]", a.Key); got != want {
+		t.Errorf("ended: derived from %s, want %s", got, want)
+	}
+	if got, want := d.closedKeys("open"), fmt.Sprintf("false[%s]", b.Key); got != want {
+		t.Errorf("open: derived from %s, want %s", got, want)
+	}
+	exits := map[string]int{}
+	for _, p := range pathPoints(readAll(t, s, 0)) {
+		if p.Kind == flowmetrics.PathExit {
+			exits[p.Conversation]++
+		}
+	}
+	if exits["ended"] != 1 || exits["open"] != 1 || len(exits) != 2 {
+		t.Errorf("outbox exits per conversation: %v, want one each of ended and open", exits)
 	}
 }
 

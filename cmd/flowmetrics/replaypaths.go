@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
+	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+)
+
+// replayCloser closes, while a replay reads its input, the paths of the
+// conversations whose customer.end it read, once the replay's clock has
+// passed the end by the grace (docs/PATHS.md, "When a path closes"). The
+// replay's clock is event time: after each batch of records, the median
+// event time of the batch, if later than the clock (a median, so that a
+// few records far off in time neither hold it back nor push it ahead). A
+// conversation's end is dated by the clock after the batch that brought it
+// (its arrival, as serve dates it by its own clock), and its path is due
+// once the clock is past that date plus the grace.
+//
+// The closes of one batch run beside the claims of the next, which must not
+// race them: a conversation with records in the next batch waits for the
+// batch after it, and every close is done before the batch after next is
+// claimed. So which records a path holds depends on the input alone, and a
+// replay that is killed and run again on the same input closes the same
+// paths with the same keys (each once: the close and its outbox entry are
+// one atomic write, and the store closes no path twice).
+//
+// In time-ordered input (an archive of deliveries), the records of a
+// conversation that come after its end by more than the grace count as
+// late, as they would in serve. In input out of time order the clock runs
+// ahead of few ends, and most paths close at the end of the input, as if
+// it were complete.
+type replayCloser struct {
+	p     *pipeline.Pipeline
+	grace time.Duration
+	clock int64 // unix ns; 0 until a batch had event times
+	// ended holds the conversations whose end was read, oldest first (so
+	// in the order they are due), at most maxReplayEnded; ends beyond
+	// that close at the end of the input.
+	ended []replayEnd
+	head  int
+	// later are due conversations that had records in the batch claimed
+	// beside their close: they are closed after it.
+	later []string
+	job   chan replayCloseResult
+}
+
+type replayEnd struct {
+	due int64
+	id  string
+}
+
+type replayCloseResult struct {
+	closed int
+	err    error
+}
+
+// maxReplayEnded bounds the ends a replay holds in memory for closing
+// during the input (some 80 bytes each).
+const maxReplayEnded = 100_000
+
+// newReplayCloser returns nil when paths are off.
+func newReplayCloser(p *pipeline.Pipeline, on bool, grace time.Duration) *replayCloser {
+	if !on {
+		return nil
+	}
+	return &replayCloser{p: p, grace: grace}
+}
+
+// decodedBatch is a batch of records as the replay hands it from its
+// decoding goroutine to its claiming one.
+type decodedBatch struct {
+	paths    *batchPaths // nil: paths off
+	prepared *pipeline.Prepared
+}
+
+// batchPaths is what the replay's path clock needs of a batch of records.
+type batchPaths struct {
+	median int64    // median event time, unix ns (0: none)
+	ends   []string // conversations whose end the batch holds
+	convs  map[string]bool
+}
+
+// summarize takes from recs what the clock needs, in the goroutine that
+// decodes them (a prepared batch holds no records).
+func (c *replayCloser) summarize(recs []genesys.Record) *batchPaths {
+	if c == nil {
+		return nil
+	}
+	b := &batchPaths{convs: make(map[string]bool, len(recs)/2)}
+	times := make([]int64, 0, len(recs))
+	for _, r := range recs {
+		if r.Outcome != genesys.Accepted || r.Event == nil {
+			continue
+		}
+		b.convs[r.Event.ConversationID] = true
+		if r.Event.Ended {
+			// Held until its path is due: a copy of its own.
+			b.ends = append(b.ends, strings.Clone(r.Event.ConversationID))
+		}
+		if !r.Event.EventTime.IsZero() {
+			times = append(times, r.Event.EventTime.UnixNano())
+		}
+	}
+	if len(times) > 0 {
+		slices.Sort(times)
+		b.median = times[len(times)/2]
+	}
+	return b
+}
+
+// claimed takes a batch the pipeline claimed: it moves the clock and dates
+// the batch's ends.
+func (c *replayCloser) claimed(b *batchPaths) {
+	if c == nil {
+		return
+	}
+	c.clock = max(c.clock, b.median)
+	if c.clock == 0 {
+		return
+	}
+	if c.head > len(c.ended)/2 {
+		c.ended = append(c.ended[:0], c.ended[c.head:]...)
+		c.head = 0
+	}
+	due := c.clock + int64(c.grace)
+	for _, id := range b.ends {
+		if len(c.ended)-c.head < maxReplayEnded {
+			c.ended = append(c.ended, replayEnd{due, id})
+		}
+	}
+}
+
+// start closes, beside the claims of next, the paths due that have no
+// record in next. The closes started before must have been waited for.
+func (c *replayCloser) start(ctx context.Context, next *batchPaths) error {
+	if c == nil {
+		return nil
+	}
+	if _, err := c.wait(); err != nil {
+		return err // not reached: the caller waited
+	}
+	ids := c.later
+	c.later = nil
+	for c.head < len(c.ended) && c.ended[c.head].due <= c.clock {
+		ids = append(ids, c.ended[c.head].id)
+		c.ended[c.head] = replayEnd{}
+		c.head++
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	now := ids[:0]
+	for _, id := range ids {
+		if next.convs[id] {
+			c.later = append(c.later, id)
+		} else {
+			now = append(now, id)
+		}
+	}
+	if len(now) == 0 {
+		return nil
+	}
+	c.job = make(chan replayCloseResult, 1)
+	go func(job chan<- replayCloseResult) {
+		// Due in the store's own clock too: the end was claimed before
+		// now, and is due the grace after its claim.
+		n, err := c.p.ClosePathsOf(ctx, now, time.Now().Add(c.grace))
+		job <- replayCloseResult{n, err}
+	}(c.job)
+	return nil
+}
+
+// wait waits for the closes running, if any, and returns how many they
+// closed.
+func (c *replayCloser) wait() (int, error) {
+	if c == nil || c.job == nil {
+		return 0, nil
+	}
+	r := <-c.job
+	c.job = nil
+	return r.closed, r.err
+}
