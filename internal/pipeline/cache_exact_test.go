@@ -139,50 +139,59 @@ func TestKnownCacheNameTableFull(t *testing.T) {
 }
 
 // TestKnownCacheHashCollisions finds conversation ids whose hashes are
-// equal (and so share their index slot), and checks that each knows only
-// its own keys, and that either stays found when the other is evicted.
+// equal (and so share their index slot): two UUIDs, a UUID and another
+// id, two other ids. It checks that each knows only its own keys, and that
+// either stays found when the other is evicted.
 func TestKnownCacheHashCollisions(t *testing.T) {
 	now := time.Now()
-	c := newKnownCache(2, 1<<30, time.Hour)
-	seen := map[uint32]string{}
-	var a, b string
-	for i := 0; a == ""; i++ {
-		id := fmt.Sprintf("%08x-0001-4001-810d-38c7c42b8f0e", i)
-		if i%2 == 1 {
-			id = fmt.Sprintf("conv-%d", i)
-		}
-		h := uint32(maphash.String(c.seed, id))
-		if o, ok := seen[h]; ok {
-			a, b = o, id
-		}
-		seen[h] = id
-	}
-	t.Logf("%q and %q share hash %08x", a, b, uint32(maphash.String(c.seed, a)))
-	ka := []flowmetrics.Occurrence{{Key: "FlowMetric_A(2026-12-06T02:00:00Z)"}}
-	kb := []flowmetrics.Occurrence{{Key: "FlowMetric_B(2026-12-06T02:00:00Z)"}}
-	c.learn(a, []string{ka[0].Key}, now)
-	c.learn(b, []string{kb[0].Key}, now)
-	check := func(when string, aHeld, bHeld bool) {
-		t.Helper()
-		for _, x := range []struct {
-			conv       string
-			own, other []flowmetrics.Occurrence
-			held       bool
-		}{{a, ka, kb, aHeld}, {b, kb, ka, bHeld}} {
-			if got := len(c.unknown(x.conv, x.own, now)) == 0; got != x.held {
-				t.Errorf("%s: %q knows its key: %v, want %v", when, x.conv, got, x.held)
+	uuid := func(i int) string { return fmt.Sprintf("%08x-0001-4001-810d-38c7c42b8f0e", i) }
+	other := func(i int) string { return fmt.Sprintf("conv-%d", i) }
+	for _, kind := range []struct {
+		name   string
+		ia, ib func(int) string
+	}{{"two UUIDs", uuid, uuid}, {"a UUID and another id", uuid, other}, {"two other ids", other, other}} {
+		t.Run(kind.name, func(t *testing.T) {
+			c := newKnownCache(2, 1<<30, time.Hour)
+			seenA, seenB := map[uint32]string{}, map[uint32]string{}
+			var a, b string
+			for i := 0; a == ""; i++ {
+				x, y := kind.ia(i), kind.ib(i)
+				hx, hy := uint32(maphash.String(c.seed, x)), uint32(maphash.String(c.seed, y))
+				if o, ok := seenB[hx]; ok && o != x {
+					a, b = x, o
+				} else if o, ok := seenA[hy]; ok && o != y {
+					a, b = o, y
+				}
+				seenA[hx], seenB[hy] = x, y
 			}
-			if len(c.unknown(x.conv, x.other, now)) == 0 {
-				t.Errorf("%s: %q knows the other's key", when, x.conv)
+			t.Logf("%q and %q share hash %08x", a, b, uint32(maphash.String(c.seed, a)))
+			ka := []flowmetrics.Occurrence{{Key: "FlowMetric_A(2026-12-06T02:00:00Z)"}}
+			kb := []flowmetrics.Occurrence{{Key: "FlowMetric_B(2026-12-06T02:00:00Z)"}}
+			c.learn(a, []string{ka[0].Key}, now)
+			c.learn(b, []string{kb[0].Key}, now)
+			check := func(when string, aHeld, bHeld bool) {
+				t.Helper()
+				for _, x := range []struct {
+					conv       string
+					own, other []flowmetrics.Occurrence
+					held       bool
+				}{{a, ka, kb, aHeld}, {b, kb, ka, bHeld}} {
+					if got := len(c.unknown(x.conv, x.own, now)) == 0; got != x.held {
+						t.Errorf("%s: %q knows its key: %v, want %v", when, x.conv, got, x.held)
+					}
+					if len(c.unknown(x.conv, x.other, now)) == 0 {
+						t.Errorf("%s: %q knows the other's key", when, x.conv)
+					}
+				}
 			}
-		}
+			check("both held", true, true)
+			c.learn("third", []string{ka[0].Key}, now) // evicts a, the least recent
+			check("a evicted", false, true)
+			c.unknown("third", ka, now)          // more recent than b
+			c.learn(a, []string{ka[0].Key}, now) // evicts b
+			check("b evicted", true, false)
+		})
 	}
-	check("both held", true, true)
-	c.learn("third", []string{ka[0].Key}, now) // evicts a, the least recent
-	check("a evicted", false, true)
-	c.unknown("third", ka, now)          // more recent than b
-	c.learn(a, []string{ka[0].Key}, now) // evicts b
-	check("b evicted", true, false)
 }
 
 // TestKnownCacheAgainstModel runs random learns and lookups over many
