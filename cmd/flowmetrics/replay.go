@@ -352,9 +352,9 @@ func (r *replayer) run(ctx context.Context, inputs []input) error {
 }
 
 // runOne decodes and prepares (sorts out, extracts, checks against the
-// known-key cache) in one goroutine and commits in another, so the next
-// batch is decoded and prepared while the store claims (and syncs) this
-// one.
+// known-key cache, admits flow/metric pairs) in one goroutine and commits
+// in another, so the next batch is decoded and prepared while the store
+// claims (and syncs) this one.
 func (r *replayer) runOne(ctx context.Context, in input) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -364,7 +364,7 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 		defer close(batches)
 		send := func(b []genesys.Record) error {
 			select {
-			case batches <- decodedBatch{r.paths.summarize(b), r.p.Prepare(b)}:
+			case batches <- decodedBatch{r.paths.summarize(b), r.p.Prepare(ctx, b)}:
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()

@@ -18,8 +18,10 @@ const (
 )
 
 // claimGroup lets concurrent Ingest calls share one Store.Claim. While one
-// claim is in the store, the calls that arrive wait; when it returns, the
-// first of them claims for all of them at once. So one durable write (one
+// claim is going into the store, the calls that arrive wait; when it
+// returns (or, with a store that can start a claim before it is durable,
+// as soon as it is applied: see claimStarter), the first of them claims
+// for all of them at once. So one durable write (one
 // fsync of the embedded store) answers a whole group, and concurrent
 // requests over the same conversations no longer queue one behind another
 // for the store's per-conversation locks, each with a sync of its own. A
@@ -34,10 +36,31 @@ const (
 // group (nothing of them is acknowledged; retrying is safe).
 type claimGroup struct {
 	claim func(context.Context, []flowmetrics.ClaimRequest) ([]flowmetrics.Occurrence, error)
+	// start, when set, is the store's claim in two halves (claimStarter):
+	// the next group goes to the store as soon as the one before is
+	// applied, while that one's sync is still under way.
+	start func(context.Context, []flowmetrics.ClaimRequest) func() ([]flowmetrics.Occurrence, error)
 
 	mu      sync.Mutex
-	busy    bool         // a group is in the store
+	busy    bool         // a group is going into the store
 	waiting []*groupCall // calls that arrived meanwhile, in order
+}
+
+// claimStarter is a store whose claims can overlap: StartClaim returns
+// once its claim is applied, so that any later claim sees it, and the
+// function it returns waits until the claim is durable and returns what
+// Claim returns. A later claim is durable only once the claims started
+// before it are (pebblestore: they precede it in the write-ahead log).
+type claimStarter interface {
+	StartClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (wait func() ([]flowmetrics.Occurrence, error))
+}
+
+func newClaimGroup(st flowmetrics.Store) *claimGroup {
+	g := &claimGroup{claim: st.Claim}
+	if s, ok := st.(claimStarter); ok {
+		g.start = s.StartClaim
+	}
+	return g
 }
 
 type groupCall struct {
@@ -53,29 +76,41 @@ type groupCall struct {
 
 // Claim is Store.Claim, shared with the calls made at the same time.
 func (g *claimGroup) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]flowmetrics.Occurrence, error) {
+	return g.Start(ctx, reqs)()
+}
+
+// Start is Claim in two halves: it returns once the call's claim is in the
+// store (applied, with a store that can tell; answered, with any other),
+// and wait waits until it is durable and returns Claim's answer. wait must
+// be called, and soon: the calls grouped with this one get their answers
+// when it is.
+func (g *claimGroup) Start(ctx context.Context, reqs []flowmetrics.ClaimRequest) (wait func() ([]flowmetrics.Occurrence, error)) {
 	c := &groupCall{ctx: ctx, reqs: reqs}
+	answer := func() ([]flowmetrics.Occurrence, error) { return c.fresh, c.err }
 	g.mu.Lock()
 	if !g.busy {
 		g.busy = true
 		g.mu.Unlock()
-		g.run([]*groupCall{c})
-		return c.fresh, c.err
+		finish := g.run([]*groupCall{c})
+		return func() ([]flowmetrics.Occurrence, error) { finish(); return answer() }
 	}
 	c.done = make(chan struct{})
 	g.waiting = append(g.waiting, c)
 	g.mu.Unlock()
 	<-c.done
 	if c.lead != nil {
-		g.run(c.lead)
+		finish := g.run(c.lead)
+		return func() ([]flowmetrics.Occurrence, error) { finish(); return answer() }
 	}
-	return c.fresh, c.err
+	return answer
 }
 
-// run claims for group (its first call is the caller's own), answers the
-// others, and hands what waits to the next leader.
-func (g *claimGroup) run(group []*groupCall) {
+// run starts the claim of group (its first call is the caller's own) and
+// hands what waits to the next leader, which may start its own claim at
+// once; finish waits for the claim and answers the group's other calls.
+func (g *claimGroup) run(group []*groupCall) (finish func()) {
 	group, later := split(group)
-	g.claimAll(group)
+	wait := g.startAll(group)
 	g.mu.Lock()
 	next := append(later, g.waiting...)
 	g.waiting = nil
@@ -83,9 +118,6 @@ func (g *claimGroup) run(group []*groupCall) {
 		g.busy = false
 	}
 	g.mu.Unlock()
-	for _, c := range group[1:] {
-		close(c.done)
-	}
 	if len(next) > 0 {
 		next[0].lead = next
 		if next[0].done == nil {
@@ -94,6 +126,12 @@ func (g *claimGroup) run(group []*groupCall) {
 			next[0].done = make(chan struct{})
 		}
 		close(next[0].done)
+	}
+	return func() {
+		wait()
+		for _, c := range group[1:] {
+			close(c.done)
+		}
 	}
 }
 
@@ -147,11 +185,24 @@ func clashes(c *groupCall, convOf map[string]string, mixed map[string]bool) bool
 
 // claimAll makes one Store.Claim of every call's requests and hands each
 // call its part of the answer.
-func (g *claimGroup) claimAll(group []*groupCall) {
+func (g *claimGroup) claimAll(group []*groupCall) { g.startAll(group)() }
+
+// storeStart starts a store claim; wait returns its answer.
+func (g *claimGroup) storeStart(ctx context.Context, reqs []flowmetrics.ClaimRequest) (wait func() ([]flowmetrics.Occurrence, error)) {
+	if g.start != nil {
+		return g.start(ctx, reqs)
+	}
+	fresh, err := g.claim(ctx, reqs)
+	return func() ([]flowmetrics.Occurrence, error) { return fresh, err }
+}
+
+// startAll starts one store claim of every call's requests; finish waits
+// for it and hands each call its part of the answer.
+func (g *claimGroup) startAll(group []*groupCall) (finish func()) {
 	if len(group) == 1 {
 		c := group[0]
-		c.fresh, c.err = g.claim(c.ctx, c.reqs)
-		return
+		wait := g.storeStart(c.ctx, c.reqs)
+		return func() { c.fresh, c.err = wait() }
 	}
 	n := 0
 	for _, c := range group {
@@ -163,7 +214,13 @@ func (g *claimGroup) claimAll(group []*groupCall) {
 	}
 	// The claim answers every call of the group: the leader's request
 	// ending must not cut it off for the others.
-	fresh, err := g.claim(context.WithoutCancel(group[0].ctx), all)
+	wait := g.storeStart(context.WithoutCancel(group[0].ctx), all)
+	return func() { answerAll(group, wait) }
+}
+
+// answerAll waits for the group's claim and hands each call its part.
+func answerAll(group []*groupCall, wait func() ([]flowmetrics.Occurrence, error)) {
+	fresh, err := wait()
 	var pe *flowmetrics.PendingError
 	var re *flowmetrics.RefusedError
 	if err != nil && !errors.As(err, &pe) && !errors.As(err, &re) {

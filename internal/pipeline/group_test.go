@@ -200,3 +200,60 @@ func (g *claimGroup) queued() int {
 	defer g.mu.Unlock()
 	return len(g.waiting)
 }
+
+// TestGroupStartsWhileTheOneBeforeSyncs: with a store that applies a claim
+// before it is durable (claimStarter), the next group goes to the store
+// while the group before waits for its sync, and no call is answered
+// before its own claim is durable.
+func TestGroupStartsWhileTheOneBeforeSyncs(t *testing.T) {
+	st := memstore.New(store.Options{})
+	synced := make(chan struct{})
+	var mu sync.Mutex
+	starts := 0
+	g := &claimGroup{claim: st.Claim}
+	g.start = func(ctx context.Context, reqs []flowmetrics.ClaimRequest) func() ([]flowmetrics.Occurrence, error) {
+		fresh, err := st.Claim(ctx, reqs)
+		mu.Lock()
+		starts++
+		mu.Unlock()
+		return func() ([]flowmetrics.Occurrence, error) {
+			<-synced
+			return fresh, err
+		}
+	}
+	answers := make(chan string, 2)
+	for _, conv := range []string{"a", "b"} {
+		go func() {
+			fresh, err := g.Claim(context.Background(), []flowmetrics.ClaimRequest{groupReq(conv, conv+"x")})
+			answers <- fmt.Sprint(keysOf(fresh), err)
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := starts
+		mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			close(synced)
+			t.Fatalf("%d claims started while the first waited for its sync, want 2", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case a := <-answers:
+		t.Errorf("a call was answered (%s) before its sync", a)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(synced)
+	got := []string{<-answers, <-answers}
+	slices.Sort(got)
+	if want := []string{"[ax] <nil>", "[bx] <nil>"}; !slices.Equal(got, want) {
+		t.Errorf("answers: got %q, want %q", got, want)
+	}
+	if g.inStore() {
+		t.Error("the group is still marked in the store after every call returned")
+	}
+}

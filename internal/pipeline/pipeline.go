@@ -190,7 +190,7 @@ func New(store flowmetrics.Store, sinks []flowmetrics.Sink, cfg Config, m *telem
 	if log == nil {
 		log = slog.Default()
 	}
-	p := &Pipeline{cfg: cfg, store: store, m: m, log: log, claims: &claimGroup{claim: store.Claim}}
+	p := &Pipeline{cfg: cfg, store: store, m: m, log: log, claims: newClaimGroup(store)}
 	// Series that exist from the start, at zero, so alerts on them work
 	// before the first bad record.
 	for _, r := range rejectReasons {
@@ -296,7 +296,7 @@ func (r *Result) Add(o Result) {
 //
 // It is Prepare, then Commit.
 func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, error) {
-	return p.Commit(ctx, p.Prepare(recs))
+	return p.Commit(ctx, p.Prepare(ctx, recs))
 }
 
 // Prepared is a batch of records that Prepare sorted out and extracted:
@@ -304,17 +304,20 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 type Prepared struct {
 	res Result
 	c   claimBatch
+	err error // the cardinality guard's store failure
 }
 
-// Prepare does the part of Ingest that needs no store: it sorts each
-// record out (accepted, skipped, rejected), extracts its occurrences and
-// leaves out those the known-key cache says the store holds. It may run
-// in any goroutine, while earlier batches are being committed (replay
-// prepares the next batch while the store claims this one): the cache
-// only ever learns what the store durably holds, so what it leaves out is
-// held whatever Commit does meanwhile, and what it lets through, Commit
-// asks the store, the only arbiter of what is new.
-func (p *Pipeline) Prepare(recs []genesys.Record) *Prepared {
+// Prepare does the part of Ingest that claims nothing: it sorts each
+// record out (accepted, skipped, rejected), extracts its occurrences,
+// leaves out those the known-key cache says the store holds, and has the
+// cardinality guard admit the pairs of the rest (fold). It may run in any
+// goroutine, while earlier batches are being committed (replay prepares
+// the next batch while the store claims this one): the cache only ever
+// learns what the store durably holds, so what it leaves out is held
+// whatever Commit does meanwhile, and what it lets through, Commit asks
+// the store, the only arbiter of what is new. Batches prepared one after
+// another have their pairs admitted in that order.
+func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared {
 	b := &Prepared{c: claimBatch{now: p.cfg.Now(), learned: p.learned.Load()}}
 	res, c := &b.res, &b.c
 	for i, r := range recs {
@@ -346,6 +349,9 @@ func (p *Pipeline) Prepare(recs []genesys.Record) *Prepared {
 		}
 		c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: unknown}, r, false)
 	}
+	if len(c.reqs) > 0 {
+		b.err = p.fold(ctx, c)
+	}
 	return b
 }
 
@@ -353,7 +359,26 @@ func (p *Pipeline) Prepare(recs []genesys.Record) *Prepared {
 // returns what Ingest returns. Commits of batches prepared one after
 // another may run one after another while later batches are prepared.
 func (p *Pipeline) Commit(ctx context.Context, b *Prepared) (Result, error) {
+	return p.StartCommit(ctx, b)()
+}
+
+// StartCommit is Commit in two halves: it returns once the batch's claim
+// is in the store, where every later claim sees it (with a store that
+// can tell: the embedded one), and finish waits until the claim is
+// durable and returns what Commit returns. finish must be called, and
+// soon (concurrent Ingest calls may share the claim). A caller may start
+// the commit of the next batch before it finishes this one, so that the
+// store's sync of one batch overlaps the claim of the next.
+func (p *Pipeline) StartCommit(ctx context.Context, b *Prepared) (finish func() (Result, error)) {
 	res, c := b.res, &b.c
+	done := func(err error) func() (Result, error) {
+		p.m.RecordsAccepted.Add(float64(res.Accepted))
+		return func() (Result, error) { return res, err }
+	}
+	if b.err != nil {
+		p.m.StoreErrors.WithLabelValues("admit").Inc()
+		return done(b.err)
+	}
 	if p.cache != nil && c.learned != p.learned.Load() {
 		// The cache learned from other commits since the batch was
 		// prepared (the batch before it, most often, which claimed many
@@ -362,15 +387,15 @@ func (p *Pipeline) Commit(ctx context.Context, b *Prepared) (Result, error) {
 		p.refilter(c)
 	}
 	if len(c.reqs) == 0 {
-		p.m.RecordsAccepted.Add(float64(res.Accepted))
-		return res, nil
+		return done(nil)
 	}
-	if err := p.fold(ctx, c); err != nil {
-		p.m.StoreErrors.WithLabelValues("admit").Inc()
-		p.m.RecordsAccepted.Add(float64(res.Accepted))
-		return res, err
+	start := time.Now()
+	wait := p.claims.Start(ctx, c.reqs)
+	return func() (Result, error) {
+		fresh, err := wait()
+		p.m.StoreLatency.WithLabelValues("claim").Observe(time.Since(start).Seconds())
+		return p.claimed(c, res, fresh, err)
 	}
-	return p.claim(ctx, c, res)
 }
 
 // refilter leaves out of c's requests the keys the cache learned since c
@@ -508,13 +533,10 @@ func (p *Pipeline) extract(ev *genesys.Event, res *Result) []flowmetrics.Occurre
 	return occs
 }
 
-// claim asks the store for the batch's requests, rejects the records the
-// store refuses, teaches the cache what the store now holds, counts the new
-// occurrences and wakes the sinks.
-func (p *Pipeline) claim(ctx context.Context, c *claimBatch, res Result) (Result, error) {
-	start := time.Now()
-	fresh, err := p.claims.Claim(ctx, c.reqs)
-	p.m.StoreLatency.WithLabelValues("claim").Observe(time.Since(start).Seconds())
+// claimed takes the store's answer to the batch's requests: it rejects
+// the records the store refuses, teaches the cache what the store now
+// holds, counts the new occurrences and wakes the sinks.
+func (p *Pipeline) claimed(c *claimBatch, res Result, fresh []flowmetrics.Occurrence, err error) (Result, error) {
 	var pe *flowmetrics.PendingError
 	var re *flowmetrics.RefusedError
 	if err != nil && !errors.As(err, &pe) && !errors.As(err, &re) {

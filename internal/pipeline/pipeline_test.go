@@ -808,9 +808,9 @@ func TestPreparedAheadCountOnce(t *testing.T) {
 	c := "FMetric_C(2026-11-20T09:31:50Z)"
 	// Every batch is prepared before the first is committed.
 	batches := []*Prepared{
-		p.Prepare([]genesys.Record{event("c1", a), event("c1", a, b)}), // a twice in one batch
-		p.Prepare([]genesys.Record{event("c1", a, b), event("c2", a)}),  // a and b again, a under c2
-		p.Prepare([]genesys.Record{event("c1", a, b, c)}),
+		p.Prepare(ctx, []genesys.Record{event("c1", a), event("c1", a, b)}), // a twice in one batch
+		p.Prepare(ctx, []genesys.Record{event("c1", a, b), event("c2", a)}), // a and b again, a under c2
+		p.Prepare(ctx, []genesys.Record{event("c1", a, b, c)}),
 	}
 	total := 0
 	for _, b := range batches {

@@ -305,10 +305,57 @@ func prefixEnd(p []byte) []byte {
 
 var errClosed = errors.New("pebblestore: closed")
 
-// Claim implements flowmetrics.Store. Conversations of the batch are locked
-// (striped) from the read of their state until the batch, claims and outbox
-// entry together, is synced to the write-ahead log.
-func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ []flowmetrics.Occurrence, err error) {
+// Claim implements flowmetrics.Store: StartClaim, then its wait.
+func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]flowmetrics.Occurrence, error) {
+	return s.StartClaim(ctx, reqs)()
+}
+
+// StartClaim is Claim in two halves. Conversations of the batch are locked
+// (striped) from the read of their state until the batch, claims and
+// outbox entry together, is applied: StartClaim then returns, and every
+// later claim or read sees the batch. wait waits until the batch is
+// synced to the write-ahead log and returns what Claim returns; it must
+// be called. So a claim of the same conversations may start while this
+// one's sync is under way: its batch follows this one in the log, so it
+// is never durable before this one, and its outbox entry, like this one's,
+// is read only once durable (the sequencer holds it back until wait).
+func (s *Store) StartClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (wait func() ([]flowmetrics.Occurrence, error)) {
+	pc, err := s.startClaim(ctx, reqs)
+	if err != nil {
+		return func() ([]flowmetrics.Occurrence, error) { return nil, err }
+	}
+	return pc.wait
+}
+
+// pendingClaim is a claim applied but maybe not yet durable.
+type pendingClaim struct {
+	s       *Store
+	b       *pebble.Batch // nil: nothing to wait for
+	seq     uint64
+	out     []flowmetrics.Occurrence
+	refused error
+}
+
+func (pc *pendingClaim) wait() (_ []flowmetrics.Occurrence, err error) {
+	if pc.b == nil {
+		return pc.out, pc.refused
+	}
+	s := pc.s
+	defer s.fatal.recover(&err)
+	defer pc.b.Close()
+	if err := pc.b.SyncWait(); err != nil {
+		// The write-ahead log failed (a full disk). A commit that waits
+		// for its sync gets this error inside Pebble, which then calls
+		// Fatalf; here it comes back to us: the store is as broken.
+		s.seq.End(pc.seq, 0, false)
+		s.fatal.fail(fmt.Errorf("pebblestore: write-ahead log: %w", err))
+		return nil, s.fatal.Err()
+	}
+	s.seq.End(pc.seq, int64(len(pc.out)), true)
+	return pc.out, pc.refused
+}
+
+func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ *pendingClaim, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -335,7 +382,11 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 
 	now := s.opts.Now()
 	b := s.db.NewBatch()
-	defer b.Close()
+	defer func() {
+		if b != nil {
+			b.Close()
+		}
+	}()
 	var out []flowmetrics.Occurrence
 	keys := newKeysFor(reqs)
 	paths := s.opts.Paths != nil
@@ -412,7 +463,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 	}()
 	if len(out) == 0 {
 		if b.Empty() {
-			return nil, refused.Err()
+			return &pendingClaim{refused: refused.Err()}, nil
 		}
 		// Only path state changed: an end event (synced), or events that
 		// kept a path open (not synced: a crash loses at most a Step of
@@ -424,19 +475,21 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) (_ [
 		if err := b.Commit(opt); err != nil {
 			return nil, fmt.Errorf("pebblestore: claim: %w", err)
 		}
-		return nil, refused.Err()
+		return &pendingClaim{refused: refused.Err()}, nil
 	}
 	seq := s.seq.Begin()
 	if err := b.Set(outboxKey(seq), encodeEntry(out, nil), nil); err != nil {
 		s.seq.End(seq, 0, false)
 		return nil, fmt.Errorf("pebblestore: %w", err)
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := s.db.ApplyNoSyncWait(b, pebble.Sync); err != nil {
 		s.seq.End(seq, 0, false)
 		return nil, fmt.Errorf("pebblestore: %w", err)
 	}
-	s.seq.End(seq, int64(len(out)), true)
-	return out, refused.Err()
+	// The batch is applied: wait syncs and closes it.
+	pc := &pendingClaim{s: s, b: b, seq: seq, out: out, refused: refused.Err()}
+	b = nil
+	return pc, nil
 }
 
 // staged is a conversation within one Claim: its header as it will be

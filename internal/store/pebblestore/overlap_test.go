@@ -1,0 +1,106 @@
+package pebblestore_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+
+	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/store"
+	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
+)
+
+// TestClaimStartsWhileTheOneBeforeSyncs: with the write-ahead log's sync
+// held up, a started claim is applied but not acknowledged: its outbox
+// entry is not read, and a claim of the same conversation started meanwhile
+// does not wait for that sync, sees the first claim's key as held (each
+// key is new once) and is not acknowledged before the first is durable.
+func TestClaimStartsWhileTheOneBeforeSyncs(t *testing.T) {
+	var hold atomic.Bool
+	release := make(chan struct{})
+	inj := errorfs.InjectorFunc(func(o errorfs.Op) error {
+		if hold.Load() && strings.HasSuffix(o.Path, ".log") && (o.Kind == errorfs.OpFileSync || o.Kind == errorfs.OpFileSyncData) {
+			<-release
+		}
+		return nil
+	})
+	s, err := pebblestore.OpenFS(t.TempDir(), errorfs.Wrap(vfs.Default, inj), store.Options{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.Register(ctx, []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
+	occ := func(name string) flowmetrics.Occurrence {
+		return flowmetrics.Occurrence{Key: fmt.Sprintf("FMetric_%s(%s)", name, at.Format(time.RFC3339)), Flow: "F", Metric: name, Time: at}
+	}
+	req := func(names ...string) []flowmetrics.ClaimRequest {
+		r := flowmetrics.ClaimRequest{ConversationID: "c1"}
+		for _, n := range names {
+			r.Occurrences = append(r.Occurrences, occ(n))
+		}
+		return []flowmetrics.ClaimRequest{r}
+	}
+	hold.Store(true)
+	started := make(chan func() ([]flowmetrics.Occurrence, error), 2)
+	go func() {
+		started <- s.StartClaim(ctx, req("A"))
+		started <- s.StartClaim(ctx, req("A", "B"))
+	}()
+	var waits []func() ([]flowmetrics.Occurrence, error)
+	for range 2 {
+		select {
+		case w := <-started:
+			waits = append(waits, w)
+		case <-time.After(10 * time.Second):
+			close(release)
+			t.Fatal("a claim did not start while the sync before it was held up")
+		}
+	}
+	answered := make(chan string, 2)
+	for _, w := range waits {
+		go func() {
+			fresh, err := w()
+			var keys []string
+			for _, o := range fresh {
+				keys = append(keys, o.Metric)
+			}
+			answered <- fmt.Sprint(keys, err)
+		}()
+	}
+	select {
+	case a := <-answered:
+		t.Errorf("a claim was answered (%s) before its sync", a)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if entries, err := s.ReadOutbox(ctx, 0, 10); err != nil || len(entries) != 0 {
+		t.Errorf("outbox before the sync: got %d entries, %v; want none", len(entries), err)
+	}
+	hold.Store(false)
+	close(release)
+	got := map[string]bool{}
+	for range 2 {
+		select {
+		case a := <-answered:
+			got[a] = true
+		case <-time.After(10 * time.Second):
+			t.Fatal("a claim was not answered after the sync")
+		}
+	}
+	if want := map[string]bool{"[A] <nil>": true, "[B] <nil>": true}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("answers: got %v, want %v (A claimed by the first only)", got, want)
+	}
+	entries, err := s.ReadOutbox(ctx, 0, 10)
+	if err != nil || len(entries) != 2 {
+		t.Fatalf("outbox after the sync: got %d entries, %v; want 2", len(entries), err)
+	}
+}
