@@ -226,21 +226,40 @@ func TestBrowser(t *testing.T) {
 	if !tip.Visible || len(tip.Rows) != len(busy.Metrics) || !strings.Contains(tip.Head, "–") {
 		t.Errorf("hover tooltip: got %+v, want visible with a time span and %d metrics", tip, len(busy.Metrics))
 	}
-	var now dashboard.SeriesBody // the API again, in case the page's 1 h window moved on
+	// The API again, and the bucket the tooltip names by its start: the
+	// page's 1 h window and the API's each move on a bucket at a time, on
+	// their own clocks, so the pointer's bucket is found by its time, as
+	// the browser writes it (its local time), not by its place.
+	var now dashboard.SeriesBody
 	servetest.GetJSON(t, base+"/api/v1/series?range=1h", &now)
-	shift := int(now.Start.Sub(api.Start) / (time.Duration(api.StepSeconds) * time.Second))
+	step := time.Duration(now.StepSeconds) * time.Second
+	layout := "15:04"
+	if step < time.Minute {
+		layout = "15:04:05"
+	}
+	offset := time.Duration(eval[int](t, bctx, `new Date().getTimezoneOffset()`)) * time.Minute
+	from, _, _ := strings.Cut(tip.Head, "–")
+	k := -1
+	for i := 0; i < now.Buckets; i++ {
+		if now.Start.Add(time.Duration(i)*step).Add(-offset).UTC().Format(layout) == from {
+			k = i
+		}
+	}
+	if k < 0 || k >= now.Buckets-8 {
+		t.Errorf("hover on bucket %d of %s: the tooltip names %q, not a finished bucket of the API's %d from %v", at, busy.Flow, tip.Head, now.Buckets, now.Start)
+	}
 	for _, f := range now.Flows {
-		if f.Flow != busy.Flow {
+		if f.Flow != busy.Flow || k < 0 {
 			continue
 		}
 		for _, m := range f.Metrics {
 			want := "0"
-			if k := at - shift; m.Counts != nil && k >= 0 {
+			if m.Counts != nil {
 				want = fmt.Sprint(m.Counts[k])
 			}
 			for _, r := range tip.Rows {
 				if r.Metric == m.Metric && strings.ReplaceAll(r.Value, ",", "") != want {
-					t.Errorf("hover on bucket %d of %s: %s shows %s, the API says %s", at, busy.Flow, m.Metric, r.Value, want)
+					t.Errorf("hover on bucket %d of %s (%s): %s shows %s, the API says %s", at, busy.Flow, tip.Head, m.Metric, r.Value, want)
 				}
 			}
 		}
