@@ -227,12 +227,12 @@ func parseTime(s string) (time.Time, error) {
 	if len(s) < 20 {
 		return time.Time{}, errTimeLayout
 	}
-	year, ok1 := digits(s[0:4])
-	month, ok2 := digits(s[5:7])
-	day, ok3 := digits(s[8:10])
-	hour, ok4 := digits(s[11:13])
-	minute, ok5 := digits(s[14:16])
-	sec, ok6 := digits(s[17:19])
+	year, ok1 := Digits(s[0:4])
+	month, ok2 := Digits(s[5:7])
+	day, ok3 := Digits(s[8:10])
+	hour, ok4 := Digits(s[11:13])
+	minute, ok5 := Digits(s[14:16])
+	sec, ok6 := Digits(s[17:19])
 	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) ||
 		s[4] != '-' || s[7] != '-' || s[13] != ':' || s[16] != ':' {
 		return time.Time{}, errTimeLayout
@@ -275,8 +275,8 @@ func parseTime(s string) (time.Time, error) {
 	switch zone := s[i:]; {
 	case zone == "Z" || zone == "z":
 	case len(zone) == 6 && (zone[0] == '+' || zone[0] == '-') && zone[3] == ':':
-		oh, okh := digits(zone[1:3])
-		om, okm := digits(zone[4:6])
+		oh, okh := Digits(zone[1:3])
+		om, okm := Digits(zone[4:6])
 		if !okh || !okm {
 			return time.Time{}, errTimeZone
 		}
@@ -344,8 +344,9 @@ func daysSinceEpoch(year, month, day int) int64 {
 	return era*146097 + doe - 719468
 }
 
-// digits parses s, which must be all ASCII digits.
-func digits(s string) (int, bool) {
+// Digits parses s, which must be all ASCII digits: the attribute parser's
+// reading of a time's fields, for others that read them too.
+func Digits(s string) (int, bool) {
 	n := 0
 	for i := 0; i < len(s); i++ {
 		c := s[i]

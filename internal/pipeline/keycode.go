@@ -51,15 +51,15 @@ func timeCode(s string) (uint64, bool) {
 	if s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' {
 		return 0, false
 	}
-	year, ok1 := decimal(s[0:4])
-	month, ok2 := decimal(s[5:7])
-	day, ok3 := decimal(s[8:10])
-	hour, ok4 := decimal(s[11:13])
-	minute, ok5 := decimal(s[14:16])
-	sec, ok6 := decimal(s[17:19])
+	year, ok1 := genesys.Digits(s[0:4])
+	month, ok2 := genesys.Digits(s[5:7])
+	day, ok3 := genesys.Digits(s[8:10])
+	hour, ok4 := genesys.Digits(s[11:13])
+	minute, ok5 := genesys.Digits(s[14:16])
+	sec, ok6 := genesys.Digits(s[17:19])
 	ms, ok7 := 0, true
 	if form != 0 {
-		ms, ok7 = decimal(s[20:23])
+		ms, ok7 = genesys.Digits(s[20:23])
 	}
 	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6 && ok7) || year < 1970 || hour > 23 || minute > 59 || sec > 59 {
 		return 0, false
@@ -73,19 +73,6 @@ func timeCode(s string) (uint64, bool) {
 		return 0, false
 	}
 	return form | uint64(t), true
-}
-
-// decimal parses s, all ASCII digits.
-func decimal(s string) (int, bool) {
-	n := 0
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c < '0' || c > '9' {
-			return 0, false
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n, true
 }
 
 // uuidBytes puts id's 16 bytes into u when id is a UUID written the
