@@ -186,45 +186,46 @@ func (s *Store) compactDue() {
 
 // ClosePaths implements flowmetrics.Store.
 func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, derive flowmetrics.Deriver) (int, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, err
-	}
-	if s.opts.Paths == nil {
-		return 0, flowmetrics.ErrPathsUnsupported
-	}
 	if limit <= 0 {
 		limit = store.ClosePathsLimit
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return 0, errClosed
-	}
-	now := s.opts.Now()
-	var points []flowmetrics.PathPoint
-	n := 0
-	for n < limit && len(s.due) > 0 && s.due[0].due <= asOf.UnixNano() {
-		it := heap.Pop(&s.due).(dueItem)
-		c := s.convs[it.conv]
-		if c == nil || c.path.Closed || c.path.Filed != it.due || s.opts.Expired(timeOf(c.changed), now) {
-			continue // stale
+	return s.closeEach(ctx, derive, func(now time.Time, take func(string, *conversation)) {
+		for n := 0; n < limit && len(s.due) > 0 && s.due[0].due <= asOf.UnixNano(); {
+			it := heap.Pop(&s.due).(dueItem)
+			c := s.convs[it.conv]
+			if c == nil || c.path.Closed || c.path.Filed != it.due || s.opts.Expired(timeOf(c.changed), now) {
+				continue // stale
+			}
+			if c.path.Refile(asOf) {
+				c.path.Filed = c.path.Due
+				heap.Push(&s.due, dueItem{c.path.Due, it.conv})
+				continue
+			}
+			take(it.conv, c)
+			n++
 		}
-		if c.path.Refile(asOf) {
-			c.path.Filed = c.path.Due
-			heap.Push(&s.due, dueItem{c.path.Due, it.conv})
-			continue
-		}
-		points = append(points, closePath(it.conv, c, now, derive)...)
-		n++
-	}
-	s.addPaths(points)
-	return n, nil
+	})
 }
 
 // ClosePathsOf implements flowmetrics.PathCloser: it closes those of the
 // named conversations whose path is open and due at asOf (their items in
 // the heap become stale), with one outbox entry.
 func (s *Store) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, derive flowmetrics.Deriver) (int, error) {
+	return s.closeEach(ctx, derive, func(now time.Time, take func(string, *conversation)) {
+		for _, id := range ids {
+			c := s.convs[id]
+			if c == nil || c.path == (store.Path{}) || c.path.Closed || c.path.Refile(asOf) || s.opts.Expired(timeOf(c.changed), now) {
+				continue // unknown, closed, not due or expired
+			}
+			take(id, c)
+		}
+	})
+}
+
+// closeEach is a close call of ClosePaths or ClosePathsOf: under s.mu, pick
+// closes the paths it chooses with take, and their points go into one
+// outbox entry. It returns how many pick closed.
+func (s *Store) closeEach(ctx context.Context, derive flowmetrics.Deriver, pick func(now time.Time, take func(string, *conversation))) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -239,14 +240,10 @@ func (s *Store) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, 
 	now := s.opts.Now()
 	var points []flowmetrics.PathPoint
 	n := 0
-	for _, id := range ids {
-		c := s.convs[id]
-		if c == nil || c.path == (store.Path{}) || c.path.Closed || c.path.Refile(asOf) || s.opts.Expired(timeOf(c.changed), now) {
-			continue // unknown, closed, not due or expired
-		}
+	pick(now, func(id string, c *conversation) {
 		points = append(points, closePath(id, c, now, derive)...)
 		n++
-	}
+	})
 	s.addPaths(points)
 	return n, nil
 }
