@@ -230,29 +230,39 @@ func (p *Pipeline) Register(ctx context.Context) error {
 // the first Ingest.
 func (p *Pipeline) Restore(ctx context.Context) error {
 	for _, d := range p.drainers {
-		ss, ok := d.sink.(flowmetrics.StatefulSink)
-		if !ok {
-			continue
+		if err := d.restore(ctx); err != nil {
+			return err
 		}
-		st, err := p.store.SinkState(ctx, d.name)
+	}
+	return nil
+}
+
+// restore hands the drainer's sink, if it is a StatefulSink, its committed
+// state.
+func (d *drainer) restore(ctx context.Context) error {
+	p := d.p
+	ss, ok := d.sink.(flowmetrics.StatefulSink)
+	if !ok {
+		return nil
+	}
+	st, err := p.store.SinkState(ctx, d.name)
+	if err != nil {
+		return fmt.Errorf("load %s state: %w", d.name, err)
+	}
+	if err := ss.Restore(ctx, st); err != nil {
+		return fmt.Errorf("restore %s state: %w", d.name, err)
+	}
+	// What Restore itself changed (a file cut back to its committed
+	// length, a first start's baseline, keys it could not read) is
+	// committed before any Send: a crash before the first batch's
+	// commit must find it.
+	if u := ss.TakeState(); u != nil {
+		cursor, err := p.store.Cursor(ctx, d.name)
 		if err != nil {
-			return fmt.Errorf("load %s state: %w", d.name, err)
+			return fmt.Errorf("load %s cursor: %w", d.name, err)
 		}
-		if err := ss.Restore(ctx, st); err != nil {
-			return fmt.Errorf("restore %s state: %w", d.name, err)
-		}
-		// What Restore itself changed (a file cut back to its committed
-		// length, a first start's baseline, keys it could not read) is
-		// committed before any Send: a crash before the first batch's
-		// commit must find it.
-		if u := ss.TakeState(); u != nil {
-			cursor, err := p.store.Cursor(ctx, d.name)
-			if err != nil {
-				return fmt.Errorf("load %s cursor: %w", d.name, err)
-			}
-			if err := p.store.AckState(ctx, d.name, cursor, u); err != nil {
-				return fmt.Errorf("commit %s state: %w", d.name, err)
-			}
+		if err := p.store.AckState(ctx, d.name, cursor, u); err != nil {
+			return fmt.Errorf("commit %s state: %w", d.name, err)
 		}
 	}
 	return nil
@@ -859,13 +869,19 @@ type drainer struct {
 	// was, so a sink that remembers what of it was accepted can resume
 	// instead of repeating.
 	held *batch
+	// stale: a batch was abandoned after a send of it had begun (its
+	// entries' lease ran out); the sink's state must be restored from the
+	// store before the next send.
+	stale bool
 }
 
 type batch struct {
 	points []flowmetrics.Point
 	// paths are the entries' path points, for a flowmetrics.PathSink.
 	paths     []flowmetrics.PathPoint
+	after     uint64 // the cursor it was read after
 	last      uint64 // sequence number of the batch's last outbox entry
+	entries   int    // outbox entries it holds
 	n         int    // occurrences and path points
 	delivered bool   // the sink accepted (or permanently refused) it
 	// pointsSent: Send accepted the points; only SendPaths is left.
@@ -875,6 +891,8 @@ type batch struct {
 	update flowmetrics.StateUpdate
 	// idle: no entries, only a Holder's due points (sent once per turn).
 	idle bool
+	// tried: a send of it began.
+	tried bool
 }
 
 func (d *drainer) notify() {
@@ -970,7 +988,15 @@ func (d *drainer) drainOnce(ctx context.Context) (more bool, err error) {
 	// A batch held as delivered was sent, but its cursor could not be
 	// recorded: only the acknowledgement is retried, not the send.
 	if !b.delivered {
-		err = d.send(ctx, b)
+		sendCtx, cancel, live, lerr := d.lease(ctx, b)
+		if lerr != nil {
+			return false, lerr
+		}
+		if !live {
+			return true, nil // read the outbox afresh
+		}
+		err = d.send(sendCtx, b)
+		cancel()
 		if p.cfg.OnSend != nil {
 			p.cfg.OnSend(d.name, err)
 		}
@@ -1000,6 +1026,45 @@ func (d *drainer) drainOnce(ctx context.Context) (more bool, err error) {
 	return !b.idle, nil
 }
 
+// lease returns the context a send of b runs under. With a store whose
+// outbox entries are leased (flowmetrics.Leaser), a batch whose entries
+// were withdrawn meanwhile (a send that failed and was held past the
+// lease) is abandoned: live is false, and the next drainOnce reads the
+// outbox afresh. Its occurrences and paths are claimed or closed again, by
+// this instance or another, from the events the caller did not
+// acknowledge. A stateful sink's state, which a partly delivered send may
+// have moved, is restored from the store before the next send, as after a
+// restart. A send of a live batch ends when the earliest lease of its
+// entries does.
+func (d *drainer) lease(ctx context.Context, b *batch) (_ context.Context, cancel context.CancelFunc, live bool, err error) {
+	l, leased := d.p.store.(flowmetrics.Leaser)
+	if !leased || b.idle {
+		return ctx, func() {}, true, nil
+	}
+	until, live := l.Lease(b.after, b.last, b.entries)
+	if !live {
+		d.held = nil
+		d.stale = d.stale || b.tried
+		d.p.log.Warn("a batch held past its outbox entries' lease was abandoned unsent; their events' redelivery claims them again",
+			"sink", d.name, "points", len(b.points), "path_points", len(b.paths), "send_began", b.tried)
+	}
+	if d.stale {
+		if err := d.restore(ctx); err != nil {
+			return ctx, nil, false, err
+		}
+		d.stale = false
+	}
+	if !live {
+		return ctx, nil, false, nil
+	}
+	b.tried = true
+	if until.IsZero() {
+		return ctx, func() {}, true, nil
+	}
+	sendCtx, cancel := context.WithDeadline(ctx, until)
+	return sendCtx, cancel, true, nil
+}
+
 // next reads the next batch from the sink's cursor; nil when there is none.
 func (d *drainer) next(ctx context.Context) (*batch, error) {
 	p := d.p
@@ -1025,7 +1090,7 @@ func (d *drainer) next(ctx context.Context) (*batch, error) {
 		return nil, nil
 	}
 	points, n := Aggregate(entries, p.cfg.Bucket)
-	b := &batch{points: points, last: entries[len(entries)-1].Seq, n: n}
+	b := &batch{points: points, after: cursor, last: entries[len(entries)-1].Seq, entries: len(entries), n: n}
 	np := 0
 	for _, e := range entries {
 		np += len(e.Paths)

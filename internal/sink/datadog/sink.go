@@ -477,8 +477,13 @@ func (s *Sink) Close(ctx context.Context) error {
 }
 
 // Restore implements flowmetrics.StatefulSink: the count-mode totals as last
-// committed with the sink's cursor (see Ledger.Restore).
+// committed with the sink's cursor (see Ledger.Restore). A failed Send's
+// kept batch is forgotten: what of it was delivered is no longer in the
+// totals, so it is sent again in full, from them, if its points come back.
 func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
+	s.mu.Lock()
+	s.pending = nil
+	s.mu.Unlock()
 	return s.ledger.Restore(state)
 }
 

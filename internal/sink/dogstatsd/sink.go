@@ -263,8 +263,12 @@ func (s *Sink) Close(ctx context.Context) error {
 }
 
 // Restore implements flowmetrics.StatefulSink: the count-mode totals as last
-// committed with the sink's cursor (see datadog.Ledger.Restore).
+// committed with the sink's cursor (see datadog.Ledger.Restore). A failed
+// Send's kept batch is forgotten, as in the datadog sink.
 func (s *Sink) Restore(ctx context.Context, state map[string][]byte) error {
+	s.mu.Lock()
+	s.pending = nil
+	s.mu.Unlock()
 	return s.ledger.Restore(state)
 }
 

@@ -189,12 +189,20 @@ func (s *Store) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, 
 	}
 	seen := map[string]bool{}
 	var todo []string
+	s.mu.Lock()
 	for _, id := range ids {
+		// A close this instance holds (its points in the outbox, or
+		// delivered and awaiting their mark) is not closed again, even
+		// once its lease has ended: as in due.
+		if _, mine := s.closing[id]; mine {
+			continue
+		}
 		if store.CheckID(id) == nil && !seen[id] {
 			seen[id] = true
 			todo = append(todo, id)
 		}
 	}
+	s.mu.Unlock()
 	return s.closePaths(ctx, todo, asOf, derive)
 }
 
