@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -79,7 +80,8 @@ type output struct {
 	// value is how many durations it holds).
 	paths []emfPoint
 	// atRisk: points written by invocations that never completed (their
-	// instance was killed). Only these can be counted twice.
+	// instance was killed, or they timed out and the emulator killed
+	// the process). Only these can be counted twice.
 	atRisk int64
 	// pathRisk: the same, for path points.
 	pathRisk int64
@@ -102,15 +104,20 @@ type emfPoint struct {
 func (o *output) read(t *testing.T, r io.Reader) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	var current []emfPoint
+	// current: the lines of the invocation running; ended: those of the
+	// invocation whose END came and whose REPORT has not, which says
+	// whether it timed out (the emulator then kills the process).
+	var current, ended []emfPoint
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
 		case strings.HasPrefix(line, "START RequestId:"):
 			current = nil
 		case strings.HasPrefix(line, "END RequestId:"):
-			o.add(current, false)
-			current = nil
+			ended, current = current, nil
+		case strings.HasPrefix(line, "REPORT RequestId:"):
+			o.add(ended, timedOut(line))
+			ended = nil
 		case strings.HasPrefix(line, "{") && strings.Contains(line, `"_aws":`):
 			p, self, err := parseEMF(line)
 			if err != nil {
@@ -125,8 +132,8 @@ func (o *output) read(t *testing.T, r io.Reader) {
 				continue
 			}
 			current = append(current, p...)
-		case strings.HasPrefix(line, "REPORT RequestId:"), strings.HasPrefix(line, `{"time":`), isStdLog(line):
-			// the emulator's report; the function's own (JSON) logs;
+		case strings.HasPrefix(line, `{"time":`), isStdLog(line):
+			// the function's own (JSON) logs;
 			// aws-lambda-go's log lines (a function error, the runtime
 			// API gone after a SIGKILL)
 		default:
@@ -139,7 +146,20 @@ func (o *output) read(t *testing.T, r io.Reader) {
 	}
 	// The instance died mid-invocation: CloudWatch would still have
 	// ingested what it wrote.
+	o.add(ended, true)
 	o.add(current, true)
+}
+
+// timedOut reports whether an emulator's REPORT line is that of an
+// invocation that ran into the function timeout.
+func timedOut(report string) bool {
+	_, rest, ok := strings.Cut(report, "\tDuration: ")
+	if !ok {
+		return false
+	}
+	ms, _, _ := strings.Cut(rest, " ms")
+	d, err := strconv.ParseFloat(ms, 64)
+	return err == nil && time.Duration(d*float64(time.Millisecond)) >= functionTimeout
 }
 
 func (o *output) add(ps []emfPoint, risk bool) {
@@ -268,8 +288,34 @@ type instance struct {
 	// incarnations apart); lastDone when its last invocation completed.
 	key      string
 	lastDone time.Time
-	// killed maps each killed incarnation's key to its lastDone.
-	killed map[string]time.Time
+	// risks are the spans of sends that a process's death left unsettled.
+	risks []risk
+}
+
+// risk is what one bootstrap process sent after its last completed
+// invocation, up to its death: a SIGKILL of the incarnation (to is zero:
+// anything after from), or an invocation that timed out, after which the
+// emulator, as Lambda, kills the process and starts a new one in the same
+// incarnation (to is when it answered "Task timed out"). Only what falls in
+// a risk can be counted twice.
+type risk struct {
+	key      string
+	from, to time.Time
+}
+
+func (r risk) holds(key string, at time.Time) bool {
+	return key == r.key && at.After(r.from) && (r.to.IsZero() || !at.After(r.to))
+}
+
+// risks returns the instances' risks.
+func risks(ins []*instance) []risk {
+	var out []risk
+	for _, in := range ins {
+		in.mu.Lock()
+		out = append(out, in.risks...)
+		in.mu.Unlock()
+	}
+	return out
 }
 
 // start begins a new incarnation (a cold start).
@@ -330,10 +376,7 @@ func (in *instance) start() {
 func (in *instance) kill() {
 	in.mu.Lock()
 	cmd, done := in.cmd, in.done
-	if in.killed == nil {
-		in.killed = map[string]time.Time{}
-	}
-	in.killed[in.key] = in.lastDone
+	in.risks = append(in.risks, risk{key: in.key, from: in.lastDone})
 	in.url = "" // down until start
 	in.mu.Unlock()
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
@@ -386,7 +429,11 @@ func (in *instance) invoke(ctx context.Context, payload []byte) ([]byte, error) 
 		// sent before is settled.
 		in.mu.Lock()
 		if in.url == url {
-			in.lastDone = time.Now()
+			now := time.Now()
+			if bytes.HasPrefix(body, []byte("Task timed out")) {
+				in.risks = append(in.risks, risk{key: in.key, from: in.lastDone, to: now})
+			}
+			in.lastDone = now
 		}
 		in.mu.Unlock()
 	}

@@ -1,8 +1,6 @@
 package lambda_test
 
 import (
-	"time"
-
 	"github.com/flowmetrics/flowmetrics/internal/sink/datadog/datadogtest"
 )
 
@@ -13,15 +11,18 @@ func violations(in *datadogtest.Intake) []string {
 	return append([]string(nil), in.Violations...)
 }
 
-// atRisk sums the values that incarnations sent after their last completed
-// invocation: what an invocation killed before completing had sent.
-func atRisk(in *datadogtest.Intake, lastDone map[string]time.Time) int64 {
+// atRisk sums the values sent inside the risks: what an invocation killed
+// before completing (by a SIGKILL or its timeout) had sent.
+func atRisk(in *datadogtest.Intake, risks []risk) int64 {
 	in.Lock()
 	defer in.Unlock()
 	var n float64
 	for _, r := range in.Accepted {
-		if done, killed := lastDone[r.Key]; killed && r.At.After(done) {
-			n += r.Values
+		for _, k := range risks {
+			if k.holds(r.Key, r.At) {
+				n += r.Values
+				break
+			}
 		}
 	}
 	return int64(n)

@@ -30,7 +30,8 @@ const pathsConfig = `{"funnels": [{"name": "routing", "steps": ["CustomerRouting
 // each backend must hold, per series and minute, what the deriver makes of
 // each conversation's whole path exactly once: exits, step timings (in
 // EMF the number of durations, in Datadog their sum in whole seconds) and
-// the funnel; duplicates only inside the window of killed invocations.
+// the funnel; duplicates only inside the window of killed or timed-out
+// invocations.
 func checkPaths(t *testing.T, ar arrangement, q *queue, closeQ *fakeSQS, setFeeding func(bool), drain func(int) int,
 	stalled func() bool, want map[occurrence]time.Time, out *output, dd *datadogtest.Intake, ins []*instance) {
 	t.Helper()
@@ -150,14 +151,6 @@ func checkPaths(t *testing.T, ar arrangement, q *queue, closeQ *fakeSQS, setFeed
 	if dd == nil {
 		return
 	}
-	killedAt := map[string]time.Time{}
-	for _, in := range ins {
-		in.mu.Lock()
-		for k, v := range in.killed {
-			killedAt[k] = v
-		}
-		in.mu.Unlock()
-	}
 	got := map[cell]int64{}
 	for _, dist := range []bool{false, true} {
 		for k, mins := range dd.PerMinute(dist) {
@@ -173,7 +166,7 @@ func checkPaths(t *testing.T, ar arrangement, q *queue, closeQ *fakeSQS, setFeed
 			}
 		}
 	}
-	compare(t, "paths in Datadog ("+ar.mode+")", ddWant, got, atRisk(dd, killedAt))
+	compare(t, "paths in Datadog ("+ar.mode+")", ddWant, got, atRisk(dd, risks(ins)))
 }
 
 func emfName(k flowmetrics.PathKind) string {

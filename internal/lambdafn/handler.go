@@ -246,7 +246,7 @@ func isSQS(payload []byte) bool {
 // event.
 func (h *Handler) HandleEventBridge(ctx context.Context, payload []byte) error {
 	rec := genesys.DecodeValue(payload)
-	res, err := h.p.Ingest(ctx, []genesys.Record{rec})
+	res, err := h.ingest(ctx, []genesys.Record{rec})
 	var pe *pipeline.PendingError
 	if err != nil && !errors.As(err, &pe) {
 		h.log.Error("claim failed; the event will be retried", "err", err)
@@ -333,7 +333,7 @@ func (h *Handler) handleEvents(ctx context.Context, ev events.SQSEvent) events.S
 		}
 		return n
 	}
-	res, err := h.p.Ingest(ctx, recs)
+	res, err := h.ingest(ctx, recs)
 	for _, e := range res.Errors {
 		rejected[e.Index] = true
 	}
@@ -371,6 +371,18 @@ func (h *Handler) handleEvents(ctx context.Context, ev events.SQSEvent) events.S
 		h.report.write(0, fail(only), "pending_elsewhere")
 	}
 	return resp
+}
+
+// ingest claims the records within the invocation's deadline less the
+// reserve: a store that answers slowly fails the claim, and the records
+// are retried, instead of running the invocation into its timeout, after
+// which Lambda discards the execution environment and the next invocation
+// pays a cold start (on a starved machine, every invocation then timed out
+// during its own cold start and nothing was ever acknowledged).
+func (h *Handler) ingest(ctx context.Context, recs []genesys.Record) (pipeline.Result, error) {
+	ctx, cancel := h.bounded(ctx)
+	defer cancel()
+	return h.p.Ingest(ctx, recs)
 }
 
 // deliver flushes the outbox to every sink and settles the store's marks,

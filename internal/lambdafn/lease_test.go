@@ -12,6 +12,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore"
 	"github.com/flowmetrics/flowmetrics/internal/store/dynamostore/dynalitetest"
+	"github.com/flowmetrics/flowmetrics/internal/store/memstore"
 	"github.com/flowmetrics/flowmetrics/internal/store/storetest"
 )
 
@@ -108,5 +109,41 @@ func TestCloseHeldPastTheLeaseIsNotSentTwice(t *testing.T) {
 	}
 	if exits != 1 {
 		t.Errorf("conv-1's exit delivered %d times, want 1: %v", exits, sk.path)
+	}
+}
+
+// slowStore is a store whose claims take until their context ends, as
+// DynamoDB's do on a starved machine.
+type slowStore struct{ flowmetrics.Store }
+
+func (slowStore) Claim(ctx context.Context, _ []flowmetrics.ClaimRequest) ([]flowmetrics.Occurrence, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestSlowClaimEndsBeforeTheTimeout: a claim that DynamoDB does not answer
+// in time fails the invocation's records within the deadline less the
+// flush reserve, so the invocation answers instead of timing out (which
+// makes Lambda discard the environment: the next invocation would pay a
+// cold start).
+func TestSlowClaimEndsBeforeTheTimeout(t *testing.T) {
+	cfg := testCfg
+	cfg.FlushReserve = time.Second
+	h, err := lambdafn.NewHandler(context.Background(), slowStore{memstore.New(store.Options{})}, []flowmetrics.Sink{&recordingSink{}}, cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	dl, _ := ctx.Deadline()
+	r := h.HandleSQS(ctx, sqsEvent(envelope("conv-1", map[string]string{"IVRMetric_Entered(2026-11-20T09:31:48Z)": ""})))
+	if left := time.Until(dl); left < 500*time.Millisecond {
+		t.Errorf("answered %v before the deadline, want about the reserve (1 s)", left)
+	}
+	if f := failures(r); len(f) != 1 {
+		t.Errorf("failures: %v, want the record", f)
+	}
+	if err := h.HandleEventBridge(ctx, []byte(envelope("conv-2", map[string]string{"IVRMetric_Entered(2026-11-20T09:31:48Z)": ""}))); err == nil {
+		t.Error("EventBridge: a claim that timed out succeeded")
 	}
 }
