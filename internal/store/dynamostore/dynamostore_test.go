@@ -579,3 +579,44 @@ func childCrash() int {
 	fmt.Printf("claimed %d\n", len(got))
 	return 7 // dies: no Ack, no Close
 }
+
+// TestLeaseOfABatch: the store tells the pipeline until when a batch it
+// read may be sent (the earliest lease end of its entries), and that it
+// may not be sent at all once an entry was dropped for its lease running
+// short: from then on a redelivered event claims the keys again.
+func TestLeaseOfABatch(t *testing.T) {
+	srv := dynalitetest.Start(t)
+	ctx := context.Background()
+	clock := storetest.NewClock(t0)
+	s := open(t, srv, srv.CreateTable(t), dynamostore.Config{Owner: "a", Lease: time.Minute, Margin: 10 * time.Second}, store.Options{Now: clock.Now})
+	if err := s.Register(ctx, []string{"sink"}); err != nil {
+		t.Fatal(err)
+	}
+	mustClaim(t, s, "c1", storetest.Occ("F", "A", t0))
+	clock.Advance(20 * time.Second)
+	mustClaim(t, s, "c2", storetest.Occ("F", "A", t0))
+	es, err := s.ReadOutbox(ctx, 0, 10)
+	if err != nil || len(es) != 2 {
+		t.Fatalf("outbox: %d entries (err %v), want 2", len(es), err)
+	}
+	until, ok := s.Lease(0, es[1].Seq, 2)
+	if !ok || !until.Equal(t0.Add(time.Minute)) {
+		t.Errorf("lease of both: %v %v, want true and the first claim's lease end %v", until, ok, t0.Add(time.Minute))
+	}
+	// The first entry's lease runs short (less than the margin left).
+	clock.Advance(31 * time.Second)
+	if _, ok := s.Lease(0, es[1].Seq, 2); ok {
+		t.Error("lease of both after the first was dropped: still held")
+	}
+	until, ok = s.Lease(es[0].Seq, es[1].Seq, 1)
+	if !ok || !until.Equal(t0.Add(80*time.Second)) {
+		t.Errorf("lease of the second: %v %v, want true and %v", until, ok, t0.Add(80*time.Second))
+	}
+	if st := s.Stats(); st.Dropped != 1 {
+		t.Errorf("dropped: %d, want 1", st.Dropped)
+	}
+	// The dropped claim is this instance's to take again: it is new.
+	if got := mustClaim(t, s, "c1", storetest.Occ("F", "A", t0)); len(got) != 1 {
+		t.Errorf("claim again after the drop: %q, want the key", got)
+	}
+}
