@@ -290,14 +290,12 @@ type Settler interface {
 // (DynamoDB's claims and closes): once an entry's lease runs short the
 // store withdraws it, and from the lease's end another instance, or this
 // one, may claim its keys or close its paths again. A batch read from such
-// an outbox must not be sent once one of its entries is withdrawn, nor
-// after the lease ends, or its points would be delivered twice.
+// an outbox must not be sent once one of its entries is withdrawn, or its
+// points would be delivered twice.
 type Leaser interface {
-	// Lease reports whether the outbox still holds all n entries with
-	// after < Seq <= last that ReadOutbox returned, and until when a send
-	// of them may run: the earliest end of their leases (zero when none
-	// has one). ok is false once any of them was withdrawn.
-	Lease(after, last uint64, n int) (until time.Time, ok bool)
+	// Holds reports whether the outbox still holds all n entries with
+	// after < Seq <= last that ReadOutbox returned.
+	Holds(after, last uint64, n int) bool
 }
 
 // PathCloser is a Store that can also close the paths of named

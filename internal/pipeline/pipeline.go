@@ -988,15 +988,14 @@ func (d *drainer) drainOnce(ctx context.Context) (more bool, err error) {
 	// A batch held as delivered was sent, but its cursor could not be
 	// recorded: only the acknowledgement is retried, not the send.
 	if !b.delivered {
-		sendCtx, cancel, live, lerr := d.lease(ctx, b)
+		live, lerr := d.leased(ctx, b)
 		if lerr != nil {
 			return false, lerr
 		}
 		if !live {
 			return true, nil // read the outbox afresh
 		}
-		err = d.send(sendCtx, b)
-		cancel()
+		err = d.send(ctx, b)
 		if p.cfg.OnSend != nil {
 			p.cfg.OnSend(d.name, err)
 		}
@@ -1026,22 +1025,20 @@ func (d *drainer) drainOnce(ctx context.Context) (more bool, err error) {
 	return !b.idle, nil
 }
 
-// lease returns the context a send of b runs under. With a store whose
-// outbox entries are leased (flowmetrics.Leaser), a batch whose entries
-// were withdrawn meanwhile (a send that failed and was held past the
-// lease) is abandoned: live is false, and the next drainOnce reads the
-// outbox afresh. Its occurrences and paths are claimed or closed again, by
-// this instance or another, from the events the caller did not
-// acknowledge. A stateful sink's state, which a partly delivered send may
-// have moved, is restored from the store before the next send, as after a
-// restart. A send of a live batch ends when the earliest lease of its
-// entries does.
-func (d *drainer) lease(ctx context.Context, b *batch) (_ context.Context, cancel context.CancelFunc, live bool, err error) {
+// leased reports whether b may be sent. With a store whose outbox entries
+// are leased (flowmetrics.Leaser), a batch whose entries were withdrawn
+// meanwhile (a send that failed and was held past the lease) is abandoned:
+// live is false, and the next drainOnce reads the outbox afresh. Its
+// occurrences and paths are claimed or closed again, by this instance or
+// another, from the events the caller did not acknowledge. A stateful
+// sink's state, which a partly delivered send may have moved, is restored
+// from the store before the next send, as after a restart.
+func (d *drainer) leased(ctx context.Context, b *batch) (live bool, err error) {
 	l, leased := d.p.store.(flowmetrics.Leaser)
 	if !leased || b.idle {
-		return ctx, func() {}, true, nil
+		return true, nil
 	}
-	until, live := l.Lease(b.after, b.last, b.entries)
+	live = l.Holds(b.after, b.last, b.entries)
 	if !live {
 		d.held = nil
 		d.stale = d.stale || b.tried
@@ -1050,19 +1047,12 @@ func (d *drainer) lease(ctx context.Context, b *batch) (_ context.Context, cance
 	}
 	if d.stale {
 		if err := d.restore(ctx); err != nil {
-			return ctx, nil, false, err
+			return false, err
 		}
 		d.stale = false
 	}
-	if !live {
-		return ctx, nil, false, nil
-	}
-	b.tried = true
-	if until.IsZero() {
-		return ctx, func() {}, true, nil
-	}
-	sendCtx, cancel := context.WithDeadline(ctx, until)
-	return sendCtx, cancel, true, nil
+	b.tried = live
+	return live, nil
 }
 
 // next reads the next batch from the sink's cursor; nil when there is none.

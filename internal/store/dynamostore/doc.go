@@ -115,12 +115,12 @@
 //   - An entry is handed to sinks only until Lease−Margin after its claim;
 //     after that it is dropped unsent (counted in Stats.Dropped and logged),
 //     because from the lease's end another instance may claim it again.
-//     The store is a flowmetrics.Leaser: the pipeline asks it (Lease)
+//     The store is a flowmetrics.Leaser: the pipeline asks it (Holds)
 //     before every send of a batch, so a batch it held for a retry after a
-//     failed send is abandoned once one of its entries was dropped, and a
-//     send ends at the earliest lease end of its entries. Without this, a
-//     held batch was sent after the lease, beside the entry that claimed
-//     (or closed) the same keys again from the redelivered event.
+//     failed send is abandoned once one of its entries was dropped.
+//     Without this, a held batch was sent after the lease, beside the
+//     entry that claimed (or closed) the same keys again from the
+//     redelivered event.
 //   - A claim that finds a key pending under a lease that has ended claims it
 //     again (one conditional UpdateItem comparing the old value), so exactly
 //     one of several concurrent claimers takes it over, and it is new again.
@@ -152,9 +152,9 @@
 // carrying the key arrives after the lease (for the Lambda handlers: the new
 // occurrences of the one send in flight, during the time from the sink's
 // acceptance to the last mark write; deploy/aws/README.md has it measured); (b) a
-// sink accepted it in a send that was still running when the lease ended
-// (cut off then), or in part of a batch whose send failed and was held until
-// the lease ended (abandoned then), and it was claimed again; or (c) with
+// sink accepted it in a send that was still running when the lease ended,
+// or in part of a batch whose send failed and was held until the lease
+// ended (abandoned then), and it was claimed again; or (c) with
 // several sinks, one acknowledged and the other failed until the lease ended:
 // the retry delivers to both.
 //

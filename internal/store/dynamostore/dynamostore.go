@@ -1025,14 +1025,13 @@ func (s *Store) ReadOutbox(ctx context.Context, after uint64, limit int) ([]flow
 	return out, nil
 }
 
-// Lease implements flowmetrics.Leaser: the pipeline asks before each send
+// Holds implements flowmetrics.Leaser: the pipeline asks before each send
 // of a batch, so a batch read before its entries were dropped (a send that
-// failed, held for a retry) is never sent after they were, when a redelivered
-// event or a sweep may already have claimed or closed the same keys again.
-// The entries whose lease runs short are dropped first, as ReadOutbox does.
-// until is the earliest lease end of the batch's entries: a send must not
-// run past it.
-func (s *Store) Lease(after, last uint64, n int) (until time.Time, ok bool) {
+// failed, held for a retry) is never sent after they were, when a
+// redelivered event or a sweep may already have claimed or closed the same
+// keys again. The entries whose lease runs short are dropped first, as
+// ReadOutbox does.
+func (s *Store) Holds(after, last uint64, n int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dropExpiredLocked()
@@ -1045,13 +1044,8 @@ func (s *Store) Lease(after, last uint64, n int) (until time.Time, ok bool) {
 			break
 		}
 		held++
-		if !e.deadline.IsZero() {
-			if end := e.deadline.Add(s.cfg.Margin); until.IsZero() || end.Before(until) {
-				until = end
-			}
-		}
 	}
-	return until, held == n
+	return held == n
 }
 
 func (s *Store) dropExpiredLocked() {
