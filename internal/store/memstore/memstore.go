@@ -437,7 +437,11 @@ func (s *Store) discard() {
 	for i < len(s.entries) && s.entries[i].Seq <= m {
 		i++
 	}
-	s.entries = append(s.entries[:0], s.entries[i:]...)
+	n := copy(s.entries, s.entries[i:])
+	// The delivered entries left behind the live ones must not keep their
+	// occurrences alive.
+	clear(s.entries[n:])
+	s.entries = s.entries[:n]
 }
 
 // OutboxDepth implements flowmetrics.Store.
