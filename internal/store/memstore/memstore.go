@@ -103,8 +103,9 @@ func (h dueHeap) init() {
 
 // conversation is what the store holds of one: its keys packed
 // (store.KeySet), so that the store's memory follows the conversations it
-// holds, about a hundred bytes each beyond their ids and keys, however many
-// events repeat them.
+// holds, about 360 bytes each with a UUID id and three keys (with its map
+// slot and its item in the deadline heap; BenchmarkConversationMemory),
+// however many events repeat them.
 type conversation struct {
 	// id is the store's own copy of the id, which its map and the
 	// deadline heap share: a request's may share a decoded record.
