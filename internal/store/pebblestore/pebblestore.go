@@ -419,7 +419,6 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 		}
 		for _, o := range fresh {
 			c.add(o.Key)
-			keys.add(c, o.Key)
 		}
 		c.h.changed = now.UnixNano()
 		c.dirty = true
@@ -449,7 +448,9 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 				filed = append(filed, at)
 			}
 		}
-		keys.put(c.prefix, c.h.encode())
+		if err := c.stage(&keys); err != nil {
+			return nil, fmt.Errorf("pebblestore: conversation %q: %w", id, err)
+		}
 	}
 	if err := keys.write(b); err != nil {
 		return nil, fmt.Errorf("pebblestore: %w", err)
@@ -498,31 +499,71 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 type staged struct {
 	id     string
 	h      header
-	stored int                 // keys of this epoch already in the store
 	held   map[string]struct{} // keys of the batch's requests found stored
 	added  map[string]struct{}
+	fresh  []string // the keys the batch adds, in the order added
 	dirty  bool
-	// pathKeys: the header carries a copy of the keys for the close
-	// (paths on).
-	pathKeys bool
-	prefix   []byte   // m/<len><id>
-	filed    int64    // the deadline the stored header's path is filed under (0: none)
-	asked    []string // while staging: the keys the batch's requests ask about
+	prefix []byte   // m/<len><id>
+	filed  int64    // the deadline the stored header's path is filed under (0: none)
+	asked  []string // while staging: the keys the batch's requests ask about
+}
+
+// stage adds to keys what c writes: its header and, for a conversation
+// whose keys are records of their own, a record for each key the batch
+// adds. An inline conversation's keys are written in its header, merged
+// with those it held; when they outgrow maxInlineBytes, it spills: every
+// key becomes a record, in the same batch as the header that stops
+// carrying them.
+func (c *staged) stage(keys *newKeys) error {
+	if !c.h.inline {
+		for _, k := range c.fresh {
+			keys.add(c, k)
+		}
+		keys.put(c.prefix, c.h.encode())
+		return nil
+	}
+	if len(c.fresh) > 0 {
+		// The header counts the keys the batch adds; those it carries
+		// are the others.
+		n, size := c.h.keys-len(c.fresh), c.h.bytes
+		for _, k := range c.fresh {
+			size -= len(k)
+		}
+		var all []string
+		if n > 0 {
+			var err error
+			if all, err = decodeKeys(c.h.inlineKeys, n, size); err != nil {
+				return err
+			}
+		}
+		all = append(all, c.fresh...)
+		slices.Sort(all)
+		if enc := encodeKeys(nil, all); len(enc) <= maxInlineBytes {
+			c.h.inlineKeys = enc
+		} else {
+			c.h.inline, c.h.inlineKeys = false, nil
+			for _, k := range all {
+				keys.add(c, k)
+			}
+		}
+	}
+	keys.put(c.prefix, c.h.encode())
+	return nil
 }
 
 // stageAll reads what the batch's requests need of the store: the header
 // of each conversation with occurrences, or with an end event when paths
 // are on (an expired one starts a new epoch, in which it holds nothing),
-// then which of the requested keys it holds. A conversation's header is
-// stored just before its keys (both under its prefix), so its keys are
-// mostly in the data block the header was read from. The conversations
-// are read in key order through one iterator, each header followed by its
-// conversation's keys: every seek moves forward, reusing the tables,
-// blocks and positions of the one before, where a Get each started over,
-// and Bloom filters still answer the keys the store does not hold. With
-// paths on, a header that carries a copy of every key answers for its
-// keys, and none is read. A conversation that appears twice in the batch
-// is staged once, so the second request sees the keys the first adds.
+// then which of the requested keys it holds. A header that carries its
+// keys (inline) answers for them: the claim reads one value. A
+// conversation whose keys spilled has them just after its header (both
+// under its prefix), mostly in the data block the header was read from.
+// The conversations are read in key order through one iterator, each
+// header followed by its conversation's keys: every seek moves forward,
+// reusing the tables, blocks and positions of the one before, where a Get
+// each started over, and Bloom filters still answer the keys the store
+// does not hold. A conversation that appears twice in the batch is staged
+// once, so the second request sees the keys the first adds.
 func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusals, now time.Time) (map[string]*staged, error) {
 	convs := map[string]*staged{}
 	var order []*staged
@@ -532,7 +573,7 @@ func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 		}
 		c := convs[r.ConversationID]
 		if c == nil {
-			c = &staged{id: r.ConversationID, prefix: keyPrefixOf(r.ConversationID), pathKeys: s.opts.Paths != nil}
+			c = &staged{id: r.ConversationID, prefix: keyPrefixOf(r.ConversationID), h: header{inline: true}}
 			convs[c.id] = c
 			order = append(order, c)
 		}
@@ -567,19 +608,28 @@ func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 			c.filed = h.path.Filed
 		}
 		if s.opts.Expired(time.Unix(0, h.changed), now) {
+			// A new epoch holds nothing: its keys go in its header.
 			c.h.epoch = h.epoch + 1
 			continue
 		}
-		c.h, c.stored = h, h.keys
-		if c.stored == 0 {
+		c.h = h
+		if h.keys == 0 {
 			continue
 		}
-		if h.hasPathKeys() {
-			// The header carries every key of its epoch (paths on):
-			// it answers, and no key is read.
-			c.held, err = h.heldOf(asked)
+		if h.inline {
+			// The header carries every key of its epoch: it answers,
+			// and no key is read.
+			held, err := h.inlineList()
 			if err != nil {
 				return nil, fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
+			}
+			for _, k := range asked {
+				if _, ok := slices.BinarySearch(held, k); ok {
+					if c.held == nil {
+						c.held = map[string]struct{}{}
+					}
+					c.held[k] = struct{}{}
+				}
 			}
 			continue
 		}
@@ -639,18 +689,10 @@ func (c *staged) add(k string) {
 		c.added = map[string]struct{}{}
 	}
 	c.added[k] = struct{}{}
-	if c.pathKeys {
-		c.h.addPathKey(k)
-	}
+	c.fresh = append(c.fresh, k)
 	c.h.keys++
 	c.h.bytes += len(k)
 }
-
-func (c *staged) keyOf(k string) []byte {
-	return append(append(make([]byte, 0, len(c.prefix)+len(k)), c.prefix...), k...)
-}
-
-func (c *staged) epochValue() []byte { return binary.AppendUvarint(nil, c.h.epoch) }
 
 // newKeys are the keys a Claim adds and the headers it rewrites, gathered
 // so they are written to the batch in key order: each store key
@@ -735,6 +777,12 @@ func (s *Store) get(id string) (*conversation, error) {
 	}
 	defer it.Close()
 	c := &conversation{changed: h.changed}
+	if h.inline {
+		if c.keys, err = h.inlineList(); err != nil {
+			return nil, fmt.Errorf("pebblestore: conversation %q: %w", id, err)
+		}
+		return c, nil
+	}
 	if c.keys, err = keysOf(it, id, h.epoch, h.keys); err != nil {
 		return nil, fmt.Errorf("pebblestore: read conversation %q: %w", id, err)
 	}
@@ -840,17 +888,19 @@ func (s *Store) convertLegacy() (err error) {
 			return fmt.Errorf("pebblestore: conversation %q: %w", k[len(legacyPrefix):], err)
 		}
 		id := string(k[len(legacyPrefix):])
-		st := &staged{id: id, prefix: keyPrefixOf(id)}
+		st := &staged{id: id, prefix: keyPrefixOf(id), h: header{inline: true}}
 		for _, key := range c.keys {
 			if _, dup := st.added[key]; dup {
 				continue
 			}
 			st.add(key)
-			b.Set(st.keyOf(key), st.epochValue(), nil)
 		}
 		st.h.changed = c.changed
-		b.Set(headerKey(id), st.h.encode(), nil)
-		return nil
+		var keys newKeys
+		if err := st.stage(&keys); err != nil {
+			return err
+		}
+		return keys.write(b)
 	})
 }
 
