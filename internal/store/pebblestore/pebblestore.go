@@ -12,22 +12,30 @@
 //
 //	m/<len(id), uvarint><id>            -> header: last change (unix ns), epoch, keys held and their bytes,
 //	                                       path state (paths on): ended, closed, deadline, deadline filed under,
-//	                                       and, while the path is open, a copy of the keys (at most 1 KiB) to
-//	                                       derive it from
-//	m/<len(id), uvarint><id><key>       -> one claimed key (value: the epoch it was claimed in)
+//	                                       and, while they fit in 1 KiB, the keys themselves (sorted, each as
+//	                                       the length it shares with the key before it and the rest)
+//	m/<len(id), uvarint><id><key>       -> one claimed key of a conversation whose keys outgrew its header
+//	                                       (value: the epoch it was claimed in)
 //	o/<seq, 8 bytes BE>                 -> outbox entry: the occurrences one Claim found new
 //
-// A conversation's claimed keys are one Pebble key each, under a prefix of
-// their own: a claim reads the header and looks up only the keys of its
-// request (point reads, answered by Bloom filters when the key is new), and
-// writes only the new ones, so its cost does not grow with the
+// A conversation is one Pebble record while its keys fit in its header (a
+// flow sets a handful of metric attributes per conversation): a claim
+// reads one value (a point read, answered by Bloom filters when the
+// conversation is new) and writes one value, and its path's close derives
+// from the header alone. Past 1 KiB the keys spill, in the claim that
+// crosses the bound, to one Pebble key each under the conversation's
+// prefix: a claim then reads the header and looks up only the keys of its
+// request, and writes only the new ones, so its cost never grows with the
 // conversation. The header is the prefix itself, so it sorts just before
-// the keys and mostly shares their data block: a claim of a conversation
-// the block cache does not hold reads one block, not two (headers under
-// h/<id>, as stores wrote them before, are moved there at Open). A
-// conversation that outlived the retention starts a new epoch: keys of an
-// older epoch are not held (Sweep deletes them with their header). Stores written before this layout kept each conversation as one
-// value under c/; Open converts them.
+// the keys and mostly shares their data block (headers under h/<id>, as
+// stores wrote them before, are moved there at Open). A conversation that
+// outlived the retention starts a new epoch, its keys in its header again:
+// keys of an older epoch are not held (Sweep deletes them with their
+// header). Stores written before keys could be inline have every key as a
+// record: such a header says so (it lacks the inline flag), and its
+// conversation keeps its records, with no conversion. Stores written
+// before the per-key layout kept each conversation as one value under c/;
+// Open converts them.
 //
 //	k/<sink name>        -> the sink's cursor (8 bytes BE)
 //	s/<sink name>\x00<key> -> one key of the sink's own state (AckState)
@@ -448,9 +456,7 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 				filed = append(filed, at)
 			}
 		}
-		if err := c.stage(&keys); err != nil {
-			return nil, fmt.Errorf("pebblestore: conversation %q: %w", id, err)
-		}
+		c.stage(&keys)
 	}
 	if err := keys.write(b); err != nil {
 		return nil, fmt.Errorf("pebblestore: %w", err)
@@ -502,6 +508,7 @@ type staged struct {
 	held   map[string]struct{} // keys of the batch's requests found stored
 	added  map[string]struct{}
 	fresh  []string // the keys the batch adds, in the order added
+	stored []string // inline: the keys the stored header carries, in byte order
 	dirty  bool
 	prefix []byte   // m/<len><id>
 	filed  int64    // the deadline the stored header's path is filed under (0: none)
@@ -514,29 +521,16 @@ type staged struct {
 // with those it held; when they outgrow maxInlineBytes, it spills: every
 // key becomes a record, in the same batch as the header that stops
 // carrying them.
-func (c *staged) stage(keys *newKeys) error {
+func (c *staged) stage(keys *newKeys) {
 	if !c.h.inline {
 		for _, k := range c.fresh {
 			keys.add(c, k)
 		}
 		keys.put(c.prefix, c.h.encode())
-		return nil
+		return
 	}
 	if len(c.fresh) > 0 {
-		// The header counts the keys the batch adds; those it carries
-		// are the others.
-		n, size := c.h.keys-len(c.fresh), c.h.bytes
-		for _, k := range c.fresh {
-			size -= len(k)
-		}
-		var all []string
-		if n > 0 {
-			var err error
-			if all, err = decodeKeys(c.h.inlineKeys, n, size); err != nil {
-				return err
-			}
-		}
-		all = append(all, c.fresh...)
+		all := append(c.stored[:len(c.stored):len(c.stored)], c.fresh...)
 		slices.Sort(all)
 		if enc := encodeKeys(nil, all); len(enc) <= maxInlineBytes {
 			c.h.inlineKeys = enc
@@ -548,7 +542,6 @@ func (c *staged) stage(keys *newKeys) error {
 		}
 	}
 	keys.put(c.prefix, c.h.encode())
-	return nil
 }
 
 // stageAll reads what the batch's requests need of the store: the header
@@ -619,12 +612,11 @@ func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 		if h.inline {
 			// The header carries every key of its epoch: it answers,
 			// and no key is read.
-			held, err := h.inlineList()
-			if err != nil {
+			if c.stored, err = h.inlineList(); err != nil {
 				return nil, fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
 			}
 			for _, k := range asked {
-				if _, ok := slices.BinarySearch(held, k); ok {
+				if _, ok := slices.BinarySearch(c.stored, k); ok {
 					if c.held == nil {
 						c.held = map[string]struct{}{}
 					}
@@ -897,9 +889,7 @@ func (s *Store) convertLegacy() (err error) {
 		}
 		st.h.changed = c.changed
 		var keys newKeys
-		if err := st.stage(&keys); err != nil {
-			return err
-		}
+		st.stage(&keys)
 		return keys.write(b)
 	})
 }
