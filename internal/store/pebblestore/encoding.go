@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
@@ -36,8 +37,8 @@ type header struct {
 
 // maxInlineBytes bounds the keys a header carries (encoded): past it, the
 // conversation's keys spill to records of their own, so no claim rewrites
-// more than this. Real conversations (3 to 6 keys, some 15 bytes each once
-// front-coded) fit many times over.
+// more than this. Real conversations (3 to 6 keys, some 50 bytes each
+// before front-coding) fit many times over.
 const maxInlineBytes = 1024
 
 // Flags of the byte after the counts. pathEnded and pathClosed are the
@@ -143,24 +144,44 @@ func (h *header) inlineList() ([]string, error) {
 	return decodeKeys(h.inlineKeys, h.keys, h.bytes)
 }
 
-// encodeKeys writes keys, sorted and without duplicates, front-coded: each
-// key as the length of the prefix it shares with the key before it, then
-// the length of the rest and the rest. A conversation's keys are its
-// flows' metric attributes, <Flow>Metric_<Name>(<time>): sorted, a key
-// mostly repeats the flow, the name and the date of the one before, and
-// takes some 15 bytes instead of 50.
+// encodeKeys writes keys, sorted and without duplicates, front-coded: a
+// conversation's keys are its flows' metric attributes,
+// <Flow>Metric_<Name>(<time>), so each key is cut at its last "(" into a
+// name and a time, and each part is written as the length it shares with
+// the same part of the key before it, then the length of the rest and the
+// rest. Sorted, a name repeats the flow of the one before; a time, set
+// within minutes of the others of its conversation, repeats its date and
+// hour, whatever the flow. The cut only chooses what is shared: decoding
+// joins the parts again, so any key, whatever its bytes, reads back as it
+// was written.
 func encodeKeys(b []byte, keys []string) []byte {
-	prev := ""
+	var prevName, prevStamp string
 	for _, k := range keys {
-		n := 0
-		for n < len(prev) && n < len(k) && prev[n] == k[n] {
-			n++
-		}
-		b = binary.AppendUvarint(b, uint64(n))
-		b = appendString(b, k[n:])
-		prev = k
+		name, stamp := splitKey(k)
+		b = appendShared(b, prevName, name)
+		b = appendShared(b, prevStamp, stamp)
+		prevName, prevStamp = name, stamp
 	}
 	return b
+}
+
+// splitKey cuts k before its last "(" (k is all name when it has none).
+func splitKey(k string) (name, stamp string) {
+	if i := strings.LastIndexByte(k, '('); i >= 0 {
+		return k[:i], k[i:]
+	}
+	return k, ""
+}
+
+// appendShared writes s as the length of the prefix it shares with prev,
+// then the rest (appendString).
+func appendShared(b []byte, prev, s string) []byte {
+	n := 0
+	for n < len(prev) && n < len(s) && prev[n] == s[n] {
+		n++
+	}
+	b = binary.AppendUvarint(b, uint64(n))
+	return appendString(b, s[n:])
 }
 
 // decodeKeys reads what encodeKeys wrote: n keys of size bytes in all (as
@@ -169,25 +190,22 @@ func decodeKeys(v []byte, n, size int) ([]string, error) {
 	if size < 0 || size > len(v)*maxInlineBytes {
 		return nil, errCorrupt
 	}
-	// Every key is a slice of one string, built in one buffer.
+	// Every key is a slice of one string, built in one buffer; the parts
+	// of the key before are read back from there.
 	buf := make([]byte, 0, size)
 	ends := make([]int, 0, n)
-	prev := 0 // where the key before starts in buf
+	var name, stamp [2]int // the key before's parts: buf[name[0]:name[1]], buf[stamp[0]:stamp[1]]
 	for len(v) > 0 {
-		shared, m := binary.Uvarint(v)
-		if m <= 0 {
-			return nil, errCorrupt
-		}
-		v = v[m:]
-		rest, m := binary.Uvarint(v)
-		if m <= 0 || rest > uint64(len(v)-m) || shared > uint64(len(buf)-prev) || uint64(len(buf))+shared+rest > uint64(size) {
-			return nil, errCorrupt
-		}
 		start := len(buf)
-		buf = append(buf, buf[prev:prev+int(shared)]...)
-		buf = append(buf, v[m:m+int(rest)]...)
-		v = v[m+int(rest):]
-		prev = start
+		var err error
+		if buf, v, err = readShared(buf, v, name, size); err != nil {
+			return nil, err
+		}
+		mid := len(buf)
+		if buf, v, err = readShared(buf, v, stamp, size); err != nil {
+			return nil, err
+		}
+		name, stamp = [2]int{start, mid}, [2]int{mid, len(buf)}
 		ends = append(ends, len(buf))
 	}
 	if len(ends) != n || len(buf) != size {
@@ -201,6 +219,24 @@ func decodeKeys(v []byte, n, size int) ([]string, error) {
 		start = end
 	}
 	return out, nil
+}
+
+// readShared appends to buf a part appendShared wrote at the start of v,
+// whose prefix is shared with buf[prev[0]:prev[1]], and returns the rest
+// of v; buf never grows beyond size.
+func readShared(buf, v []byte, prev [2]int, size int) ([]byte, []byte, error) {
+	shared, m := binary.Uvarint(v)
+	if m <= 0 || shared > uint64(prev[1]-prev[0]) {
+		return nil, nil, errCorrupt
+	}
+	v = v[m:]
+	rest, m := binary.Uvarint(v)
+	if m <= 0 || rest > uint64(len(v)-m) || uint64(len(buf))+shared+rest > uint64(size) {
+		return nil, nil, errCorrupt
+	}
+	buf = append(buf, buf[prev[0]:prev[0]+int(shared)]...)
+	buf = append(buf, v[m:m+int(rest)]...)
+	return buf, v[m+int(rest):], nil
 }
 
 // conversation is a conversation's state with its keys, as read by get.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -240,4 +241,35 @@ func TestOldPerKeyLayoutStays(t *testing.T) {
 	if n != 0 {
 		t.Errorf("after the sweep: %d records under m/, want none", n)
 	}
+}
+
+// FuzzInlineKeys: any set of keys (here the lines of the input, whatever
+// their bytes: no "(", several, empty parts) reads back from its encoding
+// as it was, and any bytes read as encoded keys give as many keys of as
+// many bytes as the header counts, or an error, never a panic.
+func FuzzInlineKeys(f *testing.F) {
+	f.Add("A.FlowMetric_Start(2026-11-01T00:00:13.427Z)\nB.FlowMetric_End(2026-11-01T00:03:01.002Z)\nno time\n((\n(x\nx(")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, in string) {
+		keys := slices.Compact(slices.Sorted(slices.Values(strings.Split(in, "\n"))))
+		size := 0
+		for _, k := range keys {
+			size += len(k)
+		}
+		enc := encodeKeys(nil, keys)
+		got, err := decodeKeys(enc, len(keys), size)
+		if err != nil || !slices.Equal(got, keys) {
+			t.Fatalf("round trip of %q: got %q (%v)", keys, got, err)
+		}
+		// Bytes that decode give the count and the size asked for.
+		if got, err := decodeKeys([]byte(in), len(keys), size); err == nil {
+			n := 0
+			for _, k := range got {
+				n += len(k)
+			}
+			if len(got) != len(keys) || n != size {
+				t.Fatalf("decode of %q as %d keys of %d bytes: got %d of %d", in, len(keys), size, len(got), n)
+			}
+		}
+	})
 }

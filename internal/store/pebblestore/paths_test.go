@@ -145,7 +145,7 @@ func TestCloseDerivesFromTheHeader(t *testing.T) {
 	ctx := context.Background()
 	clock := storetest.NewClock(t0)
 	s := mustOpen(t, t.TempDir(), pathOptions(clock))
-	small, large := occs(3, 0), occs(60, 0)
+	small, large := occs(3, 0), occs(150, 0)
 	for i := range large {
 		// Claimed one by one: each claim extends the keys the header
 		// carries, until they no longer fit.
