@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -351,8 +352,9 @@ func (r *replayer) run(ctx context.Context, inputs []input) error {
 	return nil
 }
 
-// runOne decodes and prepares (sorts out, extracts, checks against the
-// known-key cache, admits flow/metric pairs) in one goroutine and commits
+// runOne decodes (parsing lines in parallel) and prepares (sorts out,
+// extracts, checks against the known-key cache, admits flow/metric pairs)
+// in one goroutine and commits
 // in another, so the next batch is decoded and prepared while the store
 // claims (and syncs) this one.
 func (r *replayer) runOne(ctx context.Context, in input) error {
@@ -373,7 +375,9 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 		// A prepared batch holds none of its records: the slice is
 		// reused.
 		batch := make([]genesys.Record, 0, replayBatch)
-		err := genesys.Decode(countingReader{in.r, in.read}, func(rec genesys.Record) error {
+		// The lines are parsed by as many goroutines as there are
+		// processors; this one sees the records in input order.
+		err := genesys.DecodeParallel(countingReader{in.r, in.read}, runtime.GOMAXPROCS(0), func(rec genesys.Record) error {
 			batch = append(batch, rec)
 			if len(batch) < replayBatch {
 				return nil
