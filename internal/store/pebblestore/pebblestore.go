@@ -756,18 +756,13 @@ func (s *Store) header(id string) (h header, ok bool, err error) {
 }
 
 // get reads a conversation with the keys of its epoch (nil when it has no
-// state). It scans the conversation's keys: for reading a whole
-// conversation (its path), not for claiming.
+// state): from its header, or, when its keys are records, by scanning
+// them: for reading a whole conversation (Keys), not for claiming.
 func (s *Store) get(id string) (*conversation, error) {
 	h, ok, err := s.header(id)
 	if err != nil || !ok {
 		return nil, err
 	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: keyPrefix, UpperBound: prefixEnd(keyPrefix)})
-	if err != nil {
-		return nil, fmt.Errorf("pebblestore: read conversation %q: %w", id, err)
-	}
-	defer it.Close()
 	c := &conversation{changed: h.changed}
 	if h.inline {
 		if c.keys, err = h.inlineList(); err != nil {
@@ -775,6 +770,11 @@ func (s *Store) get(id string) (*conversation, error) {
 		}
 		return c, nil
 	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: keyPrefix, UpperBound: prefixEnd(keyPrefix)})
+	if err != nil {
+		return nil, fmt.Errorf("pebblestore: read conversation %q: %w", id, err)
+	}
+	defer it.Close()
 	if c.keys, err = keysOf(it, id, h.epoch, h.keys); err != nil {
 		return nil, fmt.Errorf("pebblestore: read conversation %q: %w", id, err)
 	}
