@@ -396,40 +396,51 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 			cancel()
 		}
 	}
-	// Each batch is taken before the one before it is done with, so the
-	// paths that close beside its claims can leave out its conversations
-	// (replayCloser).
-	for batch, more := <-batches; more; {
+	// The claims overlap: a batch goes into the store (applied, where every
+	// later claim and close sees it) while the sync of the one before is
+	// under way, so the store's fsync no longer holds this goroutine up.
+	// The closes due after a batch start once it is durable, beside the
+	// claims of the two batches after it, which leave out their
+	// conversations (replayCloser): so each batch is taken before the one
+	// before it is started.
+	var last *startedBatch // started, not yet finished
+	batch, more := <-batches
+	for more {
 		if ingestErr != nil {
 			batch, more = <-batches
 			continue // drain, so the decoder can stop
 		}
-		res, err := r.p.Commit(ctx, batch.prepared)
-		closed, closeErr := r.paths.wait()
-		if err == nil {
-			err = closeErr
+		cur := &startedBatch{paths: batch.paths, finish: r.p.StartCommit(ctx, batch.prepared)}
+		if last != nil {
+			if err := r.finished(ctx, in.name, last, &fl); err != nil {
+				fail(err)
+			}
 		}
-		if err != nil {
+		// The next batch is taken now: the closes started below run
+		// beside its claim too.
+		batch, more = <-batches
+		if ingestErr == nil && last != nil {
+			var next *batchPaths
+			if more {
+				next = batch.paths
+			}
+			if err := r.paths.start(ctx, cur.paths, next); err != nil {
+				fail(err)
+			}
+		}
+		last = cur
+	}
+	if last != nil {
+		if ingestErr != nil {
+			last.finish() // must be called; the replay failed already
+		} else if err := r.finished(ctx, in.name, last, &fl); err != nil {
 			fail(err)
-			continue
-		}
-		r.report(in.name, res)
-		r.paths.claimed(batch.paths)
-		if batch, more = <-batches; more {
-			if err := r.paths.start(ctx, batch.paths); err != nil {
-				fail(err)
-				continue
-			}
-		}
-		if r.pending += res.Occurrences + closed; r.pending >= flushEvery {
-			r.pending = 0
-			if err := fl.start(ctx, r.p); err != nil {
-				fail(err)
-			}
 		}
 	}
-	if _, err := r.paths.wait(); err != nil {
+	if closed, err := r.paths.wait(); err != nil {
 		fail(err)
+	} else {
+		r.pending += closed
 	}
 	if err := fl.wait(); err != nil && ingestErr == nil {
 		ingestErr = err
@@ -438,6 +449,34 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 		return ingestErr
 	}
 	return <-decodeErr
+}
+
+// startedBatch is a batch whose commit the replay started: its claim is
+// applied, and finish waits until it is durable.
+type startedBatch struct {
+	paths  *batchPaths
+	finish func() (pipeline.Result, error)
+}
+
+// finished waits until b is durable and reports it, then takes the closes
+// that ran beside its claim, moves the replay's clock by b, and has the
+// outbox delivered every flushEvery occurrences.
+func (r *replayer) finished(ctx context.Context, name string, b *startedBatch, fl *flusher) error {
+	res, err := b.finish()
+	if err != nil {
+		return err
+	}
+	r.report(name, res)
+	closed, err := r.paths.wait()
+	if err != nil {
+		return err
+	}
+	r.paths.claimed(b.paths)
+	if r.pending += res.Occurrences + closed; r.pending >= flushEvery {
+		r.pending = 0
+		return fl.start(ctx, r.p)
+	}
+	return nil
 }
 
 // flusher delivers the outbox to the sinks in a goroutine of its own, so
