@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -25,6 +26,12 @@ import (
 // embedded store's one fsync per claim is amortised, small enough to bound
 // memory.
 const replayBatch = 2000
+
+// replaySyncing is how many batches' claims may be syncing while the next
+// batch is claimed: the fsync of the embedded store, which takes about as
+// long as a batch's claim, overlaps the next claims instead of holding
+// them up.
+const replaySyncing = 1
 
 // flushEvery bounds the occurrences held in the outbox before the sinks get
 // them, so a huge replay does not grow memory without bound. Small enough
@@ -397,50 +404,56 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 		}
 	}
 	// The claims overlap: a batch goes into the store (applied, where every
-	// later claim and close sees it) while the sync of the one before is
-	// under way, so the store's fsync no longer holds this goroutine up.
-	// The closes due after a batch start once it is durable, beside the
-	// claims of the two batches after it, which leave out their
-	// conversations (replayCloser): so each batch is taken before the one
-	// before it is started.
-	var last *startedBatch // started, not yet finished
+	// later claim and close sees it) while the syncs of up to
+	// replaySyncing batches before it are under way, so the store's fsync
+	// no longer holds this goroutine up. The closes due after a batch start
+	// once it is durable, beside the claims of the batches after it, which
+	// leave out their conversations (replayCloser): so the next batch is
+	// taken before they start.
+	var syncing []*startedBatch // started, not yet finished, in order
 	batch, more := <-batches
 	for more {
 		if ingestErr != nil {
 			batch, more = <-batches
 			continue // drain, so the decoder can stop
 		}
-		cur := &startedBatch{paths: batch.paths, finish: r.p.StartCommit(ctx, batch.prepared)}
-		if last != nil {
-			if err := r.finished(ctx, in.name, last, &fl); err != nil {
+		syncing = append(syncing, &startedBatch{paths: batch.paths, finish: r.p.StartCommit(ctx, batch.prepared)})
+		// The store's log writer, woken by the claim, would wait for
+		// this goroutine's processor (the other one decodes) until it
+		// blocks: yielding it now starts the batch's fsync now, beside
+		// what follows, rather than once this goroutine waits for it.
+		runtime.Gosched()
+		var done *startedBatch
+		if len(syncing) > replaySyncing {
+			done, syncing = syncing[0], syncing[1:]
+			if err := r.finished(ctx, in.name, done, &fl); err != nil {
 				fail(err)
 			}
 		}
-		// The next batch is taken now: the closes started below run
-		// beside its claim too.
 		batch, more = <-batches
-		if ingestErr == nil && last != nil {
-			var next *batchPaths
-			if more {
-				next = batch.paths
+		if ingestErr == nil && done != nil {
+			// Beside the claims still syncing, and the next batch's.
+			beside := make([]*batchPaths, 0, len(syncing)+1)
+			for _, b := range syncing {
+				beside = append(beside, b.paths)
 			}
-			if err := r.paths.start(ctx, cur.paths, next); err != nil {
+			if more {
+				beside = append(beside, batch.paths)
+			}
+			if err := r.paths.start(ctx, beside...); err != nil {
 				fail(err)
 			}
 		}
-		last = cur
 	}
-	if last != nil {
+	for _, b := range syncing {
 		if ingestErr != nil {
-			last.finish() // must be called; the replay failed already
-		} else if err := r.finished(ctx, in.name, last, &fl); err != nil {
+			b.finish() // must be called; the replay failed already
+		} else if err := r.finished(ctx, in.name, b, &fl); err != nil {
 			fail(err)
 		}
 	}
-	if closed, err := r.paths.wait(); err != nil {
+	if _, err := r.paths.wait(); err != nil {
 		fail(err)
-	} else {
-		r.pending += closed
 	}
 	if err := fl.wait(); err != nil && ingestErr == nil {
 		ingestErr = err
