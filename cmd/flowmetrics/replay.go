@@ -358,8 +358,9 @@ func (r *replayer) run(ctx context.Context, inputs []input) error {
 	return nil
 }
 
-// runOne decodes and prepares (sorts out, extracts, checks against the
-// known-key cache, admits flow/metric pairs) in one goroutine and commits
+// runOne decodes (parsing lines in parallel) and prepares (sorts out,
+// extracts, checks against the known-key cache, admits flow/metric pairs)
+// in one goroutine and commits
 // in another, so the next batch is decoded and prepared while the store
 // claims (and syncs) this one.
 func (r *replayer) runOne(ctx context.Context, in input) error {
@@ -380,7 +381,9 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 		// A prepared batch holds none of its records: the slice is
 		// reused.
 		batch := make([]genesys.Record, 0, replayBatch)
-		err := genesys.Decode(countingReader{in.r, in.read}, func(rec genesys.Record) error {
+		// The lines are parsed by as many goroutines as there are
+		// processors; this one sees the records in input order.
+		err := genesys.DecodeParallel(countingReader{in.r, in.read}, runtime.GOMAXPROCS(0), func(rec genesys.Record) error {
 			batch = append(batch, rec)
 			if len(batch) < replayBatch {
 				return nil
@@ -419,9 +422,9 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 		}
 		syncing = append(syncing, &startedBatch{paths: batch.paths, finish: r.p.StartCommit(ctx, batch.prepared)})
 		// The store's log writer, woken by the claim, would wait for
-		// this goroutine's processor (the other one decodes) until it
-		// blocks: yielding it now starts the batch's fsync now, beside
-		// what follows, rather than once this goroutine waits for it.
+		// this goroutine's processor (the others decode) until it
+		// blocks: yielding it starts the batch's fsync now, beside what
+		// follows, rather than once this goroutine waits for it.
 		runtime.Gosched()
 		var done *startedBatch
 		if len(syncing) > replaySyncing {

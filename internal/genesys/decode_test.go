@@ -226,12 +226,26 @@ type rec struct {
 
 func decodeAll(t *testing.T, r io.Reader) ([]Record, error) {
 	t.Helper()
+	return decodeWith(Decode, r)
+}
+
+func decodeWith(decode func(io.Reader, func(Record) error) error, r io.Reader) ([]Record, error) {
 	var got []Record
-	err := Decode(r, func(r Record) error {
+	err := decode(r, func(r Record) error {
 		got = append(got, r)
 		return nil
 	})
 	return got, err
+}
+
+// parallelDecoders are DecodeParallel as replay uses it and with chunks
+// small enough to cut the tests' inputs into many, every one of which must
+// give what Decode gives.
+var parallelDecoders = map[string]func(io.Reader, func(Record) error) error{
+	"parallel": func(r io.Reader, fn func(Record) error) error { return DecodeParallel(r, 3, fn) },
+	"parallel, small chunks": func(r io.Reader, fn func(Record) error) error {
+		return decodeParallel(r, 3, 64, fn)
+	},
 }
 
 func checkRecords(t *testing.T, got []Record, want []rec) {
@@ -420,6 +434,21 @@ func TestDecodeLayouts(t *testing.T) {
 					t.Errorf("%s reads: got different records", name)
 				}
 			}
+			// Nor parsing the lines in parallel.
+			for name, decode := range parallelDecoders {
+				for reads, r := range map[string]io.Reader{
+					"whole":    strings.NewReader(tt.in),
+					"one byte": iotest.OneByteReader(strings.NewReader(tt.in)),
+				} {
+					par, err := decodeWith(decode, r)
+					if err != nil {
+						t.Fatalf("%s, %s reads: got error %v, want nil", name, reads, err)
+					}
+					if !sameRecords(par, got) {
+						t.Errorf("%s, %s reads: got different records", name, reads)
+					}
+				}
+			}
 		})
 	}
 }
@@ -490,23 +519,26 @@ func TestDecodeLargeRecords(t *testing.T) {
 	ten := big(10 << 20)
 	huge := big(MaxRecordSize)
 
-	t.Run("NDJSON", func(t *testing.T) {
-		got, err := decodeAll(t, strings.NewReader(ev+"\n"+ten+"\n"+huge+"\n"+ev+"\n"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkRecords(t, got, []rec{{0, 1, Accepted, nil}, {1, 2, Accepted, nil}, {2, 3, Rejected, ErrTooLarge}, {3, 4, Accepted, nil}})
-		if names := got[1].Event.MetricNames; len(names) != 2 || len(names[0]) != 10<<20+len("BigMetric_(x)") {
-			t.Errorf("got names %.40q, want the sample's and one of %d bytes", names, 10<<20+len("BigMetric_(x)"))
-		}
-	})
-	t.Run("first line too large", func(t *testing.T) {
-		got, err := decodeAll(t, strings.NewReader(huge+"\n"+ev+"\n"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		checkRecords(t, got, []rec{{0, 1, Rejected, ErrTooLarge}, {1, 2, Accepted, nil}})
-	})
+	decoders := map[string]func(io.Reader, func(Record) error) error{"Decode": Decode, "parallel": parallelDecoders["parallel"]}
+	for name, decode := range decoders {
+		t.Run("NDJSON/"+name, func(t *testing.T) {
+			got, err := decodeWith(decode, strings.NewReader(ev+"\n"+ten+"\n"+huge+"\n"+ev+"\n"+huge))
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkRecords(t, got, []rec{{0, 1, Accepted, nil}, {1, 2, Accepted, nil}, {2, 3, Rejected, ErrTooLarge}, {3, 4, Accepted, nil}, {4, 5, Rejected, ErrTooLarge}})
+			if names := got[1].Event.MetricNames; len(names) != 2 || len(names[0]) != 10<<20+len("BigMetric_(x)") {
+				t.Errorf("got names %.40q, want the sample's and one of %d bytes", names, 10<<20+len("BigMetric_(x)"))
+			}
+		})
+		t.Run("first line too large/"+name, func(t *testing.T) {
+			got, err := decodeWith(decode, strings.NewReader(huge+"\n"+ev+"\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkRecords(t, got, []rec{{0, 1, Rejected, ErrTooLarge}, {1, 2, Accepted, nil}})
+		})
+	}
 	t.Run("array", func(t *testing.T) {
 		got, err := decodeAll(t, strings.NewReader("["+ten+",\n"+huge+",\n"+ev+"]"))
 		if err != nil {
@@ -550,21 +582,22 @@ func TestDecodeReadError(t *testing.T) {
 		"nothing":       "",
 		"complete line": ev + "\n",
 	} {
-		t.Run(name, func(t *testing.T) {
-			var got []Record
-			err := Decode(&failingReader{[]byte(in), boom}, func(r Record) error {
-				got = append(got, r)
-				return nil
-			})
-			if !errors.Is(err, boom) {
-				t.Errorf("got error %v, want %v", err, boom)
-			}
-			for _, r := range got {
-				if r.Outcome != Accepted {
-					t.Errorf("record %d: got %v %v before the read error, want only whole records", r.Index, r.Outcome, r.Err)
+		for dname, decode := range map[string]func(io.Reader, func(Record) error) error{"Decode": Decode, "parallel": parallelDecoders["parallel"]} {
+			t.Run(name+"/"+dname, func(t *testing.T) {
+				got, err := decodeWith(decode, &failingReader{[]byte(in), boom})
+				if !errors.Is(err, boom) {
+					t.Errorf("got error %v, want %v", err, boom)
 				}
-			}
-		})
+				for _, r := range got {
+					if r.Outcome != Accepted {
+						t.Errorf("record %d: got %v %v before the read error, want only whole records", r.Index, r.Outcome, r.Err)
+					}
+				}
+				if strings.HasPrefix(name, "NDJSON") && len(got) != strings.Count(in, "\n") {
+					t.Errorf("got %d records, want the %d whole lines before the read error", len(got), strings.Count(in, "\n"))
+				}
+			})
+		}
 	}
 }
 
@@ -576,19 +609,25 @@ func TestDecodeCallbackError(t *testing.T) {
 		"array":  "[" + ev + "," + ev + "," + ev + "]",
 		"pretty": string(readSample(t, "attributes-eventbridge.json")) + string(readSample(t, "attributes-eventbridge.json")),
 	} {
-		t.Run(name, func(t *testing.T) {
-			calls := 0
-			err := Decode(strings.NewReader(in), func(Record) error {
-				calls++
-				if calls == 2 {
-					return stop
+		decoders := map[string]func(io.Reader, func(Record) error) error{"Decode": Decode}
+		for dname, decode := range parallelDecoders {
+			decoders[dname] = decode
+		}
+		for dname, decode := range decoders {
+			t.Run(name+"/"+dname, func(t *testing.T) {
+				calls := 0
+				err := decode(strings.NewReader(in), func(Record) error {
+					calls++
+					if calls == 2 {
+						return stop
+					}
+					return nil
+				})
+				if err != stop || calls != 2 {
+					t.Errorf("got error %v after %d calls, want %v after 2", err, calls, stop)
 				}
-				return nil
 			})
-			if err != stop || calls != 2 {
-				t.Errorf("got error %v after %d calls, want %v after 2", err, calls, stop)
-			}
-		})
+		}
 	}
 }
 

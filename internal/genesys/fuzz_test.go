@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -171,6 +172,19 @@ func FuzzDecode(f *testing.F) {
 		})
 		if !sameRecords(slow, got) {
 			t.Errorf("got different records reading a byte at a time")
+		}
+		// Parsed in parallel, in chunks of a few lines: the same records.
+		for _, r := range []io.Reader{bytes.NewReader(data), iotest.OneByteReader(bytes.NewReader(data))} {
+			var par []Record
+			if err := decodeParallel(r, 3, 16, func(r Record) error {
+				par = append(par, r)
+				return nil
+			}); err != nil {
+				t.Fatalf("decodeParallel: got error %v, want nil", err)
+			}
+			if !sameRecords(par, got) {
+				t.Errorf("got different records parsing lines in parallel")
+			}
 		}
 		// In place: the same records, which outlive the bytes they were
 		// decoded from, and the bytes left as they were.

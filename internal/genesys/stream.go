@@ -72,6 +72,10 @@ type decoder struct {
 	index    int
 	tooLarge bool
 	p        parser
+
+	// workers is how many goroutines parse NDJSON lines, in chunks of
+	// about chunk bytes (DecodeParallel).
+	workers, chunk int
 }
 
 var newline = []byte{'\n'}
@@ -448,6 +452,9 @@ func (d *decoder) resync(afterElement bool) error {
 // ndjson reads the rest of the input one line at a time, from the start of
 // a line.
 func (d *decoder) ndjson() error {
+	if d.workers > 1 && d.r != nil {
+		return d.ndjsonParallel()
+	}
 	scanned := 0 // unread bytes known to hold no '\n'
 	for {
 		i := bytes.IndexByte(d.buf[d.rpos+scanned:d.wpos], '\n')
@@ -474,13 +481,7 @@ func (d *decoder) ndjson() error {
 			return nil
 		}
 		n := scanned + i
-		var err error
-		if n > MaxRecordSize {
-			err = d.emit(tooLarge(), d.line)
-		} else {
-			err = d.ndjsonLine(d.buf[d.rpos : d.rpos+n])
-		}
-		if err != nil {
+		if err := d.ndjsonLine(d.buf[d.rpos : d.rpos+n]); err != nil {
 			return err
 		}
 		d.rpos += n + 1
@@ -491,21 +492,34 @@ func (d *decoder) ndjson() error {
 
 // ndjsonLine decodes one NDJSON line, which starts at column 1 of d.line.
 func (d *decoder) ndjsonLine(text []byte) error {
-	if blank(text) {
+	rec, ok := lineRecord(&d.p, text, d.line)
+	if !ok {
 		return nil
 	}
-	d.p.reset(text, true)
-	rec, ok := d.p.value()
+	return d.emit(rec, d.line)
+}
+
+// lineRecord decodes NDJSON line number line with p; ok is false when the
+// line is blank, and holds no record.
+func lineRecord(p *parser, text []byte, line int) (rec Record, ok bool) {
+	if len(text) > MaxRecordSize {
+		return tooLarge(), true
+	}
+	if blank(text) {
+		return Record{}, false
+	}
+	p.reset(text, true)
+	rec, ok = p.value()
 	if ok {
-		d.p.skipWS()
-		if d.p.pos < len(text) {
-			ok = d.p.fail(d.p.pos, "invalid character "+describe(text[d.p.pos])+" after top-level value")
+		p.skipWS()
+		if p.pos < len(text) {
+			ok = p.fail(p.pos, "invalid character "+describe(text[p.pos])+" after top-level value")
 		}
 	}
 	if !ok {
-		rec = reject(fmt.Errorf("%w: %s (line %d, column %d)", ErrNotJSON, d.p.errMsg, d.line, d.p.errOff+1))
+		rec = reject(fmt.Errorf("%w: %s (line %d, column %d)", ErrNotJSON, p.errMsg, line, p.errOff+1))
 	}
-	return d.emit(rec, d.line)
+	return rec, true
 }
 
 // array reads the elements of a JSON array as records.

@@ -21,6 +21,7 @@ type Deriver struct {
 	funnels     []funnel
 	experiments []experiment
 	guard       Guard
+	configured  int // the most points timings, funnels and experiments add
 }
 
 type stepRef struct{ flow, metric, label string }
@@ -56,14 +57,17 @@ func New(c Config, guard Guard) *Deriver {
 	d := &Deriver{guard: guard}
 	for _, t := range c.Timings {
 		d.timings = append(d.timings, timing{t.Name, ref(t.From), ref(t.To)})
+		d.configured++
 	}
 	for _, f := range c.Funnels {
 		d.funnels = append(d.funnels, funnel{f.Name, refs(f.Steps)})
+		d.configured += len(f.Steps)
 	}
 	for _, e := range c.Experiments {
 		x := experiment{name: e.Name}
 		for _, v := range e.Variants {
 			x.variants = append(x.variants, funnel{v.Name, refs(v.Steps)})
+			d.configured += len(v.Steps)
 		}
 		d.experiments = append(d.experiments, x)
 	}
@@ -74,12 +78,18 @@ type step struct {
 	flow, metric string
 	at           time.Time
 	key          string
+	// since, for a metric's first step in its flow (but the flow's
+	// first), is the index of the flow's first step; else -1.
+	since int32
+	// exit, at a flow's first step, is 1 + the index of its last.
+	exit int32
 }
 
 // Derive implements flowmetrics.Deriver. The path is the conversation's
 // keys ordered by attribute time (then by key, so equal times order the
 // same way every time). It takes O(k log k) time for k keys plus
-// O(k) per configured timing, funnel step and variant step.
+// O(k) per configured timing, funnel step and variant step, and a few
+// allocations whatever k.
 //
 //   - exits: per flow, its last metric, stamped at that metric's time;
 //   - step timings: per flow, each metric's first occurrence after the
@@ -90,12 +100,16 @@ type step struct {
 //   - funnels and experiment variants: each step reached after the
 //     previous one in the path, stamped at the step's time; a variant
 //     counts from its first step.
+//
+// Step timings come first, in path order, then exits in the order their
+// flows first appear, then timings, funnels and experiments in the
+// configuration's order.
 func (d *Deriver) Derive(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
 	path := make([]step, 0, len(cp.Keys))
 	for _, k := range cp.Keys {
 		a, ok, _ := genesys.ParseAttribute(k)
 		if ok {
-			path = append(path, step{a.Flow, a.Metric, a.Time, k})
+			path = append(path, step{flow: a.Flow, metric: a.Metric, at: a.Time, key: k, since: -1})
 		}
 	}
 	if len(path) == 0 {
@@ -107,7 +121,9 @@ func (d *Deriver) Derive(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
 		}
 		return strings.Compare(x.key, y.key)
 	})
-	var out []flowmetrics.PathPoint
+	pairs := markFlows(path)
+
+	out := make([]flowmetrics.PathPoint, 0, pairs+d.configured)
 	point := func(p flowmetrics.PathPoint) {
 		p.Conversation = cp.ConversationID
 		out = append(out, p)
@@ -119,33 +135,19 @@ func (d *Deriver) Derive(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
 		return d.guard.Map(flow, metric)
 	}
 
-	// Exits and step timings, per flow in order of first appearance.
-	type flowState struct {
-		first time.Time
-		last  step
-		seen  map[string]bool
-	}
-	flows := map[string]*flowState{}
-	var order []string
+	// Step timings, then exits.
 	for _, s := range path {
-		f := flows[s.flow]
-		if f == nil {
-			f = &flowState{first: s.at, seen: map[string]bool{s.metric: true}}
-			flows[s.flow] = f
-			order = append(order, s.flow)
-			f.last = s
+		if s.since < 0 {
 			continue
 		}
-		f.last = s
-		if f.seen[s.metric] {
-			continue
-		}
-		f.seen[s.metric] = true
 		fl, m := mapped(s.flow, s.metric)
-		point(flowmetrics.PathPoint{Kind: flowmetrics.PathStep, Flow: fl, Metric: m, Seconds: s.at.Sub(f.first).Seconds(), Time: s.at})
+		point(flowmetrics.PathPoint{Kind: flowmetrics.PathStep, Flow: fl, Metric: m, Seconds: s.at.Sub(path[s.since].at).Seconds(), Time: s.at})
 	}
-	for _, name := range order {
-		l := flows[name].last
+	for _, s := range path {
+		if s.exit == 0 {
+			continue
+		}
+		l := path[s.exit-1]
 		fl, m := mapped(l.flow, l.metric)
 		point(flowmetrics.PathPoint{Kind: flowmetrics.PathExit, Flow: fl, Metric: m, Time: l.at})
 	}
@@ -174,6 +176,46 @@ func (d *Deriver) Derive(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
 		}
 	}
 	return out
+}
+
+// markFlows sets since and exit on path (in time order) and returns the
+// number of its distinct flow/metric pairs: one point each, a step timing
+// or its flow's exit. It groups the steps by flow and metric with a sort
+// of their indexes, O(k log k) for k steps, rather than maps.
+func markFlows(path []step) (pairs int) {
+	idx := make([]int32, len(path))
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	slices.SortFunc(idx, func(x, y int32) int {
+		if c := strings.Compare(path[x].flow, path[y].flow); c != 0 {
+			return c
+		}
+		if c := strings.Compare(path[x].metric, path[y].metric); c != 0 {
+			return c
+		}
+		return int(x - y)
+	})
+	for g := 0; g < len(idx); {
+		// One flow: idx[g:e], by metric, each metric's steps in time order.
+		flow := path[idx[g]].flow
+		e, first, last := g, idx[g], idx[g]
+		for ; e < len(idx) && path[idx[e]].flow == flow; e++ {
+			first, last = min(first, idx[e]), max(last, idx[e])
+		}
+		path[first].exit = last + 1
+		for i := g; i < e; i++ {
+			if i > g && path[idx[i]].metric == path[idx[i-1]].metric {
+				continue
+			}
+			pairs++
+			if idx[i] != first {
+				path[idx[i]].since = first
+			}
+		}
+		g = e
+	}
+	return pairs
 }
 
 // find returns the index of the first step from index from on matching

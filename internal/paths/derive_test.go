@@ -2,12 +2,15 @@ package paths
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/genesys"
 )
 
 var base = time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
@@ -130,5 +133,98 @@ func TestValidate(t *testing.T) {
 				t.Errorf("got %v, want an error with %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestDeriveExitsAndStepsAtRandom compares the exits and step timings of
+// random paths (few flows and metrics, so repeats and equal times are
+// common; and one long path) with a truth computed here by the rules'
+// plain reading, in the documented order: step timings in path order,
+// then exits in the order their flows first appear.
+func TestDeriveExitsAndStepsAtRandom(t *testing.T) {
+	rng := rand.New(rand.NewPCG(14, 7))
+	d := New(Config{}, nil)
+	for n := range 500 {
+		k := 1 + rng.IntN(12)
+		if n == 0 {
+			k = 3000
+		}
+		var keys []string
+		for range k {
+			keys = append(keys, key(fmt.Sprintf("F%d", rng.IntN(4)), fmt.Sprintf("M%d", rng.IntN(5)), float64(rng.IntN(20))/2))
+		}
+		got := d.Derive(flowmetrics.ClosedPath{ConversationID: "c", Keys: keys})
+		want := exitsAndSteps(t, keys)
+		if g, w := fmt.Sprint(got), fmt.Sprint(want); g != w {
+			t.Fatalf("keys %q:\n got %s\nwant %s", keys, g, w)
+		}
+	}
+}
+
+// exitsAndSteps is the truth for TestDeriveExitsAndStepsAtRandom.
+func exitsAndSteps(t *testing.T, keys []string) []flowmetrics.PathPoint {
+	sorted := slices.Clone(keys)
+	at := func(k string) time.Time {
+		a, ok, err := genesys.ParseAttribute(k)
+		if !ok || err != nil {
+			t.Fatalf("key %q: %v", k, err)
+		}
+		return a.Time
+	}
+	sort.SliceStable(sorted, func(i, j int) bool {
+		ti, tj := at(sorted[i]), at(sorted[j])
+		return ti.Before(tj) || ti.Equal(tj) && sorted[i] < sorted[j]
+	})
+	var steps, exits []flowmetrics.PathPoint
+	var flows []string
+	first, last := map[string]genesys.Attribute{}, map[string]genesys.Attribute{}
+	seen := map[[2]string]bool{}
+	for _, k := range sorted {
+		a, _, _ := genesys.ParseAttribute(k)
+		f, ok := first[a.Flow]
+		if !ok {
+			first[a.Flow] = a
+			flows = append(flows, a.Flow)
+			f = a
+		} else if !seen[[2]string{a.Flow, a.Metric}] {
+			steps = append(steps, flowmetrics.PathPoint{Kind: flowmetrics.PathStep, Flow: a.Flow, Metric: a.Metric, Seconds: a.Time.Sub(f.Time).Seconds(), Time: a.Time, Conversation: "c"})
+		}
+		seen[[2]string{a.Flow, a.Metric}] = true
+		last[a.Flow] = a
+	}
+	for _, fl := range flows {
+		l := last[fl]
+		exits = append(exits, flowmetrics.PathPoint{Kind: flowmetrics.PathExit, Flow: l.Flow, Metric: l.Metric, Time: l.Time, Conversation: "c"})
+	}
+	return append(steps, exits...)
+}
+
+// TestDeriveAllocations: a path of thousands of keys costs a few
+// allocations, not some per key or per flow.
+func TestDeriveAllocations(t *testing.T) {
+	cfg := Config{Funnels: []Funnel{{Name: "main", Steps: []Step{"F0/M0", "F1/M1"}}}}
+	d := New(cfg, nil)
+	var keys []string
+	for i := range 2000 {
+		keys = append(keys, key(fmt.Sprintf("F%d", i%50), fmt.Sprintf("M%d", i%7), float64(i)))
+	}
+	cp := flowmetrics.ClosedPath{ConversationID: "c", Keys: keys}
+	if n := testing.AllocsPerRun(5, func() { d.Derive(cp) }); n > 4 {
+		t.Errorf("got %v allocations for %d keys, want at most 4", n, len(keys))
+	}
+}
+
+func BenchmarkDerive(b *testing.B) {
+	cfg := Config{
+		Timings: []Timing{{Name: "ivr_to_agent", From: "IVR/Start", To: "Agent/Connected"}},
+		Funnels: []Funnel{{Name: "main", Steps: []Step{"IVR/Start", "IVR/Menu", "Agent/Connected"}}},
+	}
+	d := New(cfg, nil)
+	cp := flowmetrics.ClosedPath{ConversationID: "c", Keys: []string{
+		key("IVR", "Menu", 30), key("IVR", "Start", 0), key("IVR", "Menu", 50), key("Agent", "Connected", 90.5), key("Agent", "Wrapup", 300),
+	}}
+	b.ReportAllocs()
+	for b.Loop() {
+		d.Derive(cp)
 	}
 }

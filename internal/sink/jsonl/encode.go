@@ -3,6 +3,7 @@ package jsonl
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -34,6 +35,62 @@ func appendLine(b []byte, p flowmetrics.Point, tags map[string]string, tagsJSON 
 	b = strconv.AppendInt(b, p.Count, 10)
 	b = append(b, tagsJSON...)
 	return append(b, "}\n"...), nil
+}
+
+// appendPathLine appends p's line to b, byte for byte what encoding/json's
+// Encoder (HTML escaping off) writes for NewPathLine(p, tags), newline
+// included: a replay closes a path per conversation and writes several
+// lines for each. Anything the fast path does not cover (a string needing
+// escapes, a year outside 0–9999, seconds that encoding/json writes with
+// an exponent or refuses) goes through encoding/json itself.
+func appendPathLine(b []byte, p flowmetrics.PathPoint, tags map[string]string, tagsJSON []byte) ([]byte, error) {
+	f, kind, ts := fieldsOf(p), p.Kind.String(), p.Time.UTC()
+	if y := ts.Year(); y < 0 || y > 9999 || f.timed && !plainSeconds(f.seconds) ||
+		!plain(kind) || !plain(f.flow) || !plain(f.metric) || !plain(f.timing) || !plain(f.funnel) ||
+		!plain(f.experiment) || !plain(f.variant) || !plain(f.step) || !plain(p.Conversation) {
+		return appendEncoded(b, NewPathLine(p, tags))
+	}
+	b = append(b, `{"path":"`...)
+	b = append(b, kind...)
+	b = append(b, '"')
+	b = appendField(b, `,"flow":"`, f.flow)
+	b = appendField(b, `,"metric":"`, f.metric)
+	b = appendField(b, `,"timing":"`, f.timing)
+	b = appendField(b, `,"funnel":"`, f.funnel)
+	b = appendField(b, `,"experiment":"`, f.experiment)
+	b = appendField(b, `,"variant":"`, f.variant)
+	b = appendField(b, `,"step":"`, f.step)
+	if f.timed {
+		b = append(b, `,"seconds":`...)
+		b = strconv.AppendFloat(b, f.seconds, 'f', -1, 64)
+	}
+	b = append(b, `,"timestamp":"`...)
+	b = ts.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","conversation":"`...)
+	b = append(b, p.Conversation...)
+	b = append(b, '"')
+	b = append(b, tagsJSON...)
+	return append(b, "}\n"...), nil
+}
+
+// appendField appends a string field that encoding/json omits when empty
+// (omitempty): its opening (`,"name":"`), its plain value and the closing
+// quote.
+func appendField(b []byte, open, v string) []byte {
+	if v == "" {
+		return b
+	}
+	b = append(b, open...)
+	b = append(b, v...)
+	return append(b, '"')
+}
+
+// plainSeconds reports whether encoding/json writes f as strconv's
+// shortest 'f' format: a finite number not below 1e-6 nor from 1e21 on in
+// magnitude (those it writes with an exponent), or zero.
+func plainSeconds(f float64) bool {
+	a := math.Abs(f)
+	return a == 0 || a >= 1e-6 && a < 1e21
 }
 
 // plain reports whether encoding/json writes s between its quotes as it

@@ -124,3 +124,104 @@ func BenchmarkSend(b *testing.B) {
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestPathLinesAsEncodingJSON checks the hand-written path-line encoder
+// against encoding/json on the PathLine of each point (HTML escaping off),
+// built here field by field as the line's documentation says: every kind,
+// odd strings in every field, seconds written plainly, with an exponent or
+// refused, and extreme times. A point encoding/json refuses must be
+// refused too.
+func TestPathLinesAsEncodingJSON(t *testing.T) {
+	strs := []string{
+		"", "IVR", "Offer<B>", "a&b>c", `quote"d`, `back\slash`, "tab\there",
+		"new\nline", "nul\x00", "\x1f", "del\x7f", "café", "emoji 😀",
+		"bad utf-8 \xff\xfe", "cut \xe6\x97", "\u2028 and \u2029", "</script>",
+	}
+	secs := []float64{0, math.Copysign(0, -1), 93.25, 0.1, 1.0 / 3, -5, 1e-6, 9.99e-7, 1e-7, 5e-324,
+		1e20, 1e21, -1e21, 123456789.125, math.MaxFloat64, math.NaN(), math.Inf(1), math.Inf(-1)}
+	times := []time.Time{
+		time.Date(2026, 11, 20, 9, 0, 1, 500e6, time.UTC),
+		time.Date(2026, 11, 20, 9, 0, 1, 123_456_789, time.UTC),
+		time.Date(2026, 11, 20, 10, 0, 1, 0, time.FixedZone("CET", 3600)),
+		time.Date(9999, 12, 31, 23, 59, 59, 999_999_999, time.UTC),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC),
+		{},
+	}
+	kinds := []flowmetrics.PathKind{flowmetrics.PathExit, flowmetrics.PathStep, flowmetrics.PathTiming,
+		flowmetrics.PathFunnel, flowmetrics.PathExperiment, 0, 9}
+	tagSets := []map[string]string{nil, {"env": "prod"}, {"z": "1", "a": `x"y`, "ü\n": "<&>"}}
+
+	var n, refused int
+	for _, tags := range tagSets {
+		tagsJSON := encodeTags(tags)
+		for i, a := range strs {
+			for j, c := range strs {
+				for k, kind := range kinds {
+					p := flowmetrics.PathPoint{
+						Kind: kind, Flow: a, Metric: c, Name: c, Variant: a, Step: c, Conversation: strs[(i+j+k)%len(strs)],
+						Seconds: secs[(i*7+j*3+k)%len(secs)],
+						Time:    times[(i+j*5+k)%len(times)],
+					}
+					var want bytes.Buffer
+					enc := json.NewEncoder(&want)
+					enc.SetEscapeHTML(false)
+					wantErr := enc.Encode(pathLineOf(p, tags))
+					got, err := appendPathLine([]byte("prefix"), p, tags, tagsJSON)
+					n++
+					if wantErr != nil {
+						refused++
+						if err == nil {
+							t.Errorf("point %+v: got %s, want encoding/json's error %v", p, got, wantErr)
+						}
+						continue
+					}
+					if err != nil {
+						t.Fatalf("point %+v: %v", p, err)
+					}
+					if !bytes.Equal(got, append([]byte("prefix"), want.Bytes()...)) {
+						t.Errorf("tags %v, point %+v:\n got %s\nwant prefix%s", tags, p, got, want.Bytes())
+					}
+				}
+			}
+		}
+	}
+	if want := len(tagSets) * len(strs) * len(strs) * len(kinds); n != want || refused == 0 || refused == n {
+		t.Fatalf("compared %d lines (%d refused), want %d with some refused and some not", n, refused, want)
+	}
+}
+
+// pathLineOf is the PathLine of p, built apart from the sink's code.
+func pathLineOf(p flowmetrics.PathPoint, tags map[string]string) PathLine {
+	l := PathLine{Path: p.Kind.String(), Timestamp: p.Time.UTC(), Conversation: p.Conversation, Tags: tags}
+	secs := p.Seconds
+	switch p.Kind {
+	case flowmetrics.PathExit:
+		l.Flow, l.Metric = p.Flow, p.Metric
+	case flowmetrics.PathStep:
+		l.Flow, l.Metric, l.Seconds = p.Flow, p.Metric, &secs
+	case flowmetrics.PathTiming:
+		l.Timing, l.Seconds = p.Name, &secs
+	case flowmetrics.PathFunnel:
+		l.Funnel, l.Step = p.Name, p.Step
+	case flowmetrics.PathExperiment:
+		l.Experiment, l.Variant, l.Step = p.Name, p.Variant, p.Step
+	}
+	return l
+}
+
+func BenchmarkSendPaths(b *testing.B) {
+	points := make([]flowmetrics.PathPoint, 1000)
+	for i := range points {
+		points[i] = flowmetrics.PathPoint{Kind: flowmetrics.PathKind(1 + i%5), Flow: "CustomerRouting", Metric: "Transfer_Sales", Name: "ivr_to_agent",
+			Variant: "B", Step: "CustomerRouting/Transfer_Sales", Seconds: float64(i) / 8, Time: time.Date(2023, 3, 5, 8, 18, i%60, 0, time.UTC),
+			Conversation: "0b9bb7a0-7a2b-4c4e-9d7e-3b1c5e6a8f01"}
+	}
+	s := NewWriter(discard{})
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := s.SendPaths(context.Background(), points); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -27,7 +27,6 @@ package jsonl
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -202,34 +201,56 @@ type PathLine struct {
 
 // NewPathLine is the line of p.
 func NewPathLine(p flowmetrics.PathPoint, tags map[string]string) PathLine {
-	l := PathLine{Path: p.Kind.String(), Timestamp: p.Time.UTC(), Conversation: p.Conversation, Tags: tags}
-	switch p.Kind {
-	case flowmetrics.PathExit:
-		l.Flow, l.Metric = p.Flow, p.Metric
-	case flowmetrics.PathStep:
-		l.Flow, l.Metric, l.Seconds = p.Flow, p.Metric, &p.Seconds
-	case flowmetrics.PathTiming:
-		l.Timing, l.Seconds = p.Name, &p.Seconds
-	case flowmetrics.PathFunnel:
-		l.Funnel, l.Step = p.Name, p.Step
-	case flowmetrics.PathExperiment:
-		l.Experiment, l.Variant, l.Step = p.Name, p.Variant, p.Step
+	f := fieldsOf(p)
+	l := PathLine{Path: p.Kind.String(), Flow: f.flow, Metric: f.metric, Timing: f.timing, Funnel: f.funnel,
+		Experiment: f.experiment, Variant: f.variant, Step: f.step, Timestamp: p.Time.UTC(), Conversation: p.Conversation, Tags: tags}
+	if f.timed {
+		l.Seconds = &f.seconds
 	}
 	return l
+}
+
+// pathFields are the fields of a path line that depend on its kind.
+type pathFields struct {
+	flow, metric, timing, funnel, experiment, variant, step string
+	seconds                                                 float64
+	timed                                                   bool // seconds set
+}
+
+func fieldsOf(p flowmetrics.PathPoint) pathFields {
+	switch p.Kind {
+	case flowmetrics.PathExit:
+		return pathFields{flow: p.Flow, metric: p.Metric}
+	case flowmetrics.PathStep:
+		return pathFields{flow: p.Flow, metric: p.Metric, seconds: p.Seconds, timed: true}
+	case flowmetrics.PathTiming:
+		return pathFields{timing: p.Name, seconds: p.Seconds, timed: true}
+	case flowmetrics.PathFunnel:
+		return pathFields{funnel: p.Name, step: p.Step}
+	case flowmetrics.PathExperiment:
+		return pathFields{experiment: p.Name, variant: p.Variant, step: p.Step}
+	}
+	return pathFields{}
 }
 
 // SendPaths implements flowmetrics.PathSink: one line per point, written
 // like Send's.
 func (s *Sink) SendPaths(ctx context.Context, points []flowmetrics.PathPoint) error {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
+	b := s.buf[:0]
+	if need := len(points) * lineGuess; cap(b) < need {
+		b = make([]byte, 0, need)
+	}
 	for _, p := range points {
-		if err := enc.Encode(NewPathLine(p, s.tags)); err != nil {
+		var err error
+		if b, err = appendPathLine(b, p, s.tags, s.tagsJSON); err != nil {
 			return fmt.Errorf("jsonl: %w", err)
 		}
 	}
-	return s.write(buf.Bytes())
+	err := s.write(b)
+	if cap(b) <= maxKeep {
+		s.buf = b
+	}
+	return err
 }
 
 // write appends whole lines: to a file after the last whole batch, synced.

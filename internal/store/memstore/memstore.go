@@ -59,6 +59,9 @@ func (h *dueHeap) Pop() any {
 // holds, about a hundred bytes each beyond their ids and keys, however many
 // events repeat them.
 type conversation struct {
+	// id is the store's own copy of the id, which its map and the
+	// deadline heap share: a request's may share a decoded record.
+	id      string
 	keys    store.KeySet
 	changed int64 // unix nanoseconds
 	path    store.Path
@@ -110,7 +113,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 			if c == nil {
 				c = s.add(r.ConversationID)
 			}
-			s.trackPath(r.ConversationID, c, len(fresh) > 0, r.Ended, now, fresh)
+			s.trackPath(c, len(fresh) > 0, r.Ended, now, fresh)
 		}
 		if len(fresh) == 0 {
 			continue
@@ -137,15 +140,14 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 // add starts holding conversation id, or starts it again after it
 // expired. s.mu is held.
 func (s *Store) add(id string) *conversation {
-	c := &conversation{}
-	// Its own copy of the id: the request's may share a decoded record.
-	s.convs[strings.Clone(id)] = c
+	c := &conversation{id: strings.Clone(id)}
+	s.convs[c.id] = c
 	return c
 }
 
 // trackPath updates c's path state for a request, and marks the fresh
 // occurrences AfterClose when the path had closed. s.mu is held.
-func (s *Store) trackPath(id string, c *conversation, fresh, ended bool, now time.Time, occs []flowmetrics.Occurrence) {
+func (s *Store) trackPath(c *conversation, fresh, ended bool, now time.Time, occs []flowmetrics.Occurrence) {
 	if c.path.Closed {
 		for i := range occs {
 			occs[i].AfterClose = true
@@ -159,7 +161,7 @@ func (s *Store) trackPath(id string, c *conversation, fresh, ended bool, now tim
 	old := c.path.Filed
 	c.path = p
 	if p.Filed != 0 && p.Filed != old {
-		s.file(id, p.Filed)
+		s.file(c.id, p.Filed)
 	}
 }
 
