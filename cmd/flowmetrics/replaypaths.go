@@ -86,7 +86,10 @@ type decodedBatch struct {
 type batchPaths struct {
 	median int64    // median event time, unix ns (0: none)
 	ends   []string // conversations whose end the batch holds
-	convs  map[string]bool
+	// convs are the conversations with records in the batch, each once
+	// per run of records (a slice: a set of them costs more to build than
+	// the few lookups start makes in it).
+	convs []string
 }
 
 // summarize takes from recs what the clock needs, in the goroutine that
@@ -95,13 +98,15 @@ func (c *replayCloser) summarize(recs []genesys.Record) *batchPaths {
 	if c == nil {
 		return nil
 	}
-	b := &batchPaths{convs: make(map[string]bool, len(recs)/2)}
+	b := &batchPaths{convs: make([]string, 0, len(recs))}
 	times := make([]int64, 0, len(recs))
 	for _, r := range recs {
 		if r.Outcome != genesys.Accepted || r.Event == nil {
 			continue
 		}
-		b.convs[r.Event.ConversationID] = true
+		if id := r.Event.ConversationID; len(b.convs) == 0 || b.convs[len(b.convs)-1] != id {
+			b.convs = append(b.convs, id)
+		}
 		if r.Event.Ended {
 			// Held until its path is due: a copy of its own.
 			b.ends = append(b.ends, strings.Clone(r.Event.ConversationID))
@@ -160,9 +165,23 @@ func (c *replayCloser) start(ctx context.Context, beside ...*batchPaths) error {
 	if len(ids) == 0 {
 		return nil
 	}
+	inBeside := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		inBeside[id] = false
+	}
+	for _, b := range beside {
+		if b == nil {
+			continue
+		}
+		for _, id := range b.convs {
+			if _, due := inBeside[id]; due {
+				inBeside[id] = true
+			}
+		}
+	}
 	now := ids[:0]
 	for _, id := range ids {
-		if slices.ContainsFunc(beside, func(b *batchPaths) bool { return b != nil && b.convs[id] }) {
+		if inBeside[id] {
 			c.later = append(c.later, id)
 		} else {
 			now = append(now, id)

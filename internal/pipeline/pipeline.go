@@ -690,7 +690,7 @@ func (p *Pipeline) ClosePathsOf(ctx context.Context, conversationIDs []string, a
 // counts what it closed and derived once the call succeeded.
 func (p *Pipeline) closeCounted(call func(flowmetrics.Deriver) (int, error)) (int, error) {
 	var ended, idle int
-	kinds := map[flowmetrics.PathKind]int{}
+	var kinds [256]int // by flowmetrics.PathKind
 	derive := func(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
 		pts := p.cfg.Derive(cp)
 		if cp.Ended {
@@ -713,7 +713,9 @@ func (p *Pipeline) closeCounted(call func(flowmetrics.Deriver) (int, error)) (in
 	p.m.PathsClosed.WithLabelValues("end").Add(float64(ended))
 	p.m.PathsClosed.WithLabelValues("idle").Add(float64(idle))
 	for k, c := range kinds {
-		p.m.PathPoints.WithLabelValues(k.String()).Add(float64(c))
+		if c > 0 {
+			p.m.PathPoints.WithLabelValues(flowmetrics.PathKind(k).String()).Add(float64(c))
+		}
 	}
 	if n > 0 {
 		for _, d := range p.drainers {
@@ -1030,10 +1032,16 @@ func (d *drainer) next(ctx context.Context) (*batch, error) {
 	for _, e := range entries {
 		np += len(e.Paths)
 	}
-	if np > 0 {
-		// Sized once: a batch of closes holds many thousand points.
-		b.paths = make([]flowmetrics.PathPoint, 0, np)
-		for _, e := range entries {
+	for _, e := range entries {
+		switch {
+		case np > 0 && len(e.Paths) == np:
+			// All in one entry (one close call's): no copy.
+			b.paths = e.Paths
+		case len(e.Paths) > 0:
+			if b.paths == nil {
+				// Sized once: a batch of closes holds many thousand points.
+				b.paths = make([]flowmetrics.PathPoint, 0, np)
+			}
 			b.paths = append(b.paths, e.Paths...)
 		}
 	}
