@@ -4,7 +4,6 @@ package memstore
 
 import (
 	"bytes"
-	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -36,28 +35,77 @@ type Store struct {
 	pairs store.PairSet // the cardinality guard's admitted pairs
 }
 
+// dueItem files conversation c under deadline due. It is stale once c's
+// path is filed under another deadline or closed; or once c expired, which
+// a conversation replaced or swept is, and stays, as nothing changes it
+// any more (the closer checks that).
 type dueItem struct {
-	due  int64
-	conv string
+	due int64
+	c   *conversation
 }
 
+func (it dueItem) stale() bool { return it.c.path.Closed || it.c.path.Filed != it.due }
+
+// dueHeap is a binary min-heap of dueItems by deadline, typed so that a
+// push allocates nothing (container/heap boxes each item it is given).
 type dueHeap []dueItem
 
-func (h dueHeap) Len() int           { return len(h) }
-func (h dueHeap) Less(i, j int) bool { return h[i].due < h[j].due }
-func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueItem)) }
-func (h *dueHeap) Pop() any {
+func (h *dueHeap) push(it dueItem) {
+	*h = append(*h, it)
+	h.up(len(*h) - 1)
+}
+
+func (h *dueHeap) pop() dueItem {
 	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
+	it := old[0]
+	n := len(old) - 1
+	old[0] = old[n]
+	old[n] = dueItem{}
+	*h = old[:n]
+	h.down(0)
+	return it
+}
+
+func (h dueHeap) up(i int) {
+	for i > 0 {
+		parent := (i - 1) / 2
+		if h[parent].due <= h[i].due {
+			return
+		}
+		h[parent], h[i] = h[i], h[parent]
+		i = parent
+	}
+}
+
+func (h dueHeap) down(i int) {
+	for {
+		least := i
+		if l := 2*i + 1; l < len(h) && h[l].due < h[least].due {
+			least = l
+		}
+		if r := 2*i + 2; r < len(h) && h[r].due < h[least].due {
+			least = r
+		}
+		if least == i {
+			return
+		}
+		h[i], h[least] = h[least], h[i]
+		i = least
+	}
+}
+
+// init orders h as a heap.
+func (h dueHeap) init() {
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		h.down(i)
+	}
 }
 
 // conversation is what the store holds of one: its keys packed
 // (store.KeySet), so that the store's memory follows the conversations it
-// holds, about a hundred bytes each beyond their ids and keys, however many
-// events repeat them.
+// holds, about 360 bytes each with a UUID id and three keys (with its map
+// slot and its item in the deadline heap; BenchmarkConversationMemory),
+// however many events repeat them.
 type conversation struct {
 	// id is the store's own copy of the id, which its map and the
 	// deadline heap share: a request's may share a decoded record.
@@ -161,29 +209,31 @@ func (s *Store) trackPath(c *conversation, fresh, ended bool, now time.Time, occ
 	old := c.path.Filed
 	c.path = p
 	if p.Filed != 0 && p.Filed != old {
-		s.file(c.id, p.Filed)
+		s.file(c, p.Filed, now)
 	}
 }
 
-// file adds an item for conversation id at deadline at to the heap. s.mu
+// file adds an item for conversation c at deadline at to the heap. s.mu
 // is held.
-func (s *Store) file(id string, at int64) {
-	heap.Push(&s.due, dueItem{at, id})
+func (s *Store) file(c *conversation, at int64, now time.Time) {
+	s.due.push(dueItem{at, c})
 	if len(s.due) > 2*len(s.convs)+1024 {
-		s.compactDue()
+		s.compactDue(now)
 	}
 }
 
-// compactDue drops the heap's stale items. s.mu is held.
-func (s *Store) compactDue() {
+// compactDue drops the heap's stale items, and those of expired
+// conversations (which they would otherwise keep in memory). s.mu is held.
+func (s *Store) compactDue(now time.Time) {
 	live := s.due[:0]
 	for _, it := range s.due {
-		if c := s.convs[it.conv]; c != nil && !c.path.Closed && c.path.Filed == it.due {
+		if !it.stale() && !s.opts.Expired(timeOf(it.c.changed), now) {
 			live = append(live, it)
 		}
 	}
+	clear(s.due[len(live):])
 	s.due = live
-	heap.Init(&s.due)
+	s.due.init()
 }
 
 // ClosePaths implements flowmetrics.Store.
@@ -191,19 +241,19 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 	if limit <= 0 {
 		limit = store.ClosePathsLimit
 	}
-	return s.closeEach(ctx, derive, func(now time.Time, take func(string, *conversation)) {
+	return s.closeEach(ctx, derive, func(now time.Time, take func(*conversation)) {
 		for n := 0; n < limit && len(s.due) > 0 && s.due[0].due <= asOf.UnixNano(); {
-			it := heap.Pop(&s.due).(dueItem)
-			c := s.convs[it.conv]
-			if c == nil || c.path.Closed || c.path.Filed != it.due || s.opts.Expired(timeOf(c.changed), now) {
-				continue // stale
+			it := s.due.pop()
+			c := it.c
+			if it.stale() || s.opts.Expired(timeOf(c.changed), now) {
+				continue
 			}
 			if c.path.Refile(asOf) {
 				c.path.Filed = c.path.Due
-				heap.Push(&s.due, dueItem{c.path.Due, it.conv})
+				s.due.push(dueItem{c.path.Due, c})
 				continue
 			}
-			take(it.conv, c)
+			take(c)
 			n++
 		}
 	})
@@ -213,13 +263,13 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 // named conversations whose path is open and due at asOf (their items in
 // the heap become stale), with one outbox entry.
 func (s *Store) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, derive flowmetrics.Deriver) (int, error) {
-	return s.closeEach(ctx, derive, func(now time.Time, take func(string, *conversation)) {
+	return s.closeEach(ctx, derive, func(now time.Time, take func(*conversation)) {
 		for _, id := range ids {
 			c := s.convs[id]
 			if c == nil || c.path == (store.Path{}) || c.path.Closed || c.path.Refile(asOf) || s.opts.Expired(timeOf(c.changed), now) {
 				continue // unknown, closed, not due or expired
 			}
-			take(id, c)
+			take(c)
 		}
 	})
 }
@@ -227,7 +277,7 @@ func (s *Store) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, 
 // closeEach is a close call of ClosePaths or ClosePathsOf: under s.mu, pick
 // closes the paths it chooses with take, and their points go into one
 // outbox entry. It returns how many pick closed.
-func (s *Store) closeEach(ctx context.Context, derive flowmetrics.Deriver, pick func(now time.Time, take func(string, *conversation))) (int, error) {
+func (s *Store) closeEach(ctx context.Context, derive flowmetrics.Deriver, pick func(now time.Time, take func(*conversation))) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -242,8 +292,8 @@ func (s *Store) closeEach(ctx context.Context, derive flowmetrics.Deriver, pick 
 	now := s.opts.Now()
 	var points []flowmetrics.PathPoint
 	n := 0
-	pick(now, func(id string, c *conversation) {
-		points = append(points, closePath(id, c, now, derive)...)
+	pick(now, func(c *conversation) {
+		points = append(points, closePath(c, now, derive)...)
 		n++
 	})
 	s.addPaths(points)
@@ -251,8 +301,8 @@ func (s *Store) closeEach(ctx context.Context, derive flowmetrics.Deriver, pick 
 }
 
 // closePath closes c's path and returns its points. s.mu is held.
-func closePath(id string, c *conversation, now time.Time, derive flowmetrics.Deriver) []flowmetrics.PathPoint {
-	cp := flowmetrics.ClosedPath{ConversationID: id, Ended: c.path.Ended}
+func closePath(c *conversation, now time.Time, derive flowmetrics.Deriver) []flowmetrics.PathPoint {
+	cp := flowmetrics.ClosedPath{ConversationID: c.id, Ended: c.path.Ended}
 	cp.Keys = make([]string, 0, c.keys.Len())
 	c.keys.All(func(k string) bool { cp.Keys = append(cp.Keys, k); return true })
 	c.path = c.path.Close()
@@ -280,7 +330,7 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 			n++
 		}
 	}
-	s.compactDue()
+	s.compactDue(now)
 	return n, nil
 }
 
@@ -388,7 +438,11 @@ func (s *Store) discard() {
 	for i < len(s.entries) && s.entries[i].Seq <= m {
 		i++
 	}
-	s.entries = append(s.entries[:0], s.entries[i:]...)
+	n := copy(s.entries, s.entries[i:])
+	// The delivered entries left behind the live ones must not keep their
+	// occurrences alive.
+	clear(s.entries[n:])
+	s.entries = s.entries[:n]
 }
 
 // OutboxDepth implements flowmetrics.Store.

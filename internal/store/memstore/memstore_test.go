@@ -1,7 +1,14 @@
 package memstore_test
 
 import (
+	"context"
+	"fmt"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
+	"unsafe"
+	"weak"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/store"
@@ -17,4 +24,81 @@ func TestConformance(t *testing.T) {
 			return s
 		}, PathsOpenOnKnownKeys: true,
 	})
+}
+
+// BenchmarkConversationMemory reports the Go heap the store holds per
+// conversation (a UUID id, three keys claimed by three events, its path
+// open), after its outbox is delivered: what a replay into the memory store
+// keeps to its end, however many events repeat the keys.
+func BenchmarkConversationMemory(b *testing.B) {
+	const convs = 100_000
+	for range b.N {
+		now := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+		s := memstore.New(store.Options{Now: func() time.Time { return now }, Paths: &flowmetrics.PathOptions{Grace: time.Minute, Idle: time.Hour}})
+		before := heapAlloc()
+		for event := range 3 {
+			reqs := make([]flowmetrics.ClaimRequest, 0, 1000)
+			for i := range convs {
+				t := now.Add(time.Duration(event) * time.Minute)
+				key := fmt.Sprintf("CustomerRouting Metric_Step%d(%s)", event, t.Format("2006-01-02T15:04:05.000Z"))
+				reqs = append(reqs, flowmetrics.ClaimRequest{
+					ConversationID: fmt.Sprintf("%08x-0001-4001-810d-38c7c42b8f0e", i),
+					Occurrences:    []flowmetrics.Occurrence{{Key: key, Flow: "CustomerRouting", Metric: fmt.Sprintf("Step%d", event), Time: t}},
+				})
+				if len(reqs) == cap(reqs) {
+					if _, err := s.Claim(context.Background(), reqs); err != nil {
+						b.Fatal(err)
+					}
+					reqs = reqs[:0]
+					now = now.Add(time.Millisecond)
+				}
+			}
+		}
+		if err := s.Register(context.Background(), nil); err != nil { // delivers the outbox
+			b.Fatal(err)
+		}
+		after := heapAlloc()
+		b.ReportMetric(float64(after-before)/convs, "heap-bytes/conversation")
+		runtime.KeepAlive(s)
+	}
+}
+
+func heapAlloc() int64 {
+	var m runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
+
+// Once every sink has acknowledged an outbox entry, nothing in the store
+// keeps its occurrences alive: their keys may share a whole decoded record.
+func TestDeliveredEntriesAreReleased(t *testing.T) {
+	ctx := context.Background()
+	s := memstore.New(store.Options{})
+	defer s.Close()
+	if err := s.Register(ctx, []string{"sink"}); err != nil {
+		t.Fatal(err)
+	}
+	// A key of its own allocation, which only the claim's outbox entry
+	// holds (the store keeps its own copy of the keys it holds).
+	key := strings.Clone("CustomerRouting Metric_Start(2026-11-01T00:00:10.000Z)")
+	held := weak.Make(unsafe.StringData(key))
+	occ := flowmetrics.Occurrence{Key: key, Flow: "CustomerRouting", Metric: "Start", Time: time.Date(2026, 11, 1, 0, 0, 10, 0, time.UTC)}
+	if _, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: "c1", Occurrences: []flowmetrics.Occurrence{occ}}}); err != nil {
+		t.Fatal(err)
+	}
+	key, occ = "", flowmetrics.Occurrence{}
+	entries, err := s.ReadOutbox(ctx, 0, 10)
+	if err != nil || len(entries) != 1 {
+		t.Fatalf("got entries %v, error %v, want one entry", entries, err)
+	}
+	if err := s.AckState(ctx, "sink", entries[0].Seq, nil); err != nil {
+		t.Fatal(err)
+	}
+	entries = nil
+	runtime.GC()
+	if held.Value() != nil {
+		t.Errorf("the key of a delivered occurrence is still alive")
+	}
 }
