@@ -27,6 +27,12 @@ import (
 // memory.
 const replayBatch = 2000
 
+// replaySyncing is how many batches' claims may be syncing while the next
+// batch is claimed: the fsync of the embedded store, which takes about as
+// long as a batch's claim, overlaps the next claims instead of holding
+// them up.
+const replaySyncing = 1
+
 // flushEvery bounds the occurrences held in the outbox before the sinks get
 // them, so a huge replay does not grow memory without bound. Small enough
 // that the embedded store deletes the delivered entries while they are
@@ -400,36 +406,53 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 			cancel()
 		}
 	}
-	// Each batch is taken before the one before it is done with, so the
-	// paths that close beside its claims can leave out its conversations
-	// (replayCloser).
-	for batch, more := <-batches; more; {
+	// The claims overlap: a batch goes into the store (applied, where every
+	// later claim and close sees it) while the syncs of up to
+	// replaySyncing batches before it are under way, so the store's fsync
+	// no longer holds this goroutine up. The closes due after a batch start
+	// once it is durable, beside the claims of the batches after it, which
+	// leave out their conversations (replayCloser): so the next batch is
+	// taken before they start.
+	var syncing []*startedBatch // started, not yet finished, in order
+	batch, more := <-batches
+	for more {
 		if ingestErr != nil {
 			batch, more = <-batches
 			continue // drain, so the decoder can stop
 		}
-		res, err := r.p.Commit(ctx, batch.prepared)
-		closed, closeErr := r.paths.wait()
-		if err == nil {
-			err = closeErr
+		syncing = append(syncing, &startedBatch{paths: batch.paths, finish: r.p.StartCommit(ctx, batch.prepared)})
+		// The store's log writer, woken by the claim, would wait for
+		// this goroutine's processor (the others decode) until it
+		// blocks: yielding it starts the batch's fsync now, beside what
+		// follows, rather than once this goroutine waits for it.
+		runtime.Gosched()
+		var done *startedBatch
+		if len(syncing) > replaySyncing {
+			done, syncing = syncing[0], syncing[1:]
+			if err := r.finished(ctx, in.name, done, &fl); err != nil {
+				fail(err)
+			}
 		}
-		if err != nil {
+		batch, more = <-batches
+		if ingestErr == nil && done != nil {
+			// Beside the claims still syncing, and the next batch's.
+			beside := make([]*batchPaths, 0, len(syncing)+1)
+			for _, b := range syncing {
+				beside = append(beside, b.paths)
+			}
+			if more {
+				beside = append(beside, batch.paths)
+			}
+			if err := r.paths.start(ctx, beside...); err != nil {
+				fail(err)
+			}
+		}
+	}
+	for _, b := range syncing {
+		if ingestErr != nil {
+			b.finish() // must be called; the replay failed already
+		} else if err := r.finished(ctx, in.name, b, &fl); err != nil {
 			fail(err)
-			continue
-		}
-		r.report(in.name, res)
-		r.paths.claimed(batch.paths)
-		if batch, more = <-batches; more {
-			if err := r.paths.start(ctx, batch.paths); err != nil {
-				fail(err)
-				continue
-			}
-		}
-		if r.pending += res.Occurrences + closed; r.pending >= flushEvery {
-			r.pending = 0
-			if err := fl.start(ctx, r.p); err != nil {
-				fail(err)
-			}
 		}
 	}
 	if _, err := r.paths.wait(); err != nil {
@@ -442,6 +465,34 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 		return ingestErr
 	}
 	return <-decodeErr
+}
+
+// startedBatch is a batch whose commit the replay started: its claim is
+// applied, and finish waits until it is durable.
+type startedBatch struct {
+	paths  *batchPaths
+	finish func() (pipeline.Result, error)
+}
+
+// finished waits until b is durable and reports it, then takes the closes
+// that ran beside its claim, moves the replay's clock by b, and has the
+// outbox delivered every flushEvery occurrences.
+func (r *replayer) finished(ctx context.Context, name string, b *startedBatch, fl *flusher) error {
+	res, err := b.finish()
+	if err != nil {
+		return err
+	}
+	r.report(name, res)
+	closed, err := r.paths.wait()
+	if err != nil {
+		return err
+	}
+	r.paths.claimed(b.paths)
+	if r.pending += res.Occurrences + closed; r.pending >= flushEvery {
+		r.pending = 0
+		return fl.start(ctx, r.p)
+	}
+	return nil
 }
 
 // flusher delivers the outbox to the sinks in a goroutine of its own, so

@@ -20,13 +20,18 @@ import (
 // (its arrival, as serve dates it by its own clock), and its path is due
 // once the clock is past that date plus the grace.
 //
-// The closes of one batch run beside the claims of the next, which must not
-// race them: a conversation with records in the next batch waits for the
-// batch after it, and every close is done before the batch after next is
-// claimed. So which records a path holds depends on the input alone, and a
-// replay that is killed and run again on the same input closes the same
-// paths with the same keys (each once: the close and its outbox entry are
-// one atomic write, and the store closes no path twice).
+// The replay's claims overlap (a batch is applied while the one before
+// syncs), and so do its closes, by this rule: the closes due after batch N
+// start once batch N is durable, so they read only durable claims, and a
+// close's outbox entry can never outlive, after a crash, a claim it was
+// derived from. They run beside the claims of batches N+1 and N+2 (N+1 may
+// still be syncing as N+2 is applied), which must not race them: a
+// conversation with records in either waits for a later start, and every
+// close is done before batch N+3 is claimed. So which records a path holds
+// depends on the input alone, and a replay that is killed and run again on
+// the same input closes the same paths with the same keys (each once: the
+// close and its outbox entry are one atomic write, and the store closes no
+// path twice).
 //
 // In time-ordered input (an archive of deliveries), the records of a
 // conversation that come after its end by more than the grace count as
@@ -42,7 +47,7 @@ type replayCloser struct {
 	// that close at the end of the input.
 	ended []replayEnd
 	head  int
-	// later are due conversations that had records in the batch claimed
+	// later are due conversations that had records in a batch claimed
 	// beside their close: they are closed after it.
 	later []string
 	job   chan replayCloseResult
@@ -139,9 +144,11 @@ func (c *replayCloser) claimed(b *batchPaths) {
 	}
 }
 
-// start closes, beside the claims of next, the paths due that have no
-// record in next. The closes started before must have been waited for.
-func (c *replayCloser) start(ctx context.Context, next *batchPaths) error {
+// start closes the paths due, beside the claims of the batches in beside
+// (nil ones are left out), except those of conversations with records in
+// them: those are left for a later start. The closes started before must
+// have been waited for.
+func (c *replayCloser) start(ctx context.Context, beside ...*batchPaths) error {
 	if c == nil {
 		return nil
 	}
@@ -158,18 +165,23 @@ func (c *replayCloser) start(ctx context.Context, next *batchPaths) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	inNext := make(map[string]bool, len(ids))
+	inBeside := make(map[string]bool, len(ids))
 	for _, id := range ids {
-		inNext[id] = false
+		inBeside[id] = false
 	}
-	for _, id := range next.convs {
-		if _, due := inNext[id]; due {
-			inNext[id] = true
+	for _, b := range beside {
+		if b == nil {
+			continue
+		}
+		for _, id := range b.convs {
+			if _, due := inBeside[id]; due {
+				inBeside[id] = true
+			}
 		}
 	}
 	now := ids[:0]
 	for _, id := range ids {
-		if inNext[id] {
+		if inBeside[id] {
 			c.later = append(c.later, id)
 		} else {
 			now = append(now, id)
