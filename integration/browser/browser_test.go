@@ -324,7 +324,10 @@ func TestBrowser(t *testing.T) {
 	waitFor(t, bctx, "health strip with a live event rate", `document.querySelector('#health li[data-sink="prometheus"]') !== null && /^events\/s [1-9]/.test(document.querySelector("#health li").textContent)`, 6*time.Second)
 	check("health lists rejected and skipped", `["rejected", "skipped"].every(w => [...document.querySelectorAll("#health li")].some(li => li.textContent.startsWith(w)))`)
 	check("health does not list the dashboard", `!document.querySelector('#health li[data-sink="dashboard"]')`)
-	check("prometheus sink has a last success", `/pending \d+ · ok \d+ s ago/.test(document.querySelector('#health li[data-sink="prometheus"]').textContent)`)
+	// The page groups digits ("pending 1,204") and says "min ago" past a
+	// minute: both happen on a busy machine. What is checked is that the
+	// sink has a last success at all ("ok never" otherwise).
+	check("prometheus sink has a last success", `/pending \d[\d,]* · ok \d[\d.,]* (s|min|h|d) ago/.test(document.querySelector('#health li[data-sink="prometheus"]').textContent)`)
 
 	// What is wrong first: a payment incident (occurrences of Billing
 	// Main/PaymentFailed spread over the last 40 s, some 60 a minute, as in

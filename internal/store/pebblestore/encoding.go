@@ -5,121 +5,65 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/store"
 )
 
-// header is the state of one conversation apart from its keys (one Pebble
-// key each, so a claim reads and writes only the keys it touches, however
-// many the conversation holds). With paths on it also holds the path state,
-// which a claim then reads and writes with the rest at no extra cost.
+// header is the state of one conversation: its counts, its path state
+// (paths on), and, while they fit in maxInlineBytes, its keys. A small
+// conversation (a flow sets a handful of metric attributes, some 50 bytes
+// each) is then one Pebble record: a claim reads one value and writes one
+// value, the close derives its path from the header, and the memtable,
+// the write-ahead log and compactions carry one record where one per key
+// cost a record each. A conversation whose keys outgrow the bound spills
+// them to one Pebble key each (under its prefix, after the header), so a
+// claim of a conversation of thousands of keys reads and writes only the
+// keys it touches, not a value that grows with the conversation.
 type header struct {
 	changed int64  // last change, unix ns
 	epoch   uint64 // incarnation: keys of an older one are not held
 	keys    int    // keys held in this incarnation
 	bytes   int    // their total length
 	path    store.Path
-	// pathKeys (paths on, path open) is a copy of the keys held, each as
-	// appendString writes it, pathKeysN of them, while it holds every key
-	// (pathKeysN == keys) and fits in maxPathKeyBytes: the close then
-	// derives the path from the header it reads anyway, and reads no key.
-	// A conversation with more keys (or keys claimed before paths were
-	// on) has none, and its close reads its keys.
-	pathKeys  []byte
-	pathKeysN int
+	// inline: the keys of this epoch are inlineKeys (encodeKeys), not
+	// records of their own. A header without keys is inline: it has none
+	// to read anywhere.
+	inline     bool
+	inlineKeys []byte
 }
 
-// maxPathKeyBytes bounds the copy of a conversation's keys its header
-// carries for the close: a flow sets a handful of metric attributes per
-// conversation (some 50 bytes each), so real conversations fit; a larger
-// one costs each of its claims no more than this, and its close reads its
-// keys instead.
-const maxPathKeyBytes = 1024
+// maxInlineBytes bounds the keys a header carries (encoded): past it, the
+// conversation's keys spill to records of their own, so no claim rewrites
+// more than this. Real conversations (3 to 6 keys, some 50 bytes each
+// before front-coding) fit many times over.
+const maxInlineBytes = 1024
 
-// hasPathKeys reports whether pathKeys holds every key of the
-// conversation.
-func (h *header) hasPathKeys() bool {
-	return h.path != (store.Path{}) && !h.path.Closed && h.pathKeysN == h.keys
-}
-
-// addPathKey adds k to pathKeys, which stops holding them all (and is
-// dropped) when it would outgrow maxPathKeyBytes. Called before keys
-// counts k.
-func (h *header) addPathKey(k string) {
-	if h.pathKeysN != h.keys || h.path.Closed {
-		return
-	}
-	if len(h.pathKeys)+binary.MaxVarintLen64+len(k) > maxPathKeyBytes {
-		h.pathKeys, h.pathKeysN = nil, -1
-		return
-	}
-	h.pathKeys = appendString(h.pathKeys, k)
-	h.pathKeysN++
-}
-
-// pathKeyList decodes pathKeys.
-func (h *header) pathKeyList() ([]string, error) {
-	out := make([]string, 0, h.pathKeysN)
-	v := h.pathKeys
-	for len(v) > 0 {
-		var k string
-		var err error
-		if k, v, err = readString(v); err != nil {
-			return nil, err
-		}
-		out = append(out, k)
-	}
-	if len(out) != h.pathKeysN {
-		return nil, errCorrupt
-	}
-	return out, nil
-}
-
-// heldOf returns which of asked the header's copy of the keys holds (nil:
-// none); the copy must hold every key (hasPathKeys).
-func (h *header) heldOf(asked []string) (map[string]struct{}, error) {
-	var held map[string]struct{}
-	v, n := h.pathKeys, 0
-	for len(v) > 0 {
-		l, m := binary.Uvarint(v)
-		if m <= 0 || l > uint64(len(v)-m) {
-			return nil, errCorrupt
-		}
-		k := v[m : m+int(l)]
-		v = v[m+int(l):]
-		n++
-		for _, a := range asked {
-			if a == string(k) {
-				if held == nil {
-					held = map[string]struct{}{}
-				}
-				held[a] = struct{}{}
-				break
-			}
-		}
-	}
-	if n != h.pathKeysN {
-		return nil, errCorrupt
-	}
-	return held, nil
-}
-
-// Path state flags, after the counts; a header without path state ends
-// after them.
+// Flags of the byte after the counts. pathEnded and pathClosed are the
+// path state; headerInline says the keys follow (encodeKeys), and
+// headerNoPath that no path state does (a header without keys and without
+// path state ends after the counts, as headers always did). Headers
+// written before keys were inline set neither, and had path state when
+// they had the byte; theirs may end with a copy of the keys for the close
+// (a count, then each key), which the store no longer reads: their keys
+// are records.
 const (
-	pathEnded  = 1
-	pathClosed = 2
+	pathEnded    = 1
+	pathClosed   = 2
+	headerInline = 4
+	headerNoPath = 8
 )
 
 func (h header) encode() []byte {
-	b := make([]byte, 0, 8*binary.MaxVarintLen64+len(h.pathKeys))
+	b := make([]byte, 0, 8*binary.MaxVarintLen64+len(h.inlineKeys))
 	b = binary.AppendVarint(b, h.changed)
 	b = binary.AppendUvarint(b, h.epoch)
 	b = binary.AppendUvarint(b, uint64(h.keys))
 	b = binary.AppendUvarint(b, uint64(h.bytes))
-	if h.path == (store.Path{}) {
+	inline := h.inline && h.keys > 0
+	if h.path == (store.Path{}) && !inline {
 		return b
 	}
 	var f byte
@@ -129,14 +73,21 @@ func (h header) encode() []byte {
 	if h.path.Closed {
 		f |= pathClosed
 	}
-	b = append(b, f)
-	b = binary.AppendVarint(b, h.path.Due)
-	b = binary.AppendVarint(b, h.path.Filed)
-	if h.keys == 0 || !h.hasPathKeys() {
-		return b
+	if inline {
+		f |= headerInline
 	}
-	b = binary.AppendUvarint(b, uint64(h.pathKeysN))
-	return append(b, h.pathKeys...)
+	if h.path == (store.Path{}) {
+		f |= headerNoPath
+	}
+	b = append(b, f)
+	if f&headerNoPath == 0 {
+		b = binary.AppendVarint(b, h.path.Due)
+		b = binary.AppendVarint(b, h.path.Filed)
+	}
+	if inline {
+		b = append(b, h.inlineKeys...)
+	}
+	return b
 }
 
 var errCorrupt = errors.New("corrupt record")
@@ -156,32 +107,136 @@ func decodeHeader(v []byte) (header, error) {
 		v = v[n:]
 	}
 	h.epoch, h.keys, h.bytes = u[0], int(u[1]), int(u[2])
+	h.inline = h.keys == 0
 	if len(v) == 0 {
 		return h, nil
 	}
 	f := v[0]
 	v = v[1:]
-	var due, filed int64
-	if due, n = binary.Varint(v); n <= 0 {
-		return h, errCorrupt
+	if f&headerNoPath == 0 {
+		var due, filed int64
+		if due, n = binary.Varint(v); n <= 0 {
+			return h, errCorrupt
+		}
+		v = v[n:]
+		if filed, n = binary.Varint(v); n <= 0 {
+			return h, errCorrupt
+		}
+		v = v[n:]
+		h.path = store.Path{Due: due, Filed: filed, Ended: f&pathEnded != 0, Closed: f&pathClosed != 0}
 	}
-	v = v[n:]
-	if filed, n = binary.Varint(v); n <= 0 {
-		return h, errCorrupt
+	if f&headerInline != 0 {
+		if h.keys == 0 {
+			return h, errCorrupt
+		}
+		h.inline, h.inlineKeys = true, bytes.Clone(v)
 	}
-	v = v[n:]
-	h.path = store.Path{Due: due, Filed: filed, Ended: f&pathEnded != 0, Closed: f&pathClosed != 0}
-	if len(v) == 0 {
-		// No copy of the keys: none held, or a header written before
-		// headers carried them (the close reads the keys).
-		return h, nil
-	}
-	keys, n := binary.Uvarint(v)
-	if n <= 0 || keys > uint64(len(v)) {
-		return h, errCorrupt
-	}
-	h.pathKeysN, h.pathKeys = int(keys), bytes.Clone(v[n:])
+	// Otherwise what follows, if anything, is the copy of the keys
+	// headers once carried for the close: not read.
 	return h, nil
+}
+
+// inlineList decodes the keys a header carries (inline), in byte order.
+func (h *header) inlineList() ([]string, error) {
+	if h.keys == 0 {
+		return nil, nil
+	}
+	return decodeKeys(h.inlineKeys, h.keys, h.bytes)
+}
+
+// encodeKeys writes keys, sorted and without duplicates, front-coded: a
+// conversation's keys are its flows' metric attributes,
+// <Flow>Metric_<Name>(<time>), so each key is cut at its last "(" into a
+// name and a time, and each part is written as the length it shares with
+// the same part of the key before it, then the length of the rest and the
+// rest. Sorted, a name repeats the flow of the one before; a time, set
+// within minutes of the others of its conversation, repeats its date and
+// hour, whatever the flow. The cut only chooses what is shared: decoding
+// joins the parts again, so any key, whatever its bytes, reads back as it
+// was written.
+func encodeKeys(b []byte, keys []string) []byte {
+	var prevName, prevStamp string
+	for _, k := range keys {
+		name, stamp := splitKey(k)
+		b = appendShared(b, prevName, name)
+		b = appendShared(b, prevStamp, stamp)
+		prevName, prevStamp = name, stamp
+	}
+	return b
+}
+
+// splitKey cuts k before its last "(" (k is all name when it has none).
+func splitKey(k string) (name, stamp string) {
+	if i := strings.LastIndexByte(k, '('); i >= 0 {
+		return k[:i], k[i:]
+	}
+	return k, ""
+}
+
+// appendShared writes s as the length of the prefix it shares with prev,
+// then the rest (appendString).
+func appendShared(b []byte, prev, s string) []byte {
+	n := 0
+	for n < len(prev) && n < len(s) && prev[n] == s[n] {
+		n++
+	}
+	b = binary.AppendUvarint(b, uint64(n))
+	return appendString(b, s[n:])
+}
+
+// decodeKeys reads what encodeKeys wrote: n keys of size bytes in all (as
+// the header counts them).
+func decodeKeys(v []byte, n, size int) ([]string, error) {
+	if size < 0 || size > len(v)*maxInlineBytes {
+		return nil, errCorrupt
+	}
+	// Every key is a slice of one string, built in one buffer; the parts
+	// of the key before are read back from there.
+	buf := make([]byte, 0, size)
+	ends := make([]int, 0, n)
+	var name, stamp [2]int // the key before's parts: buf[name[0]:name[1]], buf[stamp[0]:stamp[1]]
+	for len(v) > 0 {
+		start := len(buf)
+		var err error
+		if buf, v, err = readShared(buf, v, name, size); err != nil {
+			return nil, err
+		}
+		mid := len(buf)
+		if buf, v, err = readShared(buf, v, stamp, size); err != nil {
+			return nil, err
+		}
+		name, stamp = [2]int{start, mid}, [2]int{mid, len(buf)}
+		ends = append(ends, len(buf))
+	}
+	if len(ends) != n || len(buf) != size {
+		return nil, errCorrupt
+	}
+	s := string(buf)
+	out := make([]string, n)
+	start := 0
+	for i, end := range ends {
+		out[i] = s[start:end]
+		start = end
+	}
+	return out, nil
+}
+
+// readShared appends to buf a part appendShared wrote at the start of v,
+// whose prefix is shared with buf[prev[0]:prev[1]], and returns the rest
+// of v; buf never grows beyond size.
+func readShared(buf, v []byte, prev [2]int, size int) ([]byte, []byte, error) {
+	shared, m := binary.Uvarint(v)
+	if m <= 0 || shared > uint64(prev[1]-prev[0]) {
+		return nil, nil, errCorrupt
+	}
+	v = v[m:]
+	rest, m := binary.Uvarint(v)
+	if m <= 0 || rest > uint64(len(v)-m) || uint64(len(buf))+shared+rest > uint64(size) {
+		return nil, nil, errCorrupt
+	}
+	buf = append(buf, buf[prev[0]:prev[0]+int(shared)]...)
+	buf = append(buf, v[m:m+int(rest)]...)
+	return buf, v[m+int(rest):], nil
 }
 
 // conversation is a conversation's state with its keys, as read by get.

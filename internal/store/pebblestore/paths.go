@@ -184,7 +184,7 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 	// Headers are point reads (Get stops at the newest level that holds
 	// one, the memtable when it was written lately, and Bloom filters
 	// answer for the tables that do not); the keys of a conversation
-	// whose header carries no copy of them are read through one iterator,
+	// whose header does not carry them are read through one iterator,
 	// in key order, opened only when needed.
 	var it *pebble.Iterator
 	defer func() {
@@ -309,7 +309,7 @@ const (
 
 // readClosing reads the headers of cs, decides each one's action as of
 // asOf and now, and reads the keys of those that close and whose header
-// carries no copy of them (through iter's iterator); it reads in key
+// does not carry them (through iter's iterator); it reads in key
 // order (each header, then its keys), whatever order cs is in.
 func (s *Store) readClosing(iter func() (*pebble.Iterator, error), cs []closing, asOf, now time.Time) error {
 	order := make([]*closing, len(cs))
@@ -343,10 +343,10 @@ func (s *Store) readClosing(iter func() (*pebble.Iterator, error), cs []closing,
 		case p.Refile(asOf):
 			c.h.path.Filed = p.Due
 			c.action = closeRefile
-		case h.hasPathKeys():
+		case h.inline:
 			// The header carries the keys: none to read.
 			c.action = closeNow
-			if c.keys, err = h.pathKeyList(); err != nil {
+			if c.keys, err = h.inlineList(); err != nil {
 				return fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
 			}
 		default:

@@ -63,14 +63,11 @@ func TestPathStateRidesOnTheHeader(t *testing.T) {
 	first := clock.Now().Add(time.Hour).UnixNano()
 	s := mustOpen(t, t.TempDir(), pathOptions(clock))
 	on := written(s)
-	// The header's copy of the keys for the close: a count, then each key
-	// (the first claim's too).
-	carried := 2 + len(occs(1, 0)[0].Key)
+	// The header carries the keys either way; with paths on it adds its
+	// path state: two deadlines (the flag byte is there either way).
 	for i := range on {
-		carried += 1 + len(occs(1, i+1)[0].Key)
-		// The header's path state: a flag byte and two deadlines.
-		if on[i] > off[i]+20+uint64(carried) {
-			t.Errorf("claim %d: wrote %d bytes with paths on, %d with paths off; want at most 20 more and the %d bytes of the keys the header carries (no index entry moved)", i+1, on[i], off[i], carried)
+		if on[i] > off[i]+20 {
+			t.Errorf("claim %d: wrote %d bytes with paths on, %d with paths off; want at most 20 more (no index entry moved)", i+1, on[i], off[i])
 		}
 	}
 	if got := dueEntries(t, s); len(got) != 1 || len(got[conv]) != 1 || got[conv][0] != first {
@@ -140,18 +137,18 @@ func TestOpenConvertsPathRecords(t *testing.T) {
 	}
 }
 
-// TestCloseDerivesFromTheHeader: a conversation's header carries its keys
-// for the close, which then reads none of them; a conversation whose keys
-// outgrow maxPathKeyBytes has a header of bounded size, and its close reads
-// its keys. Both derive from every key they hold.
+// TestCloseDerivesFromTheHeader: a conversation's header carries its keys,
+// and its close reads none of them; a conversation whose keys outgrow
+// maxInlineBytes has a header of bounded size, and its close reads its
+// keys. Both derive from every key they hold.
 func TestCloseDerivesFromTheHeader(t *testing.T) {
 	ctx := context.Background()
 	clock := storetest.NewClock(t0)
 	s := mustOpen(t, t.TempDir(), pathOptions(clock))
-	small, large := occs(3, 0), occs(60, 0)
+	small, large := occs(3, 0), occs(150, 0)
 	for i := range large {
-		// Claimed one by one: each claim extends the header's copy, until
-		// it no longer fits.
+		// Claimed one by one: each claim extends the keys the header
+		// carries, until they no longer fit.
 		if _, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: "large", Occurrences: large[i : i+1]}}); err != nil {
 			t.Fatal(err)
 		}

@@ -12,22 +12,30 @@
 //
 //	m/<len(id), uvarint><id>            -> header: last change (unix ns), epoch, keys held and their bytes,
 //	                                       path state (paths on): ended, closed, deadline, deadline filed under,
-//	                                       and, while the path is open, a copy of the keys (at most 1 KiB) to
-//	                                       derive it from
-//	m/<len(id), uvarint><id><key>       -> one claimed key (value: the epoch it was claimed in)
+//	                                       and, while they fit in 1 KiB, the keys themselves (sorted, each as
+//	                                       the length it shares with the key before it and the rest)
+//	m/<len(id), uvarint><id><key>       -> one claimed key of a conversation whose keys outgrew its header
+//	                                       (value: the epoch it was claimed in)
 //	o/<seq, 8 bytes BE>                 -> outbox entry: the occurrences one Claim found new
 //
-// A conversation's claimed keys are one Pebble key each, under a prefix of
-// their own: a claim reads the header and looks up only the keys of its
-// request (point reads, answered by Bloom filters when the key is new), and
-// writes only the new ones, so its cost does not grow with the
+// A conversation is one Pebble record while its keys fit in its header (a
+// flow sets a handful of metric attributes per conversation): a claim
+// reads one value (a point read, answered by Bloom filters when the
+// conversation is new) and writes one value, and its path's close derives
+// from the header alone. Past 1 KiB the keys spill, in the claim that
+// crosses the bound, to one Pebble key each under the conversation's
+// prefix: a claim then reads the header and looks up only the keys of its
+// request, and writes only the new ones, so its cost never grows with the
 // conversation. The header is the prefix itself, so it sorts just before
-// the keys and mostly shares their data block: a claim of a conversation
-// the block cache does not hold reads one block, not two (headers under
-// h/<id>, as stores wrote them before, are moved there at Open). A
-// conversation that outlived the retention starts a new epoch: keys of an
-// older epoch are not held (Sweep deletes them with their header). Stores written before this layout kept each conversation as one
-// value under c/; Open converts them.
+// the keys and mostly shares their data block (headers under h/<id>, as
+// stores wrote them before, are moved there at Open). A conversation that
+// outlived the retention starts a new epoch, its keys in its header again:
+// keys of an older epoch are not held (Sweep deletes them with their
+// header). Stores written before keys could be inline have every key as a
+// record: such a header says so (it lacks the inline flag), and its
+// conversation keeps its records, with no conversion. Stores written
+// before the per-key layout kept each conversation as one value under c/;
+// Open converts them.
 //
 //	k/<sink name>        -> the sink's cursor (8 bytes BE)
 //	s/<sink name>\x00<key> -> one key of the sink's own state (AckState)
@@ -419,7 +427,6 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 		}
 		for _, o := range fresh {
 			c.add(o.Key)
-			keys.add(c, o.Key)
 		}
 		c.h.changed = now.UnixNano()
 		c.dirty = true
@@ -449,7 +456,7 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 				filed = append(filed, at)
 			}
 		}
-		keys.put(c.prefix, c.h.encode())
+		c.stage(&keys)
 	}
 	if err := keys.write(b); err != nil {
 		return nil, fmt.Errorf("pebblestore: %w", err)
@@ -498,31 +505,58 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 type staged struct {
 	id     string
 	h      header
-	stored int                 // keys of this epoch already in the store
 	held   map[string]struct{} // keys of the batch's requests found stored
 	added  map[string]struct{}
+	fresh  []string // the keys the batch adds, in the order added
+	stored []string // inline: the keys the stored header carries, in byte order
 	dirty  bool
-	// pathKeys: the header carries a copy of the keys for the close
-	// (paths on).
-	pathKeys bool
-	prefix   []byte   // m/<len><id>
-	filed    int64    // the deadline the stored header's path is filed under (0: none)
-	asked    []string // while staging: the keys the batch's requests ask about
+	prefix []byte   // m/<len><id>
+	filed  int64    // the deadline the stored header's path is filed under (0: none)
+	asked  []string // while staging: the keys the batch's requests ask about
+}
+
+// stage adds to keys what c writes: its header and, for a conversation
+// whose keys are records of their own, a record for each key the batch
+// adds. An inline conversation's keys are written in its header, merged
+// with those it held; when they outgrow maxInlineBytes, it spills: every
+// key becomes a record, in the same batch as the header that stops
+// carrying them.
+func (c *staged) stage(keys *newKeys) {
+	if !c.h.inline {
+		for _, k := range c.fresh {
+			keys.add(c, k)
+		}
+		keys.put(c.prefix, c.h.encode())
+		return
+	}
+	if len(c.fresh) > 0 {
+		all := append(c.stored[:len(c.stored):len(c.stored)], c.fresh...)
+		slices.Sort(all)
+		if enc := encodeKeys(nil, all); len(enc) <= maxInlineBytes {
+			c.h.inlineKeys = enc
+		} else {
+			c.h.inline, c.h.inlineKeys = false, nil
+			for _, k := range all {
+				keys.add(c, k)
+			}
+		}
+	}
+	keys.put(c.prefix, c.h.encode())
 }
 
 // stageAll reads what the batch's requests need of the store: the header
 // of each conversation with occurrences, or with an end event when paths
 // are on (an expired one starts a new epoch, in which it holds nothing),
-// then which of the requested keys it holds. A conversation's header is
-// stored just before its keys (both under its prefix), so its keys are
-// mostly in the data block the header was read from. The conversations
-// are read in key order through one iterator, each header followed by its
-// conversation's keys: every seek moves forward, reusing the tables,
-// blocks and positions of the one before, where a Get each started over,
-// and Bloom filters still answer the keys the store does not hold. With
-// paths on, a header that carries a copy of every key answers for its
-// keys, and none is read. A conversation that appears twice in the batch
-// is staged once, so the second request sees the keys the first adds.
+// then which of the requested keys it holds. A header that carries its
+// keys (inline) answers for them: the claim reads one value. A
+// conversation whose keys spilled has them just after its header (both
+// under its prefix), mostly in the data block the header was read from.
+// The conversations are read in key order through one iterator, each
+// header followed by its conversation's keys: every seek moves forward,
+// reusing the tables, blocks and positions of the one before, where a Get
+// each started over, and Bloom filters still answer the keys the store
+// does not hold. A conversation that appears twice in the batch is staged
+// once, so the second request sees the keys the first adds.
 func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusals, now time.Time) (map[string]*staged, error) {
 	convs := map[string]*staged{}
 	var order []*staged
@@ -532,7 +566,7 @@ func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 		}
 		c := convs[r.ConversationID]
 		if c == nil {
-			c = &staged{id: r.ConversationID, prefix: keyPrefixOf(r.ConversationID), pathKeys: s.opts.Paths != nil}
+			c = &staged{id: r.ConversationID, prefix: keyPrefixOf(r.ConversationID), h: header{inline: true}}
 			convs[c.id] = c
 			order = append(order, c)
 		}
@@ -567,19 +601,27 @@ func (s *Store) stageAll(reqs []flowmetrics.ClaimRequest, refused *store.Refusal
 			c.filed = h.path.Filed
 		}
 		if s.opts.Expired(time.Unix(0, h.changed), now) {
+			// A new epoch holds nothing: its keys go in its header.
 			c.h.epoch = h.epoch + 1
 			continue
 		}
-		c.h, c.stored = h, h.keys
-		if c.stored == 0 {
+		c.h = h
+		if h.keys == 0 {
 			continue
 		}
-		if h.hasPathKeys() {
-			// The header carries every key of its epoch (paths on):
-			// it answers, and no key is read.
-			c.held, err = h.heldOf(asked)
-			if err != nil {
+		if h.inline {
+			// The header carries every key of its epoch: it answers,
+			// and no key is read.
+			if c.stored, err = h.inlineList(); err != nil {
 				return nil, fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
+			}
+			for _, k := range asked {
+				if _, ok := slices.BinarySearch(c.stored, k); ok {
+					if c.held == nil {
+						c.held = map[string]struct{}{}
+					}
+					c.held[k] = struct{}{}
+				}
 			}
 			continue
 		}
@@ -639,18 +681,10 @@ func (c *staged) add(k string) {
 		c.added = map[string]struct{}{}
 	}
 	c.added[k] = struct{}{}
-	if c.pathKeys {
-		c.h.addPathKey(k)
-	}
+	c.fresh = append(c.fresh, k)
 	c.h.keys++
 	c.h.bytes += len(k)
 }
-
-func (c *staged) keyOf(k string) []byte {
-	return append(append(make([]byte, 0, len(c.prefix)+len(k)), c.prefix...), k...)
-}
-
-func (c *staged) epochValue() []byte { return binary.AppendUvarint(nil, c.h.epoch) }
 
 // newKeys are the keys a Claim adds and the headers it rewrites, gathered
 // so they are written to the batch in key order: each store key
@@ -722,19 +756,25 @@ func (s *Store) header(id string) (h header, ok bool, err error) {
 }
 
 // get reads a conversation with the keys of its epoch (nil when it has no
-// state). It scans the conversation's keys: for reading a whole
-// conversation (its path), not for claiming.
+// state): from its header, or, when its keys are records, by scanning
+// them: for reading a whole conversation (Keys), not for claiming.
 func (s *Store) get(id string) (*conversation, error) {
 	h, ok, err := s.header(id)
 	if err != nil || !ok {
 		return nil, err
+	}
+	c := &conversation{changed: h.changed}
+	if h.inline {
+		if c.keys, err = h.inlineList(); err != nil {
+			return nil, fmt.Errorf("pebblestore: conversation %q: %w", id, err)
+		}
+		return c, nil
 	}
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: keyPrefix, UpperBound: prefixEnd(keyPrefix)})
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: read conversation %q: %w", id, err)
 	}
 	defer it.Close()
-	c := &conversation{changed: h.changed}
 	if c.keys, err = keysOf(it, id, h.epoch, h.keys); err != nil {
 		return nil, fmt.Errorf("pebblestore: read conversation %q: %w", id, err)
 	}
@@ -840,17 +880,17 @@ func (s *Store) convertLegacy() (err error) {
 			return fmt.Errorf("pebblestore: conversation %q: %w", k[len(legacyPrefix):], err)
 		}
 		id := string(k[len(legacyPrefix):])
-		st := &staged{id: id, prefix: keyPrefixOf(id)}
+		st := &staged{id: id, prefix: keyPrefixOf(id), h: header{inline: true}}
 		for _, key := range c.keys {
 			if _, dup := st.added[key]; dup {
 				continue
 			}
 			st.add(key)
-			b.Set(st.keyOf(key), st.epochValue(), nil)
 		}
 		st.h.changed = c.changed
-		b.Set(headerKey(id), st.h.encode(), nil)
-		return nil
+		var keys newKeys
+		st.stage(&keys)
+		return keys.write(b)
 	})
 }
 

@@ -108,13 +108,24 @@ func (f countingFile) ReadAt(p []byte, off int64) (int, error) {
 	return f.File.ReadAt(p, off)
 }
 
-// TestClaimAnswersFromTheHeader: with paths on, a conversation's header
-// carries a copy of its keys, and a claim answers from it which keys the
-// conversation holds, reading none of them. The keys are deleted from the
-// store behind its back: a claim that read them would count them again.
+// TestClaimAnswersFromTheHeader: a small conversation's header carries its
+// keys (with paths on or off), and a claim answers from it which keys the
+// conversation holds, reading no other record. Whatever else its prefix
+// holds is deleted behind the store's back: a claim that read keys there
+// would count them again.
 func TestClaimAnswersFromTheHeader(t *testing.T) {
+	for _, paths := range []bool{false, true} {
+		opts := store.Options{}
+		if paths {
+			opts = pathOptions(storetest.NewClock(t0))
+		}
+		t.Run(fmt.Sprintf("paths=%v", paths), func(t *testing.T) { claimAnswersFromTheHeader(t, opts) })
+	}
+}
+
+func claimAnswersFromTheHeader(t *testing.T, opts store.Options) {
 	ctx := context.Background()
-	s := mustOpen(t, t.TempDir(), pathOptions(storetest.NewClock(t0)))
+	s := mustOpen(t, t.TempDir(), opts)
 	first := occs(3, 0)
 	if _, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: "c", Occurrences: first}}); err != nil {
 		t.Fatal(err)
