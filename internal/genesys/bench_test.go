@@ -137,3 +137,22 @@ func BenchmarkParseAttribute(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDecodeParallel is BenchmarkDecode with the lines parsed by
+// GOMAXPROCS goroutines, as replay decodes.
+func BenchmarkDecodeParallel(b *testing.B) {
+	data := benchEvents(benchN)
+	b.SetBytes(int64(len(data)))
+	reportPerEvent(b, func() {
+		n := 0
+		DecodeParallel(bytes.NewReader(data), runtime.GOMAXPROCS(0), func(r Record) error {
+			if r.Outcome == Accepted {
+				n++
+			}
+			return nil
+		})
+		if n != benchN {
+			b.Fatalf("got %d accepted, want %d", n, benchN)
+		}
+	})
+}

@@ -38,12 +38,13 @@ const chunkSize = 256 << 10
 // records made by the reader (a line too large to hold) or the read error
 // that ends the input.
 type chunk struct {
-	data []byte
-	line int // the line of data's first byte
-	buf  *[]byte
-	recs []Record
-	err  error
-	done chan struct{} // closed once recs is complete
+	data  []byte
+	line  int // the line of data's first byte
+	lines int // how many '\n' data holds
+	buf   *[]byte
+	recs  []Record
+	err   error
+	done  chan struct{} // closed once recs is complete
 }
 
 var chunkBufs = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
@@ -69,7 +70,7 @@ func (d *decoder) ndjsonParallel() error {
 			defer wg.Done()
 			var p parser
 			for c := range work {
-				c.recs = parseLines(&p, c.data, c.line, c.recs)
+				c.recs = parseLines(&p, c.data, c.line, make([]Record, 0, c.lines+1))
 				if c.buf != nil {
 					chunkBufs.Put(c.buf)
 				}
@@ -175,7 +176,8 @@ func (d *decoder) cut(order, work chan<- *chunk, stop <-chan struct{}) {
 		}
 		c := &chunk{data: unread[:last+1], line: d.line, buf: held, done: make(chan struct{})}
 		scanned = 0
-		d.line += bytes.Count(c.data, newline)
+		c.lines = bytes.Count(c.data, newline)
+		d.line += c.lines
 		// The rest, from the start of a line, moves to a buffer of its
 		// own: the chunk's is the worker's until it has parsed it.
 		rest := unread[last+1:]

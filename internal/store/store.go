@@ -185,7 +185,12 @@ func MinCursor(cursors map[string]uint64) (uint64, bool) {
 // request is checked for repeats by scanning, a long one with a set, so an
 // event carrying thousands of distinct keys does not cost their square.
 func FilterNew(occs []flowmetrics.Occurrence, known func(string) bool) []flowmetrics.Occurrence {
-	var out []flowmetrics.Occurrence
+	return AppendNew(nil, occs, known)
+}
+
+// AppendNew is FilterNew appending to out, for a store that gathers the new
+// occurrences of a whole claim in one slice.
+func AppendNew(out, occs []flowmetrics.Occurrence, known func(string) bool) []flowmetrics.Occurrence {
 	var seen map[string]struct{}
 	if len(occs) > scanRepeats {
 		seen = make(map[string]struct{}, len(occs))

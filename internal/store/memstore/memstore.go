@@ -144,9 +144,12 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		if c != nil && s.opts.Expired(timeOf(c.changed), now) {
 			c = nil
 		}
-		fresh := store.FilterNew(r.Occurrences, func(k string) bool {
+		// The request's new occurrences, at the end of out.
+		start := len(out)
+		out = store.AppendNew(out, r.Occurrences, func(k string) bool {
 			return c != nil && c.keys.Has(k)
 		})
+		fresh := out[start:]
 		var size store.Size
 		if c != nil {
 			size = c.keys.Size()
@@ -154,6 +157,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		if len(fresh) > 0 {
 			if err := size.Plus(fresh).Check(r.ConversationID); err != nil {
 				refused.Add(i, flowmetrics.RefusedConversation, err)
+				out = out[:start]
 				continue
 			}
 		}
@@ -176,7 +180,6 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 		}
 		c.keys.Add(keys...)
 		c.changed = now.UnixNano()
-		out = append(out, fresh...)
 	}
 	if len(out) > 0 {
 		s.last++
