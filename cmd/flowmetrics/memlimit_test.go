@@ -2,8 +2,10 @@ package main
 
 import (
 	"math"
+	"runtime"
 	"runtime/debug"
 	"testing"
+	"time"
 
 	"github.com/flowmetrics/flowmetrics/internal/config"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
@@ -96,5 +98,64 @@ func TestLimitMemory(t *testing.T) {
 			}
 			debug.SetGCPercent(100)
 		})
+	}
+}
+
+// TestGuardedLimit: the soft limit is the base until the live heap comes
+// within a quarter of it, then a quarter above the live heap.
+func TestGuardedLimit(t *testing.T) {
+	const mib = 1 << 20
+	for _, c := range []struct{ base, live, want int64 }{
+		{200 * mib, 0, 200 * mib},
+		{200 * mib, 100 * mib, 200 * mib},
+		{200 * mib, 160 * mib, 200 * mib},
+		{200 * mib, 176 * mib, 220 * mib},
+		{200 * mib, 400 * mib, 500 * mib},
+	} {
+		if got := guardedLimit(c.base, c.live); got != c.want {
+			t.Errorf("guardedLimit(%d MiB, %d MiB) = %.1f MiB, want %d MiB", c.base/mib, c.live/mib, float64(got)/mib, c.want/mib)
+		}
+	}
+}
+
+// TestLiveHeapPastTheLimit: with a live heap four times the soft limit and
+// GOGC off (as a replay sets them), the guard raises the limit to at least
+// a fifth above the live heap, so a collection has room to free; once the
+// heap is freed the limit comes back to its base.
+func TestLiveHeapPastTheLimit(t *testing.T) {
+	const mib = 1 << 20
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(math.MaxInt64))
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	base := int64(16 * mib)
+	debug.SetMemoryLimit(base)
+	stop := guardLimit(base)
+	defer stop()
+
+	live := make([][]byte, 64)
+	for i := range live {
+		live[i] = make([]byte, mib)
+		for j := range live[i] {
+			live[i][j] = byte(j) // touched, so it is really held
+		}
+	}
+	want := int64(64*mib) * 6 / 5
+	deadline := time.Now().Add(10 * time.Second)
+	for debug.SetMemoryLimit(-1) < want && time.Now().Before(deadline) {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := debug.SetMemoryLimit(-1); got < want {
+		t.Fatalf("limit %.1f MiB with 64 MiB live, want at least %.1f MiB", float64(got)/mib, float64(want)/mib)
+	}
+	runtime.KeepAlive(live)
+
+	live = nil
+	deadline = time.Now().Add(10 * time.Second)
+	for debug.SetMemoryLimit(-1) != base && time.Now().Before(deadline) {
+		runtime.GC()
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := debug.SetMemoryLimit(-1); got != base {
+		t.Errorf("limit %.1f MiB once the heap was freed, want the base %d MiB", float64(got)/mib, base/mib)
 	}
 }
