@@ -30,9 +30,8 @@ const heapAllowance = 48 << 20
 // replay's heap is mostly the cache and the store, which live to its end,
 // so collecting each time the heap doubles its live part rescans them long
 // before the limit is near. Unless GOGC says otherwise, the limit alone
-// sets when to collect (GOGC off). A heap whose live part passes the limit
-// is collected as it would be with GOGC=100 (the runtime caps the
-// collector's CPU either way).
+// sets when to collect (GOGC off). A heap whose live part nears the limit
+// raises it (guardLimit), so the collector never runs back to back.
 func limitMemory(cfg config.Config, st flowmetrics.Store) (restore func()) {
 	return setMemory(cfg, st, 0, -1)
 }
