@@ -135,8 +135,7 @@ func TestKeysSpillPastTheBound(t *testing.T) {
 	if n, err := s.Sweep(ctx); err != nil || n != 1 {
 		t.Errorf("sweep: removed %d (%v), want 1", n, err)
 	}
-	n := 0
-	s.scan(keyPrefix, func(k, v []byte) error { n++; return nil })
+	n := records(t, s, keyPrefix)
 	if n != 0 {
 		t.Errorf("after the sweep: %d records under m/, want none", n)
 	}
@@ -236,8 +235,7 @@ func TestOldPerKeyLayoutStays(t *testing.T) {
 	if n, err := s.Sweep(ctx); err != nil || n != 2 {
 		t.Errorf("sweep: removed %d (%v), want 2", n, err)
 	}
-	n := 0
-	s.scan(keyPrefix, func(k, v []byte) error { n++; return nil })
+	n := records(t, s, keyPrefix)
 	if n != 0 {
 		t.Errorf("after the sweep: %d records under m/, want none", n)
 	}

@@ -159,8 +159,7 @@ func TestOpenConvertsTheOldLayout(t *testing.T) {
 	if keys, _ := s.Keys(ctx, "conv-0000"); len(keys) != 3 {
 		t.Errorf("Keys after conversion: got %q, want the 3 old keys", keys)
 	}
-	var legacy int
-	s.scan(legacyPrefix, func(k, v []byte) error { legacy++; return nil })
+	legacy := records(t, s, legacyPrefix)
 	if legacy != 0 {
 		t.Errorf("%d old values left after Open, want none", legacy)
 	}
@@ -196,8 +195,7 @@ func TestOpenMovesHeadersBesideTheirKeys(t *testing.T) {
 	}
 
 	s = mustOpen(t, dir, opts)
-	var left int
-	s.scan(oldHeaders, func(k, v []byte) error { left++; return nil })
+	left := records(t, s, oldHeaders)
 	if left != 0 {
 		t.Errorf("%d h/ headers left after Open, want none", left)
 	}

@@ -73,8 +73,7 @@ func TestPathStateRidesOnTheHeader(t *testing.T) {
 	if got := dueEntries(t, s); len(got) != 1 || len(got[conv]) != 1 || got[conv][0] != first {
 		t.Errorf("index: got %v, want one entry at the first deadline %d", got, first)
 	}
-	n := 0
-	s.scan(pathPrefix, func(k, v []byte) error { n++; return nil })
+	n := records(t, s, pathPrefix)
 	if n != 0 {
 		t.Errorf("path records: got %d, want none (the header holds the path)", n)
 	}
@@ -130,8 +129,7 @@ func TestOpenConvertsPathRecords(t *testing.T) {
 	if err != nil || len(got) != 1 || !got[0].AfterClose {
 		t.Errorf("late key of the converted closed path: got %+v (%v), want new with AfterClose", got, err)
 	}
-	n := 0
-	s.scan(pathPrefix, func(k, v []byte) error { n++; return nil })
+	n := records(t, s, pathPrefix)
 	if n != 0 {
 		t.Errorf("path records after opening: got %d, want none", n)
 	}
@@ -227,4 +225,15 @@ func TestPathPointsRoundTrip(t *testing.T) {
 	if len(encodeEntry(nil, points)) >= len(old) {
 		t.Errorf("compact form: %d bytes, want fewer than the %d of the form before", len(encodeEntry(nil, points)), len(old))
 	}
+}
+
+// records counts the records under prefix, failing t if they cannot be
+// read.
+func records(t *testing.T, s *Store, prefix []byte) int {
+	t.Helper()
+	n := 0
+	if err := s.scan(prefix, func(k, v []byte) error { n++; return nil }); err != nil {
+		t.Fatalf("reading the records under %q: %v", prefix, err)
+	}
+	return n
 }
