@@ -483,7 +483,7 @@ func (r *replayer) finished(ctx context.Context, name string, b *startedBatch, f
 		return err
 	}
 	r.report(name, res)
-	closed, err := r.paths.wait()
+	closed, err := r.paths.applied()
 	if err != nil {
 		return err
 	}
