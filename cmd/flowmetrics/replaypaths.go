@@ -150,16 +150,19 @@ func (c *replayCloser) claimed(b *batchPaths) {
 	}
 }
 
-// start closes the paths due, beside the claims of the batches in beside
-// (nil ones are left out), except those of conversations with records in
-// them: those are left for a later start. The closes started before must
-// have been waited for.
-func (c *replayCloser) start(ctx context.Context, beside ...*batchPaths) error {
+// start waits until the closes started before, if any, are applied, and
+// returns how many they closed; then it starts closing the paths due,
+// beside the claims of the batches in beside (nil ones are left out),
+// except those of conversations with records in them: those are left for a
+// later start. The caller claims no batch after those in beside before it
+// called start again (or wait).
+func (c *replayCloser) start(ctx context.Context, beside ...*batchPaths) (int, error) {
 	if c == nil {
-		return nil
+		return 0, nil
 	}
-	if _, err := c.applied(); err != nil {
-		return err // not reached: the caller waited
+	closed, err := c.applied()
+	if err != nil {
+		return 0, err
 	}
 	ids := c.later
 	c.later = nil
@@ -169,7 +172,7 @@ func (c *replayCloser) start(ctx context.Context, beside ...*batchPaths) error {
 		c.head++
 	}
 	if len(ids) == 0 {
-		return nil
+		return closed, nil
 	}
 	inBeside := make(map[string]bool, len(ids))
 	for _, id := range ids {
@@ -194,7 +197,7 @@ func (c *replayCloser) start(ctx context.Context, beside ...*batchPaths) error {
 		}
 	}
 	if len(now) == 0 {
-		return nil
+		return closed, nil
 	}
 	c.job = make(chan replayCloseResult, 1)
 	before := c.synced
@@ -220,7 +223,7 @@ func (c *replayCloser) start(ctx context.Context, beside ...*batchPaths) error {
 		}
 		synced <- err
 	}(c.job, c.synced)
-	return nil
+	return closed, nil
 }
 
 // applied waits until the closes running, if any, are applied (every
