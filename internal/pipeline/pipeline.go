@@ -167,6 +167,8 @@ type Pipeline struct {
 	cache    *knownCache
 	claims   *claimGroup
 	drainers []*drainer
+	// memos are Prepare's name memos, one per large batch being prepared.
+	memos sync.Pool
 	// learned counts the claims whose keys the cache learned: a batch
 	// prepared before the last of them is checked against the cache
 	// again when it is committed.
@@ -191,6 +193,7 @@ func New(store flowmetrics.Store, sinks []flowmetrics.Sink, cfg Config, m *telem
 		log = slog.Default()
 	}
 	p := &Pipeline{cfg: cfg, store: store, m: m, log: log, claims: newClaimGroup(store)}
+	p.memos.New = func() any { return new(genesys.NameMemo) }
 	// Series that exist from the start, at zero, so alerts on them work
 	// before the first bad record.
 	for _, r := range rejectReasons {
@@ -309,6 +312,12 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 	return p.Commit(ctx, p.Prepare(ctx, recs))
 }
 
+// memoBatch is the size of batch from which Prepare remembers the names
+// it parsed (genesys.NameMemo): replay's batches of thousands, whose
+// events repeat one another's names. The few events of a serve request
+// seldom do.
+const memoBatch = 256
+
 // Prepared is a batch of records that Prepare sorted out and extracted:
 // what Commit claims.
 type Prepared struct {
@@ -331,6 +340,14 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 	b := &Prepared{c: claimBatch{now: p.cfg.Now(), learned: p.learned.Load()}}
 	res, c := &b.res, &b.c
 	var buf []string // room for an event's names the cache does not know
+	var memo *genesys.NameMemo
+	if len(recs) >= memoBatch {
+		memo = p.memos.Get().(*genesys.NameMemo)
+		defer func() {
+			memo.Reset()
+			p.memos.Put(memo)
+		}()
+	}
 	for i, r := range recs {
 		c.left = len(recs) - i
 		if !p.sortOut(r, res) {
@@ -350,7 +367,7 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 		if known > 0 {
 			buf = names[:0]
 		}
-		occs := p.extract(names, res)
+		occs := p.extract(names, memo, res)
 		if len(occs) > 0 {
 			c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: occs}, r, false)
 			continue
@@ -361,7 +378,7 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 		if p.cfg.Derive != nil && p.cache.tell(conv, c.now, p.cfg.PathTouch) {
 			// One known key is enough for the store to count the event:
 			// the first, as before the cache left them out.
-			if first := p.extract(firstKnown(r.Event.MetricNames, names), res); len(first) > 0 {
+			if first := p.extract(firstKnown(r.Event.MetricNames, names), nil, res); len(first) > 0 {
 				c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: first}, r, true)
 				continue
 			}
@@ -536,10 +553,16 @@ func (p *Pipeline) sortOut(r genesys.Record, res *Result) bool {
 }
 
 // extract returns the occurrences of an event's metric names (or some of
-// them), and counts and reports its
+// them), parsing only those memo (if any) has not seen, and counts and reports its
 // malformed metric attributes.
-func (p *Pipeline) extract(names []string, res *Result) []flowmetrics.Occurrence {
-	occs, bad := genesys.ExtractNames(names)
+func (p *Pipeline) extract(names []string, memo *genesys.NameMemo, res *Result) []flowmetrics.Occurrence {
+	var occs []flowmetrics.Occurrence
+	var bad []genesys.Malformed
+	if memo != nil {
+		occs, bad = memo.Extract(names)
+	} else {
+		occs, bad = genesys.ExtractNames(names)
+	}
 	for _, b := range bad {
 		p.m.CountMalformed(b.Flow)
 		if errors.Is(b.Err, genesys.ErrNameTooLong) {
