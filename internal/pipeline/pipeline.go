@@ -464,27 +464,52 @@ func (p *Pipeline) fold(ctx context.Context, c *claimBatch) error {
 	if g == nil {
 		return nil
 	}
+	// The batch's distinct pairs, in the order they first come, and each
+	// occurrence's place among them (-1: its request is refused whatever
+	// the store holds, and its pairs must not take the places of others).
+	// A batch has many occurrences but few pairs, so the guard, which
+	// looks each pair up under its lock, is asked once a pair.
 	n := 0
 	for _, rq := range c.reqs {
 		n += len(rq.Occurrences)
 	}
-	pairs := make([]flowmetrics.Pair, 0, n)
+	at := make([]int32, 0, n)
+	var pairs []flowmetrics.Pair
+	index := map[flowmetrics.Pair]int32{}
 	for _, rq := range c.reqs {
-		if (store.Size{}).Plus(rq.Occurrences).Check(rq.ConversationID) != nil {
-			// The store refuses this request whatever it holds: its
-			// pairs must not take the places of others.
-			continue
-		}
+		refused := (store.Size{}).Plus(rq.Occurrences).Check(rq.ConversationID) != nil
 		for _, o := range rq.Occurrences {
-			pairs = append(pairs, flowmetrics.Pair{Flow: o.Flow, Metric: o.Metric})
+			if refused {
+				at = append(at, -1)
+				continue
+			}
+			pr := flowmetrics.Pair{Flow: o.Flow, Metric: o.Metric}
+			i, ok := index[pr]
+			if !ok {
+				i = int32(len(pairs))
+				index[pr] = i
+				pairs = append(pairs, pr)
+			}
+			at = append(at, i)
 		}
 	}
 	if err := g.Admit(ctx, pairs); err != nil {
 		return err
 	}
+	mapped := make([]flowmetrics.Pair, len(pairs))
+	for i, pr := range pairs {
+		mapped[i].Flow, mapped[i].Metric = g.Map(pr.Flow, pr.Metric)
+	}
+	k := 0
 	for _, rq := range c.reqs {
 		for i, o := range rq.Occurrences {
-			f, m := g.Map(o.Flow, o.Metric)
+			var f, m string
+			if j := at[k]; j >= 0 {
+				f, m = mapped[j].Flow, mapped[j].Metric
+			} else {
+				f, m = g.Map(o.Flow, o.Metric)
+			}
+			k++
 			if f != o.Flow || m != o.Metric {
 				rq.Occurrences[i].Flow, rq.Occurrences[i].Metric = f, m
 				if c.folded == nil {
