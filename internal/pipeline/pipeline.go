@@ -1233,32 +1233,26 @@ func (d *drainer) shed(ctx context.Context, cursor uint64) (uint64, error) {
 // and bucket, sorted by bucket, flow and metric. It also returns how many
 // occurrences went in.
 func Aggregate(entries []flowmetrics.Entry, bucket time.Duration) ([]flowmetrics.Point, int) {
+	// Sorted, then counted run by run: an occurrence's time is nearly its
+	// own bucket (an archive's points are nine tenths of its occurrences),
+	// so a map of points would hash a key per occurrence only to be
+	// sorted afterwards anyway. Buckets compare as integers, and mostly
+	// differ, so the sort seldom compares a string.
 	type key struct {
-		flow, metric string
 		bucket       int64
+		flow, metric string
 	}
 	n := 0
 	for _, e := range entries {
 		n += len(e.Occurrences)
 	}
-	// Sized for the occurrences up front (there are fewer points): a map
-	// that grows rehashes every key it holds each time.
-	counts := make(map[key]int64, n)
+	keys := make([]key, 0, n)
 	for _, e := range entries {
 		for _, o := range e.Occurrences {
-			b := flowmetrics.BucketStart(o.Time, bucket)
-			counts[key{o.Flow, o.Metric, b.Unix()}]++
+			keys = append(keys, key{flowmetrics.BucketStart(o.Time, bucket).Unix(), o.Flow, o.Metric})
 		}
 	}
-	type counted struct {
-		key
-		n int64
-	}
-	sorted := make([]counted, 0, len(counts))
-	for k, c := range counts {
-		sorted = append(sorted, counted{k, c})
-	}
-	slices.SortFunc(sorted, func(a, b counted) int {
+	compare := func(a, b key) int {
 		if c := cmp.Compare(a.bucket, b.bucket); c != 0 {
 			return c
 		}
@@ -1266,10 +1260,23 @@ func Aggregate(entries []flowmetrics.Entry, bucket time.Duration) ([]flowmetrics
 			return c
 		}
 		return strings.Compare(a.metric, b.metric)
-	})
-	points := make([]flowmetrics.Point, len(sorted))
-	for i, c := range sorted {
-		points[i] = flowmetrics.Point{Flow: c.flow, Metric: c.metric, Bucket: time.Unix(c.bucket, 0).UTC(), Width: bucket, Count: c.n}
+	}
+	slices.SortFunc(keys, compare)
+	distinct := 0
+	for i := range keys {
+		if i == 0 || compare(keys[i-1], keys[i]) != 0 {
+			distinct++
+		}
+	}
+	points := make([]flowmetrics.Point, 0, distinct)
+	for i := 0; i < len(keys); {
+		j := i + 1
+		for j < len(keys) && compare(keys[i], keys[j]) == 0 {
+			j++
+		}
+		k := keys[i]
+		points = append(points, flowmetrics.Point{Flow: k.flow, Metric: k.metric, Bucket: time.Unix(k.bucket, 0).UTC(), Width: bucket, Count: int64(j - i)})
+		i = j
 	}
 	return points, n
 }
