@@ -932,3 +932,50 @@ func TestAggregateAtRandom(t *testing.T) {
 		}
 	}
 }
+
+// TestLargeBatchAsSmallBatches: a batch large enough for Prepare to
+// remember the names it parsed (memoBatch) counts what the same events
+// count in batches too small for that: every event repeats its
+// conversation's names so far, conversations share names, and some names
+// are malformed.
+func TestLargeBatchAsSmallBatches(t *testing.T) {
+	var recs []genesys.Record
+	for i := range 4 * memoBatch {
+		conv := fmt.Sprintf("c%d", i%40)
+		var names []string
+		for j := range 1 + i/40%6 {
+			names = append(names, fmt.Sprintf("F%dMetric_Step%d(2026-11-20T09:%02d:00Z)", j%2, j, i%40/4)) // four conversations a name
+		}
+		if i%7 == 0 {
+			names = append(names, "FMetric_Bad(soon)")
+		}
+		slices.Reverse(names)
+		recs = append(recs, event(conv, names...))
+	}
+	run := func(size int) (Result, map[string]int64) {
+		sink := &recordingSink{name: "rec"}
+		p, _ := newTest(t, Config{}, sink)
+		var total Result
+		for rest := recs; len(rest) > 0; {
+			n := min(size, len(rest))
+			res, err := p.Ingest(context.Background(), rest[:n])
+			if err != nil {
+				t.Fatal(err)
+			}
+			total.Add(res)
+			rest = rest[n:]
+		}
+		if err := p.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return total, sink.total()
+	}
+	big, bigTotals := run(len(recs))
+	small, smallTotals := run(10)
+	if big.Occurrences != small.Occurrences || big.Malformed != small.Malformed || big.Occurrences == 0 || big.Malformed == 0 {
+		t.Errorf("one batch: %d occurrences, %d malformed; batches of 10: %d, %d", big.Occurrences, big.Malformed, small.Occurrences, small.Malformed)
+	}
+	if fmt.Sprint(bigTotals) != fmt.Sprint(smallTotals) {
+		t.Errorf("delivered: one batch %v, batches of 10 %v", bigTotals, smallTotals)
+	}
+}
