@@ -82,28 +82,67 @@ func ExtractNames(names []string) ([]flowmetrics.Occurrence, []Malformed) {
 //
 // The zero value is ready. A NameMemo is for one goroutine; Reset empties it
 // for the next batch.
+//
+// The occurrences of the events of a batch are cut from a few large
+// slices rather than allocated an event at a time; each event's has its
+// own capacity, so appending to one never reaches another's.
 type NameMemo struct {
 	seen map[string]flowmetrics.Occurrence
+	room []flowmetrics.Occurrence // the slice occurrences are cut from
 }
+
+// memoRoom is how many occurrences a NameMemo allocates room for at once.
+const memoRoom = 1024
 
 // Extract is ExtractNames, with the names the memo has seen taken from it.
 func (m *NameMemo) Extract(names []string) ([]flowmetrics.Occurrence, []Malformed) {
 	if m.seen == nil {
 		m.seen = make(map[string]flowmetrics.Occurrence)
 	}
-	return extractNames(names, m.seen)
+	return extractNames(names, m)
 }
 
-// Reset forgets every name, keeping the memo's room.
-func (m *NameMemo) Reset() { clear(m.seen) }
+// Reset forgets every name, keeping the memo's map. The slice occurrences
+// were cut from is left to them: a batch's occurrences outlive its
+// preparing.
+func (m *NameMemo) Reset() {
+	clear(m.seen)
+	m.room = nil
+}
 
-// extractNames is ExtractNames; with seen not nil, a name in it is not
-// parsed again, and the well-formed names parsed are added to it.
-func extractNames(names []string, seen map[string]flowmetrics.Occurrence) ([]flowmetrics.Occurrence, []Malformed) {
+// cut returns an empty slice with room for n occurrences.
+func (m *NameMemo) cut(n int) []flowmetrics.Occurrence {
+	if m == nil || n > memoRoom/4 {
+		return make([]flowmetrics.Occurrence, 0, n)
+	}
+	if cap(m.room)-len(m.room) < n {
+		m.room = make([]flowmetrics.Occurrence, 0, memoRoom)
+	}
+	l := len(m.room)
+	return m.room[l : l : l+n]
+}
+
+// keep takes occs, cut(n) and filled, out of the room, and returns them
+// with no room to grow into the next event's.
+func (m *NameMemo) keep(occs []flowmetrics.Occurrence, n int) []flowmetrics.Occurrence {
+	if m != nil && n <= memoRoom/4 {
+		m.room = m.room[:len(m.room)+len(occs)]
+	}
+	return occs[:len(occs):len(occs)]
+}
+
+// extractNames is ExtractNames; with m not nil, a name m has seen is not
+// parsed again, the well-formed names parsed are added to it, and the
+// occurrences are cut from its room.
+func extractNames(names []string, m *NameMemo) ([]flowmetrics.Occurrence, []Malformed) {
 	if !sortedUnique(names) {
 		// Not from the decoder, which gives them sorted: a copy, so the
 		// caller's slice stays as it was.
 		names = slices.Compact(slices.Sorted(slices.Values(names)))
+	}
+	var seen map[string]flowmetrics.Occurrence
+	if m != nil {
+		seen = m.seen
 	}
 	var occs []flowmetrics.Occurrence
 	size := 0
@@ -115,7 +154,7 @@ func extractNames(names []string, seen map[string]flowmetrics.Occurrence) ([]flo
 	for _, name := range names {
 		if o, ok := seen[name]; ok {
 			if occs == nil {
-				occs = make([]flowmetrics.Occurrence, 0, len(names))
+				occs = m.cut(len(names))
 			}
 			occs = append(occs, o)
 			continue
@@ -124,7 +163,7 @@ func extractNames(names []string, seen map[string]flowmetrics.Occurrence) ([]flo
 		switch {
 		case ok:
 			if occs == nil {
-				occs = make([]flowmetrics.Occurrence, 0, len(names))
+				occs = m.cut(len(names))
 			}
 			// Key, Flow and Metric point into names until copied below.
 			parsed = append(parsed, len(occs))
@@ -148,7 +187,7 @@ func extractNames(names []string, seen map[string]flowmetrics.Occurrence) ([]flo
 		return nil, bad
 	}
 	if len(parsed) == 0 {
-		return occs, bad
+		return m.keep(occs, len(names)), bad
 	}
 
 	// One copy of every key parsed; Flow and Metric are substrings of the
@@ -169,7 +208,7 @@ func extractNames(names []string, seen map[string]flowmetrics.Occurrence) ([]flo
 			seen[key] = *o
 		}
 	}
-	return occs, bad
+	return m.keep(occs, len(names)), bad
 }
 
 // sortedUnique reports whether names are in strictly increasing order.

@@ -150,9 +150,10 @@ func TestNameMemoAsExtract(t *testing.T) {
 		"FMetric_\xffE(2026-11-20T09:31:50Z)", "ÉtéMetric_F(2026-11-20T09:31:50Z)",
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
+	var kept [][2][]flowmetrics.Occurrence // what later events must not change
 	for round := range 3 {
 		var memo NameMemo
-		for i := range 200 {
+		for i := range 500 {
 			names := make([]string, rng.IntN(6))
 			for j := range names {
 				names[j] = pool[rng.IntN(len(pool))]
@@ -166,10 +167,24 @@ func TestNameMemoAsExtract(t *testing.T) {
 			if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotBad, wantBad) {
 				t.Fatalf("round %d event %d %q: got %v %v, want %v %v", round, i, names, got, gotBad, want, wantBad)
 			}
-			for k := range got {
-				got[k].Flow, got[k].Metric = "overflow", "overflow"
+			if round == 0 {
+				for k := range got {
+					got[k].Flow, got[k].Metric = "overflow", "overflow"
+				}
+				continue
 			}
+			// Later events' occurrences are cut from the same room:
+			// appending to these must not reach them, nor they these.
+			kept = append(kept, [2][]flowmetrics.Occurrence{got, want})
 		}
 		memo.Reset()
+	}
+	for _, k := range kept {
+		_ = append(k[0], flowmetrics.Occurrence{Key: "appended"})
+	}
+	for i, k := range kept {
+		if got, want := k[0], k[1]; len(got)+len(want) > 0 && !reflect.DeepEqual(got, want) {
+			t.Fatalf("kept %d: got %v, want %v", i, got, want)
+		}
 	}
 }
