@@ -330,6 +330,7 @@ type Prepared struct {
 func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared {
 	b := &Prepared{c: claimBatch{now: p.cfg.Now(), learned: p.learned.Load()}}
 	res, c := &b.res, &b.c
+	var buf []string // room for an event's names the cache does not know
 	for i, r := range recs {
 		c.left = len(recs) - i
 		if !p.sortOut(r, res) {
@@ -342,22 +343,30 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 			}
 			continue
 		}
-		occs := p.extract(r.Event, res)
-		if len(occs) == 0 {
+		conv := r.Event.ConversationID
+		// Names the cache knows are left out before they are parsed and
+		// copied: most events repeat every key their conversation has.
+		names, known := p.cache.unknownNames(conv, r.Event.MetricNames, c.now, buf)
+		if known > 0 {
+			buf = names[:0]
+		}
+		occs := p.extract(names, res)
+		if len(occs) > 0 {
+			c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: occs}, r, false)
 			continue
 		}
-		conv := r.Event.ConversationID
-		unknown := p.cache.unknown(conv, occs, c.now)
-		if len(unknown) == 0 {
-			if p.cfg.Derive != nil && p.cache.tell(conv, c.now, p.cfg.PathTouch) {
-				// One known key is enough for the store to count the event.
-				c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: occs[:1]}, r, true)
+		if known == 0 {
+			continue
+		}
+		if p.cfg.Derive != nil && p.cache.tell(conv, c.now, p.cfg.PathTouch) {
+			// One known key is enough for the store to count the event:
+			// the first, as before the cache left them out.
+			if first := p.extract(firstKnown(r.Event.MetricNames, names), res); len(first) > 0 {
+				c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: first}, r, true)
 				continue
 			}
-			p.m.CacheHits.Inc()
-			continue
 		}
-		c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: unknown}, r, false)
+		p.m.CacheHits.Inc()
 	}
 	if len(c.reqs) > 0 {
 		b.err = p.fold(ctx, c)
@@ -526,10 +535,11 @@ func (p *Pipeline) sortOut(r genesys.Record, res *Result) bool {
 	return true
 }
 
-// extract returns the event's occurrences, and counts and reports its
+// extract returns the occurrences of an event's metric names (or some of
+// them), and counts and reports its
 // malformed metric attributes.
-func (p *Pipeline) extract(ev *genesys.Event, res *Result) []flowmetrics.Occurrence {
-	occs, bad := genesys.Extract(ev)
+func (p *Pipeline) extract(names []string, res *Result) []flowmetrics.Occurrence {
+	occs, bad := genesys.ExtractNames(names)
 	for _, b := range bad {
 		p.m.CountMalformed(b.Flow)
 		if errors.Is(b.Err, genesys.ErrNameTooLong) {
@@ -541,6 +551,18 @@ func (p *Pipeline) extract(ev *genesys.Event, res *Result) []flowmetrics.Occurre
 	}
 	res.Malformed += len(bad)
 	return occs
+}
+
+// firstKnown returns, as a slice of one, the least of names that is not
+// in unknown (the names the cache did not know; it knew at least one).
+func firstKnown(names, unknown []string) []string {
+	first := ""
+	for _, n := range names {
+		if (first == "" || n < first) && !slices.Contains(unknown, n) {
+			first = n
+		}
+	}
+	return []string{first}
 }
 
 // claimed takes the store's answer to the batch's requests: it rejects
