@@ -206,3 +206,22 @@ func TestConvsBoundedUnderChurn(t *testing.T) {
 		t.Errorf("the arena was never compacted: the test does not cover it")
 	}
 }
+
+// BenchmarkHasInFullConversation looks keys up in a conversation that
+// holds as many keys as one may (flowmetrics.MaxConversationKeys), all of
+// the same length: the scan a lookup costs at worst, as each compares a
+// byte of the key's hash before its bytes.
+func BenchmarkHasInFullConversation(b *testing.B) {
+	c := newConvs()
+	keys := make([]string, flowmetrics.MaxConversationKeys)
+	for j := range keys {
+		keys[j] = fmt.Sprintf("CustomerRouting Metric_Step%03d(2026-11-01T00:00:00.000Z)", j)
+	}
+	i := c.add("c", c.hash("c"), occs(keys...))
+	b.ResetTimer()
+	for n := 0; b.Loop(); n++ {
+		if !c.has(i, keys[n%len(keys)]) {
+			b.Fatal("a held key is not found")
+		}
+	}
+}
