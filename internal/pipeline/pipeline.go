@@ -718,6 +718,47 @@ func (p *Pipeline) ClosePathsOf(ctx context.Context, conversationIDs []string, a
 	return n, nil
 }
 
+// pathStarter is a store whose named closes can overlap what follows them
+// (the embedded store): StartClosePathsOf returns once the closes are
+// applied, where every later claim and close sees them, and wait waits
+// until they are durable (their points are delivered only then).
+type pathStarter interface {
+	StartClosePathsOf(ctx context.Context, conversationIDs []string, asOf time.Time, derive flowmetrics.Deriver) (closed int, wait func() error, err error)
+}
+
+// StartClosePathsOf is ClosePathsOf in two halves: it returns once the
+// closes are in the store (with a store that can tell: the embedded one;
+// otherwise once they are durable), and wait waits until they are
+// durable. wait must be called. A replay closes paths this way beside its
+// claims, so that a close's sync does not hold the next claim up.
+func (p *Pipeline) StartClosePathsOf(ctx context.Context, conversationIDs []string, asOf time.Time) (closed int, wait func() error, err error) {
+	ps, ok := p.store.(pathStarter)
+	if p.cfg.Derive == nil || !ok {
+		n, err := p.ClosePathsOf(ctx, conversationIDs, asOf)
+		return n, func() error { return nil }, err
+	}
+	var synced func() error
+	n, err := p.closeCounted(func(derive flowmetrics.Deriver) (n int, err error) {
+		n, synced, err = ps.StartClosePathsOf(ctx, conversationIDs, asOf, derive)
+		return n, err
+	})
+	if err != nil {
+		return 0, nil, fmt.Errorf("close paths: %w", err)
+	}
+	return n, func() error {
+		if err := synced(); err != nil {
+			p.m.StoreErrors.WithLabelValues("close_paths").Inc()
+			return fmt.Errorf("close paths: %w", err)
+		}
+		if n > 0 {
+			for _, d := range p.drainers {
+				d.notify()
+			}
+		}
+		return nil
+	}, nil
+}
+
 // closeCounted runs one store close call with the configured deriver, and
 // counts what it closed and derived once the call succeeded.
 func (p *Pipeline) closeCounted(call func(flowmetrics.Deriver) (int, error)) (int, error) {
