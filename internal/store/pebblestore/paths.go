@@ -75,18 +75,22 @@ func (s *Store) lowerFloor(at int64) {
 // closeExamine bounds the index entries one ClosePaths call looks at, in
 // multiples of its limit: entries of paths that were closed, expired or
 // filed again are dropped on the way, and an entry whose path is not due
-// yet (its deadline moved after it was filed) is filed again.
+// yet (its deadline moved after it was filed) is filed again; the call
+// reads on past them, up to this bound.
 const closeExamine = 4
 
 // ClosePaths implements flowmetrics.Store: it reads the deadline index up
 // to asOf, locks the conversations found, checks each one's path state
 // (in its header) again under its lock, and commits the closed marks, the
 // index changes and the outbox entry of their points in one synced batch.
+// It reads as many entries as it has paths left to close: when some of
+// them were stale (dropped or filed again), it reads on, in another round
+// with a batch of its own, up to closeExamine times limit entries in all.
 //
 // The index is read from a floor kept in memory: every entry below it was
-// deleted by an earlier call (a claim that files a path below it lowers
-// it), so a call does not step over the deleted entries of the calls
-// before it, which Pebble keeps until a compaction.
+// deleted by an earlier call or round (a claim that files a path below it
+// lowers it), so a call does not step over the deleted entries of the
+// calls before it, which Pebble keeps until a compaction.
 func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, derive flowmetrics.Deriver) (closed int, err error) {
 	if err := s.canClose(ctx); err != nil {
 		return 0, err
@@ -95,39 +99,58 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 	if limit <= 0 {
 		limit = store.ClosePathsLimit
 	}
+	for examined := 0; closed < limit && examined < closeExamine*limit; {
+		want := min(limit-closed, closeExamine*limit-examined)
+		n, found, err := s.closeRound(asOf, want, derive)
+		if err != nil {
+			return closed, err // the rounds before are closed
+		}
+		closed += n
+		examined += found
+		if found < want {
+			break // every entry due was read
+		}
+	}
+	return closed, nil
+}
+
+// closeRound reads up to n entries of the deadline index due at asOf, from
+// the floor, and closes those due in one synced batch; it returns how many
+// it closed and how many entries it read.
+func (s *Store) closeRound(asOf time.Time, n int, derive flowmetrics.Deriver) (closed, found int, err error) {
 	floor := s.dueFloor.Load()
-	var found []closing
+	var cs []closing
 	err = s.scanRange(dueKey(floor, ""), dueKey(asOf.UnixNano()+1, ""), func(k, _ []byte) error {
-		if len(found) >= closeExamine*limit {
+		if len(cs) >= n {
 			return errStop
 		}
 		k = k[len(duePrefix):]
 		if len(k) < 8 {
 			return nil
 		}
-		found = append(found, closing{id: string(k[8:]), at: int64(binary.BigEndian.Uint64(k[:8]))})
+		cs = append(cs, closing{id: string(k[8:]), at: int64(binary.BigEndian.Uint64(k[:8]))})
 		return nil
 	})
 	if err != nil && !errors.Is(err, errStop) {
-		return 0, err
+		return 0, 0, err
 	}
-	if len(found) == 0 {
-		return 0, nil
+	if len(cs) == 0 {
+		return 0, 0, nil
 	}
-	closed, last, pc, err := s.closeAll(found, limit, asOf, derive, false)
+	closed, last, pc, err := s.closeAll(cs, len(cs), asOf, derive, false)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if err := pc.wait(); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// Every entry before last's deadline is gone now, unless a claim filed
-	// one there since the call began (it lowered the floor, and the swap
+	// one there since the round began (it lowered the floor, and the swap
 	// fails).
 	if last != 0 {
 		s.dueFloor.CompareAndSwap(floor, max(last, floor))
 	}
-	return closed, nil
+	return closed, len(cs), nil
 }
 
 // ClosePathsOf implements flowmetrics.PathCloser: it closes those of the
