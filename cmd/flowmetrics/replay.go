@@ -412,7 +412,9 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 	// no longer holds this goroutine up. The closes due after a batch start
 	// once it is durable, beside the claims of the batches after it, which
 	// leave out their conversations (replayCloser): so the next batch is
-	// taken before they start.
+	// taken before they start. They are waited for (applied, not
+	// necessarily synced) only before the batch after those is claimed, so
+	// they also overlap this goroutine's waits for syncs and batches.
 	var syncing []*startedBatch // started, not yet finished, in order
 	batch, more := <-batches
 	for more {
@@ -443,9 +445,13 @@ func (r *replayer) runOne(ctx context.Context, in input) error {
 			if more {
 				beside = append(beside, batch.paths)
 			}
-			if err := r.paths.start(ctx, beside...); err != nil {
+			// The closes started after the batch before must be
+			// applied before the next batch is claimed: start waits.
+			closed, err := r.paths.start(ctx, beside...)
+			if err != nil {
 				fail(err)
 			}
+			r.pending += closed
 		}
 	}
 	for _, b := range syncing {
@@ -474,21 +480,17 @@ type startedBatch struct {
 	finish func() (pipeline.Result, error)
 }
 
-// finished waits until b is durable and reports it, then takes the closes
-// that ran beside its claim, moves the replay's clock by b, and has the
-// outbox delivered every flushEvery occurrences.
+// finished waits until b is durable and reports it, then moves the
+// replay's clock by b, and has the outbox delivered every flushEvery
+// occurrences and paths closed.
 func (r *replayer) finished(ctx context.Context, name string, b *startedBatch, fl *flusher) error {
 	res, err := b.finish()
 	if err != nil {
 		return err
 	}
 	r.report(name, res)
-	closed, err := r.paths.wait()
-	if err != nil {
-		return err
-	}
 	r.paths.claimed(b.paths)
-	if r.pending += res.Occurrences + closed; r.pending >= flushEvery {
+	if r.pending += res.Occurrences; r.pending >= flushEvery {
 		r.pending = 0
 		return fl.start(ctx, r.p)
 	}

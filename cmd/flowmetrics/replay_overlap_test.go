@@ -103,6 +103,9 @@ func TestReplayClaimsWhileTheBatchBeforeSyncs(t *testing.T) {
 	if during == 0 {
 		t.Error("no path closed while the input was read: the close rule was not exercised")
 	}
+	if w.started != during {
+		t.Errorf("%d of the %d paths closed while reading were closed without waiting for their sync, want all", w.started, during)
+	}
 
 	if err := runReplay(ctx, []string{"-config", cfgPath, "-o", want, "-progress=false", in}, nil, io.Discard, io.Discard); err != nil {
 		t.Fatalf("replay into the memory store: %v", err)
@@ -157,6 +160,7 @@ type watchedStore struct {
 	overlapped int                     // held claims the next claim was applied beside
 	gaveUp     bool                    // a held sync waited in vain: hold no more
 	closes     int                     // paths closed by name
+	started    int                     // of them, closed without waiting for their sync
 	closed     map[string]bool         // conversations named to a close
 	after      int                     // claims' conversations named to a close before
 	violations []string
@@ -229,7 +233,27 @@ func (w *watchedStore) hold(n int) {
 }
 
 func (w *watchedStore) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, derive flowmetrics.Deriver) (int, error) {
+	w.closeStarts(ids)
+	n, err := w.Store.ClosePathsOf(ctx, ids, asOf, derive)
+	w.closeApplied(ids, n)
+	return n, err
+}
+
+// StartClosePathsOf: a close is at work on its conversations until it is
+// applied; from then on a claim sees it.
+func (w *watchedStore) StartClosePathsOf(ctx context.Context, ids []string, asOf time.Time, derive flowmetrics.Deriver) (int, func() error, error) {
+	w.closeStarts(ids)
+	n, wait, err := w.Store.StartClosePathsOf(ctx, ids, asOf, derive)
+	w.closeApplied(ids, n)
 	w.mu.Lock()
+	w.started += n
+	w.mu.Unlock()
+	return n, wait, err
+}
+
+func (w *watchedStore) closeStarts(ids []string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if w.closing == nil {
 		w.closing, w.closed = map[string]bool{}, map[string]bool{}
 	}
@@ -241,15 +265,15 @@ func (w *watchedStore) ClosePathsOf(ctx context.Context, ids []string, asOf time
 		}
 		w.closing[id], w.closed[id] = true, true
 	}
-	w.mu.Unlock()
-	n, err := w.Store.ClosePathsOf(ctx, ids, asOf, derive)
+}
+
+func (w *watchedStore) closeApplied(ids []string, n int) {
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	for _, id := range ids {
 		delete(w.closing, id)
 	}
 	w.closes += n
-	w.mu.Unlock()
-	return n, err
 }
 
 func (w *watchedStore) closedDuringInput() int {

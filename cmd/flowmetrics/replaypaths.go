@@ -27,11 +27,13 @@ import (
 // derived from. They run beside the claims of batches N+1 and N+2 (N+1 may
 // still be syncing as N+2 is applied), which must not race them: a
 // conversation with records in either waits for a later start, and every
-// close is done before batch N+3 is claimed. So which records a path holds
-// depends on the input alone, and a replay that is killed and run again on
-// the same input closes the same paths with the same keys (each once: the
-// close and its outbox entry are one atomic write, and the store closes no
-// path twice).
+// close is applied before batch N+3 is claimed (its sync need not be
+// done: the log keeps its order, so no later claim survives a crash
+// without it, and its points are delivered once it is durable). So which
+// records a path holds depends on the input alone, and a replay that is
+// killed and run again on the same input closes the same paths with the
+// same keys (each once: the close and its outbox entry are one atomic
+// write, and the store closes no path twice).
 //
 // In time-ordered input (an archive of deliveries), the records of a
 // conversation that come after its end by more than the grace count as
@@ -50,7 +52,11 @@ type replayCloser struct {
 	// later are due conversations that had records in a batch claimed
 	// beside their close: they are closed after it.
 	later []string
-	job   chan replayCloseResult
+	// job is the running closes' outcome once they are applied (nil:
+	// none runs); synced the last closes' once they are durable (nil:
+	// none started, or waited for).
+	job    chan replayCloseResult
+	synced chan error
 }
 
 type replayEnd struct {
@@ -144,16 +150,19 @@ func (c *replayCloser) claimed(b *batchPaths) {
 	}
 }
 
-// start closes the paths due, beside the claims of the batches in beside
-// (nil ones are left out), except those of conversations with records in
-// them: those are left for a later start. The closes started before must
-// have been waited for.
-func (c *replayCloser) start(ctx context.Context, beside ...*batchPaths) error {
+// start waits until the closes started before, if any, are applied, and
+// returns how many they closed; then it starts closing the paths due,
+// beside the claims of the batches in beside (nil ones are left out),
+// except those of conversations with records in them: those are left for a
+// later start. The caller claims no batch after those in beside before it
+// called start again (or wait).
+func (c *replayCloser) start(ctx context.Context, beside ...*batchPaths) (int, error) {
 	if c == nil {
-		return nil
+		return 0, nil
 	}
-	if _, err := c.wait(); err != nil {
-		return err // not reached: the caller waited
+	closed, err := c.applied()
+	if err != nil {
+		return 0, err
 	}
 	ids := c.later
 	c.later = nil
@@ -163,7 +172,7 @@ func (c *replayCloser) start(ctx context.Context, beside ...*batchPaths) error {
 		c.head++
 	}
 	if len(ids) == 0 {
-		return nil
+		return closed, nil
 	}
 	inBeside := make(map[string]bool, len(ids))
 	for _, id := range ids {
@@ -188,25 +197,56 @@ func (c *replayCloser) start(ctx context.Context, beside ...*batchPaths) error {
 		}
 	}
 	if len(now) == 0 {
-		return nil
+		return closed, nil
 	}
 	c.job = make(chan replayCloseResult, 1)
-	go func(job chan<- replayCloseResult) {
+	before := c.synced
+	c.synced = make(chan error, 1)
+	go func(job chan<- replayCloseResult, synced chan<- error) {
+		// The closes are applied without waiting for their sync (the
+		// claims after them see them, and a later sync makes them durable
+		// with the claims': after a crash, neither outlives the other
+		// out of order); each waits for the sync of the one before.
+		if before != nil {
+			if err := <-before; err != nil {
+				job <- replayCloseResult{0, err}
+				synced <- err
+				return
+			}
+		}
 		// Due in the store's own clock too: the end was claimed before
 		// now, and is due the grace after its claim.
-		n, err := c.p.ClosePathsOf(ctx, now, time.Now().Add(c.grace))
+		n, wait, err := c.p.StartClosePathsOf(ctx, now, time.Now().Add(c.grace))
 		job <- replayCloseResult{n, err}
-	}(c.job)
-	return nil
+		if err == nil {
+			err = wait()
+		}
+		synced <- err
+	}(c.job, c.synced)
+	return closed, nil
 }
 
-// wait waits for the closes running, if any, and returns how many they
-// closed.
-func (c *replayCloser) wait() (int, error) {
+// applied waits until the closes running, if any, are applied (every
+// later claim sees them), and returns how many they closed.
+func (c *replayCloser) applied() (int, error) {
 	if c == nil || c.job == nil {
 		return 0, nil
 	}
 	r := <-c.job
 	c.job = nil
 	return r.closed, r.err
+}
+
+// wait waits until the closes started are applied and durable, and
+// returns how many the last of them closed.
+func (c *replayCloser) wait() (int, error) {
+	n, err := c.applied()
+	if c == nil || c.synced == nil {
+		return n, err
+	}
+	if serr := <-c.synced; err == nil {
+		err = serr
+	}
+	c.synced = nil
+	return n, err
 }

@@ -121,7 +121,10 @@ func ParseAttribute(name string) (a Attribute, ok bool, err error) {
 		a.Flow = flowLabel(a.Flow)
 		return a, false, parenError(rest[open:])
 	}
-	if !utf8.ValidString(name) {
+	// A name of printable ASCII (nearly every name) is valid UTF-8 and
+	// holds no control or format character: one pass over it says so.
+	ascii := printableASCII(name)
+	if !ascii && !utf8.ValidString(name) {
 		a.Flow = flowLabel(a.Flow)
 		return a, false, errInvalidUTF8
 	}
@@ -132,17 +135,17 @@ func ParseAttribute(name string) (a Attribute, ok bool, err error) {
 	case len(a.Flow) > MaxFlowLen:
 		a.Flow = flowLabel(a.Flow)
 		return a, false, errFlowTooLong
-	case hasControl(a.Flow):
+	case !ascii && hasControl(a.Flow):
 		return a, false, errControlInFlow
-	case hasFormat(a.Flow):
+	case !ascii && hasFormat(a.Flow):
 		return a, false, errFormatInFlow
 	case a.Metric == "":
 		return a, false, errEmptyMetric
 	case len(a.Metric) > MaxMetricLen:
 		return a, false, errMetricTooLong
-	case hasControl(a.Metric):
+	case !ascii && hasControl(a.Metric):
 		return a, false, errControlInMetric
-	case hasFormat(a.Metric):
+	case !ascii && hasFormat(a.Metric):
 		return a, false, errFormatInMetric
 	}
 	a.Time, err = parseTime(rest[open+1 : len(rest)-1])
@@ -173,6 +176,27 @@ func parenError(tail string) error {
 		return errTextAfterParen
 	}
 	return errNoClosingParen
+}
+
+// printableASCII reports whether every byte of s is printable ASCII
+// (0x20 to 0x7e), eight bytes at a time.
+func printableASCII(s string) bool {
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		w := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		// A byte below 0x20 borrows into its top bit; a byte above 0x7e
+		// has its top bit set once 1 is added (or already).
+		if ((w-lsb*0x20)&^w|(w+lsb)|w)&msb != 0 {
+			return false
+		}
+	}
+	for ; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e {
+			return false
+		}
+	}
+	return true
 }
 
 // hasControl reports whether valid UTF-8 s holds a control character

@@ -1,6 +1,7 @@
 package genesys
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -245,5 +246,34 @@ func TestAttributeNameRoundTrip(t *testing.T) {
 	}
 	if got, want := AttributeName("CustomerRouting", "Unknown", at), "CustomerRoutingMetric_Unknown(2023-03-05T07:18:04.568Z)"; got != want {
 		t.Errorf("AttributeName: got %q, want %q", got, want)
+	}
+}
+
+// TestPrintableASCII checks the eight-bytes-at-a-time test against the
+// plain one: every byte value at every place of names of several lengths,
+// so each lane of a word and the tail are covered.
+func TestPrintableASCII(t *testing.T) {
+	naive := func(s string) bool {
+		for i := 0; i < len(s); i++ {
+			if s[i] < 0x20 || s[i] > 0x7e {
+				return false
+			}
+		}
+		return true
+	}
+	for _, n := range []int{0, 1, 7, 8, 9, 16, 23} {
+		base := []byte(strings.Repeat("~ aZ(9)_", 3)[:n])
+		if !printableASCII(string(base)) {
+			t.Errorf("%q: got false, want true", base)
+		}
+		for i := range base {
+			for c := range 256 {
+				b := slices.Clone(base)
+				b[i] = byte(c)
+				if got, want := printableASCII(string(b)), naive(string(b)); got != want {
+					t.Errorf("%q: got %v, want %v", b, got, want)
+				}
+			}
+		}
 	}
 }

@@ -63,7 +63,13 @@ const MaxShownName = 512
 // in stores and caches that would otherwise keep each event's strings alive.
 // The occurrences of one call share one allocation among themselves.
 func Extract(ev *Event) ([]flowmetrics.Occurrence, []Malformed) {
-	names := ev.MetricNames
+	return ExtractNames(ev.MetricNames)
+}
+
+// ExtractNames is Extract of an event whose metric names are names: some
+// of an event's MetricNames (those a caller does not know yet), in any
+// order.
+func ExtractNames(names []string) ([]flowmetrics.Occurrence, []Malformed) {
 	if !sortedUnique(names) {
 		// Not from the decoder, which gives them sorted: a copy, so the
 		// caller's slice stays as it was.

@@ -151,15 +151,10 @@ func (c *knownCache) unknown(conv string, occs []flowmetrics.Occurrence, now tim
 	id := c.id(conv)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, _ := c.find(&id)
+	e := c.use(&id, now)
 	if e == 0 {
 		return occs
 	}
-	if now.UnixNano() >= c.ents[e].expires {
-		c.remove(e)
-		return occs
-	}
-	c.toFront(e)
 	var out []flowmetrics.Occurrence
 	for i, o := range occs {
 		if c.has(e, o.Key) {
@@ -178,6 +173,57 @@ func (c *knownCache) unknown(conv string, occs []flowmetrics.Occurrence, now tim
 		return occs
 	}
 	return out
+}
+
+// unknownNames is unknown for an event's attribute names, before they are
+// parsed: it appends to buf those of names not known for conv and returns
+// them (names itself when none is known), and how many were known. A known
+// name was a well-formed key when the cache learned it, so it needs no
+// parsing again: neither an occurrence nor a malformed name comes of it.
+func (c *knownCache) unknownNames(conv string, names []string, now time.Time, buf []string) (out []string, known int) {
+	if c == nil || c.max <= 0 || len(names) == 0 {
+		return names, 0
+	}
+	id := c.id(conv)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := c.use(&id, now)
+	if e == 0 {
+		return names, 0
+	}
+	out = buf[:0]
+	for i, k := range names {
+		if c.has(e, k) {
+			if known == 0 {
+				out = append(out, names[:i]...)
+			}
+			known++
+			continue
+		}
+		if known > 0 {
+			out = append(out, k)
+		}
+	}
+	if known == 0 {
+		return names, 0
+	}
+	return out, known
+}
+
+// use returns id's entry, made the most recently used, or 0 when the
+// cache does not hold it or its time is up (then it is dropped). c.mu must
+// be held.
+func (c *knownCache) use(id *convID, now time.Time) int32 {
+	e, _ := c.find(id)
+	if e == 0 {
+		return 0
+	}
+	if now.UnixNano() >= c.ents[e].expires {
+		c.remove(e)
+		return 0
+	}
+	c.toFront(e)
+	return e
 }
 
 // code returns k's code when k has one, interning its name if intern.

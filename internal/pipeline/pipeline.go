@@ -330,6 +330,7 @@ type Prepared struct {
 func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared {
 	b := &Prepared{c: claimBatch{now: p.cfg.Now(), learned: p.learned.Load()}}
 	res, c := &b.res, &b.c
+	var buf []string // room for an event's names the cache does not know
 	for i, r := range recs {
 		c.left = len(recs) - i
 		if !p.sortOut(r, res) {
@@ -342,22 +343,30 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 			}
 			continue
 		}
-		occs := p.extract(r.Event, res)
-		if len(occs) == 0 {
+		conv := r.Event.ConversationID
+		// Names the cache knows are left out before they are parsed and
+		// copied: most events repeat every key their conversation has.
+		names, known := p.cache.unknownNames(conv, r.Event.MetricNames, c.now, buf)
+		if known > 0 {
+			buf = names[:0]
+		}
+		occs := p.extract(names, res)
+		if len(occs) > 0 {
+			c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: occs}, r, false)
 			continue
 		}
-		conv := r.Event.ConversationID
-		unknown := p.cache.unknown(conv, occs, c.now)
-		if len(unknown) == 0 {
-			if p.cfg.Derive != nil && p.cache.tell(conv, c.now, p.cfg.PathTouch) {
-				// One known key is enough for the store to count the event.
-				c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: occs[:1]}, r, true)
+		if known == 0 {
+			continue
+		}
+		if p.cfg.Derive != nil && p.cache.tell(conv, c.now, p.cfg.PathTouch) {
+			// One known key is enough for the store to count the event:
+			// the first, as before the cache left them out.
+			if first := p.extract(firstKnown(r.Event.MetricNames, names), res); len(first) > 0 {
+				c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: first}, r, true)
 				continue
 			}
-			p.m.CacheHits.Inc()
-			continue
 		}
-		c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: unknown}, r, false)
+		p.m.CacheHits.Inc()
 	}
 	if len(c.reqs) > 0 {
 		b.err = p.fold(ctx, c)
@@ -526,10 +535,11 @@ func (p *Pipeline) sortOut(r genesys.Record, res *Result) bool {
 	return true
 }
 
-// extract returns the event's occurrences, and counts and reports its
+// extract returns the occurrences of an event's metric names (or some of
+// them), and counts and reports its
 // malformed metric attributes.
-func (p *Pipeline) extract(ev *genesys.Event, res *Result) []flowmetrics.Occurrence {
-	occs, bad := genesys.Extract(ev)
+func (p *Pipeline) extract(names []string, res *Result) []flowmetrics.Occurrence {
+	occs, bad := genesys.ExtractNames(names)
 	for _, b := range bad {
 		p.m.CountMalformed(b.Flow)
 		if errors.Is(b.Err, genesys.ErrNameTooLong) {
@@ -541,6 +551,18 @@ func (p *Pipeline) extract(ev *genesys.Event, res *Result) []flowmetrics.Occurre
 	}
 	res.Malformed += len(bad)
 	return occs
+}
+
+// firstKnown returns, as a slice of one, the least of names that is not
+// in unknown (the names the cache did not know; it knew at least one).
+func firstKnown(names, unknown []string) []string {
+	first := ""
+	for _, n := range names {
+		if (first == "" || n < first) && !slices.Contains(unknown, n) {
+			first = n
+		}
+	}
+	return []string{first}
 }
 
 // claimed takes the store's answer to the batch's requests: it rejects
@@ -694,6 +716,47 @@ func (p *Pipeline) ClosePathsOf(ctx context.Context, conversationIDs []string, a
 		return 0, fmt.Errorf("close paths: %w", err)
 	}
 	return n, nil
+}
+
+// pathStarter is a store whose named closes can overlap what follows them
+// (the embedded store): StartClosePathsOf returns once the closes are
+// applied, where every later claim and close sees them, and wait waits
+// until they are durable (their points are delivered only then).
+type pathStarter interface {
+	StartClosePathsOf(ctx context.Context, conversationIDs []string, asOf time.Time, derive flowmetrics.Deriver) (closed int, wait func() error, err error)
+}
+
+// StartClosePathsOf is ClosePathsOf in two halves: it returns once the
+// closes are in the store (with a store that can tell: the embedded one;
+// otherwise once they are durable), and wait waits until they are
+// durable. wait must be called. A replay closes paths this way beside its
+// claims, so that a close's sync does not hold the next claim up.
+func (p *Pipeline) StartClosePathsOf(ctx context.Context, conversationIDs []string, asOf time.Time) (closed int, wait func() error, err error) {
+	ps, ok := p.store.(pathStarter)
+	if p.cfg.Derive == nil || !ok {
+		n, err := p.ClosePathsOf(ctx, conversationIDs, asOf)
+		return n, func() error { return nil }, err
+	}
+	var synced func() error
+	n, err := p.closeCounted(func(derive flowmetrics.Deriver) (n int, err error) {
+		n, synced, err = ps.StartClosePathsOf(ctx, conversationIDs, asOf, derive)
+		return n, err
+	})
+	if err != nil {
+		return 0, nil, fmt.Errorf("close paths: %w", err)
+	}
+	return n, func() error {
+		if err := synced(); err != nil {
+			p.m.StoreErrors.WithLabelValues("close_paths").Inc()
+			return fmt.Errorf("close paths: %w", err)
+		}
+		if n > 0 {
+			for _, d := range p.drainers {
+				d.notify()
+			}
+		}
+		return nil
+	}, nil
 }
 
 // closeCounted runs one store close call with the configured deriver, and

@@ -844,3 +844,44 @@ func TestPreparedAheadCountOnce(t *testing.T) {
 		t.Errorf("delivered: got %d, want 4", sum)
 	}
 }
+
+// TestKnownNamesLeftOutBeforeParsing: names the cache knows are left out
+// before they are parsed, so the rest must come out as before: malformed
+// names are counted and reported in every event that carries them, beside
+// known keys or not, and an event's names in any order and repeated give
+// the same claims.
+func TestKnownNamesLeftOutBeforeParsing(t *testing.T) {
+	rec := &claimRecorder{Store: memstore.New(store.Options{})}
+	var reported []string
+	p := New(rec, nil, Config{OnMalformed: func(flow, name, reason string) { reported = append(reported, name) }}, telemetry.New(), nil)
+	ctx := context.Background()
+	a := "FMetric_A(2026-11-20T09:31:48.900Z)"
+	b := "FMetric_B(2026-11-20T09:31:49Z)"
+	c := "FMetric_C(2026-11-20T09:31:50Z)"
+	bad := "FMetric_Bad(yesterday)"
+	other := "FMetric_Note" // not metric-shaped: neither a key nor malformed
+	batches := [][]genesys.Record{
+		{event("c1", a, bad)},
+		{event("c1", bad, a, other)},      // a known: only bad is parsed
+		{event("c1", c, a, b, a, bad, b)}, // unsorted and repeated: b and c are new
+		{event("c1", b, c, a)},            // all known
+	}
+	var total, malformed int
+	for _, batch := range batches {
+		res, err := p.Ingest(ctx, batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += res.Occurrences
+		malformed += res.Malformed
+	}
+	if total != 3 {
+		t.Errorf("occurrences: got %d, want 3", total)
+	}
+	if malformed != 3 || len(reported) != 3 {
+		t.Errorf("malformed: got %d counted and %d reported, want 3 and 3", malformed, len(reported))
+	}
+	if got, want := fmt.Sprint(rec.keys), fmt.Sprint([][]string{{a}, {b, c}}); got != want {
+		t.Errorf("claimed keys: got %s, want %s", got, want)
+	}
+}

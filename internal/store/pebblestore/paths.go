@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -115,8 +114,11 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 	if len(found) == 0 {
 		return 0, nil
 	}
-	closed, last, err := s.closeAll(found, limit, asOf, derive)
+	closed, last, pc, err := s.closeAll(found, limit, asOf, derive, false)
 	if err != nil {
+		return 0, err
+	}
+	if err := pc.wait(); err != nil {
 		return 0, err
 	}
 	// Every entry before last's deadline is gone now, unless a claim filed
@@ -138,6 +140,44 @@ func (s *Store) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, 
 		return 0, err
 	}
 	defer s.fatal.recover(&err)
+	cs := s.named(ids)
+	if len(cs) == 0 {
+		return 0, nil
+	}
+	closed, _, pc, err := s.closeAll(cs, len(cs), asOf, derive, false)
+	if err != nil {
+		return 0, err
+	}
+	if err := pc.wait(); err != nil {
+		return 0, err
+	}
+	return closed, nil
+}
+
+// StartClosePathsOf is ClosePathsOf in two halves, as StartClaim is Claim's:
+// it returns once the closes are applied (every later claim and close sees
+// them) without waiting for their sync, and wait waits until they are
+// durable; their points are delivered only then. wait must be called. A
+// replay applies its closes beside its claims this way: the sync of a
+// close overlaps the claims after it instead of holding them up.
+func (s *Store) StartClosePathsOf(ctx context.Context, ids []string, asOf time.Time, derive flowmetrics.Deriver) (closed int, wait func() error, err error) {
+	if err := s.canClose(ctx); err != nil {
+		return 0, nil, err
+	}
+	defer s.fatal.recover(&err)
+	cs := s.named(ids)
+	if len(cs) == 0 {
+		return 0, func() error { return nil }, nil
+	}
+	closed, _, pc, err := s.closeAll(cs, len(cs), asOf, derive, true)
+	if err != nil {
+		return 0, nil, err
+	}
+	return closed, pc.wait, nil
+}
+
+// named returns the closings of ids, each valid id once.
+func (s *Store) named(ids []string) []closing {
 	seen := make(map[string]bool, len(ids))
 	cs := make([]closing, 0, len(ids))
 	for _, id := range ids {
@@ -146,11 +186,7 @@ func (s *Store) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, 
 			cs = append(cs, closing{id: id, at: byName})
 		}
 	}
-	if len(cs) == 0 {
-		return 0, nil
-	}
-	closed, _, err = s.closeAll(cs, len(cs), asOf, derive)
-	return closed, err
+	return cs
 }
 
 func (s *Store) canClose(ctx context.Context) error {
@@ -170,8 +206,11 @@ const byName = -1
 // closeAll closes up to limit of found (entries of the deadline index in
 // deadline order, or named conversations) that are due at asOf, under
 // their locks, in one synced batch with the outbox entry of their points.
-// last is the deadline of the last index entry it dealt with.
-func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flowmetrics.Deriver) (closed int, last int64, err error) {
+// last is the deadline of the last index entry it dealt with. With
+// overlap, the batch is applied without waiting for its sync (pc.wait
+// waits); otherwise it is committed, synced, before closeAll returns.
+// pc.wait must be called.
+func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flowmetrics.Deriver, overlap bool) (closed int, last int64, pc *pendingClose, err error) {
 	ids := make([]string, len(found))
 	for i, f := range found {
 		ids[i] = f.id
@@ -180,7 +219,11 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 	defer unlock()
 	now := s.opts.Now()
 	b := s.db.NewBatch()
-	defer b.Close()
+	defer func() {
+		if b != nil {
+			b.Close()
+		}
+	}()
 	// Headers are point reads (Get stops at the newest level that holds
 	// one, the memtable when it was written lately, and Bloom filters
 	// answer for the tables that do not); the keys of a conversation
@@ -220,7 +263,7 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 			}
 		}
 		if err := s.readClosing(iter, cs, asOf, now); err != nil {
-			return 0, 0, err
+			return 0, 0, nil, err
 		}
 		for i := range cs {
 			c := &cs[i]
@@ -230,7 +273,7 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 			switch c.action {
 			case closeRefile:
 				index = append(index, [2][]byte{dueKey(c.h.path.Filed, c.id), {}})
-				headers = append(headers, [2][]byte{headerKey(c.id), c.h.encode()})
+				headers = append(headers, [2][]byte{c.key, c.h.encode()})
 			case closeNow:
 				if c.at == byName && c.h.path.Filed != 0 {
 					index = append(index, [2][]byte{dueKey(c.h.path.Filed, c.id), nil})
@@ -239,13 +282,14 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 				npoints += len(derived[len(derived)-1])
 				c.h.path = c.h.path.Close()
 				c.h.changed = now.UnixNano()
-				headers = append(headers, [2][]byte{headerKey(c.id), c.h.encode()})
+				headers = append(headers, [2][]byte{c.key, c.h.encode()})
 				closed++
 			}
 		}
 	}
 	for _, ops := range [][][2][]byte{index, headers} {
-		slices.SortStableFunc(ops, func(a, b [2][]byte) int { return bytes.Compare(a[0], b[0]) })
+		// Each key once: no two ops to order among themselves.
+		slices.SortFunc(ops, func(a, b [2][]byte) int { return bytes.Compare(a[0], b[0]) })
 		for _, op := range ops {
 			var err error
 			if op[1] == nil {
@@ -254,7 +298,7 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 				err = b.Set(op[0], op[1], nil)
 			}
 			if err != nil {
-				return 0, 0, fmt.Errorf("pebblestore: close paths: %w", err)
+				return 0, 0, nil, fmt.Errorf("pebblestore: close paths: %w", err)
 			}
 		}
 	}
@@ -267,34 +311,72 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 		}
 	}
 	if b.Empty() {
-		return 0, last, nil
+		return 0, last, &pendingClose{}, nil
 	}
-	var seq uint64
+	pc = &pendingClose{s: s, points: int64(len(points))}
 	if len(points) > 0 {
-		seq = s.seq.Begin()
-		if err := b.Set(outboxKey(seq), encodeEntry(nil, points), nil); err != nil {
-			s.seq.End(seq, 0, false)
-			return 0, 0, fmt.Errorf("pebblestore: close paths: %w", err)
+		pc.seq = s.seq.Begin()
+		if err := b.Set(outboxKey(pc.seq), encodeEntry(nil, points), nil); err != nil {
+			s.seq.End(pc.seq, 0, false)
+			return 0, 0, nil, fmt.Errorf("pebblestore: close paths: %w", err)
 		}
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
+	if !overlap {
+		err = b.Commit(pebble.Sync)
+	} else if err = s.db.ApplyNoSyncWait(b, pebble.Sync); err == nil {
+		pc.b, b = b, nil
+	}
+	if err != nil {
 		if len(points) > 0 {
-			s.seq.End(seq, 0, false)
+			s.seq.End(pc.seq, 0, false)
 		}
-		return 0, 0, fmt.Errorf("pebblestore: close paths: %w", err)
+		return 0, 0, nil, fmt.Errorf("pebblestore: close paths: %w", err)
 	}
-	if len(points) > 0 {
-		s.seq.End(seq, int64(len(points)), true)
+	if pc.b == nil && len(points) > 0 {
+		s.seq.End(pc.seq, pc.points, true)
 	}
-	return closed, last, nil
+	return closed, last, pc, nil
+}
+
+// pendingClose is a close batch closeAll wrote: applied and, when b is
+// set, not yet known to be durable.
+type pendingClose struct {
+	s      *Store
+	b      *pebble.Batch // nil: committed already, or nothing written
+	seq    uint64        // its outbox entry; 0: none
+	points int64
+}
+
+// wait waits until the close is durable, and makes its outbox entry, if
+// any, visible to the sinks' cursors.
+func (pc *pendingClose) wait() (err error) {
+	if pc.b == nil {
+		return nil
+	}
+	s := pc.s
+	defer s.fatal.recover(&err)
+	defer pc.b.Close()
+	if err := pc.b.SyncWait(); err != nil {
+		// The write-ahead log failed, as for a claim (pendingClaim).
+		if pc.seq != 0 {
+			s.seq.End(pc.seq, 0, false)
+		}
+		s.fatal.fail(fmt.Errorf("pebblestore: write-ahead log: %w", err))
+		return s.fatal.Err()
+	}
+	if pc.seq != 0 {
+		s.seq.End(pc.seq, pc.points, true)
+	}
+	return nil
 }
 
 // closing is one deadline index entry a ClosePaths call looks at, or a
 // conversation named to ClosePathsOf: what it found in the conversation's
 // header, and what it does with it.
 type closing struct {
-	id string
-	at int64 // the deadline the entry is filed under; byName: none
+	id  string
+	at  int64  // the deadline the entry is filed under; byName: none
+	key []byte // its header's
 
 	h      header
 	action int
@@ -315,22 +397,26 @@ func (s *Store) readClosing(iter func() (*pebble.Iterator, error), cs []closing,
 	order := make([]*closing, len(cs))
 	for i := range cs {
 		order[i] = &cs[i]
+		cs[i].key = headerKey(cs[i].id)
 	}
-	// Headers and keys are filed under m/<len(id)><id>: in that order,
-	// not the ids'.
-	slices.SortFunc(order, func(a, b *closing) int {
-		if len(a.id) != len(b.id) {
-			return len(a.id) - len(b.id)
-		}
-		return strings.Compare(a.id, b.id)
-	})
+	slices.SortFunc(order, func(a, b *closing) int { return bytes.Compare(a.key, b.key) })
+	// One iterator, its seeks in key order, as a claim reads (stageAll):
+	// a Get each set up an iterator of its own.
+	hit, err := s.db.NewIter(claimIterOptions)
+	if err != nil {
+		return fmt.Errorf("pebblestore: close paths: %w", err)
+	}
+	defer hit.Close()
 	for _, c := range order {
-		h, ok, err := s.header(c.id)
-		if err != nil {
-			return err
-		}
-		if !ok {
+		if !seek(hit, c.key) {
+			if err := hit.Error(); err != nil {
+				return fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
+			}
 			continue // gone: stale
+		}
+		h, err := decodeHeader(hit.Value())
+		if err != nil {
+			return fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
 		}
 		c.h = h
 		p := h.path
@@ -398,8 +484,10 @@ func (s *Store) scanRange(lo, hi []byte, fn func(k, v []byte) error) error {
 	return it.Error()
 }
 
+// dueKey is d/<at, 8 bytes BE><id>, in one allocation.
 func dueKey(at int64, id string) []byte {
-	b := append(bytes.Clone(duePrefix), be64(uint64(at))...)
+	b := make([]byte, 0, len(duePrefix)+8+len(id))
+	b = binary.BigEndian.AppendUint64(append(b, duePrefix...), uint64(at))
 	return append(b, id...)
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"math"
 	"slices"
 	"testing"
@@ -236,4 +237,57 @@ func records(t *testing.T, s *Store, prefix []byte) int {
 		t.Fatalf("reading the records under %q: %v", prefix, err)
 	}
 	return n
+}
+
+// BenchmarkClosePathsOf: a replay's closes after a batch, 300 ended
+// conversations of 3 keys each named at once, among 30,000 claimed in the
+// same memtable; per conversation closed.
+func BenchmarkClosePathsOf(b *testing.B) {
+	ctx := context.Background()
+	clock := storetest.NewClock(t0)
+	s := mustOpen(b, b.TempDir(), pathOptions(clock))
+	defer s.Close()
+	derive := func(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
+		return []flowmetrics.PathPoint{{Kind: flowmetrics.PathExit, Conversation: cp.ConversationID, Flow: "Flow", Metric: "Step", Time: t0}}
+	}
+	const convs, chunk = 30_000, 300
+	claim := func(round int) []string {
+		ids := make([]string, 0, convs)
+		reqs := make([]flowmetrics.ClaimRequest, 0, chunk)
+		for i := range convs {
+			id := fmt.Sprintf("%08x-0000-4000-8000-%012x", round, i)
+			ids = append(ids, id)
+			reqs = append(reqs, flowmetrics.ClaimRequest{ConversationID: id, Occurrences: occs(3, 0), Ended: true})
+			if len(reqs) == chunk {
+				if _, err := s.Claim(ctx, reqs); err != nil {
+					b.Fatal(err)
+				}
+				reqs = reqs[:0]
+			}
+		}
+		return ids
+	}
+	closed, round := 0, 0
+	var ids []string
+	for b.Loop() {
+		if len(ids) == 0 {
+			b.StopTimer()
+			ids = claim(round)
+			round++
+			clock.Advance(2 * time.Minute)
+			b.StartTimer()
+		}
+		// Every third conversation of the next stretch, in no key order.
+		var named []string
+		for i := 0; i < 3*chunk && i < len(ids); i += 3 {
+			named = append(named, ids[i], ids[i+1], ids[i+2])
+		}
+		ids = ids[len(named):]
+		n, err := s.ClosePathsOf(ctx, named, clock.Now(), derive)
+		if err != nil || n != len(named) {
+			b.Fatalf("closed %d of %d (%v)", n, len(named), err)
+		}
+		closed += n
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(closed), "ns/path")
 }
