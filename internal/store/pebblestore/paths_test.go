@@ -328,3 +328,49 @@ func TestPathsEntryAsEncodeEntry(t *testing.T) {
 		}
 	}
 }
+
+// TestClosePathsReadsOnPastStaleEntries: a sweep whose first index entries
+// are not due (their paths got new keys since they were filed) reads on
+// and closes its limit of those that are.
+func TestClosePathsReadsOnPastStaleEntries(t *testing.T) {
+	ctx := context.Background()
+	clock := storetest.NewClock(t0)
+	s := mustOpen(t, t.TempDir(), pathOptions(clock))
+	defer s.Close()
+	for _, id := range []string{"a0", "a1", "a2", "a3", "a4", "b0", "b1", "b2", "b3", "b4", "b5"} {
+		if _, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: id, Occurrences: occs(1, 0)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// New keys less than a step later: the a's deadlines move, their
+	// entries, first in the index, stay where they were filed.
+	clock.Advance(100 * time.Second)
+	for _, id := range []string{"a0", "a1", "a2", "a3", "a4"} {
+		if _, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: id, Occurrences: occs(1, 1)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	closedIDs := map[string]bool{}
+	derive := func(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
+		closedIDs[cp.ConversationID] = true
+		return nil
+	}
+	n, err := s.ClosePaths(ctx, t0.Add(time.Hour), 5, derive)
+	if err != nil || n != 5 {
+		t.Fatalf("ClosePaths with limit 5: closed %d (%v), want 5", n, err)
+	}
+	for id := range closedIDs {
+		if id[0] != 'b' {
+			t.Errorf("closed %s, not due", id)
+		}
+	}
+	due := dueEntries(t, s)
+	for _, id := range []string{"a0", "a1", "a2", "a3", "a4"} {
+		if got, want := due[id], []int64{t0.Add(time.Hour + 100*time.Second).UnixNano()}; !slices.Equal(got, want) {
+			t.Errorf("%s filed at %v, want %v (filed again at its deadline)", id, got, want)
+		}
+	}
+	if n, err := s.ClosePaths(ctx, t0.Add(time.Hour), 5, derive); err != nil || n != 1 {
+		t.Errorf("the next sweep closed %d (%v), want the last b", n, err)
+	}
+}
