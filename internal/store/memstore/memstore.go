@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -15,12 +14,13 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/store"
 )
 
-// Store keeps claims and the outbox in maps guarded by one mutex.
+// Store keeps the conversations (convs) and the outbox guarded by one
+// mutex.
 type Store struct {
 	opts store.Options
 
 	mu      sync.Mutex
-	convs   map[string]*conversation
+	convs   convs
 	entries []flowmetrics.Entry
 	last    uint64
 	cursors map[string]uint64
@@ -35,16 +35,22 @@ type Store struct {
 	pairs store.PairSet // the cardinality guard's admitted pairs
 }
 
-// dueItem files conversation c under deadline due. It is stale once c's
-// path is filed under another deadline or closed; or once c expired, which
-// a conversation replaced or swept is, and stays, as nothing changes it
-// any more (the closer checks that).
+// dueItem files the conversation of record c, as it was at generation
+// gen, under deadline due. It is stale once that conversation was started
+// over or swept (the record's generation changed), or its path is filed
+// under another deadline or closed; the closer also skips it once the
+// conversation expired.
 type dueItem struct {
 	due int64
-	c   *conversation
+	c   uint32
+	gen uint32
 }
 
-func (it dueItem) stale() bool { return it.c.path.Closed || it.c.path.Filed != it.due }
+// stale reports whether it no longer files a path of t.
+func (it dueItem) stale(t *convs) bool {
+	c := t.rec(it.c)
+	return c.gen != it.gen || c.path.Closed || c.path.Filed != it.due
+}
 
 // dueHeap is a binary min-heap of dueItems by deadline, typed so that a
 // push allocates nothing (container/heap boxes each item it is given).
@@ -101,23 +107,9 @@ func (h dueHeap) init() {
 	}
 }
 
-// conversation is what the store holds of one: its keys packed
-// (store.KeySet), so that the store's memory follows the conversations it
-// holds, about 360 bytes each with a UUID id and three keys (with its map
-// slot and its item in the deadline heap; BenchmarkConversationMemory),
-// however many events repeat them.
-type conversation struct {
-	// id is the store's own copy of the id, which its map and the
-	// deadline heap share: a request's may share a decoded record.
-	id      string
-	keys    store.KeySet
-	changed int64 // unix nanoseconds
-	path    store.Path
-}
-
 // New returns an empty store.
 func New(opts store.Options) *Store {
-	return &Store{opts: opts.WithDefaults(), convs: map[string]*conversation{}, cursors: map[string]uint64{}, states: map[string]map[string][]byte{}}
+	return &Store{opts: opts.WithDefaults(), convs: newConvs(), cursors: map[string]uint64{}, states: map[string]map[string][]byte{}}
 }
 
 var errClosed = errors.New("memstore: closed")
@@ -140,19 +132,18 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 			refused.Add(i, flowmetrics.RefusedIDTooLong, err)
 			continue
 		}
-		c := s.convs[r.ConversationID]
-		if c != nil && s.opts.Expired(timeOf(c.changed), now) {
-			c = nil
-		}
+		h := s.convs.hash(r.ConversationID)
+		c, found := s.convs.find(r.ConversationID, h)
+		held := found && !s.opts.Expired(timeOf(s.convs.rec(c).changed), now)
 		// The request's new occurrences, at the end of out.
 		start := len(out)
 		out = store.AppendNew(out, r.Occurrences, func(k string) bool {
-			return c != nil && c.keys.Has(k)
+			return held && s.convs.has(c, k)
 		})
 		fresh := out[start:]
 		var size store.Size
-		if c != nil {
-			size = c.keys.Size()
+		if held {
+			size = s.convs.size(c)
 		}
 		if len(fresh) > 0 {
 			if err := size.Plus(fresh).Check(r.ConversationID); err != nil {
@@ -161,25 +152,25 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 				continue
 			}
 		}
-		if s.opts.Paths != nil && (len(r.Occurrences) > 0 || r.Ended) {
-			if c == nil {
-				c = s.add(r.ConversationID)
+		track := s.opts.Paths != nil && (len(r.Occurrences) > 0 || r.Ended)
+		switch {
+		case held:
+			if len(fresh) > 0 {
+				s.convs.addKeys(c, fresh)
 			}
+		case !track && len(fresh) == 0:
+			continue
+		case found: // expired: it starts over
+			s.convs.restart(c, fresh)
+		default:
+			c = s.convs.add(r.ConversationID, h, fresh)
+		}
+		if track {
 			s.trackPath(c, len(fresh) > 0, r.Ended, now, fresh)
 		}
-		if len(fresh) == 0 {
-			continue
+		if len(fresh) > 0 {
+			s.convs.rec(c).changed = now.UnixNano()
 		}
-		if c == nil {
-			c = s.add(r.ConversationID)
-		}
-		var buf [store.PackedKeys]string
-		keys := buf[:0]
-		for _, o := range fresh {
-			keys = append(keys, o.Key)
-		}
-		c.keys.Add(keys...)
-		c.changed = now.UnixNano()
 	}
 	if len(out) > 0 {
 		s.last++
@@ -188,17 +179,10 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 	return out, refused.Err()
 }
 
-// add starts holding conversation id, or starts it again after it
-// expired. s.mu is held.
-func (s *Store) add(id string) *conversation {
-	c := &conversation{id: strings.Clone(id)}
-	s.convs[c.id] = c
-	return c
-}
-
-// trackPath updates c's path state for a request, and marks the fresh
-// occurrences AfterClose when the path had closed. s.mu is held.
-func (s *Store) trackPath(c *conversation, fresh, ended bool, now time.Time, occs []flowmetrics.Occurrence) {
+// trackPath updates record i's path state for a request, and marks the
+// fresh occurrences AfterClose when the path had closed. s.mu is held.
+func (s *Store) trackPath(i uint32, fresh, ended bool, now time.Time, occs []flowmetrics.Occurrence) {
+	c := s.convs.rec(i)
 	if c.path.Closed {
 		for i := range occs {
 			occs[i].AfterClose = true
@@ -212,15 +196,15 @@ func (s *Store) trackPath(c *conversation, fresh, ended bool, now time.Time, occ
 	old := c.path.Filed
 	c.path = p
 	if p.Filed != 0 && p.Filed != old {
-		s.file(c, p.Filed, now)
+		s.file(i, p.Filed, now)
 	}
 }
 
-// file adds an item for conversation c at deadline at to the heap. s.mu
-// is held.
-func (s *Store) file(c *conversation, at int64, now time.Time) {
-	s.due.push(dueItem{at, c})
-	if len(s.due) > 2*len(s.convs)+1024 {
+// file adds an item for record i at deadline at to the heap. s.mu is
+// held.
+func (s *Store) file(i uint32, at int64, now time.Time) {
+	s.due.push(dueItem{at, i, s.convs.rec(i).gen})
+	if len(s.due) > 2*s.convs.n+1024 {
 		s.compactDue(now)
 	}
 }
@@ -230,7 +214,7 @@ func (s *Store) file(c *conversation, at int64, now time.Time) {
 func (s *Store) compactDue(now time.Time) {
 	live := s.due[:0]
 	for _, it := range s.due {
-		if !it.stale() && !s.opts.Expired(timeOf(it.c.changed), now) {
+		if !it.stale(&s.convs) && !s.opts.Expired(timeOf(s.convs.rec(it.c).changed), now) {
 			live = append(live, it)
 		}
 	}
@@ -244,19 +228,22 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 	if limit <= 0 {
 		limit = store.ClosePathsLimit
 	}
-	return s.closeEach(ctx, derive, func(now time.Time, take func(*conversation)) {
+	return s.closeEach(ctx, derive, func(now time.Time, take func(uint32)) {
 		for n := 0; n < limit && len(s.due) > 0 && s.due[0].due <= asOf.UnixNano(); {
 			it := s.due.pop()
-			c := it.c
-			if it.stale() || s.opts.Expired(timeOf(c.changed), now) {
+			if it.stale(&s.convs) {
+				continue
+			}
+			c := s.convs.rec(it.c)
+			if s.opts.Expired(timeOf(c.changed), now) {
 				continue
 			}
 			if c.path.Refile(asOf) {
 				c.path.Filed = c.path.Due
-				s.due.push(dueItem{c.path.Due, c})
+				s.due.push(dueItem{c.path.Due, it.c, it.gen})
 				continue
 			}
-			take(c)
+			take(it.c)
 			n++
 		}
 	})
@@ -266,13 +253,17 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 // named conversations whose path is open and due at asOf (their items in
 // the heap become stale), with one outbox entry.
 func (s *Store) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, derive flowmetrics.Deriver) (int, error) {
-	return s.closeEach(ctx, derive, func(now time.Time, take func(*conversation)) {
+	return s.closeEach(ctx, derive, func(now time.Time, take func(uint32)) {
 		for _, id := range ids {
-			c := s.convs[id]
-			if c == nil || c.path == (store.Path{}) || c.path.Closed || c.path.Refile(asOf) || s.opts.Expired(timeOf(c.changed), now) {
-				continue // unknown, closed, not due or expired
+			i, ok := s.convs.find(id, s.convs.hash(id))
+			if !ok {
+				continue
 			}
-			take(c)
+			c := s.convs.rec(i)
+			if c.path == (store.Path{}) || c.path.Closed || c.path.Refile(asOf) || s.opts.Expired(timeOf(c.changed), now) {
+				continue // no path, closed, not due or expired
+			}
+			take(i)
 		}
 	})
 }
@@ -280,7 +271,7 @@ func (s *Store) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, 
 // closeEach is a close call of ClosePaths or ClosePathsOf: under s.mu, pick
 // closes the paths it chooses with take, and their points go into one
 // outbox entry. It returns how many pick closed.
-func (s *Store) closeEach(ctx context.Context, derive flowmetrics.Deriver, pick func(now time.Time, take func(*conversation))) (int, error) {
+func (s *Store) closeEach(ctx context.Context, derive flowmetrics.Deriver, pick func(now time.Time, take func(uint32))) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
@@ -293,21 +284,36 @@ func (s *Store) closeEach(ctx context.Context, derive flowmetrics.Deriver, pick 
 		return 0, errClosed
 	}
 	now := s.opts.Now()
-	var points []flowmetrics.PathPoint
-	n := 0
-	pick(now, func(c *conversation) {
-		points = append(points, closePath(c, now, derive)...)
+	// Each path's points, put together once their number is known, so
+	// that the outbox entry is written once, not grown point by point.
+	var each [][]flowmetrics.PathPoint
+	n, total := 0, 0
+	pick(now, func(i uint32) {
 		n++
+		points := s.closePath(i, now, derive)
+		if len(points) > 0 {
+			each = append(each, points)
+			total += len(points)
+		}
 	})
+	var points []flowmetrics.PathPoint
+	if len(each) == 1 {
+		points = each[0]
+	} else if total > 0 {
+		points = make([]flowmetrics.PathPoint, 0, total)
+		for _, p := range each {
+			points = append(points, p...)
+		}
+	}
 	s.addPaths(points)
 	return n, nil
 }
 
-// closePath closes c's path and returns its points. s.mu is held.
-func closePath(c *conversation, now time.Time, derive flowmetrics.Deriver) []flowmetrics.PathPoint {
-	cp := flowmetrics.ClosedPath{ConversationID: c.id, Ended: c.path.Ended}
-	cp.Keys = make([]string, 0, c.keys.Len())
-	c.keys.All(func(k string) bool { cp.Keys = append(cp.Keys, k); return true })
+// closePath closes record i's path and returns its points. s.mu is held.
+func (s *Store) closePath(i uint32, now time.Time, derive flowmetrics.Deriver) []flowmetrics.PathPoint {
+	c := s.convs.rec(i)
+	cp := flowmetrics.ClosedPath{Ended: c.path.Ended}
+	cp.ConversationID, cp.Keys = s.convs.strings(i)
 	c.path = c.path.Close()
 	c.changed = now.UnixNano()
 	return derive(cp)
@@ -327,9 +333,9 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 	defer s.mu.Unlock()
 	now := s.opts.Now()
 	n := 0
-	for id, c := range s.convs {
-		if s.opts.Expired(timeOf(c.changed), now) {
-			delete(s.convs, id)
+	for i := range s.convs.recs {
+		if c := s.convs.rec(i); c.room != 0 && s.opts.Expired(timeOf(c.changed), now) {
+			s.convs.remove(uint32(i))
 			n++
 		}
 	}
@@ -341,7 +347,7 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 func (s *Store) Conversations() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.convs)
+	return s.convs.n
 }
 
 // ReadOutbox implements flowmetrics.Store.
