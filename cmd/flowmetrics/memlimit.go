@@ -59,9 +59,8 @@ func limitServeMemory(cfg config.Config, st flowmetrics.Store) (restore func()) 
 	return setMemory(cfg, st, inFlight, serveGCPercent)
 }
 
-// setMemory sets the soft memory limit (the cache's bytes when they are
-// on the Go heap, the store's memory on the Go heap, heapAllowance and
-// extra) and GOGC to percent
+// setMemory sets the soft memory limit (the cache's bytes, the store's
+// memory on the Go heap, heapAllowance and extra) and GOGC to percent
 // unless the environment sets them; the store must be the embedded one.
 func setMemory(cfg config.Config, st flowmetrics.Store, extra int64, percent int) (restore func()) {
 	if _, set := os.LookupEnv("GOMEMLIMIT"); set {
@@ -77,10 +76,6 @@ func setMemory(cfg config.Config, st flowmetrics.Store, extra int64, percent int
 		cache = 0
 	case cache == 0:
 		cache = pipeline.DefaultCacheBytes
-	}
-	if !pipeline.CacheOnGoHeap(cache) {
-		// Mapped outside the Go heap: the limit need not make room.
-		cache = 0
 	}
 	base := cache + h.GoHeapBytes() + heapAllowance + extra
 	before := debug.SetMemoryLimit(base)

@@ -15,9 +15,8 @@ import (
 )
 
 // TestLimitMemory: a replay into the embedded store gets a soft memory
-// limit made of the known-key cache's bytes (where they are on the Go
-// heap: a large cache is mapped outside it on Linux), the store's memory
-// on the Go heap and the allowance, and under it no proportional trigger (GOGC off)
+// limit made of the known-key cache's bytes, the store's memory on the Go
+// heap and the allowance, and under it no proportional trigger (GOGC off)
 // unless GOGC is set; serve gets the same limit plus its request bytes in
 // flight, and GOGC serveGCPercent unless GOGC is set. GOMEMLIMIT, when
 // set, is left to rule, and the memory store gets none.
@@ -39,18 +38,6 @@ func TestLimitMemory(t *testing.T) {
 	serveIn := 4 * serveCfg.HTTP.MaxBodyBytes // http.max_bytes_in_flight's default
 	bounded := serveCfg
 	bounded.HTTP.MaxBytesInFlight = 30 << 20
-	onHeap := func(cache int64) int64 {
-		if pipeline.CacheOnGoHeap(cache) {
-			return cache
-		}
-		return 0
-	}
-	if runtime.GOOS == "linux" && onHeap(pipeline.DefaultCacheBytes) != 0 {
-		t.Errorf("the default known-key cache is on the Go heap, want it mapped outside")
-	}
-	if onHeap(1<<20) == 0 {
-		t.Errorf("a known-key cache of 1 MiB is mapped outside the Go heap, want it on the heap")
-	}
 	cases := []struct {
 		name    string
 		serve   bool
@@ -61,15 +48,15 @@ func TestLimitMemory(t *testing.T) {
 		limit   int64
 		percent int
 	}{
-		{"embedded, default cache", false, "", "", cfg, pst, onHeap(pipeline.DefaultCacheBytes) + pst.GoHeapBytes() + heapAllowance, -1},
-		{"embedded, small cache", false, "", "", small, pst, onHeap(1<<20) + pst.GoHeapBytes() + heapAllowance, -1},
+		{"embedded, default cache", false, "", "", cfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance, -1},
+		{"embedded, small cache", false, "", "", small, pst, 1<<20 + pst.GoHeapBytes() + heapAllowance, -1},
 		{"embedded, cache off", false, "", "", off, pst, pst.GoHeapBytes() + heapAllowance, -1},
-		{"embedded, GOGC set", false, "", "200", cfg, pst, onHeap(pipeline.DefaultCacheBytes) + pst.GoHeapBytes() + heapAllowance, 100},
+		{"embedded, GOGC set", false, "", "200", cfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance, 100},
 		{"embedded, GOMEMLIMIT set", false, "1GiB", "", cfg, pst, math.MaxInt64, 100},
 		{"memory store", false, "", "", cfg, mst, math.MaxInt64, 100},
-		{"serve, embedded", true, "", "", serveCfg, pst, onHeap(pipeline.DefaultCacheBytes) + pst.GoHeapBytes() + heapAllowance + serveIn, serveGCPercent},
-		{"serve, embedded, bytes in flight set", true, "", "", bounded, pst, onHeap(pipeline.DefaultCacheBytes) + pst.GoHeapBytes() + heapAllowance + 30<<20, serveGCPercent},
-		{"serve, GOGC set", true, "", "200", serveCfg, pst, onHeap(pipeline.DefaultCacheBytes) + pst.GoHeapBytes() + heapAllowance + serveIn, 100},
+		{"serve, embedded", true, "", "", serveCfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance + serveIn, serveGCPercent},
+		{"serve, embedded, bytes in flight set", true, "", "", bounded, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance + 30<<20, serveGCPercent},
+		{"serve, GOGC set", true, "", "200", serveCfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance + serveIn, 100},
 		{"serve, GOMEMLIMIT set", true, "1GiB", "", serveCfg, pst, math.MaxInt64, 100},
 		{"serve, memory store", true, "", "", serveCfg, mst, math.MaxInt64, 100},
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"hash/maphash"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -46,7 +45,6 @@ type knownCache struct {
 	buf   []byte // a blob being rebuilt
 	codes []uint64
 	raws  []string
-	mem   *hugeMem // where ents, index and the slab's chunks live
 }
 
 // cacheEntry is one conversation: where its bytes are in the slab and its
@@ -92,9 +90,7 @@ const (
 func newKnownCache(max int, maxBytes int64, ttl time.Duration) *knownCache {
 	c := &knownCache{max: max, maxBytes: maxBytes, ttl: ttl, seed: maphash.MakeSeed(), ents: make([]cacheEntry, 1)}
 	c.names = nameTable{max: maxBytes / 8}
-	c.mem = newHugeMem(maxBytes)
-	c.slab.cur, c.slab.mem = -1, c.mem
-	runtime.AddCleanup(c, func(m *hugeMem) { m.freeAll() }, c.mem)
+	c.slab.cur = -1
 	return c
 }
 
@@ -332,10 +328,7 @@ func (c *knownCache) add(id *convID, slot, n int, now time.Time) int32 {
 	if e != 0 {
 		c.free = c.ents[e].next
 	} else {
-		if len(c.ents) == cap(c.ents) {
-			c.growEntries()
-		}
-		c.ents = c.ents[:len(c.ents)+1]
+		c.ents = append(c.ents, cacheEntry{})
 		e = int32(len(c.ents) - 1)
 	}
 	b := c.buf[:0]
@@ -494,20 +487,10 @@ func (c *knownCache) unindex(e int32) {
 	c.index[i] = 0
 }
 
-// growEntries doubles the room for entries.
-func (c *knownCache) growEntries() {
-	old := c.ents
-	c.ents = entriesOf(c.mem.alloc(2 * cap(old) * entrySize))[:len(old)]
-	copy(c.ents, old)
-	c.mem.release(bytesOfEntries(old))
-}
-
 // grow doubles the index.
 func (c *knownCache) grow() {
 	old := c.index
-	n := max(2*len(old), 1024)
-	c.index = uint64sOf(c.mem.alloc(8*n), n)
-	defer c.mem.release(bytesOfUint64s(old))
+	c.index = make([]uint64, max(2*len(old), 1024))
 	mask := len(c.index) - 1
 	for _, v := range old {
 		if v == 0 {
@@ -569,9 +552,8 @@ func (c *knownCache) compact() {
 		// spare.
 		s.spare = append(s.spare, ch)
 	}
-	// Keep one spare chunk; the others go back (hugeMem.putChunk).
+	// Keep one spare chunk; the others go back to the Go heap.
 	for len(s.spare) > 1 {
-		s.mem.putChunk(s.chunks[s.spare[len(s.spare)-1]])
 		s.chunks[s.spare[len(s.spare)-1]] = nil
 		s.spare = s.spare[:len(s.spare)-1]
 	}
@@ -591,13 +573,12 @@ const chunkSize = 256 << 10
 // slab hands out runs of bytes from large chunks, in order. A run given
 // back is garbage until the cache compacts.
 type slab struct {
-	chunks  [][]byte // nil: given back (hugeMem.putChunk)
+	chunks  [][]byte // nil: given back to the Go heap
 	spare   []int    // chunks holding nothing, for reuse
 	cur     int      // the chunk being filled, -1 for none
 	fill    int      // its bytes handed out
 	used    int64    // bytes handed out since the last compaction, garbage included
 	garbage int64
-	mem     *hugeMem
 }
 
 // alloc returns the place of n new bytes.
@@ -624,11 +605,11 @@ func (s *slab) newChunk() int {
 	}
 	for i, ch := range s.chunks {
 		if ch == nil {
-			s.chunks[i] = s.mem.chunk()
+			s.chunks[i] = make([]byte, chunkSize)
 			return i
 		}
 	}
-	s.chunks = append(s.chunks, s.mem.chunk())
+	s.chunks = append(s.chunks, make([]byte, chunkSize))
 	return len(s.chunks) - 1
 }
 
