@@ -70,22 +70,103 @@ func Extract(ev *Event) ([]flowmetrics.Occurrence, []Malformed) {
 // of an event's MetricNames (those a caller does not know yet), in any
 // order.
 func ExtractNames(names []string) ([]flowmetrics.Occurrence, []Malformed) {
+	return extractNames(names, nil)
+}
+
+// NameMemo extracts the occurrences of the events of one batch, and
+// remembers each well-formed name it parsed with its occurrence. An event
+// carries every metric attribute its participant has set so far, so the
+// events of a batch (replay's thousands) repeat one another's names: a name
+// seen before costs a map lookup, not a parse and a copy. Occurrences of
+// different events may then share their strings.
+//
+// The zero value is ready. A NameMemo is for one goroutine; Reset empties it
+// for the next batch.
+//
+// The occurrences of the events of a batch are cut from a few large
+// slices rather than allocated an event at a time; each event's has its
+// own capacity, so appending to one never reaches another's.
+type NameMemo struct {
+	seen map[string]flowmetrics.Occurrence
+	room []flowmetrics.Occurrence // the slice occurrences are cut from
+}
+
+// memoRoom is how many occurrences a NameMemo allocates room for at once.
+const memoRoom = 1024
+
+// Extract is ExtractNames, with the names the memo has seen taken from it.
+func (m *NameMemo) Extract(names []string) ([]flowmetrics.Occurrence, []Malformed) {
+	if m.seen == nil {
+		m.seen = make(map[string]flowmetrics.Occurrence)
+	}
+	return extractNames(names, m)
+}
+
+// Reset forgets every name, keeping the memo's map. The slice occurrences
+// were cut from is left to them: a batch's occurrences outlive its
+// preparing.
+func (m *NameMemo) Reset() {
+	clear(m.seen)
+	m.room = nil
+}
+
+// cut returns an empty slice with room for n occurrences.
+func (m *NameMemo) cut(n int) []flowmetrics.Occurrence {
+	if m == nil || n > memoRoom/4 {
+		return make([]flowmetrics.Occurrence, 0, n)
+	}
+	if cap(m.room)-len(m.room) < n {
+		m.room = make([]flowmetrics.Occurrence, 0, memoRoom)
+	}
+	l := len(m.room)
+	return m.room[l : l : l+n]
+}
+
+// keep takes occs, cut(n) and filled, out of the room, and returns them
+// with no room to grow into the next event's.
+func (m *NameMemo) keep(occs []flowmetrics.Occurrence, n int) []flowmetrics.Occurrence {
+	if m != nil && n <= memoRoom/4 {
+		m.room = m.room[:len(m.room)+len(occs)]
+	}
+	return occs[:len(occs):len(occs)]
+}
+
+// extractNames is ExtractNames; with m not nil, a name m has seen is not
+// parsed again, the well-formed names parsed are added to it, and the
+// occurrences are cut from its room.
+func extractNames(names []string, m *NameMemo) ([]flowmetrics.Occurrence, []Malformed) {
 	if !sortedUnique(names) {
 		// Not from the decoder, which gives them sorted: a copy, so the
 		// caller's slice stays as it was.
 		names = slices.Compact(slices.Sorted(slices.Values(names)))
 	}
+	var seen map[string]flowmetrics.Occurrence
+	if m != nil {
+		seen = m.seen
+	}
 	var occs []flowmetrics.Occurrence
 	size := 0
+	// The places in occs of the occurrences parsed here (not seen), whose
+	// strings still point into names.
+	var parsedBuf [16]int
+	parsed := parsedBuf[:0]
 	var bad []Malformed
 	for _, name := range names {
+		if o, ok := seen[name]; ok {
+			if occs == nil {
+				occs = m.cut(len(names))
+			}
+			occs = append(occs, o)
+			continue
+		}
 		a, ok, err := ParseAttribute(name)
 		switch {
 		case ok:
 			if occs == nil {
-				occs = make([]flowmetrics.Occurrence, 0, len(names))
+				occs = m.cut(len(names))
 			}
-			// Key, Flow and Metric point into ev until copied below.
+			// Key, Flow and Metric point into names until copied below.
+			parsed = append(parsed, len(occs))
 			occs = append(occs, flowmetrics.Occurrence{Key: name, Flow: a.Flow, Metric: a.Metric, Time: a.Time})
 			size += len(name)
 		case err != nil:
@@ -105,23 +186,29 @@ func ExtractNames(names []string) ([]flowmetrics.Occurrence, []Malformed) {
 	if len(occs) == 0 {
 		return nil, bad
 	}
+	if len(parsed) == 0 {
+		return m.keep(occs, len(names)), bad
+	}
 
-	// One copy of every key; Flow and Metric are substrings of the key, so
-	// slice the copy at the same places.
+	// One copy of every key parsed; Flow and Metric are substrings of the
+	// key, so slice the copy at the same places.
 	var sb strings.Builder
 	sb.Grow(size)
-	for _, o := range occs {
-		sb.WriteString(o.Key)
+	for _, i := range parsed {
+		sb.WriteString(occs[i].Key)
 	}
 	all := sb.String()
-	for i := range occs {
+	for _, i := range parsed {
 		o := &occs[i]
 		key := all[:len(o.Key)]
 		all = all[len(o.Key):]
 		metric := len(o.Flow) + len(marker)
 		o.Key, o.Flow, o.Metric = key, key[:len(o.Flow)], key[metric:metric+len(o.Metric)]
+		if seen != nil {
+			seen[key] = *o
+		}
 	}
-	return occs, bad
+	return m.keep(occs, len(names)), bad
 }
 
 // sortedUnique reports whether names are in strictly increasing order.

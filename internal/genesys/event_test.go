@@ -1,6 +1,7 @@
 package genesys
 
 import (
+	"math/rand/v2"
 	"reflect"
 	"slices"
 	"strings"
@@ -133,4 +134,57 @@ func overlaps(a, b string) bool {
 	}
 	pa, pb := uintptr(unsafe.Pointer(unsafe.StringData(a))), uintptr(unsafe.Pointer(unsafe.StringData(b)))
 	return pa < pb+uintptr(len(b)) && pb < pa+uintptr(len(a))
+}
+
+// TestNameMemoAsExtract: extracting a batch's events through one NameMemo
+// gives what Extract gives each event alone, whatever the events repeat of
+// one another (well-formed, malformed and ordinary names, out of order and
+// repeated), and what a caller does to the occurrences it got back (the
+// pipeline folds some into the overflow series in place) does not reach
+// the memo.
+func TestNameMemoAsExtract(t *testing.T) {
+	pool := []string{
+		"FMetric_A(2026-11-20T09:31:48.900Z)", "FMetric_B(2026-11-20T09:31:49Z)",
+		"Other FlowMetric_C(2026-11-20T09:31:50+01:00)", "FMetric_Bad(yesterday)",
+		"FMetric_Open(2026-11-20T09:31:50Z", "FMetric_NoTime", "Flow\x01Metric_D(2026-11-20T09:31:50Z)",
+		"FMetric_\xffE(2026-11-20T09:31:50Z)", "ÉtéMetric_F(2026-11-20T09:31:50Z)",
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	var kept [][2][]flowmetrics.Occurrence // what later events must not change
+	for round := range 3 {
+		var memo NameMemo
+		for i := range 500 {
+			names := make([]string, rng.IntN(6))
+			for j := range names {
+				names[j] = pool[rng.IntN(len(pool))]
+			}
+			if rng.IntN(2) == 0 {
+				slices.Sort(names)
+				names = slices.Compact(names)
+			}
+			got, gotBad := memo.Extract(names)
+			want, wantBad := ExtractNames(names)
+			if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotBad, wantBad) {
+				t.Fatalf("round %d event %d %q: got %v %v, want %v %v", round, i, names, got, gotBad, want, wantBad)
+			}
+			if round == 0 {
+				for k := range got {
+					got[k].Flow, got[k].Metric = "overflow", "overflow"
+				}
+				continue
+			}
+			// Later events' occurrences are cut from the same room:
+			// appending to these must not reach them, nor they these.
+			kept = append(kept, [2][]flowmetrics.Occurrence{got, want})
+		}
+		memo.Reset()
+	}
+	for _, k := range kept {
+		_ = append(k[0], flowmetrics.Occurrence{Key: "appended"})
+	}
+	for i, k := range kept {
+		if got, want := k[0], k[1]; len(got)+len(want) > 0 && !reflect.DeepEqual(got, want) {
+			t.Fatalf("kept %d: got %v, want %v", i, got, want)
+		}
+	}
 }

@@ -167,6 +167,8 @@ type Pipeline struct {
 	cache    *knownCache
 	claims   *claimGroup
 	drainers []*drainer
+	// memos are Prepare's name memos, one per large batch being prepared.
+	memos sync.Pool
 	// learned counts the claims whose keys the cache learned: a batch
 	// prepared before the last of them is checked against the cache
 	// again when it is committed.
@@ -191,6 +193,7 @@ func New(store flowmetrics.Store, sinks []flowmetrics.Sink, cfg Config, m *telem
 		log = slog.Default()
 	}
 	p := &Pipeline{cfg: cfg, store: store, m: m, log: log, claims: newClaimGroup(store)}
+	p.memos.New = func() any { return new(genesys.NameMemo) }
 	// Series that exist from the start, at zero, so alerts on them work
 	// before the first bad record.
 	for _, r := range rejectReasons {
@@ -309,6 +312,12 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 	return p.Commit(ctx, p.Prepare(ctx, recs))
 }
 
+// memoBatch is the size of batch from which Prepare remembers the names
+// it parsed (genesys.NameMemo): replay's batches of thousands, whose
+// events repeat one another's names. The few events of a serve request
+// seldom do.
+const memoBatch = 256
+
 // Prepared is a batch of records that Prepare sorted out and extracted:
 // what Commit claims.
 type Prepared struct {
@@ -331,6 +340,14 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 	b := &Prepared{c: claimBatch{now: p.cfg.Now(), learned: p.learned.Load()}}
 	res, c := &b.res, &b.c
 	var buf []string // room for an event's names the cache does not know
+	var memo *genesys.NameMemo
+	if len(recs) >= memoBatch {
+		memo = p.memos.Get().(*genesys.NameMemo)
+		defer func() {
+			memo.Reset()
+			p.memos.Put(memo)
+		}()
+	}
 	for i, r := range recs {
 		c.left = len(recs) - i
 		if !p.sortOut(r, res) {
@@ -350,7 +367,7 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 		if known > 0 {
 			buf = names[:0]
 		}
-		occs := p.extract(names, res)
+		occs := p.extract(names, memo, res)
 		if len(occs) > 0 {
 			c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: occs}, r, false)
 			continue
@@ -361,7 +378,7 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 		if p.cfg.Derive != nil && p.cache.tell(conv, c.now, p.cfg.PathTouch) {
 			// One known key is enough for the store to count the event:
 			// the first, as before the cache left them out.
-			if first := p.extract(firstKnown(r.Event.MetricNames, names), res); len(first) > 0 {
+			if first := p.extract(firstKnown(r.Event.MetricNames, names), nil, res); len(first) > 0 {
 				c.add(flowmetrics.ClaimRequest{ConversationID: conv, Occurrences: first}, r, true)
 				continue
 			}
@@ -447,27 +464,52 @@ func (p *Pipeline) fold(ctx context.Context, c *claimBatch) error {
 	if g == nil {
 		return nil
 	}
+	// The batch's distinct pairs, in the order they first come, and each
+	// occurrence's place among them (-1: its request is refused whatever
+	// the store holds, and its pairs must not take the places of others).
+	// A batch has many occurrences but few pairs, so the guard, which
+	// looks each pair up under its lock, is asked once a pair.
 	n := 0
 	for _, rq := range c.reqs {
 		n += len(rq.Occurrences)
 	}
-	pairs := make([]flowmetrics.Pair, 0, n)
+	at := make([]int32, 0, n)
+	var pairs []flowmetrics.Pair
+	index := map[flowmetrics.Pair]int32{}
 	for _, rq := range c.reqs {
-		if (store.Size{}).Plus(rq.Occurrences).Check(rq.ConversationID) != nil {
-			// The store refuses this request whatever it holds: its
-			// pairs must not take the places of others.
-			continue
-		}
+		refused := (store.Size{}).Plus(rq.Occurrences).Check(rq.ConversationID) != nil
 		for _, o := range rq.Occurrences {
-			pairs = append(pairs, flowmetrics.Pair{Flow: o.Flow, Metric: o.Metric})
+			if refused {
+				at = append(at, -1)
+				continue
+			}
+			pr := flowmetrics.Pair{Flow: o.Flow, Metric: o.Metric}
+			i, ok := index[pr]
+			if !ok {
+				i = int32(len(pairs))
+				index[pr] = i
+				pairs = append(pairs, pr)
+			}
+			at = append(at, i)
 		}
 	}
 	if err := g.Admit(ctx, pairs); err != nil {
 		return err
 	}
+	mapped := make([]flowmetrics.Pair, len(pairs))
+	for i, pr := range pairs {
+		mapped[i].Flow, mapped[i].Metric = g.Map(pr.Flow, pr.Metric)
+	}
+	k := 0
 	for _, rq := range c.reqs {
 		for i, o := range rq.Occurrences {
-			f, m := g.Map(o.Flow, o.Metric)
+			var f, m string
+			if j := at[k]; j >= 0 {
+				f, m = mapped[j].Flow, mapped[j].Metric
+			} else {
+				f, m = g.Map(o.Flow, o.Metric)
+			}
+			k++
 			if f != o.Flow || m != o.Metric {
 				rq.Occurrences[i].Flow, rq.Occurrences[i].Metric = f, m
 				if c.folded == nil {
@@ -536,10 +578,16 @@ func (p *Pipeline) sortOut(r genesys.Record, res *Result) bool {
 }
 
 // extract returns the occurrences of an event's metric names (or some of
-// them), and counts and reports its
+// them), parsing only those memo (if any) has not seen, and counts and reports its
 // malformed metric attributes.
-func (p *Pipeline) extract(names []string, res *Result) []flowmetrics.Occurrence {
-	occs, bad := genesys.ExtractNames(names)
+func (p *Pipeline) extract(names []string, memo *genesys.NameMemo, res *Result) []flowmetrics.Occurrence {
+	var occs []flowmetrics.Occurrence
+	var bad []genesys.Malformed
+	if memo != nil {
+		occs, bad = memo.Extract(names)
+	} else {
+		occs, bad = genesys.ExtractNames(names)
+	}
 	for _, b := range bad {
 		p.m.CountMalformed(b.Flow)
 		if errors.Is(b.Err, genesys.ErrNameTooLong) {
@@ -1226,32 +1274,26 @@ func (d *drainer) shed(ctx context.Context, cursor uint64) (uint64, error) {
 // and bucket, sorted by bucket, flow and metric. It also returns how many
 // occurrences went in.
 func Aggregate(entries []flowmetrics.Entry, bucket time.Duration) ([]flowmetrics.Point, int) {
+	// Sorted, then counted run by run: an occurrence's time is nearly its
+	// own bucket (an archive's points are nine tenths of its occurrences),
+	// so a map of points would hash a key per occurrence only to be
+	// sorted afterwards anyway. Buckets compare as integers, and mostly
+	// differ, so the sort seldom compares a string.
 	type key struct {
-		flow, metric string
 		bucket       int64
+		flow, metric string
 	}
 	n := 0
 	for _, e := range entries {
 		n += len(e.Occurrences)
 	}
-	// Sized for the occurrences up front (there are fewer points): a map
-	// that grows rehashes every key it holds each time.
-	counts := make(map[key]int64, n)
+	keys := make([]key, 0, n)
 	for _, e := range entries {
 		for _, o := range e.Occurrences {
-			b := flowmetrics.BucketStart(o.Time, bucket)
-			counts[key{o.Flow, o.Metric, b.Unix()}]++
+			keys = append(keys, key{flowmetrics.BucketStart(o.Time, bucket).Unix(), o.Flow, o.Metric})
 		}
 	}
-	type counted struct {
-		key
-		n int64
-	}
-	sorted := make([]counted, 0, len(counts))
-	for k, c := range counts {
-		sorted = append(sorted, counted{k, c})
-	}
-	slices.SortFunc(sorted, func(a, b counted) int {
+	compare := func(a, b key) int {
 		if c := cmp.Compare(a.bucket, b.bucket); c != 0 {
 			return c
 		}
@@ -1259,10 +1301,23 @@ func Aggregate(entries []flowmetrics.Entry, bucket time.Duration) ([]flowmetrics
 			return c
 		}
 		return strings.Compare(a.metric, b.metric)
-	})
-	points := make([]flowmetrics.Point, len(sorted))
-	for i, c := range sorted {
-		points[i] = flowmetrics.Point{Flow: c.flow, Metric: c.metric, Bucket: time.Unix(c.bucket, 0).UTC(), Width: bucket, Count: c.n}
+	}
+	slices.SortFunc(keys, compare)
+	distinct := 0
+	for i := range keys {
+		if i == 0 || compare(keys[i-1], keys[i]) != 0 {
+			distinct++
+		}
+	}
+	points := make([]flowmetrics.Point, 0, distinct)
+	for i := 0; i < len(keys); {
+		j := i + 1
+		for j < len(keys) && compare(keys[i], keys[j]) == 0 {
+			j++
+		}
+		k := keys[i]
+		points = append(points, flowmetrics.Point{Flow: k.flow, Metric: k.metric, Bucket: time.Unix(k.bucket, 0).UTC(), Width: bucket, Count: int64(j - i)})
+		i = j
 	}
 	return points, n
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"strconv"
@@ -883,5 +884,98 @@ func TestKnownNamesLeftOutBeforeParsing(t *testing.T) {
 	}
 	if got, want := fmt.Sprint(rec.keys), fmt.Sprint([][]string{{a}, {b, c}}); got != want {
 		t.Errorf("claimed keys: got %s, want %s", got, want)
+	}
+}
+
+// TestAggregateAtRandom checks Aggregate against counting in a map, then
+// sorting, on many occurrences: points of the same flow, metric and
+// bucket from several entries, flows that sort before or after one
+// another within a bucket, and times that fall on bucket edges.
+func TestAggregateAtRandom(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	start := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
+	flows, metrics := []string{"F", "E", "Billing Main", "F2"}, []string{"A", "B", "Transfer"}
+	var entries []flowmetrics.Entry
+	type key struct {
+		bucket       time.Time
+		flow, metric string
+	}
+	want := map[key]int64{}
+	total := 0
+	for e := range 300 {
+		var occs []flowmetrics.Occurrence
+		for range rng.IntN(5) {
+			o := flowmetrics.Occurrence{Flow: flows[rng.IntN(len(flows))], Metric: metrics[rng.IntN(len(metrics))],
+				Time: start.Add(time.Duration(rng.IntN(120_000)) * time.Millisecond * 5)}
+			occs = append(occs, o)
+			want[key{o.Time.Truncate(10 * time.Second), o.Flow, o.Metric}]++
+			total++
+		}
+		entries = append(entries, flowmetrics.Entry{Seq: uint64(e + 1), Occurrences: occs})
+	}
+	pts, n := Aggregate(entries, 10*time.Second)
+	if n != total {
+		t.Errorf("occurrences: got %d, want %d", n, total)
+	}
+	if len(pts) != len(want) {
+		t.Errorf("points: got %d, want %d", len(pts), len(want))
+	}
+	for i, p := range pts {
+		if c := want[key{p.Bucket, p.Flow, p.Metric}]; c != p.Count {
+			t.Errorf("%s/%s@%s: got %d, want %d", p.Flow, p.Metric, p.Bucket, p.Count, c)
+		}
+		if i > 0 {
+			q := pts[i-1]
+			if !(q.Bucket.Before(p.Bucket) || q.Bucket.Equal(p.Bucket) && (q.Flow < p.Flow || q.Flow == p.Flow && q.Metric < p.Metric)) {
+				t.Errorf("point %d (%s/%s@%s) is not after the one before it (%s/%s@%s)", i, p.Flow, p.Metric, p.Bucket, q.Flow, q.Metric, q.Bucket)
+			}
+		}
+	}
+}
+
+// TestLargeBatchAsSmallBatches: a batch large enough for Prepare to
+// remember the names it parsed (memoBatch) counts what the same events
+// count in batches too small for that: every event repeats its
+// conversation's names so far, conversations share names, and some names
+// are malformed.
+func TestLargeBatchAsSmallBatches(t *testing.T) {
+	var recs []genesys.Record
+	for i := range 4 * memoBatch {
+		conv := fmt.Sprintf("c%d", i%40)
+		var names []string
+		for j := range 1 + i/40%6 {
+			names = append(names, fmt.Sprintf("F%dMetric_Step%d(2026-11-20T09:%02d:00Z)", j%2, j, i%40/4)) // four conversations a name
+		}
+		if i%7 == 0 {
+			names = append(names, "FMetric_Bad(soon)")
+		}
+		slices.Reverse(names)
+		recs = append(recs, event(conv, names...))
+	}
+	run := func(size int) (Result, map[string]int64) {
+		sink := &recordingSink{name: "rec"}
+		p, _ := newTest(t, Config{}, sink)
+		var total Result
+		for rest := recs; len(rest) > 0; {
+			n := min(size, len(rest))
+			res, err := p.Ingest(context.Background(), rest[:n])
+			if err != nil {
+				t.Fatal(err)
+			}
+			total.Add(res)
+			rest = rest[n:]
+		}
+		if err := p.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return total, sink.total()
+	}
+	big, bigTotals := run(len(recs))
+	small, smallTotals := run(10)
+	if big.Occurrences != small.Occurrences || big.Malformed != small.Malformed || big.Occurrences == 0 || big.Malformed == 0 {
+		t.Errorf("one batch: %d occurrences, %d malformed; batches of 10: %d, %d", big.Occurrences, big.Malformed, small.Occurrences, small.Malformed)
+	}
+	if fmt.Sprint(bigTotals) != fmt.Sprint(smallTotals) {
+		t.Errorf("delivered: one batch %v, batches of 10 %v", bigTotals, smallTotals)
 	}
 }

@@ -97,7 +97,17 @@ func plainSeconds(f float64) bool {
 // is: no quote, backslash or control character, valid UTF-8, and neither
 // U+2028 nor U+2029 (with HTML escaping off, <, > and & stay as they are).
 func plain(s string) bool {
-	for i := 0; i < len(s); {
+	// The common case, printable ASCII, eight bytes at a time; the first
+	// word with anything else goes to the byte loop below.
+	i := 0
+	for ; i+8 <= len(s); i += 8 {
+		w := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		if special(w) != 0 {
+			break
+		}
+	}
+	for i < len(s) {
 		c := s[i]
 		if c < utf8.RuneSelf {
 			if c < 0x20 || c == '"' || c == '\\' {
@@ -113,6 +123,20 @@ func plain(s string) bool {
 		i += size
 	}
 	return true
+}
+
+const (
+	lsb = 0x0101010101010101
+	msb = 0x8080808080808080
+)
+
+// special is non-zero when w (eight bytes) holds a quote, a backslash, a
+// control character or a byte outside ASCII: each of them sets the top bit
+// of some byte, and no other byte sets any.
+func special(w uint64) uint64 {
+	q := w ^ (lsb * '"')
+	b := w ^ (lsb * '\\')
+	return ((q-lsb)&^q | (b-lsb)&^b | (w-lsb*0x20)&^w | w) & msb
 }
 
 // appendEncoded appends v as encoding/json's Encoder writes it, HTML

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"math"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -222,6 +224,37 @@ func BenchmarkSendPaths(b *testing.B) {
 	for b.Loop() {
 		if err := s.SendPaths(context.Background(), points); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestPlainAsEncodingJSON checks plain against encoding/json itself: a
+// string is plain exactly when encoding/json (HTML escaping off) writes it
+// between its quotes unchanged. Every byte value goes at every place of
+// strings of several lengths, so each lane of a word and the tail are
+// covered, and so do the runes encoding/json escapes.
+func TestPlainAsEncodingJSON(t *testing.T) {
+	asIs := func(s string) bool {
+		b, err := appendEncoded(nil, s)
+		return err == nil && string(b) == `"`+s+`"`+"\n"
+	}
+	check := func(s string) {
+		if got, want := plain(s), asIs(s); got != want {
+			t.Errorf("plain(%q): got %v, want %v", s, got, want)
+		}
+	}
+	for _, n := range []int{0, 1, 7, 8, 9, 16, 23} {
+		base := []byte(strings.Repeat("~ aZ<&>9", 3)[:n])
+		check(string(base))
+		for i := range base {
+			for c := range 256 {
+				b := slices.Clone(base)
+				b[i] = byte(c)
+				check(string(b))
+			}
+			for _, r := range []string{"é", "\u2028", "\u2029", "\ufffd", "\U0001F600"} {
+				check(string(base[:i]) + r + string(base[i:]))
+			}
 		}
 	}
 }

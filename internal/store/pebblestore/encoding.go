@@ -283,29 +283,48 @@ func encodeEntry(occs []flowmetrics.Occurrence, paths []flowmetrics.PathPoint) [
 		return b
 	}
 	b = binary.AppendUvarint(b, uint64(len(paths)))
-	for i, p := range paths {
-		kind := byte(p.Kind)
-		sameConv := i > 0 && p.Conversation == paths[i-1].Conversation
-		if sameConv {
-			kind |= pointSameConversation
+	for i := range paths {
+		var prev *flowmetrics.PathPoint
+		if i > 0 {
+			prev = &paths[i-1]
 		}
-		if p.Seconds == 0 {
-			kind |= pointNoSeconds
-		}
-		b = append(b, kind)
-		for _, s := range [...]string{p.Flow, p.Metric, p.Name, p.Variant, p.Step} {
-			b = appendString(b, s)
-		}
-		if !sameConv {
-			b = appendString(b, p.Conversation)
-		}
-		if p.Seconds != 0 {
-			b = binary.BigEndian.AppendUint64(b, math.Float64bits(p.Seconds))
-		}
-		b = binary.AppendVarint(b, p.Time.Unix())
-		b = binary.AppendUvarint(b, uint64(p.Time.Nanosecond()))
+		b = appendPoint(b, &paths[i], prev)
 	}
 	return b
+}
+
+// appendPoint appends p to the path points of an outbox entry, after prev
+// (nil: p is the first).
+func appendPoint(b []byte, p, prev *flowmetrics.PathPoint) []byte {
+	kind := byte(p.Kind)
+	sameConv := prev != nil && p.Conversation == prev.Conversation
+	if sameConv {
+		kind |= pointSameConversation
+	}
+	if p.Seconds == 0 {
+		kind |= pointNoSeconds
+	}
+	b = append(b, kind)
+	for _, s := range [...]string{p.Flow, p.Metric, p.Name, p.Variant, p.Step} {
+		b = appendString(b, s)
+	}
+	if !sameConv {
+		b = appendString(b, p.Conversation)
+	}
+	if p.Seconds != 0 {
+		b = binary.BigEndian.AppendUint64(b, math.Float64bits(p.Seconds))
+	}
+	b = binary.AppendVarint(b, p.Time.Unix())
+	return binary.AppendUvarint(b, uint64(p.Time.Nanosecond()))
+}
+
+// pathsEntry is an outbox entry of n path points, points their encoding
+// (appendPoint's), as encodeEntry(nil, the points) writes it.
+func pathsEntry(n int, points []byte) []byte {
+	b := make([]byte, 0, 2*binary.MaxVarintLen64+len(points))
+	b = binary.AppendUvarint(b, 0)
+	b = binary.AppendUvarint(b, uint64(n))
+	return append(b, points...)
 }
 
 // Flags of a path point's kind byte in an outbox entry: a close derives a

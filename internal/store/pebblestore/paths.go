@@ -245,7 +245,10 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 		}
 		return it, nil
 	}
-	var derived [][]flowmetrics.PathPoint
+	// The points are encoded as they are derived, into the outbox
+	// entry's body: no slice of them all is built.
+	var points []byte
+	var lastPoint flowmetrics.PathPoint // the point encoded last
 	npoints := 0
 	// The batch is written in key order (the index's changes, then the
 	// headers, then the outbox entry), as a claim's is: Pebble inserts
@@ -278,8 +281,16 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 				if c.at == byName && c.h.path.Filed != 0 {
 					index = append(index, [2][]byte{dueKey(c.h.path.Filed, c.id), nil})
 				}
-				derived = append(derived, derive(flowmetrics.ClosedPath{ConversationID: c.id, Ended: c.h.path.Ended, Keys: c.keys}))
-				npoints += len(derived[len(derived)-1])
+				pts := derive(flowmetrics.ClosedPath{ConversationID: c.id, Ended: c.h.path.Ended, Keys: c.keys})
+				for i := range pts {
+					var prev *flowmetrics.PathPoint
+					if npoints > 0 {
+						prev = &lastPoint
+					}
+					points = appendPoint(points, &pts[i], prev)
+					lastPoint = pts[i]
+					npoints++
+				}
 				c.h.path = c.h.path.Close()
 				c.h.changed = now.UnixNano()
 				headers = append(headers, [2][]byte{c.key, c.h.encode()})
@@ -302,21 +313,13 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 			}
 		}
 	}
-	// One entry for every point, its slice sized once.
-	var points []flowmetrics.PathPoint
-	if npoints > 0 {
-		points = make([]flowmetrics.PathPoint, 0, npoints)
-		for _, d := range derived {
-			points = append(points, d...)
-		}
-	}
 	if b.Empty() {
 		return 0, last, &pendingClose{}, nil
 	}
-	pc = &pendingClose{s: s, points: int64(len(points))}
-	if len(points) > 0 {
+	pc = &pendingClose{s: s, points: int64(npoints)}
+	if npoints > 0 {
 		pc.seq = s.seq.Begin()
-		if err := b.Set(outboxKey(pc.seq), encodeEntry(nil, points), nil); err != nil {
+		if err := b.Set(outboxKey(pc.seq), pathsEntry(npoints, points), nil); err != nil {
 			s.seq.End(pc.seq, 0, false)
 			return 0, 0, nil, fmt.Errorf("pebblestore: close paths: %w", err)
 		}
@@ -327,12 +330,12 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 		pc.b, b = b, nil
 	}
 	if err != nil {
-		if len(points) > 0 {
+		if npoints > 0 {
 			s.seq.End(pc.seq, 0, false)
 		}
 		return 0, 0, nil, fmt.Errorf("pebblestore: close paths: %w", err)
 	}
-	if pc.b == nil && len(points) > 0 {
+	if pc.b == nil && npoints > 0 {
 		s.seq.End(pc.seq, pc.points, true)
 	}
 	return closed, last, pc, nil

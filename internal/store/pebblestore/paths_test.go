@@ -291,3 +291,40 @@ func BenchmarkClosePathsOf(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(closed), "ns/path")
 }
+
+// TestPathsEntryAsEncodeEntry: a close encodes its points one conversation
+// at a time, as derived; the entry is the one encodeEntry writes of them
+// all, and reads back as them.
+func TestPathsEntryAsEncodeEntry(t *testing.T) {
+	var all []flowmetrics.PathPoint
+	var body []byte
+	var last flowmetrics.PathPoint
+	for c, n := range []int{2, 0, 1, 3} {
+		for i := range n {
+			p := flowmetrics.PathPoint{Kind: flowmetrics.PathKind(1 + i%3), Flow: "F", Metric: fmt.Sprint("M", i), Conversation: fmt.Sprint("c", c), Time: t0.Add(time.Duration(i) * time.Second)}
+			if i == 1 {
+				p.Seconds = 1.5
+			}
+			var prev *flowmetrics.PathPoint
+			if len(all) > 0 {
+				prev = &last
+			}
+			body = appendPoint(body, &p, prev)
+			last = p
+			all = append(all, p)
+		}
+	}
+	got, want := pathsEntry(len(all), body), encodeEntry(nil, all)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("entry:\n got %x\nwant %x", got, want)
+	}
+	occs, paths, err := decodeEntry(got)
+	if err != nil || len(occs) != 0 || len(paths) != len(all) {
+		t.Fatalf("decoded: %d occurrences, %d points (%v); want 0, %d", len(occs), len(paths), err, len(all))
+	}
+	for i := range all {
+		if !paths[i].Time.Equal(all[i].Time) || paths[i].Conversation != all[i].Conversation || paths[i].Metric != all[i].Metric || paths[i].Seconds != all[i].Seconds || paths[i].Kind != all[i].Kind {
+			t.Errorf("point %d: got %+v, want %+v", i, paths[i], all[i])
+		}
+	}
+}
