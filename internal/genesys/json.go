@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/flowmetrics/flowmetrics/internal/swar"
 )
 
 // This file is a small JSON reader made for one job: validate a whole value
@@ -271,7 +273,7 @@ func (p *parser) scanString() (strRef, bool) {
 	for {
 		// The common case: a run of printable ASCII, eight bytes at a time.
 		for i+8 <= len(data) {
-			m := special(binary.LittleEndian.Uint64(data[i:]))
+			m := swar.Special(binary.LittleEndian.Uint64(data[i:]))
 			if m != 0 {
 				i += bits.TrailingZeros64(m) / 8
 				break
@@ -319,20 +321,12 @@ func (p *parser) scanString() (strRef, bool) {
 	}
 }
 
+// lsb and msb set the lowest and the top bit of each of a word's eight
+// bytes (printableASCII tests eight bytes of a name at a time).
 const (
 	lsb = 0x0101010101010101
 	msb = 0x8080808080808080
 )
-
-// special returns w with the top bit of each byte set where w (eight bytes
-// of a string, little-endian) holds a quote, a backslash, a control
-// character or a non-ASCII byte. Borrows can also mark bytes above the first
-// marked one, so only the lowest mark is exact, and that is the one used.
-func special(w uint64) uint64 {
-	q := w ^ (lsb * '"')
-	b := w ^ (lsb * '\\')
-	return ((q-lsb)&^q | (b-lsb)&^b | (w - lsb*0x20) | w) & msb
-}
 
 func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'

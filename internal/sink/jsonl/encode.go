@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/swar"
 )
 
 // appendLine appends p's line to b, byte for byte what encoding/json's
@@ -103,7 +104,7 @@ func plain(s string) bool {
 	for ; i+8 <= len(s); i += 8 {
 		w := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
 			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
-		if special(w) != 0 {
+		if swar.Special(w) != 0 {
 			break
 		}
 	}
@@ -123,20 +124,6 @@ func plain(s string) bool {
 		i += size
 	}
 	return true
-}
-
-const (
-	lsb = 0x0101010101010101
-	msb = 0x8080808080808080
-)
-
-// special is non-zero when w (eight bytes) holds a quote, a backslash, a
-// control character or a byte outside ASCII: each of them sets the top bit
-// of some byte, and no other byte sets any.
-func special(w uint64) uint64 {
-	q := w ^ (lsb * '"')
-	b := w ^ (lsb * '\\')
-	return ((q-lsb)&^q | (b-lsb)&^b | (w-lsb*0x20)&^w | w) & msb
 }
 
 // appendEncoded appends v as encoding/json's Encoder writes it, HTML

@@ -22,23 +22,9 @@ import (
 // does not wait for that sync, sees the first claim's key as held (each
 // key is new once) and is not acknowledged before the first is durable.
 func TestClaimStartsWhileTheOneBeforeSyncs(t *testing.T) {
-	var hold atomic.Bool
-	release := make(chan struct{})
-	inj := errorfs.InjectorFunc(func(o errorfs.Op) error {
-		if hold.Load() && strings.HasSuffix(o.Path, ".log") && (o.Kind == errorfs.OpFileSync || o.Kind == errorfs.OpFileSyncData) {
-			<-release
-		}
-		return nil
-	})
-	s, err := pebblestore.OpenFS(t.TempDir(), errorfs.Wrap(vfs.Default, inj), store.Options{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	hold, release := new(atomic.Bool), make(chan struct{})
+	s := openHeldSync(t, store.Options{}, hold, release)
 	ctx := context.Background()
-	if err := s.Register(ctx, []string{"a"}); err != nil {
-		t.Fatal(err)
-	}
 	at := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
 	occ := func(name string) flowmetrics.Occurrence {
 		return flowmetrics.Occurrence{Key: fmt.Sprintf("FMetric_%s(%s)", name, at.Format(time.RFC3339)), Flow: "F", Metric: name, Time: at}
@@ -111,26 +97,11 @@ func TestClaimStartsWhileTheOneBeforeSyncs(t *testing.T) {
 // as late), and the close's points are not read from the outbox until
 // its wait has seen it durable.
 func TestCloseStartsWhileItsSyncIsHeld(t *testing.T) {
-	var hold atomic.Bool
-	release := make(chan struct{})
-	inj := errorfs.InjectorFunc(func(o errorfs.Op) error {
-		if hold.Load() && strings.HasSuffix(o.Path, ".log") && (o.Kind == errorfs.OpFileSync || o.Kind == errorfs.OpFileSyncData) {
-			<-release
-		}
-		return nil
-	})
 	at := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
 	now := func() time.Time { return at }
-	opts := store.Options{Now: now, Paths: &flowmetrics.PathOptions{Grace: time.Minute, Idle: time.Hour}}
-	s, err := pebblestore.OpenFS(t.TempDir(), errorfs.Wrap(vfs.Default, inj), opts, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	hold, release := new(atomic.Bool), make(chan struct{})
+	s := openHeldSync(t, store.Options{Now: now, Paths: &flowmetrics.PathOptions{Grace: time.Minute, Idle: time.Hour}}, hold, release)
 	ctx := context.Background()
-	if err := s.Register(ctx, []string{"a"}); err != nil {
-		t.Fatal(err)
-	}
 	occ := func(name string) flowmetrics.Occurrence {
 		return flowmetrics.Occurrence{Key: fmt.Sprintf("FMetric_%s(%s)", name, at.Format(time.RFC3339)), Flow: "F", Metric: name, Time: at}
 	}
@@ -182,4 +153,25 @@ func TestCloseStartsWhileItsSyncIsHeld(t *testing.T) {
 	if n, err := s.ClosePathsOf(ctx, []string{"c1"}, at.Add(time.Hour), derive); err != nil || n != 0 {
 		t.Errorf("closing again: closed %d (%v), want 0", n, err)
 	}
+}
+
+// openHeldSync opens a registered store whose write-ahead log's syncs wait
+// for release while hold is set, and closes it when the test ends.
+func openHeldSync(t *testing.T, opts store.Options, hold *atomic.Bool, release <-chan struct{}) *pebblestore.Store {
+	t.Helper()
+	inj := errorfs.InjectorFunc(func(o errorfs.Op) error {
+		if hold.Load() && strings.HasSuffix(o.Path, ".log") && (o.Kind == errorfs.OpFileSync || o.Kind == errorfs.OpFileSyncData) {
+			<-release
+		}
+		return nil
+	})
+	s, err := pebblestore.OpenFS(t.TempDir(), errorfs.Wrap(vfs.Default, inj), opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.Register(context.Background(), []string{"a"}); err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -1,4 +1,4 @@
-package genesys
+package swar
 
 import (
 	"encoding/binary"
@@ -7,25 +7,26 @@ import (
 	"testing"
 )
 
-// special must find the first byte that does not stand for itself in a
-// string, for every byte value in every position, whatever surrounds it.
+// Special must find the first byte that does not stand for itself in a
+// JSON string, for every byte value in every position, whatever surrounds
+// it, and report none in a word of plain bytes.
 func TestSpecial(t *testing.T) {
 	first := func(b []byte) int {
 		for i, c := range b {
-			if !plain[c] {
+			if c < 0x20 || c >= 0x80 || c == '"' || c == '\\' {
 				return i
 			}
 		}
 		return 8
 	}
 	check := func(b []byte) {
-		m := special(binary.LittleEndian.Uint64(b))
+		m := Special(binary.LittleEndian.Uint64(b))
 		got := 8
 		if m != 0 {
 			got = bits.TrailingZeros64(m) / 8
 		}
 		if want := first(b); got != want {
-			t.Fatalf("special(%q): got first special byte at %d, want %d", b, got, want)
+			t.Fatalf("Special(%q): got first special byte at %d, want %d", b, got, want)
 		}
 	}
 	b := make([]byte, 8)
