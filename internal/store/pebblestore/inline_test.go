@@ -132,13 +132,7 @@ func TestKeysSpillPastTheBound(t *testing.T) {
 		t.Errorf("Keys after the spill: got %d, want %d", len(keys), len(all))
 	}
 	clock.Advance(2 * time.Hour)
-	if n, err := s.Sweep(ctx); err != nil || n != 1 {
-		t.Errorf("sweep: removed %d (%v), want 1", n, err)
-	}
-	n := records(t, s, keyPrefix)
-	if n != 0 {
-		t.Errorf("after the sweep: %d records under m/, want none", n)
-	}
+	sweepsAll(t, s, 1)
 }
 
 // oldHeader encodes h as stores wrote headers before keys could be inline:
@@ -232,13 +226,7 @@ func TestOldPerKeyLayoutStays(t *testing.T) {
 		t.Errorf("close derived from %q, want the 4 keys", derived)
 	}
 	clock.Advance(48 * time.Hour)
-	if n, err := s.Sweep(ctx); err != nil || n != 2 {
-		t.Errorf("sweep: removed %d (%v), want 2", n, err)
-	}
-	n := records(t, s, keyPrefix)
-	if n != 0 {
-		t.Errorf("after the sweep: %d records under m/, want none", n)
-	}
+	sweepsAll(t, s, 2)
 }
 
 // FuzzInlineKeys: any set of keys (here the lines of the input, whatever
@@ -270,4 +258,16 @@ func FuzzInlineKeys(f *testing.F) {
 			}
 		}
 	})
+}
+
+// sweepsAll sweeps s, which must remove want conversations and leave no
+// record of any conversation behind.
+func sweepsAll(t *testing.T, s *Store, want int) {
+	t.Helper()
+	if n, err := s.Sweep(context.Background()); err != nil || n != want {
+		t.Errorf("sweep: removed %d (%v), want %d", n, err, want)
+	}
+	if n := records(t, s, keyPrefix); n != 0 {
+		t.Errorf("after the sweep: %d records under m/, want none", n)
+	}
 }
