@@ -109,6 +109,9 @@ type Store struct {
 
 	pairMu sync.Mutex // guards pairs and serialises AdmitPairs
 	pairs  store.PairSet
+
+	// ended holds the headers the closes read next (paths on).
+	ended *endedHeaders
 }
 
 // Sizes. A write-ahead log holds what its memtable holds, and Pebble keeps
@@ -196,7 +199,7 @@ func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, 
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f}
+	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f, ended: newEndedHeaders(maxEndedHeaders)}
 	err = s.convertHeaders()
 	if err == nil {
 		err = s.convertLegacy()
@@ -483,6 +486,7 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 		if err := b.Commit(opt); err != nil {
 			return nil, fmt.Errorf("pebblestore: claim: %w", err)
 		}
+		s.wroteHeaders(staged, dirty)
 		return &pendingClaim{refused: refused.Err()}, nil
 	}
 	seq := s.seq.Begin()
@@ -494,6 +498,7 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 		s.seq.End(seq, 0, false)
 		return nil, fmt.Errorf("pebblestore: %w", err)
 	}
+	s.wroteHeaders(staged, dirty)
 	// The batch is applied: wait syncs and closes it.
 	pc := &pendingClaim{s: s, b: b, seq: seq, out: out, refused: refused.Err()}
 	b = nil
@@ -907,6 +912,7 @@ func (s *Store) sweepChunk(ids []string, now time.Time) (removed int, err error)
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return removed, fmt.Errorf("pebblestore: sweep: %w", err)
 	}
+	s.ended.forget(ids)
 	return removed, nil
 }
 
