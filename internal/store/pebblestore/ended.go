@@ -14,18 +14,24 @@ import "sync"
 // the closes read the headers from Pebble again, as they do for a
 // conversation it has no room for.
 type endedHeaders struct {
-	mu  sync.Mutex
-	m   map[string]header
-	max int // at most this many (0: hold none)
+	mu    sync.Mutex
+	m     map[string]header
+	size  int // the bytes held (endedSize of each)
+	limit int // at most this many (0: hold none)
 }
 
-// maxEndedHeaders bounds the headers held, about 250 bytes each: a replay
-// closes its ended paths a few batches after their end, and serve within
-// its grace; past the bound a close reads the header from Pebble.
-const maxEndedHeaders = 1 << 14
+// maxEndedBytes bounds the memory the headers held take (endedSize): a
+// replay closes its ended paths a few batches after their end, and serve
+// within its grace; past the bound a close reads the header from Pebble.
+// A header of a few keys takes about 250 bytes: some 16,000 of them.
+const maxEndedBytes = 4 << 20
 
-func newEndedHeaders(max int) *endedHeaders {
-	return &endedHeaders{m: make(map[string]header), max: max}
+// endedSize is what holding h, of conversation id, takes: its id, its
+// keys and, for the rest of the header and the map's entry, 128 bytes.
+func endedSize(id string, h *header) int { return len(id) + len(h.inlineKeys) + 128 }
+
+func newEndedHeaders(limit int) *endedHeaders {
+	return &endedHeaders{m: make(map[string]header), limit: limit}
 }
 
 // get returns the header of id, if held.
@@ -53,14 +59,19 @@ func (s *Store) wroteHeaders(staged map[string]*staged, dirty []string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, id := range dirty {
-		h := &staged[id].h
-		if !h.endedOpen() {
-			delete(e.m, id)
-			continue
-		}
-		if _, ok := e.m[id]; ok || len(e.m) < e.max {
+		e.drop(id)
+		if h := &staged[id].h; h.endedOpen() && e.size+endedSize(id, h) <= e.limit {
 			e.m[id] = *h
+			e.size += endedSize(id, h)
 		}
+	}
+}
+
+// drop drops the header of id, if held. The caller holds e.mu.
+func (e *endedHeaders) drop(id string) {
+	if h, ok := e.m[id]; ok {
+		e.size -= endedSize(id, &h)
+		delete(e.m, id)
 	}
 }
 
@@ -70,6 +81,6 @@ func (e *endedHeaders) forget(ids []string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, id := range ids {
-		delete(e.m, id)
+		e.drop(id)
 	}
 }

@@ -16,20 +16,21 @@ import (
 )
 
 // TestClosesReadHeldHeadersAsPebble: a store whose closes take the headers
-// of ended paths from memory (endedHeaders) and one that reads them all
-// from Pebble, given the same random claims (new and repeated keys, ends
+// of ended paths from memory (endedHeaders), one with room for only a few
+// of them, and one that reads them all from Pebble, given the same random
+// claims (new and repeated keys, ends
 // before and after keys, keys past what a header carries), closes by name
 // (applied and waited for, or at once), closes through the deadline index,
 // sweeps of expired conversations and restarts, close the same paths with
 // the same keys, claim the same occurrences and end with the same records.
 func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 	ctx := context.Background()
-	for seed := range uint64(4) {
+	for seed := range uint64(3) {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			clock := storetest.NewClock(t0)
 			opts := store.Options{Now: clock.Now, Retention: 3 * time.Hour, Paths: &flowmetrics.PathOptions{Grace: time.Minute, Idle: time.Hour}}
-			dirs := []string{t.TempDir(), t.TempDir()}
-			stores := make([]*Store, 2)
+			dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
+			stores := make([]*Store, len(dirs))
 			open := func() {
 				for i, dir := range dirs {
 					if stores[i] != nil {
@@ -42,8 +43,9 @@ func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 					t.Cleanup(func() { s.Close() })
 					stores[i] = s
 				}
-				// The second reads every header from Pebble.
-				stores[1].ended = newEndedHeaders(0)
+				// The second holds a few headers, the third none.
+				stores[1].ended = newEndedHeaders(1200)
+				stores[2].ended = newEndedHeaders(0)
 			}
 			open()
 			rng := rand.New(rand.NewPCG(seed, 14))
@@ -59,8 +61,8 @@ func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 				}
 				return storetest.Occ(flow, fmt.Sprintf("M%d", i), t0.Add(time.Duration(i)*time.Second))
 			}
-			held := 0 // closes that found headers held
-			for step := range 500 {
+			held, limited := 0, 0 // closes that found headers held; steps the second store held fewer
+			for step := range 400 {
 				switch op := rng.IntN(20); {
 				case op < 11:
 					var reqs []flowmetrics.ClaimRequest
@@ -72,7 +74,7 @@ func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 						}
 						reqs = append(reqs, r)
 					}
-					var got [2][]string
+					got := make([][]string, len(stores))
 					for i, s := range stores {
 						occ, err := s.Claim(ctx, reqs)
 						if err != nil {
@@ -82,8 +84,10 @@ func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 							got[i] = append(got[i], fmt.Sprintf("%s %v", o.Key, o.AfterClose))
 						}
 					}
-					if !slices.Equal(got[0], got[1]) {
-						t.Fatalf("step %d: claimed %q with headers held, %q without", step, got[0], got[1])
+					for i := range 2 {
+						if !slices.Equal(got[i], got[2]) {
+							t.Fatalf("step %d: claimed %q with headers held (store %d), %q without", step, got[i], i, got[2])
+						}
 					}
 				case op < 14:
 					clock.Advance(time.Duration(rng.IntN(150)) * time.Second)
@@ -99,7 +103,7 @@ func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 					}
 					byName := op < 17
 					limit := 1 + rng.IntN(6)
-					var got [2]string
+					got := make([]string, len(stores))
 					for i, s := range stores {
 						var paths []string
 						derive := func(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
@@ -125,34 +129,47 @@ func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 						slices.Sort(paths)
 						got[i] = fmt.Sprint(n, paths)
 					}
-					if got[0] != got[1] {
-						t.Fatalf("step %d: closed %s with headers held, %s without", step, got[0], got[1])
+					for i := range 2 {
+						if got[i] != got[2] {
+							t.Fatalf("step %d: closed %s with headers held (store %d), %s without", step, got[i], i, got[2])
+						}
 					}
 				case op == 18:
-					var n [2]int
+					n := make([]int, len(stores))
 					for i, s := range stores {
 						var err error
 						if n[i], err = s.Sweep(ctx); err != nil {
 							t.Fatal(err)
 						}
 					}
-					if n[0] != n[1] {
-						t.Fatalf("step %d: swept %d with headers held, %d without", step, n[0], n[1])
+					if n[0] != n[2] || n[1] != n[2] {
+						t.Fatalf("step %d: swept %v (the last without headers held)", step, n)
 					}
 				default:
 					open()
+				}
+				if len(stores[1].ended.m) < len(stores[0].ended.m) {
+					limited++
+				}
+				for i, s := range stores[:2] {
+					if e := s.ended; e.size > e.limit || len(e.m) > 0 && e.size < len(e.m)*128 {
+						t.Fatalf("step %d: store %d holds %d headers in %d bytes, limit %d", step, i, len(e.m), e.size, e.limit)
+					}
 				}
 				if t.Failed() {
 					return
 				}
 			}
-			if held == 0 {
-				t.Error("no close found a header held: the test does not test it")
+			if held == 0 || limited == 0 {
+				t.Errorf("%d closes found headers held, %d steps found the second store full: the test does not test both", held, limited)
 			}
 			for _, prefix := range [][]byte{keyPrefix, duePrefix} {
-				a, b := dump(t, stores[0], prefix), dump(t, stores[1], prefix)
-				if !slices.EqualFunc(a, b, func(x, y [2][]byte) bool { return bytes.Equal(x[0], y[0]) && bytes.Equal(x[1], y[1]) }) {
-					t.Errorf("records under %q differ: %d with headers held, %d without", prefix, len(a), len(b))
+				want := dump(t, stores[2], prefix)
+				for i := range 2 {
+					got := dump(t, stores[i], prefix)
+					if !slices.EqualFunc(got, want, func(x, y [2][]byte) bool { return bytes.Equal(x[0], y[0]) && bytes.Equal(x[1], y[1]) }) {
+						t.Errorf("records under %q differ: %d with headers held (store %d), %d without", prefix, len(got), i, len(want))
+					}
 				}
 			}
 		})

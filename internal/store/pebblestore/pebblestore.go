@@ -199,7 +199,7 @@ func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, 
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f, ended: newEndedHeaders(maxEndedHeaders)}
+	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f, ended: newEndedHeaders(maxEndedBytes)}
 	err = s.convertHeaders()
 	if err == nil {
 		err = s.convertLegacy()
