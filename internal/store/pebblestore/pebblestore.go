@@ -192,7 +192,7 @@ func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, 
 		log = slog.Default()
 	}
 	f := newFatal()
-	db, err := openDB(dir, fs, f, log)
+	db, err := openDB(dir, fs, f, opts.TableWriteRate, log)
 	if err != nil {
 		return nil, err
 	}
@@ -218,14 +218,18 @@ func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, 
 
 // openDB opens Pebble, turning a panic or a Fatalf during the open (a
 // write-ahead-log replay on a full disk) into an error.
-func openDB(dir string, fs vfs.FS, f *fatal, log *slog.Logger) (db *pebble.DB, err error) {
+func openDB(dir string, fs vfs.FS, f *fatal, tableWriteRate int64, log *slog.Logger) (db *pebble.DB, err error) {
 	defer f.recover(&err)
 	memTable := uint64(minMemTableSize)
 	if fs == nil {
 		memTable = memTableSize(dir)
 		fs = vfs.Default
 	}
-	fs = noPrealloc{fs}
+	var pace *pacer
+	if tableWriteRate > 0 {
+		pace = &pacer{rate: float64(tableWriteRate)}
+	}
+	fs = noPrealloc{FS: fs, pace: pace}
 	opts := &pebble.Options{
 		FS:                          fs,
 		Logger:                      pebbleLogger{log: log.With("component", "pebble"), fatal: f, errors: &limiter{}},
@@ -241,9 +245,17 @@ func openDB(dir string, fs vfs.FS, f *fatal, log *slog.Logger) (db *pebble.DB, e
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
+	if pace != nil {
+		opts.BytesPerSync = pacedBytesPerSync
+		opts.EventListener = &pebble.EventListener{}
+		pace.listen(opts.EventListener)
+	}
 	db, err = pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
+	if pace != nil {
+		pace.db.Store(db)
 	}
 	return db, nil
 }
@@ -1388,11 +1400,19 @@ var (
 
 // noPrealloc is a filesystem whose files are never preallocated: Pebble
 // would reserve 110 % of the memtable size for each write-ahead log at its
-// first write (see Sizes).
-type noPrealloc struct{ vfs.FS }
+// first write (see Sizes). With pace set, it also paces the writes of
+// tables (see pacer).
+type noPrealloc struct {
+	vfs.FS
+	pace *pacer
+}
 
 func (n noPrealloc) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
-	return wrapFile(n.FS.Create(name, c))
+	f, err := wrapFile(n.FS.Create(name, c))
+	if err != nil {
+		return nil, err
+	}
+	return n.pace.file(name, f), nil
 }
 
 func (n noPrealloc) OpenReadWrite(name string, c vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
