@@ -29,9 +29,15 @@ import (
 // the disk takes them. So pacing can delay a flush or compaction, never
 // ingest.
 type pacer struct {
-	rate    float64 // bytes per second of each table being written
-	db      atomic.Pointer[pebble.DB]
-	stalled atomic.Bool
+	rate float64 // bytes per second of each table being written
+	// l0Tables counts the tables in level 0; nil while the store opens.
+	l0Tables atomic.Pointer[func() int64]
+	stalled  atomic.Bool
+	closing atomic.Bool // the store is closing: Close waits for compactions
+	// now and sleep are the clock (time.Now and time.Sleep; tests pass
+	// their own).
+	now   func() time.Time
+	sleep func(time.Duration)
 	// behind caches whether level 0 is backed up, asked of db at most
 	// every pacerCheckEvery.
 	behind    atomic.Bool
@@ -51,19 +57,33 @@ const (
 	pacerSlack = 4 * time.Millisecond
 )
 
+// newPacer returns a pacer of rate bytes per second; nil for none.
+func newPacer(rate int64) *pacer {
+	if rate <= 0 {
+		return nil
+	}
+	return &pacer{rate: float64(rate), now: time.Now, sleep: time.Sleep}
+}
+
+// watch has the pacer follow db's level 0.
+func (p *pacer) watch(db *pebble.DB) {
+	l0 := func() int64 { return db.Metrics().Levels[0].TablesCount }
+	p.l0Tables.Store(&l0)
+}
+
 // hurry reports whether tables must be written at full speed.
 func (p *pacer) hurry() bool {
-	if p.stalled.Load() {
+	if p.stalled.Load() || p.closing.Load() {
 		return true
 	}
-	db := p.db.Load()
-	if db == nil {
+	l0 := p.l0Tables.Load()
+	if l0 == nil {
 		// Opening: the flush of a replayed log.
 		return true
 	}
-	now := time.Now().UnixNano()
+	now := p.now().UnixNano()
 	if at := p.checkedAt.Load(); now-at >= int64(pacerCheckEvery) && p.checkedAt.CompareAndSwap(at, now) {
-		p.behind.Store(db.Metrics().Levels[0].TablesCount >= l0HurryThreshold)
+		p.behind.Store((*l0)() >= l0HurryThreshold)
 	}
 	return p.behind.Load()
 }
@@ -101,7 +121,7 @@ type pacedFile struct {
 
 func (f *pacedFile) Write(b []byte) (int, error) {
 	n, err := f.File.Write(b)
-	now := time.Now()
+	now := f.p.now()
 	if f.next.Before(now) {
 		f.next = now
 	}
@@ -110,7 +130,7 @@ func (f *pacedFile) Write(b []byte) (int, error) {
 		if f.p.hurry() {
 			f.next = now
 		} else {
-			time.Sleep(ahead)
+			f.p.sleep(ahead)
 		}
 	}
 	return n, err

@@ -109,6 +109,8 @@ type Store struct {
 
 	pairMu sync.Mutex // guards pairs and serialises AdmitPairs
 	pairs  store.PairSet
+
+	pace *pacer // nil: tables written at full speed
 }
 
 // Sizes. A write-ahead log holds what its memtable holds, and Pebble keeps
@@ -188,15 +190,20 @@ func Open(dir string, opts store.Options, log *slog.Logger) (*Store, error) {
 
 // open is Open on the filesystem fs (nil: the operating system's).
 func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, error) {
+	return openPaced(dir, fs, opts, newPacer(opts.TableWriteRate), log)
+}
+
+// openPaced is open with its tables' writes paced by pace (nil: none).
+func openPaced(dir string, fs vfs.FS, opts store.Options, pace *pacer, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	f := newFatal()
-	db, err := openDB(dir, fs, f, opts.TableWriteRate, log)
+	db, err := openDB(dir, fs, f, pace, log)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f}
+	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f, pace: pace}
 	err = s.convertHeaders()
 	if err == nil {
 		err = s.convertLegacy()
@@ -218,16 +225,12 @@ func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, 
 
 // openDB opens Pebble, turning a panic or a Fatalf during the open (a
 // write-ahead-log replay on a full disk) into an error.
-func openDB(dir string, fs vfs.FS, f *fatal, tableWriteRate int64, log *slog.Logger) (db *pebble.DB, err error) {
+func openDB(dir string, fs vfs.FS, f *fatal, pace *pacer, log *slog.Logger) (db *pebble.DB, err error) {
 	defer f.recover(&err)
 	memTable := uint64(minMemTableSize)
 	if fs == nil {
 		memTable = memTableSize(dir)
 		fs = vfs.Default
-	}
-	var pace *pacer
-	if tableWriteRate > 0 {
-		pace = &pacer{rate: float64(tableWriteRate)}
 	}
 	fs = noPrealloc{FS: fs, pace: pace}
 	opts := &pebble.Options{
@@ -255,7 +258,7 @@ func openDB(dir string, fs vfs.FS, f *fatal, tableWriteRate int64, log *slog.Log
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
 	}
 	if pace != nil {
-		pace.db.Store(db)
+		pace.watch(db)
 	}
 	return db, nil
 }
@@ -1210,6 +1213,10 @@ func (s *Store) Close() (err error) {
 		return nil
 	}
 	defer s.fatal.recover(&err)
+	if s.pace != nil {
+		// Close waits for the compaction under way: at full speed.
+		s.pace.closing.Store(true)
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("pebblestore: close: %w", err)
 	}
