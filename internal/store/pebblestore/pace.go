@@ -33,7 +33,7 @@ type pacer struct {
 	// l0Tables counts the tables in level 0; nil while the store opens.
 	l0Tables atomic.Pointer[func() int64]
 	stalled  atomic.Bool
-	closing atomic.Bool // the store is closing: Close waits for compactions
+	closing  atomic.Bool // the store is closing: Close waits for compactions
 	// now and sleep are the clock (time.Now and time.Sleep; tests pass
 	// their own).
 	now   func() time.Time
