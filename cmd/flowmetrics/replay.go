@@ -78,7 +78,7 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	defer closeInputs(inputs)
 
 	m := telemetry.New()
-	st, err := openStore(cfg, log)
+	st, err := openStore(cfg, log, 0)
 	if err != nil {
 		return err
 	}

@@ -62,7 +62,7 @@ func TestReplayClaimsWhileTheBatchBeforeSyncs(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	st, err := openStore(cfg, log)
+	st, err := openStore(cfg, log, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

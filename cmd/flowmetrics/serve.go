@@ -103,6 +103,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return serve(ctx, cfg, cfg.HTTP.Secret(), log)
 }
 
+// serveTableWriteRate is the rate at which serve's embedded store writes
+// each table while it keeps up (store.Options.TableWriteRate): a flush or
+// compaction at full speed puts megabytes before the write-ahead log's
+// next sync, which every acknowledgement waits for. Replay, which waits
+// for no one, writes them at full speed.
+const serveTableWriteRate = 32 << 20
+
 func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logger) error {
 	return serveWith(ctx, cfg, secret, log, nil)
 }
@@ -126,7 +133,7 @@ func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.
 		ln.Close()
 		return err
 	}
-	st, err := openStore(cfg, log)
+	st, err := openStore(cfg, log, serveTableWriteRate)
 	if err != nil {
 		ln.Close()
 		return err

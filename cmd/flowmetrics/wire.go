@@ -21,9 +21,9 @@ import (
 )
 
 // openStore opens the configured store. The embedded one lives in
-// <data_dir>/state.
-func openStore(c config.Config, log *slog.Logger) (flowmetrics.Store, error) {
-	opts := store.Options{Retention: c.Store.Retention}
+// <data_dir>/state; tableWriteRate is its store.Options.TableWriteRate.
+func openStore(c config.Config, log *slog.Logger, tableWriteRate int64) (flowmetrics.Store, error) {
+	opts := store.Options{Retention: c.Store.Retention, TableWriteRate: tableWriteRate}
 	if c.Paths.IsEnabled() {
 		opts.Paths = c.Paths.Options()
 	}

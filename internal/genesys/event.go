@@ -86,10 +86,25 @@ func ExtractNames(names []string) ([]flowmetrics.Occurrence, []Malformed) {
 // The occurrences of the events of a batch are cut from a few large
 // slices rather than allocated an event at a time; each event's has its
 // own capacity, so appending to one never reaches another's.
+//
+// A batch whose events share few names (a shuffled archive's seldom share
+// a conversation) would pay a map lookup and insert per name for nothing:
+// once memoTrial names were looked up and fewer than one in memoFew found,
+// the memo stops looking names up and remembering them until Reset.
 type NameMemo struct {
 	seen map[string]flowmetrics.Occurrence
 	room []flowmetrics.Occurrence // the slice occurrences are cut from
+	// Names looked up in seen since Reset, and found there.
+	looked, found int
 }
+
+const (
+	memoTrial = 1024
+	memoFew   = 8
+)
+
+// useful reports whether the memo still looks names up.
+func (m *NameMemo) useful() bool { return m.looked < memoTrial || m.found*memoFew >= m.looked }
 
 // memoRoom is how many occurrences a NameMemo allocates room for at once.
 const memoRoom = 1024
@@ -108,6 +123,7 @@ func (m *NameMemo) Extract(names []string) ([]flowmetrics.Occurrence, []Malforme
 func (m *NameMemo) Reset() {
 	clear(m.seen)
 	m.room = nil
+	m.looked, m.found = 0, 0
 }
 
 // cut returns an empty slice with room for n occurrences.
@@ -141,8 +157,9 @@ func extractNames(names []string, m *NameMemo) ([]flowmetrics.Occurrence, []Malf
 		names = slices.Compact(slices.Sorted(slices.Values(names)))
 	}
 	var seen map[string]flowmetrics.Occurrence
-	if m != nil {
+	if m != nil && m.useful() {
 		seen = m.seen
+		m.looked += len(names)
 	}
 	var occs []flowmetrics.Occurrence
 	size := 0
@@ -153,6 +170,7 @@ func extractNames(names []string, m *NameMemo) ([]flowmetrics.Occurrence, []Malf
 	var bad []Malformed
 	for _, name := range names {
 		if o, ok := seen[name]; ok {
+			m.found++
 			if occs == nil {
 				occs = m.cut(len(names))
 			}

@@ -1,6 +1,7 @@
 package genesys
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -186,5 +187,42 @@ func TestNameMemoAsExtract(t *testing.T) {
 		if got, want := k[0], k[1]; len(got)+len(want) > 0 && !reflect.DeepEqual(got, want) {
 			t.Fatalf("kept %d: got %v, want %v", i, got, want)
 		}
+	}
+}
+
+// TestNameMemoGivesUpOnFewRepeats: a batch whose events seldom repeat a
+// name (memoTrial names, fewer than one in memoFew seen before) has the
+// memo stop looking names up and remembering them, and it still extracts
+// what ExtractNames does, the names it remembered before included.
+func TestNameMemoGivesUpOnFewRepeats(t *testing.T) {
+	var memo NameMemo
+	name := func(i int) string { return fmt.Sprintf("FMetric_A%d(2026-11-20T09:31:48.900Z)", i) }
+	check := func(names ...string) {
+		t.Helper()
+		got, gotBad := memo.Extract(names)
+		want, wantBad := ExtractNames(names)
+		if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotBad, wantBad) {
+			t.Fatalf("%q: got %v %v, want %v %v", names, got, gotBad, want, wantBad)
+		}
+	}
+	for i := 0; i < memoTrial-2; i += 2 {
+		check(name(i), name(i+1))
+	}
+	if !memo.useful() || len(memo.seen) != memoTrial-2 {
+		t.Fatalf("after %d distinct names: useful %v, %d remembered", memoTrial-2, memo.useful(), len(memo.seen))
+	}
+	check(name(memoTrial-2), name(memoTrial-1))
+	if memo.useful() {
+		t.Fatalf("after %d names, %d found: still looking names up", memo.looked, memo.found)
+	}
+	check(name(0), name(memoTrial+2), "FMetric_Bad(yesterday)")
+	if len(memo.seen) != memoTrial {
+		t.Errorf("%d names remembered after the memo gave up, want %d", len(memo.seen), memoTrial)
+	}
+	memo.Reset()
+	check(name(1), name(1))
+	check(name(1))
+	if !memo.useful() || memo.found != 1 {
+		t.Errorf("after Reset: useful %v, %d found, want the memo looking again", memo.useful(), memo.found)
 	}
 }

@@ -22,6 +22,12 @@ type Options struct {
 	Now func() time.Time
 	// Paths, when set, turns on conversation paths (Store.ClosePaths).
 	Paths *flowmetrics.PathOptions
+	// TableWriteRate, when set, is the rate in bytes per second at which
+	// the embedded store writes each of its tables (memtable flushes and
+	// compactions) while it keeps up, so that they do not slow the syncs
+	// acknowledgements wait for; 0 writes them as fast as the disk takes
+	// them. Other stores ignore it.
+	TableWriteRate int64
 }
 
 // WithDefaults fills in the zero fields.

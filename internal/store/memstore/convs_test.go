@@ -225,3 +225,45 @@ func BenchmarkHasInFullConversation(b *testing.B) {
 		}
 	}
 }
+
+// TestWarmReadsWhatFindReads: warm's passes read, for a conversation at
+// its home slot, the record find returns and that record's block, and
+// nothing for a conversation the table does not hold. (warm changes
+// nothing; had it read other memory, a claim would only be slower.)
+func TestWarmReadsWhatFindReads(t *testing.T) {
+	c := newConvs()
+	var ids []string
+	for i := range 5000 {
+		id := fmt.Sprintf("conv-%d", i)
+		ids = append(ids, id)
+		c.add(id, c.hash(id), occs(fmt.Sprintf("F Metric_A%d(2026-11-01T00:00:00.000Z)", i%7)))
+	}
+	ids = append(ids, "absent-1", "absent-2")
+	var w warmed
+	warmedHeld := 0
+	for start := 0; start < len(ids); start += warmGroup {
+		group := ids[start:min(start+warmGroup, len(ids))]
+		c.warm(&w, func(j int) string { return group[j] }, len(group))
+		for j, id := range group {
+			if w.hs[j] != c.hash(id) {
+				t.Fatalf("%q: hash %x, want %x", id, w.hs[j], c.hash(id))
+			}
+			i, held := c.find(id, w.hs[j])
+			if w.rec[j] == 0 {
+				continue // not at its home slot, or not held
+			}
+			if !held || w.rec[j]-1 != i {
+				t.Fatalf("%q: warmed record %d, find gives %d (held %v)", id, w.rec[j]-1, i, held)
+			}
+			if r := c.rec(i); w.chunk[j] != r.chunk || w.pos[j] != r.pos || w.used[j] != r.used {
+				t.Fatalf("%q: warmed block %d/%d/%d, the record's is %d/%d/%d", id, w.chunk[j], w.pos[j], w.used[j], r.chunk, r.pos, r.used)
+			}
+			warmedHeld++
+		}
+	}
+	// With the table at most three quarters full, most conversations are
+	// at their home slot.
+	if warmedHeld < 5000/2 {
+		t.Errorf("warm read the records of %d of 5000 held conversations", warmedHeld)
+	}
+}

@@ -33,6 +33,8 @@ type Store struct {
 	due dueHeap
 
 	pairs store.PairSet // the cardinality guard's admitted pairs
+
+	warmed warmed // a claim's group of lookups under way (convs.warm)
 }
 
 // dueItem files the conversation of record c, as it was at generation
@@ -127,12 +129,18 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 	now := s.opts.Now()
 	var out []flowmetrics.Occurrence
 	var refused store.Refusals
+	w := &s.warmed
 	for i, r := range reqs {
+		if i%warmGroup == 0 {
+			// The next group's lookups, at once (see warm).
+			group := reqs[i:min(i+warmGroup, len(reqs))]
+			s.convs.warm(w, func(j int) string { return group[j].ConversationID }, len(group))
+		}
 		if err := store.CheckID(r.ConversationID); err != nil {
 			refused.Add(i, flowmetrics.RefusedIDTooLong, err)
 			continue
 		}
-		h := s.convs.hash(r.ConversationID)
+		h := w.hs[i%warmGroup]
 		c, found := s.convs.find(r.ConversationID, h)
 		held := found && !s.opts.Expired(timeOf(s.convs.rec(c).changed), now)
 		// The request's new occurrences, at the end of out.

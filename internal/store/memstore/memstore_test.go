@@ -3,6 +3,7 @@ package memstore_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"strings"
 	"testing"
@@ -101,4 +102,59 @@ func TestDeliveredEntriesAreReleased(t *testing.T) {
 	if held.Value() != nil {
 		t.Errorf("the key of a delivered occurrence is still alive")
 	}
+}
+
+// BenchmarkClaimAtRandom claims events of conversations taken at random
+// among the many a store holds, as a replay of a shuffled archive does:
+// each event repeats a key its conversation holds and brings a new one,
+// 2,000 events a claim (replay's batch), paths on. It reports the time per
+// event; the store's lookups each find a conversation at a random place
+// in hundreds of megabytes.
+func BenchmarkClaimAtRandom(b *testing.B) {
+	const convs, batch = 500_000, 2000
+	ctx := context.Background()
+	now := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	s := memstore.New(store.Options{Now: func() time.Time { return now }, Paths: &flowmetrics.PathOptions{Grace: time.Minute, Idle: time.Hour}})
+	defer s.Close()
+	if err := s.Register(ctx, nil); err != nil {
+		b.Fatal(err)
+	}
+	id := func(i int) string { return fmt.Sprintf("%08x-0001-4001-810d-38c7c42b8f0e", i) }
+	occ := func(step int) flowmetrics.Occurrence {
+		t := now.Add(time.Duration(step) * time.Second)
+		return flowmetrics.Occurrence{Key: fmt.Sprintf("CustomerRouting Metric_Step%d(%s)", step, t.Format("2006-01-02T15:04:05.000Z")), Flow: "CustomerRouting", Metric: fmt.Sprintf("Step%d", step), Time: t}
+	}
+	claim := func(reqs []flowmetrics.ClaimRequest) {
+		if _, err := s.Claim(ctx, reqs); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Register(ctx, nil); err != nil { // delivers the outbox
+			b.Fatal(err)
+		}
+	}
+	reqs := make([]flowmetrics.ClaimRequest, 0, batch)
+	for i := range convs {
+		reqs = append(reqs, flowmetrics.ClaimRequest{ConversationID: id(i), Occurrences: []flowmetrics.Occurrence{occ(0)}})
+		if len(reqs) == batch {
+			claim(reqs)
+			reqs = reqs[:0]
+		}
+	}
+	// The events, made before the timer starts: conversation at random,
+	// a key it holds and a new one (of the 1,000 steps, most new).
+	rnd := rand.New(rand.NewPCG(17, 17))
+	events := make([][]flowmetrics.ClaimRequest, 64)
+	for k := range events {
+		for range batch {
+			step := 1 + rnd.IntN(1000)
+			events[k] = append(events[k], flowmetrics.ClaimRequest{ConversationID: id(rnd.IntN(convs)), Occurrences: []flowmetrics.Occurrence{occ(0), occ(step)}})
+		}
+	}
+	b.ResetTimer()
+	n := 0
+	for b.Loop() {
+		claim(events[n%len(events)])
+		n++
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n*batch), "ns/event")
 }

@@ -116,6 +116,8 @@ type Store struct {
 	fresh *freshFilter
 	// freshSkips counts the header reads fresh answered.
 	freshSkips atomic.Int64
+
+	pace *pacer // nil: tables written at full speed
 }
 
 // Sizes. A write-ahead log holds what its memtable holds, and Pebble keeps
@@ -195,15 +197,20 @@ func Open(dir string, opts store.Options, log *slog.Logger) (*Store, error) {
 
 // open is Open on the filesystem fs (nil: the operating system's).
 func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, error) {
+	return openPaced(dir, fs, opts, newPacer(opts.TableWriteRate), log)
+}
+
+// openPaced is open with its tables' writes paced by pace (nil: none).
+func openPaced(dir string, fs vfs.FS, opts store.Options, pace *pacer, log *slog.Logger) (*Store, error) {
 	if log == nil {
 		log = slog.Default()
 	}
 	f := newFatal()
-	db, err := openDB(dir, fs, f, log)
+	db, err := openDB(dir, fs, f, pace, log)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f}
+	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f, pace: pace}
 	err = s.convertHeaders()
 	if err == nil {
 		err = s.convertLegacy()
@@ -228,14 +235,14 @@ func open(dir string, fs vfs.FS, opts store.Options, log *slog.Logger) (*Store, 
 
 // openDB opens Pebble, turning a panic or a Fatalf during the open (a
 // write-ahead-log replay on a full disk) into an error.
-func openDB(dir string, fs vfs.FS, f *fatal, log *slog.Logger) (db *pebble.DB, err error) {
+func openDB(dir string, fs vfs.FS, f *fatal, pace *pacer, log *slog.Logger) (db *pebble.DB, err error) {
 	defer f.recover(&err)
 	memTable := uint64(minMemTableSize)
 	if fs == nil {
 		memTable = memTableSize(dir)
 		fs = vfs.Default
 	}
-	fs = noPrealloc{fs}
+	fs = noPrealloc{FS: fs, pace: pace}
 	opts := &pebble.Options{
 		FS:                          fs,
 		Logger:                      pebbleLogger{log: log.With("component", "pebble"), fatal: f, errors: &limiter{}},
@@ -251,9 +258,17 @@ func openDB(dir string, fs vfs.FS, f *fatal, log *slog.Logger) (db *pebble.DB, e
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
+	if pace != nil {
+		opts.BytesPerSync = pacedBytesPerSync
+		opts.EventListener = &pebble.EventListener{}
+		pace.listen(opts.EventListener)
+	}
 	db, err = pebble.Open(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("pebblestore: open %s: %w", dir, err)
+	}
+	if pace != nil {
+		pace.watch(db)
 	}
 	return db, nil
 }
@@ -1234,6 +1249,10 @@ func (s *Store) Close() (err error) {
 		return nil
 	}
 	defer s.fatal.recover(&err)
+	if s.pace != nil {
+		// Close waits for the compaction under way: at full speed.
+		s.pace.closing.Store(true)
+	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("pebblestore: close: %w", err)
 	}
@@ -1424,11 +1443,19 @@ var (
 
 // noPrealloc is a filesystem whose files are never preallocated: Pebble
 // would reserve 110 % of the memtable size for each write-ahead log at its
-// first write (see Sizes).
-type noPrealloc struct{ vfs.FS }
+// first write (see Sizes). With pace set, it also paces the writes of
+// tables (see pacer).
+type noPrealloc struct {
+	vfs.FS
+	pace *pacer
+}
 
 func (n noPrealloc) Create(name string, c vfs.DiskWriteCategory) (vfs.File, error) {
-	return wrapFile(n.FS.Create(name, c))
+	f, err := wrapFile(n.FS.Create(name, c))
+	if err != nil {
+		return nil, err
+	}
+	return n.pace.file(name, f), nil
 }
 
 func (n noPrealloc) OpenReadWrite(name string, c vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
