@@ -118,6 +118,9 @@ type Store struct {
 	freshSkips atomic.Int64
 
 	pace *pacer // nil: tables written at full speed
+
+	// ended holds the headers the closes read next (paths on).
+	ended *endedHeaders
 }
 
 // Sizes. A write-ahead log holds what its memtable holds, and Pebble keeps
@@ -210,7 +213,7 @@ func openPaced(dir string, fs vfs.FS, opts store.Options, pace *pacer, log *slog
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f, pace: pace}
+	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f, pace: pace, ended: newEndedHeaders(maxEndedBytes)}
 	err = s.convertHeaders()
 	if err == nil {
 		err = s.convertLegacy()
@@ -528,6 +531,7 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 		if err := b.Commit(opt); err != nil {
 			return nil, fmt.Errorf("pebblestore: claim: %w", err)
 		}
+		s.wroteHeaders(staged, dirty)
 		return &pendingClaim{refused: refused.Err()}, nil
 	}
 	seq := s.seq.Begin()
@@ -539,6 +543,7 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 		s.seq.End(seq, 0, false)
 		return nil, fmt.Errorf("pebblestore: %w", err)
 	}
+	s.wroteHeaders(staged, dirty)
 	// The batch is applied: wait syncs and closes it.
 	pc := &pendingClaim{s: s, b: b, seq: seq, out: out, refused: refused.Err()}
 	b = nil
@@ -958,6 +963,7 @@ func (s *Store) sweepChunk(ids []string, now time.Time) (removed int, err error)
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return removed, fmt.Errorf("pebblestore: sweep: %w", err)
 	}
+	s.ended.forget(ids)
 	return removed, nil
 }
 
