@@ -278,6 +278,7 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 	// each key into its memtable from where the one before went.
 	var index [][2][]byte // deadline index changes: key, and nil to delete or an empty value to set
 	var headers [][2][]byte
+	var rewrote []string // the conversations of headers
 	// The entries in deadline order, a chunk at a time of at most the
 	// paths still to close, so no header is read beyond the limit.
 	for rest := found; len(rest) > 0 && closed < limit; {
@@ -300,6 +301,7 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 			case closeRefile:
 				index = append(index, [2][]byte{dueKey(c.h.path.Filed, c.id), {}})
 				headers = append(headers, [2][]byte{c.key, c.h.encode()})
+				rewrote = append(rewrote, c.id)
 			case closeNow:
 				if c.at == byName && c.h.path.Filed != 0 {
 					index = append(index, [2][]byte{dueKey(c.h.path.Filed, c.id), nil})
@@ -317,6 +319,7 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 				c.h.path = c.h.path.Close()
 				c.h.changed = now.UnixNano()
 				headers = append(headers, [2][]byte{c.key, c.h.encode()})
+				rewrote = append(rewrote, c.id)
 				closed++
 			}
 		}
@@ -361,6 +364,9 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 	if pc.b == nil && npoints > 0 {
 		s.seq.End(pc.seq, pc.points, true)
 	}
+	// Every header the batch rewrote is closed or filed again: none is
+	// held any longer.
+	s.ended.forget(rewrote)
 	return closed, last, pc, nil
 }
 
@@ -426,23 +432,35 @@ func (s *Store) readClosing(iter func() (*pebble.Iterator, error), cs []closing,
 		cs[i].key = headerKey(cs[i].id)
 	}
 	slices.SortFunc(order, func(a, b *closing) int { return bytes.Compare(a.key, b.key) })
-	// One iterator, its seeks in key order, as a claim reads (stageAll):
-	// a Get each set up an iterator of its own.
-	hit, err := s.db.NewIter(claimIterOptions)
-	if err != nil {
-		return fmt.Errorf("pebblestore: close paths: %w", err)
-	}
-	defer hit.Close()
-	for _, c := range order {
-		if !seek(hit, c.key) {
-			if err := hit.Error(); err != nil {
-				return fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
-			}
-			continue // gone: stale
+	// The headers held in memory (endedHeaders) are not read; the others
+	// through one iterator, its seeks in key order, as a claim reads
+	// (stageAll): a Get each set up an iterator of its own.
+	var hit *pebble.Iterator
+	defer func() {
+		if hit != nil {
+			hit.Close()
 		}
-		h, err := decodeHeader(hit.Value())
-		if err != nil {
-			return fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
+	}()
+	for _, c := range order {
+		h, held := s.ended.get(c.id)
+		if !held {
+			if hit == nil {
+				var err error
+				if hit, err = s.db.NewIter(claimIterOptions); err != nil {
+					hit = nil
+					return fmt.Errorf("pebblestore: close paths: %w", err)
+				}
+			}
+			if !seek(hit, c.key) {
+				if err := hit.Error(); err != nil {
+					return fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
+				}
+				continue // gone: stale
+			}
+			var err error
+			if h, err = decodeHeader(hit.Value()); err != nil {
+				return fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
+			}
 		}
 		c.h = h
 		p := h.path
@@ -458,6 +476,7 @@ func (s *Store) readClosing(iter func() (*pebble.Iterator, error), cs []closing,
 		case h.inline:
 			// The header carries the keys: none to read.
 			c.action = closeNow
+			var err error
 			if c.keys, err = h.inlineList(); err != nil {
 				return fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
 			}

@@ -110,7 +110,17 @@ type Store struct {
 	pairMu sync.Mutex // guards pairs and serialises AdmitPairs
 	pairs  store.PairSet
 
+	// fresh answers the header reads of conversations claimed for the
+	// first time, when the store held none at Open (fresh.go); nil
+	// otherwise.
+	fresh *freshFilter
+	// freshSkips counts the header reads fresh answered.
+	freshSkips atomic.Int64
+
 	pace *pacer // nil: tables written at full speed
+
+	// ended holds the headers the closes read next (paths on).
+	ended *endedHeaders
 }
 
 // Sizes. A write-ahead log holds what its memtable holds, and Pebble keeps
@@ -203,7 +213,7 @@ func openPaced(dir string, fs vfs.FS, opts store.Options, pace *pacer, log *slog
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f, pace: pace}
+	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f, pace: pace, ended: newEndedHeaders(maxEndedBytes)}
 	err = s.convertHeaders()
 	if err == nil {
 		err = s.convertLegacy()
@@ -213,6 +223,9 @@ func openPaced(dir string, fs vfs.FS, opts store.Options, pace *pacer, log *slog
 	}
 	if err == nil {
 		err = s.load()
+	}
+	if err == nil {
+		err = s.startFresh()
 	}
 	if err != nil {
 		if f.Err() == nil {
@@ -261,6 +274,23 @@ func openDB(dir string, fs vfs.FS, f *fatal, pace *pacer, log *slog.Logger) (db 
 		pace.watch(db)
 	}
 	return db, nil
+}
+
+// startFresh turns the filter of claimed conversations on when the store
+// holds no conversation (see fresh.go).
+func (s *Store) startFresh() error {
+	empty := true
+	err := s.scan(keyPrefix, func(k, v []byte) error {
+		empty = false
+		return errChunk
+	})
+	if err != nil && !errors.Is(err, errChunk) {
+		return err
+	}
+	if empty {
+		s.fresh = newFreshFilter(freshBlocks, maxFresh)
+	}
+	return nil
 }
 
 // Done is closed when the store has failed in a way it cannot survive (see
@@ -463,6 +493,9 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 	slices.Sort(dirty)
 	for _, id := range dirty {
 		c := staged[id]
+		// Before the batch is applied and the stripes released: a later
+		// claim of the conversation reads its header.
+		s.fresh.add(c.prefix)
 		if paths {
 			at, err := fileIndex(b, c)
 			if err != nil {
@@ -498,6 +531,7 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 		if err := b.Commit(opt); err != nil {
 			return nil, fmt.Errorf("pebblestore: claim: %w", err)
 		}
+		s.wroteHeaders(staged, dirty)
 		return &pendingClaim{refused: refused.Err()}, nil
 	}
 	seq := s.seq.Begin()
@@ -509,6 +543,7 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 		s.seq.End(seq, 0, false)
 		return nil, fmt.Errorf("pebblestore: %w", err)
 	}
+	s.wroteHeaders(staged, dirty)
 	// The batch is applied: wait syncs and closes it.
 	pc := &pendingClaim{s: s, b: b, seq: seq, out: out, refused: refused.Err()}
 	b = nil
@@ -642,9 +677,15 @@ func (s *Store) readPart(order []*staged, now time.Time) (err error) {
 	}
 	defer it.Close()
 	var key []byte
+	skipped := 0
+	defer func() { s.freshSkips.Add(int64(skipped)) }()
 	for _, c := range order {
 		asked := c.asked
 		c.asked = nil
+		if s.fresh.absent(c.prefix) {
+			skipped++
+			continue // never claimed: no header, no keys
+		}
 		if !seek(it, c.prefix) {
 			if err := it.Error(); err != nil {
 				return fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
@@ -922,6 +963,7 @@ func (s *Store) sweepChunk(ids []string, now time.Time) (removed int, err error)
 	if err := b.Commit(pebble.NoSync); err != nil {
 		return removed, fmt.Errorf("pebblestore: sweep: %w", err)
 	}
+	s.ended.forget(ids)
 	return removed, nil
 }
 
@@ -1443,13 +1485,18 @@ type noPreallocFile struct{ vfs.File }
 
 func (noPreallocFile) Preallocate(offset, length int64) error { return nil }
 
-// GoHeapBytes returns the most memory Pebble's block cache and memtables
-// can take on the Go heap: all of it in a build without cgo, none with cgo
-// (where they are allocated outside it). A soft memory limit of the
-// process must leave room for it.
+// GoHeapBytes returns the most memory the store's caches can take on the
+// Go heap: the filter of claimed conversations (fresh.go), and Pebble's
+// block cache and memtables in a build without cgo (with cgo they are
+// allocated outside it). A soft memory limit of the process must leave
+// room for it.
 func (s *Store) GoHeapBytes() int64 {
-	if !cacheOnGoHeap {
-		return 0
+	var n int64
+	if s.fresh != nil {
+		n = int64(len(s.fresh.bits)) * 8
 	}
-	return blockCacheSize + liveMemTables*maxMemTableSize
+	if !cacheOnGoHeap {
+		return n
+	}
+	return n + blockCacheSize + liveMemTables*maxMemTableSize
 }
