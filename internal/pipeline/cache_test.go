@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"runtime"
 	"strings"
 	"testing"
@@ -149,4 +150,87 @@ func BenchmarkKnownCache(b *testing.B) {
 	b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/convs, "heap-B/conv")
 	b.ReportMetric(float64(bytes)/convs, "cache-B/conv")
 	runtime.KeepAlive(ids)
+}
+
+// BenchmarkKnownCacheBatch looks up the keys of batches of 2,000 events of
+// conversations taken at random from 500,000 held (as a replay of a
+// shuffled archive does), one event after the other, with and without
+// warming the batch's memory first (ns/op is per event).
+func BenchmarkKnownCacheBatch(b *testing.B) {
+	const convs, batch = 500_000, 2000
+	now := time.Now()
+	c := newKnownCache(2*convs, 1<<30, time.Hour)
+	ids := make([]string, convs)
+	names := make([][]string, convs)
+	for i := range convs {
+		ids[i] = fmt.Sprintf("%08x-%04x-4001-810d-38c7c42b8f0e", uint32(i*2654435761), i%65536)
+		for j := range 3 {
+			names[i] = append(names[i], fmt.Sprintf("FlowMetric_M%d(2026-12-06T02:%02d:%02d.%03dZ)", (i+j)%7, i%60, j, i%1000))
+		}
+		c.learn(ids[i], names[i], now)
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	order := make([]int, batch)
+	batchIDs := make([]string, batch)
+	for _, warm := range []bool{false, true} {
+		b.Run(fmt.Sprintf("warm=%v", warm), func(b *testing.B) {
+			var buf []string
+			for i := 0; i < b.N; i += batch {
+				b.StopTimer()
+				for j := range order {
+					order[j] = rng.IntN(convs)
+					batchIDs[j] = ids[order[j]]
+				}
+				b.StartTimer()
+				if warm {
+					c.warm(batchIDs)
+				}
+				for _, n := range order {
+					if _, known := c.unknownNames(ids[n], names[n], now, buf); known != 3 {
+						b.Fatalf("known %d, want 3", known)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestKnownCacheWarmChangesNothing warms a cache that has evicted, grown
+// and compacted, with ids it holds, ids it evicted, ids of other forms
+// and repeats, and checks that its entries, index, bytes and LRU order
+// are what they were.
+func TestKnownCacheWarmChangesNothing(t *testing.T) {
+	now := time.Now()
+	c := newKnownCache(1_000_000, 256<<10, time.Hour)
+	conv := func(i int) string { return fmt.Sprintf("%08x-0001-4001-810d-38c7c42b8f0e", i) }
+	var ids []string
+	for i := range 5000 {
+		keys := []string{fmt.Sprintf("FlowMetric_M%d(2026-12-06T02:00:%02d.000Z)", i%5, i%60)}
+		if i%7 == 0 {
+			keys = append(keys, fmt.Sprintf("FlowMetric_M%d(2026-12-06T02:00:00+00:00)", i)) // kept as bytes
+		}
+		id := conv(i)
+		if i%11 == 0 {
+			id = fmt.Sprintf("conv-%d", i)
+		}
+		c.learn(id, keys, now)
+		ids = append(ids, id)
+	}
+	ids = append(ids, "", "never-seen", ids[4999], ids[4999], strings.Repeat("x", 2000))
+	snapshot := func() string {
+		var b strings.Builder
+		fmt.Fprintf(&b, "%v %v %d %d %v %v", c.ents, c.index, c.count, c.free, c.slab.used, c.slab.garbage)
+		for e := c.ents[0].next; e != 0; e = c.ents[e].next {
+			fmt.Fprintf(&b, " %x", c.blob(e))
+		}
+		return b.String()
+	}
+	before := snapshot()
+	if n, _ := c.size(); n == 5000 || n < 100 {
+		t.Fatalf("the cache holds %d conversations: the test needs it to have evicted some", n)
+	}
+	c.warm(ids)
+	if after := snapshot(); after != before {
+		t.Error("warm changed the cache")
+	}
 }

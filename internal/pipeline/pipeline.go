@@ -347,6 +347,12 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 			memo.Reset()
 			p.memos.Put(memo)
 		}()
+		p.warmCache(len(recs), func(i int) (string, bool) {
+			if r := recs[i]; r.Outcome == genesys.Accepted && r.Event != nil {
+				return r.Event.ConversationID, true
+			}
+			return "", false
+		})
 	}
 	for i, r := range recs {
 		c.left = len(recs) - i
@@ -439,6 +445,7 @@ func (p *Pipeline) StartCommit(ctx context.Context, b *Prepared) (finish func() 
 // touches (which carry a key the cache already knew) stay as they are.
 func (p *Pipeline) refilter(c *claimBatch) {
 	now := p.cfg.Now()
+	p.warmCache(len(c.reqs), func(i int) (string, bool) { return c.reqs[i].ConversationID, true })
 	j := 0
 	for i, rq := range c.reqs {
 		if !rq.Ended && !c.touch[i] {
@@ -601,6 +608,24 @@ func (p *Pipeline) extract(names []string, memo *genesys.NameMemo, res *Result) 
 	return occs
 }
 
+// warmCache has the known-key cache read ahead the memory of the
+// conversations of a large batch (knownCache.warm) before its lookups, one
+// per item of the batch: id(i) returns the item's conversation and whether
+// the cache will be asked about it. A small batch (a serve request) is
+// looked up as it is: its few lookups gain nothing.
+func (p *Pipeline) warmCache(n int, id func(i int) (string, bool)) {
+	if p.cache == nil || n < memoBatch {
+		return
+	}
+	ids := make([]string, 0, n)
+	for i := range n {
+		if conv, ok := id(i); ok {
+			ids = append(ids, conv)
+		}
+	}
+	p.cache.warm(ids)
+}
+
 // firstKnown returns, as a slice of one, the least of names that is not
 // in unknown (the names the cache did not know; it knew at least one).
 func firstKnown(names, unknown []string) []string {
@@ -645,6 +670,7 @@ func (p *Pipeline) claimed(c *claimBatch, res Result, fresh []flowmetrics.Occurr
 		}
 	}
 	p.m.RecordsAccepted.Add(float64(res.Accepted))
+	p.warmCache(len(c.reqs), func(i int) (string, bool) { return c.reqs[i].ConversationID, !deferred[i] })
 	for i, rq := range c.reqs {
 		// A deferred request's keys are not known yet: the holder may die
 		// before delivering, and the retry must reach the store. A refused

@@ -110,6 +110,13 @@ type Store struct {
 	pairMu sync.Mutex // guards pairs and serialises AdmitPairs
 	pairs  store.PairSet
 
+	// fresh answers the header reads of conversations claimed for the
+	// first time, when the store held none at Open (fresh.go); nil
+	// otherwise.
+	fresh *freshFilter
+	// freshSkips counts the header reads fresh answered.
+	freshSkips atomic.Int64
+
 	pace *pacer // nil: tables written at full speed
 
 	// ended holds the headers the closes read next (paths on).
@@ -219,6 +226,9 @@ func openPaced(dir string, fs vfs.FS, opts store.Options, pace *pacer, log *slog
 	if err == nil {
 		err = s.load()
 	}
+	if err == nil {
+		err = s.startFresh()
+	}
 	if err != nil {
 		if f.Err() == nil {
 			db.Close()
@@ -266,6 +276,23 @@ func openDB(dir string, fs vfs.FS, f *fatal, pace *pacer, log *slog.Logger) (db 
 		pace.watch(db)
 	}
 	return db, nil
+}
+
+// startFresh turns the filter of claimed conversations on when the store
+// holds no conversation (see fresh.go).
+func (s *Store) startFresh() error {
+	empty := true
+	err := s.scan(keyPrefix, func(k, v []byte) error {
+		empty = false
+		return errChunk
+	})
+	if err != nil && !errors.Is(err, errChunk) {
+		return err
+	}
+	if empty {
+		s.fresh = newFreshFilter(freshBlocks, maxFresh)
+	}
+	return nil
 }
 
 // Done is closed when the store has failed in a way it cannot survive (see
@@ -470,6 +497,9 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 	slices.Sort(dirty)
 	for _, id := range dirty {
 		c := staged[id]
+		// Before the batch is applied and the stripes released: a later
+		// claim of the conversation reads its header.
+		s.fresh.add(c.prefix)
 		if paths {
 			at, err := fileIndex(b, c)
 			if err != nil {
@@ -652,9 +682,15 @@ func (s *Store) readPart(order []*staged, now time.Time) (err error) {
 	}
 	defer it.Close()
 	var key []byte
+	skipped := 0
+	defer func() { s.freshSkips.Add(int64(skipped)) }()
 	for _, c := range order {
 		asked := c.asked
 		c.asked = nil
+		if s.fresh.absent(c.prefix) {
+			skipped++
+			continue // never claimed: no header, no keys
+		}
 		if !seek(it, c.prefix) {
 			if err := it.Error(); err != nil {
 				return fmt.Errorf("pebblestore: read conversation %q: %w", c.id, err)
@@ -1454,13 +1490,18 @@ type noPreallocFile struct{ vfs.File }
 
 func (noPreallocFile) Preallocate(offset, length int64) error { return nil }
 
-// GoHeapBytes returns the most memory Pebble's block cache and memtables
-// can take on the Go heap: all of it in a build without cgo, none with cgo
-// (where they are allocated outside it). A soft memory limit of the
-// process must leave room for it.
+// GoHeapBytes returns the most memory the store's caches can take on the
+// Go heap: the filter of claimed conversations (fresh.go), and Pebble's
+// block cache and memtables in a build without cgo (with cgo they are
+// allocated outside it). A soft memory limit of the process must leave
+// room for it.
 func (s *Store) GoHeapBytes() int64 {
-	if !cacheOnGoHeap {
-		return 0
+	var n int64
+	if s.fresh != nil {
+		n = int64(len(s.fresh.bits)) * 8
 	}
-	return blockCacheSize + liveMemTables*maxMemTableSize
+	if !cacheOnGoHeap {
+		return n
+	}
+	return n + blockCacheSize + liveMemTables*maxMemTableSize
 }
