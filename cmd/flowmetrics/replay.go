@@ -91,7 +91,7 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 		if err != nil {
 			return err
 		}
-		r := &replayer{p: p, stderr: stderr, started: time.Now(), paths: newReplayCloser(p, cfg.Paths.IsEnabled(), cfg.Paths.WithDefaults().Grace)}
+		r := &replayer{p: p, stderr: stderr, started: time.Now(), paths: newReplayCloser(p, st, cfg.Paths.IsEnabled(), cfg.Paths.WithDefaults().Grace)}
 		if file, ok := stderr.(*os.File); ok && f.progress && term.IsTerminal(int(file.Fd())) {
 			stopBar := r.showProgress(file, inputs)
 			defer stopBar()

@@ -73,7 +73,7 @@ func TestReplayClaimsWhileTheBatchBeforeSyncs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &replayer{p: p, stderr: io.Discard, started: time.Now(), paths: newReplayCloser(p, true, cfg.Paths.WithDefaults().Grace)}
+	r := &replayer{p: p, stderr: io.Discard, started: time.Now(), paths: newReplayCloser(p, w, true, cfg.Paths.WithDefaults().Grace)}
 	f, err := os.Open(in)
 	if err != nil {
 		t.Fatal(err)

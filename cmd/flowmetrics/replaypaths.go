@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 )
@@ -41,9 +42,13 @@ import (
 // ahead of few ends, and most paths close at the end of the input, as if
 // it were complete.
 type replayCloser struct {
-	p     *pipeline.Pipeline
-	grace time.Duration
-	clock int64 // unix ns; 0 until a batch had event times
+	p *pipeline.Pipeline
+	// syncLog, when not nil, makes the closes applied so far durable:
+	// the embedded store applies a replay's closes without a sync of
+	// their own, durable with the next claim's.
+	syncLog func() error
+	grace   time.Duration
+	clock   int64 // unix ns; 0 until a batch had event times
 	// ended holds the conversations whose end was read, oldest first (so
 	// in the order they are due), at most maxReplayEnded; ends beyond
 	// that close at the end of the input.
@@ -53,10 +58,10 @@ type replayCloser struct {
 	// beside their close: they are closed after it.
 	later []string
 	// job is the running closes' outcome once they are applied (nil:
-	// none runs); synced the last closes' once they are durable (nil:
-	// none started, or waited for).
+	// none runs); synced the outcomes, once durable, of the closes
+	// started and not yet seen durable, oldest first.
 	job    chan replayCloseResult
-	synced chan error
+	synced []chan error
 }
 
 type replayEnd struct {
@@ -74,11 +79,15 @@ type replayCloseResult struct {
 const maxReplayEnded = 100_000
 
 // newReplayCloser returns nil when paths are off.
-func newReplayCloser(p *pipeline.Pipeline, on bool, grace time.Duration) *replayCloser {
+func newReplayCloser(p *pipeline.Pipeline, st flowmetrics.Store, on bool, grace time.Duration) *replayCloser {
 	if !on {
 		return nil
 	}
-	return &replayCloser{p: p, grace: grace}
+	c := &replayCloser{p: p, grace: grace}
+	if ls, ok := st.(interface{ SyncLog() error }); ok {
+		c.syncLog = ls.SyncLog
+	}
+	return c
 }
 
 // decodedBatch is a batch of records as the replay hands it from its
@@ -199,21 +208,18 @@ func (c *replayCloser) start(ctx context.Context, beside ...*batchPaths) (int, e
 	if len(now) == 0 {
 		return closed, nil
 	}
+	if err := c.syncedSoFar(); err != nil {
+		return closed, err
+	}
 	c.job = make(chan replayCloseResult, 1)
-	before := c.synced
-	c.synced = make(chan error, 1)
+	synced := make(chan error, 1)
+	c.synced = append(c.synced, synced)
 	go func(job chan<- replayCloseResult, synced chan<- error) {
-		// The closes are applied without waiting for their sync (the
-		// claims after them see them, and a later sync makes them durable
-		// with the claims': after a crash, neither outlives the other
-		// out of order); each waits for the sync of the one before.
-		if before != nil {
-			if err := <-before; err != nil {
-				job <- replayCloseResult{0, err}
-				synced <- err
-				return
-			}
-		}
+		// The closes are applied without a sync of their own: the claims
+		// after them see them, and the sync of the next of those makes
+		// them durable (the log keeps its order: after a crash, neither
+		// outlives the other out of order); their points are delivered
+		// only then.
 		// Due in the store's own clock too: the end was claimed before
 		// now, and is due the grace after its claim.
 		n, wait, err := c.p.StartClosePathsOf(ctx, now, time.Now().Add(c.grace))
@@ -222,8 +228,25 @@ func (c *replayCloser) start(ctx context.Context, beside ...*batchPaths) (int, e
 			err = wait()
 		}
 		synced <- err
-	}(c.job, c.synced)
+	}(c.job, synced)
 	return closed, nil
+}
+
+// syncedSoFar drops the closes seen durable, oldest first, and returns the
+// first failure among them.
+func (c *replayCloser) syncedSoFar() error {
+	for len(c.synced) > 0 {
+		select {
+		case err := <-c.synced[0]:
+			c.synced = c.synced[1:]
+			if err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
+	return nil
 }
 
 // applied waits until the closes running, if any, are applied (every
@@ -241,11 +264,17 @@ func (c *replayCloser) applied() (int, error) {
 // returns how many the last of them closed.
 func (c *replayCloser) wait() (int, error) {
 	n, err := c.applied()
-	if c == nil || c.synced == nil {
+	if c == nil {
 		return n, err
 	}
-	if serr := <-c.synced; err == nil {
-		err = serr
+	if len(c.synced) > 0 && c.syncLog != nil && err == nil {
+		// No claim follows them to make them durable.
+		err = c.syncLog()
+	}
+	for _, synced := range c.synced {
+		if serr := <-synced; err == nil {
+			err = serr
+		}
 	}
 	c.synced = nil
 	return n, err

@@ -118,7 +118,10 @@ func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 						case byName:
 							var wait func() error
 							if n, wait, err = s.StartClosePathsOf(ctx, ids, clock.Now(), derive); err == nil {
-								err = wait()
+								// No claim follows it: durable now.
+								if err = s.SyncLog(); err == nil {
+									err = wait()
+								}
 							}
 						default:
 							n, err = s.ClosePaths(ctx, clock.Now(), limit, derive)

@@ -352,8 +352,10 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 	}
 	if !overlap {
 		err = b.Commit(pebble.Sync)
-	} else if err = s.db.ApplyNoSyncWait(b, pebble.Sync); err == nil {
-		pc.b, b = b, nil
+	} else if err = b.Commit(pebble.NoSync); err == nil {
+		// Durable with the next claim's sync (or, failing one soon, a
+		// sync of its own: wait).
+		pc.mark, pc.unsynced = s.marks.closed(), true
 	}
 	if err != nil {
 		if npoints > 0 {
@@ -361,7 +363,7 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 		}
 		return 0, 0, nil, fmt.Errorf("pebblestore: close paths: %w", err)
 	}
-	if pc.b == nil && npoints > 0 {
+	if !pc.unsynced && npoints > 0 {
 		s.seq.End(pc.seq, pc.points, true)
 	}
 	// Every header the batch rewrote is closed or filed again: none is
@@ -370,25 +372,25 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 	return closed, last, pc, nil
 }
 
-// pendingClose is a close batch closeAll wrote: applied and, when b is
-// set, not yet known to be durable.
+// pendingClose is a close batch closeAll wrote: applied and, when
+// unsynced, not yet known to be durable.
 type pendingClose struct {
-	s      *Store
-	b      *pebble.Batch // nil: committed already, or nothing written
-	seq    uint64        // its outbox entry; 0: none
-	points int64
+	s        *Store
+	unsynced bool   // applied without a sync: durable once mark is
+	mark     uint64 // its log mark (logMarks)
+	seq      uint64 // its outbox entry; 0: none
+	points   int64
 }
 
 // wait waits until the close is durable, and makes its outbox entry, if
 // any, visible to the sinks' cursors.
 func (pc *pendingClose) wait() (err error) {
-	if pc.b == nil {
+	if !pc.unsynced {
 		return nil
 	}
 	s := pc.s
 	defer s.fatal.recover(&err)
-	defer pc.b.Close()
-	if err := pc.b.SyncWait(); err != nil {
+	if err := s.marks.await(s.db, pc.mark); err != nil {
 		// The write-ahead log failed, as for a claim (pendingClaim).
 		if pc.seq != 0 {
 			s.seq.End(pc.seq, 0, false)

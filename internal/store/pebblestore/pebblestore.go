@@ -121,6 +121,8 @@ type Store struct {
 
 	// ended holds the headers the closes read next (paths on).
 	ended *endedHeaders
+	// marks tell when a close applied without a sync of its own is durable.
+	marks *logMarks
 }
 
 // Sizes. A write-ahead log holds what its memtable holds, and Pebble keeps
@@ -213,7 +215,7 @@ func openPaced(dir string, fs vfs.FS, opts store.Options, pace *pacer, log *slog
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f, pace: pace, ended: newEndedHeaders(maxEndedBytes)}
+	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f, pace: pace, ended: newEndedHeaders(maxEndedBytes), marks: newLogMarks()}
 	err = s.convertHeaders()
 	if err == nil {
 		err = s.convertLegacy()
@@ -385,6 +387,7 @@ func (s *Store) StartClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 type pendingClaim struct {
 	s       *Store
 	b       *pebble.Batch // nil: nothing to wait for
+	mark    uint64        // the log marks its batch follows
 	seq     uint64
 	out     []flowmetrics.Occurrence
 	refused error
@@ -406,6 +409,7 @@ func (pc *pendingClaim) wait() (_ []flowmetrics.Occurrence, err error) {
 		return nil, s.fatal.Err()
 	}
 	s.seq.End(pc.seq, int64(len(pc.out)), true)
+	s.marks.synced(pc.mark)
 	return pc.out, pc.refused
 }
 
@@ -539,13 +543,14 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 		s.seq.End(seq, 0, false)
 		return nil, fmt.Errorf("pebblestore: %w", err)
 	}
+	mark := s.marks.before()
 	if err := s.db.ApplyNoSyncWait(b, pebble.Sync); err != nil {
 		s.seq.End(seq, 0, false)
 		return nil, fmt.Errorf("pebblestore: %w", err)
 	}
 	s.wroteHeaders(staged, dirty)
 	// The batch is applied: wait syncs and closes it.
-	pc := &pendingClaim{s: s, b: b, seq: seq, out: out, refused: refused.Err()}
+	pc := &pendingClaim{s: s, b: b, mark: mark, seq: seq, out: out, refused: refused.Err()}
 	b = nil
 	return pc, nil
 }
