@@ -146,7 +146,8 @@ func (c *knownCache) blob(e int32) []byte {
 	return c.slab.chunks[en.chunk][en.off : en.off+en.size]
 }
 
-// warm reads, for each of ids, the memory a lookup of it will read (its
+// warm reads, for each of the n conversations id(i) names (those it
+// reports true for), the memory a lookup of it will read (its
 // index slot, its entry, the start of its bytes and the entries beside it
 // in the LRU ring, which making it the most recent rewrites), so that the
 // lookups that follow find them in the processor's caches. At the scale
@@ -155,8 +156,8 @@ func (c *knownCache) blob(e int32) []byte {
 // miss. Read for a whole batch at once, pass by pass, the reads of one
 // pass do not depend on one another and overlap. It changes nothing in
 // the cache.
-func (c *knownCache) warm(ids []string) {
-	if c == nil || c.max <= 0 || len(ids) == 0 {
+func (c *knownCache) warm(n int, id func(i int) (string, bool)) {
+	if c == nil || c.max <= 0 || n == 0 {
 		return
 	}
 	c.mu.Lock()
@@ -168,8 +169,12 @@ func (c *knownCache) warm(ids []string) {
 	var sum uint64
 	// The home slots: independent reads.
 	hashes := c.warmHashes[:0]
-	for _, id := range ids {
-		h := uint32(maphash.String(c.seed, id))
+	for i := range n {
+		conv, ok := id(i)
+		if !ok {
+			continue
+		}
+		h := uint32(maphash.String(c.seed, conv))
 		hashes = append(hashes, h)
 		sum += c.index[int(h)&mask]
 	}

@@ -617,13 +617,7 @@ func (p *Pipeline) warmCache(n int, id func(i int) (string, bool)) {
 	if p.cache == nil || n < memoBatch {
 		return
 	}
-	ids := make([]string, 0, n)
-	for i := range n {
-		if conv, ok := id(i); ok {
-			ids = append(ids, conv)
-		}
-	}
-	p.cache.warm(ids)
+	p.cache.warm(n, id)
 }
 
 // firstKnown returns, as a slice of one, the least of names that is not
