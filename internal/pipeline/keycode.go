@@ -108,3 +108,19 @@ func hexDigit(c byte) (byte, bool) {
 	}
 	return 0, false
 }
+
+// uuidText writes u as a UUID the canonical way (the text uuidBytes takes)
+// into b and returns it.
+func uuidText(b *[36]byte, u *[16]byte) []byte {
+	const hex = "0123456789abcdef"
+	j := 0
+	for i, x := range u {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			b[j] = '-'
+			j++
+		}
+		b[j], b[j+1] = hex[x>>4], hex[x&15]
+		j += 2
+	}
+	return b[:]
+}
