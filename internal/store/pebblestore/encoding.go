@@ -306,10 +306,13 @@ func encodeEntry(occs []flowmetrics.Occurrence, paths []flowmetrics.PathPoint) [
 //   - its kind byte: the kind (pointKindMask), pointSameConversation,
 //     pointSameTime;
 //   - its fields byte: which of Flow, Metric, Name, Variant and Step it
-//     has (bit i for the i-th), and how its Seconds is written
-//     (pointSecondsMask: none, nanoseconds or float bits);
+//     has (bit i for the i-th), how its Seconds is written
+//     (pointSecondsMask: none, nanoseconds or float bits), and whether its
+//     conversation is a UUID written in 16 bytes (pointUUID);
 //   - the index of each name it has, in that order;
-//   - its conversation (length and bytes) unless pointSameConversation;
+//   - its conversation unless pointSameConversation: 16 bytes with
+//     pointUUID (Genesys Cloud's conversation ids are UUIDs, written in
+//     lower case), else its length and bytes;
 //   - its Seconds: a zigzag varint of nanoseconds or 8 bytes of float64
 //     bits, big-endian;
 //   - unless pointSameTime: its Unix seconds less the point before's (the
@@ -335,12 +338,11 @@ const (
 	pointKindMask         = 0x3f
 
 	// The fields byte: bits 0–4 say which names follow; then the form of
-	// Seconds.
-	pointFieldsMask    = 0x1f
-	pointSecondsMask   = 0x60
-	pointSecondsNanos  = 0x20
-	pointSecondsFloat  = 0x40
-	pointFieldsUnknown = 0x80
+	// Seconds, and of the conversation.
+	pointSecondsMask  = 0x60
+	pointSecondsNanos = 0x20
+	pointSecondsFloat = 0x40
+	pointUUID         = 0x80
 )
 
 func (w *pointsWriter) add(p *flowmetrics.PathPoint) {
@@ -360,6 +362,10 @@ func (w *pointsWriter) add(p *flowmetrics.PathPoint) {
 			fields |= 1 << i
 		}
 	}
+	var id [16]byte
+	if !same && parseUUID(p.Conversation, &id) {
+		fields |= pointUUID
+	}
 	var ns int64
 	switch {
 	case p.Seconds == 0:
@@ -374,10 +380,14 @@ func (w *pointsWriter) add(p *flowmetrics.PathPoint) {
 			b = binary.AppendUvarint(b, w.name(s))
 		}
 	}
-	if !same {
+	switch {
+	case same:
+	case fields&pointUUID != 0:
+		b = append(b, id[:]...)
+	default:
 		b = appendString(b, p.Conversation)
-		w.conv = p.Conversation
 	}
+	w.conv = p.Conversation
 	switch fields & pointSecondsMask {
 	case pointSecondsNanos:
 		b = binary.AppendVarint(b, ns)
@@ -444,6 +454,55 @@ func secondsAsNanos(s float64, ns *int64) bool {
 	}
 	*ns = int64(d)
 	return true
+}
+
+// parseUUID reports whether s is a UUID as Genesys Cloud writes
+// conversation ids (8-4-4-4-12 hex digits, lower case), so that
+// formatUUID of its 16 bytes, set in *id, is s again.
+func parseUUID(s string, id *[16]byte) bool {
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return false
+	}
+	j := 0
+	for i := 0; i < 36; i += 2 {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			i++
+		}
+		hi, lo := unhex(s[i]), unhex(s[i+1])
+		if hi > 15 || lo > 15 {
+			return false
+		}
+		id[j] = hi<<4 | lo
+		j++
+	}
+	return true
+}
+
+// unhex is the value of a lower-case hex digit, else 255.
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	}
+	return 255
+}
+
+// formatUUID writes 16 bytes as parseUUID reads them.
+func formatUUID(id []byte) string {
+	const digits = "0123456789abcdef"
+	var b [36]byte
+	j := 0
+	for i := range 16 {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			b[j] = '-'
+			j++
+		}
+		b[j], b[j+1] = digits[id[i]>>4], digits[id[i]&15]
+		j += 2
+	}
+	return string(b[:])
 }
 
 // nanosecondsCode writes a time's nanoseconds in fewer bytes when they are
@@ -517,7 +576,7 @@ func decodePaths(v []byte) ([]flowmetrics.PathPoint, error) {
 	var sec, nsec int64
 	var at time.Time
 	for i := range out {
-		if len(v) < 2 || v[1]&pointFieldsUnknown != 0 {
+		if len(v) < 2 {
 			return nil, errCorrupt
 		}
 		kind, fields := v[0], v[1]
@@ -538,13 +597,21 @@ func decodePaths(v []byte) ([]flowmetrics.PathPoint, error) {
 			}
 			v = v[m:]
 		}
-		if kind&pointSameConversation == 0 {
+		switch {
+		case kind&pointSameConversation != 0:
+			if i == 0 || fields&pointUUID != 0 {
+				return nil, errCorrupt
+			}
+		case fields&pointUUID != 0:
+			if len(v) < 16 {
+				return nil, errCorrupt
+			}
+			conv, v = formatUUID(v[:16]), v[16:]
+		default:
 			var err error
 			if conv, v, err = readString(v); err != nil {
 				return nil, err
 			}
-		} else if i == 0 {
-			return nil, errCorrupt
 		}
 		p.Conversation = conv
 		switch fields & pointSecondsMask {

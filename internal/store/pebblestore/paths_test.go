@@ -261,21 +261,29 @@ func TestPathPointsRoundTrip(t *testing.T) {
 }
 
 // TestPathPointsRoundTripRandom: random points (names shared or not,
-// durations whole nanoseconds or not, times before 1970 and far from each
-// other) read back exactly; every shorter prefix of the entry, and every
+// conversations UUIDs or not, durations whole nanoseconds or not, times
+// before 1970 and far from each other) read back exactly; every shorter prefix of the entry, and every
 // entry with a byte changed, reads as an error or as points, never a
 // panic.
 func TestPathPointsRoundTripRandom(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	names := []string{"", "", "F", "G", "Metric", "a/b", "ünï"}
 	pick := func() string { return names[rng.IntN(len(names))] }
+	// Conversation ids: UUIDs as Genesys Cloud writes them, and ids
+	// that are nearly UUIDs.
+	convs := []string{"c1", "", "743a6a45-0000-4000-8640-d59725fa3c01", "743A6A45-0000-4000-8640-D59725FA3C01",
+		"743a6a45-0000-4000-8640-d59725fa3c0g", "743a6a45-0000-4000-8640d-59725fa3c01", "743a6a45-0000-4000-8640-d59725fa3c011",
+		"743a6a45+0000-4000-8640-d59725fa3c01", "ffffffff-ffff-ffff-ffff-ffffffffffff"}
 	for round := range 300 {
 		points := make([]flowmetrics.PathPoint, 1+rng.IntN(20))
 		at := time.Unix(rng.Int64N(1<<40)-1<<39, 0).UTC()
-		conv := "c0"
+		conv := convs[0]
 		for i := range points {
 			if rng.IntN(3) == 0 {
-				conv = fmt.Sprint("c", rng.IntN(1000))
+				conv = convs[rng.IntN(len(convs))]
+				if rng.IntN(2) == 0 {
+					conv = fmt.Sprintf("%08x-%04x-4%03x-8%03x-%012x", rng.Uint32(), rng.IntN(1<<16), rng.IntN(1<<12), rng.IntN(1<<12), rng.Int64N(1<<48))
+				}
 			}
 			switch rng.IntN(4) {
 			case 0:
