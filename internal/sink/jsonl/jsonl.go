@@ -73,6 +73,7 @@ type Sink struct {
 	tags     map[string]string
 	tagsJSON []byte // `,"tags":{…}`, encoded once
 	buf      []byte // Send's lines, kept between batches up to maxKeep
+	stamps   stamps // the lines' times
 
 	closed bool
 
@@ -159,9 +160,9 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	if need := len(points) * lineGuess; cap(b) < need {
 		b = make([]byte, 0, need)
 	}
-	for _, p := range points {
+	for i := range points {
 		var err error
-		if b, err = appendLine(b, p, s.tags, s.tagsJSON); err != nil {
+		if b, err = appendLine(b, &s.stamps, &points[i], s.tags, s.tagsJSON); err != nil {
 			return fmt.Errorf("jsonl: %w", err)
 		}
 	}
@@ -201,7 +202,7 @@ type PathLine struct {
 
 // NewPathLine is the line of p.
 func NewPathLine(p flowmetrics.PathPoint, tags map[string]string) PathLine {
-	f := fieldsOf(p)
+	f := fieldsOf(&p)
 	l := PathLine{Path: p.Kind.String(), Flow: f.flow, Metric: f.metric, Timing: f.timing, Funnel: f.funnel,
 		Experiment: f.experiment, Variant: f.variant, Step: f.step, Timestamp: p.Time.UTC(), Conversation: p.Conversation, Tags: tags}
 	if f.timed {
@@ -217,7 +218,7 @@ type pathFields struct {
 	timed                                                   bool // seconds set
 }
 
-func fieldsOf(p flowmetrics.PathPoint) pathFields {
+func fieldsOf(p *flowmetrics.PathPoint) pathFields {
 	switch p.Kind {
 	case flowmetrics.PathExit:
 		return pathFields{flow: p.Flow, metric: p.Metric}
@@ -240,9 +241,9 @@ func (s *Sink) SendPaths(ctx context.Context, points []flowmetrics.PathPoint) er
 	if need := len(points) * lineGuess; cap(b) < need {
 		b = make([]byte, 0, need)
 	}
-	for _, p := range points {
+	for i := range points {
 		var err error
-		if b, err = appendPathLine(b, p, s.tags, s.tagsJSON); err != nil {
+		if b, err = appendPathLine(b, &s.stamps, &points[i], s.tags, s.tagsJSON); err != nil {
 			return fmt.Errorf("jsonl: %w", err)
 		}
 	}
