@@ -3,6 +3,7 @@ package paths
 import (
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
@@ -105,7 +106,12 @@ type step struct {
 // flows first appear, then timings, funnels and experiments in the
 // configuration's order.
 func (d *Deriver) Derive(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
-	path := make([]step, 0, len(cp.Keys))
+	sc := scratches.Get().(*scratch)
+	defer sc.put()
+	if cap(sc.path) < len(cp.Keys) {
+		sc.path = make([]step, 0, len(cp.Keys))
+	}
+	path := sc.path[:0]
 	for _, k := range cp.Keys {
 		a, ok, _ := genesys.ParseAttribute(k)
 		if ok {
@@ -121,7 +127,8 @@ func (d *Deriver) Derive(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
 		}
 		return strings.Compare(x.key, y.key)
 	})
-	pairs := markFlows(path)
+	sc.path = path
+	pairs := markFlows(path, sc)
 
 	out := make([]flowmetrics.PathPoint, 0, pairs+d.configured)
 	point := func(p flowmetrics.PathPoint) {
@@ -182,11 +189,15 @@ func (d *Deriver) Derive(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
 // number of its distinct flow/metric pairs: one point each, a step timing
 // or its flow's exit. It groups the steps by flow and metric with a sort
 // of their indexes, O(k log k) for k steps, rather than maps.
-func markFlows(path []step) (pairs int) {
-	idx := make([]int32, len(path))
-	for i := range idx {
-		idx[i] = int32(i)
+func markFlows(path []step, sc *scratch) (pairs int) {
+	if cap(sc.idx) < len(path) {
+		sc.idx = make([]int32, 0, len(path))
 	}
+	idx := sc.idx[:0]
+	for i := range path {
+		idx = append(idx, int32(i))
+	}
+	sc.idx = idx
 	slices.SortFunc(idx, func(x, y int32) int {
 		if c := strings.Compare(path[x].flow, path[y].flow); c != 0 {
 			return c
@@ -216,6 +227,25 @@ func markFlows(path []step) (pairs int) {
 		g = e
 	}
 	return pairs
+}
+
+// scratch is what Derive needs only while it runs, kept for the next
+// call: a close derives the paths of thousands of conversations.
+type scratch struct {
+	path []step
+	idx  []int32
+}
+
+var scratches = sync.Pool{New: func() any { return new(scratch) }}
+
+// put clears the path's strings (the keys of the conversation) and gives
+// the scratch back, unless a conversation of many keys made it large.
+func (sc *scratch) put() {
+	if cap(sc.path) > 64 {
+		return
+	}
+	clear(sc.path)
+	scratches.Put(sc)
 }
 
 // find returns the index of the first step from index from on matching

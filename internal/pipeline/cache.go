@@ -1,7 +1,6 @@
 package pipeline
 
 import (
-	"bytes"
 	"encoding/binary"
 	"hash/maphash"
 	"slices"
@@ -17,32 +16,38 @@ import (
 // of the participant) is answered without a store call. Entries live for ttl
 // from when they were learned, which keeps them inside the store's retention.
 // The cache holds at most max conversations and maxBytes bytes (as costed by
-// bytes), evicting the least recently used.
+// bytes); past either it evicts a conversation not used since the clock's
+// hand last passed it (second chance).
 //
 // It holds no Go pointer per conversation or key, so the garbage collector
 // has nothing to scan in it, and it is dense: a conversation is a fixed
-// entry (cacheEntry) in one array, found through an open-addressing index
-// of integers, and its id and keys are one run of bytes in a slab of large
-// chunks. An id that is a UUID takes its 16 bytes; a key takes an 8-byte
-// code (keycode.go): its name's id in a bounded name table and its time.
-// An id or key of any other form is kept as its bytes, so the cache is
-// exact: it answers "known" only for a key it was told for that
-// conversation, and a key it cannot keep is simply not known (the store
-// answers).
+// 56-byte entry (cacheEntry) in pages of entries, found through an
+// open-addressing index of 4-byte slots. A conversation whose id is a UUID
+// and whose keys are few keeps them all in its entry: the id's 16 bytes and
+// each key as a delta of its code (keycode.go: its name's id in a bounded
+// name table and its time). Any other conversation keeps its id and keys
+// as a run of bytes in a slab of large chunks, each key as its code or, if
+// it has none, its bytes. So the cache is exact: it answers "known" only
+// for a key it was told for that conversation, and a key it cannot keep is
+// simply not known (the store answers).
 type knownCache struct {
 	mu       sync.Mutex
 	max      int
 	maxBytes int64
-	ttl      time.Duration
+	ttl      int64 // ms, at most maxTTL
 	seed     maphash.Seed
 
-	ents  []cacheEntry // ents[0] is the sentinel of the LRU ring: ents[0].next is the most recent
-	free  int32        // first unused entry, linked by next; 0 when none
+	pages []*[pageEntries]cacheEntry // entry e is pages[e>>pageShift][e&pageMask]; entry 0 is never used
+	n     int32                      // entries handed out so far (the next new entry), from 1
+	free  int32                      // first free entry, linked through its keys; 0 when none
 	count int
-	index []uint64 // linear probing; a slot holds hash<<32 | entry, 0 when empty
+	hand  int32    // the entry the clock looked at last
+	based bool     // base is set (at the first learning)
+	base  int64    // unix ms the entries' expiries count from
+	index []uint32 // linear probing; a slot holds the hash's top byte << 24 | entry, 0 when empty
 	slab  slab
 	names nameTable
-	buf   []byte // a blob being rebuilt
+	buf   []byte // a run of keys being rebuilt
 	codes []uint64
 	raws  []string
 
@@ -51,31 +56,85 @@ type knownCache struct {
 	warmSum    uint64 // what warm read, so that its reads are not left out
 }
 
-// cacheEntry is one conversation: where its bytes are in the slab and its
-// place in the LRU ring.
+// cacheEntry is one conversation, 56 bytes.
 //
-// Its bytes are the id (uvarint 0 and 16 bytes for a UUID, else uvarint
+// keys[0] says what the rest holds. Up to maxInline: the conversation's id
+// is a UUID (its bytes in id) and keys[1:1+keys[0]] are its keys in the
+// order learned, each one token: the uvarint 0 for the end key, or the
+// uvarint of the code's name and form bits plus one, then the varint of its
+// milliseconds minus those of the coded key before it (0 for the first).
+// spilled: the keys (and an id that is not a UUID) are a run of bytes in
+// the slab (spillRef says where); free: the entry is unused.
+type cacheEntry struct {
+	id   [16]byte
+	keys [32]byte
+	exp  uint32 // expiry: ms after the cache's base, rounded down; usedBit: used since the hand passed
+	told uint32 // unix ms, wrapping: when the store last got a request of the conversation
+}
+
+const (
+	maxInline   = 31
+	spilled     = 0x80
+	freeEntry   = 0xff
+	usedBit     = 1 << 31
+	pageShift   = 12
+	pageEntries = 1 << pageShift
+	pageMask    = pageEntries - 1
+	entryBits   = 24 // an index slot's entry; its top byte is a tag of the hash
+	entryMask   = 1<<entryBits - 1
+	maxEntries  = entryMask - 1
+	// maxTTL bounds how long an entry is trusted, so that its expiry
+	// counts from a base at most maxTTL old in 31 bits, and its told time
+	// is at most that old in 32.
+	maxTTL = 1 << 30
+	// endCode is the code of the end key (""): its name bits are all ones,
+	// an id the name table never gives.
+	endCode = ^uint64(0)
+)
+
+// spillRef is where a spilled entry's bytes are. Its bytes are the id
+// (uvarint 0 for a UUID, whose bytes are in the entry, else uvarint
 // len+1 and the id), then the count of coded keys and of raw keys (uint16
 // each), the codes in increasing order (8 bytes each), and the raw keys,
 // each after its length (uint16).
-type cacheEntry struct {
-	expires int64 // unix ns; the expiry of the first learning
-	told    int64 // unix ns: when the store last got a request of the conversation
-	prev    int32
-	next    int32
-	hash    uint32
-	chunk   uint32
-	off     uint32
-	size    uint32 // bytes in use
-	room    uint32 // bytes reserved in the slab (size and room to grow)
-	keysAt  uint16 // where the key counts start
+type spillRef struct {
+	chunk, off uint32
+	size       uint32 // bytes in use
+	room       uint32 // bytes reserved in the slab (size and room to grow)
+	hash       uint32 // the id's hash (an id that is not a UUID is not in the entry)
+	keysAt     uint16 // where the key counts start
+	uuid       bool
+}
+
+func (en *cacheEntry) spill() spillRef {
+	k := &en.keys
+	return spillRef{
+		chunk: binary.LittleEndian.Uint32(k[4:]), off: binary.LittleEndian.Uint32(k[8:]),
+		size: binary.LittleEndian.Uint32(k[12:]), room: binary.LittleEndian.Uint32(k[16:]),
+		hash: binary.LittleEndian.Uint32(k[20:]), keysAt: binary.LittleEndian.Uint16(k[24:]),
+		uuid: k[1] == 1,
+	}
+}
+
+func (en *cacheEntry) setSpill(s spillRef) {
+	k := &en.keys
+	k[0], k[1] = spilled, 0
+	if s.uuid {
+		k[1] = 1
+	}
+	binary.LittleEndian.PutUint32(k[4:], s.chunk)
+	binary.LittleEndian.PutUint32(k[8:], s.off)
+	binary.LittleEndian.PutUint32(k[12:], s.size)
+	binary.LittleEndian.PutUint32(k[16:], s.room)
+	binary.LittleEndian.PutUint32(k[20:], s.hash)
+	binary.LittleEndian.PutUint16(k[24:], s.keysAt)
 }
 
 // Costs in bytes, as the cache counts them against its bound: an entry
 // (cacheEntry and its share of the index, which is at most half full),
 // and a name in the name table (the string and its map entry).
 const (
-	entryCost = 48 + 16
+	entryCost = 56 + 8
 	nameCost  = 64
 )
 
@@ -92,10 +151,15 @@ const (
 )
 
 func newKnownCache(max int, maxBytes int64, ttl time.Duration) *knownCache {
-	c := &knownCache{max: max, maxBytes: maxBytes, ttl: ttl, seed: maphash.MakeSeed(), ents: make([]cacheEntry, 1)}
+	c := &knownCache{max: min(max, maxEntries), maxBytes: maxBytes, ttl: min(ttl.Milliseconds(), maxTTL), seed: maphash.MakeSeed(), n: 1}
 	c.names = nameTable{max: maxBytes / 8}
 	c.slab.cur = -1
 	return c
+}
+
+// ent returns entry e.
+func (c *knownCache) ent(e int32) *cacheEntry {
+	return &c.pages[e>>pageShift][e&pageMask]
 }
 
 // convID is a conversation id prepared for lookups.
@@ -112,6 +176,17 @@ func (c *knownCache) id(conv string) convID {
 	return id
 }
 
+// entryHash returns the hash of entry e's id: a UUID's is that of its
+// text, written again from its bytes (the one text that gives them).
+func (c *knownCache) entryHash(e int32) uint32 {
+	en := c.ent(e)
+	if en.keys[0] == spilled {
+		return en.spill().hash
+	}
+	var b [36]byte
+	return uint32(maphash.Bytes(c.seed, uuidText(&b, &en.id)))
+}
+
 // find returns conv's entry and the index slot that holds it, 0 and the
 // first empty slot when the cache does not hold it.
 func (c *knownCache) find(id *convID) (e int32, slot int) {
@@ -119,43 +194,43 @@ func (c *knownCache) find(id *convID) (e int32, slot int) {
 		return 0, -1
 	}
 	mask := len(c.index) - 1
+	tag := id.hash &^ entryMask
 	for i := int(id.hash) & mask; ; i = (i + 1) & mask {
 		v := c.index[i]
 		if v == 0 {
 			return 0, i
 		}
-		if uint32(v>>32) == id.hash && c.sameID(int32(uint32(v)), id) {
-			return int32(uint32(v)), i
+		if v&^entryMask == tag && c.sameID(int32(v&entryMask), id) {
+			return int32(v & entryMask), i
 		}
 	}
 }
 
 // sameID reports whether entry e is conversation id.
 func (c *knownCache) sameID(e int32, id *convID) bool {
+	en := c.ent(e)
+	if en.keys[0] != spilled || en.keys[1] == 1 {
+		return id.uuid && en.id == id.u
+	}
 	b := c.blob(e)
 	n, k := binary.Uvarint(b)
-	if n == 0 {
-		return id.uuid && bytes.Equal(b[k:k+16], id.u[:])
-	}
-	return !id.uuid && string(b[k:k+int(n-1)]) == id.s
+	return !id.uuid && n > 0 && string(b[k:k+int(n-1)]) == id.s
 }
 
-// blob returns entry e's bytes.
+// blob returns spilled entry e's bytes.
 func (c *knownCache) blob(e int32) []byte {
-	en := &c.ents[e]
-	return c.slab.chunks[en.chunk][en.off : en.off+en.size]
+	s := c.ent(e).spill()
+	return c.slab.chunks[s.chunk][s.off : s.off+s.size]
 }
 
 // warm reads, for each of the n conversations id(i) names (those it
-// reports true for), the memory a lookup of it will read (its
-// index slot, its entry, the start of its bytes and the entries beside it
-// in the LRU ring, which making it the most recent rewrites), so that the
-// lookups that follow find them in the processor's caches. At the scale
-// of an archive the cache is tens of megabytes read at random, and a
-// lookup's reads each depend on the one before, each a cache and TLB
-// miss. Read for a whole batch at once, pass by pass, the reads of one
-// pass do not depend on one another and overlap. It changes nothing in
-// the cache.
+// reports true for), the memory a lookup of it will read (its index slot,
+// its entry, and a spilled entry's bytes), so that the lookups that follow
+// find them in the processor's caches. At the scale of an archive the
+// cache is tens of megabytes read at random, and a lookup's reads each
+// depend on the one before, each a cache and TLB miss. Read for a whole
+// batch at once, pass by pass, the reads of one pass do not depend on one
+// another and overlap. It changes nothing in the cache.
 func (c *knownCache) warm(n int, id func(i int) (string, bool)) {
 	if c == nil || c.max <= 0 || n == 0 {
 		return
@@ -176,31 +251,36 @@ func (c *knownCache) warm(n int, id func(i int) (string, bool)) {
 		}
 		h := uint32(maphash.String(c.seed, conv))
 		hashes = append(hashes, h)
-		sum += c.index[int(h)&mask]
+		sum += uint64(c.index[int(h)&mask])
 	}
 	c.warmHashes = hashes
-	// The entries of the slots that hold the hash (the probes read what
-	// the first pass brought in).
+	// The entries of the slots whose tag is the hash's (the probes read
+	// what the first pass brought in): both ends, as most entries cross
+	// a cache line.
 	ents := c.warmEnts[:0]
 	for _, h := range hashes {
+		tag := h &^ entryMask
 		for i := int(h) & mask; ; i = (i + 1) & mask {
 			v := c.index[i]
 			if v == 0 {
 				break
 			}
-			if uint32(v>>32) == h {
-				e := int32(uint32(v))
-				ents = append(ents, e)
-				sum += uint64(c.ents[e].off)
+			if v&^entryMask == tag {
+				e := int32(v & entryMask)
+				en := c.ent(e)
+				sum += uint64(en.id[0]) + uint64(en.exp)
+				if en.keys[0] == spilled {
+					ents = append(ents, e)
+				}
 				break
 			}
 		}
 	}
 	c.warmEnts = ents
-	// Their bytes and their neighbours in the ring.
+	// The bytes of spilled entries.
 	for _, e := range ents {
-		en := &c.ents[e]
-		sum += uint64(c.slab.chunks[en.chunk][en.off]) + uint64(c.ents[en.prev].off) + uint64(c.ents[en.next].off)
+		s := c.ent(e).spill()
+		sum += uint64(c.slab.chunks[s.chunk][s.off])
 	}
 	c.warmSum += sum
 }
@@ -273,24 +353,36 @@ func (c *knownCache) unknownNames(conv string, names []string, now time.Time, bu
 	return out, known
 }
 
-// use returns id's entry, made the most recently used, or 0 when the
-// cache does not hold it or its time is up (then it is dropped). c.mu must
-// be held.
+// use returns id's entry, marked used, or 0 when the cache does not hold
+// it or its time is up (then it is dropped). c.mu must be held.
 func (c *knownCache) use(id *convID, now time.Time) int32 {
 	e, _ := c.find(id)
 	if e == 0 {
 		return 0
 	}
-	if now.UnixNano() >= c.ents[e].expires {
+	en := c.ent(e)
+	if c.expired(en, now) {
 		c.remove(e)
 		return 0
 	}
-	c.toFront(e)
+	if en.exp&usedBit == 0 {
+		en.exp |= usedBit
+	}
 	return e
 }
 
+// expired reports whether en's time is up. Its expiry was rounded down
+// to the millisecond, so it never outlives the one it was given.
+func (c *knownCache) expired(en *cacheEntry, now time.Time) bool {
+	return now.UnixMilli() >= c.base+int64(en.exp&^usedBit)
+}
+
 // code returns k's code when k has one, interning its name if intern.
+// The end key has a code of its own.
 func (c *knownCache) code(k string, intern bool) (uint64, bool) {
+	if k == "" {
+		return endCode, true
+	}
 	name, text, ok := splitKey(k)
 	if !ok {
 		return 0, false
@@ -315,10 +407,15 @@ func (c *knownCache) code(k string, intern bool) (uint64, bool) {
 // name table was kept as its bytes if at all (the table never forgets a
 // name, nor gives its id to another).
 func (c *knownCache) has(e int32, k string) bool {
-	b := c.blob(e)[c.ents[e].keysAt:]
+	en := c.ent(e)
+	code, coded := c.code(k, false)
+	if en.keys[0] != spilled {
+		return coded && inlineHas(en.keys[1:1+en.keys[0]], code)
+	}
+	b := c.blob(e)[en.spill().keysAt:]
 	nc, nr := int(binary.LittleEndian.Uint16(b)), int(binary.LittleEndian.Uint16(b[2:]))
 	codes, raws := b[4:4+8*nc], b[4+8*nc:]
-	if code, ok := c.code(k, false); ok {
+	if coded {
 		_, found := searchCodes(codes, code)
 		return found
 	}
@@ -330,6 +427,61 @@ func (c *knownCache) has(e int32, k string) bool {
 		raws = raws[2+n:]
 	}
 	return false
+}
+
+// inlineHas reports whether the tokens of an entry's keys (cacheEntry)
+// hold code.
+func inlineHas(b []byte, code uint64) bool {
+	var ms int64
+	for len(b) > 0 {
+		t, n := binary.Uvarint(b)
+		b = b[n:]
+		if t == 0 {
+			if code == endCode {
+				return true
+			}
+			continue
+		}
+		d, m := binary.Varint(b)
+		b = b[m:]
+		ms += d
+		if (t-1)<<codeTimeBits|uint64(ms) == code {
+			return true
+		}
+	}
+	return false
+}
+
+// inlineCodes appends the codes of an entry's tokens to codes, and
+// returns them with the milliseconds of the last coded one.
+func inlineCodes(b []byte, codes []uint64) ([]uint64, int64) {
+	var ms int64
+	for len(b) > 0 {
+		t, n := binary.Uvarint(b)
+		b = b[n:]
+		if t == 0 {
+			codes = append(codes, endCode)
+			continue
+		}
+		d, m := binary.Varint(b)
+		b = b[m:]
+		ms += d
+		codes = append(codes, (t-1)<<codeTimeBits|uint64(ms))
+	}
+	return codes, ms
+}
+
+// appendToken appends code's token, its time a delta from prev's (which
+// it then becomes).
+func appendToken(b []byte, code uint64, prev *int64) []byte {
+	if code == endCode {
+		return append(b, 0)
+	}
+	b = binary.AppendUvarint(b, code>>codeTimeBits+1)
+	ms := int64(code & (codeMillis - 1))
+	b = binary.AppendVarint(b, ms-*prev)
+	*prev = ms
+	return b
 }
 
 // searchCodes finds code among codes (8 bytes each, in increasing
@@ -356,17 +508,26 @@ func (c *knownCache) learn(conv string, keys []string, now time.Time) (evicted i
 	id := c.id(conv)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	ms := now.UnixMilli()
+	c.rebase(ms)
 	e, slot := c.find(&id)
 	if e == 0 {
-		e = c.add(&id, slot, len(keys), now)
+		exp := ms + c.ttl
+		if exp <= c.base {
+			// The clock went back by more than the time an entry is
+			// trusted: its expiry cannot be counted from the base.
+			return 0
+		}
+		e = c.add(&id, slot, len(keys), exp)
+	} else {
+		c.ent(e).exp |= usedBit
 	}
 	// The expiry stays that of the first learning: keys learned later are
 	// younger, so the entry still expires before any of them.
-	c.ents[e].told = now.UnixNano()
+	c.ent(e).told = uint32(ms)
 	c.addKeys(e, keys)
-	c.toFront(e)
 	for c.count > c.max {
-		c.remove(c.ents[0].prev)
+		c.evict(e)
 	}
 	for c.bytes() > c.maxBytes && c.count > 0 {
 		if c.slab.garbage > c.slab.used/8 {
@@ -374,71 +535,152 @@ func (c *knownCache) learn(conv string, keys []string, now time.Time) (evicted i
 			c.compact()
 			continue
 		}
-		c.remove(c.ents[0].prev)
+		c.evict(e)
 		evicted++
 	}
 	return evicted
 }
 
-// add makes an empty entry for id at index slot, with room for n keys
-// (the first ones learned) in its place in the slab.
-func (c *knownCache) add(id *convID, slot, n int, now time.Time) int32 {
+// rebase moves the base the entries' expiries count from to now, when now
+// is so far past it that a new expiry could not be counted in 31 bits,
+// dropping the entries whose time is up. The first learning sets it.
+func (c *knownCache) rebase(ms int64) {
+	if !c.based {
+		c.base, c.based = ms, true
+		return
+	}
+	d := ms - c.base
+	if d < maxTTL {
+		return
+	}
+	for e := int32(1); e < c.n; e++ {
+		en := c.ent(e)
+		if en.keys[0] == freeEntry {
+			continue
+		}
+		left := int64(en.exp&^usedBit) - d
+		if left <= 0 {
+			c.remove(e)
+			continue
+		}
+		en.exp = en.exp&usedBit | uint32(left)
+	}
+	c.base = ms
+}
+
+// add makes an empty entry for id at index slot, expiring at exp (unix
+// ms), with room for n keys (the first ones learned) if they go in the
+// slab.
+func (c *knownCache) add(id *convID, slot, n int, exp int64) int32 {
 	if c.count+1 > len(c.index)/2 {
 		c.grow()
 		slot = -1
 	}
 	e := c.free
 	if e != 0 {
-		c.free = c.ents[e].next
+		c.free = int32(binary.LittleEndian.Uint32(c.ent(e).keys[4:]))
 	} else {
-		c.ents = append(c.ents, cacheEntry{})
-		e = int32(len(c.ents) - 1)
+		if int(c.n)>>pageShift == len(c.pages) {
+			c.pages = append(c.pages, new([pageEntries]cacheEntry))
+		}
+		e = c.n
+		c.n++
 	}
-	b := c.buf[:0]
+	en := c.ent(e)
+	*en = cacheEntry{exp: uint32(exp - c.base)}
 	if id.uuid {
-		b = binary.AppendUvarint(b, 0)
-		b = append(b, id.u[:]...)
+		en.id = id.u
 	} else {
-		b = binary.AppendUvarint(b, uint64(len(id.s))+1)
+		b := binary.AppendUvarint(c.buf[:0], uint64(len(id.s))+1)
 		b = append(b, id.s...)
+		keysAt := len(b)
+		b = append(b, 0, 0, 0, 0)
+		c.buf = b
+		en.setSpill(spillRef{hash: id.hash, keysAt: uint16(keysAt)})
+		c.place(e, b, 8*min(n, 16))
 	}
-	keysAt := len(b)
-	b = append(b, 0, 0, 0, 0)
-	c.buf = b
-	c.ents[e] = cacheEntry{expires: now.Add(c.ttl).UnixNano(), hash: id.hash, keysAt: uint16(keysAt)}
-	c.place(e, b, 8*min(n, 16))
 	if slot < 0 {
 		_, slot = c.find(id)
 	}
-	c.index[slot] = uint64(id.hash)<<32 | uint64(uint32(e))
+	c.index[slot] = id.hash&^entryMask | uint32(e)
 	c.count++
 	return e
 }
 
-// place puts b as entry e's bytes: where they are when they fit, else in
-// a new place in the slab with room to grow (grow bytes more than the
-// slack).
+// place puts b as spilled entry e's bytes: where they are when they fit,
+// else in a new place in the slab with room to grow (grow bytes more than
+// the slack).
 func (c *knownCache) place(e int32, b []byte, grow int) {
-	en := &c.ents[e]
-	if en.room > 0 && len(b) <= int(en.room) {
-		copy(c.slab.chunks[en.chunk][en.off:], b)
-		en.size = uint32(len(b))
+	en := c.ent(e)
+	s := en.spill()
+	if s.room > 0 && len(b) <= int(s.room) {
+		copy(c.slab.chunks[s.chunk][s.off:], b)
+		s.size = uint32(len(b))
+		en.setSpill(s)
 		return
 	}
-	if en.room > 0 {
-		c.slab.release(int(en.room))
+	if s.room > 0 {
+		c.slab.release(int(s.room))
 	}
 	room := min(len(b)+blobSlack+grow, maxBlob)
-	en.chunk, en.off = c.slab.alloc(room)
-	en.room, en.size = uint32(room), uint32(len(b))
-	copy(c.slab.chunks[en.chunk][en.off:], b)
+	s.chunk, s.off = c.slab.alloc(room)
+	s.room, s.size = uint32(room), uint32(len(b))
+	copy(c.slab.chunks[s.chunk][s.off:], b)
+	en.setSpill(s)
 }
 
 // addKeys adds those of keys entry e does not hold, as far as its bounds
-// allow.
+// allow. An entry's keys stay in it while they are all coded and their
+// tokens fit; else they move to the slab.
 func (c *knownCache) addKeys(e int32, keys []string) {
+	en := c.ent(e)
+	if en.keys[0] != spilled {
+		old := en.keys[1 : 1+en.keys[0]]
+		b := append(c.buf[:0], old...)
+		_, prev := inlineCodes(old, c.codes[:0])
+		fits := true
+		for _, k := range keys {
+			code, ok := c.code(k, true)
+			if !ok {
+				fits = false
+				break
+			}
+			if !inlineHas(b, code) {
+				b = appendToken(b, code, &prev)
+			}
+		}
+		c.buf = b
+		if fits && len(b) <= maxInline {
+			en.keys[0] = byte(copy(en.keys[1:], b))
+			return
+		}
+		c.spill(e)
+	}
+	c.addBlobKeys(e, keys)
+}
+
+// spill moves entry e's keys from the entry into the slab.
+func (c *knownCache) spill(e int32) {
+	en := c.ent(e)
+	codes, _ := inlineCodes(en.keys[1:1+en.keys[0]], c.codes[:0])
+	slices.Sort(codes)
+	c.codes = codes
+	b := binary.AppendUvarint(c.buf[:0], 0)
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(codes)))
+	b = binary.LittleEndian.AppendUint16(b, 0)
+	for _, code := range codes {
+		b = binary.LittleEndian.AppendUint64(b, code)
+	}
+	c.buf = b
+	en.setSpill(spillRef{hash: c.entryHash(e), keysAt: 1, uuid: true})
+	c.place(e, b, 8*len(codes))
+}
+
+// addBlobKeys adds those of keys spilled entry e does not hold, as far as
+// its bounds allow.
+func (c *knownCache) addBlobKeys(e int32, keys []string) {
 	old := c.blob(e)
-	at := int(c.ents[e].keysAt)
+	at := int(c.ent(e).spill().keysAt)
 	nc, nr := int(binary.LittleEndian.Uint16(old[at:])), int(binary.LittleEndian.Uint16(old[at+2:]))
 	codes := c.codes[:0]
 	raws := c.raws[:0]
@@ -491,7 +733,8 @@ func (c *knownCache) addKeys(e int32, keys []string) {
 // tell reports whether the store should hear of an event of conv that the
 // cache answered, because it last got a request of the conversation every
 // or longer ago (and then counts it as told now). A conversation the cache
-// does not hold reaches the store anyway.
+// does not hold reaches the store anyway. Times are whole milliseconds, so
+// it may tell up to one early, never late.
 func (c *knownCache) tell(conv string, now time.Time, every time.Duration) bool {
 	if c == nil || every <= 0 {
 		return false
@@ -500,31 +743,60 @@ func (c *knownCache) tell(conv string, now time.Time, every time.Duration) bool 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, _ := c.find(&id)
-	if e == 0 || now.UnixNano()-c.ents[e].told < int64(every) {
+	if e == 0 {
 		return false
 	}
-	c.ents[e].told = now.UnixNano()
+	en := c.ent(e)
+	if c.expired(en, now) {
+		return false
+	}
+	// An entry lives at most maxTTL after it was learned, which set told,
+	// so the wrapping difference is the time since (or, should the clock
+	// have gone back, a large one: told).
+	ms := now.UnixMilli()
+	if (int64(uint32(ms)-en.told)+1)*int64(time.Millisecond) <= int64(every) {
+		return false
+	}
+	en.told = uint32(ms)
 	return true
 }
 
-// toFront makes e the most recently used.
-func (c *knownCache) toFront(e int32) {
-	ents := c.ents
-	if ents[e].prev != 0 || ents[e].next != 0 || ents[0].next == e {
-		ents[ents[e].prev].next, ents[ents[e].next].prev = ents[e].next, ents[e].prev
+// evict drops a conversation not used since the clock's hand last passed
+// it, clearing the mark of those it passes; never keep, the entry being
+// learned, unless it is the only one.
+func (c *knownCache) evict(keep int32) {
+	if c.count == 1 {
+		c.remove(keep)
+		return
 	}
-	ents[e].prev, ents[e].next = 0, ents[0].next
-	ents[ents[0].next].prev = e
-	ents[0].next = e
+	for {
+		c.hand++
+		if c.hand >= c.n {
+			c.hand = 1
+		}
+		en := c.ent(c.hand)
+		if en.keys[0] == freeEntry || c.hand == keep {
+			continue
+		}
+		if en.exp&usedBit != 0 {
+			en.exp &^= usedBit
+			continue
+		}
+		c.remove(c.hand)
+		return
+	}
 }
 
 // remove drops entry e.
 func (c *knownCache) remove(e int32) {
-	ents := c.ents
-	ents[ents[e].prev].next, ents[ents[e].next].prev = ents[e].next, ents[e].prev
 	c.unindex(e)
-	c.slab.release(int(ents[e].room))
-	ents[e] = cacheEntry{next: c.free}
+	en := c.ent(e)
+	if en.keys[0] == spilled {
+		c.slab.release(int(en.spill().room))
+	}
+	*en = cacheEntry{}
+	en.keys[0] = freeEntry
+	binary.LittleEndian.PutUint32(en.keys[4:], uint32(c.free))
 	c.free = e
 	c.count--
 }
@@ -534,12 +806,12 @@ func (c *knownCache) remove(e int32) {
 // tombstones).
 func (c *knownCache) unindex(e int32) {
 	mask := len(c.index) - 1
-	i := int(c.ents[e].hash) & mask
-	for uint32(c.index[i]) != uint32(e) {
+	i := int(c.entryHash(e)) & mask
+	for c.index[i]&entryMask != uint32(e) {
 		i = (i + 1) & mask
 	}
 	for j := (i + 1) & mask; c.index[j] != 0; j = (j + 1) & mask {
-		home := int(c.index[j]>>32) & mask
+		home := int(c.entryHash(int32(c.index[j]&entryMask))) & mask
 		// Entry j may move to the hole at i unless its home lies in the
 		// cyclic range (i, j].
 		if (j > i && (home <= i || home > j)) || (j < i && home <= i && home > j) {
@@ -553,13 +825,13 @@ func (c *knownCache) unindex(e int32) {
 // grow doubles the index.
 func (c *knownCache) grow() {
 	old := c.index
-	c.index = make([]uint64, max(2*len(old), 1024))
+	c.index = make([]uint32, max(2*len(old), 1024))
 	mask := len(c.index) - 1
 	for _, v := range old {
 		if v == 0 {
 			continue
 		}
-		i := int(v>>32) & mask
+		i := int(c.entryHash(int32(v&entryMask))) & mask
 		for c.index[i] != 0 {
 			i = (i + 1) & mask
 		}
@@ -573,25 +845,31 @@ func (c *knownCache) bytes() int64 {
 	return int64(c.count)*entryCost + c.slab.used + c.names.bytes
 }
 
-// compact moves every entry's bytes into fresh chunks, chunk by chunk,
-// giving each chunk back once it is empty, so the slab holds no garbage
-// and needs at most one more chunk while it moves.
+// compact moves every spilled entry's bytes into fresh chunks, chunk by
+// chunk, giving each chunk back once it is empty, so the slab holds no
+// garbage and needs at most one more chunk while it moves.
 func (c *knownCache) compact() {
 	s := &c.slab
 	// The entries of each chunk (a counting sort by chunk).
 	start := make([]int32, len(s.chunks)+1)
-	for e := c.ents[0].next; e != 0; e = c.ents[e].next {
-		start[c.ents[e].chunk+1]++
+	spills := 0
+	for e := int32(1); e < c.n; e++ {
+		if en := c.ent(e); en.keys[0] == spilled {
+			start[en.spill().chunk+1]++
+			spills++
+		}
 	}
 	for i := 1; i < len(start); i++ {
 		start[i] += start[i-1]
 	}
-	order := make([]int32, c.count)
+	order := make([]int32, spills)
 	fill := slices.Clone(start[:len(s.chunks)])
-	for e := c.ents[0].next; e != 0; e = c.ents[e].next {
-		ch := c.ents[e].chunk
-		order[fill[ch]] = e
-		fill[ch]++
+	for e := int32(1); e < c.n; e++ {
+		if en := c.ent(e); en.keys[0] == spilled {
+			ch := en.spill().chunk
+			order[fill[ch]] = e
+			fill[ch]++
+		}
 	}
 	old := len(s.chunks)
 	s.cur, s.fill, s.used, s.garbage = -1, 0, 0, 0
@@ -606,10 +884,12 @@ func (c *knownCache) compact() {
 			continue
 		}
 		for _, e := range order[start[ch]:start[ch+1]] {
-			en := &c.ents[e]
-			src := s.chunks[en.chunk][en.off : en.off+en.size]
-			en.chunk, en.off = s.alloc(int(en.room))
-			copy(s.chunks[en.chunk][en.off:], src)
+			en := c.ent(e)
+			sp := en.spill()
+			src := s.chunks[sp.chunk][sp.off : sp.off+sp.size]
+			sp.chunk, sp.off = s.alloc(int(sp.room))
+			copy(s.chunks[sp.chunk][sp.off:], src)
+			en.setSpill(sp)
 		}
 		// Every entry has left it; it never was a target, as it was not
 		// spare.

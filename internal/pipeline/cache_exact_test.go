@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -185,7 +186,7 @@ func TestKnownCacheHashCollisions(t *testing.T) {
 				}
 			}
 			check("both held", true, true)
-			c.learn("third", []string{ka[0].Key}, now) // evicts a, the least recent
+			c.learn("third", []string{ka[0].Key}, now) // evicts a: both were used, and the hand comes to it first
 			check("a evicted", false, true)
 			c.unknown("third", ka, now)          // more recent than b
 			c.learn(a, []string{ka[0].Key}, now) // evicts b
@@ -196,56 +197,95 @@ func TestKnownCacheHashCollisions(t *testing.T) {
 
 // TestKnownCacheAgainstModel runs random learns and lookups over many
 // conversations, with few enough held that entries are evicted and the
-// index deletes all the time, and compares what is held with a model LRU
-// of the conversations.
+// index deletes all the time, and compares what is held with a model of
+// the clock in plain slices and a map: the entries a conversation takes
+// (a free one, the last freed first, else a new one), their use marks and
+// the hand. After every step each conversation is known exactly when the
+// model holds it.
 func TestKnownCacheAgainstModel(t *testing.T) {
 	now := time.Now()
 	rng := rand.New(rand.NewPCG(3, 4))
 	const held = 300
 	c := newKnownCache(held, 1<<30, time.Hour)
-	var lru []string // most recent last
-	use := func(conv string) {
-		for i, x := range lru {
-			if x == conv {
-				lru = append(lru[:i], lru[i+1:]...)
-				break
+	var (
+		slots = []string{""} // entry -> conversation; slot 0 unused
+		used  = []bool{false}
+		at    = map[string]int{}
+		free  []int
+		hand  int
+	)
+	evict := func(keep int) {
+		for {
+			hand++
+			if hand >= len(slots) {
+				hand = 1
 			}
-		}
-		lru = append(lru, conv)
-		if len(lru) > held {
-			lru = lru[1:]
+			if slots[hand] == "" || hand == keep {
+				continue
+			}
+			if used[hand] {
+				used[hand] = false
+				continue
+			}
+			delete(at, slots[hand])
+			slots[hand] = ""
+			free = append(free, hand)
+			return
 		}
 	}
-	inModel := func(conv string) bool {
-		for _, x := range lru {
-			if x == conv {
-				return true
-			}
+	learn := func(conv string) {
+		if e, ok := at[conv]; ok {
+			used[e] = true
+			return
 		}
-		return false
+		var e int
+		if n := len(free); n > 0 {
+			e, free = free[n-1], free[:n-1]
+		} else {
+			slots, used = append(slots, ""), append(used, false)
+			e = len(slots) - 1
+		}
+		slots[e], used[e], at[conv] = conv, false, e
+		if len(at) > held {
+			evict(e)
+		}
 	}
 	key := []flowmetrics.Occurrence{{Key: "FlowMetric_A(2026-12-06T02:00:00.123Z)"}}
-	for step := range 20_000 {
-		n := rng.IntN(1000)
-		conv := fmt.Sprintf("%08x-0001-4001-810d-38c7c42b8f0e", n)
+	convs := make([]string, 1000)
+	for n := range convs {
+		convs[n] = fmt.Sprintf("%08x-0001-4001-810d-38c7c42b8f0e", n)
 		if n%3 == 0 {
-			conv = fmt.Sprintf("conv-%d", n)
-		}
-		if rng.IntN(2) == 0 {
-			c.learn(conv, []string{key[0].Key}, now)
-			use(conv)
-			continue
-		}
-		known := len(c.unknown(conv, key, now)) == 0
-		if known != inModel(conv) {
-			t.Fatalf("step %d: %s known %v, model %v", step, conv, known, inModel(conv))
-		}
-		if known {
-			use(conv)
+			convs[n] = fmt.Sprintf("conv-%d", n)
 		}
 	}
-	if n, _ := c.size(); n != len(lru) {
-		t.Errorf("cache holds %d conversations, model %d", n, len(lru))
+	for step := range 20_000 {
+		conv := convs[rng.IntN(len(convs))]
+		if rng.IntN(2) == 0 {
+			c.learn(conv, []string{key[0].Key}, now)
+			learn(conv)
+		} else {
+			known := len(c.unknown(conv, key, now)) == 0
+			e, inModel := at[conv]
+			if known != inModel {
+				t.Fatalf("step %d: %s known %v, model %v", step, conv, known, inModel)
+			}
+			if known {
+				used[e] = true
+			}
+		}
+		if step%1000 == 999 {
+			// Every conversation, without marking it used.
+			for _, conv := range convs {
+				id := c.id(conv)
+				e, _ := c.find(&id)
+				if _, inModel := at[conv]; (e != 0) != inModel {
+					t.Fatalf("step %d: %s held %v, model %v", step, conv, e != 0, inModel)
+				}
+			}
+		}
+	}
+	if n, _ := c.size(); n != len(at) {
+		t.Errorf("cache holds %d conversations, model %d", n, len(at))
 	}
 }
 
@@ -259,7 +299,8 @@ func TestKnownCacheCompacts(t *testing.T) {
 	const bound = 2 << 20
 	c := newKnownCache(1_000_000, bound, time.Hour)
 	key := func(i int) string { return fmt.Sprintf("FlowMetric_M%d(2026-12-06T02:00:%02d.000Z)", i%7, i%60) }
-	conv := func(i int) string { return fmt.Sprintf("%08x-0001-4001-810d-38c7c42b8f0e", i) }
+	// Ids that are not UUIDs, so that every conversation is kept in the slab.
+	conv := func(i int) string { return fmt.Sprintf("conv-%08x", i) }
 	for i := range 200_000 {
 		for step := range 3 {
 			c.learn(conv(i), []string{key(i + step), key(i + step + 1)}, now)
@@ -286,6 +327,193 @@ func TestKnownCacheCompacts(t *testing.T) {
 		}
 		if u := c.unknown(conv(i), occs, now); len(u) != 0 {
 			t.Fatalf("conversation %d: %d of its keys unknown", i, len(u))
+		}
+	}
+}
+
+// TestKnownCacheInlineAgainstModel learns, for UUID conversations, random
+// sets of coded keys (names enough for tokens of two bytes, times from
+// 1970 to 3084 and a few milliseconds apart, the end key) in random steps,
+// and checks after each step, against a map of what was told, every told
+// key and its near misses (a millisecond either side, the other form, the
+// next name): known exactly when told. Entries keep their keys inline
+// until they outgrow their room, then in the slab; the test sees both.
+func TestKnownCacheInlineAgainstModel(t *testing.T) {
+	now := time.Now()
+	rng := rand.New(rand.NewPCG(7, 8))
+	c := newKnownCache(1_000_000, 1<<30, time.Hour)
+	const names = 300
+	key := func(name int, ms int64, millis bool) string {
+		form := "2006-01-02T15:04:05Z"
+		if millis {
+			form = "2006-01-02T15:04:05.000Z"
+		}
+		return fmt.Sprintf("Flow%dMetric_M(%s)", name, time.UnixMilli(ms).UTC().Format(form))
+	}
+	type k struct {
+		name   int
+		ms     int64
+		millis bool
+	}
+	const last = 35_659_814_399_999 // 3099-12-31T23:59:59.999Z, past a code's years
+	told := map[string]map[k]bool{}
+	ended := map[string]bool{}
+	inline, spilt := 0, 0
+	for step := range 3000 {
+		conv := fmt.Sprintf("%08x-0001-4001-810d-38c7c42b8f0e", rng.IntN(200))
+		if told[conv] == nil {
+			told[conv] = map[k]bool{}
+		}
+		var keys []string
+		base := rng.Int64N(last)
+		for range 1 + rng.IntN(3) {
+			x := k{rng.IntN(names), base + rng.Int64N(2000) - 1000, rng.IntN(4) > 0}
+			if rng.IntN(8) == 0 {
+				x.ms = rng.Int64N(last)
+			}
+			x.ms = max(x.ms, 0)
+			if !x.millis {
+				x.ms -= x.ms % 1000
+			}
+			keys = append(keys, key(x.name, x.ms, x.millis))
+			told[conv][x] = true
+		}
+		if rng.IntN(20) == 0 {
+			keys = append(keys, "")
+			ended[conv] = true
+		}
+		c.learn(conv, keys, now)
+		id := c.id(conv)
+		e, _ := c.find(&id)
+		if c.ent(e).keys[0] == spilled {
+			spilt++
+		} else {
+			inline++
+		}
+		for x := range told[conv] {
+			probes := []k{x, {x.name, x.ms + 1, x.millis}, {x.name, x.ms - 1, x.millis}, {x.name + 1, x.ms, x.millis}, {x.name, x.ms, !x.millis}}
+			for _, p := range probes {
+				if p.ms < 0 || !p.millis && p.ms%1000 != 0 {
+					continue
+				}
+				s := key(p.name, p.ms, p.millis)
+				known := len(c.unknown(conv, []flowmetrics.Occurrence{{Key: s}}, now)) == 0
+				// Keys of years past 3084 have no code: kept as bytes, up
+				// to maxRaw of them, so they may be unknown.
+				if known != told[conv][p] && (known || p.ms < 1<<codeTimeBits) {
+					t.Fatalf("step %d: %s of %s known %v, told %v", step, s, conv, known, told[conv][p])
+				}
+			}
+		}
+		if known := len(c.unknown(conv, endOcc, now)) == 0; known != ended[conv] {
+			t.Fatalf("step %d: the end of %s known %v, told %v", step, conv, known, ended[conv])
+		}
+	}
+	t.Logf("after a learning: %d entries with their keys inline, %d in the slab", inline, spilt)
+	if inline < 100 || spilt < 100 {
+		t.Errorf("inline %d, in the slab %d: the test needs both", inline, spilt)
+	}
+}
+
+// TestKnownCacheTimes: an entry is trusted for the cache's time to live
+// (at most maxTTL) from its first learning, to the millisecond; a clock
+// far ahead moves the base its expiries count from and drops those whose
+// time is up; a clock gone back by more than the time to live learns
+// nothing; and the store is told of a conversation every so often, never
+// later than asked (a clock gone back tells at once).
+func TestKnownCacheTimes(t *testing.T) {
+	t0 := time.Date(2026, 12, 6, 2, 0, 0, 0, time.UTC)
+	const a, b, d = "0c06df18-0001-4001-810d-38c7c42b8f0e", "conv-b", "0c06df18-0001-4001-810d-38c7c42b8f0f"
+	known := func(c *knownCache, conv string, at time.Time) bool {
+		return len(c.unknown(conv, endOcc, at)) == 0
+	}
+	c := newKnownCache(100, 1<<20, time.Hour)
+	c.learn(a, []string{""}, t0.Add(time.Microsecond))
+	if !known(c, a, t0.Add(time.Hour-time.Microsecond)) || known(c, a, t0.Add(time.Hour)) {
+		t.Error("an hour's entry not known just before its hour, or known at it")
+	}
+	c.learn(b, []string{""}, t0.Add(-30*time.Minute)) // back, by less than the hour
+	if !known(c, b, t0.Add(29*time.Minute)) || known(c, b, t0.Add(30*time.Minute)) {
+		t.Error("an entry learned with the clock back half an hour: wrong expiry")
+	}
+	c.learn(d, []string{""}, t0.Add(-2*time.Hour)) // back, by more than the hour
+	if known(c, d, t0.Add(-2*time.Hour)) {
+		t.Error("an entry learned with the clock back two hours is known")
+	}
+
+	long := newKnownCache(100, 1<<20, 30*24*time.Hour) // trusted for maxTTL only
+	long.learn(a, []string{""}, t0)
+	capped := t0.Add(maxTTL * time.Millisecond)
+	if !known(long, a, capped.Add(-time.Millisecond)) || known(long, a, capped) {
+		t.Error("a month's entry is not trusted for exactly maxTTL")
+	}
+	// Far ahead: the base moves, a's time is up and it is dropped.
+	later := capped.Add(time.Hour)
+	long.learn(b, []string{""}, later)
+	if n, _ := long.size(); n != 1 || long.base != later.UnixMilli() {
+		t.Errorf("after the base moved: %d conversations, base %d, want 1 and %d", n, long.base, later.UnixMilli())
+	}
+	end := later.Add(maxTTL * time.Millisecond)
+	if !known(long, b, end.Add(-time.Millisecond)) || known(long, b, end) {
+		t.Error("an entry learned after the base moved: wrong expiry")
+	}
+
+	tc := newKnownCache(100, 1<<20, time.Hour)
+	tc.learn(a, []string{""}, t0)
+	for _, st := range []struct {
+		at   time.Duration
+		tell bool
+	}{{999 * time.Millisecond, false}, {time.Second, true}, {1500 * time.Millisecond, false}, {2 * time.Second, true}, {-10 * time.Second, true}, {-9 * time.Second, true}} {
+		if got := tc.tell(a, t0.Add(st.at), time.Second); got != st.tell {
+			t.Errorf("tell at %v: %v, want %v", st.at, got, st.tell)
+		}
+	}
+	if tc.tell(b, t0, time.Second) {
+		t.Error("told of a conversation the cache does not hold")
+	}
+}
+
+// TestUUIDBytes changes each character of a canonical UUID to every byte,
+// and checks that uuidBytes takes exactly the texts that are canonical
+// UUIDs (lower-case hex digits, dashes at 8, 13, 18 and 23) and that
+// uuidText writes the same text back from their bytes.
+func TestUUIDBytes(t *testing.T) {
+	canonical := func(s string) bool {
+		if len(s) != 36 {
+			return false
+		}
+		for i := range 36 {
+			c := s[i]
+			if i == 8 || i == 13 || i == 18 || i == 23 {
+				if c != '-' {
+					return false
+				}
+			} else if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+				return false
+			}
+		}
+		return true
+	}
+	base := []byte("0c06df18-0001-4001-810d-38c7c42b8f0e")
+	for i := range base {
+		for c := range 256 {
+			b := slices.Clone(base)
+			b[i] = byte(c)
+			var u [16]byte
+			ok := uuidBytes(string(b), &u)
+			if ok != canonical(string(b)) {
+				t.Fatalf("%q: taken %v", b, ok)
+			}
+			var text [36]byte
+			if ok && string(uuidText(&text, &u)) != string(b) {
+				t.Fatalf("%q written back as %q", b, text)
+			}
+		}
+	}
+	for _, s := range []string{"", "0c06df18-0001-4001-810d-38c7c42b8f0", "0c06df18-0001-4001-810d-38c7c42b8f0e0"} {
+		var u [16]byte
+		if uuidBytes(s, &u) {
+			t.Errorf("%q taken", s)
 		}
 	}
 }

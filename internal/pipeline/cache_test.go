@@ -14,25 +14,28 @@ import (
 // TestKnownCacheKeys learns a conversation's keys in steps, past the few
 // an entry keeps in its first place, with a key of no code (too long a
 // name, another time form) and the empty key, and checks after each step
-// that exactly the learned keys are known and that the byte count grows
-// when, and only when, a key is new.
+// that exactly the learned keys are known, that the byte count stays as it
+// is when no key is new and never shrinks, and that a UUID conversation
+// keeps its coded keys in its entry alone (no bytes beyond it) until a key
+// of no code moves them to the slab.
 func TestKnownCacheKeys(t *testing.T) {
 	now := time.Now()
 	key := func(i int) string { return fmt.Sprintf("FlowMetric_Step%02d(2026-12-06T02:00:00.%03dZ)", i, i) }
 	long := strings.Repeat("L", 300)
 	odd := "FlowMetric_Step01(2026-12-06T02:00:00.001+00:00)" // the same time as key(1), another text
 	steps := []struct {
-		name  string
-		learn []string
+		name   string
+		learn  []string
+		inline bool // a UUID conversation's keys are in its entry
 	}{
-		{"first keys", []string{key(0), key(1), key(1)}},
-		{"known again", []string{key(0), key(1)}},
-		{"up to the room", []string{key(2), key(3), key(4), key(5), key(6), key(7)}},
-		{"past the room", []string{key(7), key(8), key(9)}},
-		{"the end", []string{""}},
-		{"another form", []string{odd}},
-		{"a long key", []string{long}},
-		{"more codes", []string{key(10)}},
+		{"first keys", []string{key(0), key(1), key(1)}, true},
+		{"known again", []string{key(0), key(1)}, true},
+		{"up to the room", []string{key(2), key(3), key(4), key(5), key(6), key(7)}, true},
+		{"past the room", []string{key(7), key(8), key(9)}, true},
+		{"the end", []string{""}, true},
+		{"another form", []string{odd}, false},
+		{"a long key", []string{long}, false},
+		{"more codes", []string{key(10)}, false},
 	}
 	for _, conv := range []string{"conv", "0c06df18-0001-4001-810d-38c7c42b8f0e"} {
 		c := newKnownCache(10, 1<<20, time.Hour)
@@ -46,8 +49,15 @@ func TestKnownCacheKeys(t *testing.T) {
 			}
 			c.learn(conv, st.learn, now)
 			_, got := c.size()
-			if fresh && got <= prev || !fresh && got != prev {
+			if got < prev || !fresh && got != prev {
 				t.Errorf("%s: %d bytes after %d; new keys: %v", st.name, got, prev, fresh)
+			}
+			if id := c.id(conv); id.uuid {
+				e, _ := c.find(&id)
+				inline := c.ent(e).keys[0] != spilled
+				if inline != st.inline || inline && got != entryCost+c.names.bytes {
+					t.Errorf("%s: keys in the entry %v (want %v), %d bytes", st.name, inline, st.inline, got)
+				}
 			}
 			prev = got
 			var probe []flowmetrics.Occurrence
@@ -73,14 +83,14 @@ func TestKnownCacheKeys(t *testing.T) {
 }
 
 // TestKnownCacheEvictsLeastRecent: past its conversations, the cache
-// evicts the one used least recently, and a use counts as recent.
+// evicts one not used since it was learned, and a use protects one.
 func TestKnownCacheEvictsLeastRecent(t *testing.T) {
 	now := time.Now()
 	c := newKnownCache(2, 1<<20, time.Hour)
 	occ := []flowmetrics.Occurrence{{Key: "k"}}
 	c.learn("a", []string{"k"}, now)
 	c.learn("b", []string{"k"}, now)
-	c.unknown("a", occ, now) // a is now the most recent
+	c.unknown("a", occ, now) // a is used; b is not
 	c.learn("c", []string{"k"}, now)
 	for conv, known := range map[string]bool{"a": true, "b": false, "c": true} {
 		if got := len(c.unknown(conv, occ, now)) == 0; got != known {
@@ -197,8 +207,8 @@ func BenchmarkKnownCacheBatch(b *testing.B) {
 
 // TestKnownCacheWarmChangesNothing warms a cache that has evicted, grown
 // and compacted, with ids it holds, ids it evicted, ids of other forms
-// and repeats, and checks that its entries, index, bytes and LRU order
-// are what they were.
+// and repeats, and checks that its entries (their use marks included),
+// index, bytes and clock are what they were.
 func TestKnownCacheWarmChangesNothing(t *testing.T) {
 	now := time.Now()
 	c := newKnownCache(1_000_000, 256<<10, time.Hour)
@@ -219,9 +229,12 @@ func TestKnownCacheWarmChangesNothing(t *testing.T) {
 	ids = append(ids, "", "never-seen", ids[4999], ids[4999], strings.Repeat("x", 2000))
 	snapshot := func() string {
 		var b strings.Builder
-		fmt.Fprintf(&b, "%v %v %d %d %v %v", c.ents, c.index, c.count, c.free, c.slab.used, c.slab.garbage)
-		for e := c.ents[0].next; e != 0; e = c.ents[e].next {
-			fmt.Fprintf(&b, " %x", c.blob(e))
+		fmt.Fprintf(&b, "%v %d %d %d %d %d %v %v", c.index, c.count, c.free, c.n, c.hand, c.base, c.slab.used, c.slab.garbage)
+		for e := int32(1); e < c.n; e++ {
+			fmt.Fprintf(&b, " %v", *c.ent(e))
+			if c.ent(e).keys[0] == spilled {
+				fmt.Fprintf(&b, " %x", c.blob(e))
+			}
 		}
 		return b.String()
 	}

@@ -82,29 +82,45 @@ func uuidBytes(id string, u *[16]byte) bool {
 	if len(id) != 36 || id[8] != '-' || id[13] != '-' || id[18] != '-' || id[23] != '-' {
 		return false
 	}
-	j := 0
-	for i := 0; i < 36; i += 2 {
-		if i == 8 || i == 13 || i == 18 || i == 23 {
-			i--
-			continue
-		}
-		hi, ok1 := hexDigit(id[i])
-		lo, ok2 := hexDigit(id[i+1])
-		if !ok1 || !ok2 {
-			return false
-		}
-		u[j] = hi<<4 | lo
-		j++
+	var bad byte
+	for i, p := range uuidDigits {
+		hi, lo := hexValue[id[p]], hexValue[id[p+1]]
+		bad |= hi | lo
+		u[i] = hi<<4 | lo
 	}
-	return j == 16
+	return bad < 16
 }
 
-func hexDigit(c byte) (byte, bool) {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0', true
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10, true
+// uuidDigits are where each byte's two digits are in a UUID's text.
+var uuidDigits = [16]uint8{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+
+// hexValue is the value of a lower-case hex digit, 0xff for any other byte.
+var hexValue = func() (t [256]byte) {
+	for c := range t {
+		switch {
+		case c >= '0' && c <= '9':
+			t[c] = byte(c - '0')
+		case c >= 'a' && c <= 'f':
+			t[c] = byte(c - 'a' + 10)
+		default:
+			t[c] = 0xff
+		}
 	}
-	return 0, false
+	return t
+}()
+
+// uuidText writes u as a UUID the canonical way (the text uuidBytes takes)
+// into b and returns it.
+func uuidText(b *[36]byte, u *[16]byte) []byte {
+	const hex = "0123456789abcdef"
+	j := 0
+	for i, x := range u {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			b[j] = '-'
+			j++
+		}
+		b[j], b[j+1] = hex[x>>4], hex[x&15]
+		j += 2
+	}
+	return b[:]
 }

@@ -36,7 +36,8 @@ type Config struct {
 	MaxPending int64 `yaml:"max_pending"`
 	// CacheConversations bounds the in-process cache of known keys (default
 	// 1,000,000 conversations; negative disables it). Its bytes are
-	// usually the tighter bound: about 110 bytes a conversation of three keys.
+	// usually the tighter bound: 64 bytes a conversation whose id is a
+	// UUID and whose keys are few (about six).
 	CacheConversations int `yaml:"cache_conversations"`
 	// CacheBytes bounds the same cache's memory: conversation ids, keys
 	// and the bookkeeping of each (default 64 MiB).

@@ -19,17 +19,16 @@ import (
 // tagsJSON is the encoded `,"tags":{…}` of the static tags, or empty.
 // Anything the fast path does not cover (a string needing escapes, a year
 // outside 0–9999) goes through encoding/json itself.
-func appendLine(b []byte, p flowmetrics.Point, tags map[string]string, tagsJSON []byte) ([]byte, error) {
-	ts := p.Bucket.UTC()
-	if y := ts.Year(); y < 0 || y > 9999 || !plain(p.Flow) || !plain(p.Metric) {
-		return appendEncoded(b, Line{Flow: p.Flow, Metric: p.Metric, Timestamp: ts, IntervalSeconds: int64(p.Width / time.Second), Count: p.Count, Tags: tags})
+func appendLine(b []byte, st *stamps, p *flowmetrics.Point, tags map[string]string, tagsJSON []byte) ([]byte, error) {
+	if !plain(p.Flow) || !plain(p.Metric) || !st.ok(p.Bucket) {
+		return appendEncoded(b, Line{Flow: p.Flow, Metric: p.Metric, Timestamp: p.Bucket.UTC(), IntervalSeconds: int64(p.Width / time.Second), Count: p.Count, Tags: tags})
 	}
 	b = append(b, `{"flow":"`...)
 	b = append(b, p.Flow...)
 	b = append(b, `","metric":"`...)
 	b = append(b, p.Metric...)
 	b = append(b, `","timestamp":"`...)
-	b = ts.AppendFormat(b, time.RFC3339Nano)
+	b = st.append(b, p.Bucket)
 	b = append(b, `","interval_seconds":`...)
 	b = strconv.AppendInt(b, int64(p.Width/time.Second), 10)
 	b = append(b, `,"count":`...)
@@ -44,12 +43,12 @@ func appendLine(b []byte, p flowmetrics.Point, tags map[string]string, tagsJSON 
 // lines for each. Anything the fast path does not cover (a string needing
 // escapes, a year outside 0–9999, seconds that encoding/json writes with
 // an exponent or refuses) goes through encoding/json itself.
-func appendPathLine(b []byte, p flowmetrics.PathPoint, tags map[string]string, tagsJSON []byte) ([]byte, error) {
-	f, kind, ts := fieldsOf(p), p.Kind.String(), p.Time.UTC()
-	if y := ts.Year(); y < 0 || y > 9999 || f.timed && !plainSeconds(f.seconds) ||
+func appendPathLine(b []byte, st *stamps, p *flowmetrics.PathPoint, tags map[string]string, tagsJSON []byte) ([]byte, error) {
+	f, kind := fieldsOf(p), p.Kind.String()
+	if f.timed && !plainSeconds(f.seconds) ||
 		!plain(kind) || !plain(f.flow) || !plain(f.metric) || !plain(f.timing) || !plain(f.funnel) ||
-		!plain(f.experiment) || !plain(f.variant) || !plain(f.step) || !plain(p.Conversation) {
-		return appendEncoded(b, NewPathLine(p, tags))
+		!plain(f.experiment) || !plain(f.variant) || !plain(f.step) || !plain(p.Conversation) || !st.ok(p.Time) {
+		return appendEncoded(b, NewPathLine(*p, tags))
 	}
 	b = append(b, `{"path":"`...)
 	b = append(b, kind...)
@@ -66,12 +65,71 @@ func appendPathLine(b []byte, p flowmetrics.PathPoint, tags map[string]string, t
 		b = strconv.AppendFloat(b, f.seconds, 'f', -1, 64)
 	}
 	b = append(b, `,"timestamp":"`...)
-	b = ts.AppendFormat(b, time.RFC3339Nano)
+	b = st.append(b, p.Time)
 	b = append(b, `","conversation":"`...)
 	b = append(b, p.Conversation...)
 	b = append(b, '"')
 	b = append(b, tagsJSON...)
 	return append(b, "}\n"...), nil
+}
+
+// stamps writes times as time.RFC3339Nano writes them in UTC
+// (encoding/json's form of a time.Time in UTC), keeping the date of the
+// day it wrote last: a sink's lines mostly fall on a few days, and working
+// out the date is most of what formatting a time costs.
+type stamps struct {
+	day  int64    // the day of date, in days since 1970-01-01
+	date [11]byte // "2006-01-02T"; valid once set
+	set  bool
+}
+
+// ok reports whether append can write t: its year in UTC is from 0 to
+// 9999 (encoding/json refuses others). It sets the day of t as the
+// current one.
+func (st *stamps) ok(t time.Time) bool {
+	day := floorDiv(t.Unix(), 86400)
+	if st.set && day == st.day {
+		return true
+	}
+	u := t.UTC()
+	if y := u.Year(); y < 0 || y > 9999 {
+		return false
+	}
+	u.AppendFormat(st.date[:0], "2006-01-02T")
+	st.day, st.set = day, true
+	return true
+}
+
+// append appends t as t.UTC().AppendFormat(b, time.RFC3339Nano) does. ok(t)
+// must have been true just before.
+func (st *stamps) append(b []byte, t time.Time) []byte {
+	s := t.Unix() - st.day*86400
+	h, m, sec := s/3600, s/60%60, s%60
+	b = append(b, st.date[:]...)
+	b = append(b, byte('0'+h/10), byte('0'+h%10), ':', byte('0'+m/10), byte('0'+m%10), ':', byte('0'+sec/10), byte('0'+sec%10))
+	if ns := t.Nanosecond(); ns != 0 {
+		var frac [10]byte
+		frac[0] = '.'
+		for i := 9; i > 0; i-- {
+			frac[i] = byte('0' + ns%10)
+			ns /= 10
+		}
+		n := 10
+		for frac[n-1] == '0' {
+			n--
+		}
+		b = append(b, frac[:n]...)
+	}
+	return append(b, 'Z')
+}
+
+// floorDiv is a/b rounded down, b > 0.
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if a%b < 0 {
+		q--
+	}
+	return q
 }
 
 // appendField appends a string field that encoding/json omits when empty

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -40,6 +41,7 @@ func TestLinesAsEncodingJSON(t *testing.T) {
 	for _, tags := range tagSets {
 		s := NewWriter(nil)
 		s.tags, s.tagsJSON = tags, encodeTags(tags)
+		st := &s.stamps
 		var n int
 		for i, flow := range strs {
 			for j, metric := range strs {
@@ -49,7 +51,7 @@ func TestLinesAsEncodingJSON(t *testing.T) {
 					Width:  widths[(i*3+j)%len(widths)],
 					Count:  counts[(i+j*5)%len(counts)],
 				}
-				got, err := appendLine(nil, p, s.tags, s.tagsJSON)
+				got, err := appendLine(nil, st, &p, s.tags, s.tagsJSON)
 				if err != nil {
 					t.Fatalf("%q/%q: %v", flow, metric, err)
 				}
@@ -155,6 +157,7 @@ func TestPathLinesAsEncodingJSON(t *testing.T) {
 	tagSets := []map[string]string{nil, {"env": "prod"}, {"z": "1", "a": `x"y`, "ü\n": "<&>"}}
 
 	var n, refused int
+	st := &stamps{} // one for all, as a sink keeps it: days change from line to line
 	for _, tags := range tagSets {
 		tagsJSON := encodeTags(tags)
 		for i, a := range strs {
@@ -169,7 +172,7 @@ func TestPathLinesAsEncodingJSON(t *testing.T) {
 					enc := json.NewEncoder(&want)
 					enc.SetEscapeHTML(false)
 					wantErr := enc.Encode(pathLineOf(p, tags))
-					got, err := appendPathLine([]byte("prefix"), p, tags, tagsJSON)
+					got, err := appendPathLine([]byte("prefix"), st, &p, tags, tagsJSON)
 					n++
 					if wantErr != nil {
 						refused++
@@ -255,6 +258,43 @@ func TestPlainAsEncodingJSON(t *testing.T) {
 			for _, r := range []string{"é", "\u2028", "\u2029", "\ufffd", "\U0001F600"} {
 				check(string(base[:i]) + r + string(base[i:]))
 			}
+		}
+	}
+}
+
+// TestStampsAsRFC3339Nano checks the sink's time writer against the time
+// package's RFC3339Nano in UTC, on times in turn that stay on one day,
+// move across days (before 1970 too) and leave the years encoding/json
+// writes, each ok exactly when the year is from 0 to 9999.
+func TestStampsAsRFC3339Nano(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	lo, hi := time.Date(0, 1, 1, 0, 0, 0, 0, time.UTC).Unix(), time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC).Unix()
+	var st stamps
+	at := time.Date(2026, 12, 6, 23, 59, 58, 0, time.UTC)
+	for i := range 200_000 {
+		switch rng.IntN(6) {
+		case 0:
+			at = at.Add(time.Duration(rng.Int64N(int64(time.Hour))))
+		case 1:
+			at = at.Add(-time.Duration(rng.Int64N(int64(48 * time.Hour))))
+		case 2:
+			at = time.Unix(lo-86400*400+rng.Int64N(hi-lo+86400*800), rng.Int64N(1e9))
+		case 3:
+			at = time.Unix(rng.Int64N(4e9)-2e9, rng.Int64N(1e9)).In(time.FixedZone("X", 3600*(rng.IntN(25)-12)))
+		case 4:
+			at = at.Truncate(time.Second).Add(time.Duration(rng.IntN(1000)) * time.Millisecond)
+		default:
+			at = at.Add(time.Second)
+		}
+		u := at.UTC()
+		y := u.Year()
+		if ok := st.ok(at); ok != (y >= 0 && y <= 9999) {
+			t.Fatalf("time %d, %v: ok %v", i, u, ok)
+		} else if !ok {
+			continue
+		}
+		if got, want := st.append([]byte("x"), at), u.AppendFormat([]byte("x"), time.RFC3339Nano); !bytes.Equal(got, want) {
+			t.Fatalf("time %d: got %s, want %s", i, got, want)
 		}
 	}
 }

@@ -73,6 +73,7 @@ type Sink struct {
 	tags     map[string]string
 	tagsJSON []byte // `,"tags":{…}`, encoded once
 	buf      []byte // Send's lines, kept between batches up to maxKeep
+	stamps   stamps // the lines' times
 
 	closed bool
 
@@ -159,9 +160,9 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	if need := len(points) * lineGuess; cap(b) < need {
 		b = make([]byte, 0, need)
 	}
-	for _, p := range points {
+	for i := range points {
 		var err error
-		if b, err = appendLine(b, p, s.tags, s.tagsJSON); err != nil {
+		if b, err = appendLine(b, &s.stamps, &points[i], s.tags, s.tagsJSON); err != nil {
 			return fmt.Errorf("jsonl: %w", err)
 		}
 	}
@@ -172,12 +173,14 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	return err
 }
 
-// maxKeep bounds the buffer a sink keeps between batches; lineGuess is
-// the room made for a line before a batch, so the buffer seldom grows
-// while it is written.
+// maxKeep bounds the buffer a sink keeps between batches; lineGuess and
+// pathLineGuess are the room made for a line before a batch, so the buffer
+// seldom grows while it is written (a path line names its conversation:
+// some 160 bytes without tags).
 const (
-	maxKeep   = 4 << 20
-	lineGuess = 128
+	maxKeep       = 4 << 20
+	lineGuess     = 128
+	pathLineGuess = 224
 )
 
 // PathLine is the line of one point derived from a closed conversation
@@ -201,7 +204,7 @@ type PathLine struct {
 
 // NewPathLine is the line of p.
 func NewPathLine(p flowmetrics.PathPoint, tags map[string]string) PathLine {
-	f := fieldsOf(p)
+	f := fieldsOf(&p)
 	l := PathLine{Path: p.Kind.String(), Flow: f.flow, Metric: f.metric, Timing: f.timing, Funnel: f.funnel,
 		Experiment: f.experiment, Variant: f.variant, Step: f.step, Timestamp: p.Time.UTC(), Conversation: p.Conversation, Tags: tags}
 	if f.timed {
@@ -217,7 +220,7 @@ type pathFields struct {
 	timed                                                   bool // seconds set
 }
 
-func fieldsOf(p flowmetrics.PathPoint) pathFields {
+func fieldsOf(p *flowmetrics.PathPoint) pathFields {
 	switch p.Kind {
 	case flowmetrics.PathExit:
 		return pathFields{flow: p.Flow, metric: p.Metric}
@@ -237,12 +240,12 @@ func fieldsOf(p flowmetrics.PathPoint) pathFields {
 // like Send's.
 func (s *Sink) SendPaths(ctx context.Context, points []flowmetrics.PathPoint) error {
 	b := s.buf[:0]
-	if need := len(points) * lineGuess; cap(b) < need {
+	if need := len(points) * (pathLineGuess + len(s.tagsJSON)); cap(b) < need {
 		b = make([]byte, 0, need)
 	}
-	for _, p := range points {
+	for i := range points {
 		var err error
-		if b, err = appendPathLine(b, p, s.tags, s.tagsJSON); err != nil {
+		if b, err = appendPathLine(b, &s.stamps, &points[i], s.tags, s.tagsJSON); err != nil {
 			return fmt.Errorf("jsonl: %w", err)
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -267,10 +268,10 @@ func decodeLegacy(v []byte) (*conversation, error) {
 }
 
 // encodeEntry writes an outbox entry: its occurrences, then, when it has
-// any, its path points (entries written before paths existed end after the
-// occurrences).
+// any, its path points (pointsWriter's form; entries written before paths
+// existed end after the occurrences).
 func encodeEntry(occs []flowmetrics.Occurrence, paths []flowmetrics.PathPoint) []byte {
-	b := make([]byte, 0, 64*len(occs)+96*len(paths))
+	b := make([]byte, 0, 64*len(occs)+32*len(paths))
 	b = binary.AppendUvarint(b, uint64(len(occs)))
 	for _, o := range occs {
 		b = appendString(b, o.Key)
@@ -282,60 +283,236 @@ func encodeEntry(occs []flowmetrics.Occurrence, paths []flowmetrics.PathPoint) [
 	if len(paths) == 0 {
 		return b
 	}
-	b = binary.AppendUvarint(b, uint64(len(paths)))
+	var w pointsWriter
 	for i := range paths {
-		var prev *flowmetrics.PathPoint
-		if i > 0 {
-			prev = &paths[i-1]
-		}
-		b = appendPoint(b, &paths[i], prev)
+		w.add(&paths[i])
 	}
-	return b
+	return w.appendTo(b)
 }
 
-// appendPoint appends p to the path points of an outbox entry, after prev
-// (nil: p is the first).
-func appendPoint(b []byte, p, prev *flowmetrics.PathPoint) []byte {
-	kind := byte(p.Kind)
-	sameConv := prev != nil && p.Conversation == prev.Conversation
-	if sameConv {
+// pointsWriter encodes the path points of an outbox entry a point at a
+// time, as a close derives them. A close derives a few points per
+// conversation from a few flows, metrics and funnels, so the entry names
+// each flow, metric, timing, funnel, experiment, variant and step once,
+// in a table its points refer to by index; a point leaves out the
+// conversation and the time of the point before it when they are the
+// same, and writes a duration of whole nanoseconds as a varint.
+//
+// The entry's points, after its occurrences: a zero byte (entries of the
+// forms before, decodePathsV1's, have at least one point here), the
+// version (pointsV2), the number of names, their lengths, their bytes,
+// the number of points, then each point:
+//
+//   - its kind byte: the kind (pointKindMask), pointSameConversation,
+//     pointSameTime;
+//   - its fields byte: which of Flow, Metric, Name, Variant and Step it
+//     has (bit i for the i-th), how its Seconds is written
+//     (pointSecondsMask: none, nanoseconds or float bits), and whether its
+//     conversation is a UUID written in 16 bytes (pointUUID);
+//   - the index of each name it has, in that order;
+//   - its conversation unless pointSameConversation: 16 bytes with
+//     pointUUID (Genesys Cloud's conversation ids are UUIDs, written in
+//     lower case), else its length and bytes;
+//   - its Seconds: a zigzag varint of nanoseconds or 8 bytes of float64
+//     bits, big-endian;
+//   - unless pointSameTime: its Unix seconds less the point before's (the
+//     first point's: less zero) as a zigzag varint, then its nanoseconds
+//     (nanosecondsCode).
+type pointsWriter struct {
+	n      int
+	body   []byte            // the points
+	index  map[string]uint64 // name → its index in names
+	names  []string
+	nbytes int // of names
+
+	conv      string
+	sec, nsec int64 // the time of the point before
+}
+
+const (
+	pointsV2 = 2
+
+	// The kind byte's flags (kinds are small: pointKindMask).
+	pointSameConversation = 0x80
+	pointSameTime         = 0x40
+	pointKindMask         = 0x3f
+
+	// The fields byte: bits 0–4 say which names follow; then the form of
+	// Seconds, and of the conversation.
+	pointSecondsMask  = 0x60
+	pointSecondsNanos = 0x20
+	pointSecondsFloat = 0x40
+	pointUUID         = 0x80
+)
+
+func (w *pointsWriter) add(p *flowmetrics.PathPoint) {
+	sec, nsec := p.Time.Unix(), int64(p.Time.Nanosecond())
+	kind := byte(p.Kind) & pointKindMask
+	same := w.n > 0 && p.Conversation == w.conv
+	if same {
 		kind |= pointSameConversation
 	}
-	if p.Seconds == 0 {
-		kind |= pointNoSeconds
+	if w.n > 0 && sec == w.sec && nsec == w.nsec {
+		kind |= pointSameTime
 	}
-	b = append(b, kind)
-	for _, s := range [...]string{p.Flow, p.Metric, p.Name, p.Variant, p.Step} {
-		b = appendString(b, s)
+	fields := byte(0)
+	names := [...]string{p.Flow, p.Metric, p.Name, p.Variant, p.Step}
+	for i, s := range names {
+		if s != "" {
+			fields |= 1 << i
+		}
 	}
-	if !sameConv {
+	var id [16]byte
+	if !same && parseUUID(p.Conversation, &id) {
+		fields |= pointUUID
+	}
+	var ns int64
+	switch {
+	case p.Seconds == 0:
+	case secondsAsNanos(p.Seconds, &ns):
+		fields |= pointSecondsNanos
+	default:
+		fields |= pointSecondsFloat
+	}
+	b := append(w.body, kind, fields)
+	for _, s := range names {
+		if s != "" {
+			b = binary.AppendUvarint(b, w.name(s))
+		}
+	}
+	switch {
+	case same:
+	case fields&pointUUID != 0:
+		b = append(b, id[:]...)
+	default:
 		b = appendString(b, p.Conversation)
 	}
-	if p.Seconds != 0 {
+	w.conv = p.Conversation
+	switch fields & pointSecondsMask {
+	case pointSecondsNanos:
+		b = binary.AppendVarint(b, ns)
+	case pointSecondsFloat:
 		b = binary.BigEndian.AppendUint64(b, math.Float64bits(p.Seconds))
 	}
-	b = binary.AppendVarint(b, p.Time.Unix())
-	return binary.AppendUvarint(b, uint64(p.Time.Nanosecond()))
+	if kind&pointSameTime == 0 {
+		b = binary.AppendVarint(b, sec-w.sec)
+		b = binary.AppendUvarint(b, nanosecondsCode(nsec))
+		w.sec, w.nsec = sec, nsec
+	}
+	w.body = b
+	w.n++
 }
 
-// pathsEntry is an outbox entry of n path points, points their encoding
-// (appendPoint's), as encodeEntry(nil, the points) writes it.
-func pathsEntry(n int, points []byte) []byte {
-	b := make([]byte, 0, 2*binary.MaxVarintLen64+len(points))
-	b = binary.AppendUvarint(b, 0)
-	b = binary.AppendUvarint(b, uint64(n))
-	return append(b, points...)
+// name returns the index of s in the entry's names, adding it if new.
+func (w *pointsWriter) name(s string) uint64 {
+	if i, ok := w.index[s]; ok {
+		return i
+	}
+	if w.index == nil {
+		w.index = make(map[string]uint64)
+	}
+	i := uint64(len(w.names))
+	w.index[s] = i
+	w.names = append(w.names, s)
+	w.nbytes += len(s)
+	return i
 }
 
-// Flags of a path point's kind byte in an outbox entry: a close derives a
-// few points per conversation, most of them counts, so a point leaves out
-// the conversation id of the point before it and a zero Seconds. Entries
-// written before the flags have neither bit set (kinds are small).
-const (
-	pointSameConversation = 0x80
-	pointNoSeconds        = 0x40
-	pointKindMask         = 0x3f
-)
+// appendTo appends the points as an outbox entry's (after its
+// occurrences) to b.
+func (w *pointsWriter) appendTo(b []byte) []byte {
+	b = slices.Grow(b, 3*binary.MaxVarintLen64+2+len(w.names)+w.nbytes+len(w.body))
+	b = append(b, 0, pointsV2)
+	b = binary.AppendUvarint(b, uint64(len(w.names)))
+	for _, s := range w.names {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+	}
+	for _, s := range w.names {
+		b = append(b, s...)
+	}
+	b = binary.AppendUvarint(b, uint64(w.n))
+	return append(b, w.body...)
+}
+
+// entry is the outbox entry of the points alone (no occurrences), as
+// encodeEntry(nil, the points) writes it.
+func (w *pointsWriter) entry() []byte {
+	return w.appendTo(binary.AppendUvarint(nil, 0))
+}
+
+// secondsAsNanos reports whether s is exactly a whole number of
+// nanoseconds' Duration.Seconds (as a path's durations, differences of
+// attribute times, are), and sets *ns to it.
+func secondsAsNanos(s float64, ns *int64) bool {
+	r := math.Round(s * 1e9)
+	if !(math.Abs(r) < 1<<62) {
+		return false
+	}
+	d := time.Duration(r)
+	if d.Seconds() != s {
+		return false
+	}
+	*ns = int64(d)
+	return true
+}
+
+// parseUUID reports whether s is a UUID as Genesys Cloud writes
+// conversation ids (8-4-4-4-12 hex digits, lower case), so that
+// formatUUID of its 16 bytes, set in *id, is s again.
+func parseUUID(s string, id *[16]byte) bool {
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return false
+	}
+	j := 0
+	for i := 0; i < 36; i += 2 {
+		if i == 8 || i == 13 || i == 18 || i == 23 {
+			i++
+		}
+		hi, lo := unhex(s[i]), unhex(s[i+1])
+		if hi > 15 || lo > 15 {
+			return false
+		}
+		id[j] = hi<<4 | lo
+		j++
+	}
+	return true
+}
+
+// unhex is the value of a lower-case hex digit, else 255.
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	}
+	return 255
+}
+
+// formatUUID writes 16 bytes as parseUUID reads them.
+func formatUUID(id []byte) string {
+	const digits = "0123456789abcdef"
+	var b [36]byte
+	j := 0
+	for i := range 16 {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			b[j] = '-'
+			j++
+		}
+		b[j], b[j+1] = digits[id[i]>>4], digits[id[i]&15]
+		j += 2
+	}
+	return string(b[:])
+}
+
+// nanosecondsCode writes a time's nanoseconds in fewer bytes when they are
+// whole milliseconds (attribute times mostly are): ms<<1|1, else ns<<1.
+func nanosecondsCode(nsec int64) uint64 {
+	if nsec%1e6 == 0 {
+		return uint64(nsec/1e6)<<1 | 1
+	}
+	return uint64(nsec) << 1
+}
 
 func decodeEntry(v []byte) ([]flowmetrics.Occurrence, []flowmetrics.PathPoint, error) {
 	occs, v, err := decodeOccurrences(v)
@@ -346,9 +523,156 @@ func decodeEntry(v []byte) ([]flowmetrics.Occurrence, []flowmetrics.PathPoint, e
 	return occs, paths, err
 }
 
+// decodePaths reads the path points of an outbox entry, in the form
+// pointsWriter writes or in the forms before it.
 func decodePaths(v []byte) ([]flowmetrics.PathPoint, error) {
+	if len(v) < 2 || v[0] != 0 {
+		return decodePathsV1(v)
+	}
+	if v[1] != pointsV2 {
+		return nil, errCorrupt
+	}
+	v = v[2:]
+	// The names: one string holds them all, each point's a part of it.
+	nn, m := binary.Uvarint(v)
+	if m <= 0 || nn > uint64(len(v)) {
+		return nil, errCorrupt
+	}
+	v = v[m:]
+	ends := make([]int, nn)
+	total := 0
+	for i := range ends {
+		l, m := binary.Uvarint(v)
+		if m <= 0 || l > uint64(len(v)) {
+			return nil, errCorrupt
+		}
+		v = v[m:]
+		total += int(l)
+		ends[i] = total
+	}
+	if total > len(v) {
+		return nil, errCorrupt
+	}
+	all := string(v[:total])
+	v = v[total:]
+	name := func(i uint64) (string, bool) {
+		if i >= nn {
+			return "", false
+		}
+		start := 0
+		if i > 0 {
+			start = ends[i-1]
+		}
+		return all[start:ends[i]], true
+	}
+
 	n, m := binary.Uvarint(v)
-	if m <= 0 || n > uint64(len(v)) {
+	if m <= 0 || n == 0 || n > uint64(len(v)/2) {
+		return nil, errCorrupt
+	}
+	v = v[m:]
+	out := make([]flowmetrics.PathPoint, n)
+	var conv string
+	var sec, nsec int64
+	var at time.Time
+	for i := range out {
+		if len(v) < 2 {
+			return nil, errCorrupt
+		}
+		kind, fields := v[0], v[1]
+		v = v[2:]
+		p := &out[i]
+		p.Kind = flowmetrics.PathKind(kind & pointKindMask)
+		for f, s := range [...]*string{&p.Flow, &p.Metric, &p.Name, &p.Variant, &p.Step} {
+			if fields&(1<<f) == 0 {
+				continue
+			}
+			x, m := binary.Uvarint(v)
+			var ok bool
+			if m <= 0 {
+				return nil, errCorrupt
+			}
+			if *s, ok = name(x); !ok {
+				return nil, errCorrupt
+			}
+			v = v[m:]
+		}
+		switch {
+		case kind&pointSameConversation != 0:
+			if i == 0 || fields&pointUUID != 0 {
+				return nil, errCorrupt
+			}
+		case fields&pointUUID != 0:
+			if len(v) < 16 {
+				return nil, errCorrupt
+			}
+			conv, v = formatUUID(v[:16]), v[16:]
+		default:
+			var err error
+			if conv, v, err = readString(v); err != nil {
+				return nil, err
+			}
+		}
+		p.Conversation = conv
+		switch fields & pointSecondsMask {
+		case pointSecondsNanos:
+			ns, m := binary.Varint(v)
+			if m <= 0 {
+				return nil, errCorrupt
+			}
+			v = v[m:]
+			p.Seconds = time.Duration(ns).Seconds()
+		case pointSecondsFloat:
+			if len(v) < 8 {
+				return nil, errCorrupt
+			}
+			p.Seconds = math.Float64frombits(binary.BigEndian.Uint64(v))
+			v = v[8:]
+		case pointSecondsMask:
+			return nil, errCorrupt
+		}
+		if kind&pointSameTime == 0 {
+			d, a := binary.Varint(v)
+			if a <= 0 {
+				return nil, errCorrupt
+			}
+			code, c := binary.Uvarint(v[a:])
+			if c <= 0 {
+				return nil, errCorrupt
+			}
+			v = v[a+c:]
+			switch x := code >> 1; {
+			case code&1 != 0 && x < 1e3:
+				nsec = int64(x) * 1e6
+			case code&1 == 0 && x < 1e9:
+				nsec = int64(x)
+			default:
+				return nil, errCorrupt
+			}
+			sec += d
+			at = time.Unix(sec, nsec).UTC()
+		} else if i == 0 {
+			return nil, errCorrupt
+		}
+		p.Time = at
+	}
+	if len(v) != 0 {
+		return nil, errCorrupt
+	}
+	return out, nil
+}
+
+// Flags of a path point's kind byte in the form before pointsV2: the
+// point leaves out the conversation id of the point before it
+// (pointSameConversation) and a zero Seconds (pointNoSecondsV1). Entries
+// written before the flags have neither bit set (kinds are small).
+const pointNoSecondsV1 = 0x40
+
+// decodePathsV1 reads the path points of an entry written before
+// pointsV2: every name of every point in full.
+func decodePathsV1(v []byte) ([]flowmetrics.PathPoint, error) {
+	n, m := binary.Uvarint(v)
+	if m <= 0 || n == 0 || n > uint64(len(v)) {
 		return nil, errCorrupt
 	}
 	v = v[m:]
@@ -377,7 +701,7 @@ func decodePaths(v []byte) ([]flowmetrics.PathPoint, error) {
 		} else if p.Conversation, v, err = readString(v); err != nil {
 			return nil, err
 		}
-		if kind&pointNoSeconds == 0 {
+		if kind&pointNoSecondsV1 == 0 {
 			if len(v) < 8 {
 				return nil, errCorrupt
 			}

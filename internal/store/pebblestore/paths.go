@@ -270,9 +270,7 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 	}
 	// The points are encoded as they are derived, into the outbox
 	// entry's body: no slice of them all is built.
-	var points []byte
-	var lastPoint flowmetrics.PathPoint // the point encoded last
-	npoints := 0
+	var points pointsWriter
 	// The batch is written in key order (the index's changes, then the
 	// headers, then the outbox entry), as a claim's is: Pebble inserts
 	// each key into its memtable from where the one before went.
@@ -308,13 +306,7 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 				}
 				pts := derive(flowmetrics.ClosedPath{ConversationID: c.id, Ended: c.h.path.Ended, Keys: c.keys})
 				for i := range pts {
-					var prev *flowmetrics.PathPoint
-					if npoints > 0 {
-						prev = &lastPoint
-					}
-					points = appendPoint(points, &pts[i], prev)
-					lastPoint = pts[i]
-					npoints++
+					points.add(&pts[i])
 				}
 				c.h.path = c.h.path.Close()
 				c.h.changed = now.UnixNano()
@@ -342,10 +334,10 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 	if b.Empty() {
 		return 0, last, &pendingClose{}, nil
 	}
-	pc = &pendingClose{s: s, points: int64(npoints)}
-	if npoints > 0 {
+	pc = &pendingClose{s: s, points: int64(points.n)}
+	if points.n > 0 {
 		pc.seq = s.seq.Begin()
-		if err := b.Set(outboxKey(pc.seq), pathsEntry(npoints, points), nil); err != nil {
+		if err := b.Set(outboxKey(pc.seq), points.entry(), nil); err != nil {
 			s.seq.End(pc.seq, 0, false)
 			return 0, 0, nil, fmt.Errorf("pebblestore: close paths: %w", err)
 		}
@@ -358,12 +350,12 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 		pc.mark, pc.unsynced = s.marks.closed(), true
 	}
 	if err != nil {
-		if npoints > 0 {
+		if points.n > 0 {
 			s.seq.End(pc.seq, 0, false)
 		}
 		return 0, 0, nil, fmt.Errorf("pebblestore: close paths: %w", err)
 	}
-	if !pc.unsynced && npoints > 0 {
+	if !pc.unsynced && points.n > 0 {
 		s.seq.End(pc.seq, pc.points, true)
 	}
 	// Every header the batch rewrote is closed or filed again: none is

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
@@ -191,8 +192,10 @@ func TestCloseDerivesFromTheHeader(t *testing.T) {
 }
 
 // TestPathPointsRoundTrip: an outbox entry of path points reads back as
-// written, in the compact form (a point leaves out the conversation of the
-// point before it and a zero duration) and in the form written before it.
+// written, in the form written now (a table of the entry's names; a point
+// leaves out the conversation and time of the point before it) and in the
+// two forms written before it, which stores written by earlier versions
+// hold.
 func TestPathPointsRoundTrip(t *testing.T) {
 	at := t0.Add(1500 * time.Millisecond)
 	points := []flowmetrics.PathPoint{
@@ -208,7 +211,7 @@ func TestPathPointsRoundTrip(t *testing.T) {
 	if err != nil || len(gotOccs) != 1 || !slices.Equal(got, points) {
 		t.Errorf("round trip: got %+v, %+v (%v), want %+v", gotOccs, got, err, points)
 	}
-	// The form before: every field of every point.
+	// The first form: every field of every point.
 	old := binary.AppendUvarint(nil, 0)
 	old = binary.AppendUvarint(old, uint64(len(points)))
 	for _, p := range points {
@@ -221,10 +224,99 @@ func TestPathPointsRoundTrip(t *testing.T) {
 		old = binary.AppendUvarint(old, uint64(p.Time.Nanosecond()))
 	}
 	if _, got, err := decodeEntry(old); err != nil || !slices.Equal(got, points) {
-		t.Errorf("entry written before the compact form: got %+v (%v), want %+v", got, err, points)
+		t.Errorf("entry of the first form: got %+v (%v), want %+v", got, err, points)
 	}
-	if len(encodeEntry(nil, points)) >= len(old) {
-		t.Errorf("compact form: %d bytes, want fewer than the %d of the form before", len(encodeEntry(nil, points)), len(old))
+	// The second form: every name, but not the conversation of the point
+	// before nor a zero duration.
+	v1 := binary.AppendUvarint(nil, 0)
+	v1 = binary.AppendUvarint(v1, uint64(len(points)))
+	for i, p := range points {
+		kind := byte(p.Kind)
+		same := i > 0 && p.Conversation == points[i-1].Conversation
+		if same {
+			kind |= 0x80
+		}
+		if p.Seconds == 0 {
+			kind |= 0x40
+		}
+		v1 = append(v1, kind)
+		for _, s := range []string{p.Flow, p.Metric, p.Name, p.Variant, p.Step} {
+			v1 = appendString(v1, s)
+		}
+		if !same {
+			v1 = appendString(v1, p.Conversation)
+		}
+		if p.Seconds != 0 {
+			v1 = binary.BigEndian.AppendUint64(v1, math.Float64bits(p.Seconds))
+		}
+		v1 = binary.AppendVarint(v1, p.Time.Unix())
+		v1 = binary.AppendUvarint(v1, uint64(p.Time.Nanosecond()))
+	}
+	if _, got, err := decodeEntry(v1); err != nil || !slices.Equal(got, points) {
+		t.Errorf("entry of the second form: got %+v (%v), want %+v", got, err, points)
+	}
+	if now := len(encodeEntry(nil, points)); now >= len(v1) {
+		t.Errorf("entry: %d bytes, want fewer than the %d of the second form", now, len(v1))
+	}
+}
+
+// TestPathPointsRoundTripRandom: random points (names shared or not,
+// conversations UUIDs or not, durations whole nanoseconds or not, times
+// before 1970 and far from each other) read back exactly; every shorter prefix of the entry, and every
+// entry with a byte changed, reads as an error or as points, never a
+// panic.
+func TestPathPointsRoundTripRandom(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	names := []string{"", "", "F", "G", "Metric", "a/b", "ünï"}
+	pick := func() string { return names[rng.IntN(len(names))] }
+	// Conversation ids: UUIDs as Genesys Cloud writes them, and ids
+	// that are nearly UUIDs.
+	convs := []string{"c1", "", "743a6a45-0000-4000-8640-d59725fa3c01", "743A6A45-0000-4000-8640-D59725FA3C01",
+		"743a6a45-0000-4000-8640-d59725fa3c0g", "743a6a45-0000-4000-8640d-59725fa3c01", "743a6a45-0000-4000-8640-d59725fa3c011",
+		"743a6a45+0000-4000-8640-d59725fa3c01", "ffffffff-ffff-ffff-ffff-ffffffffffff"}
+	for round := range 300 {
+		points := make([]flowmetrics.PathPoint, 1+rng.IntN(20))
+		at := time.Unix(rng.Int64N(1<<40)-1<<39, 0).UTC()
+		conv := convs[0]
+		for i := range points {
+			if rng.IntN(3) == 0 {
+				conv = convs[rng.IntN(len(convs))]
+				if rng.IntN(2) == 0 {
+					conv = fmt.Sprintf("%08x-%04x-4%03x-8%03x-%012x", rng.Uint32(), rng.IntN(1<<16), rng.IntN(1<<12), rng.IntN(1<<12), rng.Int64N(1<<48))
+				}
+			}
+			switch rng.IntN(4) {
+			case 0:
+				at = at.Add(time.Duration(rng.Int64N(1e12)) - 5e11)
+			case 1:
+				at = at.Add(time.Duration(rng.Int64N(1e6)) * time.Millisecond)
+			case 2:
+				at = time.Unix(rng.Int64N(1<<40)-1<<39, rng.Int64N(1e9)).UTC()
+			}
+			var secs float64
+			switch rng.IntN(4) {
+			case 0:
+				secs = time.Duration(rng.Int64N(1e13) - 1e12).Seconds()
+			case 1:
+				secs = rng.Float64() * 1e4
+			case 2:
+				secs = math.Inf(1)
+			}
+			points[i] = flowmetrics.PathPoint{Kind: flowmetrics.PathKind(1 + rng.IntN(5)), Flow: pick(), Metric: pick(), Name: pick(), Variant: pick(), Step: pick(), Seconds: secs, Time: at, Conversation: conv}
+		}
+		entry := encodeEntry(nil, points)
+		_, got, err := decodeEntry(entry)
+		if err != nil || !slices.Equal(got, points) {
+			t.Fatalf("round %d: got %+v (%v), want %+v", round, got, err, points)
+		}
+		for n := range len(entry) {
+			if _, _, err := decodeEntry(entry[:n]); err == nil && n > 1 {
+				t.Fatalf("round %d: the first %d of %d bytes read without an error", round, n, len(entry))
+			}
+			changed := slices.Clone(entry)
+			changed[n] ^= byte(1 + rng.IntN(255))
+			decodeEntry(changed)
+		}
 	}
 }
 
@@ -297,35 +389,24 @@ func BenchmarkClosePathsOf(b *testing.B) {
 // all, and reads back as them.
 func TestPathsEntryAsEncodeEntry(t *testing.T) {
 	var all []flowmetrics.PathPoint
-	var body []byte
-	var last flowmetrics.PathPoint
+	var w pointsWriter
 	for c, n := range []int{2, 0, 1, 3} {
 		for i := range n {
 			p := flowmetrics.PathPoint{Kind: flowmetrics.PathKind(1 + i%3), Flow: "F", Metric: fmt.Sprint("M", i), Conversation: fmt.Sprint("c", c), Time: t0.Add(time.Duration(i) * time.Second)}
 			if i == 1 {
 				p.Seconds = 1.5
 			}
-			var prev *flowmetrics.PathPoint
-			if len(all) > 0 {
-				prev = &last
-			}
-			body = appendPoint(body, &p, prev)
-			last = p
+			w.add(&p)
 			all = append(all, p)
 		}
 	}
-	got, want := pathsEntry(len(all), body), encodeEntry(nil, all)
+	got, want := w.entry(), encodeEntry(nil, all)
 	if !bytes.Equal(got, want) {
 		t.Fatalf("entry:\n got %x\nwant %x", got, want)
 	}
 	occs, paths, err := decodeEntry(got)
-	if err != nil || len(occs) != 0 || len(paths) != len(all) {
-		t.Fatalf("decoded: %d occurrences, %d points (%v); want 0, %d", len(occs), len(paths), err, len(all))
-	}
-	for i := range all {
-		if !paths[i].Time.Equal(all[i].Time) || paths[i].Conversation != all[i].Conversation || paths[i].Metric != all[i].Metric || paths[i].Seconds != all[i].Seconds || paths[i].Kind != all[i].Kind {
-			t.Errorf("point %d: got %+v, want %+v", i, paths[i], all[i])
-		}
+	if err != nil || len(occs) != 0 || !slices.Equal(paths, all) {
+		t.Fatalf("decoded: %d occurrences, %+v (%v); want 0, %+v", len(occs), paths, err, all)
 	}
 }
 
@@ -373,4 +454,33 @@ func TestClosePathsReadsOnPastStaleEntries(t *testing.T) {
 	if n, err := s.ClosePaths(ctx, t0.Add(time.Hour), 5, derive); err != nil || n != 1 {
 		t.Errorf("the next sweep closed %d (%v), want the last b", n, err)
 	}
+}
+
+// BenchmarkPathPointsEntry: a close batch's outbox entry of 256
+// conversations' points, as the replay of a corpus derives them (a step
+// timing, two exits and a funnel step each, times in milliseconds),
+// encoded and read back; per point.
+func BenchmarkPathPointsEntry(b *testing.B) {
+	var points []flowmetrics.PathPoint
+	for c := range 256 {
+		conv := fmt.Sprintf("%08x-0000-4000-8000-%012x", c, c)
+		start := t0.Add(time.Duration(c) * 150 * time.Millisecond)
+		at := start.Add(time.Duration(1000+37*c) * time.Millisecond)
+		points = append(points,
+			flowmetrics.PathPoint{Kind: flowmetrics.PathStep, Flow: "MainMenu", Metric: fmt.Sprint("Option", c%4), Seconds: at.Sub(start).Seconds(), Time: at, Conversation: conv},
+			flowmetrics.PathPoint{Kind: flowmetrics.PathExit, Flow: "MainMenu", Metric: fmt.Sprint("Option", c%4), Time: at, Conversation: conv},
+			flowmetrics.PathPoint{Kind: flowmetrics.PathExit, Flow: "Callback", Metric: "Offered", Time: start, Conversation: conv},
+			flowmetrics.PathPoint{Kind: flowmetrics.PathFunnel, Name: "callback", Step: "Callback/Offered", Time: start, Conversation: conv},
+		)
+	}
+	size := 0
+	for b.Loop() {
+		e := encodeEntry(nil, points)
+		size = len(e)
+		if _, got, err := decodeEntry(e); err != nil || len(got) != len(points) {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(points)), "ns/point")
+	b.ReportMetric(float64(size)/float64(len(points)), "B/point")
 }
