@@ -173,12 +173,14 @@ func (s *Sink) Send(ctx context.Context, points []flowmetrics.Point) error {
 	return err
 }
 
-// maxKeep bounds the buffer a sink keeps between batches; lineGuess is
-// the room made for a line before a batch, so the buffer seldom grows
-// while it is written.
+// maxKeep bounds the buffer a sink keeps between batches; lineGuess and
+// pathLineGuess are the room made for a line before a batch, so the buffer
+// seldom grows while it is written (a path line names its conversation:
+// some 160 bytes without tags).
 const (
-	maxKeep   = 4 << 20
-	lineGuess = 128
+	maxKeep       = 4 << 20
+	lineGuess     = 128
+	pathLineGuess = 224
 )
 
 // PathLine is the line of one point derived from a closed conversation
@@ -238,7 +240,7 @@ func fieldsOf(p *flowmetrics.PathPoint) pathFields {
 // like Send's.
 func (s *Sink) SendPaths(ctx context.Context, points []flowmetrics.PathPoint) error {
 	b := s.buf[:0]
-	if need := len(points) * lineGuess; cap(b) < need {
+	if need := len(points) * (pathLineGuess + len(s.tagsJSON)); cap(b) < need {
 		b = make([]byte, 0, need)
 	}
 	for i := range points {

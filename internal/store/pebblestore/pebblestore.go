@@ -41,6 +41,7 @@
 //	s/<sink name>\x00<key> -> one key of the sink's own state (AckState)
 //	d/<deadline, 8 bytes BE><conversation id> -> empty: the open paths by the deadline they are filed under
 //	g/<slot, 4 bytes BE> -> the cardinality guard's slot-th admitted flow/metric pair (AdmitPairs)
+//	x/paths-unindexed    -> empty: the deadline index may lack open paths, which the next ClosePaths or Open files from the headers (DeferPathIndex)
 //
 // Stores written before the path state moved into the header kept it under
 // p/<conversation id>; Open converts them.
@@ -123,6 +124,12 @@ type Store struct {
 	ended *endedHeaders
 	// marks tell when a close applied without a sync of its own is durable.
 	marks *logMarks
+	// unindexed: claims file no path in the deadline index, and closes by
+	// name delete no entry (DeferPathIndex, unindexed.go). indexMu is
+	// held shared by a claim from reading it until its batch is applied,
+	// and exclusively while the index is completed.
+	unindexed atomic.Bool
+	indexMu   sync.RWMutex
 }
 
 // Sizes. A write-ahead log holds what its memtable holds, and Pebble keeps
@@ -222,6 +229,9 @@ func openPaced(dir string, fs vfs.FS, opts store.Options, pace *pacer, log *slog
 	}
 	if err == nil {
 		err = s.convertPaths()
+	}
+	if err == nil {
+		err = s.openUnindexed()
 	}
 	if err == nil {
 		err = s.load()
@@ -437,6 +447,8 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 	}
 	unlock := s.stripes.Lock(convs)
 	defer unlock()
+	s.indexMu.RLock()
+	defer s.indexMu.RUnlock()
 
 	now := s.opts.Now()
 	b := s.db.NewBatch()
@@ -448,6 +460,7 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 	var out []flowmetrics.Occurrence
 	keys := newKeysFor(reqs)
 	paths := s.opts.Paths != nil
+	indexed := paths && !s.unindexed.Load()
 	syncPaths := false
 	staged, err := s.stageAll(reqs, &refused, now)
 	if err != nil {
@@ -500,7 +513,7 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 		// Before the batch is applied and the stripes released: a later
 		// claim of the conversation reads its header.
 		s.fresh.add(c.prefix)
-		if paths {
+		if indexed {
 			at, err := fileIndex(b, c)
 			if err != nil {
 				return nil, fmt.Errorf("pebblestore: claim: %w", err)
