@@ -19,7 +19,8 @@ import (
 // heap and the allowance, and under it no proportional trigger (GOGC off)
 // unless GOGC is set; serve gets the same limit plus its request bytes in
 // flight, and GOGC serveGCPercent unless GOGC is set. GOMEMLIMIT, when
-// set, is left to rule, and the memory store gets none.
+// set, is left to rule, and the memory store gets none (but GOGC
+// memoryGCPercent in a replay, unless GOGC is set).
 func TestLimitMemory(t *testing.T) {
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(math.MaxInt64))
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
@@ -34,6 +35,8 @@ func TestLimitMemory(t *testing.T) {
 	small.Pipeline.CacheBytes = 1 << 20
 	off := cfg
 	off.Pipeline.CacheConversations = -1
+	memCfg := cfg
+	memCfg.Store.Type = "memory"
 	serveCfg := config.Default()
 	serveIn := 4 * serveCfg.HTTP.MaxBodyBytes // http.max_bytes_in_flight's default
 	bounded := serveCfg
@@ -53,7 +56,8 @@ func TestLimitMemory(t *testing.T) {
 		{"embedded, cache off", false, "", "", off, pst, pst.GoHeapBytes() + heapAllowance, -1},
 		{"embedded, GOGC set", false, "", "200", cfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance, 100},
 		{"embedded, GOMEMLIMIT set", false, "1GiB", "", cfg, pst, math.MaxInt64, 100},
-		{"memory store", false, "", "", cfg, mst, math.MaxInt64, 100},
+		{"memory store", false, "", "", memCfg, mst, math.MaxInt64, memoryGCPercent},
+		{"memory store, GOGC set", false, "", "200", memCfg, mst, math.MaxInt64, 100},
 		{"serve, embedded", true, "", "", serveCfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance + serveIn, serveGCPercent},
 		{"serve, embedded, bytes in flight set", true, "", "", bounded, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance + 30<<20, serveGCPercent},
 		{"serve, GOGC set", true, "", "200", serveCfg, pst, pipeline.DefaultCacheBytes + pst.GoHeapBytes() + heapAllowance + serveIn, 100},

@@ -3,6 +3,7 @@ package memstore
 import (
 	"encoding/binary"
 	"hash/maphash"
+	"unsafe"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/store"
@@ -13,8 +14,9 @@ import (
 // arena of byte chunks, found through an open-addressing table of
 // integers. A replay into the memory store keeps every conversation to its
 // end, hundreds of thousands of them; held as maps, strings and pointers,
-// the collector walked them all on every cycle. Here a cycle marks a few
-// large objects, however many conversations are held.
+// the collector walked them all on every cycle. Here the records, the
+// chunks and the table (once large) are outside the Go heap, in huge
+// pages (offHeap), and the collector has none of them to mark.
 //
 // Memory follows the conversations held: a record and a table slot each,
 // and a block in the arena (its id, then its keys). A block that outgrows
@@ -28,13 +30,15 @@ import (
 type convs struct {
 	seed  maphash.Seed
 	slots []uint64 // hash<<32 | record index+1; 0: empty. Linear probing.
-	// The records, in pages that are never moved: a slice of them
-	// grown by copying faulted its new pages in again and again.
+	// The records, in pages of a huge page each that are never moved: a
+	// slice of them grown by copying faulted its new pages in again and
+	// again.
 	pages [][]conv
 	recs  uint32   // records in pages
 	free  []uint32 // records of swept conversations, reused first
 	n     int      // conversations held
 	arena arena
+	mem   *offHeap // where pages, the table once large, and the arena's chunks come from
 }
 
 // conv is one conversation's record. Its block in the arena is
@@ -56,14 +60,36 @@ type conv struct {
 const (
 	blockHeader = 8
 	minSlots    = 64
-	pageRecs    = 1024 // records in a page: 64 KiB
+	recBytes    = 64                  // a record's size (checked below)
+	pageRecs    = hugePage / recBytes // records in a page: a huge page's worth
+)
+
+// A record is recBytes long: pageRecs of them fill a huge page.
+var (
+	_ [recBytes - unsafe.Sizeof(conv{})]byte
+	_ [unsafe.Sizeof(conv{}) - recBytes]byte
 )
 
 // rec returns record i.
 func (t *convs) rec(i uint32) *conv { return &t.pages[i/pageRecs][i%pageRecs] }
 
 func newConvs() convs {
-	return convs{seed: maphash.MakeSeed(), slots: make([]uint64, minSlots)}
+	mem := &offHeap{}
+	return convs{seed: maphash.MakeSeed(), slots: make([]uint64, minSlots), mem: mem, arena: arena{mem: mem}}
+}
+
+// release gives back the memory of every conversation: t is then empty.
+func (t *convs) release() {
+	t.mem.freeAll()
+	mem := t.mem
+	*t = newConvs()
+	t.mem, t.arena.mem = mem, mem
+}
+
+// newPage returns a page of zeroed records.
+func (t *convs) newPage() []conv {
+	b := t.mem.alloc(hugePage)
+	return unsafe.Slice((*conv)(unsafe.Pointer(unsafe.SliceData(b))), pageRecs)
 }
 
 func (t *convs) hash(id string) uint64 { return maphash.String(t.seed, id) }
@@ -164,7 +190,7 @@ func (t *convs) add(id string, h uint64, occs []flowmetrics.Occurrence) uint32 {
 	} else {
 		i = t.recs
 		if i%pageRecs == 0 {
-			t.pages = append(t.pages, make([]conv, pageRecs))
+			t.pages = append(t.pages, t.newPage())
 		}
 		t.recs++
 	}
@@ -368,12 +394,14 @@ func (t *convs) delete(h uint32, i uint32) {
 // grow doubles the table.
 func (t *convs) grow() {
 	old := t.slots
-	t.slots = make([]uint64, 2*len(old))
+	b := t.mem.alloc(2 * len(old) * 8)
+	t.slots = unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(b))), 2*len(old))
 	for _, s := range old {
 		if s != 0 {
 			t.insert(uint32(s>>32), uint32(s)-1)
 		}
 	}
+	t.mem.free(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(old))), len(old)*8))
 }
 
 // compact moves the live blocks, chunk by chunk in order, to the start of
@@ -384,7 +412,8 @@ func (t *convs) compact() {
 	// While moving, a record in the new arena has its chunk numbered after
 	// the old ones, so a dead block in an old chunk is never taken for it.
 	base := uint32(len(old))
-	var to arena
+	to := arena{mem: t.mem}
+	t.mem.free(t.arena.spare)
 	for k, ch := range old {
 		for p := uint32(0); p < uint32(len(ch)); {
 			i := binary.LittleEndian.Uint32(ch[p:])
@@ -399,6 +428,8 @@ func (t *convs) compact() {
 		old[k] = nil
 		if to.spare == nil && cap(ch) == chunkSize {
 			to.spare = ch[:0]
+		} else {
+			t.mem.free(ch)
 		}
 	}
 	for i := range t.recs {
@@ -417,6 +448,7 @@ type arena struct {
 	spare  []byte   // an empty chunk, used next
 	live   int      // bytes of the blocks held
 	dead   int      // bytes of released blocks and of chunks' unused ends
+	mem    *offHeap // where its chunks come from
 
 	compactions int // so far, for tests
 }
@@ -431,7 +463,7 @@ func (a *arena) size() int {
 }
 
 const (
-	chunkSize = 1 << 20
+	chunkSize = hugePage
 	// minCompact is the dead bytes below which the arena is not
 	// compacted, so that a small store does not compact over and over.
 	minCompact = 4 * chunkSize
@@ -454,7 +486,7 @@ func (a *arena) alloc(n uint32) (chunk, pos uint32, b []byte) {
 	if a.spare != nil && n <= chunkSize {
 		c, a.spare = a.spare, nil
 	} else {
-		c = make([]byte, 0, max(chunkSize, int(n)))
+		c = a.mem.alloc(max(chunkSize, int(n)))[:0]
 	}
 	a.chunks = append(a.chunks, c[:n])
 	return uint32(len(a.chunks) - 1), 0, c[0:0:n]

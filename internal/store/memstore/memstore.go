@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -112,9 +113,12 @@ func (h dueHeap) init() {
 	}
 }
 
-// New returns an empty store.
+// New returns an empty store. Its conversations' memory is given back
+// when it is closed, or else once it is unreachable.
 func New(opts store.Options) *Store {
-	return &Store{opts: opts.WithDefaults(), convs: newConvs(), cursors: map[string]uint64{}, states: map[string]map[string][]byte{}}
+	s := &Store{opts: opts.WithDefaults(), convs: newConvs(), cursors: map[string]uint64{}, states: map[string]map[string][]byte{}}
+	runtime.AddCleanup(s, (*offHeap).freeAll, s.convs.mem)
+	return s
 }
 
 var errClosed = errors.New("memstore: closed")
@@ -353,6 +357,9 @@ func (s *Store) addPaths(points []flowmetrics.PathPoint) {
 func (s *Store) Sweep(ctx context.Context) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return 0, errClosed
+	}
 	now := s.opts.Now()
 	n := 0
 	for i := range s.convs.recs {
@@ -521,6 +528,9 @@ func (s *Store) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
+	// Nothing reads the conversations after this: their memory goes back.
+	s.convs.release()
+	s.due = nil
 	return nil
 }
 
