@@ -21,7 +21,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
+	"github.com/flowmetrics/flowmetrics/internal/store"
+	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
 )
 
 var binary string
@@ -533,4 +536,60 @@ func TestServeDashboard(t *testing.T) {
 		}
 	}
 	t.Errorf("dashboard JSON never showed the sample's flows; last: %s", last)
+}
+
+// TestServeWarnsOfAnInterruptedReplay: serve, started on a data directory
+// where a replay stopped before delivering everything it counted to its
+// sinks, names each such sink and how many points it will never get; a
+// replay that delivered everything leaves nothing to warn of.
+func TestServeWarnsOfAnInterruptedReplay(t *testing.T) {
+	ctx := context.Background()
+	at := time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)
+	occ := func(name string) flowmetrics.Occurrence {
+		return flowmetrics.Occurrence{Key: "CrashTestMetric_" + name + "(" + at.Format(time.RFC3339Nano) + ")", Flow: "CrashTest", Metric: name, Time: at}
+	}
+	// What a replay into a fresh data directory leaves when it is killed
+	// after its claims and before its deliveries (delivered: the cursor
+	// moved past them, as a replay that ran to its end does).
+	replayed := func(delivered bool) string {
+		data := t.TempDir()
+		st, err := pebblestore.Open(filepath.Join(data, "state"), store.Options{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Register(ctx, []string{replayCursorPrefix + "jsonl"}); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := st.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: "c0ffee00-0000-4000-8000-000000000001", Occurrences: []flowmetrics.Occurrence{occ("Reached"), occ("Left")}}}); err != nil || len(got) != 2 {
+			t.Fatalf("claim: %v %v", got, err)
+		}
+		if delivered {
+			entries, err := st.ReadOutbox(ctx, 0, 10)
+			if err != nil || len(entries) != 1 {
+				t.Fatalf("outbox: %v %v", entries, err)
+			}
+			if err := st.AckState(ctx, replayCursorPrefix+"jsonl", entries[0].Seq, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	for _, delivered := range []bool{false, true} {
+		addr := freeAddr(t)
+		srv := startServe(t, "-data-dir", replayed(delivered), "-listen", addr)
+		srv.cmd.Process.Signal(syscall.SIGTERM)
+		if err := srv.cmd.Wait(); err != nil {
+			t.Fatalf("serve: %v\n%s", err, srv.log())
+		}
+		warned := strings.Contains(srv.log(), "stopped before its end")
+		switch {
+		case !delivered && !strings.Contains(srv.log(), "sink=jsonl points=2"):
+			t.Errorf("a replay's two undelivered points: serve did not name them:\n%s", srv.log())
+		case delivered && warned:
+			t.Errorf("a replay that delivered everything: serve warned:\n%s", srv.log())
+		}
+	}
 }

@@ -180,7 +180,7 @@ func startReplay(ctx context.Context, cfg config.Config, st flowmetrics.Store, m
 	if cfg.Store.Type == "embedded" {
 		// Own cursors, so serve's pending points for a sink of the same
 		// kind are neither taken nor moved by the replay.
-		pcfg.CursorPrefix = "replay-"
+		pcfg.CursorPrefix = replayCursorPrefix
 	}
 	withPaths(cfg, &pcfg)
 	withoutCacheOverMemory(cfg, &pcfg)
@@ -277,6 +277,11 @@ const replayCloseBatch = 4096
 // serves. With the embedded store of a serve data directory, serve's own
 // sinks keep their cursors, so they also receive the replayed occurrences
 // when serve next runs; the replay's cursors are removed again at the end.
+// replayCursorPrefix is put before the names of a replay's sinks to make
+// their cursors in an embedded store: a replay into a serve data directory
+// then neither takes nor moves serve's pending points.
+const replayCursorPrefix = "replay-"
+
 func registerForReplay(ctx context.Context, st flowmetrics.Store, cursors []string) (restore func() error, err error) {
 	var existing []string
 	if l, ok := st.(flowmetrics.SinkLister); ok {

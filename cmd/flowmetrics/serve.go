@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"time"
 
 	promclient "github.com/prometheus/client_golang/prometheus"
@@ -232,11 +233,34 @@ func (s *service) startPipeline(ctx context.Context) error {
 	}
 	s.sinks = len(sinks)
 	s.p = pipeline.New(s.st, sinks, pcfg, s.m, s.log)
+	warnInterruptedReplay(ctx, s.st, s.log)
 	if err := s.p.Register(ctx); err != nil {
 		return err
 	}
 	s.p.Start()
 	return nil
+}
+
+// warnInterruptedReplay logs, per sink of a replay that stopped before
+// its end (killed, or the machine went down), how many of the points it
+// counted it had not yet delivered to that sink. serve registers only its
+// own sinks, which drops the replay's cursors: serve's own sinks still get
+// those points (that is the backfill), but the replay's sinks never will,
+// and running the replay again counts nothing again.
+func warnInterruptedReplay(ctx context.Context, st flowmetrics.Store, log *slog.Logger) {
+	l, ok := st.(flowmetrics.SinkLister)
+	if !ok {
+		return
+	}
+	for _, name := range l.Sinks() {
+		if !strings.HasPrefix(name, replayCursorPrefix) {
+			continue
+		}
+		if n, err := st.OutboxDepth(ctx, name); err == nil && n > 0 {
+			log.Warn("a replay into this data directory stopped before its end: its sink never gets these points (run the same replay again before serve to deliver them; it counts nothing twice)",
+				"sink", strings.TrimPrefix(name, replayCursorPrefix), "points", n)
+		}
+	}
 }
 
 // httpServer is POST /v1/events, /metrics, /healthz and the dashboard,
