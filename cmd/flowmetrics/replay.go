@@ -92,14 +92,6 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 			return err
 		}
 		r := &replayer{p: p, stderr: stderr, started: time.Now(), paths: newReplayCloser(p, st, cfg.Paths.IsEnabled(), cfg.Paths.WithDefaults().Grace)}
-		// The replay names the paths it closes (its clock), so the
-		// embedded store need not file them in its deadline index until
-		// the closes at the end of the input (closeReplayPaths) read it.
-		if d, ok := st.(interface{ DeferPathIndex() error }); ok && r.paths != nil {
-			if err := d.DeferPathIndex(); err != nil {
-				return err
-			}
-		}
 		if file, ok := stderr.(*os.File); ok && f.progress && term.IsTerminal(int(file.Fd())) {
 			stopBar := r.showProgress(file, inputs)
 			defer stopBar()

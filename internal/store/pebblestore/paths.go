@@ -99,11 +99,6 @@ func (s *Store) ClosePaths(ctx context.Context, asOf time.Time, limit int, deriv
 	if limit <= 0 {
 		limit = store.ClosePathsLimit
 	}
-	if s.unindexed.Load() {
-		if err := s.indexPaths(); err != nil {
-			return 0, err
-		}
-	}
 	for examined := 0; closed < limit && examined < closeExamine*limit; {
 		want := min(limit-closed, closeExamine*limit-examined)
 		n, found, err := s.closeRound(asOf, want, derive)
@@ -245,10 +240,6 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 	}
 	unlock := s.stripes.Lock(ids)
 	defer unlock()
-	// A store that files no path (DeferPathIndex) has no entry to delete
-	// for a conversation named; one that is there all the same is dropped
-	// as stale by the closer that finds it.
-	unindexed := s.unindexed.Load()
 	now := s.opts.Now()
 	b := s.db.NewBatch()
 	defer func() {
@@ -310,7 +301,7 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 				headers = append(headers, [2][]byte{c.key, c.h.encode()})
 				rewrote = append(rewrote, c.id)
 			case closeNow:
-				if c.at == byName && c.h.path.Filed != 0 && !unindexed {
+				if c.at == byName && c.h.path.Filed != 0 {
 					index = append(index, [2][]byte{dueKey(c.h.path.Filed, c.id), nil})
 				}
 				pts := derive(flowmetrics.ClosedPath{ConversationID: c.id, Ended: c.h.path.Ended, Keys: c.keys})

@@ -124,12 +124,6 @@ type Store struct {
 	ended *endedHeaders
 	// marks tell when a close applied without a sync of its own is durable.
 	marks *logMarks
-	// unindexed: claims file no path in the deadline index, and closes by
-	// name delete no entry (DeferPathIndex, unindexed.go). indexMu is
-	// held shared by a claim from reading it until its batch is applied,
-	// and exclusively while the index is completed.
-	unindexed atomic.Bool
-	indexMu   sync.RWMutex
 }
 
 // Sizes. A write-ahead log holds what its memtable holds, and Pebble keeps
@@ -229,9 +223,6 @@ func openPaced(dir string, fs vfs.FS, opts store.Options, pace *pacer, log *slog
 	}
 	if err == nil {
 		err = s.convertPaths()
-	}
-	if err == nil {
-		err = s.openUnindexed()
 	}
 	if err == nil {
 		err = s.load()
@@ -447,8 +438,6 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 	}
 	unlock := s.stripes.Lock(convs)
 	defer unlock()
-	s.indexMu.RLock()
-	defer s.indexMu.RUnlock()
 
 	now := s.opts.Now()
 	b := s.db.NewBatch()
@@ -460,7 +449,6 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 	var out []flowmetrics.Occurrence
 	keys := newKeysFor(reqs)
 	paths := s.opts.Paths != nil
-	indexed := paths && !s.unindexed.Load()
 	syncPaths := false
 	staged, err := s.stageAll(reqs, &refused, now)
 	if err != nil {
@@ -513,7 +501,7 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 		// Before the batch is applied and the stripes released: a later
 		// claim of the conversation reads its header.
 		s.fresh.add(c.prefix)
-		if indexed {
+		if paths {
 			at, err := fileIndex(b, c)
 			if err != nil {
 				return nil, fmt.Errorf("pebblestore: claim: %w", err)
