@@ -41,7 +41,6 @@
 //	s/<sink name>\x00<key> -> one key of the sink's own state (AckState)
 //	d/<deadline, 8 bytes BE><conversation id> -> empty: the open paths by the deadline they are filed under
 //	g/<slot, 4 bytes BE> -> the cardinality guard's slot-th admitted flow/metric pair (AdmitPairs)
-//	x/paths-unindexed    -> empty: the deadline index may lack open paths, which the next ClosePaths or Open files from the headers (DeferPathIndex)
 //
 // Stores written before the path state moved into the header kept it under
 // p/<conversation id>; Open converts them.
