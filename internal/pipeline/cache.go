@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/uuid"
 )
 
 // knownCache remembers, per conversation, keys the store is known to hold, so
@@ -172,7 +173,7 @@ type convID struct {
 
 func (c *knownCache) id(conv string) convID {
 	id := convID{s: conv, hash: uint32(maphash.String(c.seed, conv))}
-	id.uuid = uuidBytes(conv, &id.u)
+	id.uuid = uuid.Parse(conv, &id.u)
 	return id
 }
 
@@ -184,7 +185,7 @@ func (c *knownCache) entryHash(e int32) uint32 {
 		return en.spill().hash
 	}
 	var b [36]byte
-	return uint32(maphash.Bytes(c.seed, uuidText(&b, &en.id)))
+	return uint32(maphash.Bytes(c.seed, uuid.Text(&b, &en.id)))
 }
 
 // find returns conv's entry and the index slot that holds it, 0 and the

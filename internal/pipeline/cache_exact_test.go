@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -470,50 +469,5 @@ func TestKnownCacheTimes(t *testing.T) {
 	}
 	if tc.tell(b, t0, time.Second) {
 		t.Error("told of a conversation the cache does not hold")
-	}
-}
-
-// TestUUIDBytes changes each character of a canonical UUID to every byte,
-// and checks that uuidBytes takes exactly the texts that are canonical
-// UUIDs (lower-case hex digits, dashes at 8, 13, 18 and 23) and that
-// uuidText writes the same text back from their bytes.
-func TestUUIDBytes(t *testing.T) {
-	canonical := func(s string) bool {
-		if len(s) != 36 {
-			return false
-		}
-		for i := range 36 {
-			c := s[i]
-			if i == 8 || i == 13 || i == 18 || i == 23 {
-				if c != '-' {
-					return false
-				}
-			} else if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-				return false
-			}
-		}
-		return true
-	}
-	base := []byte("0c06df18-0001-4001-810d-38c7c42b8f0e")
-	for i := range base {
-		for c := range 256 {
-			b := slices.Clone(base)
-			b[i] = byte(c)
-			var u [16]byte
-			ok := uuidBytes(string(b), &u)
-			if ok != canonical(string(b)) {
-				t.Fatalf("%q: taken %v", b, ok)
-			}
-			var text [36]byte
-			if ok && string(uuidText(&text, &u)) != string(b) {
-				t.Fatalf("%q written back as %q", b, text)
-			}
-		}
-	}
-	for _, s := range []string{"", "0c06df18-0001-4001-810d-38c7c42b8f0", "0c06df18-0001-4001-810d-38c7c42b8f0e0"} {
-		var u [16]byte
-		if uuidBytes(s, &u) {
-			t.Errorf("%q taken", s)
-		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/store"
+	"github.com/flowmetrics/flowmetrics/internal/uuid"
 )
 
 // header is the state of one conversation: its counts, its path state
@@ -363,7 +364,7 @@ func (w *pointsWriter) add(p *flowmetrics.PathPoint) {
 		}
 	}
 	var id [16]byte
-	if !same && parseUUID(p.Conversation, &id) {
+	if !same && uuid.Parse(p.Conversation, &id) {
 		fields |= pointUUID
 	}
 	var ns int64
@@ -454,55 +455,6 @@ func secondsAsNanos(s float64, ns *int64) bool {
 	}
 	*ns = int64(d)
 	return true
-}
-
-// parseUUID reports whether s is a UUID as Genesys Cloud writes
-// conversation ids (8-4-4-4-12 hex digits, lower case), so that
-// formatUUID of its 16 bytes, set in *id, is s again.
-func parseUUID(s string, id *[16]byte) bool {
-	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return false
-	}
-	j := 0
-	for i := 0; i < 36; i += 2 {
-		if i == 8 || i == 13 || i == 18 || i == 23 {
-			i++
-		}
-		hi, lo := unhex(s[i]), unhex(s[i+1])
-		if hi > 15 || lo > 15 {
-			return false
-		}
-		id[j] = hi<<4 | lo
-		j++
-	}
-	return true
-}
-
-// unhex is the value of a lower-case hex digit, else 255.
-func unhex(c byte) byte {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0'
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10
-	}
-	return 255
-}
-
-// formatUUID writes 16 bytes as parseUUID reads them.
-func formatUUID(id []byte) string {
-	const digits = "0123456789abcdef"
-	var b [36]byte
-	j := 0
-	for i := range 16 {
-		if i == 4 || i == 6 || i == 8 || i == 10 {
-			b[j] = '-'
-			j++
-		}
-		b[j], b[j+1] = digits[id[i]>>4], digits[id[i]&15]
-		j += 2
-	}
-	return string(b[:])
 }
 
 // nanosecondsCode writes a time's nanoseconds in fewer bytes when they are
@@ -606,7 +558,8 @@ func decodePaths(v []byte) ([]flowmetrics.PathPoint, error) {
 			if len(v) < 16 {
 				return nil, errCorrupt
 			}
-			conv, v = formatUUID(v[:16]), v[16:]
+			var text [36]byte
+			conv, v = string(uuid.Text(&text, (*[16]byte)(v[:16]))), v[16:]
 		default:
 			var err error
 			if conv, v, err = readString(v); err != nil {
