@@ -74,6 +74,13 @@ func NewHandler(ctx context.Context, st flowmetrics.Store, sinks []flowmetrics.S
 	on := cfg.Paths.IsEnabled()
 	if on {
 		pc.Derive = paths.New(cfg.Paths, pc.Guard).Derive
+		// Events that bring only known keys still keep their path open:
+		// the known-key cache lets one through per step of the store's
+		// idle deadlines.
+		pc.PathTouch = cfg.Paths.Options().Step()
+		if t, ok := st.(interface{ PathTouch() time.Duration }); ok {
+			pc.PathTouch = t.PathTouch()
+		}
 	}
 	h := &Handler{
 		paths: on,

@@ -170,3 +170,65 @@ func TestPathsCloseOnceOnLambda(t *testing.T) {
 		}
 	}
 }
+
+// TestKnownKeysKeepAPathOpenOnLambda: a conversation whose events go on
+// bringing only keys it already has (every Genesys Cloud event repeats the
+// participant's attributes) is not closed idle_timeout after its last new
+// key, but idle_timeout after its last event, within a step: the handler's
+// known-key cache lets one event a step through to the store, which moves
+// the deadline although it writes no key.
+func TestKnownKeysKeepAPathOpenOnLambda(t *testing.T) {
+	srv := dynalitetest.Start(t)
+	table := srv.CreateTable(t)
+	pc := paths.Config{Grace: time.Second, IdleTimeout: 2 * time.Second} // a step of 125 ms
+	cfg := testCfg
+	cfg.Paths = pc
+	st, err := dynamostore.Open(dynamostore.Config{Table: table, Owner: "i0", ReadFirst: true}, srv.Client, store.Options{Paths: pc.WithDefaults().Options()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk := &pathSink{}
+	h, err := lambdafn.NewHandler(context.Background(), st, []flowmetrics.Sink{sk}, cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(context.Background()) })
+	send := func(id, body string) {
+		t.Helper()
+		r := h.HandleSQS(longInvocation(t), events.SQSEvent{Records: []events.SQSMessage{{MessageId: id, EventSource: "aws:sqs", Body: body}}})
+		if len(r.BatchItemFailures) > 0 {
+			t.Fatalf("%s: batch item failures: %v", id, r.BatchItemFailures)
+		}
+	}
+	sweep := func() { send("sweep", `{"flowmetrics":"sweep"}`) }
+	exits := func() int {
+		sk.pmu.Lock()
+		defer sk.pmu.Unlock()
+		n := 0
+		for _, p := range sk.path {
+			if p.Kind == flowmetrics.PathExit && p.Conversation == "conv-k" {
+				n++
+			}
+		}
+		return n
+	}
+	attrs := map[string]string{"IVRMetric_Entered(2026-11-20T09:31:48Z)": ""}
+	send("first", envelope("conv-k", attrs))
+	start := time.Now()
+	// Events with the same key, for longer than the idle timeout.
+	var last time.Time
+	for i := 0; time.Since(start) < 3*time.Second; i++ {
+		time.Sleep(400 * time.Millisecond)
+		send(fmt.Sprint("again-", i), envelope("conv-k", attrs))
+		last = time.Now()
+	}
+	sweep()
+	if n := exits(); n != 0 {
+		t.Fatalf("closed %d time(s) %v after its only new key, while its events kept coming; want it open", n, time.Since(start).Round(time.Millisecond))
+	}
+	time.Sleep(time.Until(last.Add(2*time.Second + 2*125*time.Millisecond)))
+	sweep()
+	if n := exits(); n != 1 {
+		t.Errorf("idle timeout and a step after its last event: %d exits, want 1", n)
+	}
+}

@@ -18,13 +18,14 @@
 //
 //	ps  S  the path index partition: a hash of the id modulo PathShards
 //	pb  N  epoch ms from which the path is due: the first customer.end
-//	       plus the grace, else the last new key plus the idle timeout
+//	       plus the grace, else the last event plus the idle timeout
 //	       rounded up to IdleStep; removed once the close is delivered
 //	pe  N  epoch ms of the first customer.end plus the grace; 2^53
 //	       ("never") once closed
 //	pc  N  the close: its lease end in epoch ms while its points are
 //	       pending, 0 once delivered
-//	pn  S  a nonce each claim writes (see below)
+//
+// (Earlier versions also wrote pn, a nonce; a reset removes it.)
 //
 // # Closing paths, and finding them without a scan
 //
@@ -55,15 +56,18 @@
 // deadline: a claim writes "pb = if_not_exists(pe, :idle)", so new keys
 // after the end (or after the close) leave it alone. Idle deadlines are
 // rounded up to IdleStep so that a conversation's index entry moves at
-// most once a step, not with every new key. A claim that finds
-// no new key must not postpone the idle close; it writes pb all the same
-// (the write cannot know), and then puts the old value back on condition
-// that pn is still its own: rare, since the pipeline's cache and
-// ReadFirst keep known keys from writing.
+// most once a step, not with every event. Every event postpones the idle
+// close, new keys or not: a claim's write sets pb, and a claim that
+// ReadFirst finds all known, so writes nothing, sets pb with a write of
+// its own when the rounded deadline moved (on condition that pe is absent
+// and pb is earlier). The pipeline's known-key cache lets one event of a
+// conversation through to the store per IdleStep (pipeline.Config's
+// PathTouch, which the Lambda handler sets to Store.PathTouch), so a
+// conversation that goes on without new keys stays open.
 //
 // Index writes per conversation, as DynamoDB bills them (keys only: one
 // write unit per entry added or removed, two per move): the first claim
-// adds it, the end moves it, the close's mark removes it; a new key moves
+// adds it, the end moves it, the close's mark removes it; an event moves
 // it only when it crosses an IdleStep boundary (15 minutes by default, or
 // a sixteenth of the idle timeout if shorter).
 //

@@ -600,7 +600,6 @@ func (s *Store) claimChunk(ctx context.Context, id string, keys []string, mine s
 		}
 		size := itemSize(old)
 		var take []takeover
-		fresh := false
 		for _, k := range keys {
 			v, present := old[keyPrefix+k]
 			switch st := s.state(id, k, v, present, now); st {
@@ -608,7 +607,6 @@ func (s *Store) claimChunk(ctx context.Context, id string, keys []string, mine s
 				size.Keys++
 				size.Bytes += len(k)
 				won[k] = true
-				fresh = true
 			case stateKnown:
 			case statePendingElsewhere:
 				pend[k] = true
@@ -619,11 +617,6 @@ func (s *Store) claimChunk(ctx context.Context, id string, keys []string, mine s
 		if s.opts.Paths != nil {
 			if _, ok := raw[attrClose]; ok {
 				res.afterClose = true
-			}
-			if !fresh {
-				if err := s.restoreDue(ctx, id, raw, now); err != nil {
-					return store.Size{}, err
-				}
 			}
 		}
 		if len(take) == 0 {
@@ -817,7 +810,7 @@ func (s *Store) reset(ctx context.Context, id string, keys []string, mine string
 	remove := keyNames(stale, "#r", names)
 	// A new lifetime: the old path's end and close go with the old keys.
 	for _, a := range []string{attrEnd, attrClose, attrNonce} {
-		if _, ok := got.Item[a]; ok && (a != attrNonce || s.opts.Paths == nil) {
+		if _, ok := got.Item[a]; ok {
 			names["#"+a] = a
 			remove = append(remove, "#"+a)
 		}
@@ -880,6 +873,10 @@ func (s *Store) takeOver(ctx context.Context, id string, take []takeover, mine s
 func (s *Store) unknown(ctx context.Context, id string, keys []string, now time.Time, pend map[string]bool) ([]string, error) {
 	names := map[string]string{"#t": attrTTL}
 	proj := append([]string{"#t"}, keyNames(keys, "#k", names)...)
+	if s.opts.Paths != nil {
+		names["#pb"], names["#pe"] = attrDue, attrEnd
+		proj = append(proj, "#pb", "#pe")
+	}
 	got, err := s.getItem(ctx, &dynamodb.GetItemInput{
 		Key:                      s.key(id),
 		ProjectionExpression:     aws.String(strings.Join(proj, ", ")),
@@ -905,6 +902,12 @@ func (s *Store) unknown(ctx context.Context, id string, keys []string, now time.
 			pend[k] = true
 		default:
 			out = append(out, k)
+		}
+	}
+	if len(out) == 0 && s.opts.Paths != nil {
+		// Nothing to write, but the event still keeps its path open.
+		if err := s.touch(ctx, id, got.Item, now); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil

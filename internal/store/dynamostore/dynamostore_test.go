@@ -76,7 +76,8 @@ func TestConformance(t *testing.T) {
 					table, _ := tables.Load(s)
 					return open(t, srv, table.(string), conformanceConfig(readFirst), store.Options{})
 				},
-				SkipSinkState: "dynalite has no TransactWriteItems: TestConformanceMoto runs the sink-state tests",
+				SkipSinkState:        "dynalite has no TransactWriteItems: TestConformanceMoto runs the sink-state tests",
+				PathsOpenOnKnownKeys: true,
 			})
 		})
 	}

@@ -2,11 +2,8 @@ package dynamostore
 
 import (
 	"context"
-	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"hash/fnv"
-	"math/rand/v2"
 	"sort"
 	"strconv"
 	"strings"
@@ -26,7 +23,9 @@ const (
 	attrDue   = "pb" // N: epoch ms at or after which the path is due (index sort key)
 	attrEnd   = "pe" // N: epoch ms of the first customer.end plus the grace
 	attrClose = "pc" // N: the close's lease end in epoch ms; 0 once its points are delivered
-	attrNonce = "pn" // S: written by each claim, so a claim can undo its own move of pb
+	// attrNonce was written by each claim of earlier versions (so that a
+	// claim could undo its own move of pb); a reset removes it.
+	attrNonce = "pn"
 )
 
 // Defaults of the path index.
@@ -62,66 +61,54 @@ func (s *Store) idleDue(now time.Time) int64 {
 // setIdleDue adds to a claim's SET clause the path index attributes: the
 // shard, and the idle deadline unless the conversation ended (then the
 // deadline is its end's, which is also what a closed path keeps: never).
-// The nonce lets restoreDue undo the move when the claim found no new key.
-// A reset (the conversation starts over) sets the idle deadline whatever
-// the old item held.
+// A claim is an event of the conversation, new keys or not, so it
+// postpones the idle close. A reset (the conversation starts over) sets
+// the idle deadline whatever the old item held.
 func (s *Store) setIdleDue(b *strings.Builder, id string, now time.Time, reset bool, names map[string]string, values map[string]types.AttributeValue) {
 	if s.opts.Paths == nil {
 		return
 	}
-	names["#ps"], names["#pb"], names["#pn"] = attrShard, attrDue, attrNonce
-	values[":ps"], values[":pb"], values[":pn"] = str(s.shard(id)), num(s.idleDue(now)), str(nonce())
+	names["#ps"], names["#pb"] = attrShard, attrDue
+	values[":ps"], values[":pb"] = str(s.shard(id)), num(s.idleDue(now))
 	if reset {
-		b.WriteString(", #ps = :ps, #pb = :pb, #pn = :pn")
+		b.WriteString(", #ps = :ps, #pb = :pb")
 		return
 	}
 	names["#pe"] = attrEnd
-	b.WriteString(", #ps = :ps, #pb = if_not_exists(#pe, :pb), #pn = :pn")
+	b.WriteString(", #ps = :ps, #pb = if_not_exists(#pe, :pb)")
 }
 
-func nonce() string {
-	var b [8]byte
-	binary.LittleEndian.PutUint64(b[:], rand.Uint64())
-	return hex.EncodeToString(b[:])
-}
+// PathTouch is how often the store needs to hear of a conversation whose
+// events bring only known keys to keep its path open: its IdleStep, since
+// deadlines are rounded up to it (pipeline.Config.PathTouch).
+func (s *Store) PathTouch() time.Duration { return s.cfg.IdleStep }
 
-// restoreDue puts back the idle deadline a claim write moved although it
-// found no new key (only new keys postpone the idle close), provided no
-// other write touched the item since (the nonce is still the claim's).
-func (s *Store) restoreDue(ctx context.Context, id string, old map[string]types.AttributeValue, now time.Time) error {
-	if len(old) == 0 {
-		return nil // a new item: nothing to restore
-	}
-	if _, ended := old[attrEnd]; ended {
-		return nil // the write kept the end's deadline
-	}
-	prev, ok := old[attrDue].(*types.AttributeValueMemberN)
-	if !ok || prev.Value == strconv.FormatInt(s.idleDue(now), 10) {
+// touch postpones the idle close of a conversation whose claim brought only
+// known keys and so wrote nothing (ReadFirst): item is what the claim read
+// (its pb and pe). It writes only when the rounded deadline moves, which is
+// at most once per IdleStep, and never an ended or closed path's (pe), nor
+// a deadline back.
+func (s *Store) touch(ctx context.Context, id string, item map[string]types.AttributeValue, now time.Time) error {
+	if _, ended := item[attrEnd]; ended {
 		return nil
 	}
-	// The claim's nonce is not in old: read what the write left, and undo
-	// only if it is still the last write.
-	got, err := s.getItem(ctx, &dynamodb.GetItemInput{
-		Key: s.key(id), ConsistentRead: aws.Bool(true),
-		ProjectionExpression:     aws.String("#pn"),
-		ExpressionAttributeNames: map[string]string{"#pn": attrNonce},
-	})
-	if err != nil {
-		return fmt.Errorf("conversation %q: %w", id, err)
-	}
-	cur, ok := got.Item[attrNonce]
+	due := s.idleDue(now)
+	prev, ok := item[attrDue].(*types.AttributeValueMemberN)
 	if !ok {
+		return nil // delivered and no longer indexed, or not a path of this store's
+	}
+	if n, err := strconv.ParseInt(prev.Value, 10, 64); err == nil && n >= due {
 		return nil
 	}
-	_, err = s.updateItem(ctx, &dynamodb.UpdateItemInput{
+	_, err := s.updateItem(ctx, &dynamodb.UpdateItemInput{
 		Key:                       s.key(id),
-		UpdateExpression:          aws.String("SET #pb = :prev"),
-		ConditionExpression:       aws.String("#pn = :pn AND attribute_not_exists(#pe)"),
-		ExpressionAttributeNames:  map[string]string{"#pb": attrDue, "#pn": attrNonce, "#pe": attrEnd},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":prev": prev, ":pn": cur},
+		UpdateExpression:          aws.String("SET #pb = :pb"),
+		ConditionExpression:       aws.String("attribute_exists(#pb) AND attribute_not_exists(#pe) AND #pb < :pb"),
+		ExpressionAttributeNames:  map[string]string{"#pb": attrDue, "#pe": attrEnd},
+		ExpressionAttributeValues: map[string]types.AttributeValue{":pb": num(due)},
 	})
 	if err != nil && !isConditionFailed(err) {
-		return fmt.Errorf("conversation %q: restore the idle deadline: %w", id, err)
+		return fmt.Errorf("conversation %q: postpone the idle close: %w", id, err)
 	}
 	return nil
 }

@@ -204,7 +204,7 @@ func TestPathCloseTakenOverAfterLease(t *testing.T) {
 
 // TestIdleStepRoundsUp: with a step of a minute an idle path closes at its
 // idle timeout rounded up to the minute, never before; and a claim that
-// finds no new key leaves the deadline where it was.
+// finds no new key (an event all the same) moves the deadline after it.
 func TestIdleStepRoundsUp(t *testing.T) {
 	srv := dynalitetest.Start(t)
 	table := srv.CreateTable(t)
@@ -214,9 +214,16 @@ func TestIdleStepRoundsUp(t *testing.T) {
 	a := storetest.Occ("F", "A", t0)
 	mustClaim(t, s, "c", a)
 	var d countingDerive
-	due := time.Date(2026, 11, 20, 10, 32, 0, 0, time.UTC) // t0 + 1h, rounded up
+	first := time.Date(2026, 11, 20, 10, 32, 0, 0, time.UTC) // t0 + 1h, rounded up
+	if n, _ := s.ClosePaths(ctx, first.Add(-time.Millisecond), 0, d.derive); n != 0 {
+		t.Errorf("before the rounded deadline: closed %d, want 0", n)
+	}
 	clock.Advance(40 * time.Minute)
-	mustClaim(t, s, "c", a) // known: no new deadline
+	mustClaim(t, s, "c", a)                                // known, but an event: the deadline moves
+	due := time.Date(2026, 11, 20, 11, 12, 0, 0, time.UTC) // 10:11:48 + 1h, rounded up
+	if n, _ := s.ClosePaths(ctx, first, 0, d.derive); n != 0 {
+		t.Errorf("at the first event's deadline, after a later event: closed %d, want 0", n)
+	}
 	if n, _ := s.ClosePaths(ctx, due.Add(-time.Millisecond), 0, d.derive); n != 0 {
 		t.Errorf("before the rounded deadline: closed %d, want 0", n)
 	}

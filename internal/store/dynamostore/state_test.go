@@ -24,6 +24,7 @@ func TestConformanceMoto(t *testing.T) {
 		Open: func(t *testing.T, opts store.Options) flowmetrics.Store {
 			return open(t, srv, srv.CreateTable(t), conformanceConfig(true), opts)
 		},
+		PathsOpenOnKnownKeys: true,
 	})
 }
 
