@@ -18,6 +18,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/genesys"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
 	"github.com/flowmetrics/flowmetrics/internal/sink/jsonl"
+	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 	"github.com/flowmetrics/flowmetrics/internal/wire"
 )
@@ -78,7 +79,7 @@ func runReplay(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 	defer closeInputs(inputs)
 
 	m := telemetry.New()
-	st, err := openStore(cfg, log, 0)
+	st, err := openStore(cfg, log, store.Options{})
 	if err != nil {
 		return err
 	}

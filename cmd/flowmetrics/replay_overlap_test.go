@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
+	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/store/pebblestore"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 )
@@ -62,7 +63,7 @@ func TestReplayClaimsWhileTheBatchBeforeSyncs(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	st, err := openStore(cfg, log, 0)
+	st, err := openStore(cfg, log, store.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

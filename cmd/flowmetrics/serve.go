@@ -23,6 +23,7 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/diskguard"
 	"github.com/flowmetrics/flowmetrics/internal/httpapi"
 	"github.com/flowmetrics/flowmetrics/internal/pipeline"
+	"github.com/flowmetrics/flowmetrics/internal/store"
 	"github.com/flowmetrics/flowmetrics/internal/telemetry"
 	"github.com/flowmetrics/flowmetrics/internal/tlscert"
 	"github.com/flowmetrics/flowmetrics/internal/wire"
@@ -111,6 +112,16 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // for no one, writes them at full speed.
 const serveTableWriteRate = 32 << 20
 
+// serveRecentHeaderBytes is the memory serve's embedded store takes to
+// hold the headers its claims wrote lately (store.Options.RecentHeaderBytes):
+// a request's claim is small and mostly of conversations claimed a few
+// requests before, whose header it then reads from there instead of
+// seeking it in Pebble. 4 MiB hold some 8,000 conversations of a few keys.
+const serveRecentHeaderBytes = 4 << 20
+
+// serveStoreTuning is what serve asks of its store beyond the config.
+var serveStoreTuning = store.Options{TableWriteRate: serveTableWriteRate, RecentHeaderBytes: serveRecentHeaderBytes}
+
 func serve(ctx context.Context, cfg config.Config, secret string, log *slog.Logger) error {
 	return serveWith(ctx, cfg, secret, log, nil)
 }
@@ -134,7 +145,7 @@ func serveWith(ctx context.Context, cfg config.Config, secret string, log *slog.
 		ln.Close()
 		return err
 	}
-	st, err := openStore(cfg, log, serveTableWriteRate)
+	st, err := openStore(cfg, log, serveStoreTuning)
 	if err != nil {
 		ln.Close()
 		return err

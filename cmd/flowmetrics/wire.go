@@ -21,9 +21,11 @@ import (
 )
 
 // openStore opens the configured store. The embedded one lives in
-// <data_dir>/state; tableWriteRate is its store.Options.TableWriteRate.
-func openStore(c config.Config, log *slog.Logger, tableWriteRate int64) (flowmetrics.Store, error) {
-	opts := store.Options{Retention: c.Store.Retention, TableWriteRate: tableWriteRate}
+// <data_dir>/state; tune holds the store.Options the caller sets beyond
+// the config (serve's: serveStoreTuning).
+func openStore(c config.Config, log *slog.Logger, tune store.Options) (flowmetrics.Store, error) {
+	opts := tune
+	opts.Retention = c.Store.Retention
 	if c.Paths.IsEnabled() {
 		opts.Paths = c.Paths.Options()
 	}

@@ -244,6 +244,46 @@ func hasRune(s string, f func(rune) bool) bool {
 // each rejection has a reason a flow author can act on, and the hot path
 // does not allocate.
 func parseTime(s string) (time.Time, error) {
+	if t, ok, err := parseUsualTime(s); ok {
+		return t, err
+	}
+	return parseAnyTime(s)
+}
+
+// parseUsualTime is parseTime of the two forms flows write,
+// YYYY-MM-DDTHH:MM:SS.mmmZ and YYYY-MM-DDTHH:MM:SSZ (a name's time is
+// read for every occurrence of every event), with the fields read without
+// a loop; ok is false for any other text, which parseAnyTime reads.
+func parseUsualTime(s string) (t time.Time, ok bool, err error) {
+	nsec := 0
+	switch {
+	case len(s) == 24 && s[19] == '.' && s[23] == 'Z':
+		a, b, c := s[20]-'0', s[21]-'0', s[22]-'0'
+		if a > 9 || b > 9 || c > 9 {
+			return time.Time{}, false, nil
+		}
+		nsec = (int(a)*100 + int(b)*10 + int(c)) * 1e6
+	case len(s) == 20 && s[19] == 'Z':
+	default:
+		return time.Time{}, false, nil
+	}
+	if s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' {
+		return time.Time{}, false, nil
+	}
+	y0, y1, y2, y3 := s[0]-'0', s[1]-'0', s[2]-'0', s[3]-'0'
+	mo0, mo1, d0, d1 := s[5]-'0', s[6]-'0', s[8]-'0', s[9]-'0'
+	h0, h1, mi0, mi1, s0, s1 := s[11]-'0', s[12]-'0', s[14]-'0', s[15]-'0', s[17]-'0', s[18]-'0'
+	if y0 > 9 || y1 > 9 || y2 > 9 || y3 > 9 || mo0 > 9 || mo1 > 9 || d0 > 9 || d1 > 9 ||
+		h0 > 9 || h1 > 9 || mi0 > 9 || mi1 > 9 || s0 > 9 || s1 > 9 {
+		return time.Time{}, false, nil
+	}
+	t, err = civilTime(int(y0)*1000+int(y1)*100+int(y2)*10+int(y3), int(mo0)*10+int(mo1), int(d0)*10+int(d1),
+		int(h0)*10+int(h1), int(mi0)*10+int(mi1), int(s0)*10+int(s1), nsec, 0)
+	return t, true, err
+}
+
+// parseAnyTime is parseTime of any text.
+func parseAnyTime(s string) (time.Time, error) {
 	if s == "" {
 		return time.Time{}, errTimeEmpty
 	}
@@ -315,6 +355,13 @@ func parseTime(s string) (time.Time, error) {
 		return time.Time{}, errTimeZone
 	}
 
+	return civilTime(year, month, day, hour, minute, sec, nsec, offset)
+}
+
+// civilTime returns the time of a date-time's fields, read from its text,
+// with offset its zone's seconds east of UTC; an error says which field is
+// out of range.
+func civilTime(year, month, day, hour, minute, sec, nsec, offset int) (time.Time, error) {
 	switch {
 	case month < 1 || month > 12:
 		return time.Time{}, errTimeMonth

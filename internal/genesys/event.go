@@ -80,6 +80,14 @@ func ExtractNames(names []string) ([]flowmetrics.Occurrence, []Malformed) {
 // seen before costs a map lookup, not a parse and a copy. Occurrences of
 // different events may then share their strings.
 //
+// It also remembers, from batch to batch, the name of each well-formed
+// name it parsed: the flow, "Metric_" and the metric, everything before
+// the time's "(". Names are few (a flow metric is a series in every sink,
+// which the cardinality guard bounds) and their times many: a name whose
+// name is remembered has only its time parsed, and its occurrence's Flow
+// and Metric are the memo's one copy of them, shared with every other
+// occurrence of that pair. Its Key is still its own copy.
+//
 // The zero value is ready. A NameMemo is for one goroutine; Reset empties it
 // for the next batch.
 //
@@ -90,45 +98,107 @@ func ExtractNames(names []string) ([]flowmetrics.Occurrence, []Malformed) {
 // A batch whose events share few names (a shuffled archive's seldom share
 // a conversation) would pay a map lookup and insert per name for nothing:
 // once memoTrial names were looked up and fewer than one in memoFew found,
-// the memo stops looking names up and remembering them until Reset.
+// the memo stops looking names up and remembering them until Reset, and
+// the next memoRest large batches do not look them up at all. (A
+// name not found costs about what one found saves, since its flow and
+// metric are remembered anyway: half must be found. A time-ordered
+// archive's batches find about two thirds in their first memoTrial names
+// and three quarters in all; a shuffled one's, a few in a hundred.)
+// Remembering whole names at all is for large batches: a batch is taken
+// as a small one (a serve request's few events seldom repeat one another)
+// until Batch says otherwise.
 type NameMemo struct {
 	seen map[string]flowmetrics.Occurrence
 	room []flowmetrics.Occurrence // the slice occurrences are cut from
 	// Names looked up in seen since Reset, and found there.
 	looked, found int
+	// large: the batch is a large one (Batch), whose occurrences are cut
+	// from room; lookup: its whole names are looked up and remembered in
+	// seen. rest is how many large batches are left that do not look
+	// them up, after one that found too few.
+	large, lookup bool
+	rest          int
+	// pairs holds the flow and metric of each remembered name (a copy of
+	// the name, which they are cut from), across batches; pairBytes is
+	// what they hold, bounded by memoPairBytes.
+	pairs     map[string]flowmetrics.Pair
+	pairBytes int
 }
 
 const (
 	memoTrial = 1024
-	memoFew   = 8
+	memoFew   = 2
+	memoRest  = 7
+	// memoPairBytes bounds what a NameMemo's names hold (a name costs its
+	// bytes and memoPairCost), so that a flood of distinct names cannot
+	// grow it: past the bound, it forgets them all and starts again.
+	memoPairBytes = 256 << 10
+	memoPairCost  = 64
 )
 
 // useful reports whether the memo still looks names up.
-func (m *NameMemo) useful() bool { return m.looked < memoTrial || m.found*memoFew >= m.looked }
+func (m *NameMemo) useful() bool {
+	return m.lookup && (m.looked < memoTrial || m.found*memoFew >= m.looked)
+}
 
 // memoRoom is how many occurrences a NameMemo allocates room for at once.
 const memoRoom = 1024
+
+// Batch tells the memo that the events until Reset are a large batch,
+// which repeat one another's names (replay's thousands): it remembers
+// their whole names, and cuts their occurrences from a few large slices.
+func (m *NameMemo) Batch() {
+	m.large = true
+	if m.rest > 0 {
+		m.rest--
+		return
+	}
+	m.lookup = true
+}
 
 // Extract is ExtractNames, with the names the memo has seen taken from it.
 func (m *NameMemo) Extract(names []string) ([]flowmetrics.Occurrence, []Malformed) {
 	if m.seen == nil {
 		m.seen = make(map[string]flowmetrics.Occurrence)
+		m.pairs = make(map[string]flowmetrics.Pair)
 	}
 	return extractNames(names, m)
 }
 
-// Reset forgets every name, keeping the memo's map. The slice occurrences
+// Reset forgets every whole name, keeping the memo's map, and the batch
+// is a small one again; the names of pairs stay, and whether the batch
+// found too few whole names. The slice occurrences
 // were cut from is left to them: a batch's occurrences outlive its
 // preparing.
 func (m *NameMemo) Reset() {
+	if m.lookup && !m.useful() {
+		m.rest = memoRest
+	}
 	clear(m.seen)
 	m.room = nil
 	m.looked, m.found = 0, 0
+	m.large, m.lookup = false, false
+}
+
+// remember keeps the flow and metric of a, the parts of a well-formed
+// name, under its name (flow, "Metric_", metric), and returns the
+// memo's copies of them.
+func (m *NameMemo) remember(a Attribute) flowmetrics.Pair {
+	n := len(a.Flow) + len(marker) + len(a.Metric)
+	if m.pairBytes+n+memoPairCost > memoPairBytes {
+		clear(m.pairs)
+		m.pairBytes = 0
+	}
+	name := a.Flow + marker + a.Metric
+	p := flowmetrics.Pair{Flow: name[:len(a.Flow)], Metric: name[len(a.Flow)+len(marker):]}
+	m.pairs[name] = p
+	m.pairBytes += n + memoPairCost
+	return p
 }
 
 // cut returns an empty slice with room for n occurrences.
 func (m *NameMemo) cut(n int) []flowmetrics.Occurrence {
-	if m == nil || n > memoRoom/4 {
+	if m == nil || !m.large || n > memoRoom/4 {
 		return make([]flowmetrics.Occurrence, 0, n)
 	}
 	if cap(m.room)-len(m.room) < n {
@@ -141,7 +211,7 @@ func (m *NameMemo) cut(n int) []flowmetrics.Occurrence {
 // keep takes occs, cut(n) and filled, out of the room, and returns them
 // with no room to grow into the next event's.
 func (m *NameMemo) keep(occs []flowmetrics.Occurrence, n int) []flowmetrics.Occurrence {
-	if m != nil && n <= memoRoom/4 {
+	if m != nil && m.large && n <= memoRoom/4 {
 		m.room = m.room[:len(m.room)+len(occs)]
 	}
 	return occs[:len(occs):len(occs)]
@@ -177,13 +247,35 @@ func extractNames(names []string, m *NameMemo) ([]flowmetrics.Occurrence, []Malf
 			occs = append(occs, o)
 			continue
 		}
+		// A name whose pair the memo remembers, well-formed if its time
+		// is: the rules before the time's are the name's (its bytes
+		// before the last "("), and a time that parses is printable
+		// ASCII, so ParseAttribute would find the same.
+		if open := strings.LastIndexByte(name, '('); m != nil && open > 0 && name[len(name)-1] == ')' {
+			if pr, ok := m.pairs[name[:open]]; ok {
+				if t, err := parseTime(name[open+1 : len(name)-1]); err == nil {
+					if occs == nil {
+						occs = m.cut(len(names))
+					}
+					parsed = append(parsed, len(occs))
+					occs = append(occs, flowmetrics.Occurrence{Key: name, Flow: pr.Flow, Metric: pr.Metric, Time: t})
+					size += len(name)
+					continue
+				}
+			}
+		}
 		a, ok, err := ParseAttribute(name)
 		switch {
 		case ok:
 			if occs == nil {
 				occs = m.cut(len(names))
 			}
-			// Key, Flow and Metric point into names until copied below.
+			if m != nil {
+				pr := m.remember(a)
+				a.Flow, a.Metric = pr.Flow, pr.Metric
+			}
+			// Key (and, without a memo, Flow and Metric) point into
+			// names until copied below.
 			parsed = append(parsed, len(occs))
 			occs = append(occs, flowmetrics.Occurrence{Key: name, Flow: a.Flow, Metric: a.Metric, Time: a.Time})
 			size += len(name)
@@ -208,8 +300,8 @@ func extractNames(names []string, m *NameMemo) ([]flowmetrics.Occurrence, []Malf
 		return m.keep(occs, len(names)), bad
 	}
 
-	// One copy of every key parsed; Flow and Metric are substrings of the
-	// key, so slice the copy at the same places.
+	// One copy of every key parsed; without a memo, Flow and Metric are
+	// substrings of the key, so slice the copy at the same places.
 	var sb strings.Builder
 	sb.Grow(size)
 	for _, i := range parsed {
@@ -220,8 +312,11 @@ func extractNames(names []string, m *NameMemo) ([]flowmetrics.Occurrence, []Malf
 		o := &occs[i]
 		key := all[:len(o.Key)]
 		all = all[len(o.Key):]
-		metric := len(o.Flow) + len(marker)
-		o.Key, o.Flow, o.Metric = key, key[:len(o.Flow)], key[metric:metric+len(o.Metric)]
+		o.Key = key
+		if m == nil {
+			metric := len(o.Flow) + len(marker)
+			o.Flow, o.Metric = key[:len(o.Flow)], key[metric:metric+len(o.Metric)]
+		}
 		if seen != nil {
 			seen[key] = *o
 		}

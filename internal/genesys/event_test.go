@@ -137,23 +137,33 @@ func overlaps(a, b string) bool {
 	return pa < pb+uintptr(len(b)) && pb < pa+uintptr(len(a))
 }
 
-// TestNameMemoAsExtract: extracting a batch's events through one NameMemo
+// TestNameMemoAsExtract: extracting batches' events through one NameMemo
 // gives what Extract gives each event alone, whatever the events repeat of
 // one another (well-formed, malformed and ordinary names, out of order and
-// repeated), and what a caller does to the occurrences it got back (the
-// pipeline folds some into the overflow series in place) does not reach
-// the memo.
+// repeated, names of one pair at other times and in other forms), and what
+// a caller does to the occurrences it got back (the pipeline folds some
+// into the overflow series in place) does not reach the memo.
 func TestNameMemoAsExtract(t *testing.T) {
 	pool := []string{
 		"FMetric_A(2026-11-20T09:31:48.900Z)", "FMetric_B(2026-11-20T09:31:49Z)",
 		"Other FlowMetric_C(2026-11-20T09:31:50+01:00)", "FMetric_Bad(yesterday)",
 		"FMetric_Open(2026-11-20T09:31:50Z", "FMetric_NoTime", "Flow\x01Metric_D(2026-11-20T09:31:50Z)",
 		"FMetric_\xffE(2026-11-20T09:31:50Z)", "ÉtéMetric_F(2026-11-20T09:31:50Z)",
+		// The names of those above, at other times, well-formed or not.
+		"FMetric_A(2026-11-20T09:31:49.901Z)", "FMetric_A(2026-11-20t09:31:48.900z)", "FMetric_A(2026-02-30T09:31:48.900Z)",
+		"FMetric_A(2026-11-20T09:31:48.900Z) ", "FMetric_A(2026-11-20T09:31:48.900Z)(x)", "FMetric_A((2026-11-20T09:31:48.900Z)",
+		"FMetric_A(2026-11-20T09:31:48.900\xffZ)", "FMetric_A(2026-11-20T09:31:48.9+01:00)", "ÉtéMetric_F(2026-11-20T09:31:51.000Z)",
+		"FMetric_B(2026-11-20T09:31:49Z", "FMetric_B()", "Other FlowMetric_C(2026-11-20T09:31:50.000Z)",
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	var kept [][2][]flowmetrics.Occurrence // what later events must not change
-	for round := range 3 {
-		var memo NameMemo
+	// One memo, as the pipeline's are: the names of pairs it remembers
+	// stay from batch to batch, large (Batch) or small.
+	var memo NameMemo
+	for round := range 4 {
+		if round%2 == 0 {
+			memo.Batch()
+		}
 		for i := range 500 {
 			names := make([]string, rng.IntN(6))
 			for j := range names {
@@ -192,10 +202,12 @@ func TestNameMemoAsExtract(t *testing.T) {
 
 // TestNameMemoGivesUpOnFewRepeats: a batch whose events seldom repeat a
 // name (memoTrial names, fewer than one in memoFew seen before) has the
-// memo stop looking names up and remembering them, and it still extracts
-// what ExtractNames does, the names it remembered before included.
+// memo stop looking names up and remembering them, and the next memoRest
+// large batches do not look them up at all; it still extracts what
+// ExtractNames does, the names it remembered before included.
 func TestNameMemoGivesUpOnFewRepeats(t *testing.T) {
 	var memo NameMemo
+	memo.Batch()
 	name := func(i int) string { return fmt.Sprintf("FMetric_A%d(2026-11-20T09:31:48.900Z)", i) }
 	check := func(names ...string) {
 		t.Helper()
@@ -219,10 +231,20 @@ func TestNameMemoGivesUpOnFewRepeats(t *testing.T) {
 	if len(memo.seen) != memoTrial {
 		t.Errorf("%d names remembered after the memo gave up, want %d", len(memo.seen), memoTrial)
 	}
+	for i := range memoRest {
+		memo.Reset()
+		memo.Batch()
+		check(name(1), name(1))
+		check(name(1))
+		if memo.useful() || len(memo.seen) != 0 {
+			t.Fatalf("large batch %d after the one that gave up: useful %v, %d remembered, want neither", i+1, memo.useful(), len(memo.seen))
+		}
+	}
 	memo.Reset()
+	memo.Batch()
 	check(name(1), name(1))
 	check(name(1))
 	if !memo.useful() || memo.found != 1 {
-		t.Errorf("after Reset: useful %v, %d found, want the memo looking again", memo.useful(), memo.found)
+		t.Errorf("%d large batches after the one that gave up: useful %v, %d found, want the memo looking again", memoRest+1, memo.useful(), memo.found)
 	}
 }

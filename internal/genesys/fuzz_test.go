@@ -95,6 +95,64 @@ func FuzzParseAttribute(f *testing.F) {
 	})
 }
 
+// FuzzParseTime: the usual forms' quick reading (parseUsualTime) gives
+// what the reading of any text gives, time and reason alike.
+func FuzzParseTime(f *testing.F) {
+	for _, s := range []string{
+		"2023-03-05T08:18:04.568Z", "2023-03-05T08:18:04Z", "2024-02-29T23:59:59.999Z",
+		"2023-02-29T08:18:04Z", "2023-04-31T08:18:04.000Z", "0000-01-01T00:00:00Z",
+		"9999-12-31T23:59:59.999Z", "2023-13-05T08:18:04Z", "2023-00-05T08:18:04Z",
+		"2023-03-00T08:18:04Z", "2023-03-05T24:18:04Z", "2023-03-05T08:60:04Z",
+		"2023-03-05T08:18:60.000Z", "2023-03-05t08:18:04.568z", "2023-03-05T08:18:04.56Z",
+		"2023-03-05T08:18:04.5a8Z", "2023-03-05 08:18:04Z", "2023-03-05T08:18:04.568+01:00",
+		"2023/03/05T08:18:04Z", "2O23-03-05T08:18:04Z", "2023-03-05T08:18:04,568Z", "-023-03-05T08:18:04Z",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, gotErr := parseTime(s)
+		want, wantErr := parseAnyTime(s)
+		if !got.Equal(want) || got.Location() != want.Location() || gotErr != wantErr {
+			t.Errorf("parseTime(%q): got %v %v, want %v %v", s, got, gotErr, want, wantErr)
+		}
+	})
+}
+
+// FuzzNameMemo: names extracted through a memo that has seen another name
+// (and may remember its flow and metric, or the whole name) give what
+// ExtractNames gives.
+func FuzzNameMemo(f *testing.F) {
+	for _, s := range [][2]string{
+		{"FMetric_A(2023-03-05T08:18:04Z)", "FMetric_A(2023-03-05T08:18:04.568Z)"},
+		{"FMetric_A(2023-03-05T08:18:04Z)", "FMetric_A(2023-03-05T08:18:04Z)"},
+		{"FMetric_A(2023-03-05T08:18:04Z)", "FMetric_A(2023-02-29T08:18:04Z)"},
+		{"FMetric_A(2023-03-05T08:18:04Z)", "FMetric_A(2023-03-05t08:18:04+01:00)"},
+		{"FMetric_A(2023-03-05T08:18:04Z)", "FMetric_A(2023-03-05T08:18:04Z"},
+		{"FMetric_A(2023-03-05T08:18:04Z)", "FMetric_A(2023-03-05T08:18:04\xffZ)"},
+		{"FMetric_A(b)(2023-03-05T08:18:04Z)", "FMetric_A(b)(2023-03-05T08:18:05Z)"},
+		{"ÉtéMetric_F(2023-03-05T08:18:04Z)", "ÉtéMetric_F(2023-03-05T08:18:04.000Z)"},
+		{"FMetric_A(2023-03-05T08:18:04Z)", "GMetric_A(2023-03-05T08:18:04Z)"},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, first, second string) {
+		for _, batch := range []bool{false, true} {
+			var memo NameMemo
+			if batch {
+				memo.Batch()
+			}
+			memo.Extract([]string{first})
+			for _, names := range [][]string{{second}, {second, first}} {
+				got, gotBad := memo.Extract(names)
+				want, wantBad := ExtractNames(names)
+				if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotBad, wantBad) {
+					t.Fatalf("batch %v, after %q, %q: got %v %v, want %v %v", batch, first, names, got, gotBad, want, wantBad)
+				}
+			}
+		}
+	})
+}
+
 // FuzzDecode checks the invariants of Decode, whatever the input, and that
 // reading it a byte at a time changes nothing.
 func FuzzDecode(f *testing.F) {

@@ -168,7 +168,8 @@ type Pipeline struct {
 	cache    *knownCache
 	claims   *claimGroup
 	drainers []*drainer
-	// memos are Prepare's name memos, one per large batch being prepared.
+	// memos are Prepare's name memos, one per batch being prepared; each
+	// keeps the flow metric names it parsed from batch to batch.
 	memos sync.Pool
 	// learned counts the claims whose keys the cache learned: a batch
 	// prepared before the last of them is checked against the cache
@@ -313,8 +314,8 @@ func (p *Pipeline) Ingest(ctx context.Context, recs []genesys.Record) (Result, e
 	return p.Commit(ctx, p.Prepare(ctx, recs))
 }
 
-// memoBatch is the size of batch from which Prepare remembers the names
-// it parsed (genesys.NameMemo): replay's batches of thousands, whose
+// memoBatch is the size of batch from which Prepare remembers the whole
+// names it parsed (genesys.NameMemo.Batch): replay's batches of thousands, whose
 // events repeat one another's names. The few events of a serve request
 // seldom do.
 const memoBatch = 256
@@ -341,13 +342,13 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 	b := &Prepared{c: claimBatch{now: p.cfg.Now(), learned: p.learned.Load()}}
 	res, c := &b.res, &b.c
 	var buf []string // room for an event's names the cache does not know
-	var memo *genesys.NameMemo
+	memo := p.memos.Get().(*genesys.NameMemo)
+	defer func() {
+		memo.Reset()
+		p.memos.Put(memo)
+	}()
 	if len(recs) >= memoBatch {
-		memo = p.memos.Get().(*genesys.NameMemo)
-		defer func() {
-			memo.Reset()
-			p.memos.Put(memo)
-		}()
+		memo.Batch()
 		p.warmCache(len(recs), func(i int) (string, bool) {
 			if r := recs[i]; r.Outcome == genesys.Accepted && r.Event != nil {
 				return r.Event.ConversationID, true

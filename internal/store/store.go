@@ -28,6 +28,11 @@ type Options struct {
 	// acknowledgements wait for; 0 writes them as fast as the disk takes
 	// them. Other stores ignore it.
 	TableWriteRate int64
+	// RecentHeaderBytes, when set, is the memory the embedded store may
+	// take to hold the headers its claims wrote lately, so that a claim
+	// of a conversation claimed a moment before reads nothing (serve,
+	// whose claims are small); 0 holds none. Other stores ignore it.
+	RecentHeaderBytes int
 }
 
 // WithDefaults fills in the zero fields.

@@ -16,19 +16,32 @@ import (
 )
 
 // TestClosesReadHeldHeadersAsPebble: a store whose closes take the headers
-// of ended paths from memory (endedHeaders), one with room for only a few
-// of them, and one that reads them all from Pebble, given the same random
-// claims (new and repeated keys, ends
-// before and after keys, keys past what a header carries), closes by name
-// (applied and waited for, or at once), closes through the deadline index,
-// sweeps of expired conversations and restarts, close the same paths with
-// the same keys, claim the same occurrences and end with the same records.
+// of ended paths from memory (endedHeaders) and whose claims take the
+// headers claims wrote lately (recentHeaders), one with room for only a
+// few of either, and one that reads them all from Pebble, given the same
+// random claims (new and repeated keys, ends before and after keys, keys
+// past what a header carries), closes by name (applied and waited for, or
+// at once), closes through the deadline index, sweeps of expired
+// conversations and restarts, close the same paths with the same keys,
+// claim the same occurrences and end with the same records. With paths
+// off, the same without the closes.
 func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 	ctx := context.Background()
-	for seed := range uint64(3) {
-		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+	for _, paths := range []bool{true, false} {
+		for seed := range uint64(3) {
+			t.Run(fmt.Sprintf("paths=%v/%d", paths, seed), func(t *testing.T) { testHeldHeaders(t, ctx, paths, seed) })
+		}
+	}
+}
+
+func testHeldHeaders(t *testing.T, ctx context.Context, paths bool, seed uint64) {
+	{
+		{
 			clock := storetest.NewClock(t0)
-			opts := store.Options{Now: clock.Now, Retention: 3 * time.Hour, Paths: &flowmetrics.PathOptions{Grace: time.Minute, Idle: time.Hour}}
+			opts := store.Options{Now: clock.Now, Retention: 3 * time.Hour, RecentHeaderBytes: 1 << 20}
+			if paths {
+				opts.Paths = &flowmetrics.PathOptions{Grace: time.Minute, Idle: time.Hour}
+			}
 			dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
 			stores := make([]*Store, len(dirs))
 			open := func() {
@@ -46,6 +59,8 @@ func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 				// The second holds a few headers, the third none.
 				stores[1].ended = newEndedHeaders(1200)
 				stores[2].ended = newEndedHeaders(0)
+				stores[1].recent = newRecentHeaders(2000)
+				stores[2].recent = newRecentHeaders(0)
 			}
 			open()
 			rng := rand.New(rand.NewPCG(seed, 14))
@@ -61,7 +76,8 @@ func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 				}
 				return storetest.Occ(flow, fmt.Sprintf("M%d", i), t0.Add(time.Duration(i)*time.Second))
 			}
-			held, limited := 0, 0 // closes that found headers held; steps the second store held fewer
+			held, limited := 0, 0             // closes that found headers held; steps the second store held fewer
+			recentHeld, recentLimited := 0, 0 // the same of claims
 			for step := range 400 {
 				switch op := rng.IntN(20); {
 				case op < 11:
@@ -73,6 +89,9 @@ func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 							r.Occurrences = append(r.Occurrences, key(c, rng.IntN(24)))
 						}
 						reqs = append(reqs, r)
+					}
+					if r := stores[0].recent; len(r.cur)+len(r.old) > 0 {
+						recentHeld++
 					}
 					got := make([][]string, len(stores))
 					for i, s := range stores {
@@ -93,6 +112,7 @@ func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 					clock.Advance(time.Duration(rng.IntN(150)) * time.Second)
 				case op == 14:
 					clock.Advance(time.Duration(rng.IntN(5)) * time.Hour)
+				case op < 18 && !paths:
 				case op < 18:
 					var ids []string
 					for range 1 + rng.IntN(8) {
@@ -154,17 +174,26 @@ func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 				if len(stores[1].ended.m) < len(stores[0].ended.m) {
 					limited++
 				}
+				if r0, r1 := stores[0].recent, stores[1].recent; len(r1.cur)+len(r1.old) < len(r0.cur)+len(r0.old) {
+					recentLimited++
+				}
 				for i, s := range stores[:2] {
 					if e := s.ended; e.size > e.limit || len(e.m) > 0 && e.size < len(e.m)*128 {
 						t.Fatalf("step %d: store %d holds %d headers in %d bytes, limit %d", step, i, len(e.m), e.size, e.limit)
+					}
+					if r := s.recent; r.curSize > r.half || len(r.cur) > 0 && r.curSize < len(r.cur)*128 {
+						t.Fatalf("step %d: store %d holds %d recent headers in %d bytes, limit %d", step, i, len(r.cur), r.curSize, r.half)
 					}
 				}
 				if t.Failed() {
 					return
 				}
 			}
-			if held == 0 || limited == 0 {
+			if paths && (held == 0 || limited == 0) {
 				t.Errorf("%d closes found headers held, %d steps found the second store full: the test does not test both", held, limited)
+			}
+			if recentHeld == 0 || recentLimited == 0 {
+				t.Errorf("%d claims found headers held, %d steps found the second store's recent headers fewer: the test does not test both", recentHeld, recentLimited)
 			}
 			for _, prefix := range [][]byte{keyPrefix, duePrefix} {
 				want := dump(t, stores[2], prefix)
@@ -175,7 +204,7 @@ func TestClosesReadHeldHeadersAsPebble(t *testing.T) {
 					}
 				}
 			}
-		})
+		}
 	}
 }
 

@@ -240,6 +240,10 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 	}
 	unlock := s.stripes.Lock(ids)
 	defer unlock()
+	var rewrote []string // the conversations of headers
+	// The headers claims wrote of them are not what the batch writes;
+	// and if it fails, holding none of them costs only a read.
+	defer func() { s.recent.forget(rewrote) }()
 	now := s.opts.Now()
 	b := s.db.NewBatch()
 	defer func() {
@@ -276,7 +280,6 @@ func (s *Store) closeAll(found []closing, limit int, asOf time.Time, derive flow
 	// each key into its memtable from where the one before went.
 	var index [][2][]byte // deadline index changes: key, and nil to delete or an empty value to set
 	var headers [][2][]byte
-	var rewrote []string // the conversations of headers
 	// The entries in deadline order, a chunk at a time of at most the
 	// paths still to close, so no header is read beyond the limit.
 	for rest := found; len(rest) > 0 && closed < limit; {

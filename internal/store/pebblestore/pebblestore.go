@@ -121,6 +121,9 @@ type Store struct {
 
 	// ended holds the headers the closes read next (paths on).
 	ended *endedHeaders
+	// recent holds the headers claims wrote lately (nil: none,
+	// store.Options.RecentHeaderBytes).
+	recent *recentHeaders
 	// marks tell when a close applied without a sync of its own is durable.
 	marks *logMarks
 }
@@ -215,7 +218,7 @@ func openPaced(dir string, fs vfs.FS, opts store.Options, pace *pacer, log *slog
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f, pace: pace, ended: newEndedHeaders(maxEndedBytes), marks: newLogMarks()}
+	s := &Store{db: db, opts: opts.WithDefaults(), cursors: map[string]uint64{}, fatal: f, pace: pace, ended: newEndedHeaders(maxEndedBytes), recent: newRecentHeaders(opts.RecentHeaderBytes), marks: newLogMarks()}
 	err = s.convertHeaders()
 	if err == nil {
 		err = s.convertLegacy()
@@ -495,6 +498,16 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 	// follows the one before starts its search from there instead of from
 	// the top of the skiplist.
 	slices.Sort(dirty)
+	// Whatever the batch does (applied, or failed on the way), the
+	// headers held of its conversations are those it wrote, or none.
+	applied := false
+	defer func() {
+		if applied {
+			s.recent.wrote(staged, dirty)
+		} else {
+			s.recent.forget(dirty)
+		}
+	}()
 	for _, id := range dirty {
 		c := staged[id]
 		// Before the batch is applied and the stripes released: a later
@@ -535,6 +548,7 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 		if err := b.Commit(opt); err != nil {
 			return nil, fmt.Errorf("pebblestore: claim: %w", err)
 		}
+		applied = true
 		s.wroteHeaders(staged, dirty)
 		return &pendingClaim{refused: refused.Err()}, nil
 	}
@@ -548,6 +562,7 @@ func (s *Store) startClaim(ctx context.Context, reqs []flowmetrics.ClaimRequest)
 		s.seq.End(seq, 0, false)
 		return nil, fmt.Errorf("pebblestore: %w", err)
 	}
+	applied = true
 	s.wroteHeaders(staged, dirty)
 	// The batch is applied: wait syncs and closes it.
 	pc := &pendingClaim{s: s, b: b, mark: mark, seq: seq, out: out, refused: refused.Err()}
@@ -589,7 +604,8 @@ func (c *staged) stage(keys *newKeys) {
 		all := append(c.stored[:len(c.stored):len(c.stored)], c.fresh...)
 		slices.Sort(all)
 		if enc := encodeKeys(nil, all); len(enc) <= maxInlineBytes {
-			c.h.inlineKeys = enc
+			// c.stored is now the keys the header written carries.
+			c.h.inlineKeys, c.stored = enc, all
 		} else {
 			c.h.inline, c.h.inlineKeys = false, nil
 			for _, k := range all {
@@ -676,11 +692,15 @@ func readParts(n int) int { return max(1, min(runtime.GOMAXPROCS(0), maxReadPart
 // failure, returned (it may run in a goroutine of its own).
 func (s *Store) readPart(order []*staged, now time.Time) (err error) {
 	defer s.fatal.recover(&err)
-	it, err := s.db.NewIter(claimIterOptions)
-	if err != nil {
-		return fmt.Errorf("pebblestore: claim: %w", err)
-	}
-	defer it.Close()
+	// The iterator is opened at the first conversation that needs one:
+	// a claim of conversations all new or held in recentHeaders reads
+	// nothing from Pebble.
+	var it *pebble.Iterator
+	defer func() {
+		if it != nil {
+			it.Close()
+		}
+	}()
 	var key []byte
 	skipped := 0
 	defer func() { s.freshSkips.Add(int64(skipped)) }()
@@ -690,6 +710,20 @@ func (s *Store) readPart(order []*staged, now time.Time) (err error) {
 		if s.fresh.absent(c.prefix) {
 			skipped++
 			continue // never claimed: no header, no keys
+		}
+		if r, ok := s.recent.get(c.id); ok {
+			// Held as last written (inline: the keys are in it).
+			if s.stageHeader(c, r.h, now) {
+				c.stored = r.keys
+				c.holdAsked(asked)
+			}
+			continue
+		}
+		if it == nil {
+			if it, err = s.db.NewIter(claimIterOptions); err != nil {
+				it = nil
+				return fmt.Errorf("pebblestore: claim: %w", err)
+			}
 		}
 		if !seek(it, c.prefix) {
 			if err := it.Error(); err != nil {
@@ -701,16 +735,7 @@ func (s *Store) readPart(order []*staged, now time.Time) (err error) {
 		if err != nil {
 			return fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
 		}
-		if !h.path.Closed {
-			c.filed = h.path.Filed
-		}
-		if s.opts.Expired(time.Unix(0, h.changed), now) {
-			// A new epoch holds nothing: its keys go in its header.
-			c.h.epoch = h.epoch + 1
-			continue
-		}
-		c.h = h
-		if h.keys == 0 {
+		if !s.stageHeader(c, h, now) || h.keys == 0 {
 			continue
 		}
 		if h.inline {
@@ -719,14 +744,7 @@ func (s *Store) readPart(order []*staged, now time.Time) (err error) {
 			if c.stored, err = h.inlineList(); err != nil {
 				return fmt.Errorf("pebblestore: conversation %q: %w", c.id, err)
 			}
-			for _, k := range asked {
-				if _, ok := slices.BinarySearch(c.stored, k); ok {
-					if c.held == nil {
-						c.held = map[string]struct{}{}
-					}
-					c.held[k] = struct{}{}
-				}
-			}
+			c.holdAsked(asked)
 			continue
 		}
 		// The keys asked about, each once, in key order (the prefix is
@@ -753,6 +771,35 @@ func (s *Store) readPart(order []*staged, now time.Time) (err error) {
 		}
 	}
 	return nil
+}
+
+// stageHeader stages c from h, its header as stored, and reports whether
+// h's epoch is c's (false: h outlived the retention at now, and c starts a
+// new epoch, which holds nothing).
+func (s *Store) stageHeader(c *staged, h header, now time.Time) bool {
+	if !h.path.Closed {
+		c.filed = h.path.Filed
+	}
+	if s.opts.Expired(time.Unix(0, h.changed), now) {
+		// A new epoch holds nothing: its keys go in its header.
+		c.h.epoch = h.epoch + 1
+		return false
+	}
+	c.h = h
+	return true
+}
+
+// holdAsked marks as held the keys of asked that c's header carries
+// (c.stored, inline).
+func (c *staged) holdAsked(asked []string) {
+	for _, k := range asked {
+		if _, ok := slices.BinarySearch(c.stored, k); ok {
+			if c.held == nil {
+				c.held = map[string]struct{}{}
+			}
+			c.held[k] = struct{}{}
+		}
+	}
 }
 
 // claimIterOptions: a claim's reads are mostly for what the store does
@@ -948,6 +995,9 @@ const sweepChunk = 1000
 func (s *Store) sweepChunk(ids []string, now time.Time) (removed int, err error) {
 	unlock := s.stripes.Lock(ids)
 	defer unlock()
+	// Held headers of ids are dropped whatever the batch does: holding
+	// none costs only a read.
+	defer s.recent.forget(ids)
 	b := s.db.NewBatch()
 	defer b.Close()
 	for _, id := range ids {
