@@ -473,52 +473,43 @@ func (p *Pipeline) fold(ctx context.Context, c *claimBatch) error {
 	if g == nil {
 		return nil
 	}
-	// The batch's distinct pairs, in the order they first come, and each
-	// occurrence's place among them (-1: its request is refused whatever
-	// the store holds, and its pairs must not take the places of others).
-	// A batch has many occurrences but few pairs, so the guard, which
-	// looks each pair up under its lock, is asked once a pair.
-	n := 0
+	// The batch's distinct pairs, in the order they first come. A batch
+	// has many occurrences but few pairs, so the guard, which looks each
+	// pair up under its lock, is asked once a pair. The pairs of a request
+	// refused whatever the store holds must not take the places of others.
+	var pt pairTable
+	refused := false
 	for _, rq := range c.reqs {
-		n += len(rq.Occurrences)
-	}
-	at := make([]int32, 0, n)
-	var pairs []flowmetrics.Pair
-	index := map[flowmetrics.Pair]int32{}
-	for _, rq := range c.reqs {
-		refused := (store.Size{}).Plus(rq.Occurrences).Check(rq.ConversationID) != nil
+		if (store.Size{}).Plus(rq.Occurrences).Check(rq.ConversationID) != nil {
+			refused = true
+			continue
+		}
 		for _, o := range rq.Occurrences {
-			if refused {
-				at = append(at, -1)
-				continue
-			}
-			pr := flowmetrics.Pair{Flow: o.Flow, Metric: o.Metric}
-			i, ok := index[pr]
-			if !ok {
-				i = int32(len(pairs))
-				index[pr] = i
-				pairs = append(pairs, pr)
-			}
-			at = append(at, i)
+			pt.index(o.Flow, o.Metric)
 		}
 	}
-	if err := g.Admit(ctx, pairs); err != nil {
+	if err := g.Admit(ctx, pt.pairs); err != nil {
 		return err
 	}
-	mapped := make([]flowmetrics.Pair, len(pairs))
-	for i, pr := range pairs {
+	mapped := make([]flowmetrics.Pair, len(pt.pairs))
+	folds := refused
+	for i, pr := range pt.pairs {
 		mapped[i].Flow, mapped[i].Metric = g.Map(pr.Flow, pr.Metric)
+		folds = folds || mapped[i] != pr
 	}
-	k := 0
+	if !folds {
+		return nil // every pair admitted: nothing changes
+	}
 	for _, rq := range c.reqs {
+		refused := (store.Size{}).Plus(rq.Occurrences).Check(rq.ConversationID) != nil
 		for i, o := range rq.Occurrences {
 			var f, m string
-			if j := at[k]; j >= 0 {
-				f, m = mapped[j].Flow, mapped[j].Metric
-			} else {
+			if refused {
 				f, m = g.Map(o.Flow, o.Metric)
+			} else {
+				pr := mapped[pt.index(o.Flow, o.Metric)]
+				f, m = pr.Flow, pr.Metric
 			}
-			k++
 			if f != o.Flow || m != o.Metric {
 				rq.Occurrences[i].Flow, rq.Occurrences[i].Metric = f, m
 				if c.folded == nil {
@@ -529,6 +520,46 @@ func (p *Pipeline) fold(ctx context.Context, c *claimBatch) error {
 		}
 	}
 	return nil
+}
+
+// pairTable numbers the distinct flow/metric pairs of a batch's
+// occurrences in the order they first come. Most occurrences are found
+// in a small table of the pairs seen last, placed by their lengths and
+// a few bytes, with two string comparisons (the name memo gives the
+// occurrences of one pair the same strings, which compare at once); the
+// others in a map.
+type pairTable struct {
+	pairs  []flowmetrics.Pair
+	all    map[flowmetrics.Pair]int32
+	recent [64]struct {
+		pr  flowmetrics.Pair
+		i   int32
+		set bool
+	}
+}
+
+// index returns the number of flow/metric, numbering it if it is new.
+func (t *pairTable) index(flow, metric string) int32 {
+	h := uint64(len(flow)) | uint64(len(metric))<<8
+	if len(flow) > 0 && len(metric) > 0 {
+		h |= uint64(flow[len(flow)-1])<<16 | uint64(metric[0])<<24 | uint64(metric[len(metric)/2])<<32 | uint64(metric[len(metric)-1])<<40
+	}
+	r := &t.recent[h*0x9e3779b97f4a7c15>>58] // 64 places
+	if r.set && r.pr.Flow == flow && r.pr.Metric == metric {
+		return r.i
+	}
+	pr := flowmetrics.Pair{Flow: flow, Metric: metric}
+	i, ok := t.all[pr]
+	if !ok {
+		if t.all == nil {
+			t.all = map[flowmetrics.Pair]int32{}
+		}
+		i = int32(len(t.pairs))
+		t.all[pr] = i
+		t.pairs = append(t.pairs, pr)
+	}
+	r.pr, r.i, r.set = pr, i, true
+	return i
 }
 
 // claimBatch is what one Ingest call asks the store.

@@ -406,6 +406,43 @@ func TestGuardFoldsBeforeClaim(t *testing.T) {
 	}
 }
 
+// TestGuardAdmitsPairsInOrder: in a batch of many pairs (more than fold
+// keeps at hand), each seen again and again, the guard is asked for them
+// in the order they first come, each once, and a request refused whatever
+// the store holds (more keys than a conversation may hold) takes no place:
+// what the sink gets is the first pairs of the others, and the rest
+// folded.
+func TestGuardAdmitsPairsInOrder(t *testing.T) {
+	const admitted = 40
+	s := &recordingSink{name: "s"}
+	p, _ := newTest(t, Config{Guard: &foldAfter{n: admitted, seen: map[string]bool{}}}, s)
+	recs := []genesys.Record{event("big", names("R", 0, flowmetrics.MaxConversationKeys+1)...)}
+	var order []string // pairs in the order they first come
+	want := map[string]int64{}
+	for j := range 600 {
+		f := fmt.Sprintf("F%02d", (j*7)%80)
+		recs = append(recs, event(fmt.Sprintf("c%d", j), f+"Metric_B(2026-11-20T09:31:48Z)", f+"Metric_A(2026-11-20T09:31:48Z)"))
+		for _, m := range []string{"A", "B"} {
+			pr := f + "/" + m
+			if !slices.Contains(order, pr) {
+				order = append(order, pr)
+			}
+			if slices.Index(order, pr) >= admitted {
+				pr = "overflow/overflow"
+			}
+			want[pr+"@09:31:40"]++
+		}
+	}
+	res, err := p.Ingest(context.Background(), recs)
+	if err != nil || res.Rejected != 1 || res.Occurrences != 1200 {
+		t.Fatalf("got %+v (err %v), want the big event rejected and 1200 occurrences", res, err)
+	}
+	p.Flush(context.Background())
+	if got := s.total(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+}
+
 // ackFailsOnce is a store whose first Ack fails, as a full disk would.
 type ackFailsOnce struct {
 	flowmetrics.Store
