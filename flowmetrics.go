@@ -132,7 +132,8 @@ type ClosedPath struct {
 }
 
 // Deriver computes the points of a closed path. It must be quick, pure and
-// bounded in the number of keys.
+// bounded in the number of keys, and safe to call from several goroutines
+// at once: a store may derive the paths of one close call in parallel.
 type Deriver func(ClosedPath) []PathPoint
 
 // PathOptions turns on conversation paths in a store: Claim then keeps each

@@ -865,8 +865,11 @@ func (p *Pipeline) StartClosePathsOf(ctx context.Context, conversationIDs []stri
 func (p *Pipeline) closeCounted(call func(flowmetrics.Deriver) (int, error)) (int, error) {
 	var ended, idle int
 	var kinds [256]int // by flowmetrics.PathKind
+	var mu sync.Mutex  // a store may derive from several goroutines
 	derive := func(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
 		pts := p.cfg.Derive(cp)
+		mu.Lock()
+		defer mu.Unlock()
 		if cp.Ended {
 			ended++
 		} else {

@@ -226,10 +226,11 @@ func BenchmarkHasInFullConversation(b *testing.B) {
 	}
 }
 
-// TestWarmReadsWhatFindReads: warm's passes read, for a conversation at
-// its home slot, the record find returns and that record's block, and
-// nothing for a conversation the table does not hold. (warm changes
-// nothing; had it read other memory, a claim would only be slower.)
+// TestWarmReadsWhatFindReads: warm's passes read, for a conversation the
+// table holds (at its home slot or further on), the record find returns
+// and that record's block, and nothing for a conversation the table does
+// not hold. (warm changes nothing; had it read other memory, a claim would
+// only be slower.)
 func TestWarmReadsWhatFindReads(t *testing.T) {
 	c := newConvs()
 	var ids []string
@@ -240,7 +241,7 @@ func TestWarmReadsWhatFindReads(t *testing.T) {
 	}
 	ids = append(ids, "absent-1", "absent-2")
 	var w warmed
-	warmedHeld := 0
+	warmedHeld, shared := 0, 0
 	for start := 0; start < len(ids); start += warmGroup {
 		group := ids[start:min(start+warmGroup, len(ids))]
 		c.warm(&w, func(j int) string { return group[j] }, len(group))
@@ -250,10 +251,20 @@ func TestWarmReadsWhatFindReads(t *testing.T) {
 			}
 			i, held := c.find(id, w.hs[j])
 			if w.rec[j] == 0 {
-				continue // not at its home slot, or not held
+				if held {
+					t.Errorf("%q: held as record %d, warm read none", id, i)
+				}
+				continue
 			}
 			if !held || w.rec[j]-1 != i {
-				t.Fatalf("%q: warmed record %d, find gives %d (held %v)", id, w.rec[j]-1, i, held)
+				// Only another conversation of the same 32-bit hash,
+				// filed before it, may be read instead.
+				other := string(c.idBytes(w.rec[j] - 1))
+				if uint32(c.hash(other)) != uint32(w.hs[j]) || other == id {
+					t.Fatalf("%q: warmed record %d (%q), find gives %d (held %v)", id, w.rec[j]-1, other, i, held)
+				}
+				shared++
+				continue
 			}
 			if r := c.rec(i); w.chunk[j] != r.chunk || w.pos[j] != r.pos || w.used[j] != r.used {
 				t.Fatalf("%q: warmed block %d/%d/%d, the record's is %d/%d/%d", id, w.chunk[j], w.pos[j], w.used[j], r.chunk, r.pos, r.used)
@@ -261,9 +272,9 @@ func TestWarmReadsWhatFindReads(t *testing.T) {
 			warmedHeld++
 		}
 	}
-	// With the table at most three quarters full, most conversations are
-	// at their home slot.
-	if warmedHeld < 5000/2 {
-		t.Errorf("warm read the records of %d of 5000 held conversations", warmedHeld)
+	// Every held conversation, but for one of a 32-bit hash another shares
+	// (most seldom).
+	if warmedHeld+shared != 5000 || shared > 2 {
+		t.Errorf("warm read the records of %d of 5000 held conversations (%d of a shared hash)", warmedHeld, shared)
 	}
 }

@@ -296,7 +296,8 @@ func (s *Store) ClosePathsOf(ctx context.Context, ids []string, asOf time.Time, 
 
 // closeEach is a close call of ClosePaths or ClosePathsOf: under s.mu, pick
 // closes the paths it chooses with take, and their points go into one
-// outbox entry. It returns how many pick closed.
+// outbox entry, in the order pick took them. It returns how many pick
+// closed.
 func (s *Store) closeEach(ctx context.Context, derive flowmetrics.Deriver, pick func(now time.Time, take func(uint32))) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
@@ -310,39 +311,72 @@ func (s *Store) closeEach(ctx context.Context, derive flowmetrics.Deriver, pick 
 		return 0, errClosed
 	}
 	now := s.opts.Now()
-	// Each path's points, put together once their number is known, so
-	// that the outbox entry is written once, not grown point by point.
-	var each [][]flowmetrics.PathPoint
-	n, total := 0, 0
+	var closed []closing
 	pick(now, func(i uint32) {
-		n++
-		points := s.closePath(i, now, derive)
-		if len(points) > 0 {
-			each = append(each, points)
-			total += len(points)
-		}
+		c := s.convs.rec(i)
+		closed = append(closed, closing{i, c.path.Ended})
+		c.path = c.path.Close()
+		c.changed = now.UnixNano()
 	})
-	var points []flowmetrics.PathPoint
-	if len(each) == 1 {
-		points = each[0]
-	} else if total > 0 {
-		points = make([]flowmetrics.PathPoint, 0, total)
-		for _, p := range each {
-			points = append(points, p...)
-		}
-	}
-	s.addPaths(points)
-	return n, nil
+	s.addPaths(s.derive(closed, derive))
+	return len(closed), nil
 }
 
-// closePath closes record i's path and returns its points. s.mu is held.
-func (s *Store) closePath(i uint32, now time.Time, derive flowmetrics.Deriver) []flowmetrics.PathPoint {
-	c := s.convs.rec(i)
-	cp := flowmetrics.ClosedPath{Ended: c.path.Ended}
-	cp.ConversationID, cp.Keys = s.convs.strings(i)
-	c.path = c.path.Close()
-	c.changed = now.UnixNano()
-	return derive(cp)
+// closing is a path a close call closed: its record, and whether its
+// conversation ended.
+type closing struct {
+	rec   uint32
+	ended bool
+}
+
+// deriveApart is the fewest paths a close call derives in several
+// goroutines (one per processor, each a contiguous part of them). At the
+// end of a replay into the memory store every path closes at once, in
+// calls of thousands, and deriving their points is most of the work: in
+// one goroutine, the other processor had only the delivery of the call
+// before to do.
+const deriveApart = 512
+
+// derive returns the points of the paths closed, put together once their
+// number is known, so that the outbox entry is written once, not grown
+// point by point. The conversations are read, not changed, while the
+// parts are derived: s.mu is held.
+func (s *Store) derive(closing []closing, derive flowmetrics.Deriver) []flowmetrics.PathPoint {
+	if len(closing) == 0 {
+		return nil
+	}
+	each := make([][]flowmetrics.PathPoint, len(closing))
+	part := func(from, to int) {
+		for k := from; k < to; k++ {
+			cp := flowmetrics.ClosedPath{Ended: closing[k].ended}
+			cp.ConversationID, cp.Keys = s.convs.strings(closing[k].rec)
+			each[k] = derive(cp)
+		}
+	}
+	if parts := min(runtime.GOMAXPROCS(0), len(closing)/(deriveApart/2)); parts > 1 {
+		var wg sync.WaitGroup
+		for k := range parts {
+			wg.Go(func() { part(k*len(closing)/parts, (k+1)*len(closing)/parts) })
+		}
+		wg.Wait()
+	} else {
+		part(0, len(closing))
+	}
+	total, some := 0, 0
+	for k, p := range each {
+		total += len(p)
+		if len(p) > 0 {
+			some = k
+		}
+	}
+	if total == len(each[some]) {
+		return each[some] // one path's points, or none
+	}
+	points := make([]flowmetrics.PathPoint, 0, total)
+	for _, p := range each {
+		points = append(points, p...)
+	}
+	return points
 }
 
 // addPaths appends an outbox entry of points, if any. s.mu is held.

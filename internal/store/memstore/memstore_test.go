@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -162,4 +164,65 @@ func BenchmarkClaimAtRandom(b *testing.B) {
 		n++
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n*batch), "ns/event")
+}
+
+// TestCloseManyPathsInOrder closes thousands of paths in one call, as a
+// replay does at its end (their points are then derived in parts, one per
+// processor): each path is derived once, from its own keys, and the outbox
+// entry holds the points in the order the paths closed (by deadline).
+func TestCloseManyPathsInOrder(t *testing.T) {
+	const convs = 3000
+	ctx := context.Background()
+	t0 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	now := t0
+	s := memstore.New(store.Options{Now: func() time.Time { return now }, Paths: &flowmetrics.PathOptions{Grace: time.Minute, Idle: time.Hour}})
+	defer s.Close()
+	if err := s.Register(ctx, []string{"sink"}); err != nil {
+		t.Fatal(err)
+	}
+	id := func(i int) string { return fmt.Sprintf("%08x-0001-4001-810d-38c7c42b8f0e", i) }
+	for i := range convs {
+		// One conversation a second: their deadlines are in this order.
+		now = t0.Add(time.Duration(i) * time.Second)
+		var occs []flowmetrics.Occurrence
+		for k := range 1 + i%3 {
+			occs = append(occs, storetest.Occ("F", fmt.Sprintf("M%d", k), now))
+		}
+		if _, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: id(i), Occurrences: occs}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var calls atomic.Int64
+	derive := func(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
+		calls.Add(1)
+		var pts []flowmetrics.PathPoint
+		for _, k := range slices.Sorted(slices.Values(cp.Keys)) {
+			pts = append(pts, flowmetrics.PathPoint{Kind: flowmetrics.PathStep, Metric: k, Conversation: cp.ConversationID})
+		}
+		return pts
+	}
+	n, err := s.ClosePaths(ctx, now.Add(2*time.Hour), convs+1, derive)
+	if err != nil || n != convs || calls.Load() != convs {
+		t.Fatalf("closed %d (derived %d), error %v; want all %d, each derived once", n, calls.Load(), err, convs)
+	}
+	entries, err := s.ReadOutbox(ctx, 0, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []flowmetrics.PathPoint
+	for _, e := range entries {
+		got = append(got, e.Paths...)
+	}
+	var want []flowmetrics.PathPoint
+	for i := range convs {
+		at := t0.Add(time.Duration(i) * time.Second)
+		var keys []string
+		for k := range 1 + i%3 {
+			keys = append(keys, storetest.Occ("F", fmt.Sprintf("M%d", k), at).Key)
+		}
+		want = append(want, derive(flowmetrics.ClosedPath{ConversationID: id(i), Keys: keys})...)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("outbox points: got %d, want %d in the order the paths closed", len(got), len(want))
+	}
 }
