@@ -62,6 +62,24 @@ func endEnvelope(conv string) string {
 	return string(genesys.Envelope{Topic: genesys.TopicCustomerEnd, Conversation: conv, Time: time.Now()}.JSON())
 }
 
+// pathHandler is a handler with paths on (cfg.Paths), as an instance named
+// owner, on table, with ReadFirst as the function has it, and the sink that
+// records what it sends.
+func pathHandler(t *testing.T, srv *dynalitetest.Server, table, owner string, cfg lambdafn.Config) (*lambdafn.Handler, *pathSink) {
+	t.Helper()
+	st, err := dynamostore.Open(dynamostore.Config{Table: table, Owner: owner, ReadFirst: true}, srv.Client, store.Options{Paths: cfg.Paths.WithDefaults().Options()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk := &pathSink{}
+	h, err := lambdafn.NewHandler(context.Background(), st, []flowmetrics.Sink{sk}, cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close(context.Background()) })
+	return h, sk
+}
+
 // TestPathsCloseOnceOnLambda: three instances on one table get the same
 // events twice (a duplicate delivery to another instance), each
 // customer.end sends one delayed close message, the close messages are
@@ -78,16 +96,7 @@ func TestPathsCloseOnceOnLambda(t *testing.T) {
 	var hs []*lambdafn.Handler
 	var sinks []*pathSink
 	for i := 0; i < 3; i++ {
-		st, err := dynamostore.Open(dynamostore.Config{Table: table, Owner: fmt.Sprint("i", i), ReadFirst: true}, srv.Client, store.Options{Paths: pc.WithDefaults().Options()}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sk := &pathSink{}
-		h, err := lambdafn.NewHandler(context.Background(), st, []flowmetrics.Sink{sk}, cfg, nil, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { h.Close(context.Background()) })
+		h, sk := pathHandler(t, srv, table, fmt.Sprint("i", i), cfg)
 		hs, sinks = append(hs, h), append(sinks, sk)
 	}
 	const convs = 12
@@ -183,16 +192,7 @@ func TestKnownKeysKeepAPathOpenOnLambda(t *testing.T) {
 	pc := paths.Config{Grace: time.Second, IdleTimeout: 2 * time.Second} // a step of 125 ms
 	cfg := testCfg
 	cfg.Paths = pc
-	st, err := dynamostore.Open(dynamostore.Config{Table: table, Owner: "i0", ReadFirst: true}, srv.Client, store.Options{Paths: pc.WithDefaults().Options()}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sk := &pathSink{}
-	h, err := lambdafn.NewHandler(context.Background(), st, []flowmetrics.Sink{sk}, cfg, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close(context.Background()) })
+	h, sk := pathHandler(t, srv, table, "i0", cfg)
 	send := func(id, body string) {
 		t.Helper()
 		r := h.HandleSQS(longInvocation(t), events.SQSEvent{Records: []events.SQSMessage{{MessageId: id, EventSource: "aws:sqs", Body: body}}})
