@@ -266,15 +266,15 @@ func closeReplayPaths(ctx context.Context, p *pipeline.Pipeline, cfg config.Conf
 // a few MB, are delivered before the next batch.
 const replayCloseBatch = 4096
 
-// registerForReplay adds the replay's cursors to those the store already
-// serves. With the embedded store of a serve data directory, serve's own
-// sinks keep their cursors, so they also receive the replayed occurrences
-// when serve next runs; the replay's cursors are removed again at the end.
 // replayCursorPrefix is put before the names of a replay's sinks to make
 // their cursors in an embedded store: a replay into a serve data directory
 // then neither takes nor moves serve's pending points.
 const replayCursorPrefix = "replay-"
 
+// registerForReplay adds the replay's cursors to those the store already
+// serves. With the embedded store of a serve data directory, serve's own
+// sinks keep their cursors, so they also receive the replayed occurrences
+// when serve next runs; the replay's cursors are removed again at the end.
 func registerForReplay(ctx context.Context, st flowmetrics.Store, cursors []string) (restore func() error, err error) {
 	var existing []string
 	if l, ok := st.(flowmetrics.SinkLister); ok {
