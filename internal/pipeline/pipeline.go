@@ -402,8 +402,11 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 // Commit claims a prepared batch: it is the second half of Ingest, and
 // returns what Ingest returns. Commits of batches prepared one after
 // another may run one after another while later batches are prepared.
+// Concurrent commits share claims: one that reaches the store keeps it
+// until it is durable, and those that come meanwhile go to the store
+// together after it (claimGroup).
 func (p *Pipeline) Commit(ctx context.Context, b *Prepared) (Result, error) {
-	return p.StartCommit(ctx, b)()
+	return p.startCommit(ctx, b, true)()
 }
 
 // StartCommit is Commit in two halves: it returns once the batch's claim
@@ -414,6 +417,12 @@ func (p *Pipeline) Commit(ctx context.Context, b *Prepared) (Result, error) {
 // the commit of the next batch before it finishes this one, so that the
 // store's sync of one batch overlaps the claim of the next.
 func (p *Pipeline) StartCommit(ctx context.Context, b *Prepared) (finish func() (Result, error)) {
+	return p.startCommit(ctx, b, false)
+}
+
+// startCommit is StartCommit; with hold, the claim keeps the store until
+// it is durable (claimGroup.Claim).
+func (p *Pipeline) startCommit(ctx context.Context, b *Prepared, hold bool) (finish func() (Result, error)) {
 	res, c := b.res, &b.c
 	done := func(err error) func() (Result, error) {
 		p.m.RecordsAccepted.Add(float64(res.Accepted))
@@ -434,7 +443,7 @@ func (p *Pipeline) StartCommit(ctx context.Context, b *Prepared) (finish func() 
 		return done(nil)
 	}
 	start := time.Now()
-	wait := p.claims.Start(ctx, c.reqs)
+	wait := p.claims.begin(ctx, c.reqs, hold)
 	return func() (Result, error) {
 		fresh, err := wait()
 		p.m.StoreLatency.WithLabelValues("claim").Observe(time.Since(start).Seconds())
