@@ -30,8 +30,9 @@ const (
 // came through Claim (Ingest: the caller waits for durability anyway), so
 // the calls that arrive during the sync share the next claim: at serve's
 // saturation about three requests a claim instead of one or two, each
-// conversation's header written once for them, one outbox entry and one
-// sync. With a store that can start a claim before it is durable
+// conversation's header read and written once for them, one batch and one
+// outbox entry (the embedded store's log already synced several claims at
+// once). With a store that can start a claim before it is durable
 // (claimStarter), a group whose first call came through Start (replay,
 // which prepares its next batch meanwhile) lets the next group into the
 // store as soon as it is applied, while its sync is under way.
