@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"math/bits"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -722,8 +724,8 @@ func (p *Pipeline) claimed(c *claimBatch, res Result, fresh []flowmetrics.Occurr
 		}
 	}
 	p.learned.Add(1)
+	p.countOccurrences(fresh)
 	for _, o := range fresh {
-		p.m.Occurrences.WithLabelValues(o.Flow, o.Metric).Inc()
 		if c.folded[o.Key] {
 			p.m.Overflow.Inc()
 		}
@@ -741,6 +743,28 @@ func (p *Pipeline) claimed(c *claimBatch, res Result, fresh []flowmetrics.Occurr
 		return res, pendingErr
 	}
 	return res, nil
+}
+
+// countOccurrences adds the new occurrences to their flow/metric pair's
+// counter, once per pair: finding a labelled counter hashes its labels
+// under the vector's lock, and a claim's thousand occurrences have a few
+// dozen pairs.
+func (p *Pipeline) countOccurrences(fresh []flowmetrics.Occurrence) {
+	if len(fresh) == 0 {
+		return
+	}
+	var pt pairTable
+	counts := make([]int, 0, 64)
+	for _, o := range fresh {
+		i := pt.index(o.Flow, o.Metric)
+		if int(i) == len(counts) {
+			counts = append(counts, 0)
+		}
+		counts[i]++
+	}
+	for i, pr := range pt.pairs {
+		p.m.Occurrences.WithLabelValues(pr.Flow, pr.Metric).Add(float64(counts[i]))
+	}
 }
 
 // reject counts r as rejected for reason (a label of
@@ -1338,19 +1362,92 @@ func (d *drainer) shed(ctx context.Context, cursor uint64) (uint64, error) {
 // Aggregate counts the occurrences of entries into points per flow, metric
 // and bucket, sorted by bucket, flow and metric. It also returns how many
 // occurrences went in.
+//
+// Sorted, then counted run by run: an occurrence's time is nearly its own
+// bucket (an archive's points are nine tenths of its occurrences), so a
+// map of points would hash a key per occurrence only to be sorted
+// afterwards anyway. The sort is of integers: a flush's distinct
+// flow/metric pairs are few, so they are numbered in flow and metric
+// order (pairTable finds most at once, their strings shared), and each
+// occurrence's bucket and pair number are packed into one word. Sorting
+// structs of a bucket and two strings with a comparison function cost
+// several times as much.
 func Aggregate(entries []flowmetrics.Entry, bucket time.Duration) ([]flowmetrics.Point, int) {
-	// Sorted, then counted run by run: an occurrence's time is nearly its
-	// own bucket (an archive's points are nine tenths of its occurrences),
-	// so a map of points would hash a key per occurrence only to be
-	// sorted afterwards anyway. Buckets compare as integers, and mostly
-	// differ, so the sort seldom compares a string.
-	type key struct {
-		bucket       int64
-		flow, metric string
-	}
 	n := 0
 	for _, e := range entries {
 		n += len(e.Occurrences)
+	}
+	if n == 0 {
+		return []flowmetrics.Point{}, 0
+	}
+	// Each occurrence's bucket (its start, in Unix seconds) and pair.
+	var pt pairTable
+	secs := make([]int64, 0, n)
+	pairs := make([]int32, 0, n)
+	lo, hi := int64(math.MaxInt64), int64(math.MinInt64)
+	for _, e := range entries {
+		for _, o := range e.Occurrences {
+			sec := flowmetrics.BucketStart(o.Time, bucket).Unix()
+			lo, hi = min(lo, sec), max(hi, sec)
+			secs = append(secs, sec)
+			pairs = append(pairs, pt.index(o.Flow, o.Metric))
+		}
+	}
+	// The pairs' ranks in flow, metric order.
+	order := make([]int32, len(pt.pairs))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(a, b int32) int {
+		x, y := pt.pairs[a], pt.pairs[b]
+		if c := strings.Compare(x.Flow, y.Flow); c != 0 {
+			return c
+		}
+		return strings.Compare(x.Metric, y.Metric)
+	})
+	rank := make([]uint64, len(order))
+	for r, i := range order {
+		rank[i] = uint64(r)
+	}
+	shift := uint(bits.Len(uint(len(order))))
+	if span := hi - lo; span < 0 || uint64(span)>>(64-shift) != 0 {
+		// Buckets too far apart to pack with the pairs (centuries, at
+		// least): sorted as they are.
+		return aggregateByStrings(entries, bucket, n)
+	}
+	keys := make([]uint64, n)
+	for i, sec := range secs {
+		keys[i] = uint64(sec-lo)<<shift | rank[pairs[i]]
+	}
+	slices.Sort(keys)
+	distinct := 1
+	for i := 1; i < len(keys); i++ {
+		if keys[i] != keys[i-1] {
+			distinct++
+		}
+	}
+	points := make([]flowmetrics.Point, 0, distinct)
+	mask := uint64(1)<<shift - 1
+	for i := 0; i < len(keys); {
+		j := i + 1
+		for j < len(keys) && keys[j] == keys[i] {
+			j++
+		}
+		pr := pt.pairs[order[keys[i]&mask]]
+		start := time.Unix(lo+int64(keys[i]>>shift), 0).UTC()
+		points = append(points, flowmetrics.Point{Flow: pr.Flow, Metric: pr.Metric, Bucket: start, Width: bucket, Count: int64(j - i)})
+		i = j
+	}
+	return points, n
+}
+
+// aggregateByStrings is Aggregate of n occurrences whose buckets are too
+// far apart for Aggregate to pack: it sorts keys of a bucket and two
+// strings.
+func aggregateByStrings(entries []flowmetrics.Entry, bucket time.Duration, n int) ([]flowmetrics.Point, int) {
+	type key struct {
+		bucket       int64
+		flow, metric string
 	}
 	keys := make([]key, 0, n)
 	for _, e := range entries {

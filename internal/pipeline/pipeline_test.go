@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -1014,5 +1015,88 @@ func TestLargeBatchAsSmallBatches(t *testing.T) {
 	}
 	if fmt.Sprint(bigTotals) != fmt.Sprint(smallTotals) {
 		t.Errorf("delivered: one batch %v, batches of 10 %v", bigTotals, smallTotals)
+	}
+}
+
+// TestAggregatePackedAsByStrings: Aggregate, which sorts its occurrences
+// as packed integers, gives what sorting them by bucket and strings gives
+// (aggregateByStrings), for flows and metrics that share their strings or
+// not, buckets of every width, and times from seconds to centuries apart
+// (the widest beyond what Aggregate packs, so it takes the same way).
+func TestAggregatePackedAsByStrings(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	names := []string{"", "F", "E", "Billing Main", "Après Vente", "F2", "A", "Transfer"}
+	start := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC)
+	spans := []time.Duration{time.Second, time.Hour, 1000 * 24 * time.Hour, math.MaxInt64}
+	widths := []time.Duration{0, 500 * time.Millisecond, time.Second, 10 * time.Second, time.Minute, 7 * time.Hour}
+	for round := range 400 {
+		var entries []flowmetrics.Entry
+		span, width := spans[rng.IntN(len(spans))], widths[rng.IntN(len(widths))]
+		for e := range rng.IntN(8) {
+			var occs []flowmetrics.Occurrence
+			for range rng.IntN(40) {
+				o := flowmetrics.Occurrence{Flow: names[rng.IntN(3)], Metric: names[rng.IntN(len(names))]}
+				if rng.IntN(2) == 0 {
+					// The same text in a string of its own.
+					o.Flow = strings.Clone(o.Flow)
+				}
+				switch {
+				case span == math.MaxInt64 && rng.IntN(2) == 0:
+					o.Time = time.Unix(rng.Int64N(1<<62)-1<<61, 0).Add(time.Duration(rng.Int64N(int64(time.Second))))
+				default:
+					o.Time = start.Add(time.Duration(rng.Int64N(int64(min(span, 2000*24*time.Hour)))))
+				}
+				occs = append(occs, o)
+			}
+			entries = append(entries, flowmetrics.Entry{Seq: uint64(e + 1), Occurrences: occs})
+		}
+		n := 0
+		for _, e := range entries {
+			n += len(e.Occurrences)
+		}
+		got, gotN := Aggregate(entries, width)
+		want, wantN := aggregateByStrings(entries, width, n)
+		if gotN != wantN || fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("round %d (%d occurrences, width %v): got %d, %v; want %d, %v", round, n, width, gotN, got, wantN, want)
+		}
+	}
+}
+
+// TestOccurrencesCounterPerPair: the occurrences counter of each
+// flow/metric pair, added once per pair and claim, counts each new
+// occurrence of the pair once, whether its strings are shared or not.
+func TestOccurrencesCounterPerPair(t *testing.T) {
+	p, m := newTest(t, Config{})
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(7, 8))
+	flows, metrics := []string{"F", "Après Vente", "G"}, []string{"A", "B", "Transfer"}
+	want := map[[2]string]int{}
+	seen := map[string]bool{}
+	for batch := range 5 {
+		var recs []genesys.Record
+		for i := range 300 {
+			var names []string
+			for range 1 + rng.IntN(4) {
+				f, mt := flows[rng.IntN(len(flows))], metrics[rng.IntN(len(metrics))]
+				name := fmt.Sprintf("%sMetric_%s(2026-11-20T09:%02d:%02dZ)", f, mt, rng.IntN(60), rng.IntN(60))
+				conv := fmt.Sprintf("c%d", (batch*300+i)%97)
+				if !seen[conv+"/"+name] && !slices.Contains(names, name) {
+					seen[conv+"/"+name] = true
+					want[[2]string{f, mt}]++
+				}
+				names = append(names, name)
+			}
+			recs = append(recs, event(fmt.Sprintf("c%d", (batch*300+i)%97), names...))
+		}
+		if _, err := p.Ingest(ctx, recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range flows {
+		for _, mt := range metrics {
+			if got := testutil.ToFloat64(m.Occurrences.WithLabelValues(f, mt)); got != float64(want[[2]string{f, mt}]) {
+				t.Errorf("%s/%s: got %v, want %d", f, mt, got, want[[2]string{f, mt}])
+			}
+		}
 	}
 }
