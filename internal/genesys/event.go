@@ -121,8 +121,20 @@ type NameMemo struct {
 	// pairs holds the flow and metric of each remembered name (a copy of
 	// the name, which they are cut from), across batches; pairBytes is
 	// what they hold, bounded by memoPairBytes.
-	pairs     map[string]flowmetrics.Pair
+	pairs     map[string]memoPair
 	pairBytes int
+	// recent holds pairs found last, each in a place chosen by its
+	// name's length and a few of its bytes (pairPlace): a name of a
+	// pair there costs a comparison with it, not a hash and a map
+	// lookup. A batch's names are of a few dozen pairs.
+	recent [128]memoPair
+}
+
+// memoPair is a remembered name (flow, "Metric_", metric) and its pair,
+// which are cut from it.
+type memoPair struct {
+	name string
+	pr   flowmetrics.Pair
 }
 
 const (
@@ -160,9 +172,35 @@ func (m *NameMemo) Batch() {
 func (m *NameMemo) Extract(names []string) ([]flowmetrics.Occurrence, []Malformed) {
 	if m.seen == nil {
 		m.seen = make(map[string]flowmetrics.Occurrence)
-		m.pairs = make(map[string]flowmetrics.Pair)
+		m.pairs = make(map[string]memoPair)
 	}
 	return extractNames(names, m)
+}
+
+// ParseName is ParseAttribute for a caller that needs only a well-formed
+// name's parts (a.Flow and a.Metric may then be the memo's copies, shared
+// by every name of their pair, not substrings of name). A name whose flow
+// and metric the memo remembers has only its time parsed, as in Extract;
+// any other is parsed whole, and its parts are remembered when it is
+// well-formed.
+func (m *NameMemo) ParseName(name string) (a Attribute, ok bool) {
+	if m.pairs == nil {
+		m.pairs = make(map[string]memoPair)
+	}
+	if open := strings.LastIndexByte(name, '('); open > 0 && name[len(name)-1] == ')' {
+		if pr, ok := m.pair(name[:open]); ok {
+			if t, err := parseTime(name[open+1 : len(name)-1]); err == nil {
+				return Attribute{Flow: pr.Flow, Metric: pr.Metric, Time: t}, true
+			}
+		}
+	}
+	a, ok, _ = ParseAttribute(name)
+	if !ok {
+		return Attribute{}, false
+	}
+	pr := m.remember(a)
+	a.Flow, a.Metric = pr.Flow, pr.Metric
+	return a, true
 }
 
 // Reset forgets every whole name, keeping the memo's map, and the batch
@@ -187,13 +225,43 @@ func (m *NameMemo) remember(a Attribute) flowmetrics.Pair {
 	n := len(a.Flow) + len(marker) + len(a.Metric)
 	if m.pairBytes+n+memoPairCost > memoPairBytes {
 		clear(m.pairs)
+		m.recent = [len(m.recent)]memoPair{}
 		m.pairBytes = 0
 	}
 	name := a.Flow + marker + a.Metric
 	p := flowmetrics.Pair{Flow: name[:len(a.Flow)], Metric: name[len(a.Flow)+len(marker):]}
-	m.pairs[name] = p
+	m.pairs[name] = memoPair{name, p}
 	m.pairBytes += n + memoPairCost
 	return p
+}
+
+// pair returns the pair of a remembered name (everything of a metric
+// name before the time's "("), first from recent, else from pairs, then
+// kept in recent.
+func (m *NameMemo) pair(name string) (flowmetrics.Pair, bool) {
+	r := &m.recent[pairPlace(name)]
+	if r.name == name && name != "" {
+		return r.pr, true
+	}
+	mp, ok := m.pairs[name]
+	if ok {
+		*r = mp
+	}
+	return mp.pr, ok
+}
+
+// pairPlace is the place in NameMemo.recent of a name: mixed from its
+// length and its first, middle and last bytes, which tell apart most
+// names of different flows or metrics.
+func pairPlace(name string) int {
+	h := uint64(len(name))
+	if len(name) > 0 {
+		h |= uint64(name[0])<<16 | uint64(name[len(name)/2])<<24 | uint64(name[len(name)-1])<<32
+		if len(name) > 1 {
+			h |= uint64(name[len(name)-2]) << 40
+		}
+	}
+	return int(h * 0x9e3779b97f4a7c15 >> 57) // 128 places
 }
 
 // cut returns an empty slice with room for n occurrences.
@@ -252,7 +320,7 @@ func extractNames(names []string, m *NameMemo) ([]flowmetrics.Occurrence, []Malf
 		// before the last "("), and a time that parses is printable
 		// ASCII, so ParseAttribute would find the same.
 		if open := strings.LastIndexByte(name, '('); m != nil && open > 0 && name[len(name)-1] == ')' {
-			if pr, ok := m.pairs[name[:open]]; ok {
+			if pr, ok := m.pair(name[:open]); ok {
 				if t, err := parseTime(name[open+1 : len(name)-1]); err == nil {
 					if occs == nil {
 						occs = m.cut(len(names))

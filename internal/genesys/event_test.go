@@ -248,3 +248,65 @@ func TestNameMemoGivesUpOnFewRepeats(t *testing.T) {
 		t.Errorf("%d large batches after the one that gave up: useful %v, %d found, want the memo looking again", memoRest+1, memo.useful(), memo.found)
 	}
 }
+
+// TestNameMemoManyPairs: names of more pairs than the memo's recent places
+// (so pairs share a place and take it from one another), and more than
+// it remembers at once (so it forgets them and starts again), extracted
+// in large and small batches, give what ExtractNames gives; and the keys
+// share no memory with the names given nor with one another, and stay as
+// they were while later events are extracted.
+func TestNameMemoManyPairs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	var memo NameMemo
+	type kept struct {
+		occs []flowmetrics.Occurrence
+		keys []string // the keys' text, copied when extracted
+	}
+	var all []kept
+	for batch := range 6 {
+		large := batch%3 != 2
+		if large {
+			memo.Batch()
+		}
+		pairs := 60
+		if batch >= 3 {
+			pairs = 6000 // past memoPairBytes
+		}
+		for i := range 400 {
+			names := make([]string, 1+rng.IntN(5))
+			for j := range names {
+				names[j] = fmt.Sprintf("Flow %dMetric_M%d(2026-11-20T09:%02d:%02d.%03dZ)", rng.IntN(pairs), rng.IntN(3), rng.IntN(60), rng.IntN(60), rng.IntN(1000))
+			}
+			slices.Sort(names)
+			names = slices.Compact(names)
+			got, gotBad := memo.Extract(names)
+			want, wantBad := ExtractNames(names)
+			if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotBad, wantBad) {
+				t.Fatalf("batch %d event %d %q: got %v %v, want %v %v", batch, i, names, got, gotBad, want, wantBad)
+			}
+			var keys []string
+			for k, o := range got {
+				for _, n := range names {
+					if overlaps(o.Key, n) {
+						t.Fatalf("batch %d event %d: key %q shares memory with the name %q given", batch, i, o.Key, n)
+					}
+				}
+				for _, p := range got[:k] {
+					if overlaps(o.Key, p.Key) {
+						t.Fatalf("batch %d event %d: keys %q and %q share memory", batch, i, o.Key, p.Key)
+					}
+				}
+				keys = append(keys, strings.Clone(o.Key))
+			}
+			all = append(all, kept{got, keys})
+		}
+		memo.Reset()
+	}
+	for i, k := range all {
+		for j, o := range k.occs {
+			if o.Key != k.keys[j] {
+				t.Fatalf("event %d: key %d became %q, was %q", i, j, o.Key, k.keys[j])
+			}
+		}
+	}
+}

@@ -439,3 +439,33 @@ func reference(data []byte) Record {
 	rec.Outcome, rec.Event = Accepted, ev
 	return rec
 }
+
+// FuzzParseName: a name parsed through a memo that has parsed another
+// (and may remember its flow and metric) gives what ParseAttribute gives.
+func FuzzParseName(f *testing.F) {
+	for _, s := range [][2]string{
+		{"FMetric_A(2023-03-05T08:18:04Z)", "FMetric_A(2023-03-05T08:18:04.568Z)"},
+		{"FMetric_A(2023-03-05T08:18:04Z)", "FMetric_A(2023-02-29T08:18:04Z)"},
+		{"FMetric_A(2023-03-05T08:18:04Z)", "FMetric_A(2023-03-05t08:18:04+01:00)"},
+		{"FMetric_A(2023-03-05T08:18:04Z)", "FMetric_A(2023-03-05T08:18:04Z"},
+		{"FMetric_A(b)(2023-03-05T08:18:04Z)", "FMetric_A(b)(2023-03-05T08:18:05Z)"},
+		{"AMetric_B(2023-03-05T08:18:04Z)", "AMetric_B(xMetric_C)"},
+		{"ÉtéMetric_F(2023-03-05T08:18:04Z)", "ÉtéMetric_F(2023-03-05T08:18:04.000Z)"},
+		{"FMetric_A(2023-03-05T08:18:04Z)", "GMetric_A(2023-03-05T08:18:04Z)"},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, first, second string) {
+		var memo NameMemo
+		for _, name := range []string{first, second, first} {
+			got, gotOK := memo.ParseName(name)
+			want, wantOK, _ := ParseAttribute(name)
+			if !wantOK {
+				want = Attribute{}
+			}
+			if gotOK != wantOK || got.Flow != want.Flow || got.Metric != want.Metric || !got.Time.Equal(want.Time) || got.Time.Location() != want.Time.Location() {
+				t.Fatalf("after %q, %q: got %+v %v, want %+v %v", first, name, got, gotOK, want, wantOK)
+			}
+		}
+	})
+}

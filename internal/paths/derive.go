@@ -113,7 +113,9 @@ func (d *Deriver) Derive(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
 	}
 	path := sc.path[:0]
 	for _, k := range cp.Keys {
-		a, ok, _ := genesys.ParseAttribute(k)
+		// The memo's flow and metric, shared by the keys of a pair:
+		// only the time is parsed of a key whose pair it remembers.
+		a, ok := sc.names.ParseName(k)
 		if ok {
 			path = append(path, step{flow: a.Flow, metric: a.Metric, at: a.Time, key: k, since: -1})
 		}
@@ -230,21 +232,26 @@ func markFlows(path []step, sc *scratch) (pairs int) {
 }
 
 // scratch is what Derive needs only while it runs, kept for the next
-// call: a close derives the paths of thousands of conversations.
+// call: a close derives the paths of thousands of conversations. names
+// remembers the flow and metric of the keys parsed (a few dozen pairs),
+// so that most keys have only their time parsed.
 type scratch struct {
-	path []step
-	idx  []int32
+	path  []step
+	idx   []int32
+	names genesys.NameMemo
 }
 
 var scratches = sync.Pool{New: func() any { return new(scratch) }}
 
 // put clears the path's strings (the keys of the conversation) and gives
-// the scratch back, unless a conversation of many keys made it large.
+// the scratch back, without its path and indexes if a conversation of
+// many keys made them large (its names stay: they are bounded).
 func (sc *scratch) put() {
 	if cap(sc.path) > 64 {
-		return
+		sc.path, sc.idx = nil, nil
+	} else {
+		clear(sc.path)
 	}
-	clear(sc.path)
 	scratches.Put(sc)
 }
 
