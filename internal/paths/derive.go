@@ -23,6 +23,11 @@ type Deriver struct {
 	experiments []experiment
 	guard       Guard
 	configured  int // the most points timings, funnels and experiments add
+	// names are memos of the flow and metric of the keys parsed (a few
+	// dozen pairs), so that most keys have only their time parsed: one
+	// per Derive running at once, kept for the next (at most cap of
+	// them, each bounded).
+	names chan *genesys.NameMemo
 }
 
 type stepRef struct{ flow, metric, label string }
@@ -55,7 +60,7 @@ func New(c Config, guard Guard) *Deriver {
 		}
 		return out
 	}
-	d := &Deriver{guard: guard}
+	d := &Deriver{guard: guard, names: make(chan *genesys.NameMemo, 8)}
 	for _, t := range c.Timings {
 		d.timings = append(d.timings, timing{t.Name, ref(t.From), ref(t.To)})
 		d.configured++
@@ -112,13 +117,23 @@ func (d *Deriver) Derive(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
 		sc.path = make([]step, 0, len(cp.Keys))
 	}
 	path := sc.path[:0]
+	var names *genesys.NameMemo
+	select {
+	case names = <-d.names:
+	default:
+		names = new(genesys.NameMemo)
+	}
 	for _, k := range cp.Keys {
 		// The memo's flow and metric, shared by the keys of a pair:
 		// only the time is parsed of a key whose pair it remembers.
-		a, ok := sc.names.ParseName(k)
+		a, ok := names.ParseName(k)
 		if ok {
 			path = append(path, step{flow: a.Flow, metric: a.Metric, at: a.Time, key: k, since: -1})
 		}
+	}
+	select {
+	case d.names <- names:
+	default:
 	}
 	if len(path) == 0 {
 		return nil
@@ -232,26 +247,21 @@ func markFlows(path []step, sc *scratch) (pairs int) {
 }
 
 // scratch is what Derive needs only while it runs, kept for the next
-// call: a close derives the paths of thousands of conversations. names
-// remembers the flow and metric of the keys parsed (a few dozen pairs),
-// so that most keys have only their time parsed.
+// call: a close derives the paths of thousands of conversations.
 type scratch struct {
-	path  []step
-	idx   []int32
-	names genesys.NameMemo
+	path []step
+	idx  []int32
 }
 
 var scratches = sync.Pool{New: func() any { return new(scratch) }}
 
 // put clears the path's strings (the keys of the conversation) and gives
-// the scratch back, without its path and indexes if a conversation of
-// many keys made them large (its names stay: they are bounded).
+// the scratch back, unless a conversation of many keys made it large.
 func (sc *scratch) put() {
 	if cap(sc.path) > 64 {
-		sc.path, sc.idx = nil, nil
-	} else {
-		clear(sc.path)
+		return
 	}
+	clear(sc.path)
 	scratches.Put(sc)
 }
 

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -226,5 +227,45 @@ func BenchmarkDerive(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		d.Derive(cp)
+	}
+}
+
+// TestDeriveAtOnce: paths derived by several goroutines at once through
+// one Deriver (as a store's close derives its parts), each with the
+// memos of key names the Deriver keeps, give what a new Deriver gives
+// each path alone; keys of many pairs, malformed ones among them.
+func TestDeriveAtOnce(t *testing.T) {
+	cfg := Config{Funnels: []Funnel{{Name: "main", Steps: []Step{"F0/M0", "F1/M1"}}}}
+	rng := rand.New(rand.NewPCG(11, 12))
+	var paths []flowmetrics.ClosedPath
+	for i := range 400 {
+		var keys []string
+		for range 1 + rng.IntN(12) {
+			keys = append(keys, key(fmt.Sprintf("F%d", rng.IntN(40)), fmt.Sprintf("M%d", rng.IntN(5)), float64(rng.IntN(600))))
+		}
+		if i%9 == 0 {
+			keys = append(keys, "F0Metric_M0(soon)", "Été\x01Metric_M1(2026-11-20T09:31:50Z)")
+		}
+		paths = append(paths, flowmetrics.ClosedPath{ConversationID: fmt.Sprint("c", i), Keys: keys})
+	}
+	want := make([]string, len(paths))
+	for i, cp := range paths {
+		want[i] = show(New(cfg, nil).Derive(cp))
+	}
+	d := New(cfg, nil)
+	got := make([]string, len(paths))
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := g; i < len(paths); i += 4 {
+				got[i] = show(d.Derive(paths[i]))
+			}
+		})
+	}
+	wg.Wait()
+	for i := range paths {
+		if got[i] != want[i] {
+			t.Errorf("path %d: got %s, want %s", i, got[i], want[i])
+		}
 	}
 }
