@@ -187,7 +187,7 @@ func (m *NameMemo) ParseName(name string) (a Attribute, ok bool) {
 	if m.pairs == nil {
 		m.pairs = make(map[string]memoPair)
 	}
-	if open := strings.LastIndexByte(name, '('); open > 0 && name[len(name)-1] == ')' {
+	if open := lastOpen(name); open > 0 && name[len(name)-1] == ')' {
 		if pr, ok := m.pair(name[:open]); ok {
 			if t, err := parseTime(name[open+1 : len(name)-1]); err == nil {
 				return Attribute{Flow: pr.Flow, Metric: pr.Metric, Time: t}, true
@@ -319,7 +319,7 @@ func extractNames(names []string, m *NameMemo) ([]flowmetrics.Occurrence, []Malf
 		// is: the rules before the time's are the name's (its bytes
 		// before the last "("), and a time that parses is printable
 		// ASCII, so ParseAttribute would find the same.
-		if open := strings.LastIndexByte(name, '('); m != nil && open > 0 && name[len(name)-1] == ')' {
+		if open := lastOpen(name); m != nil && open > 0 && name[len(name)-1] == ')' {
 			if pr, ok := m.pair(name[:open]); ok {
 				if t, err := parseTime(name[open+1 : len(name)-1]); err == nil {
 					if occs == nil {
@@ -390,6 +390,19 @@ func extractNames(names []string, m *NameMemo) ([]flowmetrics.Occurrence, []Malf
 		}
 	}
 	return m.keep(occs, len(names)), bad
+}
+
+// lastOpen is strings.LastIndexByte(name, '('), which reads a byte at a
+// time from the end: it looks first where the "(" before a time of the
+// two usual forms and the closing ")" would be, and checks that no "("
+// follows it.
+func lastOpen(name string) int {
+	for _, w := range [2]int{len("(2006-01-02T15:04:05.000Z)"), len("(2006-01-02T15:04:05Z)")} {
+		if i := len(name) - w; i >= 0 && name[i] == '(' && strings.IndexByte(name[i+1:], '(') < 0 {
+			return i
+		}
+	}
+	return strings.LastIndexByte(name, '(')
 }
 
 // sortedUnique reports whether names are in strictly increasing order.

@@ -310,3 +310,31 @@ func TestNameMemoManyPairs(t *testing.T) {
 		}
 	}
 }
+
+// TestLastOpen: lastOpen finds the last "(" as strings.LastIndexByte does,
+// where the usual times' "(" would be or elsewhere, with others after it
+// or none.
+func TestLastOpen(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	names := []string{"", "(", "()", "FMetric_A(2026-11-20T09:31:48.900Z)", "FMetric_A(2026-11-20T09:31:48Z)",
+		"FMetric_A(2026-11-20T09:31:48(900Z)", "FMetric_A(2026-11-20T(9:31:48Z)", "(2026-11-20T09:31:48Z)", "(2026-11-20T09:31:48.900Z)"}
+	for range 20000 {
+		b := []byte(strings.Repeat("x", rng.IntN(40)))
+		for range rng.IntN(3) {
+			if len(b) > 0 {
+				b[rng.IntN(len(b))] = '('
+			}
+		}
+		for _, w := range []int{22, 26} {
+			if len(b) >= w && rng.IntN(2) == 0 {
+				b[len(b)-w] = '('
+			}
+		}
+		names = append(names, string(b))
+	}
+	for _, n := range names {
+		if got, want := lastOpen(n), strings.LastIndexByte(n, '('); got != want {
+			t.Fatalf("lastOpen(%q): got %d, want %d", n, got, want)
+		}
+	}
+}
