@@ -73,6 +73,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/flowmetrics/flowmetrics"
@@ -266,6 +267,7 @@ func openDB(dir string, fs vfs.FS, f *fatal, pace *pacer, log *slog.Logger) (db 
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 	}
+	opts.Local.ReadaheadConfig = pointReadahead()
 	if pace != nil {
 		opts.BytesPerSync = pacedBytesPerSync
 		opts.EventListener = &pebble.EventListener{}
@@ -279,6 +281,22 @@ func openDB(dir string, fs vfs.FS, f *fatal, pace *pacer, log *slog.Logger) (db 
 		pace.watch(db)
 	}
 	return db, nil
+}
+
+// pointReadahead is the store's read-ahead: none where Pebble would guess
+// it, the operating system's for compactions, which read whole tables.
+// Pebble guesses a scan from two reads of a table at rising offsets, and
+// a claim's reads rise: its conversations are read in key order. So a
+// claim of many conversations, each a point read of one data block, had
+// Pebble ask the kernel to read ahead (a readahead call per block), then
+// open the table a second time, with FADV_SEQUENTIAL, for the rest of the
+// iterator's reads, and close it again: system calls that read nothing a
+// claim uses (TestClaimReadsNoReadahead). A scan of a table the page cache
+// does not hold still gets the kernel's own read-ahead.
+func pointReadahead() *pebble.ReadaheadConfig {
+	rc := objstorageprovider.NewReadaheadConfig()
+	rc.Set(objstorageprovider.FadviseSequential, objstorageprovider.NoReadahead)
+	return rc
 }
 
 // startFresh turns the filter of claimed conversations on when the store

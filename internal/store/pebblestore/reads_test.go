@@ -142,3 +142,89 @@ func claimAnswersFromTheHeader(t *testing.T, opts store.Options) {
 		t.Errorf("claim of 3 held keys and a new one: new %v, want only the 4th", got)
 	}
 }
+
+// TestClaimReadsNoReadahead: a claim of many conversations reads them in
+// key order, one data block each, at rising offsets of the same tables,
+// which Pebble took for a scan: it asked the kernel to read ahead, then
+// opened each table a second time for sequential reads. A claim's reads
+// are point reads; none of that may happen.
+func TestClaimReadsNoReadahead(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	opts := store.Options{Now: storetest.NewClock(t0).Now}
+	s := mustOpen(t, dir, opts)
+	const held = 20000
+	id := func(i int) string { return fmt.Sprintf("c%06d", i) }
+	for start := 0; start < held; start += 1000 {
+		var reqs []flowmetrics.ClaimRequest
+		for i := start; i < start+1000; i++ {
+			reqs = append(reqs, flowmetrics.ClaimRequest{ConversationID: id(i), Occurrences: occs(2, 0)})
+		}
+		if _, err := s.Claim(ctx, reqs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.db.Compact(ctx, keyPrefix, prefixEnd(keyPrefix), false); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+
+	fs := &readaheadFS{FS: vfs.Default}
+	s, err := OpenFS(dir, fs, opts, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// Every 10th conversation, a new key each: about one data block a
+	// conversation, in key order, none of them in the block cache.
+	var reqs []flowmetrics.ClaimRequest
+	for i := 0; i < held; i += 10 {
+		reqs = append(reqs, flowmetrics.ClaimRequest{ConversationID: id(i), Occurrences: occs(3, 0)})
+	}
+	fs.reads.Store(0)
+	got, err := s.Claim(ctx, reqs)
+	if err != nil || len(got) != len(reqs) {
+		t.Fatalf("claim of %d conversations, one new key each: %d new (%v)", len(reqs), len(got), err)
+	}
+	if fs.reads.Load() < int64(len(reqs))/10 {
+		t.Fatalf("the claim read %d blocks from the tables: the test reads too little to tell", fs.reads.Load())
+	}
+	if n, p := fs.sequential.Load(), fs.prefetches.Load(); n != 0 || p != 0 {
+		t.Errorf("a claim of %d conversations opened tables for sequential reads %d times and asked to read ahead %d times, want neither", len(reqs), n, p)
+	}
+}
+
+// readaheadFS counts the reads of table files and the read-ahead asked
+// for them: opens for sequential reads, and prefetches.
+type readaheadFS struct {
+	vfs.FS
+	reads, sequential, prefetches atomic.Int64
+}
+
+func (r *readaheadFS) Open(name string, opts ...vfs.OpenOption) (vfs.File, error) {
+	f, err := r.FS.Open(name, opts...)
+	if err != nil || !strings.HasSuffix(name, ".sst") {
+		return f, err
+	}
+	for _, o := range opts {
+		if o == vfs.SequentialReadsOption {
+			r.sequential.Add(1)
+		}
+	}
+	return readaheadFile{File: f, fs: r}, nil
+}
+
+type readaheadFile struct {
+	vfs.File
+	fs *readaheadFS
+}
+
+func (f readaheadFile) ReadAt(p []byte, off int64) (int, error) {
+	f.fs.reads.Add(1)
+	return f.File.ReadAt(p, off)
+}
+
+func (f readaheadFile) Prefetch(off, n int64) error {
+	f.fs.prefetches.Add(1)
+	return f.File.Prefetch(off, n)
+}
