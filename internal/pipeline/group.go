@@ -19,23 +19,13 @@ const (
 
 // claimGroup lets concurrent Ingest calls share one Store.Claim. While one
 // claim is going into the store, the calls that arrive wait; when it
-// returns, the first of them claims for all of them at once. So one
-// durable write (one fsync of the embedded store) answers a whole group,
-// and concurrent requests over the same conversations no longer queue one
-// behind another for the store's per-conversation locks, each with a sync
-// of its own. A call alone (replay, one request at a time) goes straight
-// to the store.
-//
-// A group holds the store until its claim is durable when its first call
-// came through Claim (Ingest: the caller waits for durability anyway), so
-// the calls that arrive during the sync share the next claim: at serve's
-// saturation about three requests a claim instead of one or two, each
-// conversation's header read and written once for them, one batch and one
-// outbox entry (the embedded store's log already synced several claims at
-// once). With a store that can start a claim before it is durable
-// (claimStarter), a group whose first call came through Start (replay,
-// which prepares its next batch meanwhile) lets the next group into the
-// store as soon as it is applied, while its sync is under way.
+// returns (or, with a store that can start a claim before it is durable,
+// as soon as it is applied: see claimStarter), the first of them claims
+// for all of them at once. So one durable write (one
+// fsync of the embedded store) answers a whole group, and concurrent
+// requests over the same conversations no longer queue one behind another
+// for the store's per-conversation locks, each with a sync of its own. A
+// call alone (replay, one request at a time) goes straight to the store.
 //
 // Merging changes nothing a caller sees: Claim treats the requests of a
 // call in order, the group's calls one after another, and returns the new
@@ -78,34 +68,24 @@ type groupCall struct {
 	reqs  []flowmetrics.ClaimRequest
 	fresh []flowmetrics.Occurrence
 	err   error
-	// hold: a group this call leads keeps the store until its claim is
-	// durable (Claim), rather than only until it is applied (Start).
-	hold bool
 	// lead, when set as done is closed, hands this call the next group
 	// (itself first) to claim for.
 	lead []*groupCall
 	done chan struct{}
 }
 
-// Claim is Store.Claim, shared with the calls made at the same time. A
-// group it leads keeps the store until its claim is durable, so that the
-// calls arriving meanwhile share the next claim.
+// Claim is Store.Claim, shared with the calls made at the same time.
 func (g *claimGroup) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]flowmetrics.Occurrence, error) {
-	return g.begin(ctx, reqs, true)()
+	return g.Start(ctx, reqs)()
 }
 
 // Start is Claim in two halves: it returns once the call's claim is in the
 // store (applied, with a store that can tell; answered, with any other),
 // and wait waits until it is durable and returns Claim's answer. wait must
 // be called, and soon: the calls grouped with this one get their answers
-// when it is. A group it leads lets the next one into the store once it is
-// applied.
+// when it is.
 func (g *claimGroup) Start(ctx context.Context, reqs []flowmetrics.ClaimRequest) (wait func() ([]flowmetrics.Occurrence, error)) {
-	return g.begin(ctx, reqs, false)
-}
-
-func (g *claimGroup) begin(ctx context.Context, reqs []flowmetrics.ClaimRequest, hold bool) (wait func() ([]flowmetrics.Occurrence, error)) {
-	c := &groupCall{ctx: ctx, reqs: reqs, hold: hold}
+	c := &groupCall{ctx: ctx, reqs: reqs}
 	answer := func() ([]flowmetrics.Occurrence, error) { return c.fresh, c.err }
 	g.mu.Lock()
 	if !g.busy {
@@ -128,15 +108,9 @@ func (g *claimGroup) begin(ctx context.Context, reqs []flowmetrics.ClaimRequest,
 // run starts the claim of group (its first call is the caller's own) and
 // hands what waits to the next leader, which may start its own claim at
 // once; finish waits for the claim and answers the group's other calls.
-// A group whose first call holds (Claim) hands over only once its claim
-// is durable.
 func (g *claimGroup) run(group []*groupCall) (finish func()) {
 	group, later := split(group)
 	wait := g.startAll(group)
-	if group[0].hold {
-		wait()
-		wait = func() {}
-	}
 	g.mu.Lock()
 	next := append(later, g.waiting...)
 	g.waiting = nil

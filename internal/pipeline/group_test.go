@@ -203,8 +203,8 @@ func (g *claimGroup) queued() int {
 
 // TestGroupStartsWhileTheOneBeforeSyncs: with a store that applies a claim
 // before it is durable (claimStarter), the next group goes to the store
-// while a group started with Start (replay's) waits for its sync, and no
-// call is answered before its own claim is durable.
+// while the group before waits for its sync, and no call is answered
+// before its own claim is durable.
 func TestGroupStartsWhileTheOneBeforeSyncs(t *testing.T) {
 	st := memstore.New(store.Options{})
 	synced := make(chan struct{})
@@ -224,7 +224,7 @@ func TestGroupStartsWhileTheOneBeforeSyncs(t *testing.T) {
 	answers := make(chan string, 2)
 	for _, conv := range []string{"a", "b"} {
 		go func() {
-			fresh, err := g.Start(context.Background(), []flowmetrics.ClaimRequest{groupReq(conv, conv+"x")})()
+			fresh, err := g.Claim(context.Background(), []flowmetrics.ClaimRequest{groupReq(conv, conv+"x")})
 			answers <- fmt.Sprint(keysOf(fresh), err)
 		}()
 	}
@@ -252,78 +252,6 @@ func TestGroupStartsWhileTheOneBeforeSyncs(t *testing.T) {
 	slices.Sort(got)
 	if want := []string{"[ax] <nil>", "[bx] <nil>"}; !slices.Equal(got, want) {
 		t.Errorf("answers: got %q, want %q", got, want)
-	}
-	if g.inStore() {
-		t.Error("the group is still marked in the store after every call returned")
-	}
-}
-
-// TestGroupClaimHoldsTheStoreUntilDurable: a group led by a Claim call
-// (Ingest's) keeps the store until its claim is durable, even with a store
-// that could take the next claim once this one is applied, so the calls
-// that come during its sync go to the store together after it, and each
-// is answered only once its own claim is durable.
-func TestGroupClaimHoldsTheStoreUntilDurable(t *testing.T) {
-	const waiters = 3
-	st := memstore.New(store.Options{})
-	synced := make(chan struct{})
-	var mu sync.Mutex
-	var sizes []int
-	g := &claimGroup{claim: st.Claim}
-	g.start = func(ctx context.Context, reqs []flowmetrics.ClaimRequest) func() ([]flowmetrics.Occurrence, error) {
-		fresh, err := st.Claim(ctx, reqs)
-		mu.Lock()
-		sizes = append(sizes, len(reqs))
-		first := len(sizes) == 1
-		mu.Unlock()
-		return func() ([]flowmetrics.Occurrence, error) {
-			if first {
-				<-synced
-			}
-			return fresh, err
-		}
-	}
-	started := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(sizes)
-	}
-	answers := make(chan string, waiters+1)
-	claim := func(conv string) {
-		fresh, err := g.Claim(context.Background(), []flowmetrics.ClaimRequest{groupReq(conv, conv+"x")})
-		answers <- fmt.Sprint(keysOf(fresh), err)
-	}
-	go claim("conv0")
-	for started() == 0 {
-		time.Sleep(time.Millisecond)
-	}
-	// The first claim is applied and waits for its sync.
-	for i := 1; i <= waiters; i++ {
-		go claim(fmt.Sprint("conv", i))
-	}
-	for g.queued() < waiters {
-		if n := started(); n > 1 {
-			close(synced)
-			t.Fatalf("%d claims went to the store while the first waited for its sync, want 1", n)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	select {
-	case a := <-answers:
-		t.Errorf("a call was answered (%s) before its sync", a)
-	default:
-	}
-	close(synced)
-	var got []string
-	for range waiters + 1 {
-		got = append(got, <-answers)
-	}
-	slices.Sort(got)
-	if want := []string{"[conv0x] <nil>", "[conv1x] <nil>", "[conv2x] <nil>", "[conv3x] <nil>"}; !slices.Equal(got, want) {
-		t.Errorf("answers: got %q, want %q", got, want)
-	}
-	if want := []int{1, waiters}; !slices.Equal(sizes, want) {
-		t.Errorf("store claims of %v requests, want %v", sizes, want)
 	}
 	if g.inStore() {
 		t.Error("the group is still marked in the store after every call returned")

@@ -404,11 +404,8 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 // Commit claims a prepared batch: it is the second half of Ingest, and
 // returns what Ingest returns. Commits of batches prepared one after
 // another may run one after another while later batches are prepared.
-// Concurrent commits share claims: one that reaches the store keeps it
-// until it is durable, and those that come meanwhile go to the store
-// together after it (claimGroup).
 func (p *Pipeline) Commit(ctx context.Context, b *Prepared) (Result, error) {
-	return p.startCommit(ctx, b, true)()
+	return p.StartCommit(ctx, b)()
 }
 
 // StartCommit is Commit in two halves: it returns once the batch's claim
@@ -419,12 +416,6 @@ func (p *Pipeline) Commit(ctx context.Context, b *Prepared) (Result, error) {
 // the commit of the next batch before it finishes this one, so that the
 // store's sync of one batch overlaps the claim of the next.
 func (p *Pipeline) StartCommit(ctx context.Context, b *Prepared) (finish func() (Result, error)) {
-	return p.startCommit(ctx, b, false)
-}
-
-// startCommit is StartCommit; with hold, the claim keeps the store until
-// it is durable (claimGroup.Claim).
-func (p *Pipeline) startCommit(ctx context.Context, b *Prepared, hold bool) (finish func() (Result, error)) {
 	res, c := b.res, &b.c
 	done := func(err error) func() (Result, error) {
 		p.m.RecordsAccepted.Add(float64(res.Accepted))
@@ -445,7 +436,7 @@ func (p *Pipeline) startCommit(ctx context.Context, b *Prepared, hold bool) (fin
 		return done(nil)
 	}
 	start := time.Now()
-	wait := p.claims.begin(ctx, c.reqs, hold)
+	wait := p.claims.Start(ctx, c.reqs)
 	return func() (Result, error) {
 		fresh, err := wait()
 		p.m.StoreLatency.WithLabelValues("claim").Observe(time.Since(start).Seconds())
