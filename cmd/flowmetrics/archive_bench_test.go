@@ -17,6 +17,9 @@ package main
 //     (VmHWM, see watchPeakRSS), the data directory's size and its tables' bytes per
 //     conversation;
 //   - replay-memory-ordered / -shuffled: the same with the memory store;
+//     each replay beside a parse of its own file on every core just before
+//     it, in wall time (x-parse-beside) and in CPU seconds
+//     (cpu-x-parse-beside);
 //   - serve-saturation: `flowmetrics serve` (embedded store) as a child
 //     process, 8 clients posting the first 600,000 events (100 per request)
 //     as fast as it acknowledges them;
@@ -86,21 +89,7 @@ func BenchmarkArchive(b *testing.B) {
 	// accepts, and returns its events/s.
 	parse := func(b *testing.B, decode func(io.Reader, func(genesys.Record) error) error) float64 {
 		for b.Loop() {
-			f, err := os.Open(ordered)
-			if err != nil {
-				b.Fatal(err)
-			}
-			n := 0
-			err = decode(f, func(r genesys.Record) error {
-				if r.Outcome == genesys.Accepted {
-					n++
-				}
-				return nil
-			})
-			f.Close()
-			if err != nil || n != st.Events {
-				b.Fatalf("decoded %d accepted events (err %v), want %d", n, err, st.Events)
-			}
+			parseOnce(b, ordered, st.Events, decode)
 		}
 		rate := float64(b.N*st.Events) / b.Elapsed().Seconds()
 		b.ReportMetric(rate, "events/s")
@@ -143,9 +132,16 @@ func BenchmarkArchive(b *testing.B) {
 		{"replay-memory-shuffled", shuffled, false},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			var elapsed time.Duration
+			var elapsed, cpu, parseWall, parseCPU time.Duration
 			var peak, diskMiB, sstPerConv float64
 			for b.Loop() {
+				// The floor beside it: the same file parsed on every
+				// core just before, so that the machine's pace, which
+				// moves from minute to minute, is the same for both.
+				w, c := parseOnce(b, tc.file, st.Events, func(r io.Reader, fn func(genesys.Record) error) error {
+					return genesys.DecodeParallel(r, runtime.GOMAXPROCS(0), fn)
+				})
+				parseWall, parseCPU = parseWall+w, parseCPU+c
 				dir := filepath.Join(b.TempDir(), "data")
 				args := []string{"replay", "-o", os.DevNull, "-progress=false"}
 				if tc.durable {
@@ -157,6 +153,7 @@ func BenchmarkArchive(b *testing.B) {
 					b.Fatalf("replay summary: got %q, want %q", res.stderr, want)
 				}
 				elapsed += res.wall
+				cpu += res.cpu
 				peak = max(peak, res.maxRSS)
 				if tc.durable {
 					all, sst := dirSize(b, dir)
@@ -164,6 +161,12 @@ func BenchmarkArchive(b *testing.B) {
 				}
 			}
 			report(b, float64(b.N*st.Events)/elapsed.Seconds())
+			// Against the pass beside it: wall time (the rates'
+			// ratio) and CPU seconds (user + system), which the
+			// machine's other work moves less.
+			b.ReportMetric(elapsed.Seconds()/parseWall.Seconds(), "x-parse-beside")
+			b.ReportMetric(cpu.Seconds()/parseCPU.Seconds(), "cpu-x-parse-beside")
+			b.ReportMetric(float64(b.N*st.Events)/parseWall.Seconds(), "parse-beside-events/s")
 			b.ReportMetric(peak, "peak-RSS-MiB")
 			if tc.durable {
 				b.ReportMetric(diskMiB, "disk-MiB")
@@ -374,8 +377,44 @@ func archiveBodies(path string, n int) ([][]byte, error) {
 
 type archiveResult struct {
 	wall   time.Duration
-	maxRSS float64 // MiB
+	cpu    time.Duration // user + system
+	maxRSS float64       // MiB
 	stderr string
+}
+
+// parseOnce decodes file with decode, counting the events it accepts (want
+// of them), and returns its wall time and this process's CPU time (user +
+// system) over it: nothing else of the benchmark runs meanwhile.
+func parseOnce(b *testing.B, file string, want int, decode func(io.Reader, func(genesys.Record) error) error) (wall, cpu time.Duration) {
+	b.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	before := selfCPU(b)
+	start := time.Now()
+	n := 0
+	err = decode(f, func(r genesys.Record) error {
+		if r.Outcome == genesys.Accepted {
+			n++
+		}
+		return nil
+	})
+	wall = time.Since(start)
+	if err != nil || n != want {
+		b.Fatalf("decoded %d accepted events (err %v), want %d", n, err, want)
+	}
+	return wall, selfCPU(b) - before
+}
+
+// selfCPU is this process's CPU time so far, user + system.
+func selfCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // archiveRun runs cmd to its end and returns its wall time and peak RSS.
@@ -393,7 +432,8 @@ func archiveRun(b *testing.B, cmd *exec.Cmd) archiveResult {
 	if err != nil {
 		b.Fatalf("%s: %v\n%s", cmd, err, stderr.String())
 	}
-	return archiveResult{wall: wall, maxRSS: peak(), stderr: stderr.String()}
+	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	return archiveResult{wall: wall, cpu: cpu, maxRSS: peak(), stderr: stderr.String()}
 }
 
 // watchPeakRSS follows the peak resident set of the child process pid, in
