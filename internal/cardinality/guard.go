@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
@@ -60,8 +62,19 @@ type Guard struct {
 	log   *slog.Logger
 	now   func() time.Time
 
-	mu          sync.Mutex
-	admitted    map[pair]struct{}
+	// seen is a copy of admitted as it was when last taken (nil before),
+	// read without mu: Map finds most pairs there. admitted only grows,
+	// so a pair seen holds is admitted.
+	seen atomic.Pointer[map[pair]struct{}]
+
+	mu       sync.Mutex
+	admitted map[pair]struct{}
+	// missed counts the Map calls since seen was taken that found their
+	// pair in admitted only; seen is taken again once they are as many as
+	// the pairs it holds, so that its copies cost O(1) a call amortised,
+	// however the admissions come (one a call, the limit of them: a copy
+	// per admission would cost O(limit²)).
+	missed      int
 	synced      int // how many of the store's pairs (in its order) admitted holds
 	folded      map[pair]struct{}
 	windowStart time.Time
@@ -153,8 +166,19 @@ func (g *Guard) Map(flow, metric string) (string, string) {
 		return flow, metric
 	}
 	p := pair{Flow: flow, Metric: metric}
+	if seen := g.seen.Load(); seen != nil {
+		if _, ok := (*seen)[p]; ok {
+			return flow, metric
+		}
+	}
 	g.mu.Lock()
 	if _, ok := g.admitted[p]; ok {
+		g.missed++
+		if seen := g.seen.Load(); seen == nil || g.missed > len(*seen) {
+			m := maps.Clone(g.admitted)
+			g.seen.Store(&m)
+			g.missed = 0
+		}
 		g.mu.Unlock()
 		return flow, metric
 	}

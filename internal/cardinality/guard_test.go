@@ -254,3 +254,40 @@ func TestLogGolden(t *testing.T) {
 	}
 	golden.Check(t, filepath.Join("testdata", "log.golden.txt"), buf.Bytes())
 }
+
+// TestMapAdmittedWithoutLock: once seen, an admitted pair is mapped to
+// itself without the guard's mutex (derivations in several goroutines at
+// once map every point's pair), and pairs admitted one at a time after
+// that, interleaved with Maps, are each mapped to themselves.
+func TestMapAdmittedWithoutLock(t *testing.T) {
+	g := open(t, 100, nil)
+	for i := range 100 {
+		p := fmt.Sprint("f", i)
+		if f, m := see(t, g, p, "m"); f != p || m != "m" {
+			t.Fatalf("pair %d: got %s/%s", i, f, m)
+		}
+		for j := range i {
+			if f, _ := g.Map(fmt.Sprint("f", j), "m"); f != fmt.Sprint("f", j) {
+				t.Fatalf("after %d admitted, pair %d got %s", i+1, j, f)
+			}
+		}
+	}
+	if f, _ := see(t, g, "f100", "m"); f != OverflowFlow {
+		t.Errorf("pair past the limit: got %s, want it folded", f)
+	}
+	g.mu.Lock()
+	done := make(chan string, 1)
+	go func() {
+		f, _ := g.Map("f7", "m")
+		done <- f
+	}()
+	select {
+	case f := <-done:
+		if f != "f7" {
+			t.Errorf("got %s, want f7", f)
+		}
+	case <-time.After(time.Minute):
+		t.Error("Map of an admitted pair waited for the guard's mutex")
+	}
+	g.mu.Unlock()
+}

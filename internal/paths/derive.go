@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/flowmetrics/flowmetrics"
@@ -25,9 +26,41 @@ type Deriver struct {
 	configured  int // the most points timings, funnels and experiments add
 	// names are memos of the flow and metric of the keys parsed (a few
 	// dozen pairs), so that most keys have only their time parsed: one
-	// per Derive running at once, kept for the next (at most cap of
-	// them, each bounded).
-	names chan *genesys.NameMemo
+	// per Derive running at once, kept for the next (at most len(names)
+	// of them, each bounded).
+	names memos
+}
+
+// memos is a small free list of name memos, each in a slot of its own
+// cache line, taken and given back with an atomic swap: derivations in
+// several goroutines at once (a store's close derives its parts so) took
+// them from a channel, whose lock they contended for twice a path. (Not a
+// sync.Pool: it drops items at will under the race detector, and a memo
+// dropped is every pair parsed again.)
+type memos [8]struct {
+	m atomic.Pointer[genesys.NameMemo]
+	_ [56]byte
+}
+
+// get takes a memo from the list, or returns a new one.
+func (ms *memos) get() *genesys.NameMemo {
+	for i := range ms {
+		if s := &ms[i].m; s.Load() != nil {
+			if m := s.Swap(nil); m != nil {
+				return m
+			}
+		}
+	}
+	return new(genesys.NameMemo)
+}
+
+// put gives m back to the list, or drops it when the list is full.
+func (ms *memos) put(m *genesys.NameMemo) {
+	for i := range ms {
+		if s := &ms[i].m; s.Load() == nil && s.CompareAndSwap(nil, m) {
+			return
+		}
+	}
 }
 
 type stepRef struct{ flow, metric, label string }
@@ -60,7 +93,7 @@ func New(c Config, guard Guard) *Deriver {
 		}
 		return out
 	}
-	d := &Deriver{guard: guard, names: make(chan *genesys.NameMemo, 8)}
+	d := &Deriver{guard: guard}
 	for _, t := range c.Timings {
 		d.timings = append(d.timings, timing{t.Name, ref(t.From), ref(t.To)})
 		d.configured++
@@ -117,12 +150,7 @@ func (d *Deriver) Derive(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
 		sc.path = make([]step, 0, len(cp.Keys))
 	}
 	path := sc.path[:0]
-	var names *genesys.NameMemo
-	select {
-	case names = <-d.names:
-	default:
-		names = new(genesys.NameMemo)
-	}
+	names := d.names.get()
 	for _, k := range cp.Keys {
 		// The memo's flow and metric, shared by the keys of a pair:
 		// only the time is parsed of a key whose pair it remembers.
@@ -131,10 +159,7 @@ func (d *Deriver) Derive(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
 			path = append(path, step{flow: a.Flow, metric: a.Metric, at: a.Time, key: k, since: -1})
 		}
 	}
-	select {
-	case d.names <- names:
-	default:
-	}
+	d.names.put(names)
 	if len(path) == 0 {
 		return nil
 	}

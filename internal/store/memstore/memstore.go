@@ -16,18 +16,25 @@ import (
 	"github.com/flowmetrics/flowmetrics/internal/store"
 )
 
-// Store keeps the conversations (convs) and the outbox guarded by one
-// mutex.
+// Store keeps the conversations (convs) under one mutex, mu, and the
+// outbox under another, ob: a close call derives its paths' points under
+// mu, and the delivery of the call before (which reads the outbox and
+// moves cursors) goes on meanwhile. A call that changes both (Claim, a
+// close) holds mu throughout and takes ob only to append its entry, so
+// the entries are in the order of the calls; ob is never held while mu is
+// taken.
 type Store struct {
 	opts store.Options
 
-	mu      sync.Mutex
-	convs   convs
+	mu     sync.Mutex
+	convs  convs
+	closed bool
+
+	ob      sync.Mutex // the outbox: entries, last, cursors, states
 	entries []flowmetrics.Entry
 	last    uint64
 	cursors map[string]uint64
 	states  map[string]map[string][]byte
-	closed  bool
 
 	// due orders the open paths (Options.Paths) by the deadline they are
 	// filed under. A path filed again leaves its old item behind,
@@ -200,8 +207,7 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 	}
 	occs := slices.Clone(out)
 	clear(out)
-	s.last++
-	s.entries = append(s.entries, flowmetrics.Entry{Seq: s.last, Occurrences: occs})
+	s.append(flowmetrics.Entry{Occurrences: occs})
 	return occs, refused.Err()
 }
 
@@ -382,9 +388,18 @@ func (s *Store) derive(closing []closing, derive flowmetrics.Deriver) []flowmetr
 // addPaths appends an outbox entry of points, if any. s.mu is held.
 func (s *Store) addPaths(points []flowmetrics.PathPoint) {
 	if len(points) > 0 {
-		s.last++
-		s.entries = append(s.entries, flowmetrics.Entry{Seq: s.last, Paths: points})
+		s.append(flowmetrics.Entry{Paths: points})
 	}
+}
+
+// append adds e to the outbox under the next sequence number. s.mu is
+// held (so entries are added in the order of the calls that hold it).
+func (s *Store) append(e flowmetrics.Entry) {
+	s.ob.Lock()
+	defer s.ob.Unlock()
+	s.last++
+	e.Seq = s.last
+	s.entries = append(s.entries, e)
 }
 
 // Sweep removes expired conversations and returns how many.
@@ -415,8 +430,8 @@ func (s *Store) Conversations() int {
 
 // ReadOutbox implements flowmetrics.Store.
 func (s *Store) ReadOutbox(ctx context.Context, after uint64, limit int) ([]flowmetrics.Entry, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.ob.Lock()
+	defer s.ob.Unlock()
 	var out []flowmetrics.Entry
 	for _, e := range s.entries {
 		if e.Seq <= after {
@@ -432,15 +447,15 @@ func (s *Store) ReadOutbox(ctx context.Context, after uint64, limit int) ([]flow
 
 // Cursor implements flowmetrics.Store.
 func (s *Store) Cursor(ctx context.Context, sink string) (uint64, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.ob.Lock()
+	defer s.ob.Unlock()
 	return s.cursors[sink], nil
 }
 
 // Register implements flowmetrics.Store.
 func (s *Store) Register(ctx context.Context, sinks []string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.ob.Lock()
+	defer s.ob.Unlock()
 	next := map[string]uint64{}
 	for _, name := range sinks {
 		c, ok := s.cursors[name]
@@ -464,8 +479,8 @@ func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update fl
 	if err := flowmetrics.CheckState(update); err != nil {
 		return fmt.Errorf("memstore: ack %s: %w", sink, err)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.ob.Lock()
+	defer s.ob.Unlock()
 	if _, ok := s.cursors[sink]; !ok {
 		return errors.New("memstore: ack from unregistered sink " + sink)
 	}
@@ -492,8 +507,8 @@ func (s *Store) AckState(ctx context.Context, sink string, seq uint64, update fl
 
 // SinkState implements flowmetrics.Store.
 func (s *Store) SinkState(ctx context.Context, sink string) (map[string][]byte, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.ob.Lock()
+	defer s.ob.Unlock()
 	out := make(map[string][]byte, len(s.states[sink]))
 	for k, v := range s.states[sink] {
 		out[k] = bytes.Clone(v)
@@ -501,6 +516,7 @@ func (s *Store) SinkState(ctx context.Context, sink string) (map[string][]byte, 
 	return out, nil
 }
 
+// discard drops the entries every cursor has passed. s.ob is held.
 func (s *Store) discard() {
 	m, ok := store.MinCursor(s.cursors)
 	if !ok {
@@ -519,8 +535,8 @@ func (s *Store) discard() {
 
 // OutboxDepth implements flowmetrics.Store.
 func (s *Store) OutboxDepth(ctx context.Context, sink string) (int64, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.ob.Lock()
+	defer s.ob.Unlock()
 	c := s.cursors[sink]
 	var n int64
 	for _, e := range s.entries {

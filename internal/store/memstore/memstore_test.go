@@ -226,3 +226,54 @@ func TestCloseManyPathsInOrder(t *testing.T) {
 		t.Errorf("outbox points: got %d, want %d in the order the paths closed", len(got), len(want))
 	}
 }
+
+// TestOutboxWhileDeriving: while a close call derives its points, the
+// outbox can be read and acknowledged (a sink delivers the entry of the
+// call before meanwhile), and the close's own entry follows the entries
+// of the claims before it.
+func TestOutboxWhileDeriving(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	s := memstore.New(store.Options{Now: func() time.Time { return now }, Paths: &flowmetrics.PathOptions{Grace: time.Minute, Idle: time.Hour}})
+	defer s.Close()
+	if err := s.Register(ctx, []string{"sink"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Claim(ctx, []flowmetrics.ClaimRequest{{ConversationID: "c", Occurrences: []flowmetrics.Occurrence{storetest.Occ("F", "M", now)}}}); err != nil {
+		t.Fatal(err)
+	}
+	delivered := make(chan error, 1)
+	derive := func(cp flowmetrics.ClosedPath) []flowmetrics.PathPoint {
+		// Delivery of what is in the outbox, in another goroutine,
+		// waited for here: before, it waited for the derivation.
+		go func() {
+			entries, err := s.ReadOutbox(ctx, 0, 10)
+			if err == nil && len(entries) != 1 {
+				err = fmt.Errorf("read %d entries, want the claim's", len(entries))
+			}
+			if err == nil {
+				err = s.AckState(ctx, "sink", entries[0].Seq, nil)
+			}
+			delivered <- err
+		}()
+		select {
+		case err := <-delivered:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-time.After(time.Minute):
+			t.Error("the outbox was not read while a path was derived")
+		}
+		return []flowmetrics.PathPoint{{Kind: flowmetrics.PathExit, Flow: "F", Metric: "M", Conversation: cp.ConversationID}}
+	}
+	if n, err := s.ClosePaths(ctx, now.Add(2*time.Hour), 10, derive); err != nil || n != 1 {
+		t.Fatalf("closed %d, error %v; want 1", n, err)
+	}
+	entries, err := s.ReadOutbox(ctx, 0, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].Seq != 2 || len(entries[0].Paths) != 1 {
+		t.Errorf("outbox after the close: %+v; want the close's entry alone, seq 2", entries)
+	}
+}
