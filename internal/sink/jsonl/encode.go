@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/flowmetrics/flowmetrics"
 	"github.com/flowmetrics/flowmetrics/internal/swar"
@@ -43,11 +44,15 @@ func appendLine(b []byte, st *stamps, p *flowmetrics.Point, tags map[string]stri
 // lines for each. Anything the fast path does not cover (a string needing
 // escapes, a year outside 0–9999, seconds that encoding/json writes with
 // an exponent or refuses) goes through encoding/json itself.
-func appendPathLine(b []byte, st *stamps, p *flowmetrics.PathPoint, tags map[string]string, tagsJSON []byte) ([]byte, error) {
+//
+// pl remembers strings found plain: a path's points share their
+// conversation's id, and most share their flow and metric strings with
+// many others.
+func appendPathLine(b []byte, st *stamps, pl *plains, p *flowmetrics.PathPoint, tags map[string]string, tagsJSON []byte) ([]byte, error) {
 	f, kind := fieldsOf(p), p.Kind.String()
 	if f.timed && !plainSeconds(f.seconds) ||
-		!plain(kind) || !plain(f.flow) || !plain(f.metric) || !plain(f.timing) || !plain(f.funnel) ||
-		!plain(f.experiment) || !plain(f.variant) || !plain(f.step) || !plain(p.Conversation) || !st.ok(p.Time) {
+		!plain(kind) || !pl.plain(f.flow) || !pl.plain(f.metric) || !pl.plain(f.timing) || !pl.plain(f.funnel) ||
+		!pl.plain(f.experiment) || !pl.plain(f.variant) || !pl.plain(f.step) || !pl.plain(p.Conversation) || !st.ok(p.Time) {
 		return appendEncoded(b, NewPathLine(*p, tags))
 	}
 	b = append(b, `{"path":"`...)
@@ -150,6 +155,29 @@ func appendField(b []byte, open, v string) []byte {
 func plainSeconds(f float64) bool {
 	a := math.Abs(f)
 	return a == 0 || a >= 1e-6 && a < 1e21
+}
+
+// plains remembers strings plain found plain, each in a slot chosen by
+// where its bytes are: a string there with the same bytes' address and
+// length is the same string (strings do not change, and the slot keeps
+// its bytes from being reused), plain without a look at its bytes.
+type plains [64]string
+
+// plain is plain(s), remembered.
+func (pl *plains) plain(s string) bool {
+	if s == "" {
+		return true
+	}
+	at := unsafe.StringData(s)
+	slot := &pl[uintptr(unsafe.Pointer(at))>>4%uintptr(len(pl))]
+	if unsafe.StringData(*slot) == at && len(*slot) == len(s) {
+		return true
+	}
+	if !plain(s) {
+		return false
+	}
+	*slot = s
+	return true
 }
 
 // plain reports whether encoding/json writes s between its quotes as it

@@ -158,6 +158,7 @@ func TestPathLinesAsEncodingJSON(t *testing.T) {
 
 	var n, refused int
 	st := &stamps{} // one for all, as a sink keeps it: days change from line to line
+	pl := &plains{} // likewise: the same strings come again and again
 	for _, tags := range tagSets {
 		tagsJSON := encodeTags(tags)
 		for i, a := range strs {
@@ -172,7 +173,7 @@ func TestPathLinesAsEncodingJSON(t *testing.T) {
 					enc := json.NewEncoder(&want)
 					enc.SetEscapeHTML(false)
 					wantErr := enc.Encode(pathLineOf(p, tags))
-					got, err := appendPathLine([]byte("prefix"), st, &p, tags, tagsJSON)
+					got, err := appendPathLine([]byte("prefix"), st, pl, &p, tags, tagsJSON)
 					n++
 					if wantErr != nil {
 						refused++
@@ -296,5 +297,28 @@ func TestStampsAsRFC3339Nano(t *testing.T) {
 		if got, want := st.append([]byte("x"), at), u.AppendFormat([]byte("x"), time.RFC3339Nano); !bytes.Equal(got, want) {
 			t.Fatalf("time %d: got %s, want %s", i, got, want)
 		}
+	}
+}
+
+// TestPlainsRemembered: a string found plain is remembered by its bytes'
+// address and length, so a longer string from the same address (a string
+// it was cut from) is still looked at, and one that is not plain is never
+// taken for plain.
+func TestPlainsRemembered(t *testing.T) {
+	var pl plains
+	whole := strings.Repeat("x", 20) + `"quoted"`
+	for range 3 {
+		if !pl.plain(whole[:20]) {
+			t.Fatal("a plain string taken for not plain")
+		}
+		if pl.plain(whole) {
+			t.Error("the string a plain one was cut from, with a quote, taken for plain")
+		}
+		if pl.plain(whole[20:]) || pl.plain("tab\there") || !pl.plain("") {
+			t.Error("plain(s) differs from what s is")
+		}
+	}
+	if n := testing.AllocsPerRun(10, func() { pl.plain(whole[:20]) }); n != 0 {
+		t.Errorf("%v allocations, want none", n)
 	}
 }

@@ -74,6 +74,7 @@ type Sink struct {
 	tagsJSON []byte // `,"tags":{…}`, encoded once
 	buf      []byte // Send's lines, kept between batches up to maxKeep
 	stamps   stamps // the lines' times
+	plains   plains // strings of path points found plain
 
 	closed bool
 
@@ -245,7 +246,7 @@ func (s *Sink) SendPaths(ctx context.Context, points []flowmetrics.PathPoint) er
 	}
 	for i := range points {
 		var err error
-		if b, err = appendPathLine(b, &s.stamps, &points[i], s.tags, s.tagsJSON); err != nil {
+		if b, err = appendPathLine(b, &s.stamps, &s.plains, &points[i], s.tags, s.tagsJSON); err != nil {
 			return fmt.Errorf("jsonl: %w", err)
 		}
 	}

@@ -353,11 +353,19 @@ func (s *Store) derive(closing []closing, derive flowmetrics.Deriver) []flowmetr
 	}
 	each := make([][]flowmetrics.PathPoint, len(closing))
 	part := func(from, to int) {
-		for k := from; k < to; k++ {
-			cp := flowmetrics.ClosedPath{Ended: closing[k].ended}
-			cp.ConversationID, cp.Keys = s.convs.strings(closing[k].rec)
-			each[k] = derive(cp)
+		var sum uint64
+		for g := from; g < to; g += warmGroup {
+			// The group's blocks, read at once (see touchBlocks), then
+			// copied and derived one by one.
+			end := min(g+warmGroup, to)
+			sum += s.convs.touchBlocks(func(j int) uint32 { return closing[g+j].rec }, end-g)
+			for k := g; k < end; k++ {
+				cp := flowmetrics.ClosedPath{Ended: closing[k].ended}
+				cp.ConversationID, cp.Keys = s.convs.strings(closing[k].rec)
+				each[k] = derive(cp)
+			}
 		}
+		touched.Add(sum)
 	}
 	if parts := min(runtime.GOMAXPROCS(0), len(closing)/(deriveApart/2)); parts > 1 {
 		var wg sync.WaitGroup
