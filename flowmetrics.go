@@ -191,7 +191,7 @@ var ErrPathsUnsupported = errors.New("conversation paths are not supported by th
 // discarded.
 //
 // A store may also have the optional capabilities below: Sweeper,
-// Settler, Leaser, Failer, SinkLister.
+// Settler, Leaser, Failer, SinkLister, KeyHolder.
 type Store interface {
 	Claim(ctx context.Context, reqs []ClaimRequest) ([]Occurrence, error)
 
@@ -325,6 +325,41 @@ type Failer interface {
 type SinkLister interface {
 	// Sinks returns the registered sinks' names, sorted.
 	Sinks() []string
+}
+
+// KeyHolder is a Store that can say, cheaply and claiming nothing, which
+// keys of a conversation it holds (the memory store, which holds them all
+// in memory): the pipeline then leaves those out before it parses them,
+// as it does with the keys its own known-key cache knows, since a claim
+// would find them held.
+type KeyHolder interface {
+	// HeldKeys answers each of qs, all under one lock (a caller asks for a
+	// few dozen events at a time, so that the store's claims are not held
+	// up for long). Its answers stay true for a while after it returns, so
+	// that a claim made then may rely on them: they hold for any claim
+	// made within margin of the store's clock.
+	HeldKeys(qs []KeyQuery, margin time.Duration)
+}
+
+// KeyQuery asks a KeyHolder about one conversation's keys; HeldKeys sets
+// Held and Quiet.
+type KeyQuery struct {
+	ConversationID string
+	// Keys are the keys asked about (only the first 64 are).
+	Keys []string
+	// Held has bit j set when the store holds Keys[j] for the conversation
+	// and will still hold it margin later (its retention does not run out
+	// before): a claim of it within margin finds it held and counts
+	// nothing. Keys are only ever added to a conversation, and a
+	// conversation is only dropped once expired.
+	Held uint64
+	// Quiet: a request of the conversation made within margin that
+	// brings only held keys changes nothing in the store (no path, or a
+	// path closed, ended, or whose idle deadline moved less than a Step
+	// before). A request that is not Quiet still needs to reach the store,
+	// with one held key, so that the conversation's path hears of its
+	// event.
+	Quiet bool
 }
 
 // PendingError is Claim's report that some requests hold keys another

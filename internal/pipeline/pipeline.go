@@ -163,16 +163,23 @@ func (c Config) withDefaults() Config {
 
 // Pipeline connects a store and its sinks.
 type Pipeline struct {
-	cfg      Config
-	store    flowmetrics.Store
-	m        *telemetry.Metrics
-	log      *slog.Logger
-	cache    *knownCache
+	cfg   Config
+	store flowmetrics.Store
+	m     *telemetry.Metrics
+	log   *slog.Logger
+	cache *knownCache
+	// holder, when the cache is off and the store can say which keys it
+	// holds (the memory store), is asked instead, a heldGroup of events at
+	// a time.
+	holder   flowmetrics.KeyHolder
 	claims   *claimGroup
 	drainers []*drainer
 	// memos are Prepare's name memos, one per batch being prepared; each
 	// keeps the flow metric names it parsed from batch to batch.
 	memos sync.Pool
+	// heldRest is how many more large batches Prepare does not ask the
+	// holder about (askHeld).
+	heldRest atomic.Int32
 	// learned counts the claims whose keys the cache learned: a batch
 	// prepared before the last of them is checked against the cache
 	// again when it is committed.
@@ -206,6 +213,8 @@ func New(store flowmetrics.Store, sinks []flowmetrics.Sink, cfg Config, m *telem
 	m.RecordsSkipped.WithLabelValues("other_topic")
 	if cfg.CacheConversations > 0 {
 		p.cache = newKnownCache(cfg.CacheConversations, cfg.CacheBytes, cfg.CacheTTL)
+	} else if h, ok := store.(flowmetrics.KeyHolder); ok {
+		p.holder = h
 	}
 	for _, s := range sinks {
 		p.drainers = append(p.drainers, &drainer{p: p, sink: s, name: cfg.CursorPrefix + s.Name(), wake: make(chan struct{}, 1)})
@@ -358,8 +367,16 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 			return "", false
 		})
 	}
+	held := heldGroup{asking: p.askHeld(len(recs))}
 	for i, r := range recs {
 		c.left = len(recs) - i
+		if held.asking && i%heldEvents == 0 {
+			held.ask(p.holder, i, recs[i:min(i+heldEvents, len(recs))])
+			if len(recs) >= memoBatch && held.few() {
+				held.asking = false
+				p.heldRest.Store(heldRest)
+			}
+		}
 		if !p.sortOut(r, res) {
 			continue
 		}
@@ -374,6 +391,12 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 		// Names the cache knows are left out before they are parsed and
 		// copied: most events repeat every key their conversation has.
 		names, known := p.cache.unknownNames(conv, r.Event.MetricNames, c.now, buf)
+		q := held.of(i)
+		if q != nil && q.Held != 0 {
+			// The store's own answer, as the cache's: what it holds needs
+			// no parsing nor claiming.
+			names, known = unheld(r.Event.MetricNames, q.Held, buf)
+		}
 		if known > 0 {
 			buf = names[:0]
 		}
@@ -385,7 +408,7 @@ func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared
 		if known == 0 {
 			continue
 		}
-		if p.cfg.Derive != nil && p.cache.tell(conv, c.now, p.cfg.PathTouch) {
+		if p.cfg.Derive != nil && (q != nil && !q.Quiet || q == nil && p.cache.tell(conv, c.now, p.cfg.PathTouch)) {
 			// One known key is enough for the store to count the event:
 			// the first, as before the cache left them out.
 			if first := p.extract(firstKnown(r.Event.MetricNames, names), nil, res); len(first) > 0 {
@@ -653,6 +676,119 @@ func (p *Pipeline) warmCache(n int, id func(i int) (string, bool)) {
 		return
 	}
 	p.cache.warm(n, id)
+}
+
+// heldEvents is how many events Prepare asks a KeyHolder about at once:
+// one lock of the store for a few dozen lookups, which the store reads
+// ahead together, and never for long, as the store's claims (of the batch
+// before, in replay) wait for it.
+const heldEvents = 64
+
+// heldMargin is how long the store's answers must stay true after it
+// gives them (flowmetrics.KeyQuery): far longer than a prepared batch
+// waits for its claim.
+const heldMargin = time.Minute
+
+// A large batch whose events seldom have held names (a time-ordered
+// archive's: an event's conversation had its event before in the same
+// batch, or the one before, whose claim is not in yet) would pay a lookup
+// per event for nothing: once heldTrial of its events were asked about
+// and fewer than one in heldFew had a held name, Prepare stops asking
+// for the rest of the batch, and the next heldRest large batches do not
+// ask at all. A lookup costs about what leaving out the held names of an
+// event saves (both are a few cache misses), so most must have some. (A
+// shuffled archive's events have held names four times in five; a
+// time-ordered one's, one in ten.)
+const (
+	heldTrial = 512
+	heldFew   = 2
+	heldRest  = 8
+)
+
+// askHeld reports whether Prepare asks the holder about a batch of n
+// records: a small one (serve's) always, a large one unless it is one of
+// the heldRest after a batch that found too few.
+func (p *Pipeline) askHeld(n int) bool {
+	if p.holder == nil {
+		return false
+	}
+	for n >= memoBatch {
+		r := p.heldRest.Load()
+		if r <= 0 {
+			break
+		}
+		if p.heldRest.CompareAndSwap(r, r-1) {
+			return false
+		}
+	}
+	return true
+}
+
+// heldGroup is what a KeyHolder said of a group of events: the queries
+// of those it was asked about, and each event's query.
+type heldGroup struct {
+	asking bool
+	first  int // the index in the batch of the group's first event
+	qs     []flowmetrics.KeyQuery
+	at     [heldEvents]int8 // each event's place in qs, -1: not asked
+	// Events asked about in the batch so far, and those with held names.
+	asked, found int
+}
+
+// ask asks h about the events of recs with metric names, recs being the
+// events of the batch from first on (first%heldEvents == 0).
+func (g *heldGroup) ask(h flowmetrics.KeyHolder, first int, recs []genesys.Record) {
+	if g.qs == nil {
+		g.qs = make([]flowmetrics.KeyQuery, 0, heldEvents)
+	}
+	g.first, g.qs = first, g.qs[:0]
+	for j, r := range recs {
+		g.at[j] = -1
+		if r.Outcome != genesys.Accepted || r.Event == nil || r.Event.Ended || len(r.Event.MetricNames) == 0 {
+			continue
+		}
+		g.at[j] = int8(len(g.qs))
+		g.qs = append(g.qs, flowmetrics.KeyQuery{ConversationID: r.Event.ConversationID, Keys: r.Event.MetricNames})
+	}
+	if len(g.qs) == 0 {
+		return
+	}
+	h.HeldKeys(g.qs, heldMargin)
+	g.asked += len(g.qs)
+	for _, q := range g.qs {
+		if q.Held != 0 {
+			g.found++
+		}
+	}
+}
+
+// few reports whether the batch's trial found too few events with held
+// names.
+func (g *heldGroup) few() bool { return g.asked >= heldTrial && g.found*heldFew < g.asked }
+
+// of returns the query of event i of the batch, nil when none was asked.
+func (g *heldGroup) of(i int) *flowmetrics.KeyQuery {
+	if g.qs == nil || i-g.first >= heldEvents || i < g.first {
+		return nil
+	}
+	if k := g.at[i-g.first]; k >= 0 {
+		return &g.qs[k]
+	}
+	return nil
+}
+
+// unheld appends to buf those of names whose bit is not set in held (not
+// zero), and returns them and how many were held.
+func unheld(names []string, held uint64, buf []string) (out []string, known int) {
+	out = buf[:0]
+	for k, n := range names {
+		if k < 64 && held&(1<<k) != 0 {
+			known++
+			continue
+		}
+		out = append(out, n)
+	}
+	return out, known
 }
 
 // firstKnown returns, as a slice of one, the least of names that is not

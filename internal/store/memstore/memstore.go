@@ -211,6 +211,53 @@ func (s *Store) Claim(ctx context.Context, reqs []flowmetrics.ClaimRequest) ([]f
 	return occs, refused.Err()
 }
 
+// HeldKeys implements flowmetrics.KeyHolder: it looks the conversations
+// up as Claim does, a warmGroup at a time, under s.mu. A closed store
+// holds nothing.
+func (s *Store) HeldKeys(qs []flowmetrics.KeyQuery, margin time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range qs {
+		qs[i].Held, qs[i].Quiet = 0, false
+	}
+	if s.closed {
+		return
+	}
+	later := s.opts.Now().Add(margin)
+	w := &s.warmed
+	for i := 0; i < len(qs); i += warmGroup {
+		group := qs[i:min(i+warmGroup, len(qs))]
+		s.convs.warm(w, func(j int) string { return group[j].ConversationID }, len(group))
+		for j := range group {
+			q := &group[j]
+			c, found := s.convs.find(q.ConversationID, w.hs[j])
+			if !found {
+				continue
+			}
+			rec := s.convs.rec(c)
+			// Held at the claim only if not expired by then: expired, the
+			// claim would start the conversation over, its keys new again.
+			if s.opts.Expired(timeOf(rec.changed), later) {
+				continue
+			}
+			for k, key := range q.Keys[:min(len(q.Keys), 64)] {
+				if s.convs.has(c, key) {
+					q.Held |= 1 << k
+				}
+			}
+			// A request of held keys only changes nothing when Next says
+			// so; later in time, it says so of fewer paths (a deadline
+			// only moves on), so asking as of the margin's end answers
+			// for every claim before it.
+			q.Quiet = s.opts.Paths == nil
+			if !q.Quiet {
+				_, changed := s.opts.Next(rec.path, false, false, later)
+				q.Quiet = !changed
+			}
+		}
+	}
+}
+
 // trackPath updates record i's path state for a request, and marks the
 // fresh occurrences AfterClose when the path had closed. s.mu is held.
 func (s *Store) trackPath(i uint32, fresh, ended bool, now time.Time, occs []flowmetrics.Occurrence) {
@@ -594,4 +641,7 @@ func (s *Store) Close() error {
 
 func timeOf(ns int64) time.Time { return time.Unix(0, ns) }
 
-var _ flowmetrics.Sweeper = (*Store)(nil)
+var (
+	_ flowmetrics.Sweeper   = (*Store)(nil)
+	_ flowmetrics.KeyHolder = (*Store)(nil)
+)
