@@ -362,6 +362,34 @@ func (t *convs) has(i uint32, k string) bool {
 	return false
 }
 
+// held returns a mask of those of keys (the first 64) that record i
+// holds: bit j for keys[j]. It scans the conversation's keys once,
+// comparing each with the keys asked of the same length: no hash of
+// theirs is needed, and their bytes, most often in memory the processor
+// has not read lately, are read only to compare them with a key as long.
+func (t *convs) held(i uint32, keys []string) uint64 {
+	if t.rec(i).nkeys == 0 || len(keys) == 0 {
+		return 0
+	}
+	keys = keys[:min(len(keys), 64)]
+	all := ^uint64(0) >> (64 - len(keys))
+	var held uint64
+	for b := t.keyBytes(i); len(b) > 1 && held != all; {
+		start, end := 2, 2+int(b[1]) // nextKey, inlined
+		if b[1] >= 0x80 {
+			start, end = longKey(b)
+		}
+		k := b[start:end]
+		for j, key := range keys {
+			if len(key) == len(k) && key == string(k) {
+				held |= 1 << j
+			}
+		}
+		b = b[end:]
+	}
+	return held
+}
+
 // size returns what record i holds as a store.Size.
 func (t *convs) size(i uint32) store.Size {
 	c := t.rec(i)

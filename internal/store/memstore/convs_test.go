@@ -73,6 +73,17 @@ func (m model) check(t *testing.T, c *convs) {
 		if c.has(i, "absent") || c.has(i, id) {
 			t.Fatalf("%q has a key it was never given", id)
 		}
+		// held says what has says, of keys held, absent and repeated.
+		asked := append(append([]string{"absent", id}, keys...), keys...)
+		var want uint64
+		for j, k := range asked[:min(len(asked), 64)] {
+			if c.has(i, k) {
+				want |= 1 << j
+			}
+		}
+		if got := c.held(i, asked); got != want {
+			t.Fatalf("%q: held %b of %q, want %b", id, got, asked, want)
+		}
 		if got := c.size(i); got.Keys != len(keys) || got.Bytes != bytes {
 			t.Fatalf("%q: size %+v, want %d keys, %d bytes", id, got, len(keys), bytes)
 		}

@@ -240,11 +240,7 @@ func (s *Store) HeldKeys(qs []flowmetrics.KeyQuery, margin time.Duration) {
 			if s.opts.Expired(timeOf(rec.changed), later) {
 				continue
 			}
-			for k, key := range q.Keys[:min(len(q.Keys), 64)] {
-				if s.convs.has(c, key) {
-					q.Held |= 1 << k
-				}
-			}
+			q.Held = s.convs.held(c, q.Keys)
 			// A request of held keys only changes nothing when Next says
 			// so; later in time, it says so of fewer paths (a deadline
 			// only moves on), so asking as of the margin's end answers
