@@ -68,7 +68,9 @@ func withPaths(c config.Config, pcfg *pipeline.Config) {
 // withoutCacheOverMemory turns the known-key cache off over the memory
 // store, which holds every conversation's keys packed in memory itself: the
 // cache would hold its conversations a second time to save store calls
-// that cost about what its own lookups cost (docs/PERFORMANCE.md).
+// that cost about what its own lookups cost (docs/PERFORMANCE.md). The
+// pipeline asks the memory store which keys it holds instead
+// (flowmetrics.KeyHolder).
 func withoutCacheOverMemory(c config.Config, pcfg *pipeline.Config) {
 	if c.Store.Type == "memory" {
 		pcfg.CacheConversations = -1

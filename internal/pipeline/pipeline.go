@@ -341,14 +341,16 @@ type Prepared struct {
 
 // Prepare does the part of Ingest that claims nothing: it sorts each
 // record out (accepted, skipped, rejected), extracts its occurrences,
-// leaves out those the known-key cache says the store holds, and has the
+// leaves out those the known-key cache says the store holds (with the
+// cache off, those a KeyHolder store says it holds), and has the
 // cardinality guard admit the pairs of the rest (fold). It may run in any
 // goroutine, while earlier batches are being committed (replay prepares
 // the next batch while the store claims this one): the cache only ever
-// learns what the store durably holds, so what it leaves out is held
-// whatever Commit does meanwhile, and what it lets through, Commit asks
-// the store, the only arbiter of what is new. Batches prepared one after
-// another have their pairs admitted in that order.
+// learns what the store durably holds, and a KeyHolder's answers hold for
+// heldMargin, so what it leaves out is held whatever Commit does
+// meanwhile, and what it lets through, Commit asks the store, the only
+// arbiter of what is new. Batches prepared one after another have their
+// pairs admitted in that order.
 func (p *Pipeline) Prepare(ctx context.Context, recs []genesys.Record) *Prepared {
 	b := &Prepared{c: claimBatch{now: p.cfg.Now(), learned: p.learned.Load()}}
 	res, c := &b.res, &b.c
