@@ -231,7 +231,10 @@ func closeReplayPaths(ctx context.Context, p *pipeline.Pipeline, cfg config.Conf
 	d := cfg.Paths.WithDefaults()
 	asOf := time.Now().Add(d.Grace)
 	if cfg.Store.Type == "memory" {
-		asOf = time.Now().Add(d.IdleTimeout)
+		// Past every idle deadline: a step past the idle timeout after
+		// the last request at most (flowmetrics.PathOptions.Step).
+		o := cfg.Paths.Options()
+		asOf = time.Now().Add(o.Idle + o.Step())
 	}
 	// Delivered batch by batch: a replay that closes every conversation
 	// at its end would otherwise hold all their points at once (in the

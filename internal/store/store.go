@@ -259,12 +259,12 @@ type Path struct {
 // request is an event of the conversation, so it keeps the path open:
 //
 //   - the first end sets the deadline to now+Grace; later ones keep it;
-//   - before the end, new keys set it to now+Idle at least;
-//   - a request that brings only known keys moves it only when it would
-//     move by a Step or more, and then to now+Idle+Step: the store writes
-//     at most once per Step for such requests, and the path still closes no
-//     earlier than Idle after the last of them (nor more than a Step
-//     later);
+//   - before the end, new keys set it to now+Idle+Step at least;
+//   - a request that brings only known keys moves it only when now+Idle
+//     is past it, and then to now+Idle+Step: the store writes at most once
+//     per Step for such requests (none within a Step of new keys), and the
+//     path closes no earlier than Idle after the last request (nor more
+//     than a Step later);
 //   - a closed path only has its retention refreshed by new keys.
 func (o Options) Next(p Path, fresh, ended bool, now time.Time) (Path, bool) {
 	step := o.Paths.Step()
@@ -281,10 +281,10 @@ func (o Options) Next(p Path, fresh, ended bool, now time.Time) (Path, bool) {
 			return p, false
 		}
 	case fresh:
-		p.Due = max(p.Due, now.Add(o.Paths.Idle).UnixNano())
+		p.Due = max(p.Due, now.Add(o.Paths.Idle).UnixNano()+int64(step))
 	default:
 		due := now.Add(o.Paths.Idle).UnixNano()
-		if p.Due != 0 && due-p.Due < int64(step) {
+		if p.Due != 0 && due <= p.Due {
 			return p, false
 		}
 		p.Due = due + int64(step)

@@ -54,14 +54,17 @@ func TestHeldKeys(t *testing.T) {
 	claim("c1", false, "a", "b")
 	start := now
 	claim("c2", false, "a")
-	// Held bits in the order asked; Quiet: the deadline Idle ahead moves
-	// by less than a step within the margin. An unknown conversation
-	// holds nothing; answers set before are overwritten.
+	// Held bits in the order asked; Quiet: the deadline (a step past
+	// Idle after new keys) is not passed by Idle after the margin's end.
+	// An unknown conversation holds nothing; answers set before are
+	// overwritten.
 	check(ask(time.Minute, q{ConversationID: "c1", Keys: []string{"b", "x", "a"}}, q{ConversationID: "c2", Keys: []string{"b"}},
 		q{ConversationID: "c3", Keys: []string{"a"}, Held: 1, Quiet: true}),
 		"c1:101,true c2:0,true c3:0,false")
-	// A margin of a step or more: a request then would move the deadline.
-	check(ask(step, q{ConversationID: "c1", Keys: []string{"a"}}), "c1:1,false")
+	// A margin of more than a step: a request then would move the
+	// deadline.
+	check(ask(step, q{ConversationID: "c1", Keys: []string{"a"}}), "c1:1,true")
+	check(ask(step+time.Second, q{ConversationID: "c1", Keys: []string{"a"}}), "c1:1,false")
 	now = now.Add(step - time.Second)
 	check(ask(0, q{ConversationID: "c1", Keys: []string{"a"}}), "c1:1,true")
 	check(ask(2*time.Second, q{ConversationID: "c1", Keys: []string{"a"}}), "c1:1,false")

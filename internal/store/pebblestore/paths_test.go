@@ -62,7 +62,7 @@ func TestPathStateRidesOnTheHeader(t *testing.T) {
 		return out
 	}
 	off := written(mustOpen(t, t.TempDir(), store.Options{Now: clock.Now}))
-	first := clock.Now().Add(time.Hour).UnixNano()
+	first := clock.Now().Add(time.Hour + pathOptions(clock).Paths.Step()).UnixNano()
 	s := mustOpen(t, t.TempDir(), pathOptions(clock))
 	on := written(s)
 	// The header carries the keys either way; with paths on it adds its
@@ -436,7 +436,7 @@ func TestClosePathsReadsOnPastStaleEntries(t *testing.T) {
 		closedIDs[cp.ConversationID] = true
 		return nil
 	}
-	n, err := s.ClosePaths(ctx, t0.Add(time.Hour), 5, derive)
+	n, err := s.ClosePaths(ctx, t0.Add(time.Hour+pathOptions(clock).Paths.Step()), 5, derive)
 	if err != nil || n != 5 {
 		t.Fatalf("ClosePaths with limit 5: closed %d (%v), want 5", n, err)
 	}
@@ -447,11 +447,11 @@ func TestClosePathsReadsOnPastStaleEntries(t *testing.T) {
 	}
 	due := dueEntries(t, s)
 	for _, id := range []string{"a0", "a1", "a2", "a3", "a4"} {
-		if got, want := due[id], []int64{t0.Add(time.Hour + 100*time.Second).UnixNano()}; !slices.Equal(got, want) {
+		if got, want := due[id], []int64{t0.Add(time.Hour + 100*time.Second + pathOptions(clock).Paths.Step()).UnixNano()}; !slices.Equal(got, want) {
 			t.Errorf("%s filed at %v, want %v (filed again at its deadline)", id, got, want)
 		}
 	}
-	if n, err := s.ClosePaths(ctx, t0.Add(time.Hour), 5, derive); err != nil || n != 1 {
+	if n, err := s.ClosePaths(ctx, t0.Add(time.Hour+pathOptions(clock).Paths.Step()), 5, derive); err != nil || n != 1 {
 		t.Errorf("the next sweep closed %d (%v), want the last b", n, err)
 	}
 }

@@ -243,6 +243,23 @@ func testPathOpenOnKnownKeys(t *testing.T, h Harness) {
 	if got, want := d.closedKeys("c2"), fmt.Sprintf("false[%s]", a.Key); got != want {
 		t.Errorf("derived from %s, want %s", got, want)
 	}
+
+	// Known keys a step and a half after the request that last moved
+	// the deadline (to idle and a step after it): they come after that
+	// deadline's idle start, so the path stays open until idle after
+	// them too, though the deadline moves by less than a step.
+	mustClaimReqs(t, s, req("c4", a))
+	clock.Advance(idle / 2)
+	mustClaimReqs(t, s, req("c4", a))
+	clock.Advance(step + step/2)
+	mustClaimReqs(t, s, req("c4", a))
+	last = clock.Now()
+	if n := mustClose(t, s, last.Add(idle-time.Nanosecond), d); n != 0 {
+		t.Errorf("c4: closed %d before idle after the last request, want 0", n)
+	}
+	if n := mustClose(t, s, last.Add(idle+step), d); n != 1 {
+		t.Errorf("c4: closed %d a step after idle after the last request, want 1", n)
+	}
 }
 
 func testPathLate(t *testing.T, h Harness) {
@@ -437,7 +454,7 @@ func testPathRetention(t *testing.T, h Harness) {
 	if got := mustClaimReqs(t, s, req("c1", a)); len(got) != 1 || got[0].AfterClose {
 		t.Errorf("after retention: got %+v, want F/A new, not after a close", got)
 	}
-	mustClose(t, s, clock.Now().Add(idle), d)
+	mustClose(t, s, clock.Now().Add(idle+opts.Paths.Step()), d)
 	if got := strings.Count(d.closedKeys("c1"), "["); got != 2 {
 		t.Errorf("closed %d times, want 2 (once per lifetime)", got)
 	}
@@ -457,8 +474,8 @@ func testPathDurable(t *testing.T, h Harness) {
 	if got := mustClaimReqs(t, s, req("c1", Occ("F", "B", t0))); len(got) != 1 || !got[0].AfterClose {
 		t.Errorf("late key after reopening: got %+v, want new with AfterClose", got)
 	}
-	if n := mustClose(t, s, clock.Now().Add(idle), d); n != 1 {
-		t.Errorf("closed %d at c2's idle timeout after reopening, want 1", n)
+	if n := mustClose(t, s, clock.Now().Add(idle+pathOpts(clock).Paths.Step()), d); n != 1 {
+		t.Errorf("closed %d a step after c2's idle timeout after reopening, want 1", n)
 	}
 	if got := len(pathPoints(readAll(t, s, 0))); got != 2+1+2 {
 		t.Errorf("outbox path points after reopening: got %d, want 5", got)
