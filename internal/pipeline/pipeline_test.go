@@ -891,38 +891,53 @@ func TestPreparedAheadCountOnce(t *testing.T) {
 // the same claims.
 func TestKnownNamesLeftOutBeforeParsing(t *testing.T) {
 	rec := &claimRecorder{Store: memstore.New(store.Options{})}
-	var reported []string
-	p := New(rec, nil, Config{OnMalformed: func(flow, name, reason string) { reported = append(reported, name) }}, telemetry.New(), nil)
-	ctx := context.Background()
-	a := "FMetric_A(2026-11-20T09:31:48.900Z)"
-	b := "FMetric_B(2026-11-20T09:31:49Z)"
-	c := "FMetric_C(2026-11-20T09:31:50Z)"
-	bad := "FMetric_Bad(yesterday)"
-	other := "FMetric_Note" // not metric-shaped: neither a key nor malformed
-	batches := [][]genesys.Record{
-		{event("c1", a, bad)},
-		{event("c1", bad, a, other)},      // a known: only bad is parsed
-		{event("c1", c, a, b, a, bad, b)}, // unsorted and repeated: b and c are new
-		{event("c1", b, c, a)},            // all known
+	if total := ingestLeftOut(t, rec, Config{}); total != 3 {
+		t.Errorf("occurrences: got %d, want 3", total)
 	}
-	var total, malformed int
+	if got, want := fmt.Sprint(rec.keys), fmt.Sprint([][]string{{leftA}, {leftB, leftC}}); got != want {
+		t.Errorf("claimed keys: got %s, want %s", got, want)
+	}
+}
+
+// The names of the tests of names left out before parsing (by the
+// known-key cache, or by the store's own answers).
+const (
+	leftA   = "FMetric_A(2026-11-20T09:31:48.900Z)"
+	leftB   = "FMetric_B(2026-11-20T09:31:49Z)"
+	leftC   = "FMetric_C(2026-11-20T09:31:50Z)"
+	leftBad = "FMetric_Bad(yesterday)"
+)
+
+// ingestLeftOut ingests, through a pipeline on st with cfg, one batch at
+// a time, events of conversation c1 whose names are known from the second
+// on, then more, and returns the occurrences counted. Every event's
+// malformed name must be counted and reported, known names beside it or
+// not: three of them.
+func ingestLeftOut(t *testing.T, st flowmetrics.Store, cfg Config, more ...[]genesys.Record) (total int) {
+	t.Helper()
+	var reported []string
+	cfg.OnMalformed = func(flow, name, reason string) { reported = append(reported, name) }
+	p := New(st, nil, cfg, telemetry.New(), nil)
+	other := "FMetric_Note" // not metric-shaped: neither a key nor malformed
+	batches := append([][]genesys.Record{
+		{event("c1", leftA, leftBad)},
+		{event("c1", leftBad, leftA, other)},                      // a known: only bad is parsed
+		{event("c1", leftC, leftA, leftB, leftA, leftBad, leftB)}, // unsorted and repeated: b and c are new
+		{event("c1", leftB, leftC, leftA)},                        // all known
+	}, more...)
+	malformed := 0
 	for _, batch := range batches {
-		res, err := p.Ingest(ctx, batch)
+		res, err := p.Ingest(context.Background(), batch)
 		if err != nil {
 			t.Fatal(err)
 		}
 		total += res.Occurrences
 		malformed += res.Malformed
 	}
-	if total != 3 {
-		t.Errorf("occurrences: got %d, want 3", total)
-	}
 	if malformed != 3 || len(reported) != 3 {
 		t.Errorf("malformed: got %d counted and %d reported, want 3 and 3", malformed, len(reported))
 	}
-	if got, want := fmt.Sprint(rec.keys), fmt.Sprint([][]string{{a}, {b, c}}); got != want {
-		t.Errorf("claimed keys: got %s, want %s", got, want)
-	}
+	return total
 }
 
 // TestAggregateAtRandom checks Aggregate against counting in a map, then
